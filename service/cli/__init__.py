@@ -1,0 +1,53 @@
+"""The ``entente`` command line.
+
+One console script; each command group lives in its own module and is registered here. Every
+command exits 0 on success and non-zero with one line on stderr otherwise: domain errors
+(:class:`service.errors.EntenteError`, :class:`crypto.errors.CryptoError`,
+:class:`policies.errors.PolicyError`) are caught in :func:`main` and never shown as tracebacks.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from crypto.errors import CryptoError
+from service.errors import EntenteError, UsageError
+
+app = typer.Typer(
+    name="entente",
+    help="Entente: signed, encrypted, policy-checked sharing of research between institutes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    """Import the command modules; each adds its commands or sub-apps to :data:`app`."""
+    from service.cli import _commands  # noqa: F401
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``entente: message`` on stderr and return the Exit to raise."""
+    typer.echo(f"entente: {message}", err=True)
+    return typer.Exit(code)
+
+
+def main() -> None:
+    _register()
+    try:
+        app()
+    except UsageError as exc:
+        typer.echo(f"entente: {exc.message}", err=True)
+        sys.exit(2)
+    except EntenteError as exc:
+        typer.echo(f"entente: {exc.message}", err=True)
+        sys.exit(1)
+    except CryptoError as exc:
+        typer.echo(f"entente: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("entente: interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,141 @@
+"""Errors of the service layer (the imperative shell).
+
+Every domain error has a stable ``kind`` (which becomes the RFC 9457 problem ``type``), an HTTP
+status, and a message that is safe to show the caller. The API maps them to problem documents in
+one place (``service/api/problems.py``); the CLI prints the message on one line and exits non-zero.
+
+    EntenteError
+    ├── UsageError            bad arguments or configuration (CLI exit 2, HTTP 400)
+    ├── HomeError             the home folder is missing, not a home, or already exists
+    ├── KeyStoreError         a key file could not be unlocked (wrong passphrase, corrupt)
+    ├── DatabaseError         the database cannot be reached or migrated
+    ├── PartnerError          a descriptor could not be pinned (bad signature, fingerprint, expiry)
+    ├── NotFoundError         no such artifact, partner, token (HTTP 404)
+    ├── AuthError             missing, malformed, revoked or unknown credentials (HTTP 401)
+    ├── ForbiddenError        the role does not allow the action (HTTP 403)
+    ├── PolicyDeniedError     an MOU policy denies the action (HTTP 403, names rule and clause)
+    ├── ConflictError         the request conflicts with the current state (HTTP 409)
+    ├── InvalidInputError     the request is malformed (HTTP 400/422)
+    ├── TooLargeError         a body or upload is over its limit (HTTP 413)
+    ├── RateLimitedError      a rate or volume limit was hit (HTTP 429)
+    └── PartnerUnavailableError
+                              a partner node could not be reached or answered wrongly
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AuthError",
+    "ConflictError",
+    "DatabaseError",
+    "EntenteError",
+    "ForbiddenError",
+    "HomeError",
+    "InvalidInputError",
+    "KeyStoreError",
+    "NotFoundError",
+    "PartnerError",
+    "PartnerUnavailableError",
+    "PolicyDeniedError",
+    "RateLimitedError",
+    "TooLargeError",
+    "UsageError",
+]
+
+
+class EntenteError(Exception):
+    """Base of the service's errors. ``kind`` is stable; ``extra`` goes into problem documents."""
+
+    kind: ClassVar[str] = "error"
+    status: ClassVar[int] = 400
+    title: ClassVar[str] = "Request failed"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+
+class UsageError(EntenteError):
+    kind = "usage"
+    title = "Invalid usage"
+
+
+class HomeError(EntenteError):
+    kind = "home"
+    status = 500
+    title = "Node home problem"
+
+
+class KeyStoreError(EntenteError):
+    kind = "key-store"
+    status = 500
+    title = "Key store problem"
+
+
+class DatabaseError(EntenteError):
+    kind = "database"
+    status = 503
+    title = "Database unavailable"
+
+
+class PartnerError(EntenteError):
+    kind = "partner"
+    status = 422
+    title = "Partner descriptor rejected"
+
+
+class NotFoundError(EntenteError):
+    kind = "not-found"
+    status = 404
+    title = "Not found"
+
+
+class AuthError(EntenteError):
+    kind = "unauthorized"
+    status = 401
+    title = "Authentication required"
+
+
+class ForbiddenError(EntenteError):
+    kind = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class PolicyDeniedError(EntenteError):
+    kind = "policy-denied"
+    status = 403
+    title = "Denied by MOU policy"
+
+
+class ConflictError(EntenteError):
+    kind = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+class InvalidInputError(EntenteError):
+    kind = "invalid-input"
+    status = 422
+    title = "Invalid input"
+
+
+class TooLargeError(EntenteError):
+    kind = "too-large"
+    status = 413
+    title = "Too large"
+
+
+class RateLimitedError(EntenteError):
+    kind = "rate-limited"
+    status = 429
+    title = "Too many requests"
+
+
+class PartnerUnavailableError(EntenteError):
+    kind = "partner-unavailable"
+    status = 502
+    title = "Partner unavailable"

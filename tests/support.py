@@ -1,0 +1,64 @@
+"""Shared test helpers: locating public vectors and external tools.
+
+A test that needs something from outside the project (the public vectors, the ``age`` CLI,
+PostgreSQL, Chromium) calls :func:`require`. Outside CI it skips and names what to install; with
+``CI`` set it fails, because a CI run that silently skipped interop tests proves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VECTORS = Path(os.environ.get("ENTENTE_VECTORS", ROOT.parent / "shared" / "vectors"))
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def require(available: bool, what: str, how: str) -> None:
+    """Skip (or, in CI, fail) the calling test unless ``available``."""
+    if available:
+        return
+    message = f"{what} is not available; {how}"
+    if IN_CI:
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def vectors_dir(*parts: str) -> Path:
+    """The folder of public vectors (``../shared/vectors``), or skip/fail when it is missing."""
+    path = VECTORS.joinpath(*parts)
+    require(path.exists(), f"the public vectors at {path}", "check out shared/ beside the project")
+    return path
+
+
+def require_tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    require(path is not None, f"the {name!r} command", f"install it with: apt-get install {package}")
+    assert path is not None
+    return path
+
+
+def json_cases(folder: Path) -> Iterator[tuple[str, Any]]:
+    """Every JSON file below ``folder``, sorted, as (relative name, parsed content)."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "LICENSE"):
+        yield str(path.relative_to(folder)), json.loads(path.read_text())
+
+
+def vector_params(*parts: str, pattern: str = "*") -> list[Any]:
+    """Parametrize over the files in a vectors folder (pyca's ``json_parametrize`` in spirit).
+
+    Collection must not fail when the folder is missing, so a missing folder yields one param
+    that the test turns into a skip (or, in CI, a failure) via :func:`vectors_dir`.
+    """
+    folder = VECTORS.joinpath(*parts)
+    if not folder.is_dir():
+        return [pytest.param(None, id="vectors-missing")]
+    files = sorted(p for p in folder.rglob(pattern) if p.is_file() and p.name != "LICENSE")
+    return [pytest.param(p, id=str(p.relative_to(folder))) for p in files]

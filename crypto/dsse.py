@@ -5,8 +5,8 @@ Implements the DSSE protocol v1.0.2: the signature covers
 envelope is ``{"payload", "payloadType", "signatures": [{"keyid", "sig"}]}`` with standard base64.
 
 Verification is against a caller-supplied set of trusted keys (keyed by fingerprint): a signature
-whose key id is unknown is ignored, and an envelope that no trusted key has signed fails. This module
-does not decide which keys to trust, nor what the payload means.
+whose key id is unknown is ignored, and an envelope that no trusted key has signed fails. This
+module does not decide which keys to trust, nor what the payload means.
 """
 
 from __future__ import annotations

@@ -113,7 +113,9 @@ class SigningKey:
         if len(seed) != 32:
             raise MalformedError("an Ed25519 seed is 32 bytes")
         self._key = Ed25519PrivateKey.from_private_bytes(seed)
-        self._public = VerifyKey(self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        self._public = VerifyKey(
+            self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        )
 
     @classmethod
     def generate(cls, *, rng: Rng = os.urandom) -> SigningKey:

@@ -40,7 +40,9 @@ def vectors_dir(*parts: str) -> Path:
 
 def require_tool(name: str, package: str) -> str:
     path = shutil.which(name)
-    require(path is not None, f"the {name!r} command", f"install it with: apt-get install {package}")
+    require(
+        path is not None, f"the {name!r} command", f"install it with: apt-get install {package}"
+    )
     assert path is not None
     return path
 

@@ -1,3 +1,15 @@
 """Registers every command module with the CLI app (imported for its side effects)."""
 
 from __future__ import annotations
+
+from service.cli import app
+from service.cli import node as _node
+from service.cli.partners import app as partner_app
+from service.cli.tokens import app as token_app
+
+app.command("init")(_node.init)
+app.command("serve")(_node.serve)
+app.add_typer(_node.identity_app, name="identity")
+app.add_typer(_node.db_app, name="db")
+app.add_typer(partner_app, name="partner")
+app.add_typer(token_app, name="token")

@@ -1,0 +1,215 @@
+"""Node descriptors: who a node is, where it listens, and which keys speak for it.
+
+A descriptor is a JSON document (node id, name, URL, Ed25519 signing key, age recipients,
+validity) in a DSSE envelope signed by the Ed25519 key it carries. Operators pin a partner by its
+*fingerprint* (``crypto.keys.fingerprint_of``: hex SHA-256 of the raw Ed25519 public key), compared
+out of band. A rotated descriptor carries ``previous`` (the old key's fingerprint) and must be
+signed by the old key as well as the new one.
+
+This module parses and verifies; it does not decide whom to trust or store anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from crypto.dsse import Envelope, sign_envelope, verify_envelope
+from crypto.errors import MalformedError, VerificationError, VerificationUnavailableError
+from crypto.keys import SigningKey, VerifyKey
+
+__all__ = [
+    "DESCRIPTOR_PAYLOAD_TYPE",
+    "NODE_ID_PATTERN",
+    "NodeDescriptor",
+    "sign_descriptor",
+    "verify_descriptor",
+]
+
+DESCRIPTOR_PAYLOAD_TYPE = "application/vnd.entente.node-descriptor+json"
+DESCRIPTOR_TYPE = "https://entente.dev/node-descriptor/v1"
+NODE_ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_FIELDS = {
+    "_type",
+    "node_id",
+    "name",
+    "url",
+    "signing_key",
+    "fingerprint",
+    "age_recipient",
+    "pq_recipient",
+    "created",
+    "expires",
+    "previous",
+}
+
+
+def _ts(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_ts(value: object, field: str) -> datetime:
+    if not isinstance(value, str):
+        raise MalformedError(f"descriptor field {field!r} must be an RFC 3339 time")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise MalformedError(f"descriptor field {field!r} is not an RFC 3339 time") from None
+    if parsed.tzinfo is None:
+        raise MalformedError(f"descriptor field {field!r} must carry a time zone")
+    return parsed.astimezone(UTC)
+
+
+def _str(data: dict[str, Any], field: str, *, max_len: int = 512) -> str:
+    value = data.get(field)
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise MalformedError(f"descriptor field {field!r} must be a non-empty string")
+    return value
+
+
+@dataclass(frozen=True)
+class NodeDescriptor:
+    node_id: str
+    name: str
+    url: str
+    signing_key: VerifyKey
+    age_recipient: str
+    created: datetime
+    expires: datetime
+    pq_recipient: str | None = None
+    previous: str | None = None  # fingerprint of the key this one replaces
+
+    @property
+    def fingerprint(self) -> str:
+        return self.signing_key.fingerprint
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "_type": DESCRIPTOR_TYPE,
+            "node_id": self.node_id,
+            "name": self.name,
+            "url": self.url,
+            "signing_key": base64.b64encode(self.signing_key.raw).decode("ascii"),
+            "fingerprint": self.fingerprint,
+            "age_recipient": self.age_recipient,
+            "pq_recipient": self.pq_recipient,
+            "created": _ts(self.created),
+            "expires": _ts(self.expires),
+            "previous": self.previous,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> NodeDescriptor:
+        if not isinstance(data, dict):
+            raise MalformedError("a node descriptor is a JSON object")
+        unknown = set(data) - _FIELDS
+        if unknown:
+            raise MalformedError(f"unknown descriptor field(s): {', '.join(sorted(unknown))}")
+        if data.get("_type") != DESCRIPTOR_TYPE:
+            raise MalformedError("not an Entente node descriptor (wrong _type)")
+        node_id = _str(data, "node_id", max_len=63)
+        if not NODE_ID_PATTERN.match(node_id):
+            raise MalformedError("descriptor node_id must be lowercase letters, digits and '-'")
+        url = _str(data, "url", max_len=2048)
+        if not url.startswith(("https://", "http://")):
+            raise MalformedError("descriptor url must be an http(s) URL")
+        try:
+            raw_key = base64.b64decode(_str(data, "signing_key"), validate=True)
+        except binascii.Error:
+            raise MalformedError("descriptor signing_key is not base64") from None
+        key = VerifyKey(raw_key)
+        if data.get("fingerprint") != key.fingerprint:
+            raise MalformedError("descriptor fingerprint does not match its signing key")
+        pq = data.get("pq_recipient")
+        previous = data.get("previous")
+        if pq is not None and not isinstance(pq, str):
+            raise MalformedError("descriptor pq_recipient must be a string or null")
+        if previous is not None and not isinstance(previous, str):
+            raise MalformedError("descriptor previous must be a fingerprint or null")
+        created = _parse_ts(data.get("created"), "created")
+        expires = _parse_ts(data.get("expires"), "expires")
+        if expires <= created:
+            raise MalformedError("descriptor expires before it was created")
+        return cls(
+            node_id=node_id,
+            name=_str(data, "name", max_len=200),
+            url=url.rstrip("/"),
+            signing_key=key,
+            age_recipient=_str(data, "age_recipient", max_len=4096),
+            created=created,
+            expires=expires,
+            pq_recipient=pq,
+            previous=previous,
+        )
+
+
+def sign_descriptor(
+    descriptor: NodeDescriptor, *, key: SigningKey, previous_key: SigningKey | None = None
+) -> Envelope:
+    """Sign ``descriptor`` with its own key (and, on rotation, the key it replaces)."""
+    if key.public != descriptor.signing_key:
+        raise ValueError("a descriptor is signed by the key it carries")
+    if (previous_key is None) != (descriptor.previous is None):
+        raise ValueError("a rotated descriptor names its previous key and is signed by it")
+    if previous_key is not None and previous_key.fingerprint != descriptor.previous:
+        raise ValueError("previous_key does not match descriptor.previous")
+    payload = json.dumps(descriptor.to_json(), sort_keys=True, separators=(",", ":")).encode()
+    signers = [key] if previous_key is None else [key, previous_key]
+    return sign_envelope(DESCRIPTOR_PAYLOAD_TYPE, payload, signers)
+
+
+def verify_descriptor(
+    envelope: Envelope,
+    *,
+    now: datetime,
+    expected_fingerprint: str | None = None,
+    previous: VerifyKey | None = None,
+) -> NodeDescriptor:
+    """Parse and verify a descriptor envelope.
+
+    1. The payload parses strictly as a descriptor.
+    2. It is signed by the Ed25519 key it carries (self-signature).
+    3. If ``expected_fingerprint`` is given (pinning), the key's fingerprint equals it.
+    4. If ``previous`` is given (rotation), the descriptor names it and it signed too.
+    5. ``now`` lies within [created - 5 min, expires).
+    """
+    if envelope.payload_type != DESCRIPTOR_PAYLOAD_TYPE:
+        raise MalformedError("not a node descriptor envelope (wrong payloadType)")
+    try:
+        data = json.loads(envelope.payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise MalformedError("the descriptor payload is not valid JSON") from None
+    descriptor = NodeDescriptor.from_json(data)  # (1)
+    key = descriptor.signing_key
+    verify_envelope(  # (2)
+        envelope, trusted={key.fingerprint: key}, payload_type=DESCRIPTOR_PAYLOAD_TYPE
+    )
+    if expected_fingerprint is not None and key.fingerprint != expected_fingerprint:  # (3)
+        raise VerificationError(
+            f"fingerprint mismatch: the descriptor's key is {key.fingerprint}, "
+            f"expected {expected_fingerprint}"
+        )
+    if previous is not None:  # (4)
+        if descriptor.previous != previous.fingerprint:
+            raise VerificationError("the rotated descriptor does not name the pinned key")
+        try:
+            verify_envelope(
+                envelope,
+                trusted={previous.fingerprint: previous},
+                payload_type=DESCRIPTOR_PAYLOAD_TYPE,
+            )
+        except VerificationUnavailableError:
+            raise VerificationError(
+                "the rotated descriptor is not signed by the pinned key"
+            ) from None
+    skew = 300
+    if now.timestamp() + skew < descriptor.created.timestamp():  # (5)
+        raise VerificationError("the descriptor is not valid yet (created in the future)")
+    if now >= descriptor.expires:
+        raise VerificationError(f"the descriptor expired at {_ts(descriptor.expires)}")
+    return descriptor

@@ -1,0 +1,66 @@
+"""The FastAPI application factory.
+
+``create_app(node)`` wires the routers, the problem-document handlers and the middleware; the node
+(settings, keys, database) is built by the caller and kept on ``app.state``. Background workers
+(outbox delivery, feed pulls, checkpoints) start and stop with the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from service.api import public
+from service.api.problems import install_problem_handlers
+from service.node import Node
+
+__all__ = ["create_app"]
+
+Lifespan = Callable[[FastAPI], Awaitable[None]]
+
+
+def create_app(node: Node, *, start_workers: bool | None = None) -> FastAPI:
+    run_workers = node.settings.workers_enabled if start_workers is None else start_workers
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from service.workers import Workers
+
+        workers = Workers(node) if run_workers else None
+        if workers is not None:
+            await workers.start()
+        try:
+            yield
+        finally:
+            if workers is not None:
+                await workers.stop()
+
+    app = FastAPI(
+        title=f"Entente node {node.node_id}",
+        version="1",
+        description=(
+            "Signed, encrypted, MOU-policy-checked sharing of research artifacts between "
+            "institutes, with a cosigned transparency log. Errors are RFC 9457 problem documents."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.node = node
+    install_problem_handlers(app)
+
+    @app.middleware("http")
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        node.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        node.metrics.request_seconds.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    app.include_router(public.router)
+    return app

@@ -1,0 +1,88 @@
+"""FastAPI dependencies: the node, a database session, the calling principal and role checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlmodel import Session
+
+from service.audit import record
+from service.errors import AuthError, ForbiddenError
+from service.node import Node
+from service.tokens import Principal, Role, authenticate
+
+__all__ = ["NodeDep", "SessionDep", "get_node", "require_roles"]
+
+
+def get_node(request: Request) -> Node:
+    node = request.app.state.node
+    if not isinstance(node, Node):  # pragma: no cover - wiring error
+        raise TypeError("app.state.node is not a Node")
+    return node
+
+
+NodeDep = Annotated[Node, Depends(get_node)]
+
+
+def get_session(node: NodeDep) -> Iterator[Session]:
+    with node.db.session() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header is None:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return "malformed"
+    return value.strip()
+
+
+def _refuse(node: Node, request: Request, *, kind: str, reason: str, actor: str) -> None:
+    """Audit a refusal in its own transaction (the request's own transaction will not commit)."""
+    with node.db.session() as session:
+        record(
+            session,
+            kind=kind,
+            actor=actor,
+            detail={"method": request.method, "path": request.url.path, "reason": reason},
+            now=node.now(),
+        )
+
+
+def require_roles(*roles: Role) -> Callable[..., Principal]:
+    """A dependency that authenticates the bearer token and checks its role."""
+    allowed = frozenset(roles)
+
+    def dependency(request: Request, node: NodeDep) -> Principal:
+        presented = _bearer(request)
+        try:
+            with node.db.session() as session:
+                principal = authenticate(session, presented)
+        except AuthError as exc:
+            reason = str(exc.extra.get("reason", "unknown"))
+            _refuse(node, request, kind="auth.refused", reason=reason, actor="anonymous")
+            raise
+        if principal.role not in allowed:
+            _refuse(
+                node,
+                request,
+                kind="auth.refused",
+                reason=f"role {principal.role.value} may not use this route",
+                actor=principal.actor,
+            )
+            needed = " or ".join(sorted(r.value for r in allowed))
+            raise ForbiddenError(
+                f"the {principal.role.value} role may not do this; it needs {needed}",
+                role=principal.role.value,
+            )
+        request.state.principal = principal
+        return principal
+
+    return dependency

@@ -1,0 +1,125 @@
+"""RFC 9457 problem documents: the one place where errors become HTTP responses.
+
+Every error kind has a stable ``type`` (``urn:entente:problem:<kind>``). Domain errors carry their
+own status and safe message; request validation errors become ``invalid-input``; unknown routes and
+methods keep their 404/405 as problems; anything unexpected is logged and answered as a generic
+500 problem that reveals nothing (and is a bug: the test suite and the fuzzer look for it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import EntenteError
+
+__all__ = ["PROBLEM_JSON", "install_problem_handlers", "problem", "problem_type"]
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("entente.api")
+
+_HTTP_KINDS = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    411: ("length-required", "Length required"),
+    413: ("too-large", "Too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("invalid-input", "Invalid input"),
+    429: ("rate-limited", "Too many requests"),
+}
+
+
+def problem_type(kind: str) -> str:
+    return f"urn:entente:problem:{kind}"
+
+
+def problem(
+    status: int,
+    kind: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": problem_type(kind),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _entente_error(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, EntenteError):  # pragma: no cover - registration error
+        return _unexpected(request, exc)
+    headers = {"WWW-Authenticate": 'Bearer realm="entente"'} if exc.status == 401 else None
+    if exc.status == 429 and "retry_after" in exc.extra:
+        headers = {"Retry-After": str(exc.extra["retry_after"])}
+    return problem(
+        exc.status,
+        exc.kind,
+        exc.title,
+        exc.message,
+        instance=request.url.path,
+        headers=headers,
+        **exc.extra,
+    )
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, RequestValidationError):  # pragma: no cover
+        return _unexpected(request, exc)
+    errors = [
+        {"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", ""))}
+        for err in exc.errors()[:20]
+    ]
+    first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+    detail = f"{'.'.join(first['loc']) or 'request'}: {first['msg']}"
+    return problem(
+        422, "invalid-input", "Invalid input", detail, instance=request.url.path, errors=errors
+    )
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, StarletteHTTPException):  # pragma: no cover
+        return _unexpected(request, exc)
+    kind, title = _HTTP_KINDS.get(exc.status_code, ("http-error", "HTTP error"))
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    return problem(
+        exc.status_code,
+        kind,
+        title,
+        detail,
+        instance=request.url.path,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(
+        500, "internal", "Internal error", "the node failed to handle this request; see its log"
+    )
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(EntenteError, _entente_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

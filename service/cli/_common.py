@@ -1,0 +1,42 @@
+"""Options and helpers shared by the CLI command modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from service.db import Database, open_database
+from service.home import Home, open_home
+from service.settings import Settings
+
+__all__ = ["DbUrlOpt", "HomeOpt", "JsonOpt", "console", "err_console", "open_db", "settings_for"]
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="The node's home folder [env: ENTENTE_HOME]", show_default=False),
+]
+DbUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="Database URL (default: SQLite in the home) [env: ENTENTE_DATABASE_URL]",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False)
+
+
+def settings_for(home: Path | None, database_url: str | None = None, **extra: object) -> Settings:
+    return Settings.load(home=home, database_url=database_url, **extra)
+
+
+def open_db(settings: Settings, *, migrate: bool = True) -> tuple[Home, Database]:
+    """Open the home's public facts and its database (migrated). No keys are unlocked."""
+    home = open_home(settings.require_home())
+    return home, open_database(settings.resolved_database_url(), migrate=migrate)

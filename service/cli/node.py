@@ -1,0 +1,151 @@
+"""``entente init``, ``identity``, ``db`` and ``serve``: creating and running a node."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crypto.keys import format_fingerprint
+from service.cli._common import (
+    DbUrlOpt,
+    HomeOpt,
+    JsonOpt,
+    console,
+    err_console,
+    open_db,
+    settings_for,
+)
+from service.db import open_database
+from service.home import create_home, open_home
+from service.logs import configure_logging
+
+identity_app = typer.Typer(help="Show or export this node's identity.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
+
+
+def init(
+    home: Annotated[Path, typer.Option("--home", help="Folder to create for the node")],
+    node_id: Annotated[str, typer.Option("--node-id", help="Short id, e.g. uk-aisi")],
+    name: Annotated[str, typer.Option("--name", help="Institute name shown to partners")],
+    url: Annotated[str, typer.Option("--url", help="Public base URL partners reach this node at")],
+    database_url: DbUrlOpt = None,
+    insecure_no_passphrase: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-passphrase",
+            help="Store private keys UNENCRYPTED (demos and tests only)",
+        ),
+    ] = False,
+) -> None:
+    """Create a node home: Ed25519 signing key, age identity, signed descriptor, database."""
+    settings = settings_for(
+        home, database_url, insecure_no_passphrase=insecure_no_passphrase or None
+    )
+    if settings.insecure_no_passphrase:
+        err_console.print(
+            "[bold yellow]warning:[/] --insecure-no-passphrase: the private keys are stored "
+            "unencrypted. Use this for demos only."
+        )
+    # Check the database before touching the disk, so a bad URL leaves nothing behind.
+    if settings.database_url:
+        open_database(settings.database_url).dispose()
+    created = create_home(
+        settings, path=home, node_id=node_id, name=name, url=url, now=datetime.now(UTC)
+    )
+    try:
+        db = open_database(settings_for(home, database_url).resolved_database_url(), migrate=True)
+        db.dispose()
+    except Exception:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+    console.print(f"Created node [bold]{created.node_id}[/] in {created.path}")
+    console.print(f"  fingerprint   {format_fingerprint(created.fingerprint)}")
+    console.print(f"  age recipient {created.age_recipient}")
+    console.print("Give partners `entente identity export` and this fingerprint, out of band.")
+
+
+@identity_app.command("show")
+def identity_show(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the node id, fingerprint and age recipient."""
+    h = open_home(settings_for(home).require_home())
+    facts = {
+        "node_id": h.node_id,
+        "name": h.name,
+        "url": h.url,
+        "fingerprint": h.fingerprint,
+        "age_recipient": h.age_recipient,
+        "keys_encrypted": h.protected,
+    }
+    if as_json:
+        typer.echo(json.dumps(facts))
+        return
+    console.print(f"node id       {h.node_id}  ({h.name})")
+    console.print(f"url           {h.url}")
+    console.print(f"fingerprint   {format_fingerprint(h.fingerprint)}")
+    console.print(f"age recipient {h.age_recipient}")
+    console.print(f"keys          {'encrypted (age scrypt)' if h.protected else 'UNENCRYPTED'}")
+
+
+@identity_app.command("export")
+def identity_export(home: HomeOpt = None) -> None:
+    """Write the signed node descriptor (DSSE JSON) to stdout."""
+    h = open_home(settings_for(home).require_home())
+    typer.echo(h.descriptor_envelope().to_bytes().decode("utf-8"), nl=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade(home: HomeOpt = None, database_url: DbUrlOpt = None) -> None:
+    """Apply pending schema migrations."""
+    settings = settings_for(home, database_url)
+    db = open_database(settings.resolved_database_url(), migrate=False)
+    before = db.current_revision()
+    db.upgrade()
+    console.print(f"database at revision {db.head_revision()} (was {before or 'empty'})")
+    db.dispose()
+
+
+@db_app.command("status")
+def db_status(home: HomeOpt = None, database_url: DbUrlOpt = None) -> None:
+    """Show the schema revision."""
+    _home, db = open_db(settings_for(home, database_url), migrate=False)
+    console.print(f"current {db.current_revision() or 'empty'}, head {db.head_revision()}")
+    db.dispose()
+
+
+def serve(
+    home: HomeOpt = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on [env: ENTENTE_HOST]")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port [env: ENTENTE_PORT]")] = None,
+    database_url: DbUrlOpt = None,
+) -> None:
+    """Run the node: API, federation, sync workers and console (SIGTERM stops it cleanly)."""
+    import uvicorn
+
+    from service.api.app import create_app
+    from service.node import load_node
+
+    settings = settings_for(home, database_url, host=host, port=port)
+    configure_logging(settings.log_level, settings.log_format)
+    node = load_node(settings, migrate=True)
+    app = create_app(node)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        h11_max_incomplete_event_size=settings.max_request_header_bytes,
+    )
+    server = uvicorn.Server(config)  # uvicorn turns SIGTERM/SIGINT into a graceful shutdown
+    try:
+        server.run()
+    finally:
+        node.db.dispose()

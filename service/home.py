@@ -1,0 +1,253 @@
+"""The node's home folder: identity, encrypted keys, policies, blobs and (by default) the database.
+
+    <home>/node.json              public facts: node id, name, URL, fingerprint, key protection
+    <home>/descriptor.dsse.json   the signed node descriptor served at /.well-known/entente.json
+    <home>/keys/signing.key       Ed25519 seed, age-encrypted under the passphrase (scrypt)
+    <home>/keys/identity.key      age X25519 identity, age-encrypted under the passphrase
+    <home>/keys/retired/          keys replaced by rotation, kept to verify and open old artifacts
+    <home>/policies/              one MOU policy file per partner (YAML)
+    <home>/blobs/                 content-addressed ciphertext (unless ENTENTE_BLOB_DIR is set)
+    <home>/entente.db             SQLite database (unless ENTENTE_DATABASE_URL is set)
+
+Creation is atomic: everything is written into a temporary sibling folder that is renamed into
+place last, so a failed ``init`` leaves nothing behind. Key files are mode 0600, folders 0700.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from crypto import age
+from crypto.descriptor import NODE_ID_PATTERN, NodeDescriptor, sign_descriptor
+from crypto.dsse import Envelope
+from crypto.errors import CryptoError, KeyLoadError
+from crypto.keys import SigningKey
+from service.errors import HomeError, KeyStoreError, UsageError
+from service.settings import Settings
+
+__all__ = ["Home", "NodeKeys", "create_home", "open_home", "read_passphrase"]
+
+HOME_FORMAT = 1
+_INSECURE_BANNER = b"# UNENCRYPTED KEY (entente init --insecure-no-passphrase): for demos only\n"
+
+
+@dataclass(frozen=True)
+class NodeKeys:
+    """The unlocked private keys of a node. Never logged; repr shows fingerprints only."""
+
+    signing: SigningKey
+    identity: age.X25519Identity
+    retired_signing: tuple[SigningKey, ...] = ()
+    retired_identities: tuple[age.X25519Identity, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"NodeKeys(signing={self.signing.fingerprint[:16]}…)"
+
+    @property
+    def all_identities(self) -> list[age.X25519Identity]:
+        return [self.identity, *self.retired_identities]
+
+
+@dataclass(frozen=True)
+class Home:
+    path: Path
+    node_id: str
+    name: str
+    url: str
+    fingerprint: str
+    age_recipient: str
+    protected: bool  # False when created with --insecure-no-passphrase
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.path / "keys"
+
+    @property
+    def policies_dir(self) -> Path:
+        return self.path / "policies"
+
+    @property
+    def descriptor_path(self) -> Path:
+        return self.path / "descriptor.dsse.json"
+
+    def descriptor_envelope(self) -> Envelope:
+        try:
+            return Envelope.from_bytes(self.descriptor_path.read_bytes())
+        except (OSError, CryptoError) as exc:
+            raise HomeError(f"cannot read the node descriptor in {self.path}: {exc}") from None
+
+    def unlock(self, settings: Settings) -> NodeKeys:
+        """Decrypt the key files; a wrong passphrase is a :class:`KeyStoreError`."""
+        passphrase = None if not self.protected else read_passphrase(settings, confirm=False)
+        signing = SigningKey(_read_key(self.keys_dir / "signing.key", passphrase))
+        identity = age.X25519Identity.from_string(
+            _read_key(self.keys_dir / "identity.key", passphrase).decode("ascii").strip()
+        )
+        if signing.fingerprint != self.fingerprint:
+            raise KeyStoreError(f"the signing key in {self.keys_dir} does not match node.json")
+        retired_s: list[SigningKey] = []
+        retired_i: list[age.X25519Identity] = []
+        retired = self.keys_dir / "retired"
+        for path in sorted(retired.glob("*.signing.key")) if retired.is_dir() else []:
+            retired_s.append(SigningKey(_read_key(path, passphrase)))
+        for path in sorted(retired.glob("*.identity.key")) if retired.is_dir() else []:
+            text = _read_key(path, passphrase).decode("ascii").strip()
+            retired_i.append(age.X25519Identity.from_string(text))
+        return NodeKeys(signing, identity, tuple(retired_s), tuple(retired_i))
+
+
+def read_passphrase(settings: Settings, *, confirm: bool) -> str:
+    """The passphrase from ENTENTE_PASSPHRASE, or a prompt when stdin is a terminal."""
+    if settings.passphrase is not None:
+        value = settings.passphrase.get_secret_value()
+    elif sys.stdin.isatty():
+        value = getpass.getpass("Passphrase for the node's keys: ")
+        if confirm and getpass.getpass("Repeat the passphrase: ") != value:
+            raise UsageError("the passphrases do not match")
+    else:
+        raise UsageError(
+            "the node's keys are encrypted: set ENTENTE_PASSPHRASE "
+            "(or run on a terminal to be prompted)"
+        )
+    if len(value) < 8:
+        raise UsageError("the passphrase must be at least 8 characters")
+    return value
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _seal_key(secret: bytes, passphrase: str | None, work_factor: int) -> bytes:
+    if passphrase is None:
+        return _INSECURE_BANNER + secret.hex().encode("ascii") + b"\n"
+    return age.encrypt_with_passphrase(secret, passphrase, work_factor=work_factor)
+
+
+def _read_key(path: Path, passphrase: str | None) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyStoreError(f"cannot read key file {path}: {exc.strerror}") from None
+    if data.startswith(_INSECURE_BANNER):
+        try:
+            return bytes.fromhex(data[len(_INSECURE_BANNER) :].decode("ascii").strip())
+        except ValueError:
+            raise KeyStoreError(f"the key file {path} is corrupt") from None
+    if passphrase is None:
+        raise KeyStoreError(f"the key file {path} is encrypted but the home says it is not")
+    try:
+        return age.decrypt_with_passphrase(data, passphrase)
+    except KeyLoadError:
+        raise KeyStoreError("wrong passphrase for the node's key files") from None
+    except CryptoError:
+        raise KeyStoreError(f"the key file {path} is corrupt") from None
+
+
+def create_home(
+    settings: Settings,
+    *,
+    path: Path,
+    node_id: str,
+    name: str,
+    url: str,
+    now: datetime,
+) -> Home:
+    """Create a new home with fresh keys and a signed descriptor. Refuses an existing path."""
+    if not NODE_ID_PATTERN.match(node_id):
+        raise UsageError("--node-id must be lowercase letters, digits and '-' (1-63 characters)")
+    if not url.startswith(("http://", "https://")):
+        raise UsageError("--url must start with http:// or https://")
+    if path.exists():
+        raise HomeError(f"{path} already exists; refusing to overwrite a node home")
+    passphrase = (
+        None if settings.insecure_no_passphrase else read_passphrase(settings, confirm=True)
+    )
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise HomeError(f"the parent folder {parent} does not exist")
+
+    signing = SigningKey.generate()
+    identity = age.X25519Identity.generate()
+    recipient = identity.recipient.to_string()
+    validity = timedelta(days=settings.descriptor_validity_days)
+    descriptor = NodeDescriptor(
+        node_id=node_id,
+        name=name,
+        url=url.rstrip("/"),
+        signing_key=signing.public,
+        age_recipient=recipient,
+        created=now,
+        expires=now + validity,
+    )
+    envelope = sign_descriptor(descriptor, key=signing)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.init-", dir=parent))
+    try:
+        os.chmod(staging, 0o700)
+        keys = staging / "keys"
+        keys.mkdir(mode=0o700)
+        (staging / "policies").mkdir(mode=0o700)
+        (staging / "blobs").mkdir(mode=0o700)
+        wf = settings.scrypt_work_factor
+        _write_private(keys / "signing.key", _seal_key(signing.seed, passphrase, wf))
+        _write_private(
+            keys / "identity.key", _seal_key(identity.to_string().encode(), passphrase, wf)
+        )
+        facts: dict[str, Any] = {
+            "format": HOME_FORMAT,
+            "node_id": node_id,
+            "name": name,
+            "url": url.rstrip("/"),
+            "fingerprint": signing.fingerprint,
+            "age_recipient": recipient,
+            "key_protection": "none" if passphrase is None else "age-scrypt",
+            "created": now.astimezone(UTC).isoformat(),
+        }
+        (staging / "node.json").write_text(json.dumps(facts, indent=2) + "\n")
+        (staging / "descriptor.dsse.json").write_bytes(envelope.to_bytes())
+        os.rename(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return open_home(path)
+
+
+def open_home(path: Path) -> Home:
+    """Read an existing home's public facts; raise :class:`HomeError` if it is not one."""
+    facts_path = path / "node.json"
+    if not path.is_dir():
+        raise HomeError(f"{path} is not a node home (no such folder); run `entente init` first")
+    try:
+        facts = json.loads(facts_path.read_text())
+    except FileNotFoundError:
+        raise HomeError(f"{path} is not a node home (no node.json)") from None
+    except (OSError, ValueError) as exc:
+        raise HomeError(f"{facts_path} is unreadable: {exc}") from None
+    try:
+        if facts["format"] != HOME_FORMAT:
+            raise HomeError(f"{path} has home format {facts['format']}, expected {HOME_FORMAT}")
+        return Home(
+            path=path,
+            node_id=str(facts["node_id"]),
+            name=str(facts["name"]),
+            url=str(facts["url"]),
+            fingerprint=str(facts["fingerprint"]),
+            age_recipient=str(facts["age_recipient"]),
+            protected=facts["key_protection"] != "none",
+        )
+    except (KeyError, TypeError):
+        raise HomeError(f"{facts_path} is missing required fields") from None

@@ -1,0 +1,114 @@
+"""Database tables (SQLModel). Schema changes go through Alembic (``service/migrations``).
+
+Times are stored as timezone-aware UTC (``UTCDateTime``) so SQLite and PostgreSQL agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlmodel import Field, SQLModel
+
+__all__ = ["AuditEntry", "Partner", "PartnerKey", "Token", "UTCDateTime", "utcnow"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python, whatever the database."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {type(value).__name__}")
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+_BIGINT_PK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class Partner(SQLModel, table=True):
+    """A pinned partner node: its current descriptor and keys."""
+
+    __tablename__ = "partners"
+
+    node_id: str = Field(primary_key=True, max_length=63)
+    name: str = Field(max_length=200)
+    url: str = Field(max_length=2048)
+    fingerprint: str = Field(max_length=64, index=True)
+    signing_key: str = Field(max_length=64)  # base64 raw Ed25519
+    age_recipient: str = Field(max_length=4096)
+    pq_recipient: str | None = Field(default=None, max_length=4096)
+    descriptor: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # DSSE JSON
+    descriptor_expires: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    added_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    updated_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+
+
+class PartnerKey(SQLModel, table=True):
+    """Every signing key a partner has used: old keys keep verifying old artifacts."""
+
+    __tablename__ = "partner_keys"
+
+    fingerprint: str = Field(primary_key=True, max_length=64)
+    node_id: str = Field(index=True, max_length=63)
+    public_key: str = Field(max_length=64)  # base64 raw Ed25519
+    added_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    retired_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+
+
+class Token(SQLModel, table=True):
+    """A bearer token for a local user. Only its SHA-256 is stored."""
+
+    __tablename__ = "tokens"
+
+    id: str = Field(primary_key=True, max_length=32)  # public handle, e.g. tok_3fa9c2
+    name: str = Field(max_length=200)
+    role: str = Field(max_length=16)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    revoked_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+
+
+class AuditEntry(SQLModel, table=True):
+    """One audit event. ``seq`` (the log index) is assigned when the entry joins the Merkle tree.
+
+    Rows are written in the same transaction as the action they record; the sequencer assigns
+    ``seq`` in batches and commits the tree. ``leaf_hash`` is recomputed by every verifier from the
+    other fields, so editing any of them is detected.
+    """
+
+    __tablename__ = "audit_entries"
+
+    id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(_BIGINT_PK, primary_key=True, autoincrement=True),
+    )
+    seq: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger, unique=True))
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False, index=True))
+    kind: str = Field(max_length=64, index=True)
+    actor: str = Field(max_length=200)
+    partner: str | None = Field(default=None, max_length=63, index=True)
+    artifact_id: str | None = Field(default=None, max_length=64, index=True)
+    digest: str | None = Field(default=None, max_length=64)
+    decision: str | None = Field(default=None, max_length=16)
+    rule: str | None = Field(default=None, max_length=200)
+    clause: str | None = Field(default=None, max_length=500)
+    detail: str = Field(default="{}", sa_column=sa.Column(sa.Text, nullable=False))

@@ -1,0 +1,193 @@
+"""Pinning partner nodes: import a descriptor, confirm its fingerprint, keep its keys.
+
+Nothing is trusted on first use. ``add_partner`` verifies the descriptor's self-signature and
+validity and refuses it unless its key's fingerprint equals the one the operator confirmed out of
+band. Re-pinning an existing node id needs ``replace=True``. Every change is an audit event.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime
+
+from sqlmodel import Session, select
+
+from crypto.descriptor import NodeDescriptor, verify_descriptor
+from crypto.dsse import Envelope
+from crypto.errors import CryptoError, MalformedError
+from crypto.keys import VerifyKey, normalize_fingerprint
+from service.audit import record
+from service.errors import ConflictError, NotFoundError, PartnerError
+from service.models import Partner, PartnerKey
+
+__all__ = [
+    "add_partner",
+    "get_partner",
+    "list_partners",
+    "partner_verify_keys",
+    "remove_partner",
+    "rotate_partner",
+]
+
+
+def _parse(raw: bytes) -> Envelope:
+    try:
+        return Envelope.from_bytes(raw)
+    except MalformedError as exc:
+        raise PartnerError(f"not a node descriptor: {exc}") from None
+
+
+def _store(
+    session: Session, descriptor: NodeDescriptor, envelope: Envelope, now: datetime
+) -> Partner:
+    raw_key = base64.b64encode(descriptor.signing_key.raw).decode("ascii")
+    row = session.get(Partner, descriptor.node_id) or Partner(
+        node_id=descriptor.node_id,
+        name=descriptor.name,
+        url=descriptor.url,
+        fingerprint=descriptor.fingerprint,
+        signing_key=raw_key,
+        age_recipient=descriptor.age_recipient,
+        descriptor="",
+        descriptor_expires=descriptor.expires,
+        added_at=now,
+        updated_at=now,
+    )
+    row.name = descriptor.name
+    row.url = descriptor.url
+    row.fingerprint = descriptor.fingerprint
+    row.signing_key = raw_key
+    row.age_recipient = descriptor.age_recipient
+    row.pq_recipient = descriptor.pq_recipient
+    row.descriptor = envelope.to_bytes().decode("utf-8")
+    row.descriptor_expires = descriptor.expires
+    row.updated_at = now
+    session.add(row)
+    if session.get(PartnerKey, descriptor.fingerprint) is None:
+        session.add(
+            PartnerKey(
+                fingerprint=descriptor.fingerprint,
+                node_id=descriptor.node_id,
+                public_key=raw_key,
+                added_at=now,
+            )
+        )
+    return row
+
+
+def add_partner(
+    session: Session,
+    *,
+    descriptor_bytes: bytes,
+    fingerprint: str,
+    own_node_id: str,
+    now: datetime,
+    actor: str,
+    replace: bool = False,
+) -> Partner:
+    """Pin the partner described by ``descriptor_bytes`` if its key has ``fingerprint``."""
+    try:
+        expected = normalize_fingerprint(fingerprint)
+    except MalformedError as exc:
+        raise PartnerError(str(exc)) from None
+    envelope = _parse(descriptor_bytes)
+    try:
+        descriptor = verify_descriptor(envelope, now=now, expected_fingerprint=expected)
+    except CryptoError as exc:
+        raise PartnerError(f"descriptor rejected: {exc}") from None
+    if descriptor.node_id == own_node_id:
+        raise PartnerError("that descriptor is this node's own; a node cannot partner itself")
+    existing = session.get(Partner, descriptor.node_id)
+    if existing is not None and not replace:
+        raise ConflictError(
+            f"partner {descriptor.node_id!r} is already pinned "
+            f"(fingerprint {existing.fingerprint[:16]}…); use --replace to re-pin it"
+        )
+    if existing is not None:
+        for key in session.exec(select(PartnerKey).where(PartnerKey.node_id == descriptor.node_id)):
+            if key.fingerprint != descriptor.fingerprint and key.retired_at is None:
+                key.retired_at = now
+                session.add(key)
+    row = _store(session, descriptor, envelope, now)
+    record(
+        session,
+        kind="partner.replaced" if existing is not None else "partner.added",
+        actor=actor,
+        partner=descriptor.node_id,
+        detail={"fingerprint": descriptor.fingerprint, "url": descriptor.url},
+        now=now,
+    )
+    return row
+
+
+def rotate_partner(
+    session: Session, *, descriptor_bytes: bytes, now: datetime, actor: str
+) -> Partner:
+    """Accept a partner's rotated descriptor, signed by its pinned key and its new key."""
+    envelope = _parse(descriptor_bytes)
+    try:
+        unverified = NodeDescriptor.from_json(json.loads(envelope.payload))
+    except (CryptoError, ValueError) as exc:
+        raise PartnerError(f"descriptor rejected: {exc}") from None
+    current = session.get(Partner, unverified.node_id)
+    if current is None:
+        raise NotFoundError(f"no pinned partner {unverified.node_id!r}")
+    if unverified.fingerprint == current.fingerprint:
+        try:
+            descriptor = verify_descriptor(
+                envelope, now=now, expected_fingerprint=current.fingerprint
+            )
+        except CryptoError as exc:
+            raise PartnerError(f"descriptor rejected: {exc}") from None
+    else:
+        pinned = VerifyKey(base64.b64decode(current.signing_key))
+        try:
+            descriptor = verify_descriptor(envelope, now=now, previous=pinned)
+        except CryptoError as exc:
+            raise PartnerError(f"rotated descriptor rejected: {exc}") from None
+        old = session.get(PartnerKey, current.fingerprint)
+        if old is not None:
+            old.retired_at = now
+            session.add(old)
+    row = _store(session, descriptor, envelope, now)
+    if descriptor.fingerprint != current.fingerprint:
+        record(
+            session,
+            kind="partner.key_rotated",
+            actor=actor,
+            partner=descriptor.node_id,
+            detail={"fingerprint": descriptor.fingerprint, "previous": descriptor.previous},
+            now=now,
+        )
+    return row
+
+
+def list_partners(session: Session) -> list[Partner]:
+    return list(session.exec(select(Partner).order_by(Partner.node_id)))
+
+
+def get_partner(session: Session, node_id: str) -> Partner:
+    row = session.get(Partner, node_id)
+    if row is None:
+        raise NotFoundError(f"no pinned partner {node_id!r}")
+    return row
+
+
+def remove_partner(session: Session, *, node_id: str, now: datetime, actor: str) -> None:
+    row = get_partner(session, node_id)
+    session.delete(row)
+    record(
+        session,
+        kind="partner.removed",
+        actor=actor,
+        partner=node_id,
+        detail={"fingerprint": row.fingerprint},
+        now=now,
+    )
+
+
+def partner_verify_keys(session: Session, node_id: str) -> dict[str, VerifyKey]:
+    """Every key (current and retired) the partner has signed with, by fingerprint."""
+    rows = session.exec(select(PartnerKey).where(PartnerKey.node_id == node_id))
+    return {r.fingerprint: VerifyKey(base64.b64decode(r.public_key)) for r in rows}

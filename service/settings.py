@@ -1,0 +1,83 @@
+"""The node's settings: one typed object, built once, passed down.
+
+Read from ``ENTENTE_*`` environment variables (pydantic-settings); CLI flags override them by being
+passed as keyword arguments to :meth:`Settings.load`. Every limit carries its unit in a comment.
+Secrets are ``SecretStr`` so they never show in logs or reprs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.errors import UsageError
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ENTENTE_", extra="ignore", frozen=True)
+
+    home: Path | None = None
+    database_url: str | None = None  # default: sqlite:///<home>/entente.db (WAL)
+    blob_dir: Path | None = None  # default: <home>/blobs
+    passphrase: SecretStr | None = None  # unlocks the key files; a prompt on a TTY otherwise
+    insecure_no_passphrase: bool = False  # demos only: key files are stored unencrypted
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8443, ge=0, le=65535)
+    log_level: str = "INFO"
+    log_format: str = "json"  # json | text
+
+    # Keys
+    scrypt_work_factor: int = Field(default=18, ge=10, le=22)  # log2(N) for key files
+    descriptor_validity_days: int = Field(default=365, ge=1, le=3650)  # days
+
+    # Limits
+    max_artifact_bytes: int = Field(default=4 << 30, ge=1)  # bytes per uploaded artifact
+    max_metadata_bytes: int = Field(default=64 << 10, ge=1024)  # bytes of JSON metadata
+    max_request_header_bytes: int = Field(default=16 << 10, ge=1024)  # bytes
+    max_federation_manifest_bytes: int = Field(default=1 << 20, ge=1024)  # bytes
+    page_size_default: int = Field(default=50, ge=1)  # items per page
+    page_size_max: int = Field(default=500, ge=1)  # items per page
+    clock_skew_seconds: int = Field(default=300, ge=0)  # seconds allowed between nodes
+    signature_max_age_seconds: int = Field(default=300, ge=1)  # seconds a request sig is valid
+    nonce_cache_size: int = Field(default=100_000, ge=100)  # nonces remembered
+    request_timeout_seconds: float = Field(default=60.0, gt=0)  # seconds per partner request
+    rate_limit_per_minute: int = Field(default=600, ge=1)  # requests per token or partner
+    volume_limit_bytes_per_day: int = Field(default=64 << 30, ge=1)  # bytes per partner per day
+
+    # Background work
+    sync_interval_seconds: float = Field(default=1.0, gt=0)  # outbox poll when idle
+    pull_interval_seconds: float = Field(default=30.0, gt=0)  # feed catch-up pull
+    checkpoint_interval_seconds: float = Field(default=2.0, gt=0)  # audit checkpoint cadence
+    retry_base_seconds: float = Field(default=0.5, gt=0)  # first retry delay
+    retry_max_seconds: float = Field(default=300.0, gt=0)  # cap on backoff
+    workers_enabled: bool = True  # outbox, pull and checkpoint workers in `serve`
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Environment first, then the non-None ``overrides`` (CLI flags) on top."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "settings"
+            raise UsageError(f"invalid setting ENTENTE_{where.upper()}: {first['msg']}") from None
+
+    def require_home(self) -> Path:
+        if self.home is None:
+            raise UsageError("no node home: pass --home DIR or set ENTENTE_HOME")
+        return self.home
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.require_home() / 'entente.db'}"
+
+    def resolved_blob_dir(self) -> Path:
+        return self.blob_dir if self.blob_dir is not None else self.require_home() / "blobs"

@@ -1,0 +1,59 @@
+"""age v1 (age-encryption.org/v1, c2sp.org/age) on pyca/cryptography primitives.
+
+Recipients: X25519 (``age1...``), the hybrid post-quantum MLKEM768-X25519 (``age1pq1...``), and
+scrypt passphrases (for key files). Encryption and decryption stream in constant memory; ASCII
+armor is read (strictly) and written for small files. Files interoperate with the ``age`` CLI,
+rage and pyrage; the C2SP CCTV vectors are the conformance suite.
+
+This package does not sign anything, decide whom to encrypt to, or touch the filesystem: see
+``crypto.sealed`` for the signed, sealed-artifact format built on it. Every failure to decrypt is a
+:class:`crypto.errors.DecryptionError` subclass naming the kind of failure.
+"""
+
+from crypto.age._armor import ArmoredReader, armor
+from crypto.age._base import Identity, Recipient
+from crypto.age._core import (
+    Decryptor,
+    EncryptResult,
+    decrypt,
+    decrypt_with_passphrase,
+    encrypt,
+    encrypt_with_passphrase,
+    parse_identity,
+    parse_recipient,
+    read_header,
+)
+from crypto.age._format import Header, Stanza
+from crypto.age._hybrid import HybridIdentity, HybridRecipient
+from crypto.age._io import Hasher, Reader, Writer
+from crypto.age._scrypt import ScryptIdentity, ScryptRecipient
+from crypto.age._stream import CHUNK_SIZE
+from crypto.age._x25519 import X25519Identity, X25519Recipient
+
+__all__ = [
+    "CHUNK_SIZE",
+    "ArmoredReader",
+    "Decryptor",
+    "EncryptResult",
+    "Hasher",
+    "Header",
+    "HybridIdentity",
+    "HybridRecipient",
+    "Identity",
+    "Reader",
+    "Recipient",
+    "ScryptIdentity",
+    "ScryptRecipient",
+    "Stanza",
+    "Writer",
+    "X25519Identity",
+    "X25519Recipient",
+    "armor",
+    "decrypt",
+    "decrypt_with_passphrase",
+    "encrypt",
+    "encrypt_with_passphrase",
+    "parse_identity",
+    "parse_recipient",
+    "read_header",
+]

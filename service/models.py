@@ -12,7 +12,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
-__all__ = ["AuditEntry", "Partner", "PartnerKey", "Token", "UTCDateTime", "utcnow"]
+__all__ = [
+    "Artifact",
+    "AuditEntry",
+    "Outbox",
+    "Partner",
+    "PartnerKey",
+    "Token",
+    "UTCDateTime",
+    "utcnow",
+]
 
 
 def utcnow() -> datetime:
@@ -112,3 +121,68 @@ class AuditEntry(SQLModel, table=True):
     rule: str | None = Field(default=None, max_length=200)
     clause: str | None = Field(default=None, max_length=500)
     detail: str = Field(default="{}", sa_column=sa.Column(sa.Text, nullable=False))
+
+
+class Artifact(SQLModel, table=True):
+    """A shared artifact, sent by this node or received from a partner.
+
+    The row holds metadata, the signed manifest and the address of the ciphertext blob; never
+    plaintext. ``origin`` signed the manifest; ``sender`` delivered it (differs on onward shares).
+    """
+
+    __tablename__ = "artifacts"
+
+    id: str = Field(primary_key=True, max_length=64)
+    direction: str = Field(max_length=8, index=True)  # sent | received
+    origin: str = Field(max_length=63, index=True)
+    sender: str = Field(max_length=63, index=True)
+    title: str = Field(max_length=500)
+    tlp: str = Field(max_length=32, index=True)
+    topics: str = Field(default="[]", sa_column=sa.Column(sa.Text, nullable=False))  # JSON list
+    purposes: str = Field(default="[]", sa_column=sa.Column(sa.Text, nullable=False))  # JSON list
+    recipients: str = Field(default="[]", sa_column=sa.Column(sa.Text, nullable=False))  # JSON
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False, index=True))
+    recorded_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    embargo_until: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    expires_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    size: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))  # plaintext bytes
+    sha256: str = Field(max_length=64)  # plaintext digest (signed in the manifest)
+    blob: str | None = Field(default=None, max_length=64)  # ciphertext address; None once deleted
+    ciphertext_size: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    header_sha256: str = Field(max_length=64)
+    manifest: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # DSSE envelope JSON
+    policy_ref: str = Field(default="{}", sa_column=sa.Column(sa.Text, nullable=False))  # JSON
+    obligations: str = Field(default="[]", sa_column=sa.Column(sa.Text, nullable=False))  # JSON
+    revoked_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    revocation_reason: str | None = Field(default=None, max_length=500)
+    deleted_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+
+
+class Outbox(SQLModel, table=True):
+    """Work for a partner: deliver an artifact, or send a notice (revocation, access notice).
+
+    Rows are created in the transaction of the action that needs them, claimed by a worker with a
+    lease (``FOR UPDATE SKIP LOCKED`` on PostgreSQL), and completed when the partner's signed
+    receipt is stored. ``id`` doubles as the partner's feed cursor for deliveries.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (sa.Index("ix_outbox_due", "state", "next_attempt_at"),)
+
+    id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(_BIGINT_PK, primary_key=True, autoincrement=True),
+    )
+    partner: str = Field(max_length=63, index=True)
+    kind: str = Field(max_length=16)  # deliver | notice
+    artifact_id: str = Field(max_length=64, index=True)
+    payload: str = Field(default="{}", sa_column=sa.Column(sa.Text, nullable=False))  # JSON
+    state: str = Field(default="pending", max_length=12)  # pending | delivered | failed
+    attempts: int = Field(default=0)
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    next_attempt_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    last_error: str | None = Field(default=None, max_length=1000)
+    delivered_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    receipt: str | None = Field(default=None, sa_column=sa.Column(sa.Text))  # signed receipt JSON

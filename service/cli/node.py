@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -145,6 +146,9 @@ def serve(
         h11_max_incomplete_event_size=settings.max_request_header_bytes,
     )
     server = uvicorn.Server(config)  # uvicorn turns SIGTERM/SIGINT into a graceful shutdown
+    # uvicorn re-raises the captured signal after shutting down; a stop by SIGTERM is the normal
+    # way to end a service, so it exits 0 once the graceful shutdown has completed.
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run()
     finally:

@@ -1,0 +1,191 @@
+"""The foundation CLI through real subprocesses: success paths and clear refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.nodes import base_env, run_cli
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    if not root.exists():
+        return {}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def _init(home: Path, node_id: str = "uk-aisi", **env: str) -> None:
+    result = run_cli(
+        "init", "--home", str(home), "--node-id", node_id, "--name", node_id.upper(),
+        "--url", f"https://{node_id}.example", env=base_env(**env),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def _assert_one_line_error(result: object, needle: str) -> None:
+    assert result.returncode != 0  # type: ignore[attr-defined]
+    err = result.stderr.strip()  # type: ignore[attr-defined]
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("entente: ")
+    assert needle in err
+
+
+@pytest.fixture(scope="module")
+def homes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("homes")
+    _init(root / "uk", "uk-aisi")
+    _init(root / "us", "us-aisi")
+    return {"uk": root / "uk", "us": root / "us", "root": root}
+
+
+def test_init_creates_private_key_files(homes: dict[str, Path]) -> None:
+    keys = homes["uk"] / "keys"
+    for name in ("signing.key", "identity.key"):
+        path = keys / name
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.read_bytes().startswith(b"age-encryption.org/v1\n-> scrypt ")
+    assert (homes["uk"] / "entente.db").exists()
+
+
+def test_identity_show_and_export(homes: dict[str, Path]) -> None:
+    shown = run_cli("identity", "show", "--home", str(homes["uk"]), "--json")
+    assert shown.returncode == 0, shown.stderr
+    facts = json.loads(shown.stdout)
+    assert facts["node_id"] == "uk-aisi"
+    assert len(facts["fingerprint"]) == 64
+    assert facts["age_recipient"].startswith("age1")
+    exported = run_cli("identity", "export", "--home", str(homes["uk"]))
+    envelope = json.loads(exported.stdout)
+    assert envelope["payloadType"] == "application/vnd.entente.node-descriptor+json"
+    assert envelope["signatures"][0]["keyid"] == facts["fingerprint"]
+
+
+def test_partner_add_list_remove(homes: dict[str, Path]) -> None:
+    us = json.loads(run_cli("identity", "show", "--home", str(homes["us"]), "--json").stdout)
+    descriptor = homes["root"] / "us.descriptor"
+    descriptor.write_text(run_cli("identity", "export", "--home", str(homes["us"])).stdout)
+    added = run_cli(
+        "partner", "add", str(descriptor), "--fingerprint", us["fingerprint"].upper(),
+        "--home", str(homes["uk"]),
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    listed = json.loads(run_cli("partner", "list", "--home", str(homes["uk"]), "--json").stdout)
+    assert [p["node_id"] for p in listed] == ["us-aisi"]
+    again = run_cli(
+        "partner", "add", str(descriptor), "--fingerprint", us["fingerprint"],
+        "--home", str(homes["uk"]),
+    )  # fmt: skip
+    _assert_one_line_error(again, "already pinned")
+    removed = run_cli("partner", "remove", "us-aisi", "--home", str(homes["uk"]))
+    assert removed.returncode == 0, removed.stderr
+    assert json.loads(run_cli("partner", "list", "--home", str(homes["uk"]), "--json").stdout) == []
+
+
+def test_token_create_list_revoke(homes: dict[str, Path]) -> None:
+    created = run_cli(
+        "token", "create", "--role", "reader", "--name", "bob", "--home", str(homes["uk"]), "--json"
+    )
+    assert created.returncode == 0, created.stderr
+    token = json.loads(created.stdout)
+    assert token["token"].startswith("ent_")
+    listed = run_cli("token", "list", "--home", str(homes["uk"]), "--json")
+    rows = {r["id"]: r for r in json.loads(listed.stdout)}
+    assert rows[token["id"]]["revoked_at"] is None
+    assert token["token"] not in listed.stdout
+    assert run_cli("token", "revoke", token["id"], "--home", str(homes["uk"])).returncode == 0
+    rows = {
+        r["id"]: r
+        for r in json.loads(run_cli("token", "list", "--home", str(homes["uk"]), "--json").stdout)
+    }
+    assert rows[token["id"]]["revoked_at"] is not None
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("wrong-passphrase", "wrong passphrase"),
+        ("not-a-home", "not a node home"),
+        ("bad-signature", "descriptor rejected"),
+        ("wrong-fingerprint", "fingerprint mismatch"),
+        ("unknown-role", "unknown role"),
+        ("unreachable-db", "cannot connect to the database"),
+        ("existing-home", "already exists"),
+        ("bad-node-id", "--node-id"),
+        ("no-passphrase", "ENTENTE_PASSPHRASE"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_changes_nothing(
+    homes: dict[str, Path], tmp_path: Path, case: str, needle: str
+) -> None:
+    uk, us = homes["uk"], homes["us"]
+    before = {"uk": _snapshot(uk), "tmp": _snapshot(tmp_path)}
+    us_fp = json.loads(run_cli("identity", "show", "--home", str(us), "--json").stdout)[
+        "fingerprint"
+    ]
+    descriptor = tmp_path / "us.descriptor"
+    descriptor.write_text(run_cli("identity", "export", "--home", str(us)).stdout)
+    before["tmp"] = _snapshot(tmp_path)
+    env = base_env()
+    if case == "wrong-passphrase":
+        env["ENTENTE_PASSPHRASE"] = "definitely wrong"
+        args = ["serve", "--home", str(uk), "--port", "1"]
+    elif case == "not-a-home":
+        args = ["identity", "show", "--home", str(tmp_path)]
+    elif case == "bad-signature":
+        doc = json.loads(descriptor.read_text())
+        sig = doc["signatures"][0]["sig"]
+        doc["signatures"][0]["sig"] = ("A" if sig[0] != "A" else "B") + sig[1:]
+        bad = tmp_path / "bad.descriptor"
+        bad.write_text(json.dumps(doc))
+        before["tmp"] = _snapshot(tmp_path)
+        args = ["partner", "add", str(bad), "--fingerprint", us_fp, "--home", str(uk)]
+    elif case == "wrong-fingerprint":
+        args = ["partner", "add", str(descriptor), "--fingerprint", "ab" * 32, "--home", str(uk)]
+    elif case == "unknown-role":
+        args = ["token", "create", "--role", "superuser", "--name", "x", "--home", str(uk)]
+    elif case == "unreachable-db":
+        target = tmp_path / "new-home"
+        args = [
+            "init", "--home", str(target), "--node-id", "x", "--name", "X",
+            "--url", "https://x.example",
+            "--database-url", "postgresql+psycopg://postgres@127.0.0.1:1/nothing",
+        ]  # fmt: skip
+    elif case == "existing-home":
+        args = [
+            "init", "--home", str(uk), "--node-id", "uk-aisi", "--name", "X",
+            "--url", "https://x.example",
+        ]  # fmt: skip
+    elif case == "bad-node-id":
+        args = [
+            "init", "--home", str(tmp_path / "h"), "--node-id", "Not Valid", "--name", "X",
+            "--url", "https://x.example",
+        ]  # fmt: skip
+    else:
+        env.pop("ENTENTE_PASSPHRASE")
+        args = [
+            "init", "--home", str(tmp_path / "h"), "--node-id", "ok", "--name", "X",
+            "--url", "https://x.example",
+        ]  # fmt: skip
+    result = run_cli(*args, env=env)
+    _assert_one_line_error(result, needle)
+    assert _snapshot(uk) == before["uk"]
+    assert _snapshot(tmp_path) == before["tmp"]
+
+
+def test_insecure_init_warns_and_stores_plain_keys(tmp_path: Path) -> None:
+    env = base_env()
+    env.pop("ENTENTE_PASSPHRASE")
+    result = run_cli(
+        "init", "--home", str(tmp_path / "demo"), "--node-id", "demo", "--name", "Demo",
+        "--url", "http://127.0.0.1:1", "--insecure-no-passphrase", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "unencrypted" in result.stderr
+    assert (tmp_path / "demo" / "keys" / "signing.key").read_bytes().startswith(b"# UNENCRYPTED")
+    assert os.stat(tmp_path / "demo" / "keys" / "signing.key").st_mode & 0o777 == 0o600

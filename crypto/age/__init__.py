@@ -11,7 +11,7 @@ This package does not sign anything, decide whom to encrypt to, or touch the fil
 """
 
 from crypto.age._armor import ArmoredReader, armor
-from crypto.age._base import Identity, Recipient
+from crypto.age._base import Identity, Recipient, Rng
 from crypto.age._core import (
     Decryptor,
     EncryptResult,
@@ -42,6 +42,7 @@ __all__ = [
     "Identity",
     "Reader",
     "Recipient",
+    "Rng",
     "ScryptIdentity",
     "ScryptRecipient",
     "Stanza",

@@ -125,29 +125,49 @@ def read_header(reader: Reader, *, armor: bool | None = None) -> Header:
 
 
 class Decryptor:
-    """An age file whose header has been parsed and authenticated, its payload not yet read.
+    """An age file read in steps, so that a caller can vet the header before any key is used.
 
-    :meth:`open` does steps 1 to 5 (see the module docstring); :attr:`header` is then trusted to
-    be the one the file key holder wrote, and :meth:`decrypt_to` streams the plaintext out.
+    :meth:`parse` reads the header only (step 1). :attr:`header` is then *unauthenticated*: a
+    caller may compare its digest with a signed one before going on. :meth:`unlock` does steps 2
+    to 5 (see the module docstring), after which the header is authenticated by the file key, and
+    :meth:`decrypt_to` streams the plaintext out. :meth:`open` is :meth:`parse` plus
+    :meth:`unlock`.
     """
 
-    __slots__ = ("_done", "_key", "_src", "header")
+    __slots__ = ("_key", "_src", "_state", "header")
 
-    def __init__(self, src: Source, header: Header, payload_key: bytes) -> None:
+    def __init__(self, src: Source, header: Header) -> None:
         self._src = src
-        self._key = payload_key
-        self._done = False
+        self._key = b""
+        self._state = "parsed"
         self.header = header
+
+    @classmethod
+    def parse(cls, reader: Reader, *, armor: bool | None = None) -> Decryptor:
+        src = _source(reader, armor)
+        return cls(src, parse_header(src))
 
     @classmethod
     def open(
         cls, reader: Reader, identities: Iterable[Identity], *, armor: bool | None = None
     ) -> Decryptor:
+        decryptor = cls.parse(reader, armor=armor)
+        decryptor.unlock(identities)
+        return decryptor
+
+    @property
+    def unlocked(self) -> bool:
+        return self._state != "parsed"
+
+    def unlock(self, identities: Iterable[Identity]) -> None:
+        """Unwrap the file key with the first identity that can, and authenticate the header."""
+        if self._state != "parsed":
+            raise RuntimeError("unlock was already called")
         identity_list = list(identities)
-        src = _source(reader, armor)
-        header = parse_header(src)
         if not identity_list:
             raise ValueError("decrypting needs at least one identity")
+        self._state = "failed"
+        header = self.header
         if any(s.type == SCRYPT_TYPE for s in header.stanzas) and len(header.stanzas) != 1:
             raise HeaderError("an scrypt stanza must be the only stanza in the header")
         file_key = None
@@ -161,16 +181,17 @@ class Decryptor:
             raise HeaderError("the unwrapped file key is not 16 bytes")
         if not hmac.compare_digest(header_mac(file_key, header.mac_input), header.mac):
             raise HeaderMacError("the age header MAC does not verify")
-        nonce = src.read(NONCE_SIZE)
+        nonce = self._src.read(NONCE_SIZE)
         if len(nonce) != NONCE_SIZE:
             raise HeaderError("the file ends before the payload nonce")
-        return cls(src, header, hkdf_sha256(file_key, nonce, b"payload"))
+        self._key = hkdf_sha256(file_key, nonce, b"payload")
+        self._state = "unlocked"
 
     def decrypt_to(self, writer: Writer, *, hasher: Hasher | None = None) -> int:
-        """Stream the plaintext to ``writer``; returns its length. Callable once."""
-        if self._done:
-            raise RuntimeError("decrypt_to was already called")
-        self._done = True
+        """Stream the plaintext to ``writer``; returns its length. Callable once, after unlock."""
+        if self._state != "unlocked":
+            raise RuntimeError("decrypt_to needs a successful unlock, and runs once")
+        self._state = "done"
         return decrypt_payload(self._src, writer, self._key, hasher)
 
 

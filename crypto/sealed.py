@@ -1,0 +1,610 @@
+"""Sealed artifacts: an age v1 file plus a DSSE-signed in-toto manifest that binds it.
+
+A sealed artifact is two things:
+
+* the *ciphertext*, a plain age v1 file encrypted to every recipient (the permitted partners'
+  keys and the origin node's own key); any age implementation decrypts it;
+* the *manifest*, a DSSE envelope (payloadType ``application/vnd.in-toto+json``) signed by the
+  origin's Ed25519 key, whose payload is an in-toto Statement v1::
+
+      {"_type": "https://in-toto.io/Statement/v1",
+       "subject": [{"name": <artifact id>, "digest": {"sha256": <plaintext SHA-256>}}],
+       "predicateType": "https://entente.dev/artifact-manifest/v1",
+       "predicate": {"artifact_id", "title", "origin", "tlp", "topics", "purposes", "created",
+                     "embargo_until", "expires_at", "recipients": [{"node_id", "recipient"}],
+                     "policy", "size", "age_header_sha256", "chain"}}
+
+``age_header_sha256`` is the SHA-256 of the age header bytes, from the version line through the
+newline ending the MAC line. The header MAC is keyed by the file key, so this digest binds the
+recipient stanzas *and* the file key: nobody can re-encrypt the same plaintext under the same
+manifest, and a verifier without any key can check that a ciphertext is the one signed.
+``policy`` is an opaque JSON object from the caller (the policy decision reference: policy ids,
+versions, SHA-256s). ``chain`` holds upstream manifests (DSSE envelopes as JSON objects) for
+onward sharing; it is empty for an original share. Times are RFC 3339 UTC (``...Z``).
+
+Recipes:
+
+* :func:`seal` streams the source once: SHA-256 and age encryption in the same pass (the hash on
+  a helper thread), then signs the manifest. Constant memory.
+* :func:`verify` checks the signature, the statement's shape, and the ciphertext's header digest.
+  No key is needed and nothing is decrypted.
+* :func:`open_sealed` verifies the signature and the header digest *before* any identity touches
+  the header, decrypts, and checks the plaintext digest and size at the end. Plaintext streams
+  to the caller's writer; :func:`open_sealed_file` writes to a temporary file beside the
+  destination and renames it only when every check has passed, so a failure leaves no file.
+
+Failures are :class:`~crypto.errors.VerificationError` (signature, digests),
+:class:`~crypto.errors.VerificationUnavailableError` (no trusted key signed it),
+:class:`~crypto.errors.MalformedError` (the manifest is not of this shape), and the
+:class:`~crypto.errors.DecryptionError` family (the age file itself). Messages never include key
+material or plaintext.
+
+This module does not decide whom to encrypt to, which keys to trust, or whether an embargo or
+expiry allows a read: that is the policy engine's job, with the manifest's fields as input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from crypto import age
+from crypto.age import CHUNK_SIZE, Identity, Reader, Rng, Writer
+from crypto.descriptor import NODE_ID_PATTERN
+from crypto.dsse import Envelope, sign_envelope, verify_envelope
+from crypto.errors import DecryptionError, MalformedError, VerificationError
+from crypto.keys import SigningKey, VerifyKey
+
+__all__ = [
+    "MANIFEST_PAYLOAD_TYPE",
+    "PREDICATE_TYPE",
+    "STATEMENT_TYPE",
+    "TLP_LABELS",
+    "Manifest",
+    "ManifestRecipient",
+    "Sealed",
+    "load_envelope",
+    "open_sealed",
+    "open_sealed_file",
+    "seal",
+    "seal_file",
+    "sign_manifest",
+    "verify",
+    "verify_manifest",
+]
+
+MANIFEST_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://entente.dev/artifact-manifest/v1"
+TLP_LABELS = ("TLP:CLEAR", "TLP:GREEN", "TLP:AMBER", "TLP:AMBER+STRICT", "TLP:RED")
+
+MAX_TITLE_CHARS = 500
+MAX_LABELS = 64  # topics, purposes: entries each
+MAX_LABEL_CHARS = 200
+MAX_RECIPIENTS = 64
+MAX_CHAIN = 16  # upstream manifests
+
+_ARTIFACT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+_STATEMENT_KEYS = frozenset({"_type", "subject", "predicateType", "predicate"})
+_PREDICATE_KEYS = frozenset(
+    {
+        "artifact_id",
+        "title",
+        "origin",
+        "tlp",
+        "topics",
+        "purposes",
+        "created",
+        "embargo_until",
+        "expires_at",
+        "recipients",
+        "policy",
+        "size",
+        "age_header_sha256",
+        "chain",
+    }
+)
+
+ProgressCallback = Callable[[int], None]  # called with the plaintext bytes processed so far
+
+
+# --- the manifest -----------------------------------------------------------------------------
+
+
+def _format_time(value: datetime) -> str:
+    text = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    if value.microsecond:
+        text += f".{value.astimezone(UTC).microsecond:06d}"
+    return text + "Z"
+
+
+def _parse_time(value: object, name: str) -> datetime:
+    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
+        raise MalformedError(f"manifest field {name!r} must be an RFC 3339 UTC time (…Z)")
+    try:
+        return datetime.fromisoformat(value[:-1] + "+00:00")
+    except ValueError:
+        raise MalformedError(f"manifest field {name!r} is not a valid time") from None
+
+
+def _parse_optional_time(value: object, name: str) -> datetime | None:
+    return None if value is None else _parse_time(value, name)
+
+
+def _check_aware(value: datetime | None, name: str, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
+        raise MalformedError(f"manifest field {name!r} must be a timezone-aware datetime")
+
+
+def _check_labels(values: object, name: str) -> None:
+    if not isinstance(values, tuple) or len(values) > MAX_LABELS:
+        raise MalformedError(f"manifest field {name!r} is a list of at most {MAX_LABELS} strings")
+    for value in values:
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_LABEL_CHARS:
+            raise MalformedError(f"each entry of {name!r} is a string of 1 to 200 characters")
+
+
+def _check_json_object(value: object, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise MalformedError(f"manifest field {name!r} must be a JSON object")
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        raise MalformedError(f"manifest field {name!r} must hold JSON values only") from None
+    return value
+
+
+@dataclass(frozen=True)
+class ManifestRecipient:
+    """A recipient of a sealed artifact: the node's id and the age recipient string used."""
+
+    node_id: str
+    recipient: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.node_id, str) or not NODE_ID_PATTERN.fullmatch(self.node_id):
+            raise MalformedError("a recipient's node_id is not a valid node id")
+        if not isinstance(self.recipient, str):
+            raise MalformedError("a recipient's age recipient is a string")
+        age.parse_recipient(self.recipient)  # raises MalformedError
+
+    def to_age(self) -> age.X25519Recipient | age.HybridRecipient:
+        return age.parse_recipient(self.recipient)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The signed facts about one sealed artifact. Construction validates every field."""
+
+    artifact_id: str
+    title: str
+    origin: str
+    tlp: str
+    topics: tuple[str, ...]
+    purposes: tuple[str, ...]
+    created: datetime
+    embargo_until: datetime | None
+    expires_at: datetime | None
+    recipients: tuple[ManifestRecipient, ...]
+    policy: dict[str, Any] = field(hash=False)
+    size: int
+    sha256: str
+    age_header_sha256: str
+    chain: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.artifact_id, str) or not _ARTIFACT_ID.fullmatch(self.artifact_id):
+            raise MalformedError(
+                "an artifact id is 1 to 64 characters: letters, digits, '.', '_', ':' or '-'"
+            )
+        if not isinstance(self.title, str) or not 0 < len(self.title) <= MAX_TITLE_CHARS:
+            raise MalformedError(f"the title is 1 to {MAX_TITLE_CHARS} characters")
+        if not isinstance(self.origin, str) or not NODE_ID_PATTERN.fullmatch(self.origin):
+            raise MalformedError("the origin is not a valid node id")
+        if self.tlp not in TLP_LABELS:
+            raise MalformedError(f"the TLP label must be one of {', '.join(TLP_LABELS)}")
+        _check_labels(self.topics, "topics")
+        _check_labels(self.purposes, "purposes")
+        _check_aware(self.created, "created", optional=False)
+        _check_aware(self.embargo_until, "embargo_until", optional=True)
+        _check_aware(self.expires_at, "expires_at", optional=True)
+        if (
+            not isinstance(self.recipients, tuple)
+            or not 0 < len(self.recipients) <= MAX_RECIPIENTS
+            or not all(isinstance(r, ManifestRecipient) for r in self.recipients)
+        ):
+            raise MalformedError(f"a manifest names 1 to {MAX_RECIPIENTS} recipients")
+        _check_json_object(self.policy, "policy")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
+            raise MalformedError("the size is a non-negative integer")
+        for name in ("sha256", "age_header_sha256"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not _SHA256_HEX.fullmatch(value):
+                raise MalformedError(f"{name} must be 64 lowercase hexadecimal digits")
+        if not isinstance(self.chain, tuple) or len(self.chain) > MAX_CHAIN:
+            raise MalformedError(f"the chain holds at most {MAX_CHAIN} upstream manifests")
+        for upstream in self.chain:
+            Envelope.from_json(_check_json_object(upstream, "chain"))
+
+    def to_statement(self) -> dict[str, Any]:
+        """The in-toto Statement v1 (a JSON object) this manifest is."""
+        return {
+            "_type": STATEMENT_TYPE,
+            "subject": [{"name": self.artifact_id, "digest": {"sha256": self.sha256}}],
+            "predicateType": PREDICATE_TYPE,
+            "predicate": {
+                "artifact_id": self.artifact_id,
+                "title": self.title,
+                "origin": self.origin,
+                "tlp": self.tlp,
+                "topics": list(self.topics),
+                "purposes": list(self.purposes),
+                "created": _format_time(self.created),
+                "embargo_until": (
+                    None if self.embargo_until is None else _format_time(self.embargo_until)
+                ),
+                "expires_at": None if self.expires_at is None else _format_time(self.expires_at),
+                "recipients": [
+                    {"node_id": r.node_id, "recipient": r.recipient} for r in self.recipients
+                ],
+                "policy": self.policy,
+                "size": self.size,
+                "age_header_sha256": self.age_header_sha256,
+                "chain": list(self.chain),
+            },
+        }
+
+    def to_payload(self) -> bytes:
+        """The statement as compact JSON with sorted keys: the bytes the envelope signs."""
+        return json.dumps(
+            self.to_statement(), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        ).encode("utf-8")
+
+    @classmethod
+    def from_statement(cls, data: object) -> Manifest:
+        """Parse a statement strictly: unknown, missing or mistyped fields are malformed."""
+        if not isinstance(data, dict) or set(data) != _STATEMENT_KEYS:
+            raise MalformedError("the manifest is not an in-toto Statement v1 of the expected form")
+        if data["_type"] != STATEMENT_TYPE:
+            raise MalformedError("the manifest is not an in-toto Statement v1")
+        if data["predicateType"] != PREDICATE_TYPE:
+            raise MalformedError("the manifest's predicateType is not an Entente artifact manifest")
+        pred = data["predicate"]
+        if not isinstance(pred, dict) or set(pred) != _PREDICATE_KEYS:
+            raise MalformedError("the manifest predicate has missing or unknown fields")
+        subject = data["subject"]
+        if (
+            not isinstance(subject, list)
+            or len(subject) != 1
+            or not isinstance(subject[0], dict)
+            or set(subject[0]) != {"name", "digest"}
+            or not isinstance(subject[0]["digest"], dict)
+            or set(subject[0]["digest"]) != {"sha256"}
+        ):
+            raise MalformedError("the manifest subject must be one artifact with a sha256 digest")
+        if subject[0]["name"] != pred["artifact_id"]:
+            raise MalformedError("the manifest subject does not name the artifact")
+        recipients = pred["recipients"]
+        if not isinstance(recipients, list) or not all(
+            isinstance(r, dict) and set(r) == {"node_id", "recipient"} for r in recipients
+        ):
+            raise MalformedError("manifest recipients are objects with node_id and recipient")
+        for name in ("topics", "purposes", "chain"):
+            if not isinstance(pred[name], list):
+                raise MalformedError(f"manifest field {name!r} must be a list")
+        return cls(
+            artifact_id=pred["artifact_id"],
+            title=pred["title"],
+            origin=pred["origin"],
+            tlp=pred["tlp"],
+            topics=tuple(pred["topics"]),
+            purposes=tuple(pred["purposes"]),
+            created=_parse_time(pred["created"], "created"),
+            embargo_until=_parse_optional_time(pred["embargo_until"], "embargo_until"),
+            expires_at=_parse_optional_time(pred["expires_at"], "expires_at"),
+            recipients=tuple(ManifestRecipient(r["node_id"], r["recipient"]) for r in recipients),
+            policy=pred["policy"],
+            size=pred["size"],
+            sha256=subject[0]["digest"]["sha256"],
+            age_header_sha256=pred["age_header_sha256"],
+            chain=tuple(pred["chain"]),
+        )
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> Manifest:
+        try:
+            data = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise MalformedError("the manifest payload is not valid JSON") from None
+        return cls.from_statement(data)
+
+
+def load_envelope(raw: bytes) -> Envelope:
+    """Parse a manifest envelope file strictly: also refuse non-canonical base64.
+
+    DSSE readers accept several base64 spellings of the same bytes; a manifest file whose bytes
+    were altered that way would still verify. Entente writes standard padded base64 and accepts
+    only that, so any change to the file's encoded fields is an error.
+    """
+    envelope = Envelope.from_bytes(raw)
+    data = json.loads(raw)
+    canonical = envelope.to_json()
+    if data.get("payload") != canonical["payload"] or [
+        s.get("sig") for s in data.get("signatures", [])
+    ] != [s["sig"] for s in canonical["signatures"]]:
+        raise MalformedError("the manifest envelope uses non-canonical base64")
+    return envelope
+
+
+def sign_manifest(manifest: Manifest, signer: SigningKey) -> Envelope:
+    """The manifest as a DSSE envelope signed by ``signer`` (the origin's key)."""
+    return sign_envelope(MANIFEST_PAYLOAD_TYPE, manifest.to_payload(), [signer])
+
+
+def verify_manifest(
+    envelope: Envelope, *, trusted: Mapping[str, VerifyKey], origin: str | None = None
+) -> Manifest:
+    """Check the envelope's signature against ``trusted`` and parse the manifest strictly.
+
+    ``trusted`` maps fingerprints to the keys of the node the manifest claims as its origin;
+    ``origin``, when given, must be the manifest's origin. Raises
+    :class:`VerificationUnavailableError` when no trusted key signed it, and
+    :class:`VerificationError` when the signature does not verify.
+    """
+    try:
+        payload, _ = verify_envelope(envelope, trusted=trusted, payload_type=MANIFEST_PAYLOAD_TYPE)
+    except VerificationError:
+        raise VerificationError("the manifest signature does not verify") from None
+    manifest = Manifest.from_payload(payload)
+    if origin is not None and manifest.origin != origin:
+        raise VerificationError("the manifest names another origin than the node that signed it")
+    return manifest
+
+
+# --- seal -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """The result of :func:`seal`: the signed manifest and the facts it binds."""
+
+    manifest: Manifest
+    envelope: Envelope
+    sha256: str  # of the plaintext
+    size: int  # plaintext bytes
+    header_sha256: str  # of the age header, through the MAC line
+    ciphertext_size: int  # bytes written to the sink
+
+
+class _CountingReader:
+    """Passes reads through and reports progress (plaintext bytes read so far)."""
+
+    def __init__(self, reader: Reader, on_progress: ProgressCallback) -> None:
+        self._reader = reader
+        self._readinto = getattr(reader, "readinto", None)
+        self._on_progress = on_progress
+        self._count = 0
+
+    def _report(self, n: int) -> int:
+        if n:
+            self._count += n
+            self._on_progress(self._count)
+        return n
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._reader.read(size)
+        self._report(len(data))
+        return data
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        if self._readinto is None:
+            data = self._reader.read(len(buffer))
+            buffer[: len(data)] = data
+            return self._report(len(data))
+        n = self._readinto(buffer)
+        return self._report(n or 0)
+
+
+def _ciphertext_size(header: bytes, size: int) -> int:
+    chunks = max(1, -(-size // CHUNK_SIZE))
+    return len(header) + 16 + size + 16 * chunks
+
+
+def seal(
+    source: Reader,
+    sink: Writer,
+    *,
+    artifact_id: str,
+    title: str,
+    origin: str,
+    tlp: str,
+    recipients: Sequence[ManifestRecipient],
+    signer: SigningKey,
+    policy: Mapping[str, Any],
+    now: datetime,
+    topics: Iterable[str] = (),
+    purposes: Iterable[str] = (),
+    embargo_until: datetime | None = None,
+    expires_at: datetime | None = None,
+    chain: Iterable[Mapping[str, Any]] = (),
+    rng: Rng = os.urandom,
+    on_progress: ProgressCallback | None = None,
+) -> Sealed:
+    """Encrypt ``source`` to ``recipients`` into ``sink`` and sign a manifest, in one pass.
+
+    The metadata is validated before a byte is read. ``now`` is the manifest's ``created`` time;
+    ``rng`` supplies the file key, nonces and ephemeral keys. Raises :class:`MalformedError` for
+    bad metadata and ``ValueError`` for recipients age refuses to mix.
+    """
+    recipient_list = tuple(recipients)
+    policy_obj = dict(policy)
+    chain_list = tuple(dict(c) for c in chain)
+    draft = Manifest(  # validates every field before any I/O; digests are placeholders
+        artifact_id=artifact_id,
+        title=title,
+        origin=origin,
+        tlp=tlp,
+        topics=tuple(topics),
+        purposes=tuple(purposes),
+        created=now,
+        embargo_until=embargo_until,
+        expires_at=expires_at,
+        recipients=recipient_list,
+        policy=policy_obj,
+        size=0,
+        sha256="0" * 64,
+        age_header_sha256="0" * 64,
+        chain=chain_list,
+    )
+    reader: Reader = source if on_progress is None else _CountingReader(source, on_progress)
+    hasher = hashlib.sha256()
+    result = age.encrypt(reader, sink, [r.to_age() for r in recipient_list], rng=rng, hasher=hasher)
+    header_sha256 = hashlib.sha256(result.header).hexdigest()
+    manifest = replace(
+        draft,
+        size=result.plaintext_size,
+        sha256=hasher.hexdigest(),
+        age_header_sha256=header_sha256,
+    )
+    return Sealed(
+        manifest=manifest,
+        envelope=sign_manifest(manifest, signer),
+        sha256=manifest.sha256,
+        size=manifest.size,
+        header_sha256=header_sha256,
+        ciphertext_size=_ciphertext_size(result.header, result.plaintext_size),
+    )
+
+
+# --- verify and open --------------------------------------------------------------------------
+
+
+def _header_mismatch() -> VerificationError:
+    return VerificationError("the ciphertext does not match the manifest's header digest")
+
+
+def _as_reader(ciphertext: Reader | bytes) -> Reader:
+    if isinstance(ciphertext, bytes | bytearray | memoryview):
+        return io.BytesIO(bytes(ciphertext))
+    return ciphertext
+
+
+def verify(
+    envelope: Envelope,
+    *,
+    trusted: Mapping[str, VerifyKey],
+    ciphertext: Reader | bytes,
+    origin: str | None = None,
+) -> Manifest:
+    """Verify a manifest and that ``ciphertext`` (the age file, or just its header) is its file.
+
+    Reads only the age header from ``ciphertext``; needs no decryption key.
+    """
+    manifest = verify_manifest(envelope, trusted=trusted, origin=origin)
+    try:
+        header = age.read_header(_as_reader(ciphertext), armor=False)
+    except DecryptionError:
+        raise VerificationError("the ciphertext is not a valid age file") from None
+    if header.sha256 != manifest.age_header_sha256:
+        raise _header_mismatch()
+    return manifest
+
+
+def open_sealed(
+    source: Reader,
+    sink: Writer,
+    *,
+    envelope: Envelope,
+    identities: Iterable[Identity],
+    trusted: Mapping[str, VerifyKey],
+    origin: str | None = None,
+) -> Manifest:
+    """Verify and decrypt a sealed artifact, streaming the plaintext to ``sink``.
+
+    Order: the manifest signature; the header digest (before any identity sees the header); the
+    file key and header MAC; then the payload, whose SHA-256 and size are checked at the end.
+    Plaintext reaches ``sink`` before the final check, so on any exception the caller must
+    discard what ``sink`` received; :func:`open_sealed_file` does that for files.
+    """
+    manifest = verify_manifest(envelope, trusted=trusted, origin=origin)
+    decryptor = age.Decryptor.parse(source, armor=False)
+    if decryptor.header.sha256 != manifest.age_header_sha256:
+        raise _header_mismatch()
+    decryptor.unlock(identities)
+    hasher = hashlib.sha256()
+    size = decryptor.decrypt_to(sink, hasher=hasher)
+    if size != manifest.size or hasher.hexdigest() != manifest.sha256:
+        raise VerificationError("the plaintext digest does not match the manifest")
+    return manifest
+
+
+@contextlib.contextmanager
+def _atomic_output(path: Path, *, overwrite: bool) -> Iterator[BinaryIO]:
+    """A temporary file beside ``path``, moved to ``path`` only if the block succeeds."""
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} already exists")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # fails if path appeared meanwhile: never clobber
+            tmp.unlink()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def open_sealed_file(
+    path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    envelope: Envelope,
+    identities: Iterable[Identity],
+    trusted: Mapping[str, VerifyKey],
+    origin: str | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """:func:`open_sealed` from file ``path`` to file ``out_path``, all or nothing.
+
+    The plaintext is written to a temporary file (mode 0600) in ``out_path``'s folder and renamed
+    to ``out_path`` only when the signature, header digest, MAC, every chunk and the plaintext
+    digest have checked out. On any failure the temporary file is removed and nothing is left.
+    """
+    with open(path, "rb") as src, _atomic_output(Path(out_path), overwrite=overwrite) as out:
+        return open_sealed(
+            src, out, envelope=envelope, identities=identities, trusted=trusted, origin=origin
+        )
+
+
+def seal_file(
+    path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> Sealed:
+    """:func:`seal` from file ``path`` to file ``out_path`` (written atomically, like
+    :func:`open_sealed_file`). Keyword arguments are those of :func:`seal`."""
+    with open(path, "rb") as src, _atomic_output(Path(out_path), overwrite=overwrite) as out:
+        return seal(src, out, **kwargs)

@@ -52,10 +52,11 @@ class EntenteError(Exception):
     status: ClassVar[int] = 400
     title: ClassVar[str] = "Request failed"
 
-    def __init__(self, message: str, **extra: Any) -> None:
+    def __init__(self, message: str, *, audited: bool = False, **extra: Any) -> None:
         super().__init__(message)
         self.message = message
         self.extra = extra
+        self.audited = audited  # True when the raiser already wrote the refusal's audit event
 
 
 class UsageError(EntenteError):

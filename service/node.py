@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from crypto.dsse import Envelope
+from service.blobs import FileBlobStore
 from service.db import Database, open_database
 from service.home import Home, NodeKeys, open_home
 from service.metrics import Metrics
+from service.policy_store import PolicyStore
 from service.settings import Settings
 
 __all__ = ["Clock", "Node", "load_node", "system_clock"]
@@ -30,6 +32,8 @@ class Node:
     home: Home
     keys: NodeKeys
     db: Database
+    blobs: FileBlobStore
+    policies: PolicyStore
     clock: Clock = field(default=system_clock)
     metrics: Metrics = field(default_factory=Metrics)
 
@@ -49,4 +53,10 @@ def load_node(settings: Settings, *, migrate: bool = True) -> Node:
     home = open_home(settings.require_home())
     keys = home.unlock(settings)
     db = open_database(settings.resolved_database_url(), migrate=migrate)
-    return Node(settings=settings, home=home, keys=keys, db=db)
+    blobs = FileBlobStore(settings.resolved_blob_dir())
+    policies = PolicyStore(home.policies_dir)
+    policies.load()
+    node = Node(settings=settings, home=home, keys=keys, db=db, blobs=blobs, policies=policies)
+    with db.session() as session:
+        policies.sync_audit(session, actor="node:start", now=node.now())
+    return node

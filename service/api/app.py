@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from service.api import public
+from service.api import artifacts, public
 from service.api.problems import install_problem_handlers
 from service.node import Node
 
@@ -63,4 +63,5 @@ def create_app(node: Node, *, start_workers: bool | None = None) -> FastAPI:
         return response
 
     app.include_router(public.router)
+    app.include_router(artifacts.router)
     return app

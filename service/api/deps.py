@@ -68,6 +68,7 @@ def require_roles(*roles: Role) -> Callable[..., Principal]:
         except AuthError as exc:
             reason = str(exc.extra.get("reason", "unknown"))
             _refuse(node, request, kind="auth.refused", reason=reason, actor="anonymous")
+            exc.audited = True
             raise
         if principal.role not in allowed:
             _refuse(
@@ -81,6 +82,7 @@ def require_roles(*roles: Role) -> Callable[..., Principal]:
             raise ForbiddenError(
                 f"the {principal.role.value} role may not do this; it needs {needed}",
                 role=principal.role.value,
+                audited=True,
             )
         request.state.principal = principal
         return principal

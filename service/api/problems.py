@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import EntenteError
@@ -65,9 +66,54 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-def _entente_error(request: Request, exc: Exception) -> JSONResponse:
+_AUDITED_PREFIXES = ("/v1/", "/audit/", "/federation/", "/ui/")
+
+
+def _audit_refusal(request: Request, *, status: int, kind: str, detail: str) -> None:
+    """Every refusal on an API route is an audit event (unless its raiser already wrote one)."""
+    if status >= 500 or not request.url.path.startswith(_AUDITED_PREFIXES):
+        return
+    node = getattr(request.app.state, "node", None)
+    if node is None:
+        return
+    from service.audit import record
+
+    principal = getattr(request.state, "principal", None)
+    partner = getattr(request.state, "partner", None)
+    actor = (
+        principal.actor
+        if principal is not None
+        else (f"partner:{partner}" if partner else "anonymous")
+    )
+    try:
+        with node.db.session() as session:
+            record(
+                session,
+                kind="request.refused",
+                actor=actor,
+                partner=partner,
+                decision="deny",
+                rule=kind,
+                detail={
+                    "method": request.method,
+                    "path": request.url.path[:300],
+                    "status": status,
+                    "detail": detail[:300],
+                },
+                now=node.now(),
+            )
+        node.metrics.refusals.labels(kind).inc()
+    except Exception:  # the refusal stands even if the database is down
+        log.exception("could not audit a refusal")
+
+
+async def _entente_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, EntenteError):  # pragma: no cover - registration error
         return _unexpected(request, exc)
+    if not exc.audited:
+        await run_in_threadpool(
+            _audit_refusal, request, status=exc.status, kind=exc.kind, detail=exc.message
+        )
     headers = {"WWW-Authenticate": 'Bearer realm="entente"'} if exc.status == 401 else None
     if exc.status == 429 and "retry_after" in exc.extra:
         headers = {"Retry-After": str(exc.extra["retry_after"])}
@@ -82,7 +128,7 @@ def _entente_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, RequestValidationError):  # pragma: no cover
         return _unexpected(request, exc)
     errors = [
@@ -91,16 +137,25 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     ]
     first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
     detail = f"{'.'.join(first['loc']) or 'request'}: {first['msg']}"
+    await run_in_threadpool(
+        _audit_refusal, request, status=422, kind="invalid-input", detail=detail
+    )
     return problem(
         422, "invalid-input", "Invalid input", detail, instance=request.url.path, errors=errors
     )
 
 
-def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, StarletteHTTPException):  # pragma: no cover
         return _unexpected(request, exc)
     kind, title = _HTTP_KINDS.get(exc.status_code, ("http-error", "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) else title
+    if (
+        request.scope.get("route") is not None
+    ):  # refusals on real routes, not scans of unknown paths
+        await run_in_threadpool(
+            _audit_refusal, request, status=exc.status_code, kind=kind, detail=detail
+        )
     return problem(
         exc.status_code,
         kind,

@@ -13,6 +13,7 @@ import sys
 import typer
 
 from crypto.errors import CryptoError
+from policies.errors import PolicyError
 from service.errors import EntenteError, UsageError
 
 app = typer.Typer(
@@ -46,6 +47,9 @@ def main() -> None:
         typer.echo(f"entente: {exc.message}", err=True)
         sys.exit(1)
     except CryptoError as exc:
+        typer.echo(f"entente: {exc}", err=True)
+        sys.exit(1)
+    except PolicyError as exc:
         typer.echo(f"entente: {exc}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:

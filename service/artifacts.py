@@ -1,0 +1,635 @@
+"""Sharing, listing, reading and revoking artifacts at this node (the domain behind ``/v1``).
+
+Share: every requested partner's policy is evaluated first; if any denies, nothing is stored and
+the denial (rule and MOU clause) is audited and raised. Otherwise the file streams once through
+SHA-256 and age encryption to the permitted partners and this node, into the blob store; then ONE
+transaction records the artifact, an audit event per partner and an outbox row per partner.
+
+Read: the node decrypts with its own identity and streams plaintext to the caller after checking
+revocation, embargo, expiry and retention; the read is audited (and, where an ``inform`` obligation
+applies, an access notice to the origin is queued) before the first byte is sent. Plaintext never
+touches the disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import queue
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from crypto.dsse import Envelope
+from crypto.errors import CryptoError
+from crypto.sealed import ManifestRecipient, Sealed, open_sealed, seal
+from policies import Decision, Request
+from service.audit import record
+from service.blobs import BlobStore
+from service.errors import (
+    ConflictError,
+    EntenteError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    PolicyDeniedError,
+)
+from service.models import Artifact, Outbox, Partner
+from service.node import Node
+from service.schemas import ShareMetadata
+from service.tokens import Principal, Role
+
+__all__ = [
+    "ReadStream",
+    "decide_share",
+    "get_artifact",
+    "list_artifacts",
+    "new_artifact_id",
+    "open_for_read",
+    "revoke_artifact",
+    "share_artifact",
+]
+
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, sortable
+
+
+def new_artifact_id(now: datetime) -> str:
+    """``art_`` + 10 chars of milliseconds since the epoch + 16 random chars: sortable, unique."""
+    ms = int(now.timestamp() * 1000)
+    stamp = "".join(_B32[(ms >> (5 * i)) & 31] for i in reversed(range(10)))
+    rand = "".join(_B32[b & 31] for b in secrets.token_bytes(16))
+    return f"art_{stamp}{rand}"
+
+
+def _json_list(text: str) -> list[Any]:
+    value = json.loads(text)
+    return value if isinstance(value, list) else []
+
+
+# --- share ------------------------------------------------------------------------------------
+
+
+def decide_share(
+    node: Node, meta: ShareMetadata, *, principal: Principal
+) -> list[tuple[Partner, Decision]]:
+    """Evaluate each requested partner's policy; all must allow, or nothing is shared.
+
+    A denial for any partner is audited (one ``share.denied`` event per denied partner, in its own
+    transaction) and raised as :class:`PolicyDeniedError` naming the partner, rule and clause.
+    """
+    now = node.now()
+    with node.db.session() as session:
+        partners = {
+            p.node_id: p
+            for p in session.exec(select(Partner).where(col(Partner.node_id).in_(meta.partners)))
+        }
+    unknown = [p for p in meta.partners if p not in partners]
+    if unknown:
+        with node.db.session() as session:
+            for name in unknown:
+                record(
+                    session,
+                    kind="share.denied",
+                    actor=principal.actor,
+                    partner=name,
+                    decision="deny",
+                    detail={"reason": "unknown-partner", "title": meta.title, "tlp": meta.tlp},
+                    now=now,
+                )
+        raise InvalidInputError(
+            f"not a pinned partner: {', '.join(unknown)}",
+            reason="unknown-partner",
+            partners=unknown,
+            audited=True,
+        )
+    decisions = []
+    for partner_id in meta.partners:
+        request = Request(
+            partner=partner_id,
+            action="share",
+            tlp=meta.tlp,
+            topics=frozenset(meta.topics),
+            purposes=frozenset(meta.purposes),
+            embargo_until=meta.embargo_until,
+            expires_at=meta.expires_at,
+        )
+        decisions.append((partners[partner_id], node.policies.decide(request, now=now)))
+    denied = [(p, d) for p, d in decisions if not d.allowed]
+    if denied:
+        with node.db.session() as session:
+            for partner, decision in denied:
+                rule = decision.rules[0] if decision.rules else None
+                record(
+                    session,
+                    kind="share.denied",
+                    actor=principal.actor,
+                    partner=partner.node_id,
+                    decision="deny",
+                    rule=rule.id if rule else decision.reason,
+                    clause=rule.clause if rule else None,
+                    detail={"title": meta.title, "decision": decision.to_json()},
+                    now=now,
+                )
+        node.metrics.shares.labels("denied").inc()
+        first_partner, first = denied[0]
+        rule = first.rules[0] if first.rules else None
+        raise PolicyDeniedError(
+            f"sharing with {first_partner.node_id} is denied: {first.summary}",
+            partner=first_partner.node_id,
+            rule=rule.id if rule else None,
+            clause=rule.clause if rule else None,
+            reason=first.reason,
+            denials=[
+                {
+                    "partner": p.node_id,
+                    "summary": d.summary,
+                    "rules": [r.to_json() for r in d.rules],
+                    "unmet": [u.to_json() for u in d.unmet],
+                }
+                for p, d in denied
+            ],
+            audited=True,
+        )
+    return decisions
+
+
+def share_artifact(
+    node: Node,
+    blobs: BlobStore,
+    meta: ShareMetadata,
+    source: Any,
+    *,
+    principal: Principal,
+    decisions: list[tuple[Partner, Decision]],
+    chain: tuple[dict[str, Any], ...] = (),
+    artifact_id: str | None = None,
+    kind: str = "share.allowed",
+) -> Artifact:
+    """Seal ``source`` to the permitted partners and this node, store it, queue deliveries."""
+    now = node.now()
+    artifact_id = artifact_id or new_artifact_id(now)
+    recipients = [ManifestRecipient(node.node_id, node.home.age_recipient)] + [
+        ManifestRecipient(p.node_id, p.pq_recipient or p.age_recipient) for p, _ in decisions
+    ]
+    policy_ref = {
+        "decisions": [
+            {"partner": p.node_id, "effect": d.effect, "policy": d.policy_ref,
+             "rules": [r.to_json() for r in d.rules]}
+            for p, d in decisions
+        ]
+    }  # fmt: skip
+    writer = blobs.writer()
+    try:
+        sealed = seal(
+            source,
+            writer,
+            artifact_id=artifact_id,
+            title=meta.title,
+            origin=node.node_id,
+            tlp=meta.tlp,
+            recipients=recipients,
+            signer=node.keys.signing,
+            policy=policy_ref,
+            now=now,
+            topics=meta.topics,
+            purposes=meta.purposes,
+            embargo_until=meta.embargo_until,
+            expires_at=meta.expires_at,
+            chain=chain,
+        )
+        digest = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    try:
+        with node.db.session() as session:
+            row = _artifact_row(
+                sealed, blob=digest, direction="sent", sender=node.node_id, now=now,
+                obligations=[o.to_json() for _, d in decisions for o in d.obligations],
+            )  # fmt: skip
+            session.add(row)
+            for partner, decision in decisions:
+                rule = decision.rules[0] if decision.rules else None
+                record(
+                    session,
+                    kind=kind,
+                    actor=principal.actor,
+                    partner=partner.node_id,
+                    artifact_id=artifact_id,
+                    digest=sealed.manifest.sha256,
+                    decision="allow",
+                    rule=",".join(r.id for r in decision.rules) or None,
+                    clause=rule.clause if rule else None,
+                    detail={"title": meta.title, "tlp": meta.tlp, "size": sealed.size,
+                            "policy": decision.policy_ref},
+                    now=now,
+                )  # fmt: skip
+                session.add(
+                    Outbox(
+                        partner=partner.node_id,
+                        kind="deliver",
+                        artifact_id=artifact_id,
+                        created_at=now,
+                        next_attempt_at=now,
+                    )
+                )
+    except BaseException:
+        blobs.delete(digest)
+        raise
+    node.metrics.shares.labels("allowed").inc()
+    return row
+
+
+def _artifact_row(
+    sealed: Sealed,
+    *,
+    blob: str,
+    direction: str,
+    sender: str,
+    now: datetime,
+    obligations: list[dict[str, Any]],
+) -> Artifact:
+    m = sealed.manifest
+    return Artifact(
+        id=m.artifact_id,
+        direction=direction,
+        origin=m.origin,
+        sender=sender,
+        title=m.title,
+        tlp=m.tlp,
+        topics=json.dumps(list(m.topics)),
+        purposes=json.dumps(list(m.purposes)),
+        recipients=json.dumps([r.node_id for r in m.recipients]),
+        created_at=m.created,
+        recorded_at=now,
+        embargo_until=m.embargo_until,
+        expires_at=m.expires_at,
+        size=m.size,
+        sha256=m.sha256,
+        blob=blob,
+        ciphertext_size=sealed.ciphertext_size,
+        header_sha256=m.age_header_sha256,
+        manifest=sealed.envelope.to_bytes().decode("utf-8"),
+        policy_ref=json.dumps(m.policy),
+        obligations=json.dumps(obligations),
+    )
+
+
+# --- list and get -----------------------------------------------------------------------------
+
+
+def _encode_cursor(row: Artifact) -> str:
+    raw = json.dumps([row.recorded_at.isoformat(), row.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, ident = json.loads(raw)
+        return datetime.fromisoformat(stamp), str(ident)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        raise InvalidInputError("the cursor is not one this node issued") from None
+
+
+def list_artifacts(
+    session: Session,
+    *,
+    direction: str | None,
+    partner: str | None,
+    tlp: str | None,
+    topic: str | None,
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[Artifact], str | None]:
+    """Newest first, keyset-paginated on (recorded_at, id); deleted artifacts are left out."""
+    query = select(Artifact).where(col(Artifact.deleted_at).is_(None))
+    if direction is not None:
+        query = query.where(Artifact.direction == direction)
+    if partner is not None:
+        query = query.where(
+            sa.or_(
+                col(Artifact.origin) == partner,
+                col(Artifact.sender) == partner,
+                col(Artifact.recipients).contains(json.dumps(partner)),
+            )
+        )
+    if tlp is not None:
+        query = query.where(Artifact.tlp == tlp)
+    if topic is not None:
+        query = query.where(col(Artifact.topics).contains(json.dumps(topic)))
+    if cursor is not None:
+        at, ident = _decode_cursor(cursor)
+        query = query.where(
+            sa.or_(
+                col(Artifact.recorded_at) < at,
+                sa.and_(col(Artifact.recorded_at) == at, col(Artifact.id) < ident),
+            )
+        )
+    rows = list(
+        session.exec(
+            query.order_by(col(Artifact.recorded_at).desc(), col(Artifact.id).desc()).limit(
+                limit + 1
+            )
+        )
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, _encode_cursor(rows[-1]) if more and rows else None
+
+
+def get_artifact(session: Session, artifact_id: str) -> Artifact:
+    row = session.get(Artifact, artifact_id) if len(artifact_id) <= 64 else None
+    if row is None or row.deleted_at is not None:
+        raise NotFoundError(f"no artifact {artifact_id!r}")
+    return row
+
+
+def deliveries_for(session: Session, artifact_id: str) -> list[Outbox]:
+    return list(
+        session.exec(
+            select(Outbox)
+            .where(Outbox.artifact_id == artifact_id, Outbox.kind == "deliver")
+            .order_by(col(Outbox.partner))
+        )
+    )
+
+
+# --- read -------------------------------------------------------------------------------------
+
+
+def _retention_days(row: Artifact) -> int | None:
+    days = [
+        int(o.get("days", 0)) for o in _json_list(row.obligations) if o.get("kind") == "retain_max"
+    ]
+    return min(days) if days else None
+
+
+def _read_refusal(
+    node: Node, row: Artifact, principal: Principal, reason: str, message: str
+) -> None:
+    with node.db.session() as session:
+        record(
+            session,
+            kind="read.denied",
+            actor=principal.actor,
+            partner=row.origin if row.direction == "received" else None,
+            artifact_id=row.id,
+            digest=row.sha256,
+            decision="deny",
+            rule=reason,
+            detail={"reason": reason},
+            now=node.now(),
+        )
+    node.metrics.reads.labels("denied").inc()
+
+
+@dataclass
+class ReadStream:
+    artifact: Artifact
+    chunks: Iterator[bytes]
+
+
+def open_for_read(
+    node: Node, blobs: BlobStore, artifact_id: str, *, principal: Principal
+) -> ReadStream:
+    """Check obligations, audit the read, and return a plaintext stream."""
+    now = node.now()
+    with node.db.session() as session:
+        row = get_artifact(session, artifact_id)
+    checks: list[tuple[bool, str, str, EntenteError]] = [
+        (
+            row.revoked_at is not None,
+            "revoked",
+            "the origin revoked this artifact",
+            ConflictError(f"artifact {row.id} was revoked by its origin", reason="revoked"),
+        ),
+        (
+            row.embargo_until is not None and now < row.embargo_until,
+            "embargo",
+            "under embargo",
+            ForbiddenError(
+                f"artifact {row.id} is under embargo until {row.embargo_until}",
+                reason="embargo",
+                embargo_until=row.embargo_until.isoformat() if row.embargo_until else None,
+            ),
+        ),
+        (
+            row.expires_at is not None and now >= row.expires_at,
+            "expired",
+            "expired",
+            ConflictError(f"artifact {row.id} expired at {row.expires_at}", reason="expired"),
+        ),
+    ]
+    retention = _retention_days(row)
+    if retention is not None:
+        limit = row.recorded_at + timedelta(days=retention)
+        checks.append(
+            (
+                now >= limit,
+                "retention",
+                "past its retention period",
+                ConflictError(
+                    f"artifact {row.id} is past its retention period ({retention} days)",
+                    reason="retention",
+                ),
+            )
+        )
+    for failed, reason, message, error in checks:
+        if failed:
+            _read_refusal(node, row, principal, reason, message)
+            error.audited = True
+            raise error
+    decision = None
+    if row.direction == "received":
+        decision = node.policies.decide(
+            Request(
+                partner=row.origin,
+                action="read",
+                tlp=row.tlp,
+                topics=frozenset(_json_list(row.topics)),
+                purposes=frozenset(_json_list(row.purposes)),
+                embargo_until=row.embargo_until,
+                expires_at=row.expires_at,
+            ),
+            now=now,
+        )
+        if not decision.allowed:
+            rule = decision.rules[0] if decision.rules else None
+            with node.db.session() as session:
+                record(
+                    session,
+                    kind="read.denied",
+                    actor=principal.actor,
+                    partner=row.origin,
+                    artifact_id=row.id,
+                    digest=row.sha256,
+                    decision="deny",
+                    rule=rule.id if rule else decision.reason,
+                    clause=rule.clause if rule else None,
+                    detail={"decision": decision.to_json()},
+                    now=now,
+                )
+            raise PolicyDeniedError(
+                f"reading {row.id} is denied: {decision.summary}",
+                partner=row.origin,
+                rule=rule.id if rule else None,
+                clause=rule.clause if rule else None,
+                reason=decision.reason,
+                audited=True,
+            )
+    if row.blob is None:
+        raise NotFoundError(f"artifact {row.id} has no stored ciphertext (deleted)")
+    inform = any(o.get("kind") == "inform" for o in _json_list(row.obligations)) or (
+        decision is not None and any(o.kind == "inform" for o in decision.obligations)
+    )
+    with node.db.session() as session:
+        rule = decision.rules[0] if decision and decision.rules else None
+        record(
+            session,
+            kind="read",
+            actor=principal.actor,
+            partner=row.origin if row.direction == "received" else None,
+            artifact_id=row.id,
+            digest=row.sha256,
+            decision="allow",
+            rule=",".join(r.id for r in decision.rules) if decision else None,
+            clause=rule.clause if rule else None,
+            detail={"inform": inform},
+            now=now,
+        )
+        if inform and row.direction == "received":
+            session.add(
+                Outbox(
+                    partner=row.origin,
+                    kind="notice",
+                    artifact_id=row.id,
+                    payload=json.dumps(
+                        {"type": "access", "reader": principal.actor, "read_at": now.isoformat()}
+                    ),
+                    created_at=now,
+                    next_attempt_at=now,
+                )
+            )
+    node.metrics.reads.labels("allowed").inc()
+    return ReadStream(row, _decrypt_chunks(node, blobs, row))
+
+
+class _QueueSink:
+    def __init__(self, q: queue.Queue[bytes | BaseException | None], cancelled: threading.Event):
+        self._q = q
+        self._cancelled = cancelled
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        if self._cancelled.is_set():
+            raise _Cancelled
+        chunk = bytes(data)
+        while True:
+            try:
+                self._q.put(chunk, timeout=0.5)
+                return len(chunk)
+            except queue.Full:
+                if self._cancelled.is_set():
+                    raise _Cancelled from None
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _decrypt_chunks(node: Node, blobs: BlobStore, row: Artifact) -> Iterator[bytes]:
+    """Decrypt on a helper thread, handing plaintext chunks over a small bounded queue."""
+    from service.partners import partner_verify_keys
+
+    with node.db.session() as session:
+        trusted = (
+            {node.keys.signing.fingerprint: node.keys.signing.public}
+            if row.origin == node.node_id
+            else partner_verify_keys(session, row.origin)
+        )
+    envelope = Envelope.from_bytes(row.manifest.encode())
+    q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
+    cancelled = threading.Event()
+
+    def work() -> None:
+        try:
+            with blobs.open(row.blob or "") as source:
+                open_sealed(
+                    source,
+                    _QueueSink(q, cancelled),
+                    envelope=envelope,
+                    identities=node.keys.all_identities,
+                    trusted=trusted,
+                    origin=row.origin,
+                )
+            q.put(None)
+        except _Cancelled:
+            return
+        except BaseException as exc:  # handed to the reader
+            q.put(exc)
+
+    thread = threading.Thread(target=work, name=f"decrypt-{row.id}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                if isinstance(item, CryptoError):
+                    raise _IntegrityFailure(row.id) from None
+                raise item
+            yield item
+    finally:
+        cancelled.set()
+
+
+class _IntegrityFailure(Exception):
+    """The stored ciphertext failed verification mid-stream (storage corruption)."""
+
+
+# --- revoke -----------------------------------------------------------------------------------
+
+
+def revoke_artifact(node: Node, artifact_id: str, *, principal: Principal, reason: str) -> Artifact:
+    """Revoke an artifact this node originated: recipients are told to hide and delete it."""
+    now = node.now()
+    with node.db.session() as session:
+        row = get_artifact(session, artifact_id)
+        if row.origin != node.node_id:
+            raise ForbiddenError("only the origin can revoke an artifact", reason="not-origin")
+        if principal.role not in (Role.PUBLISHER, Role.ADMIN):
+            raise ForbiddenError("revoking needs the publisher or admin role")
+        if row.revoked_at is not None:
+            return row
+        row.revoked_at = now
+        row.revocation_reason = reason[:500] or None
+        session.add(row)
+        for partner in [r for r in _json_list(row.recipients) if r != node.node_id]:
+            record(
+                session,
+                kind="revocation.issued",
+                actor=principal.actor,
+                partner=partner,
+                artifact_id=row.id,
+                digest=row.sha256,
+                detail={"reason": reason[:500]},
+                now=now,
+            )
+            session.add(
+                Outbox(
+                    partner=partner,
+                    kind="notice",
+                    artifact_id=row.id,
+                    payload=json.dumps({"type": "revocation", "reason": reason[:500]}),
+                    created_at=now,
+                    next_attempt_at=now,
+                )
+            )
+        return row

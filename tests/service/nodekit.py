@@ -1,0 +1,117 @@
+"""In-process nodes for API tests: a real home, database and app, driven through ASGITransport."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from fastapi import FastAPI
+
+from policies import example_files
+from service.api.app import create_app
+from service.blobs import FileBlobStore
+from service.db import open_database
+from service.home import create_home
+from service.node import Node
+from service.partners import add_partner
+from service.policy_store import PolicyStore
+from service.settings import Settings
+from service.tokens import Role, create_token
+
+CREATED: list[Node] = []  # disposed after each test by tests/service/conftest.py
+
+
+@dataclass
+class Kit:
+    node: Node
+    app: FastAPI
+    tokens: dict[Role, str]
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app), base_url=f"http://{self.node.node_id}"
+        )
+
+    def auth(self, role: Role) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+
+def make_node(
+    root: Path,
+    node_id: str,
+    *,
+    db_url: str | None = None,
+    policies: bool = True,
+    **settings: object,
+) -> Kit:
+    home_path = root / node_id
+    base = Settings(
+        home=home_path,
+        database_url=db_url,
+        insecure_no_passphrase=True,
+        workers_enabled=False,
+        **settings,  # type: ignore[arg-type]
+    )
+    home = create_home(
+        base,
+        path=home_path,
+        node_id=node_id,
+        name=node_id.upper(),
+        url=f"http://{node_id}",
+        now=datetime.now(UTC),
+    )
+    if policies:
+        for name, data in example_files(node_id).items():
+            (home.policies_dir / name).write_bytes(data)
+    db = open_database(base.resolved_database_url(), migrate=True)
+    store = PolicyStore(home.policies_dir)
+    store.load()
+    node = Node(
+        settings=base,
+        home=home,
+        keys=home.unlock(base),
+        db=db,
+        blobs=FileBlobStore(base.resolved_blob_dir()),
+        policies=store,
+    )
+    CREATED.append(node)
+    tokens = {}
+    with db.session() as session:
+        store.sync_audit(session, actor="test", now=node.now())
+        for role in Role:
+            _row, secret = create_token(
+                session, role=role, name=f"{role.value}-user", now=node.now(), actor="test"
+            )
+            tokens[role] = secret
+    return Kit(node=node, app=create_app(node, start_workers=False), tokens=tokens)
+
+
+def pin(a: Kit, b: Kit) -> None:
+    """Make ``a`` pin ``b`` (one direction)."""
+    with a.node.db.session() as session:
+        add_partner(
+            session,
+            descriptor_bytes=b.node.descriptor().to_bytes(),
+            fingerprint=b.node.keys.signing.fingerprint,
+            own_node_id=a.node.node_id,
+            now=a.node.now(),
+            actor="test",
+        )
+
+
+def upload_body(metadata: str | bytes, content: bytes, boundary: str = "entente-test") -> bytes:
+    meta = metadata.encode() if isinstance(metadata, str) else metadata
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n'
+        f"Content-Type: application/json\r\n\r\n".encode()
+        + meta
+        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="finding.bin"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+
+UPLOAD_HEADERS = {"Content-Type": "multipart/form-data; boundary=entente-test"}

@@ -149,13 +149,13 @@ class CompactRange:
         push = hashes.append
         prefix = _NODE_PREFIX
         n = self._size
+        # The size bound is checked once: 2**63 appends are out of reach of any single call.
+        if n >= MAX_TREE_SIZE:
+            raise MalformedError("the tree is full")
         for leaf in leaves:
             if len(leaf) != HASH_SIZE:
                 self._size = n
                 raise MalformedError("a leaf hash is 32 bytes")
-            if n >= MAX_TREE_SIZE:
-                self._size = n
-                raise MalformedError("the tree is full")
             h = leaf
             m = n
             while m & 1:
@@ -176,10 +176,9 @@ class CompactRange:
         pop = hashes.pop
         push = hashes.append
         n = self._size
+        if n >= MAX_TREE_SIZE:
+            raise MalformedError("the tree is full")
         for entry in entries:
-            if n >= MAX_TREE_SIZE:
-                self._size = n
-                raise MalformedError("the tree is full")
             c = leaf_prefix.copy()
             c.update(entry)
             h = c.digest()
@@ -259,7 +258,7 @@ class MemoryHashStore:
 
     def __call__(self, start: int, end: int, /) -> bytes:
         width = end - start
-        if width <= 0 or width & (width - 1) or start % width or end > self.size:
+        if start < 0 or width <= 0 or width & (width - 1) or start % width or end > self.size:
             raise MalformedError("not a stored perfect subtree")
         level = width.bit_length() - 1
         offset = (start >> level) * HASH_SIZE
@@ -274,7 +273,7 @@ def subtree_root(start: int, end: int, source: HashSource) -> bytes:
     subtrees, largest first.
     """
     width = end - start
-    if width <= 0:
+    if start < 0 or width <= 0:
         raise MalformedError("empty subtree")
     if start & ((1 << (width - 1).bit_length()) - 1):
         raise MalformedError("subtree is not aligned")

@@ -172,7 +172,7 @@ def test_visit_reports_every_perfect_subtree() -> None:
 def test_memory_store_answers_only_perfect_subtrees() -> None:
     store = store_of(10)
     assert store(8, 10) == ref_mth(entries(10)[8:10])
-    for start, end in [(0, 3), (1, 3), (8, 12), (4, 4)]:
+    for start, end in [(0, 3), (1, 3), (8, 12), (4, 4), (-2, 0), (-1, 0)]:
         with pytest.raises(MalformedError):
             store(start, end)
     with pytest.raises(MalformedError):
@@ -181,6 +181,8 @@ def test_memory_store_answers_only_perfect_subtrees() -> None:
     assert store.root(7) == ref_mth(entries(7))
     with pytest.raises(MalformedError):
         subtree_root(1, 3, store)  # not aligned
+    with pytest.raises(MalformedError):
+        subtree_root(-4, 0, store)
 
 
 # --- Proof generation against the reference; verification of generated proofs.

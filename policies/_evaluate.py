@@ -74,14 +74,11 @@ class Unmet:
 # --- compiled rules ---------------------------------------------------------------------------
 
 
-def _terms(
-    values: frozenset[str] | None,
-) -> tuple[frozenset[str] | None, tuple[str, ...], frozenset[str]]:
-    """(exact terms, ``term/`` prefixes, proper ancestors) of a rule's topics or purposes."""
+def _terms(values: frozenset[str] | None) -> tuple[frozenset[str] | None, tuple[str, ...]]:
+    """(exact terms, ``term/`` prefixes) of a rule's topics or purposes."""
     if values is None:
-        return None, (), frozenset()
-    ancestors = {v.rsplit("/", i)[0] for v in values for i in range(1, v.count("/") + 1)}
-    return values, tuple(sorted(v + "/" for v in values)), frozenset(ancestors)
+        return None, ()
+    return values, tuple(sorted(v + "/" for v in values))
 
 
 class _CPermit:
@@ -103,8 +100,8 @@ class _CPermit:
     def __init__(self, rule: Permit) -> None:
         self.rule = rule
         self.ref = RuleRef(rule.id, "permit", rule.clause, rule.description)
-        self.topics, self.topic_prefixes, _ = _terms(rule.topics)
-        self.purposes, self.purpose_prefixes, _ = _terms(rule.purposes)
+        self.topics, self.topic_prefixes = _terms(rule.topics)
+        self.purposes, self.purpose_prefixes = _terms(rule.purposes)
         self.embargo = _EMBARGO[rule.embargo]
         self.expiry = _EXPIRY[rule.expiry]
         self.onward_to = rule.onward_to
@@ -153,12 +150,10 @@ class _CForbid:
         "embargo",
         "expiry",
         "onward_to",
-        "purpose_ancestors",
         "purpose_prefixes",
         "purposes",
         "ref",
         "rule",
-        "topic_ancestors",
         "topic_prefixes",
         "topics",
     )
@@ -166,8 +161,8 @@ class _CForbid:
     def __init__(self, rule: Forbid) -> None:
         self.rule = rule
         self.ref = RuleRef(rule.id, "forbid", rule.clause, rule.description)
-        self.topics, self.topic_prefixes, self.topic_ancestors = _terms(rule.topics)
-        self.purposes, self.purpose_prefixes, self.purpose_ancestors = _terms(rule.purposes)
+        self.topics, self.topic_prefixes = _terms(rule.topics)
+        self.purposes, self.purpose_prefixes = _terms(rule.purposes)
         self.embargo = _EMBARGO[rule.embargo]
         self.expiry = _EXPIRY[rule.expiry]
         self.onward_to = rule.onward_to
@@ -180,21 +175,21 @@ class _CForbid:
         has_expiry: bool,
         onward_to: str | None,
     ) -> bool:
-        # A forbid errs towards matching: an absent attribute cannot rule it out, and a term
-        # matches when it overlaps a rule term in either direction.
+        # A forbid matches when any term of the request is within one of its terms; a request
+        # without the attribute cannot rule the forbid out, so it matches too (fail closed).
         exact = self.topics
         if exact is not None and topics:
-            prefixes, ancestors = self.topic_prefixes, self.topic_ancestors
+            prefixes = self.topic_prefixes
             for t in topics:
-                if t in exact or t in ancestors or t.startswith(prefixes):
+                if t in exact or t.startswith(prefixes):
                     break
             else:
                 return False
         exact = self.purposes
         if exact is not None and purposes:
-            prefixes, ancestors = self.purpose_prefixes, self.purpose_ancestors
+            prefixes = self.purpose_prefixes
             for t in purposes:
-                if t in exact or t in ancestors or t.startswith(prefixes):
+                if t in exact or t.startswith(prefixes):
                     break
             else:
                 return False
@@ -541,13 +536,11 @@ def _forbid_checks(rule: Forbid, request: Request, now: datetime) -> list[tuple[
                 (True, f"the request names no {singular}, so {_list(scopes)} cannot be ruled out")
             )
             continue
-        hits = [
-            (v, s) for v in sorted(values) for s in sorted(scopes) if within(v, s) or within(s, v)
-        ]
+        hits = [(v, s) for v in sorted(values) for s in sorted(scopes) if within(v, s)]
         if hits:
-            out.extend((True, f"{singular} {v} overlaps forbidden {s}") for v, s in hits)
+            out.extend((True, f"{singular} {v} is within forbidden {s}") for v, s in hits)
         else:
-            out.append((False, f"no {singular} overlaps {_list(scopes)}"))
+            out.append((False, f"no {singular} is within {_list(scopes)}"))
     embargoed = request.embargo_until is not None and now < request.embargo_until
     if rule.embargo == "active":
         if embargoed:

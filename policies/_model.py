@@ -154,9 +154,9 @@ class Permit:
 class Forbid:
     """A rule that denies a request when every one of its conditions holds.
 
-    A forbid errs towards matching: a request term overlapping a rule term in either direction
-    matches (a request for ``evaluation`` may cover a forbidden ``evaluation/red-teaming``), and
-    a request that lacks an attribute the rule tests (no topics, no onward target) matches.
+    ``topics`` and ``purposes`` hold when any term of the request is a rule term or below one.
+    A forbid errs towards matching: a request that lacks an attribute the rule tests (no topics,
+    no purposes, no onward target) cannot rule it out, so it matches.
     """
 
     kind: ClassVar[str] = "forbid"

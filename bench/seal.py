@@ -1,0 +1,301 @@
+"""Benchmark: seal and open a large file with Entente, side by side with ``age`` + ``sha256sum``.
+
+DESIGN.md section 10: sealing (hash + encrypt + sign) and opening (decrypt + verify digest and
+signature) a 1 GiB file must each reach at least 1.2x the throughput of what a user would
+otherwise script, run in the same session on the same file:
+
+* seal peer:  ``age -r RECIPIENT -o OUT FILE`` then ``sha256sum FILE``
+* open peer:  ``age -d -i KEYFILE -o PLAIN OUT`` then ``sha256sum PLAIN``
+
+with a peak RSS under 64 MiB. Entente runs in a child process that imports only ``crypto`` (and
+the standard library); its peak RSS is that child's ``ru_maxrss``. Every timing is the wall time
+of whole processes (interpreter start-up included for Entente, as process start-up is included
+for the peers). Entente's open writes through a temporary file that it fsyncs and renames, as it
+does in production; the peers write without fsync. Before each timed step, the previous outputs
+are deleted and dirty pages are flushed (``sync``), so no step pays for another's writes.
+
+Usage::
+
+    python bench/seal.py                 # 1 GiB, 3 rounds, medians
+    python bench/seal.py --quick         # 16 MiB, 1 round: only checks that everything runs
+    python bench/seal.py --size 256M --rounds 5 --json result.json
+
+Figures go to stdout; the JSON result is the last stdout line, or goes to ``--json PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MIB = 1 << 20
+TARGET_RATIO = 1.2
+TARGET_RSS_MIB = 64
+
+
+def parse_size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+# --- the child: imports only crypto ------------------------------------------------------------
+
+
+def child(argv: list[str]) -> None:
+    """Run one Entente operation and print its timing and peak RSS as JSON."""
+    sys.path.insert(0, str(ROOT))
+    from datetime import UTC, datetime
+
+    from crypto import age, sealed
+    from crypto.keys import SigningKey, VerifyKey
+
+    op, work = argv[0], Path(argv[1])
+    start = time.perf_counter()
+    if op == "seal":
+        signer = SigningKey(bytes.fromhex((work / "signing.hex").read_text()))
+        result = sealed.seal_file(
+            work / "input.bin",
+            work / "entente.age",
+            artifact_id="bench-1",
+            title="Benchmark artifact",
+            origin="uk-aisi",
+            tlp="TLP:AMBER",
+            recipients=[sealed.ManifestRecipient("us-aisi", (work / "recipient.txt").read_text())],
+            signer=signer,
+            policy={"bench": True},
+            now=datetime.now(UTC),
+        )
+        (work / "entente.dsse.json").write_bytes(result.envelope.to_bytes())
+        digest = result.sha256
+    elif op == "open":
+        public = VerifyKey(bytes.fromhex((work / "verify.hex").read_text()))
+        identity = age.parse_identity((work / "identity.txt").read_text())
+        manifest = sealed.open_sealed_file(
+            work / "entente.age",
+            work / "entente.out",
+            envelope=sealed.load_envelope((work / "entente.dsse.json").read_bytes()),
+            identities=[identity],
+            trusted={public.fingerprint: public},
+        )
+        digest = manifest.sha256
+    else:
+        raise SystemExit(f"unknown child operation {op!r}")
+    elapsed = time.perf_counter() - start
+    loaded = sorted(
+        name
+        for name in sys.modules
+        if name.split(".")[0] not in sys.stdlib_module_names
+        and name.split(".")[0] not in ("crypto", "cryptography", "_cffi_backend", "bench")
+        and not name.startswith("_")
+    )
+    print(
+        json.dumps(
+            {
+                "op_seconds": elapsed,
+                "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "sha256": digest,
+                "third_party_modules": loaded,
+            }
+        )
+    )
+
+
+# --- the parent -------------------------------------------------------------------------------
+
+
+def _clean(work: Path, *names: str) -> None:
+    for name in names:
+        (work / name).unlink(missing_ok=True)
+    os.sync()
+
+
+def _run(cmd: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return time.perf_counter() - start, done.stdout
+
+
+def _prepare(work: Path, size: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    from crypto import age
+    from crypto.keys import SigningKey
+
+    with open(work / "input.bin", "wb") as out:
+        left = size
+        while left:
+            block = os.urandom(min(left, 4 * MIB))
+            out.write(block)
+            left -= len(block)
+    identity = age.X25519Identity.generate()
+    signer = SigningKey.generate()
+    for name, text in (
+        ("identity.txt", identity.to_string() + "\n"),
+        ("signing.hex", signer.seed.hex()),
+    ):
+        fd = os.open(work / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    (work / "recipient.txt").write_text(identity.recipient.to_string())
+    (work / "verify.hex").write_text(signer.public.raw.hex())
+
+
+def _round(work: Path, age_cli: str, sha256sum: str) -> dict[str, Any]:
+    recipient = (work / "recipient.txt").read_text()
+    me = [sys.executable, str(Path(__file__).resolve()), "--child"]
+
+    _clean(work, "peer.age", "peer.out")
+    t_age_enc, _ = _run(
+        [age_cli, "-r", recipient, "-o", str(work / "peer.age"), str(work / "input.bin")]
+    )
+    t_sum_in, out = _run([sha256sum, str(work / "input.bin")])
+    digest = out.split()[0]
+
+    _clean(work, "entente.age", "entente.dsse.json")
+    t_seal, out = _run([*me, "seal", str(work)])
+    sealed_child = json.loads(out)
+
+    _clean(work, "peer.out")
+    t_age_dec, _ = _run(
+        [
+            age_cli,
+            "-d",
+            "-i",
+            str(work / "identity.txt"),
+            "-o",
+            str(work / "peer.out"),
+            str(work / "peer.age"),
+        ]
+    )
+    t_sum_out, out = _run([sha256sum, str(work / "peer.out")])
+    if out.split()[0] != digest:
+        raise SystemExit("age -d produced other bytes than the input")
+
+    _clean(work, "entente.out")
+    t_open, out = _run([*me, "open", str(work)])
+    opened_child = json.loads(out)
+    if not sealed_child["sha256"] == opened_child["sha256"] == digest:
+        raise SystemExit("Entente's digests disagree with sha256sum")
+
+    return {
+        "seal": {
+            "entente_seconds": t_seal,
+            "entente_op_seconds": sealed_child["op_seconds"],
+            "peer_seconds": t_age_enc + t_sum_in,
+            "peer_age_seconds": t_age_enc,
+            "peer_sha256sum_seconds": t_sum_in,
+            "maxrss_kib": sealed_child["maxrss_kib"],
+            "third_party_modules": sealed_child["third_party_modules"],
+        },
+        "open": {
+            "entente_seconds": t_open,
+            "entente_op_seconds": opened_child["op_seconds"],
+            "peer_seconds": t_age_dec + t_sum_out,
+            "peer_age_seconds": t_age_dec,
+            "peer_sha256sum_seconds": t_sum_out,
+            "maxrss_kib": opened_child["maxrss_kib"],
+            "third_party_modules": opened_child["third_party_modules"],
+        },
+    }
+
+
+def _summarise(size: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {"size_bytes": size, "rounds": len(rounds)}
+    for op in ("seal", "open"):
+        runs = [r[op] for r in rounds]
+        ours = statistics.median(r["entente_seconds"] for r in runs)
+        peer = statistics.median(r["peer_seconds"] for r in runs)
+        rss_mib = max(r["maxrss_kib"] for r in runs) / 1024
+        summary[op] = {
+            "entente_mb_s": size / 1e6 / ours,
+            "entente_op_mb_s": size
+            / 1e6
+            / statistics.median(r["entente_op_seconds"] for r in runs),
+            "peer_mb_s": size / 1e6 / peer,
+            "peer_age_mb_s": size / 1e6 / statistics.median(r["peer_age_seconds"] for r in runs),
+            "peer_sha256sum_mb_s": size
+            / 1e6
+            / statistics.median(r["peer_sha256sum_seconds"] for r in runs),
+            "ratio": peer / ours,
+            "peak_rss_mib": rss_mib,
+            "ratio_ok": peer / ours >= TARGET_RATIO,
+            "rss_ok": rss_mib < TARGET_RSS_MIB,
+            "child_third_party_modules": runs[0]["third_party_modules"],
+        }
+    summary["targets"] = {"ratio": TARGET_RATIO, "peak_rss_mib": TARGET_RSS_MIB}
+    summary["ok"] = all(
+        summary[op]["ratio_ok"] and summary[op]["rss_ok"] for op in ("seal", "open")
+    )
+    return summary
+
+
+def _print_figures(summary: dict[str, Any]) -> None:
+    size = summary["size_bytes"]
+    print(f"file: {size / MIB:.0f} MiB, rounds: {summary['rounds']} (medians)")
+    rows = (
+        ("seal", "age -r + sha256sum"),
+        ("open", "age -d + sha256sum"),
+    )
+    for op, peer_name in rows:
+        s = summary[op]
+        print(
+            f"{op}: entente {s['entente_mb_s']:8.1f} MB/s "
+            f"(in-process {s['entente_op_mb_s']:.1f} MB/s) | "
+            f"{peer_name} {s['peer_mb_s']:8.1f} MB/s "
+            f"(age {s['peer_age_mb_s']:.1f}, sha256sum {s['peer_sha256sum_mb_s']:.1f}) | "
+            f"ratio {s['ratio']:.2f}x (target >= {TARGET_RATIO}) | "
+            f"peak RSS {s['peak_rss_mib']:.1f} MiB (target < {TARGET_RSS_MIB})"
+        )
+    print("targets met" if summary["ok"] else "TARGETS NOT MET")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--child":
+        child(argv[1:])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=parse_size, default=1 << 30, help="file size (e.g. 1G)")
+    parser.add_argument("--quick", action="store_true", help="16 MiB, one round")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 3; quick 1)")
+    parser.add_argument("--dir", type=Path, default=None, help="scratch folder's parent")
+    parser.add_argument("--json", type=Path, default=None, help="write the JSON result here")
+    args = parser.parse_args(argv)
+    size = 16 * MIB if args.quick else args.size
+    rounds = args.rounds or (1 if args.quick else 3)
+    age_cli = shutil.which("age")
+    sha256sum = shutil.which("sha256sum")
+    if age_cli is None or sha256sum is None:
+        print("needs the age CLI (apt-get install age) and sha256sum (coreutils)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="entente-bench-", dir=args.dir))
+    try:
+        _prepare(work, size)
+        results = [_round(work, age_cli, sha256sum) for _ in range(rounds)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = _summarise(size, results)
+    _print_figures(summary)
+    line = json.dumps(summary, sort_keys=True)
+    if args.json is not None:
+        args.json.write_text(line + "\n")
+    else:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

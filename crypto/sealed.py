@@ -180,7 +180,8 @@ class ManifestRecipient:
             raise MalformedError("a recipient's node_id is not a valid node id")
         if not isinstance(self.recipient, str):
             raise MalformedError("a recipient's age recipient is a string")
-        age.parse_recipient(self.recipient)  # raises MalformedError
+        if age.parse_recipient(self.recipient).to_string() != self.recipient:
+            raise MalformedError("a recipient's age recipient is not in its canonical form")
 
     def to_age(self) -> age.X25519Recipient | age.HybridRecipient:
         return age.parse_recipient(self.recipient)

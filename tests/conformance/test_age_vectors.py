@@ -53,8 +53,8 @@ def load(path: Path) -> Vector:
     assert sep, f"{path.name}: no blank line after the vector header"
     fields: list[tuple[str, str]] = []
     for line in head.decode("utf-8").splitlines():
-        key, sep, value = line.partition(": ")
-        assert sep, f"{path.name}: malformed header line {line!r}"
+        key, colon, value = line.partition(": ")
+        assert colon, f"{path.name}: malformed header line {line!r}"
         fields.append((key, value))
     vector = Vector(expect="", body=body)
     for key, value in fields:

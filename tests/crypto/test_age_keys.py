@@ -6,6 +6,8 @@ import io
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from crypto import age
 from crypto.age import _bech32
@@ -150,6 +152,13 @@ def test_bech32_bip173_examples(text: str, hrp: str, data: bytes) -> None:
 def test_bech32_rejects_bip173_invalid_examples(text: str) -> None:
     with pytest.raises(_bech32.Bech32Error):
         _bech32.decode(text)
+
+
+@given(hrp=st.sampled_from(["age", "age1pq", "age-secret-key-"]), data=st.binary(max_size=200))
+def test_bech32_round_trip_property(hrp: str, data: bytes) -> None:
+    text = _bech32.encode(hrp, data)
+    assert _bech32.decode(text) == (hrp, data)
+    assert _bech32.decode(text.upper()) == (hrp, data)
 
 
 def test_passphrase_round_trip() -> None:

@@ -7,6 +7,8 @@ import io
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from crypto import age
 from crypto.age._stream import BLOCK_CHUNKS, CHUNK_SIZE
@@ -242,3 +244,26 @@ def test_stanza_marshal_refuses_invalid_arguments() -> None:
         age.Stanza("bad type", (), b"").marshal()
     with pytest.raises(ValueError, match="printable ASCII"):
         age.Stanza("ok", ("",), b"").marshal()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=st.binary(max_size=3 * CHUNK_SIZE),
+    extra=st.integers(min_value=0, max_value=2),
+    short_reads=st.integers(min_value=1, max_value=70_000),
+)
+def test_round_trip_property(data: bytes, extra: int, short_reads: int) -> None:
+    data = data + bytes(extra * CHUNK_SIZE)
+
+    class Chunky:
+        def __init__(self, blob: bytes) -> None:
+            self._buf = io.BytesIO(blob)
+
+        def read(self, size: int = -1, /) -> bytes:
+            return self._buf.read(min(size, short_reads) if size >= 0 else short_reads)
+
+    sink = io.BytesIO()
+    age.encrypt(Chunky(data), sink, [Y.recipient])
+    out = io.BytesIO()
+    age.decrypt(Chunky(sink.getvalue()), out, [Y])
+    assert out.getvalue() == data

@@ -399,6 +399,15 @@ def test_manifest_refuses_naive_times_and_non_json_policy() -> None:
         manifest(recipients=())
 
 
+def test_manifest_recipients_are_canonical_age_strings() -> None:
+    text = US.recipient.to_string()
+    assert sealed.ManifestRecipient("us-aisi", text).to_age() == US.recipient
+    with pytest.raises(MalformedError, match="canonical"):
+        sealed.ManifestRecipient("us-aisi", f" {text}\n")
+    with pytest.raises(MalformedError, match="node id"):
+        sealed.ManifestRecipient("US_AISI", text)
+
+
 def test_manifest_payload_that_is_not_json_is_malformed() -> None:
     envelope = sign_envelope("application/vnd.in-toto+json", b"\xff not json", [ORIGIN_KEY])
     with pytest.raises(MalformedError, match="not valid JSON"):

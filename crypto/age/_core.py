@@ -10,9 +10,11 @@ Decryption follows c2sp.org/age in this order, and raises the matching error:
 5. read the 16-byte payload nonce (:class:`HeaderError` if missing);
 6. decrypt the STREAM payload (:class:`PayloadError`).
 
-No plaintext is written before step 5 has succeeded. Plaintext of earlier chunks is written before
-a later chunk fails (that is what streaming means); callers that must release nothing on failure
-write to a temporary file and rename it only on success (``crypto.sealed.open_sealed_file``).
+No plaintext is written before step 5 has succeeded. The payload is then written in blocks of 16
+chunks (1 MiB), each only after all its chunks authenticated: a file of up to 1 MiB releases
+nothing on failure, but a larger one may release earlier blocks before a later one fails (that is
+what streaming in constant memory means). Callers that must release nothing write to a temporary
+file and rename it only on success (``crypto.sealed.open_sealed_file``).
 """
 
 from __future__ import annotations

@@ -246,7 +246,7 @@ def test_stanza_marshal_refuses_invalid_arguments() -> None:
         age.Stanza("ok", ("",), b"").marshal()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     data=st.binary(max_size=3 * CHUNK_SIZE),
     extra=st.integers(min_value=0, max_value=2),

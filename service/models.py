@@ -18,6 +18,9 @@ __all__ = [
     "Outbox",
     "Partner",
     "PartnerKey",
+    "PullState",
+    "ReceivedNotice",
+    "SeenNonce",
     "Token",
     "UTCDateTime",
     "utcnow",
@@ -156,6 +159,7 @@ class Artifact(SQLModel, table=True):
     revoked_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
     revocation_reason: str | None = Field(default=None, max_length=500)
     deleted_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    receipt: str | None = Field(default=None, sa_column=sa.Column(sa.Text))  # ours, if received
 
 
 class Outbox(SQLModel, table=True):
@@ -186,3 +190,37 @@ class Outbox(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=1000)
     delivered_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
     receipt: str | None = Field(default=None, sa_column=sa.Column(sa.Text))  # signed receipt JSON
+
+
+class SeenNonce(SQLModel, table=True):
+    """RFC 9421 nonces already accepted, per partner key: a replay is refused on every replica."""
+
+    __tablename__ = "seen_nonces"
+
+    keyid: str = Field(primary_key=True, max_length=64)
+    nonce: str = Field(primary_key=True, max_length=128)
+    seen_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False, index=True))
+
+
+class PullState(SQLModel, table=True):
+    """How far this node has read each partner's feed (catch-up after a partition)."""
+
+    __tablename__ = "pull_state"
+
+    partner: str = Field(primary_key=True, max_length=63)
+    cursor: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
+    last_pull_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    last_error: str | None = Field(default=None, max_length=1000)
+
+
+class ReceivedNotice(SQLModel, table=True):
+    """Notices (revocations, access notices) accepted from partners, for idempotent replies."""
+
+    __tablename__ = "received_notices"
+
+    partner: str = Field(primary_key=True, max_length=63)
+    notice_id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    kind: str = Field(max_length=16)
+    artifact_id: str = Field(max_length=64, index=True)
+    received_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    receipt: str = Field(sa_column=sa.Column(sa.Text, nullable=False))

@@ -26,9 +26,13 @@ class Workers:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._steps: dict[str, Step] = {}
+        self._cleanups: list[Callable[[], None]] = []
 
     def add(self, name: str, step: Step) -> None:
         self._steps[name] = step
+
+    def on_stop(self, cleanup: Callable[[], None]) -> None:
+        self._cleanups.append(cleanup)
 
     async def _loop(self, name: str, step: Step) -> None:
         while not self._stopping.is_set():
@@ -52,3 +56,8 @@ class Workers:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        for cleanup in self._cleanups:
+            try:
+                cleanup()
+            except Exception:
+                log.exception("worker cleanup failed")

@@ -13,9 +13,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from service.api import artifacts, public
+from service.api import artifacts, federation, public
+from service.api.audit import router as audit_router
 from service.api.problems import install_problem_handlers
+from service.api.witness import router as witness_router
 from service.node import Node
+from service.transparency import register_audit_workers
 
 __all__ = ["create_app"]
 
@@ -31,6 +34,10 @@ def create_app(node: Node, *, start_workers: bool | None = None) -> FastAPI:
 
         workers = Workers(node) if run_workers else None
         if workers is not None:
+            register_audit_workers(workers, node)
+            from service.federation.workers import register_federation_workers
+
+            register_federation_workers(workers, node)
             await workers.start()
         try:
             yield
@@ -64,4 +71,7 @@ def create_app(node: Node, *, start_workers: bool | None = None) -> FastAPI:
 
     app.include_router(public.router)
     app.include_router(artifacts.router)
+    app.include_router(federation.router)
+    app.include_router(audit_router)
+    app.include_router(witness_router)
     return app

@@ -1,0 +1,232 @@
+"""Signed calls from this node to one partner.
+
+Every request is RFC 9421-signed with this node's key; every answer must carry a valid signature
+by the partner's pinned key and a body matching its ``Content-Digest``, or it is not believed.
+Whatever goes wrong on the way (connection refused, timeout, 5xx, a bad or missing signature) the
+caller sees one error, :class:`service.errors.PartnerUnavailableError`; a 4xx problem document
+from the partner is :class:`PartnerRefusedError` carrying its detail.
+
+Synchronous (httpx.Client) by design: the delivery and pull workers run it on worker threads,
+where streaming a blob up or down needs no bridging between event loop and thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from crypto import httpsig
+from crypto.errors import CryptoError
+from service.errors import PartnerUnavailableError
+from service.federation.signing import (
+    digest_value,
+    sign_request_headers,
+    verify_response_from,
+)
+from service.models import Partner
+from service.node import Node
+from service.partners import partner_verify_keys
+
+__all__ = ["PartnerClient", "PartnerRefusedError", "Reply"]
+
+MAX_REPLY_BYTES = 1 << 20  # bytes of a JSON reply
+
+
+class PartnerRefusedError(PartnerUnavailableError):
+    """The partner answered with a 4xx problem document: retrying the same request won't help
+    unless the partner's state changes (a policy, a pinned key)."""
+
+    kind = "partner-refused"
+
+    def __init__(self, message: str, *, status: int, problem: dict[str, Any]) -> None:
+        super().__init__(message, status_code=status)
+        self.status_code = status
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    data: Any
+
+
+class PartnerClient:
+    def __init__(self, node: Node, http: httpx.Client | None = None) -> None:
+        self.node = node
+        timeout = httpx.Timeout(node.settings.request_timeout_seconds, connect=5.0)
+        self.http = http or httpx.Client(
+            timeout=timeout, limits=httpx.Limits(max_connections=32, max_keepalive_connections=16)
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _prepare(
+        self, partner: Partner, method: str, path: str, digest: str, content_type: str | None
+    ) -> tuple[str, dict[str, str], httpsig.Request]:
+        url = partner.url + path
+        headers = {"Content-Type": content_type} if content_type else {}
+        headers.update(
+            sign_request_headers(
+                self.node, method=method, url=url, headers=headers, content_digest=digest
+            )
+        )
+        return url, headers, httpsig.Request(method, url, headers)
+
+    def _check(
+        self, partner: Partner, signed: httpsig.Request, response: httpx.Response
+    ) -> httpsig.VerifiedSignature:
+        with self.node.db.session() as session:
+            keys = partner_verify_keys(session, partner.node_id)
+        try:
+            return verify_response_from(
+                self.node,
+                partner_keys=keys,
+                request=signed,
+                status=response.status_code,
+                headers=list(response.headers.multi_items()),
+            )
+        except CryptoError as exc:
+            raise PartnerUnavailableError(
+                f"{partner.node_id} answered without a valid signature: {exc}"
+            ) from None
+
+    def _refusal(self, partner: Partner, response: httpx.Response) -> PartnerUnavailableError:
+        body = response.read()[:MAX_REPLY_BYTES]
+        try:
+            problem = json.loads(body)
+            if not isinstance(problem, dict):
+                problem = {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            problem = {}
+        detail = str(problem.get("detail") or response.reason_phrase)[:500]
+        if 400 <= response.status_code < 500:
+            return PartnerRefusedError(
+                f"{partner.node_id} refused ({response.status_code}): {detail}",
+                status=response.status_code,
+                problem=problem,
+            )
+        return PartnerUnavailableError(
+            f"{partner.node_id} failed ({response.status_code}): {detail}"
+        )
+
+    def _json(self, partner: Partner, signed: httpsig.Request, response: httpx.Response) -> Reply:
+        if response.status_code >= 300:
+            raise self._refusal(partner, response)
+        verified = self._check(partner, signed, response)
+        body = response.read()
+        if len(body) > MAX_REPLY_BYTES:
+            raise PartnerUnavailableError(f"{partner.node_id} sent an oversized reply")
+        digester = httpsig.ContentDigester()
+        digester.update(body)
+        try:
+            digester.verify(verified.content_digests)
+            data = json.loads(body)
+        except (CryptoError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PartnerUnavailableError(f"{partner.node_id} sent a bad reply: {exc}") from None
+        return Reply(response.status_code, data)
+
+    def call_json(
+        self, partner: Partner, method: str, path: str, payload: Any | None = None
+    ) -> Reply:
+        """A small signed request (JSON body or none) and its verified JSON reply."""
+        body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
+        digest = digest_value(hashlib.sha256(body).digest())
+        ctype = "application/json" if payload is not None else None
+        url, headers, signed = self._prepare(partner, method, path, digest, ctype)
+        try:
+            with self.http.stream(method, url, content=body, headers=headers) as response:
+                return self._json(partner, signed, response)
+        except httpx.HTTPError as exc:
+            raise PartnerUnavailableError(
+                f"{partner.node_id} is unreachable: {_why(exc)}"
+            ) from None
+
+    def deliver(self, partner: Partner, *, manifest_line: bytes, blob: str, size: int) -> Reply:
+        """POST a delivery: the manifest line, a newline, then the ciphertext blob, streamed."""
+        digester = hashlib.sha256()
+        digester.update(manifest_line + b"\n")
+        with self.node.blobs.open(blob) as fh:
+            while data := fh.read(1 << 20):
+                digester.update(data)
+        digest = digest_value(digester.digest())
+
+        def body() -> Iterator[bytes]:
+            yield manifest_line + b"\n"
+            with self.node.blobs.open(blob) as fh:
+                while data := fh.read(1 << 16):
+                    yield data
+
+        url, headers, signed = self._prepare(
+            partner, "POST", "/federation/v1/inbox", digest, "application/vnd.entente.delivery"
+        )
+        headers["Content-Length"] = str(len(manifest_line) + 1 + size)
+        try:
+            with self.http.stream("POST", url, content=body(), headers=headers) as response:
+                return self._json(partner, signed, response)
+        except httpx.HTTPError as exc:
+            raise PartnerUnavailableError(
+                f"{partner.node_id} is unreachable: {_why(exc)}"
+            ) from None
+
+    @contextmanager
+    def download(self, partner: Partner, path: str) -> Iterator[_VerifiedStream]:
+        """GET a signed stream (a payload); the digest is checked when it has been read."""
+        digest = digest_value(hashlib.sha256(b"").digest())
+        url, headers, signed = self._prepare(partner, "GET", path, digest, None)
+        try:
+            with self.http.stream("GET", url, headers=headers) as response:
+                if response.status_code >= 300:
+                    raise self._refusal(partner, response)
+                verified = self._check(partner, signed, response)
+                yield _VerifiedStream(partner.node_id, response, verified)
+        except httpx.HTTPError as exc:
+            raise PartnerUnavailableError(
+                f"{partner.node_id} is unreachable: {_why(exc)}"
+            ) from None
+
+
+class _VerifiedStream:
+    """A response body as a file-like reader that checks Content-Digest at its end."""
+
+    def __init__(
+        self, partner: str, response: httpx.Response, verified: httpsig.VerifiedSignature
+    ) -> None:
+        self._partner = partner
+        self._iter = response.iter_bytes(1 << 16)
+        self._digester = httpsig.ContentDigester()
+        self._expected = verified.content_digests
+        self._buf = b""
+        self._done = False
+
+    def read(self, n: int = -1, /) -> bytes:
+        while not self._done and (n < 0 or len(self._buf) < n):
+            try:
+                chunk = next(self._iter)
+            except StopIteration:
+                self._done = True
+                try:
+                    self._digester.verify(self._expected)
+                except CryptoError as exc:
+                    raise PartnerUnavailableError(
+                        f"{self._partner} sent a payload that does not match its digest: {exc}"
+                    ) from None
+                break
+            self._digester.update(chunk)
+            self._buf += chunk
+        if n < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
+def _why(exc: httpx.HTTPError) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]

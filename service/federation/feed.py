@@ -1,0 +1,58 @@
+"""The feed a node offers each partner: every delivery queued for that partner, by cursor.
+
+A partner that was down or partitioned reads the feed after its last cursor and fetches what it
+does not have, so delivery completes even if every push failed. The cursor is the outbox row id.
+Revoked and deleted artifacts are left out (their revocation travels as a notice).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlmodel import col, select
+
+from service.errors import NotFoundError
+from service.models import Artifact, Outbox
+from service.node import Node
+
+__all__ = ["page", "payload_for"]
+
+
+def page(node: Node, *, partner: str, after: int, limit: int) -> dict[str, Any]:
+    with node.db.session() as session:
+        rows = session.exec(
+            select(Outbox, Artifact)
+            .join(Artifact, col(Artifact.id) == col(Outbox.artifact_id))
+            .where(
+                Outbox.partner == partner,
+                Outbox.kind == "deliver",
+                col(Outbox.id) > after,
+            )
+            .order_by(col(Outbox.id))
+            .limit(limit)
+        ).all()
+    items = [
+        {"cursor": out.id, "artifact_id": art.id, "manifest": json.loads(art.manifest)}
+        for out, art in rows
+        if art.revoked_at is None and art.deleted_at is None and art.blob is not None
+    ]
+    last = rows[-1][0].id if rows else after
+    return {"items": items, "next": last, "more": len(rows) == limit}
+
+
+def payload_for(node: Node, *, partner: str, artifact_id: str) -> tuple[str, int]:
+    """The blob and size of an artifact shared with ``partner``; 404 for anything else."""
+    with node.db.session() as session:
+        row = session.exec(
+            select(Artifact)
+            .join(Outbox, col(Outbox.artifact_id) == col(Artifact.id))
+            .where(
+                Artifact.id == artifact_id,
+                Outbox.partner == partner,
+                Outbox.kind == "deliver",
+            )
+        ).first()
+    if row is None or row.blob is None or row.revoked_at is not None or row.deleted_at is not None:
+        raise NotFoundError(f"no artifact {artifact_id!r} for {partner}")
+    return row.blob, row.ciphertext_size

@@ -1,0 +1,150 @@
+"""Notices between nodes: revocations (origin -> recipients) and access notices (recipient ->
+origin, the ``inform`` obligation).
+
+A notice is a small JSON object ``{"notice_id", "type", "artifact_id", "sha256", ...}``; the
+sender's outbox row id is its ``notice_id``, so a repeated notice is answered with the receipt
+already issued. Accepting a revocation hides the artifact and deletes its ciphertext; both sides
+audit it, and the receipt goes back to the origin as evidence.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from crypto.receipt import Receipt, sign_receipt
+from service.audit import record
+from service.errors import InvalidInputError
+from service.models import Artifact, Outbox, ReceivedNotice
+from service.node import Node
+
+__all__ = ["accept", "notice_payload"]
+
+_TYPES = {"revocation": "revocation", "access": "access"}
+
+
+def notice_payload(row: Outbox, artifact: Artifact) -> dict[str, Any]:
+    """What the sender posts for an outbox notice row."""
+    extra = json.loads(row.payload)
+    return {
+        "notice_id": row.id,
+        "type": extra.get("type"),
+        "artifact_id": artifact.id,
+        "sha256": artifact.sha256,
+        **{k: v for k, v in extra.items() if k in ("reason", "reader", "read_at")},
+    }
+
+
+def _text(data: dict[str, Any], key: str, limit: int = 500) -> str:
+    value = data.get(key, "")
+    if not isinstance(value, str) or len(value) > limit:
+        raise InvalidInputError(f"notice field {key!r} must be a string of at most {limit} chars")
+    return value
+
+
+def accept(node: Node, *, sender: str, data: Any) -> dict[str, Any]:
+    """Apply a partner's notice once; return the signed receipt (DSSE JSON)."""
+    if not isinstance(data, dict):
+        raise InvalidInputError("a notice is a JSON object")
+    kind = data.get("type")
+    notice_id = data.get("notice_id")
+    if kind not in _TYPES or not isinstance(notice_id, int) or notice_id < 0:
+        raise InvalidInputError("a notice needs a type (revocation or access) and a notice_id")
+    artifact_id = _text(data, "artifact_id", 64)
+    sha256 = _text(data, "sha256", 64)
+    now = node.now()
+    to_delete: str | None = None
+    with node.db.session() as session:
+        seen = session.get(ReceivedNotice, (sender, notice_id))
+        if seen is not None:
+            loaded: dict[str, Any] = json.loads(seen.receipt)
+            return loaded
+        artifact = session.get(Artifact, artifact_id)
+        if kind == "revocation":
+            to_delete = _revocation(session, sender, artifact, artifact_id, data, now)
+        else:
+            _access(session, node, sender, artifact, artifact_id, data, now)
+        receipt = sign_receipt(
+            Receipt(
+                kind=_TYPES[kind],
+                artifact_id=artifact_id,
+                sha256=sha256,
+                receiver=node.node_id,
+                sender=sender,
+                received_at=now,
+                notice_id=notice_id,
+            ),
+            key=node.keys.signing,
+        )
+        receipt_json = receipt.to_json()
+        session.add(
+            ReceivedNotice(
+                partner=sender,
+                notice_id=notice_id,
+                kind=kind,
+                artifact_id=artifact_id,
+                received_at=now,
+                receipt=json.dumps(receipt_json),
+            )
+        )
+    if to_delete is not None:  # only once the revocation is committed
+        node.blobs.delete(to_delete)
+    return receipt_json
+
+
+def _revocation(
+    session: Any,
+    sender: str,
+    artifact: Artifact | None,
+    artifact_id: str,
+    data: dict[str, Any],
+    now: datetime,
+) -> str | None:
+    """Hide the artifact; return the blob to delete once the transaction has committed."""
+    reason = _text(data, "reason")
+    if artifact is not None and artifact.origin != sender:
+        raise InvalidInputError("only the origin of an artifact can revoke it")
+    blob = None
+    if artifact is not None and artifact.revoked_at is None:
+        artifact.revoked_at = now
+        artifact.revocation_reason = reason or None
+        artifact.deleted_at = now
+        blob, artifact.blob = artifact.blob, None
+        session.add(artifact)
+    record(
+        session,
+        kind="revocation.received",
+        actor=f"partner:{sender}",
+        partner=sender,
+        artifact_id=artifact_id,
+        digest=artifact.sha256 if artifact else None,
+        detail={"reason": reason, "held": artifact is not None, "deleted": blob is not None},
+        now=now,
+    )
+    return blob
+
+
+def _access(
+    session: Any,
+    node: Node,
+    sender: str,
+    artifact: Artifact | None,
+    artifact_id: str,
+    data: dict[str, Any],
+    now: datetime,
+) -> None:
+    if artifact is None or artifact.origin != node.node_id:
+        raise InvalidInputError("an access notice must be about an artifact this node shared")
+    if sender not in json.loads(artifact.recipients):
+        raise InvalidInputError("the sender of the access notice is not a recipient")
+    record(
+        session,
+        kind="access_notice.received",
+        actor=f"partner:{sender}",
+        partner=sender,
+        artifact_id=artifact_id,
+        digest=artifact.sha256,
+        detail={"reader": _text(data, "reader", 200), "read_at": _text(data, "read_at", 64)},
+        now=now,
+    )

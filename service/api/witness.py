@@ -1,0 +1,121 @@
+"""``POST /federation/v1/add-checkpoint``: this node as a C2SP tlog-witness for its partners.
+
+The request body is the tlog-witness ``add-checkpoint`` body; a success is ``200`` with the
+cosignature line (``text/plain``). Refusals are problem documents (400, 403, 404, 409, 413, 422),
+except the one the spec shapes itself: an old size that is not the size this witness last
+cosigned is ``409`` with ``Content-Type: text/x.tlog.size`` and that size in decimal as the body.
+
+Who is calling comes from :func:`calling_partner`, the federation's request authentication.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from service.api.deps import NodeDep
+from service.errors import ForbiddenError, InvalidInputError, TooLargeError
+from service.node import Node
+from service.witness import (
+    ADD_CHECKPOINT_MAX_BYTES,
+    TLOG_SIZE_MEDIA_TYPE,
+    WitnessSizeConflictError,
+    add_checkpoint,
+    witness_cosigner,
+)
+
+__all__ = ["FederationCaller", "calling_partner", "router"]
+
+router = APIRouter(prefix="/federation/v1", tags=["federation"])
+
+ResponseSigner = Callable[[int, dict[str, str], bytes], dict[str, str]]
+
+
+def _no_body_check(_body: bytes) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class FederationCaller:
+    """An authenticated partner request.
+
+    ``check_body`` raises :class:`InvalidInputError` when the body does not match the signed
+    ``Content-Digest``; ``sign_response`` returns the headers that sign a response
+    ``(status, headers, body)``. Both are supplied by the federation's authentication.
+    """
+
+    partner: str
+    check_body: Callable[[bytes], None] = field(default=_no_body_check)
+    sign_response: ResponseSigner | None = None
+
+
+def calling_partner(request: Request) -> FederationCaller:
+    """The partner that signed this request (RFC 9421, pinned keys).
+
+    A seam: until the federation's authentication is wired here, every caller is refused.
+    """
+    raise ForbiddenError(
+        "partner request authentication is not configured for add-checkpoint",
+        reason="federation-auth-missing",
+    )
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise TooLargeError(f"an add-checkpoint request is at most {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise TooLargeError(f"an add-checkpoint request is at most {limit} bytes")
+    return bytes(body)
+
+
+def _witness(node: Node, partner: str, body: bytes) -> str:
+    with node.db.session() as session:
+        return add_checkpoint(
+            session,
+            origin_partner=partner,
+            request_body=body,
+            cosigner=witness_cosigner(node),
+            now=node.now(),
+        )
+
+
+def _respond(caller: FederationCaller, status: int, media_type: str, body: bytes) -> Response:
+    headers = {"Content-Type": media_type}
+    if caller.sign_response is not None:
+        headers.update(caller.sign_response(status, dict(headers), body))
+    return Response(body, status_code=status, headers=headers)
+
+
+@router.post(
+    "/add-checkpoint",
+    summary="Cosign a partner's audit log checkpoint (C2SP tlog-witness)",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "The cosignature line"},
+        409: {"content": {TLOG_SIZE_MEDIA_TYPE: {}, "application/problem+json": {}}},
+    },
+)
+async def add_checkpoint_route(
+    request: Request,
+    node: NodeDep,
+    caller: Annotated[FederationCaller, Depends(calling_partner)],
+) -> Response:
+    body = await _bounded_body(request, ADD_CHECKPOINT_MAX_BYTES)
+    caller.check_body(body)
+    if not body:
+        raise InvalidInputError("an add-checkpoint request has a body")
+    try:
+        line = await asyncio.to_thread(_witness, node, caller.partner, body)
+    except WitnessSizeConflictError as exc:
+        # tlog-witness: "The response body MUST consist of the tree size of the latest cosigned
+        # checkpoint in decimal, followed by a newline ... Content-Type of text/x.tlog.size".
+        return _respond(caller, 409, TLOG_SIZE_MEDIA_TYPE, f"{exc.latest_size}\n".encode())
+    return _respond(caller, 200, "text/plain; charset=utf-8", line.encode("utf-8"))

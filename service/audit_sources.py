@@ -1,0 +1,198 @@
+"""Where ``entente audit verify`` reads a log from: a node's ``/audit/v1`` API, or its database.
+
+Both implement :class:`service.audit_verify.LogSource`. Neither is trusted: the verifier
+recomputes every leaf hash and checks every root against signed checkpoints. Failures to read
+become one error, :class:`AuditSourceError`, with a message fit for one line on a terminal.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.audit_models import AuditCheckpoint
+from service.db import Database
+from service.errors import EntenteError
+from service.models import AuditEntry
+from service.transparency import consistency_proof, entry_columns, list_checkpoints, row_object
+
+__all__ = ["AuditSourceError", "DatabaseSource", "HttpSource"]
+
+_PAGE = 500  # checkpoints per request or query
+_ENTRY_CHUNK = 20_000  # entries per query
+_MAX_LINE = 1 << 20  # bytes in one exported entry line
+
+
+class AuditSourceError(EntenteError):
+    kind = "audit-source"
+    status = 502
+    title = "Audit log unreadable"
+
+
+_entries = AuditEntry.__table__  # type: ignore[attr-defined]
+_checkpoints = AuditCheckpoint.__table__  # type: ignore[attr-defined]
+
+
+class DatabaseSource:
+    """A node's log read straight from its database (``entente audit verify --home``)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def checkpoints(self, upto: int | None) -> Iterator[bytes]:
+        after: int | None = None
+        while True:
+            try:
+                with self._db.session() as session:
+                    page = list_checkpoints(session, after=after, limit=_PAGE, upto=upto)
+            except SQLAlchemyError as exc:
+                raise AuditSourceError(f"cannot read checkpoints: {exc}") from None
+            for cp in page:
+                yield cp.note
+            if len(page) < _PAGE:
+                return
+            after = page[-1].size
+
+    def entries(self, start: int | None, end: int) -> Iterator[Mapping[str, Any]]:
+        cursor: int | None = None
+        while True:
+            query = sa.select(*entry_columns()).where(_entries.c.seq < end)
+            if cursor is not None:
+                query = query.where(_entries.c.seq > cursor)
+            elif start is not None:
+                query = query.where(_entries.c.seq >= start)
+            else:
+                query = query.where(_entries.c.seq.is_not(None))
+            try:
+                with self._db.engine.connect() as conn:
+                    rows = conn.execute(query.order_by(_entries.c.seq).limit(_ENTRY_CHUNK)).all()
+            except SQLAlchemyError as exc:
+                raise AuditSourceError(f"cannot read entries: {exc}") from None
+            for row in rows:
+                yield row_object(row)
+            if len(rows) < _ENTRY_CHUNK:
+                return
+            cursor = int(rows[-1][1])
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        with self._db.session() as session:
+            return consistency_proof(session, old=old, new=new)
+
+    def uncovered(self, size: int) -> tuple[int, int] | None:
+        # One statement, one snapshot: the latest checkpoint and the entries beyond it, so that
+        # a node sequencing while we read is not mistaken for a tampered table.
+        latest = sa.select(sa.func.coalesce(sa.func.max(_checkpoints.c.size), 0)).scalar_subquery()
+        query = (
+            sa.select(_entries.c.id, _entries.c.seq)
+            .where(_entries.c.seq >= latest)
+            .order_by(_entries.c.seq)
+            .limit(1)
+        )
+        with self._db.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else (int(row[1]), int(row[0]))
+
+
+class HttpSource:
+    """A node's log read through its ``/audit/v1`` API with an auditor token."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self._client = client
+
+    def _get(self, path: str, **params: Any) -> httpx.Response:
+        try:
+            response = self._client.get(
+                path, params={k: v for k, v in params.items() if v is not None}
+            )
+        except httpx.HTTPError as exc:
+            raise AuditSourceError(f"cannot reach the node: {type(exc).__name__}: {exc}") from None
+        _raise_for(response)
+        return response
+
+    def get_json(self, path: str, **params: Any) -> Any:
+        response = self._get(path, **params)
+        try:
+            return response.json()
+        except ValueError:
+            raise AuditSourceError(f"{path} did not answer JSON") from None
+
+    def checkpoints(self, upto: int | None) -> Iterator[bytes]:
+        after: int | None = None
+        while True:
+            data = self.get_json("/audit/v1/checkpoints", after=after, limit=_PAGE)
+            try:
+                page = data["checkpoints"]
+                nxt = data["next"]
+                notes = [(int(cp["size"]), str(cp["note"]).encode("utf-8")) for cp in page]
+            except (KeyError, TypeError, ValueError):
+                raise AuditSourceError("the node's checkpoint list is malformed") from None
+            for size, note in notes:
+                if upto is not None and size > upto:
+                    return
+                yield note
+            if nxt is None or not notes:
+                return
+            after = notes[-1][0]
+
+    def entries(self, start: int | None, end: int) -> Iterator[Mapping[str, Any]]:
+        params = {"start": start or 0, "size": end}
+        try:
+            with self._client.stream("GET", "/audit/v1/export", params=params) as response:
+                if response.status_code != 200:
+                    response.read()
+                    _raise_for(response)
+                buffer = b""
+                for chunk in response.iter_bytes():
+                    buffer += chunk
+                    *lines, buffer = buffer.split(b"\n")
+                    if len(buffer) > _MAX_LINE:
+                        raise AuditSourceError("an exported entry line is too long")
+                    for line in lines:
+                        yield _parse_line(line)
+                if buffer.strip():
+                    raise AuditSourceError("the export ended in the middle of a line")
+        except httpx.HTTPError as exc:
+            raise AuditSourceError(f"the export failed: {type(exc).__name__}: {exc}") from None
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        data = self.get_json("/audit/v1/proof/consistency", old=old, new=new)
+        try:
+            return [base64.b64decode(h, validate=True) for h in data["proof"]]
+        except (KeyError, TypeError, binascii.Error):
+            raise AuditSourceError("the node's consistency proof is malformed") from None
+
+    def uncovered(self, size: int) -> tuple[int, int] | None:
+        return None  # the API only serves what checkpoints cover
+
+
+def _parse_line(line: bytes) -> Mapping[str, Any]:
+    try:
+        obj = json.loads(line)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise AuditSourceError("an exported entry is not a JSON object") from None
+    if not isinstance(obj, dict):
+        raise AuditSourceError("an exported entry is not a JSON object")
+    return obj
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    detail = response.reason_phrase
+    try:
+        problem = response.json()
+        if isinstance(problem, dict) and isinstance(problem.get("detail"), str):
+            detail = problem["detail"]
+    except ValueError:
+        pass
+    raise AuditSourceError(
+        f"{response.request.method} {response.request.url.path} answered "
+        f"{response.status_code}: {detail[:300]}"
+    )

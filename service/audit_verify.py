@@ -1,0 +1,382 @@
+"""Verifying an audit log without trusting the node that keeps it.
+
+:func:`verify_log` reads a log through a :class:`LogSource` (the node's API, or its database
+read directly) and trusts only signatures:
+
+1. every checkpoint must be signed by the log key; cosignatures by the given witness keys must
+   verify (and are counted); sizes must increase;
+2. a checkpoint remembered from an earlier run (``remembered``) must be consistent with the log:
+   the log may only have grown, and its first ``size`` entries must hash to the remembered root;
+3. the entries must have consecutive log indexes ``0 .. size - 1``; each entry's leaf hash is
+   recomputed from its fields (:func:`service.transparency.encode_leaf`), never read from storage;
+4. the RFC 6962 tree over the recomputed leaves must have each checkpoint's root at its size;
+5. (database only) no entry may carry a log index no signed checkpoint covers.
+
+On a mismatch the first bad entry is located by bisection with consistency proofs from the source
+(untrusted: a proof only helps if it verifies against the signed root), and named by seq and id.
+
+This module reads no clock and prints nothing; the CLI does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from crypto import merkle
+from crypto.errors import CryptoError, MalformedError
+from crypto.note import NoteVerifier, open_checkpoint
+from service.transparency import ENTRY_FIELDS, encode_leaf
+
+__all__ = [
+    "CheckpointInfo",
+    "LogSource",
+    "Remembered",
+    "Verdict",
+    "verify_log",
+]
+
+_CHUNK = 4096  # leaves hashed into the tree at a time
+_FIELDS = frozenset(ENTRY_FIELDS)
+_HINT_FIELDS = frozenset({"leaf_hash"})  # served alongside entries; ignored
+
+
+class LogSource(Protocol):
+    """Where a log is read from. Nothing it returns is trusted."""
+
+    def checkpoints(self, upto: int | None) -> Iterable[bytes]:
+        """Every checkpoint note (with cosignatures) of size at most ``upto``, in size order."""
+        ...
+
+    def entries(self, start: int | None, end: int) -> Iterable[Mapping[str, Any]]:
+        """Entries with ``start <= seq < end`` (``start`` None: every seq below ``end``)."""
+        ...
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        """A consistency proof (used only to locate a bad entry)."""
+        ...
+
+    def uncovered(self, size: int) -> tuple[int, int] | None:
+        """(seq, id) of an entry with seq >= ``size``, if the source can tell; else None."""
+        ...
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """The checkpoint a verifier saw last time (from its local state)."""
+
+    size: int
+    root: bytes
+    note: bytes
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    size: int
+    root: bytes
+    note: bytes
+    cosigners: tuple[str, ...]  # names of trusted witnesses whose cosignature verified
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    origin: str
+    size: int = 0  # entries verified
+    checkpoints: int = 0
+    latest: CheckpointInfo | None = None
+    latest_cosigned: CheckpointInfo | None = None  # newest with >= min_cosignatures
+    remembered_size: int | None = None
+    problem: str | None = None
+    bad_seq: int | None = None
+    bad_id: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def fail(self, problem: str, *, seq: int | None = None, entry_id: int | None = None) -> Verdict:
+        self.ok = False
+        self.problem = problem
+        self.bad_seq = seq
+        self.bad_id = entry_id
+        return self
+
+
+class _Stop(Exception):
+    pass
+
+
+def _entry_id(entry: Mapping[str, Any]) -> int | None:
+    value = entry.get("id")
+    return value if type(value) is int else None
+
+
+def _leaf(entry: Mapping[str, Any]) -> bytes:
+    extra = set(entry) - _FIELDS - _HINT_FIELDS
+    if extra:
+        raise MalformedError(f"unexpected field {sorted(extra)[0]!r}")
+    if _HINT_FIELDS & set(entry):
+        entry = {k: v for k, v in entry.items() if k in _FIELDS}
+    return merkle.leaf_hash(encode_leaf(entry))
+
+
+def _open_checkpoints(
+    notes: Iterable[bytes],
+    *,
+    log: NoteVerifier,
+    witnesses: Sequence[NoteVerifier],
+    now: int,
+    verdict: Verdict,
+) -> list[CheckpointInfo]:
+    out: list[CheckpointInfo] = []
+    for note in notes:
+        try:
+            opened = open_checkpoint(note, log=log, witnesses=witnesses, now=now)
+        except CryptoError as exc:
+            after = f" (after size {out[-1].size})" if out else ""
+            verdict.fail(f"a checkpoint{after} does not verify: {exc}")
+            raise _Stop from None
+        cp = opened.checkpoint
+        if out and cp.size <= out[-1].size:
+            verdict.fail(f"checkpoints are not in increasing size order at size {cp.size}")
+            raise _Stop
+        out.append(
+            CheckpointInfo(cp.size, cp.root_hash, note, tuple(s.name for s in opened.cosignatures))
+        )
+    return out
+
+
+class _Tree:
+    """The recomputed tree, grown in chunks, with the state at the last verified checkpoint."""
+
+    def __init__(self) -> None:
+        self.range = merkle.CompactRange()
+        self.pending: list[bytes] = []
+        self.good = merkle.CompactRange()  # the tree at the last checkpoint that matched
+
+    @property
+    def size(self) -> int:
+        return self.range.size + len(self.pending)
+
+    def add(self, leaf: bytes) -> None:
+        self.pending.append(leaf)
+        if len(self.pending) >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.range.extend(self.pending)
+            self.pending.clear()
+
+    def root(self) -> bytes:
+        self.flush()
+        return self.range.root()
+
+
+def _locate(
+    source: LogSource,
+    *,
+    good: merkle.CompactRange,
+    target: CheckpointInfo,
+    verdict: Verdict,
+) -> Verdict:
+    """Name the first entry in ``[good.size, target.size)`` that breaks ``target``'s root."""
+    lo, hi = good.size, target.size
+    leaves: list[bytes] = []
+    ids: list[int | None] = []
+    for entry in source.entries(lo, hi):
+        leaves.append(_leaf(entry))
+        ids.append(_entry_id(entry))
+    if len(leaves) != hi - lo:
+        return verdict.fail(
+            f"the entries between seq {lo} and {hi - 1} changed while verifying; run it again"
+        )
+
+    def matches(m: int) -> bool:
+        # Is the recomputed prefix [0, m) the prefix of the signed tree of target.size leaves?
+        prefix = good.copy()
+        prefix.extend(leaves[: m - lo])
+        try:
+            proof = source.consistency_proof(m, hi)
+            merkle.verify_consistency(
+                size1=m, size2=hi, root1=prefix.root(), root2=target.root, proof=proof
+            )
+        except Exception:  # an unusable proof (unreachable, malformed) proves nothing
+            return False
+        return True
+
+    # Invariant: the prefix of lo entries matches (a verified checkpoint), hi does not.
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if matches(mid):
+            lo = mid
+        else:
+            hi = mid
+    entry_id = ids[lo - good.size]
+    return verdict.fail(
+        f"entry seq {lo} (id {entry_id}) does not match the log signed in checkpoint "
+        f"{target.size}: it was changed, replaced or reordered after it was logged",
+        seq=lo,
+        entry_id=entry_id,
+    )
+
+
+def verify_log(
+    source: LogSource,
+    *,
+    log: NoteVerifier,
+    witnesses: Sequence[NoteVerifier] = (),
+    remembered: Remembered | None = None,
+    min_cosignatures: int = 0,
+    upto: int | None = None,
+    now: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> Verdict:
+    """Verify the log of ``source`` signed by ``log``; see the module docstring for the checks.
+
+    ``upto`` bounds the checkpoints considered (a live node keeps appending while we read).
+    """
+    verdict = Verdict(ok=True, origin=log.name)
+    try:
+        return _verify(
+            source,
+            log=log,
+            witnesses=witnesses,
+            remembered=remembered,
+            min_cosignatures=min_cosignatures,
+            upto=upto,
+            now=now,
+            progress=progress,
+            verdict=verdict,
+        )
+    except _Stop:
+        return verdict
+
+
+def _verify(
+    source: LogSource,
+    *,
+    log: NoteVerifier,
+    witnesses: Sequence[NoteVerifier],
+    remembered: Remembered | None,
+    min_cosignatures: int,
+    upto: int | None,
+    now: int,
+    progress: Callable[[int, int], None] | None,
+    verdict: Verdict,
+) -> Verdict:
+    # (1) Checkpoints.
+    checkpoints = _open_checkpoints(
+        source.checkpoints(upto), log=log, witnesses=witnesses, now=now, verdict=verdict
+    )
+    verdict.checkpoints = len(checkpoints)
+    latest = checkpoints[-1] if checkpoints else None
+    verdict.latest = latest
+    size = latest.size if latest else 0
+    for cp in reversed(checkpoints):
+        if len(cp.cosigners) >= max(min_cosignatures, 1):
+            verdict.latest_cosigned = cp
+            break
+    if min_cosignatures > 0 and verdict.latest_cosigned is None:
+        return verdict.fail(
+            f"no checkpoint carries {min_cosignatures} cosignature(s) by the trusted witnesses"
+        )
+
+    # (2) The checkpoint remembered from last time joins the list of roots to check.
+    targets = list(checkpoints)
+    if remembered is not None:
+        verdict.remembered_size = remembered.size
+        try:
+            opened = open_checkpoint(remembered.note, log=log, witnesses=witnesses, now=now)
+        except CryptoError as exc:
+            return verdict.fail(f"the remembered checkpoint does not verify: {exc}")
+        mine = CheckpointInfo(
+            opened.checkpoint.size, opened.checkpoint.root_hash, remembered.note, ()
+        )
+        if mine.size > size:
+            return verdict.fail(
+                f"the log shrank: it had {mine.size} entries when last verified, "
+                f"its latest checkpoint has {size}"
+            )
+        same = [cp for cp in checkpoints if cp.size == mine.size]
+        if same and same[0].root != mine.root:
+            return verdict.fail(
+                f"the node signed two different checkpoints of size {mine.size}: the one "
+                "remembered from the last verification and the one it serves now (a fork)"
+            )
+        if not same and mine.size > 0:
+            targets.append(mine)
+            targets.sort(key=lambda cp: cp.size)
+
+    if latest is None:
+        found = source.uncovered(0)
+        if found is not None:
+            return verdict.fail(
+                f"entry seq {found[0]} (id {found[1]}) is not covered by any signed checkpoint",
+                seq=found[0],
+                entry_id=found[1],
+            )
+        verdict.notes.append("the log is empty: no checkpoint has been signed yet")
+        return verdict
+
+    # (3) + (4) Entries, recomputed leaf by leaf, against every target root.
+    tree = _Tree()
+    pending_targets: Iterator[CheckpointInfo] = iter([cp for cp in targets if cp.size > 0])
+    target = next(pending_targets, None)
+    expected = 0
+    last_id: int | None = None
+    for entry in source.entries(None, size):
+        seq = entry.get("seq")
+        entry_id = _entry_id(entry)
+        if type(seq) is not int:
+            return verdict.fail(
+                f"an entry after seq {expected - 1} (id {entry_id}) has no valid seq",
+                entry_id=entry_id,
+            )
+        if seq != expected:
+            if seq > expected:
+                gap = f"seq {expected}" if seq == expected + 1 else f"seq {expected} to {seq - 1}"
+                return verdict.fail(
+                    f"entry {gap} is missing (deleted?): the entry after id {last_id} "
+                    f"is seq {seq} (id {entry_id})",
+                    seq=expected,
+                )
+            return verdict.fail(
+                f"entry seq {seq} (id {entry_id}) is out of place: expected seq {expected}",
+                seq=seq,
+                entry_id=entry_id,
+            )
+        try:
+            tree.add(_leaf(entry))
+        except MalformedError as exc:
+            return verdict.fail(
+                f"entry seq {seq} (id {entry_id}) is malformed: {exc}", seq=seq, entry_id=entry_id
+            )
+        expected += 1
+        last_id = entry_id
+        if progress is not None and expected % 65536 == 0:
+            progress(expected, size)
+        while target is not None and target.size == expected:
+            if tree.root() != target.root:
+                return _locate(source, good=tree.good, target=target, verdict=verdict)
+            tree.good = tree.range.copy()
+            target = next(pending_targets, None)
+    if progress is not None:
+        progress(expected, size)
+    if expected < size:
+        return verdict.fail(
+            f"entry seq {expected} is missing (deleted?): the log has {expected} entries "
+            f"but its checkpoint signs {size}",
+            seq=expected,
+        )
+    verdict.size = expected
+
+    # (5) An entry beyond every checkpoint was not written by the sequencer.
+    found = source.uncovered(size)
+    if found is not None:
+        return verdict.fail(
+            f"entry seq {found[0]} (id {found[1]}) is not covered by any signed checkpoint "
+            f"(the latest signs {size} entries): it was inserted into the table",
+            seq=found[0],
+            entry_id=found[1],
+        )
+    return verdict

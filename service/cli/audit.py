@@ -1,0 +1,516 @@
+"""``entente audit``: verify a node's audit log without trusting the node, export it, show its
+checkpoint.
+
+``verify`` reads the log over HTTP (``--url`` with an auditor token) or straight from the
+database (``--home``, offline), recomputes every leaf hash and the tree, checks every checkpoint
+signature and cosignature, and checks consistency with the checkpoint it verified last time
+(kept per log in a local state file). It prints one verdict and exits 0 (verified) or 1.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import sqlalchemy as sa
+import typer
+
+from crypto.descriptor import NodeDescriptor, verify_descriptor
+from crypto.dsse import Envelope
+from crypto.errors import CryptoError
+from crypto.keys import VerifyKey, format_fingerprint, normalize_fingerprint
+from crypto.note import SIG_COSIGNATURE_V1, NoteVerifier, open_checkpoint
+from service.audit import record
+from service.audit_sources import AuditSourceError, DatabaseSource, HttpSource
+from service.audit_verify import Remembered, Verdict, verify_log
+from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console, settings_for
+from service.db import Database, open_database
+from service.errors import NotFoundError, UsageError
+from service.home import open_home
+from service.models import Partner
+from service.transparency import (
+    encode_leaf,
+    iter_entries,
+    latest_checkpoint,
+    log_origin,
+    witness_name,
+)
+
+app = typer.Typer(
+    help="Verify, export and inspect a node's audit transparency log.", no_args_is_help=True
+)
+
+OPERATOR = "admin:cli"
+STATE_VERSION = 1
+
+UrlOpt = Annotated[
+    str | None,
+    typer.Option("--url", help="The node's base URL (read over /audit/v1)", show_default=False),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="ENTENTE_TOKEN",
+        help="An auditor (or admin) bearer token [env: ENTENTE_TOKEN]",
+        show_default=False,
+    ),
+]
+
+
+def default_state_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "entente" / "audit-state.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Local state: the last checkpoint verified, per log
+
+
+def _load_state(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"version": STATE_VERSION, "logs": {}}
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the audit state file {path}: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("logs"), dict):
+        raise UsageError(f"{path} is not an entente audit state file")
+    return data
+
+
+def _save_state(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=".audit-state-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _remembered(entry: Any) -> Remembered | None:
+    if not isinstance(entry, dict):
+        return None
+    try:
+        note = str(entry["checkpoint"]).encode("utf-8")
+        return Remembered(int(entry["size"]), base64.b64decode(entry["root"]), note)
+    except (KeyError, TypeError, ValueError):
+        raise UsageError(
+            "the audit state file is corrupt; remove the entry or pass --state"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys
+
+
+def _pin(descriptor: NodeDescriptor, fingerprint: str | None, previous: dict[str, Any]) -> None:
+    """The log key must be the one pinned with --fingerprint, or the one seen last time."""
+    if fingerprint is not None:
+        try:
+            wanted = normalize_fingerprint(fingerprint)
+        except CryptoError as exc:
+            raise UsageError(str(exc)) from None
+        if descriptor.fingerprint != wanted:
+            raise UsageError(
+                f"the node's key is {format_fingerprint(descriptor.fingerprint)}, "
+                f"not the --fingerprint given"
+            )
+        return
+    seen = previous.get("fingerprint")
+    if seen is not None and seen != descriptor.fingerprint:
+        raise UsageError(
+            f"the log key of {descriptor.node_id} changed since the last verification "
+            f"(was {str(seen)[:16]}…, now {descriptor.fingerprint[:16]}…); if you confirmed the "
+            "rotation out of band, pass --fingerprint with the new key"
+        )
+
+
+def _witness_keys(values: list[str]) -> list[NoteVerifier]:
+    out = []
+    for value in values:
+        try:
+            verifier = NoteVerifier.parse(value)
+        except CryptoError as exc:
+            raise UsageError(f"--witness {value[:40]!r}: {exc}") from None
+        if verifier.sig_type != SIG_COSIGNATURE_V1:
+            raise UsageError(f"--witness {verifier.name}: not a cosignature (type 0x04) key")
+        out.append(verifier)
+    return out
+
+
+def _descriptor_from_home(home: Path) -> NodeDescriptor:
+    envelope = open_home(home).descriptor_envelope()
+    try:
+        data = json.loads(envelope.payload)
+        created = NodeDescriptor.from_json(data).created
+        # Self-signature and form; an expired descriptor still names the key of its old log.
+        return verify_descriptor(envelope, now=created)
+    except (CryptoError, ValueError) as exc:
+        raise UsageError(f"the node descriptor in {home} does not verify: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("recomputing the tree", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _print_verdict(verdict: Verdict, *, as_json: bool, source: str, notes: list[str]) -> None:
+    latest = verdict.latest
+    cosigned = verdict.latest_cosigned
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": verdict.ok,
+                    "origin": verdict.origin,
+                    "source": source,
+                    "entries": verdict.size,
+                    "checkpoints": verdict.checkpoints,
+                    "latest": None
+                    if latest is None
+                    else {"size": latest.size, "root": _b64(latest.root)},
+                    "cosigned": None
+                    if cosigned is None
+                    else {"size": cosigned.size, "witnesses": list(cosigned.cosigners)},
+                    "remembered_size": verdict.remembered_size,
+                    "problem": verdict.problem,
+                    "bad_seq": verdict.bad_seq,
+                    "bad_id": verdict.bad_id,
+                    "notes": notes + verdict.notes,
+                }
+            )
+        )
+        return
+    if not verdict.ok:
+        console.print(f"[bold red]FAILED[/] audit log {verdict.origin} ({source})")
+        console.print(f"  {verdict.problem}")
+        if verdict.bad_seq is not None:
+            who = f" (id {verdict.bad_id})" if verdict.bad_id is not None else ""
+            console.print(f"  first bad entry: seq {verdict.bad_seq}{who}")
+        return
+    console.print(f"[bold green]VERIFIED[/] audit log {verdict.origin} ({source})")
+    console.print(f"  entries      {verdict.size}, every leaf hash recomputed from its fields")
+    if latest is not None:
+        console.print(
+            f"  checkpoints  {verdict.checkpoints} signed by the log key; "
+            f"latest size {latest.size}, root {_b64(latest.root)}"
+        )
+    if cosigned is not None:
+        console.print(f"  cosigned     size {cosigned.size} by {', '.join(cosigned.cosigners)}")
+    else:
+        console.print("  cosigned     no checkpoint is cosigned by a trusted witness yet")
+    if verdict.remembered_size is not None:
+        console.print(
+            "  consistent   with the checkpoint verified last time "
+            f"(size {verdict.remembered_size})"
+        )
+    for note in notes + verdict.notes:
+        console.print(f"  note         {note}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+
+def _http_client(url: str, token: str | None) -> httpx.Client:
+    if not url.startswith(("http://", "https://")):
+        raise UsageError("--url must start with http:// or https://")
+    if not token:
+        raise UsageError("reading the audit log needs an auditor token: --token or ENTENTE_TOKEN")
+    return httpx.Client(
+        base_url=url.rstrip("/"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(60.0, connect=10.0),
+    )
+
+
+def _open_offline(home: Path | None, database_url: str | None) -> tuple[Path, Database]:
+    settings = settings_for(home, database_url)
+    path = settings.require_home()
+    db = open_database(settings.resolved_database_url(), migrate=False)
+    if not sa.inspect(db.engine).has_table("audit_checkpoints"):
+        db.dispose()
+        raise UsageError("this database has no audit log tables; run `entente db upgrade`")
+    return path, db
+
+
+@app.command("verify")
+def verify(
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    database_url: DbUrlOpt = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            help="Where the last verified checkpoint of each log is kept "
+            "[default: ~/.config/entente/audit-state.json]",
+            show_default=False,
+        ),
+    ] = None,
+    fingerprint: Annotated[
+        str | None,
+        typer.Option("--fingerprint", help="Pin the node's key (as given out of band)"),
+    ] = None,
+    witness: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--witness",
+            help="A trusted witness key (vkey, type 0x04); repeat for several. Default: the "
+            "node's pinned partners (as the node lists them)",
+        ),
+    ] = None,
+    min_cosignatures: Annotated[
+        int,
+        typer.Option(
+            "--min-cosignatures", min=0, help="Fail unless a checkpoint has N cosignatures"
+        ),
+    ] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Verify a node's audit log: every entry, every checkpoint, consistency with last time."""
+    if (url is None) == (home is None and database_url is None):
+        raise UsageError("give either --url URL (online) or --home DIR (offline)")
+    state_path = state or default_state_path()
+    data = _load_state(state_path)
+    now = datetime.now(UTC)
+    notes: list[str] = []
+    trusted = _witness_keys(witness or [])
+    if url is not None:
+        client = _http_client(url, token)
+        try:
+            descriptor = _descriptor_from_url(client, now)
+            origin = log_origin(descriptor.node_id)
+            previous = data["logs"].get(origin) or {}
+            _pin(descriptor, fingerprint, previous)
+            if not witness:
+                trusted = _witnesses_from_node(client)
+                if trusted:
+                    notes.append("witness keys as listed by the node; pin your own with --witness")
+            source: Any = HttpSource(client)
+            verdict = _run(source, descriptor, trusted, previous, min_cosignatures, now)
+        finally:
+            client.close()
+        where = url
+    else:
+        path, db = _open_offline(home, database_url)
+        try:
+            descriptor = _descriptor_from_home(path)
+            origin = log_origin(descriptor.node_id)
+            previous = data["logs"].get(origin) or {}
+            _pin(descriptor, fingerprint, previous)
+            if not witness:
+                trusted = _witnesses_from_db(db)
+            verdict = _run(DatabaseSource(db), descriptor, trusted, previous, min_cosignatures, now)
+        finally:
+            db.dispose()
+        where = str(path)
+    _print_verdict(verdict, as_json=as_json, source=where, notes=notes)
+    if not verdict.ok:
+        raise typer.Exit(1)
+    if verdict.latest is not None:
+        data.setdefault("version", STATE_VERSION)
+        data["logs"][origin] = {
+            "size": verdict.latest.size,
+            "root": _b64(verdict.latest.root),
+            "checkpoint": verdict.latest.note.decode("utf-8"),
+            "fingerprint": descriptor.fingerprint,
+            "verified_at": now.isoformat(),
+            "source": where,
+        }
+        _save_state(state_path, data)
+
+
+def _run(
+    source: Any,
+    descriptor: NodeDescriptor,
+    witnesses: list[NoteVerifier],
+    previous: dict[str, Any],
+    min_cosignatures: int,
+    now: datetime,
+) -> Verdict:
+    log_key = NoteVerifier(log_origin(descriptor.node_id), descriptor.signing_key)
+    with _progress(sys.stderr.isatty()) as progress:
+        try:
+            return verify_log(
+                source,
+                log=log_key,
+                witnesses=witnesses,
+                remembered=_remembered(previous) if previous else None,
+                min_cosignatures=min_cosignatures,
+                now=int(now.timestamp()),
+                progress=progress,
+            )
+        except AuditSourceError as exc:
+            return Verdict(ok=False, origin=log_key.name, problem=f"reading the log failed: {exc}")
+
+
+def _descriptor_from_url(client: httpx.Client, now: datetime) -> NodeDescriptor:
+    try:
+        response = client.get("/.well-known/entente.json")
+    except httpx.HTTPError as exc:
+        raise AuditSourceError(f"cannot reach the node: {type(exc).__name__}") from None
+    if response.status_code != 200:
+        raise AuditSourceError(f"the node's descriptor answered {response.status_code}")
+    try:
+        return verify_descriptor(Envelope.from_bytes(response.content), now=now)
+    except CryptoError as exc:
+        raise AuditSourceError(f"the node's descriptor does not verify: {exc}") from None
+
+
+def _witnesses_from_node(client: httpx.Client) -> list[NoteVerifier]:
+    data = HttpSource(client).get_json("/audit/v1/witnesses")
+    out = []
+    for item in data.get("witnesses", []) if isinstance(data, dict) else []:
+        try:
+            out.append(NoteVerifier.parse(str(item["vkey"])))
+        except (CryptoError, KeyError, TypeError):
+            continue
+    return [v for v in out if v.sig_type == SIG_COSIGNATURE_V1]
+
+
+def _witnesses_from_db(db: Database) -> list[NoteVerifier]:
+    from sqlmodel import select
+
+    with db.session() as session:
+        partners = list(session.exec(select(Partner)))
+    return [
+        NoteVerifier(
+            witness_name(p.node_id), VerifyKey(base64.b64decode(p.signing_key)), SIG_COSIGNATURE_V1
+        )
+        for p in partners
+    ]
+
+
+@app.command("export")
+def export(
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    database_url: DbUrlOpt = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write to FILE instead of stdout")
+    ] = None,
+    start: Annotated[int, typer.Option("--start", min=0, help="First seq to export")] = 0,
+) -> None:
+    """Export the log as JSON Lines: each line is an entry's canonical encoding."""
+    if (url is None) == (home is None and database_url is None):
+        raise UsageError("give either --url URL or --home DIR")
+    sink = output.open("wb") if output is not None else sys.stdout.buffer
+    count = 0
+    try:
+        if url is not None:
+            client = _http_client(url, token)
+            try:
+                with client.stream("GET", "/audit/v1/export", params={"start": start}) as resp:
+                    if resp.status_code != 200:
+                        resp.read()
+                        raise AuditSourceError(
+                            f"the export answered {resp.status_code}: {resp.text[:300]}"
+                        )
+                    for chunk in resp.iter_bytes():
+                        sink.write(chunk)
+                        count += chunk.count(b"\n")
+            except httpx.HTTPError as exc:
+                raise AuditSourceError(f"the export failed: {type(exc).__name__}") from None
+            finally:
+                client.close()
+        else:
+            _path, db = _open_offline(home, database_url)
+            try:
+                with db.session() as session:
+                    try:
+                        size = latest_checkpoint(session).size
+                    except NotFoundError:
+                        size = 0
+                    record(
+                        session,
+                        kind="audit.exported",
+                        actor=OPERATOR,
+                        detail={"start": start, "size": size, "via": "cli"},
+                        now=datetime.now(UTC),
+                    )
+                for obj in iter_entries(db.session, after=start - 1, size=size):
+                    sink.write(encode_leaf(obj) + b"\n")
+                    count += 1
+            finally:
+                db.dispose()
+    finally:
+        if output is not None:
+            sink.close()
+        else:
+            sink.flush()
+    if output is not None:
+        err_console.print(f"exported {count} entries to {output}")
+
+
+@app.command("checkpoint")
+def checkpoint(
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    home: HomeOpt = None,
+    database_url: DbUrlOpt = None,
+) -> None:
+    """Print the latest signed checkpoint (a C2SP signed note with its cosignatures)."""
+    if (url is None) == (home is None and database_url is None):
+        raise UsageError("give either --url URL or --home DIR")
+    if url is not None:
+        client = _http_client(url, token)
+        try:
+            note = HttpSource(client)._get("/audit/v1/checkpoint").content
+        finally:
+            client.close()
+    else:
+        path, db = _open_offline(home, database_url)
+        try:
+            with db.session() as session:
+                note = latest_checkpoint(session).note
+        finally:
+            db.dispose()
+        descriptor = _descriptor_from_home(path)
+        verifier = NoteVerifier(log_origin(descriptor.node_id), descriptor.signing_key)
+        open_checkpoint(note, log=verifier)
+    sys.stdout.write(note.decode("utf-8"))

@@ -100,6 +100,10 @@ def _policy_changes(old: Policy, new: Policy) -> Iterator[Change]:
         yield header(f"id: {old.id} -> {new.id}", NEUTRAL)
     if old.version != new.version:
         yield header(f"version: {old.version} -> {new.version}", NEUTRAL)
+        if new.version < old.version:
+            yield header("warning: the version went down", MIXED)
+    elif old != new:
+        yield header(f"warning: the terms changed but the version is still {new.version}", MIXED)
     if old.mou != new.mou:
         yield header(f"mou: {old.mou} -> {new.mou}", NEUTRAL)
     if old.valid_from != new.valid_from:

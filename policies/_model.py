@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from policies._vocab import (
@@ -432,9 +433,18 @@ def _check_rule(rule: Rule) -> Iterator[tuple[int, str]]:
 
 @dataclass(frozen=True)
 class PolicySet:
-    """The active policies of a node, one per partner node id."""
+    """The active policies of a node, one per partner node id (read-only)."""
 
     policies: Mapping[str, Policy]
+
+    def __post_init__(self) -> None:
+        for partner, policy in self.policies.items():
+            if partner != policy.partner:
+                raise PolicySetError(
+                    f"{policy.source}: filed under partner {partner!r} but is about "
+                    f"{policy.partner!r}"
+                )
+        object.__setattr__(self, "policies", MappingProxyType(dict(self.policies)))
 
     @classmethod
     def from_policies(cls, policies: Iterable[Policy]) -> PolicySet:

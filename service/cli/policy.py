@@ -76,10 +76,9 @@ def _policy_groups(paths: Sequence[Path], *, recursive: bool) -> list[tuple[str,
             folders = [path]
             if recursive:
                 folders += sorted(p for p in path.rglob("*") if p.is_dir())
-            for folder in folders:
-                files = policies.policy_files(folder)
-                if files or folder == path:
-                    groups.append((str(folder), files))
+            found = [(str(f), policies.policy_files(f)) for f in folders]
+            # An empty folder is reported as such, but not a parent of folders with policies.
+            groups += [(label, files) for label, files in found if files] or [(str(path), [])]
         elif path.is_file():
             loose.append(path)
         else:

@@ -112,7 +112,7 @@ def test_a_permit_or_policy_removed_narrows_and_added_widens() -> None:
     ]
 
 
-def test_removing_a_forbid_widens_and_an_action_dropped_from_a_permit_narrows() -> None:
+def test_an_action_dropped_from_a_forbid_widens_and_an_unchanged_version_is_flagged() -> None:
     lifted = amend(
         UK_US,
         (
@@ -121,4 +121,13 @@ def test_removing_a_forbid_widens_and_an_action_dropped_from_a_permit_narrows() 
         ),
     )
     found = {(c.action, c.subject, c.detail, c.effect) for c in changes(UK_US, lifted)}
-    assert found == {("receive", "forbid above-amber", "no longer covers receive", "widens")}
+    assert found == {
+        ("*", "policy", "warning: the terms changed but the version is still 1", "mixed"),
+        ("receive", "forbid above-amber", "no longer covers receive", "widens"),
+    }
+    bumped = amend(lifted, ("version: 1", "version: 2"))
+    assert {c.detail for c in changes(bumped, UK_US)} == {
+        "version: 2 -> 1",
+        "warning: the version went down",
+        "now covers receive",
+    }

@@ -265,3 +265,17 @@ def test_example_files_for_the_demo() -> None:
         )
         assert node not in loaded.partners
         assert set(loaded.partners) == {"ca-aisi", "uk-aisi", "us-aisi"} - {node}
+
+
+def test_the_format_examples_in_the_readme_load() -> None:
+    readme = (Path(str(policies.examples_dir())) / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```yaml\n")[1:]]
+    assert len(blocks) == 2
+    policy = load_policy(blocks[0], source="README.md")
+    assert [r.id for r in policy.rules] == [
+        "share-evaluation",
+        "onward-to-signatories",
+        "above-amber",
+    ]
+    cases = policies.load_cases(blocks[1], source="README.md")
+    assert cases.policy == "ca-aisi.yaml" and len(cases.cases) == 1

@@ -89,14 +89,22 @@ class Envelope:
 
 
 def _b64decode(text: str) -> bytes:
-    """DSSE accepts standard or URL-safe base64, padded or not; anything else is malformed."""
+    """Standard or URL-safe base64, padded or not (DSSE allows each), in canonical form only.
+
+    Non-canonical spellings (non-zero padding bits) decode to the same bytes as the canonical
+    one; refusing them keeps an envelope from having several encodings that all verify.
+    """
     padded = text + "=" * (-len(text) % 4)
+    urlsafe = "-" in text or "_" in text
     try:
-        if "-" in text or "_" in text:
-            return base64.urlsafe_b64decode(padded.encode("ascii"))
-        return base64.b64decode(padded.encode("ascii"), validate=True)
+        raw = padded.encode("ascii")
+        data = base64.urlsafe_b64decode(raw) if urlsafe else base64.b64decode(raw, validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
         raise MalformedError("invalid base64 in DSSE envelope") from exc
+    again = base64.urlsafe_b64encode(data) if urlsafe else base64.b64encode(data)
+    if again.rstrip(b"=") != raw.rstrip(b"="):
+        raise MalformedError("non-canonical base64 in DSSE envelope")
+    return data
 
 
 def sign_envelope(payload_type: str, payload: bytes, signers: Iterable[SigningKey]) -> Envelope:

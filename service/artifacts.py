@@ -174,8 +174,10 @@ def share_artifact(
     """Seal ``source`` to the permitted partners and this node, store it, queue deliveries."""
     now = node.now()
     artifact_id = artifact_id or new_artifact_id(now)
+    # X25519 for everyone: a file mixing post-quantum and classic stanzas is only as strong as
+    # the classic one, so age refuses the mix. (Hybrid recipients need every party to have one.)
     recipients = [ManifestRecipient(node.node_id, node.home.age_recipient)] + [
-        ManifestRecipient(p.node_id, p.pq_recipient or p.age_recipient) for p, _ in decisions
+        ManifestRecipient(p.node_id, p.age_recipient) for p, _ in decisions
     ]
     policy_ref = {
         "decisions": [

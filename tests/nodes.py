@@ -135,52 +135,18 @@ class Federation:
 def start_federation(
     root: Path, node_ids: tuple[str, ...] = ("uk-aisi", "us-aisi", "ca-aisi"), **env: str
 ) -> Federation:
-    """Create homes that pin each other, with the example MOU policies and a token per role,
-    then start a real ``entente serve`` process for each.
-
-    The homes are prepared in-process through the same functions the CLI calls (the CLI itself
-    is tested in tests/service/test_cli.py), which keeps this fixture fast.
-    """
-    from datetime import UTC, datetime
-
-    from policies import example_files
-    from service.db import open_database
-    from service.home import create_home
-    from service.partners import add_partner
-    from service.settings import Settings
-    from service.tokens import Role, create_token
+    """Homes that pin each other, with the example MOU policies and a token per role (prepared
+    in-process by the code the demo uses), then a real ``entente serve`` process for each."""
+    from service.federation.setup import prepare_federation
 
     nodes = {nid: NodeProcess(root / nid, nid, env=base_env(**env)) for nid in node_ids}
-    now = datetime.now(UTC)
-    homes = {}
-    for nid, node in nodes.items():
-        settings = Settings(home=node.home, passphrase=PASSPHRASE, scrypt_work_factor=10)  # type: ignore[arg-type]
-        homes[nid] = create_home(
-            settings, path=node.home, node_id=nid, name=nid.upper(), url=node.url, now=now
-        )
-        for name, data in example_files(nid).items():
-            (node.home / "policies" / name).write_bytes(data)
-    tokens: dict[str, dict[str, str]] = {}
-    for nid, node in nodes.items():
-        db = open_database(f"sqlite:///{node.home / 'entente.db'}", migrate=True)
-        tokens[nid] = {}
-        with db.session() as session:
-            for other, home in homes.items():
-                if other != nid:
-                    add_partner(
-                        session,
-                        descriptor_bytes=home.descriptor_path.read_bytes(),
-                        fingerprint=home.fingerprint,
-                        own_node_id=nid,
-                        now=now,
-                        actor="admin:test",
-                    )
-            for role in Role:
-                _row, secret = create_token(
-                    session, role=role, name=f"{role.value}@{nid}", now=now, actor="admin:test"
-                )
-                tokens[nid][role.value] = secret
-        db.dispose()
+    prepared = prepare_federation(
+        {nid: node.url for nid, node in nodes.items()},
+        root=root,
+        names={nid: nid.upper() for nid in node_ids},
+        passphrase=PASSPHRASE,
+        scrypt_work_factor=10,
+    )
     for node in nodes.values():
         node.start()
-    return Federation(nodes, tokens)
+    return Federation(nodes, {nid: p.tokens for nid, p in prepared.items()})

@@ -11,6 +11,7 @@ from service.cli.tokens import app as token_app
 
 app.command("init")(_node.init)
 app.command("serve")(_node.serve)
+app.command("demo")(_node.demo)
 app.add_typer(_node.identity_app, name="identity")
 app.add_typer(_node.db_app, name="db")
 app.add_typer(partner_app, name="partner")

@@ -153,3 +153,18 @@ def serve(
         server.run()
     finally:
         node.db.dispose()
+
+
+def demo(
+    keep: Annotated[
+        bool, typer.Option("--keep", help="Leave the nodes running for the console")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="End with a JSON line for scripts")
+    ] = False,
+) -> None:
+    """Three institute nodes on loopback: share, denial with its MOU clause, read, revocation,
+    and verified, cosigned audit logs."""
+    from service.demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep, as_json=as_json))

@@ -93,6 +93,7 @@ def test_dsse_envelope_round_trip_and_failures() -> None:
         (b"[]", "JSON object"),
         (b'{"payload": "aGk=", "payloadType": "t", "signatures": []}', "non-empty"),
         (b'{"payload": "!!", "payloadType": "t", "signatures": [{"sig": "aGk="}]}', "base64"),
+        (b'{"payload": "aGl=", "payloadType": "t", "signatures": [{"sig": "aGk="}]}', "canonical"),
     ],
 )
 def test_dsse_rejects_malformed_envelopes(raw: bytes, message: str) -> None:

@@ -1,0 +1,387 @@
+"""``entente demo``: three institute nodes on loopback, the whole story in one command.
+
+The US, UK and Canadian AI safety institutes each get a node (SQLite home in a temporary
+folder, keys unencrypted because it is a demo) pinned to the other two, with the example MOU
+policies: US-UK bilateral terms, Canada under the summit declaration only. Then, step by step:
+the UK shares a finding with the US; a share of it to Canada is denied with the MOU clause; the
+US reader opens it and the UK receives the access notice; the UK revokes a second artifact and
+the US acknowledges; finally every node's audit log is verified, with its partners'
+cosignatures. ``--keep`` leaves the nodes running for the console; ``--json`` ends with a
+machine-readable line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from crypto.keys import format_fingerprint
+from service.errors import EntenteError
+from service.federation.setup import PreparedNode, prepare_federation
+
+__all__ = ["run_demo"]
+
+NODES = {
+    "us-aisi": "US AI Safety Institute",
+    "uk-aisi": "UK AI Safety Institute",
+    "ca-aisi": "Canadian AI Safety Institute",
+}
+FINDING = (
+    b"Joint pre-deployment evaluation of Model X\n"
+    b"==========================================\n"
+    b"Cyber-offense uplift: moderate on CTF-style tasks, low on novel exploitation.\n"
+    b"Biosecurity: refusals held under 312 of 320 adversarial prompts.\n"
+    b"Recommendation: re-test after the next fine-tuning round.\n"
+)
+
+
+class DemoError(EntenteError):
+    kind = "demo"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class _Node:
+    node_id: str
+    url: str
+    home: Path
+    tokens: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def auth(self, role: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[role]}"}
+
+
+def _upload(meta: dict[str, Any], content: bytes) -> tuple[bytes, dict[str, str]]:
+    boundary = "entente-demo-" + hashlib.sha256(content).hexdigest()[:16]
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n'
+        f"Content-Type: application/json\r\n\r\n".encode()
+        + json.dumps(meta).encode()
+        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="finding.md"\r\n\r\n'.encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+class Demo:
+    def __init__(self, console: Console, *, keep: bool, root: Path | None = None) -> None:
+        self.console = console
+        self.keep = keep
+        self.root = root or Path(tempfile.mkdtemp(prefix="entente-demo-"))
+        self.nodes: dict[str, _Node] = {}
+        self.http = httpx.Client(timeout=30.0)
+        self.step_no = 0
+        self.outcome: dict[str, Any] = {}
+
+    # --- output ---------------------------------------------------------------------------------
+    def step(self, title: str) -> None:
+        self.step_no += 1
+        self.console.print()
+        self.console.rule(f"[bold]{self.step_no}. {title}", align="left")
+
+    def say(self, text: str) -> None:
+        self.console.print(text)
+
+    # --- nodes ----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.step("Three institutes start their Entente nodes")
+        urls = {nid: f"http://127.0.0.1:{_free_port()}" for nid in NODES}
+        prepared: dict[str, PreparedNode] = prepare_federation(
+            urls, root=self.root, names=NODES, passphrase=None
+        )
+        for nid, url in urls.items():
+            node = _Node(nid, url, prepared[nid].home.path, dict(prepared[nid].tokens))
+            self.nodes[nid] = node
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ENTENTE_")}
+        env.update(
+            ENTENTE_LOG_LEVEL="WARNING",
+            ENTENTE_SYNC_INTERVAL_SECONDS="0.2",
+            ENTENTE_RETRY_BASE_SECONDS="0.2",
+            ENTENTE_RETRY_MAX_SECONDS="2",
+            ENTENTE_CHECKPOINT_INTERVAL_SECONDS="0.5",
+        )
+        for node in self.nodes.values():
+            port = node.url.rsplit(":", 1)[1]
+            with open(self.root / f"{node.node_id}.log", "ab") as log:
+                node.proc = subprocess.Popen(  # noqa: S603 - our own console script, fixed args
+                    [sys.executable, "-m", "service.cli", "serve", "--home", str(node.home),
+                     "--port", port],
+                    env=env, stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+        for node in self.nodes.values():
+            self._wait_healthy(node)
+        table = Table("node", "institute", "listening", "fingerprint (Ed25519, SHA-256)")
+        for node in self.nodes.values():
+            fp = json.loads((node.home / "node.json").read_text())["fingerprint"]
+            table.add_row(
+                node.node_id, NODES[node.node_id], node.url, format_fingerprint(fp)[:39] + " …"
+            )
+        self.console.print(table)
+        self.say(
+            "Each node pinned the other two by fingerprint and loaded its MOU policies "
+            "(US-UK bilateral terms; Canada under the summit declaration only)."
+        )
+        self.say("[yellow]Demo keys are stored unencrypted (--insecure-no-passphrase).[/]")
+
+    def _wait_healthy(self, node: _Node, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if node.proc is not None and node.proc.poll() is not None:
+                raise DemoError(f"{node.node_id} exited; see {self.root / (node.node_id + '.log')}")
+            try:
+                if self.http.get(f"{node.url}/healthz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise DemoError(f"{node.node_id} did not start within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+        for node in self.nodes.values():
+            if node.proc is not None:
+                try:
+                    node.proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    node.proc.kill()
+        self.http.close()
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def wait(
+        self, check: Callable[[], Any], what: str, timeout: float = 30.0, every: float = 0.2
+    ) -> Any:
+        deadline = time.monotonic() + timeout
+        with self.console.status(f"waiting for {what} …"):
+            while time.monotonic() < deadline:
+                value = check()
+                if value:
+                    return value
+                time.sleep(every)
+        raise DemoError(f"timed out waiting for {what}")
+
+    # --- the story ------------------------------------------------------------------------------
+    def share(self, node: _Node, meta: dict[str, Any], content: bytes) -> httpx.Response:
+        body, headers = _upload(meta, content)
+        return self.http.post(
+            f"{node.url}/v1/artifacts", content=body, headers={**headers, **node.auth("publisher")}
+        )
+
+    def audit_kinds(self, node: _Node, kind: str) -> list[dict[str, Any]]:
+        r = self.http.get(
+            f"{node.url}/audit/v1/entries", params={"kind": kind}, headers=node.auth("auditor")
+        )
+        if r.status_code != 200:
+            return []
+        items: list[dict[str, Any]] = r.json().get("entries", [])
+        return items
+
+    def run(self) -> None:
+        uk, us, ca = self.nodes["uk-aisi"], self.nodes["us-aisi"], self.nodes["ca-aisi"]
+        meta = {
+            "title": "Joint pre-deployment evaluation of Model X",
+            "tlp": "TLP:AMBER",
+            "topics": ["evaluation/red-teaming"],
+            "purposes": ["evaluation"],
+            "partners": ["us-aisi"],
+        }
+
+        self.step("The UK shares an evaluation finding with the US")
+        r = self.share(uk, meta, FINDING)
+        if r.status_code != 201:
+            raise DemoError(f"the share was refused: {r.json().get('detail')}")
+        art = r.json()
+        decision = art["policy"]["decisions"][0]
+        rules = ", ".join(f"{x['id']} ({x['clause']})" for x in decision["rules"])
+        self.say(f"[green]ALLOWED[/] by the UK's policy for us-aisi: {rules}")
+        self.say(
+            f"artifact [bold]{art['id']}[/], {art['tlp']}, {art['size']} bytes, "
+            f"sha256 {art['sha256'][:16]}…, encrypted to {' and '.join(art['recipients'])}, "
+            "manifest signed by uk-aisi"
+        )
+        self.outcome["artifact_id"] = art["id"]
+
+        self.step("The UK tries to share the same finding with Canada")
+        r = self.share(uk, {**meta, "partners": ["ca-aisi"]}, FINDING)
+        problem = r.json()
+        if r.status_code != 403:
+            raise DemoError(f"expected a denial, got {r.status_code}")
+        self.say(f"[red]DENIED[/] (HTTP 403, {problem['type']})")
+        self.say(f"  rule   [bold]{problem.get('rule')}[/]")
+        self.say(f"  clause [bold]{problem.get('clause')}[/]")
+        self.say(f"  {problem['detail']}")
+        self.say("Nothing was stored or sent; the denial is in the UK's audit log.")
+        self.outcome["denied"] = {"rule": problem.get("rule"), "clause": problem.get("clause")}
+
+        self.step("The UK node delivers the finding to the US node")
+
+        def delivered() -> dict[str, Any] | None:
+            d = self.http.get(f"{uk.url}/v1/artifacts/{art['id']}", headers=uk.auth("auditor"))
+            rows = d.json().get("deliveries") or []
+            return rows[0] if rows and rows[0]["state"] == "delivered" else None
+
+        delivery = self.wait(delivered, "the US node's signed receipt")
+        self.say(
+            f"delivered after {delivery['attempts']} attempt(s); the US node verified the "
+            "signature, the manifest and every ciphertext chunk, applied its own inbound policy, "
+            "and returned a signed receipt"
+        )
+
+        self.step("A reader at the US institute opens the finding")
+        r = self.http.get(f"{us.url}/v1/artifacts/{art['id']}/content", headers=us.auth("reader"))
+        if r.status_code != 200:
+            raise DemoError(f"the read was refused: {r.json().get('detail')}")
+        ok = hashlib.sha256(r.content).hexdigest() == art["sha256"]
+        self.console.print(Panel(r.content.decode(), title="plaintext at us-aisi", expand=False))
+        self.say(f"sha256 matches the signed manifest: {'[green]yes' if ok else '[red]NO'}[/]")
+        self.outcome["read_ok"] = ok
+
+        self.step("The UK is told who read it (the MOU's inform obligation for TLP:AMBER)")
+        notices = self.wait(
+            lambda: self.audit_kinds(uk, "access_notice.received"), "the access notice", every=0.5
+        )
+        detail = notices[0].get("detail") or {}
+        if isinstance(detail, str):
+            detail = json.loads(detail)
+        self.say(
+            f"uk-aisi audit: access notice from us-aisi: {detail.get('reader')} read "
+            f"{notices[0].get('artifact_id')} at {detail.get('read_at')}"
+        )
+        self.outcome["access_notice"] = True
+
+        self.step("The UK revokes a second artifact; the US deletes it and acknowledges")
+        second = self.share(
+            uk,
+            {**meta, "title": "Draft threat model (superseded)", "tlp": "TLP:GREEN"},
+            b"draft threat model, superseded\n",
+        ).json()
+        self.wait(
+            lambda: (
+                self.http.get(
+                    f"{us.url}/v1/artifacts/{second['id']}", headers=us.auth("reader")
+                ).status_code
+                == 200
+            ),
+            "the second artifact at the US node",
+        )
+        self.http.post(
+            f"{uk.url}/v1/artifacts/{second['id']}/revoke",
+            params={"reason": "superseded by the joint evaluation"},
+            headers=uk.auth("publisher"),
+        ).raise_for_status()
+        self.wait(
+            lambda: self.audit_kinds(uk, "revocation.acknowledged"),
+            "the US acknowledgement",
+            every=0.5,
+        )
+        gone = self.http.get(f"{us.url}/v1/artifacts/{second['id']}", headers=us.auth("reader"))
+        self.say(
+            f"us-aisi deleted {second['id']} (now HTTP {gone.status_code}) and sent a signed "
+            "receipt; both sides audited the revocation"
+        )
+        self.outcome["revoked"] = gone.status_code == 404
+
+        self.step("Auditors verify every node's log and its partners' cosignatures")
+        verdicts = {}
+        for node in self.nodes.values():
+            verdicts[node.node_id] = self._verify(node)
+        self.outcome["audit"] = verdicts
+        if not all(v["ok"] for v in verdicts.values()):
+            raise DemoError("an audit log did not verify")
+
+    def _verify(self, node: _Node) -> dict[str, Any]:
+        def cosigned() -> dict[str, Any] | None:
+            r = self.http.get(f"{node.url}/audit/v1/checkpoint", headers=node.auth("auditor"))
+            if r.status_code != 200:
+                return None
+            lines = [ln for ln in r.text.splitlines() if ln.startswith("— ")]
+            return {"signatures": len(lines)} if len(lines) >= 3 else None
+
+        state = self.wait(cosigned, f"{node.node_id}'s checkpoint cosigned by both partners", 60)
+        result = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
+            [sys.executable, "-m", "service.cli", "audit", "verify", "--url", node.url,
+             "--state", str(self.root / f"{node.node_id}.audit-state.json")],
+            env={**os.environ, "ENTENTE_TOKEN": node.tokens["auditor"]},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        verdict = (result.stdout.strip().splitlines() or [result.stderr.strip()])[-1]
+        ok = result.returncode == 0
+        mark = "[green]VERIFIED[/]" if ok else "[red]FAILED[/]"
+        self.say(f"{node.node_id}: {mark}  {verdict}  ({state['signatures'] - 1} cosignatures)")
+        return {"ok": ok, "verdict": verdict, "cosignatures": state["signatures"] - 1}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "nodes": [
+                {"node_id": n.node_id, "url": n.url, "home": str(n.home), "tokens": n.tokens}
+                for n in self.nodes.values()
+            ],
+            "outcome": self.outcome,
+        }
+
+
+def run_demo(*, keep: bool, as_json: bool) -> int:
+    console = Console(stderr=as_json, highlight=False)
+    demo = Demo(console, keep=keep)
+    code = 0
+    try:
+        demo.start()
+        demo.run()
+        console.print()
+        console.print("[bold green]Demo complete.[/]")
+        if keep:
+            console.print()
+            for node in demo.nodes.values():
+                console.print(
+                    f"[bold]{node.node_id}[/] console {node.url}/ui  "
+                    f"auditor token {node.tokens['auditor']}"
+                )
+            console.print(f"homes and logs in {demo.root}")
+        if as_json:
+            sys.stdout.write(json.dumps(demo.summary()) + "\n")
+            sys.stdout.flush()
+        if keep:
+            console.print("Nodes keep running; press Ctrl-C to stop them.")
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        code = 130
+    except EntenteError as exc:
+        console.print(f"[red]demo failed:[/] {exc.message}")
+        console.print(f"node logs are in {demo.root}")
+        keep = True  # leave the logs for a look
+        code = 1
+    finally:
+        demo.stop()
+        if not keep or code == 0:
+            demo.cleanup()
+    return code

@@ -206,7 +206,7 @@ class Demo:
         return items
 
     def run(self) -> None:
-        uk, us, ca = self.nodes["uk-aisi"], self.nodes["us-aisi"], self.nodes["ca-aisi"]
+        uk, us = self.nodes["uk-aisi"], self.nodes["us-aisi"]
         meta = {
             "title": "Joint pre-deployment evaluation of Model X",
             "tlp": "TLP:AMBER",

@@ -68,8 +68,8 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
 
 
 @pytest.fixture(autouse=True)
-def _dispose_nodes() -> Iterator[None]:  # module-scoped nodes here; see the kit fixture
-    yield
+def _dispose_nodes() -> None:  # overrides the per-test disposal: this module's node lives on
+    return None
 
 
 def _headers(kit: Kit, who: str) -> dict[str, str]:

@@ -617,11 +617,11 @@ def iter_entries(
 
 
 def register_audit_workers(workers: Workers, node: Node, **options: Any) -> None:
-    """Add the sequencer (and, given a witness transport, checkpoint submission) to ``workers``.
+    """Add the sequencer and the checkpoint submission to ``workers``.
 
-    ``options``: ``witness_transport`` (a :class:`service.witness.WitnessTransport`) submits each
-    new checkpoint to every pinned partner's witness; without one, checkpoints are signed and
-    served but not sent for cosigning.
+    Each new checkpoint is submitted to every pinned partner's witness through
+    ``options["witness_transport"]`` (a :class:`service.witness.WitnessTransport`; default: the
+    RFC 9421-signed :class:`service.witness.SignedWitnessTransport`).
     """
     interval = node.settings.checkpoint_interval_seconds
 
@@ -631,10 +631,7 @@ def register_audit_workers(workers: Workers, node: Node, **options: Any) -> None
 
     workers.add("audit-sequencer", sequencer_step)
 
-    transport = options.get("witness_transport")
-    if transport is None:
-        log.info("audit checkpoints are not submitted to witnesses: no federation transport")
-        return
-    from service.witness import submission_step
+    from service.witness import SignedWitnessTransport, submission_step
 
+    transport = options.get("witness_transport") or SignedWitnessTransport(node)
     workers.add("audit-witness-submit", submission_step(node, transport))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ import httpx
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
+from crypto import httpsig
 from crypto.errors import CryptoError, MalformedError, VerificationError
 from crypto.keys import VerifyKey
 from crypto.merkle import EMPTY_ROOT, verify_consistency
@@ -70,6 +72,7 @@ from service.errors import (
     PartnerUnavailableError,
 )
 from service.models import Partner
+from service.partners import partner_verify_keys
 from service.transparency import (
     consistency_proof,
     latest_checkpoint,
@@ -85,7 +88,7 @@ __all__ = [
     "ADD_CHECKPOINT_MAX_BYTES",
     "TLOG_SIZE_MEDIA_TYPE",
     "BadRequestError",
-    "HttpWitnessTransport",
+    "SignedWitnessTransport",
     "SubmitOutcome",
     "WitnessReply",
     "WitnessSizeConflictError",
@@ -392,32 +395,76 @@ class WitnessTransport(Protocol):
     ) -> WitnessReply: ...
 
 
-class HttpWitnessTransport:
-    """A :class:`WitnessTransport` over an ``httpx.AsyncClient``.
+class SignedWitnessTransport:
+    """A :class:`WitnessTransport` speaking the federation protocol: the request is RFC 9421-signed
+    with this node's key (``service.federation.signing``), and a ``200`` or ``409`` size answer is
+    believed only with a valid signature by the partner's pinned key over a matching body.
 
-    Request authentication belongs to the client: give it the federation's RFC 9421 ``auth``
-    (an ``httpx.Auth``) or, in tests, an ``httpx.ASGITransport`` to an in-process partner.
+    ``client`` (an ``httpx.AsyncClient``) is for tests (``httpx.ASGITransport`` to an in-process
+    partner); by default each submission opens a short-lived client.
     """
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, node: Node, client: httpx.AsyncClient | None = None) -> None:
+        self._node = node
         self._client = client
 
     async def add_checkpoint(
         self, *, partner_id: str, partner_url: str, body: bytes
     ) -> WitnessReply:
-        try:
-            response = await self._client.post(
-                partner_url.rstrip("/") + ADD_CHECKPOINT_PATH,
-                content=body,
-                headers={"content-type": "text/plain; charset=utf-8"},
+        from service.federation.signing import (
+            digest_value,
+            sign_request_headers,
+            verify_response_from,
+        )
+
+        node = self._node
+        url = partner_url.rstrip("/") + ADD_CHECKPOINT_PATH
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        headers.update(
+            sign_request_headers(
+                node,
+                method="POST",
+                url=url,
+                headers=headers,
+                content_digest=digest_value(hashlib.sha256(body).digest()),
             )
-            content = await response.aread()
+        )
+        try:
+            if self._client is not None:
+                response = await self._client.post(url, content=body, headers=headers)
+            else:
+                timeout = httpx.Timeout(node.settings.request_timeout_seconds, connect=5.0)
+                async with httpx.AsyncClient(timeout=timeout) as client:
+                    response = await client.post(url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise PartnerUnavailableError(
                 f"partner {partner_id} witness unreachable: {type(exc).__name__}"
             ) from None
+        content = response.content[:ADD_CHECKPOINT_MAX_BYTES]
         content_type = response.headers.get("content-type", "").split(";")[0].strip()
-        return WitnessReply(response.status_code, content_type, content[:ADD_CHECKPOINT_MAX_BYTES])
+        if response.status_code == 200 or content_type == TLOG_SIZE_MEDIA_TYPE:
+            keys = await asyncio.to_thread(_partner_keys, node, partner_id)
+            try:
+                verified = verify_response_from(
+                    node,
+                    partner_keys=keys,
+                    request=httpsig.Request("POST", url, headers),
+                    status=response.status_code,
+                    headers=list(response.headers.multi_items()),
+                )
+                digester = httpsig.ContentDigester()
+                digester.update(response.content)
+                digester.verify(verified.content_digests)
+            except CryptoError as exc:
+                raise PartnerUnavailableError(
+                    f"partner {partner_id} answered without a valid signature: {exc}"
+                ) from None
+        return WitnessReply(response.status_code, content_type, content)
+
+
+def _partner_keys(node: Node, partner_id: str) -> dict[str, VerifyKey]:
+    with node.db.session() as session:
+        return partner_verify_keys(session, partner_id)
 
 
 @dataclass(frozen=True)

@@ -5,20 +5,26 @@ cosignature line (``text/plain``). Refusals are problem documents (400, 403, 404
 except the one the spec shapes itself: an old size that is not the size this witness last
 cosigned is ``409`` with ``Content-Type: text/x.tlog.size`` and that size in decimal as the body.
 
-Who is calling comes from :func:`calling_partner`, the federation's request authentication.
+Who is calling comes from :func:`calling_partner`: the federation's RFC 9421 authentication
+against pinned partner keys; the answer is signed the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
+from crypto import httpsig
+from crypto.errors import CryptoError
 from service.api.deps import NodeDep
-from service.errors import ForbiddenError, InvalidInputError, TooLargeError
+from service.api.federation import signed_partner
+from service.errors import InvalidInputError, TooLargeError
+from service.federation.signing import IncomingSignature, digest_value, sign_response_headers
 from service.node import Node
 from service.witness import (
     ADD_CHECKPOINT_MAX_BYTES,
@@ -53,15 +59,30 @@ class FederationCaller:
     sign_response: ResponseSigner | None = None
 
 
-def calling_partner(request: Request) -> FederationCaller:
-    """The partner that signed this request (RFC 9421, pinned keys).
+def calling_partner(
+    node: NodeDep, sig: Annotated[IncomingSignature, Depends(signed_partner)]
+) -> FederationCaller:
+    """The pinned partner that signed this request (RFC 9421, ``service.api.federation``), with
+    the check of the body against its signed ``Content-Digest`` and the signer of our answer."""
 
-    A seam: until the federation's authentication is wired here, every caller is refused.
-    """
-    raise ForbiddenError(
-        "partner request authentication is not configured for add-checkpoint",
-        reason="federation-auth-missing",
-    )
+    def check_body(body: bytes) -> None:
+        digester = httpsig.ContentDigester()
+        digester.update(body)
+        try:
+            digester.verify(sig.verified.content_digests)
+        except CryptoError as exc:
+            raise InvalidInputError(f"the body does not match its signature: {exc}") from None
+
+    def sign_response(status: int, headers: dict[str, str], body: bytes) -> dict[str, str]:
+        return sign_response_headers(
+            node,
+            request=sig.message,
+            status=status,
+            headers=headers,
+            content_digest=digest_value(hashlib.sha256(body).digest()),
+        )
+
+    return FederationCaller(sig.partner, check_body, sign_response)
 
 
 async def _bounded_body(request: Request, limit: int) -> bytes:

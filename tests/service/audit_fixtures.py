@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import sqlalchemy as sa
 
 from service.audit import record
 from service.blobs import FileBlobStore
@@ -109,3 +114,22 @@ def token(node: Node, role: Role, name: str = "t") -> str:
     with node.db.session() as session:
         _row, secret = create_token(session, role=role, name=name, now=node.now(), actor="test")
     return secret
+
+
+@contextmanager
+def second_database(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """Another empty database on the same backend as ``db_url`` (for a second node)."""
+    if db_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'second.db'}"
+        return
+    admin_url = db_url.rsplit("/", 1)[0] + "/postgres"
+    name = f"entente_t2_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield db_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

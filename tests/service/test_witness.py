@@ -206,6 +206,11 @@ def test_a_different_root_at_the_cosigned_size_is_a_409_with_evidence(pair: Pair
     assert [e.size for e in _evidence(pair.us)] == [n]
 
 
+def _note(node: Node) -> bytes:
+    with node.db.session() as s:
+        return latest_checkpoint(s).note
+
+
 def _signed(origin: str, key: SigningKey, size: int = 1) -> bytes:
     cp = Checkpoint(origin, size, merkle.leaf_hash(b"x"))
     return sign_checkpoint(cp, signer=NoteSigner(origin, key))
@@ -215,9 +220,9 @@ def _signed(origin: str, key: SigningKey, size: int = 1) -> bytes:
     ("make_body", "caller", "error", "status"),
     [
         (lambda uk: b"not a request", "uk-aisi", InvalidInputError, 422),
-        (lambda uk: b"old 01\n\n" + _request(uk, 0).split(b"\n\n", 1)[1], "uk-aisi", InvalidInputError, 422),
+        (lambda uk: b"old 01\n\n" + _note(uk), "uk-aisi", InvalidInputError, 422),
         (
-            lambda uk: AddCheckpointRequest(0, (b"\0" * 32,), _request(uk, 0).split(b"\n\n", 1)[1]).to_bytes(),
+            lambda uk: AddCheckpointRequest(0, (b"\0" * 32,), _note(uk)).to_bytes(),
             "uk-aisi",
             InvalidInputError,
             422,
@@ -240,9 +245,7 @@ def _signed(origin: str, key: SigningKey, size: int = 1) -> bytes:
         ),
         (lambda uk: _request(uk, 0), "ca-aisi", ForbiddenError, 403),
         (
-            lambda uk: AddCheckpointRequest(
-                99, (), _request(uk, 0).split(b"\n\n", 1)[1]
-            ).to_bytes(),
+            lambda uk: AddCheckpointRequest(99, (), _note(uk)).to_bytes(),
             "uk-aisi",
             BadRequestError,
             400,

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 import policies
 from policies import (
@@ -107,11 +108,12 @@ def _load_set(files: Iterable[Path]) -> PolicySet:
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """A rich table on a terminal; plain aligned columns otherwise (for pipes and logs)."""
     if _console.is_terminal:
-        table = Table(title=title, title_justify="left", show_lines=False)
+        # Text, not markup: clause references such as "[example]" must print as written.
+        table = Table(title=Text(title), title_justify="left", show_lines=False)
         for column in columns:
             table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(Text(cell) for cell in row))
         _console.print(table)
         return
     widths = [
@@ -300,7 +302,7 @@ def explain(
         onward_to=onward_to,
         originator_approved=originator_approved,
     )
-    at = _time(now, "--now") or datetime.now(UTC)
+    at = _time(now, "--now") or datetime.now(UTC).replace(microsecond=0)
     decision = policies.evaluate(policy_set, request, now=at)
     if as_json:
         typer.echo(json.dumps(decision.to_json(), indent=2, ensure_ascii=False))

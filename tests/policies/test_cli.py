@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -146,3 +147,13 @@ def test_help() -> None:
     out = run("explain", "--help")
     assert out.returncode == 0
     assert all(o in out.stdout for o in ("--partner", "--action", "--tlp", "--topic", "--purpose"))
+
+
+def test_check_on_a_terminal_prints_tables_and_clauses_as_written() -> None:
+    out = run(
+        "check", EXAMPLES / "uk-aisi" / "ca-aisi.yaml", env={"FORCE_COLOR": "1", "COLUMNS": "300"}
+    )
+    assert out.returncode == 0, out.stderr
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout)
+    assert "┃ action" in plain  # a rich table, not the plain columns
+    assert "Bletchley Declaration, para 8 [example]" in plain  # not taken for markup

@@ -1,0 +1,237 @@
+"""``entente share``, ``inbox``, ``get`` and ``revoke``: a node's users, over HTTP with a token.
+
+Each talks to a node's /v1 API (``--url`` or ENTENTE_URL, token from ``--token`` or
+ENTENTE_TOKEN). Uploads and downloads stream, with a progress bar on a terminal; a download goes to
+a temporary file that is renamed only when complete. A refusal prints the node's problem document
+in one line (for a policy denial: the partner, rule and MOU clause).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.table import Table
+
+from service.cli._common import JsonOpt, console
+from service.cli.files import progress_bar
+from service.errors import EntenteError, UsageError
+
+UrlOpt = Annotated[
+    str, typer.Option("--url", envvar="ENTENTE_URL", help="The node's base URL [env: ENTENTE_URL]")
+]
+TokenOpt = Annotated[
+    str,
+    typer.Option(
+        "--token",
+        envvar="ENTENTE_TOKEN",
+        help="Bearer token [env: ENTENTE_TOKEN]",
+        show_default=False,
+    ),
+]
+
+
+class RemoteError(EntenteError):
+    kind = "remote"
+
+
+def _client(url: str, token: str) -> httpx.Client:
+    if not url.startswith(("http://", "https://")):
+        raise UsageError("--url must start with http:// or https://")
+    return httpx.Client(
+        base_url=url.rstrip("/"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(60.0, connect=10.0),
+    )
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        problem = json.loads(response.read())
+    except (ValueError, httpx.HTTPError):
+        problem = {}
+    detail = problem.get("detail") or response.reason_phrase
+    extra = ""
+    if problem.get("clause"):
+        extra = f" [rule {problem.get('rule')}, {problem.get('clause')}]"
+    raise RemoteError(f"{response.status_code}: {detail}{extra}")
+
+
+def _send(call: Any) -> httpx.Response:
+    try:
+        response: httpx.Response = call()
+    except httpx.HTTPError as exc:
+        raise RemoteError(f"cannot reach the node: {str(exc) or type(exc).__name__}") from None
+    return response
+
+
+def _when(value: str | None, name: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{name} must be an ISO 8601 time, e.g. 2027-01-01T00:00:00Z") from None
+    if parsed.tzinfo is None:
+        raise UsageError(f"{name} needs a time zone, e.g. 2027-01-01T00:00:00Z")
+    return parsed.isoformat()
+
+
+def share(
+    file: Annotated[Path, typer.Argument(help="The file to share")],
+    to: Annotated[list[str], typer.Option("--to", help="Partner node id (repeatable)")],
+    tlp: Annotated[str, typer.Option("--tlp", help="TLP 2.0 label, e.g. TLP:AMBER")],
+    url: UrlOpt,
+    token: TokenOpt,
+    topic: Annotated[list[str] | None, typer.Option("--topic", help="Topic (repeatable)")] = None,
+    purpose: Annotated[list[str] | None, typer.Option("--purpose", help="Purpose")] = None,
+    title: Annotated[str | None, typer.Option(help="Title (default: the file name)")] = None,
+    embargo_until: Annotated[
+        str | None, typer.Option(help="ISO time before which it is closed")
+    ] = None,
+    expires_at: Annotated[str | None, typer.Option(help="ISO time it expires")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Share FILE with partners through your node (policy-checked, signed, encrypted)."""
+    try:
+        size = file.stat().st_size
+    except OSError as exc:
+        raise UsageError(f"cannot read {file}: {exc.strerror}") from None
+    meta = {
+        "title": title or file.name,
+        "tlp": tlp,
+        "topics": topic or [],
+        "purposes": purpose or [],
+        "partners": to,
+        "embargo_until": _when(embargo_until, "--embargo-until"),
+        "expires_at": _when(expires_at, "--expires-at"),
+    }
+    boundary = f"entente-{secrets.token_hex(12)}"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n'
+        f"Content-Type: application/json\r\n\r\n{json.dumps(meta)}\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="upload"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+
+    with progress_bar(size, f"uploading {file.name}") as advance:
+
+        def body() -> Iterator[bytes]:
+            yield head
+            with open(file, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    advance(len(chunk))
+                    yield chunk
+            yield tail
+
+        with _client(url, token) as client:
+            response = _send(
+                lambda: client.post(
+                    "/v1/artifacts",
+                    content=body(),
+                    headers={
+                        "Content-Type": f"multipart/form-data; boundary={boundary}",
+                        "Content-Length": str(len(head) + size + len(tail)),
+                    },
+                )
+            )
+    _raise_for(response)
+    art = response.json()
+    if as_json:
+        typer.echo(json.dumps(art))
+        return
+    console.print(f"shared {art['id']} ({art['tlp']}, {art['size']} bytes) with {', '.join(to)}")
+    console.print(f"  sha256 {art['sha256']}")
+
+
+def inbox(
+    url: UrlOpt,
+    token: TokenOpt,
+    partner: Annotated[str | None, typer.Option(help="Only from this partner")] = None,
+    limit: Annotated[int, typer.Option(help="How many")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List what partners shared with you."""
+    params: dict[str, Any] = {"direction": "received", "limit": limit}
+    if partner:
+        params["partner"] = partner
+    with _client(url, token) as client:
+        response = _send(lambda: client.get("/v1/artifacts", params=params))
+    _raise_for(response)
+    items = response.json()["items"]
+    if as_json:
+        typer.echo(json.dumps(items))
+        return
+    if not items:
+        console.print("Nothing received yet.")
+        return
+    table = Table("id", "from", "title", "TLP", "size", "received", "state")
+    for a in items:
+        state = "revoked" if a["revoked_at"] else "open"
+        if a.get("embargo_until") and a["embargo_until"] > datetime.now().astimezone().isoformat():
+            state = f"embargoed until {a['embargo_until'][:16]}"
+        table.add_row(
+            a["id"], a["origin"], a["title"], a["tlp"], str(a["size"]), a["recorded_at"][:19], state
+        )
+    console.print(table)
+
+
+def get(
+    artifact_id: Annotated[str, typer.Argument(help="The artifact id")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Where to write the plaintext")],
+    url: UrlOpt,
+    token: TokenOpt,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file")] = False,
+) -> None:
+    """Download and decrypt an artifact (your read is audited)."""
+    if out.exists() and not force:
+        raise UsageError(f"{out} exists; pass --force to overwrite it")
+    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
+    try:
+        with (
+            _client(url, token) as client,
+            client.stream("GET", f"/v1/artifacts/{artifact_id}/content") as response,
+        ):
+            _raise_for(response)
+            total = int(response.headers.get("content-length", "0")) or None
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with (
+                os.fdopen(fd, "wb") as fh,
+                progress_bar(total, f"downloading {artifact_id}") as advance,
+            ):
+                for chunk in response.iter_bytes(1 << 20):
+                    fh.write(chunk)
+                    advance(len(chunk))
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except httpx.HTTPError as exc:
+        raise RemoteError(f"the download failed: {str(exc) or type(exc).__name__}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    console.print(f"wrote {out}")
+
+
+def revoke(
+    artifact_id: Annotated[str, typer.Argument(help="The artifact id")],
+    url: UrlOpt,
+    token: TokenOpt,
+    reason: Annotated[str, typer.Option(help="Why (sent to the recipients)")] = "",
+) -> None:
+    """Revoke an artifact you shared: recipients delete it and acknowledge."""
+    with _client(url, token) as client:
+        response = _send(
+            lambda: client.post(f"/v1/artifacts/{artifact_id}/revoke", params={"reason": reason})
+        )
+    _raise_for(response)
+    console.print(f"revoked {artifact_id}; recipients are being notified")

@@ -1,0 +1,212 @@
+"""``entente seal``, ``verify`` and ``open``: the sealed-artifact format on local files.
+
+``seal`` encrypts FILE to the given recipients (pinned partner ids or ``age1…`` strings) and this
+node, in one pass that also hashes it, and writes ``OUT`` (a plain age v1 file any age tool opens)
+and ``OUT.dsse.json`` (the manifest, signed by this node). ``verify`` checks the manifest signature
+and that ``OUT`` is the ciphertext it binds, without decrypting. ``open`` decrypts to ``-o PLAIN``
+and leaves no file unless every check passed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from crypto.errors import CryptoError
+from crypto.keys import VerifyKey
+from crypto.sealed import (
+    Manifest,
+    ManifestRecipient,
+    load_envelope,
+    open_sealed_file,
+    seal_file,
+    verify,
+)
+from service.artifacts import new_artifact_id
+from service.cli._common import HomeOpt, console, err_console, settings_for
+from service.db import open_database
+from service.errors import UsageError
+from service.home import open_home
+from service.models import Partner
+from service.partners import partner_verify_keys
+from service.schemas import TLP_LABELS
+
+__all__ = ["open_", "progress_bar", "seal", "verify_"]
+
+
+@contextmanager
+def progress_bar(total: int | None, description: str) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on a terminal; nothing when stderr is not one."""
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def _trusted_for(home_path: Path, database_url: str | None, origin: str) -> dict[str, VerifyKey]:
+    home = open_home(home_path)
+    settings = settings_for(home_path, database_url)
+    if origin == home.node_id:
+        keys = home.unlock(settings)
+        trusted = {keys.signing.fingerprint: keys.signing.public}
+        trusted.update({k.fingerprint: k.public for k in keys.retired_signing})
+        return trusted
+    db = open_database(settings.resolved_database_url(), migrate=True)
+    try:
+        with db.session() as session:
+            return partner_verify_keys(session, origin)
+    finally:
+        db.dispose()
+
+
+def _manifest_origin(envelope_path: Path) -> str:
+    """The origin the manifest claims (verified against that origin's keys afterwards)."""
+    try:
+        envelope = load_envelope(envelope_path.read_bytes())
+        return str(Manifest.from_payload(envelope.payload).origin)
+    except (OSError, ValueError, CryptoError) as exc:
+        raise UsageError(f"cannot read the manifest {envelope_path}: {exc}") from None
+
+
+def seal(
+    file: Annotated[Path, typer.Argument(help="The file to seal")],
+    to: Annotated[
+        list[str], typer.Option("--to", help="A pinned partner id or an age1… recipient")
+    ],
+    out: Annotated[Path, typer.Option("-o", "--out", help="The age file to write")],
+    home: HomeOpt = None,
+    title: Annotated[str | None, typer.Option(help="Title in the manifest")] = None,
+    tlp: Annotated[str, typer.Option(help="TLP 2.0 label")] = "TLP:AMBER",
+    topic: Annotated[list[str] | None, typer.Option("--topic", help="Topic (repeatable)")] = None,
+    purpose: Annotated[list[str] | None, typer.Option("--purpose", help="Purpose")] = None,
+) -> None:
+    """Encrypt FILE to recipients and this node; sign a manifest binding it (OUT.dsse.json)."""
+    if tlp not in TLP_LABELS:
+        raise UsageError(f"--tlp must be one of {', '.join(TLP_LABELS)}")
+    settings = settings_for(home)
+    node_home = open_home(settings.require_home())
+    keys = node_home.unlock(settings)
+    recipients = [ManifestRecipient(node_home.node_id, node_home.age_recipient)]
+    db = open_database(settings.resolved_database_url(), migrate=True)
+    try:
+        with db.session() as session:
+            for index, target in enumerate(to, start=1):
+                if target.startswith("age1"):
+                    try:
+                        recipients.append(ManifestRecipient(f"recipient-{index}", target))
+                    except CryptoError as exc:
+                        raise UsageError(f"--to {target[:20]}…: {exc}") from None
+                    continue
+                partner = session.get(Partner, target)
+                if partner is None:
+                    raise UsageError(f"--to {target}: not a pinned partner or an age1… recipient")
+                recipients.append(ManifestRecipient(partner.node_id, partner.age_recipient))
+    finally:
+        db.dispose()
+    try:
+        size = file.stat().st_size
+    except OSError as exc:
+        raise UsageError(f"cannot read {file}: {exc.strerror}") from None
+    now = datetime.now(UTC)
+    with progress_bar(size, f"sealing {file.name}") as advance:
+        sealed = seal_file(
+            file,
+            out,
+            artifact_id=new_artifact_id(now),
+            title=title or file.name,
+            origin=node_home.node_id,
+            tlp=tlp,
+            recipients=recipients,
+            signer=keys.signing,
+            policy={"source": "entente seal (local; no partner policy evaluated)"},
+            now=now,
+            topics=topic or (),
+            purposes=purpose or (),
+            on_progress=advance,
+        )
+    manifest_path = Path(f"{out}.dsse.json")
+    tmp = manifest_path.with_name(manifest_path.name + ".tmp")
+    tmp.write_bytes(sealed.envelope.to_bytes())
+    os.replace(tmp, manifest_path)
+    console.print(f"sealed {file} -> {out} ({sealed.size} bytes, sha256 {sealed.sha256})")
+    console.print(f"manifest {manifest_path}, signed by {node_home.node_id}")
+    console.print(f"recipients: {', '.join(r.node_id for r in recipients)}")
+
+
+def verify_(
+    sealed_file: Annotated[Path, typer.Argument(metavar="OUT", help="The sealed age file")],
+    home: HomeOpt = None,
+    manifest: Annotated[Path | None, typer.Option(help="Default: OUT.dsse.json")] = None,
+) -> None:
+    """Check the manifest's signature and that OUT is the ciphertext it binds (no decryption)."""
+    manifest_path = manifest or Path(f"{sealed_file}.dsse.json")
+    origin = _manifest_origin(manifest_path)
+    settings = settings_for(home)
+    trusted = _trusted_for(settings.require_home(), settings.database_url, origin)
+    if not trusted:
+        raise UsageError(f"the manifest's origin {origin!r} is not this node or a pinned partner")
+    envelope = load_envelope(manifest_path.read_bytes())
+    try:
+        with open(sealed_file, "rb") as fh:
+            result = verify(envelope, trusted=trusted, ciphertext=fh, origin=origin)
+    except OSError as exc:
+        raise UsageError(f"cannot read {sealed_file}: {exc.strerror}") from None
+    console.print(f"OK: {sealed_file} is {result.artifact_id!r} ({result.title}), {result.tlp}")
+    console.print(f"  signed by {origin}; plaintext {result.size} bytes, sha256 {result.sha256}")
+
+
+def open_(
+    sealed_file: Annotated[Path, typer.Argument(metavar="OUT", help="The sealed age file")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Where to write the plaintext")],
+    home: HomeOpt = None,
+    manifest: Annotated[Path | None, typer.Option(help="Default: OUT.dsse.json")] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output file")] = False,
+) -> None:
+    """Verify and decrypt OUT; the plaintext file appears only if every check passed."""
+    manifest_path = manifest or Path(f"{sealed_file}.dsse.json")
+    origin = _manifest_origin(manifest_path)
+    settings = settings_for(home)
+    node_home = open_home(settings.require_home())
+    keys = node_home.unlock(settings)
+    trusted = _trusted_for(node_home.path, settings.database_url, origin)
+    envelope = load_envelope(manifest_path.read_bytes())
+    try:
+        result = open_sealed_file(
+            sealed_file,
+            out,
+            envelope=envelope,
+            identities=keys.all_identities,
+            trusted=trusted,
+            origin=origin,
+            overwrite=force,
+        )
+    except FileExistsError:
+        raise UsageError(f"{out} exists; pass --force to overwrite it") from None
+    except OSError as exc:
+        raise UsageError(f"cannot open {sealed_file}: {exc.strerror}") from None
+    console.print(f"opened {sealed_file} -> {out} ({result.size} bytes, sha256 verified)")

@@ -77,6 +77,7 @@ class CheckpointInfo:
     root: bytes
     note: bytes
     cosigners: tuple[str, ...]  # names of trusted witnesses whose cosignature verified
+    remembered: bool = False  # the verifier's own copy from an earlier run
 
 
 @dataclass
@@ -194,11 +195,11 @@ def _locate(
     def matches(m: int) -> bool:
         # Is the recomputed prefix [0, m) the prefix of the signed tree of target.size leaves?
         prefix = good.copy()
-        prefix.extend(leaves[: m - lo])
+        prefix.extend(leaves[: m - good.size])
         try:
-            proof = source.consistency_proof(m, hi)
+            proof = source.consistency_proof(m, target.size)
             merkle.verify_consistency(
-                size1=m, size2=hi, root1=prefix.root(), root2=target.root, proof=proof
+                size1=m, size2=target.size, root1=prefix.root(), root2=target.root, proof=proof
             )
         except Exception:  # an unusable proof (unreachable, malformed) proves nothing
             return False
@@ -290,7 +291,7 @@ def _verify(
         except CryptoError as exc:
             return verdict.fail(f"the remembered checkpoint does not verify: {exc}")
         mine = CheckpointInfo(
-            opened.checkpoint.size, opened.checkpoint.root_hash, remembered.note, ()
+            opened.checkpoint.size, opened.checkpoint.root_hash, remembered.note, (), True
         )
         if mine.size > size:
             return verdict.fail(
@@ -357,6 +358,13 @@ def _verify(
             progress(expected, size)
         while target is not None and target.size == expected:
             if tree.root() != target.root:
+                if target.remembered:
+                    # The node's own checkpoints (and proofs) describe the rewritten log, so they
+                    # cannot locate the change; only the remembered root proves it happened.
+                    return verdict.fail(
+                        f"the log is not consistent with the checkpoint you verified last time "
+                        f"(size {target.size}): its first {target.size} entries were rewritten"
+                    )
                 return _locate(source, good=tree.good, target=target, verdict=verdict)
             tree.good = tree.range.copy()
             target = next(pending_targets, None)

@@ -1,4 +1,4 @@
-"""`entente seal / verify / open` through the real CLI, with the stock `age` tool on the other side."""
+"""`entente seal / verify / open` via the real CLI, with the stock `age` tool on the other side."""
 
 from __future__ import annotations
 

@@ -14,11 +14,20 @@ from tests.nodes import base_env, run_cli
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
+    """Every file's bytes; a SQLite database by its logical content (WAL checkpoints move bytes
+    between the -wal file and the main file without changing any row)."""
     if not root.exists():
         return {}
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
+    out: dict[str, bytes] = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.name.endswith(("-wal", "-shm")):
+            continue
+        if p.suffix == ".db":
+            with closing(sqlite3.connect(p)) as conn:
+                out[str(p.relative_to(root))] = "\n".join(conn.iterdump()).encode()
+        else:
+            out[str(p.relative_to(root))] = p.read_bytes()
+    return out
 
 
 def _init(home: Path, node_id: str = "uk-aisi", **env: str) -> None:

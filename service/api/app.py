@@ -13,9 +13,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from service.api import artifacts, federation, public
+from service.api import admin, artifacts, federation, public
 from service.api.audit import router as audit_router
-from service.api.problems import install_problem_handlers
+from service.api.problems import document_problems, install_problem_handlers
 from service.api.witness import router as witness_router
 from service.node import Node
 from service.transparency import register_audit_workers
@@ -56,6 +56,7 @@ def create_app(node: Node, *, start_workers: bool | None = None) -> FastAPI:
     )
     app.state.node = node
     install_problem_handlers(app)
+    document_problems(app)
 
     @app.middleware("http")
     async def count_requests(
@@ -71,6 +72,7 @@ def create_app(node: Node, *, start_workers: bool | None = None) -> FastAPI:
 
     app.include_router(public.router)
     app.include_router(artifacts.router)
+    app.include_router(admin.router)
     app.include_router(federation.router)
     app.include_router(audit_router)
     app.include_router(witness_router)

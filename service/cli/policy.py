@@ -421,3 +421,34 @@ def diff(
             f"{counts[e]} {e}" for e in ("widens", "narrows", "mixed", "neutral") if e in counts
         )
     )
+
+
+@app.command()
+def reload(
+    url: Annotated[
+        str, typer.Option("--url", envvar="ENTENTE_URL", help="The node [env: ENTENTE_URL]")
+    ],
+    token: Annotated[
+        str,
+        typer.Option("--token", envvar="ENTENTE_TOKEN", help="An admin token [env: ENTENTE_TOKEN]"),
+    ],
+) -> None:
+    """Tell a running node to reload its policy folder (all or nothing; audited)."""
+    import httpx
+
+    from service.cli.client import RemoteError, _raise_for
+
+    try:
+        response = httpx.post(
+            url.rstrip("/") + "/v1/admin/policies/reload",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30.0,
+        )
+    except httpx.HTTPError as exc:
+        raise RemoteError(f"cannot reach the node: {exc}") from None
+    _raise_for(response)
+    data = response.json()
+    state = "changed" if data["changed"] else "unchanged"
+    _echo(f"policy set {state}: sha256 {data['sha256'][:16]}…, {len(data['policies'])} policies")
+    for ref in data["policies"]:
+        _echo(f"  {ref['partner']}: {ref['id']} v{ref['version']}")

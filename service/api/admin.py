@@ -1,0 +1,47 @@
+"""``/v1/admin``: operator actions on a running node (admin role)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from starlette.concurrency import run_in_threadpool
+
+from policies.errors import PolicyError
+from service.api.deps import NodeDep, require_roles
+from service.errors import InvalidInputError
+from service.node import Node
+from service.tokens import Principal, Role
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"])
+Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {
+        "description": "Problem document (RFC 9457)",
+        "content": {"application/problem+json": {"schema": {"type": "object"}}},
+    }
+    for code in (401, 403, 422)
+}
+
+
+def reload_policies(node: Node, *, actor: str) -> dict[str, Any]:
+    """Re-read ``<home>/policies``; all or nothing, and audited when the active set changes."""
+    try:
+        loaded = node.policies.load()
+    except PolicyError as exc:
+        raise InvalidInputError(
+            f"the policy folder was not loaded (the previous set stays in force): {exc}",
+            reason="policy-load",
+        ) from None
+    with node.db.session() as session:
+        changed = node.policies.sync_audit(session, actor=actor, now=node.now())
+    return {"sha256": loaded.sha256, "changed": changed, "policies": loaded.refs()}
+
+
+@router.post(
+    "/policies/reload",
+    summary="Reload the MOU policies from the node's home (all or nothing, audited)",
+    responses=PROBLEMS,
+)
+async def reload(node: NodeDep, principal: Admin) -> dict[str, Any]:
+    return await run_in_threadpool(reload_policies, node, actor=principal.actor)

@@ -80,7 +80,8 @@ def _body(meta: dict[str, Any], content: bytes, boundary: str) -> bytes:
     return (
         f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n'.encode()
         + json.dumps(meta).encode()
-        + f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n\r\n'.encode()
+        + f"\r\n--{boundary}\r\n".encode()
+        + b'Content-Disposition: form-data; name="file"; filename="f"\r\n\r\n'
         + content
         + f"\r\n--{boundary}--\r\n".encode()
     )

@@ -327,17 +327,35 @@ class Demo:
             return {"signatures": len(lines)} if len(lines) >= 3 else None
 
         state = self.wait(cosigned, f"{node.node_id}'s checkpoint cosigned by both partners", 60)
+        fingerprint = json.loads((node.home / "node.json").read_text())["fingerprint"]
         result = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
             [sys.executable, "-m", "service.cli", "audit", "verify", "--url", node.url,
+             "--fingerprint", fingerprint, "--json",
              "--state", str(self.root / f"{node.node_id}.audit-state.json")],
             env={**os.environ, "ENTENTE_TOKEN": node.tokens["auditor"]},
             capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
-        verdict = (result.stdout.strip().splitlines() or [result.stderr.strip()])[-1]
-        ok = result.returncode == 0
-        mark = "[green]VERIFIED[/]" if ok else "[red]FAILED[/]"
-        self.say(f"{node.node_id}: {mark}  {verdict}  ({state['signatures'] - 1} cosignatures)")
-        return {"ok": ok, "verdict": verdict, "cosignatures": state["signatures"] - 1}
+        try:
+            verdict = json.loads(result.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            verdict = {"ok": False, "problem": result.stderr.strip()[-300:]}
+        ok = result.returncode == 0 and bool(verdict.get("ok"))
+        witnessed: dict[str, Any] = verdict.get("cosigned") or {}
+        if ok:
+            self.say(
+                f"{node.node_id}: [green]VERIFIED[/] {verdict['entries']} entries, every leaf "
+                f"recomputed; checkpoint at size {verdict['latest']['size']} signed by "
+                f"{node.node_id}, cosigned by {', '.join(witnessed.get('witnesses', [])) or 'none'}"
+            )
+        else:
+            self.say(f"{node.node_id}: [red]FAILED[/] {verdict.get('problem')}")
+        return {
+            "ok": ok,
+            "entries": verdict.get("entries"),
+            "witnesses": witnessed.get("witnesses", []),
+            "signatures": state["signatures"],
+            "problem": verdict.get("problem"),
+        }
 
     def summary(self) -> dict[str, Any]:
         return {

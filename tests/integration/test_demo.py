@@ -1,0 +1,38 @@
+"""`entente demo` end to end, as a user runs it: its outcome, not just its exit code."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.nodes import ENTENTE
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_demo_runs_the_whole_story() -> None:
+    result = subprocess.run(
+        [ENTENTE, "demo", "--json"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    nodes = {n["node_id"]: n for n in summary["nodes"]}
+    assert set(nodes) == {"us-aisi", "uk-aisi", "ca-aisi"}
+    for node in nodes.values():
+        assert node["url"].startswith("http://127.0.0.1:")
+        assert set(node["tokens"]) == {"publisher", "reader", "auditor", "admin"}
+    outcome = summary["outcome"]
+    assert outcome["artifact_id"].startswith("art_")
+    assert outcome["denied"]["rule"] == "declaration-only-clear-green"
+    assert "Bletchley Declaration" in outcome["denied"]["clause"]
+    assert outcome["read_ok"] is True
+    assert outcome["access_notice"] is True
+    assert outcome["revoked"] is True
+    for node_id, verdict in outcome["audit"].items():
+        assert verdict["ok"] is True, (node_id, verdict)
+        assert len(verdict["witnesses"]) == 2, verdict
+    # The story is told for people on stderr (stdout carries only the JSON line with --json).
+    for step in ("shares an evaluation finding", "DENIED", "opens the finding", "VERIFIED"):
+        assert step in result.stderr

@@ -21,9 +21,11 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlmodel import Session
 
-from service.errors import DatabaseError, UsageError
+from service.errors import DatabaseError, InvalidInputError, UsageError
 
 __all__ = ["Database", "open_database", "safe_url"]
+
+_MIGRATION_LOCK = 0x656E74656E7465  # "entente": the advisory lock key for migrations
 
 
 def safe_url(url: str) -> str:
@@ -40,6 +42,24 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
     cur.close()
+
+
+_BIGINT = 1 << 63
+
+
+def _refuse_unstorable(
+    _conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any, executemany: bool
+) -> None:
+    """Refuse, on every backend alike, values that PostgreSQL cannot hold: text with a NUL
+    character and integers beyond BIGINT. Only untrusted input carries them (a query filter, a
+    title, a partner's notice); without this they fail deep in the driver as a 500 on one backend
+    and pass on the other."""
+    for row in parameters if executemany else (parameters,):
+        for value in (row.values() if isinstance(row, dict) else row) or ():
+            if isinstance(value, str) and "\x00" in value:
+                raise InvalidInputError("text with a NUL character is not accepted")
+            if isinstance(value, int) and not -_BIGINT <= value < _BIGINT:
+                raise InvalidInputError("a number is out of range (at most 2**63 - 1)")
 
 
 def _alembic_config(url: str) -> Config:
@@ -79,6 +99,12 @@ class Database:
         cfg = _alembic_config(str(self.engine.url))
         try:
             with self.engine.begin() as conn:
+                if self.is_postgres:
+                    # Replicas, init and migration jobs may start together: one migrates, the
+                    # others wait for it and then find nothing to do.
+                    conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK}
+                    )
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
         except SQLAlchemyError as exc:
@@ -125,6 +151,7 @@ def open_database(url: str, *, migrate: bool = False, pool_size: int = 10) -> Da
         raise DatabaseError(f"cannot use database {safe_url(url)}: {exc}") from None
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+    sa.event.listen(engine, "before_cursor_execute", _refuse_unstorable)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))

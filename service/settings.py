@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: sqlite:///<home>/entente.db (WAL)
     blob_dir: Path | None = None  # default: <home>/blobs
     passphrase: SecretStr | None = None  # unlocks the key files; a prompt on a TTY otherwise
+    passphrase_file: Path | None = None  # or read it from this file (e.g. a mounted secret)
     insecure_no_passphrase: bool = False  # demos only: key files are stored unencrypted
 
     host: str = "127.0.0.1"

@@ -17,6 +17,7 @@ from service.api import admin, artifacts, federation, public
 from service.api.audit import router as audit_router
 from service.api.problems import document_problems, install_problem_handlers
 from service.api.witness import router as witness_router
+from service.console import router as console_router
 from service.node import Node
 from service.transparency import register_audit_workers
 
@@ -76,4 +77,5 @@ def create_app(node: Node, *, start_workers: bool | None = None) -> FastAPI:
     app.include_router(federation.router)
     app.include_router(audit_router)
     app.include_router(witness_router)
+    app.include_router(console_router)  # /ui, its static files included
     return app

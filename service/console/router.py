@@ -1,0 +1,447 @@
+"""``/ui``: the auditor and operator console (server-rendered HTML).
+
+Pages (auditor or admin, signed in with a bearer token; see ``_auth`` and ``_session``):
+
+* ``/ui/``: the node, its log and witnesses, partners with fingerprints and policies, delivery
+  state per partner, and charts of shares, reads and denials over time;
+* ``/ui/audit``: the audit log as a filterable, paginated table (an audited read);
+* ``/ui/audit/{seq}``: one entry with its fields, inclusion proof and checkpoint with
+  cosignatures, verified in the browser by ``static/verify.js`` (an audited read);
+* ``/ui/policies``: each partner's active policy for a policy officer, and the explain form;
+* ``/ui/login``, ``/ui/logout``; ``/ui/static/{console.css,verify.js}``.
+
+Pages work without JavaScript; only the verification panel needs it. Routers parse, call the
+domain (``_queries``, ``service.transparency``, ``policies``) and render; errors become HTML
+pages in ``_render.ConsoleRoute``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
+
+from crypto.keys import format_fingerprint
+from policies import (
+    ACTIONS,
+    TLP_LABELS,
+    Policy,
+    SummaryRow,
+    explain,
+    summarize,
+    summarize_policy,
+)
+from policies import Request as PolicyRequest
+from service.api.artifacts import sync_state
+from service.api.deps import NodeDep
+from service.audit import EVENT_KINDS, record
+from service.console._auth import (
+    CONSOLE_ROLES,
+    ConsoleUser,
+    audit_auth_refused,
+    check_same_origin,
+    console_keys,
+    epoch,
+    read_form,
+)
+from service.console._charts import bar_chart
+from service.console._queries import (
+    SERIES,
+    AuditFilter,
+    activity,
+    audit_page,
+    b64,
+    entry_view,
+    log_status,
+    parse_seq,
+    partner_ids,
+    partner_views,
+)
+from service.console._render import STATIC, ConsoleRoute, render
+from service.console._session import (
+    LOGIN_COOKIE,
+    LOGIN_MAX_AGE,
+    SESSION_COOKIE,
+    SESSION_MAX_AGE,
+    new_login_nonce,
+)
+from service.errors import AuthError, ForbiddenError, InvalidInputError, NotFoundError
+from service.node import Node
+from service.tokens import authenticate
+from service.transparency import ENTRY_FIELDS
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/ui", route_class=ConsoleRoute, include_in_schema=False)
+
+_TERMS = re.compile(r"[\s,]+")
+_MAX_TERMS = 16
+
+
+def _params(request: Request) -> dict[str, str]:
+    """The query string, first value of each name."""
+    out: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        out.setdefault(key, value)
+    return out
+
+
+def _https(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+# ---------------------------------------------------------------------------------------------
+# Signing in and out
+
+
+def _login_page(
+    request: Request, *, status: int = 200, error: str | None = None, notice: str | None = None
+) -> HTMLResponse:
+    node: Node = request.app.state.node
+    nonce = new_login_nonce()
+    response = render(
+        request,
+        "login.html",
+        status=status,
+        title="Sign in",
+        login_csrf=console_keys(node).csrf_for_login(nonce),
+        error=error,
+        notice=notice,
+    )
+    response.set_cookie(
+        LOGIN_COOKIE,
+        nonce,
+        max_age=LOGIN_MAX_AGE,
+        path="/ui",
+        secure=_https(request),
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+def _has_session(request: Request, node: Node) -> bool:
+    value = request.cookies.get(SESSION_COOKIE)
+    if not value:
+        return False
+    try:
+        console_keys(node).open(value, now=epoch(node))
+    except ValueError:
+        return False
+    return True
+
+
+@router.get("/login")
+def login_form(request: Request, node: NodeDep) -> Response:
+    if _has_session(request, node):
+        return RedirectResponse("/ui/", status_code=303)
+    notice = "You are signed out." if _params(request).get("signed_out") == "1" else None
+    return _login_page(request, notice=notice)
+
+
+def _login(request: Request, node: Node, form: dict[str, str]) -> Response:
+    check_same_origin(request)
+    keys = console_keys(node)
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    if not nonce or not keys.check_csrf(form.get("csrf"), keys.csrf_for_login(nonce)):
+        raise ForbiddenError(
+            "the sign-in form has expired or did not come from this console; load it again",
+            reason="csrf",
+        )
+    try:
+        with node.db.session() as session:
+            principal = authenticate(session, form.get("token", "").strip() or None)
+    except AuthError as exc:
+        reason = str(exc.extra.get("reason", "unknown"))
+        audit_auth_refused(node, request, reason=reason, actor="anonymous")
+        return _login_page(request, status=401, error=f"Not signed in: {exc.message}.")
+    if principal.role not in CONSOLE_ROLES:
+        audit_auth_refused(
+            node,
+            request,
+            reason=f"role {principal.role.value} may not use the console",
+            actor=principal.actor,
+        )
+        return render(
+            request,
+            "refused.html",
+            status=403,
+            title="Not allowed",
+            role=principal.role.value,
+        )
+    response = RedirectResponse("/ui/", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        keys.issue(token_id=principal.token_id, now=epoch(node)),
+        max_age=SESSION_MAX_AGE,
+        path="/ui",
+        secure=_https(request),
+        httponly=True,
+        samesite="strict",
+    )
+    response.delete_cookie(
+        LOGIN_COOKIE, path="/ui", secure=_https(request), httponly=True, samesite="strict"
+    )
+    return response
+
+
+@router.post("/login")
+async def login(request: Request, node: NodeDep) -> Response:
+    form = await read_form(request)
+    return await run_in_threadpool(_login, request, node, form)
+
+
+@router.post("/logout")
+async def logout(request: Request, node: NodeDep) -> Response:
+    form = await read_form(request)
+    check_same_origin(request)
+    value = request.cookies.get(SESSION_COOKIE)
+    if value and _has_session(request, node):
+        keys = console_keys(node)
+        if not keys.check_csrf(form.get("csrf"), keys.csrf_for_session(value)):
+            raise ForbiddenError("the sign-out form did not come from this console", reason="csrf")
+    response = RedirectResponse("/ui/login?signed_out=1", status_code=303)
+    response.delete_cookie(
+        SESSION_COOKIE, path="/ui", secure=_https(request), httponly=True, samesite="strict"
+    )
+    return response
+
+
+# ---------------------------------------------------------------------------------------------
+# Pages
+
+
+@router.get("")
+def root() -> Response:
+    return RedirectResponse("/ui/", status_code=303)
+
+
+@router.get("/")
+def overview(request: Request, node: NodeDep, user: ConsoleUser) -> HTMLResponse:
+    now = node.now()
+    with node.db.session() as session:
+        status = log_status(node, session)
+        partners = partner_views(node, session)
+        act = activity(session, now=now)
+        record(
+            session,
+            kind="audit.read",
+            actor=user.actor,
+            detail={"via": "console", "view": "overview"},
+            now=now,
+        )
+    sync = sync_state(node, user)
+    charts = [bar_chart(name, act.counts[name], act.starts, act.step) for name in SERIES]
+    return render(
+        request,
+        "overview.html",
+        title="Overview",
+        nav="overview",
+        log=status,
+        fingerprint=format_fingerprint(node.home.fingerprint),
+        partners=partners,
+        pulls={p.node_id: p for p in partners},
+        sync=sync,
+        activity=act,
+        charts=charts,
+        series=SERIES,
+        now=now,
+    )
+
+
+@router.get("/audit")
+def audit_log(request: Request, node: NodeDep, user: ConsoleUser) -> HTMLResponse:
+    params = _params(request)
+    error = None
+    try:
+        flt = AuditFilter.parse(params)
+        before = parse_seq(params.get("before"), "before")
+        after = parse_seq(params.get("after"), "after")
+    except InvalidInputError as exc:
+        error, flt, before, after = exc.message, AuditFilter(), None, None
+    limit = min(node.settings.page_size_default, node.settings.page_size_max)
+    with node.db.session() as session:
+        page = audit_page(session, flt, before=before, after=after, limit=limit)
+        partners = partner_ids(session)
+        status = log_status(node, session)
+        record(
+            session,
+            kind="audit.read",
+            actor=user.actor,
+            detail={
+                "via": "console",
+                "filters": flt.as_params(),
+                "before": before,
+                "after": after,
+                "count": len(page.entries),
+            },
+            now=node.now(),
+        )
+    return render(
+        request,
+        "audit.html",
+        status=422 if error else 200,
+        title="Audit log",
+        nav="audit",
+        error=error,
+        flt=flt,
+        page=page,
+        params=flt.as_params(),
+        kinds=sorted(EVENT_KINDS),
+        partners=partners,
+        log=status,
+        filtered=bool(flt.as_params()),
+    )
+
+
+@router.get("/audit/{seq}")
+def audit_entry(seq: str, request: Request, node: NodeDep, user: ConsoleUser) -> HTMLResponse:
+    try:
+        index = parse_seq(seq, "the entry number")
+    except InvalidInputError:
+        index = None
+    if index is None:
+        raise NotFoundError(f"there is no audit entry {seq[:40]!r}")
+    size = parse_seq(_params(request).get("size"), "size")
+    with node.db.session() as session:
+        view = entry_view(node, session, index, size=size)
+        record(
+            session,
+            kind="audit.read",
+            actor=user.actor,
+            detail={"via": "console", "seq": index, "size": view.checkpoint.size},
+            now=node.now(),
+        )
+    return render(
+        request,
+        "entry.html",
+        title=f"Audit entry {index}",
+        nav="audit",
+        view=view,
+        entry=view.entry,
+        fields=ENTRY_FIELDS,
+        leaf_text=view.leaf.decode("utf-8"),
+        stored_leaf=b64(view.stored_leaf_hash) if view.stored_leaf_hash else None,
+        proof=[b64(h) for h in view.proof],
+        data=view.verification_data(),
+    )
+
+
+def _terms(value: str, name: str) -> frozenset[str]:
+    terms = [t for t in _TERMS.split(value.strip()) if t]
+    if len(terms) > _MAX_TERMS or any(len(t) > 200 for t in terms):
+        raise InvalidInputError(f"at most {_MAX_TERMS} {name}, each at most 200 characters")
+    return frozenset(terms)
+
+
+def _when(value: str, name: str) -> datetime | None:
+    if not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidInputError(f"{name} is a date and time (UTC)") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+def _explain_request(params: dict[str, str], partners: list[str]) -> PolicyRequest:
+    partner = params.get("partner", "")
+    if partner not in partners:
+        raise InvalidInputError("choose a partner that has an active policy")
+    action = params.get("action", "share")
+    if action not in ACTIONS:
+        raise InvalidInputError(f"the action is one of {', '.join(ACTIONS)}")
+    tlp = params.get("tlp") or None
+    if tlp is not None and tlp not in TLP_LABELS:
+        raise InvalidInputError("choose a TLP label")
+    onward = params.get("onward_to", "").strip() or None
+    if onward is not None and len(onward) > 63:
+        raise InvalidInputError("the onward node id is at most 63 characters")
+    return PolicyRequest(
+        partner=partner,
+        action=action,
+        tlp=tlp,
+        topics=_terms(params.get("topics", ""), "topics"),
+        purposes=_terms(params.get("purposes", ""), "purposes"),
+        embargo_until=_when(params.get("embargo_until", ""), "the embargo"),
+        expires_at=_when(params.get("expires_at", ""), "the expiry"),
+        onward_to=onward,
+        originator_approved=params.get("originator_approved") == "1",
+    )
+
+
+@dataclass(frozen=True)
+class RuleView:
+    """One rule of a policy as a policy officer reads it (``summarize_policy`` rows, merged)."""
+
+    row: SummaryRow  # kind, id, clause, TLP, topics, purposes, conditions, obligations in words
+    actions: tuple[str, ...]
+    description: str
+
+
+def _rules(policy: Policy) -> list[RuleView]:
+    """Forbids first, then permits, each by id; a rule's actions in vocabulary order."""
+    rows: dict[str, list[SummaryRow]] = {}
+    for row in summarize_policy(policy):
+        rows.setdefault(row.rule, []).append(row)
+    described = {r.id: r.description for r in policy.rules}
+    views = [
+        RuleView(same[0], tuple(r.action for r in same), described.get(rule, ""))
+        for rule, same in rows.items()
+    ]
+    return sorted(views, key=lambda v: (v.row.kind != "forbid", v.row.rule))
+
+
+@router.get("/policies")
+def policies_page(request: Request, node: NodeDep, user: ConsoleUser) -> HTMLResponse:
+    now = node.now()
+    active = list(node.policies.current)
+    partners = [p.partner for p in active]
+    params = _params(request)
+    asked: dict[str, Any] | None = None
+    error = None
+    if "partner" in params:
+        try:
+            decision = node.policies.decide(_explain_request(params, partners), now=now)
+        except InvalidInputError as exc:
+            error = exc.message
+        else:
+            asked = {
+                "decision": decision,
+                "summary": summarize(decision),
+                "text": explain(decision),
+            }
+    views = [{"policy": p, "in_force": p.in_force(now), "rules": _rules(p)} for p in active]
+    return render(
+        request,
+        "policies.html",
+        status=422 if error else 200,
+        title="Policies",
+        nav="policies",
+        views=views,
+        partners=partners,
+        actions=ACTIONS,
+        tlps=TLP_LABELS,
+        form=params,
+        asked=asked,
+        error=error,
+        now=now,
+    )
+
+
+@router.get("/static/{name}")
+def static(name: str, request: Request) -> Response:
+    asset = STATIC.get(name)
+    if asset is None:
+        raise NotFoundError("no such console file", audited=True)  # a scan, not a refusal
+    return asset.response(request)
+
+
+@router.get("/{rest:path}")
+def unknown(rest: str) -> Response:
+    raise NotFoundError("there is no such console page", audited=True)  # a scan, not a refusal

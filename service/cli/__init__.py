@@ -25,9 +25,16 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Entente: signed, encrypted, policy-checked sharing of research between institutes."""
+
+
 def _register() -> None:
-    """Import the command modules; each adds its commands or sub-apps to :data:`app`."""
-    from service.cli import _commands  # noqa: F401
+    """Register the commands (only the one being run, when it is named; see ``_commands``)."""
+    from service.cli._commands import register
+
+    register(sys.argv)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -1,29 +1,43 @@
-"""Registers every command module with the CLI app (imported for its side effects)."""
+"""The command table: which module provides each top-level command or command group.
+
+Only the module of the command being run is imported (so ``entente partner list`` does not load
+the web stack); ``entente --help`` and anything unrecognised load them all.
+"""
 
 from __future__ import annotations
 
-from service.cli import app
-from service.cli import client as _client
-from service.cli import files as _files
-from service.cli import node as _node
-from service.cli.audit import app as audit_app
-from service.cli.partners import app as partner_app
-from service.cli.policy import app as policy_app
-from service.cli.tokens import app as token_app
+import importlib
 
-app.command("init")(_node.init)
-app.command("serve")(_node.serve)
-app.command("demo")(_node.demo)
-app.command("seal")(_files.seal)
-app.command("verify")(_files.verify_)
-app.command("open")(_files.open_)
-app.command("share")(_client.share)
-app.command("inbox")(_client.inbox)
-app.command("get")(_client.get)
-app.command("revoke")(_client.revoke)
-app.add_typer(_node.identity_app, name="identity")
-app.add_typer(_node.db_app, name="db")
-app.add_typer(partner_app, name="partner")
-app.add_typer(token_app, name="token")
-app.add_typer(policy_app, name="policy")
-app.add_typer(audit_app, name="audit")
+from service.cli import app
+
+# name -> (module, attribute, "command" | "group")
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "init": ("service.cli.node", "init", "command"),
+    "serve": ("service.cli.node", "serve", "command"),
+    "demo": ("service.cli.node", "demo", "command"),
+    "identity": ("service.cli.node", "identity_app", "group"),
+    "db": ("service.cli.node", "db_app", "group"),
+    "partner": ("service.cli.partners", "app", "group"),
+    "token": ("service.cli.tokens", "app", "group"),
+    "policy": ("service.cli.policy", "app", "group"),
+    "audit": ("service.cli.audit", "app", "group"),
+    "seal": ("service.cli.files", "seal", "command"),
+    "verify": ("service.cli.files", "verify_", "command"),
+    "open": ("service.cli.files", "open_", "command"),
+    "share": ("service.cli.client", "share", "command"),
+    "inbox": ("service.cli.client", "inbox", "command"),
+    "get": ("service.cli.client", "get", "command"),
+    "revoke": ("service.cli.client", "revoke", "command"),
+}
+
+
+def register(argv: list[str]) -> None:
+    """Register the command named in ``argv`` (or every command when none is recognised)."""
+    wanted = [argv[1]] if len(argv) > 1 and argv[1] in COMMANDS else list(COMMANDS)
+    for name in wanted:
+        module, attribute, kind = COMMANDS[name]
+        target = getattr(importlib.import_module(module), attribute)
+        if kind == "group":
+            app.add_typer(target, name=name)
+        else:
+            app.command(name)(target)

@@ -34,10 +34,12 @@ def prepare_federation(
     passphrase: str | None = None,
     scrypt_work_factor: int = 18,
     example_policies: bool = True,
+    database_urls: dict[str, str] | None = None,
 ) -> dict[str, PreparedNode]:
     """Create a home per node id in ``urls`` under ``root``, pinned to each other, with tokens.
 
-    With ``passphrase=None`` the key files are stored unencrypted (demo only).
+    With ``passphrase=None`` the key files are stored unencrypted (demo only). A node missing
+    from ``database_urls`` gets a SQLite database in its home.
     """
     now = datetime.now(UTC)
     homes: dict[str, Home] = {}
@@ -61,7 +63,8 @@ def prepare_federation(
                 (homes[node_id].policies_dir / filename).write_bytes(data)
     prepared: dict[str, PreparedNode] = {}
     for node_id, home in homes.items():
-        db = open_database(f"sqlite:///{home.path / 'entente.db'}", migrate=True)
+        url = (database_urls or {}).get(node_id, f"sqlite:///{home.path / 'entente.db'}")
+        db = open_database(url, migrate=True)
         tokens: dict[str, str] = {}
         try:
             with db.session() as session:

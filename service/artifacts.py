@@ -18,7 +18,7 @@ import json
 import queue
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -52,6 +52,7 @@ __all__ = [
     "list_artifacts",
     "new_artifact_id",
     "open_for_read",
+    "plaintext_chunks",
     "revoke_artifact",
     "share_artifact",
 ]
@@ -170,8 +171,18 @@ def share_artifact(
     chain: tuple[dict[str, Any], ...] = (),
     artifact_id: str | None = None,
     kind: str = "share.allowed",
+    onward_approved: Sequence[str] = (),
+    onward: dict[str, Any] | None = None,
+    upstream: tuple[str, str] | None = None,
 ) -> Artifact:
-    """Seal ``source`` to the permitted partners and this node, store it, queue deliveries."""
+    """Seal ``source`` to the permitted partners and this node, store it, queue deliveries.
+
+    The manifest's policy reference records each partner's decision with its obligations (a
+    recipient's ``onward`` obligation is what lets it pass the artifact on), the partners the
+    publisher pre-approves for onward sharing (``onward_approved``), and, for an onward share
+    (``service.federation.onward``), the holder's ``onward`` decisions; ``upstream`` (artifact
+    id, root origin) is kept on the row.
+    """
     now = node.now()
     artifact_id = artifact_id or new_artifact_id(now)
     # X25519 for everyone: a file mixing post-quantum and classic stanzas is only as strong as
@@ -179,13 +190,18 @@ def share_artifact(
     recipients = [ManifestRecipient(node.node_id, node.home.age_recipient)] + [
         ManifestRecipient(p.node_id, p.age_recipient) for p, _ in decisions
     ]
-    policy_ref = {
+    policy_ref: dict[str, Any] = {
         "decisions": [
             {"partner": p.node_id, "effect": d.effect, "policy": d.policy_ref,
-             "rules": [r.to_json() for r in d.rules]}
+             "rules": [r.to_json() for r in d.rules],
+             "obligations": [o.to_json() for o in d.obligations]}
             for p, d in decisions
         ]
     }  # fmt: skip
+    if onward_approved:
+        policy_ref["onward_approved"] = sorted(set(onward_approved))
+    if onward is not None:
+        policy_ref["onward"] = onward
     writer = blobs.writer()
     try:
         sealed = seal(
@@ -215,6 +231,8 @@ def share_artifact(
                 sealed, blob=digest, direction="sent", sender=node.node_id, now=now,
                 obligations=[o.to_json() for _, d in decisions for o in d.obligations],
             )  # fmt: skip
+            if upstream is not None:
+                row.upstream_id, row.upstream_origin = upstream
             session.add(row)
             for partner, decision in decisions:
                 rule = decision.rules[0] if decision.rules else None
@@ -229,7 +247,9 @@ def share_artifact(
                     rule=",".join(r.id for r in decision.rules) or None,
                     clause=rule.clause if rule else None,
                     detail={"title": meta.title, "tlp": meta.tlp, "size": sealed.size,
-                            "policy": decision.policy_ref},
+                            "policy": decision.policy_ref,
+                            **({"upstream": upstream[0], "origin": upstream[1]}
+                               if upstream else {})},
                     now=now,
                 )  # fmt: skip
                 session.add(
@@ -520,7 +540,7 @@ def open_for_read(
                 )
             )
     node.metrics.reads.labels("allowed").inc()
-    return ReadStream(row, _decrypt_chunks(node, blobs, row))
+    return ReadStream(row, plaintext_chunks(node, blobs, row))
 
 
 class _QueueSink:
@@ -545,13 +565,18 @@ class _Cancelled(Exception):
     pass
 
 
-def _decrypt_chunks(node: Node, blobs: BlobStore, row: Artifact) -> Iterator[bytes]:
-    """Decrypt on a helper thread, handing plaintext chunks over a small bounded queue."""
+def plaintext_chunks(node: Node, blobs: BlobStore, row: Artifact) -> Iterator[bytes]:
+    """Decrypt on a helper thread, handing plaintext chunks over a small bounded queue.
+
+    The stored manifest is verified against this node's keys, current and retired (so what it
+    signed before a key rotation still opens), or against the origin's pinned keys.
+    """
     from service.partners import partner_verify_keys
 
+    keys = node.keys
     with node.db.session() as session:
         trusted = (
-            {node.keys.signing.fingerprint: node.keys.signing.public}
+            {k.fingerprint: k.public for k in (keys.signing, *keys.retired_signing)}
             if row.origin == node.node_id
             else partner_verify_keys(session, row.origin)
         )

@@ -34,7 +34,15 @@ from crypto.keys import SigningKey
 from service.errors import HomeError, KeyStoreError, UsageError
 from service.settings import Settings
 
-__all__ = ["Home", "NodeKeys", "create_home", "open_home", "read_passphrase"]
+__all__ = [
+    "Home",
+    "NodeKeys",
+    "Rotation",
+    "create_home",
+    "open_home",
+    "read_passphrase",
+    "rotate_keys",
+]
 
 HOME_FORMAT = 1
 _INSECURE_BANNER = b"# UNENCRYPTED KEY (entente init --insecure-no-passphrase): for demos only\n"
@@ -226,8 +234,98 @@ def create_home(
     return open_home(path)
 
 
+@dataclass(frozen=True)
+class Rotation:
+    """The outcome of :func:`rotate_keys`."""
+
+    home: Home
+    previous: str  # fingerprint of the retired signing key
+    descriptor: Envelope  # signed by the new key and the retired one
+
+
+_ROTATION_JOURNAL = "rotation.json"
+_ROTATED_FILES = ("keys/signing.key", "keys/identity.key", "descriptor.dsse.json", "node.json")
+
+
+def rotate_keys(home: Home, settings: Settings, *, now: datetime) -> Rotation:
+    """Replace the node's signing key and age identity with new ones (DESIGN section 4).
+
+    The new descriptor is signed by the new key and the old one, so partners that pin the old
+    key can accept it. The old key files move to ``keys/retired/`` (still encrypted under the
+    passphrase), so artifacts signed or encrypted before the rotation keep verifying and opening.
+    Crash-safe: the retired copies and the new files are written first, then a journal names
+    the staged files, then each is renamed into place; :func:`open_home` finishes a rotation the
+    journal shows was interrupted.
+    """
+    keys = home.unlock(settings)
+    passphrase = None if not home.protected else read_passphrase(settings, confirm=False)
+    old = keys.signing
+    signing = SigningKey.generate()
+    identity = age.X25519Identity.generate()
+    recipient = identity.recipient.to_string()
+    descriptor = NodeDescriptor(
+        node_id=home.node_id,
+        name=home.name,
+        url=home.url,
+        signing_key=signing.public,
+        age_recipient=recipient,
+        created=now,
+        expires=now + timedelta(days=settings.descriptor_validity_days),
+        previous=old.fingerprint,
+    )
+    envelope = sign_descriptor(descriptor, key=signing, previous_key=old)
+    retired = home.keys_dir / "retired"
+    retired.mkdir(mode=0o700, exist_ok=True)
+    for name in ("signing", "identity"):
+        target = retired / f"{old.fingerprint}.{name}.key"
+        if not target.exists():
+            _write_private(target, (home.keys_dir / f"{name}.key").read_bytes())
+    staging = Path(tempfile.mkdtemp(prefix=".rotate-", dir=home.path))
+    try:
+        wf = settings.scrypt_work_factor
+        (staging / "keys").mkdir(mode=0o700)
+        _write_private(staging / "keys/signing.key", _seal_key(signing.seed, passphrase, wf))
+        _write_private(
+            staging / "keys/identity.key",
+            _seal_key(identity.to_string().encode(), passphrase, wf),
+        )
+        facts = json.loads((home.path / "node.json").read_text())
+        facts.update(fingerprint=signing.fingerprint, age_recipient=recipient)
+        facts["rotated"] = now.astimezone(UTC).isoformat()
+        _write_private(staging / "node.json", (json.dumps(facts, indent=2) + "\n").encode())
+        _write_private(staging / "descriptor.dsse.json", envelope.to_bytes())
+        journal = {"staging": staging.name, "fingerprint": signing.fingerprint}
+        _write_private(home.path / _ROTATION_JOURNAL, json.dumps(journal).encode())
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    _finish_rotation(home.path)
+    return Rotation(open_home(home.path), old.fingerprint, envelope)
+
+
+def _finish_rotation(path: Path) -> None:
+    """Roll an interrupted key rotation forward (see :func:`rotate_keys`)."""
+    journal_path = path / _ROTATION_JOURNAL
+    if not journal_path.is_file():
+        return
+    try:
+        journal = json.loads(journal_path.read_text())
+        staging = path / str(journal["staging"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise HomeError(f"{journal_path} is corrupt; restore the home from a backup") from None
+    if staging.parent != path or not staging.name.startswith(".rotate-"):
+        raise HomeError(f"{journal_path} names an unexpected folder")
+    for name in _ROTATED_FILES:
+        staged = staging / name
+        if staged.exists():
+            os.replace(staged, path / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    journal_path.unlink()
+
+
 def open_home(path: Path) -> Home:
     """Read an existing home's public facts; raise :class:`HomeError` if it is not one."""
+    _finish_rotation(path)
     facts_path = path / "node.json"
     if not path.is_dir():
         raise HomeError(f"{path} is not a node home (no such folder); run `entente init` first")

@@ -160,6 +160,10 @@ class Artifact(SQLModel, table=True):
     revocation_reason: str | None = Field(default=None, max_length=500)
     deleted_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
     receipt: str | None = Field(default=None, sa_column=sa.Column(sa.Text))  # ours, if received
+    # Onward shares: the artifact this one was passed on from (its chain's last link) and the
+    # node that first shared it (the chain's root). Both None for an original share.
+    upstream_id: str | None = Field(default=None, max_length=64, index=True)
+    upstream_origin: str | None = Field(default=None, max_length=63)
 
 
 class Outbox(SQLModel, table=True):
@@ -211,6 +215,7 @@ class PullState(SQLModel, table=True):
     cursor: int = Field(default=0, sa_column=sa.Column(sa.BigInteger, nullable=False))
     last_pull_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
     last_error: str | None = Field(default=None, max_length=1000)
+    last_ok_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
 
 
 class ReceivedNotice(SQLModel, table=True):

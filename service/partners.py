@@ -133,6 +133,7 @@ def rotate_partner(
     current = session.get(Partner, unverified.node_id)
     if current is None:
         raise NotFoundError(f"no pinned partner {unverified.node_id!r}")
+    pinned_fingerprint = current.fingerprint  # ``_store`` updates ``current`` in place
     if unverified.fingerprint == current.fingerprint:
         try:
             descriptor = verify_descriptor(
@@ -151,7 +152,7 @@ def rotate_partner(
             old.retired_at = now
             session.add(old)
     row = _store(session, descriptor, envelope, now)
-    if descriptor.fingerprint != current.fingerprint:
+    if descriptor.fingerprint != pinned_fingerprint:
         record(
             session,
             kind="partner.key_rotated",

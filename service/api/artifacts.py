@@ -15,19 +15,21 @@ import anyio
 import anyio.from_thread
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
-from sqlmodel import col, func, select
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from service import artifacts as domain
 from service.api.deps import NodeDep, require_roles
 from service.errors import InvalidInputError, TooLargeError
-from service.models import Artifact, Outbox, Partner
+from service.federation import onward as onward_domain
+from service.federation import status as sync_status
+from service.models import Artifact, Outbox
 from service.node import Node
 from service.partners import list_partners
 from service.schemas import (
     ArtifactOut,
     ArtifactPage,
     DeliveryOut,
+    NodeId,
     PartnerOut,
     ShareMetadata,
     SyncPartnerOut,
@@ -142,7 +144,7 @@ def _share_sync(node: Node, pull: Any, boundary: bytes, principal: Principal) ->
         raise InvalidInputError("the first multipart part must be 'metadata' (a JSON object)")
     raw = first.read_all(settings.max_metadata_bytes)
     try:
-        meta = ShareMetadata.model_validate_json(raw)
+        meta = ShareRequest.model_validate_json(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "metadata"
@@ -158,6 +160,7 @@ def _share_sync(node: Node, pull: Any, boundary: bytes, principal: Principal) ->
         _Limited(second, settings.max_artifact_bytes),
         principal=principal,
         decisions=decisions,
+        onward_approved=meta.onward_approved,
     )
 
 
@@ -182,6 +185,43 @@ async def create_artifact(request: Request, node: NodeDep, principal: Publisher)
         return anyio.from_thread.run(next_chunk)
 
     row = await anyio.to_thread.run_sync(_share_sync, node, pull, boundary, principal)
+    return _out(row)
+
+
+def _distinct(values: list[str]) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError("values must not repeat")
+    return values
+
+
+class ShareRequest(ShareMetadata):
+    """``metadata`` of ``POST /v1/artifacts``: ShareMetadata, plus the third nodes the publisher
+    approves in advance for onward sharing (the originator approval an ``onward`` obligation
+    may require). Recorded in the signed manifest; it grants nothing a policy does not allow."""
+
+    onward_approved: Annotated[
+        list[NodeId], Field(default_factory=list, max_length=64), AfterValidator(_distinct)
+    ]
+
+
+class OnwardShareIn(BaseModel):
+    """``POST /v1/artifacts/{id}/share``: the third nodes to pass a received artifact on to."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partners: Annotated[list[NodeId], Field(min_length=1, max_length=64), AfterValidator(_distinct)]
+
+
+@router.post(
+    "/artifacts/{artifact_id}/share",
+    status_code=201,
+    summary="Pass a received artifact on to third nodes (onward sharing, policy-checked)",
+    responses=_problems(400, 401, 403, 404, 409, 422),
+)
+def share_onward(
+    artifact_id: str, body: OnwardShareIn, node: NodeDep, principal: Publisher
+) -> ArtifactOut:
+    row = onward_domain.share_onward(node, artifact_id, targets=body.partners, principal=principal)
     return _out(row)
 
 
@@ -299,40 +339,4 @@ def partners(node: NodeDep, principal: Anyone) -> list[PartnerOut]:
 @router.get("/sync", summary="Delivery state per partner", responses=_problems(401, 403))
 def sync_state(node: NodeDep, principal: Operator) -> list[SyncPartnerOut]:
     with node.db.session() as session:
-        partners_ = [
-            p.node_id for p in session.exec(select(Partner).order_by(col(Partner.node_id)))
-        ]
-        counts: dict[tuple[str, str], int] = {}
-        for partner, state, n in session.exec(
-            select(Outbox.partner, Outbox.state, func.count()).group_by(
-                col(Outbox.partner), col(Outbox.state)
-            )
-        ):
-            counts[(partner, state)] = n
-        out = []
-        for partner in sorted(set(partners_) | {p for p, _ in counts}):
-            last_error = session.exec(
-                select(Outbox.last_error)
-                .where(Outbox.partner == partner, col(Outbox.last_error).is_not(None))
-                .order_by(col(Outbox.id).desc())
-                .limit(1)
-            ).first()
-            last_contact = session.exec(
-                select(func.max(Outbox.delivered_at)).where(Outbox.partner == partner)
-            ).first()
-            failing = session.exec(
-                select(func.count()).where(
-                    Outbox.partner == partner, Outbox.state == "pending", col(Outbox.attempts) > 0
-                )
-            ).one()
-            out.append(
-                SyncPartnerOut(
-                    partner=partner,
-                    pending=counts.get((partner, "pending"), 0),
-                    delivered=counts.get((partner, "delivered"), 0),
-                    failing=failing + counts.get((partner, "failed"), 0),
-                    last_error=last_error,
-                    last_contact=last_contact,
-                )
-            )
-    return out
+        return sync_status.sync_state(session)

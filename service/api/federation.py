@@ -11,6 +11,7 @@ partner (refused with 401 otherwise) and every successful response is signed by 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
@@ -22,13 +23,24 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from crypto import httpsig
+from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from service.api.deps import NodeDep
+from service.api.problems import problem_type
 from service.audit import record
-from service.errors import AuthError, InvalidInputError, TooLargeError
+from service.errors import (
+    AuthError,
+    EntenteError,
+    ForbiddenError,
+    InvalidInputError,
+    PartnerError,
+    TooLargeError,
+)
 from service.federation import feed as feed_domain
 from service.federation import notices as notice_domain
-from service.federation.receive import receive_artifact
+from service.federation.client import BATCH_TYPE, DELIVERY_TYPE
+from service.federation.outbox import BATCH_MAX_ITEMS, record_receipts
+from service.federation.receive import Checked, Received, Receiver
 from service.federation.signing import (
     IncomingSignature,
     digest_value,
@@ -36,10 +48,11 @@ from service.federation.signing import (
     verify_incoming,
 )
 from service.node import Node
+from service.partners import rotate_partner
 
 router = APIRouter(prefix="/federation/v1", tags=["federation"])
 
-DELIVERY_TYPE = "application/vnd.entente.delivery"
+BATCH_MAX_BODY_BYTES = 8 << 20  # bytes of one batch delivery (small artifacts only)
 PROBLEM = {"content": {"application/problem+json": {"schema": {"type": "object"}}}}
 FED_PROBLEMS: dict[int | str, dict[str, Any]] = {
     code: {"description": "Problem document (RFC 9457)", **PROBLEM}
@@ -97,9 +110,11 @@ def _refused(node: Node, request: Request, reason: str) -> None:
 Partner = Annotated[IncomingSignature, Depends(signed_partner)]
 
 
-async def _small_body(request: Request, node: Node, sig: IncomingSignature) -> bytes:
+async def _small_body(
+    request: Request, node: Node, sig: IncomingSignature, *, limit: int | None = None
+) -> bytes:
     """The whole (bounded) body, checked against the signed Content-Digest."""
-    limit = node.settings.max_federation_manifest_bytes
+    limit = limit or node.settings.max_federation_manifest_bytes
     digester = httpsig.ContentDigester()
     body = bytearray()
     async for chunk in request.stream():
@@ -110,7 +125,9 @@ async def _small_body(request: Request, node: Node, sig: IncomingSignature) -> b
     try:
         digester.verify(sig.verified.content_digests)
     except CryptoError as exc:
-        raise InvalidInputError(f"the body does not match its signature: {exc}") from None
+        raise InvalidInputError(
+            f"the body does not match its signature: {exc}", reason="digest"
+        ) from None
     return bytes(body)
 
 
@@ -132,11 +149,15 @@ def signed_json(node: Node, sig: IncomingSignature, status: int, data: Any) -> R
 class _BodyReader:
     """A file-like view of the request body pulled from a worker thread, digesting every byte."""
 
-    def __init__(self, pull: Callable[[], bytes], digester: httpsig.ContentDigester) -> None:
+    def __init__(
+        self, pull: Callable[[], bytes], digester: httpsig.ContentDigester, limit: int
+    ) -> None:
         self._pull = pull
         self._digester = digester
         self._buf = b""
         self._eof = False
+        self._limit = limit
+        self._seen = 0
 
     def _fill(self) -> bool:
         if self._eof:
@@ -145,6 +166,11 @@ class _BodyReader:
         if not chunk:
             self._eof = True
             return False
+        self._seen += len(chunk)
+        if self._seen > self._limit:
+            raise TooLargeError(
+                f"the delivery is larger than this node accepts ({self._limit} bytes)"
+            )
         self._digester.update(chunk)
         self._buf += chunk
         return True
@@ -173,26 +199,60 @@ class _BodyReader:
         return out
 
 
+def _inbox_limit(node: Node) -> int:
+    return node.settings.max_artifact_bytes * 2 + node.settings.max_federation_manifest_bytes
+
+
+def _refuse_delivery(node: Node, sig: IncomingSignature, reason: str) -> None:
+    with node.db.session() as session:
+        record(
+            session,
+            kind="receive.rejected",
+            actor=f"partner:{sig.partner}",
+            partner=sig.partner,
+            decision="deny",
+            rule=reason[:200],
+            detail={"reason": reason[:500], "via": "push"},
+            now=node.now(),
+        )
+    node.metrics.received.labels("rejected").inc()
+
+
 @router.post(
     "/inbox",
     status_code=201,
-    summary="Deliver an artifact (manifest line + age ciphertext, streamed)",
+    summary="Deliver an artifact (manifest line + age ciphertext, streamed) or a batch of them",
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {DELIVERY_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            "content": {
+                DELIVERY_TYPE: {"schema": {"type": "string", "format": "binary"}},
+                BATCH_TYPE: {"schema": {"type": "string", "format": "binary"}},
+            },
         }
     },
-    responses=FED_PROBLEMS,
+    responses={
+        200: {
+            "description": "A repeat delivery (the receipt already issued), or a batch's results",
+            "content": {"application/json": {}},
+        },
+        **FED_PROBLEMS,
+    },
 )
 async def inbox(request: Request, node: NodeDep, sig: Partner) -> Response:
-    ctype = request.headers.get("content-type", "")
-    if ctype.split(";")[0].strip() != DELIVERY_TYPE:
-        raise InvalidInputError(f"a delivery must be sent as {DELIVERY_TYPE}")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    if ctype not in (DELIVERY_TYPE, BATCH_TYPE):
+        reason = f"a delivery must be sent as {DELIVERY_TYPE} or {BATCH_TYPE}"
+        await run_in_threadpool(_refuse_delivery, node, sig, reason)
+        raise InvalidInputError(reason, audited=True)
     length = request.headers.get("content-length")
-    limit = node.settings.max_artifact_bytes * 2 + node.settings.max_federation_manifest_bytes
+    limit = BATCH_MAX_BODY_BYTES if ctype == BATCH_TYPE else _inbox_limit(node)
     if length is not None and length.isdigit() and int(length) > limit:
-        raise TooLargeError("the delivery is larger than this node accepts")
+        reason = f"the delivery is larger than this node accepts ({limit} bytes)"
+        await run_in_threadpool(_refuse_delivery, node, sig, reason)
+        raise TooLargeError(reason, audited=True)
+    if ctype == BATCH_TYPE:
+        return await _inbox_batch(request, node, sig)
     chunks: AsyncIterator[bytes] = request.stream().__aiter__()
 
     async def next_chunk() -> bytes:
@@ -202,24 +262,25 @@ async def inbox(request: Request, node: NodeDep, sig: Partner) -> Response:
             return b""
 
     digester = httpsig.ContentDigester()
-    reader = _BodyReader(lambda: anyio.from_thread.run(next_chunk), digester)
+    reader = _BodyReader(lambda: anyio.from_thread.run(next_chunk), digester, limit)
 
     def check_digest() -> None:
         try:
             digester.verify(sig.verified.content_digests)
         except CryptoError as exc:
-            raise InvalidInputError(f"the body does not match its signature: {exc}") from None
+            raise InvalidInputError(
+                f"the body does not match its signature: {exc}", reason="digest"
+            ) from None
 
     def work() -> Any:
-        line = reader.readline(node.settings.max_federation_manifest_bytes)
-        return receive_artifact(
-            node,
-            sender=sig.partner,
-            envelope_bytes=line,
-            ciphertext=reader,
-            via="push",
-            before_commit=check_digest,
-        )
+        receiver = Receiver(node, sender=sig.partner, via="push")
+        try:
+            line = reader.readline(node.settings.max_federation_manifest_bytes)
+        except EntenteError as exc:
+            receiver.reject(artifact_id=None, reason=exc.message)
+            exc.audited = True
+            raise
+        return receiver.receive(line, reader, before_commit=check_digest)
 
     received = await anyio.to_thread.run_sync(work)
     return signed_json(
@@ -228,6 +289,96 @@ async def inbox(request: Request, node: NodeDep, sig: Partner) -> Response:
         201 if received.created else 200,
         {"receipt": json.loads(received.receipt), "created": received.created},
     )
+
+
+def _problem(exc: EntenteError) -> dict[str, Any]:
+    return {
+        "type": problem_type(exc.kind),
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.message,
+        **{k: v for k, v in exc.extra.items() if isinstance(v, str | int | None)},
+    }
+
+
+def _split_batch(body: bytes, max_manifest: int) -> list[tuple[bytes, bytes]]:
+    """Parse ``manifest line \\n length \\n ciphertext`` records; refuses anything else."""
+    items: list[tuple[bytes, bytes]] = []
+    pos = 0
+    while pos < len(body):
+        if len(items) >= BATCH_MAX_ITEMS:
+            raise TooLargeError(f"a batch holds at most {BATCH_MAX_ITEMS} deliveries")
+        eol = body.find(b"\n", pos, pos + max_manifest + 1)
+        if eol < 0:
+            raise InvalidInputError("a batch item starts with the manifest on one line")
+        line = body[pos:eol]
+        eol2 = body.find(b"\n", eol + 1, eol + 22)
+        size_text = body[eol + 1 : eol2] if eol2 > 0 else b""
+        if not size_text.isdigit():
+            raise InvalidInputError("a batch item's manifest is followed by its length in decimal")
+        start, end = eol2 + 1, eol2 + 1 + int(size_text)
+        if end > len(body):
+            raise InvalidInputError("a batch item is shorter than its length says")
+        items.append((line, body[start:end]))
+        pos = end
+    if not items:
+        raise InvalidInputError("an empty batch")
+    return items
+
+
+async def _inbox_batch(request: Request, node: Node, sig: IncomingSignature) -> Response:
+    try:
+        body = await _small_body(request, node, sig, limit=BATCH_MAX_BODY_BYTES)
+        items = _split_batch(body, node.settings.max_federation_manifest_bytes)
+    except EntenteError as exc:
+        await run_in_threadpool(_refuse_delivery, node, sig, exc.message)
+        exc.audited = True
+        raise
+
+    def work() -> list[dict[str, Any]]:
+        receiver = Receiver(node, sender=sig.partner, via="push")
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        checked: list[tuple[int, Checked, bytes]] = []
+        for i, (line, ciphertext) in enumerate(items):
+            try:
+                checked.append((i, receiver.check(line), ciphertext))
+            except EntenteError as exc:
+                results[i] = {"artifact_id": None, "status": exc.status, "problem": _problem(exc)}
+        held = receiver.held([c.manifest.artifact_id for _, c, _ in checked])
+        staged: list[tuple[int, Any]] = []
+        try:
+            for i, c, ciphertext in checked:
+                artifact_id = c.manifest.artifact_id
+                try:
+                    if artifact_id in held:
+                        again = receiver.repeat(held[artifact_id], c.manifest)
+                        results[i] = _result(again)
+                    else:
+                        staged.append((i, receiver.stage(c, io.BytesIO(ciphertext))))
+                except EntenteError as exc:
+                    results[i] = {
+                        "artifact_id": artifact_id, "status": exc.status, "problem": _problem(exc),
+                    }  # fmt: skip
+            for (i, _), received in zip(
+                staged, receiver.commit([s for _, s in staged]), strict=True
+            ):
+                results[i] = _result(received)
+        except BaseException:
+            receiver.discard([s for _, s in staged])
+            raise
+        return [r or {"status": 500} for r in results]
+
+    results = await anyio.to_thread.run_sync(work)
+    return signed_json(node, sig, 200, {"results": results})
+
+
+def _result(received: Received) -> dict[str, Any]:
+    return {
+        "artifact_id": received.artifact.id,
+        "status": 201 if received.created else 200,
+        "created": received.created,
+        "receipt": json.loads(received.receipt),
+    }
 
 
 @router.get(
@@ -286,3 +437,51 @@ async def notices(request: Request, node: NodeDep, sig: Partner) -> Response:
         raise InvalidInputError("a notice is a JSON object") from None
     receipt = await run_in_threadpool(notice_domain.accept, node, sender=sig.partner, data=data)
     return signed_json(node, sig, 200, {"receipt": receipt})
+
+
+@router.post(
+    "/receipts",
+    summary="Receipts for deliveries the caller pulled from this node's feed",
+    responses=FED_PROBLEMS,
+)
+async def receipts(request: Request, node: NodeDep, sig: Partner) -> Response:
+    body = await _small_body(request, node, sig, limit=BATCH_MAX_BODY_BYTES)
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidInputError("receipts come as a JSON object") from None
+    if not isinstance(data, dict) or not isinstance(data.get("receipts"), list):
+        raise InvalidInputError('receipts come as {"receipts": [DSSE envelopes]}')
+    settled = await run_in_threadpool(
+        record_receipts, node, partner=sig.partner, receipts=data["receipts"]
+    )
+    return signed_json(node, sig, 200, {"recorded": settled})
+
+
+@router.post(
+    "/descriptor",
+    summary="A partner's rotated node descriptor, signed by its pinned key and its new key",
+    responses=FED_PROBLEMS,
+)
+async def descriptor(request: Request, node: NodeDep, sig: Partner) -> Response:
+    body = await _small_body(request, node, sig)
+    result = await run_in_threadpool(_rotate, node, sig.partner, body)
+    return signed_json(node, sig, 200, result)
+
+
+def _rotate(node: Node, sender: str, body: bytes) -> dict[str, Any]:
+    try:
+        claimed = json.loads(Envelope.from_bytes(body).payload).get("node_id")
+    except (CryptoError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        raise InvalidInputError("the body is not a node descriptor envelope") from None
+    if claimed != sender:
+        raise ForbiddenError(f"{sender} may only rotate its own descriptor", reason="not-own")
+    with node.db.session() as session:
+        try:
+            row = rotate_partner(
+                session, descriptor_bytes=body, now=node.now(), actor=f"partner:{sender}"
+            )
+        except PartnerError as exc:
+            exc.extra.setdefault("reason", "descriptor")
+            raise
+    return {"node_id": row.node_id, "fingerprint": row.fingerprint, "accepted": True}

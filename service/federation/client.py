@@ -23,6 +23,7 @@ import httpx
 
 from crypto import httpsig
 from crypto.errors import CryptoError
+from crypto.keys import SigningKey
 from service.errors import PartnerUnavailableError
 from service.federation.signing import (
     digest_value,
@@ -33,9 +34,11 @@ from service.models import Partner
 from service.node import Node
 from service.partners import partner_verify_keys
 
-__all__ = ["PartnerClient", "PartnerRefusedError", "Reply"]
+__all__ = ["BATCH_TYPE", "DELIVERY_TYPE", "PartnerClient", "PartnerRefusedError", "Reply"]
 
-MAX_REPLY_BYTES = 1 << 20  # bytes of a JSON reply
+MAX_REPLY_BYTES = 1 << 20  # bytes of a JSON reply (a feed page may be larger: see pull.py)
+DELIVERY_TYPE = "application/vnd.entente.delivery"
+BATCH_TYPE = "application/vnd.entente.delivery-batch"
 
 
 class PartnerRefusedError(PartnerUnavailableError):
@@ -68,13 +71,19 @@ class PartnerClient:
         self.http.close()
 
     def _prepare(
-        self, partner: Partner, method: str, path: str, digest: str, content_type: str | None
+        self,
+        partner: Partner,
+        method: str,
+        path: str,
+        digest: str,
+        content_type: str | None,
+        key: SigningKey | None = None,
     ) -> tuple[str, dict[str, str], httpsig.Request]:
         url = partner.url + path
         headers = {"Content-Type": content_type} if content_type else {}
         headers.update(
             sign_request_headers(
-                self.node, method=method, url=url, headers=headers, content_digest=digest
+                self.node, method=method, url=url, headers=headers, content_digest=digest, key=key
             )
         )
         return url, headers, httpsig.Request(method, url, headers)
@@ -116,15 +125,23 @@ class PartnerClient:
             f"{partner.node_id} failed ({response.status_code}): {detail}"
         )
 
-    def _json(self, partner: Partner, signed: httpsig.Request, response: httpx.Response) -> Reply:
+    def _json(
+        self,
+        partner: Partner,
+        signed: httpsig.Request,
+        response: httpx.Response,
+        limit: int = MAX_REPLY_BYTES,
+    ) -> Reply:
         if response.status_code >= 300:
             raise self._refusal(partner, response)
         verified = self._check(partner, signed, response)
-        body = response.read()
-        if len(body) > MAX_REPLY_BYTES:
-            raise PartnerUnavailableError(f"{partner.node_id} sent an oversized reply")
+        body = bytearray()
+        for chunk in response.iter_bytes(1 << 16):
+            body += chunk
+            if len(body) > limit:
+                raise PartnerUnavailableError(f"{partner.node_id} sent an oversized reply")
         digester = httpsig.ContentDigester()
-        digester.update(body)
+        digester.update(bytes(body))
         try:
             digester.verify(verified.content_digests)
             data = json.loads(body)
@@ -133,16 +150,26 @@ class PartnerClient:
         return Reply(response.status_code, data)
 
     def call_json(
-        self, partner: Partner, method: str, path: str, payload: Any | None = None
+        self,
+        partner: Partner,
+        method: str,
+        path: str,
+        payload: Any | None = None,
+        *,
+        key: SigningKey | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> Reply:
-        """A small signed request (JSON body or none) and its verified JSON reply."""
+        """A small signed request (JSON body or none) and its verified JSON reply.
+
+        ``key`` signs instead of the node's current key (a rotated descriptor's push only).
+        """
         body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         digest = digest_value(hashlib.sha256(body).digest())
         ctype = "application/json" if payload is not None else None
-        url, headers, signed = self._prepare(partner, method, path, digest, ctype)
+        url, headers, signed = self._prepare(partner, method, path, digest, ctype, key)
         try:
             with self.http.stream(method, url, content=body, headers=headers) as response:
-                return self._json(partner, signed, response)
+                return self._json(partner, signed, response, max_reply_bytes)
         except httpx.HTTPError as exc:
             raise PartnerUnavailableError(
                 f"{partner.node_id} is unreachable: {_why(exc)}"
@@ -164,12 +191,32 @@ class PartnerClient:
                     yield data
 
         url, headers, signed = self._prepare(
-            partner, "POST", "/federation/v1/inbox", digest, "application/vnd.entente.delivery"
+            partner, "POST", "/federation/v1/inbox", digest, DELIVERY_TYPE
         )
         headers["Content-Length"] = str(len(manifest_line) + 1 + size)
         try:
             with self.http.stream("POST", url, content=body(), headers=headers) as response:
                 return self._json(partner, signed, response)
+        except httpx.HTTPError as exc:
+            raise PartnerUnavailableError(
+                f"{partner.node_id} is unreachable: {_why(exc)}"
+            ) from None
+
+    def deliver_batch(self, partner: Partner, items: list[tuple[bytes, bytes]]) -> Reply:
+        """POST several small deliveries in one request (``application/vnd.entente.delivery-
+        batch``): for each, the manifest line, a newline, the ciphertext length in decimal, a
+        newline, the ciphertext. The reply holds one result per item, in order."""
+        parts: list[bytes] = []
+        for manifest_line, ciphertext in items:
+            parts += [manifest_line, b"\n", str(len(ciphertext)).encode(), b"\n", ciphertext]
+        body = b"".join(parts)
+        digest = digest_value(hashlib.sha256(body).digest())
+        url, headers, signed = self._prepare(
+            partner, "POST", "/federation/v1/inbox", digest, BATCH_TYPE
+        )
+        try:
+            with self.http.stream("POST", url, content=body, headers=headers) as response:
+                return self._json(partner, signed, response, MAX_REPLY_BYTES * 4)
         except httpx.HTTPError as exc:
             raise PartnerUnavailableError(
                 f"{partner.node_id} is unreachable: {_why(exc)}"

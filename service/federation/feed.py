@@ -3,10 +3,15 @@
 A partner that was down or partitioned reads the feed after its last cursor and fetches what it
 does not have, so delivery completes even if every push failed. The cursor is the outbox row id.
 Revoked and deleted artifacts are left out (their revocation travels as a notice).
+
+Small ciphertexts of deliveries not yet acknowledged ride along inline (``payload``, base64), up
+to a byte budget per page, so a catch-up after a partition costs one request per page rather
+than one per artifact; anything else is fetched from ``artifacts/{id}/payload``.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -16,7 +21,10 @@ from service.errors import NotFoundError
 from service.models import Artifact, Outbox
 from service.node import Node
 
-__all__ = ["page", "payload_for"]
+__all__ = ["INLINE_MAX_BYTES", "PAGE_INLINE_BUDGET", "page", "payload_for"]
+
+INLINE_MAX_BYTES = 64 << 10  # bytes: larger ciphertexts are always fetched separately
+PAGE_INLINE_BUDGET = 4 << 20  # bytes of inline ciphertext in one page
 
 
 def page(node: Node, *, partner: str, after: int, limit: int) -> dict[str, Any]:
@@ -32,11 +40,26 @@ def page(node: Node, *, partner: str, after: int, limit: int) -> dict[str, Any]:
             .order_by(col(Outbox.id))
             .limit(limit)
         ).all()
-    items = [
-        {"cursor": out.id, "artifact_id": art.id, "manifest": json.loads(art.manifest)}
-        for out, art in rows
-        if art.revoked_at is None and art.deleted_at is None and art.blob is not None
-    ]
+    items = []
+    budget = PAGE_INLINE_BUDGET
+    for out, art in rows:
+        if art.revoked_at is not None or art.deleted_at is not None or art.blob is None:
+            continue
+        item: dict[str, Any] = {
+            "cursor": out.id,
+            "artifact_id": art.id,
+            "manifest": json.loads(art.manifest),
+        }
+        if out.state != "delivered" and art.ciphertext_size <= min(INLINE_MAX_BYTES, budget):
+            try:
+                with node.blobs.open(art.blob) as fh:
+                    data = fh.read(INLINE_MAX_BYTES + 1)
+            except NotFoundError:
+                data = b""
+            if data and len(data) <= INLINE_MAX_BYTES:
+                item["payload"] = base64.b64encode(data).decode("ascii")
+                budget -= len(data)
+        items.append(item)
     last = rows[-1][0].id if rows else after
     return {"items": items, "next": last, "more": len(rows) == limit}
 

@@ -4,7 +4,9 @@ origin, the ``inform`` obligation).
 A notice is a small JSON object ``{"notice_id", "type", "artifact_id", "sha256", ...}``; the
 sender's outbox row id is its ``notice_id``, so a repeated notice is answered with the receipt
 already issued. Accepting a revocation hides the artifact and deletes its ciphertext; both sides
-audit it, and the receipt goes back to the origin as evidence.
+audit it, and the receipt goes back to the origin as evidence. A revocation reaches every copy:
+the artifacts this node passed on from the revoked one (onward shares) are revoked and deleted
+here too, and their recipients are sent revocations in turn.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
 
 from crypto.receipt import Receipt, sign_receipt
 from service.audit import record
@@ -54,7 +59,33 @@ def accept(node: Node, *, sender: str, data: Any) -> dict[str, Any]:
     artifact_id = _text(data, "artifact_id", 64)
     sha256 = _text(data, "sha256", 64)
     now = node.now()
-    to_delete: str | None = None
+    to_delete: list[str] = []
+    try:
+        return _accept(node, sender, kind, notice_id, artifact_id, sha256, data, now, to_delete)
+    except IntegrityError:  # the same notice, accepted concurrently: answer as a repeat
+        to_delete.clear()
+        with node.db.session() as session:
+            seen = session.get(ReceivedNotice, (sender, notice_id))
+        if seen is None:
+            raise
+        loaded: dict[str, Any] = json.loads(seen.receipt)
+        return loaded
+    finally:
+        for blob in to_delete:  # only once the revocation is committed
+            node.blobs.delete(blob)
+
+
+def _accept(
+    node: Node,
+    sender: str,
+    kind: str,
+    notice_id: int,
+    artifact_id: str,
+    sha256: str,
+    data: dict[str, Any],
+    now: datetime,
+    to_delete: list[str],
+) -> dict[str, Any]:
     with node.db.session() as session:
         seen = session.get(ReceivedNotice, (sender, notice_id))
         if seen is not None:
@@ -62,7 +93,7 @@ def accept(node: Node, *, sender: str, data: Any) -> dict[str, Any]:
             return loaded
         artifact = session.get(Artifact, artifact_id)
         if kind == "revocation":
-            to_delete = _revocation(session, sender, artifact, artifact_id, data, now)
+            blobs = _revocation(session, node, sender, artifact, artifact_id, data, now)
         else:
             _access(session, node, sender, artifact, artifact_id, data, now)
         receipt = sign_receipt(
@@ -88,30 +119,34 @@ def accept(node: Node, *, sender: str, data: Any) -> dict[str, Any]:
                 receipt=json.dumps(receipt_json),
             )
         )
-    if to_delete is not None:  # only once the revocation is committed
-        node.blobs.delete(to_delete)
+    if kind == "revocation":
+        to_delete.extend(blobs)
     return receipt_json
 
 
 def _revocation(
-    session: Any,
+    session: Session,
+    node: Node,
     sender: str,
     artifact: Artifact | None,
     artifact_id: str,
     data: dict[str, Any],
     now: datetime,
-) -> str | None:
-    """Hide the artifact; return the blob to delete once the transaction has committed."""
+) -> list[str]:
+    """Hide the artifact and this node's onward copies of it; return the blobs to delete once
+    the transaction has committed."""
     reason = _text(data, "reason")
     if artifact is not None and artifact.origin != sender:
         raise InvalidInputError("only the origin of an artifact can revoke it")
     blob = None
+    blobs: list[str] = []
     if artifact is not None and artifact.revoked_at is None:
         artifact.revoked_at = now
         artifact.revocation_reason = reason or None
         artifact.deleted_at = now
         blob, artifact.blob = artifact.blob, None
         session.add(artifact)
+        blobs = _revoke_onward_copies(session, node, artifact, reason, now)
     record(
         session,
         kind="revocation.received",
@@ -122,11 +157,55 @@ def _revocation(
         detail={"reason": reason, "held": artifact is not None, "deleted": blob is not None},
         now=now,
     )
-    return blob
+    return ([blob] if blob else []) + blobs
+
+
+def _revoke_onward_copies(
+    session: Session, node: Node, upstream: Artifact, reason: str, now: datetime
+) -> list[str]:
+    """Revoke what this node passed on from ``upstream``: delete the copies, tell recipients."""
+    blobs = []
+    copies = session.exec(
+        select(Artifact).where(
+            Artifact.upstream_id == upstream.id,
+            Artifact.origin == node.node_id,
+            col(Artifact.revoked_at).is_(None),
+        )
+    ).all()
+    for copy in copies:
+        copy.revoked_at = now
+        copy.revocation_reason = f"revoked upstream by {upstream.origin}: {reason}"[:500]
+        copy.deleted_at = now
+        if copy.blob:
+            blobs.append(copy.blob)
+        copy.blob = None
+        session.add(copy)
+        for partner in [r for r in json.loads(copy.recipients) if r != node.node_id]:
+            record(
+                session,
+                kind="revocation.issued",
+                actor=f"node:{node.node_id}",
+                partner=partner,
+                artifact_id=copy.id,
+                digest=copy.sha256,
+                detail={"reason": copy.revocation_reason, "upstream": upstream.id},
+                now=now,
+            )
+            session.add(
+                Outbox(
+                    partner=partner,
+                    kind="notice",
+                    artifact_id=copy.id,
+                    payload=json.dumps({"type": "revocation", "reason": copy.revocation_reason}),
+                    created_at=now,
+                    next_attempt_at=now,
+                )
+            )
+    return blobs
 
 
 def _access(
-    session: Any,
+    session: Session,
     node: Node,
     sender: str,
     artifact: Artifact | None,

@@ -2,10 +2,16 @@
 
 Claiming takes a lease (``lease_owner``, ``lease_until``) in a short transaction; on PostgreSQL the
 candidate rows are read ``FOR UPDATE SKIP LOCKED``, so replicas sharing one database never claim
-the same row, and on SQLite a conditional update does the same job. The network call happens with
-no transaction open; the outcome is written in a second short transaction. A worker that dies
-mid-delivery leaves a lease that expires, and the row is delivered again: the partner's inbox is
-idempotent and answers a repeat with the receipt it already issued, so the effect is exactly once.
+the same row, and on SQLite one conditional update does the same job (a write takes the database
+lock). The network calls happen with no transaction open; the outcomes of a batch are written in
+a second short transaction. A worker that dies mid-delivery leaves a lease that expires, and the
+row is delivered again: the partner's inbox is idempotent and answers a repeat with the receipt
+it already issued, so the effect is exactly once.
+
+Small artifacts for one partner travel together, several per request (a batch delivery); large
+ones stream one per request. Notices (revocations, access notices) and rotated descriptors go one
+per request; while a descriptor push to a partner is pending, nothing else is sent to it (it
+would not know the new key yet), and the push is signed with the retired key it still pins.
 
 Transient failures (unreachable, 5xx, 401 before the partner pinned us) back off exponentially with
 jitter up to ``retry_max_seconds``; a refusal (403, 404, 409, 413, 422) marks the row ``failed``
@@ -18,14 +24,20 @@ import json
 import logging
 import random
 import secrets
+from collections import defaultdict
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
+from crypto.keys import SigningKey
 from crypto.receipt import verify_receipt
 from service.audit import record
 from service.errors import PartnerUnavailableError
@@ -35,20 +47,59 @@ from service.models import Artifact, Outbox, Partner
 from service.node import Node
 from service.partners import partner_verify_keys
 
-__all__ = ["OutboxWorker"]
+__all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_ITEMS", "OutboxWorker", "record_receipts"]
 
 log = logging.getLogger("entente.outbox")
 
 LEASE_SECONDS = 120  # a claimed row is someone else's for this long
 PERMANENT = frozenset({403, 404, 409, 413, 422})
+BATCH_MAX_ITEMS = 64  # deliveries per batch request
+BATCH_MAX_BYTES = 2 << 20  # bytes of ciphertext per batch request
+BATCH_ITEM_MAX_BYTES = 256 << 10  # bytes: larger ciphertexts stream one per request
+
+
+@dataclass(frozen=True)
+class _Done:
+    receipt: str
+    kind: str  # deliver | notice | descriptor
+    expect: str  # delivery | revocation | access | descriptor
+
+
+@dataclass(frozen=True)
+class _Retry:
+    error: str
+
+
+@dataclass(frozen=True)
+class _Finish:
+    state: str  # failed | cancelled
+    error: str
+    audit: bool = False
+
+
+Outcome = _Done | _Retry | _Finish
+
+
+def _manifest_line(artifact: Artifact) -> bytes:
+    return json.dumps(json.loads(artifact.manifest), separators=(",", ":")).encode()
 
 
 class OutboxWorker:
-    def __init__(self, node: Node, client: PartnerClient, *, batch: int = 64, threads: int = 8):
+    def __init__(
+        self,
+        node: Node,
+        client: PartnerClient,
+        *,
+        batch: int = 256,
+        threads: int = 4,
+        owner: str | None = None,
+        kinds: frozenset[str] | None = None,
+    ) -> None:
         self.node = node
         self.client = client
         self.batch = batch
-        self.owner = f"w-{secrets.token_hex(6)}"
+        self.kinds = kinds  # only rows of these kinds (None: every kind)
+        self.owner = owner or f"w-{secrets.token_hex(6)}"
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="entente-deliver")
 
     def close(self) -> None:
@@ -56,6 +107,7 @@ class OutboxWorker:
 
     # --- claiming -------------------------------------------------------------------------------
     def claim(self) -> list[int]:
+        """Lease up to ``batch`` due rows; returns their ids (never another worker's)."""
         now = self.node.now()
         until = now + timedelta(seconds=LEASE_SECONDS)
         due = sa.and_(
@@ -64,7 +116,21 @@ class OutboxWorker:
             sa.or_(col(Outbox.lease_until).is_(None), col(Outbox.lease_until) < now),
         )
         with self.node.db.session() as session:
-            query = select(Outbox.id).where(due).order_by(col(Outbox.id)).limit(self.batch)
+            blocked = list(
+                session.exec(
+                    select(Outbox.partner)
+                    .where(Outbox.kind == "descriptor", Outbox.state == "pending")
+                    .distinct()
+                )
+            )
+            query = select(Outbox.id).where(due)
+            if self.kinds is not None:
+                query = query.where(col(Outbox.kind).in_(sorted(self.kinds)))
+            if blocked:
+                query = query.where(
+                    sa.or_(col(Outbox.kind) == "descriptor", col(Outbox.partner).not_in(blocked))
+                )
+            query = query.order_by(col(Outbox.id)).limit(self.batch)
             if self.node.db.is_postgres:
                 ids = [i for i in session.exec(query.with_for_update(skip_locked=True)) if i]
                 if ids:
@@ -74,22 +140,32 @@ class OutboxWorker:
                         .values(lease_owner=self.owner, lease_until=until)
                     )
                 return ids
-            claimed = []
-            for ident in [i for i in session.exec(query) if i]:
-                result = session.execute(
-                    sa.update(Outbox)
-                    .where(col(Outbox.id) == ident, due)
-                    .values(lease_owner=self.owner, lease_until=until)
+            candidates = [i for i in session.exec(query) if i]
+            if not candidates:
+                return []
+            session.execute(
+                sa.update(Outbox)
+                .where(col(Outbox.id).in_(candidates), due)
+                .values(lease_owner=self.owner, lease_until=until)
+            )
+            return [
+                i
+                for i in session.exec(
+                    select(Outbox.id).where(
+                        col(Outbox.id).in_(candidates),
+                        Outbox.lease_owner == self.owner,
+                        Outbox.lease_until == until,
+                    )
                 )
-                if getattr(result, "rowcount", 0) == 1:
-                    claimed.append(ident)
-            return claimed
+                if i
+            ]
 
     def run_once(self) -> int:
         """Claim a batch and deliver it; returns how many rows were handled."""
         ids = self.claim()
         if ids:
-            list(self.pool.map(self._safe_process, ids))
+            jobs = self._jobs(ids)
+            list(self.pool.map(self._safe, jobs))
         self._update_gauges()
         return len(ids)
 
@@ -103,38 +179,135 @@ class OutboxWorker:
         for partner, n in rows:
             self.node.metrics.queue_depth.labels(partner).set(n)
 
-    def _safe_process(self, ident: int) -> None:
-        try:
-            self.process(ident)
-        except Exception:
-            log.exception("outbox row %s failed unexpectedly", ident)
-            self._retry(ident, "internal error while delivering (see the node log)")
+    # --- grouping claimed rows into requests ----------------------------------------------------
+    def _jobs(self, ids: list[int]) -> list[Callable[[], None]]:
+        with self.node.db.session() as session:
+            rows = list(
+                session.exec(select(Outbox).where(col(Outbox.id).in_(ids)).order_by(col(Outbox.id)))
+            )
+            artifact_ids = {r.artifact_id for r in rows if r.kind != "descriptor"}
+            artifacts = {
+                a.id: a
+                for a in session.exec(select(Artifact).where(col(Artifact.id).in_(artifact_ids)))
+            }
+            partners = {
+                p.node_id: p
+                for p in session.exec(
+                    select(Partner).where(col(Partner.node_id).in_({r.partner for r in rows}))
+                )
+            }
+        jobs: list[Callable[[], None]] = []
+        settled: list[tuple[int, Outcome]] = []
+        small: dict[str, list[tuple[Outbox, Artifact]]] = defaultdict(list)
+        descriptors: dict[str, list[Outbox]] = defaultdict(list)
+        for row in rows:
+            if row.id is None:  # pragma: no cover - rows read back always have ids
+                continue
+            partner = partners.get(row.partner)
+            if partner is None:
+                settled.append((row.id, _Finish("failed", "the partner is no longer pinned", True)))
+                continue
+            if row.kind == "descriptor":
+                descriptors[row.partner].append(row)
+                continue
+            artifact = artifacts.get(row.artifact_id)
+            if artifact is None:
+                settled.append((row.id, _Finish("failed", "the artifact no longer exists", True)))
+            elif row.kind == "deliver" and (
+                artifact.revoked_at is not None or artifact.blob is None
+            ):
+                settled.append((row.id, _Finish("cancelled", "revoked before delivery")))
+            elif row.kind == "deliver" and artifact.ciphertext_size <= BATCH_ITEM_MAX_BYTES:
+                small[row.partner].append((row, artifact))
+            else:
+                jobs.append(partial(self._one, partner, row, artifact))
+        if settled:
+            self._settle(settled)
+        for partner_id, items in small.items():
+            for chunk in _chunks(items):
+                jobs.append(partial(self._batch, partners[partner_id], chunk))
+        for partner_id, drows in descriptors.items():
+            jobs.append(partial(self._descriptors, partners[partner_id], drows))
+        return jobs
 
-    # --- one row --------------------------------------------------------------------------------
-    def process(self, ident: int) -> None:
-        node = self.node
-        with node.db.session() as session:
-            row = session.get(Outbox, ident)
-            if row is None or row.lease_owner != self.owner or row.state != "pending":
-                return
-            artifact = session.get(Artifact, row.artifact_id)
-            partner = session.get(Partner, row.partner)
-        if partner is None:
-            self._finish(ident, state="failed", error="the partner is no longer pinned")
+    def _safe(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except Exception:
+            log.exception("an outbox job failed unexpectedly")
+
+    # --- deliveries -----------------------------------------------------------------------------
+    def _verify(
+        self, partner: Partner, artifact: Artifact, data: Any, expect: str
+    ) -> tuple[str, None] | tuple[None, str]:
+        """(receipt JSON, None) when ``data`` holds a valid receipt, else (None, why)."""
+        try:
+            envelope = Envelope.from_json(data.get("receipt") if isinstance(data, dict) else None)
+            verify_receipt(
+                envelope,
+                trusted=self._keys(partner.node_id),
+                expect_kind=expect,
+                artifact_id=artifact.id,
+                sha256=artifact.sha256,
+                receiver=partner.node_id,
+                sender=self.node.node_id,
+            )
+        except CryptoError as exc:
+            return None, f"the partner's receipt was not acceptable: {exc}"
+        return envelope.to_bytes().decode(), None
+
+    def _keys(self, partner_id: str) -> dict[str, Any]:
+        with self.node.db.session() as session:
+            return partner_verify_keys(session, partner_id)
+
+    def _batch(self, partner: Partner, items: list[tuple[Outbox, Artifact]]) -> None:
+        payloads = []
+        try:
+            for _row, artifact in items:
+                with self.node.blobs.open(artifact.blob or "") as fh:
+                    payloads.append((_manifest_line(artifact), fh.read()))
+            reply = self.client.deliver_batch(partner, payloads)
+        except PartnerRefusedError as exc:
+            outcome: Outcome = (
+                _Finish("failed", exc.message, True)
+                if exc.status_code in PERMANENT
+                else _Retry(exc.message)
+            )
+            self._settle([(row.id or 0, outcome) for row, _ in items])
             return
-        if artifact is None:
-            self._finish(ident, state="failed", error="the artifact no longer exists")
+        except PartnerUnavailableError as exc:
+            self._settle([(row.id or 0, _Retry(exc.message)) for row, _ in items])
             return
-        if row.kind == "deliver" and (artifact.revoked_at is not None or artifact.blob is None):
-            self._finish(ident, state="cancelled", error="revoked before delivery")
+        results = reply.data.get("results") if isinstance(reply.data, dict) else None
+        if not isinstance(results, list) or len(results) != len(items):
+            why = f"{partner.node_id} answered a batch with the wrong number of results"
+            self._settle([(row.id or 0, _Retry(why)) for row, _ in items])
             return
+        outcomes: list[tuple[int, Outcome]] = []
+        for (row, artifact), result in zip(items, results, strict=True):
+            outcomes.append((row.id or 0, self._item_outcome(partner, artifact, result)))
+        self._settle(outcomes)
+
+    def _item_outcome(self, partner: Partner, artifact: Artifact, result: Any) -> Outcome:
+        if not isinstance(result, dict):
+            return _Retry(f"{partner.node_id} sent a malformed batch result")
+        status = result.get("status")
+        if status in (200, 201):
+            receipt, why = self._verify(partner, artifact, result, "delivery")
+            return _Done(receipt, "deliver", "delivery") if receipt else _Retry(why or "")
+        problem = result.get("problem")
+        detail = str(problem.get("detail") if isinstance(problem, dict) else "refused")[:500]
+        message = f"{partner.node_id} refused ({status}): {detail}"
+        if status in PERMANENT:
+            return _Finish("failed", message, True)
+        return _Retry(message)
+
+    def _one(self, partner: Partner, row: Outbox, artifact: Artifact) -> None:
         try:
             if row.kind == "deliver":
                 reply = self.client.deliver(
                     partner,
-                    manifest_line=json.dumps(
-                        json.loads(artifact.manifest), separators=(",", ":")
-                    ).encode(),
+                    manifest_line=_manifest_line(artifact),
                     blob=artifact.blob or "",
                     size=artifact.ciphertext_size,
                 )
@@ -143,119 +316,274 @@ class OutboxWorker:
                 payload = notice_payload(row, artifact)
                 reply = self.client.call_json(partner, "POST", "/federation/v1/notices", payload)
                 expect = "revocation" if payload["type"] == "revocation" else "access"
-            envelope = Envelope.from_json(
-                reply.data.get("receipt") if isinstance(reply.data, dict) else None
-            )
-            with node.db.session() as session:
-                trusted = partner_verify_keys(session, partner.node_id)
-            verify_receipt(
-                envelope,
-                trusted=trusted,
-                expect_kind=expect,
-                artifact_id=artifact.id,
-                sha256=artifact.sha256,
-                receiver=partner.node_id,
-                sender=node.node_id,
-            )
         except PartnerRefusedError as exc:
             if exc.status_code in PERMANENT:
-                self._finish(ident, state="failed", error=exc.message, audit_failure=True)
+                self._settle([(row.id or 0, _Finish("failed", exc.message, True))])
             else:
-                self._retry(ident, exc.message)
+                self._settle([(row.id or 0, _Retry(exc.message))])
             return
         except PartnerUnavailableError as exc:
-            self._retry(ident, exc.message)
+            self._settle([(row.id or 0, _Retry(exc.message))])
             return
-        except CryptoError as exc:
-            self._retry(ident, f"the partner's receipt was not acceptable: {exc}")
-            return
-        self._delivered(ident, receipt=envelope.to_bytes().decode(), kind=row.kind, expect=expect)
+        receipt, why = self._verify(partner, artifact, reply.data, expect)
+        outcome: Outcome = _Done(receipt, row.kind, expect) if receipt else _Retry(why or "")
+        self._settle([(row.id or 0, outcome)])
 
-    def _delivered(self, ident: int, *, receipt: str, kind: str, expect: str) -> None:
+    def _descriptors(self, partner: Partner, rows: list[Outbox]) -> None:
+        """Push rotated descriptors to ``partner`` in order, each signed by the key it retires."""
+        for row in rows:
+            outcome = self._push_descriptor(partner, row)
+            self._settle([(row.id or 0, outcome)])
+            if not isinstance(outcome, _Done):
+                return
+
+    def _push_descriptor(self, partner: Partner, row: Outbox) -> Outcome:
+        payload = json.loads(row.payload)
+        retired = {k.fingerprint: k for k in self.node.keys.retired_signing}
+        keys: list[SigningKey | None] = [retired.get(payload.get("previous", "")), None]
+        error = "no key to sign the descriptor with"
+        for key in keys:  # the retired key first; the current one if the partner moved on
+            try:
+                reply = self.client.call_json(
+                    partner, "POST", "/federation/v1/descriptor", payload["descriptor"], key=key
+                )
+            except PartnerRefusedError as exc:
+                error = exc.message
+                if exc.status_code == 401:
+                    continue
+                return (
+                    _Finish("failed", exc.message, True)
+                    if exc.status_code in PERMANENT
+                    else _Retry(exc.message)
+                )
+            except PartnerUnavailableError as exc:
+                return _Retry(exc.message)
+            data = reply.data if isinstance(reply.data, dict) else {}
+            if data.get("fingerprint") != payload.get("fingerprint"):
+                return _Retry(f"{partner.node_id} did not confirm the new key")
+            return _Done(json.dumps(data, sort_keys=True), "descriptor", "descriptor")
+        return _Retry(error)
+
+    # --- recording outcomes ---------------------------------------------------------------------
+    def _settle(self, outcomes: Sequence[tuple[int, Outcome]]) -> None:
+        """Write the outcomes of one request (or several rows) in one transaction.
+
+        Each row moves on only if it is still pending under this worker's lease (a conditional
+        update, so a pull's acknowledgement that settled it meanwhile wins, and nothing is
+        recorded twice).
+        """
         node = self.node
         now = node.now()
+        counts: dict[tuple[str, str], int] = defaultdict(int)
         with node.db.session() as session:
-            row = session.get(Outbox, ident)
-            if row is None:
-                return
-            row.state = "delivered"
-            row.delivered_at = now
-            row.receipt = receipt
-            row.attempts += 1
-            row.lease_owner = None
-            row.lease_until = None
-            row.last_error = None
-            session.add(row)
-            artifact = session.get(Artifact, row.artifact_id)
-            digest = artifact.sha256 if artifact else None
-            if kind == "deliver":
-                record(
-                    session, kind="delivery.sent", actor=f"node:{node.node_id}",
-                    partner=row.partner, artifact_id=row.artifact_id, digest=digest,
-                    detail={"attempts": row.attempts}, now=now,
-                )  # fmt: skip
-                record(
-                    session, kind="receipt.recorded", actor=f"partner:{row.partner}",
-                    partner=row.partner, artifact_id=row.artifact_id, digest=digest,
-                    detail={"receipt": json.loads(receipt)["signatures"][0]["keyid"]}, now=now,
-                )  # fmt: skip
-            else:
-                revocation = expect == "revocation"
-                record(
-                    session,
-                    kind="revocation.acknowledged" if revocation else "access_notice.sent",
-                    actor=f"partner:{row.partner}" if revocation else f"node:{node.node_id}",
-                    partner=row.partner, artifact_id=row.artifact_id, digest=digest,
-                    detail={"notice_id": row.id}, now=now,
-                )  # fmt: skip
-        node.metrics.deliveries.labels(row.partner, "delivered").inc()
-
-    def _retry(self, ident: int, error: str) -> None:
-        node = self.node
-        now = node.now()
-        settings = node.settings
-        with node.db.session() as session:
-            row = session.get(Outbox, ident)
-            if row is None or row.state != "pending":
-                return
-            row.attempts += 1
-            delay = min(
-                settings.retry_max_seconds,
-                settings.retry_base_seconds * 2 ** min(row.attempts - 1, 30),
+            rows = {
+                r.id: r
+                for r in session.exec(
+                    select(Outbox).where(col(Outbox.id).in_([i for i, _ in outcomes]))
+                )
+            }
+            digests = dict(
+                session.exec(
+                    select(Artifact.id, Artifact.sha256).where(
+                        col(Artifact.id).in_({r.artifact_id for r in rows.values()})
+                    )
+                ).all()
             )
-            delay *= random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not a secret
-            row.next_attempt_at = now + timedelta(seconds=delay)
-            row.last_error = error[:1000]
-            row.lease_owner = None
-            row.lease_until = None
-            session.add(row)
-            if row.attempts == 1:
-                record(
-                    session, kind="delivery.failed", actor=f"node:{node.node_id}",
-                    partner=row.partner, artifact_id=row.artifact_id,
-                    detail={"error": error[:500], "retrying": True, "kind": row.kind}, now=now,
-                )  # fmt: skip
-            partner = row.partner
-        node.metrics.deliveries.labels(partner, "retry").inc()
+            for ident, outcome in outcomes:
+                row = rows.get(ident)
+                if row is None:
+                    continue
+                attempts = row.attempts + 1
+                values: dict[str, Any] = {
+                    "attempts": attempts, "lease_owner": None, "lease_until": None,
+                }  # fmt: skip
+                if isinstance(outcome, _Done):
+                    values.update(
+                        state="delivered", delivered_at=now, receipt=outcome.receipt,
+                        last_error=None,
+                    )  # fmt: skip
+                    label = "delivered"
+                elif isinstance(outcome, _Retry):
+                    values.update(
+                        next_attempt_at=now + self._delay(attempts),
+                        last_error=outcome.error[:1000],
+                    )
+                    label = "retry"
+                else:
+                    values.update(state=outcome.state, last_error=outcome.error[:1000])
+                    label = outcome.state
+                if not _transition(session, ident, values, owner=self.owner):
+                    continue  # settled elsewhere meanwhile (a pull's acknowledgement)
+                digest = digests.get(row.artifact_id)
+                if isinstance(outcome, _Done):
+                    _audit_delivered(
+                        session, node, row, outcome.receipt, digest, now, outcome.expect,
+                        attempts=attempts,
+                    )  # fmt: skip
+                elif isinstance(outcome, _Retry):
+                    if attempts == 1:
+                        record(
+                            session, kind="delivery.failed", actor=f"node:{node.node_id}",
+                            partner=row.partner, artifact_id=row.artifact_id,
+                            detail={"error": outcome.error[:500], "retrying": True,
+                                    "kind": row.kind}, now=now,
+                        )  # fmt: skip
+                elif outcome.audit or outcome.state == "failed":
+                    record(
+                        session, kind="delivery.failed", actor=f"node:{node.node_id}",
+                        partner=row.partner, artifact_id=row.artifact_id,
+                        detail={"error": outcome.error[:500], "retrying": False,
+                                "kind": row.kind}, now=now,
+                    )  # fmt: skip
+                counts[(row.partner, label)] += 1
+        for (partner, label), n in counts.items():
+            node.metrics.deliveries.labels(partner, label).inc(n)
 
-    def _finish(self, ident: int, *, state: str, error: str, audit_failure: bool = False) -> None:
-        node = self.node
-        now = node.now()
-        with node.db.session() as session:
-            row = session.get(Outbox, ident)
-            if row is None:
-                return
-            row.state = state
-            row.last_error = error[:1000]
-            row.lease_owner = None
-            row.lease_until = None
-            row.attempts += 1
-            session.add(row)
-            if audit_failure or state == "failed":
-                record(
-                    session, kind="delivery.failed", actor=f"node:{node.node_id}",
-                    partner=row.partner, artifact_id=row.artifact_id,
-                    detail={"error": error[:500], "retrying": False, "kind": row.kind}, now=now,
+    def _delay(self, attempts: int) -> timedelta:
+        """Exponential backoff with jitter: base * 2^(attempts-1), capped, times 0.5-1.5."""
+        settings = self.node.settings
+        delay = min(
+            settings.retry_max_seconds,
+            settings.retry_base_seconds * 2 ** min(attempts - 1, 30),
+        )
+        return timedelta(seconds=delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
+
+
+def _transition(
+    session: Session,
+    ident: int,
+    values: dict[str, Any],
+    *,
+    owner: str | None,
+    now: datetime | None = None,
+) -> bool:
+    """Update a pending row if it is still pending under ``owner``'s lease (or, with ``owner``
+    None, under no live lease at ``now``). True when it did."""
+    if owner is not None:
+        lease = col(Outbox.lease_owner) == owner
+    else:
+        lease = sa.or_(col(Outbox.lease_until).is_(None), col(Outbox.lease_until) < now)
+    result = session.execute(
+        sa.update(Outbox)
+        .where(col(Outbox.id) == ident, col(Outbox.state) == "pending", lease)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0) == 1
+
+
+def _chunks(items: list[tuple[Outbox, Artifact]]) -> list[list[tuple[Outbox, Artifact]]]:
+    out: list[list[tuple[Outbox, Artifact]]] = []
+    current: list[tuple[Outbox, Artifact]] = []
+    size = 0
+    for item in items:
+        if current and (
+            len(current) >= BATCH_MAX_ITEMS or size + item[1].ciphertext_size > BATCH_MAX_BYTES
+        ):
+            out.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += item[1].ciphertext_size
+    if current:
+        out.append(current)
+    return out
+
+
+def _audit_delivered(
+    session: Session,
+    node: Node,
+    row: Outbox,
+    receipt: str,
+    digest: str | None,
+    now: datetime,
+    expect: str,
+    *,
+    attempts: int,
+    via: str = "push",
+) -> None:
+    if row.kind == "deliver":
+        record(
+            session, kind="delivery.sent", actor=f"node:{node.node_id}",
+            partner=row.partner, artifact_id=row.artifact_id, digest=digest,
+            detail={"attempts": attempts, "via": via}, now=now,
+        )  # fmt: skip
+        record(
+            session, kind="receipt.recorded", actor=f"partner:{row.partner}",
+            partner=row.partner, artifact_id=row.artifact_id, digest=digest,
+            detail={"receipt": json.loads(receipt)["signatures"][0]["keyid"], "via": via},
+            now=now,
+        )  # fmt: skip
+    elif row.kind == "descriptor":
+        record(
+            session, kind="delivery.sent", actor=f"node:{node.node_id}",
+            partner=row.partner, detail={"kind": "descriptor", "fingerprint": row.artifact_id},
+            now=now,
+        )  # fmt: skip
+    else:
+        revocation = expect == "revocation"
+        record(
+            session,
+            kind="revocation.acknowledged" if revocation else "access_notice.sent",
+            actor=f"partner:{row.partner}" if revocation else f"node:{node.node_id}",
+            partner=row.partner, artifact_id=row.artifact_id, digest=digest,
+            detail={"notice_id": row.id}, now=now,
+        )  # fmt: skip
+
+
+def record_receipts(node: Node, *, partner: str, receipts: Any) -> int:
+    """Store delivery receipts a partner sends after pulling its feed (``POST receipts``).
+
+    Each must be signed by the partner, acknowledge a delivery from this node to that partner,
+    and match a pending, unleased outbox row for the same artifact and digest; anything else is
+    ignored. Returns how many rows it settled.
+    """
+    if not isinstance(receipts, list):
+        return 0
+    now = node.now()
+    with node.db.session() as session:
+        trusted = partner_verify_keys(session, partner)
+        verified: dict[str, tuple[str, str]] = {}
+        for raw in receipts[:1000]:
+            try:
+                envelope = Envelope.from_json(raw)
+                payload = json.loads(envelope.payload)
+                artifact_id = str(payload.get("artifact_id", ""))[:64]
+                sha256 = str(payload.get("sha256", ""))[:64]
+                verify_receipt(
+                    envelope, trusted=trusted, expect_kind="delivery", artifact_id=artifact_id,
+                    sha256=sha256, receiver=partner, sender=node.node_id,
                 )  # fmt: skip
-            partner = row.partner
-        node.metrics.deliveries.labels(partner, state).inc()
+            except (CryptoError, ValueError, AttributeError):
+                continue
+            verified[artifact_id] = (sha256, envelope.to_bytes().decode())
+        if not verified:
+            return 0
+        rows = session.exec(
+            select(Outbox, Artifact)
+            .join(Artifact, col(Artifact.id) == col(Outbox.artifact_id))
+            .where(
+                Outbox.partner == partner,
+                Outbox.kind == "deliver",
+                Outbox.state == "pending",
+                col(Outbox.artifact_id).in_(list(verified)),
+                sa.or_(col(Outbox.lease_until).is_(None), col(Outbox.lease_until) < now),
+            )
+        ).all()
+        settled = 0
+        for row, artifact in rows:
+            sha256, receipt = verified[artifact.id]
+            if sha256 != artifact.sha256 or row.id is None:
+                continue
+            values = {
+                "state": "delivered", "delivered_at": now, "receipt": receipt, "last_error": None,
+            }  # fmt: skip
+            if not _transition(session, row.id, values, owner=None, now=now):
+                continue
+            _audit_delivered(
+                session, node, row, receipt, sha256, now, "delivery", attempts=row.attempts,
+                via="pull",
+            )  # fmt: skip
+            settled += 1
+    if settled:
+        node.metrics.deliveries.labels(partner, "delivered").inc(settled)
+    return settled

@@ -1,41 +1,62 @@
-"""Accepting an artifact from a partner, whether pushed to the inbox or pulled from its feed.
+"""Accepting artifacts from a partner, whether pushed to the inbox or pulled from its feed.
 
-Order of checks, each before anything is stored:
-1. the manifest (first line of the delivery) parses and is signed by the sender's pinned key, and
-   the sender is its origin (or, for an onward share, the chain verifies: see ``onward.py``);
-2. this node is one of the manifest's recipients, under the recipient string it published;
+Order of checks for each artifact, each before anything is stored:
+1. the manifest parses and is signed by the sender's pinned key, and the sender is its origin;
+   for an onward share the whole chain verifies too (``onward.py``: upstream signatures, same
+   plaintext, TLP never loosened, the upstream decision lets the sender pass it on to this node);
+2. this node is one of the manifest's recipients, under a recipient string it published (the
+   current one, or one retired by a key rotation), and the artifact is within the size limit;
 3. this node's own inbound policy for the sender permits ``receive``;
 4. an artifact already stored under this id is the same one: then the reply is the receipt
-   already issued (idempotent), nothing else happens;
+   already issued (idempotent), nothing else happens; one the sender revoked before it arrived
+   is refused (409);
 5. the ciphertext streams into a temporary blob while it is decrypted to nowhere: its header
    digest, every STREAM chunk, and the final plaintext digest and size are checked; the request's
    ``Content-Digest`` is checked last (``before_commit``);
 6. only then the blob is committed under its content address and ONE transaction stores the
-   artifact, its audit event and the signed receipt.
+   artifact, its audit event and the signed receipt (one transaction per batch, when a batch
+   delivery or a feed page brings several).
 A failure at any step leaves no blob and no row, and is audited as ``receive.rejected``.
+
+:class:`Receiver` works for one sender and one request (or feed page): it looks the sender's
+keys up once, and :meth:`Receiver.commit` writes a batch of staged artifacts together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
 
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.receipt import Receipt, sign_receipt
 from crypto.sealed import Manifest, open_sealed, verify_manifest
-from policies import Request
+from policies import Decision, Request
 from service.audit import record
-from service.errors import ConflictError, EntenteError, InvalidInputError, PolicyDeniedError
-from service.models import Artifact
+from service.blobs import BlobWriter
+from service.errors import (
+    ConflictError,
+    EntenteError,
+    InvalidInputError,
+    PolicyDeniedError,
+    TooLargeError,
+)
+from service.federation.onward import verify_chain
+from service.models import Artifact, ReceivedNotice
 from service.node import Node
 from service.partners import partner_verify_keys
 
-__all__ = ["Received", "check_manifest", "receive_artifact"]
+__all__ = ["Received", "Receiver", "receive_artifact"]
+
+COMMIT_THREADS = 4  # blob fsyncs of one batch run side by side
 
 
 class _Null:
@@ -46,7 +67,7 @@ class _Null:
 class _Tee:
     """Reads from ``source``, copying every byte to ``sink`` (the temporary blob)."""
 
-    def __init__(self, source: Any, sink: Any) -> None:
+    def __init__(self, source: Any, sink: BlobWriter) -> None:
         self._source = source
         self._sink = sink
         self.count = 0
@@ -66,34 +87,355 @@ class Received:
     created: bool  # False when this was a repeat delivery
 
 
-def _reject(node: Node, *, sender: str, artifact_id: str | None, reason: str, via: str) -> None:
-    with node.db.session() as session:
+@dataclass
+class Checked:
+    """An artifact whose manifest, chain, recipients and inbound policy have been checked."""
+
+    envelope: Envelope
+    manifest: Manifest
+    decision: Decision
+    upstream: tuple[str, str] | None  # (artifact id, root origin) of an onward share
+
+
+@dataclass
+class _Staged:
+    checked: Checked
+    writer: BlobWriter | None
+    ciphertext_size: int
+    digest: str | None = None
+
+
+class Receiver:
+    """Receives artifacts from one partner (``sender``), arriving ``via`` push or pull."""
+
+    def __init__(self, node: Node, *, sender: str, via: str) -> None:
+        self.node = node
+        self.sender = sender
+        self.via = via
+        with node.db.session() as session:
+            self.trusted = partner_verify_keys(session, sender)
+            # revoked before it arrived (a revocation can overtake a delivery)
+            self.revoked = set(
+                session.exec(
+                    select(ReceivedNotice.artifact_id).where(
+                        ReceivedNotice.partner == sender, ReceivedNotice.kind == "revocation"
+                    )
+                )
+            )
+        keys = node.keys
+        self._mine = {node.home.age_recipient} | {
+            i.recipient.to_string() for i in keys.retired_identities
+        }
+
+    # --- auditing refusals ----------------------------------------------------------------------
+    def reject(self, *, artifact_id: str | None, reason: str) -> None:
+        node = self.node
+        with node.db.session() as session:
+            record(
+                session,
+                kind="receive.rejected",
+                actor=f"partner:{self.sender}",
+                partner=self.sender,
+                artifact_id=artifact_id,
+                decision="deny",
+                rule=reason[:200],
+                detail={"reason": reason[:500], "via": self.via},
+                now=node.now(),
+            )
+        node.metrics.received.labels("rejected").inc()
+
+    @contextlib.contextmanager
+    def _refusals(self, artifact_id: str | None) -> Iterator[None]:
+        try:
+            yield
+        except EntenteError as exc:
+            if not exc.audited:
+                self.reject(artifact_id=artifact_id, reason=exc.message)
+                exc.audited = True
+            raise
+
+    # --- steps 1 to 3 ---------------------------------------------------------------------------
+    def check(self, envelope_bytes: bytes) -> Checked:
+        """Verify the manifest (and chain), the recipient and the inbound policy."""
+        artifact_id: str | None = None
+        with self._refusals(None):
+            try:
+                envelope = Envelope.from_bytes(envelope_bytes)
+                manifest = verify_manifest(envelope, trusted=self.trusted, origin=self.sender)
+            except CryptoError as exc:
+                raise InvalidInputError(
+                    f"the manifest was refused: {exc}", reason="manifest"
+                ) from None
+        artifact_id = manifest.artifact_id
+        with self._refusals(artifact_id):
+            if artifact_id in self.revoked:
+                raise ConflictError(
+                    f"{self.sender} revoked {artifact_id} before it arrived", reason="revoked"
+                )
+            upstream = None
+            if manifest.chain:
+                try:
+                    links = verify_chain(self.node, manifest)
+                except CryptoError as exc:
+                    raise InvalidInputError(
+                        f"the onward chain was refused: {exc}", reason="chain"
+                    ) from None
+                upstream = (links[-2].artifact_id, links[0].origin)
+            mine = [r for r in manifest.recipients if r.node_id == self.node.node_id]
+            if not mine or mine[0].recipient not in self._mine:
+                raise InvalidInputError(
+                    "this node is not a recipient of the artifact", reason="not-a-recipient"
+                )
+            limit = self.node.settings.max_artifact_bytes
+            if manifest.size > limit:
+                raise TooLargeError(
+                    f"the artifact is larger than this node accepts ({limit} bytes)",
+                    reason="too-large",
+                )
+            decision = self._inbound(manifest)
+        return Checked(envelope, manifest, decision, upstream)
+
+    def _inbound(self, manifest: Manifest) -> Decision:
+        node = self.node
+        now = node.now()
+        decision = node.policies.decide(
+            Request(
+                partner=self.sender,
+                action="receive",
+                tlp=manifest.tlp,
+                topics=frozenset(manifest.topics),
+                purposes=frozenset(manifest.purposes),
+                embargo_until=manifest.embargo_until,
+                expires_at=manifest.expires_at,
+            ),
+            now=now,
+        )
+        if decision.allowed:
+            return decision
+        rule = decision.rules[0] if decision.rules else None
+        with node.db.session() as session:
+            record(
+                session,
+                kind="receive.rejected",
+                actor=f"partner:{self.sender}",
+                partner=self.sender,
+                artifact_id=manifest.artifact_id,
+                digest=manifest.sha256,
+                decision="deny",
+                rule=rule.id if rule else decision.reason,
+                clause=rule.clause if rule else None,
+                detail={"decision": decision.to_json(), "via": self.via},
+                now=now,
+            )
+        node.metrics.received.labels("denied").inc()
+        raise PolicyDeniedError(
+            f"{node.node_id} does not accept this artifact from {self.sender}: {decision.summary}",
+            partner=self.sender,
+            rule=rule.id if rule else None,
+            clause=rule.clause if rule else None,
+            audited=True,
+        )
+
+    # --- step 4 ---------------------------------------------------------------------------------
+    def held(self, artifact_ids: Sequence[str]) -> dict[str, Artifact]:
+        """The artifacts among ``artifact_ids`` this node already stores."""
+        if not artifact_ids:
+            return {}
+        with self.node.db.session() as session:
+            rows = session.exec(select(Artifact).where(col(Artifact.id).in_(list(artifact_ids))))
+            return {r.id: r for r in rows}
+
+    def repeat(self, existing: Artifact, manifest: Manifest) -> Received:
+        with self._refusals(existing.id):
+            if existing.sha256 != manifest.sha256 or existing.origin != manifest.origin:
+                raise ConflictError(
+                    f"artifact {existing.id} is already stored with other content",
+                    reason="conflict",
+                )
+            if existing.receipt is None:  # our own artifact echoed back
+                raise ConflictError(f"artifact {existing.id} originated here", reason="conflict")
+        return Received(existing, existing.receipt, False)
+
+    # --- step 5 ---------------------------------------------------------------------------------
+    def stage(
+        self,
+        checked: Checked,
+        ciphertext: Any,
+        *,
+        before_commit: Callable[[], None] | None = None,
+    ) -> _Staged:
+        """Stream the ciphertext into a temporary blob, verifying and decrypting it to nowhere."""
+        node = self.node
+        writer = node.blobs.writer()
+        try:
+            with self._refusals(checked.manifest.artifact_id):
+                tee = _Tee(ciphertext, writer)
+                try:
+                    open_sealed(
+                        tee,
+                        _Null(),
+                        envelope=checked.envelope,
+                        identities=node.keys.all_identities,
+                        trusted=self.trusted,
+                        origin=self.sender,
+                    )
+                except CryptoError as exc:
+                    raise InvalidInputError(
+                        f"the payload failed verification: {exc}", reason="payload"
+                    ) from None
+                if tee.read(1):
+                    raise InvalidInputError(
+                        "bytes follow the end of the age payload", reason="payload"
+                    )
+                if before_commit is not None:
+                    before_commit()
+        except BaseException:
+            writer.abort()
+            raise
+        return _Staged(checked, writer, tee.count)
+
+    def discard(self, staged: Sequence[_Staged]) -> None:
+        for item in staged:
+            if item.writer is not None:
+                item.writer.abort()
+                item.writer = None
+
+    # --- step 6 ---------------------------------------------------------------------------------
+    def commit(self, staged: Sequence[_Staged]) -> list[Received]:
+        """Commit the blobs, then store every artifact in one transaction; returns in order."""
+        if not staged:
+            return []
+        try:
+            self._commit_blobs(staged)
+        except BaseException:
+            self.discard(staged)
+            for item in staged:
+                if item.digest is not None:
+                    self.node.blobs.delete(item.digest)
+            raise
+        now = self.node.now()
+        rows = [self._row(item, now) for item in staged]
+        try:
+            with self.node.db.session() as session:
+                for item, (row, _receipt) in zip(staged, rows, strict=True):
+                    session.add(row)
+                    self._audit_accepted(session, item.checked, now)
+        except IntegrityError:
+            # Someone stored one of them first (a push and a pull racing): one at a time.
+            return [
+                self._commit_one(item, row, now)
+                for item, (row, _r) in zip(staged, rows, strict=True)
+            ]
+        self.node.metrics.received.labels("accepted").inc(len(rows))
+        return [Received(row, receipt, True) for row, receipt in rows]
+
+    def _commit_blobs(self, staged: Sequence[_Staged]) -> None:
+        def one(item: _Staged) -> None:
+            if item.writer is not None:
+                item.digest = item.writer.commit()
+                item.writer = None
+
+        if len(staged) == 1:
+            one(staged[0])
+            return
+        with ThreadPoolExecutor(min(COMMIT_THREADS, len(staged))) as pool:
+            list(pool.map(one, staged))
+
+    def _commit_one(self, item: _Staged, row: Artifact, now: datetime) -> Received:
+        try:
+            with self.node.db.session() as session:
+                session.add(row)
+                self._audit_accepted(session, item.checked, now)
+        except IntegrityError:
+            with self.node.db.session() as session:
+                existing = session.get(Artifact, row.id)
+            if existing is None or existing.blob != item.digest:
+                self.node.blobs.delete(item.digest or "")
+            if existing is None:
+                raise
+            return self.repeat(existing, item.checked.manifest)
+        self.node.metrics.received.labels("accepted").inc()
+        return Received(row, row.receipt or "", True)
+
+    def _audit_accepted(self, session: Any, checked: Checked, now: datetime) -> None:
+        manifest, decision = checked.manifest, checked.decision
+        rule = decision.rules[0] if decision.rules else None
+        detail: dict[str, Any] = {
+            "title": manifest.title, "tlp": manifest.tlp, "via": self.via, "size": manifest.size,
+        }  # fmt: skip
+        if checked.upstream is not None:
+            detail.update(upstream=checked.upstream[0], origin=checked.upstream[1])
         record(
             session,
-            kind="receive.rejected",
-            actor=f"partner:{sender}",
-            partner=sender,
-            artifact_id=artifact_id,
-            decision="deny",
-            rule=reason[:200],
-            detail={"reason": reason[:500], "via": via},
-            now=node.now(),
+            kind="receive.accepted",
+            actor=f"partner:{self.sender}",
+            partner=self.sender,
+            artifact_id=manifest.artifact_id,
+            digest=manifest.sha256,
+            decision="allow",
+            rule=",".join(r.id for r in decision.rules) or None,
+            clause=rule.clause if rule else None,
+            detail=detail,
+            now=now,
         )
-    node.metrics.received.labels("rejected").inc()
 
-
-def check_manifest(node: Node, *, sender: str, envelope_bytes: bytes) -> tuple[Envelope, Manifest]:
-    """Steps 1 and 2: parse and verify the manifest; this node must be a recipient."""
-    envelope = Envelope.from_bytes(envelope_bytes)
-    with node.db.session() as session:
-        trusted = partner_verify_keys(session, sender)
-    manifest = verify_manifest(envelope, trusted=trusted, origin=sender)
-    mine = [r for r in manifest.recipients if r.node_id == node.node_id]
-    if not mine or mine[0].recipient not in (node.home.age_recipient,):
-        raise InvalidInputError(
-            "this node is not a recipient of the artifact", reason="not-a-recipient"
+    def _row(self, item: _Staged, now: datetime) -> tuple[Artifact, str]:
+        checked = item.checked
+        manifest = checked.manifest
+        receipt = sign_receipt(
+            Receipt(
+                kind="delivery",
+                artifact_id=manifest.artifact_id,
+                sha256=manifest.sha256,
+                receiver=self.node.node_id,
+                sender=self.sender,
+                received_at=now,
+            ),
+            key=self.node.keys.signing,
         )
-    return envelope, manifest
+        receipt_json = receipt.to_bytes().decode()
+        row = Artifact(
+            id=manifest.artifact_id,
+            direction="received",
+            origin=manifest.origin,
+            sender=self.sender,
+            title=manifest.title,
+            tlp=manifest.tlp,
+            topics=json.dumps(list(manifest.topics)),
+            purposes=json.dumps(list(manifest.purposes)),
+            recipients=json.dumps([r.node_id for r in manifest.recipients]),
+            created_at=manifest.created,
+            recorded_at=now,
+            embargo_until=manifest.embargo_until,
+            expires_at=manifest.expires_at,
+            size=manifest.size,
+            sha256=manifest.sha256,
+            blob=item.digest,
+            ciphertext_size=item.ciphertext_size,
+            header_sha256=manifest.age_header_sha256,
+            manifest=checked.envelope.to_bytes().decode(),
+            policy_ref=json.dumps(manifest.policy),
+            obligations=json.dumps([o.to_json() for o in checked.decision.obligations]),
+            receipt=receipt_json,
+            upstream_id=checked.upstream[0] if checked.upstream else None,
+            upstream_origin=checked.upstream[1] if checked.upstream else None,
+        )
+        return row, receipt_json
+
+    # --- one artifact, start to end -------------------------------------------------------------
+    def receive(
+        self,
+        envelope_bytes: bytes,
+        ciphertext: Any,
+        *,
+        before_commit: Callable[[], None] | None = None,
+    ) -> Received:
+        checked = self.check(envelope_bytes)
+        existing = self.held([checked.manifest.artifact_id])
+        if existing:
+            return self.repeat(next(iter(existing.values())), checked.manifest)
+        staged = self.stage(checked, ciphertext, before_commit=before_commit)
+        return self.commit([staged])[0]
 
 
 def receive_artifact(
@@ -106,161 +448,6 @@ def receive_artifact(
     before_commit: Callable[[], None] | None = None,
 ) -> Received:
     """Verify and store one artifact from ``sender``; see the module docstring for the order."""
-    artifact_id: str | None = None
-    writer = None
-    try:
-        try:
-            envelope, manifest = check_manifest(node, sender=sender, envelope_bytes=envelope_bytes)
-        except CryptoError as exc:
-            raise InvalidInputError(f"the manifest was refused: {exc}", reason="manifest") from None
-        artifact_id = manifest.artifact_id
-        now = node.now()
-        decision = node.policies.decide(
-            Request(
-                partner=sender,
-                action="receive",
-                tlp=manifest.tlp,
-                topics=frozenset(manifest.topics),
-                purposes=frozenset(manifest.purposes),
-                embargo_until=manifest.embargo_until,
-                expires_at=manifest.expires_at,
-            ),
-            now=now,
-        )
-        if not decision.allowed:
-            rule = decision.rules[0] if decision.rules else None
-            with node.db.session() as session:
-                record(
-                    session,
-                    kind="receive.rejected",
-                    actor=f"partner:{sender}",
-                    partner=sender,
-                    artifact_id=artifact_id,
-                    digest=manifest.sha256,
-                    decision="deny",
-                    rule=rule.id if rule else decision.reason,
-                    clause=rule.clause if rule else None,
-                    detail={"decision": decision.to_json(), "via": via},
-                    now=now,
-                )
-            node.metrics.received.labels("denied").inc()
-            raise PolicyDeniedError(
-                f"{node.node_id} does not accept this artifact from {sender}: {decision.summary}",
-                partner=sender,
-                rule=rule.id if rule else None,
-                clause=rule.clause if rule else None,
-                audited=True,
-            )
-        with node.db.session() as session:
-            existing = session.get(Artifact, artifact_id)
-        if existing is not None:
-            return _repeat(node, existing, sender=sender, manifest=manifest)
-        writer = node.blobs.writer()
-        tee = _Tee(ciphertext, writer)
-        with node.db.session() as session:
-            trusted = partner_verify_keys(session, sender)
-        try:
-            open_sealed(
-                tee,
-                _Null(),
-                envelope=envelope,
-                identities=node.keys.all_identities,
-                trusted=trusted,
-                origin=sender,
-            )
-        except CryptoError as exc:
-            raise InvalidInputError(
-                f"the payload failed verification: {exc}", reason="payload"
-            ) from None
-        if tee.read(1):
-            raise InvalidInputError("bytes follow the end of the age payload", reason="payload")
-        if before_commit is not None:
-            before_commit()
-        digest = writer.commit()
-        writer = None
-        receipt = sign_receipt(
-            Receipt(
-                kind="delivery",
-                artifact_id=artifact_id,
-                sha256=manifest.sha256,
-                receiver=node.node_id,
-                sender=sender,
-                received_at=now,
-            ),
-            key=node.keys.signing,
-        )
-        receipt_json = receipt.to_bytes().decode()
-        rule = decision.rules[0] if decision.rules else None
-        row = Artifact(
-            id=artifact_id,
-            direction="received",
-            origin=manifest.origin,
-            sender=sender,
-            title=manifest.title,
-            tlp=manifest.tlp,
-            topics=json.dumps(list(manifest.topics)),
-            purposes=json.dumps(list(manifest.purposes)),
-            recipients=json.dumps([r.node_id for r in manifest.recipients]),
-            created_at=manifest.created,
-            recorded_at=now,
-            embargo_until=manifest.embargo_until,
-            expires_at=manifest.expires_at,
-            size=manifest.size,
-            sha256=manifest.sha256,
-            blob=digest,
-            ciphertext_size=tee.count,
-            header_sha256=manifest.age_header_sha256,
-            manifest=envelope.to_bytes().decode(),
-            policy_ref=json.dumps(manifest.policy),
-            obligations=json.dumps([o.to_json() for o in decision.obligations]),
-            receipt=receipt_json,
-        )
-        try:
-            with node.db.session() as session:
-                session.add(row)
-                record(
-                    session,
-                    kind="receive.accepted",
-                    actor=f"partner:{sender}",
-                    partner=sender,
-                    artifact_id=artifact_id,
-                    digest=manifest.sha256,
-                    decision="allow",
-                    rule=",".join(r.id for r in decision.rules) or None,
-                    clause=rule.clause if rule else None,
-                    detail={"title": manifest.title, "tlp": manifest.tlp, "via": via,
-                            "size": manifest.size},
-                    now=now,
-                )  # fmt: skip
-        except IntegrityError:
-            # A concurrent delivery of the same artifact won the race: same id, answer as a repeat.
-            with node.db.session() as session:
-                existing = session.get(Artifact, artifact_id)
-            if existing is None or existing.blob != digest:
-                node.blobs.delete(digest)
-            if existing is None:
-                raise
-            return _repeat(node, existing, sender=sender, manifest=manifest)
-        node.metrics.received.labels("accepted").inc()
-        return Received(row, receipt_json, True)
-    except EntenteError as exc:
-        if writer is not None:
-            writer.abort()
-        if not exc.audited:
-            _reject(node, sender=sender, artifact_id=artifact_id, reason=exc.message, via=via)
-            exc.audited = True
-        raise
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-
-
-def _repeat(node: Node, existing: Artifact, *, sender: str, manifest: Manifest) -> Received:
-    if existing.sha256 != manifest.sha256 or existing.origin != manifest.origin:
-        raise ConflictError(
-            f"artifact {existing.id} is already stored with other content", reason="conflict"
-        )
-    if existing.receipt is None:  # our own artifact echoed back
-        raise ConflictError(f"artifact {existing.id} originated here", reason="conflict")
-    return Received(existing, existing.receipt, False)
+    return Receiver(node, sender=sender, via=via).receive(
+        envelope_bytes, ciphertext, before_commit=before_commit
+    )

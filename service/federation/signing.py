@@ -21,7 +21,7 @@ from sqlmodel import col, select
 
 from crypto import httpsig
 from crypto.errors import MalformedError, VerificationUnavailableError
-from crypto.keys import VerifyKey
+from crypto.keys import SigningKey, VerifyKey
 from service.models import PartnerKey, SeenNonce
 from service.node import Node
 
@@ -51,15 +51,26 @@ def _created(node: Node) -> int:
 
 
 def sign_request_headers(
-    node: Node, *, method: str, url: str, headers: Mapping[str, str], content_digest: str
+    node: Node,
+    *,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    content_digest: str,
+    key: SigningKey | None = None,
 ) -> dict[str, str]:
-    """Headers to add to a request: ``Content-Digest``, ``Signature-Input``, ``Signature``."""
+    """Headers to add to a request: ``Content-Digest``, ``Signature-Input``, ``Signature``.
+
+    Signed with the node's current key, or ``key`` (a retired key the partner still pins: only
+    to push a rotated descriptor).
+    """
     message = httpsig.Request(method, url, {**headers, "Content-Digest": content_digest})
     created = _created(node)
+    signer = key or node.keys.signing
     signed = httpsig.sign_request(
         message,
-        key=node.keys.signing,
-        keyid=node.keys.signing.fingerprint,
+        key=signer,
+        keyid=signer.fingerprint,
         created=created,
         expires=created + SIGNATURE_LIFETIME,
         nonce=secrets.token_urlsafe(16),

@@ -1,0 +1,387 @@
+"""Onward sharing: passing an artifact received from a partner on to a third node.
+
+An onward share is a new sealed artifact: the holder decrypts what it received with its own
+identity and seals the same plaintext to the third node (and itself), signing a new manifest
+whose ``chain`` carries every upstream manifest, root first. The third node verifies the whole
+chain (:func:`verify_chain`) before it stores anything:
+
+1. each upstream manifest is signed by the key of the node it names as origin, pinned at the
+   verifier (the root's origin must be a pinned partner of the third node);
+2. each link holds the same plaintext (SHA-256 and size) as the one before it;
+3. no link loosens the one before it: the TLP label is never less strict, an expiry never later,
+   an embargo never earlier;
+4. each link's signer was a recipient of the link before it, and that earlier link's recorded
+   policy decision for the signer carried an ``onward`` obligation naming every new recipient;
+   the onward permissions narrow along the chain (their intersection), and when any of them
+   needs the originator's approval, the root manifest's ``onward_approved`` list names them;
+5. each link's own ``chain`` is exactly the links before it.
+
+The holder runs the same rules before sharing (:func:`onward_allowance`) and, in addition, its
+own MOU policy for the node it received the artifact from (action ``onward_share``, with the
+third node as ``onward_to``) and its own ``share`` policy for the third node. A refusal anywhere is
+a 403 problem document naming the rule, audited as ``onward.denied``.
+
+Policy references in manifests (written by :func:`service.artifacts.share_artifact`):
+``{"decisions": [{"partner", "effect", "policy", "rules", "obligations"}], "onward_approved":
+[node ids], "onward": {"upstream", "origin", "decisions": [...]}}``; ``onward`` only on onward
+shares, where its decisions are the holder's ``onward_share`` decisions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from crypto.dsse import Envelope
+from crypto.errors import CryptoError, MalformedError, VerificationError
+from crypto.keys import VerifyKey
+from crypto.sealed import Manifest, verify_manifest
+from policies import Decision, Request
+from service.artifacts import get_artifact, plaintext_chunks, share_artifact
+from service.audit import record
+from service.errors import ConflictError, ForbiddenError, InvalidInputError, PolicyDeniedError
+from service.models import Artifact, Partner
+from service.node import Node
+from service.partners import partner_verify_keys
+from service.schemas import ShareMetadata
+from service.tokens import Principal
+
+__all__ = [
+    "TLP_RANK",
+    "Allowance",
+    "onward_allowance",
+    "share_onward",
+    "verify_chain",
+]
+
+TLP_RANK = {"TLP:CLEAR": 0, "TLP:GREEN": 1, "TLP:AMBER": 2, "TLP:AMBER+STRICT": 3, "TLP:RED": 4}
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """Whom the holder of the last link may pass the artifact on to."""
+
+    to: frozenset[str]
+    approval_required: bool
+    approved: frozenset[str]  # the root origin's onward_approved list
+
+    def permits(self, target: str) -> bool:
+        return target in self.to and (not self.approval_required or target in self.approved)
+
+    def why_not(self, target: str) -> str:
+        if target not in self.to:
+            allowed = ", ".join(sorted(self.to)) or "nobody"
+            return f"the upstream onward terms allow only {allowed}"
+        return f"the originator has not approved passing it on to {target}"
+
+
+def _policy(manifest: Manifest) -> dict[str, Any]:
+    return manifest.policy if isinstance(manifest.policy, dict) else {}
+
+
+def _entries(value: object) -> Iterator[dict[str, Any]]:
+    if isinstance(value, list):
+        yield from (e for e in value if isinstance(e, dict))
+
+
+def _onward_obligations(entries: Iterator[dict[str, Any]]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for entry in entries:
+        if entry.get("effect") != "allow":
+            continue
+        out.extend(o for o in _entries(entry.get("obligations")) if o.get("kind") == "onward")
+    return out
+
+
+def _link_terms(manifest: Manifest, holder: str) -> tuple[frozenset[str], bool] | None:
+    """The onward terms ``manifest`` gives ``holder``: None when it gives none (no onward)."""
+    policy = _policy(manifest)
+    mine = _onward_obligations(
+        e for e in _entries(policy.get("decisions")) if e.get("partner") == holder
+    )
+    if not mine:
+        return None
+    onward = policy.get("onward")
+    upstream = (
+        _onward_obligations(_entries(onward.get("decisions"))) if isinstance(onward, dict) else []
+    )
+    allowed: frozenset[str] | None = None
+    approval = False
+    for obligation in mine + upstream:
+        to = obligation.get("to")
+        names = (
+            frozenset(t for t in to if isinstance(t, str)) if isinstance(to, list) else frozenset()
+        )
+        allowed = names if allowed is None else allowed & names
+        approval = approval or obligation.get("originator_approval") is not False
+    return (allowed or frozenset()), approval
+
+
+def _approved(root: Manifest) -> frozenset[str]:
+    value = _policy(root).get("onward_approved")
+    return (
+        frozenset(v for v in value if isinstance(v, str))
+        if isinstance(value, list)
+        else frozenset()
+    )
+
+
+def onward_allowance(links: Sequence[Manifest], holder: str) -> Allowance:
+    """What the chain ``links`` (root first, the holder's own copy last) lets ``holder`` do."""
+    allowed: frozenset[str] | None = None
+    approval = False
+    holders = [link.origin for link in links[1:]] + [holder]
+    for link, who in zip(links, holders, strict=True):
+        terms = _link_terms(link, who)
+        if terms is None:
+            return Allowance(frozenset(), False, frozenset())
+        allowed = terms[0] if allowed is None else allowed & terms[0]
+        approval = approval or terms[1]
+    return Allowance(allowed or frozenset(), approval, _approved(links[0]))
+
+
+def _not_looser(prev: Manifest, cur: Manifest) -> str | None:
+    if TLP_RANK[cur.tlp] < TLP_RANK[prev.tlp]:
+        return f"the onward share loosens {prev.tlp} to {cur.tlp}"
+    if prev.expires_at is not None and (cur.expires_at is None or cur.expires_at > prev.expires_at):
+        return "the onward share outlives the upstream expiry"
+    if prev.embargo_until is not None and (
+        cur.embargo_until is None or cur.embargo_until < prev.embargo_until
+    ):
+        return "the onward share ends the upstream embargo early"
+    return None
+
+
+def _verify_link(node: Node, raw: object, cache: dict[str, Mapping[str, VerifyKey]]) -> Manifest:
+    try:
+        envelope = Envelope.from_json(raw)
+        claimed = Manifest.from_payload(envelope.payload).origin
+    except CryptoError as exc:
+        raise VerificationError(f"an upstream manifest is malformed: {exc}") from None
+    if claimed not in cache:
+        if claimed == node.node_id:
+            keys = node.keys
+            cache[claimed] = {
+                k.fingerprint: k.public for k in (keys.signing, *keys.retired_signing)
+            }
+        else:
+            with node.db.session() as session:
+                cache[claimed] = partner_verify_keys(session, claimed)
+    if not cache[claimed]:
+        raise VerificationError(f"the chain's origin {claimed} is not a pinned partner")
+    return verify_manifest(envelope, trusted=cache[claimed], origin=claimed)
+
+
+def verify_chain(node: Node, manifest: Manifest) -> list[Manifest]:
+    """Verify ``manifest``'s chain (steps 1-5 of the module docstring); return all links.
+
+    ``manifest`` itself must already be verified (signed by its origin, the sender). Raises
+    :class:`crypto.errors.VerificationError` with the reason.
+    """
+    cache: dict[str, Mapping[str, VerifyKey]] = {}
+    links = [_verify_link(node, raw, cache) for raw in manifest.chain] + [manifest]
+    raw_chain = list(manifest.chain)
+    allowance: Allowance | None = None
+    for i in range(1, len(links)):
+        prev, cur = links[i - 1], links[i]
+        if cur.sha256 != prev.sha256 or cur.size != prev.size:
+            raise VerificationError("an onward share does not hold the upstream plaintext")
+        looser = _not_looser(prev, cur)
+        if looser:
+            raise VerificationError(looser)
+        if cur.origin == prev.origin or cur.origin not in {r.node_id for r in prev.recipients}:
+            raise VerificationError(f"{cur.origin} was not a recipient of the upstream manifest")
+        if list(cur.chain) != raw_chain[:i]:
+            raise VerificationError("an upstream manifest carries a different chain")
+        allowance = onward_allowance(links[:i], cur.origin)
+        for recipient in cur.recipients:
+            if recipient.node_id != cur.origin and not allowance.permits(recipient.node_id):
+                raise VerificationError(
+                    f"{cur.origin} may not pass {links[0].artifact_id} on to "
+                    f"{recipient.node_id}: {allowance.why_not(recipient.node_id)}"
+                )
+    return links
+
+
+# --- the holder's side ------------------------------------------------------------------------
+
+
+class _ChunkReader:
+    """A file-like reader over an iterator of plaintext chunks."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def read(self, n: int = -1, /) -> bytes:
+        while n < 0 or len(self._buf) < n:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buf += chunk
+        if n < 0:
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
+def _decision_entry(partner: str, decision: Decision, **extra: Any) -> dict[str, Any]:
+    return {
+        "partner": partner,
+        **extra,
+        "effect": decision.effect,
+        "policy": decision.policy_ref,
+        "rules": [r.to_json() for r in decision.rules],
+        "obligations": [o.to_json() for o in decision.obligations],
+    }
+
+
+def _deny(
+    node: Node, row: Artifact, principal: Principal, target: str, reason: str, **audit: Any
+) -> PolicyDeniedError:
+    with node.db.session() as session:
+        record(
+            session,
+            kind="onward.denied",
+            actor=principal.actor,
+            partner=target,
+            artifact_id=row.id,
+            digest=row.sha256,
+            decision="deny",
+            rule=audit.get("rule") or reason[:200],
+            clause=audit.get("clause"),
+            detail={"reason": reason, "origin": row.origin, **audit.get("detail", {})},
+            now=node.now(),
+        )
+    node.metrics.shares.labels("denied").inc()
+    return PolicyDeniedError(
+        f"passing {row.id} on to {target} is denied: {reason}",
+        partner=target,
+        rule=audit.get("rule"),
+        clause=audit.get("clause"),
+        reason="onward",
+        audited=True,
+    )
+
+
+def share_onward(
+    node: Node, artifact_id: str, *, targets: Sequence[str], principal: Principal
+) -> Artifact:
+    """Pass a received artifact on to ``targets``; returns the new (sent) artifact."""
+    if not targets or len(set(targets)) != len(targets):
+        raise InvalidInputError("name one or more distinct partners to share with")
+    with node.db.session() as session:
+        row = get_artifact(session, artifact_id)
+        partners = {p: session.get(Partner, p) for p in targets}
+    if row.direction != "received":
+        raise ConflictError(
+            f"{row.id} was shared by this node; share it directly instead", reason="not-received"
+        )
+    if row.revoked_at is not None or row.blob is None:
+        raise ConflictError(f"{row.id} was revoked by its origin", reason="revoked")
+    now = node.now()
+    if row.expires_at is not None and now >= row.expires_at:
+        raise ConflictError(f"{row.id} has expired", reason="expired")
+    unknown = [t for t, p in partners.items() if p is None]
+    if unknown:
+        raise InvalidInputError(
+            f"not a pinned partner: {', '.join(unknown)}", reason="unknown-partner"
+        )
+    for target in targets:
+        if target in (row.origin, node.node_id, row.upstream_origin):
+            raise ForbiddenError(
+                f"{target} already holds {row.id}; onward sharing goes to a third node",
+                reason="not-third-node",
+            )
+    envelope = Envelope.from_bytes(row.manifest.encode())
+    try:
+        with node.db.session() as session:
+            trusted = partner_verify_keys(session, row.origin)
+        manifest = verify_manifest(envelope, trusted=trusted, origin=row.origin)
+        links = verify_chain(node, manifest) if manifest.chain else [manifest]
+    except CryptoError as exc:
+        raise ConflictError(f"the stored manifest of {row.id} no longer verifies: {exc}") from None
+    allowance = onward_allowance(links, node.node_id)
+
+    def ask(partner: str, action: str, **extra: Any) -> Decision:
+        request = Request(
+            partner=partner,
+            action=action,
+            tlp=manifest.tlp,
+            topics=frozenset(manifest.topics),
+            purposes=frozenset(manifest.purposes),
+            embargo_until=manifest.embargo_until,
+            expires_at=manifest.expires_at,
+            **extra,
+        )
+        return node.policies.decide(request, now=now)
+
+    shares: list[tuple[Partner, Decision]] = []
+    onward_entries = []
+    for target in targets:
+        partner = partners[target]
+        if partner is None:  # pragma: no cover - refused above
+            continue
+        if not allowance.permits(target):
+            raise _deny(
+                node, row, principal, target, allowance.why_not(target),
+                rule="upstream-onward-terms",
+                detail={"allowed": sorted(allowance.to), "approved": sorted(allowance.approved)},
+            )  # fmt: skip
+        onward = ask(
+            row.origin,
+            "onward_share",
+            onward_to=target,
+            originator_approved=target in allowance.approved,
+        )
+        share = ask(target, "share")
+        for decision in (onward, share):
+            if not decision.allowed:
+                rule = decision.rules[0] if decision.rules else None
+                raise _deny(
+                    node, row, principal, target, decision.summary,
+                    rule=rule.id if rule else decision.reason,
+                    clause=rule.clause if rule else None,
+                    detail={"decision": decision.to_json()},
+                )  # fmt: skip
+        shares.append((partner, share))
+        onward_entries.append(
+            _decision_entry(row.origin, onward, action="onward_share", onward_to=target)
+        )
+    meta = ShareMetadata.model_construct(
+        title=row.title,
+        tlp=manifest.tlp,  # type: ignore[arg-type]  # a TLP label: the manifest checked it
+        topics=list(manifest.topics),
+        purposes=list(manifest.purposes),
+        embargo_until=manifest.embargo_until,
+        expires_at=manifest.expires_at,
+        partners=list(targets),
+        filename=None,
+    )
+    root = links[0]
+    source = _ChunkReader(plaintext_chunks(node, node.blobs, row))
+    return share_artifact(
+        node,
+        node.blobs,
+        meta,
+        source,
+        principal=principal,
+        decisions=shares,
+        chain=(*manifest.chain, json.loads(envelope.to_bytes())),
+        kind="onward.allowed",
+        onward={"upstream": row.id, "origin": root.origin, "decisions": onward_entries},
+        upstream=(row.id, root.origin),
+    )
+
+
+def describe_chain(manifest_json: str) -> list[dict[str, Any]]:
+    """The chain of a stored manifest, for display: origin, artifact id and TLP of each link."""
+    try:
+        manifest = Manifest.from_payload(Envelope.from_bytes(manifest_json.encode()).payload)
+        links = [Manifest.from_payload(Envelope.from_json(raw).payload) for raw in manifest.chain]
+    except (CryptoError, MalformedError):
+        return []
+    return [{"origin": m.origin, "artifact_id": m.artifact_id, "tlp": m.tlp} for m in links]

@@ -1,9 +1,13 @@
 """Recording audit events.
 
-:func:`record` adds an :class:`service.models.AuditEntry` to the caller's session, so the event
-commits in the same transaction as the action it records, or not at all. Entries carry who, what
-(artifact id and digest, never content), which partner, the decision with its rule and MOU clause,
-and when. The Merkle log over them is built by the sequencer (``service.transparency``).
+:func:`record` adds an :class:`service.models.AuditEntry` row to the caller's transaction, so the
+event commits with the action it records, or not at all. Entries carry who, what (artifact id and
+digest, never content), which partner, the decision with its rule and MOU clause, and when. The
+Merkle log over them is built by the sequencer (``service.transparency``).
+
+For speed the rows of one transaction are inserted together (one multi-row INSERT) just before it
+commits, or earlier by :func:`flush_audit`; they are discarded if it rolls back. A query in the
+same transaction sees them only after :func:`flush_audit`.
 """
 
 from __future__ import annotations
@@ -12,11 +16,18 @@ import json
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import Session as OrmSession
+from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session
 
 from service.models import AuditEntry, utcnow
 
-__all__ = ["EVENT_KINDS", "record"]
+__all__ = ["EVENT_KINDS", "flush_audit", "record"]
+
+_PENDING = "entente.audit.pending"  # session.info key: rows recorded, not yet inserted
+_entries = AuditEntry.__table__  # type: ignore[attr-defined]
 
 EVENT_KINDS = frozenset(
     {
@@ -71,20 +82,43 @@ def record(
     detail: dict[str, Any] | None = None,
     now: datetime | None = None,
 ) -> AuditEntry:
-    """Add an audit entry to ``session`` (committed with the caller's transaction)."""
+    """Add an audit entry to ``session``'s transaction (inserted when it commits).
+
+    Returns a detached copy of the entry; its ``id`` and ``seq`` are assigned later.
+    """
     if kind not in EVENT_KINDS:
         raise ValueError(f"unknown audit event kind {kind!r}")
-    entry = AuditEntry(
-        created_at=now or utcnow(),
-        kind=kind,
-        actor=actor[:200],
-        partner=partner,
-        artifact_id=artifact_id,
-        digest=digest,
-        decision=decision,
-        rule=rule[:200] if rule else None,
-        clause=clause[:500] if clause else None,
-        detail=json.dumps(detail or {}, sort_keys=True, separators=(",", ":"), default=str),
-    )
-    session.add(entry)
-    return entry
+    row: dict[str, Any] = {
+        "seq": None,
+        "created_at": now or utcnow(),
+        "kind": kind,
+        "actor": actor[:200],
+        "partner": partner,
+        "artifact_id": artifact_id,
+        "digest": digest,
+        "decision": decision,
+        "rule": rule[:200] if rule else None,
+        "clause": clause[:500] if clause else None,
+        "detail": json.dumps(detail or {}, sort_keys=True, separators=(",", ":"), default=str),
+    }
+    session.info.setdefault(_PENDING, []).append(row)
+    return AuditEntry.model_construct(**row)
+
+
+def flush_audit(session: Session | OrmSession) -> None:
+    """Insert the entries recorded in ``session``'s transaction so far."""
+    rows = session.info.pop(_PENDING, None)
+    if rows:
+        session.execute(sa.insert(_entries), rows)
+
+
+@event.listens_for(OrmSession, "before_commit")
+def _insert_before_commit(session: OrmSession) -> None:
+    flush_audit(session)
+
+
+@event.listens_for(OrmSession, "after_transaction_end")
+def _forget_on_end(session: OrmSession, transaction: SessionTransaction) -> None:
+    # A rollback (or close) of the outermost transaction drops what it recorded.
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)

@@ -21,7 +21,12 @@ from service.audit_models import AuditCheckpoint
 from service.db import Database
 from service.errors import EntenteError
 from service.models import AuditEntry
-from service.transparency import consistency_proof, entry_columns, list_checkpoints, row_object
+from service.transparency import (
+    consistency_proof,
+    fast_entry_columns,
+    list_checkpoints,
+    row_mapping,
+)
 
 __all__ = ["AuditSourceError", "DatabaseSource", "HttpSource"]
 
@@ -61,9 +66,10 @@ class DatabaseSource:
             after = page[-1].size
 
     def entries(self, start: int | None, end: int) -> Iterator[Mapping[str, Any]]:
+        columns = fast_entry_columns(self._db.engine.dialect.name)
         cursor: int | None = None
         while True:
-            query = sa.select(*entry_columns()).where(_entries.c.seq < end)
+            query = sa.select(*columns).where(_entries.c.seq < end)
             if cursor is not None:
                 query = query.where(_entries.c.seq > cursor)
             elif start is not None:
@@ -75,8 +81,7 @@ class DatabaseSource:
                     rows = conn.execute(query.order_by(_entries.c.seq).limit(_ENTRY_CHUNK)).all()
             except SQLAlchemyError as exc:
                 raise AuditSourceError(f"cannot read entries: {exc}") from None
-            for row in rows:
-                yield row_object(row)
+            yield from map(row_mapping, rows)
             if len(rows) < _ENTRY_CHUNK:
                 return
             cursor = int(rows[-1][1])

@@ -20,7 +20,7 @@ This module reads no clock and prints nothing; the CLI does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,6 +39,7 @@ __all__ = [
 
 _CHUNK = 4096  # leaves hashed into the tree at a time
 _FIELDS = frozenset(ENTRY_FIELDS)
+_ENTRY_LEN = len(ENTRY_FIELDS)
 _HINT_FIELDS = frozenset({"leaf_hash"})  # served alongside entries; ignored
 
 
@@ -111,13 +112,46 @@ def _entry_id(entry: Mapping[str, Any]) -> int | None:
     return value if type(value) is int else None
 
 
-def _leaf(entry: Mapping[str, Any]) -> bytes:
+def _known_fields(entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The entry without served hints (``leaf_hash``); any other unknown field is an error."""
     extra = set(entry) - _FIELDS - _HINT_FIELDS
     if extra:
         raise MalformedError(f"unexpected field {sorted(extra)[0]!r}")
-    if _HINT_FIELDS & set(entry):
-        entry = {k: v for k, v in entry.items() if k in _FIELDS}
+    return {k: v for k, v in entry.items() if k in _FIELDS}
+
+
+def _leaf(entry: Mapping[str, Any]) -> bytes:
+    if len(entry) != _ENTRY_LEN:
+        entry = _known_fields(entry)
     return merkle.leaf_hash(encode_leaf(entry))
+
+
+def _misplaced(
+    verdict: Verdict,
+    entry: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+    expected: int,
+) -> Verdict:
+    seq = entry.get("seq")
+    entry_id = _entry_id(entry)
+    last_id = _entry_id(previous) if previous is not None else None
+    if type(seq) is not int:
+        return verdict.fail(
+            f"an entry after seq {expected - 1} (id {entry_id}) has no valid seq",
+            entry_id=entry_id,
+        )
+    if seq > expected:
+        gap = f"seq {expected}" if seq == expected + 1 else f"seq {expected} to {seq - 1}"
+        return verdict.fail(
+            f"entry {gap} is missing (deleted?): the entry after id {last_id} "
+            f"is seq {seq} (id {entry_id})",
+            seq=expected,
+        )
+    return verdict.fail(
+        f"entry seq {seq} (id {entry_id}) is out of place: expected seq {expected}",
+        seq=seq,
+        entry_id=entry_id,
+    )
 
 
 def _open_checkpoints(
@@ -154,23 +188,10 @@ class _Tree:
         self.pending: list[bytes] = []
         self.good = merkle.CompactRange()  # the tree at the last checkpoint that matched
 
-    @property
-    def size(self) -> int:
-        return self.range.size + len(self.pending)
-
-    def add(self, leaf: bytes) -> None:
-        self.pending.append(leaf)
-        if len(self.pending) >= _CHUNK:
-            self.flush()
-
     def flush(self) -> None:
         if self.pending:
             self.range.extend(self.pending)
             self.pending.clear()
-
-    def root(self) -> bytes:
-        self.flush()
-        return self.range.root()
 
 
 def _locate(
@@ -321,43 +342,34 @@ def _verify(
 
     # (3) + (4) Entries, recomputed leaf by leaf, against every target root.
     tree = _Tree()
-    pending_targets: Iterator[CheckpointInfo] = iter([cp for cp in targets if cp.size > 0])
-    target = next(pending_targets, None)
+    pending = tree.pending
+    stops = [cp for cp in targets if cp.size > 0]
+    stop_index = 0
+    target: CheckpointInfo | None = stops[0] if stops else None
+    boundary = min(target.size if target else size, _CHUNK)
     expected = 0
-    last_id: int | None = None
+    previous: Mapping[str, Any] | None = None
+    leaf_hash, encode = merkle.leaf_hash, encode_leaf
     for entry in source.entries(None, size):
         seq = entry.get("seq")
-        entry_id = _entry_id(entry)
-        if type(seq) is not int:
-            return verdict.fail(
-                f"an entry after seq {expected - 1} (id {entry_id}) has no valid seq",
-                entry_id=entry_id,
-            )
-        if seq != expected:
-            if seq > expected:
-                gap = f"seq {expected}" if seq == expected + 1 else f"seq {expected} to {seq - 1}"
-                return verdict.fail(
-                    f"entry {gap} is missing (deleted?): the entry after id {last_id} "
-                    f"is seq {seq} (id {entry_id})",
-                    seq=expected,
-                )
-            return verdict.fail(
-                f"entry seq {seq} (id {entry_id}) is out of place: expected seq {expected}",
-                seq=seq,
-                entry_id=entry_id,
-            )
+        if seq != expected or type(seq) is not int:
+            return _misplaced(verdict, entry, previous, expected)
         try:
-            tree.add(_leaf(entry))
+            if len(entry) != _ENTRY_LEN:
+                entry = _known_fields(entry)
+            pending.append(leaf_hash(encode(entry)))
         except MalformedError as exc:
+            entry_id = _entry_id(entry)
             return verdict.fail(
                 f"entry seq {seq} (id {entry_id}) is malformed: {exc}", seq=seq, entry_id=entry_id
             )
         expected += 1
-        last_id = entry_id
-        if progress is not None and expected % 65536 == 0:
-            progress(expected, size)
+        previous = entry
+        if expected < boundary:
+            continue
+        tree.flush()
         while target is not None and target.size == expected:
-            if tree.root() != target.root:
+            if tree.range.root() != target.root:
                 if target.remembered:
                     # The node's own checkpoints (and proofs) describe the rewritten log, so they
                     # cannot locate the change; only the remembered root proves it happened.
@@ -367,7 +379,11 @@ def _verify(
                     )
                 return _locate(source, good=tree.good, target=target, verdict=verdict)
             tree.good = tree.range.copy()
-            target = next(pending_targets, None)
+            stop_index += 1
+            target = stops[stop_index] if stop_index < len(stops) else None
+        if progress is not None:
+            progress(expected, size)
+        boundary = min(target.size if target else size, expected + _CHUNK)
     if progress is not None:
         progress(expected, size)
     if expected < size:

@@ -57,6 +57,7 @@ router = APIRouter(prefix="/audit/v1", tags=["audit"])
 JSONL = "application/jsonl"
 Auditor = Annotated[Principal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
 _entries = AuditEntry.__table__  # type: ignore[attr-defined]
+MAX_SEQ = (1 << 63) - 1  # sequence numbers and tree sizes are SQL BIGINTs; larger ones overflow
 
 
 def _b64(raw: bytes) -> str:
@@ -109,7 +110,7 @@ def checkpoint(
 def checkpoints(
     node: NodeDep,
     _who: Auditor,
-    after: Annotated[int | None, Query(ge=0, description="Cursor: a tree size")] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="Cursor: a tree size")] = None,
     limit: Annotated[int | None, Query()] = None,
 ) -> dict[str, Any]:
     size = _page_size(node, limit)
@@ -136,7 +137,9 @@ def checkpoints(
 def entries(
     node: NodeDep,
     who: Auditor,
-    after: Annotated[int | None, Query(ge=0, description="Cursor: the last seq seen")] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=MAX_SEQ, description="Cursor: the last seq seen")
+    ] = None,
     limit: Annotated[int | None, Query()] = None,
     since: Annotated[datetime | None, Query(description="created_at >= since")] = None,
     until: Annotated[datetime | None, Query(description="created_at < until")] = None,
@@ -211,8 +214,10 @@ def entries(
 def proof_inclusion(
     node: NodeDep,
     _who: Auditor,
-    seq: Annotated[int, Query(ge=0)],
-    size: Annotated[int | None, Query(ge=1, description="Tree size (default: latest)")] = None,
+    seq: Annotated[int, Query(ge=0, le=MAX_SEQ)],
+    size: Annotated[
+        int | None, Query(ge=1, le=MAX_SEQ, description="Tree size (default: latest)")
+    ] = None,
 ) -> dict[str, Any]:
     with node.db.session() as session:
         tree_size = size if size is not None else _tree_size(session)
@@ -232,8 +237,10 @@ def proof_inclusion(
 def proof_consistency(
     node: NodeDep,
     _who: Auditor,
-    old: Annotated[int, Query(ge=1)],
-    new: Annotated[int | None, Query(ge=1, description="Tree size (default: latest)")] = None,
+    old: Annotated[int, Query(ge=1, le=MAX_SEQ)],
+    new: Annotated[
+        int | None, Query(ge=1, le=MAX_SEQ, description="Tree size (default: latest)")
+    ] = None,
 ) -> dict[str, Any]:
     with node.db.session() as session:
         new_size = new if new is not None else _tree_size(session)
@@ -250,8 +257,8 @@ def proof_consistency(
 async def export(
     node: NodeDep,
     who: Auditor,
-    start: Annotated[int, Query(ge=0, description="First seq")] = 0,
-    size: Annotated[int | None, Query(ge=0, description="Stop before this seq")] = None,
+    start: Annotated[int, Query(ge=0, le=MAX_SEQ, description="First seq")] = 0,
+    size: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="Stop before this seq")] = None,
 ) -> Response:
     def begin() -> int:
         with node.db.session() as session:

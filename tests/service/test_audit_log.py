@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crypto import merkle
+from crypto.errors import MalformedError
 from crypto.note import Checkpoint, open_checkpoint
 from service.audit import record
 from service.audit_sources import DatabaseSource
@@ -24,7 +25,11 @@ from service.transparency import (
     ENTRY_FIELDS,
     LogInconsistentError,
     consistency_proof,
+    created_text,
     encode_leaf,
+    encode_row,
+    entry_columns,
+    fast_entry_columns,
     format_time,
     inclusion_proof,
     iter_entries,
@@ -32,6 +37,8 @@ from service.transparency import (
     list_checkpoints,
     log_origin,
     log_signer,
+    row_mapping,
+    row_object,
     sequence,
     stored_root,
 )
@@ -229,3 +236,39 @@ def test_concurrent_writers_and_sequencers_build_one_log(tmp_path: Path, db_url:
     assert (verdict.size, verdict.checkpoints) == (120, len(sizes))
     engine_b.dispose()
     node_a.db.dispose()
+
+
+def test_the_fast_row_path_encodes_exactly_like_the_entry_object(node: Node) -> None:
+    """The sequencer and the offline verifier read rows with SQLite's stored time text; the API
+    serves entry objects built from datetimes. Both must give the same leaf."""
+    add_events(node, 20)
+    with node.db.session() as s:
+        s.execute(
+            sa.text("UPDATE audit_entries SET created_at = :t WHERE id = 3"),
+            {"t": T0.replace(microsecond=0)},
+        )
+    seq_all(node)
+    fast = fast_entry_columns(node.db.engine.dialect.name)
+    with node.db.engine.connect() as conn:
+        rows = conn.execute(sa.select(*fast).order_by(sa.text("seq"))).all()
+        slow = conn.execute(sa.select(*entry_columns()).order_by(sa.text("seq"))).all()
+    assert [encode_row(r) for r in rows] == [encode_leaf(row_object(r)) for r in slow]
+    assert [encode_leaf(row_mapping(r)) for r in rows] == [encode_row(r) for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        ("2026-11-27 09:00:00.000000", "2026-11-27T09:00:00.000000Z"),
+        ("2026-11-27 09:00:00.5", "2026-11-27T09:00:00.500000Z"),
+        ("2026-11-27 09:00:00", "2026-11-27T09:00:00.000000Z"),
+    ],
+)
+def test_stored_sqlite_times_are_read_as_sqlalchemy_reads_them(stored: str, expected: str) -> None:
+    assert created_text(stored) == expected
+    assert created_text(T0) == "2026-11-27T09:00:00.000000Z"
+
+
+def test_a_malformed_stored_time_is_malformed_input() -> None:
+    with pytest.raises(MalformedError):
+        created_text("yesterday")

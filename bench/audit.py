@@ -1,0 +1,412 @@
+"""Benchmark: the audit transparency log (DESIGN.md section 10).
+
+Targets: 10,000 durable appends per second; an inclusion proof in a 10-million-entry log under
+1 ms; offline verification of a whole log at 500,000 entries per second. The peer is Tessera
+(transparency-dev/tessera), whose published figures are about 10,000 writes per second on NVMe
+and 600 to 1,500 on a small VM.
+
+Three measurements, each on a fresh SQLite file (WAL, ``synchronous=NORMAL``: durable across a
+process crash; an OS crash may lose the last transactions; use ``--database-url`` for PostgreSQL):
+
+1. appends: ``service.audit.record`` writes N entries, 100 per transaction, while the sequencer
+   (``service.transparency.sequence``, as the node's worker runs it) integrates them into the
+   stored tree and signs a checkpoint per batch, in two threads. The figure is N divided by the
+   time until the last entry is covered by a signed checkpoint. Single-entry transactions (one
+   commit per event, the usual case for an action) are measured too.
+2. proofs: the ``audit_merkle_nodes`` table (the layout the node uses) is filled for a tree of
+   ``--proof-size`` synthetic leaves (default 10 million) and ``service.transparency
+   .inclusion_proof`` (what ``/audit/v1/proof/inclusion`` calls: one indexed query) is timed for
+   random leaves; every proof is verified with ``crypto.merkle``.
+3. verification: ``service.audit_verify.verify_log`` over a log of ``--verify`` entries, read
+   from the database (``DatabaseSource``, what ``entente audit verify --home`` does): every leaf
+   hash recomputed from the entry fields, the tree rebuilt, every checkpoint signature checked.
+   The same log from memory isolates the verifier's own cost.
+
+Usage::
+
+    python bench/audit.py                  # 200k appends, 10M-leaf proofs, 1M verified
+    python bench/audit.py --quick          # small sizes: only checks that everything runs
+    python bench/audit.py --proof-size 1000000 --json result.json
+
+Figures go to stdout; the JSON result is the last stdout line, or goes to ``--json PATH``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from crypto import merkle  # noqa: E402
+from crypto.keys import SigningKey  # noqa: E402
+from crypto.note import NoteSigner  # noqa: E402
+from service.audit import record  # noqa: E402
+from service.audit_sources import DatabaseSource  # noqa: E402
+from service.audit_verify import verify_log  # noqa: E402
+from service.db import Database, open_database  # noqa: E402
+from service.transparency import (  # noqa: E402
+    inclusion_proof,
+    iter_entries,
+    log_origin,
+    sequence,
+)
+
+TESSERA_NVME = 10_000  # writes/s, Tessera's published figure on NVMe
+TESSERA_VM = (600, 1_500)  # writes/s, Tessera on a small VM
+TARGET_APPENDS = 10_000  # per second
+TARGET_PROOF_MS = 1.0
+TARGET_VERIFY = 500_000  # entries per second
+T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+
+
+def _signer() -> NoteSigner:
+    return NoteSigner(log_origin("bench-aisi"), SigningKey.generate())
+
+
+def _db(work: Path, name: str, url: str | None) -> Database:
+    return open_database(url or f"sqlite:///{work / name}", migrate=True)
+
+
+def _reset(db: Database) -> None:
+    """Empty a PostgreSQL database given with --database-url between measurements."""
+    if db.is_postgres:
+        with db.engine.begin() as conn:
+            import sqlalchemy as sa
+
+            conn.execute(
+                sa.text(
+                    "TRUNCATE audit_entries, audit_merkle_nodes, audit_checkpoints, "
+                    "audit_cosignatures RESTART IDENTITY"
+                )
+            )
+            conn.execute(
+                sa.text("UPDATE audit_log_head SET size = 0, root = :r"), {"r": merkle.EMPTY_ROOT}
+            )
+
+
+def _event(session: Any, i: int) -> None:
+    record(
+        session,
+        kind="read",
+        actor=f"reader:alice{i % 7} (tok_{i % 97:08x})",
+        partner="us-aisi",
+        artifact_id=f"{i:032x}",
+        digest=f"{i:064x}",
+        decision="allow",
+        rule="permit-read",
+        clause="US-UK MOU 4.2",
+        detail={"via": "api", "bytes": 4096},
+        now=T0 + timedelta(microseconds=i),
+    )
+
+
+# --- 1. appends ---------------------------------------------------------------------------------
+
+
+def bench_appends(work: Path, n: int, single: int, url: str | None) -> dict[str, Any]:
+    db = _db(work, "appends.db", url)
+    _reset(db)
+    signer = _signer()
+    # One commit per event.
+    start = time.perf_counter()
+    for i in range(single):
+        with db.session() as session:
+            _event(session, i)
+    single_rate = single / (time.perf_counter() - start)
+    with db.session() as session:
+        sequence(session, signer=signer, now=T0)
+
+    # Writers in batches of 100 per transaction, the sequencer alongside, as in a node.
+    done = threading.Event()
+    written = [0]
+    checkpoints = [0]
+
+    def writer() -> None:
+        for base in range(0, n, 100):
+            with db.session() as session:
+                for i in range(base, min(base + 100, n)):
+                    _event(session, single + i)
+            written[0] = min(base + 100, n)
+        done.set()
+
+    target = single + n
+    start = time.perf_counter()
+    thread = threading.Thread(target=writer)
+    thread.start()
+    size = 0
+    while size < target:
+        with db.session() as session:
+            result = sequence(session, signer=signer, now=T0)
+        size = result.size
+        checkpoints[0] += int(result.checkpoint_signed)
+        if not result.sequenced:
+            time.sleep(0.005)
+    elapsed = time.perf_counter() - start
+    thread.join()
+
+    # The sequencer alone, on a backlog (entries already committed).
+    with db.session() as session:
+        for i in range(n):
+            _event(session, target + i)
+    start = time.perf_counter()
+    while True:
+        with db.session() as session:
+            result = sequence(session, signer=signer, now=T0)
+        if not result.sequenced:
+            break
+    sequencer_rate = n / (time.perf_counter() - start)
+    db.dispose()
+    return {
+        "appends": n,
+        "durable_appends_per_s": n / elapsed,
+        "checkpoints": checkpoints[0],
+        "single_event_tx_per_s": single_rate,
+        "sequencer_entries_per_s": sequencer_rate,
+        "backend": "postgresql" if url else "sqlite-wal-normal",
+    }
+
+
+# --- 2. proofs ----------------------------------------------------------------------------------
+
+
+def _build_tree_sqlite(path: Path, size: int) -> bytes:
+    """Fill audit_merkle_nodes for ``size`` synthetic leaves, as the sequencer would."""
+    db = open_database(f"sqlite:///{path}", migrate=True)
+    db.dispose()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=OFF")  # building is not what is measured
+    tree = merkle.CompactRange()
+    rows: list[tuple[int, int, bytes]] = []
+    visit = lambda level, idx, h: rows.append((level, idx, h))  # noqa: E731
+    sha = hashlib.sha256
+    insert = "INSERT INTO audit_merkle_nodes (level, idx, hash) VALUES (?, ?, ?)"
+    for i in range(size):
+        tree.append(merkle.leaf_hash(sha(i.to_bytes(8, "big")).digest()), visit)
+        if len(rows) >= 200_000:
+            conn.executemany(insert, rows)
+            conn.commit()
+            rows.clear()
+    conn.executemany(insert, rows)
+    root = tree.root()
+    conn.execute("UPDATE audit_log_head SET size = ?, root = ? WHERE id = 1", (size, root))
+    conn.commit()
+    conn.close()
+    return root
+
+
+def bench_proofs(work: Path, size: int, samples: int) -> dict[str, Any]:
+    path = work / "proofs.db"
+    start = time.perf_counter()
+    root = _build_tree_sqlite(path, size)
+    build_s = time.perf_counter() - start
+    db = open_database(f"sqlite:///{path}")
+    rng = random.Random(7)
+    latencies = []
+    with db.session() as session:
+        for _ in range(samples):
+            index = rng.randrange(size)
+            t = time.perf_counter()
+            proof = inclusion_proof(session, index=index, size=size)
+            latencies.append((time.perf_counter() - t) * 1000)
+            leaf = merkle.leaf_hash(hashlib.sha256(index.to_bytes(8, "big")).digest())
+            merkle.verify_inclusion(leaf_hash=leaf, index=index, size=size, proof=proof, root=root)
+    db.dispose()
+    latencies.sort()
+    return {
+        "tree_size": size,
+        "samples": samples,
+        "build_s": build_s,
+        "db_bytes": path.stat().st_size
+        + (
+            path.with_name(path.name + "-wal").stat().st_size
+            if path.with_name(path.name + "-wal").exists()
+            else 0
+        ),
+        "proof_ms_p50": statistics.median(latencies),
+        "proof_ms_p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "proof_ms_mean": statistics.fmean(latencies),
+    }
+
+
+# --- 3. verification ----------------------------------------------------------------------------
+
+
+class _MemorySource:
+    def __init__(self, notes: list[bytes], entries: list[dict[str, Any]]) -> None:
+        self._notes = notes
+        self._entries = entries
+
+    def checkpoints(self, upto: int | None) -> list[bytes]:
+        return self._notes
+
+    def entries(self, start: int | None, end: int) -> list[dict[str, Any]]:
+        return self._entries[(start or 0) : end]
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        raise NotImplementedError
+
+    def uncovered(self, size: int) -> None:
+        return None
+
+
+def _fill_entries_sqlite(path: Path, n: int) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA synchronous=OFF")
+    detail = json.dumps({"via": "api", "bytes": 4096}, sort_keys=True, separators=(",", ":"))
+    rows = (
+        (
+            (T0 + timedelta(microseconds=i)).strftime("%Y-%m-%d %H:%M:%S.%f"),
+            "read",
+            f"reader:alice{i % 7} (tok_{i % 97:08x})",
+            "us-aisi",
+            f"{i:032x}",
+            f"{i:064x}",
+            "allow",
+            "permit-read",
+            "US-UK MOU 4.2",
+            detail,
+        )
+        for i in range(n)
+    )
+    conn.executemany(
+        "INSERT INTO audit_entries (created_at, kind, actor, partner, artifact_id, digest, "
+        "decision, rule, clause, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    conn.commit()
+    conn.close()
+
+
+def bench_verify(work: Path, n: int, url: str | None) -> dict[str, Any]:
+    path = work / "verify.db"
+    db = _db(work, "verify.db", url)
+    _reset(db)
+    signer = _signer()
+    if db.is_sqlite:
+        _fill_entries_sqlite(path, n)
+    else:
+        for base in range(0, n, 1000):
+            with db.session() as session:
+                for i in range(base, min(base + 1000, n)):
+                    _event(session, i)
+    start = time.perf_counter()
+    checkpoints = 0
+    while True:
+        with db.session() as session:
+            result = sequence(session, signer=signer, now=T0)
+        checkpoints += int(result.checkpoint_signed)
+        if not result.sequenced:
+            break
+    sequence_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    verdict = verify_log(DatabaseSource(db), log=signer.verifier, now=int(T0.timestamp()))
+    db_s = time.perf_counter() - start
+    assert verdict.ok and verdict.size == n, verdict.problem
+
+    entries = list(iter_entries(db.session, after=None, size=n, chunk=50_000))
+    notes = list(DatabaseSource(db).checkpoints(None))
+    start = time.perf_counter()
+    verdict = verify_log(
+        _MemorySource(notes, entries), log=signer.verifier, now=int(T0.timestamp())
+    )
+    memory_s = time.perf_counter() - start
+    assert verdict.ok, verdict.problem
+    db.dispose()
+    return {
+        "entries": n,
+        "checkpoints": checkpoints,
+        "verify_db_entries_per_s": n / db_s,
+        "verify_memory_entries_per_s": n / memory_s,
+        "sequencer_backlog_entries_per_s": n / sequence_s,
+    }
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def _print(summary: dict[str, Any]) -> None:
+    a, p, v = summary["appends"], summary["proofs"], summary["verify"]
+    print(f"machine: {os.cpu_count()} CPUs; backend {a['backend']}")
+    print(
+        f"appends:  {a['durable_appends_per_s']:>10,.0f} durable appends/s "
+        f"({a['appends']:,} entries, 100 per transaction, sequenced and checkpointed "
+        f"concurrently; {a['checkpoints']} checkpoints) | target {TARGET_APPENDS:,}/s | "
+        f"Tessera ~{TESSERA_NVME:,}/s NVMe, {TESSERA_VM[0]:,}-{TESSERA_VM[1]:,}/s small VM"
+    )
+    print(
+        f"          {a['single_event_tx_per_s']:>10,.0f} single-event transactions/s | "
+        f"sequencer alone {a['sequencer_entries_per_s']:,.0f} entries/s"
+    )
+    print(
+        f"proofs:   p50 {p['proof_ms_p50']:.3f} ms, p99 {p['proof_ms_p99']:.3f} ms, mean "
+        f"{p['proof_ms_mean']:.3f} ms in a {p['tree_size']:,}-leaf tree "
+        f"({p['samples']} random leaves, all verified; tree built in {p['build_s']:.0f} s, "
+        f"{p['db_bytes'] / 1e6:,.0f} MB) | target < {TARGET_PROOF_MS} ms"
+    )
+    print(
+        f"verify:   {v['verify_db_entries_per_s']:>10,.0f} entries/s from the database, "
+        f"{v['verify_memory_entries_per_s']:,.0f} entries/s from memory "
+        f"({v['entries']:,} entries, {v['checkpoints']} checkpoints) | "
+        f"target {TARGET_VERIFY:,}/s"
+    )
+    print("targets met" if summary["ok"] else "TARGETS NOT MET (see the figures above)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes; checks it runs")
+    parser.add_argument("--appends", type=int, default=None, help="entries (default 200000)")
+    parser.add_argument("--proof-size", type=int, default=None, help="leaves (default 10M)")
+    parser.add_argument("--verify", type=int, default=None, help="entries (default 1000000)")
+    parser.add_argument("--database-url", default=None, help="PostgreSQL for appends/verify")
+    parser.add_argument("--dir", type=Path, default=None, help="scratch folder's parent")
+    parser.add_argument("--json", type=Path, default=None, help="write the JSON result here")
+    args = parser.parse_args(argv)
+    appends = args.appends or (1_000 if args.quick else 200_000)
+    proof_size = args.proof_size or (20_000 if args.quick else 10_000_000)
+    verify_n = args.verify or (5_000 if args.quick else 1_000_000)
+    work = Path(tempfile.mkdtemp(prefix="entente-bench-audit-", dir=args.dir))
+    try:
+        summary: dict[str, Any] = {
+            "bench": "audit",
+            "quick": args.quick,
+            "appends": bench_appends(work, appends, min(appends, 2_000), args.database_url),
+            "proofs": bench_proofs(work, proof_size, 200 if args.quick else 2_000),
+            "verify": bench_verify(work, verify_n, args.database_url),
+            "peer": {"tessera_nvme_writes_per_s": TESSERA_NVME, "tessera_small_vm": TESSERA_VM},
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary["ok"] = (
+        summary["appends"]["durable_appends_per_s"] >= TARGET_APPENDS
+        and summary["proofs"]["proof_ms_p99"] < TARGET_PROOF_MS
+        and summary["verify"]["verify_db_entries_per_s"] >= TARGET_VERIFY
+    )
+    _print(summary)
+    line = json.dumps(summary, sort_keys=True)
+    if args.json is not None:
+        args.json.write_text(line + "\n")
+    else:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

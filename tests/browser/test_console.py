@@ -11,6 +11,7 @@ written to ``test-output/browser/`` at the repository root.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sqlite3
@@ -67,6 +68,11 @@ def upload(meta: dict[str, Any], content: bytes) -> tuple[bytes, dict[str, str]]
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     require(os.path.exists(CHROMIUM), "Chromium", "apt-get install chromium")
+    require(
+        importlib.util.find_spec("playwright") is not None,
+        "the Python playwright package",
+        "pip install -e '.[dev]' (never `playwright install`: the test uses /usr/bin/chromium)",
+    )
     federation = start_federation(
         tmp_path_factory.mktemp("console"),
         ENTENTE_SYNC_INTERVAL_SECONDS="0.2",

@@ -35,13 +35,24 @@ CSP = (
 EVIL = '<script>alert("x")</script>'
 
 
-@pytest.fixture
-def kit(tmp_path: Path) -> Kit:
-    uk = make_node(tmp_path, "uk-aisi")
+def _kit(root: Path, db_url: str | None) -> Kit:
+    uk = make_node(root, "uk-aisi", db_url=db_url)
     for other in ("us-aisi", "ca-aisi"):
-        pin(uk, make_node(tmp_path, other))
+        pin(uk, make_node(root, other))
     run_sequencer(uk.node)
     return uk
+
+
+@pytest.fixture
+def kit(tmp_path: Path) -> Kit:
+    """The UK node (SQLite), pinning the US and Canada."""
+    return _kit(tmp_path, None)
+
+
+@pytest.fixture
+def db_kit(tmp_path: Path, db_url: str) -> Kit:
+    """The same, on each database backend (for the pages that query the log)."""
+    return _kit(tmp_path, db_url)
 
 
 def _csrf(page: httpx.Response) -> str:
@@ -317,6 +328,13 @@ async def client(kit: Kit) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+@pytest.fixture
+async def db_client(db_kit: Kit) -> AsyncIterator[httpx.AsyncClient]:
+    async with db_kit.client() as c:
+        await sign_in(c, db_kit.tokens[Role.AUDITOR])
+        yield c
+
+
 def add_hostile_entry(kit: Kit) -> int:
     with kit.node.db.session() as session:
         record(
@@ -354,10 +372,10 @@ async def test_every_page_sends_the_security_headers(kit: Kit, client: httpx.Asy
         assert InlineCode.find(r.text) == [], path
 
 
-async def test_pages_escape_what_the_log_holds(kit: Kit, client: httpx.AsyncClient) -> None:
-    seq = add_hostile_entry(kit)
-    table = await client.get("/ui/audit", params={"kind": "share.denied"})
-    entry = await client.get(f"/ui/audit/{seq}")
+async def test_pages_escape_what_the_log_holds(db_kit: Kit, db_client: httpx.AsyncClient) -> None:
+    seq = add_hostile_entry(db_kit)
+    table = await db_client.get("/ui/audit", params={"kind": "share.denied"})
+    entry = await db_client.get(f"/ui/audit/{seq}")
     for page in (table, entry):
         assert page.status_code == 200
         assert EVIL not in page.text and "<img src=x" not in page.text
@@ -367,9 +385,9 @@ async def test_pages_escape_what_the_log_holds(kit: Kit, client: httpx.AsyncClie
 
 
 async def test_audit_table_filters_and_pages_and_is_an_audited_read(
-    kit: Kit, client: httpx.AsyncClient
+    db_kit: Kit, db_client: httpx.AsyncClient
 ) -> None:
-    with kit.node.db.session() as session:
+    with db_kit.node.db.session() as session:
         for i in range(120):
             record(
                 session,
@@ -380,41 +398,41 @@ async def test_audit_table_filters_and_pages_and_is_an_audited_read(
                 decision="allow",
                 rule="permit-read",
                 clause="MOU 4.2",
-                now=kit.node.now(),
+                now=db_kit.node.now(),
             )
-    run_sequencer(kit.node)
-    first = await client.get("/ui/audit", params={"kind": "read", "actor": "reader:r1"})
+    run_sequencer(db_kit.node)
+    first = await db_client.get("/ui/audit", params={"kind": "read", "actor": "reader:r1"})
     assert first.status_code == 200
     seqs = [int(s) for s in re.findall(r'href="/ui/audit/(\d+)"', first.text)]
     assert len(seqs) == 20 and seqs == sorted(seqs, reverse=True)
     assert "Older entries" not in first.text
-    everything = await client.get("/ui/audit", params={"partner": "us-aisi"})
+    everything = await db_client.get("/ui/audit", params={"partner": "us-aisi"})
     page1 = [int(s) for s in re.findall(r'href="/ui/audit/(\d+)"', everything.text)]
     assert len(page1) == 50
     older = re.search(r'href="(/ui/audit\?[^"]*before=\d+)"', everything.text)
     assert older, "a link to older entries"
-    page2 = await client.get(older.group(1).replace("&amp;", "&"))
+    page2 = await db_client.get(older.group(1).replace("&amp;", "&"))
     seqs2 = [int(s) for s in re.findall(r'href="/ui/audit/(\d+)"', page2.text)]
     assert len(seqs2) == 50 and max(seqs2) < min(page1)
     newer = re.search(r'href="(/ui/audit\?[^"]*after=\d+)"', page2.text)
     assert newer
-    back = await client.get(newer.group(1).replace("&amp;", "&"))
+    back = await db_client.get(newer.group(1).replace("&amp;", "&"))
     assert [int(s) for s in re.findall(r'href="/ui/audit/(\d+)"', back.text)] == page1
-    bad = await client.get("/ui/audit", params={"kind": "no.such.kind", "since": "x"})
+    bad = await db_client.get("/ui/audit", params={"kind": "no.such.kind", "since": "x"})
     assert bad.status_code == 422
     assert "Filter not applied: unknown event kind" in bad.text
-    reads = details(audit_rows(kit, "audit.read"))
+    reads = details(audit_rows(db_kit, "audit.read"))
     assert {"kind": "read", "actor": "reader:r1"} in [d.get("filters") for d in reads]
     assert all(d["via"] == "console" for d in reads)
 
 
 async def test_entry_page_embeds_what_an_independent_verifier_needs(
-    kit: Kit, client: httpx.AsyncClient
+    db_kit: Kit, db_client: httpx.AsyncClient
 ) -> None:
-    seq = add_hostile_entry(kit)
-    page = await client.get(f"/ui/audit/{seq}")
-    missing = await client.get("/ui/audit/999999")
-    junk = await client.get("/ui/audit/12abc")
+    seq = add_hostile_entry(db_kit)
+    page = await db_client.get(f"/ui/audit/{seq}")
+    missing = await db_client.get("/ui/audit/999999")
+    junk = await db_client.get("/ui/audit/12abc")
     assert missing.status_code == 404 and junk.status_code == 404
     match = re.search(r'<script type="application/json" id="verify-data">(.*?)</script>', page.text)
     assert match
@@ -439,21 +457,23 @@ async def test_entry_page_embeds_what_an_independent_verifier_needs(
 
 
 async def test_overview_shows_partners_policies_delivery_and_charts(
-    kit: Kit, client: httpx.AsyncClient
+    db_kit: Kit, db_client: httpx.AsyncClient
 ) -> None:
-    with kit.node.db.session() as session:
+    with db_kit.node.db.session() as session:
         for kind in ("share.allowed", "share.allowed", "read", "share.denied"):
-            record(session, kind=kind, actor="publisher:p", partner="us-aisi", now=kit.node.now())
-    page = await client.get("/ui/")
+            record(
+                session, kind=kind, actor="publisher:p", partner="us-aisi", now=db_kit.node.now()
+            )
+    page = await db_client.get("/ui/")
     assert page.status_code == 200
     assert "uk-aisi.us-aisi" in page.text and "in force" in page.text
-    fp = kit.node.home.fingerprint
+    fp = db_kit.node.home.fingerprint
     assert " ".join(fp[i : i + 4] for i in range(0, 64, 4)) in page.text
     assert page.text.count('<svg class="chart-svg') == 3
     assert re.search(r"<strong>Shares</strong>: 2<", page.text)
     assert re.search(r"<strong>Denials</strong>: 1<", page.text)
     assert "The numbers behind the charts" in page.text
-    assert any(d.get("view") == "overview" for d in details(audit_rows(kit, "audit.read")))
+    assert any(d.get("view") == "overview" for d in details(audit_rows(db_kit, "audit.read")))
 
 
 async def test_policies_page_and_explain_form(kit: Kit, client: httpx.AsyncClient) -> None:

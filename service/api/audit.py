@@ -30,7 +30,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import NodeDep, require_roles
 from service.audit import EVENT_KINDS, record
-from service.audit_models import AuditWitnessSubmission
+from service.audit_models import AuditWitnessSubmission, WitnessEvidence, WitnessLog
 from service.errors import InvalidInputError, NotFoundError
 from service.models import AuditEntry, Partner
 from service.node import Node
@@ -305,4 +305,55 @@ def witnesses(node: NodeDep, _who: Auditor) -> dict[str, Any]:
             }
             for p in partners
         ],
+    }
+
+
+@router.get("/witnessed", summary="What this node holds as a witness of its partners' logs")
+def witnessed(
+    node: NodeDep,
+    _who: Auditor,
+    evidence_after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
+    limit: Annotated[int | None, Query()] = None,
+) -> dict[str, Any]:
+    """The latest checkpoint this node cosigned for each partner's log, and the refused
+    checkpoints kept as evidence (compare them with what the partner serves its auditors)."""
+    size = _page_size(node, limit)
+    with node.db.session() as session:
+        logs = list(session.exec(select(WitnessLog).order_by(WitnessLog.origin)))
+        query = select(WitnessEvidence).order_by(WitnessEvidence.id).limit(size + 1)  # type: ignore[arg-type]
+        if evidence_after is not None:
+            query = query.where(WitnessEvidence.id > evidence_after)  # type: ignore[operator]
+        evidence = list(session.exec(query))
+    more = len(evidence) > size
+    evidence = evidence[:size]
+    return {
+        "logs": [
+            {
+                "origin": w.origin,
+                "partner": w.partner,
+                "size": w.size,
+                "root": _b64(w.root),
+                "cosigned_at": w.cosigned_at.isoformat() if w.cosigned_at else None,
+                "checkpoint": w.note,
+            }
+            for w in logs
+        ],
+        "evidence": [
+            {
+                "id": e.id,
+                "origin": e.origin,
+                "partner": e.partner,
+                "received_at": e.received_at.isoformat(),
+                "reason": e.reason,
+                "old_size": e.old_size,
+                "size": e.size,
+                "root": _b64(e.root),
+                "request": _b64(e.request),
+                "cosigned_size": e.cosigned_size,
+                "cosigned_root": _b64(e.cosigned_root),
+                "cosigned_checkpoint": e.cosigned_note,
+            }
+            for e in evidence
+        ],
+        "next": str(evidence[-1].id) if more and evidence else None,
     }

@@ -3,6 +3,7 @@ nodes, on SQLite and PostgreSQL: the witness logic, then the signed route and su
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from service.audit_verify import verify_log
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from service.models import AuditEntry, Partner
 from service.node import Node
+from service.tokens import Role
 from service.transparency import (
     consistency_proof,
     latest_checkpoint,
@@ -57,6 +59,7 @@ from tests.service.audit_fixtures import (
     pin,
     second_database,
     seq_all,
+    token,
 )
 
 
@@ -355,6 +358,18 @@ async def test_a_node_that_rewrites_its_log_is_refused_by_its_witness(
             root2=new.root_hash,
             proof=consistency_proof_of(pair.uk, old.size, new.size),
         )
+
+    # Auditors of the witness see what it holds and the evidence it kept.
+    app = create_app(pair.us, start_workers=False)
+    auth = {"Authorization": f"Bearer {token(pair.us, Role.AUDITOR)}"}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="https://us-aisi.example"
+    ) as client:
+        held = (await client.get("/audit/v1/witnessed", headers=auth)).json()
+    assert [(w["origin"], w["size"]) for w in held["logs"]] == [(log_origin("uk-aisi"), n)]
+    (kept,) = held["evidence"]
+    assert (kept["partner"], kept["cosigned_size"], kept["size"]) == ("uk-aisi", n, n + 1)
+    assert base64.b64decode(kept["request"]) == evidence.request
 
 
 def consistency_proof_of(node: Node, old: int, new: int) -> list[bytes]:

@@ -19,7 +19,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import EntenteError
 
-__all__ = ["PROBLEM_JSON", "install_problem_handlers", "problem", "problem_type"]
+__all__ = [
+    "PROBLEM_JSON",
+    "document_problems",
+    "install_problem_handlers",
+    "problem",
+    "problem_type",
+]
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("entente.api")
@@ -31,6 +37,7 @@ _HTTP_KINDS = {
     404: ("not-found", "Not found"),
     405: ("method-not-allowed", "Method not allowed"),
     406: ("not-acceptable", "Not acceptable"),
+    408: ("request-timeout", "Request timeout"),
     409: ("conflict", "Conflict"),
     411: ("length-required", "Length required"),
     413: ("too-large", "Too large"),
@@ -178,3 +185,97 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+
+
+# --- the OpenAPI document declares the problems the routes really answer with ----------------
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem document; ``type`` is stable per error kind.",
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+    },
+    "additionalProperties": True,
+}
+
+# Problems every operation of a family can answer with, whatever the route: authentication and
+# roles, validation, rate limits, and (for bodies) size and read timeouts.
+_FAMILY_PROBLEMS: dict[str, tuple[int, ...]] = {
+    "/v1/": (401, 403, 422, 429),
+    "/audit/v1/": (401, 403, 422, 429),
+    "/federation/v1/": (400, 401, 403, 404, 409, 413, 422, 429),
+}
+_BODY_PROBLEMS = (408, 413)  # any operation with a request body
+# Route-specific problems of routers that do not declare them themselves.
+_ROUTE_PROBLEMS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("get", "/healthz"): (503,),
+    ("get", "/audit/v1/checkpoint"): (404,),
+    ("get", "/audit/v1/proof/inclusion"): (404,),
+    ("get", "/audit/v1/proof/consistency"): (404,),
+}
+
+
+def _problem_response(description: str | None = None) -> dict[str, Any]:
+    return {
+        "description": description or "Problem document (RFC 9457)",
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+
+
+def _document(doc: dict[str, Any]) -> None:
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas["Problem"] = PROBLEM_SCHEMA
+    components.setdefault("securitySchemes", {})["bearer"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An ``entente token create`` token: ``ent_<handle>_<secret>``",
+    }
+    for path, operations in doc.get("paths", {}).items():
+        for method, op in operations.items():
+            responses: dict[str, Any] = op.setdefault("responses", {})
+            wanted = {int(code) for code in responses if code.isdigit() and int(code) >= 400}
+            for prefix, codes in _FAMILY_PROBLEMS.items():
+                if path.startswith(prefix):
+                    wanted.update(codes)
+            if "requestBody" in op:
+                wanted.update(_BODY_PROBLEMS)
+            wanted.update(_ROUTE_PROBLEMS.get((method, path), ()))
+            for code in sorted(wanted):
+                existing = responses.get(str(code), {})
+                content = {
+                    k: v
+                    for k, v in existing.get("content", {}).items()
+                    if k not in (PROBLEM_JSON, "application/json")
+                }  # a route may declare other bodies for a status (tlog-witness's 409)
+                merged = _problem_response()
+                merged["content"].update(content)
+                responses[str(code)] = merged
+            if path.startswith(("/v1/", "/audit/v1/")):
+                op["security"] = [{"bearer": []}]
+    for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's, now unreferenced
+        others = {k: v for k, v in schemas.items() if k != name}
+        if f"#/components/schemas/{name}" not in str((doc.get("paths"), others)):
+            schemas.pop(name, None)
+
+
+def document_problems(app: FastAPI) -> None:
+    """Make the app's OpenAPI document declare, for every operation, the problem documents it
+    really answers with (FastAPI's default 422 body is replaced: validation errors here are
+    problems too), so that clients and the schema-driven fuzzer hold the node to it."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = generate()
+            _document(doc)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

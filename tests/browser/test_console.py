@@ -11,6 +11,7 @@ written to ``test-output/browser/`` at the repository root.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
@@ -25,8 +26,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from crypto.merkle import leaf_hash
+from service.transparency import encode_leaf
 from tests.nodes import Federation, start_federation
-from tests.support import ROOT, require
+from tests.support import ROOT, require, vectors_dir
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
 
@@ -353,6 +356,7 @@ def test_keyboard_and_no_javascript(browser: Any, fed: Federation, session: Sess
         cookies = page.context.cookies()
         context.add_cookies(cookies)
         nojs = context.new_page()
+        nojs.on("request", lambda request: session.requests.append(request.url))
         nojs.goto(f"{session.base}/ui/audit/{entry_seq(fed, 'share.allowed')}")
         assert nojs.get_by_text("Verification needs JavaScript").is_visible()
         assert not nojs.locator("#verify-result").is_visible()
@@ -360,3 +364,86 @@ def test_keyboard_and_no_javascript(browser: Any, fed: Federation, session: Sess
         nojs.screenshot(path=str(SHOTS / "09-entry-without-javascript.png"), full_page=True)
     finally:
         context.close()
+
+
+# Strings the entry encoding must treat exactly as the node does: every control character,
+# quotes and backslashes, HTML, non-BMP characters, U+2028/9, DEL, combining marks.
+HOSTILE = [
+    "".join(chr(c) for c in range(0x20)),
+    "\"\\/'</script><!--",
+    "\u2028\u2029\x7f\u00e9\u0301\U0001f600\ufeff",
+    "",
+    "x" * 500,
+]
+
+
+@pytest.mark.vectors
+def test_verifier_module_matches_the_vectors_and_the_node(session: Session) -> None:
+    """verify.js, as served, against the public RFC 6962 inclusion vectors, the C2SP signed-note
+    example, and the node's own entry encoding (``encode_leaf``) for hostile strings."""
+    inclusion = [
+        json.loads(p.read_text())
+        for p in sorted(vectors_dir("merkle", "inclusion").rglob("*.json"))
+    ]
+    note = json.loads((vectors_dir() / "signed-note-example.json").read_text())
+    entries = []
+    for i, text in enumerate(HOSTILE):
+        entries.append(
+            {
+                "actor": text,
+                "artifact_id": None if i % 2 else text,
+                "clause": text,
+                "created_at": "2026-11-27T09:00:00.000000Z",
+                "decision": None,
+                "detail": json.dumps({"t": text}, sort_keys=True, separators=(",", ":")),
+                "digest": None,
+                "id": 2**53 + i,  # beyond what a JavaScript number holds exactly
+                "kind": "read",
+                "partner": text or None,
+                "rule": text,
+                "seq": 2**62 + i,
+                "v": 1,
+            }
+        )
+    session.go("/ui/login")
+    got = session.page.evaluate(
+        """async ({inclusion, note, entries}) => {
+            const m = await import("/ui/static/verify.js");
+            const b = (s) => Uint8Array.from(atob(s ?? ""), (c) => c.charCodeAt(0));
+            const proofs = [];
+            for (const v of inclusion) {
+                try {
+                    proofs.push(await m.verifyInclusion(BigInt(v.leafIdx), BigInt(v.treeSize),
+                        b(v.leafHash), (v.proof ?? []).map(b), b(v.root)));
+                } catch (err) {
+                    if (!(err instanceof m.VerifyError)) throw err;
+                    proofs.push(false);
+                }
+            }
+            const key = await m.parseVerifierKey(note.verifier_key, 0x01, "the example key");
+            const parsed = m.parseNote(note.note);
+            const sig = parsed.signatures[0].signature;
+            const enc = new TextEncoder();
+            const signed = await m.ed25519Verify(key.key, sig, enc.encode(parsed.text));
+            const forged = await m.ed25519Verify(key.key, sig, enc.encode(parsed.text + "!"));
+            const leaves = [];
+            for (const e of entries) {
+                leaves.push(m.base64OfBytes(await m.leafHash(m.encodeLeaf(e))));
+            }
+            return {proofs, text: parsed.text, signed, forged, leaves};
+        }""",
+        {
+            "inclusion": inclusion,
+            "note": note,
+            "entries": [{**e, "id": str(e["id"]), "seq": str(e["seq"])} for e in entries],
+        },
+    )
+    assert len(got["proofs"]) == len(inclusion) > 50
+    mismatched = [
+        v.get("desc") for v, ok in zip(inclusion, got["proofs"], strict=True) if ok == v["wantErr"]
+    ]
+    assert mismatched == []
+    assert got["text"] == note["text"]
+    assert got["signed"] is True and got["forged"] is False
+    expected = [base64.b64encode(leaf_hash(encode_leaf(e))).decode() for e in entries]
+    assert got["leaves"] == expected

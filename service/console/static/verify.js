@@ -17,10 +17,10 @@ const enc = new TextEncoder();
 const SIG_ED25519 = 0x01;
 const SIG_COSIGNATURE_V1 = 0x04;
 
-class VerifyError extends Error {}          // the evidence is wrong: FAILED
-class UnavailableError extends Error {}     // verification could not run here
+export class VerifyError extends Error {}          // the evidence is wrong: FAILED
+export class UnavailableError extends Error {}     // verification could not run here
 
-function bytesOfBase64(text, what) {
+export function bytesOfBase64(text, what) {
   let binary;
   try {
     binary = atob(text);
@@ -32,7 +32,7 @@ function bytesOfBase64(text, what) {
   return out;
 }
 
-function base64OfBytes(bytes) {
+export function base64OfBytes(bytes) {
   let binary = "";
   for (const b of bytes) binary += String.fromCharCode(b);
   return btoa(binary);
@@ -59,7 +59,7 @@ async function sha256(bytes) {
   return new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
 }
 
-const leafHash = (leaf) => sha256(concat(new Uint8Array([0x00]), leaf));   // RFC 9162 2.1.1
+export const leafHash = (leaf) => sha256(concat(new Uint8Array([0x00]), leaf));   // RFC 9162 2.1.1
 const nodeHash = (l, r) => sha256(concat(new Uint8Array([0x01]), l, r));
 
 // --- the entry encoding (docs: "Entry encoding"; service/transparency.py encode_leaf) ----------
@@ -96,6 +96,8 @@ export function encodeLeaf(e) {
 // --- RFC 9162 2.1.3.2: verify an inclusion proof ------------------------------------------------
 
 export async function rootFromInclusionProof(index, size, leaf, proof) {
+  if (leaf.length !== 32) throw new VerifyError("the leaf hash is not 32 bytes");
+  if (index < 0n) throw new VerifyError("a log index is not negative");
   if (index >= size) throw new VerifyError(`entry ${index} is not in a tree of ${size} entries`);
   let fn = index;
   let sn = size - 1n;
@@ -119,9 +121,15 @@ export async function rootFromInclusionProof(index, size, leaf, proof) {
   return r;
 }
 
+// True when the proof shows `leaf` at `index` in the tree of `size` leaves with `root`.
+export async function verifyInclusion(index, size, leaf, proof, root) {
+  if (root.length !== 32) throw new VerifyError("the root hash is not 32 bytes");
+  return equal(await rootFromInclusionProof(index, size, leaf, proof), root);
+}
+
 // --- C2SP signed notes, checkpoints, keys -----------------------------------------------------
 
-function parseNote(note) {
+export function parseNote(note) {
   if (!note.endsWith("\n")) throw new VerifyError("the checkpoint note does not end with a newline");
   const split = note.lastIndexOf("\n\n");
   if (split < 0) throw new VerifyError("the checkpoint note has no signature block");
@@ -154,7 +162,7 @@ async function keyIdOf(name, type, key) {
 }
 
 // A verifier key "name+hexid+base64(type || key)"; the key ID must match the name and key.
-async function parseVerifierKey(vkey, wantType, what) {
+export async function parseVerifierKey(vkey, wantType, what) {
   const first = vkey.indexOf("+");
   const second = vkey.indexOf("+", first + 1);
   if (first <= 0 || second < 0) throw new VerifyError(`${what} is not name+keyid+key`);
@@ -173,7 +181,7 @@ async function parseVerifierKey(vkey, wantType, what) {
   return { name, keyId, key };
 }
 
-async function ed25519Verify(key, signature, message) {
+export async function ed25519Verify(key, signature, message) {
   let cryptoKey;
   try {
     cryptoKey = await crypto.subtle.importKey("raw", key, { name: "Ed25519" }, false, ["verify"]);
@@ -267,13 +275,13 @@ async function verify(data, logKeyText) {
 
     stage = "Inclusion proof";
     const proof = data.proof.map((h, i) => bytesOfBase64(h, `proof hash ${i + 1}`));
-    const root = await rootFromInclusionProof(BigInt(digits(entry.seq, "seq")), checkpoint.size, leaf, proof);
-    if (!equal(root, checkpoint.root)) {
+    const index = BigInt(digits(entry.seq, "seq"));
+    if (!(await verifyInclusion(index, checkpoint.size, leaf, proof, checkpoint.root))) {
       throw new VerifyError(
         "the inclusion proof does not lead to the checkpoint's root hash: these fields are not what the log committed to",
       );
     }
-    step(true, stage, `${proof.length} hashes lead from entry ${entry.seq} to the signed root ${base64OfBytes(root)}`);
+    step(true, stage, `${proof.length} hashes lead from entry ${entry.seq} to the signed root ${base64OfBytes(checkpoint.root)}`);
 
     const by = cosigned.length ? `, cosigned by ${cosigned.join(", ")}` : ", with no partner cosignature";
     return {

@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import sqlalchemy as sa
 from crypto import merkle
 from crypto.note import NoteVerifier, open_checkpoint
 from service.audit import record
+from service.console._charts import bar_chart
+from service.console._queries import activity
 from service.console._session import ConsoleKeys, hkdf_sha256
 from service.models import AuditEntry
 from service.tokens import Role, revoke_token
@@ -520,3 +523,43 @@ async def test_static_files_are_served_from_a_fixed_list(kit: Kit) -> None:
     assert js.headers["content-type"].startswith("text/javascript")
     assert "crypto.subtle.verify" in js.text
     assert again.status_code == 304
+
+
+@pytest.mark.parametrize(
+    ("age", "unit", "buckets"),
+    [
+        (timedelta(minutes=30), "5 minutes", 24),
+        (timedelta(hours=20), "hour", 48),
+        (timedelta(days=9), "day", 30),
+    ],
+)
+def test_activity_buckets_fit_the_age_of_the_log(
+    tmp_path: Path, age: timedelta, unit: str, buckets: int
+) -> None:
+    kit = make_node(tmp_path, "uk-aisi", policies=False)
+    now = datetime(2026, 11, 27, 9, 7, tzinfo=UTC)
+    with kit.node.db.session() as session:
+        session.execute(sa.delete(AuditEntry))  # the setup's own events carry today's time
+        for when, kind in [
+            (now - age, "share.allowed"),
+            (now, "share.allowed"),
+            (now, "access_notice.received"),
+            (now - timedelta(seconds=1), "read.denied"),
+            (now, "token.created"),  # not charted
+        ]:
+            record(session, kind=kind, actor="t", now=when)
+    with kit.node.db.session() as session:
+        act = activity(session, now=now)
+    assert act.unit == unit and len(act.starts) == buckets
+    assert act.starts[-1] <= now < act.starts[-1] + act.step
+    assert act.starts[0] <= now - age, "the window covers the whole log"
+    assert sum(act.counts["shares"]) == 2 and act.counts["shares"][-1] >= 1
+    assert act.counts["reads"][-1] == 1
+    assert sum(act.counts["denials"]) == 1 and sum(act.counts["reads"]) == 1
+    chart = bar_chart("shares", act.counts["shares"], act.starts, act.step)
+    assert len(chart.bars) == buckets and chart.total == 2
+    assert chart.peak in (1, 2)
+    assert [t.anchor for t in chart.ticks] == ["start", "middle", "end"]
+    tallest = max(chart.bars, key=lambda b: b.height)
+    assert tallest.y + tallest.height == pytest.approx(chart.bottom)
+    assert tallest.label.startswith(("1 share,", "2 shares,"))

@@ -37,7 +37,6 @@ from policies import (
     summarize_policy,
 )
 from policies import Request as PolicyRequest
-from service.api.artifacts import sync_state
 from service.api.deps import NodeDep
 from service.audit import EVENT_KINDS, record
 from service.console._auth import (
@@ -71,6 +70,7 @@ from service.console._session import (
     new_login_nonce,
 )
 from service.errors import AuthError, ForbiddenError, InvalidInputError, NotFoundError
+from service.federation.status import sync_state
 from service.node import Node
 from service.tokens import authenticate
 from service.transparency import ENTRY_FIELDS
@@ -228,6 +228,7 @@ def overview(request: Request, node: NodeDep, user: ConsoleUser) -> HTMLResponse
         status = log_status(node, session)
         partners = partner_views(node, session)
         act = activity(session, now=now)
+        sync = sync_state(session)
         record(
             session,
             kind="audit.read",
@@ -235,7 +236,6 @@ def overview(request: Request, node: NodeDep, user: ConsoleUser) -> HTMLResponse
             detail={"via": "console", "view": "overview"},
             now=now,
         )
-    sync = sync_state(node, user)
     charts = [bar_chart(name, act.counts[name], act.starts, act.step) for name in SERIES]
     return render(
         request,

@@ -81,11 +81,9 @@ def record(
     clause: str | None = None,
     detail: dict[str, Any] | None = None,
     now: datetime | None = None,
-) -> AuditEntry:
-    """Add an audit entry to ``session``'s transaction (inserted when it commits).
-
-    Returns a detached copy of the entry; its ``id`` and ``seq`` are assigned later.
-    """
+) -> None:
+    """Add an audit entry to ``session``'s transaction (inserted when it commits, or at
+    :func:`flush_audit`; its ``id`` is assigned then, and its ``seq`` by the sequencer)."""
     if kind not in EVENT_KINDS:
         raise ValueError(f"unknown audit event kind {kind!r}")
     row: dict[str, Any] = {
@@ -102,7 +100,6 @@ def record(
         "detail": json.dumps(detail or {}, sort_keys=True, separators=(",", ":"), default=str),
     }
     session.info.setdefault(_PENDING, []).append(row)
-    return AuditEntry.model_construct(**row)
 
 
 def flush_audit(session: Session | OrmSession) -> None:

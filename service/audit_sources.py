@@ -17,15 +17,23 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from service.audit_leaves import (
+    PARALLEL_MIN,
+    ROW_CHUNK,
+    LeafBatch,
+    batches_from_rows,
+    parallel_batches,
+    worker_count,
+)
 from service.audit_models import AuditCheckpoint
 from service.db import Database
 from service.errors import EntenteError
 from service.models import AuditEntry
 from service.transparency import (
     consistency_proof,
-    fast_entry_columns,
     list_checkpoints,
     row_mapping,
+    select_entry_rows,
 )
 
 __all__ = ["AuditSourceError", "DatabaseSource", "HttpSource"]
@@ -48,8 +56,18 @@ _checkpoints = AuditCheckpoint.__table__  # type: ignore[attr-defined]
 class DatabaseSource:
     """A node's log read straight from its database (``entente audit verify --home``)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        workers: int | None = None,
+        parallel_min: int = PARALLEL_MIN,  # entries below which one process hashes them all
+        chunk: int = ROW_CHUNK,  # entries per worker task
+    ) -> None:
         self._db = db
+        self._workers = workers
+        self._parallel_min = parallel_min
+        self._chunk = chunk
 
     def checkpoints(self, upto: int | None) -> Iterator[bytes]:
         after: int | None = None
@@ -66,25 +84,36 @@ class DatabaseSource:
             after = page[-1].size
 
     def entries(self, start: int | None, end: int) -> Iterator[Mapping[str, Any]]:
-        columns = fast_entry_columns(self._db.engine.dialect.name)
         cursor: int | None = None
         while True:
-            query = sa.select(*columns).where(_entries.c.seq < end)
-            if cursor is not None:
-                query = query.where(_entries.c.seq > cursor)
-            elif start is not None:
-                query = query.where(_entries.c.seq >= start)
-            else:
-                query = query.where(_entries.c.seq.is_not(None))
             try:
                 with self._db.engine.connect() as conn:
-                    rows = conn.execute(query.order_by(_entries.c.seq).limit(_ENTRY_CHUNK)).all()
+                    rows = select_entry_rows(
+                        conn,
+                        seq_from=start if cursor is None else None,
+                        seq_after=cursor,
+                        seq_below=end,
+                        limit=_ENTRY_CHUNK,
+                    )
             except SQLAlchemyError as exc:
                 raise AuditSourceError(f"cannot read entries: {exc}") from None
             yield from map(row_mapping, rows)
             if len(rows) < _ENTRY_CHUNK:
                 return
             cursor = int(rows[-1][1])
+
+    def leaf_batches(self, size: int) -> Iterator[LeafBatch]:
+        """The verifier's leaf hashes of seqs ``0 .. size - 1``, computed from the rows in worker
+        processes for a large log (``workers``: default one per CPU)."""
+        workers = self._workers if self._workers is not None else worker_count()
+        try:
+            if workers > 1 and size >= self._parallel_min:
+                url = self._db.engine.url.render_as_string(hide_password=False)
+                yield from parallel_batches(url, size, workers=workers, chunk=self._chunk)
+            else:
+                yield from batches_from_rows(self._db.engine.connect, size)
+        except SQLAlchemyError as exc:
+            raise AuditSourceError(f"cannot read entries: {exc}") from None
 
     def consistency_proof(self, old: int, new: int) -> list[bytes]:
         with self._db.session() as session:

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from crypto import merkle
-from crypto.errors import CryptoError, MalformedError
+from crypto.errors import CryptoError
 from crypto.note import NoteVerifier, open_checkpoint
-from service.transparency import ENTRY_FIELDS, encode_leaf
+from service.audit_leaves import LeafBatch, batches_from_entries, entry_leaf
 
 __all__ = [
     "CheckpointInfo",
@@ -36,11 +36,6 @@ __all__ = [
     "Verdict",
     "verify_log",
 ]
-
-_CHUNK = 4096  # leaves hashed into the tree at a time
-_FIELDS = frozenset(ENTRY_FIELDS)
-_ENTRY_LEN = len(ENTRY_FIELDS)
-_HINT_FIELDS = frozenset({"leaf_hash"})  # served alongside entries; ignored
 
 
 class LogSource(Protocol):
@@ -61,6 +56,9 @@ class LogSource(Protocol):
     def uncovered(self, size: int) -> tuple[int, int] | None:
         """(seq, id) of an entry with seq >= ``size``, if the source can tell; else None."""
         ...
+
+    # Optional: ``leaf_batches(size) -> Iterable[LeafBatch]``, the verifier's own hashing of
+    # seqs 0 .. size - 1 done closer to the data (``DatabaseSource`` uses worker processes).
 
 
 @dataclass(frozen=True)
@@ -112,48 +110,6 @@ def _entry_id(entry: Mapping[str, Any]) -> int | None:
     return value if type(value) is int else None
 
 
-def _known_fields(entry: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The entry without served hints (``leaf_hash``); any other unknown field is an error."""
-    extra = set(entry) - _FIELDS - _HINT_FIELDS
-    if extra:
-        raise MalformedError(f"unexpected field {sorted(extra)[0]!r}")
-    return {k: v for k, v in entry.items() if k in _FIELDS}
-
-
-def _leaf(entry: Mapping[str, Any]) -> bytes:
-    if len(entry) != _ENTRY_LEN:
-        entry = _known_fields(entry)
-    return merkle.leaf_hash(encode_leaf(entry))
-
-
-def _misplaced(
-    verdict: Verdict,
-    entry: Mapping[str, Any],
-    previous: Mapping[str, Any] | None,
-    expected: int,
-) -> Verdict:
-    seq = entry.get("seq")
-    entry_id = _entry_id(entry)
-    last_id = _entry_id(previous) if previous is not None else None
-    if type(seq) is not int:
-        return verdict.fail(
-            f"an entry after seq {expected - 1} (id {entry_id}) has no valid seq",
-            entry_id=entry_id,
-        )
-    if seq > expected:
-        gap = f"seq {expected}" if seq == expected + 1 else f"seq {expected} to {seq - 1}"
-        return verdict.fail(
-            f"entry {gap} is missing (deleted?): the entry after id {last_id} "
-            f"is seq {seq} (id {entry_id})",
-            seq=expected,
-        )
-    return verdict.fail(
-        f"entry seq {seq} (id {entry_id}) is out of place: expected seq {expected}",
-        seq=seq,
-        entry_id=entry_id,
-    )
-
-
 def _open_checkpoints(
     notes: Iterable[bytes],
     *,
@@ -180,20 +136,6 @@ def _open_checkpoints(
     return out
 
 
-class _Tree:
-    """The recomputed tree, grown in chunks, with the state at the last verified checkpoint."""
-
-    def __init__(self) -> None:
-        self.range = merkle.CompactRange()
-        self.pending: list[bytes] = []
-        self.good = merkle.CompactRange()  # the tree at the last checkpoint that matched
-
-    def flush(self) -> None:
-        if self.pending:
-            self.range.extend(self.pending)
-            self.pending.clear()
-
-
 def _locate(
     source: LogSource,
     *,
@@ -206,7 +148,7 @@ def _locate(
     leaves: list[bytes] = []
     ids: list[int | None] = []
     for entry in source.entries(lo, hi):
-        leaves.append(_leaf(entry))
+        leaves.append(entry_leaf(entry))
         ids.append(_entry_id(entry))
     if len(leaves) != hi - lo:
         return verdict.fail(
@@ -341,35 +283,27 @@ def _verify(
         return verdict
 
     # (3) + (4) Entries, recomputed leaf by leaf, against every target root.
-    tree = _Tree()
-    pending = tree.pending
+    batched = getattr(source, "leaf_batches", None)
+    batches: Iterable[LeafBatch] = (
+        batched(size) if batched is not None else batches_from_entries(source.entries(None, size))
+    )
+    tree = merkle.CompactRange()
+    good = merkle.CompactRange()  # the tree at the last target that matched
     stops = [cp for cp in targets if cp.size > 0]
-    stop_index = 0
-    target: CheckpointInfo | None = stops[0] if stops else None
-    boundary = min(target.size if target else size, _CHUNK)
+    stop = 0
     expected = 0
-    previous: Mapping[str, Any] | None = None
-    leaf_hash, encode = merkle.leaf_hash, encode_leaf
-    for entry in source.entries(None, size):
-        seq = entry.get("seq")
-        if seq != expected or type(seq) is not int:
-            return _misplaced(verdict, entry, previous, expected)
-        try:
-            if len(entry) != _ENTRY_LEN:
-                entry = _known_fields(entry)
-            pending.append(leaf_hash(encode(entry)))
-        except MalformedError as exc:
-            entry_id = _entry_id(entry)
-            return verdict.fail(
-                f"entry seq {seq} (id {entry_id}) is malformed: {exc}", seq=seq, entry_id=entry_id
-            )
-        expected += 1
-        previous = entry
-        if expected < boundary:
-            continue
-        tree.flush()
-        while target is not None and target.size == expected:
-            if tree.range.root() != target.root:
+    for batch in batches:
+        leaves = batch.leaves
+        i, n = 0, len(leaves)
+        while i < n:
+            target = stops[stop] if stop < len(stops) else None
+            take = n - i if target is None else min(n - i, target.size - expected)
+            tree.extend(leaves[i : i + take] if take != n else leaves)
+            i += take
+            expected += take
+            if target is None or expected != target.size:
+                continue
+            if tree.root() != target.root:
                 if target.remembered:
                     # The node's own checkpoints (and proofs) describe the rewritten log, so they
                     # cannot locate the change; only the remembered root proves it happened.
@@ -377,15 +311,14 @@ def _verify(
                         f"the log is not consistent with the checkpoint you verified last time "
                         f"(size {target.size}): its first {target.size} entries were rewritten"
                     )
-                return _locate(source, good=tree.good, target=target, verdict=verdict)
-            tree.good = tree.range.copy()
-            stop_index += 1
-            target = stops[stop_index] if stop_index < len(stops) else None
+                return _locate(source, good=good, target=target, verdict=verdict)
+            good = tree.copy()
+            stop += 1
         if progress is not None:
             progress(expected, size)
-        boundary = min(target.size if target else size, expected + _CHUNK)
-    if progress is not None:
-        progress(expected, size)
+        if batch.problem is not None:
+            p = batch.problem
+            return verdict.fail(p.message, seq=p.seq, entry_id=p.entry_id)
     if expected < size:
         return verdict.fail(
             f"entry seq {expected} is missing (deleted?): the log has {expected} entries "

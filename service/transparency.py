@@ -84,6 +84,7 @@ __all__ = [
     "register_audit_workers",
     "row_mapping",
     "run_sequencer",
+    "select_entry_rows",
     "sequence",
     "stored_root",
     "witness_name",
@@ -272,6 +273,47 @@ def fast_entry_columns(dialect_name: str) -> tuple[Any, ...]:
         return _ENTRY_COLUMNS
     created = sa.type_coerce(_ENTRY_COLUMNS[2], sa.String).label("created_at")
     return (*_ENTRY_COLUMNS[:2], created, *_ENTRY_COLUMNS[3:])
+
+
+_ROW_SQL = (
+    "SELECT id, seq, created_at, kind, actor, partner, artifact_id, digest, decision, rule, "
+    "clause, detail FROM audit_entries"
+)
+
+
+def select_entry_rows(
+    session_or_conn: Session | sa.Connection,
+    *,
+    seq_from: int | None = None,
+    seq_after: int | None = None,
+    seq_below: int | None = None,
+    unsequenced: bool = False,
+    limit: int,
+) -> list[Any]:
+    """Entry rows in the order of :func:`entry_columns`, read with plain driver SQL (the
+    per-row cost of result processing would dominate), ``created_at`` as the driver returns it
+    (SQLite: the stored text; PostgreSQL: a datetime): feed them to :func:`encode_row` or
+    :func:`row_mapping`. Sequenced rows come in seq order, unsequenced ones in id order."""
+    conn = session_or_conn.connection() if isinstance(session_or_conn, Session) else session_or_conn
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    where: list[str] = []
+    params: list[int] = []
+    if unsequenced:
+        where.append("seq IS NULL")
+    else:
+        where.append("seq IS NOT NULL")
+    for clause, value in (
+        (f"seq >= {mark}", seq_from),
+        (f"seq > {mark}", seq_after),
+        (f"seq < {mark}", seq_below),
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    order = "id" if unsequenced else "seq"
+    params.append(limit)
+    sql = f"{_ROW_SQL} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT {mark}"
+    return list(conn.exec_driver_sql(sql, tuple(params)).all())
 
 
 def row_mapping(row: Sequence[Any]) -> dict[str, Any]:
@@ -514,6 +556,13 @@ class SequenceResult:
         return self.sequenced >= SEQUENCE_BATCH_MAX
 
 
+def _collect(into: list[tuple[int, int, bytes]]) -> Callable[[int, int, bytes], None]:
+    def visit(level: int, idx: int, h: bytes) -> None:
+        into.append((level, idx, h))
+
+    return visit
+
+
 def _lock_head(session: Session) -> None:
     """Serialise sequencers: PostgreSQL row lock; on SQLite a write takes the database lock."""
     if session.get_bind().dialect.name == "postgresql":
@@ -544,10 +593,7 @@ def sequence(
     _lock_head(session)
     head = session.execute(sa.select(_head.c.size, _head.c.root).where(_head.c.id == 1)).one()
     size, root = int(head[0]), bytes(head[1])
-    columns = fast_entry_columns(session.get_bind().dialect.name)
-    rows = session.execute(
-        sa.select(*columns).where(_entries.c.seq.is_(None)).order_by(_entries.c.id).limit(batch_max)
-    ).all()
+    rows = select_entry_rows(session, unsequenced=True, limit=batch_max)
     latest = session.execute(sa.select(sa.func.max(_checkpoints.c.size))).scalar_one_or_none()
     if not rows and latest == size:
         return SequenceResult(0, size, root, checkpoint_signed=False)
@@ -567,24 +613,26 @@ def sequence(
                 f"entry id {clash[0]} has seq {clash[1]} beyond the log head ({size}): "
                 "the audit table was modified outside the sequencer"
             )
-    nodes: list[dict[str, Any]] = []
-    updates: list[dict[str, int]] = []
-
-    def visit(level: int, idx: int, h: bytes) -> None:
-        nodes.append({"level": level, "idx": idx, "hash": h})
-
+    nodes: list[tuple[int, int, bytes]] = []
+    visit = _collect(nodes)
+    updates: list[tuple[int, int]] = []
     for i, row in enumerate(rows):
         seq = size + i
         tree.append(merkle.leaf_hash(encode_row(row, seq)), visit)
-        updates.append({"b_id": row[0], "b_seq": seq})
+        updates.append((seq, row[0]))
     if updates:
-        session.execute(
-            sa.update(_entries)
-            .where(_entries.c.id == sa.bindparam("b_id"))
-            .values(seq=sa.bindparam("b_seq")),
+        # Plain driver executemany: SQLAlchemy's per-row parameter processing would cost more
+        # than the writes themselves.
+        conn = session.connection()
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        conn.exec_driver_sql(
+            f"UPDATE audit_entries SET seq = {mark} WHERE id = {mark}",  # noqa: S608 - markers only
             updates,
         )
-        session.execute(sa.insert(_nodes), nodes)
+        conn.exec_driver_sql(
+            f"INSERT INTO audit_merkle_nodes (level, idx, hash) VALUES ({mark}, {mark}, {mark})",  # noqa: S608
+            nodes,
+        )
     new_size, new_root = tree.size, tree.root()
     session.execute(
         sa.update(_head).where(_head.c.id == 1).values(size=new_size, root=new_root, updated_at=now)

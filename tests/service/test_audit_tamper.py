@@ -44,14 +44,26 @@ def _sql(node: Node, *statements: str) -> None:
             conn.execute(sa.text(statement))
 
 
-@pytest.fixture(params=[10, 10_000], ids=["checkpoint-every-10", "one-checkpoint"])
-def node(tmp_path: Path, db_url: str, request: pytest.FixtureRequest) -> Iterator[Node]:
+def _logged_node(tmp_path: Path, db_url: str, batch_max: int) -> Node:
     n = make_node(tmp_path, "uk-aisi", db_url)
     add_events(n, N)
-    seq_all(n, batch_max=request.param)
+    seq_all(n, batch_max=batch_max)
     verdict = _verify(n)
     assert verdict.ok, verdict.problem
     assert verdict.size == N
+    return n
+
+
+@pytest.fixture(params=[10, 10_000], ids=["checkpoint-every-10", "one-checkpoint"])
+def node(tmp_path: Path, db_url: str, request: pytest.FixtureRequest) -> Iterator[Node]:
+    n = _logged_node(tmp_path, db_url, request.param)
+    yield n
+    n.db.dispose()
+
+
+@pytest.fixture
+def node10(tmp_path: Path, db_url: str) -> Iterator[Node]:
+    n = _logged_node(tmp_path, db_url, 10)
     yield n
     n.db.dispose()
 
@@ -205,3 +217,24 @@ def test_a_forged_checkpoint_signature_is_detected(node: Node) -> None:
     verdict = _verify(node)
     assert not verdict.ok
     assert verdict.problem is not None and "does not verify" in verdict.problem
+
+
+@pytest.mark.parametrize("tamper", [None, _swap, _delete_last], ids=lambda f: f and f.__name__)
+def test_hashing_in_worker_processes_gives_the_same_verdicts(
+    node10: Node, tamper: Tamper | None
+) -> None:
+    node = node10
+    if tamper is not None:
+        tamper(node)
+    serial = _verify(node)
+    parallel = verify_log(
+        DatabaseSource(node.db, workers=2, parallel_min=0, chunk=7),
+        log=log_signer(node).verifier,
+        now=int(T0.timestamp()),
+    )
+    assert (parallel.ok, parallel.bad_seq, parallel.size) == (
+        serial.ok,
+        serial.bad_seq,
+        serial.size,
+    )
+    assert parallel.ok is (tamper is None)

@@ -1,0 +1,211 @@
+"""Recomputing leaf hashes for the verifier, from entry objects or database rows, serially or
+in worker processes.
+
+The verifier consumes :class:`LeafBatch` es: consecutive leaves starting at a given seq, each leaf
+``SHA-256(0x00 || encode(entry))`` computed here from the entry's fields, plus the first anomaly
+met (a missing or misplaced ``seq``, a malformed entry), which ends the stream. Hashing is the
+verifier's own work, so spreading it over processes changes nothing about what is trusted: each
+worker reads a range of rows from the database and hashes them with the same code.
+
+This module does not build the tree or check signatures (``service.audit_verify``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from typing import Any
+
+from crypto import merkle
+from crypto.errors import MalformedError
+from service.transparency import ENTRY_FIELDS, encode_leaf, encode_row, select_entry_rows
+
+__all__ = ["LeafBatch", "Problem", "batches_from_entries", "batches_from_rows", "parallel_batches"]
+
+BATCH = 4096  # leaves per batch from entry objects
+ROW_CHUNK = 50_000  # rows per database read (and per worker task)
+PARALLEL_MIN = 200_000  # entries below which worker processes are not worth starting
+_FIELDS = frozenset(ENTRY_FIELDS)
+_HINTS = frozenset({"leaf_hash"})  # served alongside entries by /audit/v1/entries; ignored
+_ENTRY_LEN = len(ENTRY_FIELDS)
+
+
+@dataclass(frozen=True)
+class Problem:
+    message: str
+    seq: int | None = None
+    entry_id: int | None = None
+
+
+@dataclass(frozen=True)
+class LeafBatch:
+    start: int  # the seq of leaves[0]
+    leaves: list[bytes]
+    problem: Problem | None = None  # met right after these leaves; nothing follows
+
+
+def _missing(expected: int, seq: Any, entry_id: Any, last_id: Any) -> Problem:
+    if type(seq) is not int:
+        return Problem(
+            f"an entry after seq {expected - 1} (id {entry_id}) has no valid seq", entry_id=entry_id
+        )
+    if seq > expected:
+        gap = f"seq {expected}" if seq == expected + 1 else f"seq {expected} to {seq - 1}"
+        after = f"the entry after id {last_id}" if last_id is not None else "the next entry"
+        return Problem(
+            f"entry {gap} is missing (deleted?): {after} is seq {seq} (id {entry_id})",
+            seq=expected,
+        )
+    return Problem(
+        f"entry seq {seq} (id {entry_id}) is out of place: expected seq {expected}",
+        seq=seq,
+        entry_id=entry_id,
+    )
+
+
+def known_fields(entry: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The entry without served hints (``leaf_hash``); any other unknown field is an error."""
+    extra = set(entry) - _FIELDS - _HINTS
+    if extra:
+        raise MalformedError(f"unexpected field {sorted(extra)[0]!r}")
+    return {k: v for k, v in entry.items() if k in _FIELDS}
+
+
+def entry_leaf(entry: Mapping[str, Any]) -> bytes:
+    if len(entry) != _ENTRY_LEN:
+        entry = known_fields(entry)
+    return merkle.leaf_hash(encode_leaf(entry))
+
+
+def batches_from_entries(
+    entries: Iterable[Mapping[str, Any]], *, start: int = 0
+) -> Iterator[LeafBatch]:
+    """Leaf batches from entry objects (the API's export, or anything else)."""
+    expected = start
+    leaves: list[bytes] = []
+    last_id: Any = None
+    leaf_hash, encode = merkle.leaf_hash, encode_leaf
+    for entry in entries:
+        seq = entry.get("seq")
+        if seq != expected or type(seq) is not int:
+            yield LeafBatch(
+                expected - len(leaves), leaves, _missing(expected, seq, entry.get("id"), last_id)
+            )
+            return
+        try:
+            leaves.append(
+                leaf_hash(encode(entry if len(entry) == _ENTRY_LEN else known_fields(entry)))
+            )
+        except MalformedError as exc:
+            entry_id = entry.get("id")
+            problem = Problem(f"entry seq {seq} (id {entry_id}) is malformed: {exc}", seq, entry_id)
+            yield LeafBatch(expected - len(leaves), leaves, problem)
+            return
+        expected += 1
+        last_id = entry.get("id")
+        if len(leaves) >= BATCH:
+            yield LeafBatch(expected - len(leaves), leaves)
+            leaves = []
+    yield LeafBatch(expected - len(leaves), leaves)
+
+
+def hash_rows(rows: Sequence[Any], expected: int, last_id: Any = None) -> LeafBatch:
+    """One batch from database rows (as :func:`service.transparency.select_entry_rows` returns
+    them) that should carry seqs ``expected, expected + 1, ...``."""
+    leaves: list[bytes] = []
+    append, leaf_hash = leaves.append, merkle.leaf_hash
+    first = expected
+    for row in rows:
+        seq = row[1]
+        if seq != expected:
+            return LeafBatch(first, leaves, _missing(expected, seq, row[0], last_id))
+        try:
+            append(leaf_hash(encode_row(row)))
+        except MalformedError as exc:
+            problem = Problem(f"entry seq {seq} (id {row[0]}) is malformed: {exc}", seq, row[0])
+            return LeafBatch(first, leaves, problem)
+        expected += 1
+        last_id = row[0]
+    return LeafBatch(first, leaves)
+
+
+def batches_from_rows(conn_factory: Any, size: int) -> Iterator[LeafBatch]:
+    """Leaf batches of seqs ``0 .. size - 1`` read from the database in this process."""
+    expected = 0
+    last_id: Any = None
+    cursor: int | None = None
+    while True:
+        with conn_factory() as conn:
+            # The first read has no lower bound, so a row with a negative seq shows up.
+            rows = select_entry_rows(conn, seq_after=cursor, seq_below=size, limit=ROW_CHUNK)
+        batch = hash_rows(rows, expected, last_id)
+        yield batch
+        if batch.problem is not None or len(rows) < ROW_CHUNK:
+            return
+        expected += len(batch.leaves)
+        last_id = rows[-1][0]
+        cursor = int(rows[-1][1])
+
+
+# --- worker processes -------------------------------------------------------------------------
+
+_engine: Any = None
+
+
+def _worker_hash(
+    url: str, lo: int | None, hi: int, expected: int
+) -> tuple[bytes, Problem | None, int]:
+    """In a worker: hash the rows with ``lo <= seq < hi`` (``lo`` None: every seq below ``hi``)."""
+    global _engine
+    if _engine is None:
+        from service.db import open_database
+
+        _engine = open_database(url, pool_size=1).engine
+    with _engine.connect() as conn:
+        rows = select_entry_rows(conn, seq_from=lo, seq_below=hi, limit=hi - expected + 1)
+    batch = hash_rows(rows, expected)
+    return b"".join(batch.leaves), batch.problem, len(rows)
+
+
+def worker_count() -> int:
+    return max(1, min(os.cpu_count() or 1, 16))
+
+
+def parallel_batches(
+    url: str, size: int, *, workers: int, chunk: int = ROW_CHUNK
+) -> Iterator[LeafBatch]:
+    """Leaf batches of seqs ``0 .. size - 1``, hashed by ``workers`` processes, in order."""
+    bounds = [*range(0, size, chunk), size]
+    context = get_context("spawn")  # no forking of a process that holds database connections
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures: list[Future[tuple[bytes, Problem | None, int]]] = []
+        next_task = 0
+
+        def submit() -> None:
+            nonlocal next_task
+            lo, hi = bounds[next_task], bounds[next_task + 1]
+            futures.append(pool.submit(_worker_hash, url, None if lo == 0 else lo, hi, lo))
+            next_task += 1
+
+        while next_task < len(bounds) - 1 and len(futures) < workers * 2:
+            submit()
+        done = 0
+        while done < len(futures):
+            blob, problem, count = futures[done].result()
+            start = bounds[done]
+            leaves = [blob[i : i + 32] for i in range(0, len(blob), 32)]
+            if problem is None and count != bounds[done + 1] - start:
+                # Fewer rows than seqs: the entry after the last one is missing.
+                missing = start + len(leaves)
+                problem = Problem(f"entry seq {missing} is missing (deleted?)", seq=missing)
+            yield LeafBatch(start, leaves, problem)
+            if problem is not None:
+                for future in futures[done + 1 :]:
+                    future.cancel()
+                return
+            done += 1
+            if next_task < len(bounds) - 1:
+                submit()

@@ -50,9 +50,13 @@ __all__ = [
     "PartnerView",
     "activity",
     "audit_page",
+    "b64",
     "entry_view",
     "log_status",
+    "parse_seq",
+    "partner_ids",
     "partner_views",
+    "unsequenced_count",
 ]
 
 _entries = AuditEntry.__table__  # type: ignore[attr-defined]

@@ -33,6 +33,7 @@ __all__ = [
     "ConsoleRoute",
     "LoginRequired",
     "StaticAsset",
+    "error_page",
     "render",
 ]
 

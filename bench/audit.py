@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import sqlite3
 import statistics
@@ -57,6 +58,7 @@ from crypto import merkle  # noqa: E402
 from crypto.keys import SigningKey  # noqa: E402
 from crypto.note import NoteSigner  # noqa: E402
 from service.audit import record  # noqa: E402
+from service.audit_leaves import PARALLEL_MIN, worker_count  # noqa: E402
 from service.audit_sources import DatabaseSource  # noqa: E402
 from service.audit_verify import verify_log  # noqa: E402
 from service.db import Database, open_database  # noqa: E402
@@ -74,6 +76,15 @@ TARGET_PROOF_MS = 1.0
 TARGET_VERIFY = 500_000  # entries per second
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 SEQUENCER_PAUSE = 0.25  # seconds between sequencing rounds (the node's default is 2)
+
+
+def _cpu() -> float:
+    """CPU seconds used by this process and its finished children (worker pools)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _signer() -> NoteSigner:
@@ -318,25 +329,28 @@ def bench_verify(work: Path, n: int, url: str | None) -> dict[str, Any]:
             break
     sequence_s = time.perf_counter() - start
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     verdict = verify_log(DatabaseSource(db), log=signer.verifier, now=int(T0.timestamp()))
-    db_s = time.perf_counter() - start
+    db_s, db_cpu = time.perf_counter() - start, _cpu() - cpu
     assert verdict.ok and verdict.size == n, verdict.problem
 
     entries = list(iter_entries(db.session, after=None, size=n, chunk=50_000))
     notes = list(DatabaseSource(db).checkpoints(None))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     verdict = verify_log(
         _MemorySource(notes, entries), log=signer.verifier, now=int(T0.timestamp())
     )
-    memory_s = time.perf_counter() - start
+    memory_s, memory_cpu = time.perf_counter() - start, _cpu() - cpu
     assert verdict.ok, verdict.problem
     db.dispose()
     return {
         "entries": n,
         "checkpoints": checkpoints,
         "verify_db_entries_per_s": n / db_s,
+        "verify_db_entries_per_cpu_s": n / db_cpu,
         "verify_memory_entries_per_s": n / memory_s,
+        "verify_memory_entries_per_cpu_s": n / memory_cpu,
+        "workers": worker_count() if n >= PARALLEL_MIN else 1,
         "sequencer_backlog_entries_per_s": n / sequence_s,
     }
 
@@ -346,7 +360,8 @@ def bench_verify(work: Path, n: int, url: str | None) -> dict[str, Any]:
 
 def _print(summary: dict[str, Any]) -> None:
     a, p, v = summary["appends"], summary["proofs"], summary["verify"]
-    print(f"machine: {os.cpu_count()} CPUs; backend {a['backend']}")
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f}; backend {a['backend']}")
     print(
         f"appends:  {a['durable_appends_per_s']:>10,.0f} durable appends/s "
         f"({a['appends']:,} entries, 100 per transaction, sequenced and checkpointed "
@@ -364,10 +379,11 @@ def _print(summary: dict[str, Any]) -> None:
         f"{p['db_bytes'] / 1e6:,.0f} MB) | target < {TARGET_PROOF_MS} ms"
     )
     print(
-        f"verify:   {v['verify_db_entries_per_s']:>10,.0f} entries/s from the database, "
-        f"{v['verify_memory_entries_per_s']:,.0f} entries/s from memory "
-        f"({v['entries']:,} entries, {v['checkpoints']} checkpoints) | "
-        f"target {TARGET_VERIFY:,}/s"
+        f"verify:   {v['verify_db_entries_per_s']:>10,.0f} entries/s from the database "
+        f"({v['workers']} hashing processes; {v['verify_db_entries_per_cpu_s']:,.0f} per "
+        f"CPU-second), {v['verify_memory_entries_per_s']:,.0f} entries/s from memory "
+        f"({v['verify_memory_entries_per_cpu_s']:,.0f} per CPU-second); {v['entries']:,} "
+        f"entries, {v['checkpoints']} checkpoints | target {TARGET_VERIFY:,}/s"
     )
     print("targets met" if summary["ok"] else "TARGETS NOT MET (see the figures above)")
 
@@ -394,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             "proofs": bench_proofs(work, proof_size, 200 if args.quick else 2_000),
             "verify": bench_verify(work, verify_n, args.database_url),
             "peer": {"tessera_nvme_writes_per_s": TESSERA_NVME, "tessera_small_vm": TESSERA_VM},
+            "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0]},
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -51,7 +51,7 @@ __all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_ITEMS", "OutboxWorker", "record_receipt
 
 log = logging.getLogger("entente.outbox")
 
-LEASE_SECONDS = 120  # a claimed row is someone else's for this long
+LEASE_MARGIN_SECONDS = 5.0  # seconds added to two request timeouts: a claimed row's lease
 PERMANENT = frozenset({403, 404, 409, 413, 422})
 BATCH_MAX_ITEMS = 64  # deliveries per batch request
 BATCH_MAX_BYTES = 2 << 20  # bytes of ciphertext per batch request
@@ -99,6 +99,11 @@ class OutboxWorker:
         self.client = client
         self.batch = batch
         self.kinds = kinds  # only rows of these kinds (None: every kind)
+        # A claimed row is this worker's for as long as an attempt can take; if the process dies,
+        # another worker (or this node, restarted) takes the row over once the lease runs out.
+        self.lease = timedelta(
+            seconds=2 * node.settings.request_timeout_seconds + LEASE_MARGIN_SECONDS
+        )
         self.owner = owner or f"w-{secrets.token_hex(6)}"
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="entente-deliver")
 
@@ -109,7 +114,7 @@ class OutboxWorker:
     def claim(self) -> list[int]:
         """Lease up to ``batch`` due rows; returns their ids (never another worker's)."""
         now = self.node.now()
-        until = now + timedelta(seconds=LEASE_SECONDS)
+        until = now + self.lease
         due = sa.and_(
             col(Outbox.state) == "pending",
             col(Outbox.next_attempt_at) <= now,
@@ -238,14 +243,19 @@ class OutboxWorker:
 
     # --- deliveries -----------------------------------------------------------------------------
     def _verify(
-        self, partner: Partner, artifact: Artifact, data: Any, expect: str
+        self,
+        partner: Partner,
+        artifact: Artifact,
+        data: Any,
+        expect: str,
+        trusted: dict[str, Any] | None = None,
     ) -> tuple[str, None] | tuple[None, str]:
         """(receipt JSON, None) when ``data`` holds a valid receipt, else (None, why)."""
         try:
             envelope = Envelope.from_json(data.get("receipt") if isinstance(data, dict) else None)
             verify_receipt(
                 envelope,
-                trusted=self._keys(partner.node_id),
+                trusted=trusted if trusted is not None else self._keys(partner.node_id),
                 expect_kind=expect,
                 artifact_id=artifact.id,
                 sha256=artifact.sha256,
@@ -284,16 +294,20 @@ class OutboxWorker:
             self._settle([(row.id or 0, _Retry(why)) for row, _ in items])
             return
         outcomes: list[tuple[int, Outcome]] = []
+        trusted = self._keys(partner.node_id)
         for (row, artifact), result in zip(items, results, strict=True):
-            outcomes.append((row.id or 0, self._item_outcome(partner, artifact, result)))
+            outcome = self._item_outcome(partner, artifact, result, trusted)
+            outcomes.append((row.id or 0, outcome))
         self._settle(outcomes)
 
-    def _item_outcome(self, partner: Partner, artifact: Artifact, result: Any) -> Outcome:
+    def _item_outcome(
+        self, partner: Partner, artifact: Artifact, result: Any, trusted: dict[str, Any]
+    ) -> Outcome:
         if not isinstance(result, dict):
             return _Retry(f"{partner.node_id} sent a malformed batch result")
         status = result.get("status")
         if status in (200, 201):
-            receipt, why = self._verify(partner, artifact, result, "delivery")
+            receipt, why = self._verify(partner, artifact, result, "delivery", trusted)
             return _Done(receipt, "deliver", "delivery") if receipt else _Retry(why or "")
         problem = result.get("problem")
         detail = str(problem.get("detail") if isinstance(problem, dict) else "refused")[:500]

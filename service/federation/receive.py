@@ -25,6 +25,7 @@ keys up once, and :meth:`Receiver.commit` writes a batch of staged artifacts tog
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +36,11 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from crypto import age
 from crypto.dsse import Envelope
-from crypto.errors import CryptoError
+from crypto.errors import CryptoError, VerificationError
 from crypto.receipt import Receipt, sign_receipt
-from crypto.sealed import Manifest, open_sealed, verify_manifest
+from crypto.sealed import Manifest, verify_manifest
 from policies import Decision, Request
 from service.audit import record
 from service.blobs import BlobWriter
@@ -62,6 +64,20 @@ COMMIT_THREADS = 4  # blob fsyncs of one batch run side by side
 class _Null:
     def write(self, data: Any, /) -> int:
         return len(data)
+
+
+def _decrypt_to_nowhere(manifest: Manifest, source: Any, identities: Sequence[Any]) -> None:
+    """``crypto.sealed.open_sealed`` after its signature check (``Receiver.check`` did that):
+    the header digest before any identity sees the header, the file key and header MAC, every
+    STREAM chunk, then the plaintext's SHA-256 and size. The plaintext goes nowhere."""
+    decryptor = age.Decryptor.parse(source, armor=False)
+    if decryptor.header.sha256 != manifest.age_header_sha256:
+        raise VerificationError("the ciphertext does not match the manifest's header digest")
+    decryptor.unlock(identities)
+    hasher = hashlib.sha256()
+    size = decryptor.decrypt_to(_Null(), hasher=hasher)
+    if size != manifest.size or hasher.hexdigest() != manifest.sha256:
+        raise VerificationError("the plaintext digest does not match the manifest")
 
 
 class _Tee:
@@ -271,14 +287,7 @@ class Receiver:
             with self._refusals(checked.manifest.artifact_id):
                 tee = _Tee(ciphertext, writer)
                 try:
-                    open_sealed(
-                        tee,
-                        _Null(),
-                        envelope=checked.envelope,
-                        identities=node.keys.all_identities,
-                        trusted=self.trusted,
-                        origin=self.sender,
-                    )
+                    _decrypt_to_nowhere(checked.manifest, tee, node.keys.all_identities)
                 except CryptoError as exc:
                     raise InvalidInputError(
                         f"the payload failed verification: {exc}", reason="payload"

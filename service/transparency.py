@@ -72,7 +72,6 @@ __all__ = [
     "encode_leaf",
     "encode_row",
     "entry_object",
-    "fast_entry_columns",
     "format_time",
     "get_checkpoint",
     "inclusion_proof",
@@ -249,7 +248,7 @@ def created_text(value: datetime | str) -> str:
 
 
 def encode_row(row: Sequence[Any], seq: int | None = None) -> bytes:
-    """:func:`encode_leaf` of a row of :func:`fast_entry_columns` (``seq`` overrides the row's)."""
+    """:func:`encode_leaf` of a row of :func:`select_entry_rows` (``seq`` overrides the row's)."""
     return _encode(
         row[4],
         row[6],
@@ -264,15 +263,6 @@ def encode_row(row: Sequence[Any], seq: int | None = None) -> bytes:
         row[9],
         row[1] if seq is None else seq,
     )
-
-
-def fast_entry_columns(dialect_name: str) -> tuple[Any, ...]:
-    """:func:`entry_columns`, but on SQLite ``created_at`` comes back as its stored text (parsing
-    it into a datetime only to format it again is most of the cost of reading a row)."""
-    if dialect_name != "sqlite":
-        return _ENTRY_COLUMNS
-    created = sa.type_coerce(_ENTRY_COLUMNS[2], sa.String).label("created_at")
-    return (*_ENTRY_COLUMNS[:2], created, *_ENTRY_COLUMNS[3:])
 
 
 _ROW_SQL = (
@@ -317,7 +307,7 @@ def select_entry_rows(
 
 
 def row_mapping(row: Sequence[Any]) -> dict[str, Any]:
-    """The entry object of a :func:`fast_entry_columns` row."""
+    """The entry object of a :func:`select_entry_rows` row."""
     return {
         "actor": row[4],
         "artifact_id": row[6],
@@ -767,16 +757,10 @@ def iter_entries(
     cursor = -1 if after is None else after
     while cursor + 1 < size:
         with session_factory() as session:
-            rows = session.execute(
-                sa.select(*_ENTRY_COLUMNS)
-                .where(_entries.c.seq > cursor, _entries.c.seq < size)
-                .order_by(_entries.c.seq)
-                .limit(chunk)
-            ).all()
+            rows = select_entry_rows(session, seq_after=cursor, seq_below=size, limit=chunk)
         if not rows:
             return
-        for row in rows:
-            yield row_object(row)
+        yield from map(row_mapping, rows)
         cursor = int(rows[-1][1])
 
 

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 import httpx
 import sqlalchemy as sa
 import typer
+from sqlmodel import select
 
 from crypto.descriptor import NodeDescriptor, verify_descriptor
 from crypto.dsse import Envelope
@@ -413,8 +414,6 @@ def _witnesses_from_node(client: httpx.Client) -> list[NoteVerifier]:
 
 
 def _witnesses_from_db(db: Database) -> list[NoteVerifier]:
-    from sqlmodel import select
-
     with db.session() as session:
         partners = list(session.exec(select(Partner)))
     return [

@@ -33,7 +33,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from sqlalchemy.dialects import postgresql, sqlite
@@ -473,8 +473,6 @@ class SubmitOutcome:
     state: str  # cosigned | up-to-date | not-due | retry | failed
     size: int
     detail: str = ""
-
-    ok_states: ClassVar[frozenset[str]] = frozenset({"cosigned", "up-to-date", "not-due"})
 
 
 @dataclass(frozen=True)

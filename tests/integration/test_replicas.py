@@ -92,6 +92,8 @@ def test_two_replicas_on_postgres_survive_a_kill(tmp_path: Path, pg_url: str) ->
         ENTENTE_SYNC_INTERVAL_SECONDS="0.2",
         ENTENTE_RETRY_BASE_SECONDS="0.2",
         ENTENTE_RETRY_MAX_SECONDS="2",
+        # A delivery lease is two request timeouts: a killed replica's claims lapse in ~15 s.
+        ENTENTE_REQUEST_TIMEOUT_SECONDS="5",
         ENTENTE_LOG_LEVEL="WARNING",
     )
     replica_a = NodeProcess(tmp_path / "uk-aisi", "uk-aisi", env=env)

@@ -47,6 +47,7 @@ from service.federation.signing import (
     sign_response_headers,
     verify_incoming,
 )
+from service.limits import Limits, check_volume
 from service.node import Node
 from service.partners import rotate_partner
 
@@ -86,6 +87,7 @@ async def signed_partner(request: Request, node: NodeDep) -> IncomingSignature:
         ) from None
     request.state.partner = sig.partner
     request.state.signature = sig
+    Limits.of(request.app.state).partner(node, sig.partner)
     return sig
 
 
@@ -251,6 +253,8 @@ async def inbox(request: Request, node: NodeDep, sig: Partner) -> Response:
         reason = f"the delivery is larger than this node accepts ({limit} bytes)"
         await run_in_threadpool(_refuse_delivery, node, sig, reason)
         raise TooLargeError(reason, audited=True)
+    declared = int(length) if length is not None and length.isdigit() else None
+    await run_in_threadpool(check_volume, node, sig.partner, declared)  # the partner's daily cap
     if ctype == BATCH_TYPE:
         return await _inbox_batch(request, node, sig)
     chunks: AsyncIterator[bytes] = request.stream().__aiter__()
@@ -388,7 +392,7 @@ async def feed(
     request: Request,
     node: NodeDep,
     sig: Partner,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> Response:
     await _small_body(request, node, sig)

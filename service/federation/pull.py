@@ -15,6 +15,7 @@ import binascii
 import io
 import json
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from sqlmodel import select
@@ -22,7 +23,7 @@ from sqlmodel import select
 from service.errors import EntenteError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.federation.feed import PAGE_INLINE_BUDGET
-from service.federation.receive import Receiver
+from service.federation.receive import Received, Receiver
 from service.models import Partner, PullState
 from service.node import Node
 
@@ -37,36 +38,53 @@ PAGE_MAX_BYTES = PAGE_INLINE_BUDGET * 2 + (8 << 20)  # bytes of one feed page's 
 def pull_partner(
     node: Node, client: PartnerClient, partner: Partner, *, page: int = PAGE_SIZE
 ) -> int:
-    """Pull one partner's feed to its end; returns how many artifacts were newly stored."""
+    """Pull one partner's feed to its end; returns how many artifacts were newly stored.
+
+    The next page is fetched (and the last page's receipts sent) on a helper thread while this
+    one is verified and stored, so the partner's time and ours overlap.
+    """
     with node.db.session() as session:
         state = session.get(PullState, partner.node_id)
         cursor = state.cursor if state else 0
+
+    def fetch(after: int) -> dict[str, Any]:
+        reply = client.call_json(
+            partner,
+            "GET",
+            f"/federation/v1/feed?after={after}&limit={page}",
+            max_reply_bytes=PAGE_MAX_BYTES,
+        )
+        return reply.data if isinstance(reply.data, dict) else {}
+
     stored = 0
     error: str | None = None
-    try:
-        while True:
-            reply = client.call_json(
-                partner,
-                "GET",
-                f"/federation/v1/feed?after={cursor}&limit={page}",
-                max_reply_bytes=PAGE_MAX_BYTES,
-            )
-            data = reply.data if isinstance(reply.data, dict) else {}
-            items = data.get("items", [])
-            stored += _take_page(node, client, partner, items if isinstance(items, list) else [])
-            nxt = data.get("next", cursor)
-            if isinstance(nxt, int) and nxt > cursor:
-                cursor = nxt
-                _save(node, partner.node_id, cursor, None)
-            if not data.get("more"):
-                break
-    except PartnerUnavailableError as exc:
-        error = exc.message
+    with ThreadPoolExecutor(1, thread_name_prefix="entente-pull") as io_thread:
+        try:
+            ahead: Future[dict[str, Any]] | None = io_thread.submit(fetch, cursor)
+            while ahead is not None:
+                data = ahead.result()
+                nxt = data.get("next", cursor)
+                more = bool(data.get("more")) and isinstance(nxt, int) and nxt > cursor
+                ahead = io_thread.submit(fetch, nxt) if more else None
+                items = data.get("items", [])
+                received = _take_page(
+                    node, client, partner, items if isinstance(items, list) else []
+                )
+                stored += sum(1 for r in received if r.created)
+                if received:
+                    io_thread.submit(_acknowledge, client, partner, received)
+                if isinstance(nxt, int) and nxt > cursor:
+                    cursor = nxt
+                    _save(node, partner.node_id, cursor, None)
+        except PartnerUnavailableError as exc:
+            error = exc.message
     _save(node, partner.node_id, cursor, error)
     return stored
 
 
-def _take_page(node: Node, client: PartnerClient, partner: Partner, items: list[Any]) -> int:
+def _take_page(
+    node: Node, client: PartnerClient, partner: Partner, items: list[Any]
+) -> list[Received]:
     receiver = Receiver(node, sender=partner.node_id, via="pull")
     wanted = [i for i in items if isinstance(i, dict)]
     held = receiver.held([str(i.get("artifact_id", ""))[:64] for i in wanted])
@@ -99,14 +117,12 @@ def _take_page(node: Node, client: PartnerClient, partner: Partner, items: list[
     except BaseException:
         receiver.discard(staged)
         raise
-    created = [r for r in received if r.created]
-    if received:
-        _acknowledge(client, partner, [json.loads(r.receipt) for r in received])
-    return len(created)
+    return received
 
 
-def _acknowledge(client: PartnerClient, partner: Partner, receipts: list[Any]) -> None:
+def _acknowledge(client: PartnerClient, partner: Partner, received: list[Received]) -> None:
     """Send the receipts for what a page brought; a failure only delays the partner's view."""
+    receipts = [json.loads(r.receipt) for r in received]
     for start in range(0, len(receipts), 500):
         try:
             client.call_json(

@@ -51,6 +51,7 @@ from service.errors import (
     PolicyDeniedError,
     TooLargeError,
 )
+from service.faults import fault_point
 from service.federation.onward import verify_chain
 from service.models import Artifact, ReceivedNotice
 from service.node import Node
@@ -58,7 +59,7 @@ from service.partners import partner_verify_keys
 
 __all__ = ["Received", "Receiver", "receive_artifact"]
 
-COMMIT_THREADS = 4  # blob fsyncs of one batch run side by side
+COMMIT_THREADS = 8  # blob fsyncs of one batch run side by side
 
 
 class _Null:
@@ -301,6 +302,7 @@ class Receiver:
         except BaseException:
             writer.abort()
             raise
+        fault_point("receive.staged")
         return _Staged(checked, writer, tee.count)
 
     def discard(self, staged: Sequence[_Staged]) -> None:
@@ -322,6 +324,7 @@ class Receiver:
                 if item.digest is not None:
                     self.node.blobs.delete(item.digest)
             raise
+        fault_point("receive.blob_committed")
         now = self.node.now()
         rows = [self._row(item, now) for item in staged]
         try:
@@ -335,6 +338,10 @@ class Receiver:
                 self._commit_one(item, row, now)
                 for item, (row, _r) in zip(staged, rows, strict=True)
             ]
+        except BaseException:
+            self._drop_unreferenced(staged)  # nothing was stored: leave no blob behind
+            raise
+        fault_point("receive.db_committed")
         self.node.metrics.received.labels("accepted").inc(len(rows))
         return [Received(row, receipt, True) for row, receipt in rows]
 
@@ -349,6 +356,20 @@ class Receiver:
             return
         with ThreadPoolExecutor(min(COMMIT_THREADS, len(staged))) as pool:
             list(pool.map(one, staged))
+
+    def _drop_unreferenced(self, staged: Sequence[_Staged]) -> None:
+        """Delete committed blobs that no artifact row refers to (the transaction failed)."""
+        digests = [item.digest for item in staged if item.digest is not None]
+        try:
+            with self.node.db.session() as session:
+                kept = set(
+                    session.exec(select(Artifact.blob).where(col(Artifact.blob).in_(digests)))
+                )
+        except Exception:
+            return  # the database is gone: the start-up sweep removes them later
+        for digest in digests:
+            if digest not in kept:
+                self.node.blobs.delete(digest)
 
     def _commit_one(self, item: _Staged, row: Artifact, now: datetime) -> Received:
         try:

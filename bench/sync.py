@@ -1,0 +1,391 @@
+"""Benchmark: federation sync between two real nodes on this machine.
+
+DESIGN.md section 10: end-to-end delivery between two nodes on one machine (share to receipt),
+500 artifacts per second; catch-up pull after a partition, 2,000 per second. The peer figure is
+MISP's reported 2-3 seconds per event for synchronisation between instances.
+
+Two ``entente serve`` processes (``uk-aisi`` shares, ``us-aisi`` receives) on loopback, SQLite
+homes in a temporary folder, the example MOU policies, 4 KiB artifacts. Figures:
+
+* shares/s: ``POST /v1/artifacts`` of N artifacts (a few concurrent publishers) accepted by the
+  sharing node (policy check, hash, encrypt, sign, store, audit, outbox row);
+* end to end/s: N divided by the time from the first share to the last signed receipt stored at
+  the sharing node (sharing, push delivery, verification, storage and receipt together);
+* push delivery alone/s: N artifacts queued at the stopped sharing node (same domain code, no
+  upload), which then starts: N divided by the time from its start until the last receipt;
+* catch-up/s: the receiver is down while N are shared (their pushes fail and are parked by a
+  long backoff), then it starts: N divided by the time from its start (healthy) until it holds
+  all N, all of them pulled from the sharer's feed (the start-up time is reported beside it).
+
+``--profile uk,us`` records the nodes with py-spy during each phase (collapsed stacks in the
+bench folder, which is then kept). The machine's load average is printed with the figures: the
+numbers mean little when other work competes for the same cores.
+
+Usage::
+
+    python bench/sync.py            # N = 2000
+    python bench/sync.py --quick    # N = 200: only checks that everything runs
+    python bench/sync.py -n 5000 --json result.json
+
+Figures go to stdout; the JSON result is the last stdout line (or goes to ``--json PATH``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.nodes import PASSPHRASE, NodeProcess, base_env  # noqa: E402
+
+MISP_SECONDS_PER_EVENT = (2.0, 3.0)  # MISP's reported sync cost per event (the peer)
+TARGET_E2E = 500.0  # artifacts per second, share to receipt
+TARGET_CATCHUP = 2000.0  # artifacts per second, pull after a partition
+SIZE = 4096  # bytes per artifact
+BOUNDARY = "entente-bench"
+
+
+def upload(meta: dict[str, Any], content: bytes) -> bytes:
+    return (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n'.encode()
+        + json.dumps(meta).encode()
+        + f'\r\n--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; '
+        'filename="f"\r\n\r\n'.encode()
+        + content
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
+
+
+def prepare(root: Path, env: dict[str, str]) -> tuple[NodeProcess, NodeProcess, dict[str, Any]]:
+    from service.federation.setup import prepare_federation
+
+    uk = NodeProcess(root / "uk-aisi", "uk-aisi", env=base_env(**env))
+    us = NodeProcess(root / "us-aisi", "us-aisi", env=base_env(**env))
+    prepared = prepare_federation(
+        {"uk-aisi": uk.url, "us-aisi": us.url},
+        root=root,
+        passphrase=PASSPHRASE,
+        scrypt_work_factor=10,
+    )
+    return uk, us, {nid: p.tokens for nid, p in prepared.items()}
+
+
+def share_many(url: str, token: str, n: int, *, tag: str, workers: int) -> float:
+    """Share ``n`` artifacts with us-aisi; return the wall time."""
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
+    }
+    meta = {
+        "title": "bench",
+        "tlp": "TLP:GREEN",
+        "topics": ["evaluation"],
+        "purposes": ["evaluation"],
+        "partners": ["us-aisi"],
+    }
+    counter = iter(range(n))
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def work() -> None:
+        with httpx.Client(timeout=60) as client:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                content = (f"{tag}-{i}-".encode() * SIZE)[:SIZE]
+                r = client.post(
+                    f"{url}/v1/artifacts",
+                    content=upload({**meta, "title": f"bench {tag} {i}"}, content),
+                    headers=headers,
+                )
+                if r.status_code != 201:
+                    errors.append(r.text[:200])
+                    return
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        for f in [pool.submit(work) for _ in range(workers)]:
+            f.result()
+    if errors:
+        raise RuntimeError(f"share failed: {errors[0]}")
+    return time.perf_counter() - start
+
+
+def count(db: Path, sql: str) -> int:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        value: int = conn.execute(sql).fetchone()[0]
+    return value
+
+
+def wait_until(check: Any, timeout: float, what: str) -> float:
+    deadline = time.perf_counter() + timeout
+    while time.perf_counter() < deadline:
+        if check():
+            return time.perf_counter()
+        time.sleep(0.02)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def _spy(profile: str | None, nodes: dict[str, NodeProcess], root: Path, phase: str) -> list[Any]:
+    """``--profile uk,us``: py-spy record the named nodes during a phase (collapsed stacks)."""
+    import subprocess
+
+    spies = []
+    for name in (profile or "").split(","):
+        node = nodes.get(name.strip())
+        if node is None or node.proc is None:
+            continue
+        out = root / f"profile-{phase}-{name}.txt"
+        spies.append(
+            subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record",
+                 "--pid", str(node.proc.pid), "--format", "raw",
+                 "--threads", "-o", str(out), "--rate", "200"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+        print(f"profiling {name} during {phase} into {out}", file=sys.stderr)
+    time.sleep(0.5 if spies else 0)
+    return spies
+
+
+IDLE = (
+    "Condition.wait",
+    "EpollSelector.select",
+    "_worker (concurrent",
+    "Queue.get",
+    "SyncStream.read",
+)
+
+
+def summarize_profiles(folder: Path, top: int = 12) -> None:
+    """Print the busiest frames (self time, idle waits left out) of each recorded profile."""
+    from collections import Counter
+
+    for path in sorted(folder.glob("profile-*.txt")):
+        own: Counter[str] = Counter()
+        total = 0
+        for line in path.read_text().splitlines():
+            stack, _, count = line.rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            frame = stack.split(";")[-1]
+            if frame.startswith(IDLE) or not frame:
+                continue
+            own[frame] += int(count)
+            total += int(count)
+        print(f"--- {path.name}: busiest frames ({total} busy samples)")
+        for frame, n in own.most_common(top):
+            print(f"  {100 * n / max(total, 1):5.1f}%  {frame}")
+
+
+def _stop_spies(spies: list[Any]) -> None:
+    import signal
+
+    for spy in spies:
+        spy.send_signal(signal.SIGINT)
+    for spy in spies:
+        spy.wait(30)
+
+
+def run(n: int, workers: int, profile: str | None) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="entente-bench-sync-"))
+    env = {
+        "ENTENTE_SYNC_INTERVAL_SECONDS": "0.05",
+        "ENTENTE_RETRY_BASE_SECONDS": "120",  # parked during the partition: catch-up is a pull
+        "ENTENTE_RETRY_MAX_SECONDS": "300",
+        "ENTENTE_PULL_INTERVAL_SECONDS": "3600",
+        "ENTENTE_LOG_LEVEL": "WARNING",
+        "ENTENTE_RATE_LIMIT_PER_MINUTE": "1000000",
+    }
+    uk, us, tokens = prepare(root, env)
+    uk_db, us_db = uk.home / "entente.db", us.home / "entente.db"
+    delivered_sql = "SELECT count(*) FROM outbox WHERE state='delivered' AND receipt IS NOT NULL"
+    held_sql = "SELECT count(*) FROM artifacts WHERE direction='received'"
+    nodes = {"uk": uk, "us": us}
+    try:
+        uk.start()
+        us.start()
+        # warm up both processes (imports, connections, first signatures)
+        share_many(uk.url, tokens["uk-aisi"]["publisher"], 20, tag="warm", workers=2)
+        wait_until(lambda: count(uk_db, delivered_sql) >= 20, 60, "warm-up deliveries")
+
+        # 1. end to end: share N over HTTP, wait for N receipts
+        base = count(uk_db, delivered_sql)
+        spies = _spy(profile, nodes, root, "e2e")
+        t0 = time.perf_counter()
+        share_seconds = share_many(
+            uk.url, tokens["uk-aisi"]["publisher"], n, tag="e2e", workers=workers
+        )
+        t_done = wait_until(lambda: count(uk_db, delivered_sql) >= base + n, 600, "receipts")
+        e2e_seconds = t_done - t0
+        _stop_spies(spies)
+
+        # 2. push delivery alone: N queued at the stopped sender, then it starts
+        uk.stop()
+        queue_shares(uk.home, n, tag="push")
+        base = count(uk_db, delivered_sql)
+        uk.start()
+        t_up = time.perf_counter()
+        spies = _spy(profile, nodes, root, "push")
+        t_done = wait_until(lambda: count(uk_db, delivered_sql) >= base + n, 600, "receipts")
+        push_seconds = t_done - t_up
+        _stop_spies(spies)
+
+        # 3. catch-up: the receiver is down while N are shared; their pushes fail and are
+        #    parked by the long backoff; then the receiver starts and pulls the feed
+        us.stop()
+        uk.stop()
+        held_before = count(us_db, held_sql)
+        queue_shares(uk.home, n, tag="partition")
+        uk.start()
+        wait_until(
+            lambda: (
+                count(uk_db, "SELECT count(*) FROM outbox WHERE state='pending' AND attempts=0")
+                == 0
+            ),
+            120,
+            "the pushes to fail while the receiver is down",
+        )
+        t1 = time.perf_counter()
+        us.start()
+        t_ready = time.perf_counter()
+        spies = _spy(profile, nodes, root, "catchup")
+        t_caught = wait_until(lambda: count(us_db, held_sql) >= held_before + n, 600, "catch-up")
+        catchup_seconds = t_caught - t_ready
+        _stop_spies(spies)
+        pulled = count(
+            us_db,
+            "SELECT count(*) FROM audit_entries WHERE kind='receive.accepted' "
+            'AND detail LIKE \'%"via":"pull"%\'',
+        )
+    finally:
+        us.stop()
+        uk.stop()
+    return {
+        "n": n,
+        "artifact_bytes": SIZE,
+        "share_per_second": n / share_seconds,
+        "end_to_end_per_second": n / e2e_seconds,
+        "end_to_end_seconds": e2e_seconds,
+        "push_delivery_per_second": n / push_seconds,
+        "catchup_per_second": n / catchup_seconds,
+        "catchup_seconds": catchup_seconds,
+        "receiver_start_seconds": t_ready - t1,
+        "catchup_via_pull": pulled,
+        "home": str(root),
+    }
+
+
+def queue_shares(home: Path, n: int, *, tag: str) -> None:
+    """Share ``n`` artifacts in-process at the stopped node ``home`` (same domain code as
+    ``POST /v1/artifacts``, without the upload), so a phase can time delivery alone."""
+    import io
+
+    from service import artifacts as domain
+    from service.node import load_node
+    from service.schemas import ShareMetadata
+    from service.settings import Settings
+    from service.tokens import Principal, Role
+
+    settings = Settings(home=home, passphrase=PASSPHRASE, scrypt_work_factor=10)  # type: ignore[arg-type]
+    node = load_node(settings, migrate=True)
+    principal = Principal(token_id="tok_bench", name="bench", role=Role.PUBLISHER)  # noqa: S106
+    meta = ShareMetadata(
+        title=f"bench {tag}", tlp="TLP:GREEN", topics=["evaluation"], purposes=["evaluation"],
+        partners=["us-aisi"],
+    )  # fmt: skip
+    try:
+        decisions = domain.decide_share(node, meta, principal=principal)
+        for i in range(n):
+            content = (f"{tag}-{i}-".encode() * SIZE)[:SIZE]
+            domain.share_artifact(
+                node, node.blobs, meta, io.BytesIO(content), principal=principal,
+                decisions=decisions,
+            )  # fmt: skip
+    finally:
+        node.db.dispose()
+
+
+def report(result: dict[str, Any]) -> None:
+    lo, hi = MISP_SECONDS_PER_EVENT
+    misp_rate = (1 / hi, 1 / lo)
+    e2e, catch = result["end_to_end_per_second"], result["catchup_per_second"]
+    print(f"artifacts: {result['n']} x {result['artifact_bytes']} bytes, two nodes on loopback")
+    load = result["load_average"]
+    print(
+        f"machine: {result['cpus']} CPUs, 1-minute load average {load[0]} before, {load[1]} after"
+        " (anything above 0 is other work competing with the two nodes)"
+    )
+    print(f"share accepted:      {result['share_per_second']:8.0f} /s")
+    print(
+        f"end to end:          {e2e:8.0f} /s  (target {TARGET_E2E:.0f}/s: "
+        f"{'met' if e2e >= TARGET_E2E else 'NOT met'}; {e2e / TARGET_E2E:.2f}x)"
+    )
+    print(
+        f"push delivery alone: {result['push_delivery_per_second']:8.0f} /s  (queued, to receipt)"
+    )
+    print(
+        f"catch-up pull:       {catch:8.0f} /s  (target {TARGET_CATCHUP:.0f}/s: "
+        f"{'met' if catch >= TARGET_CATCHUP else 'NOT met'}; {catch / TARGET_CATCHUP:.2f}x; "
+        f"{result['catchup_via_pull']} by pull; the receiver's start, "
+        f"{result['receiver_start_seconds']:.1f} s, not included)"
+    )
+    print(
+        f"peer (MISP sync):    {misp_rate[0]:.2f}-{misp_rate[1]:.2f} /s (2-3 s per event): "
+        f"end to end {e2e * lo:,.0f}-{e2e * hi:,.0f}x, "
+        f"catch-up {catch * lo:,.0f}-{catch * hi:,.0f}x"
+    )
+    result["misp_per_second"] = list(misp_rate)
+    result["ratio_vs_misp_end_to_end"] = [e2e * lo, e2e * hi]
+    result["ratio_vs_misp_catchup"] = [catch * lo, catch * hi]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=2000, help="artifacts per phase")
+    parser.add_argument("--quick", action="store_true", help="N = 200")
+    parser.add_argument("--workers", type=int, default=4, help="concurrent publishers")
+    parser.add_argument("--json", type=Path, help="also write the JSON result here")
+    parser.add_argument("--keep", action="store_true", help="keep the nodes' homes and logs")
+    parser.add_argument(
+        "--profile", help="py-spy record these nodes (uk, us, or uk,us) into the bench folder"
+    )
+    args = parser.parse_args()
+    n = 200 if args.quick else args.n
+    load_before = os.getloadavg()[0]
+    result = run(n, args.workers, args.profile)
+    if args.profile:
+        summarize_profiles(Path(result["home"]))
+    elif not args.keep:
+        import shutil
+
+        shutil.rmtree(result.pop("home"), ignore_errors=True)
+    result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    result["cpus"] = os.cpu_count()
+    report(result)
+    line = json.dumps(result, sort_keys=True)
+    if args.json:
+        args.json.write_text(line + "\n")
+    print(line)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

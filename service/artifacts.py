@@ -20,7 +20,7 @@ import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,6 +40,7 @@ from service.errors import (
     NotFoundError,
     PolicyDeniedError,
 )
+from service.faults import fault_point
 from service.models import Artifact, Outbox, Partner
 from service.node import Node
 from service.schemas import ShareMetadata
@@ -221,10 +222,12 @@ def share_artifact(
             expires_at=meta.expires_at,
             chain=chain,
         )
+        fault_point("share.sealed")
         digest = writer.commit()
     except BaseException:
         writer.abort()
         raise
+    fault_point("share.blob_committed")
     try:
         with node.db.session() as session:
             row = _artifact_row(
@@ -261,9 +264,11 @@ def share_artifact(
                         next_attempt_at=now,
                     )
                 )
+            fault_point("share.before_db_commit")
     except BaseException:
         blobs.delete(digest)
         raise
+    fault_point("share.db_committed")
     node.metrics.shares.labels("allowed").inc()
     return row
 
@@ -315,8 +320,11 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, ident = json.loads(raw)
-        return datetime.fromisoformat(stamp), str(ident)
-    except (ValueError, TypeError, UnicodeDecodeError):
+        at = datetime.fromisoformat(stamp)
+        if at.tzinfo is None:
+            raise ValueError("naive")
+        return at.astimezone(UTC), str(ident)
+    except (ValueError, TypeError, UnicodeDecodeError, OverflowError):
         raise InvalidInputError("the cursor is not one this node issued") from None
 
 

@@ -18,6 +18,7 @@ one place (``service/api/problems.py``); the CLI prints the message on one line 
     ├── InvalidInputError     the request is malformed (HTTP 400/422)
     ├── TooLargeError         a body or upload is over its limit (HTTP 413)
     ├── RateLimitedError      a rate or volume limit was hit (HTTP 429)
+    ├── RequestTimeoutError   the request body stalled past its idle limit (HTTP 408)
     └── PartnerUnavailableError
                               a partner node could not be reached or answered wrongly
 """
@@ -40,6 +41,7 @@ __all__ = [
     "PartnerUnavailableError",
     "PolicyDeniedError",
     "RateLimitedError",
+    "RequestTimeoutError",
     "TooLargeError",
     "UsageError",
 ]
@@ -134,6 +136,12 @@ class RateLimitedError(EntenteError):
     kind = "rate-limited"
     status = 429
     title = "Too many requests"
+
+
+class RequestTimeoutError(EntenteError):
+    kind = "request-timeout"
+    status = 408
+    title = "Request timeout"
 
 
 class PartnerUnavailableError(EntenteError):

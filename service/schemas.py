@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -14,6 +14,7 @@ __all__ = [
     "PartnerOut",
     "ShareMetadata",
     "SyncPartnerOut",
+    "is_base_name",
 ]
 
 TLP_LABELS = ("TLP:CLEAR", "TLP:GREEN", "TLP:AMBER", "TLP:AMBER+STRICT", "TLP:RED")
@@ -36,10 +37,30 @@ NodeId = Annotated[
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise ValueError("times must carry a time zone, e.g. 2026-12-01T00:00:00Z")
+    if value is not None:
+        try:
+            value.astimezone(UTC)  # 0001-01-01T00:00+14:00 has no UTC time
+        except OverflowError:
+            raise ValueError("the time is out of range once converted to UTC") from None
     return value
 
 
 AwareTime = Annotated[datetime | None, AfterValidator(_aware)]
+
+
+def is_base_name(name: str) -> bool:
+    """A file name without a path: no separators, no control characters, not ``.`` or ``..``."""
+    return (
+        name not in ("", ".", "..")
+        and not any(c in name for c in "/\\")
+        and not any(ord(c) < 32 or ord(c) == 127 for c in name)
+    )
+
+
+def _base_name(name: str) -> str:
+    if not is_base_name(name):
+        raise ValueError("a file name is a base name: no path, no control characters")
+    return name
 
 
 def _unique(values: list[str]) -> list[str]:
@@ -60,7 +81,9 @@ class ShareMetadata(BaseModel):
     embargo_until: AwareTime = None
     expires_at: AwareTime = None
     partners: Annotated[list[NodeId], Field(min_length=1, max_length=64), AfterValidator(_unique)]
-    filename: Annotated[str, StringConstraints(max_length=255)] | None = None
+    filename: (
+        Annotated[str, StringConstraints(max_length=255), AfterValidator(_base_name)] | None
+    ) = None
 
 
 class DeliveryOut(BaseModel):

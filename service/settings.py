@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, NonNegativeInt, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import UsageError
@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(default=60.0, gt=0)  # seconds per partner request
     rate_limit_per_minute: int = Field(default=600, ge=1)  # requests per token or partner
     volume_limit_bytes_per_day: int = Field(default=64 << 30, ge=1)  # bytes per partner per day
+    # bytes per day for named partners, overriding the default (an MOU's cap), JSON object
+    volume_limits_by_partner: dict[str, NonNegativeInt] = Field(default_factory=dict)
+    request_body_idle_seconds: float = Field(default=30.0, gt=0)  # seconds a body may stall
+    blob_orphan_grace_seconds: float = Field(default=3600.0, ge=0)  # seconds before a blob
+    # that no artifact refers to counts as orphaned and is swept at start (in-flight writes of
+    # other replicas are younger)
 
     # Background work
     sync_interval_seconds: float = Field(default=1.0, gt=0)  # outbox poll when idle

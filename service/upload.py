@@ -19,6 +19,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.errors import InvalidInputError, TooLargeError
+from service.schemas import is_base_name
 
 __all__ = ["MultipartReader", "Part", "boundary_of"]
 
@@ -187,6 +188,11 @@ class MultipartReader:
             filename = params[b"filename"].decode("utf-8") if b"filename" in params else None
         except UnicodeDecodeError:
             raise InvalidInputError("a multipart part name is not valid UTF-8") from None
+        if filename is not None and not is_base_name(filename):
+            raise InvalidInputError(
+                "a part's file name is a base name: no path, no control characters",
+                reason="filename",
+            )
         ctype = headers.get(b"content-type")
         return Part(
             name=name,

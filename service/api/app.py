@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,6 +19,8 @@ from service.api.audit import router as audit_router
 from service.api.problems import document_problems, install_problem_handlers
 from service.api.witness import router as witness_router
 from service.console import router as console_router
+from service.limits import Limits, RequestBounds
+from service.maintenance import sweep_in_background
 from service.node import Node
 from service.transparency import register_audit_workers
 
@@ -40,11 +43,13 @@ def create_app(node: Node, *, start_workers: bool | None = None) -> FastAPI:
 
             register_federation_workers(workers, node)
             await workers.start()
+        swept = asyncio.ensure_future(sweep_in_background(node))  # what a crash left behind
         try:
             yield
         finally:
             if workers is not None:
                 await workers.stop()
+            await swept
 
     app = FastAPI(
         title=f"Entente node {node.node_id}",
@@ -56,8 +61,16 @@ def create_app(node: Node, *, start_workers: bool | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.node = node
+    app.state.limits = Limits(node.settings)
     install_problem_handlers(app)
     document_problems(app)
+
+    # Inside the request counter (added before it): a stalled body raises where the app reads it.
+    app.add_middleware(
+        RequestBounds,
+        max_head_bytes=node.settings.max_request_header_bytes,
+        idle_seconds=node.settings.request_body_idle_seconds,
+    )
 
     @app.middleware("http")
     async def count_requests(

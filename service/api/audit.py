@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -76,7 +76,10 @@ def _page_size(node: Node, limit: int | None) -> int:
 def _aware(value: datetime | None, name: str) -> datetime | None:
     if value is not None and value.tzinfo is None:
         raise InvalidInputError(f"{name} needs a time zone (e.g. 2026-01-31T12:00:00Z)")
-    return value
+    try:
+        return value.astimezone(UTC) if value is not None else None
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00
+        raise InvalidInputError(f"{name} is out of range once converted to UTC") from None
 
 
 def _tree_size(session: Session) -> int:

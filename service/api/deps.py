@@ -10,6 +10,7 @@ from sqlmodel import Session
 
 from service.audit import record
 from service.errors import AuthError, ForbiddenError
+from service.limits import Limits
 from service.node import Node
 from service.tokens import Principal, Role, authenticate
 
@@ -85,6 +86,7 @@ def require_roles(*roles: Role) -> Callable[..., Principal]:
                 audited=True,
             )
         request.state.principal = principal
+        Limits.of(request.app.state).token(node, principal.token_id)
         return principal
 
     return dependency

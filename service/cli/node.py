@@ -130,6 +130,7 @@ def serve(
     import uvicorn
 
     from service.api.app import create_app
+    from service.limits import ProblemH11Protocol
     from service.node import load_node
 
     settings = settings_for(home, database_url, host=host, port=port)
@@ -144,6 +145,7 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
         h11_max_incomplete_event_size=settings.max_request_header_bytes,
+        http=ProblemH11Protocol,  # h11 always (the head limit), refusals as problem documents
     )
     server = uvicorn.Server(config)  # uvicorn turns SIGTERM/SIGINT into a graceful shutdown
     # uvicorn re-raises the captured signal after shutting down; a stop by SIGTERM is the normal

@@ -22,6 +22,7 @@ from sqlmodel import col, select
 from crypto import httpsig
 from crypto.errors import MalformedError, VerificationUnavailableError
 from crypto.keys import SigningKey, VerifyKey
+from service.limits import check_nonce_room
 from service.models import PartnerKey, SeenNonce
 from service.node import Node
 
@@ -130,6 +131,7 @@ def verify_incoming(
             raise MalformedError("the nonce is too long")
         try:
             with node.db.session() as session:
+                check_nonce_room(session, node.settings)  # bounded: refuse rather than forget
                 session.add(SeenNonce(keyid=keyid, nonce=nonce, seen_at=node.now()))
         except IntegrityError:
             return True

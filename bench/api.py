@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENTENTE_")}
         env.update(ENTENTE_WORKERS_ENABLED="false", ENTENTE_LOG_LEVEL="WARNING")
+        env.update(ENTENTE_RATE_LIMIT_PER_MINUTE="100000000")  # measure the node, not its limiter
         url = f"http://127.0.0.1:{uk_port}"
         log = open(root / "uk.log", "wb")  # noqa: SIM115 - closed below
         node = subprocess.Popen(

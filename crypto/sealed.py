@@ -124,9 +124,12 @@ ProgressCallback = Callable[[int], None]  # called with the plaintext bytes proc
 
 
 def _format_time(value: datetime) -> str:
-    text = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += f".{value.astimezone(UTC).microsecond:06d}"
+    utc = value.astimezone(UTC)
+    # isoformat, not strftime: glibc's %Y does not pad years before 1000 ("500-01-01"), which
+    # _parse_time (rightly) refuses, so such a manifest could never be verified again.
+    text = utc.replace(tzinfo=None).isoformat(timespec="seconds")
+    if utc.microsecond:
+        text += f".{utc.microsecond:06d}"
     return text + "Z"
 
 

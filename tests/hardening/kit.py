@@ -154,11 +154,16 @@ class Snapshot:
     temporary: frozenset[str]
 
 
+_REFLECTED: dict[int, sa.MetaData] = {}
+
+
 def snapshot(node: Node) -> Snapshot:
     rows: dict[str, list[tuple[Any, ...]]] = {}
     engine = node.db.engine
-    meta_ = sa.MetaData()
-    meta_.reflect(engine)
+    meta_ = _REFLECTED.get(id(engine))
+    if meta_ is None:
+        meta_ = _REFLECTED[id(engine)] = sa.MetaData()
+        meta_.reflect(engine)
     with engine.connect() as conn:
         for name, table in sorted(meta_.tables.items()):
             if name in GROWS_ON_REFUSAL or name == "alembic_version":

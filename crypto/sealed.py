@@ -46,6 +46,7 @@ expiry allows a read: that is the policy engine's job, with the manifest's field
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -171,6 +172,12 @@ def _check_json_object(value: object, name: str) -> dict[str, Any]:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_canonical_recipient(text: str) -> bool:
+    """Parse and re-encode (Bech32 is costly in Python): the same strings recur on every share."""
+    return age.parse_recipient(text).to_string() == text
+
+
 @dataclass(frozen=True)
 class ManifestRecipient:
     """A recipient of a sealed artifact: the node's id and the age recipient string used."""
@@ -183,7 +190,7 @@ class ManifestRecipient:
             raise MalformedError("a recipient's node_id is not a valid node id")
         if not isinstance(self.recipient, str):
             raise MalformedError("a recipient's age recipient is a string")
-        if age.parse_recipient(self.recipient).to_string() != self.recipient:
+        if not _is_canonical_recipient(self.recipient):
             raise MalformedError("a recipient's age recipient is not in its canonical form")
 
     def to_age(self) -> age.X25519Recipient | age.HybridRecipient:

@@ -75,8 +75,12 @@ class _FileBlobWriter:
             self._fh = None
             digest = self._hash.hexdigest()
             final = self._store.path_for(digest)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._tmp, final)
+            self._store.ensure_dir(final.parent)
+            try:
+                os.replace(self._tmp, final)
+            except FileNotFoundError:  # the folder was removed behind our back: make it again
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self._tmp, final)
             return digest
         except BaseException:
             self.abort()
@@ -101,6 +105,13 @@ class FileBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         (root / "tmp").mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._made: set[Path] = set()
+
+    def ensure_dir(self, folder: Path) -> None:
+        """Create a fan-out folder once per process (there are at most 65,536 of them)."""
+        if folder not in self._made:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._made.add(folder)
 
     def path_for(self, digest: str) -> Path:
         if not _DIGEST_RE.match(digest):

@@ -19,6 +19,8 @@ file and rename it only on success (``crypto.sealed.open_sealed_file``).
 
 from __future__ import annotations
 
+import functools
+
 import hmac
 import io
 import os
@@ -244,6 +246,7 @@ def decrypt_with_passphrase(
     return out.getvalue()
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_recipient(text: str) -> X25519Recipient | HybridRecipient:
     """Parse an ``age1...`` (X25519) or ``age1pq1...`` (hybrid) recipient string."""
     text = text.strip()

@@ -20,7 +20,6 @@ file and rename it only on success (``crypto.sealed.open_sealed_file``).
 from __future__ import annotations
 
 import functools
-
 import hmac
 import io
 import os

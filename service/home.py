@@ -257,9 +257,10 @@ def rotate_keys(home: Home, settings: Settings, *, now: datetime) -> Rotation:
     the staged files, then each is renamed into place; :func:`open_home` finishes a rotation the
     journal shows was interrupted.
     """
-    keys = home.unlock(settings)
     passphrase = None if not home.protected else read_passphrase(settings, confirm=False)
-    old = keys.signing
+    old = SigningKey(_read_key(home.keys_dir / "signing.key", passphrase))
+    if old.fingerprint != home.fingerprint:
+        raise KeyStoreError(f"the signing key in {home.keys_dir} does not match node.json")
     signing = SigningKey.generate()
     identity = age.X25519Identity.generate()
     recipient = identity.recipient.to_string()

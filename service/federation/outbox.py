@@ -170,7 +170,7 @@ class OutboxWorker:
         ids = self.claim()
         if ids:
             jobs = self._jobs(ids)
-            list(self.pool.map(self._safe, jobs))
+            list(self.pool.map(lambda job: self._safe(*job), jobs))
         self._update_gauges()
         return len(ids)
 
@@ -185,7 +185,8 @@ class OutboxWorker:
             self.node.metrics.queue_depth.labels(partner).set(n)
 
     # --- grouping claimed rows into requests ----------------------------------------------------
-    def _jobs(self, ids: list[int]) -> list[Callable[[], None]]:
+    def _jobs(self, ids: list[int]) -> list[tuple[list[int], Callable[[], None]]]:
+        """Group claimed rows into requests: (the rows' ids, the call that delivers them)."""
         with self.node.db.session() as session:
             rows = list(
                 session.exec(select(Outbox).where(col(Outbox.id).in_(ids)).order_by(col(Outbox.id)))
@@ -201,7 +202,7 @@ class OutboxWorker:
                     select(Partner).where(col(Partner.node_id).in_({r.partner for r in rows}))
                 )
             }
-        jobs: list[Callable[[], None]] = []
+        jobs: list[tuple[list[int], Callable[[], None]]] = []
         settled: list[tuple[int, Outcome]] = []
         small: dict[str, list[tuple[Outbox, Artifact]]] = defaultdict(list)
         descriptors: dict[str, list[Outbox]] = defaultdict(list)
@@ -225,21 +226,25 @@ class OutboxWorker:
             elif row.kind == "deliver" and artifact.ciphertext_size <= BATCH_ITEM_MAX_BYTES:
                 small[row.partner].append((row, artifact))
             else:
-                jobs.append(partial(self._one, partner, row, artifact))
+                jobs.append(([row.id], partial(self._one, partner, row, artifact)))
         if settled:
             self._settle(settled)
         for partner_id, items in small.items():
             for chunk in _chunks(items):
-                jobs.append(partial(self._batch, partners[partner_id], chunk))
+                ids_ = [r.id or 0 for r, _ in chunk]
+                jobs.append((ids_, partial(self._batch, partners[partner_id], chunk)))
         for partner_id, drows in descriptors.items():
-            jobs.append(partial(self._descriptors, partners[partner_id], drows))
+            ids_ = [r.id or 0 for r in drows]
+            jobs.append((ids_, partial(self._descriptors, partners[partner_id], drows)))
         return jobs
 
-    def _safe(self, job: Callable[[], None]) -> None:
+    def _safe(self, ids: list[int], job: Callable[[], None]) -> None:
         try:
             job()
         except Exception:
             log.exception("an outbox job failed unexpectedly")
+            why = _Retry("internal error while delivering (see the node's log)")
+            self._settle([(i, why) for i in ids])  # rows settled already stay settled
 
     # --- deliveries -----------------------------------------------------------------------------
     def _verify(

@@ -418,3 +418,30 @@ def test_two_workers_on_postgres_never_claim_the_same_row(tmp_path: Path, pg_url
             ).all()
         )
     assert owners == {"replica-a": len(a), "replica-b": len(b)}
+
+
+def test_an_unexpected_failure_is_retried_not_lost(pair: Pair) -> None:
+    [art_id] = share(pair.uk)
+    with pair.uk.node.db.session() as session:
+        row = session.get(Artifact, art_id)
+        assert row is not None and row.blob is not None
+        blob = row.blob
+    path = pair.uk.node.blobs.path_for(blob)
+    moved = path.with_name("moved")
+    path.rename(moved)  # the ciphertext is briefly unreadable (a storage hiccup)
+    worker = pair.worker(pair.uk)
+    try:
+        assert worker.run_once() == 1
+        [row] = outbox(pair.uk)
+        assert row.state == "pending" and row.attempts == 1 and row.lease_owner is None
+        assert "internal error" in (row.last_error or "")
+        moved.rename(path)
+        with pair.uk.node.db.session() as session:
+            again = session.exec(select(Outbox)).one()
+            again.next_attempt_at = datetime.now(UTC)
+            session.add(again)
+        assert worker.run_once() == 1
+    finally:
+        worker.close()
+    assert outbox(pair.uk)[0].state == "delivered"
+    assert accepted(pair.us) == {art_id: 1}

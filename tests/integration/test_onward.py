@@ -111,6 +111,13 @@ def test_onward_share_allowed_verified_read_and_revoked_downstream(fed: Federati
     assert json.loads(accepted[0]["detail"])["origin"] == "uk-aisi"
     assert json.loads(accepted[0]["detail"])["upstream"] == art_id
     assert [a["artifact_id"] for a in audit(fed, "us-aisi", "onward.allowed")] == [copy["id"]]
+    status = run_cli(
+        "sync", "status", "--url", us.url, "--json",
+        env=base_env(ENTENTE_TOKEN=fed.tokens["us-aisi"]["auditor"]),
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    to_ca = {r["partner"]: r for r in json.loads(status.stdout)}["ca-aisi"]
+    assert to_ca["delivered"] >= 1 and to_ca["failing"] == 0 and to_ca["last_contact"]
 
     # The UK revokes: the US deletes its copy and revokes what it passed on; Canada deletes too.
     uk = fed.nodes["uk-aisi"]

@@ -176,6 +176,14 @@ def with_auth(value: bytes | None) -> Send:
     return send
 
 
+def huge_header() -> Send:
+    async def send(e: Env) -> httpx.Response:
+        headers = {**e.uk.auth(Role.READER), "X-Padding": "a" * (20 << 10)}  # > 16 KiB default
+        return await request(e, "GET", b"/v1/partners", headers=headers)
+
+    return send
+
+
 def cursor(stamp: object, ident: object = "art_x") -> str:
     raw = json.dumps([stamp, ident]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -395,6 +403,8 @@ CASES: dict[str, Bad] = {
         upload_meta(partners=["../us-aisi"]), 422, "invalid-input", R
     ),
     "upload/as-reader": Bad(upload(meta(), role=Role.READER), 403, "forbidden", "auth.refused"),
+    # Request heads (a real uvicorn process: tests/hardening/test_serve_limits.py)
+    "head/huge-header": Bad(huge_header(), 431, "headers-too-large", None),
     # Authentication
     "auth/missing": Bad(with_auth(None), 401, "unauthorized", "auth.refused", "missing"),
     "auth/malformed": Bad(
@@ -647,7 +657,7 @@ async def test_duplicate_delivery_is_idempotent(env: Env) -> None:
 
 def test_every_route_family_has_cases() -> None:
     families = {case.split("/")[0] for case in CASES}
-    assert {"upload", "auth", "ids", "cursor", "filter", "audit", "federation", "inbox",
+    assert {"upload", "head", "auth", "ids", "cursor", "filter", "audit", "federation", "inbox",
             "notices", "feed", "payload", "descriptor"} <= families  # fmt: skip
 
 

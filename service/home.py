@@ -115,15 +115,24 @@ class Home:
 
 def read_passphrase(settings: Settings, *, confirm: bool) -> str:
     """The passphrase from ENTENTE_PASSPHRASE, or a prompt when stdin is a terminal."""
+    path = settings.passphrase_file
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")  # systemd LoadCredential=passphrase
+    if path is None and credentials and (Path(credentials) / "passphrase").is_file():
+        path = Path(credentials) / "passphrase"
     if settings.passphrase is not None:
         value = settings.passphrase.get_secret_value()
+    elif path is not None:
+        try:
+            value = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read the passphrase file {path}: {exc}") from None
     elif sys.stdin.isatty():
         value = getpass.getpass("Passphrase for the node's keys: ")
         if confirm and getpass.getpass("Repeat the passphrase: ") != value:
             raise UsageError("the passphrases do not match")
     else:
         raise UsageError(
-            "the node's keys are encrypted: set ENTENTE_PASSPHRASE "
+            "the node's keys are encrypted: set ENTENTE_PASSPHRASE or ENTENTE_PASSPHRASE_FILE "
             "(or run on a terminal to be prompted)"
         )
     if len(value) < 8:

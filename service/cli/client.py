@@ -99,6 +99,14 @@ def share(
         str | None, typer.Option(help="ISO time before which it is closed")
     ] = None,
     expires_at: Annotated[str | None, typer.Option(help="ISO time it expires")] = None,
+    approve_onward: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--approve-onward",
+            help="A third node the recipients may pass it on to, where the MOU asks for the "
+            "originator's approval (repeatable; recorded in the signed manifest)",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Share FILE with partners through your node (policy-checked, signed, encrypted)."""
@@ -114,6 +122,7 @@ def share(
         "partners": to,
         "embargo_until": _when(embargo_until, "--embargo-until"),
         "expires_at": _when(expires_at, "--expires-at"),
+        "onward_approved": approve_onward or [],
     }
     boundary = f"entente-{secrets.token_hex(12)}"
     head = (

@@ -1,0 +1,79 @@
+"""The HTTP client commands against real nodes: share, inbox, get, revoke."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.nodes import Federation, base_env, run_cli, start_federation
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
+    federation = start_federation(
+        tmp_path_factory.mktemp("cli-client"),
+        ("uk-aisi", "us-aisi"),
+        ENTENTE_SYNC_INTERVAL_SECONDS="0.2",
+    )
+    yield federation
+    federation.stop()
+
+
+def _as(fed: Federation, node: str, role: str) -> dict[str, str]:
+    return base_env(ENTENTE_URL=fed.nodes[node].url, ENTENTE_TOKEN=fed.tokens[node][role])
+
+
+def test_share_inbox_get_revoke(fed: Federation, tmp_path: Path) -> None:
+    finding = tmp_path / "finding.md"
+    finding.write_bytes(b"# Finding\n" + b"evaluation detail\n" * 4000)
+    shared = run_cli(
+        "share", str(finding), "--to", "us-aisi", "--tlp", "TLP:GREEN",
+        "--topic", "evaluation", "--purpose", "evaluation", "--approve-onward", "ca-aisi",
+        "--json", env=_as(fed, "uk-aisi", "publisher"),
+    )  # fmt: skip
+    assert shared.returncode == 0, shared.stderr
+    art = json.loads(shared.stdout)
+    assert art["policy"]["onward_approved"] == ["ca-aisi"]
+
+    deadline = time.monotonic() + 30
+    items: list[dict[str, str]] = []
+    while time.monotonic() < deadline and not items:
+        inbox = run_cli("inbox", "--json", env=_as(fed, "us-aisi", "reader"))
+        assert inbox.returncode == 0, inbox.stderr
+        items = json.loads(inbox.stdout)
+        time.sleep(0.3)
+    assert [i["id"] for i in items] == [art["id"]]
+
+    out = tmp_path / "copy.md"
+    got = run_cli("get", art["id"], "-o", str(out), env=_as(fed, "us-aisi", "reader"))
+    assert got.returncode == 0, got.stderr
+    assert out.read_bytes() == finding.read_bytes()
+    again = run_cli("get", art["id"], "-o", str(out), env=_as(fed, "us-aisi", "reader"))
+    assert again.returncode != 0 and "exists" in again.stderr  # never clobbers
+
+    refused = run_cli("revoke", art["id"], env=_as(fed, "uk-aisi", "reader"))
+    assert refused.returncode != 0
+    assert refused.stderr.startswith("entente: 403")
+    revoked = run_cli(
+        "revoke", art["id"], "--reason", "superseded", env=_as(fed, "uk-aisi", "publisher")
+    )
+    assert revoked.returncode == 0, revoked.stderr
+
+
+def test_denied_share_names_rule_and_clause(fed: Federation, tmp_path: Path) -> None:
+    f = tmp_path / "red.txt"
+    f.write_bytes(b"red")
+    result = run_cli(
+        "share", str(f), "--to", "us-aisi", "--tlp", "TLP:RED", "--topic", "evaluation",
+        "--purpose", "evaluation", env=_as(fed, "uk-aisi", "publisher"),
+    )  # fmt: skip
+    assert result.returncode == 1
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1
+    assert "403" in line and "above-amber" in line and "US-UK MOU 2024" in line

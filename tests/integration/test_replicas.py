@@ -95,6 +95,7 @@ def test_two_replicas_on_postgres_survive_a_kill(tmp_path: Path, pg_url: str) ->
         # A delivery lease is two request timeouts: a killed replica's claims lapse in ~15 s.
         ENTENTE_REQUEST_TIMEOUT_SECONDS="5",
         ENTENTE_LOG_LEVEL="WARNING",
+        ENTENTE_RATE_LIMIT_PER_MINUTE="1000000",  # one token shares as fast as it can here
     )
     replica_a = NodeProcess(tmp_path / "uk-aisi", "uk-aisi", env=env)
     replica_b = NodeProcess(tmp_path / "uk-aisi", "uk-aisi", env=env)

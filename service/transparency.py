@@ -768,12 +768,13 @@ def iter_entries(
 # Workers
 
 
-def register_audit_workers(workers: Workers, node: Node, **options: Any) -> None:
+def register_audit_workers(workers: Workers, node: Node, **options: Any) -> Any:
     """Add the sequencer and the checkpoint submission to ``workers``.
 
     Each new checkpoint is submitted to every pinned partner's witness through
     ``options["witness_transport"]`` (a :class:`service.witness.WitnessTransport`; default: the
-    RFC 9421-signed :class:`service.witness.SignedWitnessTransport`).
+    RFC 9421-signed :class:`service.witness.SignedWitnessTransport`). Returns the transport, for
+    the caller to close (``aclose``, when it has one) once the workers have stopped.
     """
     interval = node.settings.checkpoint_interval_seconds
 
@@ -787,3 +788,4 @@ def register_audit_workers(workers: Workers, node: Node, **options: Any) -> None
 
     transport = options.get("witness_transport") or SignedWitnessTransport(node)
     workers.add("audit-witness-submit", submission_step(node, transport))
+    return transport

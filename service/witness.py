@@ -401,12 +401,28 @@ class SignedWitnessTransport:
     believed only with a valid signature by the partner's pinned key over a matching body.
 
     ``client`` (an ``httpx.AsyncClient``) is for tests (``httpx.ASGITransport`` to an in-process
-    partner); by default each submission opens a short-lived client.
+    partner); by default the transport opens one client on first use and keeps it (its
+    connections and TLS context) for every later submission, until :meth:`aclose`.
     """
 
     def __init__(self, node: Node, client: httpx.AsyncClient | None = None) -> None:
         self._node = node
         self._client = client
+        self._own: httpx.AsyncClient | None = None  # the client this transport opened
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is not None:
+            return self._client
+        if self._own is None:
+            timeout = httpx.Timeout(self._node.settings.request_timeout_seconds, connect=5.0)
+            self._own = httpx.AsyncClient(timeout=timeout)
+        return self._own
+
+    async def aclose(self) -> None:
+        """Close the client this transport opened (a client passed in is the caller's)."""
+        own, self._own = self._own, None
+        if own is not None:
+            await own.aclose()
 
     async def add_checkpoint(
         self, *, partner_id: str, partner_url: str, body: bytes
@@ -430,12 +446,7 @@ class SignedWitnessTransport:
             )
         )
         try:
-            if self._client is not None:
-                response = await self._client.post(url, content=body, headers=headers)
-            else:
-                timeout = httpx.Timeout(node.settings.request_timeout_seconds, connect=5.0)
-                async with httpx.AsyncClient(timeout=timeout) as client:
-                    response = await client.post(url, content=body, headers=headers)
+            response = await self._http().post(url, content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise PartnerUnavailableError(
                 f"partner {partner_id} witness unreachable: {type(exc).__name__}"

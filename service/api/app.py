@@ -37,8 +37,9 @@ def create_app(node: Node, *, start_workers: bool | None = None) -> FastAPI:
         from service.workers import Workers
 
         workers = Workers(node) if run_workers else None
+        transport = None
         if workers is not None:
-            register_audit_workers(workers, node)
+            transport = register_audit_workers(workers, node)
             from service.federation.workers import register_federation_workers
 
             register_federation_workers(workers, node)
@@ -49,6 +50,9 @@ def create_app(node: Node, *, start_workers: bool | None = None) -> FastAPI:
         finally:
             if workers is not None:
                 await workers.stop()
+            close = getattr(transport, "aclose", None)
+            if close is not None:
+                await close()  # the witness client, kept open between submissions
             await swept
 
     app = FastAPI(

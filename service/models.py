@@ -134,6 +134,7 @@ class Artifact(SQLModel, table=True):
     """
 
     __tablename__ = "artifacts"
+    __table_args__ = (sa.Index("ix_artifacts_listing", "recorded_at", "id"),)  # newest first
 
     id: str = Field(primary_key=True, max_length=64)
     direction: str = Field(max_length=8, index=True)  # sent | received

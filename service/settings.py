@@ -30,6 +30,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8443, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)  # server processes of `entente serve`
     log_level: str = "INFO"
     log_format: str = "json"  # json | text
 

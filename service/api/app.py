@@ -3,16 +3,28 @@
 ``create_app(node)`` wires the routers, the problem-document handlers and the middleware; the node
 (settings, keys, database) is built by the caller and kept on ``app.state``. Background workers
 (outbox delivery, feed pulls, checkpoints) start and stop with the app's lifespan.
+
+``app_from_environment()`` is the same app for a server that imports it by name and runs several
+processes (``entente serve --workers N``, or ``uvicorn --factory
+service.api.app:app_from_environment``): each process loads the node from ``ENTENTE_*``
+settings, and the background workers run in one of them only, the one holding the lock file
+``<home>/background.lock`` (another takes over if that process dies and the lock is freed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from service.api import admin, artifacts, federation, public
 from service.api.audit import router as audit_router
@@ -21,38 +33,132 @@ from service.api.witness import router as witness_router
 from service.console import router as console_router
 from service.limits import Limits, RequestBounds
 from service.maintenance import sweep_in_background
+from service.metrics import Metrics
 from service.node import Node
 from service.transparency import register_audit_workers
 
-__all__ = ["create_app"]
+__all__ = ["BACKGROUND_LOCK", "app_from_environment", "create_app"]
+
+log = logging.getLogger("entente.app")
 
 Lifespan = Callable[[FastAPI], Awaitable[None]]
 
+BACKGROUND_LOCK = "background.lock"  # file in the home: held by the process running the workers
+LOCK_RETRY_SECONDS = 2.0  # seconds between attempts of a process waiting for that lock
 
-def create_app(node: Node, *, start_workers: bool | None = None) -> FastAPI:
+
+class _Background:
+    """This process's background workers: started at once, or, given a lock file, only while
+    this process holds an exclusive ``flock`` on it (one process of a multi-process server)."""
+
+    def __init__(self, node: Node, lock: Path | None) -> None:
+        self.node = node
+        self.lock = lock
+        self._fd: int | None = None
+        self._workers: Any = None
+        self._transport: Any = None
+        self._waiting: asyncio.Task[None] | None = None
+
+    def _try_lock(self) -> bool:
+        if self.lock is None:
+            return True
+        fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    async def _start(self) -> None:
+        from service.federation.workers import register_federation_workers
+        from service.workers import Workers
+
+        workers = Workers(self.node)
+        self._transport = register_audit_workers(workers, self.node)
+        register_federation_workers(workers, self.node)
+        await workers.start()
+        self._workers = workers
+        if self.lock is not None:
+            log.info("this process (%d) runs the background workers", os.getpid())
+
+    async def _wait_for_lock(self) -> None:
+        # A lock file cannot be awaited: polled until the holder exits (or dies).
+        while True:
+            await asyncio.sleep(LOCK_RETRY_SECONDS)
+            if self._try_lock():
+                await self._start()
+                return
+
+    async def start(self) -> None:
+        if self._try_lock():
+            await self._start()
+        else:
+            self._waiting = asyncio.create_task(self._wait_for_lock())
+
+    async def stop(self) -> None:
+        if self._waiting is not None:
+            self._waiting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._waiting
+        if self._workers is not None:
+            await self._workers.stop()
+        close = getattr(self._transport, "aclose", None)
+        if close is not None:
+            await close()  # the witness client, kept open between submissions
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+
+class _CountRequests:
+    """ASGI middleware: requests by method, route and status, and their latency (until the
+    app has sent its answer). A plain ASGI wrapper rather than ``@app.middleware("http")``,
+    whose extra task and body streams cost more than the smallest request does."""
+
+    def __init__(self, app: Any, *, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def send_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, send_status)
+        path = getattr(scope.get("route"), "path", "unmatched")
+        self.metrics.requests.labels(scope["method"], path, str(status)).inc()
+        self.metrics.request_seconds.labels(path).observe(time.perf_counter() - started)
+
+
+def create_app(
+    node: Node, *, start_workers: bool | None = None, background_lock: Path | None = None
+) -> FastAPI:
+    """The app for ``node``. Background workers run when ``start_workers`` (default: the
+    ``workers_enabled`` setting) and, given ``background_lock``, only while this process holds
+    that lock file."""
     run_workers = node.settings.workers_enabled if start_workers is None else start_workers
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        from service.workers import Workers
-
-        workers = Workers(node) if run_workers else None
-        transport = None
-        if workers is not None:
-            transport = register_audit_workers(workers, node)
-            from service.federation.workers import register_federation_workers
-
-            register_federation_workers(workers, node)
-            await workers.start()
+        background = _Background(node, background_lock) if run_workers else None
+        if background is not None:
+            await background.start()
         swept = asyncio.ensure_future(sweep_in_background(node))  # what a crash left behind
         try:
             yield
         finally:
-            if workers is not None:
-                await workers.stop()
-            close = getattr(transport, "aclose", None)
-            if close is not None:
-                await close()  # the witness client, kept open between submissions
+            if background is not None:
+                await background.stop()
             await swept
 
     app = FastAPI(
@@ -76,17 +182,7 @@ def create_app(node: Node, *, start_workers: bool | None = None) -> FastAPI:
         idle_seconds=node.settings.request_body_idle_seconds,
     )
 
-    @app.middleware("http")
-    async def count_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        node.metrics.requests.labels(request.method, path, str(response.status_code)).inc()
-        node.metrics.request_seconds.labels(path).observe(time.perf_counter() - started)
-        return response
+    app.add_middleware(_CountRequests, metrics=node.metrics)
 
     app.include_router(public.router)
     app.include_router(artifacts.router)
@@ -96,3 +192,21 @@ def create_app(node: Node, *, start_workers: bool | None = None) -> FastAPI:
     app.include_router(witness_router)
     app.include_router(console_router)  # /ui, its static files included
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one server process, its node loaded from ``ENTENTE_*`` settings (the
+    passphrase from ``ENTENTE_PASSPHRASE``, ``ENTENTE_PASSPHRASE_FILE`` or systemd credentials).
+
+    For servers that import the app by name and run several processes. The database must be
+    migrated already (``entente serve`` does it before starting them; else ``entente db
+    upgrade``): processes starting together must not race to migrate it.
+    """
+    from service.logs import configure_logging
+    from service.node import load_node
+    from service.settings import Settings
+
+    settings = Settings.load()
+    configure_logging(settings.log_level, settings.log_format)
+    node = load_node(settings, migrate=False)
+    return create_app(node, background_lock=settings.require_home() / BACKGROUND_LOCK)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import SecretStr
 
 from crypto.keys import format_fingerprint
 from service.cli._common import (
@@ -24,6 +26,7 @@ from service.cli._common import (
 from service.db import open_database
 from service.home import create_home, open_home
 from service.logs import configure_logging
+from service.settings import Settings
 
 identity_app = typer.Typer(help="Show or export this node's identity.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
@@ -125,16 +128,26 @@ def serve(
     ] = None,
     port: Annotated[int | None, typer.Option(help="Port [env: ENTENTE_PORT]")] = None,
     database_url: DbUrlOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Server processes, e.g. one per core; background work runs in one of them "
+            "[env: ENTENTE_WORKERS; default 1]"
+        ),
+    ] = None,
 ) -> None:
     """Run the node: API, federation, sync workers and console (SIGTERM stops it cleanly)."""
     import uvicorn
 
     from service.api.app import create_app
-    from service.limits import ProblemH11Protocol
+    from service.api.server import ServerProtocol
     from service.node import load_node
 
-    settings = settings_for(home, database_url, host=host, port=port)
+    settings = settings_for(home, database_url, host=host, port=port, workers=workers)
     configure_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        _serve_processes(settings)
+        return
     node = load_node(settings, migrate=True)
     app = create_app(node)
     config = uvicorn.Config(
@@ -145,7 +158,7 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
         h11_max_incomplete_event_size=settings.max_request_header_bytes,
-        http=ProblemH11Protocol,  # h11 always (the head limit), refusals as problem documents
+        http=ServerProtocol,  # h11 always (the head limit), refusals as problem documents
     )
     server = uvicorn.Server(config)  # uvicorn turns SIGTERM/SIGINT into a graceful shutdown
     # uvicorn re-raises the captured signal after shutting down; a stop by SIGTERM is the normal
@@ -155,6 +168,46 @@ def serve(
         server.run()
     finally:
         node.db.dispose()
+
+
+def _serve_processes(settings: Settings) -> None:
+    """``serve`` with ``settings.workers`` processes (uvicorn's supervisor, which restarts one
+    that dies). Each loads the node itself (``service.api.app:app_from_environment``) from the
+    settings this process hands down in its environment; the database is migrated here first,
+    and the keys are unlocked here once too, so that a wrong passphrase fails at once."""
+    import uvicorn
+
+    from service.api.server import ServerProtocol
+    from service.home import read_passphrase
+    from service.node import load_node
+
+    home = open_home(settings.require_home())
+    os.environ["ENTENTE_HOME"] = str(settings.require_home().resolve())
+    if settings.database_url:
+        os.environ["ENTENTE_DATABASE_URL"] = settings.database_url
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    from_elsewhere = (
+        settings.passphrase is not None
+        or settings.passphrase_file is not None
+        or bool(credentials and (Path(credentials) / "passphrase").is_file())
+    )
+    if home.protected and not from_elsewhere:  # typed at a prompt: the processes cannot ask
+        passphrase = read_passphrase(settings, confirm=False)
+        os.environ["ENTENTE_PASSPHRASE"] = passphrase
+        settings = settings.model_copy(update={"passphrase": SecretStr(passphrase)})
+    load_node(settings, migrate=True).db.dispose()
+    uvicorn.run(
+        "service.api.app:app_from_environment",
+        factory=True,
+        workers=settings.workers,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        h11_max_incomplete_event_size=settings.max_request_header_bytes,
+        http=ServerProtocol,
+    )
 
 
 def demo(

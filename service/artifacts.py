@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -30,8 +30,9 @@ from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.sealed import ManifestRecipient, Sealed, open_sealed, seal
 from policies import Decision, Request
-from service.audit import record
+from service.audit import AUDIT_TABLE, audit_row, record
 from service.blobs import BlobStore
+from service.commits import group_commit
 from service.errors import (
     ConflictError,
     EntenteError,
@@ -47,7 +48,9 @@ from service.schemas import ShareMetadata
 from service.tokens import Principal, Role
 
 __all__ = [
+    "PinnedRecipient",
     "ReadStream",
+    "Recipient",
     "decide_share",
     "get_artifact",
     "list_artifacts",
@@ -77,19 +80,41 @@ def _json_list(text: str) -> list[Any]:
 # --- share ------------------------------------------------------------------------------------
 
 
+class Recipient(Protocol):
+    """What sharing needs of a pinned partner: its id and its age recipient."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def age_recipient(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class PinnedRecipient:
+    node_id: str
+    age_recipient: str
+
+
+# Built once: SQLAlchemy memoizes a statement's cache key, so executing it again skips the
+# statement construction and compilation lookup that cost more than the query itself.
+_PINNED = sa.select(col(Partner.node_id), col(Partner.age_recipient)).where(
+    col(Partner.node_id).in_(sa.bindparam("ids", expanding=True))
+)
+
+
 def decide_share(
     node: Node, meta: ShareMetadata, *, principal: Principal
-) -> list[tuple[Partner, Decision]]:
+) -> list[tuple[Recipient, Decision]]:
     """Evaluate each requested partner's policy; all must allow, or nothing is shared.
 
     A denial for any partner is audited (one ``share.denied`` event per denied partner, in its own
     transaction) and raised as :class:`PolicyDeniedError` naming the partner, rule and clause.
     """
     now = node.now()
-    with node.db.session() as session:
-        partners = {
-            p.node_id: p
-            for p in session.exec(select(Partner).where(col(Partner.node_id).in_(meta.partners)))
+    with node.db.engine.connect() as conn:  # a read: no ORM session, no objects
+        partners: dict[str, Recipient] = {
+            node_id: PinnedRecipient(node_id, recipient)
+            for node_id, recipient in conn.execute(_PINNED, {"ids": list(meta.partners)})
         }
     unknown = [p for p in meta.partners if p not in partners]
     if unknown:
@@ -168,7 +193,7 @@ def share_artifact(
     source: Any,
     *,
     principal: Principal,
-    decisions: list[tuple[Partner, Decision]],
+    decisions: Sequence[tuple[Recipient, Decision]],
     chain: tuple[dict[str, Any], ...] = (),
     artifact_id: str | None = None,
     kind: str = "share.allowed",
@@ -223,57 +248,64 @@ def share_artifact(
             chain=chain,
         )
         fault_point("share.sealed")
-        digest = writer.commit()
+        digest = writer.place()  # durable before the rows commit: see below
     except BaseException:
         writer.abort()
         raise
     fault_point("share.blob_committed")
+    values = _artifact_values(
+        sealed, blob=digest, direction="sent", sender=node.node_id, now=now,
+        obligations=[o.to_json() for _, d in decisions for o in d.obligations],
+    )  # fmt: skip
+    if upstream is not None:
+        values["upstream_id"], values["upstream_origin"] = upstream
+    outbox = [
+        _outbox_values(partner=partner.node_id, artifact_id=artifact_id, now=now)
+        for partner, _ in decisions
+    ]
+    events = []
+    for partner, decision in decisions:
+        rule = decision.rules[0] if decision.rules else None
+        detail = {"title": meta.title, "tlp": meta.tlp, "size": sealed.size,
+                  "policy": decision.policy_ref}  # fmt: skip
+        if upstream is not None:
+            detail.update(upstream=upstream[0], origin=upstream[1])
+        events.append(
+            audit_row(
+                kind=kind,
+                actor=principal.actor,
+                partner=partner.node_id,
+                artifact_id=artifact_id,
+                digest=sealed.manifest.sha256,
+                decision="allow",
+                rule=",".join(r.id for r in decision.rules) or None,
+                clause=rule.clause if rule else None,
+                detail=detail,
+                now=now,
+            )
+        )
     try:
-        with node.db.session() as session:
-            row = _artifact_row(
-                sealed, blob=digest, direction="sent", sender=node.node_id, now=now,
-                obligations=[o.to_json() for _, d in decisions for o in d.obligations],
-            )  # fmt: skip
-            if upstream is not None:
-                row.upstream_id, row.upstream_origin = upstream
-            session.add(row)
-            for partner, decision in decisions:
-                rule = decision.rules[0] if decision.rules else None
-                record(
-                    session,
-                    kind=kind,
-                    actor=principal.actor,
-                    partner=partner.node_id,
-                    artifact_id=artifact_id,
-                    digest=sealed.manifest.sha256,
-                    decision="allow",
-                    rule=",".join(r.id for r in decision.rules) or None,
-                    clause=rule.clause if rule else None,
-                    detail={"title": meta.title, "tlp": meta.tlp, "size": sealed.size,
-                            "policy": decision.policy_ref,
-                            **({"upstream": upstream[0], "origin": upstream[1]}
-                               if upstream else {})},
-                    now=now,
-                )  # fmt: skip
-                session.add(
-                    Outbox(
-                        partner=partner.node_id,
-                        kind="deliver",
-                        artifact_id=artifact_id,
-                        created_at=now,
-                        next_attempt_at=now,
-                    )
-                )
-            fault_point("share.before_db_commit")
+        # One transaction: the artifact, its audit events and its outbox rows, committed
+        # together with the rows of shares running at the same time (group commit: Core
+        # inserts, one commit for the group, and one sync of the group's blobs before it).
+        group_commit(node.db).write(
+            {_ARTIFACTS: [values], _OUTBOX: outbox, AUDIT_TABLE: events},
+            prepare=blobs.sync_placed,
+            before_commit=lambda: fault_point("share.before_db_commit"),
+        )
     except BaseException:
         blobs.delete(digest)
         raise
     fault_point("share.db_committed")
     node.metrics.shares.labels("allowed").inc()
-    return row
+    return Artifact(**values)
 
 
-def _artifact_row(
+_ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
+_OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
+
+
+def _artifact_values(
     sealed: Sealed,
     *,
     blob: str,
@@ -281,31 +313,57 @@ def _artifact_row(
     sender: str,
     now: datetime,
     obligations: list[dict[str, Any]],
-) -> Artifact:
+) -> dict[str, Any]:
+    """Every column of a new artifact row (a Core insert applies no model defaults)."""
     m = sealed.manifest
-    return Artifact(
-        id=m.artifact_id,
-        direction=direction,
-        origin=m.origin,
-        sender=sender,
-        title=m.title,
-        tlp=m.tlp,
-        topics=json.dumps(list(m.topics)),
-        purposes=json.dumps(list(m.purposes)),
-        recipients=json.dumps([r.node_id for r in m.recipients]),
-        created_at=m.created,
-        recorded_at=now,
-        embargo_until=m.embargo_until,
-        expires_at=m.expires_at,
-        size=m.size,
-        sha256=m.sha256,
-        blob=blob,
-        ciphertext_size=sealed.ciphertext_size,
-        header_sha256=m.age_header_sha256,
-        manifest=sealed.envelope.to_bytes().decode("utf-8"),
-        policy_ref=json.dumps(m.policy),
-        obligations=json.dumps(obligations),
-    )
+    return {
+        "id": m.artifact_id,
+        "direction": direction,
+        "origin": m.origin,
+        "sender": sender,
+        "title": m.title,
+        "tlp": m.tlp,
+        "topics": json.dumps(list(m.topics)),
+        "purposes": json.dumps(list(m.purposes)),
+        "recipients": json.dumps([r.node_id for r in m.recipients]),
+        "created_at": m.created,
+        "recorded_at": now,
+        "embargo_until": m.embargo_until,
+        "expires_at": m.expires_at,
+        "size": m.size,
+        "sha256": m.sha256,
+        "blob": blob,
+        "ciphertext_size": sealed.ciphertext_size,
+        "header_sha256": m.age_header_sha256,
+        "manifest": sealed.envelope.to_bytes().decode("utf-8"),
+        "policy_ref": json.dumps(m.policy),
+        "obligations": json.dumps(obligations),
+        "revoked_at": None,
+        "revocation_reason": None,
+        "deleted_at": None,
+        "receipt": None,
+        "upstream_id": None,
+        "upstream_origin": None,
+    }
+
+
+def _outbox_values(*, partner: str, artifact_id: str, now: datetime) -> dict[str, Any]:
+    """Every column of a new delivery row but its id (assigned by the database)."""
+    return {
+        "partner": partner,
+        "kind": "deliver",
+        "artifact_id": artifact_id,
+        "payload": "{}",
+        "state": "pending",
+        "attempts": 0,
+        "created_at": now,
+        "next_attempt_at": now,
+        "lease_owner": None,
+        "lease_until": None,
+        "last_error": None,
+        "delivered_at": None,
+        "receipt": None,
+    }
 
 
 # --- list and get -----------------------------------------------------------------------------

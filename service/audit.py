@@ -24,10 +24,11 @@ from sqlmodel import Session
 
 from service.models import AuditEntry, utcnow
 
-__all__ = ["EVENT_KINDS", "flush_audit", "record"]
+__all__ = ["AUDIT_TABLE", "EVENT_KINDS", "audit_row", "flush_audit", "record"]
 
 _PENDING = "entente.audit.pending"  # session.info key: rows recorded, not yet inserted
 _entries = AuditEntry.__table__  # type: ignore[attr-defined]
+AUDIT_TABLE: sa.Table = _entries
 
 EVENT_KINDS = frozenset(
     {
@@ -84,9 +85,31 @@ def record(
 ) -> None:
     """Add an audit entry to ``session``'s transaction (inserted when it commits, or at
     :func:`flush_audit`; its ``id`` is assigned then, and its ``seq`` by the sequencer)."""
+    row = audit_row(
+        kind=kind, actor=actor, partner=partner, artifact_id=artifact_id, digest=digest,
+        decision=decision, rule=rule, clause=clause, detail=detail, now=now,
+    )  # fmt: skip
+    session.info.setdefault(_PENDING, []).append(row)
+
+
+def audit_row(
+    *,
+    kind: str,
+    actor: str,
+    partner: str | None = None,
+    artifact_id: str | None = None,
+    digest: str | None = None,
+    decision: str | None = None,
+    rule: str | None = None,
+    clause: str | None = None,
+    detail: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The row :func:`record` would insert, for a writer that inserts it itself (into
+    :data:`AUDIT_TABLE`, in the transaction of the action it records)."""
     if kind not in EVENT_KINDS:
         raise ValueError(f"unknown audit event kind {kind!r}")
-    row: dict[str, Any] = {
+    return {
         "seq": None,
         "created_at": now or utcnow(),
         "kind": kind,
@@ -99,14 +122,15 @@ def record(
         "clause": clause[:500] if clause else None,
         "detail": json.dumps(detail or {}, sort_keys=True, separators=(",", ":"), default=str),
     }
-    session.info.setdefault(_PENDING, []).append(row)
 
 
 def flush_audit(session: Session | OrmSession) -> None:
     """Insert the entries recorded in ``session``'s transaction so far."""
     rows = session.info.pop(_PENDING, None)
     if rows:
-        session.execute(sa.insert(_entries), rows)
+        # On the session's connection: a Core executemany, without the ORM's statement
+        # machinery (or an autoflush: pending ORM objects are flushed by the commit itself).
+        session.connection().execute(sa.insert(_entries), rows)
 
 
 @event.listens_for(OrmSession, "before_commit")

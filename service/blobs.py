@@ -1,9 +1,18 @@
 """Content-addressed storage for ciphertext.
 
 Blobs are named by the SHA-256 of their bytes and written atomically: into a temporary file in the
-store, flushed and fsynced, then renamed into ``<root>/<aa>/<bb>/<sha256>``. A write that fails or
-is abandoned leaves no file behind under a content address (the temporary file is removed). Only
-ciphertext is ever stored here; the store never sees plaintext or keys.
+store, then renamed into ``<root>/<aa>/<bb>/<sha256>``. A write that fails or is abandoned leaves
+no file behind under a content address (the temporary file is removed). Only ciphertext is ever
+stored here; the store never sees plaintext or keys.
+
+Durability comes in two ways. :meth:`BlobWriter.commit` makes one blob durable at once (fsync of
+the file, rename, fsync of its folder). :meth:`BlobWriter.place` renames without waiting, and
+:meth:`BlobStore.sync_placed` then makes every blob placed so far durable together: on Linux one
+``syncfs`` for the whole file system, elsewhere an fsync of each file and folder, side by side.
+The node places the blobs of a share, a batch delivery or a feed page and syncs them once per
+group of database commits (``service.commits``), before the rows that refer to them commit: a
+row never refers to a blob that a crash could take back, and a placed blob whose row never
+committed is an orphan that the start-up sweep removes.
 
 :class:`BlobStore` is the interface; :class:`FileBlobStore` implements it on a folder, which several
 replicas may share. An S3-compatible store can implement the same interface.
@@ -11,11 +20,15 @@ replicas may share. An S3-compatible store can implement the same interface.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import re
 import secrets
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -28,10 +41,11 @@ READ_CHUNK = 1 << 20  # bytes
 
 
 class BlobWriter(Protocol):
-    """A blob being written: ``write`` bytes, then ``commit`` (or ``abort``)."""
+    """A blob being written: ``write`` bytes, then ``commit`` or ``place`` (or ``abort``)."""
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
     def commit(self) -> str: ...
+    def place(self) -> str: ...
     def abort(self) -> None: ...
     @property
     def size(self) -> int: ...
@@ -39,11 +53,40 @@ class BlobWriter(Protocol):
 
 class BlobStore(Protocol):
     def writer(self) -> BlobWriter: ...
+    def sync_placed(self) -> None: ...
     def open(self, digest: str) -> BinaryIO: ...
     def exists(self, digest: str) -> bool: ...
     def delete(self, digest: str) -> None: ...
     def size(self, digest: str) -> int: ...
     def iter_digests(self) -> Iterator[str]: ...
+
+
+def _fsync_path(path: Path, *, folder: bool = False) -> None:
+    """fsync a file, or a folder (so that the entries renamed or created in it are durable)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0))
+    except FileNotFoundError:
+        return  # deleted meanwhile: nothing to keep
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux ``syncfs(2)``: flush one file system's dirty data and metadata in one call."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    syncfs.argtypes = [ctypes.c_int]
+    syncfs.restype = ctypes.c_int
+    return syncfs
+
+
+_SYNCFS = _load_syncfs()
 
 
 class _FileBlobWriter:
@@ -66,25 +109,47 @@ class _FileBlobWriter:
         return self._fh.write(data)
 
     def commit(self) -> str:
-        if self._fh is None:
-            raise ValueError("blob writer is closed")
+        """Make the blob durable now (fsync, rename, fsync of its folder); its digest."""
         try:
+            if self._fh is None:
+                raise ValueError("blob writer is closed")
             self._fh.flush()
             os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
-            digest = self._hash.hexdigest()
-            final = self._store.path_for(digest)
-            self._store.ensure_dir(final.parent)
-            try:
-                os.replace(self._tmp, final)
-            except FileNotFoundError:  # the folder was removed behind our back: make it again
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(self._tmp, final)
+            digest, created = self._rename()
+            for folder in created:
+                _fsync_path(folder, folder=True)
             return digest
         except BaseException:
             self.abort()
             raise
+
+    def place(self) -> str:
+        """Rename the blob into place; it is durable after the store's next ``sync_placed``."""
+        try:
+            if self._fh is None:
+                raise ValueError("blob writer is closed")
+            self._fh.flush()
+            digest, created = self._rename()
+            self._store.placed(self._store.path_for(digest), created)
+            return digest
+        except BaseException:
+            self.abort()
+            raise
+
+    def _rename(self) -> tuple[str, list[Path]]:
+        """Close and rename the temporary file: (digest, folders whose entries changed)."""
+        assert self._fh is not None  # noqa: S101 - checked by the callers
+        self._fh.close()
+        self._fh = None
+        digest = self._hash.hexdigest()
+        final = self._store.path_for(digest)
+        created = self._store.ensure_dir(final.parent)
+        try:
+            os.replace(self._tmp, final)
+        except FileNotFoundError:  # the folder was removed behind our back: make it again
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, final)
+        return digest, [*created, final.parent]
 
     def abort(self) -> None:
         if self._fh is not None:
@@ -102,16 +167,71 @@ class _FileBlobWriter:
 class FileBlobStore:
     """Blobs in a folder: ``<root>/<aa>/<bb>/<sha256>``; temporary files under ``<root>/tmp``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, fsync_threads: int = 8, syncfs: bool = True) -> None:
         self.root = root
+        self._syncfs = _SYNCFS if syncfs else None  # else an fsync per blob and folder
         (root / "tmp").mkdir(parents=True, exist_ok=True, mode=0o700)
         self._made: set[Path] = set()
+        self._lock = threading.Lock()
+        self._files: set[Path] = set()  # placed, not yet synced
+        self._folders: set[Path] = set()  # whose entries changed since the last sync
+        self._fsync_threads = fsync_threads  # fsyncs side by side, where there is no syncfs
+        self._pool: ThreadPoolExecutor | None = None
 
-    def ensure_dir(self, folder: Path) -> None:
-        """Create a fan-out folder once per process (there are at most 65,536 of them)."""
-        if folder not in self._made:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._made.add(folder)
+    def ensure_dir(self, folder: Path) -> list[Path]:
+        """Create a fan-out folder ``<aa>/<bb>`` once per process (there are at most 65,536 of
+        them); returns the folders whose entries that changed (to be made durable too)."""
+        if folder in self._made:
+            return []
+        changed = []
+        for level in (folder.parent, folder):
+            try:
+                level.mkdir()
+            except FileExistsError:
+                continue
+            changed.append(level.parent)
+        self._made.add(folder)
+        return changed
+
+    def placed(self, path: Path, folders: list[Path]) -> None:
+        """Note a blob renamed into place, not yet durable."""
+        with self._lock:
+            self._files.add(path)
+            self._folders.update(folders)
+
+    def sync_placed(self) -> None:
+        """Make every blob placed so far durable (with the folders they entered)."""
+        with self._lock:
+            files, folders = self._files, self._folders
+            self._files, self._folders = set(), set()
+        if not files and not folders:
+            return
+        try:
+            if self._syncfs is not None:
+                fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    if self._syncfs(fd) != 0:
+                        err = ctypes.get_errno()
+                        raise OSError(err, f"syncfs: {os.strerror(err)}")
+                finally:
+                    os.close(fd)
+            else:
+                pool = self._fsync_pool()
+                list(pool.map(_fsync_path, files))
+                list(pool.map(lambda f: _fsync_path(f, folder=True), folders))
+        except BaseException:
+            with self._lock:  # still to be synced: the next call tries again
+                self._files |= files
+                self._folders |= folders
+            raise
+
+    def _fsync_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self._fsync_threads, thread_name_prefix="entente-fsync"
+                )
+            return self._pool
 
     def path_for(self, digest: str) -> Path:
         if not _DIGEST_RE.match(digest):
@@ -134,7 +254,10 @@ class FileBlobStore:
         return self.path_for(digest).stat().st_size
 
     def delete(self, digest: str) -> None:
-        self.path_for(digest).unlink(missing_ok=True)
+        path = self.path_for(digest)
+        path.unlink(missing_ok=True)
+        with self._lock:
+            self._files.discard(path)
 
     def iter_digests(self) -> Iterator[str]:
         for path in self.root.glob("??/??/*"):

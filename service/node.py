@@ -53,7 +53,11 @@ def load_node(settings: Settings, *, migrate: bool = True) -> Node:
     home = open_home(settings.require_home())
     keys = home.unlock(settings)
     db = open_database(settings.resolved_database_url(), migrate=migrate)
-    blobs = FileBlobStore(settings.resolved_blob_dir())
+    blobs = FileBlobStore(
+        settings.resolved_blob_dir(),
+        fsync_threads=settings.blob_fsync_threads,
+        syncfs=settings.blob_syncfs,
+    )
     policies = PolicyStore(home.policies_dir)
     policies.load()
     node = Node(settings=settings, home=home, keys=keys, db=db, blobs=blobs, policies=policies)

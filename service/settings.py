@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     # Limits
     max_artifact_bytes: int = Field(default=4 << 30, ge=1)  # bytes per uploaded artifact
     max_metadata_bytes: int = Field(default=64 << 10, ge=1024)  # bytes of JSON metadata
+    upload_prefetch_bytes: int = Field(default=256 << 10, ge=0)  # bytes of an upload read
+    # ahead on the event loop (all of a small one) before the worker thread seals it
     max_request_header_bytes: int = Field(default=16 << 10, ge=1024)  # bytes
     max_federation_manifest_bytes: int = Field(default=1 << 20, ge=1024)  # bytes
     page_size_default: int = Field(default=50, ge=1)  # items per page
@@ -54,6 +56,11 @@ class Settings(BaseSettings):
     # bytes per day for named partners, overriding the default (an MOU's cap), JSON object
     volume_limits_by_partner: dict[str, NonNegativeInt] = Field(default_factory=dict)
     request_body_idle_seconds: float = Field(default=30.0, gt=0)  # seconds a body may stall
+    blob_syncfs: bool = True  # make a group of new blobs durable with one syncfs (Linux);
+    # false: an fsync per blob and folder (when the blob store's file system is busy with other
+    # work, which a syncfs would wait for)
+    blob_fsync_threads: int = Field(default=8, ge=1, le=64)  # fsyncs run side by side to
+    # make a group of blobs durable, without syncfs
     blob_orphan_grace_seconds: float = Field(default=3600.0, ge=0)  # seconds before a blob
     # that no artifact refers to counts as orphaned and is swept at start (in-flight writes of
     # other replicas are younger)

@@ -8,6 +8,7 @@ SHA-256 + age encryption, so neither memory nor disk ever holds the plaintext.
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -181,7 +182,19 @@ async def create_artifact(request: Request, node: NodeDep, principal: Publisher)
         except StopAsyncIteration:
             return b""
 
+    # The body's first bytes (all of a small upload) are read here, on the event loop, so that
+    # the worker thread does not hop back to the loop for each of them.
+    head: deque[bytes] = deque()
+    held, ended = 0, False
+    while held < node.settings.upload_prefetch_bytes and not ended:
+        chunk = await next_chunk()
+        ended = not chunk
+        head.append(chunk)
+        held += len(chunk)
+
     def pull() -> bytes:
+        if head:
+            return head.popleft()
         return anyio.from_thread.run(next_chunk)
 
     row = await anyio.to_thread.run_sync(_share_sync, node, pull, boundary, principal)

@@ -378,7 +378,7 @@ async def _inbox_batch(request: Request, node: Node, sig: IncomingSignature) -> 
 
 def _result(received: Received) -> dict[str, Any]:
     return {
-        "artifact_id": received.artifact.id,
+        "artifact_id": received.artifact_id,
         "status": 201 if received.created else 200,
         "created": received.created,
         "receipt": json.loads(received.receipt),

@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,8 +41,9 @@ from crypto.errors import CryptoError, VerificationError
 from crypto.receipt import Receipt, sign_receipt
 from crypto.sealed import Manifest, verify_manifest
 from policies import Decision, Request
-from service.audit import record
+from service.audit import AUDIT_TABLE, audit_row, record
 from service.blobs import BlobWriter
+from service.commits import group_commit
 from service.errors import (
     ConflictError,
     EntenteError,
@@ -59,7 +59,7 @@ from service.partners import partner_verify_keys
 
 __all__ = ["Received", "Receiver", "receive_artifact"]
 
-COMMIT_THREADS = 8  # blob fsyncs of one batch run side by side
+_ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
 
 
 class _Null:
@@ -99,7 +99,7 @@ class _Tee:
 
 @dataclass(frozen=True)
 class Received:
-    artifact: Artifact
+    artifact_id: str
     receipt: str  # DSSE envelope JSON
     created: bool  # False when this was a repeat delivery
 
@@ -271,7 +271,7 @@ class Receiver:
                 )
             if existing.receipt is None:  # our own artifact echoed back
                 raise ConflictError(f"artifact {existing.id} originated here", reason="conflict")
-        return Received(existing, existing.receipt, False)
+        return Received(existing.id, existing.receipt, False)
 
     # --- step 5 ---------------------------------------------------------------------------------
     def stage(
@@ -313,49 +313,45 @@ class Receiver:
 
     # --- step 6 ---------------------------------------------------------------------------------
     def commit(self, staged: Sequence[_Staged]) -> list[Received]:
-        """Commit the blobs, then store every artifact in one transaction; returns in order."""
+        """Commit the blobs, then store every artifact in one transaction; returns in order.
+
+        The rows are Core inserts, committed together with what other requests store at the
+        same time (``service.commits``); each artifact's audit event is in that transaction.
+        """
         if not staged:
             return []
+        node = self.node
         try:
-            self._commit_blobs(staged)
+            for item in staged:
+                if item.writer is not None:
+                    item.digest = item.writer.place()  # durable before the rows commit
+                    item.writer = None
         except BaseException:
             self.discard(staged)
             for item in staged:
                 if item.digest is not None:
-                    self.node.blobs.delete(item.digest)
+                    node.blobs.delete(item.digest)
             raise
         fault_point("receive.blob_committed")
-        now = self.node.now()
+        now = node.now()
         rows = [self._row(item, now) for item in staged]
+        events = [self._accepted_event(item.checked, now) for item in staged]
         try:
-            with self.node.db.session() as session:
-                for item, (row, _receipt) in zip(staged, rows, strict=True):
-                    session.add(row)
-                    self._audit_accepted(session, item.checked, now)
+            group_commit(node.db).write(
+                {_ARTIFACTS: rows, AUDIT_TABLE: events}, prepare=node.blobs.sync_placed
+            )
         except IntegrityError:
             # Someone stored one of them first (a push and a pull racing): one at a time.
             return [
-                self._commit_one(item, row, now)
-                for item, (row, _r) in zip(staged, rows, strict=True)
+                self._commit_one(item, row, event)
+                for item, row, event in zip(staged, rows, events, strict=True)
             ]
         except BaseException:
             self._drop_unreferenced(staged)  # nothing was stored: leave no blob behind
             raise
         fault_point("receive.db_committed")
-        self.node.metrics.received.labels("accepted").inc(len(rows))
-        return [Received(row, receipt, True) for row, receipt in rows]
-
-    def _commit_blobs(self, staged: Sequence[_Staged]) -> None:
-        def one(item: _Staged) -> None:
-            if item.writer is not None:
-                item.digest = item.writer.commit()
-                item.writer = None
-
-        if len(staged) == 1:
-            one(staged[0])
-            return
-        with ThreadPoolExecutor(min(COMMIT_THREADS, len(staged))) as pool:
-            list(pool.map(one, staged))
+        node.metrics.received.labels("accepted").inc(len(rows))
+        return [Received(row["id"], row["receipt"], True) for row in rows]
 
     def _drop_unreferenced(self, staged: Sequence[_Staged]) -> None:
         """Delete committed blobs that no artifact row refers to (the transaction failed)."""
@@ -371,23 +367,23 @@ class Receiver:
             if digest not in kept:
                 self.node.blobs.delete(digest)
 
-    def _commit_one(self, item: _Staged, row: Artifact, now: datetime) -> Received:
+    def _commit_one(self, item: _Staged, row: dict[str, Any], event: dict[str, Any]) -> Received:
         try:
-            with self.node.db.session() as session:
-                session.add(row)
-                self._audit_accepted(session, item.checked, now)
+            group_commit(self.node.db).write(
+                {_ARTIFACTS: [row], AUDIT_TABLE: [event]}, prepare=self.node.blobs.sync_placed
+            )
         except IntegrityError:
             with self.node.db.session() as session:
-                existing = session.get(Artifact, row.id)
+                existing = session.get(Artifact, row["id"])
             if existing is None or existing.blob != item.digest:
                 self.node.blobs.delete(item.digest or "")
             if existing is None:
                 raise
             return self.repeat(existing, item.checked.manifest)
         self.node.metrics.received.labels("accepted").inc()
-        return Received(row, row.receipt or "", True)
+        return Received(row["id"], row["receipt"], True)
 
-    def _audit_accepted(self, session: Any, checked: Checked, now: datetime) -> None:
+    def _accepted_event(self, checked: Checked, now: datetime) -> dict[str, Any]:
         manifest, decision = checked.manifest, checked.decision
         rule = decision.rules[0] if decision.rules else None
         detail: dict[str, Any] = {
@@ -395,8 +391,7 @@ class Receiver:
         }  # fmt: skip
         if checked.upstream is not None:
             detail.update(upstream=checked.upstream[0], origin=checked.upstream[1])
-        record(
-            session,
+        return audit_row(
             kind="receive.accepted",
             actor=f"partner:{self.sender}",
             partner=self.sender,
@@ -409,7 +404,8 @@ class Receiver:
             now=now,
         )
 
-    def _row(self, item: _Staged, now: datetime) -> tuple[Artifact, str]:
+    def _row(self, item: _Staged, now: datetime) -> dict[str, Any]:
+        """Every column of the received artifact's row, its signed receipt included."""
         checked = item.checked
         manifest = checked.manifest
         receipt = sign_receipt(
@@ -423,34 +419,35 @@ class Receiver:
             ),
             key=self.node.keys.signing,
         )
-        receipt_json = receipt.to_bytes().decode()
-        row = Artifact(
-            id=manifest.artifact_id,
-            direction="received",
-            origin=manifest.origin,
-            sender=self.sender,
-            title=manifest.title,
-            tlp=manifest.tlp,
-            topics=json.dumps(list(manifest.topics)),
-            purposes=json.dumps(list(manifest.purposes)),
-            recipients=json.dumps([r.node_id for r in manifest.recipients]),
-            created_at=manifest.created,
-            recorded_at=now,
-            embargo_until=manifest.embargo_until,
-            expires_at=manifest.expires_at,
-            size=manifest.size,
-            sha256=manifest.sha256,
-            blob=item.digest,
-            ciphertext_size=item.ciphertext_size,
-            header_sha256=manifest.age_header_sha256,
-            manifest=checked.envelope.to_bytes().decode(),
-            policy_ref=json.dumps(manifest.policy),
-            obligations=json.dumps([o.to_json() for o in checked.decision.obligations]),
-            receipt=receipt_json,
-            upstream_id=checked.upstream[0] if checked.upstream else None,
-            upstream_origin=checked.upstream[1] if checked.upstream else None,
-        )
-        return row, receipt_json
+        return {
+            "id": manifest.artifact_id,
+            "direction": "received",
+            "origin": manifest.origin,
+            "sender": self.sender,
+            "title": manifest.title,
+            "tlp": manifest.tlp,
+            "topics": json.dumps(list(manifest.topics)),
+            "purposes": json.dumps(list(manifest.purposes)),
+            "recipients": json.dumps([r.node_id for r in manifest.recipients]),
+            "created_at": manifest.created,
+            "recorded_at": now,
+            "embargo_until": manifest.embargo_until,
+            "expires_at": manifest.expires_at,
+            "size": manifest.size,
+            "sha256": manifest.sha256,
+            "blob": item.digest,
+            "ciphertext_size": item.ciphertext_size,
+            "header_sha256": manifest.age_header_sha256,
+            "manifest": checked.envelope.to_bytes().decode(),
+            "policy_ref": json.dumps(manifest.policy),
+            "obligations": json.dumps([o.to_json() for o in checked.decision.obligations]),
+            "revoked_at": None,
+            "revocation_reason": None,
+            "deleted_at": None,
+            "receipt": receipt.to_bytes().decode(),
+            "upstream_id": checked.upstream[0] if checked.upstream else None,
+            "upstream_origin": checked.upstream[1] if checked.upstream else None,
+        }
 
     # --- one artifact, start to end -------------------------------------------------------------
     def receive(

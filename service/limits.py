@@ -4,9 +4,10 @@ partner, a bound on the replay (nonce) cache, and an idle timeout on request bod
 - **Rates** (``rate_limit_per_minute``): a token bucket per key, ``token:<id>`` after a bearer
   token authenticates and ``partner:<node id>`` after a federation signature verifies. A bucket
   holds a minute's worth of requests (the burst) and refills at the configured rate. Buckets
-  live in memory, per process: with N replicas behind a load balancer a caller may reach N times
-  the rate, each replica refusing on its own. That is the price of a limiter that costs no
-  database round trip per request; a hard cluster-wide cap belongs in the load balancer. The
+  live in memory, per process: with N processes in all (replicas behind a load balancer, and
+  the processes of ``entente serve --workers``) a caller may reach N times the rate, each
+  process refusing on its own. That is the price of a limiter that costs no database round trip
+  per request; a hard cluster-wide cap belongs in the load balancer. The
   number of buckets is bounded (``MAX_BUCKETS``): the least recently used one is forgotten,
   which can only ever err towards letting a caller through.
 - **Volume** (``volume_limit_bytes_per_day``, or ``volume_limits_by_partner[partner]`` for a

@@ -20,6 +20,7 @@ with the partner's reason, for an operator to look at.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -33,13 +34,14 @@ from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.keys import SigningKey
 from crypto.receipt import verify_receipt
-from service.audit import record
+from service.audit import AUDIT_TABLE, audit_row
 from service.errors import PartnerUnavailableError
 from service.federation.client import PartnerClient, PartnerRefusedError
 from service.federation.notices import notice_payload
@@ -389,25 +391,17 @@ class OutboxWorker:
 
         Each row moves on only if it is still pending under this worker's lease (a conditional
         update, so a pull's acknowledgement that settled it meanwhile wins, and nothing is
-        recorded twice).
+        recorded twice). Core statements built once: a batch settles 64 rows, and building an
+        ORM UPDATE per row cost more than the delivery's own verification.
         """
         node = self.node
         now = node.now()
         counts: dict[tuple[str, str], int] = defaultdict(int)
-        with node.db.session() as session:
+        events: list[dict[str, Any]] = []
+        with node.db.engine.begin() as conn:
             rows = {
-                r.id: r
-                for r in session.exec(
-                    select(Outbox).where(col(Outbox.id).in_([i for i, _ in outcomes]))
-                )
+                r.id: r for r in conn.execute(_SETTLING, {"ids": [i for i, _ in outcomes]}).all()
             }
-            digests = dict(
-                session.exec(
-                    select(Artifact.id, Artifact.sha256).where(
-                        col(Artifact.id).in_({r.artifact_id for r in rows.values()})
-                    )
-                ).all()
-            )
             for ident, outcome in outcomes:
                 row = rows.get(ident)
                 if row is None:
@@ -431,30 +425,35 @@ class OutboxWorker:
                 else:
                     values.update(state=outcome.state, last_error=outcome.error[:1000])
                     label = outcome.state
-                if not _transition(session, ident, values, owner=self.owner):
+                if not _transition(conn, ident, values, owner=self.owner):
                     continue  # settled elsewhere meanwhile (a pull's acknowledgement)
-                digest = digests.get(row.artifact_id)
                 if isinstance(outcome, _Done):
-                    _audit_delivered(
-                        session, node, row, outcome.receipt, digest, now, outcome.expect,
+                    events += _delivered_events(
+                        node, row, outcome.receipt, row.sha256, now, outcome.expect,
                         attempts=attempts,
                     )  # fmt: skip
                 elif isinstance(outcome, _Retry):
                     if attempts == 1:
-                        record(
-                            session, kind="delivery.failed", actor=f"node:{node.node_id}",
-                            partner=row.partner, artifact_id=row.artifact_id,
-                            detail={"error": outcome.error[:500], "retrying": True,
-                                    "kind": row.kind}, now=now,
+                        events.append(
+                            audit_row(
+                                kind="delivery.failed", actor=f"node:{node.node_id}",
+                                partner=row.partner, artifact_id=row.artifact_id,
+                                detail={"error": outcome.error[:500], "retrying": True,
+                                        "kind": row.kind}, now=now,
+                            )
                         )  # fmt: skip
                 elif outcome.audit or outcome.state == "failed":
-                    record(
-                        session, kind="delivery.failed", actor=f"node:{node.node_id}",
-                        partner=row.partner, artifact_id=row.artifact_id,
-                        detail={"error": outcome.error[:500], "retrying": False,
-                                "kind": row.kind}, now=now,
+                    events.append(
+                        audit_row(
+                            kind="delivery.failed", actor=f"node:{node.node_id}",
+                            partner=row.partner, artifact_id=row.artifact_id,
+                            detail={"error": outcome.error[:500], "retrying": False,
+                                    "kind": row.kind}, now=now,
+                        )
                     )  # fmt: skip
                 counts[(row.partner, label)] += 1
+            if events:
+                conn.execute(_insert_audit(), events)
         for (partner, label), n in counts.items():
             node.metrics.deliveries.labels(partner, label).inc(n)
 
@@ -469,7 +468,7 @@ class OutboxWorker:
 
 
 def _transition(
-    session: Session,
+    conn: Connection | Session,
     ident: int,
     values: dict[str, Any],
     *,
@@ -478,17 +477,49 @@ def _transition(
 ) -> bool:
     """Update a pending row if it is still pending under ``owner``'s lease (or, with ``owner``
     None, under no live lease at ``now``). True when it did."""
-    if owner is not None:
-        lease = col(Outbox.lease_owner) == owner
-    else:
-        lease = sa.or_(col(Outbox.lease_until).is_(None), col(Outbox.lease_until) < now)
-    result = session.execute(
-        sa.update(Outbox)
-        .where(col(Outbox.id) == ident, col(Outbox.state) == "pending", lease)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
+    params = {"b_id": ident, "b_owner": owner, "b_now": now}
+    params.update({f"v_{k}": v for k, v in values.items()})
+    result = conn.execute(_transition_statement(tuple(sorted(values)), owner is not None), params)
     return int(getattr(result, "rowcount", 0) or 0) == 1
+
+
+_OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
+_ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
+
+# The rows a settlement needs, with their artifact's digest (built once: see _settle).
+_SETTLING = (
+    sa.select(
+        _OUTBOX.c.id,
+        _OUTBOX.c.partner,
+        _OUTBOX.c.kind,
+        _OUTBOX.c.artifact_id,
+        _OUTBOX.c.attempts,
+        _ARTIFACTS.c.sha256,
+    )
+    .select_from(_OUTBOX.outerjoin(_ARTIFACTS, _ARTIFACTS.c.id == _OUTBOX.c.artifact_id))
+    .where(_OUTBOX.c.id.in_(sa.bindparam("ids", expanding=True)))
+)
+
+
+@functools.cache
+def _transition_statement(columns: tuple[str, ...], owned: bool) -> sa.Update:
+    """The conditional UPDATE of :func:`_transition` setting ``columns``, built once per shape."""
+    if owned:
+        lease = _OUTBOX.c.lease_owner == sa.bindparam("b_owner")
+    else:
+        lease = sa.or_(
+            _OUTBOX.c.lease_until.is_(None), _OUTBOX.c.lease_until < sa.bindparam("b_now")
+        )
+    return (
+        sa.update(_OUTBOX)
+        .where(_OUTBOX.c.id == sa.bindparam("b_id"), _OUTBOX.c.state == "pending", lease)
+        .values({c: sa.bindparam(f"v_{c}") for c in columns})
+    )
+
+
+@functools.cache
+def _insert_audit() -> sa.Insert:
+    return sa.insert(AUDIT_TABLE)
 
 
 def _chunks(items: list[tuple[Outbox, Artifact]]) -> list[list[tuple[Outbox, Artifact]]]:
@@ -508,10 +539,9 @@ def _chunks(items: list[tuple[Outbox, Artifact]]) -> list[list[tuple[Outbox, Art
     return out
 
 
-def _audit_delivered(
-    session: Session,
+def _delivered_events(
     node: Node,
-    row: Outbox,
+    row: Any,
     receipt: str,
     digest: str | None,
     now: datetime,
@@ -519,34 +549,40 @@ def _audit_delivered(
     *,
     attempts: int,
     via: str = "push",
-) -> None:
+) -> list[dict[str, Any]]:
+    """The audit events of a delivery, a notice or a descriptor push that a partner signed
+    for (``row``: an outbox row's partner, kind and artifact id)."""
     if row.kind == "deliver":
-        record(
-            session, kind="delivery.sent", actor=f"node:{node.node_id}",
-            partner=row.partner, artifact_id=row.artifact_id, digest=digest,
-            detail={"attempts": attempts, "via": via}, now=now,
-        )  # fmt: skip
-        record(
-            session, kind="receipt.recorded", actor=f"partner:{row.partner}",
-            partner=row.partner, artifact_id=row.artifact_id, digest=digest,
-            detail={"receipt": json.loads(receipt)["signatures"][0]["keyid"], "via": via},
-            now=now,
-        )  # fmt: skip
-    elif row.kind == "descriptor":
-        record(
-            session, kind="delivery.sent", actor=f"node:{node.node_id}",
-            partner=row.partner, detail={"kind": "descriptor", "fingerprint": row.artifact_id},
-            now=now,
-        )  # fmt: skip
-    else:
-        revocation = expect == "revocation"
-        record(
-            session,
+        return [
+            audit_row(
+                kind="delivery.sent", actor=f"node:{node.node_id}",
+                partner=row.partner, artifact_id=row.artifact_id, digest=digest,
+                detail={"attempts": attempts, "via": via}, now=now,
+            ),
+            audit_row(
+                kind="receipt.recorded", actor=f"partner:{row.partner}",
+                partner=row.partner, artifact_id=row.artifact_id, digest=digest,
+                detail={"receipt": json.loads(receipt)["signatures"][0]["keyid"], "via": via},
+                now=now,
+            ),
+        ]  # fmt: skip
+    if row.kind == "descriptor":
+        return [
+            audit_row(
+                kind="delivery.sent", actor=f"node:{node.node_id}",
+                partner=row.partner, detail={"kind": "descriptor", "fingerprint": row.artifact_id},
+                now=now,
+            )
+        ]  # fmt: skip
+    revocation = expect == "revocation"
+    return [
+        audit_row(
             kind="revocation.acknowledged" if revocation else "access_notice.sent",
             actor=f"partner:{row.partner}" if revocation else f"node:{node.node_id}",
             partner=row.partner, artifact_id=row.artifact_id, digest=digest,
             detail={"notice_id": row.id}, now=now,
-        )  # fmt: skip
+        )
+    ]  # fmt: skip
 
 
 def record_receipts(node: Node, *, partner: str, receipts: Any) -> int:
@@ -561,48 +597,64 @@ def record_receipts(node: Node, *, partner: str, receipts: Any) -> int:
     now = node.now()
     with node.db.session() as session:
         trusted = partner_verify_keys(session, partner)
-        verified: dict[str, tuple[str, str]] = {}
-        for raw in receipts[:1000]:
-            try:
-                envelope = Envelope.from_json(raw)
-                payload = json.loads(envelope.payload)
-                artifact_id = str(payload.get("artifact_id", ""))[:64]
-                sha256 = str(payload.get("sha256", ""))[:64]
-                verify_receipt(
-                    envelope, trusted=trusted, expect_kind="delivery", artifact_id=artifact_id,
-                    sha256=sha256, receiver=partner, sender=node.node_id,
-                )  # fmt: skip
-            except (CryptoError, ValueError, AttributeError):
-                continue
-            verified[artifact_id] = (sha256, envelope.to_bytes().decode())
-        if not verified:
-            return 0
-        rows = session.exec(
-            select(Outbox, Artifact)
-            .join(Artifact, col(Artifact.id) == col(Outbox.artifact_id))
-            .where(
-                Outbox.partner == partner,
-                Outbox.kind == "deliver",
-                Outbox.state == "pending",
-                col(Outbox.artifact_id).in_(list(verified)),
-                sa.or_(col(Outbox.lease_until).is_(None), col(Outbox.lease_until) < now),
-            )
+    verified: dict[str, tuple[str, str]] = {}
+    for raw in receipts[:1000]:
+        try:
+            envelope = Envelope.from_json(raw)
+            payload = json.loads(envelope.payload)
+            artifact_id = str(payload.get("artifact_id", ""))[:64]
+            sha256 = str(payload.get("sha256", ""))[:64]
+            verify_receipt(
+                envelope, trusted=trusted, expect_kind="delivery", artifact_id=artifact_id,
+                sha256=sha256, receiver=partner, sender=node.node_id,
+            )  # fmt: skip
+        except (CryptoError, ValueError, AttributeError):
+            continue
+        verified[artifact_id] = (sha256, envelope.to_bytes().decode())
+    if not verified:
+        return 0
+    settled = 0
+    events: list[dict[str, Any]] = []
+    with node.db.engine.begin() as conn:
+        rows = conn.execute(
+            _ACKNOWLEDGEABLE, {"partner": partner, "ids": list(verified), "now": now}
         ).all()
-        settled = 0
-        for row, artifact in rows:
-            sha256, receipt = verified[artifact.id]
-            if sha256 != artifact.sha256 or row.id is None:
+        for row in rows:
+            sha256, receipt = verified[row.artifact_id]
+            if sha256 != row.sha256:
                 continue
             values = {
                 "state": "delivered", "delivered_at": now, "receipt": receipt, "last_error": None,
             }  # fmt: skip
-            if not _transition(session, row.id, values, owner=None, now=now):
+            if not _transition(conn, row.id, values, owner=None, now=now):
                 continue
-            _audit_delivered(
-                session, node, row, receipt, sha256, now, "delivery", attempts=row.attempts,
-                via="pull",
-            )  # fmt: skip
+            events += _delivered_events(
+                node, row, receipt, sha256, now, "delivery", attempts=row.attempts, via="pull"
+            )
             settled += 1
+        if events:
+            conn.execute(_insert_audit(), events)
     if settled:
         node.metrics.deliveries.labels(partner, "delivered").inc(settled)
     return settled
+
+
+# Pending, unleased deliveries to a partner for the given artifacts (built once).
+_ACKNOWLEDGEABLE = (
+    sa.select(
+        _OUTBOX.c.id,
+        _OUTBOX.c.partner,
+        _OUTBOX.c.kind,
+        _OUTBOX.c.artifact_id,
+        _OUTBOX.c.attempts,
+        _ARTIFACTS.c.sha256,
+    )
+    .select_from(_OUTBOX.join(_ARTIFACTS, _ARTIFACTS.c.id == _OUTBOX.c.artifact_id))
+    .where(
+        _OUTBOX.c.partner == sa.bindparam("partner"),
+        _OUTBOX.c.kind == "deliver",
+        _OUTBOX.c.state == "pending",
+        _OUTBOX.c.artifact_id.in_(sa.bindparam("ids", expanding=True)),
+        sa.or_(_OUTBOX.c.lease_until.is_(None), _OUTBOX.c.lease_until < sa.bindparam("now")),
+    )
+)

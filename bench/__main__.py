@@ -5,9 +5,14 @@ cannot warm or starve another. The runner collects their JSON results into
 ``bench/results/latest.json`` and writes ``docs/performance.md``: each figure beside its peer's
 figure from the same run, the ratio, the target of DESIGN.md section 10, and whether it holds.
 
-    python -m bench                  # full sizes (takes a while: 1 GiB files, 10M-leaf trees)
+    python -m bench                  # full sizes (takes a while: 1 GiB files, 10M-entry logs)
+                                     # and the scaling runs (sync and audit at 1x, 10x, 100x)
     python -m bench --quick          # small sizes, only to check that everything runs
-    python -m bench --only seal api  # a subset
+    python -m bench --only seal api  # a subset (no scaling runs unless --scale)
+    python -m bench --no-scale       # every benchmark, without the scaling runs
+
+The tables go between the ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` markers of
+``docs/performance.md``; the text around them (profiles, what does not hold and why) is kept.
 """
 
 from __future__ import annotations
@@ -136,6 +141,16 @@ ROWS = [
     ),
     Row(
         "api",
+        "server CPU per local share",
+        lambda d: _get(d, "server_cpu_ms_per_share"),
+        "",
+        lambda d: None,
+        "<= 2 ms (1,000/s on 2 cores)",
+        lambda d: _below(_get(d, "server_cpu_ms_per_share"), 2.0001),
+        "ms",
+    ),
+    Row(
+        "api",
         "GET /v1/artifacts request rate",
         lambda d: _get(d, "list_requests_per_second"),
         "bare FastAPI endpoint",
@@ -162,6 +177,16 @@ ROWS = [
         lambda d: 0.5,
         ">= 500/s",
         lambda d: _at_least(_get(d, "end_to_end_per_second"), 500),
+        "/s",
+    ),
+    Row(
+        "sync",
+        "push delivery alone (queued, to receipt)",
+        lambda d: _get(d, "push_delivery_per_second"),
+        "",
+        lambda d: None,
+        "(reported)",
+        lambda d: None,
         "/s",
     ),
     Row(
@@ -196,15 +221,32 @@ ROWS = [
     ),
     Row(
         "audit",
-        "offline log verification",
-        lambda d: _get(d, "verify", "verify_memory_entries_per_s"),
+        "offline verification of the whole log (from its database)",
+        lambda d: _get(d, "verify", "verify_db_entries_per_s"),
         "",
         lambda d: None,
         ">= 500,000/s",
-        lambda d: _at_least(_get(d, "verify", "verify_memory_entries_per_s"), 500_000),
+        lambda d: _at_least(_get(d, "verify", "verify_db_entries_per_s"), 500_000),
         "/s",
     ),
+    Row(
+        "audit",
+        "peak memory of that verification (10M entries: verifier, each hashing worker)",
+        lambda d: _pair(
+            _get(d, "verify", "verify_db_peak_rss_mib"),
+            _get(d, "verify", "verify_db_worker_peak_rss_mib"),
+        ),
+        "",
+        lambda d: None,
+        "flat (reported)",
+        lambda d: None,
+        "MiB",
+    ),
 ]
+
+
+def _pair(a: Any, b: Any) -> str | None:
+    return None if a is None or b is None else f"{_fmt(a)}, {_fmt(b)}"
 
 
 def _fmt(value: Any) -> str:
@@ -215,16 +257,11 @@ def _fmt(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
+def _table(results: dict[str, Any], meta: dict[str, Any]) -> list[str]:
     lines = [
-        "# Performance",
-        "",
-        "Written by `./dev bench` (`python -m bench`); every figure and its peer come from the",
-        "same run on the same machine. Targets are DESIGN.md section 10. Raw results:",
-        "`bench/results/latest.json`.",
-        "",
         f"- run: {meta['when']}, {'quick sizes' if meta['quick'] else 'full sizes'}",
-        f"- machine: {meta['machine']}",
+        f"- machine: {meta['machine']}; 1-minute load average {meta['load_before']} before "
+        f"the run, {meta['load_after']} after (other work on the same cores)",
         "",
         "| benchmark | figure | Entente | peer | peer figure | ratio | target | holds |",
         "|---|---|---|---|---|---|---|---|",
@@ -244,50 +281,183 @@ def _markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
             f"{_fmt(peer) + ' ' + row.unit if row.peer_label else '-'} | "
             f"{_fmt(ratio) + 'x' if ratio else '-'} | {row.target} | {mark} |"
         )
-    lines.append("")
+    return lines
+
+
+def _growth(first: float, last: float, factor: int) -> str:
+    """How a cost grew over a ``factor`` times larger run, against linear growth."""
+    if not first:
+        return "n/a"
+    ratio = last / first
+    return (
+        f"{ratio:,.1f}x ({'linear or better' if ratio <= factor * 1.25 else 'WORSE than linear'})"
+    )
+
+
+def _scale_table(scale: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    sync = scale.get("sync")
+    if sync:
+        steps = sync["steps"]
+        lines += [
+            f"Delivery between two nodes (bench/sync.py --scale {sync['base']}): seconds for the "
+            "whole phase, artifacts per second, and the peak resident memory of each node's "
+            "process during it.",
+            "",
+            "| phase | " + " | ".join(f"{st['n']:,} artifacts" for st in steps) + " | time grew "
+            f"({steps[-1]['factor']}x the work) | memory grew |",
+            "|---|" + "---|" * (len(steps) + 2),
+        ]
+        for phase in ("e2e", "push", "catchup"):
+            cells = []
+            for st in steps:
+                p = st[phase]
+                mem = ", ".join(f"{k} {v:,.0f}" for k, v in p["peak_rss_mib"].items())
+                cells.append(f"{p['seconds']:,.1f} s ({p['per_second']:,.0f}/s); {mem} MiB")
+            first, last = steps[0][phase], steps[-1][phase]
+            mem_first = max(first["peak_rss_mib"].values())
+            mem_last = max(last["peak_rss_mib"].values())
+            lines.append(
+                f"| {phase} | " + " | ".join(cells) + f" | "
+                f"{_growth(first['seconds'], last['seconds'], steps[-1]['factor'])} | "
+                f"{mem_first:,.0f} -> {mem_last:,.0f} MiB |"
+            )
+        lines.append("")
+    audit = scale.get("audit")
+    if audit:
+        steps = audit["steps"]
+        lines += [
+            f"Audit log (bench/audit.py --scale {audit['base']}): durable appends (with the "
+            "sequencer alongside) and verification of the resulting log from its database, "
+            "each step in its own process.",
+            "",
+            "| step | " + " | ".join(f"{st['n']:,} entries" for st in steps) + " | time grew "
+            f"({steps[-1]['factor']}x the work) | memory grew |",
+            "|---|" + "---|" * (len(steps) + 2),
+        ]
+        for label, t, rate, mem in (
+            ("appends", "appends_s", "appends_per_s", "appends_peak_rss_mib"),
+            ("verification", "verify_s", "verify_per_s", "verify_peak_rss_mib"),
+        ):
+            cells = [f"{st[t]:,.1f} s ({st[rate]:,.0f}/s); {st[mem]:,.0f} MiB" for st in steps]
+            lines.append(
+                f"| {label} | " + " | ".join(cells) + " | "
+                f"{_growth(steps[0][t], steps[-1][t], steps[-1]['factor'])} | "
+                f"{steps[0][mem]:,.0f} -> {steps[-1][mem]:,.0f} MiB |"
+            )
+        lines.append("")
+    return lines
+
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def _markdown(results: dict[str, Any], meta: dict[str, Any], scale: dict[str, Any]) -> str:
+    lines = [
+        BEGIN,
+        "<!-- written by `./dev bench` (python -m bench); edit the text outside the markers -->",
+        "",
+        *_table(results, meta),
+        "",
+    ]
+    if scale:
+        lines += ["### How cost grows", "", *_scale_table(scale)]
+    lines.append(END)
     return "\n".join(lines)
+
+
+def _publish(path: Path, block: str) -> None:
+    """Put ``block`` between the markers of ``path``, keeping the text around them."""
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + block + tail
+    else:
+        text = (
+            "# Performance\n\nEvery figure and its peer come from the same run on the same "
+            "machine. Targets are DESIGN.md section 10. Raw results: "
+            "`bench/results/latest.json`.\n\n" + block + "\n"
+        )
+    path.write_text(text)
+
+
+def _run(name: str, cmd: list[str], out: Path) -> Any:
+    print(f"== {name}", flush=True)
+    started = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, check=False)
+    if proc.returncode != 0 or not out.exists():
+        print(f"   {name} failed (exit {proc.returncode})", flush=True)
+        return None
+    print(f"   {name} done in {time.monotonic() - started:.0f} s", flush=True)
+    return json.loads(out.read_text())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: checks that all run")
     parser.add_argument("--only", nargs="*", choices=BENCHES, help="run only these")
+    parser.add_argument(
+        "--scale",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run the scaling runs (default: on a full run of every benchmark)",
+    )
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
+    scale: dict[str, Any] = {}
     failed = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="entente-bench-") as tmp:
         for name in args.only or BENCHES:
             out = Path(tmp) / f"{name}.json"
             cmd = [sys.executable, str(ROOT / "bench" / f"{name}.py"), "--json", str(out)]
             if args.quick:
                 cmd.append("--quick")
-            print(f"== {name}", flush=True)
-            started = time.monotonic()
-            proc = subprocess.run(cmd, cwd=ROOT, check=False)
-            if proc.returncode != 0 or not out.exists():
+            data = _run(name, cmd, out)
+            if data is None:
                 failed.append(name)
-                print(f"   {name} failed (exit {proc.returncode})", flush=True)
-                continue
-            results[name] = json.loads(out.read_text())
-            print(f"   {name} done in {time.monotonic() - started:.0f} s", flush=True)
+            else:
+                results[name] = data
+        run_scale = args.scale if args.scale is not None else not (args.quick or args.only)
+        for name in ("sync", "audit") if run_scale else ():
+            out = Path(tmp) / f"{name}-scale.json"
+            cmd = [
+                sys.executable,
+                str(ROOT / "bench" / f"{name}.py"),
+                "--scale",
+                "--json",
+                str(out),
+            ]
+            if args.quick:
+                cmd.append("--quick")
+            data = _run(f"{name} --scale", cmd, out)
+            if data is None:
+                failed.append(f"{name} --scale")
+            else:
+                scale[name] = data
     meta = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "quick": args.quick,
         "machine": (
             f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
         ),
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
     }
     args.results.mkdir(parents=True, exist_ok=True)
     name = "latest-quick.json" if args.quick else "latest.json"
-    (args.results / name).write_text(
-        json.dumps({"meta": meta, "results": results}, indent=2) + "\n"
-    )
+    record: dict[str, Any] = {"meta": meta, "results": results}
+    if scale:
+        record["scale"] = scale
+    (args.results / name).write_text(json.dumps(record, indent=2) + "\n")
+    block = _markdown(results, meta, scale)
     if not args.quick:
         args.docs.parent.mkdir(parents=True, exist_ok=True)
-        args.docs.write_text(_markdown(results, meta))
-    print(_markdown(results, meta))
+        _publish(args.docs, block)
+    print(block)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1

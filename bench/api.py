@@ -10,10 +10,13 @@ Measures, in one run on this machine:
   served by uvicorn in the same way (the peer), as a ratio.
 
 Delivery workers are off on the measured node, so the figures are for the local path only
-(see bench/sync.py for delivery). Usage::
+(see bench/sync.py for delivery). Both servers run ``--workers`` processes (default: one per
+core), and both are driven by the same raw-socket load generator (``bench/_load.py``: an httpx
+client would spend as much CPU per request as the server it measures). Usage::
 
     python bench/api.py            # 2,000 shares, 2 GiB upload, 5 s of requests
     python bench/api.py --quick    # small sizes: only checks that everything runs
+    python bench/api.py --workers 1 --shares 5000
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._load import request_bytes, run_load  # noqa: E402
+from bench._proc import cpu_seconds, peak_rss, reset_peaks, rss, tree  # noqa: E402
 from service.federation.setup import prepare_federation  # noqa: E402
 
 
@@ -61,21 +66,6 @@ def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def _vm_hwm(pid: int) -> int:
-    """Peak resident set (bytes) of a process, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _vm_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def _body(meta: dict[str, Any], content: bytes, boundary: str) -> bytes:
     return (
         f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n'.encode()
@@ -96,58 +86,39 @@ META = {
 }
 
 
-async def _shares(url: str, token: str, count: int, concurrency: int) -> float:
+def _shares(url: str, token: str, count: int, concurrency: int) -> float:
     boundary = "bench-" + secrets.token_hex(6)
     headers = {
         "Authorization": f"Bearer {token}",
         "Content-Type": f"multipart/form-data; boundary={boundary}",
     }
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(count):
-        queue.put_nowait(i)
-    failures = 0
+    target = f"{url}/v1/artifacts"
 
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal failures
-        while True:
-            try:
-                i = queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return
-            body = _body(META, i.to_bytes(8, "big") + os.urandom(4088), boundary)
-            r = await client.post("/v1/artifacts", content=body, headers=headers)
-            if r.status_code != 201:
-                failures += 1
+    def make(i: int) -> bytes:
+        body = _body(META, i.to_bytes(8, "big") + os.urandom(4088), boundary)
+        return request_bytes("POST", target, headers=headers, body=body)
 
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    if failures:
-        raise RuntimeError(f"{failures} shares failed")
-    return count / elapsed
+    result = asyncio.run(run_load(url, make, concurrency=concurrency, count=count))
+    if result.done != count:
+        raise RuntimeError(
+            f"{count - result.done} shares failed: {dict(result.statuses)} "
+            f"{result.first_error[:200]!r}"
+        )
+    return result.per_second
 
 
-async def _requests(url: str, headers: dict[str, str], seconds: float, concurrency: int) -> float:
-    done = 0
-    stop = time.perf_counter() + seconds
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal done
-        while time.perf_counter() < stop:
-            r = await client.get(url, headers=headers)
-            if r.status_code != 200:
-                raise RuntimeError(f"{url}: {r.status_code}")
-            done += 1
-
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as c:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(c) for _ in range(concurrency)))
-        return done / (time.perf_counter() - start)
+def _requests(
+    url: str, headers: dict[str, str], seconds: float, concurrency: int
+) -> tuple[float, int]:
+    """(requests per second, requests done)."""
+    request = request_bytes("GET", url, headers=headers)
+    result = asyncio.run(run_load(url, lambda _: request, concurrency=concurrency, seconds=seconds))
+    if result.done != sum(result.statuses.values()):
+        raise RuntimeError(f"{url}: {dict(result.statuses)} {result.first_error[:200]!r}")
+    return result.per_second, result.done
 
 
-def _big_upload(url: str, token: str, size: int, pid: int) -> dict[str, int]:
+def _big_upload(url: str, token: str, size: int, pid: int) -> dict[str, Any]:
     boundary = "bench-big"
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n\r\n'
@@ -156,7 +127,7 @@ def _big_upload(url: str, token: str, size: int, pid: int) -> dict[str, int]:
     ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
     block = os.urandom(1 << 20)
-    samples: list[int] = []
+    pids = tree(pid)
 
     def body() -> Any:
         yield head
@@ -165,11 +136,10 @@ def _big_upload(url: str, token: str, size: int, pid: int) -> dict[str, int]:
             n = min(len(block), size - sent)
             yield block[:n]
             sent += n
-            if sent % (64 << 20) == 0:
-                samples.append(_vm_rss(pid))
         yield tail
 
-    before = _vm_rss(pid)
+    before = {p: rss(p) for p in pids}
+    reset_peaks(pids)
     r = httpx.post(
         f"{url}/v1/artifacts",
         content=body(),
@@ -182,17 +152,37 @@ def _big_upload(url: str, token: str, size: int, pid: int) -> dict[str, int]:
     )
     if r.status_code != 201:
         raise RuntimeError(f"big upload failed: {r.status_code} {r.text[:200]}")
-    return {"rss_before": before, "rss_max_during": max(samples or [0]), "hwm": _vm_hwm(pid)}
+    # the process that took the upload is the one whose peak grew most
+    growth = {p: peak_rss(p) - before[p] for p in pids}
+    busiest = max(growth, key=lambda p: growth[p])
+    return {"rss_before": before[busiest], "hwm": peak_rss(busiest), "processes": len(pids)}
 
 
 BARE = textwrap.dedent(
     """
+    import socket
+    import sys
+
+    import uvicorn
     from fastapi import FastAPI
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
     app = FastAPI()
 
     @app.get("/items")
     def items() -> dict:
         return {"items": [], "next_cursor": None}
+
+    class NoDelay(H11Protocol):  # as Entente's ServerProtocol: see service/api/server.py
+        def connection_made(self, transport):
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().connection_made(transport)
+
+    if __name__ == "__main__":
+        uvicorn.run("bare:app", port=int(sys.argv[1]), workers=int(sys.argv[2]),
+                    http="bare:NoDelay", log_level="warning", access_log=False)
     """
 )
 
@@ -204,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--upload", type=int, default=None, help="bytes for the big upload")
     parser.add_argument("--seconds", type=float, default=None, help="request-rate duration")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="server processes (each server)"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     shares = args.shares or (50 if args.quick else 2000)
@@ -221,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ENTENTE_")}
         env.update(ENTENTE_WORKERS_ENABLED="false", ENTENTE_LOG_LEVEL="WARNING")
         env.update(ENTENTE_RATE_LIMIT_PER_MINUTE="100000000")  # measure the node, not its limiter
+        env.update(ENTENTE_WORKERS=str(args.workers))
         url = f"http://127.0.0.1:{uk_port}"
         log = open(root / "uk.log", "wb")  # noqa: SIM115 - closed below
         node = subprocess.Popen(
@@ -231,18 +225,28 @@ def main(argv: list[str] | None = None) -> int:
         bare_port = _port()
         (root / "bare.py").write_text(BARE)
         bare = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bare:app", "--port", str(bare_port),
-             "--log-level", "warning", "--no-access-log"],
+            [sys.executable, "bare.py", str(bare_port), str(args.workers)],
             cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
             _wait(f"{url}/healthz", node)
             _wait(f"http://127.0.0.1:{bare_port}/items", bare)
             tokens = prepared["uk-aisi"].tokens
-            rate = asyncio.run(_shares(url, tokens["publisher"], shares, args.concurrency))
+            _shares(url, tokens["publisher"], min(shares, 100), args.concurrency)  # warm up
+            servers = tree(node.pid)
+            cpu = cpu_seconds(servers)
+            rate = _shares(url, tokens["publisher"], shares, args.concurrency)
+            share_cpu = cpu_seconds(servers) - cpu
             auth = {"Authorization": f"Bearer {tokens['reader']}"}
-            ours = asyncio.run(_requests(f"{url}/v1/artifacts?limit=1", auth, seconds, 8))
-            peer = asyncio.run(_requests(f"http://127.0.0.1:{bare_port}/items", {}, seconds, 8))
+            _requests(f"{url}/v1/artifacts?limit=1", auth, 0.5, 8)
+            _requests(f"http://127.0.0.1:{bare_port}/items", {}, 0.5, 8)
+            cpu = cpu_seconds(servers)
+            ours, ours_n = _requests(f"{url}/v1/artifacts?limit=1", auth, seconds, 8)
+            ours_cpu = cpu_seconds(servers) - cpu
+            bare_servers = tree(bare.pid)
+            cpu = cpu_seconds(bare_servers)
+            peer, peer_n = _requests(f"http://127.0.0.1:{bare_port}/items", {}, seconds, 8)
+            peer_cpu = cpu_seconds(bare_servers) - cpu
             memory = _big_upload(url, tokens["publisher"], upload, node.pid)
         finally:
             for proc in (node, bare):
@@ -256,9 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "api",
         "quick": args.quick,
         "shares_per_second": round(rate, 1),
+        "server_cpu_ms_per_share": round(1000 * share_cpu / shares, 3),
+        "server_cpu_ms_per_list_request": round(1000 * ours_cpu / max(ours_n, 1), 3),
+        "bare_cpu_ms_per_request": round(1000 * peer_cpu / max(peer_n, 1), 3),
         "shares_target": 1000,
         "shares": shares,
         "concurrency": args.concurrency,
+        "workers": args.workers,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "list_requests_per_second": round(ours, 1),
         "bare_fastapi_requests_per_second": round(peer, 1),
         "request_ratio": round(ours / peer, 3) if peer else None,
@@ -267,10 +276,19 @@ def main(argv: list[str] | None = None) -> int:
         "server_peak_rss_mib": round(memory["hwm"] / mib, 1),
         "server_rss_growth_mib": round(growth / mib, 1),
     }
-    print(f"local shares (4 KiB, {args.concurrency} clients): {rate:,.0f}/s   (target 1,000/s)")
+    print(
+        f"server processes: {args.workers} each; machine: {os.cpu_count()} CPUs, load average "
+        f"{result['load_average'][0]}"
+    )
+    print(
+        f"local shares (4 KiB, {args.concurrency} clients): {rate:,.0f}/s   (target 1,000/s); "
+        f"server CPU {result['server_cpu_ms_per_share']:.2f} ms per share"
+    )
     print(
         f"GET /v1/artifacts: {ours:,.0f} req/s   bare FastAPI: {peer:,.0f} req/s   "
-        f"ratio {result['request_ratio']}"
+        f"ratio {result['request_ratio']}; server CPU per request "
+        f"{result['server_cpu_ms_per_list_request']:.2f} ms, bare "
+        f"{result['bare_cpu_ms_per_request']:.2f} ms"
     )
     print(
         f"{upload / mib:,.0f} MiB upload: server RSS {memory['rss_before'] / mib:.1f} MiB before, "

@@ -18,16 +18,21 @@ process crash; an OS crash may lose the last transactions; use ``--database-url`
    ``--proof-size`` synthetic leaves (default 10 million) and ``service.transparency
    .inclusion_proof`` (what ``/audit/v1/proof/inclusion`` calls: one indexed query) is timed for
    random leaves; every proof is verified with ``crypto.merkle``.
-3. verification: ``service.audit_verify.verify_log`` over a log of ``--verify`` entries, read
-   from the database (``DatabaseSource``, what ``entente audit verify --home`` does): every leaf
+3. verification: ``service.audit_verify.verify_log`` over a log of ``--verify`` entries (default
+   10 million), read from the database (``DatabaseSource``, what ``entente audit verify --home``
+   does) in a fresh process whose peak memory, and its hashing workers', is reported: every leaf
    hash recomputed from the entry fields, the tree rebuilt, every checkpoint signature checked.
-   The same log from memory isolates the verifier's own cost.
+   The first million entries from memory isolate the verifier's own cost.
+
+``--scale`` instead runs appends and verification at 1x, 10x and 100x a base size (10,000), each
+in its own process, and reports how time and peak memory grow.
 
 Usage::
 
-    python bench/audit.py                  # 200k appends, 10M-leaf proofs, 1M verified
+    python bench/audit.py                  # 200k appends, 10M-leaf proofs, 10M verified
     python bench/audit.py --quick          # small sizes: only checks that everything runs
     python bench/audit.py --proof-size 1000000 --json result.json
+    python bench/audit.py --scale          # appends and verification of 10k, 100k, 1M entries
 
 Figures go to stdout; the JSON result is the last stdout line, or goes to ``--json PATH``.
 """
@@ -43,6 +48,7 @@ import resource
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -131,6 +137,38 @@ def _event(session: Any, i: int) -> None:
 # --- 1. appends ---------------------------------------------------------------------------------
 
 
+def _append_with_sequencer(
+    db: Database, signer: NoteSigner, first: int, n: int
+) -> tuple[float, int]:
+    """Write entries ``first .. first + n - 1`` in batches of 100 per transaction, with the
+    sequencer alongside as in a node; (seconds until the last one is covered by a signed
+    checkpoint, checkpoints signed)."""
+    checkpoints = 0
+
+    def writer() -> None:
+        for base in range(0, n, 100):
+            with db.session() as session:
+                for i in range(base, min(base + 100, n)):
+                    _event(session, first + i)
+
+    target = first + n
+    start = time.perf_counter()
+    thread = threading.Thread(target=writer)
+    thread.start()
+    size = 0
+    while size < target:
+        # As the node's worker does: a round, then (unless the batch was full) a pause.
+        with db.session() as session:
+            result = sequence(session, signer=signer, now=T0)
+        size = result.size
+        checkpoints += int(result.checkpoint_signed)
+        if not result.more and size < target:
+            time.sleep(SEQUENCER_PAUSE)
+    elapsed = time.perf_counter() - start
+    thread.join()
+    return elapsed, checkpoints
+
+
 def bench_appends(work: Path, n: int, single: int, url: str | None) -> dict[str, Any]:
     db = _db(work, "appends.db", url)
     _reset(db)
@@ -144,34 +182,8 @@ def bench_appends(work: Path, n: int, single: int, url: str | None) -> dict[str,
     with db.session() as session:
         sequence(session, signer=signer, now=T0)
 
-    # Writers in batches of 100 per transaction, the sequencer alongside, as in a node.
-    done = threading.Event()
-    written = [0]
-    checkpoints = [0]
-
-    def writer() -> None:
-        for base in range(0, n, 100):
-            with db.session() as session:
-                for i in range(base, min(base + 100, n)):
-                    _event(session, single + i)
-            written[0] = min(base + 100, n)
-        done.set()
-
+    elapsed, checkpoints = _append_with_sequencer(db, signer, single, n)
     target = single + n
-    start = time.perf_counter()
-    thread = threading.Thread(target=writer)
-    thread.start()
-    size = 0
-    while size < target:
-        # As the node's worker does: a round, then (unless the batch was full) a pause.
-        with db.session() as session:
-            result = sequence(session, signer=signer, now=T0)
-        size = result.size
-        checkpoints[0] += int(result.checkpoint_signed)
-        if not result.more and size < target:
-            time.sleep(SEQUENCER_PAUSE)
-    elapsed = time.perf_counter() - start
-    thread.join()
 
     # The sequencer alone, on a backlog (entries already committed).
     with db.session() as session:
@@ -188,7 +200,7 @@ def bench_appends(work: Path, n: int, single: int, url: str | None) -> dict[str,
     return {
         "appends": n,
         "durable_appends_per_s": n / elapsed,
-        "checkpoints": checkpoints[0],
+        "checkpoints": checkpoints,
         "single_event_tx_per_s": single_rate,
         "sequencer_entries_per_s": sequencer_rate,
         "backend": "postgresql" if url else "sqlite-wal-normal",
@@ -307,11 +319,32 @@ def _fill_entries_sqlite(path: Path, n: int) -> None:
     conn.close()
 
 
-def bench_verify(work: Path, n: int, url: str | None) -> dict[str, Any]:
+def _verify_child(url: str, key_hex: str, n: int) -> None:
+    """In a child process (``--verify-child``): verify the log at ``url`` from its database, as
+    ``entente audit verify --home`` does, and print timing and peak memory as JSON."""
+    db = open_database(url)
+    signer = NoteSigner(log_origin("bench-aisi"), SigningKey(bytes.fromhex(key_hex)))
+    start, cpu = time.perf_counter(), _cpu()
+    verdict = verify_log(DatabaseSource(db), log=signer.verifier, now=int(T0.timestamp()))
+    seconds, cpu_s = time.perf_counter() - start, _cpu() - cpu
+    if not verdict.ok or verdict.size != n:
+        raise SystemExit(f"verification failed: {verdict.problem}")
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_s, "peak_rss": me,
+                      "worker_peak_rss": workers}))  # fmt: skip
+    db.dispose()
+
+
+def _fill_log(work: Path, n: int, url: str | None) -> tuple[Database, bytes, dict[str, Any]]:
+    """A sequenced, checkpointed log of ``n`` entries (SQLite: written directly); returns the
+    database, the log key's seed (a throwaway) and how long building it took."""
     path = work / "verify.db"
     db = _db(work, "verify.db", url)
     _reset(db)
-    signer = _signer()
+    seed = os.urandom(32)
+    signer = NoteSigner(log_origin("bench-aisi"), SigningKey(seed))
+    start = time.perf_counter()
     if db.is_sqlite:
         _fill_entries_sqlite(path, n)
     else:
@@ -319,6 +352,7 @@ def bench_verify(work: Path, n: int, url: str | None) -> dict[str, Any]:
             with db.session() as session:
                 for i in range(base, min(base + 1000, n)):
                     _event(session, i)
+    fill_s = time.perf_counter() - start
     start = time.perf_counter()
     checkpoints = 0
     while True:
@@ -328,31 +362,53 @@ def bench_verify(work: Path, n: int, url: str | None) -> dict[str, Any]:
         if not result.sequenced:
             break
     sequence_s = time.perf_counter() - start
+    return db, seed, {"fill_s": fill_s, "sequence_s": sequence_s, "checkpoints": checkpoints}
 
-    start, cpu = time.perf_counter(), _cpu()
-    verdict = verify_log(DatabaseSource(db), log=signer.verifier, now=int(T0.timestamp()))
-    db_s, db_cpu = time.perf_counter() - start, _cpu() - cpu
-    assert verdict.ok and verdict.size == n, verdict.problem
 
-    entries = list(iter_entries(db.session, after=None, size=n, chunk=50_000))
-    notes = list(DatabaseSource(db).checkpoints(None))
+def verify_in_child(db: Database, seed: bytes, n: int) -> dict[str, Any]:
+    """Verify the whole log from the database in a fresh process: time and peak memory."""
+    url = db.engine.url.render_as_string(hide_password=False)
+    out = subprocess.run(
+        [sys.executable, __file__, "--verify-child", url, seed.hex(), str(n)],
+        capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def bench_verify(work: Path, n: int, url: str | None, memory_n: int) -> dict[str, Any]:
+    db, seed, built = _fill_log(work, n, url)
+    signer = NoteSigner(log_origin("bench-aisi"), SigningKey(seed))
+    child = verify_in_child(db, seed, n)
+
+    m = min(n, memory_n)  # the whole log as entry objects would not fit in memory at 10M
+    entries = list(iter_entries(db.session, after=None, size=m, chunk=50_000))
+    notes = [note for note in DatabaseSource(db).checkpoints(None) if _note_size(note) <= m]
     start, cpu = time.perf_counter(), _cpu()
     verdict = verify_log(
         _MemorySource(notes, entries), log=signer.verifier, now=int(T0.timestamp())
     )
     memory_s, memory_cpu = time.perf_counter() - start, _cpu() - cpu
     assert verdict.ok, verdict.problem
+    del entries
     db.dispose()
+    mib = 1 << 20
     return {
         "entries": n,
-        "checkpoints": checkpoints,
-        "verify_db_entries_per_s": n / db_s,
-        "verify_db_entries_per_cpu_s": n / db_cpu,
-        "verify_memory_entries_per_s": n / memory_s,
-        "verify_memory_entries_per_cpu_s": n / memory_cpu,
+        "checkpoints": built["checkpoints"],
+        "verify_db_entries_per_s": n / child["seconds"],
+        "verify_db_entries_per_cpu_s": n / child["cpu_seconds"],
+        "verify_db_peak_rss_mib": round(child["peak_rss"] / mib, 1),
+        "verify_db_worker_peak_rss_mib": round(child["worker_peak_rss"] / mib, 1),
+        "verify_memory_entries": m,
+        "verify_memory_entries_per_s": m / memory_s,
+        "verify_memory_entries_per_cpu_s": m / memory_cpu,
         "workers": worker_count() if n >= PARALLEL_MIN else 1,
-        "sequencer_backlog_entries_per_s": n / sequence_s,
+        "sequencer_backlog_entries_per_s": n / built["sequence_s"],
     }
+
+
+def _note_size(note: bytes) -> int:
+    return int(note.split(b"\n", 2)[1])
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -381,11 +437,65 @@ def _print(summary: dict[str, Any]) -> None:
     print(
         f"verify:   {v['verify_db_entries_per_s']:>10,.0f} entries/s from the database "
         f"({v['workers']} hashing processes; {v['verify_db_entries_per_cpu_s']:,.0f} per "
-        f"CPU-second), {v['verify_memory_entries_per_s']:,.0f} entries/s from memory "
-        f"({v['verify_memory_entries_per_cpu_s']:,.0f} per CPU-second); {v['entries']:,} "
+        f"CPU-second; peak RSS {v['verify_db_peak_rss_mib']:.0f} MiB, each worker at most "
+        f"{v['verify_db_worker_peak_rss_mib']:.0f} MiB), "
+        f"{v['verify_memory_entries_per_s']:,.0f} entries/s from memory "
+        f"({v['verify_memory_entries_per_cpu_s']:,.0f} per CPU-second, first "
+        f"{v['verify_memory_entries']:,}); {v['entries']:,} "
         f"entries, {v['checkpoints']} checkpoints | target {TARGET_VERIFY:,}/s"
     )
     print("targets met" if summary["ok"] else "TARGETS NOT MET (see the figures above)")
+
+
+# --- how cost grows -----------------------------------------------------------------------------
+
+
+def scale_step(work: Path, n: int, url: str | None) -> dict[str, Any]:
+    """Durable appends of ``n`` entries (this process's peak memory after them), then the
+    verification of that log in a fresh process (its peak memory and its workers')."""
+    db = _db(work, "scale.db", url)
+    _reset(db)
+    seed = os.urandom(32)
+    signer = NoteSigner(log_origin("bench-aisi"), SigningKey(seed))
+    appends_s, _ = _append_with_sequencer(db, signer, 0, n)
+    appends_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    child = verify_in_child(db, seed, n)
+    db.dispose()
+    mib = 1 << 20
+    return {
+        "n": n,
+        "appends_s": round(appends_s, 3),
+        "appends_per_s": round(n / appends_s, 1),
+        "appends_peak_rss_mib": round(appends_rss / mib, 1),
+        "verify_s": round(child["seconds"], 3),
+        "verify_per_s": round(n / child["seconds"], 1),
+        "verify_peak_rss_mib": round(child["peak_rss"] / mib, 1),
+        "verify_worker_peak_rss_mib": round(child["worker_peak_rss"] / mib, 1),
+    }
+
+
+def scale(base: int, url: str | None, scratch: Path | None) -> dict[str, Any]:
+    """:func:`scale_step` at 1x, 10x and 100x ``base`` entries, each in its own process."""
+    steps = []
+    for factor in (1, 10, 100):
+        n = base * factor
+        print(f"scale: {n:,} entries", file=sys.stderr, flush=True)
+        cmd = [sys.executable, __file__, "--scale-step", str(n)]
+        if url:
+            cmd += ["--database-url", url]
+        if scratch:
+            cmd += ["--dir", str(scratch)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+        steps.append({"factor": factor, **json.loads(out.stdout.strip().splitlines()[-1])})
+    for st in steps:
+        print(
+            f"  {st['n']:>10,} entries: appends {st['appends_s']:.1f} s "
+            f"({st['appends_per_s']:,.0f}/s, peak RSS {st['appends_peak_rss_mib']:.0f} MiB); "
+            f"verify {st['verify_s']:.1f} s ({st['verify_per_s']:,.0f}/s, peak RSS "
+            f"{st['verify_peak_rss_mib']:.0f} MiB, "
+            f"workers {st['verify_worker_peak_rss_mib']:.0f} MiB)"
+        )
+    return {"bench": "audit-scale", "base": base, "steps": steps}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,10 +507,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", default=None, help="PostgreSQL for appends/verify")
     parser.add_argument("--dir", type=Path, default=None, help="scratch folder's parent")
     parser.add_argument("--json", type=Path, default=None, help="write the JSON result here")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        nargs="?",
+        const=10_000,
+        default=None,
+        metavar="BASE",
+        help="appends and verification at 1x, 10x, 100x BASE entries (default 10000)",
+    )
+    parser.add_argument("--scale-step", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--verify-child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.verify_child is not None:
+        url, seed, n = args.verify_child
+        _verify_child(url, seed, int(n))
+        return 0
+    if args.scale_step is not None:
+        work = Path(tempfile.mkdtemp(prefix="entente-bench-audit-", dir=args.dir))
+        try:
+            print(json.dumps(scale_step(work, args.scale_step, args.database_url)))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
+    if args.scale is not None:
+        grown = scale(100 if args.quick else args.scale, args.database_url, args.dir)
+        grown["machine"] = {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0]}
+        line = json.dumps(grown, sort_keys=True)
+        if args.json is not None:
+            args.json.write_text(line + "\n")
+        print(line)
+        return 0
     appends = args.appends or (1_000 if args.quick else 200_000)
     proof_size = args.proof_size or (20_000 if args.quick else 10_000_000)
-    verify_n = args.verify or (5_000 if args.quick else 1_000_000)
+    verify_n = args.verify or (5_000 if args.quick else 10_000_000)
     work = Path(tempfile.mkdtemp(prefix="entente-bench-audit-", dir=args.dir))
     try:
         summary: dict[str, Any] = {
@@ -408,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "appends": bench_appends(work, appends, min(appends, 2_000), args.database_url),
             "proofs": bench_proofs(work, proof_size, 200 if args.quick else 2_000),
-            "verify": bench_verify(work, verify_n, args.database_url),
+            "verify": bench_verify(work, verify_n, args.database_url, 1_000_000),
             "peer": {"tessera_nvme_writes_per_s": TESSERA_NVME, "tessera_small_vm": TESSERA_VM},
             "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()[0]},
         }

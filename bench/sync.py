@@ -26,6 +26,8 @@ Usage::
     python bench/sync.py            # N = 2000
     python bench/sync.py --quick    # N = 200: only checks that everything runs
     python bench/sync.py -n 5000 --json result.json
+    python bench/sync.py --scale      # 200, 2,000 and 20,000 per phase: how cost grows
+    python bench/sync.py --processes 2   # two server processes per node (ENTENTE_WORKERS)
 
 Figures go to stdout; the JSON result is the last stdout line (or goes to ``--json PATH``).
 """
@@ -33,22 +35,22 @@ Figures go to stdout; the JSON result is the last stdout line (or goes to ``--js
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
+import shutil
 import sqlite3
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._load import request_bytes, run_load  # noqa: E402
+from bench._proc import cpu_seconds, peak_rss, reset_peaks, tree  # noqa: E402
 from tests.nodes import PASSPHRASE, NodeProcess, base_env  # noqa: E402
 
 MISP_SECONDS_PER_EVENT = (2.0, 3.0)  # MISP's reported sync cost per event (the peer)
@@ -84,7 +86,10 @@ def prepare(root: Path, env: dict[str, str]) -> tuple[NodeProcess, NodeProcess, 
 
 
 def share_many(url: str, token: str, n: int, *, tag: str, workers: int) -> float:
-    """Share ``n`` artifacts with us-aisi; return the wall time."""
+    """Share ``n`` artifacts with us-aisi over ``workers`` connections; return the wall time.
+
+    Driven by the raw-socket load generator (``bench/_load.py``): an httpx client would spend
+    as much CPU per request as the node it measures, on the same cores."""
     headers = {
         "Authorization": f"Bearer {token}",
         "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
@@ -96,34 +101,17 @@ def share_many(url: str, token: str, n: int, *, tag: str, workers: int) -> float
         "purposes": ["evaluation"],
         "partners": ["us-aisi"],
     }
-    counter = iter(range(n))
-    lock = threading.Lock()
-    errors: list[str] = []
+    target = f"{url}/v1/artifacts"
 
-    def work() -> None:
-        with httpx.Client(timeout=60) as client:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                content = (f"{tag}-{i}-".encode() * SIZE)[:SIZE]
-                r = client.post(
-                    f"{url}/v1/artifacts",
-                    content=upload({**meta, "title": f"bench {tag} {i}"}, content),
-                    headers=headers,
-                )
-                if r.status_code != 201:
-                    errors.append(r.text[:200])
-                    return
+    def make(i: int) -> bytes:
+        content = (f"{tag}-{i}-".encode() * SIZE)[:SIZE]
+        body = upload({**meta, "title": f"bench {tag} {i}"}, content)
+        return request_bytes("POST", target, headers=headers, body=body)
 
-    start = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        for f in [pool.submit(work) for _ in range(workers)]:
-            f.result()
-    if errors:
-        raise RuntimeError(f"share failed: {errors[0]}")
-    return time.perf_counter() - start
+    result = asyncio.run(run_load(url, make, concurrency=workers, count=n))
+    if result.done != n:
+        raise RuntimeError(f"share failed: {dict(result.statuses)} {result.first_error[:200]!r}")
+    return result.seconds
 
 
 def count(db: Path, sql: str) -> int:
@@ -154,7 +142,7 @@ def _spy(profile: str | None, nodes: dict[str, NodeProcess], root: Path, phase: 
         spies.append(
             subprocess.Popen(
                 [str(Path(sys.executable).with_name("py-spy")), "record",
-                 "--pid", str(node.proc.pid), "--format", "raw",
+                 "--pid", str(node.proc.pid), "--format", "raw", "--subprocesses",
                  "--threads", "-o", str(out), "--rate", "200"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -204,9 +192,30 @@ def _stop_spies(spies: list[Any]) -> None:
         spy.wait(30)
 
 
-def run(n: int, workers: int, profile: str | None) -> dict[str, Any]:
+class _Phase:
+    """CPU seconds and peak resident memory of each node's processes during one phase."""
+
+    def __init__(self, nodes: dict[str, NodeProcess]) -> None:
+        self.nodes = nodes
+        self.pids = {k: tree(n.proc.pid) for k, n in nodes.items() if n.proc is not None}
+        for pids in self.pids.values():
+            reset_peaks(pids)
+        self.cpu = {k: cpu_seconds(pids) for k, pids in self.pids.items()}
+
+    def end(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, pids in self.pids.items():
+            out[k] = {
+                "cpu_seconds": round(cpu_seconds(pids) - self.cpu[k], 2),
+                "peak_rss_mib": round(max(peak_rss(p) for p in pids) / (1 << 20), 1),
+            }
+        return out
+
+
+def run(n: int, workers: int, profile: str | None, processes: int = 1) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="entente-bench-sync-"))
     env = {
+        "ENTENTE_WORKERS": str(processes),
         "ENTENTE_SYNC_INTERVAL_SECONDS": "0.05",
         "ENTENTE_RETRY_BASE_SECONDS": "120",  # parked during the partition: catch-up is a pull
         "ENTENTE_RETRY_MAX_SECONDS": "300",
@@ -226,26 +235,33 @@ def run(n: int, workers: int, profile: str | None) -> dict[str, Any]:
         share_many(uk.url, tokens["uk-aisi"]["publisher"], 20, tag="warm", workers=2)
         wait_until(lambda: count(uk_db, delivered_sql) >= 20, 60, "warm-up deliveries")
 
+        timeout = max(600.0, n / 20)  # seconds: at least 20 artifacts per second
+        phases: dict[str, Any] = {}
+
         # 1. end to end: share N over HTTP, wait for N receipts
         base = count(uk_db, delivered_sql)
         spies = _spy(profile, nodes, root, "e2e")
+        phase = _Phase(nodes)
         t0 = time.perf_counter()
         share_seconds = share_many(
             uk.url, tokens["uk-aisi"]["publisher"], n, tag="e2e", workers=workers
         )
-        t_done = wait_until(lambda: count(uk_db, delivered_sql) >= base + n, 600, "receipts")
+        t_done = wait_until(lambda: count(uk_db, delivered_sql) >= base + n, timeout, "receipts")
         e2e_seconds = t_done - t0
+        phases["e2e"] = phase.end()
         _stop_spies(spies)
 
         # 2. push delivery alone: N queued at the stopped sender, then it starts
         uk.stop()
         queue_shares(uk.home, n, tag="push")
         base = count(uk_db, delivered_sql)
-        uk.start()
+        uk.start(timeout=120)
         t_up = time.perf_counter()
+        phase = _Phase(nodes)
         spies = _spy(profile, nodes, root, "push")
-        t_done = wait_until(lambda: count(uk_db, delivered_sql) >= base + n, 600, "receipts")
+        t_done = wait_until(lambda: count(uk_db, delivered_sql) >= base + n, timeout, "receipts")
         push_seconds = t_done - t_up
+        phases["push"] = phase.end()
         _stop_spies(spies)
 
         # 3. catch-up: the receiver is down while N are shared; their pushes fail and are
@@ -254,21 +270,25 @@ def run(n: int, workers: int, profile: str | None) -> dict[str, Any]:
         uk.stop()
         held_before = count(us_db, held_sql)
         queue_shares(uk.home, n, tag="partition")
-        uk.start()
+        uk.start(timeout=120)
         wait_until(
             lambda: (
                 count(uk_db, "SELECT count(*) FROM outbox WHERE state='pending' AND attempts=0")
                 == 0
             ),
-            120,
+            timeout,
             "the pushes to fail while the receiver is down",
         )
         t1 = time.perf_counter()
-        us.start()
+        us.start(timeout=120)
         t_ready = time.perf_counter()
+        phase = _Phase(nodes)
         spies = _spy(profile, nodes, root, "catchup")
-        t_caught = wait_until(lambda: count(us_db, held_sql) >= held_before + n, 600, "catch-up")
+        t_caught = wait_until(
+            lambda: count(us_db, held_sql) >= held_before + n, timeout, "catch-up"
+        )
         catchup_seconds = t_caught - t_ready
+        phases["catchup"] = phase.end()
         _stop_spies(spies)
         pulled = count(
             us_db,
@@ -280,6 +300,8 @@ def run(n: int, workers: int, profile: str | None) -> dict[str, Any]:
         uk.stop()
     return {
         "n": n,
+        "processes": processes,
+        "publishers": workers,
         "artifact_bytes": SIZE,
         "share_per_second": n / share_seconds,
         "end_to_end_per_second": n / e2e_seconds,
@@ -289,6 +311,7 @@ def run(n: int, workers: int, profile: str | None) -> dict[str, Any]:
         "catchup_seconds": catchup_seconds,
         "receiver_start_seconds": t_ready - t1,
         "catchup_via_pull": pulled,
+        "phases": phases,
         "home": str(root),
     }
 
@@ -357,25 +380,83 @@ def report(result: dict[str, Any]) -> None:
     result["ratio_vs_misp_catchup"] = [catch * lo, catch * hi]
 
 
+def scale(base: int, workers: int, processes: int) -> dict[str, Any]:
+    """The three phases at 1x, 10x and 100x ``base`` artifacts, each on fresh nodes: how the
+    time per artifact and the nodes' peak memory grow with the size of the run."""
+    steps = []
+    for factor in (1, 10, 100):
+        n = base * factor
+        print(f"scale: {n} artifacts per phase", file=sys.stderr, flush=True)
+        result = run(n, workers, None, processes)
+        shutil.rmtree(result.pop("home"), ignore_errors=True)
+        step: dict[str, Any] = {"factor": factor, "n": n}
+        for phase, seconds in (
+            ("e2e", result["end_to_end_seconds"]),
+            ("push", n / result["push_delivery_per_second"]),
+            ("catchup", result["catchup_seconds"]),
+        ):
+            nodes = result["phases"][phase]
+            step[phase] = {
+                "seconds": round(seconds, 2),
+                "per_second": round(n / seconds, 1),
+                "us_per_artifact": round(1e6 * seconds / n, 1),
+                "peak_rss_mib": {k: v["peak_rss_mib"] for k, v in nodes.items()},
+                "cpu_ms_per_artifact": {
+                    k: round(1000 * v["cpu_seconds"] / n, 2) for k, v in nodes.items()
+                },
+            }
+        steps.append(step)
+    for step in steps:
+        print(
+            f"  {step['n']:>7,} artifacts: "
+            + "; ".join(
+                f"{p} {step[p]['seconds']:.1f} s ({step[p]['per_second']:,.0f}/s, peak RSS "
+                + ", ".join(f"{k} {v:.0f} MiB" for k, v in step[p]["peak_rss_mib"].items())
+                + ")"
+                for p in ("e2e", "push", "catchup")
+            )
+        )
+    return {"benchmark": "sync-scale", "base": base, "steps": steps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=2000, help="artifacts per phase")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        nargs="?",
+        const=200,
+        default=None,
+        metavar="BASE",
+        help="run at 1x, 10x and 100x BASE artifacts (default 200) and report how cost grows",
+    )
     parser.add_argument("--quick", action="store_true", help="N = 200")
-    parser.add_argument("--workers", type=int, default=4, help="concurrent publishers")
+    parser.add_argument("--workers", type=int, default=16, help="concurrent publishers")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="server processes per node (ENTENTE_WORKERS)"
+    )
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' homes and logs")
     parser.add_argument(
         "--profile", help="py-spy record these nodes (uk, us, or uk,us) into the bench folder"
     )
     args = parser.parse_args()
+    if args.scale is not None:
+        load_before = os.getloadavg()[0]
+        grown = scale(2 if args.quick else args.scale, args.workers, args.processes)
+        grown["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        line = json.dumps(grown, sort_keys=True)
+        if args.json:
+            args.json.write_text(line + "\n")
+        print(line)
+        return
     n = 200 if args.quick else args.n
     load_before = os.getloadavg()[0]
-    result = run(n, args.workers, args.profile)
+    result = run(n, args.workers, args.profile, args.processes)
     if args.profile:
         summarize_profiles(Path(result["home"]))
     elif not args.keep:
-        import shutil
-
         shutil.rmtree(result.pop("home"), ignore_errors=True)
     result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result["cpus"] = os.cpu_count()

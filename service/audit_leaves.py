@@ -21,7 +21,13 @@ from typing import Any
 
 from crypto import merkle
 from crypto.errors import MalformedError
-from service.transparency import ENTRY_FIELDS, encode_leaf, encode_row, select_entry_rows
+from service.transparency import (
+    ENTRY_FIELDS,
+    encode_leaf,
+    encode_row,
+    fetch_entry_rows,
+    select_entry_rows,
+)
 
 __all__ = ["LeafBatch", "Problem", "batches_from_entries", "batches_from_rows", "parallel_batches"]
 
@@ -164,8 +170,7 @@ def _worker_hash(
         from service.db import open_database
 
         _engine = open_database(url, pool_size=1).engine
-    with _engine.connect() as conn:
-        rows = select_entry_rows(conn, seq_from=lo, seq_below=hi, limit=hi - expected + 1)
+    rows = fetch_entry_rows(_engine, seq_from=lo, seq_below=hi, limit=hi - expected + 1)
     batch = hash_rows(rows, expected)
     return b"".join(batch.leaves), batch.problem, len(rows)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ("seal", "policy", "api", "sync", "audit")
+BENCHES = ("seal", "policy", "api", "sync", "audit", "profile")
 
 
 def _get(data: Any, *path: str | int) -> Any:
@@ -362,6 +362,15 @@ def _markdown(results: dict[str, Any], meta: dict[str, Any], scale: dict[str, An
     ]
     if scale:
         lines += ["### How cost grows", "", *_scale_table(scale)]
+    profile = results.get("profile")
+    if profile:
+        from bench.profile import markdown as profile_markdown
+
+        lines += [
+            "### Where the time goes (bench/profile.py)",
+            "",
+            profile_markdown(profile.get("share"), profile.get("verify")),
+        ]
     lines.append(END)
     return "\n".join(lines)
 

@@ -298,7 +298,9 @@ def share_artifact(
         raise
     fault_point("share.db_committed")
     node.metrics.shares.labels("allowed").inc()
-    return Artifact(**values)
+    # The committed values, unvalidated (they were just built here): a validating model
+    # constructor costs ten times as much, about 70 µs per share.
+    return Artifact.model_construct(**values)
 
 
 _ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]

@@ -1,0 +1,258 @@
+"""Profiles of the hot paths: where a local share's CPU goes, and what verifying a log costs.
+
+Two measurements, each printed as a Markdown table and written to ``bench/results/``:
+
+* ``share``: one node process (one worker, SQLite, delivery off) takes 4 KiB shares from the
+  same load generator as bench/api.py while py-spy samples it, counting only samples where a
+  thread holds the GIL (``--gil``: CPU, not waiting). Each sample is put in the first bucket
+  its stack meets from the innermost frame outwards (seal, blob store, database, policy, ...),
+  and the shares are timed by the server's own CPU clock (``/proc``), so a bucket's share of
+  the samples is turned into milliseconds per share.
+* ``verify``: the steps of offline log verification timed one by one per entry, on rows read
+  from a real log: reading rows from the database, encoding each leaf (the canonical JSON of
+  docs/audit-log.md), hashing it (RFC 6962 leaf hash), and folding the leaf hashes into the
+  tree. Their sum is the single-core cost of verification; ``entente audit verify`` spreads
+  the first three over one process per core.
+
+Usage::
+
+    python bench/profile.py               # both, 3,000 shares and 1,000,000 entries
+    python bench/profile.py --quick       # small sizes: only checks that everything runs
+    python bench/profile.py share --shares 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._proc import cpu_seconds, tree  # noqa: E402
+from bench.api import _port, _shares, _wait  # noqa: E402
+
+# (bucket, frame prefixes): a sample goes to the first bucket met from the innermost frame out.
+BUCKETS: list[tuple[str, tuple[str, ...]]] = [
+    ("blob store: temporary file, rename, syncfs", ("_FileBlobWriter", "FileBlobStore")),
+    (
+        "seal: age encryption (X25519, HKDF, ChaCha20-Poly1305) and DSSE signing",
+        ("seal (crypto/sealed.py", "encrypt (crypto/age", "sign_manifest"),
+    ),
+    ("policy decision and pinned-partner lookup", ("decide_share",)),
+    ("bearer-token authentication (one indexed read)", ("_authenticate", "authenticate (")),
+    (
+        "database: group commit of the rows (SQLAlchemy Core, SQLite)",
+        ("GroupCommit", "DefaultDialect.do_"),
+    ),
+    (
+        "rows and audit events built (JSON, ORM object)",
+        ("_artifact_values", "audit_row", "_outbox_values", "share_artifact"),
+    ),
+    (
+        "multipart parsing and metadata validation",
+        ("MultipartReader", "MultipartParser", "model_validate_json", "_share_sync"),
+    ),
+    ("response body (pydantic)", ("_out (service/api", "serialize_response")),
+    (
+        "HTTP server and framework (uvicorn, h11, Starlette, FastAPI, middleware, threads)",
+        ("",),
+    ),
+]
+
+
+def bucket_of(stack: list[str]) -> str:
+    for frame in reversed(stack):
+        for name, prefixes in BUCKETS[:-1]:
+            if frame.startswith(prefixes):
+                return name
+    return BUCKETS[-1][0]
+
+
+def summarize(collapsed: Path) -> Counter[str]:
+    """Samples per bucket in a py-spy ``--format raw`` file (``frame;frame;... count``)."""
+    counts: Counter[str] = Counter()
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            counts[bucket_of(stack.split(";"))] += int(count)
+    return counts
+
+
+def profile_share(shares: int, concurrency: int, out: Path) -> dict[str, Any]:
+    from service.federation.setup import prepare_federation
+
+    spy_bin = Path(sys.executable).with_name("py-spy")
+    if not spy_bin.exists():
+        raise SystemExit("py-spy is not installed (pip install -e '.[dev]')")
+    with tempfile.TemporaryDirectory(prefix="entente-profile-") as tmp:
+        root = Path(tmp)
+        port = _port()
+        prepared = prepare_federation(
+            {"uk-aisi": f"http://127.0.0.1:{port}", "us-aisi": "http://127.0.0.1:9"},
+            root=root,
+            passphrase=None,
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ENTENTE_")}
+        env.update(ENTENTE_WORKERS_ENABLED="false", ENTENTE_LOG_LEVEL="WARNING")
+        env.update(ENTENTE_RATE_LIMIT_PER_MINUTE="100000000", ENTENTE_WORKERS="1")
+        url = f"http://127.0.0.1:{port}"
+        node = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--home", str(root / "uk-aisi"),
+             "--port", str(port)],
+            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            _wait(f"{url}/healthz", node)
+            token = prepared["uk-aisi"].tokens["publisher"]
+            _shares(url, token, 200, concurrency)  # warm up
+            raw = root / "share.txt"
+            spy = subprocess.Popen(
+                [str(spy_bin), "record", "--pid", str(node.pid), "--gil", "--nonblocking",
+                 "--rate", "250", "--format", "raw", "-o", str(raw)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(1.0)
+            pids = tree(node.pid)
+            cpu = cpu_seconds(pids)
+            rate = _shares(url, token, shares, concurrency)
+            cpu_ms = 1000 * (cpu_seconds(pids) - cpu) / shares
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+            counts = summarize(raw)
+            out.mkdir(parents=True, exist_ok=True)
+            shutil.copy(raw, out / "profile-share.txt")
+        finally:
+            node.terminate()
+            node.wait(20)
+    total = sum(counts.values()) or 1
+    return {
+        "shares": shares,
+        "shares_per_second": round(rate, 1),
+        "server_cpu_ms_per_share": round(cpu_ms, 3),
+        "samples": total,
+        "buckets": {
+            name: {
+                "share": round(counts[name] / total, 4),
+                "ms_per_share": round(cpu_ms * counts[name] / total, 3),
+            }
+            for name, _ in BUCKETS
+        },
+    }
+
+
+def profile_verify(n: int) -> dict[str, Any]:
+    from bench.audit import _fill_log
+    from crypto import merkle
+    from service.transparency import encode_row, fetch_entry_rows
+
+    with tempfile.TemporaryDirectory(prefix="entente-profile-") as tmp:
+        db, _seed, _built = _fill_log(Path(tmp), n, None)
+        try:
+            start = time.process_time()
+            rows: list[tuple[Any, ...]] = []
+            while len(rows) < n:
+                rows += fetch_entry_rows(db.engine, seq_from=len(rows), limit=50_000)
+            read = time.process_time() - start
+            start = time.process_time()
+            leaves = [encode_row(row) for row in rows]
+            encode = time.process_time() - start
+            del rows
+            start = time.process_time()
+            sha256 = hashlib.sha256
+            hashes = [sha256(b"\x00" + leaf).digest() for leaf in leaves]
+            leaf_hash = time.process_time() - start
+            del leaves
+            start = time.process_time()
+            root = merkle.root_from_leaf_hashes(hashes)
+            fold = time.process_time() - start
+        finally:
+            db.dispose()
+    steps = {
+        "read rows from the database": read,
+        "encode each leaf (canonical JSON)": encode,
+        "hash each leaf (SHA-256, RFC 6962)": leaf_hash,
+        "fold the leaf hashes into the tree root": fold,
+    }
+    total = sum(steps.values())
+    return {
+        "entries": n,
+        "root": root.hex(),
+        "steps_us_per_entry": {k: round(1e6 * v / n, 3) for k, v in steps.items()},
+        "total_us_per_entry": round(1e6 * total / n, 3),
+        "single_core_entries_per_s": round(n / total),
+    }
+
+
+def markdown(share: dict[str, Any] | None, verify: dict[str, Any] | None) -> str:
+    lines: list[str] = []
+    if share:
+        lines += [
+            f"Local share, one server process: {share['shares_per_second']:,.0f} shares/s, "
+            f"{share['server_cpu_ms_per_share']} ms of server CPU per share "
+            f"({share['samples']:,} py-spy samples holding the GIL).",
+            "",
+            "| where the CPU goes | share of samples | ms per share |",
+            "|---|---|---|",
+        ]
+        for name, b in sorted(share["buckets"].items(), key=lambda kv: -kv[1]["share"]):
+            lines.append(f"| {name} | {100 * b['share']:.1f}% | {b['ms_per_share']:.3f} |")
+        lines.append("")
+    if verify:
+        lines += [
+            f"Offline verification, one core, {verify['entries']:,} entries: "
+            f"{verify['total_us_per_entry']} µs per entry, "
+            f"{verify['single_core_entries_per_s']:,} entries/s.",
+            "",
+            "| step | µs per entry |",
+            "|---|---|",
+        ]
+        for name, us in verify["steps_us_per_entry"].items():
+            lines.append(f"| {name} | {us} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("what", nargs="*", help="share, verify (default: both)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, only checks it runs")
+    parser.add_argument("--shares", type=int, default=None)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--entries", type=int, default=None)
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    what = args.what or ["share", "verify"]
+    if not set(what) <= {"share", "verify"}:
+        parser.error(f"unknown profile: {', '.join(sorted(set(what) - {'share', 'verify'}))}")
+    share = verify = None
+    if "share" in what:
+        count = args.shares or (100 if args.quick else 3000)
+        share = profile_share(count, args.concurrency, args.results)
+    if "verify" in what:
+        verify = profile_verify(args.entries or (5_000 if args.quick else 1_000_000))
+    text = markdown(share, verify)
+    print(text)
+    if not args.quick:
+        args.results.mkdir(parents=True, exist_ok=True)
+        (args.results / "profile.md").write_text(text)
+    result = {"benchmark": "profile", "quick": args.quick, "share": share, "verify": verify}
+    if args.json:
+        args.json.write_text(json.dumps(result, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -90,7 +90,8 @@ def summarize(collapsed: Path) -> Counter[str]:
     return counts
 
 
-def profile_share(shares: int, concurrency: int, out: Path) -> dict[str, Any]:
+def profile_share(shares: int, concurrency: int, out: Path | None) -> dict[str, Any]:
+    """Profile ``shares`` local shares; the raw stacks are copied to ``out`` when given."""
     from service.federation.setup import prepare_federation
 
     spy_bin = Path(sys.executable).with_name("py-spy")
@@ -131,8 +132,9 @@ def profile_share(shares: int, concurrency: int, out: Path) -> dict[str, Any]:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
             counts = summarize(raw)
-            out.mkdir(parents=True, exist_ok=True)
-            shutil.copy(raw, out / "profile-share.txt")
+            if out is not None:
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copy(raw, out / "profile-share.txt")
         finally:
             node.terminate()
             node.wait(20)
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     share = verify = None
     if "share" in what:
         count = args.shares or (100 if args.quick else 3000)
-        share = profile_share(count, args.concurrency, args.results)
+        share = profile_share(count, args.concurrency, None if args.quick else args.results)
     if "verify" in what:
         verify = profile_verify(args.entries or (5_000 if args.quick else 1_000_000))
     text = markdown(share, verify)

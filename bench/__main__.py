@@ -8,7 +8,8 @@ figure from the same run, the ratio, the target of DESIGN.md section 10, and whe
     python -m bench                  # full sizes (takes a while: 1 GiB files, 10M-entry logs)
                                      # and the scaling runs (sync and audit at 1x, 10x, 100x)
     python -m bench --quick          # small sizes, only to check that everything runs
-    python -m bench --only seal api  # a subset (no scaling runs unless --scale)
+    python -m bench --only seal api  # a subset (no scaling runs unless --scale), merged into
+                                     # the last full record (bench/results/latest.json)
     python -m bench --no-scale       # every benchmark, without the scaling runs
 
 The tables go between the ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` markers of
@@ -133,8 +134,8 @@ ROWS = [
         "api",
         "local shares of 4 KiB, SQLite",
         lambda d: _get(d, "shares_per_second"),
-        "",
-        lambda d: None,
+        "bare FastAPI upload (parse, write file)",
+        lambda d: _get(d, "bare_uploads_per_second"),
         ">= 1,000/s",
         lambda d: _at_least(_get(d, "shares_per_second"), 1000),
         "/s",
@@ -262,6 +263,7 @@ def _table(results: dict[str, Any], meta: dict[str, Any]) -> list[str]:
         f"- run: {meta['when']}, {'quick sizes' if meta['quick'] else 'full sizes'}",
         f"- machine: {meta['machine']}; 1-minute load average {meta['load_before']} before "
         f"the run, {meta['load_after']} after (other work on the same cores)",
+        *[f"- {bench} re-run alone: {when}" for bench, when in meta.get("reruns", {}).items()],
         "",
         "| benchmark | figure | Entente | peer | peer figure | ratio | target | holds |",
         "|---|---|---|---|---|---|---|---|",
@@ -458,10 +460,21 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.results.mkdir(parents=True, exist_ok=True)
     name = "latest-quick.json" if args.quick else "latest.json"
+    path = args.results / name
+    if args.only and path.exists():
+        # A partial run updates the last full record: the other benchmarks keep their figures.
+        previous = json.loads(path.read_text())
+        reruns = previous["meta"].setdefault("reruns", {})
+        for bench in results:
+            reruns[bench] = f"{meta['when']} (load {meta['load_before']} -> {meta['load_after']})"
+        previous["results"].update(results)
+        if scale:
+            previous.setdefault("scale", {}).update(scale)
+        meta, results, scale = previous["meta"], previous["results"], previous.get("scale", {})
     record: dict[str, Any] = {"meta": meta, "results": results}
     if scale:
         record["scale"] = scale
-    (args.results / name).write_text(json.dumps(record, indent=2) + "\n")
+    path.write_text(json.dumps(record, indent=2) + "\n")
     block = _markdown(results, meta, scale)
     if not args.quick:
         args.docs.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,8 @@ Measures, in one run on this machine:
 
 * local shares per second of 4 KiB artifacts through ``POST /v1/artifacts`` (policy check, seal,
   blob write, one transaction), with concurrent clients; target 1,000/s (DESIGN.md section 10);
+* the same uploads to a bare FastAPI endpoint that only parses the multipart body and writes the
+  file (no policy, no crypto, no database, no fsync): the floor of a share on this stack;
 * the server's peak memory (VmHWM) while a 2 GiB upload streams through it, against its memory
   before the upload; the target is "flat": the growth must not scale with the upload;
 * authenticated request rate of ``GET /v1/artifacts?limit=1`` against a bare FastAPI endpoint
@@ -87,21 +89,22 @@ META = {
 
 
 def _shares(url: str, token: str, count: int, concurrency: int) -> float:
+    return _uploads(f"{url}/v1/artifacts", {"Authorization": f"Bearer {token}"}, count, concurrency)
+
+
+def _uploads(target: str, headers: dict[str, str], count: int, concurrency: int) -> float:
+    """POST ``count`` 4 KiB multipart uploads (metadata part, then file part) to ``target``."""
     boundary = "bench-" + secrets.token_hex(6)
-    headers = {
-        "Authorization": f"Bearer {token}",
-        "Content-Type": f"multipart/form-data; boundary={boundary}",
-    }
-    target = f"{url}/v1/artifacts"
+    headers = {**headers, "Content-Type": f"multipart/form-data; boundary={boundary}"}
 
     def make(i: int) -> bytes:
         body = _body(META, i.to_bytes(8, "big") + os.urandom(4088), boundary)
         return request_bytes("POST", target, headers=headers, body=body)
 
-    result = asyncio.run(run_load(url, make, concurrency=concurrency, count=count))
+    result = asyncio.run(run_load(target, make, concurrency=concurrency, count=count))
     if result.done != count:
         raise RuntimeError(
-            f"{count - result.done} shares failed: {dict(result.statuses)} "
+            f"{count - result.done} uploads failed: {dict(result.statuses)} "
             f"{result.first_error[:200]!r}"
         )
     return result.per_second
@@ -160,11 +163,13 @@ def _big_upload(url: str, token: str, size: int, pid: int) -> dict[str, Any]:
 
 BARE = textwrap.dedent(
     """
+    import os
+    import secrets
     import socket
     import sys
 
     import uvicorn
-    from fastapi import FastAPI
+    from fastapi import FastAPI, Request
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     app = FastAPI()
@@ -172,6 +177,15 @@ BARE = textwrap.dedent(
     @app.get("/items")
     def items() -> dict:
         return {"items": [], "next_cursor": None}
+
+    @app.post("/upload", status_code=201)
+    async def upload(request: Request) -> dict:
+        # the floor of a share on this stack: parse the multipart body, write the file
+        form = await request.form()
+        data = await form["file"].read()
+        with open(os.path.join("uploads", secrets.token_hex(16)), "wb") as out:
+            out.write(data)
+        return {"size": len(data), "metadata": len(form["metadata"])}
 
     class NoDelay(H11Protocol):  # as Entente's ServerProtocol: see service/api/server.py
         def connection_made(self, transport):
@@ -224,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         bare_port = _port()
         (root / "bare.py").write_text(BARE)
+        (root / "uploads").mkdir()
         bare = subprocess.Popen(
             [sys.executable, "bare.py", str(bare_port), str(args.workers)],
             cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -237,13 +252,18 @@ def main(argv: list[str] | None = None) -> int:
             cpu = cpu_seconds(servers)
             rate = _shares(url, tokens["publisher"], shares, args.concurrency)
             share_cpu = cpu_seconds(servers) - cpu
+            bare_servers = tree(bare.pid)
+            bare_upload = f"http://127.0.0.1:{bare_port}/upload"
+            _uploads(bare_upload, {}, min(shares, 100), args.concurrency)  # warm up
+            cpu = cpu_seconds(bare_servers)
+            bare_rate = _uploads(bare_upload, {}, shares, args.concurrency)
+            bare_share_cpu = cpu_seconds(bare_servers) - cpu
             auth = {"Authorization": f"Bearer {tokens['reader']}"}
             _requests(f"{url}/v1/artifacts?limit=1", auth, 0.5, 8)
             _requests(f"http://127.0.0.1:{bare_port}/items", {}, 0.5, 8)
             cpu = cpu_seconds(servers)
             ours, ours_n = _requests(f"{url}/v1/artifacts?limit=1", auth, seconds, 8)
             ours_cpu = cpu_seconds(servers) - cpu
-            bare_servers = tree(bare.pid)
             cpu = cpu_seconds(bare_servers)
             peer, peer_n = _requests(f"http://127.0.0.1:{bare_port}/items", {}, seconds, 8)
             peer_cpu = cpu_seconds(bare_servers) - cpu
@@ -261,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "shares_per_second": round(rate, 1),
         "server_cpu_ms_per_share": round(1000 * share_cpu / shares, 3),
+        "bare_uploads_per_second": round(bare_rate, 1),
+        "bare_cpu_ms_per_upload": round(1000 * bare_share_cpu / shares, 3),
         "server_cpu_ms_per_list_request": round(1000 * ours_cpu / max(ours_n, 1), 3),
         "bare_cpu_ms_per_request": round(1000 * peer_cpu / max(peer_n, 1), 3),
         "shares_target": 1000,
@@ -283,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"local shares (4 KiB, {args.concurrency} clients): {rate:,.0f}/s   (target 1,000/s); "
         f"server CPU {result['server_cpu_ms_per_share']:.2f} ms per share"
+    )
+    print(
+        f"bare FastAPI multipart upload of the same bodies, written to a file: {bare_rate:,.0f}/s; "
+        f"server CPU {result['bare_cpu_ms_per_upload']:.2f} ms per upload"
     )
     print(
         f"GET /v1/artifacts: {ours:,.0f} req/s   bare FastAPI: {peer:,.0f} req/s   "

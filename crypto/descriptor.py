@@ -50,7 +50,8 @@ _FIELDS = {
 
 
 def _ts(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime: glibc's %Y does not pad years before 1000 ("500-01-01T...").
+    return value.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat() + "Z"
 
 
 def _parse_ts(value: object, field: str) -> datetime:

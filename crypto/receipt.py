@@ -43,7 +43,7 @@ class Receipt:
             "sha256": self.sha256,
             "receiver": self.receiver,
             "sender": self.sender,
-            "received_at": self.received_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "received_at": _seconds_z(self.received_at),
             "notice_id": self.notice_id,
         }
 
@@ -98,3 +98,9 @@ def verify_receipt(
     if got != expected:
         raise VerificationError("the receipt does not acknowledge what was sent")
     return receipt
+
+
+def _seconds_z(value: datetime) -> str:
+    """RFC 3339 UTC to the second. isoformat, not strftime: glibc's %Y does not pad years
+    before 1000, and the parser here would refuse its own output."""
+    return value.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat() + "Z"

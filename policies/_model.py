@@ -43,10 +43,10 @@ __all__ = [
 
 def format_time(value: datetime) -> str:
     """RFC 3339 in UTC with a ``Z``, the form used in documents, explanations and JSON."""
-    value = value.astimezone(UTC)
-    if value.microsecond:
-        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # isoformat, not strftime: glibc's %Y does not pad years before 1000 ("500-01-01"), which
+    # no RFC 3339 parser accepts back.
+    value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="microseconds" if value.microsecond else "seconds") + "Z"
 
 
 @dataclass(frozen=True, order=True, slots=True)

@@ -13,6 +13,7 @@ This module does not build the tree or check signatures (``service.audit_verify`
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -182,35 +183,39 @@ def worker_count() -> int:
 def parallel_batches(
     url: str, size: int, *, workers: int, chunk: int = ROW_CHUNK
 ) -> Iterator[LeafBatch]:
-    """Leaf batches of seqs ``0 .. size - 1``, hashed by ``workers`` processes, in order."""
+    """Leaf batches of seqs ``0 .. size - 1``, hashed by ``workers`` processes, in order.
+
+    At most ``2 * workers`` chunks are in flight, and a chunk's result is dropped once it is
+    handed on: memory stays flat whatever the size of the log."""
     bounds = [*range(0, size, chunk), size]
     context = get_context("spawn")  # no forking of a process that holds database connections
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures: list[Future[tuple[bytes, Problem | None, int]]] = []
+        pending: deque[tuple[int, int, Future[tuple[bytes, Problem | None, int]]]] = deque()
         next_task = 0
 
         def submit() -> None:
             nonlocal next_task
             lo, hi = bounds[next_task], bounds[next_task + 1]
-            futures.append(pool.submit(_worker_hash, url, None if lo == 0 else lo, hi, lo))
+            future = pool.submit(_worker_hash, url, None if lo == 0 else lo, hi, lo)
+            pending.append((lo, hi, future))
             next_task += 1
 
-        while next_task < len(bounds) - 1 and len(futures) < workers * 2:
+        while next_task < len(bounds) - 1 and len(pending) < workers * 2:
             submit()
-        done = 0
-        while done < len(futures):
-            blob, problem, count = futures[done].result()
-            start = bounds[done]
+        while pending:
+            start, end, future = pending.popleft()
+            blob, problem, count = future.result()
+            del future
             leaves = [blob[i : i + 32] for i in range(0, len(blob), 32)]
-            if problem is None and count != bounds[done + 1] - start:
+            del blob
+            if problem is None and count != end - start:
                 # Fewer rows than seqs: the entry after the last one is missing.
                 missing = start + len(leaves)
                 problem = Problem(f"entry seq {missing} is missing (deleted?)", seq=missing)
             yield LeafBatch(start, leaves, problem)
             if problem is not None:
-                for future in futures[done + 1 :]:
-                    future.cancel()
+                for _lo, _hi, rest in pending:
+                    rest.cancel()
                 return
-            done += 1
             if next_task < len(bounds) - 1:
                 submit()

@@ -148,3 +148,5 @@ class PartnerUnavailableError(EntenteError):
     kind = "partner-unavailable"
     status = 502
     title = "Partner unavailable"
+    # Seconds the partner asked us to wait before trying again (its Retry-After), if it did.
+    retry_after: float | None = None

@@ -212,6 +212,9 @@ _FAMILY_PROBLEMS: dict[str, tuple[int, ...]] = {
     "/federation/v1/": (400, 401, 403, 404, 409, 413, 422, 429),
 }
 _BODY_PROBLEMS = (408, 413)  # any operation with a request body
+# Any operation at all: the server answers a request head larger than
+# ENTENTE_MAX_REQUEST_HEADER_BYTES with 431 before routing it (service.limits).
+_ANY_PROBLEMS = (431,)
 # Route-specific problems of routers that do not declare them themselves.
 _ROUTE_PROBLEMS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/healthz"): (503,),
@@ -241,6 +244,7 @@ def _document(doc: dict[str, Any]) -> None:
         for method, op in operations.items():
             responses: dict[str, Any] = op.setdefault("responses", {})
             wanted = {int(code) for code in responses if code.isdigit() and int(code) >= 400}
+            wanted.update(_ANY_PROBLEMS)
             for prefix, codes in _FAMILY_PROBLEMS.items():
                 if path.startswith(prefix):
                     wanted.update(codes)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,15 +117,19 @@ class PartnerClient:
         except (UnicodeDecodeError, json.JSONDecodeError):
             problem = {}
         detail = str(problem.get("detail") or response.reason_phrase)[:500]
+        error: PartnerUnavailableError
         if 400 <= response.status_code < 500:
-            return PartnerRefusedError(
+            error = PartnerRefusedError(
                 f"{partner.node_id} refused ({response.status_code}): {detail}",
                 status=response.status_code,
                 problem=problem,
             )
-        return PartnerUnavailableError(
-            f"{partner.node_id} failed ({response.status_code}): {detail}"
-        )
+        else:
+            error = PartnerUnavailableError(
+                f"{partner.node_id} failed ({response.status_code}): {detail}"
+            )
+        error.retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        return error
 
     def _json(
         self,
@@ -272,6 +278,23 @@ class _VerifiedStream:
         else:
             out, self._buf = self._buf[:n], self._buf[n:]
         return out
+
+
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """A ``Retry-After`` header (RFC 9110 section 10.2.3: delay-seconds or an HTTP date) as
+    seconds from ``now``; ``None`` when absent or malformed, 0 for a date already past."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(min(int(value), 1 << 31))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None  # an HTTP date is always GMT; a date without a zone is not one
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def _why(exc: httpx.HTTPError) -> str:

@@ -14,7 +14,8 @@ per request; while a descriptor push to a partner is pending, nothing else is se
 would not know the new key yet), and the push is signed with the retired key it still pins.
 
 Transient failures (unreachable, 5xx, 401 before the partner pinned us) back off exponentially with
-jitter up to ``retry_max_seconds``; a refusal (403, 404, 409, 413, 422) marks the row ``failed``
+jitter up to ``retry_max_seconds``, and never sooner than the partner's ``Retry-After`` (a 429 from
+its rate limiter, a 503), itself capped at ``retry_max_seconds``; a refusal (403, 404, 409, 413, 422) marks the row ``failed``
 with the partner's reason, for an operator to look at.
 """
 
@@ -70,6 +71,11 @@ class _Done:
 @dataclass(frozen=True)
 class _Retry:
     error: str
+    retry_after: float | None = None  # the partner's Retry-After, in seconds
+
+
+def _retry(exc: PartnerUnavailableError) -> _Retry:
+    return _Retry(exc.message, exc.retry_after)
 
 
 @dataclass(frozen=True)
@@ -288,12 +294,12 @@ class OutboxWorker:
             outcome: Outcome = (
                 _Finish("failed", exc.message, True)
                 if exc.status_code in PERMANENT
-                else _Retry(exc.message)
+                else _retry(exc)
             )
             self._settle([(row.id or 0, outcome) for row, _ in items])
             return
         except PartnerUnavailableError as exc:
-            self._settle([(row.id or 0, _Retry(exc.message)) for row, _ in items])
+            self._settle([(row.id or 0, _retry(exc)) for row, _ in items])
             return
         results = reply.data.get("results") if isinstance(reply.data, dict) else None
         if not isinstance(results, list) or len(results) != len(items):
@@ -341,10 +347,10 @@ class OutboxWorker:
             if exc.status_code in PERMANENT:
                 self._settle([(row.id or 0, _Finish("failed", exc.message, True))])
             else:
-                self._settle([(row.id or 0, _Retry(exc.message))])
+                self._settle([(row.id or 0, _retry(exc))])
             return
         except PartnerUnavailableError as exc:
-            self._settle([(row.id or 0, _Retry(exc.message))])
+            self._settle([(row.id or 0, _retry(exc))])
             return
         receipt, why = self._verify(partner, artifact, reply.data, expect)
         outcome: Outcome = _Done(receipt, row.kind, expect) if receipt else _Retry(why or "")
@@ -375,10 +381,10 @@ class OutboxWorker:
                 return (
                     _Finish("failed", exc.message, True)
                     if exc.status_code in PERMANENT
-                    else _Retry(exc.message)
+                    else _retry(exc)
                 )
             except PartnerUnavailableError as exc:
-                return _Retry(exc.message)
+                return _retry(exc)
             data = reply.data if isinstance(reply.data, dict) else {}
             if data.get("fingerprint") != payload.get("fingerprint"):
                 return _Retry(f"{partner.node_id} did not confirm the new key")
@@ -418,7 +424,7 @@ class OutboxWorker:
                     label = "delivered"
                 elif isinstance(outcome, _Retry):
                     values.update(
-                        next_attempt_at=now + self._delay(attempts),
+                        next_attempt_at=now + self._delay(attempts, outcome.retry_after),
                         last_error=outcome.error[:1000],
                     )
                     label = "retry"
@@ -457,14 +463,19 @@ class OutboxWorker:
         for (partner, label), n in counts.items():
             node.metrics.deliveries.labels(partner, label).inc(n)
 
-    def _delay(self, attempts: int) -> timedelta:
-        """Exponential backoff with jitter: base * 2^(attempts-1), capped, times 0.5-1.5."""
+    def _delay(self, attempts: int, retry_after: float | None = None) -> timedelta:
+        """Exponential backoff with jitter: base * 2^(attempts-1), capped, times 0.5-1.5; never
+        sooner than the partner's ``Retry-After``, which is itself capped at the longest backoff
+        (a partner cannot park our deliveries for longer than we would)."""
         settings = self.node.settings
         delay = min(
             settings.retry_max_seconds,
             settings.retry_base_seconds * 2 ** min(attempts - 1, 30),
         )
-        return timedelta(seconds=delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
+        seconds = delay * random.uniform(0.5, 1.5)  # noqa: S311 - jitter
+        if retry_after is not None:
+            seconds = max(seconds, min(retry_after, settings.retry_max_seconds))
+        return timedelta(seconds=seconds)
 
 
 def _transition(

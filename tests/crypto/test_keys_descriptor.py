@@ -184,3 +184,21 @@ def test_descriptor_verifies_with_securesystemslib() -> None:
 
     with pytest.raises(SslibVerificationError):
         tampered.verify([sslib_key], 1)
+
+
+@pytest.mark.parametrize("year", [1, 500, 999, 2026])
+def test_times_of_any_year_survive_their_own_round_trip(year: int) -> None:
+    """Descriptors, receipts and policy times are written with four-digit years (glibc's %Y
+    writes "500", which RFC 3339 and the parsers here refuse)."""
+    from crypto.receipt import Receipt
+    from policies._model import format_time
+
+    when = datetime(year, 6, 1, 8, 30, 15, tzinfo=UTC)
+    descriptor = _descriptor(_seeded(7), created=when, expires=when + timedelta(days=1))
+    assert NodeDescriptor.from_json(descriptor.to_json()) == descriptor
+    assert descriptor.to_json()["created"] == f"{year:04d}-06-01T08:30:15Z"
+    receipt = Receipt("delivery", "a1", "0" * 64, "us-aisi", "uk-aisi", when)
+    assert Receipt.from_json(receipt.to_json()) == receipt
+    assert format_time(when) == f"{year:04d}-06-01T08:30:15Z"
+    assert format_time(when.replace(microsecond=5)) == f"{year:04d}-06-01T08:30:15.000005Z"
+    assert datetime.fromisoformat(format_time(when)[:-1] + "+00:00") == when

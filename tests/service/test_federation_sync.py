@@ -28,7 +28,7 @@ from crypto.receipt import verify_receipt
 from service import artifacts as domain
 from service.api.app import create_app
 from service.db import open_database
-from service.federation.client import PartnerClient
+from service.federation.client import PartnerClient, retry_after_seconds
 from service.federation.outbox import BATCH_ITEM_MAX_BYTES, OutboxWorker
 from service.federation.pull import pull_all
 from service.federation.rotation import queue_rotation
@@ -445,3 +445,53 @@ def test_an_unexpected_failure_is_retried_not_lost(pair: Pair) -> None:
         worker.close()
     assert outbox(pair.uk)[0].state == "delivered"
     assert accepted(pair.us) == {art_id: 1}
+
+
+class _Busy(httpx.BaseTransport):
+    """A partner whose rate limiter answers every request with ``status`` and ``Retry-After``."""
+
+    def __init__(self, status: int, retry_after: str) -> None:
+        self.status, self.retry_after = status, retry_after
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        problem = {"type": "about:blank", "title": "busy", "status": self.status, "detail": "busy"}
+        return httpx.Response(
+            self.status, headers={"Retry-After": self.retry_after}, json=problem
+        )
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "low", "high"),
+    [
+        (429, "45", 45, 46),  # beyond the first backoff (base 10 s, at most 15 s with jitter)
+        (503, "100000", 60, 61),  # capped at retry_max_seconds (60 s in this fixture)
+        (429, "soon", 10 * 0.5 - 1, 10 * 1.5 + 1),  # malformed: the node's own backoff
+        (503, "Thu, 01 Jan 1970 00:00:00 GMT", 10 * 0.5 - 1, 10 * 1.5 + 1),  # a past date
+    ],
+)
+def test_the_outbox_waits_as_long_as_the_partners_retry_after(
+    pair: Pair, status: int, header: str, low: float, high: float
+) -> None:
+    share(pair.uk)
+    client = PartnerClient(pair.uk.node, http=httpx.Client(transport=_Busy(status, header)))
+    worker = OutboxWorker(pair.uk.node, client)
+    try:
+        start = datetime.now(UTC)
+        assert worker.run_once() == 1
+    finally:
+        worker.close()
+    [row] = outbox(pair.uk)
+    assert row.state == "pending" and row.attempts == 1
+    assert f"({status})" in (row.last_error or "")
+    delay = (row.next_attempt_at - start).total_seconds()
+    assert low <= delay <= high, delay
+
+
+def test_retry_after_parses_seconds_and_http_dates() -> None:
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    assert retry_after_seconds("120", now=now) == 120.0
+    assert retry_after_seconds(" 0 ", now=now) == 0.0
+    assert retry_after_seconds("Thu, 26 Nov 2026 12:01:30 GMT", now=now) == 90.0
+    assert retry_after_seconds("Thu, 26 Nov 2026 11:00:00 GMT", now=now) == 0.0
+    for bad in (None, "", "-5", "1.5", "soon", "٣", "Thu, 26 Nov 2026 12:01:30"):
+        assert retry_after_seconds(bad, now=now) is None, bad

@@ -278,10 +278,10 @@ def measure(
         size = max(1, len(items) // 10)
         for i in range(0, len(items) - size + 1, size):
             batch = items[i : i + size]
-            start = time.perf_counter()
+            began = time.perf_counter()
             for item in batch:
                 decide(item)
-            rates.append(len(batch) / (time.perf_counter() - start))
+            rates.append(len(batch) / (time.perf_counter() - began))
     finally:
         gc.enable()
     samples.sort()
@@ -316,8 +316,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.decisions, args.cedar_decisions = 5_000, 1_000
 
+    cedarpy: Any  # the module, or None when it is not installed
     try:
-        import cedarpy  # type: ignore[import-not-found,unused-ignore]
+        import cedarpy as cedar_module  # type: ignore[import-not-found,unused-ignore]
+
+        cedarpy = cedar_module
     except ImportError:
         cedarpy = None
 
@@ -335,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             measure(
                 "entente",
                 scenario,
-                lambda r, s=policy_set: evaluate(s, r, now=NOW).allowed,  # type: ignore[misc]
+                lambda r, s=policy_set: evaluate(s, r, now=NOW).allowed,  # type: ignore[misc,unused-ignore]
                 items,
             )
         )
@@ -358,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             measure(
                 "cedarpy",
                 scenario,
-                lambda c, ps=cedar_set, es=entities: cedarpy.is_authorized(c, ps, es).allowed,
+                lambda c, ps=cedar_set, es=entities: cedarpy.is_authorized(c, ps, es).allowed,  # type: ignore[misc,unused-ignore]
                 cedar_items,
             )
         )

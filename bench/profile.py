@@ -1,6 +1,8 @@
 """Profiles of the hot paths: where a local share's CPU goes, and what verifying a log costs.
 
-Two measurements, each printed as a Markdown table and written to ``bench/results/``:
+Two measurements, each printed as a Markdown table and written to ``bench/results/profile.md``
+(the share profile's py-spy stacks, collapsed, to ``bench/results/profile-share.txt.gz``: feed
+them to flamegraph.pl or speedscope):
 
 * ``share``: one node process (one worker, SQLite, delivery off) takes 4 KiB shares from the
   same load generator as bench/api.py while py-spy samples it, counting only samples where a
@@ -24,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import os
@@ -134,7 +137,8 @@ def profile_share(shares: int, concurrency: int, out: Path | None) -> dict[str, 
             counts = summarize(raw)
             if out is not None:
                 out.mkdir(parents=True, exist_ok=True)
-                shutil.copy(raw, out / "profile-share.txt")
+                with raw.open("rb") as src, gzip.open(out / "profile-share.txt.gz", "wb") as dst:
+                    shutil.copyfileobj(src, dst)
         finally:
             node.terminate()
             node.wait(20)
@@ -221,7 +225,8 @@ def markdown(share: dict[str, Any] | None, verify: dict[str, Any] | None) -> str
             "| step | µs per entry |",
             "|---|---|",
         ]
-        for name, us in verify["steps_us_per_entry"]:
+        steps = verify["steps_us_per_entry"]
+        for name, us in steps.items() if isinstance(steps, dict) else steps:
             lines.append(f"| {name} | {us} |")
         lines.append("")
     return "\n".join(lines)

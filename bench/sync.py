@@ -327,7 +327,7 @@ def queue_shares(home: Path, n: int, *, tag: str) -> None:
     from service.settings import Settings
     from service.tokens import Principal, Role
 
-    settings = Settings(home=home, passphrase=PASSPHRASE, scrypt_work_factor=10)  # type: ignore[arg-type]
+    settings = Settings(home=home, passphrase=PASSPHRASE, scrypt_work_factor=10)  # type: ignore[arg-type,unused-ignore]
     node = load_node(settings, migrate=True)
     principal = Principal(token_id="tok_bench", name="bench", role=Role.PUBLISHER)  # noqa: S106
     meta = ShareMetadata(

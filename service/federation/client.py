@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx

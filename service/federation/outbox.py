@@ -15,8 +15,8 @@ would not know the new key yet), and the push is signed with the retired key it 
 
 Transient failures (unreachable, 5xx, 401 before the partner pinned us) back off exponentially with
 jitter up to ``retry_max_seconds``, and never sooner than the partner's ``Retry-After`` (a 429 from
-its rate limiter, a 503), itself capped at ``retry_max_seconds``; a refusal (403, 404, 409, 413, 422) marks the row ``failed``
-with the partner's reason, for an operator to look at.
+its rate limiter, a 503), itself capped at ``retry_max_seconds``; a refusal (403, 404, 409, 413,
+422) marks the row ``failed`` with the partner's reason, for an operator to look at.
 """
 
 from __future__ import annotations

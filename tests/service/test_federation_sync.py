@@ -455,9 +455,7 @@ class _Busy(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         problem = {"type": "about:blank", "title": "busy", "status": self.status, "detail": "busy"}
-        return httpx.Response(
-            self.status, headers={"Retry-After": self.retry_after}, json=problem
-        )
+        return httpx.Response(self.status, headers={"Retry-After": self.retry_after}, json=problem)
 
 
 @pytest.mark.parametrize(

@@ -29,3 +29,17 @@ def test_all_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
         assert isinstance(figures, dict) and figures, name
     assert "| seal | seal 1 GiB" in result.stdout  # the table is printed
     assert not docs.exists()  # quick runs never overwrite the published report
+
+    # --render rewrites only the tables of an existing report, from latest.json
+    (tmp_path / "latest.json").write_text((tmp_path / "latest-quick.json").read_text())
+    docs.write_text("# Kept\n\n<!-- bench:begin -->\nSTALE TABLE\n<!-- bench:end -->\n\nKept too.\n")
+    render = subprocess.run(
+        [sys.executable, "-m", "bench", "--render", "--results", str(tmp_path),
+         "--docs", str(docs)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert render.returncode == 0, render.stderr[-3000:]
+    text = docs.read_text()
+    assert text.startswith("# Kept\n") and text.endswith("Kept too.\n")
+    assert "STALE TABLE" not in text and "| policy | policy decision p50, 50 rules |" in text
+    assert "### Where the time goes (bench/profile.py)" in text

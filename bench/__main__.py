@@ -292,9 +292,13 @@ def _growth(first: float, last: float, factor: int) -> str:
     if not first:
         return "n/a"
     ratio = last / first
-    return (
-        f"{ratio:,.1f}x ({'linear or better' if ratio <= factor * 1.25 else 'WORSE than linear'})"
-    )
+    if ratio <= factor:
+        verdict = "linear or better"
+    elif ratio <= factor * 1.25:
+        verdict = f"{100 * (ratio / factor - 1):.0f}% above linear"
+    else:
+        verdict = "WORSE than linear"
+    return f"{ratio:,.1f}x ({verdict})"
 
 
 def _scale_table(scale: dict[str, Any]) -> list[str]:

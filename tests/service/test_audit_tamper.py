@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from crypto import merkle
 from crypto.note import Note, NoteSignature, parse_note
+from service import audit_leaves
 from service.audit_sources import DatabaseSource
 from service.audit_verify import Remembered, Verdict, verify_log
 from service.node import Node
@@ -238,3 +239,25 @@ def test_hashing_in_worker_processes_gives_the_same_verdicts(
         serial.size,
     )
     assert parallel.ok is (tamper is None)
+
+
+@pytest.mark.parametrize(
+    "tamper", [None, _swap, _delete, _delete_last], ids=lambda f: f and f.__name__
+)
+def test_reading_in_small_chunks_gives_the_same_verdicts(
+    node10: Node, tamper: Tamper | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serial reader's chunk boundaries (7 rows here) change nothing about the verdict."""
+    node = node10
+    if tamper is not None:
+        tamper(node)
+    whole = _verify(node)
+    monkeypatch.setattr(audit_leaves, "SERIAL_CHUNK", 7)
+    chunked = _verify(node)
+    assert (chunked.ok, chunked.bad_seq, chunked.size, chunked.problem) == (
+        whole.ok,
+        whole.bad_seq,
+        whole.size,
+        whole.problem,
+    )
+    assert chunked.ok is (tamper is None)

@@ -32,7 +32,9 @@ def test_all_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
 
     # --render rewrites only the tables of an existing report, from latest.json
     (tmp_path / "latest.json").write_text((tmp_path / "latest-quick.json").read_text())
-    docs.write_text("# Kept\n\n<!-- bench:begin -->\nSTALE TABLE\n<!-- bench:end -->\n\nKept too.\n")
+    docs.write_text(
+        "# Kept\n\n<!-- bench:begin -->\nSTALE TABLE\n<!-- bench:end -->\n\nKept too.\n"
+    )
     render = subprocess.run(
         [sys.executable, "-m", "bench", "--render", "--results", str(tmp_path),
          "--docs", str(docs)],

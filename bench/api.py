@@ -35,7 +35,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
@@ -66,6 +66,29 @@ def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
+
+
+def start_node(
+    root: Path, workers: int, log: IO[bytes] | int
+) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
+    """Start ``uk-aisi`` (SQLite home under ``root``, delivery off, its rate limiter out of the
+    way: the benchmarks measure the node, not its limiter) with ``workers`` processes on a free
+    port; (process, base URL, tokens by role). The caller waits for ``/healthz`` and stops it."""
+    port = _port()
+    prepared = prepare_federation(
+        {"uk-aisi": f"http://127.0.0.1:{port}", "us-aisi": "http://127.0.0.1:9"},
+        root=root,
+        passphrase=None,
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENTENTE_")}
+    env.update(ENTENTE_WORKERS_ENABLED="false", ENTENTE_LOG_LEVEL="WARNING")
+    env.update(ENTENTE_RATE_LIMIT_PER_MINUTE="100000000", ENTENTE_WORKERS=str(workers))
+    node = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--home", str(root / "uk-aisi"),
+         "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+    )  # fmt: skip
+    return node, f"http://127.0.0.1:{port}", dict(prepared["uk-aisi"].tokens)
 
 
 def _body(meta: dict[str, Any], content: bytes, boundary: str) -> bytes:
@@ -219,23 +242,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="entente-bench-api-") as tmp:
         root = Path(tmp)
-        uk_port = _port()
-        prepared = prepare_federation(
-            {"uk-aisi": f"http://127.0.0.1:{uk_port}", "us-aisi": "http://127.0.0.1:9"},
-            root=root,
-            passphrase=None,
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ENTENTE_")}
-        env.update(ENTENTE_WORKERS_ENABLED="false", ENTENTE_LOG_LEVEL="WARNING")
-        env.update(ENTENTE_RATE_LIMIT_PER_MINUTE="100000000")  # measure the node, not its limiter
-        env.update(ENTENTE_WORKERS=str(args.workers))
-        url = f"http://127.0.0.1:{uk_port}"
         log = open(root / "uk.log", "wb")  # noqa: SIM115 - closed below
-        node = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--home", str(root / "uk-aisi"),
-             "--port", str(uk_port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )  # fmt: skip
+        node, url, tokens = start_node(root, args.workers, log)
         bare_port = _port()
         (root / "bare.py").write_text(BARE)
         (root / "uploads").mkdir()
@@ -246,7 +254,6 @@ def main(argv: list[str] | None = None) -> int:
         try:
             _wait(f"{url}/healthz", node)
             _wait(f"http://127.0.0.1:{bare_port}/items", bare)
-            tokens = prepared["uk-aisi"].tokens
             _shares(url, tokens["publisher"], min(shares, 100), args.concurrency)  # warm up
             servers = tree(node.pid)
             cpu = cpu_seconds(servers)

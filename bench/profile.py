@@ -29,7 +29,6 @@ import argparse
 import gzip
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -44,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._proc import cpu_seconds, tree  # noqa: E402
-from bench.api import _port, _shares, _wait  # noqa: E402
+from bench.api import _shares, _wait, start_node  # noqa: E402
 
 # (bucket, frame prefixes): a sample goes to the first bucket met from the innermost frame out.
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
@@ -95,31 +94,15 @@ def summarize(collapsed: Path) -> Counter[str]:
 
 def profile_share(shares: int, concurrency: int, out: Path | None) -> dict[str, Any]:
     """Profile ``shares`` local shares; the raw stacks are copied to ``out`` when given."""
-    from service.federation.setup import prepare_federation
-
     spy_bin = Path(sys.executable).with_name("py-spy")
     if not spy_bin.exists():
         raise SystemExit("py-spy is not installed (pip install -e '.[dev]')")
     with tempfile.TemporaryDirectory(prefix="entente-profile-") as tmp:
         root = Path(tmp)
-        port = _port()
-        prepared = prepare_federation(
-            {"uk-aisi": f"http://127.0.0.1:{port}", "us-aisi": "http://127.0.0.1:9"},
-            root=root,
-            passphrase=None,
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ENTENTE_")}
-        env.update(ENTENTE_WORKERS_ENABLED="false", ENTENTE_LOG_LEVEL="WARNING")
-        env.update(ENTENTE_RATE_LIMIT_PER_MINUTE="100000000", ENTENTE_WORKERS="1")
-        url = f"http://127.0.0.1:{port}"
-        node = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--home", str(root / "uk-aisi"),
-             "--port", str(port)],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        node, url, tokens = start_node(root, 1, subprocess.DEVNULL)
         try:
             _wait(f"{url}/healthz", node)
-            token = prepared["uk-aisi"].tokens["publisher"]
+            token = tokens["publisher"]
             _shares(url, token, 200, concurrency)  # warm up
             raw = root / "share.txt"
             spy = subprocess.Popen(

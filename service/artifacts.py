@@ -28,7 +28,7 @@ from sqlmodel import Session, col, select
 
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
-from crypto.sealed import ManifestRecipient, Sealed, open_sealed, seal
+from crypto.sealed import Manifest, ManifestRecipient, open_sealed, seal
 from policies import Decision, Request
 from service.audit import AUDIT_TABLE, audit_row, record
 from service.blobs import BlobStore
@@ -253,8 +253,9 @@ def share_artifact(
         writer.abort()
         raise
     fault_point("share.blob_committed")
-    values = _artifact_values(
-        sealed, blob=digest, direction="sent", sender=node.node_id, now=now,
+    values = artifact_row(
+        sealed.manifest, sealed.envelope, ciphertext_size=sealed.ciphertext_size, blob=digest,
+        direction="sent", sender=node.node_id, now=now,
         obligations=[o.to_json() for _, d in decisions for o in d.obligations],
     )  # fmt: skip
     if upstream is not None:
@@ -307,17 +308,19 @@ _ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
 _OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
 
 
-def _artifact_values(
-    sealed: Sealed,
+def artifact_row(
+    m: Manifest,
+    envelope: Envelope,
     *,
-    blob: str,
+    ciphertext_size: int,
+    blob: str | None,
     direction: str,
     sender: str,
     now: datetime,
     obligations: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Every column of a new artifact row (a Core insert applies no model defaults)."""
-    m = sealed.manifest
+    """Every column of a new artifact row, sent or received (a Core insert applies no model
+    defaults); a received row's receipt and upstream columns are the receiver's to fill."""
     return {
         "id": m.artifact_id,
         "direction": direction,
@@ -335,9 +338,9 @@ def _artifact_values(
         "size": m.size,
         "sha256": m.sha256,
         "blob": blob,
-        "ciphertext_size": sealed.ciphertext_size,
+        "ciphertext_size": ciphertext_size,
         "header_sha256": m.age_header_sha256,
-        "manifest": sealed.envelope.to_bytes().decode("utf-8"),
+        "manifest": envelope.to_bytes().decode("utf-8"),
         "policy_ref": json.dumps(m.policy),
         "obligations": json.dumps(obligations),
         "revoked_at": None,

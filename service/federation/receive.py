@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +40,7 @@ from crypto.errors import CryptoError, VerificationError
 from crypto.receipt import Receipt, sign_receipt
 from crypto.sealed import Manifest, verify_manifest
 from policies import Decision, Request
+from service.artifacts import artifact_row
 from service.audit import AUDIT_TABLE, audit_row, record
 from service.blobs import BlobWriter
 from service.commits import group_commit
@@ -419,35 +419,15 @@ class Receiver:
             ),
             key=self.node.keys.signing,
         )
-        return {
-            "id": manifest.artifact_id,
-            "direction": "received",
-            "origin": manifest.origin,
-            "sender": self.sender,
-            "title": manifest.title,
-            "tlp": manifest.tlp,
-            "topics": json.dumps(list(manifest.topics)),
-            "purposes": json.dumps(list(manifest.purposes)),
-            "recipients": json.dumps([r.node_id for r in manifest.recipients]),
-            "created_at": manifest.created,
-            "recorded_at": now,
-            "embargo_until": manifest.embargo_until,
-            "expires_at": manifest.expires_at,
-            "size": manifest.size,
-            "sha256": manifest.sha256,
-            "blob": item.digest,
-            "ciphertext_size": item.ciphertext_size,
-            "header_sha256": manifest.age_header_sha256,
-            "manifest": checked.envelope.to_bytes().decode(),
-            "policy_ref": json.dumps(manifest.policy),
-            "obligations": json.dumps([o.to_json() for o in checked.decision.obligations]),
-            "revoked_at": None,
-            "revocation_reason": None,
-            "deleted_at": None,
-            "receipt": receipt.to_bytes().decode(),
-            "upstream_id": checked.upstream[0] if checked.upstream else None,
-            "upstream_origin": checked.upstream[1] if checked.upstream else None,
-        }
+        row = artifact_row(
+            manifest, checked.envelope, ciphertext_size=item.ciphertext_size, blob=item.digest,
+            direction="received", sender=self.sender, now=now,
+            obligations=[o.to_json() for o in checked.decision.obligations],
+        )  # fmt: skip
+        row["receipt"] = receipt.to_bytes().decode()
+        if checked.upstream:
+            row["upstream_id"], row["upstream_origin"] = checked.upstream
+        return row
 
     # --- one artifact, start to end -------------------------------------------------------------
     def receive(

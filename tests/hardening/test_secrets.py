@@ -172,7 +172,7 @@ def node_secrets(fed: Federation) -> dict[str, list[bytes]]:
     found: dict[str, list[bytes]] = {"passphrase": [PASSPHRASE.encode()]}
     for node_id, node in fed.nodes.items():
         for role, token in fed.tokens[node_id].items():
-            found[f"{node_id} {role} token"] = [token.encode(), token.rsplit("_", 1)[1].encode()]
+            found[f"{node_id} {role} token"] = [token.encode(), token.split("_", 2)[2].encode()]
         keys = open_home(node.home).unlock(Settings(home=node.home, passphrase=PASSPHRASE))
         identity_text = keys.identity.to_string().encode()
         found[f"{node_id} age identity"] = [

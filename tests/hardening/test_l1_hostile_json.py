@@ -23,9 +23,9 @@ from crypto.sealed import MANIFEST_PAYLOAD_TYPE
 from service.tokens import Role
 from tests.hardening.kit import meta, snapshot
 from tests.hardening.test_bad_input import (
-    R,
     Bad,
     Env,
+    R,
     check_refusal,
     deliver,
     fed_call,

@@ -21,9 +21,9 @@ from crypto.receipt import RECEIPT_PAYLOAD_TYPE, verify_receipt
 from crypto.sealed import MANIFEST_PAYLOAD_TYPE, Manifest
 from service.models import Artifact
 from tests.hardening.test_bad_input import (
-    R,
     Bad,
     Env,
+    R,
     check_refusal,
     deliver,
     fed_call,

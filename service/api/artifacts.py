@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crypto import strict_json
 from service import artifacts as domain
-from service.api.bodies import ThreadedBody, json_body, read_json, refuse_declared
+from service.api.bodies import StreamedBody, json_body, read_json, refuse_declared
 from service.api.deps import NodeDep, require_roles
 from service.errors import InvalidInputError, TooLargeError
 from service.federation import onward as onward_domain
@@ -181,7 +181,7 @@ async def create_artifact(request: Request, node: NodeDep, principal: Publisher)
     boundary = boundary_of(request.headers.get("content-type"))
     settings = node.settings
     refuse_declared(request, _upload_limit(node), "the upload")
-    body = ThreadedBody(request, block=settings.upload_prefetch_bytes)
+    body = StreamedBody(request, block=settings.upload_prefetch_bytes)
     row = await body.run(_share_sync, node, body.pull, boundary, principal)
     return _out(row)
 

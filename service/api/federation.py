@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from crypto import httpsig, strict_json
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
-from service.api.bodies import ThreadedBody, body_limiter, read_body
+from service.api.bodies import StreamedBody, body_limiter, read_body
 from service.api.deps import NodeDep
 from service.api.problems import problem_type
 from service.audit import record
@@ -270,7 +270,7 @@ async def inbox(request: Request, node: NodeDep, sig: Partner) -> Response:
     await run_in_threadpool(check_volume, node, sig.partner, declared)  # the partner's daily cap
     if ctype == BATCH_TYPE:
         return await _inbox_batch(request, node, sig)
-    body = ThreadedBody(request, block=node.settings.upload_prefetch_bytes)
+    body = StreamedBody(request, block=node.settings.upload_prefetch_bytes)
     digester = httpsig.ContentDigester()
     reader = _BodyReader(body.pull, digester, limit)
 

@@ -1,5 +1,6 @@
-"""Abuse limits: request rates per bearer token and per partner, a daily delivery volume per
-partner, a bound on the replay (nonce) cache, and an idle timeout on request bodies.
+"""Abuse limits: request rates and requests in flight per bearer token and per partner, a daily
+delivery volume per partner, a bound on the replay (nonce) cache, and timeouts on request heads
+and bodies.
 
 - **Rates** (``rate_limit_per_minute``): a token bucket per key, ``token:<id>`` after a bearer
   token authenticates and ``partner:<node id>`` after a federation signature verifies. A bucket
@@ -20,18 +21,26 @@ partner, a bound on the replay (nonce) cache, and an idle timeout on request bod
 - **Replay cache** (``nonce_cache_size``): when that many nonces are remembered, new signed
   requests are refused until expired ones are purged. A live nonce is never forgotten: that
   would reopen a replay window.
-- **Request bodies** (``request_body_idle_seconds``): :class:`RequestBounds` answers 408 when
-  a body sends nothing for that long (a stalled upload holding a worker; a body trickling a byte
-  at a time is not caught, nor is a request head sent slowly: uvicorn bounds a head's size but
-  not its time, so a node exposed to the internet belongs behind a reverse proxy that does).
-- **Request heads** (``max_request_header_bytes``): :class:`RequestBounds` answers 431 to a
-  larger head; uvicorn's h11 parser refuses one that is still incomplete past that size, and
-  :class:`ProblemH11Protocol` makes its answer a problem document too (431, or 400 for a head
-  that is not HTTP) instead of plain text. Both happen before routing: logged, not audited.
+- **Request bodies** (``request_body_idle_seconds``, ``request_body_min_rate`` over windows of
+  ``request_body_rate_window_seconds``): :class:`RequestBounds` answers 408 when a body sends
+  nothing for that long, or trickles: less than the minimum rate over a window of time spent
+  waiting for it. (A body is read on the event loop and holds no thread while it waits:
+  ``service.api.bodies``.)
+- **Request heads** (``max_request_header_bytes``, ``request_head_timeout_seconds``):
+  :class:`RequestBounds` answers 431 to a larger head; uvicorn's h11 parser refuses one that is
+  still incomplete past that size, and :class:`ProblemH11Protocol` makes its answer a problem
+  document too (431, or 400 for a head that is not HTTP), and answers 408 to a head that is
+  still incomplete after the timeout (uvicorn has none). All before routing: logged, not
+  audited.
+- **Requests in flight** (``max_requests_in_flight``): :class:`InFlight` lets one token, and
+  one partner, run that many requests at once; more are refused with 503 and ``Retry-After``
+  (:class:`service.errors.BusyError`), so that one caller's slow or many requests never take
+  the capacity of another. Per process, like the rates.
 
-Refusals are :class:`service.errors.RateLimitedError` (429, ``Retry-After``) or
-:class:`service.errors.RequestTimeoutError` (408) problem documents. A refusal is audited (as
-``request.refused``, by the problem handler) once per burst: further refusals of the same key
+Refusals are :class:`service.errors.RateLimitedError` (429, ``Retry-After``),
+:class:`service.errors.BusyError` (503, ``Retry-After``) or
+:class:`service.errors.RequestTimeoutError` (408) problem documents. A rate or in-flight refusal
+is audited (as ``request.refused``) once per burst: further refusals of the same key
 before it is allowed a request again are counted in the metrics only, so that a flood of
 requests cannot become a flood of audit writes.
 """

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import anyio
-import anyio.from_thread
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -162,7 +162,7 @@ def signed_json(node: Node, sig: IncomingSignature, status: int, data: Any) -> R
 
 
 class _BodyReader:
-    """A file-like view of the request body pulled from a worker thread, digesting every byte."""
+    """A file-like view of a request body (``StreamedBody.pull``), digesting every byte."""
 
     def __init__(
         self, pull: Callable[[], bytes], digester: httpsig.ContentDigester, limit: int

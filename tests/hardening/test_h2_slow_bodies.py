@@ -22,7 +22,7 @@ import anyio
 import pytest
 
 from service.tokens import Role
-from tests.hardening.kit import Trio, audit_since, meta, snapshot, trio
+from tests.hardening.kit import DELIVERY_TYPE, Trio, audit_since, meta, signed, snapshot, trio
 from tests.service.nodekit import CREATED, UPLOAD_HEADERS, Kit, upload_body
 
 BLOCK = 64 << 10  # bytes: upload_prefetch_bytes, the block a body is handed on in
@@ -48,9 +48,9 @@ def _dispose_nodes() -> None:  # the module's nodes live as long as the module f
     return None
 
 
-def _scope(kit: Kit, path: str, body: bytes, role: Role = Role.PUBLISHER) -> dict[str, Any]:
-    headers = [(k.lower().encode(), v.encode()) for k, v in UPLOAD_HEADERS.items()]
-    headers += [(k.lower().encode(), v.encode()) for k, v in kit.auth(role).items()]
+def _scope(kit: Kit, path: str, body: bytes, given: dict[str, str] | None = None) -> dict[str, Any]:
+    given = given if given is not None else {**UPLOAD_HEADERS, **kit.auth(Role.PUBLISHER)}
+    headers = [(k.lower().encode(), v.encode()) for k, v in given.items()]
     headers.append((b"content-length", str(len(body)).encode()))
     return {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
@@ -63,8 +63,19 @@ def _scope(kit: Kit, path: str, body: bytes, role: Role = Role.PUBLISHER) -> dic
 class Parked:
     """An upload that sends ``first`` bytes, then waits for ``release`` before the rest."""
 
-    def __init__(self, kit: Kit, body: bytes, first: int, release: anyio.Event) -> None:
+    def __init__(
+        self,
+        kit: Kit,
+        body: bytes,
+        first: int,
+        release: anyio.Event,
+        *,
+        path: str = "/v1/artifacts",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.kit = kit
+        self.path = path
+        self.headers = headers
         self.body = body
         self.first = first
         self.release = release
@@ -94,7 +105,7 @@ class Parked:
             elif message["type"] == "http.response.body":
                 self.answer += message.get("body", b"")
 
-        await self.kit.app(_scope(self.kit, "/v1/artifacts", self.body), receive, send)
+        await self.kit.app(_scope(self.kit, self.path, self.body, self.headers), receive, send)
 
 
 def _content(i: int) -> bytes:
@@ -208,3 +219,35 @@ async def test_requests_in_flight_per_token_answer_503(tmp_path: Path) -> None:
     async with uk.client() as c:
         r = await c.get("/v1/partners", headers=uk.auth(Role.PUBLISHER))
         assert r.status_code == 200, r.text
+
+
+async def test_requests_in_flight_per_partner_answer_503(tmp_path: Path) -> None:
+    """One partner's held deliveries take none of another partner's capacity (a bulkhead)."""
+    nodes = trio(tmp_path, **{**SETTINGS, "max_requests_in_flight": 2})
+    uk, us, ca = nodes.uk, nodes.us, nodes.ca
+    release = anyio.Event()
+    body = b"x" * (4 * BLOCK)  # a manifest line that has not ended yet
+    path = "/federation/v1/inbox"
+    parked = [
+        Parked(
+            uk, body, 2 * BLOCK, release, path=path,
+            headers=signed(us.node, uk.node, "POST", path, body, **{"Content-Type": DELIVERY_TYPE}),
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    feed = "/federation/v1/feed"
+    async with anyio.create_task_group() as tg:
+        for p in parked:
+            tg.start_soon(p)
+        with anyio.fail_after(DEADLINE):
+            for p in parked:
+                await p.started.wait()
+            async with uk.client() as c:
+                r = await c.get(feed, headers=signed(us.node, uk.node, "GET", feed))
+                assert r.status_code == 503, r.text
+                assert r.headers["retry-after"] == "1"
+                assert r.json()["type"] == "urn:entente:problem:busy"
+                r = await c.get(feed, headers=signed(ca.node, uk.node, "GET", feed))
+                assert r.status_code == 200, r.text
+        release.set()
+    assert [p.status for p in parked] == [422, 422], [p.answer[:200] for p in parked]

@@ -181,6 +181,7 @@ class StreamedBody:
         self._greenlet: greenlet.greenlet | None = None
         self._fetching: asyncio.Task[None] | None = None
         self._parked = False  # the greenlet waits for a block
+        self._cancelled = False  # run() was cancelled: no more blocks will be read
 
     async def _read_block(self) -> list[bytes]:
         out: list[bytes] = []
@@ -211,6 +212,10 @@ class StreamedBody:
         hub.submit(functools.partial(glet.switch, block))
 
     def _start_fetch(self) -> None:
+        if self._cancelled:  # the request is over: end the greenlet where it waits
+            if self._hub is not None and self._greenlet is not None:
+                self._hub.submit(functools.partial(self._greenlet.throw, asyncio.CancelledError))
+            return
         if self._loop is not None:
             self._fetching = self._loop.create_task(self._fetch())
 
@@ -264,7 +269,9 @@ class StreamedBody:
         try:
             return await done
         except asyncio.CancelledError:
-            # The request was cancelled (server shutdown): end the greenlet where it waits.
+            # The request was cancelled (server shutdown): end the greenlet where it waits, now
+            # or when it next asks for a block, so that ``fn`` cleans up.
+            self._cancelled = True
             if self._fetching is not None:
                 self._fetching.cancel()
             raise

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,16 @@ import anyio
 import pytest
 
 from service.tokens import Role
-from tests.hardening.kit import DELIVERY_TYPE, Trio, audit_since, meta, signed, snapshot, trio
+from tests.hardening.kit import (
+    DELIVERY_TYPE,
+    Trio,
+    audit_since,
+    meta,
+    postgres_database,
+    signed,
+    snapshot,
+    trio,
+)
 from tests.service.nodekit import CREATED, UPLOAD_HEADERS, Kit, upload_body
 
 BLOCK = 64 << 10  # bytes: upload_prefetch_bytes, the block a body is handed on in
@@ -36,11 +47,17 @@ SETTINGS: dict[str, Any] = {
 DEADLINE = 60.0  # seconds: generous; only a node that is stuck misses it
 
 
-@pytest.fixture(scope="module")
-def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
-    yield trio(tmp_path_factory.mktemp("h2"), **SETTINGS)
-    while CREATED:
-        CREATED.pop().db.dispose()
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def nodes(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Trio]:
+    backend = postgres_database() if request.param == "postgres" else nullcontext(None)
+    with backend as url:
+        yield trio(tmp_path_factory.mktemp("h2"), db_url=url, **SETTINGS)
+        while CREATED:
+            CREATED.pop().db.dispose()
 
 
 @pytest.fixture(autouse=True)
@@ -251,3 +268,37 @@ async def test_requests_in_flight_per_partner_answer_503(tmp_path: Path) -> None
                 assert r.status_code == 200, r.text
         release.set()
     assert [p.status for p in parked] == [422, 422], [p.answer[:200] for p in parked]
+
+
+async def test_a_client_gone_mid_body_leaves_nothing(
+    nodes: Trio, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past its first block (its greenlet waiting for the next), the client goes away: the
+    upload is cleaned up, and the end is logged at info, without a traceback."""
+    uk = nodes.uk
+    body = upload_body(meta(title="gone"), _content(0))
+    before = snapshot(uk.node)
+    calls = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return {"type": "http.request", "body": body[: 2 * BLOCK], "more_body": True}
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError(f"nothing is sent to a client that has gone: {message}")
+
+    caplog.set_level(logging.DEBUG)
+    with anyio.fail_after(DEADLINE):
+        await uk.app(_scope(uk, "/v1/artifacts", body), receive, send)
+    assert calls == 2
+    after = snapshot(uk.node)
+    assert (after.rows, after.blobs, after.temporary) == (
+        before.rows,
+        before.blobs,
+        before.temporary,
+    )
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.WARNING] == []
+    assert any("disconnected" in r.getMessage() for r in caplog.records)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from crypto import strict_json
 from crypto.dsse import Envelope, sign_envelope, verify_envelope
 from crypto.errors import MalformedError, VerificationError, VerificationUnavailableError
 from crypto.keys import SigningKey, VerifyKey
@@ -182,7 +183,7 @@ def verify_descriptor(
     if envelope.payload_type != DESCRIPTOR_PAYLOAD_TYPE:
         raise MalformedError("not a node descriptor envelope (wrong payloadType)")
     try:
-        data = json.loads(envelope.payload)
+        data = strict_json.loads(envelope.payload)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise MalformedError("the descriptor payload is not valid JSON") from None
     descriptor = NodeDescriptor.from_json(data)  # (1)

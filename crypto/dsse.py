@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from crypto import strict_json
 from crypto.errors import MalformedError, VerificationError, VerificationUnavailableError
 from crypto.keys import SigningKey, VerifyKey
 
@@ -82,7 +83,7 @@ class Envelope:
         if len(raw) > MAX_ENVELOPE_BYTES:
             raise MalformedError("the DSSE envelope is too large")
         try:
-            data = json.loads(raw)
+            data = strict_json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise MalformedError("the DSSE envelope is not valid JSON") from exc
         return cls.from_json(data)

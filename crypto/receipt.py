@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from crypto import strict_json
 from crypto.dsse import Envelope, sign_envelope, verify_envelope
 from crypto.errors import MalformedError, VerificationError
 from crypto.keys import SigningKey, VerifyKey
@@ -90,7 +91,7 @@ def verify_receipt(
     """Verify a receipt's signature and that it acknowledges exactly what was sent."""
     payload, _ = verify_envelope(envelope, trusted=trusted, payload_type=RECEIPT_PAYLOAD_TYPE)
     try:
-        receipt = Receipt.from_json(json.loads(payload))
+        receipt = Receipt.from_json(strict_json.loads(payload))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise MalformedError("the receipt payload is not JSON") from None
     expected = (expect_kind, artifact_id, sha256, receiver, sender)

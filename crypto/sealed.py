@@ -59,7 +59,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from crypto import age
+from crypto import age, strict_json
 from crypto.age import CHUNK_SIZE, Identity, Reader, Rng, Writer
 from crypto.descriptor import NODE_ID_PATTERN
 from crypto.dsse import Envelope, sign_envelope, verify_envelope
@@ -338,7 +338,7 @@ class Manifest:
     @classmethod
     def from_payload(cls, payload: bytes) -> Manifest:
         try:
-            data = json.loads(payload)
+            data = strict_json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise MalformedError("the manifest payload is not valid JSON") from None
         return cls.from_statement(data)
@@ -352,7 +352,7 @@ def load_envelope(raw: bytes) -> Envelope:
     only that, so any change to the file's encoded fields is an error.
     """
     envelope = Envelope.from_bytes(raw)
-    data = json.loads(raw)
+    data = strict_json.loads(raw)
     canonical = envelope.to_json()
     if data.get("payload") != canonical["payload"] or [
         s.get("sig") for s in data.get("signatures", [])

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from crypto import strict_json
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.sealed import Manifest, ManifestRecipient, open_sealed, seal
@@ -382,7 +383,7 @@ def _encode_cursor(row: Artifact) -> str:
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        stamp, ident = json.loads(raw)
+        stamp, ident = strict_json.loads(raw)
         at = datetime.fromisoformat(stamp)
         if at.tzinfo is None:
             raise ValueError("naive")

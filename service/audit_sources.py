@@ -17,6 +17,7 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from crypto import strict_json
 from service.audit_leaves import (
     PARALLEL_MIN,
     ROW_CHUNK,
@@ -153,7 +154,7 @@ class HttpSource:
     def get_json(self, path: str, **params: Any) -> Any:
         response = self._get(path, **params)
         try:
-            return response.json()
+            return strict_json.loads(response.content)
         except ValueError:
             raise AuditSourceError(f"{path} did not answer JSON") from None
 
@@ -208,7 +209,7 @@ class HttpSource:
 
 def _parse_line(line: bytes) -> Mapping[str, Any]:
     try:
-        obj = json.loads(line)
+        obj = strict_json.loads(line)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise AuditSourceError("an exported entry is not a JSON object") from None
     if not isinstance(obj, dict):

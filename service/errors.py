@@ -19,6 +19,7 @@ one place (``service/api/problems.py``); the CLI prints the message on one line 
     ├── TooLargeError         a body or upload is over its limit (HTTP 413)
     ├── RateLimitedError      a rate or volume limit was hit (HTTP 429)
     ├── RequestTimeoutError   the request body stalled past its idle limit (HTTP 408)
+    ├── BusyError             too many requests of one caller in flight (HTTP 503)
     └── PartnerUnavailableError
                               a partner node could not be reached or answered wrongly
 """
@@ -29,6 +30,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AuthError",
+    "BusyError",
     "ConflictError",
     "DatabaseError",
     "EntenteError",
@@ -142,6 +144,12 @@ class RequestTimeoutError(EntenteError):
     kind = "request-timeout"
     status = 408
     title = "Request timeout"
+
+
+class BusyError(EntenteError):
+    kind = "busy"
+    status = 503
+    title = "Too many requests in flight"
 
 
 class PartnerUnavailableError(EntenteError):

@@ -8,11 +8,11 @@ band. Re-pinning an existing node id needs ``replace=True``. Every change is an 
 from __future__ import annotations
 
 import base64
-import json
 from datetime import datetime
 
 from sqlmodel import Session, select
 
+from crypto import strict_json
 from crypto.descriptor import NodeDescriptor, verify_descriptor
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError, MalformedError
@@ -127,7 +127,7 @@ def rotate_partner(
     """Accept a partner's rotated descriptor, signed by its pinned key and its new key."""
     envelope = _parse(descriptor_bytes)
     try:
-        unverified = NodeDescriptor.from_json(json.loads(envelope.payload))
+        unverified = NodeDescriptor.from_json(strict_json.loads(envelope.payload))
     except (CryptoError, ValueError) as exc:
         raise PartnerError(f"descriptor rejected: {exc}") from None
     current = session.get(Partner, unverified.node_id)

@@ -56,6 +56,17 @@ class Settings(BaseSettings):
     # bytes per day for named partners, overriding the default (an MOU's cap), JSON object
     volume_limits_by_partner: dict[str, NonNegativeInt] = Field(default_factory=dict)
     request_body_idle_seconds: float = Field(default=30.0, gt=0)  # seconds a body may stall
+    request_body_min_rate: int = Field(default=1024, ge=0)  # bytes per second a body must
+    # average over each window below (0: no minimum), so that a trickling body ends in 408
+    request_body_rate_window_seconds: float = Field(default=10.0, gt=0)  # seconds per window
+    request_head_timeout_seconds: float = Field(default=10.0, gt=0)  # seconds for a request
+    # head (request line and headers) to arrive, from the connection or the previous answer
+    max_requests_in_flight: int = Field(default=16, ge=1)  # requests one token or one
+    # partner may have running at once; more are answered 503 with Retry-After
+    body_worker_threads: int = Field(default=16, ge=1, le=256)  # threads that seal uploads
+    # and check deliveries, apart from the threads every other route runs on
+    max_json_body_bytes: int = Field(default=64 << 10, ge=1024)  # bytes of a JSON request
+    # body on the local API (``POST /v1/artifacts/{id}/share``)
     blob_syncfs: bool = True  # make a group of new blobs durable with one syncfs (Linux);
     # false: an fsync per blob and folder (when the blob store's file system is busy with other
     # work, which a syncfs would wait for)

@@ -1,9 +1,10 @@
 """Streaming ``multipart/form-data`` for artifact uploads, without spooling to disk.
 
 Starlette's form parser spools file parts to temporary files, which would put plaintext on disk.
-:class:`MultipartReader` instead turns the request body (pulled chunk by chunk from a worker
-thread) into parts read in order; a file part is a file-like object whose ``readinto`` feeds the
-sealing pipeline directly, so memory stays flat whatever the upload size.
+:class:`MultipartReader` instead turns the request body (pulled chunk by chunk, see
+``service.api.bodies.StreamedBody``) into parts read in order; a file part is a file-like
+object whose ``readinto`` feeds the sealing pipeline directly, so memory stays flat whatever
+the upload size.
 
 It enforces the part layout of ``POST /v1/artifacts``: a ``metadata`` part (JSON) first, then a
 ``file`` part, nothing else. Limits: metadata size, file size, header count and size.

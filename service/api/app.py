@@ -180,6 +180,8 @@ def create_app(
         RequestBounds,
         max_head_bytes=node.settings.max_request_header_bytes,
         idle_seconds=node.settings.request_body_idle_seconds,
+        min_rate=node.settings.request_body_min_rate,
+        window_seconds=node.settings.request_body_rate_window_seconds,
     )
 
     app.add_middleware(_CountRequests, metrics=node.metrics)

@@ -8,17 +8,16 @@ SHA-256 + age encryption, so neither memory nor disk ever holds the plaintext.
 from __future__ import annotations
 
 import json
-from collections import deque
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-import anyio
-import anyio.from_thread
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
+from crypto import strict_json
 from service import artifacts as domain
+from service.api.bodies import StreamedBody, json_body, read_json, refuse_declared
 from service.api.deps import NodeDep, require_roles
 from service.errors import InvalidInputError, TooLargeError
 from service.federation import onward as onward_domain
@@ -133,17 +132,23 @@ class _Limited:
         return data
 
 
+def _upload_limit(node: Node) -> int:
+    """Bytes of a whole upload: the file, its metadata and the multipart framing."""
+    settings = node.settings
+    return settings.max_artifact_bytes + settings.max_metadata_bytes + (64 << 10)
+
+
 def _share_sync(node: Node, pull: Any, boundary: bytes, principal: Principal) -> Artifact:
     settings = node.settings
-    reader = MultipartReader(
-        pull,
-        boundary,
-        max_body=settings.max_artifact_bytes + settings.max_metadata_bytes + (64 << 10),
-    )
+    reader = MultipartReader(pull, boundary, max_body=_upload_limit(node))
     first = reader.next_part()
     if first is None or first.name != "metadata":
         raise InvalidInputError("the first multipart part must be 'metadata' (a JSON object)")
     raw = first.read_all(settings.max_metadata_bytes)
+    try:
+        strict_json.loads(raw)
+    except strict_json.StrictJSONError as exc:
+        raise InvalidInputError(f"metadata: not valid JSON: {exc.msg}", field="metadata") from None
     try:
         meta = ShareRequest.model_validate_json(raw)
     except ValidationError as exc:
@@ -174,30 +179,10 @@ def _share_sync(node: Node, pull: Any, boundary: bytes, principal: Principal) ->
 )
 async def create_artifact(request: Request, node: NodeDep, principal: Publisher) -> ArtifactOut:
     boundary = boundary_of(request.headers.get("content-type"))
-    chunks: AsyncIterator[bytes] = request.stream().__aiter__()
-
-    async def next_chunk() -> bytes:
-        try:
-            return await chunks.__anext__()
-        except StopAsyncIteration:
-            return b""
-
-    # The body's first bytes (all of a small upload) are read here, on the event loop, so that
-    # the worker thread does not hop back to the loop for each of them.
-    head: deque[bytes] = deque()
-    held, ended = 0, False
-    while held < node.settings.upload_prefetch_bytes and not ended:
-        chunk = await next_chunk()
-        ended = not chunk
-        head.append(chunk)
-        held += len(chunk)
-
-    def pull() -> bytes:
-        if head:
-            return head.popleft()
-        return anyio.from_thread.run(next_chunk)
-
-    row = await anyio.to_thread.run_sync(_share_sync, node, pull, boundary, principal)
+    settings = node.settings
+    refuse_declared(request, _upload_limit(node), "the upload")
+    body = StreamedBody(request, block=settings.upload_prefetch_bytes)
+    row = await body.run(_share_sync, node, body.pull, boundary, principal)
     return _out(row)
 
 
@@ -229,12 +214,16 @@ class OnwardShareIn(BaseModel):
     "/artifacts/{artifact_id}/share",
     status_code=201,
     summary="Pass a received artifact on to third nodes (onward sharing, policy-checked)",
-    responses=_problems(400, 401, 403, 404, 409, 422),
+    openapi_extra=json_body(OnwardShareIn),
+    responses=_problems(400, 401, 403, 404, 409, 413, 422),
 )
-def share_onward(
-    artifact_id: str, body: OnwardShareIn, node: NodeDep, principal: Publisher
+async def share_onward(
+    artifact_id: str, request: Request, node: NodeDep, principal: Publisher
 ) -> ArtifactOut:
-    row = onward_domain.share_onward(node, artifact_id, targets=body.partners, principal=principal)
+    body = await read_json(request, OnwardShareIn, limit=node.settings.max_json_body_bytes)
+    row = await run_in_threadpool(
+        onward_domain.share_onward, node, artifact_id, targets=body.partners, principal=principal
+    )
     return _out(row)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -63,11 +63,12 @@ def _authenticate(node: Node, presented: str | None) -> Principal:
         return authenticate(conn, presented)
 
 
-def require_roles(*roles: Role) -> Callable[..., Awaitable[Principal]]:
-    """A dependency that authenticates the bearer token and checks its role."""
+def require_roles(*roles: Role) -> Callable[..., AsyncIterator[Principal]]:
+    """A dependency that authenticates the bearer token and checks its role, then holds one
+    of the token's in-flight slots (``max_requests_in_flight``) while the request runs."""
     allowed = frozenset(roles)
 
-    async def dependency(request: Request, node: NodeDep) -> Principal:
+    async def dependency(request: Request, node: NodeDep) -> AsyncIterator[Principal]:
         presented = _bearer(request)
         try:
             if node.db.is_sqlite:
@@ -99,7 +100,15 @@ def require_roles(*roles: Role) -> Callable[..., Awaitable[Principal]]:
                 audited=True,
             )
         request.state.principal = principal
-        Limits.of(request.app.state).token(node, principal.token_id)
-        return principal
+        limits = Limits.of(request.app.state)
+        limits.token(node, principal.token_id)
+        async with limits.running(
+            node,
+            f"token:{principal.token_id}",
+            actor=principal.actor,
+            method=request.method,
+            path=request.url.path,
+        ):
+            yield principal
 
     return dependency

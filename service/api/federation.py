@@ -17,14 +17,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import anyio
-import anyio.from_thread
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from crypto import httpsig
+from crypto import httpsig, strict_json
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
+from service.api.bodies import StreamedBody, body_limiter, read_body
 from service.api.deps import NodeDep
 from service.api.problems import problem_type
 from service.audit import record
@@ -112,18 +113,30 @@ def _refused(node: Node, request: Request, reason: str) -> None:
 Partner = Annotated[IncomingSignature, Depends(signed_partner)]
 
 
+async def partner_running(request: Request, node: NodeDep, sig: Partner) -> AsyncIterator[None]:
+    """Hold one of the partner's in-flight slots (``max_requests_in_flight``) while its
+    request runs: one partner's slow or many requests never take another partner's."""
+    async with Limits.of(request.app.state).running(
+        node,
+        f"partner:{sig.partner}",
+        actor=f"partner:{sig.partner}",
+        method=request.method,
+        path=request.url.path,
+    ):
+        yield
+
+
+router.dependencies.append(Depends(partner_running))  # every route below: signed, slotted
+
+
 async def _small_body(
     request: Request, node: Node, sig: IncomingSignature, *, limit: int | None = None
 ) -> bytes:
     """The whole (bounded) body, checked against the signed Content-Digest."""
     limit = limit or node.settings.max_federation_manifest_bytes
+    body = await read_body(request, limit=limit, what="this federation body")
     digester = httpsig.ContentDigester()
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise TooLargeError(f"federation bodies are limited to {limit} bytes")
-        digester.update(chunk)
+    digester.update(body)
     try:
         digester.verify(sig.verified.content_digests)
     except CryptoError as exc:
@@ -149,7 +162,7 @@ def signed_json(node: Node, sig: IncomingSignature, status: int, data: Any) -> R
 
 
 class _BodyReader:
-    """A file-like view of the request body pulled from a worker thread, digesting every byte."""
+    """A file-like view of a request body (``StreamedBody.pull``), digesting every byte."""
 
     def __init__(
         self, pull: Callable[[], bytes], digester: httpsig.ContentDigester, limit: int
@@ -257,16 +270,9 @@ async def inbox(request: Request, node: NodeDep, sig: Partner) -> Response:
     await run_in_threadpool(check_volume, node, sig.partner, declared)  # the partner's daily cap
     if ctype == BATCH_TYPE:
         return await _inbox_batch(request, node, sig)
-    chunks: AsyncIterator[bytes] = request.stream().__aiter__()
-
-    async def next_chunk() -> bytes:
-        try:
-            return await chunks.__anext__()
-        except StopAsyncIteration:
-            return b""
-
+    body = StreamedBody(request, block=node.settings.upload_prefetch_bytes)
     digester = httpsig.ContentDigester()
-    reader = _BodyReader(lambda: anyio.from_thread.run(next_chunk), digester, limit)
+    reader = _BodyReader(body.pull, digester, limit)
 
     def check_digest() -> None:
         try:
@@ -286,7 +292,7 @@ async def inbox(request: Request, node: NodeDep, sig: Partner) -> Response:
             raise
         return receiver.receive(line, reader, before_commit=check_digest)
 
-    received = await anyio.to_thread.run_sync(work)
+    received = await body.run(work)
     return signed_json(
         node,
         sig,
@@ -372,7 +378,7 @@ async def _inbox_batch(request: Request, node: Node, sig: IncomingSignature) -> 
             raise
         return [r or {"status": 500} for r in results]
 
-    results = await anyio.to_thread.run_sync(work)
+    results = await anyio.to_thread.run_sync(work, limiter=body_limiter(request))
     return signed_json(node, sig, 200, {"results": results})
 
 
@@ -436,7 +442,7 @@ async def payload(artifact_id: str, request: Request, node: NodeDep, sig: Partne
 async def notices(request: Request, node: NodeDep, sig: Partner) -> Response:
     body = await _small_body(request, node, sig)
     try:
-        data = json.loads(body)
+        data = strict_json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InvalidInputError("a notice is a JSON object") from None
     receipt = await run_in_threadpool(notice_domain.accept, node, sender=sig.partner, data=data)
@@ -451,7 +457,7 @@ async def notices(request: Request, node: NodeDep, sig: Partner) -> Response:
 async def receipts(request: Request, node: NodeDep, sig: Partner) -> Response:
     body = await _small_body(request, node, sig, limit=BATCH_MAX_BODY_BYTES)
     try:
-        data = json.loads(body)
+        data = strict_json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InvalidInputError("receipts come as a JSON object") from None
     if not isinstance(data, dict) or not isinstance(data.get("receipts"), list):
@@ -475,7 +481,7 @@ async def descriptor(request: Request, node: NodeDep, sig: Partner) -> Response:
 
 def _rotate(node: Node, sender: str, body: bytes) -> dict[str, Any]:
     try:
-        claimed = json.loads(Envelope.from_bytes(body).payload).get("node_id")
+        claimed = strict_json.loads(Envelope.from_bytes(body).payload).get("node_id")
     except (CryptoError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         raise InvalidInputError("the body is not a node descriptor envelope") from None
     if claimed != sender:

@@ -122,7 +122,7 @@ async def _entente_error(request: Request, exc: Exception) -> JSONResponse:
             _audit_refusal, request, status=exc.status, kind=exc.kind, detail=exc.message
         )
     headers = {"WWW-Authenticate": 'Bearer realm="entente"'} if exc.status == 401 else None
-    if exc.status == 429 and "retry_after" in exc.extra:
+    if exc.status in (429, 503) and "retry_after" in exc.extra:
         headers = {"Retry-After": str(exc.extra["retry_after"])}
     return problem(
         exc.status,

@@ -20,6 +20,7 @@ import httpx
 import typer
 from rich.table import Table
 
+from crypto import strict_json
 from service.cli._common import JsonOpt, console
 from service.cli.files import progress_bar
 from service.errors import EntenteError, UsageError
@@ -56,7 +57,7 @@ def _raise_for(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
     try:
-        problem = json.loads(response.read())
+        problem = strict_json.loads(response.read())
     except (ValueError, httpx.HTTPError):
         problem = {}
     detail = problem.get("detail") or response.reason_phrase

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from crypto import httpsig
+from crypto import httpsig, strict_json
 from crypto.errors import CryptoError
 from crypto.keys import SigningKey
 from service.errors import PartnerUnavailableError
@@ -111,7 +111,7 @@ class PartnerClient:
     def _refusal(self, partner: Partner, response: httpx.Response) -> PartnerUnavailableError:
         body = response.read()[:MAX_REPLY_BYTES]
         try:
-            problem = json.loads(body)
+            problem = strict_json.loads(body)
             if not isinstance(problem, dict):
                 problem = {}
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -150,7 +150,7 @@ class PartnerClient:
         digester.update(bytes(body))
         try:
             digester.verify(verified.content_digests)
-            data = json.loads(body)
+            data = strict_json.loads(body)
         except (CryptoError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise PartnerUnavailableError(f"{partner.node_id} sent a bad reply: {exc}") from None
         return Reply(response.status_code, data)

@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
+from crypto import strict_json
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.keys import SigningKey
@@ -612,7 +613,7 @@ def record_receipts(node: Node, *, partner: str, receipts: Any) -> int:
     for raw in receipts[:1000]:
         try:
             envelope = Envelope.from_json(raw)
-            payload = json.loads(envelope.payload)
+            payload = strict_json.loads(envelope.payload)
             artifact_id = str(payload.get("artifact_id", ""))[:64]
             sha256 = str(payload.get("sha256", ""))[:64]
             verify_receipt(

@@ -1,0 +1,142 @@
+"""The one JSON loader for everything that comes from outside: strict, bounded, unambiguous.
+
+Signed payloads (DSSE manifests, descriptors, receipts, notices) and request bodies are parsed
+here and nowhere else, so that one document has one meaning and one bounded cost:
+
+- **UTF-8 only** (RFC 8259 section 8.1), no byte order mark; lone surrogate escapes
+  (``"\\ud800"``) are refused, since no UTF-8 text holds them.
+- **Duplicate object keys are refused** (RFC 8259 section 4 leaves their meaning open; a
+  signed ``{"tlp": "TLP:RED", "tlp": "TLP:GREEN"}`` must not mean GREEN to one reader and RED
+  to another).
+- **Bounded**: total length (``max_bytes``), nesting depth (``max_depth``), the length of one
+  string (``max_string``) and of one number's text (``max_number``). A 5,000-digit number or
+  10,000 nested arrays is a :class:`StrictJSONError`, never a ``RecursionError`` or the
+  ``ValueError`` of Python's integer-digit limit.
+- ``NaN``, ``Infinity`` and ``-Infinity`` (which Python's ``json`` accepts) are refused.
+
+:class:`StrictJSONError` subclasses :class:`json.JSONDecodeError`, so a caller that already
+turns invalid JSON into its own error keeps doing so. This module does no schema validation:
+the shape of a document is its reader's business.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DEFAULT_LIMITS", "JSONLimits", "StrictJSONError", "loads"]
+
+
+@dataclass(frozen=True)
+class JSONLimits:
+    max_bytes: int = 16 << 20  # bytes of the whole document (as UTF-8)
+    max_depth: int = 64  # nested arrays and objects
+    max_string: int = 4 << 20  # characters of one string (escapes counted as written)
+    max_number: int = 64  # characters of one number's text
+
+
+DEFAULT_LIMITS = JSONLimits()
+
+
+class StrictJSONError(json.JSONDecodeError):
+    """The text is not JSON, or is JSON this loader refuses (see the module docstring)."""
+
+    def __init__(self, msg: str, doc: str = "", pos: int = 0) -> None:
+        super().__init__(msg, doc, pos)
+
+
+# A string token (unrolled so that long strings cost no backtracking) or a bracket.
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+_LONE_SURROGATE = re.compile(
+    r"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|(?<![\\]u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _check_shape(text: str, limits: JSONLimits) -> None:
+    """Depth and string length, in one pass over the strings and brackets only."""
+    if text.count("[") + text.count("{") <= limits.max_depth and len(text) <= limits.max_string:
+        return  # cannot pass either limit
+    depth = 0
+    for match in _TOKENS.finditer(text):
+        lexeme = match.group()
+        if lexeme in "[{":
+            depth += 1
+            if depth > limits.max_depth:
+                raise StrictJSONError(
+                    f"JSON nested deeper than {limits.max_depth} levels", text, match.start()
+                )
+        elif lexeme in "]}":
+            depth -= 1
+        elif len(lexeme) - 2 > limits.max_string:
+            raise StrictJSONError(
+                f"a JSON string is longer than {limits.max_string} characters",
+                text,
+                match.start(),
+            )
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise StrictJSONError(f"duplicate JSON object key {key[:80]!r}")
+            seen.add(key)
+    return obj
+
+
+def _refuse_constant(name: str) -> Any:
+    raise StrictJSONError(f"{name} is not JSON")
+
+
+def loads(
+    data: bytes | bytearray | memoryview | str, *, limits: JSONLimits = DEFAULT_LIMITS
+) -> Any:
+    """Parse one JSON document strictly within ``limits``; raise :class:`StrictJSONError`."""
+    if isinstance(data, str):
+        text = data
+        size = len(text)  # a lower bound of its UTF-8 length, enough to refuse early
+    else:
+        size = len(data)
+        if size > limits.max_bytes:
+            raise StrictJSONError(f"the JSON document is larger than {limits.max_bytes} bytes")
+        try:
+            text = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StrictJSONError("JSON text must be UTF-8", "", exc.start) from None
+    if size > limits.max_bytes:
+        raise StrictJSONError(f"the JSON document is larger than {limits.max_bytes} bytes")
+    if text.startswith("\ufeff"):
+        raise StrictJSONError("JSON text must not start with a byte order mark", text, 0)
+    _check_shape(text, limits)
+    if "\\u" in text and (m := _LONE_SURROGATE.search(text)) is not None:
+        raise StrictJSONError("a JSON string holds a lone surrogate escape", text, m.start())
+
+    def number(kind: type[int] | type[float]) -> Any:
+        def parse(token: str) -> int | float:
+            if len(token) > limits.max_number:
+                raise StrictJSONError(
+                    f"a JSON number is longer than {limits.max_number} characters"
+                )
+            return kind(token)
+
+        return parse
+
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_object,
+            parse_int=number(int),
+            parse_float=number(float),
+            parse_constant=_refuse_constant,
+        )
+    except StrictJSONError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise StrictJSONError(exc.msg, text, exc.pos) from None
+    except (RecursionError, ValueError) as exc:  # belt and braces: limits above prevent these
+        raise StrictJSONError(f"JSON refused: {type(exc).__name__}") from None

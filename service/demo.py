@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
 from crypto.keys import format_fingerprint
+from service.cli._terminal import TerminalConsole
 from service.errors import EntenteError
 from service.federation.setup import PreparedNode, prepare_federation
 
@@ -90,7 +90,7 @@ def _upload(meta: dict[str, Any], content: bytes) -> tuple[bytes, dict[str, str]
 
 
 class Demo:
-    def __init__(self, console: Console, *, keep: bool, root: Path | None = None) -> None:
+    def __init__(self, console: TerminalConsole, *, keep: bool, root: Path | None = None) -> None:
         self.console = console
         self.keep = keep
         self.root = root or Path(tempfile.mkdtemp(prefix="entente-demo-"))
@@ -368,7 +368,7 @@ class Demo:
 
 
 def run_demo(*, keep: bool, as_json: bool) -> int:
-    console = Console(stderr=as_json, highlight=False)
+    console = TerminalConsole(stderr=as_json, highlight=False)
     demo = Demo(console, keep=keep)
     code = 0
     try:

@@ -37,9 +37,16 @@ def _register() -> None:
     register(sys.argv)
 
 
+def _say(message: object) -> None:
+    """``entente: message`` on stderr, as one printable line (messages may quote outside data)."""
+    from service.cli._terminal import plain_line
+
+    typer.echo(f"entente: {plain_line(message)}", err=True)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``entente: message`` on stderr and return the Exit to raise."""
-    typer.echo(f"entente: {message}", err=True)
+    _say(message)
     return typer.Exit(code)
 
 
@@ -48,17 +55,14 @@ def main() -> None:
     try:
         app()
     except UsageError as exc:
-        typer.echo(f"entente: {exc.message}", err=True)
+        _say(exc.message)
         sys.exit(2)
     except EntenteError as exc:
-        typer.echo(f"entente: {exc.message}", err=True)
+        _say(exc.message)
         sys.exit(1)
-    except CryptoError as exc:
-        typer.echo(f"entente: {exc}", err=True)
-        sys.exit(1)
-    except PolicyError as exc:
-        typer.echo(f"entente: {exc}", err=True)
+    except (CryptoError, PolicyError) as exc:
+        _say(exc)
         sys.exit(1)
     except KeyboardInterrupt:
-        typer.echo("entente: interrupted", err=True)
+        _say("interrupted")
         sys.exit(130)

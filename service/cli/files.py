@@ -39,6 +39,7 @@ from crypto.sealed import (
 )
 from service.artifacts import new_artifact_id
 from service.cli._common import HomeOpt, console, err_console, settings_for
+from service.cli._terminal import outside
 from service.db import open_database
 from service.errors import UsageError
 from service.home import open_home
@@ -176,8 +177,13 @@ def verify_(
             result = verify(envelope, trusted=trusted, ciphertext=fh, origin=origin)
     except OSError as exc:
         raise UsageError(f"cannot read {sealed_file}: {exc.strerror}") from None
-    console.print(f"OK: {sealed_file} is {result.artifact_id!r} ({result.title}), {result.tlp}")
-    console.print(f"  signed by {origin}; plaintext {result.size} bytes, sha256 {result.sha256}")
+    console.print(
+        f"OK: {outside(sealed_file)} is {outside(repr(result.artifact_id))} "
+        f"({outside(result.title)}), {outside(result.tlp)}"
+    )
+    console.print(
+        f"  signed by {outside(origin)}; plaintext {result.size} bytes, sha256 {result.sha256}"
+    )
 
 
 def open_(

@@ -3,7 +3,9 @@
 One console script; each command group lives in its own module and is registered here. Every
 command exits 0 on success and non-zero with one line on stderr otherwise: domain errors
 (:class:`service.errors.EntenteError`, :class:`crypto.errors.CryptoError`,
-:class:`policies.errors.PolicyError`) are caught in :func:`main` and never shown as tracebacks.
+:class:`policies.errors.PolicyError`) and file-system errors (:class:`OSError`) are caught in
+:func:`main` and never shown as tracebacks; every message passes
+:func:`service.cli._terminal.plain_line` (it may quote outside data).
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ def main() -> None:
         sys.exit(1)
     except (CryptoError, PolicyError) as exc:
         _say(exc)
+        sys.exit(1)
+    except OSError as exc:  # a file the command was pointed at: unreadable, missing, disk full
+        where = f" ({exc.filename})" if isinstance(exc.filename, str) else ""
+        _say(f"{exc.strerror or type(exc).__name__}{where}")
         sys.exit(1)
     except KeyboardInterrupt:
         _say("interrupted")

@@ -27,7 +27,9 @@ OPERATOR = "admin:cli"
 
 @app.command("create")
 def create(
-    role: Annotated[str, typer.Option("--role", help="publisher, reader, auditor or admin")],
+    role: Annotated[
+        str, typer.Option("--role", help="publisher, reader, auditor, admin or metrics")
+    ],
     name: Annotated[str, typer.Option("--name", help="Who or what holds the token")],
     home: HomeOpt = None,
     database_url: DbUrlOpt = None,

@@ -126,7 +126,7 @@ def _login_page(
 
 def _has_session(request: Request, node: Node) -> bool:
     value = request.cookies.get(SESSION_COOKIE)
-    return bool(value) and live_session(node, value)[1] is not None
+    return value is not None and live_session(node, value)[1] is not None
 
 
 @router.get("/login")
@@ -168,7 +168,7 @@ def _login(request: Request, node: Node, form: dict[str, str]) -> Response:
             role=principal.role.value,
         )
     now = epoch(node)
-    nonce, session_id = new_session_nonce()
+    session_nonce, session_id = new_session_nonce()
     with node.db.session() as session:
         start_session(
             session,
@@ -180,7 +180,7 @@ def _login(request: Request, node: Node, form: dict[str, str]) -> Response:
     response = RedirectResponse("/ui/", status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
-        keys.issue(token_id=principal.token_id, now=now, nonce=nonce),
+        keys.issue(token_id=principal.token_id, now=now, nonce=session_nonce),
         max_age=SESSION_MAX_AGE,
         path="/ui",
         secure=secure_cookies(request),

@@ -66,7 +66,7 @@ def progress_bar(total: int | None, description: str) -> Iterator[Callable[[int]
         console=err_console,
         transient=True,
     ) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(outside(description), total=total)  # names may be outside
         yield lambda n: progress.advance(task, n)
 
 

@@ -19,7 +19,10 @@ import pytest
 
 from tests.nodes import ENTENTE, base_env
 
-pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's"),
+]
 
 
 def _children(pid: int) -> set[int]:

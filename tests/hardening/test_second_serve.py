@@ -17,6 +17,8 @@ import pytest
 from tests.hardening.kit import postgres_database
 from tests.nodes import ENTENTE, NodeProcess, base_env, free_port, run_cli
 
+pytestmark = pytest.mark.integration
+
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
@@ -98,3 +100,17 @@ def test_serve_of_a_missing_home_is_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "not a node home" in result.stderr
+
+
+def test_serve_with_workers_is_one_claim_and_still_serves(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "uk-aisi", "uk-aisi", env=base_env(ENTENTE_WORKERS="2"))
+    node.init()
+    node.start(timeout=90)
+    try:
+        for _ in range(4):  # whichever worker process answers
+            assert httpx.get(f"{node.url}/healthz", timeout=5).status_code == 200
+        second = run_cli("serve", "--home", str(node.home), "--port", str(free_port()))
+        assert second.returncode != 0
+        assert "already served" in second.stderr
+    finally:
+        assert node.stop() == 0

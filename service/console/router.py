@@ -174,7 +174,7 @@ def _login(request: Request, node: Node, form: dict[str, str]) -> Response:
             session,
             session_id=session_id,
             token_id=principal.token_id,
-            now=datetime.fromtimestamp(now, UTC),
+            now=node.now(),  # to the microsecond: orders a token's sessions
             expires_at=datetime.fromtimestamp(now + SESSION_MAX_AGE, UTC),
         )
     response = RedirectResponse("/ui/", status_code=303)

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from service.api.app import create_app
 from service.console._session import SESSION_COOKIE
+from service.console._session_store import MAX_LIVE_PER_TOKEN
 from service.models import AuditEntry
 from service.tokens import Role
 from tests.service.nodekit import Kit, make_node
@@ -44,8 +45,10 @@ async def _copied_cookie_after_logout(kit: Kit) -> str:
     return copied
 
 
-async def test_a_cookie_copied_before_logout_is_refused_after_it(tmp_path: Path) -> None:
-    kit = make_node(tmp_path, "uk-aisi")
+async def test_a_cookie_copied_before_logout_is_refused_after_it(
+    tmp_path: Path, db_url: str
+) -> None:
+    kit = make_node(tmp_path, "uk-aisi", db_url=db_url)
     copied = await _copied_cookie_after_logout(kit)
     async with _client(kit.app) as thief:
         r = await thief.get("/ui/audit", headers={"Cookie": f"{SESSION_COOKIE}={copied}"})
@@ -57,8 +60,10 @@ async def test_a_cookie_copied_before_logout_is_refused_after_it(tmp_path: Path)
     )
 
 
-async def test_the_logout_holds_across_a_restart_and_at_another_replica(tmp_path: Path) -> None:
-    kit = make_node(tmp_path, "uk-aisi")
+async def test_the_logout_holds_across_a_restart_and_at_another_replica(
+    tmp_path: Path, db_url: str
+) -> None:
+    kit = make_node(tmp_path, "uk-aisi", db_url=db_url)
     copied = await _copied_cookie_after_logout(kit)
     replica = create_app(kit.node, start_workers=False)  # a new process on the same database
     async with _client(replica) as thief:
@@ -73,3 +78,22 @@ async def test_logout_ends_only_its_own_session(tmp_path: Path) -> None:
         await sign_in(other, kit.tokens[Role.AUDITOR])
         await _copied_cookie_after_logout(kit)  # the same token, another browser, signs out
         assert (await other.get("/ui/")).status_code == 200
+
+
+async def test_live_sessions_per_token_are_bounded(tmp_path: Path) -> None:
+    kit = make_node(tmp_path, "uk-aisi")
+    cookies = []
+    for _ in range(MAX_LIVE_PER_TOKEN + 1):
+        async with _client(kit.app) as browser:
+            await sign_in(browser, kit.tokens[Role.ADMIN])
+            cookies.append(browser.cookies[SESSION_COOKIE])
+    async with _client(kit.app) as client:
+        oldest = await client.get("/ui/", headers={"Cookie": f"{SESSION_COOKIE}={cookies[0]}"})
+        newest = await client.get("/ui/", headers={"Cookie": f"{SESSION_COOKIE}={cookies[-1]}"})
+    assert oldest.status_code == 303, "the oldest session was ended to stay within the bound"
+    assert newest.status_code == 200
+    with kit.node.db.engine.connect() as conn:
+        live = conn.execute(
+            sa.text("SELECT count(*) FROM console_sessions WHERE ended_at IS NULL")
+        ).scalar_one()
+    assert live == MAX_LIVE_PER_TOKEN

@@ -13,8 +13,9 @@ apply (styles, ``[link=…]``) or refuse with a traceback (an unmatched ``[/x]``
   inside a markup string printed by Rich.
 * :class:`SafeTable` turns every string cell into literal text (never markup).
 * :class:`TerminalConsole` is the Rich console of every CLI command: whatever string it renders
-  (our own markup included) passes :func:`printable` first, and markup it cannot parse is shown
-  literally instead of raising, so a value someone forgot to wrap is still inert.
+  (our own markup included) passes :func:`printable` first, markup it cannot parse is shown
+  literally instead of raising, and no markup makes a hyperlink, so a value someone forgot to
+  wrap is still inert.
 * :func:`plain_line` is for ``typer.echo`` (no markup): one line, printable.
 
 This module does not decide what is untrusted (every value that came from a database row, a
@@ -28,10 +29,11 @@ import re
 from typing import Any
 
 from rich.console import Console
-from rich.errors import MarkupError
+from rich.errors import MarkupError, StyleSyntaxError
 from rich.markup import escape
+from rich.style import Style
 from rich.table import Table
-from rich.text import Text
+from rich.text import Span, Text
 
 __all__ = ["SafeTable", "TerminalConsole", "outside", "plain_line", "printable"]
 
@@ -83,13 +85,29 @@ class SafeTable(Table):
         super().add_row(*cells, **kwargs)
 
 
+def _unlinked(style: str | Style) -> str | Style:
+    """``style`` without a hyperlink (the CLI never prints one; a ``[link=…]`` is injected)."""
+    if isinstance(style, str):
+        if "link" not in style.split():
+            return style
+        try:
+            style = Style.parse(style)
+        except StyleSyntaxError:
+            return ""
+    return style.update_link(None) if style.link else style
+
+
 class TerminalConsole(Console):
     """The CLI's Rich console: every rendered string passes :func:`printable` (new lines kept),
-    and markup that does not parse is shown as the characters it is."""
+    markup that does not parse is shown as the characters it is, and no markup makes a
+    terminal hyperlink (OSC 8), so a value someone forgot to pass through :func:`outside` can
+    at most change colours."""
 
     def render_str(self, text: str, **kwargs: Any) -> Text:
         text = printable(text, lines=True)
         try:
-            return super().render_str(text, **kwargs)
+            rendered = super().render_str(text, **kwargs)
         except MarkupError:
-            return super().render_str(escape(text), **kwargs)
+            rendered = super().render_str(escape(text), **kwargs)
+        rendered.spans = [Span(s.start, s.end, _unlinked(s.style)) for s in rendered.spans]
+        return rendered

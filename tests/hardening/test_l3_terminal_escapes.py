@@ -150,3 +150,23 @@ def test_a_hostile_problem_detail_is_one_inert_line(hostile_url: str) -> None:
     assert len(err.splitlines()) == 1, err
     for char in FORBIDDEN:
         assert char not in err
+
+
+def test_the_cli_console_neutralises_what_was_not_escaped() -> None:
+    """Defence in depth: a value printed without ``outside()`` still cannot write escapes,
+    crash the command with bad markup, or plant a terminal hyperlink."""
+    import io
+
+    from service.cli._terminal import TerminalConsole
+
+    out = io.StringIO()
+    console = TerminalConsole(
+        file=out, force_terminal=True, color_system="truecolor", width=200, highlight=False
+    )
+    console.print(f"partner {HOSTILE}")
+    console.print("[link=https://evil.example]click[/link] [bold]ours[/]")
+    text = out.getvalue()
+    assert "\x1b]8;" not in text, "no OSC 8 hyperlink"
+    assert "\x1b]0;" not in text and "\x9b" not in text and "\u202e" not in text
+    assert "\\x1b[31mRED" in text and "click" in text
+    assert "\x1b[1m" in text, "the CLI's own styles still work"

@@ -7,6 +7,8 @@ material, file keys or plaintext. Details that would help an attacker stay in lo
     CryptoError
     ├── MalformedError            input cannot be parsed (bad encoding, wrong length, bad JSON)
     ├── KeyLoadError              a private key could not be loaded: wrong passphrase, corrupt file
+    ├── RecipientsError           these age recipients cannot be used together (none; post-quantum
+    │                             mixed with classic; a passphrase with others); also a ValueError
     ├── VerificationError         the check ran and failed: the signature or digest is bad
     ├── VerificationUnavailableError
     │                             the check could not run: no trusted key for the key id, an
@@ -32,6 +34,7 @@ __all__ = [
     "MalformedError",
     "NoIdentityMatchError",
     "PayloadError",
+    "RecipientsError",
     "VerificationError",
     "VerificationUnavailableError",
 ]
@@ -47,6 +50,10 @@ class MalformedError(CryptoError):
 
 class KeyLoadError(CryptoError):
     """A private key could not be loaded: wrong passphrase or a corrupt key file."""
+
+
+class RecipientsError(CryptoError, ValueError):
+    """The age recipients of one file cannot be used together."""
 
 
 class VerificationError(CryptoError):

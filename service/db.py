@@ -2,14 +2,17 @@
 
 ``open_database`` builds the engine, checks that the database answers, and (when asked) applies
 Alembic migrations; every failure becomes a :class:`service.errors.DatabaseError` whose message
-names the database without its password.
+names the database without its password. A SQLite file (and its WAL and shared-memory files) is
+private to the node's user, mode 0600, like the key files beside it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,6 +36,26 @@ def safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<unparseable database URL>"
+
+
+def _private_sqlite_files(database: str | None) -> None:
+    """Create a new SQLite file 0600, and make an existing one (and its WAL and shared-memory
+    files, which SQLite creates with the database file's mode) private to its owner."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    path = Path(database)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError:
+        return  # a missing folder or no permission: SQLite reports it when it connects
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if name.stat().st_mode & 0o077:
+                os.chmod(name, 0o600)
+        except OSError:
+            continue  # absent, or not ours to change
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -133,6 +156,7 @@ def open_database(url: str, *, migrate: bool = False, pool_size: int = 10) -> Da
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        _private_sqlite_files(parsed.database)
     elif parsed.get_backend_name() == "postgresql":
         if parsed.get_driver_name() not in ("psycopg", ""):
             raise UsageError("use postgresql+psycopg://... for PostgreSQL (psycopg 3)")

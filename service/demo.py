@@ -8,6 +8,10 @@ US reader opens it and the UK receives the access notice; the UK revokes a secon
 the US acknowledges; finally every node's audit log is verified, with its partners'
 cosignatures. ``--keep`` leaves the nodes running for the console; ``--json`` ends with a
 machine-readable line.
+
+The nodes never outlive the demo: SIGTERM, SIGHUP and SIGINT stop them cleanly (the demo's
+``finally`` runs), and each node asks the kernel for SIGTERM when the demo process dies in any
+other way, SIGKILL included (Linux ``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -28,11 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
 from crypto.keys import format_fingerprint
+from service.cli._terminal import TerminalConsole
 from service.errors import EntenteError
 from service.federation.setup import PreparedNode, prepare_federation
 
@@ -54,6 +58,33 @@ FINDING = (
 
 class DemoError(EntenteError):
     kind = "demo"
+
+
+class _Stopped(Exception):
+    """The demo was asked to stop by a signal."""
+
+
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM when ``parent`` dies (Linux), or at once if it
+    has died already (between fork and this call)."""
+
+    def preexec() -> None:
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def _free_port() -> int:
@@ -90,7 +121,7 @@ def _upload(meta: dict[str, Any], content: bytes) -> tuple[bytes, dict[str, str]
 
 
 class Demo:
-    def __init__(self, console: Console, *, keep: bool, root: Path | None = None) -> None:
+    def __init__(self, console: TerminalConsole, *, keep: bool, root: Path | None = None) -> None:
         self.console = console
         self.keep = keep
         self.root = root or Path(tempfile.mkdtemp(prefix="entente-demo-"))
@@ -133,6 +164,7 @@ class Demo:
                     [sys.executable, "-m", "service.cli", "serve", "--home", str(node.home),
                      "--port", port],
                     env=env, stdout=log, stderr=subprocess.STDOUT,
+                    preexec_fn=_die_with(os.getpid()),  # before any thread starts
                 )  # fmt: skip
         for node in self.nodes.values():
             self._wait_healthy(node)
@@ -368,9 +400,10 @@ class Demo:
 
 
 def run_demo(*, keep: bool, as_json: bool) -> int:
-    console = Console(stderr=as_json, highlight=False)
+    console = TerminalConsole(stderr=as_json, highlight=False)
     demo = Demo(console, keep=keep)
     code = 0
+    handlers = {s: signal.signal(s, _stop_on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         demo.start()
         demo.run()
@@ -389,16 +422,26 @@ def run_demo(*, keep: bool, as_json: bool) -> int:
             sys.stdout.flush()
         if keep:
             console.print("Nodes keep running; press Ctrl-C to stop them.")
-            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+            try:
+                while True:
+                    signal.pause()
+            except (KeyboardInterrupt, _Stopped):
+                console.print("stopping the nodes")
     except KeyboardInterrupt:
         console.print("interrupted")
         code = 130
+    except _Stopped as exc:
+        console.print("stopped")
+        code = 128 + int(exc.args[0])
     except EntenteError as exc:
         console.print(f"[red]demo failed:[/] {exc.message}")
         console.print(f"node logs are in {demo.root}")
         keep = True  # leave the logs for a look
         code = 1
     finally:
+        # A second signal while stopping ends the demo at once; its nodes follow (PDEATHSIG).
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
         demo.stop()
         if not keep or code == 0:
             demo.cleanup()

@@ -11,10 +11,15 @@
 
 Creation is atomic: everything is written into a temporary sibling folder that is renamed into
 place last, so a failed ``init`` leaves nothing behind. Key files are mode 0600, folders 0700.
+
+:func:`claim_for_serving` keeps two ``entente serve`` processes from serving one home by mistake:
+on SQLite a node runs in one process (``--workers N`` for more), so a second one is refused;
+on PostgreSQL a second one is a replica, and is told so.
 """
 
 from __future__ import annotations
 
+import fcntl
 import getpass
 import json
 import os
@@ -38,6 +43,8 @@ __all__ = [
     "Home",
     "NodeKeys",
     "Rotation",
+    "ServeClaim",
+    "claim_for_serving",
     "create_home",
     "open_home",
     "read_passphrase",
@@ -359,3 +366,64 @@ def open_home(path: Path) -> Home:
         )
     except (KeyError, TypeError):
         raise HomeError(f"{facts_path} is missing required fields") from None
+
+
+@dataclass
+class ServeClaim:
+    """This process's claim to serve a home: the held lock (``fd``), or the process id of the
+    one that holds it when this process joins it as a replica (``other_pid``)."""
+
+    fd: int | None
+    other_pid: int | None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+
+
+def claim_for_serving(home: Path, *, replicas_allowed: bool) -> ServeClaim:
+    """Take an exclusive ``flock`` on the home folder itself for this process (kept until
+    :meth:`ServeClaim.release` or exit; nothing is written). When another process holds it: a
+    :class:`HomeError` naming that process, unless ``replicas_allowed`` (a shared PostgreSQL
+    database), where this process joins it as a replica. A file system without ``flock`` on
+    folders gives no claim and no error."""
+    try:
+        fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise HomeError(f"cannot open the node home {home}: {exc.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _flock_holder(fd)
+        os.close(fd)
+        if replicas_allowed:
+            return ServeClaim(None, holder or 0)
+        raise HomeError(
+            f"{home} is already served by process {holder or '(unknown)'}; a node on SQLite "
+            "runs in one process: stop that one first, or serve with --workers N for more "
+            "processes (replicas need PostgreSQL)"
+        ) from None
+    except OSError:
+        os.close(fd)
+        return ServeClaim(None, None)
+    return ServeClaim(fd, None)
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The process holding a ``flock`` on ``fd``'s file, from /proc/locks (Linux), if shown."""
+    inode = os.fstat(fd).st_ino
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if (
+            len(fields) >= 6
+            and fields[1:2] + fields[3:4] == ["FLOCK", "WRITE"]
+            and fields[5].rsplit(":", 1)[-1] == str(inode)
+            and fields[4].isdigit()
+        ):
+            return int(fields[4])
+    return None

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(default=300.0, gt=0)  # cap on backoff
     workers_enabled: bool = True  # outbox, pull and checkpoint workers in `serve`
 
+    # Surface
+    docs_enabled: bool = False  # /docs and /redoc (they load scripts from outside CDNs)
+
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
         """Environment first, then the non-None ``overrides`` (CLI flags) on top."""

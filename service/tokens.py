@@ -34,6 +34,7 @@ class Role(StrEnum):
     READER = "reader"
     AUDITOR = "auditor"
     ADMIN = "admin"
+    METRICS = "metrics"  # reads /metrics only (the Prometheus scraper)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from crypto.errors import (
     KeyLoadError,
     MalformedError,
     NoIdentityMatchError,
+    RecipientsError,
 )
 
 __all__ = [
@@ -74,12 +75,12 @@ class EncryptResult:
 
 def _check_recipients(recipients: Sequence[Recipient]) -> None:
     if not recipients:
-        raise ValueError("encrypting needs at least one recipient")
+        raise RecipientsError("encrypting needs at least one recipient")
     labels = {r.mix_label for r in recipients}
     if "passphrase" in labels and len(recipients) > 1:
-        raise ValueError("a passphrase (scrypt) recipient must be the only recipient")
+        raise RecipientsError("a passphrase (scrypt) recipient must be the only recipient")
     if len(labels) > 1:
-        raise ValueError(
+        raise RecipientsError(
             "post-quantum and classic recipients cannot be mixed: the file would be only as "
             "strong as its classic recipients"
         )

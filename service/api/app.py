@@ -28,6 +28,7 @@ from fastapi import FastAPI
 
 from service.api import admin, artifacts, federation, public
 from service.api.audit import router as audit_router
+from service.api.hsts import StrictTransportSecurity
 from service.api.problems import document_problems, install_problem_handlers
 from service.api.witness import router as witness_router
 from service.console import router as console_router
@@ -169,6 +170,9 @@ def create_app(
             "institutes, with a cosigned transparency log. Errors are RFC 9457 problem documents."
         ),
         lifespan=lifespan,
+        # Swagger UI and ReDoc load scripts from outside CDNs: off unless asked for (L4).
+        docs_url="/docs" if node.settings.docs_enabled else None,
+        redoc_url="/redoc" if node.settings.docs_enabled else None,
     )
     app.state.node = node
     app.state.limits = Limits(node.settings)
@@ -185,6 +189,8 @@ def create_app(
     )
 
     app.add_middleware(_CountRequests, metrics=node.metrics)
+    if node.home.url.startswith("https://"):
+        app.add_middleware(StrictTransportSecurity)  # outermost: every answer carries it
 
     app.include_router(public.router)
     app.include_router(artifacts.router)

@@ -3,7 +3,9 @@
 One console script; each command group lives in its own module and is registered here. Every
 command exits 0 on success and non-zero with one line on stderr otherwise: domain errors
 (:class:`service.errors.EntenteError`, :class:`crypto.errors.CryptoError`,
-:class:`policies.errors.PolicyError`) are caught in :func:`main` and never shown as tracebacks.
+:class:`policies.errors.PolicyError`) and file-system errors (:class:`OSError`) are caught in
+:func:`main` and never shown as tracebacks; every message passes
+:func:`service.cli._terminal.plain_line` (it may quote outside data).
 """
 
 from __future__ import annotations
@@ -37,9 +39,16 @@ def _register() -> None:
     register(sys.argv)
 
 
+def _say(message: object) -> None:
+    """``entente: message`` on stderr, as one printable line (messages may quote outside data)."""
+    from service.cli._terminal import plain_line
+
+    typer.echo(f"entente: {plain_line(message)}", err=True)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``entente: message`` on stderr and return the Exit to raise."""
-    typer.echo(f"entente: {message}", err=True)
+    _say(message)
     return typer.Exit(code)
 
 
@@ -48,17 +57,18 @@ def main() -> None:
     try:
         app()
     except UsageError as exc:
-        typer.echo(f"entente: {exc.message}", err=True)
+        _say(exc.message)
         sys.exit(2)
     except EntenteError as exc:
-        typer.echo(f"entente: {exc.message}", err=True)
+        _say(exc.message)
         sys.exit(1)
-    except CryptoError as exc:
-        typer.echo(f"entente: {exc}", err=True)
+    except (CryptoError, PolicyError) as exc:
+        _say(exc)
         sys.exit(1)
-    except PolicyError as exc:
-        typer.echo(f"entente: {exc}", err=True)
+    except OSError as exc:  # a file the command was pointed at: unreadable, missing, disk full
+        where = f" ({exc.filename})" if isinstance(exc.filename, str) else ""
+        _say(f"{exc.strerror or type(exc).__name__}{where}")
         sys.exit(1)
     except KeyboardInterrupt:
-        typer.echo("entente: interrupted", err=True)
+        _say("interrupted")
         sys.exit(130)

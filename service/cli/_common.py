@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from service.cli._terminal import TerminalConsole
 from service.db import Database, open_database
 from service.home import Home, open_home
 from service.settings import Settings
@@ -28,8 +28,9 @@ DbUrlOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False)
+# Every string these print passes service.cli._terminal.printable (see there for outside data).
+console = TerminalConsole(highlight=False, soft_wrap=True)
+err_console = TerminalConsole(stderr=True, highlight=False)
 
 
 def settings_for(home: Path | None, database_url: str | None = None, **extra: object) -> Settings:

@@ -18,10 +18,10 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.table import Table
 
 from crypto import strict_json
 from service.cli._common import JsonOpt, console
+from service.cli._terminal import SafeTable, outside
 from service.cli.files import progress_bar
 from service.errors import EntenteError, UsageError
 
@@ -160,8 +160,11 @@ def share(
     if as_json:
         typer.echo(json.dumps(art))
         return
-    console.print(f"shared {art['id']} ({art['tlp']}, {art['size']} bytes) with {', '.join(to)}")
-    console.print(f"  sha256 {art['sha256']}")
+    console.print(
+        f"shared {outside(art['id'])} ({outside(art['tlp'])}, {outside(art['size'])} bytes) "
+        f"with {outside(', '.join(to))}"
+    )
+    console.print(f"  sha256 {outside(art['sha256'])}")
 
 
 def inbox(
@@ -185,13 +188,19 @@ def inbox(
     if not items:
         console.print("Nothing received yet.")
         return
-    table = Table("id", "from", "title", "TLP", "size", "received", "state")
+    table = SafeTable("id", "from", "title", "TLP", "size", "received", "state")
     for a in items:
         state = "revoked" if a["revoked_at"] else "open"
         if a.get("embargo_until") and a["embargo_until"] > datetime.now().astimezone().isoformat():
-            state = f"embargoed until {a['embargo_until'][:16]}"
+            state = f"embargoed until {str(a['embargo_until'])[:16]}"
         table.add_row(
-            a["id"], a["origin"], a["title"], a["tlp"], str(a["size"]), a["recorded_at"][:19], state
+            str(a["id"]),
+            str(a["origin"]),
+            str(a["title"]),
+            str(a["tlp"]),
+            str(a["size"]),
+            str(a["recorded_at"])[:19],
+            state,
         )
     console.print(table)
 
@@ -229,7 +238,7 @@ def get(
         raise RemoteError(f"the download failed: {str(exc) or type(exc).__name__}") from None
     finally:
         tmp.unlink(missing_ok=True)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {outside(out)}")
 
 
 def revoke(
@@ -244,4 +253,4 @@ def revoke(
             lambda: client.post(f"/v1/artifacts/{artifact_id}/revoke", params={"reason": reason})
         )
     _raise_for(response)
-    console.print(f"revoked {artifact_id}; recipients are being notified")
+    console.print(f"revoked {outside(artifact_id)}; recipients are being notified")

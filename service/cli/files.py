@@ -27,6 +27,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from crypto import age
 from crypto.errors import CryptoError
 from crypto.keys import VerifyKey
 from crypto.sealed import (
@@ -39,6 +40,7 @@ from crypto.sealed import (
 )
 from service.artifacts import new_artifact_id
 from service.cli._common import HomeOpt, console, err_console, settings_for
+from service.cli._terminal import outside
 from service.db import open_database
 from service.errors import UsageError
 from service.home import open_home
@@ -64,7 +66,7 @@ def progress_bar(total: int | None, description: str) -> Iterator[Callable[[int]
         console=err_console,
         transient=True,
     ) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(outside(description), total=total)  # names may be outside
         yield lambda n: progress.advance(task, n)
 
 
@@ -93,6 +95,32 @@ def _manifest_origin(envelope_path: Path) -> str:
         raise UsageError(f"cannot read the manifest {envelope_path}: {exc}") from None
 
 
+def _check_mix(recipients: list[ManifestRecipient]) -> None:
+    """Post-quantum and classic recipients in one file would leave it only as strong as the
+    classic ones, so age refuses the mix; say so, naming this node's own (always included)."""
+    kinds = {r.node_id: age.parse_recipient(r.recipient).mix_label for r in recipients}
+    if len(set(kinds.values())) > 1:
+        own = recipients[0]
+        raise UsageError(
+            "post-quantum (age1pq1…) and classic (age1…) recipients cannot be mixed in one file "
+            f"(it would be only as strong as the classic ones), and this node's own recipient, "
+            f"always included, is {kinds[own.node_id]}: seal to "
+            f"{kinds[own.node_id]} recipients only"
+        )
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn a failure to write ``path`` into one line (the partial file is already gone)."""
+    try:
+        yield
+    except FileExistsError:
+        raise UsageError(f"{path} exists; pass --force to overwrite it") from None
+    except OSError as exc:
+        where = exc.filename if isinstance(exc.filename, str) else path
+        raise UsageError(f"cannot write {where}: {exc.strerror or exc}") from None
+
+
 def seal(
     file: Annotated[Path, typer.Argument(help="The file to seal")],
     to: Annotated[
@@ -104,10 +132,17 @@ def seal(
     tlp: Annotated[str, typer.Option(help="TLP 2.0 label")] = "TLP:AMBER",
     topic: Annotated[list[str] | None, typer.Option("--topic", help="Topic (repeatable)")] = None,
     purpose: Annotated[list[str] | None, typer.Option("--purpose", help="Purpose")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Overwrite an existing OUT and OUT.dsse.json")
+    ] = False,
 ) -> None:
     """Encrypt FILE to recipients and this node; sign a manifest binding it (OUT.dsse.json)."""
     if tlp not in TLP_LABELS:
         raise UsageError(f"--tlp must be one of {', '.join(TLP_LABELS)}")
+    manifest_path = Path(f"{out}.dsse.json")
+    for path in (out, manifest_path):
+        if path.exists() and not force:
+            raise UsageError(f"{path} exists; pass --force to overwrite it")
     settings = settings_for(home)
     node_home = open_home(settings.require_home())
     keys = node_home.unlock(settings)
@@ -128,15 +163,17 @@ def seal(
                 recipients.append(ManifestRecipient(partner.node_id, partner.age_recipient))
     finally:
         db.dispose()
+    _check_mix(recipients)
     try:
         size = file.stat().st_size
     except OSError as exc:
         raise UsageError(f"cannot read {file}: {exc.strerror}") from None
     now = datetime.now(UTC)
-    with progress_bar(size, f"sealing {file.name}") as advance:
+    with _writing(out), progress_bar(size, f"sealing {file.name}") as advance:
         sealed = seal_file(
             file,
             out,
+            overwrite=force,
             artifact_id=new_artifact_id(now),
             title=title or file.name,
             origin=node_home.node_id,
@@ -149,10 +186,10 @@ def seal(
             purposes=purpose or (),
             on_progress=advance,
         )
-    manifest_path = Path(f"{out}.dsse.json")
     tmp = manifest_path.with_name(manifest_path.name + ".tmp")
-    tmp.write_bytes(sealed.envelope.to_bytes())
-    os.replace(tmp, manifest_path)
+    with _writing(manifest_path):
+        tmp.write_bytes(sealed.envelope.to_bytes())
+        os.replace(tmp, manifest_path)
     console.print(f"sealed {file} -> {out} ({sealed.size} bytes, sha256 {sealed.sha256})")
     console.print(f"manifest {manifest_path}, signed by {node_home.node_id}")
     console.print(f"recipients: {', '.join(r.node_id for r in recipients)}")
@@ -176,8 +213,13 @@ def verify_(
             result = verify(envelope, trusted=trusted, ciphertext=fh, origin=origin)
     except OSError as exc:
         raise UsageError(f"cannot read {sealed_file}: {exc.strerror}") from None
-    console.print(f"OK: {sealed_file} is {result.artifact_id!r} ({result.title}), {result.tlp}")
-    console.print(f"  signed by {origin}; plaintext {result.size} bytes, sha256 {result.sha256}")
+    console.print(
+        f"OK: {outside(sealed_file)} is {outside(repr(result.artifact_id))} "
+        f"({outside(result.title)}), {outside(result.tlp)}"
+    )
+    console.print(
+        f"  signed by {outside(origin)}; plaintext {result.size} bytes, sha256 {result.sha256}"
+    )
 
 
 def open_(

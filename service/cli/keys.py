@@ -19,6 +19,7 @@ from rich.table import Table
 
 from crypto.keys import format_fingerprint
 from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console, settings_for
+from service.cli._terminal import outside
 
 app = typer.Typer(help="Rotate the node's keys.", no_args_is_help=True)
 
@@ -42,7 +43,7 @@ def _report(results: list[object], as_json: bool, extra: dict[str, object]) -> N
         state = {"delivered": "[green]accepted[/]", "pending": "[yellow]will retry[/]"}.get(
             r.state, f"[red]{r.state}[/]"
         )
-        table.add_row(r.partner, state, (r.error or "")[:120])
+        table.add_row(outside(r.partner), state, outside((r.error or "")[:120]))
     console.print(table)
     if any(r.state == "pending" for r in rows):
         err_console.print(

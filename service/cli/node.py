@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ from typing import Annotated
 
 import typer
 from pydantic import SecretStr
+from sqlalchemy.exc import ArgumentError
 
 from crypto.keys import format_fingerprint
 from service.cli._common import (
@@ -24,7 +26,7 @@ from service.cli._common import (
     settings_for,
 )
 from service.db import open_database
-from service.home import create_home, open_home
+from service.home import ServeClaim, claim_for_serving, create_home, open_home
 from service.logs import configure_logging
 from service.settings import Settings
 
@@ -136,18 +138,48 @@ def serve(
         ),
     ] = None,
 ) -> None:
-    """Run the node: API, federation, sync workers and console (SIGTERM stops it cleanly)."""
+    """Run the node: API, federation, sync workers and console (SIGTERM stops it cleanly).
+
+    A second ``serve`` on a home that one serves is refused on SQLite; on PostgreSQL it joins
+    as a replica (and logs so)."""
+    settings = settings_for(home, database_url, host=host, port=port, workers=workers)
+    configure_logging(settings.log_level, settings.log_format)
+    claim = _claim(settings)
+    try:
+        if settings.workers > 1:
+            _serve_processes(settings)
+        else:
+            _serve_one(settings)
+    finally:
+        claim.release()
+
+
+def _claim(settings: Settings) -> ServeClaim:
+    """Refuse a second process on a SQLite home; tell a PostgreSQL replica that it is one."""
+    from sqlalchemy.engine import make_url
+
+    path = open_home(settings.require_home()).path
+    try:
+        backend = make_url(settings.resolved_database_url()).get_backend_name()
+    except ArgumentError:
+        backend = "unknown"  # open_database says what is wrong with it
+    claim = claim_for_serving(path, replicas_allowed=backend == "postgresql")
+    if claim.other_pid is not None:
+        logging.getLogger("entente.serve").warning(
+            "process %s already serves this home: this process joins it as a replica "
+            "(one PostgreSQL database, one blob store)",
+            claim.other_pid or "(unknown)",
+        )
+    return claim
+
+
+def _serve_one(settings: Settings) -> None:
     import uvicorn
 
     from service.api.app import create_app
     from service.api.server import ServerProtocol
     from service.node import load_node
 
-    settings = settings_for(home, database_url, host=host, port=port, workers=workers)
-    configure_logging(settings.log_level, settings.log_format)
-    if settings.workers > 1:
-        _serve_processes(settings)
-        return
     node = load_node(settings, migrate=True)
     app = create_app(node)
     config = uvicorn.Config(

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from crypto.keys import format_fingerprint
 from service import partners as partner_store
 from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, open_db, settings_for
+from service.cli._terminal import SafeTable, outside
 from service.errors import UsageError
 
 app = typer.Typer(help="Pin, list and remove partner nodes.", no_args_is_help=True)
@@ -46,7 +46,10 @@ def add(
             actor=OPERATOR,
             replace=replace,
         )
-        console.print(f"Pinned partner [bold]{row.node_id}[/] ({row.name}) at {row.url}")
+        console.print(
+            f"Pinned partner [bold]{outside(row.node_id)}[/] ({outside(row.name)}) "
+            f"at {outside(row.url)}"
+        )
         console.print(f"  fingerprint {format_fingerprint(row.fingerprint)}")
     db.dispose()
 
@@ -79,7 +82,7 @@ def list_(home: HomeOpt = None, database_url: DbUrlOpt = None, as_json: JsonOpt 
     if not rows:
         console.print("No partners pinned yet. Use `entente partner add FILE --fingerprint FP`.")
         return
-    table = Table("node id", "name", "url", "fingerprint", "descriptor expires")
+    table = SafeTable("node id", "name", "url", "fingerprint", "descriptor expires")
     for r in rows:
         table.add_row(
             r.node_id,
@@ -104,4 +107,4 @@ def remove(
             session, node_id=node_id, now=datetime.now(UTC), actor=OPERATOR
         )
     db.dispose()
-    console.print(f"Removed partner {node_id}")
+    console.print(f"Removed partner {outside(node_id)}")

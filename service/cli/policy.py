@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -26,6 +25,7 @@ from policies import (
     PolicySet,
     Request,
 )
+from service.cli._terminal import TerminalConsole, printable
 from service.errors import UsageError
 
 app = typer.Typer(
@@ -33,8 +33,8 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_console = Console(highlight=False, soft_wrap=True)
-_err = Console(stderr=True, highlight=False, soft_wrap=True)
+_console = TerminalConsole(highlight=False, soft_wrap=True)
+_err = TerminalConsole(stderr=True, highlight=False, soft_wrap=True)
 
 PathsArg = Annotated[
     list[Path] | None,
@@ -109,20 +109,23 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) ->
     """A rich table on a terminal; plain aligned columns otherwise (for pipes and logs)."""
     if _console.is_terminal:
         # Text, not markup: clause references such as "[example]" must print as written.
-        table = Table(title=Text(title), title_justify="left", show_lines=False)
+        table = Table(title=Text(printable(title)), title_justify="left", show_lines=False)
         for column in columns:
             table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*(Text(cell) for cell in row))
+            table.add_row(*(Text(printable(cell)) for cell in row))
         _console.print(table)
         return
     widths = [
         max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)
     ]
-    typer.echo(title)
+    typer.echo(printable(title))
     for row in (columns, *rows):
         typer.echo(
-            "  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            "  "
+            + "  ".join(
+                printable(cell).ljust(w) for cell, w in zip(row, widths, strict=True)
+            ).rstrip()
         )
 
 
@@ -130,13 +133,13 @@ def _echo(text: str = "", *, style: str | None = None) -> None:
     if _console.is_terminal and style:
         _console.print(text, style=style, markup=False)
     else:
-        typer.echo(text)
+        typer.echo(printable(text, lines=True))
 
 
 def _report_load_error(exc: PolicyError) -> None:
     lines = exc.lines() if isinstance(exc, PolicyLoadError) else [str(exc)]
     for line in lines:
-        typer.echo(f"entente: {line}", err=True)
+        typer.echo(f"entente: {printable(line)}", err=True)
 
 
 # --- check ------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from service.cli._common import (
     open_db,
     settings_for,
 )
+from service.cli._terminal import outside
 from service.errors import EntenteError, UsageError
 
 app = typer.Typer(help="Federation sync state.", no_args_is_help=True)
@@ -125,12 +126,12 @@ def status(
     for r in rows:
         failing = str(r["failing"])
         table.add_row(
-            r["partner"],
+            outside(r["partner"]),
             str(r["pending"]),
             str(r["delivered"]),
             f"[red]{failing}[/]" if r["failing"] else failing,
             _ago(r.get("last_contact")),
-            (r.get("last_error") or "")[:120],
+            outside((r.get("last_error") or "")[:120]),
         )
     console.print(table)
 

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from service import tokens as token_store
 from service.cli._common import (
@@ -19,6 +18,7 @@ from service.cli._common import (
     open_db,
     settings_for,
 )
+from service.cli._terminal import SafeTable
 
 app = typer.Typer(help="Create, list and revoke bearer tokens.", no_args_is_help=True)
 
@@ -27,7 +27,9 @@ OPERATOR = "admin:cli"
 
 @app.command("create")
 def create(
-    role: Annotated[str, typer.Option("--role", help="publisher, reader, auditor or admin")],
+    role: Annotated[
+        str, typer.Option("--role", help="publisher, reader, auditor, admin or metrics")
+    ],
     name: Annotated[str, typer.Option("--name", help="Who or what holds the token")],
     home: HomeOpt = None,
     database_url: DbUrlOpt = None,
@@ -71,7 +73,7 @@ def list_(home: HomeOpt = None, database_url: DbUrlOpt = None, as_json: JsonOpt 
             )
         )
         return
-    table = Table("id", "role", "name", "created", "state")
+    table = SafeTable("id", "role", "name", "created", "state")
     for r in rows:
         state = f"revoked {r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "active"
         table.add_row(r.id, r.role, r.name, f"{r.created_at:%Y-%m-%d %H:%M}", state)

@@ -1,9 +1,10 @@
 """Who is using the console: the session cookie checked on every request, forms read with
 bounds, and cross-site POSTs refused. Cookie and CSRF formats are in ``_session``.
 
-Only the ``auditor`` and ``admin`` roles may use the console. The token row is read on every
-request, so revoking a token ends its console sessions at once. Every refusal of credentials is
-an ``auth.refused`` audit event, like the API's.
+Only the ``auditor`` and ``admin`` roles may use the console. The token row and the session's
+row are read on every request, so revoking a token ends its console sessions at once and
+signing out ends that session at every replica. Every refusal of credentials is an
+``auth.refused`` audit event, like the API's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from fastapi import Depends, Request
 from service.api.deps import NodeDep
 from service.audit import record
 from service.console._render import LoginRequired
-from service.console._session import SESSION_COOKIE, ConsoleKeys
+from service.console._session import SESSION_COOKIE, ConsoleKeys, SessionClaims
+from service.console._session_store import session_state
 from service.errors import ForbiddenError, InvalidInputError, TooLargeError
 from service.models import Token
 from service.node import Node
@@ -29,6 +31,7 @@ __all__ = [
     "check_same_origin",
     "console_keys",
     "epoch",
+    "live_session",
     "read_form",
     "require_session",
 ]
@@ -62,33 +65,40 @@ def audit_auth_refused(node: Node, request: Request, *, reason: str, actor: str)
         )
 
 
+def live_session(node: Node, value: str) -> tuple[SessionClaims | None, Principal | None, str]:
+    """The claims and principal of a live session cookie, or ``None`` and why not."""
+    try:
+        claims = console_keys(node).open(value, now=epoch(node))
+    except ValueError as exc:
+        return None, None, f"session {exc}"
+    with node.db.session() as session:
+        row = session.get(Token, claims.token_id)
+        state = session_state(
+            session, session_id=claims.session_id, token_id=claims.token_id, now=node.now()
+        )
+    if row is None:
+        return claims, None, "unknown"
+    if row.revoked_at is not None:
+        return claims, None, "revoked"
+    if row.role not in CONSOLE_ROLES:
+        return claims, None, f"role {row.role} may not use the console"
+    if state != "live":
+        return claims, None, f"session {state}"
+    return claims, Principal(token_id=row.id, name=row.name, role=Role(row.role)), ""
+
+
 def require_session(request: Request, node: NodeDep) -> Principal:
     """The signed-in auditor or admin, or :class:`LoginRequired` (audited)."""
     value = request.cookies.get(SESSION_COOKIE)
     if not value:
         audit_auth_refused(node, request, reason="missing", actor="anonymous")
         raise LoginRequired()
-    keys = console_keys(node)
-    try:
-        claims = keys.open(value, now=epoch(node))
-    except ValueError as exc:
-        audit_auth_refused(node, request, reason=f"session {exc}", actor="anonymous")
-        raise LoginRequired(clear_cookie=True) from None
-    with node.db.session() as session:
-        row = session.get(Token, claims.token_id)
-    reason = None
-    if row is None:
-        reason = "unknown"
-    elif row.revoked_at is not None:
-        reason = "revoked"
-    elif row.role not in CONSOLE_ROLES:
-        reason = f"role {row.role} may not use the console"
-    if reason is not None or row is None:
-        audit_auth_refused(node, request, reason=reason or "unknown", actor="anonymous")
+    _claims, principal, reason = live_session(node, value)
+    if principal is None:
+        audit_auth_refused(node, request, reason=reason, actor="anonymous")
         raise LoginRequired(clear_cookie=True)
-    principal = Principal(token_id=row.id, name=row.name, role=Role(row.role))
     request.state.principal = principal
-    request.state.csrf = keys.csrf_for_session(value)
+    request.state.csrf = console_keys(node).csrf_for_session(value)
     return principal
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "StaticAsset",
     "error_page",
     "render",
+    "secure_cookies",
 ]
 
 log = logging.getLogger("entente.console")
@@ -77,6 +78,13 @@ class LoginRequired(Exception):
     def __init__(self, *, clear_cookie: bool = False) -> None:
         super().__init__("login required")
         self.clear_cookie = clear_cookie
+
+
+def secure_cookies(request: Request) -> bool:
+    """Whether the console's cookies are ``Secure``: the node's public URL is https (behind a
+    TLS ingress the request itself arrives over plain HTTP), or this request came over HTTPS."""
+    node: Node = request.app.state.node
+    return node.home.url.startswith("https://") or request.url.scheme == "https"
 
 
 def render(
@@ -174,7 +182,11 @@ class ConsoleRoute(APIRoute):
                 response = RedirectResponse("/ui/login", status_code=303)
                 if exc.clear_cookie:
                     response.delete_cookie(
-                        SESSION_COOKIE, path="/ui", httponly=True, samesite="strict"
+                        SESSION_COOKIE,
+                        path="/ui",
+                        secure=secure_cookies(request),
+                        httponly=True,
+                        samesite="strict",
                     )
             except EntenteError as exc:
                 response = await run_in_threadpool(error_page, request, exc)

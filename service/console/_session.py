@@ -1,15 +1,17 @@
-"""Console sessions and CSRF tokens: HMAC-signed cookies, no server-side session table.
+"""Console sessions and CSRF tokens: HMAC-signed cookies naming a server-side session.
 
 A successful login with a bearer token of role ``auditor`` or ``admin`` sets one cookie,
 ``entente_console``, whose value is ``v1.<payload>.<mac>``:
 
-* payload (base64url): ``<node id>|<token id>|<issued>|<expires>|<nonce>`` (POSIX seconds);
+* payload (base64url): ``<node id>|<token id>|<issued>|<expires>|<session id>`` (POSIX
+  seconds; the session id is 128 random bits, base64url);
 * mac (base64url): HMAC-SHA-256 over the payload with the *session key*.
 
 The cookie never holds the bearer secret. Each request re-reads the token row by its id, so a
-revoked token ends every console session at once; a session also ends after
+revoked token ends every console session at once, and the session's row (``_session_store``),
+so signing out ends that session everywhere; a session also ends after
 :data:`SESSION_MAX_AGE`. The cookie is ``HttpOnly``, ``SameSite=Strict``, ``Path=/ui`` and
-``Secure`` whenever the request came over HTTPS.
+``Secure`` whenever the node's public URL is https (or the request came over HTTPS).
 
 CSRF: ``SameSite=Strict`` already keeps the cookie off cross-site requests; on top of that every
 POST form carries a token, HMAC-SHA-256 with the *CSRF key* over the session cookie (or, for the
@@ -40,6 +42,7 @@ __all__ = [
     "SessionClaims",
     "hkdf_sha256",
     "new_login_nonce",
+    "new_session_nonce",
 ]
 
 SESSION_COOKIE = "entente_console"
@@ -83,6 +86,7 @@ class SessionClaims:
     token_id: str
     issued: int
     expires: int
+    session_id: str = ""
 
 
 class ConsoleKeys:
@@ -123,7 +127,7 @@ class ConsoleKeys:
         parts = body.decode("utf-8", "replace").split("|")
         if len(parts) != 5 or not parts[2].isdigit() or not parts[3].isdigit():
             raise ValueError("malformed")
-        claims = SessionClaims(parts[0], parts[1], int(parts[2]), int(parts[3]))
+        claims = SessionClaims(parts[0], parts[1], int(parts[2]), int(parts[3]), parts[4])
         if claims.node_id != self._node_id:
             raise ValueError("other-node")
         if not claims.issued - 300 <= now < claims.expires:
@@ -150,3 +154,9 @@ class ConsoleKeys:
 
 def new_login_nonce() -> str:
     return _b64(secrets.token_bytes(32))
+
+
+def new_session_nonce() -> tuple[bytes, str]:
+    """A fresh session: the nonce for :meth:`ConsoleKeys.issue` and the session id it becomes."""
+    nonce = secrets.token_bytes(16)
+    return nonce, _b64(nonce)

@@ -46,6 +46,7 @@ from service.console._auth import (
     check_same_origin,
     console_keys,
     epoch,
+    live_session,
     read_form,
 )
 from service.console._charts import bar_chart
@@ -61,14 +62,16 @@ from service.console._queries import (
     partner_ids,
     partner_views,
 )
-from service.console._render import STATIC, ConsoleRoute, render
+from service.console._render import STATIC, ConsoleRoute, render, secure_cookies
 from service.console._session import (
     LOGIN_COOKIE,
     LOGIN_MAX_AGE,
     SESSION_COOKIE,
     SESSION_MAX_AGE,
     new_login_nonce,
+    new_session_nonce,
 )
+from service.console._session_store import end_session, start_session
 from service.errors import AuthError, ForbiddenError, InvalidInputError, NotFoundError
 from service.federation.status import sync_state
 from service.node import Node
@@ -89,10 +92,6 @@ def _params(request: Request) -> dict[str, str]:
     for key, value in request.query_params.multi_items():
         out.setdefault(key, value)
     return out
-
-
-def _https(request: Request) -> bool:
-    return request.url.scheme == "https"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +117,7 @@ def _login_page(
         nonce,
         max_age=LOGIN_MAX_AGE,
         path="/ui",
-        secure=_https(request),
+        secure=secure_cookies(request),
         httponly=True,
         samesite="strict",
     )
@@ -127,13 +126,7 @@ def _login_page(
 
 def _has_session(request: Request, node: Node) -> bool:
     value = request.cookies.get(SESSION_COOKIE)
-    if not value:
-        return False
-    try:
-        console_keys(node).open(value, now=epoch(node))
-    except ValueError:
-        return False
-    return True
+    return value is not None and live_session(node, value)[1] is not None
 
 
 @router.get("/login")
@@ -174,18 +167,28 @@ def _login(request: Request, node: Node, form: dict[str, str]) -> Response:
             title="Not allowed",
             role=principal.role.value,
         )
+    now = epoch(node)
+    session_nonce, session_id = new_session_nonce()
+    with node.db.session() as session:
+        start_session(
+            session,
+            session_id=session_id,
+            token_id=principal.token_id,
+            now=node.now(),  # to the microsecond: orders a token's sessions
+            expires_at=datetime.fromtimestamp(now + SESSION_MAX_AGE, UTC),
+        )
     response = RedirectResponse("/ui/", status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
-        keys.issue(token_id=principal.token_id, now=epoch(node)),
+        keys.issue(token_id=principal.token_id, now=now, nonce=session_nonce),
         max_age=SESSION_MAX_AGE,
         path="/ui",
-        secure=_https(request),
+        secure=secure_cookies(request),
         httponly=True,
         samesite="strict",
     )
     response.delete_cookie(
-        LOGIN_COOKIE, path="/ui", secure=_https(request), httponly=True, samesite="strict"
+        LOGIN_COOKIE, path="/ui", secure=secure_cookies(request), httponly=True, samesite="strict"
     )
     return response
 
@@ -196,18 +199,28 @@ async def login(request: Request, node: NodeDep) -> Response:
     return await run_in_threadpool(_login, request, node, form)
 
 
+def _end_session(node: Node, value: str, csrf: str | None) -> None:
+    """End the cookie's session on the server (every copy of the cookie stops working)."""
+    claims, principal, _reason = live_session(node, value)
+    if claims is None or principal is None:
+        return  # nothing live to end: the cookie is just cleared
+    keys = console_keys(node)
+    if not keys.check_csrf(csrf, keys.csrf_for_session(value)):
+        raise ForbiddenError("the sign-out form did not come from this console", reason="csrf")
+    with node.db.session() as session:
+        end_session(session, session_id=claims.session_id, now=node.now())
+
+
 @router.post("/logout")
 async def logout(request: Request, node: NodeDep) -> Response:
     form = await read_form(request)
     check_same_origin(request)
     value = request.cookies.get(SESSION_COOKIE)
-    if value and _has_session(request, node):
-        keys = console_keys(node)
-        if not keys.check_csrf(form.get("csrf"), keys.csrf_for_session(value)):
-            raise ForbiddenError("the sign-out form did not come from this console", reason="csrf")
+    if value:
+        await run_in_threadpool(_end_session, node, value, form.get("csrf"))
     response = RedirectResponse("/ui/login?signed_out=1", status_code=303)
     response.delete_cookie(
-        SESSION_COOKIE, path="/ui", secure=_https(request), httponly=True, samesite="strict"
+        SESSION_COOKIE, path="/ui", secure=secure_cookies(request), httponly=True, samesite="strict"
     )
     return response
 

@@ -288,6 +288,8 @@ def test_sign_in_filter_verify_and_sign_out(session: Session, fed: Federation) -
     session.assert_labelled()
     session.shot("05-policies-explain")
 
+    copied = [c for c in page.context.cookies() if c["name"] == "entente_console"]
+    assert copied, "signed in: the session cookie is set"
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_load_state()
     assert page.url.endswith("/ui/login?signed_out=1")
@@ -295,6 +297,10 @@ def test_sign_in_filter_verify_and_sign_out(session: Session, fed: Federation) -
     session.shot("06-signed-out")
     session.go("/ui/audit")
     assert page.url.endswith("/ui/login"), "after signing out the console needs a sign-in"
+    # A copy of the cookie taken before signing out (L5) no longer opens the console either.
+    page.context.add_cookies(copied)
+    session.go("/ui/audit")
+    assert page.url.endswith("/ui/login"), "signing out ended the session on the server"
 
 
 def test_tampered_entry_is_reported_as_failing(session: Session, fed: Federation) -> None:

@@ -22,7 +22,7 @@ def test_demo_runs_the_whole_story() -> None:
     assert set(nodes) == {"us-aisi", "uk-aisi", "ca-aisi"}
     for node in nodes.values():
         assert node["url"].startswith("http://127.0.0.1:")
-        assert set(node["tokens"]) == {"publisher", "reader", "auditor", "admin"}
+        assert set(node["tokens"]) == {"publisher", "reader", "auditor", "admin", "metrics"}
     outcome = summary["outcome"]
     assert outcome["artifact_id"].startswith("art_")
     assert outcome["denied"]["rule"] == "declaration-only-clear-green"

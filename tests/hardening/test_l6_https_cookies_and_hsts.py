@@ -1,0 +1,77 @@
+"""L6: behind the documented TLS ingress the node sees plain HTTP, yet its users reach it over
+https. When the node's public URL (``entente init --url``) is https, console cookies are
+``Secure`` and every response carries Strict-Transport-Security; on a plain-HTTP node neither
+(a Secure cookie would never come back, and HSTS over HTTP is ignored anyway)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import httpx
+
+from service.api.app import create_app
+from service.tokens import Role
+from tests.service.nodekit import Kit, make_node
+
+
+def _https_kit(root: Path) -> Kit:
+    kit = make_node(root, "uk-aisi")
+    kit.node.home = dataclasses.replace(kit.node.home, url="https://uk.example")
+    return Kit(kit.node, create_app(kit.node, start_workers=False), kit.tokens)
+
+
+def _behind_ingress(kit: Kit) -> httpx.AsyncClient:
+    """What the node sees behind a TLS-terminating ingress: plain HTTP."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=kit.app), base_url="http://uk")
+
+
+def _csrf(text: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', text)
+    assert match
+    return match.group(1)
+
+
+async def test_console_cookies_are_secure_when_the_public_url_is_https(tmp_path: Path) -> None:
+    kit = _https_kit(tmp_path)
+    async with _behind_ingress(kit) as client:
+        form = await client.get("/ui/login")
+        assert "Secure" in form.headers["set-cookie"]
+        login = form.headers["set-cookie"].split(";", 1)[0]
+        r = await client.post(
+            "/ui/login",
+            data={"token": kit.tokens[Role.AUDITOR], "csrf": _csrf(form.text)},
+            headers={"Cookie": login},
+        )
+        assert r.status_code == 303
+        cookies = r.headers.get_list("set-cookie")
+        session = next(c for c in cookies if c.startswith("entente_console="))
+        assert "Secure" in session
+        assert all("Secure" in c for c in cookies)
+
+
+async def test_every_response_carries_hsts_when_the_public_url_is_https(tmp_path: Path) -> None:
+    kit = _https_kit(tmp_path)
+    async with _behind_ingress(kit) as client:
+        for method, path in [
+            ("GET", "/healthz"),
+            ("GET", "/.well-known/entente.json"),
+            ("GET", "/ui/login"),
+            ("GET", "/ui/audit"),  # a redirect
+            ("GET", "/v1/artifacts"),  # a refusal (no token)
+            ("GET", "/no/such/route"),
+        ]:
+            r = await client.request(method, path)
+            hsts = r.headers.get("strict-transport-security", "")
+            assert re.fullmatch(r"max-age=(\d+); includeSubDomains", hsts), (path, hsts)
+            assert int(hsts.split("=")[1].split(";")[0]) >= 31536000
+
+
+async def test_a_plain_http_node_sends_neither(tmp_path: Path) -> None:
+    kit = make_node(tmp_path, "uk-aisi")
+    async with kit.client() as client:
+        r = await client.get("/ui/login")
+        assert "Secure" not in r.headers["set-cookie"]
+        assert "strict-transport-security" not in r.headers
+        assert "strict-transport-security" not in (await client.get("/healthz")).headers

@@ -30,6 +30,7 @@ from service.api import admin, artifacts, federation, public
 from service.api.audit import router as audit_router
 from service.api.problems import document_problems, install_problem_handlers
 from service.api.witness import router as witness_router
+from service.audit_refusals import RefusalLedger
 from service.console import router as console_router
 from service.limits import Limits, RequestBounds
 from service.maintenance import sweep_in_background
@@ -154,12 +155,17 @@ def create_app(
         if background is not None:
             await background.start()
         swept = asyncio.ensure_future(sweep_in_background(node))  # what a crash left behind
+        summaries = asyncio.ensure_future(refusals.flush_periodically())
         try:
             yield
         finally:
             if background is not None:
                 await background.stop()
             await swept
+            summaries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await summaries
+            await asyncio.to_thread(refusals.flush, force=True)
 
     app = FastAPI(
         title=f"Entente node {node.node_id}",
@@ -172,6 +178,7 @@ def create_app(
     )
     app.state.node = node
     app.state.limits = Limits(node.settings)
+    refusals = app.state.refusals = RefusalLedger.for_node(node)  # anonymous ones summarised
     install_problem_handlers(app)
     document_problems(app)
 

@@ -177,7 +177,7 @@ def _refuse(
 
     Commits the caller's session: the refusal must be on record even though the request fails.
     """
-    if evidence is not None:
+    if evidence is not None and not _evidence_kept(session, evidence):
         session.add(evidence)
     record(
         session,
@@ -195,6 +195,16 @@ def _refuse(
     )
     session.commit()
     return error
+
+
+def _evidence_kept(session: Session, evidence: WitnessEvidence) -> bool:
+    """Whether this conflicting checkpoint is on record already (read under the state lock)."""
+    query = select(WitnessEvidence.id).where(
+        WitnessEvidence.origin == evidence.origin,
+        WitnessEvidence.size == evidence.size,
+        WitnessEvidence.root == evidence.root,
+    )
+    return session.exec(query.limit(1)).first() is not None
 
 
 def add_checkpoint(

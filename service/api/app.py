@@ -177,6 +177,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.node = node
+    node.metrics.watch_database(node.db)  # gauges read from the database at each scrape
     app.state.limits = Limits(node.settings)
     refusals = app.state.refusals = RefusalLedger.for_node(node)  # anonymous ones summarised
     install_problem_handlers(app)

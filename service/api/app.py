@@ -29,6 +29,7 @@ from fastapi import FastAPI
 from service.api import admin, artifacts, federation, public
 from service.api.audit import router as audit_router
 from service.api.problems import document_problems, install_problem_handlers
+from service.api.witness import held_router as witness_held_router
 from service.api.witness import router as witness_router
 from service.audit_refusals import RefusalLedger
 from service.console import router as console_router
@@ -198,6 +199,7 @@ def create_app(
     app.include_router(federation.router)
     app.include_router(audit_router)
     app.include_router(witness_router)
+    app.include_router(witness_held_router)
     app.include_router(console_router)  # /ui, its static files included
     return app
 

@@ -1,0 +1,119 @@
+"""M7: `entente audit verify` follows a node's key rotations.
+
+After `entente keys rotate`, verification of the node's whole log failed ("the checkpoint
+carries no signature by the log key"), online and offline, and no option accepted the retired
+key. Now the rotation is logged with its rotation record (the new descriptor signed by both
+keys, and the retired public key), and the verifier follows the keys from the log itself,
+starting from the key pinned with --fingerprint or remembered from the last run. A retired key
+verifies only the checkpoints it signed before its retirement.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from crypto.note import NoteSigner
+from service.home import open_home
+from service.node import Node
+from service.settings import Settings
+from service.transparency import log_origin, sequence
+from tests.nodes import base_env, run_cli
+from tests.service.audit_fixtures import add_events, make_node
+
+
+def _verify(node: Node, state: Path, *extra: str) -> dict[str, Any]:
+    out = run_cli(
+        "audit", "verify", "--home", str(node.home.path),
+        "--database-url", str(node.settings.database_url), "--state", str(state),
+        "--no-ask-witnesses", "--json", *extra,
+        env=base_env(ENTENTE_INSECURE_NO_PASSPHRASE="true"),
+    )  # fmt: skip
+    assert out.stdout.strip(), out.stderr
+    verdict: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (out.returncode == 0) == verdict["ok"], out
+    return verdict
+
+
+def _signer(home: Path) -> NoteSigner:
+    """The node's current log signer, read from its home as `entente serve` would."""
+    settings = Settings.load(home=home, insecure_no_passphrase=True, scrypt_work_factor=10)
+    opened = open_home(home)
+    return NoteSigner(log_origin(opened.node_id), opened.unlock(settings).signing)
+
+
+def _sequence(node: Node, signer: NoteSigner) -> int:
+    with node.db.session() as s:
+        return sequence(s, signer=signer, now=node.now()).size
+
+
+def _rotate(node: Node) -> None:
+    out = run_cli(
+        "keys", "rotate", "--home", str(node.home.path),
+        "--database-url", str(node.settings.database_url), "--no-push", "--json",
+        env=base_env(ENTENTE_INSECURE_NO_PASSPHRASE="true"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+
+def _rotated_log(tmp_path: Path) -> tuple[Node, NoteSigner, int, Path]:
+    """A log signed by key A, verified once (the state remembers A), rotated to key B (node
+    stopped, as the docs say), then grown and signed by B."""
+    node = make_node(tmp_path, "uk-aisi", f"sqlite:///{tmp_path / 'uk.db'}")
+    old = _signer(node.home.path)
+    add_events(node, 6)
+    _sequence(node, old)
+    state = tmp_path / "state.json"
+    first = _verify(node, state)
+    assert first["ok"], first
+    _rotate(node)
+    new = _signer(node.home.path)
+    assert new.verifier.key.fingerprint != old.verifier.key.fingerprint
+    add_events(node, 4)
+    _sequence(node, new)  # `entente serve`, restarted, signs with the new key
+    with node.db.engine.connect() as conn:
+        (retired_at,) = conn.execute(
+            sa.text("SELECT seq FROM audit_entries WHERE kind = 'key.rotated'")
+        ).one()
+    return node, old, int(retired_at), state
+
+
+def test_verify_follows_a_rotation_from_the_remembered_key(tmp_path: Path) -> None:
+    node, old, _retired_at, state = _rotated_log(tmp_path)
+    try:
+        verdict = _verify(node, state)
+        assert verdict["ok"], verdict
+        assert verdict["keys"][0] == old.verifier.key.fingerprint
+        assert verdict["keys"] == [
+            old.verifier.key.fingerprint,
+            _signer(node.home.path).verifier.key.fingerprint,
+        ]
+        assert any("followed 1 key rotation" in n for n in verdict["notes"]), verdict["notes"]
+        # An auditor who pinned the old key out of band follows it too, without old keys.
+        fresh = _verify(
+            node, tmp_path / "fresh.json", "--fingerprint", old.verifier.key.fingerprint
+        )
+        assert fresh["ok"], fresh
+        # And one who pins the new key verifies the old part of the log as well.
+        current = json.loads(state.read_text())["logs"]["entente.dev/audit/uk-aisi"]
+        newest = _verify(node, tmp_path / "new.json", "--fingerprint", current["fingerprint"])
+        assert newest["ok"], newest
+    finally:
+        node.db.dispose()
+
+
+def test_a_retired_key_verifies_nothing_past_its_retirement(tmp_path: Path) -> None:
+    node, old, retired_at, _state = _rotated_log(tmp_path)
+    try:
+        # Someone holding the retired key (an old backup) signs a checkpoint over more entries.
+        add_events(node, 3)
+        forged = _sequence(node, old)
+        assert forged > retired_at
+        verdict = _verify(node, tmp_path / "fresh.json")
+        assert not verdict["ok"], verdict
+        assert f"retired at seq {retired_at}" in verdict["problem"], verdict["problem"]
+    finally:
+        node.db.dispose()

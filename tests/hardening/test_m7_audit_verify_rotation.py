@@ -10,19 +10,27 @@ verifies only the checkpoints it signed before its retirement.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import sqlalchemy as sa
 
-from crypto.note import NoteSigner
+from crypto.note import NoteSigner, NoteVerifier
+from service.api.app import create_app
+from service.audit_rotations import follow_rotations
+from service.audit_sources import HttpSource
+from service.audit_verify import verify_log
 from service.home import open_home
 from service.node import Node
 from service.settings import Settings
+from service.tokens import Role
 from service.transparency import log_origin, sequence
 from tests.nodes import base_env, run_cli
-from tests.service.audit_fixtures import add_events, make_node
+from tests.service.audit_fixtures import add_events, make_node, token
 
 
 def _verify(node: Node, state: Path, *extra: str) -> dict[str, Any]:
@@ -115,5 +123,50 @@ def test_a_retired_key_verifies_nothing_past_its_retirement(tmp_path: Path) -> N
         verdict = _verify(node, tmp_path / "fresh.json")
         assert not verdict["ok"], verdict
         assert f"retired at seq {retired_at}" in verdict["problem"], verdict["problem"]
+    finally:
+        node.db.dispose()
+
+
+class _SyncASGI(httpx.BaseTransport):
+    """The app in-process for a synchronous client (the CLI's HttpSource is synchronous)."""
+
+    def __init__(self, app: Any) -> None:
+        self._asgi = httpx.ASGITransport(app=app)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        async def send() -> httpx.Response:
+            response = await self._asgi.handle_async_request(request)
+            body = await response.aread()
+            return httpx.Response(response.status_code, headers=response.headers, content=body)
+
+        return asyncio.run(send())
+
+
+def _client(app: Any, headers: dict[str, str]) -> httpx.Client:
+    return httpx.Client(transport=_SyncASGI(app), base_url="http://uk-aisi", headers=headers)
+
+
+def test_online_verification_follows_the_rotation(tmp_path: Path) -> None:
+    """The same over the node's /audit/v1 API, as `audit verify --url` reads it."""
+    node, old, retired_at, _state = _rotated_log(tmp_path)
+    try:
+        new = _signer(node.home.path).verifier.key
+        app = create_app(node, start_workers=False)
+        auth = {"Authorization": f"Bearer {token(node, Role.AUDITOR)}"}
+        with _client(app, auth) as client:
+            source = HttpSource(client)
+            keys = follow_rotations(
+                log_origin("uk-aisi"), node_id="uk-aisi", current=new, entries=source.rotations()
+            )
+            assert keys.fingerprints == (old.verifier.key.fingerprint, new.fingerprint)
+            assert keys.retired_at == (retired_at,)
+            verdict = verify_log(source, log=keys, now=int(time.time()))
+        assert verdict.ok, verdict.problem
+        # Handed only the new key, as before the fix, the old checkpoints do not verify.
+        with _client(app, auth) as client:
+            only_new = verify_log(
+                HttpSource(client), log=NoteVerifier(log_origin("uk-aisi"), new), now=0
+            )
+        assert not only_new.ok
     finally:
         node.db.dispose()

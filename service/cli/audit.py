@@ -337,7 +337,10 @@ def verify(
     min_cosignatures: Annotated[
         int,
         typer.Option(
-            "--min-cosignatures", min=0, help="Fail unless a checkpoint has N cosignatures"
+            "--min-cosignatures",
+            min=0,
+            help="Fail unless N trusted witnesses vouch for the LATEST checkpoint (cosign it, or "
+            "hold a checkpoint the log is consistent with)",
         ),
     ] = 0,
     fetch_witnesses: Annotated[

@@ -28,7 +28,7 @@ from service.home import open_home
 from service.node import Node
 from service.settings import Settings
 from service.tokens import Role
-from service.transparency import log_origin, sequence
+from service.transparency import log_origin, run_sequencer, sequence
 from tests.nodes import base_env, run_cli
 from tests.service.audit_fixtures import add_events, make_node, token
 
@@ -168,5 +168,28 @@ def test_online_verification_follows_the_rotation(tmp_path: Path) -> None:
                 HttpSource(client), log=NoteVerifier(log_origin("uk-aisi"), new), now=0
             )
         assert not only_new.ok
+    finally:
+        node.db.dispose()
+
+
+def test_a_node_rotated_while_running_signs_nothing_with_its_retired_key(tmp_path: Path) -> None:
+    """`keys rotate` while `entente serve` runs: the running process still holds the retired
+    key; it must not sign a checkpoint covering the rotation (that log could never verify)."""
+    node = make_node(tmp_path, "uk-aisi", f"sqlite:///{tmp_path / 'uk.db'}")
+    try:
+        add_events(node, 3)
+        assert run_sequencer(node).checkpoint_signed
+        _rotate(node)  # the node object keeps its (now retired) key, as a running process would
+        add_events(node, 2)
+        result = run_sequencer(node)
+        assert not result.checkpoint_signed and result.sequenced == 0
+        with node.db.engine.connect() as conn:
+            pending = conn.execute(
+                sa.text("SELECT COUNT(*) FROM audit_entries WHERE seq IS NULL")
+            ).scalar_one()
+        assert pending >= 3  # the rotation record and the two entries wait for the new key
+        # Restarted with the new key, the node signs again and the log verifies.
+        _sequence(node, _signer(node.home.path))
+        assert _verify(node, tmp_path / "state.json")["ok"]
     finally:
         node.db.dispose()

@@ -129,9 +129,15 @@ class WitnessLog(SQLModel, table=True):
 
 
 class WitnessEvidence(SQLModel, table=True):
-    """As a witness: a signed checkpoint refused because it contradicts one already cosigned."""
+    """As a witness: a signed checkpoint refused because it contradicts one already cosigned.
+
+    Kept once per distinct conflicting checkpoint (origin, size, root): a partner re-sending its
+    fork adds nothing (each refusal is still an audit event)."""
 
     __tablename__ = "witness_evidence"
+    __table_args__ = (
+        sa.UniqueConstraint("origin", "size", "root", name="uq_witness_evidence_checkpoint"),
+    )
 
     id: int | None = Field(
         default=None, sa_column=sa.Column(_BIGINT_PK, primary_key=True, autoincrement=True)

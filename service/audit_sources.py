@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from crypto import strict_json
+from crypto.note import NoteVerifier
 from service.audit_leaves import (
     PARALLEL_MIN,
     ROW_CHUNK,
@@ -27,17 +28,21 @@ from service.audit_leaves import (
     worker_count,
 )
 from service.audit_models import AuditCheckpoint
+from service.audit_rotations import ROTATION_KIND
+from service.audit_verify import WitnessView
 from service.db import Database
 from service.errors import EntenteError
 from service.models import AuditEntry
 from service.transparency import (
     consistency_proof,
+    entry_columns,
     list_checkpoints,
     row_mapping,
+    row_object,
     select_entry_rows,
 )
 
-__all__ = ["AuditSourceError", "DatabaseSource", "HttpSource"]
+__all__ = ["AuditSourceError", "DatabaseSource", "HttpSource", "ask_witness"]
 
 _PAGE = 500  # checkpoints per request or query
 _ENTRY_CHUNK = 20_000  # entries per query
@@ -119,6 +124,19 @@ class DatabaseSource:
     def consistency_proof(self, old: int, new: int) -> list[bytes]:
         with self._db.session() as session:
             return consistency_proof(session, old=old, new=new)
+
+    def rotations(self) -> list[Mapping[str, Any]]:
+        """The sequenced ``key.rotated`` entries (the log's key history), in seq order."""
+        query = (
+            sa.select(*entry_columns())
+            .where(_entries.c.kind == ROTATION_KIND, _entries.c.seq.is_not(None))
+            .order_by(_entries.c.seq)
+        )
+        try:
+            with self._db.engine.connect() as conn:
+                return [row_object(row) for row in conn.execute(query)]
+        except SQLAlchemyError as exc:
+            raise AuditSourceError(f"cannot read entries: {exc}") from None
 
     def uncovered(self, size: int) -> tuple[int, int] | None:
         # One statement, one snapshot: the latest checkpoint and the entries beyond it, so that
@@ -206,6 +224,23 @@ class HttpSource:
     def uncovered(self, size: int) -> tuple[int, int] | None:
         return None  # the API only serves what checkpoints cover
 
+    def rotations(self) -> list[Mapping[str, Any]]:
+        """The sequenced ``key.rotated`` entries (the log's key history), in seq order."""
+        out: list[Mapping[str, Any]] = []
+        after: int | None = None
+        for _page in range(1000):
+            data = self.get_json("/audit/v1/entries", kind=ROTATION_KIND, after=after)
+            try:
+                page = [{k: v for k, v in e.items() if k != "leaf_hash"} for e in data["entries"]]
+                nxt = data["next"]
+            except (KeyError, TypeError, AttributeError):
+                raise AuditSourceError("the node's entry list is malformed") from None
+            out.extend(page)
+            if nxt is None or not page:
+                return out
+            after = int(page[-1]["seq"])
+        raise AuditSourceError("the node lists too many key rotations")
+
 
 def _parse_line(line: bytes) -> Mapping[str, Any]:
     try:
@@ -231,3 +266,35 @@ def _raise_for(response: httpx.Response) -> None:
         f"{response.request.method} {response.request.url.path} answered "
         f"{response.status_code}: {detail[:300]}"
     )
+
+
+WITNESS_TIMEOUT = httpx.Timeout(10.0, connect=5.0)  # seconds to ask one witness
+_MAX_NOTE = 1 << 17  # bytes of a checkpoint a witness serves
+
+
+def ask_witness(
+    verifier: NoteVerifier,
+    url: str | None,
+    origin: str,
+    *,
+    client: httpx.Client | None = None,
+) -> WitnessView:
+    """Ask a witness (the node at ``url``) for the latest checkpoint it cosigned for ``origin``
+    (``GET /witness/v1/checkpoint``). Nothing it answers is trusted: the verifier checks the
+    log's signature and the witness's cosignature. A witness that cannot be asked is reported
+    as such (``WitnessView.error``), not as a failure of the log."""
+    if not url or not url.startswith(("http://", "https://")):
+        return WitnessView(verifier, None, "its URL is unknown")
+    http = client or httpx.Client(timeout=WITNESS_TIMEOUT)
+    try:
+        response = http.get(url.rstrip("/") + "/witness/v1/checkpoint", params={"origin": origin})
+    except httpx.HTTPError as exc:
+        return WitnessView(verifier, None, f"unreachable ({type(exc).__name__})")
+    finally:
+        if client is None:
+            http.close()
+    if response.status_code == 404:
+        return WitnessView(verifier, None, "it holds no checkpoint of this log")
+    if response.status_code != 200 or len(response.content) > _MAX_NOTE:
+        return WitnessView(verifier, None, f"it answered {response.status_code}")
+    return WitnessView(verifier, response.content)

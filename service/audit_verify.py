@@ -3,14 +3,22 @@
 :func:`verify_log` reads a log through a :class:`LogSource` (the node's API, or its database
 read directly) and trusts only signatures:
 
-1. every checkpoint must be signed by the log key; cosignatures by the given witness keys must
-   verify (and are counted); sizes must increase;
+1. every checkpoint must be signed by the log key valid at its size (:class:`LogKeys`: a node's
+   keys follow its rotations, and a retired key signs only checkpoints that do not cover its
+   retirement); cosignatures by the given witness keys must verify (and are counted); sizes
+   must increase;
 2. a checkpoint remembered from an earlier run (``remembered``) must be consistent with the log:
    the log may only have grown, and its first ``size`` entries must hash to the remembered root;
+   so must the latest checkpoint each witness holds (``witnessed``, fetched from the witnesses
+   themselves): a log behind one of them, or inconsistent with it, fails, naming the gap;
 3. the entries must have consecutive log indexes ``0 .. size - 1``; each entry's leaf hash is
    recomputed from its fields (:func:`service.transparency.encode_leaf`), never read from storage;
+   the rotation records :class:`LogKeys` was built from must be the entries logged at their seqs;
 4. the RFC 6962 tree over the recomputed leaves must have each checkpoint's root at its size;
-5. (database only) no entry may carry a log index no signed checkpoint covers.
+5. (database only) no entry may carry a log index no signed checkpoint covers;
+6. with ``min_cosignatures``, that many trusted witnesses must vouch for the LATEST checkpoint:
+   by cosigning it, or by holding a checkpoint that the log is consistent with (an old cosigned
+   checkpoint of a log that has since been cut and re-signed does not count).
 
 On a mismatch the first bad entry is located by bisection with consistency proofs from the source
 (untrusted: a proof only helps if it verifies against the signed root), and named by seq and id.
@@ -26,14 +34,17 @@ from typing import Any, Protocol
 
 from crypto import merkle
 from crypto.errors import CryptoError
-from crypto.note import NoteVerifier, open_checkpoint
+from crypto.note import Checkpoint, NoteVerifier, open_checkpoint, parse_note
 from service.audit_leaves import LeafBatch, batches_from_entries, entry_leaf
+from service.audit_rotations import LogKeys
 
 __all__ = [
     "CheckpointInfo",
+    "LogKeys",
     "LogSource",
     "Remembered",
     "Verdict",
+    "WitnessView",
     "verify_log",
 ]
 
@@ -71,12 +82,23 @@ class Remembered:
 
 
 @dataclass(frozen=True)
+class WitnessView:
+    """What one trusted witness answered when asked for the latest checkpoint it cosigned for
+    this log (``note``), or why it could not be asked (``error``)."""
+
+    verifier: NoteVerifier  # the witness's cosignature key
+    note: bytes | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class CheckpointInfo:
     size: int
     root: bytes
     note: bytes
     cosigners: tuple[str, ...]  # names of trusted witnesses whose cosignature verified
     remembered: bool = False  # the verifier's own copy from an earlier run
+    witness: str | None = None  # the checkpoint a witness holds (its name)
 
 
 @dataclass
@@ -88,6 +110,9 @@ class Verdict:
     latest: CheckpointInfo | None = None
     latest_cosigned: CheckpointInfo | None = None  # newest with >= min_cosignatures
     remembered_size: int | None = None
+    witnessed: dict[str, int] = field(default_factory=dict)  # witness: size it holds, consistent
+    vouched: tuple[str, ...] = ()  # witnesses vouching for the latest checkpoint
+    keys: tuple[str, ...] = ()  # fingerprints of the log keys, oldest first (rotations)
     problem: str | None = None
     bad_seq: int | None = None
     bad_id: int | None = None
@@ -110,10 +135,22 @@ def _entry_id(entry: Mapping[str, Any]) -> int | None:
     return value if type(value) is int else None
 
 
+def _size_of(note: bytes) -> int:
+    """The tree size a checkpoint note claims (unverified: it picks the key to verify with)."""
+    return Checkpoint.parse(parse_note(note).text).size
+
+
+def _open(
+    note: bytes, *, keys: LogKeys, witnesses: Sequence[NoteVerifier], now: int
+) -> tuple[int, Any]:
+    size = _size_of(note)
+    return size, open_checkpoint(note, log=keys.for_size(size), witnesses=witnesses, now=now)
+
+
 def _open_checkpoints(
     notes: Iterable[bytes],
     *,
-    log: NoteVerifier,
+    keys: LogKeys,
     witnesses: Sequence[NoteVerifier],
     now: int,
     verdict: Verdict,
@@ -121,10 +158,10 @@ def _open_checkpoints(
     out: list[CheckpointInfo] = []
     for note in notes:
         try:
-            opened = open_checkpoint(note, log=log, witnesses=witnesses, now=now)
+            _size, opened = _open(note, keys=keys, witnesses=witnesses, now=now)
         except CryptoError as exc:
             after = f" (after size {out[-1].size})" if out else ""
-            verdict.fail(f"a checkpoint{after} does not verify: {exc}")
+            verdict.fail(f"a checkpoint{after} does not verify: {exc}{keys.explain_failure(note)}")
             raise _Stop from None
         cp = opened.checkpoint
         if out and cp.size <= out[-1].size:
@@ -187,25 +224,31 @@ def _locate(
 def verify_log(
     source: LogSource,
     *,
-    log: NoteVerifier,
+    log: NoteVerifier | LogKeys,
     witnesses: Sequence[NoteVerifier] = (),
     remembered: Remembered | None = None,
+    witnessed: Sequence[WitnessView] = (),
     min_cosignatures: int = 0,
     upto: int | None = None,
     now: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> Verdict:
-    """Verify the log of ``source`` signed by ``log``; see the module docstring for the checks.
+    """Verify the log of ``source`` signed by ``log`` (one key, or its keys across rotations);
+    see the module docstring for the checks.
 
     ``upto`` bounds the checkpoints considered (a live node keeps appending while we read).
+    ``witnessed`` must have been fetched from the witnesses BEFORE the log is read, so that an
+    honest, growing log is never behind them.
     """
-    verdict = Verdict(ok=True, origin=log.name)
+    keys = log if isinstance(log, LogKeys) else LogKeys.single(log)
+    verdict = Verdict(ok=True, origin=keys.origin, keys=keys.fingerprints)
     try:
         return _verify(
             source,
-            log=log,
+            keys=keys,
             witnesses=witnesses,
             remembered=remembered,
+            witnessed=witnessed,
             min_cosignatures=min_cosignatures,
             upto=upto,
             now=now,
@@ -216,21 +259,76 @@ def verify_log(
         return verdict
 
 
+def _add_target(targets: dict[int, CheckpointInfo], cp: CheckpointInfo, verdict: Verdict) -> None:
+    """Add a root to check at ``cp.size``; two different roots at one size are a fork."""
+    other = targets.get(cp.size)
+    if other is None:
+        targets[cp.size] = cp
+        return
+    if other.root == cp.root:
+        return
+
+    def who(c: CheckpointInfo) -> str:
+        if c.witness is not None:
+            return f"the one witness {c.witness} cosigned"
+        if c.remembered:
+            return "the one remembered from the last verification"
+        return "the one the node serves now"
+
+    verdict.fail(
+        f"the log was forked: two different checkpoints of size {cp.size} are signed by the "
+        f"log key: {who(other)} and {who(cp)}"
+    )
+    raise _Stop
+
+
+def _witness_targets(
+    witnessed: Sequence[WitnessView], *, keys: LogKeys, size: int, now: int, verdict: Verdict
+) -> list[CheckpointInfo]:
+    """The checkpoints the witnesses hold, each checked against the log key of its size and the
+    witness's own key; a log behind any of them fails here."""
+    out = []
+    for view in witnessed:
+        name = view.verifier.name
+        if view.note is None:
+            verdict.notes.append(f"witness {name} was not asked: {view.error}")
+            continue
+        try:
+            held, opened = _open(view.note, keys=keys, witnesses=[view.verifier], now=now)
+        except CryptoError as exc:
+            verdict.notes.append(f"witness {name} served a checkpoint that does not verify: {exc}")
+            continue
+        if not any(c.name == name for c in opened.cosignatures):
+            verdict.notes.append(f"witness {name} served a checkpoint it did not cosign")
+            continue
+        if held > size:
+            verdict.fail(
+                f"the log is behind witness {name}: it cosigned size {held}, the log's latest "
+                f"checkpoint has {size}: entries {size} to {held - 1} are missing (deleted, "
+                "or the log was rolled back)"
+            )
+            raise _Stop
+        cp = opened.checkpoint
+        out.append(CheckpointInfo(held, cp.root_hash, view.note, (name,), witness=name))
+    return out
+
+
 def _verify(
     source: LogSource,
     *,
-    log: NoteVerifier,
+    keys: LogKeys,
     witnesses: Sequence[NoteVerifier],
     remembered: Remembered | None,
+    witnessed: Sequence[WitnessView],
     min_cosignatures: int,
     upto: int | None,
     now: int,
     progress: Callable[[int, int], None] | None,
     verdict: Verdict,
 ) -> Verdict:
-    # (1) Checkpoints.
+    # (1) Checkpoints, each against the key valid at its size.
     checkpoints = _open_checkpoints(
-        source.checkpoints(upto), log=log, witnesses=witnesses, now=now, verdict=verdict
+        source.checkpoints(upto), keys=keys, witnesses=witnesses, now=now, verdict=verdict
     )
     verdict.checkpoints = len(checkpoints)
     latest = checkpoints[-1] if checkpoints else None
@@ -240,17 +338,16 @@ def _verify(
         if len(cp.cosigners) >= max(min_cosignatures, 1):
             verdict.latest_cosigned = cp
             break
-    if min_cosignatures > 0 and verdict.latest_cosigned is None:
-        return verdict.fail(
-            f"no checkpoint carries {min_cosignatures} cosignature(s) by the trusted witnesses"
-        )
 
-    # (2) The checkpoint remembered from last time joins the list of roots to check.
-    targets = list(checkpoints)
+    # (2) The checkpoint remembered from last time and those the witnesses hold join the list
+    # of roots to check.
+    targets: dict[int, CheckpointInfo] = {}
+    for cp in checkpoints:
+        targets[cp.size] = cp
     if remembered is not None:
         verdict.remembered_size = remembered.size
         try:
-            opened = open_checkpoint(remembered.note, log=log, witnesses=witnesses, now=now)
+            _size, opened = _open(remembered.note, keys=keys, witnesses=witnesses, now=now)
         except CryptoError as exc:
             return verdict.fail(f"the remembered checkpoint does not verify: {exc}")
         mine = CheckpointInfo(
@@ -261,15 +358,12 @@ def _verify(
                 f"the log shrank: it had {mine.size} entries when last verified, "
                 f"its latest checkpoint has {size}"
             )
-        same = [cp for cp in checkpoints if cp.size == mine.size]
-        if same and same[0].root != mine.root:
-            return verdict.fail(
-                f"the node signed two different checkpoints of size {mine.size}: the one "
-                "remembered from the last verification and the one it serves now (a fork)"
-            )
-        if not same and mine.size > 0:
-            targets.append(mine)
-            targets.sort(key=lambda cp: cp.size)
+        if mine.size > 0:
+            _add_target(targets, mine, verdict)
+    held = _witness_targets(witnessed, keys=keys, size=size, now=now, verdict=verdict)
+    for cp in held:
+        if cp.size > 0:
+            _add_target(targets, cp, verdict)
 
     if latest is None:
         found = source.uncovered(0)
@@ -279,21 +373,34 @@ def _verify(
                 seq=found[0],
                 entry_id=found[1],
             )
+        if min_cosignatures > 0:
+            return verdict.fail("the log has no checkpoint for witnesses to vouch for")
         verdict.notes.append("the log is empty: no checkpoint has been signed yet")
         return verdict
 
-    # (3) + (4) Entries, recomputed leaf by leaf, against every target root.
+    # (3) + (4) Entries, recomputed leaf by leaf, against every target root; the rotation
+    # records the keys came from must be the entries at their seqs.
+    records = dict(keys.records)
+    unseen = {seq for seq in records if seq < size}
     batched = getattr(source, "leaf_batches", None)
     batches: Iterable[LeafBatch] = (
         batched(size) if batched is not None else batches_from_entries(source.entries(None, size))
     )
     tree = merkle.CompactRange()
     good = merkle.CompactRange()  # the tree at the last target that matched
-    stops = [cp for cp in targets if cp.size > 0]
+    stops = sorted((cp for cp in targets.values() if cp.size > 0), key=lambda cp: cp.size)
     stop = 0
     expected = 0
     for batch in batches:
         leaves = batch.leaves
+        for seq in [q for q in unseen if batch.start <= q < batch.start + len(leaves)]:
+            if leaves[seq - batch.start] != records[seq]:
+                return verdict.fail(
+                    f"the key rotation record served for seq {seq} is not the entry logged "
+                    "there: the log's keys cannot be followed",
+                    seq=seq,
+                )
+            unseen.discard(seq)
         i, n = 0, len(leaves)
         while i < n:
             target = stops[stop] if stop < len(stops) else None
@@ -304,12 +411,17 @@ def _verify(
             if target is None or expected != target.size:
                 continue
             if tree.root() != target.root:
-                if target.remembered:
+                if target.remembered or target.witness is not None:
                     # The node's own checkpoints (and proofs) describe the rewritten log, so they
                     # cannot locate the change; only the remembered root proves it happened.
+                    whose = (
+                        "the checkpoint you verified last time"
+                        if target.remembered
+                        else f"the checkpoint witness {target.witness} cosigned"
+                    )
                     return verdict.fail(
-                        f"the log is not consistent with the checkpoint you verified last time "
-                        f"(size {target.size}): its first {target.size} entries were rewritten"
+                        f"the log is not consistent with {whose} (size {target.size}): "
+                        f"its first {target.size} entries were rewritten"
                     )
                 return _locate(source, good=good, target=target, verdict=verdict)
             good = tree.copy()
@@ -335,5 +447,19 @@ def _verify(
             f"(the latest signs {size} entries): it was inserted into the table",
             seq=found[0],
             entry_id=found[1],
+        )
+
+    # (6) Who vouches for the latest checkpoint: its cosigners, and every witness whose own
+    # checkpoint the log was just shown to be consistent with.
+    verdict.witnessed = {cp.witness: cp.size for cp in held if cp.witness is not None}
+    vouched = sorted(set(latest.cosigners) | set(verdict.witnessed))
+    verdict.vouched = tuple(vouched)
+    if len(vouched) < min_cosignatures:
+        asked = [v.verifier.name for v in witnessed]
+        return verdict.fail(
+            f"the latest checkpoint (size {size}) is vouched for by {len(vouched)} trusted "
+            f"witness(es), {min_cosignatures} required ({', '.join(vouched) or 'none'}; a "
+            "witness vouches by cosigning it or by holding a checkpoint the log is consistent "
+            f"with; witnesses asked: {', '.join(asked) or 'none'})"
         )
     return verdict

@@ -23,6 +23,7 @@ This module does not talk to partners (``service.witness``) and does not verify 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -694,8 +695,29 @@ def sequence(
     return SequenceResult(len(rows), new_size, new_root, checkpoint_signed=True)
 
 
+def _key_retired(node: Node) -> bool:
+    """Whether the home's key was rotated since this process loaded its key (``entente keys
+    rotate`` run while the node was up): a retired key must not sign checkpoints covering its
+    own retirement, or the log could never be verified past it (``service.audit_rotations``)."""
+    try:
+        facts = json.loads((node.home.path / "node.json").read_text())
+    except (OSError, ValueError):
+        return False  # no readable home facts: nothing says the key changed
+    current = facts.get("fingerprint") if isinstance(facts, dict) else None
+    return isinstance(current, str) and current != node.keys.signing.fingerprint
+
+
 def run_sequencer(node: Node) -> SequenceResult:
-    """One sequencing round for ``node`` in its own transaction (blocking: run it in a thread)."""
+    """One sequencing round for ``node`` in its own transaction (blocking: run it in a thread).
+
+    Signs nothing once the node's key has been rotated under it: entries wait, unsequenced,
+    until the node restarts with its new key."""
+    if _key_retired(node):
+        log.error(
+            "audit log: the node's key was rotated while it ran; restart `entente serve` to "
+            "sign checkpoints with the new key (entries wait until then)"
+        )
+        return SequenceResult(0, 0, b"", checkpoint_signed=False)
     signer = log_signer(node)
     with node.db.session() as session:
         result = sequence(session, signer=signer, now=node.now())

@@ -9,6 +9,11 @@ its tlog-cosignature v1 line. A checkpoint that contradicts what it cosigned bef
 root at the same size, or a failed consistency proof) is refused and kept whole, with the
 checkpoint it contradicts, in ``witness_evidence``.
 
+Held checkpoints (:func:`held_checkpoint`): the witness serves, to anyone who asks, the latest
+checkpoint it cosigned for a log, with a fresh cosignature: an auditor compares a log with it and
+so cannot be shown a truncated or rewritten history (``entente audit verify``). It carries only
+the log's size and root hash, which witnesses exist to publish.
+
 Log side (:func:`submit_checkpoint`, :func:`submission_step`): after each new checkpoint, send it
 to every pinned partner's witness through a :class:`WitnessTransport`, verify the returned
 cosignatures against the partner's pinned key, and store them; they are appended to the checkpoint
@@ -94,6 +99,7 @@ __all__ = [
     "WitnessSizeConflictError",
     "WitnessTransport",
     "add_checkpoint",
+    "held_checkpoint",
     "partner_witness_verifier",
     "submission_step",
     "submit_checkpoint",
@@ -177,7 +183,7 @@ def _refuse(
 
     Commits the caller's session: the refusal must be on record even though the request fails.
     """
-    if evidence is not None:
+    if evidence is not None and not _evidence_kept(session, evidence):
         session.add(evidence)
     record(
         session,
@@ -195,6 +201,16 @@ def _refuse(
     )
     session.commit()
     return error
+
+
+def _evidence_kept(session: Session, evidence: WitnessEvidence) -> bool:
+    """Whether this conflicting checkpoint is on record already (read under the state lock)."""
+    query = select(WitnessEvidence.id).where(
+        WitnessEvidence.origin == evidence.origin,
+        WitnessEvidence.size == evidence.size,
+        WitnessEvidence.root == evidence.root,
+    )
+    return session.exec(query.limit(1)).first() is not None
 
 
 def add_checkpoint(
@@ -373,6 +389,21 @@ def add_checkpoint(
         )
     signature = cosign_checkpoint(checkpoint, cosigner=cosigner, timestamp=int(now.timestamp()))
     return signature.line()
+
+
+def held_checkpoint(session: Session, *, origin: str, cosigner: Cosigner, now: datetime) -> bytes:
+    """The latest checkpoint this witness cosigned for ``origin``, as the log signed it, with
+    this witness's cosignature dated ``now`` (it still vouches for it: tlog-cosignature v1).
+
+    Raises :class:`NotFoundError` for a log it does not follow or has not cosigned yet.
+    """
+    state = session.get(WitnessLog, origin[:200])
+    if state is None or state.note is None:
+        raise NotFoundError(f"this witness holds no cosigned checkpoint of {origin[:200]!r}")
+    note = parse_note(state.note.encode("utf-8"))
+    checkpoint = Checkpoint.parse(note.text)
+    line = cosign_checkpoint(checkpoint, cosigner=cosigner, timestamp=int(now.timestamp()))
+    return Note(note.text, (*note.signatures[:1], line)).to_bytes()
 
 
 # ---------------------------------------------------------------------------------------------

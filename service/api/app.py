@@ -30,7 +30,9 @@ from service.api import admin, artifacts, federation, public
 from service.api.audit import router as audit_router
 from service.api.hsts import StrictTransportSecurity
 from service.api.problems import document_problems, install_problem_handlers
+from service.api.witness import held_router as witness_held_router
 from service.api.witness import router as witness_router
+from service.audit_refusals import RefusalLedger
 from service.console import router as console_router
 from service.limits import Limits, RequestBounds
 from service.maintenance import sweep_in_background
@@ -155,12 +157,17 @@ def create_app(
         if background is not None:
             await background.start()
         swept = asyncio.ensure_future(sweep_in_background(node))  # what a crash left behind
+        summaries = asyncio.ensure_future(refusals.flush_periodically())
         try:
             yield
         finally:
             if background is not None:
                 await background.stop()
             await swept
+            summaries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await summaries
+            await asyncio.to_thread(refusals.flush, force=True)
 
     app = FastAPI(
         title=f"Entente node {node.node_id}",
@@ -175,7 +182,9 @@ def create_app(
         redoc_url="/redoc" if node.settings.docs_enabled else None,
     )
     app.state.node = node
+    node.metrics.watch_database(node.db)  # gauges read from the database at each scrape
     app.state.limits = Limits(node.settings)
+    refusals = app.state.refusals = RefusalLedger.for_node(node)  # anonymous ones summarised
     install_problem_handlers(app)
     document_problems(app)
 
@@ -198,6 +207,7 @@ def create_app(
     app.include_router(federation.router)
     app.include_router(audit_router)
     app.include_router(witness_router)
+    app.include_router(witness_held_router)
     app.include_router(console_router)  # /ui, its static files included
     return app
 

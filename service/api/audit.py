@@ -303,6 +303,7 @@ def witnesses(node: NodeDep, _who: Auditor) -> dict[str, Any]:
                 "node_id": p.node_id,
                 "name": partner_witness_verifier(p).name,
                 "vkey": partner_witness_verifier(p).vkey,
+                "url": p.url,  # where it serves what it holds: GET /witness/v1/checkpoint
                 "cosigned_size": states[p.node_id].cosigned_size if p.node_id in states else 0,
                 "last_error": states[p.node_id].last_error if p.node_id in states else None,
             }

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from service.audit import record
+from service.audit_refusals import audit_refusal
 from service.errors import AuthError, ForbiddenError
 from service.limits import Limits
 from service.node import Node
@@ -47,15 +47,17 @@ def _bearer(request: Request) -> str | None:
 
 
 def _refuse(node: Node, request: Request, *, kind: str, reason: str, actor: str) -> None:
-    """Audit a refusal in its own transaction (the request's own transaction will not commit)."""
-    with node.db.session() as session:
-        record(
-            session,
-            kind=kind,
-            actor=actor,
-            detail={"method": request.method, "path": request.url.path, "reason": reason},
-            now=node.now(),
-        )
+    """Audit a refusal in its own transaction (the request's own transaction will not commit);
+    an anonymous one is summarised per source (``service.audit_refusals``)."""
+    audit_refusal(
+        request,
+        node,
+        kind=kind,
+        actor=actor,
+        reason=reason,
+        detail={"method": request.method, "path": request.url.path[:300], "reason": reason},
+        decision=None,
+    )
 
 
 def _authenticate(node: Node, presented: str | None) -> Principal:

@@ -29,6 +29,7 @@ from service.api.bodies import StreamedBody, body_limiter, read_body
 from service.api.deps import NodeDep
 from service.api.problems import problem_type
 from service.audit import record
+from service.audit_refusals import audit_refusal
 from service.errors import (
     AuthError,
     EntenteError,
@@ -93,21 +94,16 @@ async def signed_partner(request: Request, node: NodeDep) -> IncomingSignature:
 
 
 def _refused(node: Node, request: Request, reason: str) -> None:
-    with node.db.session() as session:
-        record(
-            session,
-            kind="federation.refused",
-            actor="anonymous",
-            decision="deny",
-            rule="signature",
-            detail={
-                "method": request.method,
-                "path": request.url.path[:300],
-                "reason": reason[:300],
-            },
-            now=node.now(),
-        )
     node.metrics.refusals.labels("federation-signature").inc()
+    audit_refusal(  # anonymous: summarised per source and window (service.audit_refusals)
+        request,
+        node,
+        kind="federation.refused",
+        actor="anonymous",
+        reason=reason[:100],
+        rule="signature",
+        detail={"method": request.method, "path": request.url.path[:300], "reason": reason[:300]},
+    )
 
 
 Partner = Annotated[IncomingSignature, Depends(signed_partner)]

@@ -83,35 +83,32 @@ def _audit_refusal(request: Request, *, status: int, kind: str, detail: str) -> 
     node = getattr(request.app.state, "node", None)
     if node is None:
         return
-    from service.audit import record
+    from service.audit_refusals import ANONYMOUS, audit_refusal
 
     principal = getattr(request.state, "principal", None)
     partner = getattr(request.state, "partner", None)
     actor = (
         principal.actor
         if principal is not None
-        else (f"partner:{partner}" if partner else "anonymous")
+        else (f"partner:{partner}" if partner else ANONYMOUS)
     )
-    try:
-        with node.db.session() as session:
-            record(
-                session,
-                kind="request.refused",
-                actor=actor,
-                partner=partner,
-                decision="deny",
-                rule=kind,
-                detail={
-                    "method": request.method,
-                    "path": request.url.path[:300],
-                    "status": status,
-                    "detail": detail[:300],
-                },
-                now=node.now(),
-            )
-        node.metrics.refusals.labels(kind).inc()
-    except Exception:  # the refusal stands even if the database is down
-        log.exception("could not audit a refusal")
+    node.metrics.refusals.labels(kind).inc()
+    # An anonymous refusal is summarised per source and window: a flood cannot flood the log.
+    audit_refusal(
+        request,
+        node,
+        kind="request.refused",
+        actor=actor,
+        reason=f"{status} {kind}",
+        partner=partner,
+        rule=kind,
+        detail={
+            "method": request.method,
+            "path": request.url.path[:300],
+            "status": status,
+            "detail": detail[:300],
+        },
+    )
 
 
 async def _entente_error(request: Request, exc: Exception) -> JSONResponse:

@@ -7,6 +7,12 @@ cosigned is ``409`` with ``Content-Type: text/x.tlog.size`` and that size in dec
 
 Who is calling comes from :func:`calling_partner`: the federation's RFC 9421 authentication
 against pinned partner keys; the answer is signed the same way.
+
+``GET /witness/v1/checkpoint?origin=ORIGIN`` (no authentication: what witnesses exist to
+publish) answers the latest checkpoint this witness cosigned for that log, as the log signed it,
+with a fresh cosignature by this witness (``text/plain``, a C2SP signed note), or 404. Auditors
+compare a log with it (``entente audit verify``), so a node cannot show them a truncated or
+rewritten history that its witnesses did not cosign.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from crypto import httpsig
 from crypto.errors import CryptoError
@@ -31,12 +37,14 @@ from service.witness import (
     TLOG_SIZE_MEDIA_TYPE,
     WitnessSizeConflictError,
     add_checkpoint,
+    held_checkpoint,
     witness_cosigner,
 )
 
-__all__ = ["FederationCaller", "calling_partner", "router"]
+__all__ = ["FederationCaller", "calling_partner", "held_router", "router"]
 
 router = APIRouter(prefix="/federation/v1", tags=["federation"])
+held_router = APIRouter(prefix="/witness/v1", tags=["witness"])
 
 ResponseSigner = Callable[[int, dict[str, str], bytes], dict[str, str]]
 
@@ -140,3 +148,27 @@ async def add_checkpoint_route(
         # checkpoint in decimal, followed by a newline ... Content-Type of text/x.tlog.size".
         return _respond(caller, 409, TLOG_SIZE_MEDIA_TYPE, f"{exc.latest_size}\n".encode())
     return _respond(caller, 200, "text/plain; charset=utf-8", line.encode("utf-8"))
+
+
+def _held(node: Node, origin: str) -> bytes:
+    with node.db.session() as session:
+        return held_checkpoint(
+            session, origin=origin, cosigner=witness_cosigner(node), now=node.now()
+        )
+
+
+@held_router.get(
+    "/checkpoint",
+    summary="The latest checkpoint this witness cosigned for a log, freshly cosigned",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "A C2SP signed note"},
+        404: {"description": "This witness holds no checkpoint of that log"},
+    },
+)
+async def held_checkpoint_route(
+    node: NodeDep,
+    origin: Annotated[str, Query(min_length=1, max_length=200, description="The log origin")],
+) -> Response:
+    note = await asyncio.to_thread(_held, node, origin)
+    return Response(note, media_type="text/plain; charset=utf-8")

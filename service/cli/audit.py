@@ -4,7 +4,11 @@ checkpoint.
 ``verify`` reads the log over HTTP (``--url`` with an auditor token) or straight from the
 database (``--home``, offline), recomputes every leaf hash and the tree, checks every checkpoint
 signature and cosignature, and checks consistency with the checkpoint it verified last time
-(kept per log in a local state file). It prints one verdict and exits 0 (verified) or 1.
+(kept per log in a local state file) and with the latest checkpoint each witness holds (asked
+of the witnesses themselves, ``GET /witness/v1/checkpoint``, before the log is read). The log's
+keys are followed across rotations from the rotation records in the log, starting from the key
+pinned with ``--fingerprint`` or remembered from last time. It prints one verdict and exits 0
+(verified) or 1.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from crypto.errors import CryptoError
 from crypto.keys import VerifyKey, format_fingerprint, normalize_fingerprint
 from crypto.note import SIG_COSIGNATURE_V1, NoteVerifier, open_checkpoint
 from service.audit import record
-from service.audit_sources import AuditSourceError, DatabaseSource, HttpSource
+from service.audit_rotations import LogKeys, RotationError, follow_rotations
+from service.audit_sources import AuditSourceError, DatabaseSource, HttpSource, ask_witness
 from service.audit_verify import Remembered, Verdict, verify_log
 from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console, settings_for
 from service.db import Database, open_database
@@ -120,25 +125,43 @@ def _remembered(entry: Any) -> Remembered | None:
 # Keys
 
 
-def _pin(descriptor: NodeDescriptor, fingerprint: str | None, previous: dict[str, Any]) -> None:
-    """The log key must be the one pinned with --fingerprint, or the one seen last time."""
+def _pin(
+    descriptor: NodeDescriptor,
+    keys: LogKeys,
+    fingerprint: str | None,
+    previous: dict[str, Any],
+    notes: list[str],
+) -> None:
+    """The pinned key (--fingerprint) or the one seen last time must be a key of the log's
+    chain, which ends at the node's current key: each rotation record is signed by the key it
+    retires and the one it brings, so trust in one key of the chain extends to the others."""
+    chain = keys.fingerprints
     if fingerprint is not None:
         try:
             wanted = normalize_fingerprint(fingerprint)
         except CryptoError as exc:
             raise UsageError(str(exc)) from None
-        if descriptor.fingerprint != wanted:
+        if wanted not in chain:
             raise UsageError(
-                f"the node's key is {format_fingerprint(descriptor.fingerprint)}, "
-                f"not the --fingerprint given"
+                f"the node's key is {format_fingerprint(descriptor.fingerprint)}, and the "
+                "--fingerprint given is not one of the keys its log was signed with"
             )
-        return
-    seen = previous.get("fingerprint")
-    if seen is not None and seen != descriptor.fingerprint:
-        raise UsageError(
-            f"the log key of {descriptor.node_id} changed since the last verification "
-            f"(was {str(seen)[:16]}…, now {descriptor.fingerprint[:16]}…); if you confirmed the "
-            "rotation out of band, pass --fingerprint with the new key"
+        start = wanted
+    else:
+        seen = previous.get("fingerprint")
+        if seen is not None and seen not in chain:
+            raise UsageError(
+                f"the log key of {descriptor.node_id} changed since the last verification "
+                f"(was {str(seen)[:16]}…, now {descriptor.fingerprint[:16]}…) and its log "
+                "records no rotation from that key; if you confirmed the new key out of band, "
+                "pass --fingerprint with it"
+            )
+        start = seen if isinstance(seen, str) else descriptor.fingerprint
+    if start != descriptor.fingerprint:
+        hops = len(chain) - 1 - chain.index(start)
+        notes.append(
+            f"followed {hops} key rotation(s) from {start[:16]}… to "
+            f"{descriptor.fingerprint[:16]}… (rotation records in the log, signed by both keys)"
         )
 
 
@@ -216,6 +239,9 @@ def _print_verdict(verdict: Verdict, *, as_json: bool, source: str, notes: list[
                     if cosigned is None
                     else {"size": cosigned.size, "witnesses": list(cosigned.cosigners)},
                     "remembered_size": verdict.remembered_size,
+                    "witnessed": verdict.witnessed,
+                    "vouched": list(verdict.vouched),
+                    "keys": list(verdict.keys),
                     "problem": verdict.problem,
                     "bad_seq": verdict.bad_seq,
                     "bad_id": verdict.bad_id,
@@ -242,6 +268,10 @@ def _print_verdict(verdict: Verdict, *, as_json: bool, source: str, notes: list[
         console.print(f"  cosigned     size {cosigned.size} by {', '.join(cosigned.cosigners)}")
     else:
         console.print("  cosigned     no checkpoint is cosigned by a trusted witness yet")
+    for name, size in sorted(verdict.witnessed.items()):
+        console.print(f"  witness      {name} holds size {size}: the log is consistent with it")
+    if len(verdict.keys) > 1:
+        console.print(f"  keys         {len(verdict.keys)} (rotations followed from the log)")
     if verdict.remembered_size is not None:
         console.print(
             "  consistent   with the checkpoint verified last time "
@@ -307,12 +337,24 @@ def verify(
     min_cosignatures: Annotated[
         int,
         typer.Option(
-            "--min-cosignatures", min=0, help="Fail unless a checkpoint has N cosignatures"
+            "--min-cosignatures",
+            min=0,
+            help="Fail unless N trusted witnesses vouch for the LATEST checkpoint (cosign it, or "
+            "hold a checkpoint the log is consistent with)",
         ),
     ] = 0,
+    fetch_witnesses: Annotated[
+        bool,
+        typer.Option(
+            "--ask-witnesses/--no-ask-witnesses",
+            help="Ask each trusted witness for the latest checkpoint it cosigned for this log "
+            "and fail if the log is behind it or inconsistent with it",
+        ),
+    ] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Verify a node's audit log: every entry, every checkpoint, consistency with last time."""
+    """Verify a node's audit log: every entry, every checkpoint, consistency with last time and
+    with what its witnesses hold."""
     if (url is None) == (home is None and database_url is None):
         raise UsageError("give either --url URL (online) or --home DIR (offline)")
     state_path = state or default_state_path()
@@ -324,15 +366,17 @@ def verify(
         client = _http_client(url, token)
         try:
             descriptor = _descriptor_from_url(client, now)
-            origin = log_origin(descriptor.node_id)
-            previous = data["logs"].get(origin) or {}
-            _pin(descriptor, fingerprint, previous)
+            listed = _witnesses_from_node(client)
             if not witness:
-                trusted = _witnesses_from_node(client)
+                trusted = [v for v, _url in listed]
                 if trusted:
                     notes.append("witness keys as listed by the node; pin your own with --witness")
             source: Any = HttpSource(client)
-            verdict = _run(source, descriptor, trusted, previous, min_cosignatures, now)
+            urls = {v.vkey: u for v, u in listed}
+            verdict = _run(
+                source, descriptor, trusted, urls, fingerprint, data, notes,
+                min_cosignatures, fetch_witnesses, now,
+            )  # fmt: skip
         finally:
             client.close()
         where = url
@@ -340,15 +384,18 @@ def verify(
         path, db = _open_offline(home, database_url)
         try:
             descriptor = _descriptor_from_home(path)
-            origin = log_origin(descriptor.node_id)
-            previous = data["logs"].get(origin) or {}
-            _pin(descriptor, fingerprint, previous)
+            listed = _witnesses_from_db(db)
             if not witness:
-                trusted = _witnesses_from_db(db)
-            verdict = _run(DatabaseSource(db), descriptor, trusted, previous, min_cosignatures, now)
+                trusted = [v for v, _url in listed]
+            urls = {v.vkey: u for v, u in listed}
+            verdict = _run(
+                DatabaseSource(db), descriptor, trusted, urls, fingerprint, data, notes,
+                min_cosignatures, fetch_witnesses, now,
+            )  # fmt: skip
         finally:
             db.dispose()
         where = str(path)
+    origin = log_origin(descriptor.node_id)
     _print_verdict(verdict, as_json=as_json, source=where, notes=notes)
     if not verdict.ok:
         raise typer.Exit(1)
@@ -369,24 +416,49 @@ def _run(
     source: Any,
     descriptor: NodeDescriptor,
     witnesses: list[NoteVerifier],
-    previous: dict[str, Any],
+    witness_urls: dict[str, str],  # witness vkey: its node's URL
+    fingerprint: str | None,
+    data: dict[str, Any],
+    notes: list[str],
     min_cosignatures: int,
+    fetch_witnesses: bool,
     now: datetime,
 ) -> Verdict:
-    log_key = NoteVerifier(log_origin(descriptor.node_id), descriptor.signing_key)
+    origin = log_origin(descriptor.node_id)
+    previous: dict[str, Any] = data["logs"].get(origin) or {}
+    try:
+        keys = follow_rotations(
+            origin,
+            node_id=descriptor.node_id,
+            current=descriptor.signing_key,
+            entries=source.rotations(),
+        )
+    except RotationError as exc:
+        return Verdict(ok=False, origin=origin, problem=str(exc))
+    except AuditSourceError as exc:
+        return Verdict(ok=False, origin=origin, problem=f"reading the log failed: {exc}")
+    _pin(descriptor, keys, fingerprint, previous, notes)
+    # Asked BEFORE the log is read: an honest log only grows, so it cannot be behind them.
+    views = (
+        [ask_witness(v, witness_urls.get(v.vkey), origin) for v in witnesses]
+        if fetch_witnesses
+        else []
+    )
     with _progress(sys.stderr.isatty()) as progress:
         try:
-            return verify_log(
+            verdict = verify_log(
                 source,
-                log=log_key,
+                log=keys,
                 witnesses=witnesses,
                 remembered=_remembered(previous) if previous else None,
+                witnessed=views,
                 min_cosignatures=min_cosignatures,
                 now=int(now.timestamp()),
                 progress=progress,
             )
         except AuditSourceError as exc:
-            return Verdict(ok=False, origin=log_key.name, problem=f"reading the log failed: {exc}")
+            verdict = Verdict(ok=False, origin=origin, problem=f"reading the log failed: {exc}")
+    return verdict
 
 
 def _descriptor_from_url(client: httpx.Client, now: datetime) -> NodeDescriptor:
@@ -402,23 +474,31 @@ def _descriptor_from_url(client: httpx.Client, now: datetime) -> NodeDescriptor:
         raise AuditSourceError(f"the node's descriptor does not verify: {exc}") from None
 
 
-def _witnesses_from_node(client: httpx.Client) -> list[NoteVerifier]:
+def _witnesses_from_node(client: httpx.Client) -> list[tuple[NoteVerifier, str]]:
     data = HttpSource(client).get_json("/audit/v1/witnesses")
     out = []
     for item in data.get("witnesses", []) if isinstance(data, dict) else []:
         try:
-            out.append(NoteVerifier.parse(str(item["vkey"])))
-        except (CryptoError, KeyError, TypeError):
+            verifier = NoteVerifier.parse(str(item["vkey"]))
+            url = str(item.get("url") or "")
+        except (CryptoError, KeyError, TypeError, AttributeError):
             continue
-    return [v for v in out if v.sig_type == SIG_COSIGNATURE_V1]
+        if verifier.sig_type == SIG_COSIGNATURE_V1:
+            out.append((verifier, url))
+    return out
 
 
-def _witnesses_from_db(db: Database) -> list[NoteVerifier]:
+def _witnesses_from_db(db: Database) -> list[tuple[NoteVerifier, str]]:
     with db.session() as session:
         partners = list(session.exec(select(Partner)))
     return [
-        NoteVerifier(
-            witness_name(p.node_id), VerifyKey(base64.b64decode(p.signing_key)), SIG_COSIGNATURE_V1
+        (
+            NoteVerifier(
+                witness_name(p.node_id),
+                VerifyKey(base64.b64decode(p.signing_key)),
+                SIG_COSIGNATURE_V1,
+            ),
+            p.url,
         )
         for p in partners
     ]

@@ -70,7 +70,14 @@ def rotate(
     node = load_node(settings, migrate=True)
     try:
         with node.db.session() as session:
-            queue_rotation(session, envelope=rotation.descriptor, actor=OPERATOR, now=now)
+            retired = [k.public for k in node.keys.retired_signing]
+            queue_rotation(
+                session,
+                envelope=rotation.descriptor,
+                actor=OPERATOR,
+                now=now,
+                previous_key=next(k for k in retired if k.fingerprint == rotation.previous),
+            )
         new = rotation.home.fingerprint
         if not as_json:
             console.print(f"Rotated the keys of [bold]{current.node_id}[/]")

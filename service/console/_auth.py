@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 from fastapi import Depends, Request
 
 from service.api.deps import NodeDep
-from service.audit import record
+from service.audit_refusals import audit_refusal
 from service.console._render import LoginRequired
 from service.console._session import SESSION_COOKIE, ConsoleKeys, SessionClaims
 from service.console._session_store import session_state
@@ -50,19 +50,21 @@ def epoch(node: Node) -> int:
 
 
 def audit_auth_refused(node: Node, request: Request, *, reason: str, actor: str) -> None:
-    with node.db.session() as session:
-        record(
-            session,
-            kind="auth.refused",
-            actor=actor,
-            detail={
-                "method": request.method,
-                "path": request.url.path[:300],
-                "reason": reason,
-                "via": "console",
-            },
-            now=node.now(),
-        )
+    # An anonymous one is summarised per source and window (service.audit_refusals).
+    audit_refusal(
+        request,
+        node,
+        kind="auth.refused",
+        actor=actor,
+        reason=reason,
+        detail={
+            "method": request.method,
+            "path": request.url.path[:300],
+            "reason": reason,
+            "via": "console",
+        },
+        decision=None,
+    )
 
 
 def live_session(node: Node, value: str) -> tuple[SessionClaims | None, Principal | None, str]:

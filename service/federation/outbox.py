@@ -180,18 +180,7 @@ class OutboxWorker:
         if ids:
             jobs = self._jobs(ids)
             list(self.pool.map(lambda job: self._safe(*job), jobs))
-        self._update_gauges()
         return len(ids)
-
-    def _update_gauges(self) -> None:
-        with self.node.db.session() as session:
-            rows = session.exec(
-                select(Outbox.partner, sa.func.count())
-                .where(Outbox.state == "pending")
-                .group_by(col(Outbox.partner))
-            ).all()
-        for partner, n in rows:
-            self.node.metrics.queue_depth.labels(partner).set(n)
 
     # --- grouping claimed rows into requests ----------------------------------------------------
     def _jobs(self, ids: list[int]) -> list[tuple[list[int], Callable[[], None]]]:

@@ -70,7 +70,7 @@ CHECKS = [
     response_schema_conformance,
 ]
 FAMILIES = {
-    "public": ("/healthz", "/.well-known/", "/metrics"),
+    "public": ("/healthz", "/.well-known/", "/metrics", "/witness/v1/"),
     "v1": ("/v1/",),
     "audit": ("/audit/v1/",),
     "federation": ("/federation/v1/",),

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.integration.test_federation import upload, wait_for
-from tests.nodes import Federation, start_federation
+from tests.nodes import Federation, base_env, run_cli, start_federation
 
 pytestmark = pytest.mark.integration
 
@@ -134,3 +134,12 @@ def test_rotation_accepted_by_partners_and_old_artifacts_still_verify(fed: Feder
     rows = {r["partner"]: r for r in json.loads(sync.stdout)}
     assert rows["us-aisi"]["pending"] == 0 and rows["ca-aisi"]["pending"] == 0
     assert rows["us-aisi"]["failing"] == 0 and rows["ca-aisi"]["failing"] == 0
+    # An auditor who pinned the old key verifies the whole log, online, across the rotation.
+    audit = run_cli(
+        "audit", "verify", "--url", uk.url, "--fingerprint", old_fp, "--json",
+        "--state", str(uk.home.parent / "auditor-state.json"),
+        env=base_env(ENTENTE_TOKEN=fed.tokens["uk-aisi"]["auditor"]),
+    )  # fmt: skip
+    verdict = json.loads(audit.stdout.strip().splitlines()[-1])
+    assert audit.returncode == 0 and verdict["ok"], verdict
+    assert verdict["keys"] == [old_fp, new_fp]

@@ -95,6 +95,9 @@ class InlineCode(HTMLParser):
 
 
 def audit_rows(kit: Kit, kind: str) -> list[AuditEntry]:
+    # Anonymous refusals after a source's first in a window are summarised when the window
+    # ends (M2): end it now.
+    kit.app.state.refusals.flush(force=True)
     with kit.node.db.session() as session:
         query = sa.select(AuditEntry).where(AuditEntry.kind == kind).order_by(AuditEntry.id)  # type: ignore[arg-type]
         return list(session.scalars(query))

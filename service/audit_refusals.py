@@ -1,0 +1,259 @@
+"""Accounting for refused requests: every refusal is on record, and strangers cannot flood it.
+
+:class:`RefusalLedger` is the one object, built by the app factory (``app.state.refusals``),
+through which routes, dependencies and the problem handler audit a refusal
+(:func:`audit_refusal`):
+
+- A refusal of an *authenticated* caller (a valid token or a partner's valid signature) is one
+  audit entry, written at once, as before.
+- A refusal of an *anonymous* request (no valid token, no valid federation signature: anyone on
+  the network can send those) is accounted per **source** (client address; an IPv6 address by
+  its /64, which one host holds whole) and **window** (``refusal_audit_window_seconds``): the
+  first of a window is an entry written at once (so a probe shows up immediately); the others
+  are counted in memory, and one entry of the same kind, ``rule`` ``"summary"``, records their
+  count, reasons and paths when the window has ended (on the next refusal, on the app's
+  periodic flush, or at shutdown). At most ``refusal_audit_sources`` sources are tracked per
+  window; refusals from any further source share one ``overflow`` bucket, still counted. So a
+  flood adds at most about two entries per tracked source and kind per window, whatever its
+  rate, and memory stays bounded.
+
+The counts are per process (like the rate limits in ``service.limits``): a node run as N
+processes writes up to N summaries per source and window. Counts of a window not yet flushed
+are lost if the process is killed (a clean shutdown flushes them); the metrics
+(``entente_refusals``) count every refusal as it happens.
+
+This module does not decide what is refused, nor authenticate anyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import math
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from service.audit import record
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from service.node import Node
+
+__all__ = ["ANONYMOUS", "OVERFLOW", "RefusalLedger", "audit_refusal", "source_of"]
+
+log = logging.getLogger("entente.audit")
+
+ANONYMOUS = "anonymous"
+OVERFLOW = "overflow"  # the source of refusals from sources beyond the tracked ones
+SUMMARY_RULE = "summary"
+MAX_KEYS = 16  # distinct reasons (and paths) named in one summary; the rest count as "other"
+
+
+def source_of(request: Request) -> str:
+    """The client address a refusal is accounted to (an IPv6 address by its /64)."""
+    host = request.client.host if request.client is not None else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64] or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def _bump(counter: Counter[str], key: str) -> None:
+    if key in counter or len(counter) < MAX_KEYS:
+        counter[key] += 1
+    else:
+        counter["other"] += 1
+
+
+@dataclass
+class _Bucket:
+    kind: str
+    source: str
+    window: int  # start of the window, seconds since the epoch
+    rule: str | None
+    count: int = 0  # refusals after the first, not yet recorded
+    reasons: Counter[str] = field(default_factory=Counter)
+    paths: Counter[str] = field(default_factory=Counter)
+
+
+class RefusalLedger:
+    """Audits refusals: authenticated ones at once, anonymous ones summarised per source."""
+
+    def __init__(self, node: Node, *, window_seconds: int, max_sources: int) -> None:
+        if window_seconds < 1 or max_sources < 1:
+            raise ValueError("a refusal ledger needs a window and room for one source")
+        self.node = node
+        self.window_seconds = window_seconds
+        self.max_sources = max_sources
+        self._lock = threading.Lock()
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._sources: set[str] = set()
+        self._window = 0
+
+    @classmethod
+    def for_node(cls, node: Node) -> RefusalLedger:
+        s = node.settings
+        return cls(
+            node, window_seconds=s.refusal_audit_window_seconds, max_sources=s.refusal_audit_sources
+        )
+
+    @classmethod
+    def of(cls, state: Any, node: Node) -> RefusalLedger:
+        """The app's ledger (one built on the spot for an app wired without one)."""
+        ledger = getattr(state, "refusals", None)
+        if not isinstance(ledger, RefusalLedger):
+            ledger = cls.for_node(node)
+            state.refusals = ledger
+        return ledger
+
+    def refused(
+        self,
+        request: Request,
+        *,
+        kind: str,
+        actor: str,
+        reason: str,
+        detail: dict[str, Any],
+        partner: str | None = None,
+        decision: str | None = "deny",
+        rule: str | None = None,
+    ) -> None:
+        """Account one refusal (blocking: the database may be written; run it in a thread)."""
+        if actor != ANONYMOUS:
+            self._write(kind, actor, partner, decision, rule, detail)
+            return
+        now = self.node.now()
+        window = math.floor(now.timestamp() / self.window_seconds) * self.window_seconds
+        source = source_of(request)
+        with self._lock:
+            due = self._close_before(window)
+            if source not in self._sources and len(self._sources) >= self.max_sources:
+                source = OVERFLOW
+            key = (kind, source)
+            bucket = self._buckets.get(key)
+            first = bucket is None
+            if bucket is None:
+                self._buckets[key] = _Bucket(kind, source, window, rule)
+                self._sources.add(source)
+            else:
+                bucket.count += 1
+                _bump(bucket.reasons, reason[:100])
+                _bump(bucket.paths, request.url.path[:100])
+        self._write_summaries(due)
+        if first:
+            self._write(kind, actor, partner, decision, rule, detail)
+
+    def flush(self, *, force: bool = False) -> int:
+        """Record the summaries of ended windows (every window with ``force``: at shutdown);
+        returns how many entries were written. Blocking."""
+        if force:
+            with self._lock:
+                due = list(self._buckets.values())
+                self._buckets.clear()
+                self._sources.clear()
+        else:
+            window = math.floor(self.node.now().timestamp() / self.window_seconds)
+            with self._lock:
+                due = self._close_before(window * self.window_seconds)
+        return self._write_summaries(due)
+
+    async def flush_periodically(self) -> None:
+        """Record ended windows' summaries as each window ends (runs for the app's lifetime)."""
+        while True:
+            now = self.node.now().timestamp()
+            await asyncio.sleep(self.window_seconds - now % self.window_seconds + 0.5)
+            await asyncio.to_thread(self.flush)
+
+    def _close_before(self, window: int) -> list[_Bucket]:
+        """Under the lock: take the buckets of windows before ``window``."""
+        if window <= self._window:
+            return []
+        self._window = window
+        due = list(self._buckets.values())
+        self._buckets.clear()
+        self._sources.clear()
+        return due
+
+    def _write_summaries(self, buckets: list[_Bucket]) -> int:
+        written = 0
+        for b in buckets:
+            if b.count == 0:
+                continue  # its one refusal is on record already
+            start = datetime.fromtimestamp(b.window, UTC)
+            self._write(
+                b.kind,
+                ANONYMOUS,
+                None,
+                "deny",
+                SUMMARY_RULE,
+                {
+                    "source": b.source,
+                    "count": b.count,
+                    "window_start": start.isoformat(),
+                    "window_seconds": self.window_seconds,
+                    "reasons": dict(b.reasons),
+                    "paths": dict(b.paths),
+                    "note": "refusals after the first from this source in this window",
+                },
+            )
+            written += 1
+        return written
+
+    def _write(
+        self,
+        kind: str,
+        actor: str,
+        partner: str | None,
+        decision: str | None,
+        rule: str | None,
+        detail: dict[str, Any],
+    ) -> None:
+        try:
+            with self.node.db.session() as session:
+                record(
+                    session,
+                    kind=kind,
+                    actor=actor,
+                    partner=partner,
+                    decision=decision,
+                    rule=rule,
+                    detail=detail,
+                    now=self.node.now(),
+                )
+        except Exception:  # the refusal stands even if the database is down
+            log.exception("could not audit a refusal")
+
+
+def audit_refusal(
+    request: Request,
+    node: Node,
+    *,
+    kind: str,
+    actor: str,
+    reason: str,
+    detail: dict[str, Any],
+    partner: str | None = None,
+    decision: str | None = "deny",
+    rule: str | None = None,
+) -> None:
+    """Audit a refusal through the app's :class:`RefusalLedger` (blocking: run it in a thread)."""
+    RefusalLedger.of(request.app.state, node).refused(
+        request,
+        kind=kind,
+        actor=actor,
+        reason=reason,
+        detail=detail,
+        partner=partner,
+        decision=decision,
+        rule=rule,
+    )

@@ -1,0 +1,61 @@
+"""L9 (gauges): every gauge is live. ``entente_audit_log_size`` never moved and
+``entente_outbox_pending`` never came back to 0 once a partner's queue drained; both are now read
+from the database when metrics are collected."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.audit import record
+from service.models import Outbox
+from service.transparency import run_sequencer
+from tests.service.nodekit import Kit, make_node, pin
+
+
+def _samples(kit: Kit, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    text = generate_latest(kit.node.metrics.registry).decode()
+    out: dict[tuple[tuple[str, str], ...], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name:
+                out[tuple(sorted(s.labels.items()))] = s.value
+    return out
+
+
+def _head(kit: Kit) -> int:
+    with kit.node.db.engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT size FROM audit_log_head WHERE id = 1")).one()[0])
+
+
+def test_the_audit_size_gauge_follows_the_log(tmp_path: Path) -> None:
+    kit = make_node(tmp_path, "uk-aisi")
+    run_sequencer(kit.node)
+    first = _head(kit)
+    assert _samples(kit, "entente_audit_log_size") == {(): float(first)}
+    with kit.node.db.session() as s:
+        for i in range(7):
+            record(s, kind="read", actor=f"reader:r{i}", now=kit.node.now())
+    run_sequencer(kit.node)
+    assert _head(kit) == first + 7
+    assert _samples(kit, "entente_audit_log_size") == {(): float(first + 7)}
+
+
+def test_the_outbox_gauge_returns_to_zero(tmp_path: Path) -> None:
+    kit = make_node(tmp_path, "uk-aisi")
+    other = make_node(tmp_path, "us-aisi")
+    pin(kit, other)
+    now = datetime.now(UTC)
+    with kit.node.db.session() as s:
+        for i in range(3):
+            s.add(Outbox(partner="us-aisi", kind="deliver", artifact_id=f"art_{i}",
+                         created_at=now, next_attempt_at=now))  # fmt: skip
+    assert _samples(kit, "entente_outbox_pending") == {(("partner", "us-aisi"),): 3.0}
+    with kit.node.db.session() as s:
+        s.execute(sa.update(Outbox).values(state="delivered", delivered_at=now))
+    # the queue drained: the gauge says so (it used to keep the last non-zero value)
+    assert _samples(kit, "entente_outbox_pending") == {(("partner", "us-aisi"),): 0.0}

@@ -17,9 +17,8 @@ partner, a bound on the replay (nonce) cache, and an idle timeout on request bod
   would pass the cap is refused before its body is read. A delivery without a length is
   refused only once the cap is reached (it may pass it by that one delivery, itself bounded by
   ``max_artifact_bytes``). Deliveries run concurrently may together pass the cap by as much.
-- **Replay cache** (``nonce_cache_size``): when that many nonces are remembered, new signed
-  requests are refused until expired ones are purged. A live nonce is never forgotten: that
-  would reopen a replay window.
+- **Replay cache** (``nonce_cache_size``, per partner): lives in
+  ``service/federation/replay.py``.
 - **Request bodies** (``request_body_idle_seconds``): :class:`RequestBounds` answers 408 when
   a body sends nothing for that long (a stalled upload holding a worker; a body trickling a byte
   at a time is not caught, nor is a request head sent slowly: uvicorn bounds a head's size but
@@ -54,7 +53,7 @@ from sqlmodel import Session, col, func, select
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.errors import RateLimitedError, RequestTimeoutError
-from service.models import Artifact, SeenNonce
+from service.models import Artifact
 from service.node import Node
 from service.settings import Settings
 
@@ -64,7 +63,6 @@ __all__ = [
     "ProblemH11Protocol",
     "RateLimiter",
     "RequestBounds",
-    "check_nonce_room",
     "check_volume",
     "volume_cap",
     "volume_used",
@@ -204,21 +202,6 @@ def check_volume(node: Node, partner: str, incoming: int | None) -> int:
             retry_after=max(1, math.ceil((tomorrow - now).total_seconds())),
         )
     return left
-
-
-# --- replay cache --------------------------------------------------------------------------------
-
-
-def check_nonce_room(session: Session, settings: Settings) -> None:
-    """Refuse a new nonce when the replay cache already holds ``nonce_cache_size`` of them."""
-    held = session.exec(select(func.count()).select_from(SeenNonce)).one()
-    if held >= settings.nonce_cache_size:
-        raise RateLimitedError(
-            f"the replay cache is full ({settings.nonce_cache_size} nonces, "
-            "ENTENTE_NONCE_CACHE_SIZE); retry once expired nonces are purged",
-            reason="nonce-cache",
-            retry_after=settings.signature_max_age_seconds,
-        )
 
 
 # --- request bodies ------------------------------------------------------------------------------

@@ -71,6 +71,12 @@ def _target_uri(node: Node, request: Request) -> str:
 async def signed_partner(request: Request, node: NodeDep) -> IncomingSignature:
     """Authenticate a partner by its RFC 9421 signature (the body digest is checked later)."""
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
+    limits = Limits.of(request.app.state)
+
+    def admit(partner: str) -> None:  # the signature verified; its nonce is not stored yet
+        request.state.partner = partner  # a refusal from here on is the partner's
+        limits.partner(node, partner)
+
     try:
         sig = await run_in_threadpool(
             verify_incoming,
@@ -78,6 +84,7 @@ async def signed_partner(request: Request, node: NodeDep) -> IncomingSignature:
             method=request.method,
             target_uri=_target_uri(node, request),
             headers=headers,
+            admit=admit,
         )
     except CryptoError as exc:
         reason = str(exc)
@@ -87,7 +94,6 @@ async def signed_partner(request: Request, node: NodeDep) -> IncomingSignature:
         ) from None
     request.state.partner = sig.partner
     request.state.signature = sig
-    Limits.of(request.app.state).partner(node, sig.partner)
     return sig
 
 

@@ -151,8 +151,11 @@ class PartnerClient:
         try:
             digester.verify(verified.content_digests)
             data = json.loads(body)
-        except (CryptoError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PartnerUnavailableError(f"{partner.node_id} sent a bad reply: {exc}") from None
+        except (CryptoError, ValueError, RecursionError) as exc:
+            # ValueError: not JSON, not UTF-8, or a number too long to convert; RecursionError:
+            # nested too deep. A signed reply is still the partner's input, never trusted.
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise PartnerUnavailableError(f"{partner.node_id} sent a bad reply: {why}") from None
         return Reply(response.status_code, data)
 
     def call_json(

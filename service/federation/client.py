@@ -1,10 +1,11 @@
 """Signed calls from this node to one partner.
 
-Every request is RFC 9421-signed with this node's key; every answer must carry a valid signature
-by the partner's pinned key and a body matching its ``Content-Digest``, or it is not believed.
-Whatever goes wrong on the way (connection refused, timeout, 5xx, a bad or missing signature) the
-caller sees one error, :class:`service.errors.PartnerUnavailableError`; a 4xx problem document
-from the partner is :class:`PartnerRefusedError` carrying its detail.
+Every request is RFC 9421-signed with this node's key; every answer, refusals included, must carry
+a valid signature by the partner's pinned key, bound to this request's own signature, covering
+its ``Content-Type`` and with a nonce, and a body matching its ``Content-Digest``, or it is not
+believed. Whatever goes wrong on the way (connection refused, timeout, 5xx, a bad or missing
+signature) the caller sees one error, :class:`service.errors.PartnerUnavailableError`; a signed
+4xx problem document from the partner is :class:`PartnerRefusedError` carrying its detail.
 
 Synchronous (httpx.Client) by design: the delivery and pull workers run it on worker threads,
 where streaming a blob up or down needs no bridging between event loop and thread.
@@ -108,26 +109,42 @@ class PartnerClient:
                 f"{partner.node_id} answered without a valid signature: {exc}"
             ) from None
 
-    def _refusal(self, partner: Partner, response: httpx.Response) -> PartnerUnavailableError:
-        body = response.read()[:MAX_REPLY_BYTES]
-        try:
-            problem = json.loads(body)
-            if not isinstance(problem, dict):
-                problem = {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            problem = {}
-        detail = str(problem.get("detail") or response.reason_phrase)[:500]
+    def _refusal(
+        self, partner: Partner, signed: httpsig.Request, response: httpx.Response
+    ) -> PartnerUnavailableError:
+        """The error for a non-2xx answer. A 4xx is the partner's refusal
+        (:class:`PartnerRefusedError`, which may stop retries) only when it is signed like any
+        answer and its body matches its digest; an unsigned one proves nothing (a proxy, or
+        someone on the path) and is retried like an unreachable partner."""
+        body = bytearray()
+        for chunk in response.iter_bytes(1 << 16):
+            body += chunk
+            if len(body) > MAX_REPLY_BYTES:
+                break
+        status = response.status_code
         error: PartnerUnavailableError
-        if 400 <= response.status_code < 500:
-            error = PartnerRefusedError(
-                f"{partner.node_id} refused ({response.status_code}): {detail}",
-                status=response.status_code,
-                problem=problem,
-            )
+        if 400 <= status < 500:
+            try:
+                verified = self._check(partner, signed, response)
+                digester = httpsig.ContentDigester()
+                digester.update(bytes(body))
+                digester.verify(verified.content_digests)
+                problem = _problem(bytes(body))
+            except (PartnerUnavailableError, CryptoError) as exc:
+                why = exc.message if isinstance(exc, PartnerUnavailableError) else str(exc)
+                error = PartnerUnavailableError(
+                    f"{partner.node_id} answered ({status}) without a valid signature: {why}"
+                )
+            else:
+                detail = str(problem.get("detail") or response.reason_phrase)[:500]
+                error = PartnerRefusedError(
+                    f"{partner.node_id} refused ({status}): {detail}",
+                    status=status,
+                    problem=problem,
+                )
         else:
-            error = PartnerUnavailableError(
-                f"{partner.node_id} failed ({response.status_code}): {detail}"
-            )
+            detail = str(_problem(bytes(body)).get("detail") or response.reason_phrase)[:500]
+            error = PartnerUnavailableError(f"{partner.node_id} failed ({status}): {detail}")
         error.retry_after = retry_after_seconds(response.headers.get("retry-after"))
         return error
 
@@ -139,7 +156,7 @@ class PartnerClient:
         limit: int = MAX_REPLY_BYTES,
     ) -> Reply:
         if response.status_code >= 300:
-            raise self._refusal(partner, response)
+            raise self._refusal(partner, signed, response)
         verified = self._check(partner, signed, response)
         body = bytearray()
         for chunk in response.iter_bytes(1 << 16):
@@ -239,7 +256,7 @@ class PartnerClient:
         try:
             with self.http.stream("GET", url, headers=headers) as response:
                 if response.status_code >= 300:
-                    raise self._refusal(partner, response)
+                    raise self._refusal(partner, signed, response)
                 verified = self._check(partner, signed, response)
                 yield _VerifiedStream(partner.node_id, response, verified)
         except httpx.HTTPError as exc:
@@ -281,6 +298,15 @@ class _VerifiedStream:
         else:
             out, self._buf = self._buf[:n], self._buf[n:]
         return out
+
+
+def _problem(body: bytes) -> dict[str, Any]:
+    """A problem document's members, or nothing when the body is not a JSON object."""
+    try:
+        problem = json.loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    return problem if isinstance(problem, dict) else {}
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:

@@ -1,12 +1,13 @@
 """Signing and verifying federation messages (RFC 9421, Ed25519, RFC 9530 Content-Digest).
 
-Every federation request carries a signature covering ``@method``, ``@target-uri`` and
-``content-digest``, with ``created``, ``expires``, ``nonce``, ``keyid`` (the sender's key
-fingerprint) and ``alg``. The receiver resolves ``keyid`` only among its pinned partners' current
-keys, enforces the clock-skew window, runs the partner's rate limit, and only then refuses a nonce
-it has seen (kept in the database per partner key, so a replay is refused by every replica and one
-partner cannot fill another's cache: ``replay.py``). Responses are signed too, bound to the
-request.
+Every federation request carries a signature covering ``@method``, ``@target-uri``,
+``content-digest`` (and ``content-type`` when it has one), with ``created``, ``expires``,
+``nonce``, ``keyid`` (the sender's key fingerprint) and ``alg``. The receiver resolves ``keyid``
+only among its pinned partners' current keys, enforces the clock-skew window, runs the partner's
+rate limit, and only then refuses a nonce it has seen (kept in the database per partner key, so a
+replay is refused by every replica and one partner cannot fill another's cache: ``replay.py``).
+Every response, refusals included, is signed too: bound to the request's own signature (RFC 9421
+2.4), ``content-type`` covered, with a nonce; the partner client believes nothing else.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from sqlmodel import col, select
 
 from crypto import httpsig
-from crypto.errors import MalformedError, VerificationUnavailableError
+from crypto.errors import CryptoError, MalformedError, VerificationUnavailableError
 from crypto.keys import SigningKey, VerifyKey
 from service.federation.replay import MAX_NONCE_CHARS, forget_expired, remember_nonce
 from service.models import PartnerKey
@@ -29,6 +30,7 @@ __all__ = [
     "IncomingSignature",
     "digest_value",
     "purge_nonces",
+    "request_label",
     "sign_request_headers",
     "sign_response_headers",
     "verify_incoming",
@@ -74,8 +76,18 @@ def sign_request_headers(
         created=created,
         expires=created + SIGNATURE_LIFETIME,
         nonce=secrets.token_urlsafe(16),
+        label=httpsig.REQUEST_LABEL,
     )
     return {"Content-Digest": content_digest, **signed}
+
+
+def request_label(request: httpsig.Request) -> str | None:
+    """The label of the request's one signature, which a response covers; None without one."""
+    try:
+        labels = httpsig.signature_labels(request)
+    except CryptoError:
+        return None
+    return labels[0] if len(labels) == 1 else None
 
 
 def sign_response_headers(
@@ -86,6 +98,13 @@ def sign_response_headers(
     headers: Mapping[str, str],
     content_digest: str,
 ) -> dict[str, str]:
+    """Headers that sign a response to ``request`` (which carries one signature): the status,
+    ``Content-Digest``, ``Content-Type`` and the request's method, URI and signature are
+    covered (RFC 9421 2.4), with a fresh nonce. Raises ``MalformedError`` for a request
+    without exactly one signature, which no partner client could match the answer to."""
+    label = request_label(request)
+    if label is None:
+        raise MalformedError("a response is signed only for a request with one signature")
     message = httpsig.Response(status, {**headers, "Content-Digest": content_digest})
     created = _created(node)
     signed = httpsig.sign_response(
@@ -95,6 +114,8 @@ def sign_response_headers(
         keyid=node.keys.signing.fingerprint,
         created=created,
         expires=created + SIGNATURE_LIFETIME,
+        nonce=secrets.token_urlsafe(16),
+        components=httpsig.response_components(label),
     )
     return {"Content-Digest": content_digest, **signed}
 
@@ -169,6 +190,8 @@ def verify_response_from(
     status: int,
     headers: list[tuple[str, str]],
 ) -> httpsig.VerifiedSignature:
+    """Verify a partner's answer (a refusal too) to ``request``, as this node sent it, under
+    the profile: bound to the request's signature, ``Content-Type`` covered, a nonce."""
     return httpsig.verify_response(
         httpsig.Response(status, headers),
         request=request,
@@ -176,6 +199,8 @@ def verify_response_from(
         now=_created(node),
         max_skew=node.settings.clock_skew_seconds,
         max_age=node.settings.signature_max_age_seconds,
+        required_components=httpsig.response_components(httpsig.REQUEST_LABEL),
+        require_nonce=True,
     )
 
 

@@ -139,7 +139,10 @@ class PartnerSignature(requests.auth.AuthBase):
         body = r.body or b""
         raw = body.encode() if isinstance(body, str) else body
         assert isinstance(raw, bytes)
-        r.headers.update(signed(self.sender, self.receiver, str(r.method), str(r.path_url), raw))
+        typed = {"Content-Type": r.headers["Content-Type"]} if "Content-Type" in r.headers else {}
+        r.headers.update(
+            signed(self.sender, self.receiver, str(r.method), str(r.path_url), raw, **typed)
+        )
         return r
 
 

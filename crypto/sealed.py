@@ -367,22 +367,35 @@ def sign_manifest(manifest: Manifest, signer: SigningKey) -> Envelope:
 
 
 def verify_manifest(
-    envelope: Envelope, *, trusted: Mapping[str, VerifyKey], origin: str | None = None
+    envelope: Envelope,
+    *,
+    trusted: Mapping[str, VerifyKey],
+    origin: str | None = None,
+    retired: Mapping[str, datetime] | None = None,
 ) -> Manifest:
     """Check the envelope's signature against ``trusted`` and parse the manifest strictly.
 
     ``trusted`` maps fingerprints to the keys of the node the manifest claims as its origin;
-    ``origin``, when given, must be the manifest's origin. Raises
+    ``origin``, when given, must be the manifest's origin. ``retired`` maps the fingerprints of
+    retired keys among them to when they were retired: such a key verifies only a manifest it
+    signed before then (its signed ``created``), never a new one. Raises
     :class:`VerificationUnavailableError` when no trusted key signed it, and
-    :class:`VerificationError` when the signature does not verify.
+    :class:`VerificationError` when the signature does not verify or only a key retired before
+    the manifest's creation signed it.
     """
     try:
-        payload, _ = verify_envelope(envelope, trusted=trusted, payload_type=MANIFEST_PAYLOAD_TYPE)
+        payload, good = verify_envelope(
+            envelope, trusted=trusted, payload_type=MANIFEST_PAYLOAD_TYPE
+        )
     except VerificationError:
         raise VerificationError("the manifest signature does not verify") from None
     manifest = Manifest.from_payload(payload)
     if origin is not None and manifest.origin != origin:
         raise VerificationError("the manifest names another origin than the node that signed it")
+    if retired and all(k in retired and manifest.created >= retired[k] for k in good):
+        raise VerificationError(
+            "the manifest is signed by a key its origin retired before the manifest was created"
+        )
     return manifest
 
 

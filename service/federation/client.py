@@ -35,7 +35,7 @@ from service.federation.signing import (
 )
 from service.models import Partner
 from service.node import Node
-from service.partners import partner_verify_keys
+from service.partners import partner_keys
 
 __all__ = ["BATCH_TYPE", "DELIVERY_TYPE", "PartnerClient", "PartnerRefusedError", "Reply"]
 
@@ -95,11 +95,12 @@ class PartnerClient:
         self, partner: Partner, signed: httpsig.Request, response: httpx.Response
     ) -> httpsig.VerifiedSignature:
         with self.node.db.session() as session:
-            keys = partner_verify_keys(session, partner.node_id)
+            keys = partner_keys(session, partner.node_id)
         try:
             return verify_response_from(
                 self.node,
-                partner_keys=keys,
+                partner_keys=keys.keys,
+                retired=keys.retired,
                 request=signed,
                 status=response.status_code,
                 headers=list(response.headers.multi_items()),

@@ -6,7 +6,8 @@ whose ``chain`` carries every upstream manifest, root first. The third node veri
 chain (:func:`verify_chain`) before it stores anything:
 
 1. each upstream manifest is signed by the key of the node it names as origin, pinned at the
-   verifier (the root's origin must be a pinned partner of the third node);
+   verifier (the root's origin must be a pinned partner of the third node); a key that origin
+   has retired verifies only a link created before its retirement;
 2. each link holds the same plaintext (SHA-256 and size) as the one before it;
 3. no link loosens the one before it: the TLP label is never less strict, an expiry never later,
    an embargo never earlier;
@@ -30,13 +31,12 @@ shares, where its decisions are the holder's ``onward_share`` decisions.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError, MalformedError, VerificationError
-from crypto.keys import VerifyKey
 from crypto.sealed import Manifest, verify_manifest
 from policies import Decision, Request
 from service.artifacts import get_artifact, plaintext_chunks, share_artifact
@@ -44,7 +44,7 @@ from service.audit import record
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, PolicyDeniedError
 from service.models import Artifact, Partner
 from service.node import Node
-from service.partners import partner_verify_keys
+from service.partners import PartnerKeys, partner_keys, partner_verify_keys
 from service.schemas import ShareMetadata
 from service.tokens import Principal
 
@@ -154,7 +154,7 @@ def _not_looser(prev: Manifest, cur: Manifest) -> str | None:
     return None
 
 
-def _verify_link(node: Node, raw: object, cache: dict[str, Mapping[str, VerifyKey]]) -> Manifest:
+def _verify_link(node: Node, raw: object, cache: dict[str, PartnerKeys]) -> Manifest:
     try:
         envelope = Envelope.from_json(raw)
         claimed = Manifest.from_payload(envelope.payload).origin
@@ -163,15 +163,19 @@ def _verify_link(node: Node, raw: object, cache: dict[str, Mapping[str, VerifyKe
     if claimed not in cache:
         if claimed == node.node_id:
             keys = node.keys
-            cache[claimed] = {
-                k.fingerprint: k.public for k in (keys.signing, *keys.retired_signing)
-            }
+            cache[claimed] = PartnerKeys(
+                keys={k.fingerprint: k.public for k in (keys.signing, *keys.retired_signing)},
+                retired={},
+            )
         else:
             with node.db.session() as session:
-                cache[claimed] = partner_verify_keys(session, claimed)
-    if not cache[claimed]:
+                cache[claimed] = partner_keys(session, claimed)
+    if not cache[claimed].keys:
         raise VerificationError(f"the chain's origin {claimed} is not a pinned partner")
-    return verify_manifest(envelope, trusted=cache[claimed], origin=claimed)
+    # A key its origin retired verifies only links it signed before the retirement.
+    return verify_manifest(
+        envelope, trusted=cache[claimed].keys, origin=claimed, retired=cache[claimed].retired
+    )
 
 
 def verify_chain(node: Node, manifest: Manifest) -> list[Manifest]:
@@ -180,7 +184,7 @@ def verify_chain(node: Node, manifest: Manifest) -> list[Manifest]:
     ``manifest`` itself must already be verified (signed by its origin, the sender). Raises
     :class:`crypto.errors.VerificationError` with the reason.
     """
-    cache: dict[str, Mapping[str, VerifyKey]] = {}
+    cache: dict[str, PartnerKeys] = {}
     links = [_verify_link(node, raw, cache) for raw in manifest.chain] + [manifest]
     raw_chain = list(manifest.chain)
     allowance: Allowance | None = None

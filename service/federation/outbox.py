@@ -30,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -40,7 +40,7 @@ from sqlmodel import Session, col, select
 
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
-from crypto.keys import SigningKey
+from crypto.keys import SigningKey, VerifyKey
 from crypto.receipt import verify_receipt
 from service.audit import AUDIT_TABLE, audit_row
 from service.errors import PartnerUnavailableError
@@ -48,7 +48,7 @@ from service.federation.client import PartnerClient, PartnerRefusedError
 from service.federation.notices import notice_payload
 from service.models import Artifact, Outbox, Partner
 from service.node import Node
-from service.partners import partner_verify_keys
+from service.partners import PartnerKeys, partner_keys
 
 __all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_ITEMS", "OutboxWorker", "record_receipts"]
 
@@ -86,6 +86,24 @@ class _Finish:
 
 
 Outcome = _Done | _Retry | _Finish
+
+
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def receipt_keys(keys: PartnerKeys, envelope: Envelope) -> dict[str, VerifyKey]:
+    """The partner's keys that may verify this receipt: a retired key only one it issued
+    (``received_at``) before its retirement. The time is read from the payload before the
+    signature is checked; the signature then covers those same bytes. A payload without a
+    readable time gets the current keys only."""
+    try:
+        data = json.loads(envelope.payload)
+        when = datetime.fromisoformat(str(data["received_at"]).replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            raise ValueError("no time zone")
+    except (ValueError, TypeError, KeyError, RecursionError):
+        when = _NEVER
+    return keys.valid_at(when)
 
 
 def _manifest_line(artifact: Artifact) -> bytes:
@@ -261,14 +279,15 @@ class OutboxWorker:
         artifact: Artifact,
         data: Any,
         expect: str,
-        trusted: dict[str, Any] | None = None,
+        trusted: PartnerKeys | None = None,
     ) -> tuple[str, None] | tuple[None, str]:
         """(receipt JSON, None) when ``data`` holds a valid receipt, else (None, why)."""
         try:
             envelope = Envelope.from_json(data.get("receipt") if isinstance(data, dict) else None)
+            keys = trusted if trusted is not None else self._keys(partner.node_id)
             verify_receipt(
                 envelope,
-                trusted=trusted if trusted is not None else self._keys(partner.node_id),
+                trusted=receipt_keys(keys, envelope),
                 expect_kind=expect,
                 artifact_id=artifact.id,
                 sha256=artifact.sha256,
@@ -279,9 +298,9 @@ class OutboxWorker:
             return None, f"the partner's receipt was not acceptable: {exc}"
         return envelope.to_bytes().decode(), None
 
-    def _keys(self, partner_id: str) -> dict[str, Any]:
+    def _keys(self, partner_id: str) -> PartnerKeys:
         with self.node.db.session() as session:
-            return partner_verify_keys(session, partner_id)
+            return partner_keys(session, partner_id)
 
     def _batch(self, partner: Partner, items: list[tuple[Outbox, Artifact]]) -> None:
         payloads = []
@@ -314,7 +333,7 @@ class OutboxWorker:
         self._settle(outcomes)
 
     def _item_outcome(
-        self, partner: Partner, artifact: Artifact, result: Any, trusted: dict[str, Any]
+        self, partner: Partner, artifact: Artifact, result: Any, trusted: PartnerKeys
     ) -> Outcome:
         if not isinstance(result, dict):
             return _Retry(f"{partner.node_id} sent a malformed batch result")
@@ -607,7 +626,7 @@ def record_receipts(node: Node, *, partner: str, receipts: Any) -> int:
         return 0
     now = node.now()
     with node.db.session() as session:
-        trusted = partner_verify_keys(session, partner)
+        trusted = partner_keys(session, partner)
     verified: dict[str, tuple[str, str]] = {}
     for raw in receipts[:1000]:
         try:
@@ -616,7 +635,8 @@ def record_receipts(node: Node, *, partner: str, receipts: Any) -> int:
             artifact_id = str(payload.get("artifact_id", ""))[:64]
             sha256 = str(payload.get("sha256", ""))[:64]
             verify_receipt(
-                envelope, trusted=trusted, expect_kind="delivery", artifact_id=artifact_id,
+                envelope, trusted=receipt_keys(trusted, envelope), expect_kind="delivery",
+                artifact_id=artifact_id,
                 sha256=sha256, receiver=partner, sender=node.node_id,
             )  # fmt: skip
         except (CryptoError, ValueError, AttributeError):

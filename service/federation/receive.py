@@ -1,7 +1,8 @@
 """Accepting artifacts from a partner, whether pushed to the inbox or pulled from its feed.
 
 Order of checks for each artifact, each before anything is stored:
-1. the manifest parses and is signed by the sender's pinned key, and the sender is its origin;
+1. the manifest parses and is signed by the sender's pinned key (a retired key only for a
+   manifest created before its retirement), and the sender is its origin;
    for an onward share the whole chain verifies too (``onward.py``: upstream signatures, same
    plaintext, TLP never loosened, the upstream decision lets the sender pass it on to this node);
 2. this node is one of the manifest's recipients, under a recipient string it published (the
@@ -55,7 +56,7 @@ from service.faults import fault_point
 from service.federation.onward import verify_chain
 from service.models import Artifact, ReceivedNotice
 from service.node import Node
-from service.partners import partner_verify_keys
+from service.partners import partner_keys
 
 __all__ = ["Received", "Receiver", "receive_artifact"]
 
@@ -130,7 +131,7 @@ class Receiver:
         self.sender = sender
         self.via = via
         with node.db.session() as session:
-            self.trusted = partner_verify_keys(session, sender)
+            self.keys = partner_keys(session, sender)
             # revoked before it arrived (a revocation can overtake a delivery)
             self.revoked = set(
                 session.exec(
@@ -178,7 +179,12 @@ class Receiver:
         with self._refusals(None):
             try:
                 envelope = Envelope.from_bytes(envelope_bytes)
-                manifest = verify_manifest(envelope, trusted=self.trusted, origin=self.sender)
+                manifest = verify_manifest(
+                    envelope,
+                    trusted=self.keys.keys,
+                    origin=self.sender,
+                    retired=self.keys.retired,  # a retired key signs nothing new
+                )
             except CryptoError as exc:
                 raise InvalidInputError(
                     f"the manifest was refused: {exc}", reason="manifest"

@@ -16,11 +16,17 @@ import base64
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlmodel import col, select
 
 from crypto import httpsig
-from crypto.errors import CryptoError, MalformedError, VerificationUnavailableError
+from crypto.errors import (
+    CryptoError,
+    MalformedError,
+    VerificationError,
+    VerificationUnavailableError,
+)
 from crypto.keys import SigningKey, VerifyKey
 from service.federation.replay import MAX_NONCE_CHARS, forget_expired, remember_nonce
 from service.models import PartnerKey
@@ -189,10 +195,14 @@ def verify_response_from(
     request: httpsig.Request,
     status: int,
     headers: list[tuple[str, str]],
+    retired: Mapping[str, datetime] | None = None,
 ) -> httpsig.VerifiedSignature:
     """Verify a partner's answer (a refusal too) to ``request``, as this node sent it, under
-    the profile: bound to the request's signature, ``Content-Type`` covered, a nonce."""
-    return httpsig.verify_response(
+    the profile: bound to the request's signature, ``Content-Type`` covered, a nonce.
+
+    ``retired`` maps retired keys among ``partner_keys`` to when they were retired: such a key
+    verifies only an answer signed (``created``) before then."""
+    verified = httpsig.verify_response(
         httpsig.Response(status, headers),
         request=request,
         resolve_key=partner_keys.get,
@@ -202,6 +212,10 @@ def verify_response_from(
         required_components=httpsig.response_components(httpsig.REQUEST_LABEL),
         require_nonce=True,
     )
+    until = (retired or {}).get(verified.keyid)
+    if until is not None and verified.created >= int(until.timestamp()):
+        raise VerificationError("the answer is signed by a key the partner has retired")
+    return verified
 
 
 def purge_nonces(node: Node) -> int:

@@ -61,6 +61,7 @@ __all__ = [
     "share_artifact",
 ]
 
+MAX_RECIPIENTS_PER_ID = 64  # origins listed when a plain id is ambiguous
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, sortable
 
 
@@ -199,15 +200,15 @@ def share_artifact(
     kind: str = "share.allowed",
     onward_approved: Sequence[str] = (),
     onward: dict[str, Any] | None = None,
-    upstream: tuple[str, str] | None = None,
+    upstream: tuple[str, str, str] | None = None,
 ) -> Artifact:
     """Seal ``source`` to the permitted partners and this node, store it, queue deliveries.
 
     The manifest's policy reference records each partner's decision with its obligations (a
     recipient's ``onward`` obligation is what lets it pass the artifact on), the partners the
     publisher pre-approves for onward sharing (``onward_approved``), and, for an onward share
-    (``service.federation.onward``), the holder's ``onward`` decisions; ``upstream`` (artifact
-    id, root origin) is kept on the row.
+    (``service.federation.onward``), the holder's ``onward`` decisions; ``upstream`` (the artifact
+    passed on: its id and origin, and the chain's root origin) is kept on the row.
     """
     now = node.now()
     artifact_id = artifact_id or new_artifact_id(now)
@@ -259,9 +260,11 @@ def share_artifact(
         obligations=[o.to_json() for _, d in decisions for o in d.obligations],
     )  # fmt: skip
     if upstream is not None:
-        values["upstream_id"], values["upstream_origin"] = upstream
+        values["upstream_id"], values["upstream_from"], values["upstream_origin"] = upstream
     outbox = [
-        _outbox_values(partner=partner.node_id, artifact_id=artifact_id, now=now)
+        _outbox_values(
+            partner=partner.node_id, artifact_id=artifact_id, origin=node.node_id, now=now
+        )
         for partner, _ in decisions
     ]
     events = []
@@ -270,7 +273,7 @@ def share_artifact(
         detail = {"title": meta.title, "tlp": meta.tlp, "size": sealed.size,
                   "policy": decision.policy_ref}  # fmt: skip
         if upstream is not None:
-            detail.update(upstream=upstream[0], origin=upstream[1])
+            detail.update(upstream=upstream[0], origin=upstream[2])
         events.append(
             audit_row(
                 kind=kind,
@@ -348,16 +351,18 @@ def artifact_row(
         "deleted_at": None,
         "receipt": None,
         "upstream_id": None,
+        "upstream_from": None,
         "upstream_origin": None,
     }
 
 
-def _outbox_values(*, partner: str, artifact_id: str, now: datetime) -> dict[str, Any]:
+def _outbox_values(*, partner: str, artifact_id: str, origin: str, now: datetime) -> dict[str, Any]:
     """Every column of a new delivery row but its id (assigned by the database)."""
     return {
         "partner": partner,
         "kind": "deliver",
         "artifact_id": artifact_id,
+        "artifact_origin": origin,
         "payload": "{}",
         "state": "pending",
         "attempts": 0,
@@ -438,10 +443,30 @@ def list_artifacts(
 
 
 def get_artifact(session: Session, artifact_id: str) -> Artifact:
-    row = session.get(Artifact, artifact_id) if len(artifact_id) <= 64 else None
-    if row is None or row.deleted_at is not None:
-        raise NotFoundError(f"no artifact {artifact_id!r}")
-    return row
+    """The artifact ``id`` or ``id@origin`` names (ids are unique per origin).
+
+    A plain id names this node's own artifact when it has one under that id (its own
+    namespace), else the one artifact received under it; when several origins used the id,
+    the caller must say which (409, naming the ``id@origin`` forms)."""
+    ident, _, origin = artifact_id.partition("@")
+    if len(ident) > 64 or len(origin) > 63:
+        raise NotFoundError(f"no artifact {artifact_id[:100]!r}")
+    query = select(Artifact).where(Artifact.id == ident, col(Artifact.deleted_at).is_(None))
+    if origin:
+        query = query.where(Artifact.origin == origin)
+    rows = list(session.exec(query.limit(MAX_RECIPIENTS_PER_ID)))
+    own = [r for r in rows if r.direction == "sent"]
+    if own:
+        return own[0]
+    if not rows:
+        raise NotFoundError(f"no artifact {artifact_id[:100]!r}")
+    if len(rows) > 1:
+        refs = ", ".join(sorted(f"{r.id}@{r.origin}" for r in rows))
+        raise ConflictError(
+            f"artifact id {ident!r} is used by several origins: name one of {refs}",
+            reason="ambiguous",
+        )
+    return rows[0]
 
 
 def deliveries_for(session: Session, artifact_id: str) -> list[Outbox]:
@@ -603,6 +628,7 @@ def open_for_read(
                     partner=row.origin,
                     kind="notice",
                     artifact_id=row.id,
+                    artifact_origin=row.origin,
                     payload=json.dumps(
                         {"type": "access", "reader": principal.actor, "read_at": now.isoformat()}
                     ),
@@ -725,6 +751,7 @@ def revoke_artifact(node: Node, artifact_id: str, *, principal: Principal, reaso
                     partner=partner,
                     kind="notice",
                     artifact_id=row.id,
+                    artifact_origin=row.origin,
                     payload=json.dumps({"type": "revocation", "reason": reason[:500]}),
                     created_at=now,
                     next_attempt_at=now,

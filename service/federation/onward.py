@@ -377,7 +377,7 @@ def share_onward(
         chain=(*manifest.chain, json.loads(envelope.to_bytes())),
         kind="onward.allowed",
         onward={"upstream": row.id, "origin": root.origin, "decisions": onward_entries},
-        upstream=(row.id, root.origin),
+        upstream=(row.id, row.origin, root.origin),
     )
 
 

@@ -219,7 +219,7 @@ class OutboxWorker:
             )
             artifact_ids = {r.artifact_id for r in rows if r.kind != "descriptor"}
             artifacts = {
-                a.id: a
+                (a.id, a.origin): a
                 for a in session.exec(select(Artifact).where(col(Artifact.id).in_(artifact_ids)))
             }
             partners = {
@@ -242,7 +242,7 @@ class OutboxWorker:
             if row.kind == "descriptor":
                 descriptors[row.partner].append(row)
                 continue
-            artifact = artifacts.get(row.artifact_id)
+            artifact = artifacts.get((row.artifact_id, row.artifact_origin or ""))
             if artifact is None:
                 settled.append((row.id, _Finish("failed", "the artifact no longer exists", True)))
             elif row.kind == "deliver" and (
@@ -526,7 +526,15 @@ _SETTLING = (
         _OUTBOX.c.attempts,
         _ARTIFACTS.c.sha256,
     )
-    .select_from(_OUTBOX.outerjoin(_ARTIFACTS, _ARTIFACTS.c.id == _OUTBOX.c.artifact_id))
+    .select_from(
+        _OUTBOX.outerjoin(
+            _ARTIFACTS,
+            sa.and_(
+                _ARTIFACTS.c.id == _OUTBOX.c.artifact_id,
+                _ARTIFACTS.c.origin == _OUTBOX.c.artifact_origin,
+            ),
+        )
+    )
     .where(_OUTBOX.c.id.in_(sa.bindparam("ids", expanding=True)))
 )
 
@@ -680,7 +688,15 @@ _ACKNOWLEDGEABLE = (
         _OUTBOX.c.attempts,
         _ARTIFACTS.c.sha256,
     )
-    .select_from(_OUTBOX.join(_ARTIFACTS, _ARTIFACTS.c.id == _OUTBOX.c.artifact_id))
+    .select_from(
+        _OUTBOX.join(
+            _ARTIFACTS,
+            sa.and_(
+                _ARTIFACTS.c.id == _OUTBOX.c.artifact_id,
+                _ARTIFACTS.c.origin == _OUTBOX.c.artifact_origin,
+            ),
+        )
+    )
     .where(
         _OUTBOX.c.partner == sa.bindparam("partner"),
         _OUTBOX.c.kind == "deliver",

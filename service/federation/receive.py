@@ -8,9 +8,10 @@ Order of checks for each artifact, each before anything is stored:
 2. this node is one of the manifest's recipients, under a recipient string it published (the
    current one, or one retired by a key rotation), and the artifact is within the size limit;
 3. this node's own inbound policy for the sender permits ``receive``;
-4. an artifact already stored under this id is the same one: then the reply is the receipt
-   already issued (idempotent), nothing else happens; one the sender revoked before it arrived
-   is refused (409);
+4. an artifact of the sender's already stored under this id (ids are scoped to their origin,
+   so another origin's artifact under the same id is another artifact) is the same one: then
+   the reply is the receipt already issued (idempotent), nothing else happens; one the sender
+   revoked before it arrived is refused (409);
 5. the ciphertext streams into a temporary blob while it is decrypted to nowhere: its header
    digest, every STREAM chunk, and the final plaintext digest and size are checked; the request's
    ``Content-Digest`` is checked last (``before_commit``);
@@ -112,7 +113,7 @@ class Checked:
     envelope: Envelope
     manifest: Manifest
     decision: Decision
-    upstream: tuple[str, str] | None  # (artifact id, root origin) of an onward share
+    upstream: tuple[str, str, str] | None  # (artifact id, its origin, root origin) if onward
 
 
 @dataclass
@@ -203,7 +204,7 @@ class Receiver:
                     raise InvalidInputError(
                         f"the onward chain was refused: {exc}", reason="chain"
                     ) from None
-                upstream = (links[-2].artifact_id, links[0].origin)
+                upstream = (links[-2].artifact_id, links[-2].origin, links[0].origin)
             mine = [r for r in manifest.recipients if r.node_id == self.node.node_id]
             if not mine or mine[0].recipient not in self._mine:
                 raise InvalidInputError(
@@ -261,11 +262,16 @@ class Receiver:
 
     # --- step 4 ---------------------------------------------------------------------------------
     def held(self, artifact_ids: Sequence[str]) -> dict[str, Artifact]:
-        """The artifacts among ``artifact_ids`` this node already stores."""
+        """The sender's artifacts among ``artifact_ids`` this node already stores (an id is
+        the sender's own: another origin's artifact under the same id is another artifact)."""
         if not artifact_ids:
             return {}
         with self.node.db.session() as session:
-            rows = session.exec(select(Artifact).where(col(Artifact.id).in_(list(artifact_ids))))
+            rows = session.exec(
+                select(Artifact).where(
+                    col(Artifact.id).in_(list(artifact_ids)), Artifact.origin == self.sender
+                )
+            )
             return {r.id: r for r in rows}
 
     def repeat(self, existing: Artifact, manifest: Manifest) -> Received:
@@ -380,7 +386,7 @@ class Receiver:
             )
         except IntegrityError:
             with self.node.db.session() as session:
-                existing = session.get(Artifact, row["id"])
+                existing = session.get(Artifact, (row["id"], row["origin"]))
             if existing is None or existing.blob != item.digest:
                 self.node.blobs.delete(item.digest or "")
             if existing is None:
@@ -396,7 +402,7 @@ class Receiver:
             "title": manifest.title, "tlp": manifest.tlp, "via": self.via, "size": manifest.size,
         }  # fmt: skip
         if checked.upstream is not None:
-            detail.update(upstream=checked.upstream[0], origin=checked.upstream[1])
+            detail.update(upstream=checked.upstream[0], origin=checked.upstream[2])
         return audit_row(
             kind="receive.accepted",
             actor=f"partner:{self.sender}",
@@ -432,7 +438,7 @@ class Receiver:
         )  # fmt: skip
         row["receipt"] = receipt.to_bytes().decode()
         if checked.upstream:
-            row["upstream_id"], row["upstream_origin"] = checked.upstream
+            row["upstream_id"], row["upstream_from"], row["upstream_origin"] = checked.upstream
         return row
 
     # --- one artifact, start to end -------------------------------------------------------------

@@ -120,7 +120,7 @@ def signed(
 def delivery(origin: Kit, artifact_id: str) -> tuple[bytes, bytes]:
     """The manifest line and ciphertext ``origin`` would deliver for one of its artifacts."""
     with origin.node.db.session() as session:
-        row = session.get(Artifact, artifact_id)
+        row = session.get(Artifact, (artifact_id, origin.node.node_id))
         assert row is not None and row.blob is not None
     with origin.node.blobs.open(row.blob) as fh:
         ciphertext = fh.read()

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlmodel import select
 
 from crypto.dsse import sign_envelope
 from crypto.sealed import MANIFEST_PAYLOAD_TYPE, Manifest, sign_manifest
@@ -645,7 +646,7 @@ async def test_duplicate_delivery_is_idempotent(env: Env) -> None:
     with env.uk.node.db.session() as session:
         from service.models import Artifact
 
-        row = session.get(Artifact, env.received)
+        row = session.exec(select(Artifact).where(Artifact.id == env.received)).first()
         assert row is not None and json.loads(row.receipt or "{}") == r.json()["receipt"]
     after = snapshot(env.uk.node)
     assert (after.rows, after.blobs, after.temporary) == (

@@ -141,7 +141,7 @@ async def test_a_retired_key_cannot_sign_a_new_onward_root(nodes: dict[str, Kit]
     assert r.status_code == 422, r.text
     assert r.json()["reason"] == "chain" and "retired" in r.json()["detail"]
     with nodes["us-aisi"].node.db.session() as session:
-        assert session.get(Artifact, art_id) is None
+        assert session.exec(select(Artifact).where(Artifact.id == art_id)).first() is None
 
 
 async def test_what_a_retired_key_signed_before_its_retirement_still_verifies(
@@ -159,7 +159,7 @@ async def test_what_a_retired_key_signed_before_its_retirement_still_verifies(
         r = await c.post("/federation/v1/inbox", content=body, headers=headers)
     assert r.status_code == 201, r.text
     with nodes["us-aisi"].node.db.session() as session:
-        stored = session.get(Artifact, art_id)
+        stored = session.exec(select(Artifact).where(Artifact.id == art_id)).first()
         assert stored is not None and stored.upstream_origin == "uk-aisi"
 
 

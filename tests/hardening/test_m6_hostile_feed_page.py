@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlmodel import select
 from typer.testing import CliRunner
 
 from crypto import httpsig
@@ -87,7 +88,7 @@ async def test_a_hostile_feed_page_is_that_partners_error_and_others_are_pulled(
         transport.close()
     assert stored == 1
     with nodes.uk.node.db.session() as session:
-        row = session.get(Artifact, sent["id"])
+        row = session.exec(select(Artifact).where(Artifact.id == sent["id"])).first()
         assert row is not None and row.origin == "us-aisi"
     async with nodes.uk.client() as c:
         r = await c.get("/v1/sync", headers=nodes.uk.auth(Role.ADMIN))

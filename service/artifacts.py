@@ -28,7 +28,14 @@ from sqlmodel import Session, col, select
 
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
-from crypto.sealed import Manifest, ManifestRecipient, open_sealed, seal
+from crypto.sealed import (
+    Manifest,
+    ManifestRecipient,
+    disclosure,
+    disclosure_digest,
+    open_sealed,
+    seal,
+)
 from policies import Decision, Request
 from service.audit import AUDIT_TABLE, audit_row, record
 from service.blobs import BlobStore
@@ -217,18 +224,7 @@ def share_artifact(
     recipients = [ManifestRecipient(node.node_id, node.home.age_recipient)] + [
         ManifestRecipient(p.node_id, p.age_recipient) for p, _ in decisions
     ]
-    policy_ref: dict[str, Any] = {
-        "decisions": [
-            {"partner": p.node_id, "effect": d.effect, "policy": d.policy_ref,
-             "rules": [r.to_json() for r in d.rules],
-             "obligations": [o.to_json() for o in d.obligations]}
-            for p, d in decisions
-        ]
-    }  # fmt: skip
-    if onward_approved:
-        policy_ref["onward_approved"] = sorted(set(onward_approved))
-    if onward is not None:
-        policy_ref["onward"] = onward
+    policy_ref, signed_policy = _policy_refs(decisions, onward_approved, onward)
     writer = blobs.writer()
     try:
         sealed = seal(
@@ -240,7 +236,7 @@ def share_artifact(
             tlp=meta.tlp,
             recipients=recipients,
             signer=node.keys.signing,
-            policy=policy_ref,
+            policy=signed_policy,
             now=now,
             topics=meta.topics,
             purposes=meta.purposes,
@@ -259,6 +255,7 @@ def share_artifact(
         direction="sent", sender=node.node_id, now=now,
         obligations=[o.to_json() for _, d in decisions for o in d.obligations],
     )  # fmt: skip
+    values["policy_ref"] = json.dumps(policy_ref)  # ours: every decision and disclosure
     if upstream is not None:
         values["upstream_id"], values["upstream_from"], values["upstream_origin"] = upstream
     outbox = [
@@ -309,6 +306,65 @@ def share_artifact(
 
 _ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
 _OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
+
+
+def _policy_refs(
+    decisions: Sequence[tuple[Recipient, Decision]],
+    onward_approved: Sequence[str],
+    onward: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(this node's record of the decisions, what the manifest signs).
+
+    The manifest commits to each recipient's decision (and, on an onward share, this node's
+    onward decision for it) with a salted SHA-256 (``crypto.sealed.disclosure``); each
+    recipient is shown only its own disclosure, with its delivery. The record keeps every
+    decision and every disclosure, for this node's users and its deliveries."""
+    entries = {
+        p.node_id: {
+            "partner": p.node_id, "effect": d.effect, "policy": d.policy_ref,
+            "rules": [r.to_json() for r in d.rules],
+            "obligations": [o.to_json() for o in d.obligations],
+        }
+        for p, d in decisions
+    }  # fmt: skip
+    onward_for = {
+        e.get("onward_to"): e
+        for e in (onward or {}).get("decisions", [])
+        if isinstance(e, dict) and isinstance(e.get("onward_to"), str)
+    }
+    disclosures = {
+        partner: disclosure(
+            partner, entry, onward=onward_for.get(partner), salt=secrets.token_bytes(16)
+        )
+        for partner, entry in entries.items()
+    }
+    signed: dict[str, Any] = {
+        "decisions": [
+            {"partner": partner, "sha256": disclosure_digest(d)}
+            for partner, d in disclosures.items()
+        ]
+    }
+    kept: dict[str, Any] = {"decisions": list(entries.values()), "disclosures": disclosures}
+    if onward_approved:
+        signed["onward_approved"] = kept["onward_approved"] = sorted(set(onward_approved))
+    if onward is not None:
+        signed["onward"] = {
+            "upstream": onward.get("upstream"),
+            "origin": onward.get("origin"),
+            "disclosure": onward.get("disclosure"),
+        }
+        kept["onward"] = onward
+    return kept, signed
+
+
+def delivery_head(row: Artifact, partner: str) -> bytes:
+    """The first line of a delivery of ``row`` to ``partner``: the manifest, with what the
+    manifest commits to for that partner (its disclosure) when there is one; the manifest
+    alone for an artifact shared before commitments."""
+    envelope = json.loads(row.manifest)
+    shown = json.loads(row.policy_ref or "{}").get("disclosures", {}).get(partner)
+    head = envelope if shown is None else {"manifest": envelope, "disclosure": shown}
+    return json.dumps(head, separators=(",", ":")).encode()
 
 
 def artifact_row(

@@ -57,6 +57,9 @@ def page(node: Node, *, partner: str, after: int, limit: int) -> dict[str, Any]:
             "artifact_id": art.id,
             "manifest": json.loads(art.manifest),
         }
+        shown = json.loads(art.policy_ref or "{}").get("disclosures", {}).get(partner)
+        if shown is not None:  # what the manifest commits to for this partner, for it only
+            item["disclosure"] = shown
         if out.state != "delivered" and art.ciphertext_size <= min(INLINE_MAX_BYTES, budget):
             try:
                 with node.blobs.open(art.blob) as fh:

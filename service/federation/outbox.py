@@ -42,6 +42,7 @@ from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.keys import SigningKey, VerifyKey
 from crypto.receipt import verify_receipt
+from service.artifacts import delivery_head
 from service.audit import AUDIT_TABLE, audit_row
 from service.errors import PartnerUnavailableError
 from service.federation.client import PartnerClient, PartnerRefusedError
@@ -104,10 +105,6 @@ def receipt_keys(keys: PartnerKeys, envelope: Envelope) -> dict[str, VerifyKey]:
     except (ValueError, TypeError, KeyError, RecursionError):
         when = _NEVER
     return keys.valid_at(when)
-
-
-def _manifest_line(artifact: Artifact) -> bytes:
-    return json.dumps(json.loads(artifact.manifest), separators=(",", ":")).encode()
 
 
 class OutboxWorker:
@@ -307,7 +304,7 @@ class OutboxWorker:
         try:
             for _row, artifact in items:
                 with self.node.blobs.open(artifact.blob or "") as fh:
-                    payloads.append((_manifest_line(artifact), fh.read()))
+                    payloads.append((delivery_head(artifact, partner.node_id), fh.read()))
             reply = self.client.deliver_batch(partner, payloads)
         except PartnerRefusedError as exc:
             outcome: Outcome = (
@@ -353,7 +350,7 @@ class OutboxWorker:
             if row.kind == "deliver":
                 reply = self.client.deliver(
                     partner,
-                    manifest_line=_manifest_line(artifact),
+                    manifest_line=delivery_head(artifact, partner.node_id),
                     blob=artifact.blob or "",
                     size=artifact.ciphertext_size,
                 )

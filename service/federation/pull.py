@@ -133,7 +133,10 @@ def _take_page(
             artifact_id = str(item.get("artifact_id", ""))[:64]
             if artifact_id in held:
                 continue
-            line = json.dumps(item.get("manifest"), separators=(",", ":")).encode()
+            head: Any = item.get("manifest")
+            if "disclosure" in item:
+                head = {"manifest": head, "disclosure": item["disclosure"]}
+            line = json.dumps(head, separators=(",", ":")).encode()
             try:
                 checked = receiver.check(line)
                 inline = item.get("payload")

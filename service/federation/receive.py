@@ -6,7 +6,9 @@ Order of checks for each artifact, each before anything is stored:
    for an onward share the whole chain verifies too (``onward.py``: upstream signatures, same
    plaintext, TLP never loosened, the upstream decision lets the sender pass it on to this node);
 2. this node is one of the manifest's recipients, under a recipient string it published (the
-   current one, or one retired by a key rotation), and the artifact is within the size limit;
+   current one, or one retired by a key rotation), the decision disclosed to it (beside the
+   manifest, shown to no co-recipient) is the one the manifest commits to for it, and the
+   artifact is within the size limit;
 3. this node's own inbound policy for the sender permits ``receive``;
 4. an artifact of the sender's already stored under this id (ids are scoped to their origin,
    so another origin's artifact under the same id is another artifact) is the same one: then
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,9 +41,9 @@ from sqlmodel import col, select
 
 from crypto import age
 from crypto.dsse import Envelope
-from crypto.errors import CryptoError, VerificationError
+from crypto.errors import CryptoError, MalformedError, VerificationError
 from crypto.receipt import Receipt, sign_receipt
-from crypto.sealed import Manifest, verify_manifest
+from crypto.sealed import Manifest, committed_decisions, verify_disclosure, verify_manifest
 from policies import Decision, Request
 from service.artifacts import artifact_row
 from service.audit import AUDIT_TABLE, audit_row, record
@@ -62,6 +65,7 @@ from service.partners import partner_keys
 __all__ = ["Received", "Receiver", "receive_artifact"]
 
 _ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
+MAX_HEAD_BYTES = 2 << 20  # bytes of a delivery's first line (the route bounds it lower)
 
 
 class _Null:
@@ -114,6 +118,7 @@ class Checked:
     manifest: Manifest
     decision: Decision
     upstream: tuple[str, str, str] | None  # (artifact id, its origin, root origin) if onward
+    disclosure: dict[str, Any] | None = None  # the decision the manifest commits to for us
 
 
 @dataclass
@@ -174,12 +179,14 @@ class Receiver:
             raise
 
     # --- steps 1 to 3 ---------------------------------------------------------------------------
-    def check(self, envelope_bytes: bytes) -> Checked:
-        """Verify the manifest (and chain), the recipient and the inbound policy."""
+    def check(self, head: bytes) -> Checked:
+        """Verify the manifest (and chain), the recipient, the decision disclosed to this node
+        and the inbound policy. ``head`` is the delivery's first line: the manifest, or
+        ``{"manifest", "disclosure"}`` when the manifest commits to decisions."""
         artifact_id: str | None = None
         with self._refusals(None):
             try:
-                envelope = Envelope.from_bytes(envelope_bytes)
+                envelope, shown = _parse_head(head)
                 manifest = verify_manifest(
                     envelope,
                     trusted=self.keys.keys,
@@ -210,6 +217,15 @@ class Receiver:
                 raise InvalidInputError(
                     "this node is not a recipient of the artifact", reason="not-a-recipient"
                 )
+            disclosed = None
+            if self.node.node_id in committed_decisions(manifest):
+                try:
+                    disclosed = verify_disclosure(manifest, self.node.node_id, shown)
+                except CryptoError as exc:
+                    raise InvalidInputError(
+                        f"the decision disclosed to this node was refused: {exc}",
+                        reason="disclosure",
+                    ) from None
             limit = self.node.settings.max_artifact_bytes
             if manifest.size > limit:
                 raise TooLargeError(
@@ -217,7 +233,7 @@ class Receiver:
                     reason="too-large",
                 )
             decision = self._inbound(manifest)
-        return Checked(envelope, manifest, decision, upstream)
+        return Checked(envelope, manifest, decision, upstream, disclosed)
 
     def _inbound(self, manifest: Manifest) -> Decision:
         node = self.node
@@ -437,6 +453,15 @@ class Receiver:
             obligations=[o.to_json() for o in checked.decision.obligations],
         )  # fmt: skip
         row["receipt"] = receipt.to_bytes().decode()
+        if checked.disclosure is not None:  # what concerns this node, and the proof of it
+            policy = manifest.policy
+            row["policy_ref"] = json.dumps(
+                {
+                    "decisions": [checked.disclosure["decision"]],
+                    **{k: policy[k] for k in ("onward_approved", "onward") if k in policy},
+                    "disclosure": checked.disclosure,
+                }
+            )
         if checked.upstream:
             row["upstream_id"], row["upstream_from"], row["upstream_origin"] = checked.upstream
         return row
@@ -455,6 +480,19 @@ class Receiver:
             return self.repeat(next(iter(existing.values())), checked.manifest)
         staged = self.stage(checked, ciphertext, before_commit=before_commit)
         return self.commit([staged])[0]
+
+
+def _parse_head(head: bytes) -> tuple[Envelope, object]:
+    """A delivery's first line: the manifest envelope and the disclosure beside it, if any."""
+    if len(head) > MAX_HEAD_BYTES:
+        raise MalformedError("the delivery's first line is too large")
+    try:
+        data = json.loads(head)
+    except (ValueError, RecursionError):
+        raise MalformedError("the delivery's first line is not JSON") from None
+    if isinstance(data, dict) and set(data) == {"manifest", "disclosure"}:
+        return Envelope.from_json(data["manifest"]), data["disclosure"]
+    return Envelope.from_json(data), None
 
 
 def receive_artifact(

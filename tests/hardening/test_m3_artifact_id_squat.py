@@ -51,7 +51,7 @@ async def test_a_co_recipient_cannot_squat_the_origins_artifact_id(nodes: Trio) 
     r = await _post(nodes, "ca", "/federation/v1/inbox", line + b"\n" + ciphertext, DELIVERY_TYPE)
     assert r.status_code == 201, r.text
     # The origin's delivery still lands: it is another artifact, (uk-aisi, id).
-    manifest, ciphertext = delivery(nodes.uk, art_id)
+    manifest, ciphertext = delivery(nodes.uk, art_id, to="us-aisi")
     r = await _post(
         nodes, "uk", "/federation/v1/inbox", manifest + b"\n" + ciphertext, DELIVERY_TYPE
     )

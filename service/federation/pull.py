@@ -233,5 +233,9 @@ class PullLoops:
                 started += 1
         return started
 
+    def in_flight(self) -> set[str]:
+        """The partners whose pull is running now."""
+        return {p for p, f in self._running.items() if not f.done()}
+
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -9,8 +9,11 @@ error, shown per partner, and every other partner is still pulled.
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from sqlmodel import select
@@ -20,9 +23,9 @@ from crypto import httpsig
 from service.cli import app as cli_app
 from service.cli._commands import register
 from service.federation.client import PartnerClient
-from service.federation.pull import pull_all
+from service.federation.pull import PullLoops, pull_all
 from service.federation.signing import digest_value, sign_response_headers
-from service.models import Artifact
+from service.models import Artifact, PullState
 from service.node import Node
 from service.tokens import Role
 from tests.hardening.kit import Trio, share, trio
@@ -105,3 +108,44 @@ async def test_a_hostile_feed_page_is_that_partners_error_and_others_are_pulled(
     )
     assert result.exit_code == 0, result.output
     assert '"pull_error": null' in result.output and "ca-aisi" in result.output
+
+
+class StallingTransport(HostileTransport):
+    """ca-aisi accepts the connection and then answers nothing until released."""
+
+    def __init__(self, nodes: Trio) -> None:
+        super().__init__(nodes, b"{}")
+        self.release = threading.Event()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "ca-aisi":
+            self.release.wait(timeout=120)
+            raise httpx.ReadTimeout("stalled", request=request)
+        return super().handle_request(request)
+
+
+async def test_a_stalled_partner_holds_only_its_own_pull(nodes: Trio) -> None:
+    sent = await share(nodes.us, b"pulled past a stall", partners=["uk-aisi"], tlp="TLP:GREEN")
+    transport = StallingTransport(nodes)
+    client = PartnerClient(nodes.uk.node, http=httpx.Client(transport=transport))
+    loops = PullLoops(nodes.uk.node, client)
+    try:
+        assert loops.round() == 2  # one pull per partner, each on its own
+        deadline = time.monotonic() + 60
+        stored = None
+        while stored is None and time.monotonic() < deadline:
+            with nodes.uk.node.db.session() as session:
+                stored = session.get(Artifact, (sent["id"], "us-aisi"))
+            if stored is None:
+                await anyio.sleep(0.05)
+        assert stored is not None  # us-aisi was pulled while ca-aisi's pull hangs
+        assert "ca-aisi" in loops.in_flight()  # still hanging, alone
+        assert loops.round() <= 1  # us-aisi again at most: ca-aisi is not started twice
+    finally:
+        transport.release.set()
+        loops.close()
+        client.close()
+        transport.close()
+    with nodes.uk.node.db.session() as session:
+        state = session.get(PullState, "ca-aisi")
+    assert state is not None and state.last_error and "ca-aisi" in state.last_error

@@ -1,5 +1,6 @@
 """``/federation/v1``: what partner nodes call. Every request is RFC 9421-signed by a pinned
-partner (refused with 401 otherwise) and every successful response is signed by this node.
+partner (refused with 401 otherwise) and every response to a signed request, refusals included
+(:func:`signed_problems`), is signed by this node, bound to that request's signature.
 
 - ``POST inbox``: a delivery, ``application/vnd.entente.delivery``: the manifest (DSSE JSON, one
   line), a newline, then the age ciphertext, streamed. Answers with a signed receipt.

@@ -13,8 +13,12 @@ Entente's profile, which the defaults encode:
   a ``Content-Digest``, of the empty body when there is none) and carry ``created``, ``expires``,
   ``nonce``, ``keyid`` and ``alg="ed25519"``; the verifier requires ``created``, a fresh one, a
   known ``keyid`` and an unseen ``nonce``;
-* responses cover ``@status``, ``content-digest``, ``"@method";req`` and ``"@target-uri";req``,
-  and may cover the request's own signature with ``"signature";req;key="<label>"``.
+* requests with a body also cover ``content-type`` (what the receiver parses the body as);
+* responses cover ``@status``, ``content-digest``, ``content-type``, ``"@method";req``,
+  ``"@target-uri";req`` and the request's own signature, ``"signature";req;key="<label>"``
+  (section 2.4: the answer is bound to the one request it answers, so it cannot be replayed
+  onto another), and carry ``created``, ``expires``, ``nonce``, ``keyid``, ``alg``. The verifier
+  requires all of them (:func:`response_components`); error responses are signed the same way.
 
 Derived components: ``@method``, ``@target-uri``, ``@authority``, ``@scheme``,
 ``@request-target`` (origin form), ``@path``, ``@query`` and ``@status``; header fields with the
@@ -53,6 +57,7 @@ __all__ = [
     "MAX_SIGNATURES",
     "MAX_SIGNATURE_BASE_BYTES",
     "REQUEST_COMPONENTS",
+    "REQUEST_LABEL",
     "RESPONSE_COMPONENTS",
     "Component",
     "ContentDigester",
@@ -63,10 +68,13 @@ __all__ = [
     "VerifiedSignature",
     "content_digest",
     "parse_content_digest",
+    "request_components",
     "request_signature_component",
+    "response_components",
     "sign_request",
     "sign_response",
     "signature_base",
+    "signature_labels",
     "verify_content_digest",
     "verify_request",
     "verify_response",
@@ -390,12 +398,39 @@ REQUEST_COMPONENTS: tuple[Component, ...] = (
     Component("@target-uri"),
     Component("content-digest"),
 )
-RESPONSE_COMPONENTS: tuple[Component, ...] = (
-    Component("@status"),
-    Component("content-digest"),
-    Component("@method", (("req", True),)),
-    Component("@target-uri", (("req", True),)),
-)
+REQUEST_LABEL = "sig1"  # the label Entente signs requests under
+
+
+def request_components(request: Request) -> tuple[Component, ...]:
+    """What a request covers in Entente's profile: :data:`REQUEST_COMPONENTS`, and
+    ``content-type`` when the request has one (its body is parsed by it)."""
+    if "content-type" in request.headers:
+        return (*REQUEST_COMPONENTS, Component("content-type"))
+    return REQUEST_COMPONENTS
+
+
+def response_components(request_label: str = REQUEST_LABEL) -> tuple[Component, ...]:
+    """What a response covers in Entente's profile, answering a request signed as
+    ``request_label``: its status, body digest and media type, and the request's method,
+    target URI and signature (RFC 9421 2.4)."""
+    return (
+        Component("@status"),
+        Component("content-digest"),
+        Component("content-type"),
+        Component("@method", (("req", True),)),
+        Component("@target-uri", (("req", True),)),
+        request_signature_component(request_label),
+    )
+
+
+RESPONSE_COMPONENTS: tuple[Component, ...] = response_components()
+
+
+def signature_labels(message: Request | Response) -> tuple[str, ...]:
+    """The labels of the signatures ``message`` carries (its ``Signature-Input`` members)."""
+    if "signature-input" not in message.headers:
+        return ()
+    return tuple(_parse_signature_field(message.headers, "signature-input"))
 
 
 @dataclass(frozen=True)
@@ -671,13 +706,16 @@ def sign_request(
     created: int,
     nonce: str | None,
     expires: int | None = None,
-    components: Sequence[str | Component] = REQUEST_COMPONENTS,
-    label: str = "sig1",
+    components: Sequence[str | Component] | None = None,
+    label: str = REQUEST_LABEL,
     tag: str | None = None,
     include_alg: bool = True,
     body: bytes | None = None,
 ) -> dict[str, str]:
     """Sign ``request``; return the header fields to add (``Signature-Input``, ``Signature``).
+
+    ``components`` defaults to the profile's (:func:`request_components`: with
+    ``content-type`` when the request has one).
 
     With ``body``, a sha-256 ``Content-Digest`` of it is computed, covered if listed in
     ``components``, and returned with the other fields. Without it, a covered
@@ -693,7 +731,7 @@ def sign_request(
         created=created,
         expires=expires,
         nonce=nonce,
-        components=components,
+        components=request_components(request) if components is None else components,
         label=label,
         tag=tag,
         include_alg=include_alg,
@@ -905,7 +943,7 @@ def verify_request(
     nonce_seen: Callable[[str, str], bool],
     max_skew: int = 30,  # seconds of clock difference tolerated either way
     max_age: int = 300,  # seconds after ``created`` a signature is still accepted
-    required_components: Sequence[str | Component] = REQUEST_COMPONENTS,
+    required_components: Sequence[str | Component] | None = None,
     require_nonce: bool = True,
     label: str | None = None,
     tag: str | None = None,
@@ -916,6 +954,8 @@ def verify_request(
     already recorded; it is called only for signatures that verified. A signature without a
     nonce fails unless ``require_nonce=False`` (for signers outside the profile, such as the
     RFC's own examples).
+    ``required_components`` defaults to the profile's (:func:`request_components`: with
+    ``content-type`` when the request has one, since the body is parsed by it).
     With ``content-digest`` covered, the caller must still check the body against
     :attr:`VerifiedSignature.content_digests` (:class:`ContentDigester`).
     """
@@ -926,7 +966,9 @@ def verify_request(
         now=now,
         max_skew=max_skew,
         max_age=max_age,
-        required_components=required_components,
+        required_components=(
+            request_components(request) if required_components is None else required_components
+        ),
         nonce_seen=nonce_seen,
         require_nonce=require_nonce,
         label=label,
@@ -944,14 +986,16 @@ def verify_response(
     max_age: int = 300,  # seconds
     required_components: Sequence[str | Component] = RESPONSE_COMPONENTS,
     nonce_seen: Callable[[str, str], bool] | None = None,
+    require_nonce: bool = True,
     label: str | None = None,
     tag: str | None = None,
 ) -> VerifiedSignature:
     """Verify the signature on ``response`` to ``request``.
 
-    ``request`` is the request as this client sent it (with its ``Signature`` fields when the
-    response covers ``"signature";req``). A response is bound to its request, so a nonce is
-    required (and checked) only when ``nonce_seen`` is given.
+    ``request`` is the request as this client sent it, with its ``Signature`` fields (the
+    profile's response covers ``"signature";req``). A nonce is required unless
+    ``require_nonce=False``; it is checked against a cache only when ``nonce_seen`` is given
+    (the response is bound to its request's signature, whose nonce the receiver checked).
     """
     return _verify(
         response,
@@ -962,7 +1006,7 @@ def verify_response(
         max_age=max_age,
         required_components=required_components,
         nonce_seen=nonce_seen,
-        require_nonce=nonce_seen is not None,
+        require_nonce=require_nonce or nonce_seen is not None,
         label=label,
         tag=tag,
     )

@@ -18,9 +18,13 @@ A sealed artifact is two things:
 newline ending the MAC line. The header MAC is keyed by the file key, so this digest binds the
 recipient stanzas *and* the file key: nobody can re-encrypt the same plaintext under the same
 manifest, and a verifier without any key can check that a ciphertext is the one signed.
-``policy`` is an opaque JSON object from the caller (the policy decision reference: policy ids,
-versions, SHA-256s). ``chain`` holds upstream manifests (DSSE envelopes as JSON objects) for
-onward sharing; it is empty for an original share. Times are RFC 3339 UTC (``...Z``).
+``policy`` is a JSON object from the caller (the policy decision reference). So that recipients
+of one artifact do not read each other's decisions and MOU clauses, Entente's manifests commit to
+each recipient's decision without showing it: ``policy.decisions`` lists ``{"partner", "sha256"}``,
+the SHA-256 of that recipient's *disclosure* (:func:`disclosure`: its decision, a random salt),
+which travels with its delivery only and is checked with :func:`verify_disclosure`. ``chain``
+holds upstream manifests (DSSE envelopes as JSON objects) for onward sharing; it is empty for
+an original share. Times are RFC 3339 UTC (``...Z``).
 
 Recipes:
 
@@ -48,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -67,6 +72,7 @@ from crypto.errors import DecryptionError, MalformedError, VerificationError
 from crypto.keys import SigningKey, VerifyKey
 
 __all__ = [
+    "DISCLOSURE_KEYS",
     "MANIFEST_PAYLOAD_TYPE",
     "PREDICATE_TYPE",
     "STATEMENT_TYPE",
@@ -74,6 +80,9 @@ __all__ = [
     "Manifest",
     "ManifestRecipient",
     "Sealed",
+    "committed_decisions",
+    "disclosure",
+    "disclosure_digest",
     "load_envelope",
     "open_sealed",
     "open_sealed_file",
@@ -81,6 +90,7 @@ __all__ = [
     "seal_file",
     "sign_manifest",
     "verify",
+    "verify_disclosure",
     "verify_manifest",
 ]
 
@@ -97,6 +107,7 @@ MAX_CHAIN = 16  # upstream manifests
 
 _ARTIFACT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_SALT_HEX = re.compile(r"[0-9a-f]{32,128}")
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 _STATEMENT_KEYS = frozenset({"_type", "subject", "predicateType", "predicate"})
 _PREDICATE_KEYS = frozenset(
@@ -367,23 +378,118 @@ def sign_manifest(manifest: Manifest, signer: SigningKey) -> Envelope:
 
 
 def verify_manifest(
-    envelope: Envelope, *, trusted: Mapping[str, VerifyKey], origin: str | None = None
+    envelope: Envelope,
+    *,
+    trusted: Mapping[str, VerifyKey],
+    origin: str | None = None,
+    retired: Mapping[str, datetime] | None = None,
 ) -> Manifest:
     """Check the envelope's signature against ``trusted`` and parse the manifest strictly.
 
     ``trusted`` maps fingerprints to the keys of the node the manifest claims as its origin;
-    ``origin``, when given, must be the manifest's origin. Raises
+    ``origin``, when given, must be the manifest's origin. ``retired`` maps the fingerprints of
+    retired keys among them to when they were retired: such a key verifies only a manifest it
+    signed before then (its signed ``created``), never a new one. Raises
     :class:`VerificationUnavailableError` when no trusted key signed it, and
-    :class:`VerificationError` when the signature does not verify.
+    :class:`VerificationError` when the signature does not verify or only a key retired before
+    the manifest's creation signed it.
     """
     try:
-        payload, _ = verify_envelope(envelope, trusted=trusted, payload_type=MANIFEST_PAYLOAD_TYPE)
+        payload, good = verify_envelope(
+            envelope, trusted=trusted, payload_type=MANIFEST_PAYLOAD_TYPE
+        )
     except VerificationError:
         raise VerificationError("the manifest signature does not verify") from None
     manifest = Manifest.from_payload(payload)
     if origin is not None and manifest.origin != origin:
         raise VerificationError("the manifest names another origin than the node that signed it")
+    if retired and all(k in retired and manifest.created >= retired[k] for k in good):
+        raise VerificationError(
+            "the manifest is signed by a key its origin retired before the manifest was created"
+        )
     return manifest
+
+
+# --- per-recipient decisions (committed in the manifest, disclosed to each recipient) -----------
+
+DISCLOSURE_KEYS = frozenset({"partner", "salt", "decision", "onward"})
+MAX_DISCLOSURE_BYTES = 64 * 1024  # bytes of one recipient's disclosed decision
+
+
+def _canonical(value: object) -> bytes:
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def disclosure(
+    partner: str,
+    decision: Mapping[str, Any],
+    *,
+    onward: Mapping[str, Any] | None = None,
+    salt: bytes,
+) -> dict[str, Any]:
+    """What one recipient is told of the policy decisions behind a share: its own decision
+    (and, on an onward share, the sharer's onward decision for it), with a random ``salt``
+    (at least 16 bytes) that keeps the manifest's commitment to it from being guessed."""
+    if len(salt) < 16:
+        raise MalformedError("a disclosure's salt is at least 16 bytes")
+    return {
+        "partner": partner,
+        "salt": salt.hex(),
+        "decision": dict(decision),
+        "onward": None if onward is None else dict(onward),
+    }
+
+
+def disclosure_digest(disclosed: Mapping[str, Any]) -> str:
+    """The SHA-256 (hex) the manifest commits to for one recipient's disclosure: of its
+    canonical JSON (sorted keys, no spaces, UTF-8), salt included."""
+    try:
+        return hashlib.sha256(_canonical(disclosed)).hexdigest()
+    except (TypeError, ValueError):
+        raise MalformedError("a disclosure holds JSON values only") from None
+
+
+def committed_decisions(manifest: Manifest) -> dict[str, str]:
+    """Partner -> digest of the decisions the manifest commits to without showing them."""
+    entries = manifest.policy.get("decisions")
+    out: dict[str, str] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if (
+            isinstance(entry, dict)
+            and set(entry) == {"partner", "sha256"}
+            and isinstance(entry["partner"], str)
+            and isinstance(entry["sha256"], str)
+        ):
+            out[entry["partner"]] = entry["sha256"]
+    return out
+
+
+def verify_disclosure(manifest: Manifest, partner: str, disclosed: object) -> dict[str, Any]:
+    """Check ``disclosed`` against the manifest's commitment for ``partner``; return it.
+
+    Raises :class:`VerificationError` when the manifest commits to no decision for
+    ``partner`` or the disclosure does not match it, :class:`MalformedError` when it is not a
+    disclosure."""
+    if (
+        not isinstance(disclosed, dict)
+        or set(disclosed) != DISCLOSURE_KEYS
+        or disclosed["partner"] != partner
+        or not isinstance(disclosed["salt"], str)
+        or not _SALT_HEX.fullmatch(disclosed["salt"])
+        or not isinstance(disclosed["decision"], dict)
+        or not isinstance(disclosed["onward"], dict | None)
+    ):
+        raise MalformedError(f"not a disclosure of the decision for {partner}")
+    if len(_canonical(disclosed)) > MAX_DISCLOSURE_BYTES:
+        raise MalformedError("the disclosure is too large")
+    committed = committed_decisions(manifest).get(partner)
+    if committed is None:
+        raise VerificationError(f"the manifest commits to no decision for {partner}")
+    if not hmac.compare_digest(committed, disclosure_digest(disclosed)):
+        raise VerificationError(f"the disclosed decision for {partner} is not the one signed")
+    return disclosed
 
 
 # --- seal -------------------------------------------------------------------------------------

@@ -29,7 +29,14 @@ from sqlmodel import Session, col, select
 from crypto import strict_json
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
-from crypto.sealed import Manifest, ManifestRecipient, open_sealed, seal
+from crypto.sealed import (
+    Manifest,
+    ManifestRecipient,
+    disclosure,
+    disclosure_digest,
+    open_sealed,
+    seal,
+)
 from policies import Decision, Request
 from service.audit import AUDIT_TABLE, audit_row, record
 from service.blobs import BlobStore
@@ -62,6 +69,7 @@ __all__ = [
     "share_artifact",
 ]
 
+MAX_RECIPIENTS_PER_ID = 64  # origins listed when a plain id is ambiguous
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, sortable
 
 
@@ -200,15 +208,15 @@ def share_artifact(
     kind: str = "share.allowed",
     onward_approved: Sequence[str] = (),
     onward: dict[str, Any] | None = None,
-    upstream: tuple[str, str] | None = None,
+    upstream: tuple[str, str, str] | None = None,
 ) -> Artifact:
     """Seal ``source`` to the permitted partners and this node, store it, queue deliveries.
 
     The manifest's policy reference records each partner's decision with its obligations (a
     recipient's ``onward`` obligation is what lets it pass the artifact on), the partners the
     publisher pre-approves for onward sharing (``onward_approved``), and, for an onward share
-    (``service.federation.onward``), the holder's ``onward`` decisions; ``upstream`` (artifact
-    id, root origin) is kept on the row.
+    (``service.federation.onward``), the holder's ``onward`` decisions; ``upstream`` (the artifact
+    passed on: its id and origin, and the chain's root origin) is kept on the row.
     """
     now = node.now()
     artifact_id = artifact_id or new_artifact_id(now)
@@ -217,18 +225,7 @@ def share_artifact(
     recipients = [ManifestRecipient(node.node_id, node.home.age_recipient)] + [
         ManifestRecipient(p.node_id, p.age_recipient) for p, _ in decisions
     ]
-    policy_ref: dict[str, Any] = {
-        "decisions": [
-            {"partner": p.node_id, "effect": d.effect, "policy": d.policy_ref,
-             "rules": [r.to_json() for r in d.rules],
-             "obligations": [o.to_json() for o in d.obligations]}
-            for p, d in decisions
-        ]
-    }  # fmt: skip
-    if onward_approved:
-        policy_ref["onward_approved"] = sorted(set(onward_approved))
-    if onward is not None:
-        policy_ref["onward"] = onward
+    policy_ref, signed_policy = _policy_refs(decisions, onward_approved, onward)
     writer = blobs.writer()
     try:
         sealed = seal(
@@ -240,7 +237,7 @@ def share_artifact(
             tlp=meta.tlp,
             recipients=recipients,
             signer=node.keys.signing,
-            policy=policy_ref,
+            policy=signed_policy,
             now=now,
             topics=meta.topics,
             purposes=meta.purposes,
@@ -259,10 +256,13 @@ def share_artifact(
         direction="sent", sender=node.node_id, now=now,
         obligations=[o.to_json() for _, d in decisions for o in d.obligations],
     )  # fmt: skip
+    values["policy_ref"] = json.dumps(policy_ref)  # ours: every decision and disclosure
     if upstream is not None:
-        values["upstream_id"], values["upstream_origin"] = upstream
+        values["upstream_id"], values["upstream_from"], values["upstream_origin"] = upstream
     outbox = [
-        _outbox_values(partner=partner.node_id, artifact_id=artifact_id, now=now)
+        _outbox_values(
+            partner=partner.node_id, artifact_id=artifact_id, origin=node.node_id, now=now
+        )
         for partner, _ in decisions
     ]
     events = []
@@ -271,7 +271,7 @@ def share_artifact(
         detail = {"title": meta.title, "tlp": meta.tlp, "size": sealed.size,
                   "policy": decision.policy_ref}  # fmt: skip
         if upstream is not None:
-            detail.update(upstream=upstream[0], origin=upstream[1])
+            detail.update(upstream=upstream[0], origin=upstream[2])
         events.append(
             audit_row(
                 kind=kind,
@@ -307,6 +307,65 @@ def share_artifact(
 
 _ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
 _OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
+
+
+def _policy_refs(
+    decisions: Sequence[tuple[Recipient, Decision]],
+    onward_approved: Sequence[str],
+    onward: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(this node's record of the decisions, what the manifest signs).
+
+    The manifest commits to each recipient's decision (and, on an onward share, this node's
+    onward decision for it) with a salted SHA-256 (``crypto.sealed.disclosure``); each
+    recipient is shown only its own disclosure, with its delivery. The record keeps every
+    decision and every disclosure, for this node's users and its deliveries."""
+    entries = {
+        p.node_id: {
+            "partner": p.node_id, "effect": d.effect, "policy": d.policy_ref,
+            "rules": [r.to_json() for r in d.rules],
+            "obligations": [o.to_json() for o in d.obligations],
+        }
+        for p, d in decisions
+    }  # fmt: skip
+    onward_for = {
+        e.get("onward_to"): e
+        for e in (onward or {}).get("decisions", [])
+        if isinstance(e, dict) and isinstance(e.get("onward_to"), str)
+    }
+    disclosures = {
+        partner: disclosure(
+            partner, entry, onward=onward_for.get(partner), salt=secrets.token_bytes(16)
+        )
+        for partner, entry in entries.items()
+    }
+    signed: dict[str, Any] = {
+        "decisions": [
+            {"partner": partner, "sha256": disclosure_digest(d)}
+            for partner, d in disclosures.items()
+        ]
+    }
+    kept: dict[str, Any] = {"decisions": list(entries.values()), "disclosures": disclosures}
+    if onward_approved:
+        signed["onward_approved"] = kept["onward_approved"] = sorted(set(onward_approved))
+    if onward is not None:
+        signed["onward"] = {
+            "upstream": onward.get("upstream"),
+            "origin": onward.get("origin"),
+            "disclosure": onward.get("disclosure"),
+        }
+        kept["onward"] = onward
+    return kept, signed
+
+
+def delivery_head(row: Artifact, partner: str) -> bytes:
+    """The first line of a delivery of ``row`` to ``partner``: the manifest, with what the
+    manifest commits to for that partner (its disclosure) when there is one; the manifest
+    alone for an artifact shared before commitments."""
+    envelope = json.loads(row.manifest)
+    shown = json.loads(row.policy_ref or "{}").get("disclosures", {}).get(partner)
+    head = envelope if shown is None else {"manifest": envelope, "disclosure": shown}
+    return json.dumps(head, separators=(",", ":")).encode()
 
 
 def artifact_row(
@@ -349,16 +408,18 @@ def artifact_row(
         "deleted_at": None,
         "receipt": None,
         "upstream_id": None,
+        "upstream_from": None,
         "upstream_origin": None,
     }
 
 
-def _outbox_values(*, partner: str, artifact_id: str, now: datetime) -> dict[str, Any]:
+def _outbox_values(*, partner: str, artifact_id: str, origin: str, now: datetime) -> dict[str, Any]:
     """Every column of a new delivery row but its id (assigned by the database)."""
     return {
         "partner": partner,
         "kind": "deliver",
         "artifact_id": artifact_id,
+        "artifact_origin": origin,
         "payload": "{}",
         "state": "pending",
         "attempts": 0,
@@ -439,10 +500,30 @@ def list_artifacts(
 
 
 def get_artifact(session: Session, artifact_id: str) -> Artifact:
-    row = session.get(Artifact, artifact_id) if len(artifact_id) <= 64 else None
-    if row is None or row.deleted_at is not None:
-        raise NotFoundError(f"no artifact {artifact_id!r}")
-    return row
+    """The artifact ``id`` or ``id@origin`` names (ids are unique per origin).
+
+    A plain id names this node's own artifact when it has one under that id (its own
+    namespace), else the one artifact received under it; when several origins used the id,
+    the caller must say which (409, naming the ``id@origin`` forms)."""
+    ident, _, origin = artifact_id.partition("@")
+    if len(ident) > 64 or len(origin) > 63:
+        raise NotFoundError(f"no artifact {artifact_id[:100]!r}")
+    query = select(Artifact).where(Artifact.id == ident, col(Artifact.deleted_at).is_(None))
+    if origin:
+        query = query.where(Artifact.origin == origin)
+    rows = list(session.exec(query.limit(MAX_RECIPIENTS_PER_ID)))
+    own = [r for r in rows if r.direction == "sent"]
+    if own:
+        return own[0]
+    if not rows:
+        raise NotFoundError(f"no artifact {artifact_id[:100]!r}")
+    if len(rows) > 1:
+        refs = ", ".join(sorted(f"{r.id}@{r.origin}" for r in rows))
+        raise ConflictError(
+            f"artifact id {ident!r} is used by several origins: name one of {refs}",
+            reason="ambiguous",
+        )
+    return rows[0]
 
 
 def deliveries_for(session: Session, artifact_id: str) -> list[Outbox]:
@@ -604,6 +685,7 @@ def open_for_read(
                     partner=row.origin,
                     kind="notice",
                     artifact_id=row.id,
+                    artifact_origin=row.origin,
                     payload=json.dumps(
                         {"type": "access", "reader": principal.actor, "read_at": now.isoformat()}
                     ),
@@ -726,6 +808,7 @@ def revoke_artifact(node: Node, artifact_id: str, *, principal: Principal, reaso
                     partner=partner,
                     kind="notice",
                     artifact_id=row.id,
+                    artifact_origin=row.origin,
                     payload=json.dumps({"type": "revocation", "reason": reason[:500]}),
                     created_at=now,
                     next_attempt_at=now,

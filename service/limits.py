@@ -18,9 +18,8 @@ and bodies.
   would pass the cap is refused before its body is read. A delivery without a length is
   refused only once the cap is reached (it may pass it by that one delivery, itself bounded by
   ``max_artifact_bytes``). Deliveries run concurrently may together pass the cap by as much.
-- **Replay cache** (``nonce_cache_size``): when that many nonces are remembered, new signed
-  requests are refused until expired ones are purged. A live nonce is never forgotten: that
-  would reopen a replay window.
+- **Replay cache** (``nonce_cache_size``, per partner): lives in
+  ``service/federation/replay.py``.
 - **Request bodies** (``request_body_idle_seconds``, ``request_body_min_rate`` over windows of
   ``request_body_rate_window_seconds``): :class:`RequestBounds` answers 408 when a body sends
   nothing for that long, or trickles: less than the minimum rate over a window of time spent
@@ -67,7 +66,7 @@ from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.errors import BusyError, RateLimitedError, RequestTimeoutError
-from service.models import Artifact, SeenNonce
+from service.models import Artifact
 from service.node import Node
 from service.settings import Settings
 
@@ -78,7 +77,6 @@ __all__ = [
     "ProblemH11Protocol",
     "RateLimiter",
     "RequestBounds",
-    "check_nonce_room",
     "check_volume",
     "volume_cap",
     "volume_used",
@@ -306,21 +304,6 @@ def check_volume(node: Node, partner: str, incoming: int | None) -> int:
             retry_after=max(1, math.ceil((tomorrow - now).total_seconds())),
         )
     return left
-
-
-# --- replay cache --------------------------------------------------------------------------------
-
-
-def check_nonce_room(session: Session, settings: Settings) -> None:
-    """Refuse a new nonce when the replay cache already holds ``nonce_cache_size`` of them."""
-    held = session.exec(select(func.count()).select_from(SeenNonce)).one()
-    if held >= settings.nonce_cache_size:
-        raise RateLimitedError(
-            f"the replay cache is full ({settings.nonce_cache_size} nonces, "
-            "ENTENTE_NONCE_CACHE_SIZE); retry once expired nonces are purged",
-            reason="nonce-cache",
-            retry_after=settings.signature_max_age_seconds,
-        )
 
 
 # --- request bodies ------------------------------------------------------------------------------

@@ -131,14 +131,19 @@ class Artifact(SQLModel, table=True):
 
     The row holds metadata, the signed manifest and the address of the ciphertext blob; never
     plaintext. ``origin`` signed the manifest; ``sender`` delivered it (differs on onward shares).
+
+    An artifact is identified by its origin and the id its origin gave it, ``(id, origin)``: an
+    id names an artifact only within its origin's namespace, so no other node (a co-recipient
+    that learned the id) can take it. Every reference to an artifact carries its origin too
+    (``Outbox.artifact_origin``, ``upstream_from``).
     """
 
     __tablename__ = "artifacts"
     __table_args__ = (sa.Index("ix_artifacts_listing", "recorded_at", "id"),)  # newest first
 
-    id: str = Field(primary_key=True, max_length=64)
+    id: str = Field(primary_key=True, max_length=64)  # unique per origin
     direction: str = Field(max_length=8, index=True)  # sent | received
-    origin: str = Field(max_length=63, index=True)
+    origin: str = Field(primary_key=True, max_length=63, index=True)
     sender: str = Field(max_length=63, index=True)
     title: str = Field(max_length=500)
     tlp: str = Field(max_length=32, index=True)
@@ -161,9 +166,11 @@ class Artifact(SQLModel, table=True):
     revocation_reason: str | None = Field(default=None, max_length=500)
     deleted_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
     receipt: str | None = Field(default=None, sa_column=sa.Column(sa.Text))  # ours, if received
-    # Onward shares: the artifact this one was passed on from (its chain's last link) and the
-    # node that first shared it (the chain's root). Both None for an original share.
+    # Onward shares: the artifact this one was passed on from (its chain's last link: its id
+    # and its origin) and the node that first shared it (the chain's root). None for an
+    # original share.
     upstream_id: str | None = Field(default=None, max_length=64, index=True)
+    upstream_from: str | None = Field(default=None, max_length=63)
     upstream_origin: str | None = Field(default=None, max_length=63)
 
 
@@ -183,8 +190,11 @@ class Outbox(SQLModel, table=True):
         sa_column=sa.Column(_BIGINT_PK, primary_key=True, autoincrement=True),
     )
     partner: str = Field(max_length=63, index=True)
-    kind: str = Field(max_length=16)  # deliver | notice
+    kind: str = Field(max_length=16)  # deliver | notice | descriptor
     artifact_id: str = Field(max_length=64, index=True)
+    # The artifact's origin: this node, but the partner's for an access notice (None for a
+    # descriptor, whose artifact_id is a key fingerprint).
+    artifact_origin: str | None = Field(default=None, max_length=63)
     payload: str = Field(default="{}", sa_column=sa.Column(sa.Text, nullable=False))  # JSON
     state: str = Field(default="pending", max_length=12)  # pending | delivered | failed
     attempts: int = Field(default=0)

@@ -8,6 +8,8 @@ band. Re-pinning an existing node id needs ``replace=True``. Every change is an 
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel import Session, select
@@ -22,9 +24,11 @@ from service.errors import ConflictError, NotFoundError, PartnerError
 from service.models import Partner, PartnerKey
 
 __all__ = [
+    "PartnerKeys",
     "add_partner",
     "get_partner",
     "list_partners",
+    "partner_keys",
     "partner_verify_keys",
     "remove_partner",
     "rotate_partner",
@@ -149,7 +153,9 @@ def rotate_partner(
             raise PartnerError(f"rotated descriptor rejected: {exc}") from None
         old = session.get(PartnerKey, current.fingerprint)
         if old is not None:
-            old.retired_at = now
+            # Retired when the partner rotated (the new descriptor's signed creation), or when
+            # we learned of it if that is earlier: the old key signs nothing newer.
+            old.retired_at = min(descriptor.created, now)
             session.add(old)
     row = _store(session, descriptor, envelope, now)
     if descriptor.fingerprint != pinned_fingerprint:
@@ -189,6 +195,41 @@ def remove_partner(session: Session, *, node_id: str, now: datetime, actor: str)
 
 
 def partner_verify_keys(session: Session, node_id: str) -> dict[str, VerifyKey]:
-    """Every key (current and retired) the partner has signed with, by fingerprint."""
+    """Every key (current and retired) the partner has signed with, by fingerprint.
+
+    For what this node already verified and stored (re-reading its own records). Anything
+    new from a partner is verified with :func:`partner_keys`, which knows when each key was
+    retired."""
     rows = session.exec(select(PartnerKey).where(PartnerKey.node_id == node_id))
     return {r.fingerprint: VerifyKey(base64.b64decode(r.public_key)) for r in rows}
+
+
+@dataclass(frozen=True)
+class PartnerKeys:
+    """A partner's signing keys and their lifetimes: a key retired at T verifies only what
+    it signed before T (manifests by their ``created``, receipts by their ``received_at``,
+    responses by their signature's ``created``), never anything newer.
+
+    The times are the signer's own claims: someone holding a stolen retired key can still
+    backdate what they sign to before its retirement. That residual is bounded by the
+    freshness checks where there are any (a response's ``created`` must be within the clock
+    skew of now), and by the receiver's other checks (recipients, policy, onward terms)."""
+
+    keys: Mapping[str, VerifyKey]  # fingerprint -> key, current and retired
+    retired: Mapping[str, datetime]  # fingerprint -> when it was retired
+
+    def valid_at(self, signed_at: datetime) -> dict[str, VerifyKey]:
+        """The keys that could have signed something at ``signed_at``."""
+        return {
+            fp: key
+            for fp, key in self.keys.items()
+            if fp not in self.retired or signed_at < self.retired[fp]
+        }
+
+
+def partner_keys(session: Session, node_id: str) -> PartnerKeys:
+    rows = list(session.exec(select(PartnerKey).where(PartnerKey.node_id == node_id)))
+    return PartnerKeys(
+        keys={r.fingerprint: VerifyKey(base64.b64decode(r.public_key)) for r in rows},
+        retired={r.fingerprint: r.retired_at for r in rows if r.retired_at is not None},
+    )

@@ -138,3 +138,5 @@ class SyncPartnerOut(BaseModel):
     failing: int
     last_error: str | None
     last_contact: datetime | None
+    pull_error: str | None = None  # why the last pull of the partner's feed failed, if it did
+    last_pull_at: datetime | None = None

@@ -1,5 +1,6 @@
 """``/federation/v1``: what partner nodes call. Every request is RFC 9421-signed by a pinned
-partner (refused with 401 otherwise) and every successful response is signed by this node.
+partner (refused with 401 otherwise) and every response to a signed request, refusals included
+(:func:`signed_problems`), is signed by this node, bound to that request's signature.
 
 - ``POST inbox``: a delivery, ``application/vnd.entente.delivery``: the manifest (DSSE JSON, one
   line), a newline, then the age ciphertext, streamed. Answers with a signed receipt.
@@ -11,6 +12,7 @@ partner (refused with 401 otherwise) and every successful response is signed by 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import json
 from collections.abc import AsyncIterator, Callable
@@ -73,6 +75,12 @@ def _target_uri(node: Node, request: Request) -> str:
 async def signed_partner(request: Request, node: NodeDep) -> IncomingSignature:
     """Authenticate a partner by its RFC 9421 signature (the body digest is checked later)."""
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
+    limits = Limits.of(request.app.state)
+
+    def admit(partner: str) -> None:  # the signature verified; its nonce is not stored yet
+        request.state.partner = partner  # a refusal from here on is the partner's
+        limits.partner(node, partner)
+
     try:
         sig = await run_in_threadpool(
             verify_incoming,
@@ -80,6 +88,7 @@ async def signed_partner(request: Request, node: NodeDep) -> IncomingSignature:
             method=request.method,
             target_uri=_target_uri(node, request),
             headers=headers,
+            admit=admit,
         )
     except CryptoError as exc:
         reason = str(exc)
@@ -89,7 +98,6 @@ async def signed_partner(request: Request, node: NodeDep) -> IncomingSignature:
         ) from None
     request.state.partner = sig.partner
     request.state.signature = sig
-    Limits.of(request.app.state).partner(node, sig.partner)
     return sig
 
 
@@ -140,6 +148,48 @@ async def _small_body(
             f"the body does not match its signature: {exc}", reason="digest"
         ) from None
     return bytes(body)
+
+
+ProblemHandler = Callable[[Request, Exception], Any]
+
+
+def signed_problems(handler: ProblemHandler) -> ProblemHandler:
+    """Wrap a problem handler (``service.api.problems``) so that a problem document answered on
+    a ``/federation`` route to a request carrying one signature is signed like any federation
+    answer: the partner can then tell this node's refusal from a forged one. A request without
+    a signature (not a partner's) gets the problem unsigned, and signs nothing for an
+    anonymous flood."""
+
+    async def handle(request: Request, exc: Exception) -> Any:
+        response = handler(request, exc)
+        if inspect.isawaitable(response):
+            response = await response
+        if isinstance(response, Response) and request.url.path.startswith(router.prefix + "/"):
+            _sign_problem(request, response)
+        return response
+
+    return handle
+
+
+def _sign_problem(request: Request, response: Response) -> None:
+    node = getattr(request.app.state, "node", None)
+    if node is None or b"signature-input" not in dict(request.scope.get("headers", ())):
+        return
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
+    ctype = response.headers.get("content-type", "application/problem+json")
+    try:
+        message = httpsig.Request(request.method, _target_uri(node, request), headers)
+        signed = sign_response_headers(
+            node,
+            request=message,
+            status=response.status_code,
+            headers={"Content-Type": ctype},
+            content_digest=digest_value(hashlib.sha256(bytes(response.body)).digest()),
+        )
+    except CryptoError:  # not a request a partner client could match an answer to
+        return
+    for name, value in signed.items():
+        response.headers[name] = value
 
 
 def signed_json(node: Node, sig: IncomingSignature, status: int, data: Any) -> Response:

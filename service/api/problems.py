@@ -178,10 +178,12 @@ def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(EntenteError, _entente_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    from service.api.federation import signed_problems  # refusals to partners are signed
+
+    app.add_exception_handler(EntenteError, signed_problems(_entente_error))
+    app.add_exception_handler(RequestValidationError, signed_problems(_validation_error))
+    app.add_exception_handler(StarletteHTTPException, signed_problems(_http_error))
+    app.add_exception_handler(Exception, signed_problems(_unexpected))
 
 
 # --- the OpenAPI document declares the problems the routes really answer with ----------------

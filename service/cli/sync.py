@@ -1,9 +1,10 @@
 """``entente sync status`` and ``entente share-onward``: federation state and onward sharing.
 
 ``sync status`` shows, per partner, deliveries pending, delivered and failing (with the last
-error) and the last successful contact: from a running node over HTTP (``--url`` and a token from
-``--token`` or ENTENTE_TOKEN; any role but reader), or straight from a node's database with
-``--home`` (no keys needed, so it works while the node is stopped).
+error), the last successful contact and the error of the last pull of its feed: from a running
+node over HTTP (``--url`` and a token from ``--token`` or ENTENTE_TOKEN; any role but reader), or
+straight from a node's database with ``--home`` (no keys needed, so it works while the node is
+stopped).
 
 ``share-onward`` asks a node to pass an artifact it received on to third nodes; the node checks
 the origin's onward terms and its own MOU policies, and refuses with the rule and clause.
@@ -122,7 +123,9 @@ def status(
     if not rows:
         console.print("No partners pinned yet.")
         return
-    table = Table("partner", "pending", "delivered", "failing", "last contact", "last error")
+    table = Table(
+        "partner", "pending", "delivered", "failing", "last contact", "last error", "pull error"
+    )
     for r in rows:
         failing = str(r["failing"])
         table.add_row(
@@ -132,6 +135,7 @@ def status(
             f"[red]{failing}[/]" if r["failing"] else failing,
             _ago(r.get("last_contact")),
             outside((r.get("last_error") or "")[:120]),
+            outside((r.get("pull_error") or "")[:120]),
         )
     console.print(table)
 

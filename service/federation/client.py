@@ -1,10 +1,11 @@
 """Signed calls from this node to one partner.
 
-Every request is RFC 9421-signed with this node's key; every answer must carry a valid signature
-by the partner's pinned key and a body matching its ``Content-Digest``, or it is not believed.
-Whatever goes wrong on the way (connection refused, timeout, 5xx, a bad or missing signature) the
-caller sees one error, :class:`service.errors.PartnerUnavailableError`; a 4xx problem document
-from the partner is :class:`PartnerRefusedError` carrying its detail.
+Every request is RFC 9421-signed with this node's key; every answer, refusals included, must carry
+a valid signature by the partner's pinned key, bound to this request's own signature, covering
+its ``Content-Type`` and with a nonce, and a body matching its ``Content-Digest``, or it is not
+believed. Whatever goes wrong on the way (connection refused, timeout, 5xx, a bad or missing
+signature) the caller sees one error, :class:`service.errors.PartnerUnavailableError`; a signed
+4xx problem document from the partner is :class:`PartnerRefusedError` carrying its detail.
 
 Synchronous (httpx.Client) by design: the delivery and pull workers run it on worker threads,
 where streaming a blob up or down needs no bridging between event loop and thread.
@@ -34,7 +35,7 @@ from service.federation.signing import (
 )
 from service.models import Partner
 from service.node import Node
-from service.partners import partner_verify_keys
+from service.partners import partner_keys
 
 __all__ = ["BATCH_TYPE", "DELIVERY_TYPE", "PartnerClient", "PartnerRefusedError", "Reply"]
 
@@ -94,11 +95,12 @@ class PartnerClient:
         self, partner: Partner, signed: httpsig.Request, response: httpx.Response
     ) -> httpsig.VerifiedSignature:
         with self.node.db.session() as session:
-            keys = partner_verify_keys(session, partner.node_id)
+            keys = partner_keys(session, partner.node_id)
         try:
             return verify_response_from(
                 self.node,
-                partner_keys=keys,
+                partner_keys=keys.keys,
+                retired=keys.retired,
                 request=signed,
                 status=response.status_code,
                 headers=list(response.headers.multi_items()),
@@ -108,26 +110,42 @@ class PartnerClient:
                 f"{partner.node_id} answered without a valid signature: {exc}"
             ) from None
 
-    def _refusal(self, partner: Partner, response: httpx.Response) -> PartnerUnavailableError:
-        body = response.read()[:MAX_REPLY_BYTES]
-        try:
-            problem = strict_json.loads(body)
-            if not isinstance(problem, dict):
-                problem = {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            problem = {}
-        detail = str(problem.get("detail") or response.reason_phrase)[:500]
+    def _refusal(
+        self, partner: Partner, signed: httpsig.Request, response: httpx.Response
+    ) -> PartnerUnavailableError:
+        """The error for a non-2xx answer. A 4xx is the partner's refusal
+        (:class:`PartnerRefusedError`, which may stop retries) only when it is signed like any
+        answer and its body matches its digest; an unsigned one proves nothing (a proxy, or
+        someone on the path) and is retried like an unreachable partner."""
+        body = bytearray()
+        for chunk in response.iter_bytes(1 << 16):
+            body += chunk
+            if len(body) > MAX_REPLY_BYTES:
+                break
+        status = response.status_code
         error: PartnerUnavailableError
-        if 400 <= response.status_code < 500:
-            error = PartnerRefusedError(
-                f"{partner.node_id} refused ({response.status_code}): {detail}",
-                status=response.status_code,
-                problem=problem,
-            )
+        if 400 <= status < 500:
+            try:
+                verified = self._check(partner, signed, response)
+                digester = httpsig.ContentDigester()
+                digester.update(bytes(body))
+                digester.verify(verified.content_digests)
+                problem = _problem(bytes(body))
+            except (PartnerUnavailableError, CryptoError) as exc:
+                why = exc.message if isinstance(exc, PartnerUnavailableError) else str(exc)
+                error = PartnerUnavailableError(
+                    f"{partner.node_id} answered ({status}) without a valid signature: {why}"
+                )
+            else:
+                detail = str(problem.get("detail") or response.reason_phrase)[:500]
+                error = PartnerRefusedError(
+                    f"{partner.node_id} refused ({status}): {detail}",
+                    status=status,
+                    problem=problem,
+                )
         else:
-            error = PartnerUnavailableError(
-                f"{partner.node_id} failed ({response.status_code}): {detail}"
-            )
+            detail = str(_problem(bytes(body)).get("detail") or response.reason_phrase)[:500]
+            error = PartnerUnavailableError(f"{partner.node_id} failed ({status}): {detail}")
         error.retry_after = retry_after_seconds(response.headers.get("retry-after"))
         return error
 
@@ -139,7 +157,7 @@ class PartnerClient:
         limit: int = MAX_REPLY_BYTES,
     ) -> Reply:
         if response.status_code >= 300:
-            raise self._refusal(partner, response)
+            raise self._refusal(partner, signed, response)
         verified = self._check(partner, signed, response)
         body = bytearray()
         for chunk in response.iter_bytes(1 << 16):
@@ -151,8 +169,11 @@ class PartnerClient:
         try:
             digester.verify(verified.content_digests)
             data = strict_json.loads(body)
-        except (CryptoError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PartnerUnavailableError(f"{partner.node_id} sent a bad reply: {exc}") from None
+        except (CryptoError, ValueError, RecursionError) as exc:
+            # ValueError: not JSON, not UTF-8, or a number too long to convert; RecursionError:
+            # nested too deep. A signed reply is still the partner's input, never trusted.
+            why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise PartnerUnavailableError(f"{partner.node_id} sent a bad reply: {why}") from None
         return Reply(response.status_code, data)
 
     def call_json(
@@ -236,7 +257,7 @@ class PartnerClient:
         try:
             with self.http.stream("GET", url, headers=headers) as response:
                 if response.status_code >= 300:
-                    raise self._refusal(partner, response)
+                    raise self._refusal(partner, signed, response)
                 verified = self._check(partner, signed, response)
                 yield _VerifiedStream(partner.node_id, response, verified)
         except httpx.HTTPError as exc:
@@ -278,6 +299,15 @@ class _VerifiedStream:
         else:
             out, self._buf = self._buf[:n], self._buf[n:]
         return out
+
+
+def _problem(body: bytes) -> dict[str, Any]:
+    """A problem document's members, or nothing when the body is not a JSON object."""
+    try:
+        problem = strict_json.loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    return problem if isinstance(problem, dict) else {}
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:

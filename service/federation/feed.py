@@ -15,6 +15,7 @@ import base64
 import json
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import col, select
 
 from service.errors import NotFoundError
@@ -31,7 +32,13 @@ def page(node: Node, *, partner: str, after: int, limit: int) -> dict[str, Any]:
     with node.db.session() as session:
         rows = session.exec(
             select(Outbox, Artifact)
-            .join(Artifact, col(Artifact.id) == col(Outbox.artifact_id))
+            .join(
+                Artifact,
+                sa.and_(
+                    col(Artifact.id) == col(Outbox.artifact_id),
+                    col(Artifact.origin) == col(Outbox.artifact_origin),
+                ),
+            )
             .where(
                 Outbox.partner == partner,
                 Outbox.kind == "deliver",
@@ -50,6 +57,9 @@ def page(node: Node, *, partner: str, after: int, limit: int) -> dict[str, Any]:
             "artifact_id": art.id,
             "manifest": json.loads(art.manifest),
         }
+        shown = json.loads(art.policy_ref or "{}").get("disclosures", {}).get(partner)
+        if shown is not None:  # what the manifest commits to for this partner, for it only
+            item["disclosure"] = shown
         if out.state != "delivered" and art.ciphertext_size <= min(INLINE_MAX_BYTES, budget):
             try:
                 with node.blobs.open(art.blob) as fh:
@@ -69,9 +79,16 @@ def payload_for(node: Node, *, partner: str, artifact_id: str) -> tuple[str, int
     with node.db.session() as session:
         row = session.exec(
             select(Artifact)
-            .join(Outbox, col(Outbox.artifact_id) == col(Artifact.id))
+            .join(
+                Outbox,
+                sa.and_(
+                    col(Outbox.artifact_id) == col(Artifact.id),
+                    col(Outbox.artifact_origin) == col(Artifact.origin),
+                ),
+            )
             .where(
                 Artifact.id == artifact_id,
+                Artifact.origin == node.node_id,
                 Outbox.partner == partner,
                 Outbox.kind == "deliver",
             )

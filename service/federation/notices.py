@@ -91,7 +91,10 @@ def _accept(
         if seen is not None:
             loaded: dict[str, Any] = json.loads(seen.receipt)
             return loaded
-        artifact = session.get(Artifact, artifact_id)
+        # A revocation is about the sender's artifact, an access notice about ours: an id
+        # names an artifact only within its origin's namespace.
+        origin = sender if kind == "revocation" else node.node_id
+        artifact = session.get(Artifact, (artifact_id[:64], origin))
         if kind == "revocation":
             blobs = _revocation(session, node, sender, artifact, artifact_id, data, now)
         else:
@@ -168,6 +171,7 @@ def _revoke_onward_copies(
     copies = session.exec(
         select(Artifact).where(
             Artifact.upstream_id == upstream.id,
+            Artifact.upstream_from == upstream.origin,
             Artifact.origin == node.node_id,
             col(Artifact.revoked_at).is_(None),
         )
@@ -196,6 +200,7 @@ def _revoke_onward_copies(
                     partner=partner,
                     kind="notice",
                     artifact_id=copy.id,
+                    artifact_origin=copy.origin,
                     payload=json.dumps({"type": "revocation", "reason": copy.revocation_reason}),
                     created_at=now,
                     next_attempt_at=now,

@@ -6,7 +6,8 @@ whose ``chain`` carries every upstream manifest, root first. The third node veri
 chain (:func:`verify_chain`) before it stores anything:
 
 1. each upstream manifest is signed by the key of the node it names as origin, pinned at the
-   verifier (the root's origin must be a pinned partner of the third node);
+   verifier (the root's origin must be a pinned partner of the third node); a key that origin
+   has retired verifies only a link created before its retirement;
 2. each link holds the same plaintext (SHA-256 and size) as the one before it;
 3. no link loosens the one before it: the TLP label is never less strict, an expiry never later,
    an embargo never earlier;
@@ -22,35 +23,41 @@ third node as ``onward_to``) and its own ``share`` policy for the third node. A 
 a 403 problem document naming the rule, audited as ``onward.denied``.
 
 Policy references in manifests (written by :func:`service.artifacts.share_artifact`):
-``{"decisions": [{"partner", "effect", "policy", "rules", "obligations"}], "onward_approved":
-[node ids], "onward": {"upstream", "origin", "decisions": [...]}}``; ``onward`` only on onward
-shares, where its decisions are the holder's ``onward_share`` decisions.
+``{"decisions": [{"partner", "sha256"}], "onward_approved": [node ids], "onward": {"upstream",
+"origin", "disclosure"}}``. Each ``sha256`` commits to one recipient's *disclosure*
+(``crypto.sealed.disclosure``: its decision ``{"partner", "effect", "policy", "rules",
+"obligations"}`` and, on an onward share, the holder's ``onward_share`` decision for it), which
+only that recipient receives, with its delivery: co-recipients never read each other's terms.
+``onward`` only on onward shares: ``disclosure`` is the holder's own disclosure from the link
+before, which the next node checks against that link's commitment to verify the holder's onward
+terms (step 4). Manifests written before commitments list the decisions themselves, and are
+read as they are.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError, MalformedError, VerificationError
-from crypto.keys import VerifyKey
-from crypto.sealed import Manifest, verify_manifest
+from crypto.sealed import Manifest, committed_decisions, verify_disclosure, verify_manifest
 from policies import Decision, Request
 from service.artifacts import get_artifact, plaintext_chunks, share_artifact
 from service.audit import record
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, PolicyDeniedError
 from service.models import Artifact, Partner
 from service.node import Node
-from service.partners import partner_verify_keys
+from service.partners import PartnerKeys, partner_keys, partner_verify_keys
 from service.schemas import ShareMetadata
 from service.tokens import Principal
 
 __all__ = [
     "TLP_RANK",
     "Allowance",
+    "holder_disclosure",
     "onward_allowance",
     "share_onward",
     "verify_chain",
@@ -95,8 +102,20 @@ def _onward_obligations(entries: Iterator[dict[str, Any]]) -> list[dict[str, Any
     return out
 
 
-def _link_terms(manifest: Manifest, holder: str) -> tuple[frozenset[str], bool] | None:
-    """The onward terms ``manifest`` gives ``holder``: None when it gives none (no onward)."""
+def _link_terms(
+    manifest: Manifest, holder: str, disclosed: dict[str, Any] | None
+) -> tuple[frozenset[str], bool] | None:
+    """The onward terms ``manifest`` gives ``holder``: None when it gives none (no onward).
+
+    ``disclosed`` is the holder's verified disclosure of its decision in ``manifest`` (a
+    manifest that commits to decisions shows none); a manifest written before commitments
+    shows every decision itself."""
+    if disclosed is not None:
+        mine = _onward_obligations(_entries([disclosed.get("decision")]))
+        upstream = _onward_obligations(_entries([disclosed.get("onward")]))
+        if not mine:
+            return None
+        return _narrowed(mine + upstream)
     policy = _policy(manifest)
     mine = _onward_obligations(
         e for e in _entries(policy.get("decisions")) if e.get("partner") == holder
@@ -107,9 +126,13 @@ def _link_terms(manifest: Manifest, holder: str) -> tuple[frozenset[str], bool] 
     upstream = (
         _onward_obligations(_entries(onward.get("decisions"))) if isinstance(onward, dict) else []
     )
+    return _narrowed(mine + upstream)
+
+
+def _narrowed(obligations: list[dict[str, Any]]) -> tuple[frozenset[str], bool]:
     allowed: frozenset[str] | None = None
     approval = False
-    for obligation in mine + upstream:
+    for obligation in obligations:
         to = obligation.get("to")
         names = (
             frozenset(t for t in to if isinstance(t, str)) if isinstance(to, list) else frozenset()
@@ -128,13 +151,23 @@ def _approved(root: Manifest) -> frozenset[str]:
     )
 
 
-def onward_allowance(links: Sequence[Manifest], holder: str) -> Allowance:
-    """What the chain ``links`` (root first, the holder's own copy last) lets ``holder`` do."""
+def onward_allowance(
+    links: Sequence[Manifest],
+    holder: str,
+    disclosures: Sequence[dict[str, Any] | None] | None = None,
+) -> Allowance:
+    """What the chain ``links`` (root first, the holder's own copy last) lets ``holder`` do.
+
+    ``disclosures[j]`` is the verified disclosure of link ``j``'s decision for the node that
+    held it next (None for a link that shows its decisions itself)."""
+    shown = list(disclosures) if disclosures is not None else [None] * len(links)
+    if len(shown) != len(links):
+        raise ValueError("one disclosure (or None) per link")
     allowed: frozenset[str] | None = None
     approval = False
     holders = [link.origin for link in links[1:]] + [holder]
-    for link, who in zip(links, holders, strict=True):
-        terms = _link_terms(link, who)
+    for link, who, disclosed in zip(links, holders, shown, strict=True):
+        terms = _link_terms(link, who, disclosed)
         if terms is None:
             return Allowance(frozenset(), False, frozenset())
         allowed = terms[0] if allowed is None else allowed & terms[0]
@@ -154,7 +187,7 @@ def _not_looser(prev: Manifest, cur: Manifest) -> str | None:
     return None
 
 
-def _verify_link(node: Node, raw: object, cache: dict[str, Mapping[str, VerifyKey]]) -> Manifest:
+def _verify_link(node: Node, raw: object, cache: dict[str, PartnerKeys]) -> Manifest:
     try:
         envelope = Envelope.from_json(raw)
         claimed = Manifest.from_payload(envelope.payload).origin
@@ -163,15 +196,36 @@ def _verify_link(node: Node, raw: object, cache: dict[str, Mapping[str, VerifyKe
     if claimed not in cache:
         if claimed == node.node_id:
             keys = node.keys
-            cache[claimed] = {
-                k.fingerprint: k.public for k in (keys.signing, *keys.retired_signing)
-            }
+            cache[claimed] = PartnerKeys(
+                keys={k.fingerprint: k.public for k in (keys.signing, *keys.retired_signing)},
+                retired={},
+            )
         else:
             with node.db.session() as session:
-                cache[claimed] = partner_verify_keys(session, claimed)
-    if not cache[claimed]:
+                cache[claimed] = partner_keys(session, claimed)
+    if not cache[claimed].keys:
         raise VerificationError(f"the chain's origin {claimed} is not a pinned partner")
-    return verify_manifest(envelope, trusted=cache[claimed], origin=claimed)
+    # A key its origin retired verifies only links it signed before the retirement.
+    return verify_manifest(
+        envelope, trusted=cache[claimed].keys, origin=claimed, retired=cache[claimed].retired
+    )
+
+
+def holder_disclosure(upstream: Manifest, link: Manifest) -> dict[str, Any] | None:
+    """The disclosure of ``upstream``'s decision for ``link``'s origin (who passed it on),
+    which ``link`` carries in ``policy.onward.disclosure``, checked against ``upstream``'s
+    commitment; None when ``upstream`` shows its decisions itself (written before
+    commitments). Raises :class:`VerificationError`."""
+    if link.origin not in committed_decisions(upstream):
+        return None
+    onward = _policy(link).get("onward")
+    shown = onward.get("disclosure") if isinstance(onward, dict) else None
+    try:
+        return verify_disclosure(upstream, link.origin, shown)
+    except MalformedError as exc:
+        raise VerificationError(
+            f"the onward share does not show its upstream terms: {exc}"
+        ) from None
 
 
 def verify_chain(node: Node, manifest: Manifest) -> list[Manifest]:
@@ -180,10 +234,13 @@ def verify_chain(node: Node, manifest: Manifest) -> list[Manifest]:
     ``manifest`` itself must already be verified (signed by its origin, the sender). Raises
     :class:`crypto.errors.VerificationError` with the reason.
     """
-    cache: dict[str, Mapping[str, VerifyKey]] = {}
+    cache: dict[str, PartnerKeys] = {}
     links = [_verify_link(node, raw, cache) for raw in manifest.chain] + [manifest]
     raw_chain = list(manifest.chain)
     allowance: Allowance | None = None
+    # disclosures[j]: link j's decision for the node that passed it on next, shown by that
+    # node in its own (signed) link and checked against link j's commitment.
+    disclosures = [holder_disclosure(links[j], links[j + 1]) for j in range(len(links) - 1)]
     for i in range(1, len(links)):
         prev, cur = links[i - 1], links[i]
         if cur.sha256 != prev.sha256 or cur.size != prev.size:
@@ -195,7 +252,7 @@ def verify_chain(node: Node, manifest: Manifest) -> list[Manifest]:
             raise VerificationError(f"{cur.origin} was not a recipient of the upstream manifest")
         if list(cur.chain) != raw_chain[:i]:
             raise VerificationError("an upstream manifest carries a different chain")
-        allowance = onward_allowance(links[:i], cur.origin)
+        allowance = onward_allowance(links[:i], cur.origin, disclosures[:i])
         for recipient in cur.recipients:
             if recipient.node_id != cur.origin and not allowance.permits(recipient.node_id):
                 raise VerificationError(
@@ -304,7 +361,13 @@ def share_onward(
         links = verify_chain(node, manifest) if manifest.chain else [manifest]
     except CryptoError as exc:
         raise ConflictError(f"the stored manifest of {row.id} no longer verifies: {exc}") from None
-    allowance = onward_allowance(links, node.node_id)
+    shown = json.loads(row.policy_ref).get("disclosure") if row.policy_ref else None
+    try:
+        mine = verify_disclosure(manifest, node.node_id, shown)
+    except CryptoError:
+        mine = None  # a manifest that shows its decisions itself, or none for this node
+    before = [holder_disclosure(links[j], links[j + 1]) for j in range(len(links) - 1)]
+    allowance = onward_allowance(links, node.node_id, [*before, mine])
 
     def ask(partner: str, action: str, **extra: Any) -> Decision:
         request = Request(
@@ -372,8 +435,13 @@ def share_onward(
         decisions=shares,
         chain=(*manifest.chain, json.loads(envelope.to_bytes())),
         kind="onward.allowed",
-        onward={"upstream": row.id, "origin": root.origin, "decisions": onward_entries},
-        upstream=(row.id, root.origin),
+        onward={
+            "upstream": row.id,
+            "origin": root.origin,
+            "decisions": onward_entries,
+            "disclosure": mine,  # what the upstream decided for this node: its onward terms
+        },
+        upstream=(row.id, row.origin, root.origin),
     )
 
 

@@ -30,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -41,15 +41,16 @@ from sqlmodel import Session, col, select
 from crypto import strict_json
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
-from crypto.keys import SigningKey
+from crypto.keys import SigningKey, VerifyKey
 from crypto.receipt import verify_receipt
+from service.artifacts import delivery_head
 from service.audit import AUDIT_TABLE, audit_row
 from service.errors import PartnerUnavailableError
 from service.federation.client import PartnerClient, PartnerRefusedError
 from service.federation.notices import notice_payload
 from service.models import Artifact, Outbox, Partner
 from service.node import Node
-from service.partners import partner_verify_keys
+from service.partners import PartnerKeys, partner_keys
 
 __all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_ITEMS", "OutboxWorker", "record_receipts"]
 
@@ -89,8 +90,22 @@ class _Finish:
 Outcome = _Done | _Retry | _Finish
 
 
-def _manifest_line(artifact: Artifact) -> bytes:
-    return json.dumps(json.loads(artifact.manifest), separators=(",", ":")).encode()
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def receipt_keys(keys: PartnerKeys, envelope: Envelope) -> dict[str, VerifyKey]:
+    """The partner's keys that may verify this receipt: a retired key only one it issued
+    (``received_at``) before its retirement. The time is read from the payload before the
+    signature is checked; the signature then covers those same bytes. A payload without a
+    readable time gets the current keys only."""
+    try:
+        data = strict_json.loads(envelope.payload)
+        when = datetime.fromisoformat(str(data["received_at"]).replace("Z", "+00:00"))
+        if when.tzinfo is None:
+            raise ValueError("no time zone")
+    except (ValueError, TypeError, KeyError, RecursionError):
+        when = _NEVER
+    return keys.valid_at(when)
 
 
 class OutboxWorker:
@@ -191,7 +206,7 @@ class OutboxWorker:
             )
             artifact_ids = {r.artifact_id for r in rows if r.kind != "descriptor"}
             artifacts = {
-                a.id: a
+                (a.id, a.origin): a
                 for a in session.exec(select(Artifact).where(col(Artifact.id).in_(artifact_ids)))
             }
             partners = {
@@ -214,7 +229,7 @@ class OutboxWorker:
             if row.kind == "descriptor":
                 descriptors[row.partner].append(row)
                 continue
-            artifact = artifacts.get(row.artifact_id)
+            artifact = artifacts.get((row.artifact_id, row.artifact_origin or ""))
             if artifact is None:
                 settled.append((row.id, _Finish("failed", "the artifact no longer exists", True)))
             elif row.kind == "deliver" and (
@@ -251,14 +266,15 @@ class OutboxWorker:
         artifact: Artifact,
         data: Any,
         expect: str,
-        trusted: dict[str, Any] | None = None,
+        trusted: PartnerKeys | None = None,
     ) -> tuple[str, None] | tuple[None, str]:
         """(receipt JSON, None) when ``data`` holds a valid receipt, else (None, why)."""
         try:
             envelope = Envelope.from_json(data.get("receipt") if isinstance(data, dict) else None)
+            keys = trusted if trusted is not None else self._keys(partner.node_id)
             verify_receipt(
                 envelope,
-                trusted=trusted if trusted is not None else self._keys(partner.node_id),
+                trusted=receipt_keys(keys, envelope),
                 expect_kind=expect,
                 artifact_id=artifact.id,
                 sha256=artifact.sha256,
@@ -269,16 +285,16 @@ class OutboxWorker:
             return None, f"the partner's receipt was not acceptable: {exc}"
         return envelope.to_bytes().decode(), None
 
-    def _keys(self, partner_id: str) -> dict[str, Any]:
+    def _keys(self, partner_id: str) -> PartnerKeys:
         with self.node.db.session() as session:
-            return partner_verify_keys(session, partner_id)
+            return partner_keys(session, partner_id)
 
     def _batch(self, partner: Partner, items: list[tuple[Outbox, Artifact]]) -> None:
         payloads = []
         try:
             for _row, artifact in items:
                 with self.node.blobs.open(artifact.blob or "") as fh:
-                    payloads.append((_manifest_line(artifact), fh.read()))
+                    payloads.append((delivery_head(artifact, partner.node_id), fh.read()))
             reply = self.client.deliver_batch(partner, payloads)
         except PartnerRefusedError as exc:
             outcome: Outcome = (
@@ -304,7 +320,7 @@ class OutboxWorker:
         self._settle(outcomes)
 
     def _item_outcome(
-        self, partner: Partner, artifact: Artifact, result: Any, trusted: dict[str, Any]
+        self, partner: Partner, artifact: Artifact, result: Any, trusted: PartnerKeys
     ) -> Outcome:
         if not isinstance(result, dict):
             return _Retry(f"{partner.node_id} sent a malformed batch result")
@@ -324,7 +340,7 @@ class OutboxWorker:
             if row.kind == "deliver":
                 reply = self.client.deliver(
                     partner,
-                    manifest_line=_manifest_line(artifact),
+                    manifest_line=delivery_head(artifact, partner.node_id),
                     blob=artifact.blob or "",
                     size=artifact.ciphertext_size,
                 )
@@ -497,7 +513,15 @@ _SETTLING = (
         _OUTBOX.c.attempts,
         _ARTIFACTS.c.sha256,
     )
-    .select_from(_OUTBOX.outerjoin(_ARTIFACTS, _ARTIFACTS.c.id == _OUTBOX.c.artifact_id))
+    .select_from(
+        _OUTBOX.outerjoin(
+            _ARTIFACTS,
+            sa.and_(
+                _ARTIFACTS.c.id == _OUTBOX.c.artifact_id,
+                _ARTIFACTS.c.origin == _OUTBOX.c.artifact_origin,
+            ),
+        )
+    )
     .where(_OUTBOX.c.id.in_(sa.bindparam("ids", expanding=True)))
 )
 
@@ -597,7 +621,7 @@ def record_receipts(node: Node, *, partner: str, receipts: Any) -> int:
         return 0
     now = node.now()
     with node.db.session() as session:
-        trusted = partner_verify_keys(session, partner)
+        trusted = partner_keys(session, partner)
     verified: dict[str, tuple[str, str]] = {}
     for raw in receipts[:1000]:
         try:
@@ -606,7 +630,8 @@ def record_receipts(node: Node, *, partner: str, receipts: Any) -> int:
             artifact_id = str(payload.get("artifact_id", ""))[:64]
             sha256 = str(payload.get("sha256", ""))[:64]
             verify_receipt(
-                envelope, trusted=trusted, expect_kind="delivery", artifact_id=artifact_id,
+                envelope, trusted=receipt_keys(trusted, envelope), expect_kind="delivery",
+                artifact_id=artifact_id,
                 sha256=sha256, receiver=partner, sender=node.node_id,
             )  # fmt: skip
         except (CryptoError, ValueError, AttributeError):
@@ -650,7 +675,15 @@ _ACKNOWLEDGEABLE = (
         _OUTBOX.c.attempts,
         _ARTIFACTS.c.sha256,
     )
-    .select_from(_OUTBOX.join(_ARTIFACTS, _ARTIFACTS.c.id == _OUTBOX.c.artifact_id))
+    .select_from(
+        _OUTBOX.join(
+            _ARTIFACTS,
+            sa.and_(
+                _ARTIFACTS.c.id == _OUTBOX.c.artifact_id,
+                _ARTIFACTS.c.origin == _OUTBOX.c.artifact_origin,
+            ),
+        )
+    )
     .where(
         _OUTBOX.c.partner == sa.bindparam("partner"),
         _OUTBOX.c.kind == "deliver",

@@ -6,6 +6,11 @@ then stored together in one transaction; an artifact already held is skipped wit
 one the inbound policy refuses is skipped after its refusal is audited. The receipts issued for
 the page go back to the partner (``POST receipts``), which settles its outbox rows as delivered
 without pushing them again. A partner that cannot be reached keeps its cursor for the next round.
+
+Each partner is a bulkhead: its pull runs on its own thread (:class:`PullLoops`), and whatever
+goes wrong in it (unreachable, a bad signature, a hostile page: too deep, a number too long,
+malformed) is that partner's pull error, shown per partner by ``GET /v1/sync`` and ``entente sync
+status``, while the other partners are pulled as usual.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from service.errors import EntenteError, PartnerUnavailableError
 from service.federation.client import PartnerClient
@@ -27,12 +32,13 @@ from service.federation.receive import Received, Receiver
 from service.models import Partner, PullState
 from service.node import Node
 
-__all__ = ["pull_all", "pull_partner"]
+__all__ = ["PullLoops", "pull_all", "pull_partner"]
 
 log = logging.getLogger("entente.pull")
 
 PAGE_SIZE = 500  # feed items per request
 PAGE_MAX_BYTES = PAGE_INLINE_BUDGET * 2 + (8 << 20)  # bytes of one feed page's JSON
+PULL_PARALLEL = 8  # partners pulled at the same time
 
 
 def pull_partner(
@@ -54,7 +60,7 @@ def pull_partner(
             f"/federation/v1/feed?after={after}&limit={page}",
             max_reply_bytes=PAGE_MAX_BYTES,
         )
-        return reply.data if isinstance(reply.data, dict) else {}
+        return _checked_page(partner, reply.data, after)
 
     stored = 0
     error: str | None = None
@@ -63,23 +69,56 @@ def pull_partner(
             ahead: Future[dict[str, Any]] | None = io_thread.submit(fetch, cursor)
             while ahead is not None:
                 data = ahead.result()
-                nxt = data.get("next", cursor)
-                more = bool(data.get("more")) and isinstance(nxt, int) and nxt > cursor
+                nxt = data["next"]
+                more = data["more"] and nxt > cursor
                 ahead = io_thread.submit(fetch, nxt) if more else None
-                items = data.get("items", [])
-                received = _take_page(
-                    node, client, partner, items if isinstance(items, list) else []
-                )
+                received = _take_page(node, client, partner, data["items"])
                 stored += sum(1 for r in received if r.created)
                 if received:
                     io_thread.submit(_acknowledge, client, partner, received)
-                if isinstance(nxt, int) and nxt > cursor:
+                if nxt > cursor:
                     cursor = nxt
                     _save(node, partner.node_id, cursor, None)
         except PartnerUnavailableError as exc:
             error = exc.message
     _save(node, partner.node_id, cursor, error)
     return stored
+
+
+def _pull_isolated(node: Node, client: PartnerClient, partner: Partner) -> int:
+    """:func:`pull_partner` as a bulkhead: whatever goes wrong while pulling one partner (its
+    page, our handling of it) is recorded as that partner's pull error and never escapes."""
+    try:
+        return pull_partner(node, client, partner)
+    except Exception as exc:
+        log.exception("pulling %s failed", partner.node_id)
+        why = (str(exc).splitlines() or [""])[0][:300] or type(exc).__name__
+        try:
+            _save(node, partner.node_id, 0, f"pulling {partner.node_id} failed: {why}")
+        except Exception:  # the database itself is failing: the log has it
+            log.exception("could not record the pull error of %s", partner.node_id)
+        return 0
+
+
+def _checked_page(partner: Partner, data: Any, after: int) -> dict[str, Any]:
+    """The page's shape (``{"items": [objects], "next": int, "more": bool}``), or the
+    partner's error: a malformed page says nothing about where its feed goes on."""
+    items = data.get("items") if isinstance(data, dict) else None
+    nxt = data.get("next", after) if isinstance(data, dict) else None
+    more = data.get("more", False) if isinstance(data, dict) else None
+    if (
+        not isinstance(items, list)
+        or not all(isinstance(i, dict) for i in items)
+        or not isinstance(nxt, int)
+        or isinstance(nxt, bool)
+        or not 0 <= nxt < 2**62
+        or not isinstance(more, bool)
+    ):
+        raise PartnerUnavailableError(
+            f"{partner.node_id} sent a malformed feed page (after {after}): a page is "
+            '{"items": [objects], "next": cursor, "more": true|false}'
+        )
+    return {"items": items, "next": nxt, "more": more}
 
 
 def _take_page(
@@ -94,7 +133,10 @@ def _take_page(
             artifact_id = str(item.get("artifact_id", ""))[:64]
             if artifact_id in held:
                 continue
-            line = json.dumps(item.get("manifest"), separators=(",", ":")).encode()
+            head: Any = item.get("manifest")
+            if "disclosure" in item:
+                head = {"manifest": head, "disclosure": item["disclosure"]}
+            line = json.dumps(head, separators=(",", ":")).encode()
             try:
                 checked = receiver.check(line)
                 inline = item.get("payload")
@@ -148,7 +190,52 @@ def _save(node: Node, partner: str, cursor: int, error: str | None) -> None:
         session.add(state)
 
 
-def pull_all(node: Node, client: PartnerClient) -> int:
+def _partners(node: Node) -> list[Partner]:
     with node.db.session() as session:
-        partners = list(session.exec(select(Partner)))
-    return sum(pull_partner(node, client, p) for p in partners)
+        return list(session.exec(select(Partner).order_by(col(Partner.node_id))))
+
+
+def pull_all(node: Node, client: PartnerClient, *, parallel: int = PULL_PARALLEL) -> int:
+    """Pull every partner once, side by side, and wait; how many artifacts were stored.
+
+    Each partner is pulled in isolation: one that fails (unreachable, or serving a hostile
+    page) records its own error (``GET /v1/sync``) and the others are pulled all the same.
+    """
+    partners = _partners(node)
+    if not partners:
+        return 0
+    with ThreadPoolExecutor(
+        min(parallel, len(partners)), thread_name_prefix="entente-pull-partner"
+    ) as pool:
+        return sum(pool.map(lambda p: _pull_isolated(node, client, p), partners))
+
+
+class PullLoops:
+    """The pull worker's bulkheads: at most one pull in flight per partner, each on its own
+    thread (up to ``parallel`` partners at once), so a slow or hostile partner holds only its
+    own pull, never another partner's."""
+
+    def __init__(self, node: Node, client: PartnerClient, *, parallel: int = PULL_PARALLEL):
+        self.node = node
+        self.client = client
+        self._pool = ThreadPoolExecutor(parallel, thread_name_prefix="entente-pull-partner")
+        self._running: dict[str, Future[int]] = {}
+
+    def round(self) -> int:
+        """Start a pull of every partner whose previous pull has finished; how many started."""
+        self._running = {p: f for p, f in self._running.items() if not f.done()}
+        started = 0
+        for partner in _partners(self.node):
+            if partner.node_id not in self._running:
+                self._running[partner.node_id] = self._pool.submit(
+                    _pull_isolated, self.node, self.client, partner
+                )
+                started += 1
+        return started
+
+    def in_flight(self) -> set[str]:
+        """The partners whose pull is running now."""
+        return {p for p, f in self._running.items() if not f.done()}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,15 +1,19 @@
 """Accepting artifacts from a partner, whether pushed to the inbox or pulled from its feed.
 
 Order of checks for each artifact, each before anything is stored:
-1. the manifest parses and is signed by the sender's pinned key, and the sender is its origin;
+1. the manifest parses and is signed by the sender's pinned key (a retired key only for a
+   manifest created before its retirement), and the sender is its origin;
    for an onward share the whole chain verifies too (``onward.py``: upstream signatures, same
    plaintext, TLP never loosened, the upstream decision lets the sender pass it on to this node);
 2. this node is one of the manifest's recipients, under a recipient string it published (the
-   current one, or one retired by a key rotation), and the artifact is within the size limit;
+   current one, or one retired by a key rotation), the decision disclosed to it (beside the
+   manifest, shown to no co-recipient) is the one the manifest commits to for it, and the
+   artifact is within the size limit;
 3. this node's own inbound policy for the sender permits ``receive``;
-4. an artifact already stored under this id is the same one: then the reply is the receipt
-   already issued (idempotent), nothing else happens; one the sender revoked before it arrived
-   is refused (409);
+4. an artifact of the sender's already stored under this id (ids are scoped to their origin,
+   so another origin's artifact under the same id is another artifact) is the same one: then
+   the reply is the receipt already issued (idempotent), nothing else happens; one the sender
+   revoked before it arrived is refused (409);
 5. the ciphertext streams into a temporary blob while it is decrypted to nowhere: its header
    digest, every STREAM chunk, and the final plaintext digest and size are checked; the request's
    ``Content-Digest`` is checked last (``before_commit``);
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,11 +39,11 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from crypto import age
+from crypto import age, strict_json
 from crypto.dsse import Envelope
-from crypto.errors import CryptoError, VerificationError
+from crypto.errors import CryptoError, MalformedError, VerificationError
 from crypto.receipt import Receipt, sign_receipt
-from crypto.sealed import Manifest, verify_manifest
+from crypto.sealed import Manifest, committed_decisions, verify_disclosure, verify_manifest
 from policies import Decision, Request
 from service.artifacts import artifact_row
 from service.audit import AUDIT_TABLE, audit_row, record
@@ -55,11 +60,12 @@ from service.faults import fault_point
 from service.federation.onward import verify_chain
 from service.models import Artifact, ReceivedNotice
 from service.node import Node
-from service.partners import partner_verify_keys
+from service.partners import partner_keys
 
 __all__ = ["Received", "Receiver", "receive_artifact"]
 
 _ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
+MAX_HEAD_BYTES = 2 << 20  # bytes of a delivery's first line (the route bounds it lower)
 
 
 class _Null:
@@ -111,7 +117,8 @@ class Checked:
     envelope: Envelope
     manifest: Manifest
     decision: Decision
-    upstream: tuple[str, str] | None  # (artifact id, root origin) of an onward share
+    upstream: tuple[str, str, str] | None  # (artifact id, its origin, root origin) if onward
+    disclosure: dict[str, Any] | None = None  # the decision the manifest commits to for us
 
 
 @dataclass
@@ -130,7 +137,7 @@ class Receiver:
         self.sender = sender
         self.via = via
         with node.db.session() as session:
-            self.trusted = partner_verify_keys(session, sender)
+            self.keys = partner_keys(session, sender)
             # revoked before it arrived (a revocation can overtake a delivery)
             self.revoked = set(
                 session.exec(
@@ -172,13 +179,20 @@ class Receiver:
             raise
 
     # --- steps 1 to 3 ---------------------------------------------------------------------------
-    def check(self, envelope_bytes: bytes) -> Checked:
-        """Verify the manifest (and chain), the recipient and the inbound policy."""
+    def check(self, head: bytes) -> Checked:
+        """Verify the manifest (and chain), the recipient, the decision disclosed to this node
+        and the inbound policy. ``head`` is the delivery's first line: the manifest, or
+        ``{"manifest", "disclosure"}`` when the manifest commits to decisions."""
         artifact_id: str | None = None
         with self._refusals(None):
             try:
-                envelope = Envelope.from_bytes(envelope_bytes)
-                manifest = verify_manifest(envelope, trusted=self.trusted, origin=self.sender)
+                envelope, shown = _parse_head(head)
+                manifest = verify_manifest(
+                    envelope,
+                    trusted=self.keys.keys,
+                    origin=self.sender,
+                    retired=self.keys.retired,  # a retired key signs nothing new
+                )
             except CryptoError as exc:
                 raise InvalidInputError(
                     f"the manifest was refused: {exc}", reason="manifest"
@@ -197,12 +211,21 @@ class Receiver:
                     raise InvalidInputError(
                         f"the onward chain was refused: {exc}", reason="chain"
                     ) from None
-                upstream = (links[-2].artifact_id, links[0].origin)
+                upstream = (links[-2].artifact_id, links[-2].origin, links[0].origin)
             mine = [r for r in manifest.recipients if r.node_id == self.node.node_id]
             if not mine or mine[0].recipient not in self._mine:
                 raise InvalidInputError(
                     "this node is not a recipient of the artifact", reason="not-a-recipient"
                 )
+            disclosed = None
+            if self.node.node_id in committed_decisions(manifest):
+                try:
+                    disclosed = verify_disclosure(manifest, self.node.node_id, shown)
+                except CryptoError as exc:
+                    raise InvalidInputError(
+                        f"the decision disclosed to this node was refused: {exc}",
+                        reason="disclosure",
+                    ) from None
             limit = self.node.settings.max_artifact_bytes
             if manifest.size > limit:
                 raise TooLargeError(
@@ -210,7 +233,7 @@ class Receiver:
                     reason="too-large",
                 )
             decision = self._inbound(manifest)
-        return Checked(envelope, manifest, decision, upstream)
+        return Checked(envelope, manifest, decision, upstream, disclosed)
 
     def _inbound(self, manifest: Manifest) -> Decision:
         node = self.node
@@ -255,11 +278,16 @@ class Receiver:
 
     # --- step 4 ---------------------------------------------------------------------------------
     def held(self, artifact_ids: Sequence[str]) -> dict[str, Artifact]:
-        """The artifacts among ``artifact_ids`` this node already stores."""
+        """The sender's artifacts among ``artifact_ids`` this node already stores (an id is
+        the sender's own: another origin's artifact under the same id is another artifact)."""
         if not artifact_ids:
             return {}
         with self.node.db.session() as session:
-            rows = session.exec(select(Artifact).where(col(Artifact.id).in_(list(artifact_ids))))
+            rows = session.exec(
+                select(Artifact).where(
+                    col(Artifact.id).in_(list(artifact_ids)), Artifact.origin == self.sender
+                )
+            )
             return {r.id: r for r in rows}
 
     def repeat(self, existing: Artifact, manifest: Manifest) -> Received:
@@ -374,7 +402,7 @@ class Receiver:
             )
         except IntegrityError:
             with self.node.db.session() as session:
-                existing = session.get(Artifact, row["id"])
+                existing = session.get(Artifact, (row["id"], row["origin"]))
             if existing is None or existing.blob != item.digest:
                 self.node.blobs.delete(item.digest or "")
             if existing is None:
@@ -390,7 +418,7 @@ class Receiver:
             "title": manifest.title, "tlp": manifest.tlp, "via": self.via, "size": manifest.size,
         }  # fmt: skip
         if checked.upstream is not None:
-            detail.update(upstream=checked.upstream[0], origin=checked.upstream[1])
+            detail.update(upstream=checked.upstream[0], origin=checked.upstream[2])
         return audit_row(
             kind="receive.accepted",
             actor=f"partner:{self.sender}",
@@ -425,8 +453,17 @@ class Receiver:
             obligations=[o.to_json() for o in checked.decision.obligations],
         )  # fmt: skip
         row["receipt"] = receipt.to_bytes().decode()
+        if checked.disclosure is not None:  # what concerns this node, and the proof of it
+            policy = manifest.policy
+            row["policy_ref"] = json.dumps(
+                {
+                    "decisions": [checked.disclosure["decision"]],
+                    **{k: policy[k] for k in ("onward_approved", "onward") if k in policy},
+                    "disclosure": checked.disclosure,
+                }
+            )
         if checked.upstream:
-            row["upstream_id"], row["upstream_origin"] = checked.upstream
+            row["upstream_id"], row["upstream_from"], row["upstream_origin"] = checked.upstream
         return row
 
     # --- one artifact, start to end -------------------------------------------------------------
@@ -443,6 +480,19 @@ class Receiver:
             return self.repeat(next(iter(existing.values())), checked.manifest)
         staged = self.stage(checked, ciphertext, before_commit=before_commit)
         return self.commit([staged])[0]
+
+
+def _parse_head(head: bytes) -> tuple[Envelope, object]:
+    """A delivery's first line: the manifest envelope and the disclosure beside it, if any."""
+    if len(head) > MAX_HEAD_BYTES:
+        raise MalformedError("the delivery's first line is too large")
+    try:
+        data = strict_json.loads(head)
+    except (ValueError, RecursionError):
+        raise MalformedError("the delivery's first line is not JSON") from None
+    if isinstance(data, dict) and set(data) == {"manifest", "disclosure"}:
+        return Envelope.from_json(data["manifest"]), data["disclosure"]
+    return Envelope.from_json(data), None
 
 
 def receive_artifact(

@@ -1,39 +1,42 @@
 """Signing and verifying federation messages (RFC 9421, Ed25519, RFC 9530 Content-Digest).
 
-Every federation request carries a signature covering ``@method``, ``@target-uri`` and
-``content-digest``, with ``created``, ``expires``, ``nonce``, ``keyid`` (the sender's key
-fingerprint) and ``alg``. The receiver resolves ``keyid`` only among its pinned partners' current
-keys, enforces the clock-skew window, and refuses a nonce it has seen (kept in the database, so a
-replay is refused by every replica). Responses are signed too, bound to the request.
+Every federation request carries a signature covering ``@method``, ``@target-uri``,
+``content-digest`` (and ``content-type`` when it has one), with ``created``, ``expires``,
+``nonce``, ``keyid`` (the sender's key fingerprint) and ``alg``. The receiver resolves ``keyid``
+only among its pinned partners' current keys, enforces the clock-skew window, runs the partner's
+rate limit, and only then refuses a nonce it has seen (kept in the database per partner key, so a
+replay is refused by every replica and one partner cannot fill another's cache: ``replay.py``).
+Every response, refusals included, is signed too: bound to the request's own signature (RFC 9421
+2.4), ``content-type`` covered, with a nonce; the partner client believes nothing else.
 """
 
 from __future__ import annotations
 
 import base64
 import secrets
-import threading
-import time
-import weakref
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import timedelta
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 
-import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, func, select
+from sqlmodel import col, select
 
 from crypto import httpsig
-from crypto.errors import MalformedError, VerificationUnavailableError
+from crypto.errors import (
+    CryptoError,
+    MalformedError,
+    VerificationError,
+    VerificationUnavailableError,
+)
 from crypto.keys import SigningKey, VerifyKey
-from service.db import Database
-from service.limits import check_nonce_room
-from service.models import PartnerKey, SeenNonce
+from service.federation.replay import MAX_NONCE_CHARS, forget_expired, remember_nonce
+from service.models import PartnerKey
 from service.node import Node
 
 __all__ = [
     "IncomingSignature",
     "digest_value",
     "purge_nonces",
+    "request_label",
     "sign_request_headers",
     "sign_response_headers",
     "verify_incoming",
@@ -41,59 +44,6 @@ __all__ = [
 ]
 
 SIGNATURE_LIFETIME = 300  # seconds a signature stays valid after ``created``
-NONCE_RECOUNT_SECONDS = 1.0  # seconds: how stale this process's count of stored nonces may be
-
-
-@dataclass
-class _NonceRoom:
-    """How full the replay cache is, without counting the table on every signed request.
-
-    The table is counted when this process has not looked for ``NONCE_RECOUNT_SECONDS``, and on
-    every request once the count this process knows (the last count plus its own inserts since)
-    is within a tenth of ``nonce_cache_size``: near the bound every request is counted as before,
-    so a full cache is refused exactly. Far below it, other replicas' inserts since the last
-    count are not seen for up to ``NONCE_RECOUNT_SECONDS``, so with several replicas the cache
-    may pass the bound by what they accept in that time (it stays bounded).
-    """
-
-    known: int | None = None  # rows at the last count
-    added: int = 0  # nonces this process stored since
-    counted_at: float = 0.0  # monotonic seconds
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def check(self, session: Session, node: Node) -> None:
-        settings = node.settings
-        cap = settings.nonce_cache_size
-        with self.lock:
-            estimate = None if self.known is None else self.known + self.added
-            stale = time.monotonic() - self.counted_at > NONCE_RECOUNT_SECONDS
-        if estimate is not None and not stale and estimate < cap - max(1, cap // 10):
-            return
-        held = int(session.exec(select(func.count()).select_from(SeenNonce)).one())
-        with self.lock:
-            self.known, self.added, self.counted_at = held, 0, time.monotonic()
-        if held >= cap:
-            check_nonce_room(session, settings)  # counts again and raises the 429 problem
-
-    def stored(self) -> None:
-        with self.lock:
-            self.added += 1
-
-    def forget(self) -> None:
-        with self.lock:
-            self.known = None
-
-
-_rooms: weakref.WeakKeyDictionary[Database, _NonceRoom] = weakref.WeakKeyDictionary()
-_rooms_lock = threading.Lock()
-
-
-def _nonce_room(node: Node) -> _NonceRoom:
-    with _rooms_lock:
-        room = _rooms.get(node.db)
-        if room is None:
-            room = _rooms[node.db] = _NonceRoom()
-        return room
 
 
 @dataclass(frozen=True)
@@ -132,8 +82,18 @@ def sign_request_headers(
         created=created,
         expires=created + SIGNATURE_LIFETIME,
         nonce=secrets.token_urlsafe(16),
+        label=httpsig.REQUEST_LABEL,
     )
     return {"Content-Digest": content_digest, **signed}
+
+
+def request_label(request: httpsig.Request) -> str | None:
+    """The label of the request's one signature, which a response covers; None without one."""
+    try:
+        labels = httpsig.signature_labels(request)
+    except CryptoError:
+        return None
+    return labels[0] if len(labels) == 1 else None
 
 
 def sign_response_headers(
@@ -144,6 +104,13 @@ def sign_response_headers(
     headers: Mapping[str, str],
     content_digest: str,
 ) -> dict[str, str]:
+    """Headers that sign a response to ``request`` (which carries one signature): the status,
+    ``Content-Digest``, ``Content-Type`` and the request's method, URI and signature are
+    covered (RFC 9421 2.4), with a fresh nonce. Raises ``MalformedError`` for a request
+    without exactly one signature, which no partner client could match the answer to."""
+    label = request_label(request)
+    if label is None:
+        raise MalformedError("a response is signed only for a request with one signature")
     message = httpsig.Response(status, {**headers, "Content-Digest": content_digest})
     created = _created(node)
     signed = httpsig.sign_response(
@@ -153,6 +120,8 @@ def sign_response_headers(
         keyid=node.keys.signing.fingerprint,
         created=created,
         expires=created + SIGNATURE_LIFETIME,
+        nonce=secrets.token_urlsafe(16),
+        components=httpsig.response_components(label),
     )
     return {"Content-Digest": content_digest, **signed}
 
@@ -163,9 +132,20 @@ def digest_value(raw_sha256: bytes) -> str:
 
 
 def verify_incoming(
-    node: Node, *, method: str, target_uri: str, headers: list[tuple[str, str]]
+    node: Node,
+    *,
+    method: str,
+    target_uri: str,
+    headers: list[tuple[str, str]],
+    admit: Callable[[str], None],
 ) -> IncomingSignature:
-    """Verify a partner's signed request. Raises ``crypto.errors.CryptoError`` subclasses."""
+    """Verify a partner's signed request. Raises ``crypto.errors.CryptoError`` subclasses.
+
+    In this order: the signature verifies against a pinned partner's current key; then
+    ``admit(partner)`` runs (the partner's rate limit: it raises to refuse); only then is the
+    nonce stored, in that partner's own replay cache (``replay.py``), so that neither a
+    forged nor a refused request spends any room, and no partner spends another's.
+    """
     found: dict[str, tuple[str, VerifyKey]] = {}
 
     def resolve(keyid: str) -> VerifyKey | None:
@@ -184,19 +164,14 @@ def verify_incoming(
         return key
 
     def nonce_seen(keyid: str, nonce: str) -> bool:
-        if len(nonce) > 128:
+        # Called by httpsig only once the signature verified (RFC 9421 3.2.1).
+        if len(nonce) > MAX_NONCE_CHARS:
             raise MalformedError("the nonce is too long")
-        room = _nonce_room(node)
-        try:
-            with node.db.session() as session:
-                room.check(session, node)  # bounded: refuse rather than forget
-                session.execute(
-                    sa.insert(SeenNonce).values(keyid=keyid, nonce=nonce, seen_at=node.now())
-                )
-        except IntegrityError:
-            return True
-        room.stored()
-        return False
+        partner = found[keyid][0]
+        admit(partner)  # the partner's rate limit, before its nonce takes any room
+        return remember_nonce(
+            node.db, node.settings, keyid=keyid, partner=partner, nonce=nonce, now=node.now()
+        )
 
     message = httpsig.Request(method, target_uri, headers)
     settings = node.settings
@@ -220,23 +195,29 @@ def verify_response_from(
     request: httpsig.Request,
     status: int,
     headers: list[tuple[str, str]],
+    retired: Mapping[str, datetime] | None = None,
 ) -> httpsig.VerifiedSignature:
-    return httpsig.verify_response(
+    """Verify a partner's answer (a refusal too) to ``request``, as this node sent it, under
+    the profile: bound to the request's signature, ``Content-Type`` covered, a nonce.
+
+    ``retired`` maps retired keys among ``partner_keys`` to when they were retired: such a key
+    verifies only an answer signed (``created``) before then."""
+    verified = httpsig.verify_response(
         httpsig.Response(status, headers),
         request=request,
         resolve_key=partner_keys.get,
         now=_created(node),
         max_skew=node.settings.clock_skew_seconds,
         max_age=node.settings.signature_max_age_seconds,
+        required_components=httpsig.response_components(httpsig.REQUEST_LABEL),
+        require_nonce=True,
     )
+    until = (retired or {}).get(verified.keyid)
+    if until is not None and verified.created >= int(until.timestamp()):
+        raise VerificationError("the answer is signed by a key the partner has retired")
+    return verified
 
 
 def purge_nonces(node: Node) -> int:
     """Forget nonces older than any signature that could still be accepted."""
-    horizon = node.now() - timedelta(
-        seconds=node.settings.signature_max_age_seconds + 2 * node.settings.clock_skew_seconds
-    )
-    with node.db.session() as session:
-        result = session.execute(sa.delete(SeenNonce).where(col(SeenNonce.seen_at) < horizon))
-    _nonce_room(node).forget()
-    return int(getattr(result, "rowcount", 0) or 0)
+    return forget_expired(node.db, node.settings, now=node.now())

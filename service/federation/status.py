@@ -2,7 +2,8 @@
 
 For each pinned partner (and any partner that still has outbox rows): rows pending, delivered,
 failing (pending after at least one failed attempt, or given up as ``failed``) with the last
-error among them, and the last successful contact (a receipt stored, or a feed pulled cleanly).
+error among them, the last successful contact (a receipt stored, or a feed pulled cleanly), and
+the error of the last pull of the partner's feed (each partner's pull fails on its own).
 Reads only; no keys needed, so the CLI can run it against a stopped node's database.
 """
 
@@ -36,7 +37,8 @@ def sync_state(session: Session) -> list[SyncPartnerOut]:
         )
     ):
         counts[(partner, state)] = n
-    pulled = {s.partner: s.last_ok_at for s in session.exec(select(PullState)) if s.last_ok_at}
+    pulls = {s.partner: s for s in session.exec(select(PullState))}
+    pulled = {p: s.last_ok_at for p, s in pulls.items() if s.last_ok_at}
     out = []
     for partner in sorted(set(pinned) | {p for p, _ in counts}):
         failing = session.exec(select(func.count()).where(_failing(partner))).one()
@@ -62,6 +64,8 @@ def sync_state(session: Session) -> list[SyncPartnerOut]:
                 failing=failing,
                 last_error=last_error,
                 last_contact=max(contacts) if contacts else None,
+                pull_error=pulls[partner].last_error if partner in pulls else None,
+                last_pull_at=pulls[partner].last_pull_at if partner in pulls else None,
             )
         )
     return out

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import anyio.to_thread
 
 from service.federation.client import PartnerClient
 from service.federation.outbox import OutboxWorker
-from service.federation.pull import pull_all
+from service.federation.pull import PullLoops
 from service.federation.signing import purge_nonces
 from service.node import Node
 from service.workers import Workers
@@ -20,15 +18,15 @@ def register_federation_workers(workers: Workers, node: Node) -> PartnerClient:
     client = PartnerClient(node)
     outbox = OutboxWorker(node, client)
     settings = node.settings
-    last_pull = [0.0]
 
     async def deliver() -> float:
         handled = await anyio.to_thread.run_sync(outbox.run_once)
         return 0.0 if handled else settings.sync_interval_seconds
 
+    pulls = PullLoops(node, client)
+
     async def pull() -> float:
-        await anyio.to_thread.run_sync(pull_all, node, client)
-        last_pull[0] = time.monotonic()
+        await anyio.to_thread.run_sync(pulls.round)  # starts each idle partner's pull
         return settings.pull_interval_seconds
 
     async def purge() -> float:
@@ -39,5 +37,6 @@ def register_federation_workers(workers: Workers, node: Node) -> PartnerClient:
     workers.add("pull", pull)
     workers.add("purge-nonces", purge)
     workers.on_stop(outbox.close)
+    workers.on_stop(pulls.close)
     workers.on_stop(client.close)
     return client

@@ -15,6 +15,7 @@ from crypto.errors import MalformedError, VerificationError, VerificationUnavail
 from crypto.httpsig import (
     MAX_FIELD_BYTES,
     REQUEST_COMPONENTS,
+    RESPONSE_COMPONENTS,
     Component,
     ContentDigester,
     Request,
@@ -297,7 +298,9 @@ def test_request_round_trip() -> None:
     assert verified.expires == NOW + 300
     assert verified.nonce == "nonce-1"
     assert verified.label == "sig1"
-    assert [str(c) for c in verified.components] == [str(c) for c in REQUEST_COMPONENTS]
+    # The profile: a request with a body covers its media type too.
+    covered = [*REQUEST_COMPONENTS, Component("content-type")]
+    assert [str(c) for c in verified.components] == [str(c) for c in covered]
     assert dict(verified.content_digests) == {"sha-256": hashlib.sha256(BODY).digest()}
     # The caller then checks the (streamed) body against the signed digest.
     digester = ContentDigester(verified.content_digests)
@@ -389,7 +392,12 @@ TAMPERING: list[tuple[str, Callable[[Request], Request], type[Exception]]] = [
     ),
     (
         "coverage dropped",
-        lambda r: _edit_input(r, ' "content-digest")', ")"),
+        lambda r: _edit_input(r, ' "content-digest"', ""),
+        VerificationError,
+    ),
+    (
+        "content-type coverage dropped",
+        lambda r: _edit_input(r, ' "content-type"', ""),
         VerificationError,
     ),
     (
@@ -602,13 +610,8 @@ def _signed_response(request: Request, **kwargs: Any) -> Response:
         "keyid": OTHER.fingerprint,
         "created": NOW,
         "body": b'{"receipt": 1}',
-        "components": (
-            "@status",
-            "content-digest",
-            '"@method";req',
-            '"@target-uri";req',
-            request_signature_component("sig1"),
-        ),
+        "nonce": "r0",
+        "components": RESPONSE_COMPONENTS,
     }
     args.update(kwargs)
     return response.with_headers(sign_response(response, **args))
@@ -617,20 +620,11 @@ def _signed_response(request: Request, **kwargs: Any) -> Response:
 def test_response_round_trip_bound_to_the_request() -> None:
     request = signed()
     response = _signed_response(request)
-    verified = verify_response(
-        response,
-        request=request,
-        resolve_key=resolve,
-        now=NOW,
-        required_components=(
-            "@status",
-            "content-digest",
-            '"@method";req',
-            '"@target-uri";req',
-            request_signature_component("sig1"),
-        ),
-    )
-    assert verified.keyid == OTHER.fingerprint
+    verified = verify_response(response, request=request, resolve_key=resolve, now=NOW)
+    assert verified.keyid == OTHER.fingerprint and verified.nonce == "r0"
+    # The profile's response covers the request's signature and the media type (RFC 9421 2.4).
+    assert verified.covers(request_signature_component("sig1"))
+    assert verified.covers("content-type")
     assert verified.content_digests["sha-256"] == hashlib.sha256(b'{"receipt": 1}').digest()
     base = _base(response, '"signature";req;key="sig1"', "@status", request=request).decode()
     assert base.startswith('"signature";req;key="sig1": :')
@@ -649,12 +643,21 @@ def test_response_tampering() -> None:
     moved = Request(request.method, request.target_uri.replace("inbox", "feed"), request.headers)
     with pytest.raises(VerificationError):
         verify_response(response, request=moved, resolve_key=resolve, now=NOW)
-    with pytest.raises(VerificationError, match="does not cover"):
+    for weaker in (
+        ("@status", "content-digest"),
+        ("@status", "content-digest", "content-type", '"@method";req', '"@target-uri";req'),
+        tuple(c for c in RESPONSE_COMPONENTS if c.name != "content-type"),
+    ):
+        with pytest.raises(VerificationError, match="does not cover"):
+            verify_response(
+                _signed_response(request, components=weaker),
+                request=request,
+                resolve_key=resolve,
+                now=NOW,
+            )
+    with pytest.raises(VerificationError, match="no nonce"):
         verify_response(
-            _signed_response(request, components=("@status", "content-digest")),
-            request=request,
-            resolve_key=resolve,
-            now=NOW,
+            _signed_response(request, nonce=None), request=request, resolve_key=resolve, now=NOW
         )
     nonces = Nonces()
     with_nonce = _signed_response(request, nonce="r1")

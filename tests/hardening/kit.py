@@ -16,6 +16,7 @@ from typing import Any
 import requests
 import sqlalchemy as sa
 
+from service.artifacts import delivery_head
 from service.federation.signing import digest_value, sign_request_headers
 from service.models import Artifact
 from service.node import Node
@@ -117,15 +118,19 @@ def signed(
     }
 
 
-def delivery(origin: Kit, artifact_id: str) -> tuple[bytes, bytes]:
-    """The manifest line and ciphertext ``origin`` would deliver for one of its artifacts."""
+def delivery(origin: Kit, artifact_id: str, to: str | None = None) -> tuple[bytes, bytes]:
+    """The first line (the manifest, with the decision it commits to for the recipient) and the
+    ciphertext ``origin`` would deliver to ``to`` (by default its one other recipient)."""
     with origin.node.db.session() as session:
-        row = session.get(Artifact, artifact_id)
+        row = session.get(Artifact, (artifact_id, origin.node.node_id))
         assert row is not None and row.blob is not None
     with origin.node.blobs.open(row.blob) as fh:
         ciphertext = fh.read()
-    line = json.dumps(json.loads(row.manifest), separators=(",", ":")).encode()
-    return line, ciphertext
+    others = [r for r in json.loads(row.recipients) if r != origin.node.node_id]
+    partner = to or (others[0] if len(others) == 1 else None)
+    if partner is None:
+        raise ValueError("name the recipient of the delivery (to=)")
+    return delivery_head(row, partner), ciphertext
 
 
 class PartnerSignature(requests.auth.AuthBase):
@@ -139,7 +144,10 @@ class PartnerSignature(requests.auth.AuthBase):
         body = r.body or b""
         raw = body.encode() if isinstance(body, str) else body
         assert isinstance(raw, bytes)
-        r.headers.update(signed(self.sender, self.receiver, str(r.method), str(r.path_url), raw))
+        typed = {"Content-Type": r.headers["Content-Type"]} if "Content-Type" in r.headers else {}
+        r.headers.update(
+            signed(self.sender, self.receiver, str(r.method), str(r.path_url), raw, **typed)
+        )
         return r
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlmodel import select
 
 from crypto.dsse import sign_envelope
 from crypto.sealed import MANIFEST_PAYLOAD_TYPE, Manifest, sign_manifest
@@ -235,14 +236,26 @@ def fresh_manifest(e: Env) -> Manifest:
         trusted = partner_verify_keys(session, "us-aisi")
     from crypto.dsse import Envelope
 
-    return _verify(Envelope.from_bytes(e.fresh_manifest), trusted=trusted, origin="us-aisi")
+    head = json.loads(e.fresh_manifest)
+    envelope = Envelope.from_json(head.get("manifest", head))
+    return _verify(envelope, trusted=trusted, origin="us-aisi")
+
+
+def _with_disclosure(e: Env, line: bytes) -> bytes:
+    """``line`` (a manifest) as a delivery's first line, with the decision the fresh delivery
+    discloses to uk-aisi (the commitment to it is unchanged by the edits here)."""
+    head = json.loads(e.fresh_manifest)
+    if "disclosure" not in head:
+        return line
+    wrapped = {"manifest": json.loads(line), "disclosure": head["disclosure"]}
+    return json.dumps(wrapped, separators=(",", ":")).encode()
 
 
 def resigned(e: Env, **changes: Any) -> bytes:
     """The fresh delivery's manifest changed and signed again by us-aisi (a pinned partner)."""
     manifest = replace(fresh_manifest(e), **changes)
     line = sign_manifest(manifest, e.nodes.us.node.keys.signing).to_bytes()
-    return json.dumps(json.loads(line), separators=(",", ":")).encode()
+    return _with_disclosure(e, json.dumps(json.loads(line), separators=(",", ":")).encode())
 
 
 def statement_signed(e: Env, edit: Callable[[dict[str, Any]], None]) -> bytes:
@@ -251,7 +264,8 @@ def statement_signed(e: Env, edit: Callable[[dict[str, Any]], None]) -> bytes:
     edit(statement)
     payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
     envelope = sign_envelope(MANIFEST_PAYLOAD_TYPE, payload, [e.nodes.us.node.keys.signing])
-    return json.dumps(json.loads(envelope.to_bytes()), separators=(",", ":")).encode()
+    line = json.dumps(json.loads(envelope.to_bytes()), separators=(",", ":")).encode()
+    return _with_disclosure(e, line)
 
 
 def _set_tlp(s: dict[str, Any]) -> None:
@@ -648,7 +662,7 @@ async def test_duplicate_delivery_is_idempotent(env: Env) -> None:
     with env.uk.node.db.session() as session:
         from service.models import Artifact
 
-        row = session.get(Artifact, env.received)
+        row = session.exec(select(Artifact).where(Artifact.id == env.received)).first()
         assert row is not None and json.loads(row.receipt or "{}") == r.json()["receipt"]
     after = snapshot(env.uk.node)
     assert (after.rows, after.blobs, after.temporary) == (

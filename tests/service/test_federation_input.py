@@ -306,7 +306,7 @@ async def test_bad_delivery_is_a_problem_an_audit_event_and_stores_nothing(
     assert stored(trio.us) == before
     if art_id is not None:
         with trio.us.node.db.session() as session:
-            assert session.get(Artifact, art_id) is None
+            assert session.exec(select(Artifact).where(Artifact.id == art_id)).first() is None
 
 
 async def test_replayed_request_is_refused_and_stores_nothing_twice(trio: Trio) -> None:
@@ -340,7 +340,7 @@ async def test_repeat_delivery_is_a_no_op_with_the_same_receipt(trio: Trio) -> N
     assert second.json()["created"] is False
     assert stored(trio.us)[0] == 1
     with trio.us.node.db.session() as session:
-        assert session.get(Artifact, art_id) is not None
+        assert session.exec(select(Artifact).where(Artifact.id == art_id)).first() is not None
 
 
 async def test_batch_refuses_bad_items_and_stores_the_good_ones(trio: Trio) -> None:
@@ -361,9 +361,9 @@ async def test_batch_refuses_bad_items_and_stores_the_good_ones(trio: Trio) -> N
     assert results[1]["problem"]["type"] == "urn:entente:problem:policy-denied"
     assert audit_count(trio.us, REJECTED) == rejected + 2
     with trio.us.node.db.session() as session:
-        assert session.get(Artifact, good_id) is not None
-        assert session.get(Artifact, red_id) is None
-        assert session.get(Artifact, other_id) is None
+        assert session.exec(select(Artifact).where(Artifact.id == good_id)).first() is not None
+        assert session.exec(select(Artifact).where(Artifact.id == red_id)).first() is None
+        assert session.exec(select(Artifact).where(Artifact.id == other_id)).first() is None
     assert len(stored(trio.us)[1]) == 1
 
 

@@ -140,7 +140,7 @@ def receipts_verify(sender: Kit, receiver: Kit) -> None:
     with sender.node.db.session() as session:
         trusted = partner_verify_keys(session, receiver.node.node_id)
         for row in session.exec(select(Outbox).where(Outbox.kind == "deliver")):
-            art = session.get(Artifact, row.artifact_id)
+            art = session.exec(select(Artifact).where(Artifact.id == row.artifact_id)).first()
             assert row.state == "delivered" and row.receipt and art is not None
             verify_receipt(
                 Envelope.from_bytes(row.receipt.encode()),
@@ -327,7 +327,7 @@ def test_rotated_descriptor_is_pushed_with_the_old_key_and_accepted(pair: Pair) 
     # the artifact signed with the old key still opens at the US and at the UK itself
     for kit, art_id in ((pair.us, before), (uk, before), (pair.us, after)):
         with kit.node.db.session() as session:
-            row = session.get(Artifact, art_id)
+            row = session.exec(select(Artifact).where(Artifact.id == art_id)).first()
         assert row is not None
         assert b"".join(domain.plaintext_chunks(kit.node, kit.node.blobs, row))
 
@@ -423,7 +423,7 @@ def test_two_workers_on_postgres_never_claim_the_same_row(tmp_path: Path, pg_url
 def test_an_unexpected_failure_is_retried_not_lost(pair: Pair) -> None:
     [art_id] = share(pair.uk)
     with pair.uk.node.db.session() as session:
-        row = session.get(Artifact, art_id)
+        row = session.exec(select(Artifact).where(Artifact.id == art_id)).first()
         assert row is not None and row.blob is not None
         blob = row.blob
     path = pair.uk.node.blobs.path_for(blob)

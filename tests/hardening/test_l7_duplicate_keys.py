@@ -57,7 +57,9 @@ async def test_manifest_with_duplicate_tlp_is_refused(sqlite_env: Env) -> None:
     send = deliver(lambda e: _red_then_green(e) + b"\n" + e.fresh_ciphertext)
     await check_refusal(e, send, Bad(send, 422, "invalid-input", "receive.rejected"))
     with e.uk.node.db.session() as session:
-        assert session.get(Artifact, e.fresh) is None, "stored despite its ambiguous TLP"
+        assert session.get(Artifact, (e.fresh, "us-aisi")) is None, (
+            "stored despite its ambiguous TLP"
+        )
 
 
 async def test_envelope_with_duplicate_key_is_refused(sqlite_env: Env) -> None:

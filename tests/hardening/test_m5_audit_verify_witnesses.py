@@ -100,6 +100,9 @@ def _cut_and_resign(home: Path, *, keep: int, drop: int) -> int:
         conn.execute("UPDATE audit_entries SET seq = NULL")
         conn.execute("DELETE FROM audit_merkle_nodes")
         conn.execute("DELETE FROM audit_checkpoints")
+        # A careful operator also drops the cosignatures that the new checkpoints would betray
+        # (how many there are depends on where the sequencer's batches fell).
+        conn.execute("DELETE FROM audit_cosignatures WHERE checkpoint_size > ?", (keep,))
         conn.execute("UPDATE audit_log_head SET size = 0, root = ?", (merkle.EMPTY_ROOT,))
     settings = Settings.load(home=home, passphrase=PASSPHRASE, scrypt_work_factor=10)
     node = load_node(settings, migrate=False)

@@ -49,7 +49,9 @@ class Settings(BaseSettings):
     page_size_max: int = Field(default=500, ge=1)  # items per page
     clock_skew_seconds: int = Field(default=300, ge=0)  # seconds allowed between nodes
     signature_max_age_seconds: int = Field(default=300, ge=1)  # seconds a request sig is valid
-    nonce_cache_size: int = Field(default=100_000, ge=100)  # nonces remembered
+    nonce_cache_size: int = Field(
+        default=100_000, ge=100
+    )  # nonces remembered per partner (replay cache)
     request_timeout_seconds: float = Field(default=60.0, gt=0)  # seconds per partner request
     rate_limit_per_minute: int = Field(default=600, ge=1)  # requests per token or partner
     # Anonymous refusals (no valid token or signature): per source and window, the first is an

@@ -20,12 +20,14 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from service.db import Database
 
-__all__ = ["Metrics"]
+__all__ = ["DATABASE_GAUGES", "Metrics"]
 
 log = logging.getLogger("entente.metrics")
 
 AUDIT_SIZE = ("entente_audit_log_size", "Entries in the audit log (its latest tree size)")
 OUTBOX_PENDING = ("entente_outbox_pending", "Outbox rows waiting for delivery, per partner")
+# Exported once the app factory calls Metrics.watch_database (read at each scrape).
+DATABASE_GAUGES = (AUDIT_SIZE[0], OUTBOX_PENDING[0])
 
 
 class _DatabaseGauges(Collector):

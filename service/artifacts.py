@@ -38,7 +38,7 @@ from crypto.sealed import (
     seal,
 )
 from policies import Decision, Request
-from service.audit import AUDIT_TABLE, audit_row, record
+from service.audit.log import AUDIT_TABLE, audit_row, record
 from service.blobs import BlobStore
 from service.commits import group_commit
 from service.errors import (

@@ -236,7 +236,7 @@ class Limits:
 
 
 def _audit_busy(node: Node, exc: BusyError, actor: str, method: str, path: str) -> None:
-    from service.audit import record
+    from service.audit.log import record
 
     partner = actor.removeprefix("partner:") if actor.startswith("partner:") else None
     with node.db.session() as session:

@@ -32,13 +32,13 @@ from service.api.hsts import StrictTransportSecurity
 from service.api.problems import document_problems, install_problem_handlers
 from service.api.witness import held_router as witness_held_router
 from service.api.witness import router as witness_router
-from service.audit_refusals import RefusalLedger
+from service.audit.refusals import RefusalLedger
+from service.audit.workers import register_audit_workers
 from service.console import router as console_router
 from service.limits import Limits, RequestBounds
 from service.maintenance import sweep_in_background
 from service.metrics import Metrics
 from service.node import Node
-from service.transparency import register_audit_workers
 
 __all__ = ["BACKGROUND_LOCK", "app_from_environment", "create_app"]
 

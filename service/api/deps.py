@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from service.audit_refusals import audit_refusal
+from service.audit.refusals import audit_refusal
 from service.errors import AuthError, ForbiddenError
 from service.limits import Limits
 from service.node import Node
@@ -48,7 +48,7 @@ def _bearer(request: Request) -> str | None:
 
 def _refuse(node: Node, request: Request, *, kind: str, reason: str, actor: str) -> None:
     """Audit a refusal in its own transaction (the request's own transaction will not commit);
-    an anonymous one is summarised per source (``service.audit_refusals``)."""
+    an anonymous one is summarised per source (``service.audit.refusals``)."""
     audit_refusal(
         request,
         node,

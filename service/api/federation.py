@@ -30,8 +30,8 @@ from crypto.errors import CryptoError
 from service.api.bodies import StreamedBody, body_limiter, read_body
 from service.api.deps import NodeDep
 from service.api.problems import problem_type
-from service.audit import record
-from service.audit_refusals import audit_refusal
+from service.audit.log import record
+from service.audit.refusals import audit_refusal
 from service.errors import (
     AuthError,
     EntenteError,
@@ -103,7 +103,7 @@ async def signed_partner(request: Request, node: NodeDep) -> IncomingSignature:
 
 def _refused(node: Node, request: Request, reason: str) -> None:
     node.metrics.refusals.labels("federation-signature").inc()
-    audit_refusal(  # anonymous: summarised per source and window (service.audit_refusals)
+    audit_refusal(  # anonymous: summarised per source and window (service.audit.refusals)
         request,
         node,
         kind="federation.refused",

@@ -83,7 +83,7 @@ def _audit_refusal(request: Request, *, status: int, kind: str, detail: str) -> 
     node = getattr(request.app.state, "node", None)
     if node is None:
         return
-    from service.audit_refusals import ANONYMOUS, audit_refusal
+    from service.audit.refusals import ANONYMOUS, audit_refusal
 
     principal = getattr(request.state, "principal", None)
     partner = getattr(request.state, "partner", None)

@@ -29,10 +29,7 @@ from crypto import httpsig
 from crypto.errors import CryptoError
 from service.api.deps import NodeDep
 from service.api.federation import signed_partner
-from service.errors import InvalidInputError, TooLargeError
-from service.federation.signing import IncomingSignature, digest_value, sign_response_headers
-from service.node import Node
-from service.witness import (
+from service.audit.witness import (
     ADD_CHECKPOINT_MAX_BYTES,
     TLOG_SIZE_MEDIA_TYPE,
     WitnessSizeConflictError,
@@ -40,6 +37,9 @@ from service.witness import (
     held_checkpoint,
     witness_cosigner,
 )
+from service.errors import InvalidInputError, TooLargeError
+from service.federation.signing import IncomingSignature, digest_value, sign_response_headers
+from service.node import Node
 
 __all__ = ["FederationCaller", "calling_partner", "held_router", "router"]
 

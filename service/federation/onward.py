@@ -46,7 +46,7 @@ from crypto.errors import CryptoError, MalformedError, VerificationError
 from crypto.sealed import Manifest, committed_decisions, verify_disclosure, verify_manifest
 from policies import Decision, Request
 from service.artifacts import get_artifact, plaintext_chunks, share_artifact
-from service.audit import record
+from service.audit.log import record
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, PolicyDeniedError
 from service.models import Artifact, Partner
 from service.node import Node

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from crypto import strict_json
 from service import artifacts as domain
 from service.api.bodies import StreamedBody, json_body, read_json, refuse_declared
-from service.api.deps import NodeDep, require_roles
+from service.api.deps import require_roles
 from service.errors import InvalidInputError, TooLargeError
 from service.federation import onward as onward_domain
 from service.federation import status as sync_status
@@ -36,6 +36,7 @@ from service.schemas import (
 )
 from service.tokens import Principal, Role
 from service.upload import MultipartReader, Part, boundary_of
+from service.web import NodeDep
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
 

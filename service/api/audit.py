@@ -28,7 +28,7 @@ from fastapi.responses import Response, StreamingResponse
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import NodeDep, require_roles
+from service.api.deps import require_roles
 from service.audit.checkpoints import latest_checkpoint, list_checkpoints
 from service.audit.entries import encode_leaf, entry_columns, iter_entries, log_signer, row_object
 from service.audit.log import EVENT_KINDS, record
@@ -39,6 +39,7 @@ from service.errors import InvalidInputError, NotFoundError
 from service.models import AuditEntry, Partner
 from service.node import Node
 from service.tokens import Principal, Role
+from service.web import NodeDep
 
 __all__ = ["JSONL", "router"]
 

@@ -14,18 +14,9 @@ from service.errors import AuthError, ForbiddenError
 from service.limits import Limits
 from service.node import Node
 from service.tokens import Principal, Role, authenticate
+from service.web import NodeDep
 
-__all__ = ["NodeDep", "SessionDep", "get_node", "require_roles"]
-
-
-async def get_node(request: Request) -> Node:
-    node = request.app.state.node
-    if not isinstance(node, Node):  # pragma: no cover - wiring error
-        raise TypeError("app.state.node is not a Node")
-    return node
-
-
-NodeDep = Annotated[Node, Depends(get_node)]
+__all__ = ["SessionDep", "require_roles"]
 
 
 def get_session(node: NodeDep) -> Iterator[Session]:

@@ -28,8 +28,7 @@ from crypto import httpsig, strict_json
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from service.api.bodies import StreamedBody, body_limiter, read_body
-from service.api.deps import NodeDep
-from service.api.problems import problem_type
+from service.api.problems import ProblemHandler, problem_type
 from service.audit.log import record
 from service.audit.refusals import audit_refusal
 from service.errors import (
@@ -54,6 +53,7 @@ from service.federation.signing import (
 from service.limits import Limits, check_volume
 from service.node import Node
 from service.partners import rotate_partner
+from service.web import NodeDep
 
 router = APIRouter(prefix="/federation/v1", tags=["federation"])
 
@@ -148,9 +148,6 @@ async def _small_body(
             f"the body does not match its signature: {exc}", reason="digest"
         ) from None
     return bytes(body)
-
-
-ProblemHandler = Callable[[Request, Exception], Any]
 
 
 def signed_problems(handler: ProblemHandler) -> ProblemHandler:

@@ -27,7 +27,6 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from crypto import httpsig
 from crypto.errors import CryptoError
-from service.api.deps import NodeDep
 from service.api.federation import signed_partner
 from service.audit.witness import (
     ADD_CHECKPOINT_MAX_BYTES,
@@ -40,6 +39,7 @@ from service.audit.witness import (
 from service.errors import InvalidInputError, TooLargeError
 from service.federation.signing import IncomingSignature, digest_value, sign_response_headers
 from service.node import Node
+from service.web import NodeDep
 
 __all__ = ["FederationCaller", "calling_partner", "held_router", "router"]
 

@@ -9,7 +9,6 @@ checkpoints, witnessing partners' logs, submitting ours to their witnesses, and 
   checkpoints with their cosignatures.
 - ``witness`` (this node as a witness) and ``submission`` (our checkpoints to partners' witnesses).
 - ``verify``, ``sources``, ``leaves``: the verifier, which trusts nothing it reads.
-- ``workers``: the sequencer and submission loops, registered by the composition root.
 
 The package has no re-exports: import from the module that does the work.
 """

@@ -14,7 +14,6 @@ from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import Depends, Request
 
-from service.api.deps import NodeDep
 from service.audit.refusals import audit_refusal
 from service.console._render import LoginRequired
 from service.console._session import SESSION_COOKIE, ConsoleKeys, SessionClaims
@@ -23,6 +22,7 @@ from service.errors import ForbiddenError, InvalidInputError, TooLargeError
 from service.models import Token
 from service.node import Node
 from service.tokens import Principal, Role
+from service.web import NodeDep
 
 __all__ = [
     "CONSOLE_ROLES",

@@ -37,7 +37,6 @@ from policies import (
     summarize_policy,
 )
 from policies import Request as PolicyRequest
-from service.api.deps import NodeDep
 from service.audit.entries import ENTRY_FIELDS
 from service.audit.log import EVENT_KINDS, record
 from service.console._auth import (
@@ -77,6 +76,7 @@ from service.errors import AuthError, ForbiddenError, InvalidInputError, NotFoun
 from service.federation.status import sync_state
 from service.node import Node
 from service.tokens import authenticate
+from service.web import NodeDep
 
 __all__ = ["router"]
 

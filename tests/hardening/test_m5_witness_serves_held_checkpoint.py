@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from crypto.note import AddCheckpointRequest, open_checkpoint
-from service.api.app import create_app
+from service.app import create_app
 from service.audit.checkpoints import latest_checkpoint
 from service.audit.entries import log_origin, log_signer
 from service.audit.witness import add_checkpoint, partner_witness_verifier, witness_cosigner

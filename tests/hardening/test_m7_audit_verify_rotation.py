@@ -20,7 +20,7 @@ import httpx
 import sqlalchemy as sa
 
 from crypto.note import NoteSigner, NoteVerifier
-from service.api.app import create_app
+from service.app import create_app
 from service.audit.entries import log_origin
 from service.audit.rotations import follow_rotations
 from service.audit.sequencer import run_sequencer, sequence

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from crypto import merkle
 from crypto.note import open_checkpoint
-from service.api.app import create_app
+from service.app import create_app
 from service.audit.entries import log_signer
 from service.audit.sources import AuditSourceError, HttpSource
 from service.audit.verify import verify_log

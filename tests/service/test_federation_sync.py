@@ -26,7 +26,7 @@ from sqlmodel import col, func, select
 from crypto.dsse import Envelope
 from crypto.receipt import verify_receipt
 from service import artifacts as domain
-from service.api.app import create_app
+from service.app import create_app
 from service.db import open_database
 from service.federation.client import PartnerClient, retry_after_seconds
 from service.federation.outbox import BATCH_ITEM_MAX_BYTES, OutboxWorker

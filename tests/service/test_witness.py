@@ -24,7 +24,7 @@ from crypto.note import (
     sign_checkpoint,
     verify_cosignature,
 )
-from service.api.app import create_app
+from service.app import create_app
 from service.audit.checkpoints import latest_checkpoint
 from service.audit.entries import log_origin, log_signer
 from service.audit.models import (

@@ -44,6 +44,7 @@ from service.api.hsts import StrictTransportSecurity
 from service.api.problems import document_problems, install_problem_handlers
 from service.api.witness import held_router as witness_held_router
 from service.api.witness import router as witness_router
+from service.artifacts.sweep import sweep_in_background
 from service.audit.refusals import RefusalLedger
 from service.audit.sequencer import run_sequencer
 from service.audit.submission import SignedWitnessTransport, submission_step
@@ -53,7 +54,6 @@ from service.federation.outbox import OutboxWorker
 from service.federation.pull import PullLoops
 from service.federation.signing import purge_nonces
 from service.limits import Limits, RequestBounds
-from service.maintenance import sweep_in_background
 from service.metrics import Metrics
 from service.node import Node
 

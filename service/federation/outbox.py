@@ -43,7 +43,7 @@ from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.keys import SigningKey, VerifyKey
 from crypto.receipt import verify_receipt
-from service.artifacts import delivery_head
+from service.artifacts.rows import delivery_head
 from service.audit.log import AUDIT_TABLE, audit_row
 from service.errors import PartnerUnavailableError
 from service.federation.client import PartnerClient, PartnerRefusedError

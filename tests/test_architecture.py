@@ -201,10 +201,7 @@ def test_api_and_console_are_siblings() -> None:
         for target in targets
         if (source.startswith("service.console") and target.startswith("service.api"))
         or (source.startswith("service.api") and target.startswith("service.console"))
-        or (
-            target == "service.app"
-            and not source.startswith(("service.cli", "bench"))
-        )
+        or (target == "service.app" and not source.startswith(("service.cli", "bench")))
     )
     assert not crossing, crossing
 

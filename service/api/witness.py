@@ -31,11 +31,11 @@ from service.api.federation import signed_partner
 from service.audit.witness import (
     ADD_CHECKPOINT_MAX_BYTES,
     TLOG_SIZE_MEDIA_TYPE,
-    WitnessSizeConflictError,
     add_checkpoint,
     held_checkpoint,
     witness_cosigner,
 )
+from service.audit.witness_rules import WitnessSizeConflictError
 from service.errors import InvalidInputError, TooLargeError
 from service.federation.signing import IncomingSignature, digest_value, sign_response_headers
 from service.node import Node

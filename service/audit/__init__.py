@@ -7,7 +7,8 @@ checkpoints, witnessing partners' logs, submitting ours to their witnesses, and 
 - ``entries``: the canonical entry encoding (the leaf), the log's names, reading entry rows.
 - ``sequencer``, ``tree``, ``checkpoints``: appending, the stored tree and its proofs, the signed
   checkpoints with their cosignatures.
-- ``witness`` (this node as a witness) and ``submission`` (our checkpoints to partners' witnesses).
+- ``witness`` (this node as a witness: the I/O around ``witness_rules``, the pure checker) and
+  ``submission`` (our checkpoints to partners' witnesses).
 - ``verify``, ``sources``, ``leaves``: the verifier, which trusts nothing it reads.
 
 The package has no re-exports: import from the module that does the work.

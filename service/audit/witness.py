@@ -8,6 +8,10 @@ its tlog-cosignature v1 line. A checkpoint that contradicts what it cosigned bef
 root at the same size, or a failed consistency proof) is refused and kept whole, with the
 checkpoint it contradicts, in ``witness_evidence``.
 
+The rules themselves are the pure checker ``service.audit.witness_rules``; this module looks up
+the facts it needs, locks the state row, and records the outcome once (:func:`_refuse` for a
+refusal, the new state and the first cosignature otherwise).
+
 Held checkpoints (:func:`held_checkpoint`): the witness serves, to anyone who asks, the latest
 checkpoint it cosigned for a log, with a fresh cosignature: an auditor compares a log with it and
 so cannot be shown a truncated or rewritten history (``entente audit verify``). It carries only
@@ -35,31 +39,31 @@ from typing import TYPE_CHECKING
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
-from crypto.errors import CryptoError, MalformedError, VerificationError
 from crypto.keys import VerifyKey
-from crypto.merkle import EMPTY_ROOT, verify_consistency
+from crypto.merkle import EMPTY_ROOT
 from crypto.note import (
     SIG_COSIGNATURE_V1,
-    AddCheckpointRequest,
     Checkpoint,
     Cosigner,
     Note,
     NoteVerifier,
     cosign_checkpoint,
-    open_checkpoint,
     parse_note,
 )
-from service.audit.entries import log_origin, node_id_from_origin, witness_name
+from service.audit.entries import node_id_from_origin, witness_name
 from service.audit.log import record
 from service.audit.models import (
     WitnessEvidence,
     WitnessLog,
 )
+from service.audit.witness_rules import (
+    Refusal,
+    check_against_cosigned,
+    check_submitter,
+    parse_submission,
+)
 from service.errors import (
-    ConflictError,
     EntenteError,
-    ForbiddenError,
-    InvalidInputError,
     NotFoundError,
 )
 from service.models import Partner
@@ -71,8 +75,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ADD_CHECKPOINT_MAX_BYTES",
     "TLOG_SIZE_MEDIA_TYPE",
-    "BadRequestError",
-    "WitnessSizeConflictError",
     "add_checkpoint",
     "held_checkpoint",
     "partner_witness_verifier",
@@ -86,32 +88,9 @@ TLOG_SIZE_MEDIA_TYPE = "text/x.tlog.size"  # tlog-witness: the 409 body's conten
 ADD_CHECKPOINT_PATH = "/federation/v1/add-checkpoint"
 
 
-class BadRequestError(InvalidInputError):
-    """tlog-witness: an old size above the checkpoint size is a 400."""
-
-    kind = "bad-request"
-    status = 400
-    title = "Bad request"
-
-
-class WitnessSizeConflictError(ConflictError):
-    """tlog-witness: the old size is not the size this witness last cosigned (409, and the body
-    is that size in decimal, ``text/x.tlog.size``)."""
-
-    def __init__(self, message: str, *, latest_size: int) -> None:
-        super().__init__(message, latest_size=latest_size)
-        self.latest_size = latest_size
-
-
 def witness_cosigner(node: Node) -> Cosigner:
     """The node's Ed25519 key as a tlog-cosignature v1 witness key."""
     return Cosigner(witness_name(node.node_id), node.keys.signing)
-
-
-def partner_log_verifier(partner: Partner) -> NoteVerifier:
-    return NoteVerifier(
-        log_origin(partner.node_id), VerifyKey(base64.b64decode(partner.signing_key))
-    )
 
 
 def partner_witness_verifier(partner: Partner) -> NoteVerifier:
@@ -145,17 +124,17 @@ def _lock_state(session: Session, *, origin: str, partner: str, now: datetime) -
 
 def _refuse(
     session: Session,
-    error: EntenteError,
+    refusal: Refusal,
     *,
     partner: str,
     now: datetime,
-    origin: str | None = None,
     evidence: WitnessEvidence | None = None,
 ) -> EntenteError:
     """Audit a refusal (and keep its evidence) durably, then hand back the error to raise.
 
     Commits the caller's session: the refusal must be on record even though the request fails.
     """
+    error = refusal.error
     if evidence is not None and not _evidence_kept(session, evidence):
         session.add(evidence)
     record(
@@ -165,7 +144,7 @@ def _refuse(
         partner=partner,
         decision="deny",
         detail={
-            "origin": origin,
+            "origin": refusal.origin,
             "reason": error.message,
             "status": error.status,
             "evidence": evidence is not None,
@@ -205,138 +184,41 @@ def add_checkpoint(
     (409) for a different root at the cosigned size. Refusals are committed to the audit log
     before raising; contradicting checkpoints are kept in ``witness_evidence``.
     """
-    # tlog-witness: the body is "old N", proof lines, a blank line, the signed checkpoint.
-    try:
-        request = AddCheckpointRequest.parse(request_body)
-        checkpoint = Checkpoint.parse(parse_note(request.checkpoint).text)
-    except MalformedError as exc:
-        raise _refuse(
-            session,
-            InvalidInputError(f"malformed add-checkpoint request: {exc}"),
-            partner=origin_partner,
-            now=now,
-        ) from None
-    origin = checkpoint.origin
-    # "If the checkpoint origin is unknown, the witness MUST respond with 404".
+    parsed = parse_submission(request_body)
+    if isinstance(parsed, Refusal):
+        raise _refuse(session, parsed, partner=origin_partner, now=now)
+    request, checkpoint, origin = parsed.request, parsed.checkpoint, parsed.origin
     log_owner = node_id_from_origin(origin)
-    partner = session.get(Partner, log_owner) if log_owner else None
-    if partner is None:
-        raise _refuse(
-            session,
-            NotFoundError(f"this witness does not follow a log with origin {origin[:200]!r}"),
-            partner=origin_partner,
-            now=now,
-            origin=origin[:200],
-        )
-    if partner.node_id != origin_partner:
-        raise _refuse(
-            session,
-            ForbiddenError(f"partner {origin_partner} may submit only its own log's checkpoints"),
-            partner=origin_partner,
-            now=now,
-            origin=origin,
-        )
-    # "If none of the signatures verify against a trusted public key ... 403".
-    try:
-        open_checkpoint(request.checkpoint, log=partner_log_verifier(partner))
-    except CryptoError:
-        raise _refuse(
-            session,
-            ForbiddenError("the checkpoint is not signed by the partner's pinned key"),
-            partner=origin_partner,
-            now=now,
-            origin=origin,
-        ) from None
-    # "The old size MUST be equal to or lower than the checkpoint size" (else 400).
-    if request.old_size > checkpoint.size:
-        raise _refuse(
-            session,
-            BadRequestError(
-                f"old size {request.old_size} is above the checkpoint size {checkpoint.size}"
-            ),
-            partner=origin_partner,
-            now=now,
-            origin=origin,
-        )
+    pinned = session.get(Partner, log_owner) if log_owner else None
+    partner = check_submitter(parsed, submitter=origin_partner, log_owner=pinned)
+    if isinstance(partner, Refusal):
+        raise _refuse(session, partner, partner=origin_partner, now=now)
 
     state = _lock_state(session, origin=origin, partner=partner.node_id, now=now)
     first = state.note is None
-
-    def evidence(reason: str) -> WitnessEvidence:
-        return WitnessEvidence(
-            origin=origin,
-            partner=partner.node_id,
-            received_at=now,
-            reason=reason,
-            old_size=request.old_size,
-            size=checkpoint.size,
-            root=checkpoint.root_hash,
-            request=request_body,
-            cosigned_size=state.size,
-            cosigned_root=bytes(state.root),
-            cosigned_note=state.note,
-        )
-
-    # "The witness MUST check that the old size matches the size of the latest checkpoint it
-    # cosigned ... If it doesn't match ... 409", body: that size.
-    if request.old_size != state.size:
-        session.commit()  # release the lock; a stale client is not misbehaviour
-        raise WitnessSizeConflictError(
-            f"this witness last cosigned size {state.size}, not {request.old_size}",
-            latest_size=state.size,
-        )
-    if request.old_size == 0:
-        # "The proof MUST be empty if the old size is zero."
-        if request.proof:
-            raise _refuse(
-                session,
-                InvalidInputError("a consistency proof from size 0 must be empty"),
-                partner=origin_partner,
-                now=now,
+    refusal = check_against_cosigned(
+        parsed, cosigned_size=state.size, cosigned_root=bytes(state.root)
+    )
+    if refusal is not None:
+        if not refusal.audited:
+            session.commit()  # release the lock; a stale client is not misbehaviour
+            raise refusal.error
+        evidence = None
+        if refusal.evidence is not None:
+            evidence = WitnessEvidence(
                 origin=origin,
+                partner=partner.node_id,
+                received_at=now,
+                reason=refusal.evidence,
+                old_size=request.old_size,
+                size=checkpoint.size,
+                root=checkpoint.root_hash,
+                request=request_body,
+                cosigned_size=state.size,
+                cosigned_root=bytes(state.root),
+                cosigned_note=state.note,
             )
-    elif request.old_size == checkpoint.size:
-        if request.proof:
-            raise _refuse(
-                session,
-                InvalidInputError("a consistency proof between equal sizes must be empty"),
-                partner=origin_partner,
-                now=now,
-                origin=origin,
-            )
-        # "If the old size matches the checkpoint size, ... the root hashes [must be]
-        # identical. If they don't match, ... 409".
-        if checkpoint.root_hash != bytes(state.root):
-            reason = f"a different root hash for size {checkpoint.size}, which was cosigned"
-            raise _refuse(
-                session,
-                ConflictError(f"conflicting checkpoint: {reason}"),
-                partner=origin_partner,
-                now=now,
-                origin=origin,
-                evidence=evidence(reason),
-            )
-    else:
-        # "The consistency proof lines MUST encode a Merkle Consistency Proof from the old size
-        # to the checkpoint size ... If [it] doesn't verify, ... 422."
-        try:
-            verify_consistency(
-                size1=request.old_size,
-                size2=checkpoint.size,
-                root1=bytes(state.root),
-                root2=checkpoint.root_hash,
-                proof=request.proof,
-            )
-        except (VerificationError, MalformedError) as exc:
-            reason = f"not consistent with the cosigned size {state.size}: {exc}"
-            raise _refuse(
-                session,
-                InvalidInputError(f"inconsistent checkpoint: {reason}"),
-                partner=origin_partner,
-                now=now,
-                origin=origin,
-                evidence=evidence(reason),
-            ) from None
+        raise _refuse(session, refusal, partner=origin_partner, now=now, evidence=evidence)
 
     # "The witness MUST update its record of the latest cosigned checkpoint" and persist it
     # before responding (the caller's transaction commits before the response is sent).

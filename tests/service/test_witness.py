@@ -38,12 +38,11 @@ from service.audit.submission import SignedWitnessTransport, submit_checkpoint
 from service.audit.tree import consistency_proof
 from service.audit.verify import verify_log
 from service.audit.witness import (
-    BadRequestError,
-    WitnessSizeConflictError,
     add_checkpoint,
     partner_witness_verifier,
     witness_cosigner,
 )
+from service.audit.witness_rules import BadRequestError, WitnessSizeConflictError
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from service.models import AuditEntry, Partner
 from service.node import Node

@@ -40,6 +40,7 @@ from fastapi import FastAPI
 
 from service.api import admin, artifacts, federation, public
 from service.api.audit import router as audit_router
+from service.api.bounds import RequestBounds
 from service.api.hsts import StrictTransportSecurity
 from service.api.problems import document_problems, install_problem_handlers
 from service.api.witness import held_router as witness_held_router
@@ -53,7 +54,7 @@ from service.federation.client import PartnerClient
 from service.federation.outbox import OutboxWorker
 from service.federation.pull import PullLoops
 from service.federation.signing import purge_nonces
-from service.limits import Limits, RequestBounds
+from service.limits import Limits
 from service.metrics import Metrics
 from service.node import Node
 

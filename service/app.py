@@ -43,6 +43,7 @@ from service.api.audit import router as audit_router
 from service.api.bounds import RequestBounds
 from service.api.hsts import StrictTransportSecurity
 from service.api.problems import document_problems, install_problem_handlers
+from service.api.signed import signed_problems
 from service.api.witness import held_router as witness_held_router
 from service.api.witness import router as witness_router
 from service.artifacts.sweep import sweep_in_background
@@ -292,7 +293,7 @@ def create_app(
     node.metrics.watch_database(node.db)  # gauges read from the database at each scrape
     app.state.limits = Limits(node.settings)
     refusals = app.state.refusals = RefusalLedger.for_node(node)  # anonymous ones summarised
-    install_problem_handlers(app, finish=federation.signed_problems)
+    install_problem_handlers(app, finish=signed_problems)
     document_problems(app)
 
     # Inside the request counter (added before it): a stalled body raises where the app reads it.

@@ -27,7 +27,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from crypto import httpsig
 from crypto.errors import CryptoError
-from service.api.federation import signed_partner
+from service.api.signed import signed_partner
 from service.audit.witness import (
     ADD_CHECKPOINT_MAX_BYTES,
     TLOG_SIZE_MEDIA_TYPE,

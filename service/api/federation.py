@@ -40,8 +40,9 @@ from service.errors import (
 from service.federation import feed as feed_domain
 from service.federation import notices as notice_domain
 from service.federation.client import BATCH_TYPE, DELIVERY_TYPE
-from service.federation.outbox import BATCH_MAX_ITEMS, record_receipts
+from service.federation.outbox import BATCH_MAX_ITEMS
 from service.federation.receive import Checked, Received, Receiver
+from service.federation.settle import record_receipts
 from service.federation.signing import (
     IncomingSignature,
     digest_value,

@@ -8,17 +8,18 @@ and 600 to 1,500 on a small VM.
 Three measurements, each on a fresh SQLite file (WAL, ``synchronous=NORMAL``: durable across a
 process crash; an OS crash may lose the last transactions; use ``--database-url`` for PostgreSQL):
 
-1. appends: ``service.audit.record`` writes N entries, 100 per transaction, while the sequencer
-   (``service.transparency.sequence``, as the node's worker runs it, every 0.25 s here) integrates
-   them into the stored tree and signs a checkpoint per round, in two threads of one process.
+1. appends: ``service.audit.log.record`` writes N entries, 100 per transaction, while the sequencer
+   (``service.audit.sequencer.sequence``, as the node's worker runs it, every 0.25 s here)
+   integrates them into the stored tree and signs a checkpoint per round, in two threads of one
+   process.
    The figure is N divided by the time until the last entry is covered by a signed checkpoint.
    Single-entry transactions (one commit per event) and the sequencer alone on a backlog are
    measured too.
 2. proofs: the ``audit_merkle_nodes`` table (the layout the node uses) is filled for a tree of
-   ``--proof-size`` synthetic leaves (default 10 million) and ``service.transparency
+   ``--proof-size`` synthetic leaves (default 10 million) and ``service.audit
    .inclusion_proof`` (what ``/audit/v1/proof/inclusion`` calls: one indexed query) is timed for
    random leaves; every proof is verified with ``crypto.merkle``.
-3. verification: ``service.audit_verify.verify_log`` over a log of ``--verify`` entries (default
+3. verification: ``service.audit.verify.verify_log`` over a log of ``--verify`` entries (default
    10 million), read from the database (``DatabaseSource``, what ``entente audit verify --home``
    does) in a fresh process whose peak memory, and its hashing workers', is reported: every leaf
    hash recomputed from the entry fields, the tree rebuilt, every checkpoint signature checked.
@@ -64,17 +65,14 @@ from bench._proc import peak_rss, tree  # noqa: E402
 from crypto import merkle  # noqa: E402
 from crypto.keys import SigningKey  # noqa: E402
 from crypto.note import NoteSigner  # noqa: E402
-from service.audit import record  # noqa: E402
-from service.audit_leaves import PARALLEL_MIN, worker_count  # noqa: E402
-from service.audit_sources import DatabaseSource  # noqa: E402
-from service.audit_verify import verify_log  # noqa: E402
+from service.audit.entries import iter_entries, log_origin  # noqa: E402
+from service.audit.leaves import PARALLEL_MIN, worker_count  # noqa: E402
+from service.audit.log import record  # noqa: E402
+from service.audit.sequencer import sequence  # noqa: E402
+from service.audit.sources import DatabaseSource  # noqa: E402
+from service.audit.tree import inclusion_proof  # noqa: E402
+from service.audit.verify import verify_log  # noqa: E402
 from service.db import Database, open_database  # noqa: E402
-from service.transparency import (  # noqa: E402
-    inclusion_proof,
-    iter_entries,
-    log_origin,
-    sequence,
-)
 
 TESSERA_NVME = 10_000  # writes/s, Tessera's published figure on NVMe
 TESSERA_VM = (600, 1_500)  # writes/s, Tessera on a small VM

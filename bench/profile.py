@@ -144,7 +144,7 @@ def profile_share(shares: int, concurrency: int, out: Path | None) -> dict[str, 
 def profile_verify(n: int) -> dict[str, Any]:
     from bench.audit import _fill_log
     from crypto import merkle
-    from service.transparency import encode_row, fetch_entry_rows
+    from service.audit.entries import encode_row, fetch_entry_rows
 
     with tempfile.TemporaryDirectory(prefix="entente-profile-") as tmp:
         db, _seed, _built = _fill_log(Path(tmp), n, None)

@@ -321,7 +321,7 @@ def queue_shares(home: Path, n: int, *, tag: str) -> None:
     ``POST /v1/artifacts``, without the upload), so a phase can time delivery alone."""
     import io
 
-    from service import artifacts as domain
+    from service.artifacts import share as sharing
     from service.node import load_node
     from service.schemas import ShareMetadata
     from service.settings import Settings
@@ -335,10 +335,10 @@ def queue_shares(home: Path, n: int, *, tag: str) -> None:
         partners=["us-aisi"],
     )  # fmt: skip
     try:
-        decisions = domain.decide_share(node, meta, principal=principal)
+        decisions = sharing.decide_share(node, meta, principal=principal)
         for i in range(n):
             content = (f"{tag}-{i}-".encode() * SIZE)[:SIZE]
-            domain.share_artifact(
+            sharing.share_artifact(
                 node, node.blobs, meta, io.BytesIO(content), principal=principal,
                 decisions=decisions,
             )  # fmt: skip

@@ -33,6 +33,9 @@ covered, a body that does not match its digest).
 
 This module does not read bodies from the network, keep the nonce cache, or decide which keys
 to trust; it never trusts a ``Host`` header: the verifier passes its own idea of the target URI.
+
+One cohesive specification: RFC 9421 (signature base, the two header fields, the recipes) with
+RFC 9530's ``Content-Digest``, kept in one module so that each step numbers its section.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ as unverified), a bad signature by a known key rejects the whole note
 This module does not decide which keys to trust, keep witness state, check consistency between
 checkpoints (see ``crypto.merkle``), nor read a clock: times are arguments. ML-DSA and ECDSA
 signature types are not implemented; such signatures are treated as unknown and ignored.
+
+One cohesive specification: the four C2SP documents above build on one another (a checkpoint is
+a signed note; a cosignature signs a checkpoint; add-checkpoint carries both) and share one
+strict parser.
 """
 
 from __future__ import annotations

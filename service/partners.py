@@ -19,7 +19,7 @@ from crypto.descriptor import NodeDescriptor, verify_descriptor
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError, MalformedError
 from crypto.keys import VerifyKey, normalize_fingerprint
-from service.audit import record
+from service.audit.log import record
 from service.errors import ConflictError, NotFoundError, PartnerError
 from service.models import Partner, PartnerKey
 

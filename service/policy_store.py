@@ -15,7 +15,7 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from policies import Decision, PolicySet, Request, evaluate, load_dir
-from service.audit import record
+from service.audit.log import record
 from service.models import AuditEntry
 
 __all__ = ["PolicyStore"]

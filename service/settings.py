@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(default=60.0, gt=0)  # seconds per partner request
     rate_limit_per_minute: int = Field(default=600, ge=1)  # requests per token or partner
     # Anonymous refusals (no valid token or signature): per source and window, the first is an
-    # audit entry, the rest one summary entry with a count (service.audit_refusals)
+    # audit entry, the rest one summary entry with a count (service.audit.refusals)
     refusal_audit_window_seconds: int = Field(default=60, ge=1)  # seconds per window
     refusal_audit_sources: int = Field(default=256, ge=1)  # sources tracked; the rest: overflow
     volume_limit_bytes_per_day: int = Field(default=64 << 30, ge=1)  # bytes per partner per day

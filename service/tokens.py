@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
-from service.audit import record
+from service.audit.log import record
 from service.errors import AuthError, NotFoundError, UsageError
 from service.models import Token
 

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
 from policies.errors import PolicyError
-from service.api.deps import NodeDep, require_roles
+from service.api.deps import require_roles
 from service.errors import InvalidInputError
 from service.node import Node
 from service.tokens import Principal, Role
+from service.web import NodeDep
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]

@@ -16,9 +16,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from starlette.concurrency import run_in_threadpool
 
 from crypto import strict_json
-from service import artifacts as domain
 from service.api.bodies import StreamedBody, json_body, read_json, refuse_declared
-from service.api.deps import NodeDep, require_roles
+from service.api.deps import require_roles
+from service.api.upload import MultipartReader, Part, boundary_of
+from service.artifacts import listing
+from service.artifacts import read as reading
+from service.artifacts import revoke as revoking
+from service.artifacts import share as sharing
 from service.errors import InvalidInputError, TooLargeError
 from service.federation import onward as onward_domain
 from service.federation import status as sync_status
@@ -35,7 +39,7 @@ from service.schemas import (
     SyncPartnerOut,
 )
 from service.tokens import Principal, Role
-from service.upload import MultipartReader, Part, boundary_of
+from service.web import NodeDep
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
 
@@ -155,11 +159,11 @@ def _share_sync(node: Node, pull: Any, boundary: bytes, principal: Principal) ->
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "metadata"
         raise InvalidInputError(f"metadata.{where}: {err['msg']}", field=where) from None
-    decisions = domain.decide_share(node, meta, principal=principal)
+    decisions = sharing.decide_share(node, meta, principal=principal)
     second = reader.next_part()
     if second is None or second.name != "file":
         raise InvalidInputError("the second multipart part must be 'file'")
-    return domain.share_artifact(
+    return sharing.share_artifact(
         node,
         node.blobs,
         meta,
@@ -244,7 +248,7 @@ def list_artifacts(
 ) -> ArtifactPage:
     size = min(limit or node.settings.page_size_default, node.settings.page_size_max)
     with node.db.session() as session:
-        rows, next_cursor = domain.list_artifacts(
+        rows, next_cursor = listing.list_artifacts(
             session,
             direction=direction,
             partner=partner,
@@ -263,8 +267,8 @@ def list_artifacts(
 )
 def get_artifact(artifact_id: str, node: NodeDep, principal: Anyone) -> ArtifactOut:
     with node.db.session() as session:
-        row = domain.get_artifact(session, artifact_id)
-        deliveries = domain.deliveries_for(session, row.id)
+        row = listing.get_artifact(session, artifact_id)
+        deliveries = listing.deliveries_for(session, row.id)
     return _out(row, full=True, deliveries=deliveries)
 
 
@@ -278,7 +282,7 @@ def get_artifact(artifact_id: str, node: NodeDep, principal: Anyone) -> Artifact
     },
 )
 def get_content(artifact_id: str, node: NodeDep, principal: Reader) -> StreamingResponse:
-    stream = domain.open_for_read(node, node.blobs, artifact_id, principal=principal)
+    stream = reading.open_for_read(node, node.blobs, artifact_id, principal=principal)
     row = stream.artifact
     return StreamingResponse(
         stream.chunks,
@@ -303,7 +307,7 @@ def revoke(
     principal: Revoker,
     reason: Annotated[str, Query(max_length=500)] = "",
 ) -> ArtifactOut:
-    row = domain.revoke_artifact(node, artifact_id, principal=principal, reason=reason)
+    row = revoking.revoke_artifact(node, artifact_id, principal=principal, reason=reason)
     return _out(row)
 
 

@@ -28,27 +28,18 @@ from fastapi.responses import Response, StreamingResponse
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import NodeDep, require_roles
-from service.audit import EVENT_KINDS, record
-from service.audit_models import AuditWitnessSubmission, WitnessEvidence, WitnessLog
+from service.api.deps import require_roles
+from service.audit.checkpoints import latest_checkpoint, list_checkpoints
+from service.audit.entries import encode_leaf, entry_columns, iter_entries, log_signer, row_object
+from service.audit.log import EVENT_KINDS, record
+from service.audit.models import AuditWitnessSubmission, WitnessEvidence, WitnessLog
+from service.audit.tree import consistency_proof, inclusion_proof, stored_leaf_hashes, stored_root
+from service.audit.witness import partner_witness_verifier, witness_cosigner
 from service.errors import InvalidInputError, NotFoundError
 from service.models import AuditEntry, Partner
 from service.node import Node
 from service.tokens import Principal, Role
-from service.transparency import (
-    consistency_proof,
-    encode_leaf,
-    entry_columns,
-    inclusion_proof,
-    iter_entries,
-    latest_checkpoint,
-    list_checkpoints,
-    log_signer,
-    row_object,
-    stored_leaf_hashes,
-    stored_root,
-)
-from service.witness import partner_witness_verifier, witness_cosigner
+from service.web import NodeDep
 
 __all__ = ["JSONL", "router"]
 

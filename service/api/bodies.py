@@ -15,8 +15,8 @@ so). A route reads its body itself, after its authentication dependency, with on
   whenever it waits for the next block, so a waiting connection never holds a thread, and
   slow bodies never touch the threads every other route runs on.
 
-Timeouts (idle, minimum rate) are not here: :class:`service.limits.RequestBounds` applies them to
-every body, whoever reads it.
+Timeouts (idle, minimum rate) are not here: :class:`service.api.bounds.RequestBounds` applies
+them to every body, whoever reads it.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class StreamedBody:
     whose thread then runs other bodies' blocks; once the block has arrived the greenlet is
     resumed on that same thread. A body that trickles or stalls therefore holds a suspended
     greenlet (its stack and buffers) but no thread, however many of them there are; its time is
-    bounded by :class:`service.limits.RequestBounds` (idle and minimum-rate timeouts), which
+    bounded by :class:`service.api.bounds.RequestBounds` (idle and minimum-rate timeouts), which
     raise, like a client disconnect, inside ``fn`` at its ``pull()``, so that ``fn`` cleans up.
     """
 

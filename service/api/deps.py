@@ -9,23 +9,14 @@ from fastapi import Depends, Request
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from service.audit_refusals import audit_refusal
+from service.audit.refusals import audit_refusal
 from service.errors import AuthError, ForbiddenError
 from service.limits import Limits
 from service.node import Node
 from service.tokens import Principal, Role, authenticate
+from service.web import NodeDep
 
-__all__ = ["NodeDep", "SessionDep", "get_node", "require_roles"]
-
-
-async def get_node(request: Request) -> Node:
-    node = request.app.state.node
-    if not isinstance(node, Node):  # pragma: no cover - wiring error
-        raise TypeError("app.state.node is not a Node")
-    return node
-
-
-NodeDep = Annotated[Node, Depends(get_node)]
+__all__ = ["SessionDep", "require_roles"]
 
 
 def get_session(node: NodeDep) -> Iterator[Session]:
@@ -48,7 +39,7 @@ def _bearer(request: Request) -> str | None:
 
 def _refuse(node: Node, request: Request, *, kind: str, reason: str, actor: str) -> None:
     """Audit a refusal in its own transaction (the request's own transaction will not commit);
-    an anonymous one is summarised per source (``service.audit_refusals``)."""
+    an anonymous one is summarised per source (``service.audit.refusals``)."""
     audit_refusal(
         request,
         node,

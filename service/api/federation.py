@@ -1,6 +1,7 @@
 """``/federation/v1``: what partner nodes call. Every request is RFC 9421-signed by a pinned
 partner (refused with 401 otherwise) and every response to a signed request, refusals included
-(:func:`signed_problems`), is signed by this node, bound to that request's signature.
+(:func:`~service.api.signed.signed_problems`), is signed by this node, bound to that request's
+signature (``service.api.signed``).
 
 - ``POST inbox``: a delivery, ``application/vnd.entente.delivery``: the manifest (DSSE JSON, one
   line), a newline, then the age ciphertext, streamed. Answers with a signed receipt.
@@ -11,11 +12,9 @@ partner (refused with 401 otherwise) and every response to a signed request, ref
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio
@@ -28,12 +27,10 @@ from crypto import httpsig, strict_json
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from service.api.bodies import StreamedBody, body_limiter, read_body
-from service.api.deps import NodeDep
 from service.api.problems import problem_type
-from service.audit import record
-from service.audit_refusals import audit_refusal
+from service.api.signed import FEDERATION_PREFIX, Partner, partner_running, signed_json
+from service.audit.log import record
 from service.errors import (
-    AuthError,
     EntenteError,
     ForbiddenError,
     InvalidInputError,
@@ -43,19 +40,20 @@ from service.errors import (
 from service.federation import feed as feed_domain
 from service.federation import notices as notice_domain
 from service.federation.client import BATCH_TYPE, DELIVERY_TYPE
-from service.federation.outbox import BATCH_MAX_ITEMS, record_receipts
+from service.federation.outbox import BATCH_MAX_ITEMS
 from service.federation.receive import Checked, Received, Receiver
+from service.federation.settle import record_receipts
 from service.federation.signing import (
     IncomingSignature,
     digest_value,
     sign_response_headers,
-    verify_incoming,
 )
-from service.limits import Limits, check_volume
+from service.limits import check_volume
 from service.node import Node
 from service.partners import rotate_partner
+from service.web import NodeDep
 
-router = APIRouter(prefix="/federation/v1", tags=["federation"])
+router = APIRouter(prefix=FEDERATION_PREFIX, tags=["federation"])
 
 BATCH_MAX_BODY_BYTES = 8 << 20  # bytes of one batch delivery (small artifacts only)
 PROBLEM = {"content": {"application/problem+json": {"schema": {"type": "object"}}}}
@@ -63,71 +61,6 @@ FED_PROBLEMS: dict[int | str, dict[str, Any]] = {
     code: {"description": "Problem document (RFC 9457)", **PROBLEM}
     for code in (400, 401, 403, 404, 409, 413, 422)
 }
-
-
-def _target_uri(node: Node, request: Request) -> str:
-    raw_path = request.scope.get("raw_path") or request.url.path.encode()
-    query = request.scope.get("query_string") or b""
-    uri = node.home.url + raw_path.decode("latin-1")
-    return uri + ("?" + query.decode("latin-1") if query else "")
-
-
-async def signed_partner(request: Request, node: NodeDep) -> IncomingSignature:
-    """Authenticate a partner by its RFC 9421 signature (the body digest is checked later)."""
-    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
-    limits = Limits.of(request.app.state)
-
-    def admit(partner: str) -> None:  # the signature verified; its nonce is not stored yet
-        request.state.partner = partner  # a refusal from here on is the partner's
-        limits.partner(node, partner)
-
-    try:
-        sig = await run_in_threadpool(
-            verify_incoming,
-            node,
-            method=request.method,
-            target_uri=_target_uri(node, request),
-            headers=headers,
-            admit=admit,
-        )
-    except CryptoError as exc:
-        reason = str(exc)
-        await run_in_threadpool(_refused, node, request, reason)
-        raise AuthError(
-            f"federation request refused: {reason}", reason="signature", audited=True
-        ) from None
-    request.state.partner = sig.partner
-    request.state.signature = sig
-    return sig
-
-
-def _refused(node: Node, request: Request, reason: str) -> None:
-    node.metrics.refusals.labels("federation-signature").inc()
-    audit_refusal(  # anonymous: summarised per source and window (service.audit_refusals)
-        request,
-        node,
-        kind="federation.refused",
-        actor="anonymous",
-        reason=reason[:100],
-        rule="signature",
-        detail={"method": request.method, "path": request.url.path[:300], "reason": reason[:300]},
-    )
-
-
-Partner = Annotated[IncomingSignature, Depends(signed_partner)]
-
-
-async def partner_running(request: Request, node: NodeDep, sig: Partner) -> AsyncIterator[None]:
-    """Hold one of the partner's in-flight slots (``max_requests_in_flight``) while its
-    request runs: one partner's slow or many requests never take another partner's."""
-    async with Limits.of(request.app.state).running(
-        node,
-        f"partner:{sig.partner}",
-        actor=f"partner:{sig.partner}",
-        method=request.method,
-        path=request.url.path,
-    ):
-        yield
 
 
 router.dependencies.append(Depends(partner_running))  # every route below: signed, slotted
@@ -148,63 +81,6 @@ async def _small_body(
             f"the body does not match its signature: {exc}", reason="digest"
         ) from None
     return bytes(body)
-
-
-ProblemHandler = Callable[[Request, Exception], Any]
-
-
-def signed_problems(handler: ProblemHandler) -> ProblemHandler:
-    """Wrap a problem handler (``service.api.problems``) so that a problem document answered on
-    a ``/federation`` route to a request carrying one signature is signed like any federation
-    answer: the partner can then tell this node's refusal from a forged one. A request without
-    a signature (not a partner's) gets the problem unsigned, and signs nothing for an
-    anonymous flood."""
-
-    async def handle(request: Request, exc: Exception) -> Any:
-        response = handler(request, exc)
-        if inspect.isawaitable(response):
-            response = await response
-        if isinstance(response, Response) and request.url.path.startswith(router.prefix + "/"):
-            _sign_problem(request, response)
-        return response
-
-    return handle
-
-
-def _sign_problem(request: Request, response: Response) -> None:
-    node = getattr(request.app.state, "node", None)
-    if node is None or b"signature-input" not in dict(request.scope.get("headers", ())):
-        return
-    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.scope["headers"]]
-    ctype = response.headers.get("content-type", "application/problem+json")
-    try:
-        message = httpsig.Request(request.method, _target_uri(node, request), headers)
-        signed = sign_response_headers(
-            node,
-            request=message,
-            status=response.status_code,
-            headers={"Content-Type": ctype},
-            content_digest=digest_value(hashlib.sha256(bytes(response.body)).digest()),
-        )
-    except CryptoError:  # not a request a partner client could match an answer to
-        return
-    for name, value in signed.items():
-        response.headers[name] = value
-
-
-def signed_json(node: Node, sig: IncomingSignature, status: int, data: Any) -> Response:
-    body = json.dumps(data, separators=(",", ":")).encode()
-    headers = {"Content-Type": "application/json"}
-    headers.update(
-        sign_response_headers(
-            node,
-            request=sig.message,
-            status=status,
-            headers=headers,
-            content_digest=digest_value(hashlib.sha256(body).digest()),
-        )
-    )
-    return Response(body, status_code=status, headers=headers)
 
 
 class _BodyReader:

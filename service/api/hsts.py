@@ -2,7 +2,7 @@
 
 Behind the documented TLS ingress the node itself speaks plain HTTP, so it cannot tell from a
 request that browsers reach it over https; its public URL (``entente init --url``) says so.
-:func:`service.api.app.create_app` adds this middleware only then. It does not redirect HTTP to
+:func:`service.app.create_app` adds this middleware only then. It does not redirect HTTP to
 HTTPS (the ingress does) and does not set ``preload`` (an operator's decision for the domain).
 """
 

@@ -9,6 +9,7 @@ methods keep their 404/405 as problems; anything unexpected is logged and answer
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,7 @@ from service.errors import EntenteError
 
 __all__ = [
     "PROBLEM_JSON",
+    "ProblemHandler",
     "document_problems",
     "install_problem_handlers",
     "problem",
@@ -83,7 +85,7 @@ def _audit_refusal(request: Request, *, status: int, kind: str, detail: str) -> 
     node = getattr(request.app.state, "node", None)
     if node is None:
         return
-    from service.audit_refusals import ANONYMOUS, audit_refusal
+    from service.audit.refusals import ANONYMOUS, audit_refusal
 
     principal = getattr(request.state, "principal", None)
     partner = getattr(request.state, "partner", None)
@@ -177,13 +179,23 @@ def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def install_problem_handlers(app: FastAPI) -> None:
-    from service.api.federation import signed_problems  # refusals to partners are signed
+ProblemHandler = Callable[[Request, Exception], Any]
 
-    app.add_exception_handler(EntenteError, signed_problems(_entente_error))
-    app.add_exception_handler(RequestValidationError, signed_problems(_validation_error))
-    app.add_exception_handler(StarletteHTTPException, signed_problems(_http_error))
-    app.add_exception_handler(Exception, signed_problems(_unexpected))
+
+def _as_is(handler: ProblemHandler) -> ProblemHandler:
+    return handler
+
+
+def install_problem_handlers(
+    app: FastAPI, *, finish: Callable[[ProblemHandler], ProblemHandler] = _as_is
+) -> None:
+    """Map every error to its problem document. ``finish`` wraps each handler: the composition
+    root passes the federation router's, which signs the refusals a partner receives (this
+    module does not know about signing, so it imports no router)."""
+    app.add_exception_handler(EntenteError, finish(_entente_error))
+    app.add_exception_handler(RequestValidationError, finish(_validation_error))
+    app.add_exception_handler(StarletteHTTPException, finish(_http_error))
+    app.add_exception_handler(Exception, finish(_unexpected))
 
 
 # --- the OpenAPI document declares the problems the routes really answer with ----------------

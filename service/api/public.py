@@ -11,9 +11,10 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import NodeDep, require_roles
+from service.api.deps import require_roles
 from service.errors import DatabaseError
 from service.tokens import Principal, Role
+from service.web import NodeDep
 
 router = APIRouter(tags=["public"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from service.limits import ProblemH11Protocol
+from service.api.bounds import ProblemH11Protocol
 
 __all__ = ["ServerProtocol"]
 

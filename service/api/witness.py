@@ -27,19 +27,19 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from crypto import httpsig
 from crypto.errors import CryptoError
-from service.api.deps import NodeDep
-from service.api.federation import signed_partner
-from service.errors import InvalidInputError, TooLargeError
-from service.federation.signing import IncomingSignature, digest_value, sign_response_headers
-from service.node import Node
-from service.witness import (
+from service.api.signed import signed_partner
+from service.audit.witness import (
     ADD_CHECKPOINT_MAX_BYTES,
     TLOG_SIZE_MEDIA_TYPE,
-    WitnessSizeConflictError,
     add_checkpoint,
     held_checkpoint,
     witness_cosigner,
 )
+from service.audit.witness_rules import WitnessSizeConflictError
+from service.errors import InvalidInputError, TooLargeError
+from service.federation.signing import IncomingSignature, digest_value, sign_response_headers
+from service.node import Node
+from service.web import NodeDep
 
 __all__ = ["FederationCaller", "calling_partner", "held_router", "router"]
 

@@ -36,7 +36,7 @@ def _register() -> None:
     """Register the commands (only the one being run, when it is named; see ``_commands``)."""
     from service.cli._commands import register
 
-    register(sys.argv)
+    register(app, sys.argv)
 
 
 def _say(message: object) -> None:

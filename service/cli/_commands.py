@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from service.cli import app
+import typer
 
 # name -> (module, attribute, "command" | "group")
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -34,8 +34,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def register(argv: list[str]) -> None:
-    """Register the command named in ``argv`` (or every command when none is recognised)."""
+def register(app: typer.Typer, argv: list[str]) -> None:
+    """Register on ``app`` the command named in ``argv`` (or every command when none is
+    recognised). The root app is passed in, so that this module does not import its package."""
     wanted = [argv[1]] if len(argv) > 1 and argv[1] in COMMANDS else list(COMMANDS)
     for name in wanted:
         module, attribute, kind = COMMANDS[name]

@@ -34,22 +34,17 @@ from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.keys import VerifyKey, format_fingerprint, normalize_fingerprint
 from crypto.note import SIG_COSIGNATURE_V1, NoteVerifier, open_checkpoint
-from service.audit import record
-from service.audit_rotations import LogKeys, RotationError, follow_rotations
-from service.audit_sources import AuditSourceError, DatabaseSource, HttpSource, ask_witness
-from service.audit_verify import Remembered, Verdict, verify_log
+from service.audit.checkpoints import latest_checkpoint
+from service.audit.entries import encode_leaf, iter_entries, log_origin, witness_name
+from service.audit.log import record
+from service.audit.rotations import LogKeys, RotationError, follow_rotations
+from service.audit.sources import AuditSourceError, DatabaseSource, HttpSource, ask_witness
+from service.audit.verify import Remembered, Verdict, verify_log
 from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console, settings_for
 from service.db import Database, open_database
 from service.errors import NotFoundError, UsageError
 from service.home import open_home
 from service.models import Partner
-from service.transparency import (
-    encode_leaf,
-    iter_entries,
-    latest_checkpoint,
-    log_origin,
-    witness_name,
-)
 
 app = typer.Typer(
     help="Verify, export and inspect a node's audit transparency log.", no_args_is_help=True

@@ -38,7 +38,7 @@ from crypto.sealed import (
     seal_file,
     verify,
 )
-from service.artifacts import new_artifact_id
+from service.artifacts.rows import new_artifact_id
 from service.cli._common import HomeOpt, console, err_console, settings_for
 from service.cli._terminal import outside
 from service.db import open_database

@@ -176,8 +176,8 @@ def _claim(settings: Settings) -> ServeClaim:
 def _serve_one(settings: Settings) -> None:
     import uvicorn
 
-    from service.api.app import create_app
     from service.api.server import ServerProtocol
+    from service.app import create_app
     from service.node import load_node
 
     node = load_node(settings, migrate=True)
@@ -204,7 +204,7 @@ def _serve_one(settings: Settings) -> None:
 
 def _serve_processes(settings: Settings) -> None:
     """``serve`` with ``settings.workers`` processes (uvicorn's supervisor, which restarts one
-    that dies). Each loads the node itself (``service.api.app:app_from_environment``) from the
+    that dies). Each loads the node itself (``service.app:app_from_environment``) from the
     settings this process hands down in its environment; the database is migrated here first,
     and the keys are unlocked here once too, so that a wrong passphrase fails at once."""
     import uvicorn
@@ -229,7 +229,7 @@ def _serve_processes(settings: Settings) -> None:
         settings = settings.model_copy(update={"passphrase": SecretStr(passphrase)})
     load_node(settings, migrate=True).db.dispose()
     uvicorn.run(
-        "service.api.app:app_from_environment",
+        "service.app:app_from_environment",
         factory=True,
         workers=settings.workers,
         host=settings.host,

@@ -14,8 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import Depends, Request
 
-from service.api.deps import NodeDep
-from service.audit_refusals import audit_refusal
+from service.audit.refusals import audit_refusal
 from service.console._render import LoginRequired
 from service.console._session import SESSION_COOKIE, ConsoleKeys, SessionClaims
 from service.console._session_store import session_state
@@ -23,6 +22,7 @@ from service.errors import ForbiddenError, InvalidInputError, TooLargeError
 from service.models import Token
 from service.node import Node
 from service.tokens import Principal, Role
+from service.web import NodeDep
 
 __all__ = [
     "CONSOLE_ROLES",
@@ -50,7 +50,7 @@ def epoch(node: Node) -> int:
 
 
 def audit_auth_refused(node: Node, request: Request, *, reason: str, actor: str) -> None:
-    # An anonymous one is summarised per source and window (service.audit_refusals).
+    # An anonymous one is summarised per source and window (service.audit.refusals).
     audit_refusal(
         request,
         node,

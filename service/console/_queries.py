@@ -2,7 +2,7 @@
 
 Filters and cursors arrive as untrusted strings and are parsed here into typed values; every
 query is built with SQLAlchemy expressions and bound parameters. Entries are read through
-``service.transparency`` (its column list, entry objects, leaf encoding, proofs and checkpoints),
+``service.audit`` (its column list, entry objects, leaf encoding, proofs and checkpoints),
 so the console shows exactly what ``/audit/v1`` serves. This module does not record audit events
 and does not render anything.
 """
@@ -21,24 +21,16 @@ from sqlmodel import Session, select
 
 from crypto.keys import format_fingerprint
 from policies import Policy
-from service.audit import EVENT_KINDS
-from service.audit_models import AuditWitnessSubmission
+from service.audit.checkpoints import StoredCheckpoint, get_checkpoint, latest_checkpoint
+from service.audit.entries import encode_leaf, entry_columns, log_signer, row_object
+from service.audit.log import EVENT_KINDS
+from service.audit.models import AuditWitnessSubmission
+from service.audit.tree import inclusion_proof, stored_leaf_hashes
+from service.audit.witness import partner_witness_verifier, witness_cosigner
 from service.errors import InvalidInputError, NotFoundError
 from service.models import AuditEntry, Partner, PullState
 from service.node import Node
 from service.partners import list_partners
-from service.transparency import (
-    StoredCheckpoint,
-    encode_leaf,
-    entry_columns,
-    get_checkpoint,
-    inclusion_proof,
-    latest_checkpoint,
-    log_signer,
-    row_object,
-    stored_leaf_hashes,
-)
-from service.witness import partner_witness_verifier, witness_cosigner
 
 __all__ = [
     "SERIES",

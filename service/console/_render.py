@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from service.audit import record
+from service.audit.log import record
 from service.console._session import SESSION_COOKIE
 from service.errors import EntenteError
 from service.node import Node

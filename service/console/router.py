@@ -11,7 +11,7 @@ Pages (auditor or admin, signed in with a bearer token; see ``_auth`` and ``_ses
 * ``/ui/login``, ``/ui/logout``; ``/ui/static/{console.css,verify.js}``.
 
 Pages work without JavaScript; only the verification panel needs it. Routers parse, call the
-domain (``_queries``, ``service.transparency``, ``policies``) and render; errors become HTML
+domain (``_queries``, ``service.audit``, ``policies``) and render; errors become HTML
 pages in ``_render.ConsoleRoute``.
 """
 
@@ -37,8 +37,8 @@ from policies import (
     summarize_policy,
 )
 from policies import Request as PolicyRequest
-from service.api.deps import NodeDep
-from service.audit import EVENT_KINDS, record
+from service.audit.entries import ENTRY_FIELDS
+from service.audit.log import EVENT_KINDS, record
 from service.console._auth import (
     CONSOLE_ROLES,
     ConsoleUser,
@@ -76,7 +76,7 @@ from service.errors import AuthError, ForbiddenError, InvalidInputError, NotFoun
 from service.federation.status import sync_state
 from service.node import Node
 from service.tokens import authenticate
-from service.transparency import ENTRY_FIELDS
+from service.web import NodeDep
 
 __all__ = ["router"]
 

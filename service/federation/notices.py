@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from crypto.receipt import Receipt, sign_receipt
-from service.audit import record
+from service.audit.log import record
 from service.errors import InvalidInputError
 from service.models import Artifact, Outbox, ReceivedNotice
 from service.node import Node

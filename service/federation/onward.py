@@ -22,7 +22,7 @@ own MOU policy for the node it received the artifact from (action ``onward_share
 third node as ``onward_to``) and its own ``share`` policy for the third node. A refusal anywhere is
 a 403 problem document naming the rule, audited as ``onward.denied``.
 
-Policy references in manifests (written by :func:`service.artifacts.share_artifact`):
+Policy references in manifests (written by :func:`service.artifacts.share.share_artifact`):
 ``{"decisions": [{"partner", "sha256"}], "onward_approved": [node ids], "onward": {"upstream",
 "origin", "disclosure"}}``. Each ``sha256`` commits to one recipient's *disclosure*
 (``crypto.sealed.disclosure``: its decision ``{"partner", "effect", "policy", "rules",
@@ -45,8 +45,10 @@ from crypto.dsse import Envelope
 from crypto.errors import CryptoError, MalformedError, VerificationError
 from crypto.sealed import Manifest, committed_decisions, verify_disclosure, verify_manifest
 from policies import Decision, Request
-from service.artifacts import get_artifact, plaintext_chunks, share_artifact
-from service.audit import record
+from service.artifacts.listing import get_artifact
+from service.artifacts.read import plaintext_chunks
+from service.artifacts.share import share_artifact
+from service.audit.log import record
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, PolicyDeniedError
 from service.models import Artifact, Partner
 from service.node import Node

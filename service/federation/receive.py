@@ -45,8 +45,8 @@ from crypto.errors import CryptoError, MalformedError, VerificationError
 from crypto.receipt import Receipt, sign_receipt
 from crypto.sealed import Manifest, committed_decisions, verify_disclosure, verify_manifest
 from policies import Decision, Request
-from service.artifacts import artifact_row
-from service.audit import AUDIT_TABLE, audit_row, record
+from service.artifacts.rows import artifact_row
+from service.audit.log import AUDIT_TABLE, audit_row, record
 from service.blobs import BlobWriter
 from service.commits import group_commit
 from service.errors import (

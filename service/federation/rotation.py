@@ -19,8 +19,8 @@ from sqlmodel import Session, col, select
 from crypto.descriptor import NodeDescriptor
 from crypto.dsse import Envelope
 from crypto.keys import VerifyKey
-from service.audit import record
-from service.audit_rotations import rotation_record
+from service.audit.log import record
+from service.audit.rotations import rotation_record
 from service.federation.client import PartnerClient
 from service.federation.outbox import OutboxWorker
 from service.models import Outbox, Partner
@@ -48,7 +48,7 @@ def queue_rotation(
     """Audit the rotation and queue the descriptor for ``partners`` (default: every partner).
 
     With ``previous_key`` (the retired key), the audit entry carries the rotation record that
-    lets auditors follow the log's keys (``service.audit_rotations``)."""
+    lets auditors follow the log's keys (``service.audit.rotations``)."""
     descriptor = NodeDescriptor.from_json(json.loads(envelope.payload))
     targets = partners or [p.node_id for p in session.exec(select(Partner))]
     history = rotation_record(envelope, previous_key) if previous_key is not None else {}

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from alembic import context
 from sqlmodel import SQLModel
 
-import service.audit_models  # (the audit log and witness tables)
+import service.audit.models  # (the audit log and witness tables)
 import service.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 config = context.config

@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from crypto.merkle import leaf_hash
-from service.transparency import encode_leaf
+from service.audit.entries import encode_leaf
 from tests.nodes import Federation, start_federation
 from tests.support import ROOT, require, vectors_dir
 

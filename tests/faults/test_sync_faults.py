@@ -25,7 +25,7 @@ import pytest
 
 from crypto.dsse import Envelope
 from crypto.receipt import verify_receipt
-from service import artifacts as domain
+from service.artifacts import share as sharing
 from service.node import load_node
 from service.partners import partner_verify_keys
 from service.schemas import ShareMetadata
@@ -56,10 +56,10 @@ def queue_shares(home: Path, n: int, *, to: str = "us-aisi") -> list[str]:
     )  # fmt: skip
     ids = []
     try:
-        decisions = domain.decide_share(node, meta, principal=PUBLISHER)
+        decisions = sharing.decide_share(node, meta, principal=PUBLISHER)
         for i in range(n):
             content = (f"artifact {i} ".encode() * 400)[:4096]
-            row = domain.share_artifact(
+            row = sharing.share_artifact(
                 node, node.blobs, meta, io.BytesIO(content), principal=PUBLISHER,
                 decisions=decisions,
             )  # fmt: skip

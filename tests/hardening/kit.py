@@ -16,7 +16,7 @@ from typing import Any
 import requests
 import sqlalchemy as sa
 
-from service.artifacts import delivery_head
+from service.artifacts.rows import delivery_head
 from service.federation.signing import digest_value, sign_request_headers
 from service.models import Artifact
 from service.node import Node

@@ -118,7 +118,7 @@ def fuzz(
             auth=PartnerSignature(nodes.us.node, nodes.uk.node),
         )
         assert r.status_code == 201, r.text
-        from service.transparency import run_sequencer
+        from service.audit.sequencer import run_sequencer
 
         run_sequencer(nodes.uk.node)  # a signed checkpoint exists
         schema = schemathesis.openapi.from_asgi("/openapi.json", nodes.uk.app)

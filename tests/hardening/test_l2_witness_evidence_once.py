@@ -11,12 +11,13 @@ from sqlmodel import select
 
 from crypto import merkle
 from crypto.note import AddCheckpointRequest
-from service.audit_models import WitnessEvidence
+from service.audit.checkpoints import latest_checkpoint
+from service.audit.models import WitnessEvidence
+from service.audit.tree import consistency_proof
+from service.audit.witness import add_checkpoint, witness_cosigner
 from service.errors import ConflictError, InvalidInputError
 from service.models import AuditEntry
 from service.node import Node
-from service.transparency import consistency_proof, latest_checkpoint
-from service.witness import add_checkpoint, witness_cosigner
 from tests.service.audit_fixtures import add_events, make_node, pin, second_database, seq_all
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from service.api.app import create_app
+from service.app import create_app
 from service.console._session import SESSION_COOKIE
 from service.console._session_store import MAX_LIVE_PER_TOKEN
 from service.models import AuditEntry

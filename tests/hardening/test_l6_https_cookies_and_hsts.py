@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from service.api.app import create_app
+from service.app import create_app
 from service.tokens import Role
 from tests.service.nodekit import Kit, make_node
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from crypto.dsse import Envelope
-from service.artifacts import delivery_head
+from service.artifacts.rows import delivery_head
 from service.models import Artifact
 from service.tokens import Role
 from tests.hardening.kit import DELIVERY_TYPE, Trio, share, signed, trio

@@ -11,9 +11,9 @@ import sqlalchemy as sa
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.audit import record
+from service.audit.log import record
+from service.audit.sequencer import run_sequencer
 from service.models import Outbox
-from service.transparency import run_sequencer
 from tests.service.nodekit import Kit, make_node, pin
 
 

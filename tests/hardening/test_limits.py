@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.audit.sequencer import run_sequencer
 from service.errors import RateLimitedError
 from service.federation.signing import purge_nonces
 from service.limits import RateLimiter, volume_used
 from service.tokens import Role, create_token
-from service.transparency import run_sequencer
 from tests.hardening.kit import (
     DELIVERY_TYPE,
     Trio,

@@ -19,7 +19,7 @@ from alembic import command
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
-from service.artifacts import get_artifact
+from service.artifacts.listing import get_artifact
 from service.db import _alembic_config
 from service.errors import ConflictError
 from service.models import Artifact

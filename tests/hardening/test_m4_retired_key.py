@@ -27,7 +27,7 @@ from crypto.keys import SigningKey
 from crypto.receipt import Receipt, sign_receipt
 from crypto.sealed import ManifestRecipient, seal
 from service.federation.onward import verify_chain
-from service.federation.outbox import record_receipts
+from service.federation.settle import record_receipts
 from service.federation.signing import (
     digest_value,
     sign_request_headers,

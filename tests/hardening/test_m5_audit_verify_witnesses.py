@@ -23,9 +23,10 @@ import pytest
 import sqlalchemy as sa
 
 from crypto import merkle
+from service.audit.entries import log_signer
+from service.audit.sequencer import sequence
 from service.node import load_node
 from service.settings import Settings
-from service.transparency import log_signer, sequence
 from tests.nodes import PASSPHRASE, Federation, base_env, run_cli, start_federation
 
 pytestmark = pytest.mark.integration

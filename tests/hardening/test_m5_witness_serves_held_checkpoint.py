@@ -8,10 +8,11 @@ from pathlib import Path
 import httpx
 
 from crypto.note import AddCheckpointRequest, open_checkpoint
-from service.api.app import create_app
+from service.app import create_app
+from service.audit.checkpoints import latest_checkpoint
+from service.audit.entries import log_origin, log_signer
+from service.audit.witness import add_checkpoint, partner_witness_verifier, witness_cosigner
 from service.models import Partner
-from service.transparency import latest_checkpoint, log_origin, log_signer
-from service.witness import add_checkpoint, partner_witness_verifier, witness_cosigner
 from tests.service.audit_fixtures import add_events, make_node, pin, second_database, seq_all
 
 

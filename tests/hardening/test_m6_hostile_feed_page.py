@@ -102,7 +102,7 @@ async def test_a_hostile_feed_page_is_that_partners_error_and_others_are_pulled(
     assert state["us-aisi"]["pull_error"] is None
     assert state["us-aisi"]["last_contact"] is not None
     # The same from the command line, straight from the node's database.
-    register(["entente"])  # every command group
+    register(cli_app, ["entente"])  # every command group
     result = CliRunner().invoke(
         cli_app, ["sync", "status", "--home", str(nodes.uk.node.home.path), "--json"]
     )

@@ -20,15 +20,16 @@ import httpx
 import sqlalchemy as sa
 
 from crypto.note import NoteSigner, NoteVerifier
-from service.api.app import create_app
-from service.audit_rotations import follow_rotations
-from service.audit_sources import HttpSource
-from service.audit_verify import verify_log
+from service.app import create_app
+from service.audit.entries import log_origin
+from service.audit.rotations import follow_rotations
+from service.audit.sequencer import run_sequencer, sequence
+from service.audit.sources import HttpSource
+from service.audit.verify import verify_log
 from service.home import open_home
 from service.node import Node
 from service.settings import Settings
 from service.tokens import Role
-from service.transparency import log_origin, run_sequencer, sequence
 from tests.nodes import base_env, run_cli
 from tests.service.audit_fixtures import add_events, make_node, token
 

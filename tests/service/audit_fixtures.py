@@ -11,7 +11,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from service.audit import record
+from service.audit.entries import log_signer
+from service.audit.log import record
+from service.audit.sequencer import SequenceResult, sequence
 from service.blobs import FileBlobStore
 from service.db import open_database
 from service.home import create_home
@@ -20,7 +22,6 @@ from service.partners import add_partner
 from service.policy_store import PolicyStore
 from service.settings import Settings
 from service.tokens import Role, create_token
-from service.transparency import SequenceResult, log_signer, sequence
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 

@@ -10,7 +10,7 @@ import httpx
 from fastapi import FastAPI
 
 from policies import example_files
-from service.api.app import create_app
+from service.app import create_app
 from service.blobs import FileBlobStore
 from service.db import open_database
 from service.home import create_home

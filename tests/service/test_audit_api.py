@@ -14,12 +14,12 @@ import sqlalchemy as sa
 
 from crypto import merkle
 from crypto.note import open_checkpoint
-from service.api.app import create_app
-from service.audit_sources import AuditSourceError, HttpSource
-from service.audit_verify import verify_log
+from service.app import create_app
+from service.audit.entries import log_signer
+from service.audit.sources import AuditSourceError, HttpSource
+from service.audit.verify import verify_log
 from service.node import Node
 from service.tokens import Role
-from service.transparency import log_signer
 from tests.service.audit_fixtures import T0, add_events, make_node, seq_all, token
 
 

@@ -16,32 +16,29 @@ from hypothesis import strategies as st
 from crypto import merkle
 from crypto.errors import MalformedError
 from crypto.note import Checkpoint, open_checkpoint
-from service.audit import record
-from service.audit_sources import DatabaseSource
-from service.audit_verify import verify_log
-from service.db import open_database
-from service.node import Node
-from service.transparency import (
+from service.audit.checkpoints import latest_checkpoint, list_checkpoints
+from service.audit.entries import (
     ENTRY_FIELDS,
     LogInconsistentError,
-    consistency_proof,
     created_text,
     encode_leaf,
     encode_row,
     entry_columns,
     format_time,
-    inclusion_proof,
     iter_entries,
-    latest_checkpoint,
-    list_checkpoints,
     log_origin,
     log_signer,
     row_mapping,
     row_object,
     select_entry_rows,
-    sequence,
-    stored_root,
 )
+from service.audit.log import record
+from service.audit.sequencer import sequence
+from service.audit.sources import DatabaseSource
+from service.audit.tree import consistency_proof, inclusion_proof, stored_root
+from service.audit.verify import verify_log
+from service.db import open_database
+from service.node import Node
 from tests.service.audit_fixtures import T0, Clock, add_events, make_node, seq_all
 
 _text = st.text(st.characters(exclude_categories=("Cs",)), max_size=40)

@@ -12,11 +12,12 @@ import sqlalchemy as sa
 
 from crypto import merkle
 from crypto.note import Note, NoteSignature, parse_note
-from service import audit_leaves
-from service.audit_sources import DatabaseSource
-from service.audit_verify import Remembered, Verdict, verify_log
+from service.audit import leaves as audit_leaves
+from service.audit.checkpoints import latest_checkpoint
+from service.audit.entries import encode_leaf, log_signer
+from service.audit.sources import DatabaseSource
+from service.audit.verify import Remembered, Verdict, verify_log
 from service.node import Node
-from service.transparency import encode_leaf, latest_checkpoint, log_signer
 from tests.service.audit_fixtures import T0, add_events, make_node, seq_all
 
 N = 45  # entries

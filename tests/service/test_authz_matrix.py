@@ -59,7 +59,7 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kit]:
         _row, uk.tokens[R] = create_token(
             session, role=R, name="reader-2", now=uk.node.now(), actor="test"
         )
-    from service.transparency import run_sequencer
+    from service.audit.sequencer import run_sequencer
 
     run_sequencer(uk.node)  # so that a signed checkpoint exists
     yield uk

@@ -21,13 +21,14 @@ import sqlalchemy as sa
 
 from crypto import merkle
 from crypto.note import NoteVerifier, open_checkpoint
-from service.audit import record
+from service.audit.entries import encode_leaf
+from service.audit.log import record
+from service.audit.sequencer import run_sequencer
 from service.console._charts import bar_chart
 from service.console._queries import activity
 from service.console._session import ConsoleKeys, hkdf_sha256
 from service.models import AuditEntry
 from service.tokens import Role, revoke_token
-from service.transparency import encode_leaf, run_sequencer
 from tests.service.nodekit import Kit, make_node, pin
 
 CSP = (

@@ -25,8 +25,9 @@ from sqlmodel import col, func, select
 
 from crypto.dsse import Envelope
 from crypto.receipt import verify_receipt
-from service import artifacts as domain
-from service.api.app import create_app
+from service.app import create_app
+from service.artifacts import read as reading
+from service.artifacts import share as sharing
 from service.db import open_database
 from service.federation.client import PartnerClient, retry_after_seconds
 from service.federation.outbox import BATCH_ITEM_MAX_BYTES, OutboxWorker
@@ -110,9 +111,9 @@ def share(kit: Kit, n: int = 1, *, size: int = 4096, to: str = "us-aisi") -> lis
     )  # fmt: skip
     ids = []
     for i in range(n):
-        decisions = domain.decide_share(kit.node, meta, principal=PUBLISHER)
+        decisions = sharing.decide_share(kit.node, meta, principal=PUBLISHER)
         content = (f"{i}:".encode() * size)[:size]
-        row = domain.share_artifact(
+        row = sharing.share_artifact(
             kit.node, kit.node.blobs, meta, io.BytesIO(content), principal=PUBLISHER,
             decisions=decisions,
         )  # fmt: skip
@@ -329,7 +330,7 @@ def test_rotated_descriptor_is_pushed_with_the_old_key_and_accepted(pair: Pair) 
         with kit.node.db.session() as session:
             row = session.exec(select(Artifact).where(Artifact.id == art_id)).first()
         assert row is not None
-        assert b"".join(domain.plaintext_chunks(kit.node, kit.node.blobs, row))
+        assert b"".join(reading.plaintext_chunks(kit.node, kit.node.blobs, row))
 
 
 async def test_descriptor_endpoint_refusals(pair: Pair) -> None:

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from service.api.upload import MultipartReader, boundary_of
 from service.errors import InvalidInputError, TooLargeError
-from service.upload import MultipartReader, boundary_of
 
 B = b"XyZ123"
 

@@ -24,34 +24,29 @@ from crypto.note import (
     sign_checkpoint,
     verify_cosignature,
 )
-from service.api.app import create_app
-from service.audit_models import (
+from service.app import create_app
+from service.audit.checkpoints import latest_checkpoint
+from service.audit.entries import log_origin, log_signer
+from service.audit.models import (
     AuditCosignature,
     AuditWitnessSubmission,
     WitnessEvidence,
     WitnessLog,
 )
-from service.audit_sources import DatabaseSource
-from service.audit_verify import verify_log
+from service.audit.sources import DatabaseSource
+from service.audit.submission import SignedWitnessTransport, submit_checkpoint
+from service.audit.tree import consistency_proof
+from service.audit.verify import verify_log
+from service.audit.witness import (
+    add_checkpoint,
+    partner_witness_verifier,
+    witness_cosigner,
+)
+from service.audit.witness_rules import BadRequestError, WitnessSizeConflictError
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from service.models import AuditEntry, Partner
 from service.node import Node
 from service.tokens import Role
-from service.transparency import (
-    consistency_proof,
-    latest_checkpoint,
-    log_origin,
-    log_signer,
-)
-from service.witness import (
-    BadRequestError,
-    SignedWitnessTransport,
-    WitnessSizeConflictError,
-    add_checkpoint,
-    partner_witness_verifier,
-    submit_checkpoint,
-    witness_cosigner,
-)
 from tests.service.audit_fixtures import (
     T0,
     add_events,

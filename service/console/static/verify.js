@@ -62,7 +62,7 @@ async function sha256(bytes) {
 export const leafHash = (leaf) => sha256(concat(new Uint8Array([0x00]), leaf));   // RFC 9162 2.1.1
 const nodeHash = (l, r) => sha256(concat(new Uint8Array([0x01]), l, r));
 
-// --- the entry encoding (docs/audit-log.md, "Entry encoding"; service/transparency.encode_leaf) 
+// --- the entry encoding (docs/audit-log.md, "Entry encoding"; service/audit/entries.py, encode_leaf) 
 
 function str(value, name) {
   if (typeof value !== "string") throw new VerifyError(`the field ${name} is not a string`);

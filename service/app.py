@@ -1,14 +1,25 @@
-"""The FastAPI application factory.
+"""The composition root: the node's app, its background work and the lock that elects one
+process to run it.
 
-``create_app(node)`` wires the routers, the problem-document handlers and the middleware; the node
-(settings, keys, database) is built by the caller and kept on ``app.state``. Background workers
-(outbox delivery, feed pulls, checkpoints) start and stop with the app's lifespan.
+``create_app(node)`` composes the HTTP surfaces (``service.api``, the JSON API, and
+``service.console``, the operator's HTML console, siblings that never import each other), the
+problem-document handlers (with the federation router's finisher, which signs the refusals a
+partner receives) and the middleware; the node (settings, keys, database) is built by the caller
+and kept on ``app.state``.
+
+All background work is registered here, in :func:`register_workers`: the audit sequencer, the
+submission of checkpoints to partners' witnesses, outbox delivery, feed pulls and the nonce
+purge; the start-up sweep of the blob store runs once beside them. Each worker is an asyncio
+task that loops until :meth:`Workers.stop`; a worker that raises is logged and restarted after a
+pause, so one bad row never stops delivery for everyone.
 
 ``app_from_environment()`` is the same app for a server that imports it by name and runs several
 processes (``entente serve --workers N``, or ``uvicorn --factory
-service.api.app:app_from_environment``): each process loads the node from ``ENTENTE_*``
+service.app:app_from_environment``): each process loads the node from ``ENTENTE_*``
 settings, and the background workers run in one of them only, the one holding the lock file
 ``<home>/background.lock`` (another takes over if that process dies and the lock is freed).
+
+This module does no domain work itself: it only wires what the packages provide.
 """
 
 from __future__ import annotations
@@ -24,30 +35,131 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from service.api import admin, artifacts, federation, public
 from service.api.audit import router as audit_router
+from service.api.bounds import RequestBounds
 from service.api.hsts import StrictTransportSecurity
 from service.api.problems import document_problems, install_problem_handlers
+from service.api.signed import signed_problems
 from service.api.witness import held_router as witness_held_router
 from service.api.witness import router as witness_router
-from service.audit_refusals import RefusalLedger
+from service.artifacts.sweep import sweep_in_background
+from service.audit.refusals import RefusalLedger
+from service.audit.sequencer import run_sequencer
+from service.audit.submission import SignedWitnessTransport, submission_step
 from service.console import router as console_router
-from service.limits import Limits, RequestBounds
-from service.maintenance import sweep_in_background
+from service.federation.client import PartnerClient
+from service.federation.outbox import OutboxWorker
+from service.federation.pull import PullLoops
+from service.federation.signing import purge_nonces
+from service.limits import Limits
 from service.metrics import Metrics
 from service.node import Node
-from service.transparency import register_audit_workers
 
-__all__ = ["BACKGROUND_LOCK", "app_from_environment", "create_app"]
+__all__ = ["BACKGROUND_LOCK", "Workers", "app_from_environment", "create_app", "register_workers"]
 
 log = logging.getLogger("entente.app")
+worker_log = logging.getLogger("entente.workers")
 
 Lifespan = Callable[[FastAPI], Awaitable[None]]
 
 BACKGROUND_LOCK = "background.lock"  # file in the home: held by the process running the workers
 LOCK_RETRY_SECONDS = 2.0  # seconds between attempts of a process waiting for that lock
+
+
+# ---------------------------------------------------------------------------------------------
+# Background work: every worker of the node, registered in this one place
+
+Step = Callable[[], Awaitable[float]]  # does one round of work, returns seconds to sleep
+
+
+class Workers:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
+        self._steps: dict[str, Step] = {}
+        self._cleanups: list[Callable[[], None]] = []
+
+    def add(self, name: str, step: Step) -> None:
+        self._steps[name] = step
+
+    def on_stop(self, cleanup: Callable[[], None]) -> None:
+        self._cleanups.append(cleanup)
+
+    async def _loop(self, name: str, step: Step) -> None:
+        while not self._stopping.is_set():
+            try:
+                delay = await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                worker_log.exception("worker %s failed; retrying", name)
+                delay = 5.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=max(delay, 0.0))
+
+    async def start(self) -> None:
+        for name, step in self._steps.items():
+            self._tasks.append(asyncio.create_task(self._loop(name, step), name=f"entente-{name}"))
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for cleanup in self._cleanups:
+            try:
+                cleanup()
+            except Exception:
+                worker_log.exception("worker cleanup failed")
+
+
+def register_workers(workers: Workers, node: Node, *, witness_transport: Any = None) -> Any:
+    """Add every background worker of the node to ``workers``.
+
+    Each new checkpoint is submitted to every pinned partner's witness through
+    ``witness_transport`` (a :class:`service.audit.submission.WitnessTransport`; default: the
+    RFC 9421-signed :class:`service.audit.submission.SignedWitnessTransport`). Returns the
+    transport, for the caller to close (``aclose``, when it has one) once the workers have
+    stopped.
+    """
+    settings = node.settings
+
+    async def sequencer() -> float:
+        result = await asyncio.to_thread(run_sequencer, node)
+        return 0.0 if result.more else settings.checkpoint_interval_seconds
+
+    transport = witness_transport or SignedWitnessTransport(node)
+    client = PartnerClient(node)
+    outbox = OutboxWorker(node, client)
+    pulls = PullLoops(node, client)
+
+    async def deliver() -> float:
+        handled = await anyio.to_thread.run_sync(outbox.run_once)
+        return 0.0 if handled else settings.sync_interval_seconds
+
+    async def pull() -> float:
+        await anyio.to_thread.run_sync(pulls.round)  # starts each idle partner's pull
+        return settings.pull_interval_seconds
+
+    async def purge() -> float:
+        await anyio.to_thread.run_sync(purge_nonces, node)
+        return 60.0
+
+    workers.add("audit-sequencer", sequencer)
+    workers.add("audit-witness-submit", submission_step(node, transport))
+    workers.add("deliver", deliver)
+    workers.add("pull", pull)
+    workers.add("purge-nonces", purge)
+    workers.on_stop(outbox.close)
+    workers.on_stop(pulls.close)
+    workers.on_stop(client.close)
+    return transport
 
 
 class _Background:
@@ -75,12 +187,8 @@ class _Background:
         return True
 
     async def _start(self) -> None:
-        from service.federation.workers import register_federation_workers
-        from service.workers import Workers
-
         workers = Workers(self.node)
-        self._transport = register_audit_workers(workers, self.node)
-        register_federation_workers(workers, self.node)
+        self._transport = register_workers(workers, self.node)
         await workers.start()
         self._workers = workers
         if self.lock is not None:
@@ -185,7 +293,7 @@ def create_app(
     node.metrics.watch_database(node.db)  # gauges read from the database at each scrape
     app.state.limits = Limits(node.settings)
     refusals = app.state.refusals = RefusalLedger.for_node(node)  # anonymous ones summarised
-    install_problem_handlers(app)
+    install_problem_handlers(app, finish=signed_problems)
     document_problems(app)
 
     # Inside the request counter (added before it): a stalled body raises where the app reads it.

@@ -33,7 +33,7 @@ from crypto.dsse import Envelope
 from crypto.errors import CryptoError, MalformedError
 from crypto.keys import VerifyKey
 from crypto.note import NoteVerifier, parse_note
-from service.audit_leaves import entry_leaf
+from service.audit.leaves import entry_leaf
 
 __all__ = ["ROTATION_KIND", "LogKeys", "RotationError", "follow_rotations", "rotation_record"]
 

@@ -12,7 +12,7 @@ read directly) and trusts only signatures:
    so must the latest checkpoint each witness holds (``witnessed``, fetched from the witnesses
    themselves): a log behind one of them, or inconsistent with it, fails, naming the gap;
 3. the entries must have consecutive log indexes ``0 .. size - 1``; each entry's leaf hash is
-   recomputed from its fields (:func:`service.transparency.encode_leaf`), never read from storage;
+   recomputed from its fields (:func:`service.audit.entries.encode_leaf`), never read from storage;
    the rotation records :class:`LogKeys` was built from must be the entries logged at their seqs;
 4. the RFC 6962 tree over the recomputed leaves must have each checkpoint's root at its size;
 5. (database only) no entry may carry a log index no signed checkpoint covers;
@@ -35,8 +35,8 @@ from typing import Any, Protocol
 from crypto import merkle
 from crypto.errors import CryptoError
 from crypto.note import Checkpoint, NoteVerifier, open_checkpoint, parse_note
-from service.audit_leaves import LeafBatch, batches_from_entries, entry_leaf
-from service.audit_rotations import LogKeys
+from service.audit.leaves import LeafBatch, batches_from_entries, entry_leaf
+from service.audit.rotations import LogKeys
 
 __all__ = [
     "CheckpointInfo",

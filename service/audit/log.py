@@ -3,7 +3,7 @@
 :func:`record` adds an :class:`service.models.AuditEntry` row to the caller's transaction, so the
 event commits with the action it records, or not at all. Entries carry who, what (artifact id and
 digest, never content), which partner, the decision with its rule and MOU clause, and when. The
-Merkle log over them is built by the sequencer (``service.transparency``).
+Merkle log over them is built by the sequencer (``service.audit``).
 
 For speed the rows of one transaction are inserted together (one multi-row INSERT) just before it
 commits, or earlier by :func:`flush_audit`; they are discarded if it rolls back. A query in the

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from service.audit import record
+from service.audit.log import record
 
 if TYPE_CHECKING:
     from starlette.requests import Request

@@ -1,6 +1,6 @@
 """Where ``entente audit verify`` reads a log from: a node's ``/audit/v1`` API, or its database.
 
-Both implement :class:`service.audit_verify.LogSource`. Neither is trusted: the verifier
+Both implement :class:`service.audit.verify.LogSource`. Neither is trusted: the verifier
 recomputes every leaf hash and checks every root against signed checkpoints. Failures to read
 become one error, :class:`AuditSourceError`, with a message fit for one line on a terminal.
 """
@@ -19,7 +19,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from crypto import strict_json
 from crypto.note import NoteVerifier
-from service.audit_leaves import (
+from service.audit.checkpoints import list_checkpoints
+from service.audit.entries import entry_columns, row_mapping, row_object, select_entry_rows
+from service.audit.leaves import (
     PARALLEL_MIN,
     ROW_CHUNK,
     LeafBatch,
@@ -27,20 +29,13 @@ from service.audit_leaves import (
     parallel_batches,
     worker_count,
 )
-from service.audit_models import AuditCheckpoint
-from service.audit_rotations import ROTATION_KIND
-from service.audit_verify import WitnessView
+from service.audit.models import AuditCheckpoint
+from service.audit.rotations import ROTATION_KIND
+from service.audit.tree import consistency_proof
+from service.audit.verify import WitnessView
 from service.db import Database
 from service.errors import EntenteError
 from service.models import AuditEntry
-from service.transparency import (
-    consistency_proof,
-    entry_columns,
-    list_checkpoints,
-    row_mapping,
-    row_object,
-    select_entry_rows,
-)
 
 __all__ = ["AuditSourceError", "DatabaseSource", "HttpSource", "ask_witness"]
 

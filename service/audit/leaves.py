@@ -7,7 +7,7 @@ met (a missing or misplaced ``seq``, a malformed entry), which ends the stream. 
 verifier's own work, so spreading it over processes changes nothing about what is trusted: each
 worker reads a range of rows from the database and hashes them with the same code.
 
-This module does not build the tree or check signatures (``service.audit_verify``).
+This module does not build the tree or check signatures (``service.audit.verify``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 from crypto import merkle
 from crypto.errors import MalformedError
-from service.transparency import (
+from service.audit.entries import (
     ENTRY_FIELDS,
     encode_leaf,
     encode_row,
@@ -121,7 +121,7 @@ def batches_from_entries(
 
 
 def hash_rows(rows: Sequence[Any], expected: int, last_id: Any = None) -> LeafBatch:
-    """One batch from database rows (as :func:`service.transparency.select_entry_rows` returns
+    """One batch from database rows (as :func:`service.audit.entries.select_entry_rows` returns
     them) that should carry seqs ``expected, expected + 1, ...``."""
     leaves: list[bytes] = []
     append, leaf_hash = leaves.append, merkle.leaf_hash

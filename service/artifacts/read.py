@@ -1,0 +1,280 @@
+"""Reading an artifact at this node.
+
+The node decrypts with its own identity and streams plaintext to the caller after checking
+revocation, embargo, expiry and retention; the read is audited (and, where an ``inform``
+obligation applies, an access notice to the origin is queued) before the first byte is sent.
+Plaintext never touches the disk.
+
+This module does not shape the HTTP response (``service.api.artifacts``).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+from crypto.dsse import Envelope
+from crypto.errors import CryptoError
+from crypto.sealed import (
+    open_sealed,
+)
+from policies import Request
+from service.artifacts.listing import get_artifact
+from service.artifacts.rows import json_list
+from service.audit.log import record
+from service.blobs import BlobStore
+from service.errors import (
+    ConflictError,
+    EntenteError,
+    ForbiddenError,
+    NotFoundError,
+    PolicyDeniedError,
+)
+from service.models import Artifact, Outbox
+from service.node import Node
+from service.tokens import Principal
+
+__all__ = ["ReadStream", "open_for_read", "plaintext_chunks"]
+
+
+# --- read -------------------------------------------------------------------------------------
+
+
+def _retention_days(row: Artifact) -> int | None:
+    days = [
+        int(o.get("days", 0)) for o in json_list(row.obligations) if o.get("kind") == "retain_max"
+    ]
+    return min(days) if days else None
+
+
+def _read_refusal(
+    node: Node, row: Artifact, principal: Principal, reason: str, message: str
+) -> None:
+    with node.db.session() as session:
+        record(
+            session,
+            kind="read.denied",
+            actor=principal.actor,
+            partner=row.origin if row.direction == "received" else None,
+            artifact_id=row.id,
+            digest=row.sha256,
+            decision="deny",
+            rule=reason,
+            detail={"reason": reason},
+            now=node.now(),
+        )
+    node.metrics.reads.labels("denied").inc()
+
+
+@dataclass
+class ReadStream:
+    artifact: Artifact
+    chunks: Iterator[bytes]
+
+
+def open_for_read(
+    node: Node, blobs: BlobStore, artifact_id: str, *, principal: Principal
+) -> ReadStream:
+    """Check obligations, audit the read, and return a plaintext stream."""
+    now = node.now()
+    with node.db.session() as session:
+        row = get_artifact(session, artifact_id)
+    checks: list[tuple[bool, str, str, EntenteError]] = [
+        (
+            row.revoked_at is not None,
+            "revoked",
+            "the origin revoked this artifact",
+            ConflictError(f"artifact {row.id} was revoked by its origin", reason="revoked"),
+        ),
+        (
+            row.embargo_until is not None and now < row.embargo_until,
+            "embargo",
+            "under embargo",
+            ForbiddenError(
+                f"artifact {row.id} is under embargo until {row.embargo_until}",
+                reason="embargo",
+                embargo_until=row.embargo_until.isoformat() if row.embargo_until else None,
+            ),
+        ),
+        (
+            row.expires_at is not None and now >= row.expires_at,
+            "expired",
+            "expired",
+            ConflictError(f"artifact {row.id} expired at {row.expires_at}", reason="expired"),
+        ),
+    ]
+    retention = _retention_days(row)
+    if retention is not None:
+        limit = row.recorded_at + timedelta(days=retention)
+        checks.append(
+            (
+                now >= limit,
+                "retention",
+                "past its retention period",
+                ConflictError(
+                    f"artifact {row.id} is past its retention period ({retention} days)",
+                    reason="retention",
+                ),
+            )
+        )
+    for failed, reason, message, error in checks:
+        if failed:
+            _read_refusal(node, row, principal, reason, message)
+            error.audited = True
+            raise error
+    decision = None
+    if row.direction == "received":
+        decision = node.policies.decide(
+            Request(
+                partner=row.origin,
+                action="read",
+                tlp=row.tlp,
+                topics=frozenset(json_list(row.topics)),
+                purposes=frozenset(json_list(row.purposes)),
+                embargo_until=row.embargo_until,
+                expires_at=row.expires_at,
+            ),
+            now=now,
+        )
+        if not decision.allowed:
+            rule = decision.rules[0] if decision.rules else None
+            with node.db.session() as session:
+                record(
+                    session,
+                    kind="read.denied",
+                    actor=principal.actor,
+                    partner=row.origin,
+                    artifact_id=row.id,
+                    digest=row.sha256,
+                    decision="deny",
+                    rule=rule.id if rule else decision.reason,
+                    clause=rule.clause if rule else None,
+                    detail={"decision": decision.to_json()},
+                    now=now,
+                )
+            raise PolicyDeniedError(
+                f"reading {row.id} is denied: {decision.summary}",
+                partner=row.origin,
+                rule=rule.id if rule else None,
+                clause=rule.clause if rule else None,
+                reason=decision.reason,
+                audited=True,
+            )
+    if row.blob is None:
+        raise NotFoundError(f"artifact {row.id} has no stored ciphertext (deleted)")
+    inform = any(o.get("kind") == "inform" for o in json_list(row.obligations)) or (
+        decision is not None and any(o.kind == "inform" for o in decision.obligations)
+    )
+    with node.db.session() as session:
+        rule = decision.rules[0] if decision and decision.rules else None
+        record(
+            session,
+            kind="read",
+            actor=principal.actor,
+            partner=row.origin if row.direction == "received" else None,
+            artifact_id=row.id,
+            digest=row.sha256,
+            decision="allow",
+            rule=",".join(r.id for r in decision.rules) if decision else None,
+            clause=rule.clause if rule else None,
+            detail={"inform": inform},
+            now=now,
+        )
+        if inform and row.direction == "received":
+            session.add(
+                Outbox(
+                    partner=row.origin,
+                    kind="notice",
+                    artifact_id=row.id,
+                    artifact_origin=row.origin,
+                    payload=json.dumps(
+                        {"type": "access", "reader": principal.actor, "read_at": now.isoformat()}
+                    ),
+                    created_at=now,
+                    next_attempt_at=now,
+                )
+            )
+    node.metrics.reads.labels("allowed").inc()
+    return ReadStream(row, plaintext_chunks(node, blobs, row))
+
+
+class _QueueSink:
+    def __init__(self, q: queue.Queue[bytes | BaseException | None], cancelled: threading.Event):
+        self._q = q
+        self._cancelled = cancelled
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        if self._cancelled.is_set():
+            raise _Cancelled
+        chunk = bytes(data)
+        while True:
+            try:
+                self._q.put(chunk, timeout=0.5)
+                return len(chunk)
+            except queue.Full:
+                if self._cancelled.is_set():
+                    raise _Cancelled from None
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def plaintext_chunks(node: Node, blobs: BlobStore, row: Artifact) -> Iterator[bytes]:
+    """Decrypt on a helper thread, handing plaintext chunks over a small bounded queue.
+
+    The stored manifest is verified against this node's keys, current and retired (so what it
+    signed before a key rotation still opens), or against the origin's pinned keys.
+    """
+    from service.partners import partner_verify_keys
+
+    keys = node.keys
+    with node.db.session() as session:
+        trusted = (
+            {k.fingerprint: k.public for k in (keys.signing, *keys.retired_signing)}
+            if row.origin == node.node_id
+            else partner_verify_keys(session, row.origin)
+        )
+    envelope = Envelope.from_bytes(row.manifest.encode())
+    q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
+    cancelled = threading.Event()
+
+    def work() -> None:
+        try:
+            with blobs.open(row.blob or "") as source:
+                open_sealed(
+                    source,
+                    _QueueSink(q, cancelled),
+                    envelope=envelope,
+                    identities=node.keys.all_identities,
+                    trusted=trusted,
+                    origin=row.origin,
+                )
+            q.put(None)
+        except _Cancelled:
+            return
+        except BaseException as exc:  # handed to the reader
+            q.put(exc)
+
+    thread = threading.Thread(target=work, name=f"decrypt-{row.id}", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                if isinstance(item, CryptoError):
+                    raise _IntegrityFailure(row.id) from None
+                raise item
+            yield item
+    finally:
+        cancelled.set()
+
+
+class _IntegrityFailure(Exception):
+    """The stored ciphertext failed verification mid-stream (storage corruption)."""

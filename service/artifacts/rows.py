@@ -1,0 +1,180 @@
+"""The rows an artifact leaves in the database: its id, the artifact row itself (with the
+manifest's policy references), and the outbox row and delivery head for each partner.
+
+Shared by a share at this node (``service.artifacts.share``) and a delivery received from a
+partner (``service.federation.receive``), so that both write the same columns the same way.
+
+This module decides nothing and commits nothing: callers own the transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from crypto.dsse import Envelope
+from crypto.sealed import (
+    Manifest,
+    disclosure,
+    disclosure_digest,
+)
+from policies import Decision
+from service.models import Artifact, Outbox
+
+__all__ = ["Recipient", "artifact_row", "delivery_head", "json_list", "new_artifact_id"]
+
+
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, sortable
+
+
+class Recipient(Protocol):
+    """What sharing needs of a pinned partner: its id and its age recipient."""
+
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def age_recipient(self) -> str: ...
+
+
+def new_artifact_id(now: datetime) -> str:
+    """``art_`` + 10 chars of milliseconds since the epoch + 16 random chars: sortable, unique."""
+    ms = int(now.timestamp() * 1000)
+    stamp = "".join(_B32[(ms >> (5 * i)) & 31] for i in reversed(range(10)))
+    rand = "".join(_B32[b & 31] for b in secrets.token_bytes(16))
+    return f"art_{stamp}{rand}"
+
+
+def json_list(text: str) -> list[Any]:
+    value = json.loads(text)
+    return value if isinstance(value, list) else []
+
+
+_ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
+_OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
+
+
+def _policy_refs(
+    decisions: Sequence[tuple[Recipient, Decision]],
+    onward_approved: Sequence[str],
+    onward: dict[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(this node's record of the decisions, what the manifest signs).
+
+    The manifest commits to each recipient's decision (and, on an onward share, this node's
+    onward decision for it) with a salted SHA-256 (``crypto.sealed.disclosure``); each
+    recipient is shown only its own disclosure, with its delivery. The record keeps every
+    decision and every disclosure, for this node's users and its deliveries."""
+    entries = {
+        p.node_id: {
+            "partner": p.node_id, "effect": d.effect, "policy": d.policy_ref,
+            "rules": [r.to_json() for r in d.rules],
+            "obligations": [o.to_json() for o in d.obligations],
+        }
+        for p, d in decisions
+    }  # fmt: skip
+    onward_for = {
+        e.get("onward_to"): e
+        for e in (onward or {}).get("decisions", [])
+        if isinstance(e, dict) and isinstance(e.get("onward_to"), str)
+    }
+    disclosures = {
+        partner: disclosure(
+            partner, entry, onward=onward_for.get(partner), salt=secrets.token_bytes(16)
+        )
+        for partner, entry in entries.items()
+    }
+    signed: dict[str, Any] = {
+        "decisions": [
+            {"partner": partner, "sha256": disclosure_digest(d)}
+            for partner, d in disclosures.items()
+        ]
+    }
+    kept: dict[str, Any] = {"decisions": list(entries.values()), "disclosures": disclosures}
+    if onward_approved:
+        signed["onward_approved"] = kept["onward_approved"] = sorted(set(onward_approved))
+    if onward is not None:
+        signed["onward"] = {
+            "upstream": onward.get("upstream"),
+            "origin": onward.get("origin"),
+            "disclosure": onward.get("disclosure"),
+        }
+        kept["onward"] = onward
+    return kept, signed
+
+
+def delivery_head(row: Artifact, partner: str) -> bytes:
+    """The first line of a delivery of ``row`` to ``partner``: the manifest, with what the
+    manifest commits to for that partner (its disclosure) when there is one; the manifest
+    alone for an artifact shared before commitments."""
+    envelope = json.loads(row.manifest)
+    shown = json.loads(row.policy_ref or "{}").get("disclosures", {}).get(partner)
+    head = envelope if shown is None else {"manifest": envelope, "disclosure": shown}
+    return json.dumps(head, separators=(",", ":")).encode()
+
+
+def artifact_row(
+    m: Manifest,
+    envelope: Envelope,
+    *,
+    ciphertext_size: int,
+    blob: str | None,
+    direction: str,
+    sender: str,
+    now: datetime,
+    obligations: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Every column of a new artifact row, sent or received (a Core insert applies no model
+    defaults); a received row's receipt and upstream columns are the receiver's to fill."""
+    return {
+        "id": m.artifact_id,
+        "direction": direction,
+        "origin": m.origin,
+        "sender": sender,
+        "title": m.title,
+        "tlp": m.tlp,
+        "topics": json.dumps(list(m.topics)),
+        "purposes": json.dumps(list(m.purposes)),
+        "recipients": json.dumps([r.node_id for r in m.recipients]),
+        "created_at": m.created,
+        "recorded_at": now,
+        "embargo_until": m.embargo_until,
+        "expires_at": m.expires_at,
+        "size": m.size,
+        "sha256": m.sha256,
+        "blob": blob,
+        "ciphertext_size": ciphertext_size,
+        "header_sha256": m.age_header_sha256,
+        "manifest": envelope.to_bytes().decode("utf-8"),
+        "policy_ref": json.dumps(m.policy),
+        "obligations": json.dumps(obligations),
+        "revoked_at": None,
+        "revocation_reason": None,
+        "deleted_at": None,
+        "receipt": None,
+        "upstream_id": None,
+        "upstream_from": None,
+        "upstream_origin": None,
+    }
+
+
+def _outbox_values(*, partner: str, artifact_id: str, origin: str, now: datetime) -> dict[str, Any]:
+    """Every column of a new delivery row but its id (assigned by the database)."""
+    return {
+        "partner": partner,
+        "kind": "deliver",
+        "artifact_id": artifact_id,
+        "artifact_origin": origin,
+        "payload": "{}",
+        "state": "pending",
+        "attempts": 0,
+        "created_at": now,
+        "next_attempt_at": now,
+        "lease_owner": None,
+        "lease_until": None,
+        "last_error": None,
+        "delivered_at": None,
+        "receipt": None,
+    }

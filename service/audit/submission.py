@@ -1,0 +1,360 @@
+"""The log side of witnessing: submitting this node's checkpoints to its partners' witnesses.
+
+After each new checkpoint (:func:`submit_checkpoint`, :func:`submission_step`), send it to every
+pinned partner's witness through a :class:`WitnessTransport`, verify the returned cosignatures
+against the partner's pinned key, and store them; they are appended to the checkpoint served at
+``/audit/v1/checkpoint``.
+
+This module does not act as a witness for partners' logs (``service.audit.witness``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+from sqlmodel import Session, select
+
+from crypto import httpsig
+from crypto.errors import CryptoError, MalformedError
+from crypto.keys import VerifyKey
+from crypto.note import (
+    AddCheckpointRequest,
+    Checkpoint,
+    Note,
+    NoteVerifier,
+    parse_note,
+    parse_signature_lines,
+    verify_cosignature,
+)
+from service.audit.checkpoints import latest_checkpoint
+from service.audit.models import (
+    AuditCosignature,
+    AuditWitnessSubmission,
+)
+from service.audit.tree import consistency_proof
+from service.audit.witness import (
+    ADD_CHECKPOINT_MAX_BYTES,
+    ADD_CHECKPOINT_PATH,
+    TLOG_SIZE_MEDIA_TYPE,
+    partner_witness_verifier,
+)
+from service.errors import (
+    NotFoundError,
+    PartnerUnavailableError,
+)
+from service.models import Partner
+from service.partners import partner_verify_keys
+
+if TYPE_CHECKING:
+    from service.node import Node
+
+
+__all__ = [
+    "SignedWitnessTransport",
+    "SubmitOutcome",
+    "WitnessReply",
+    "WitnessTransport",
+    "submission_step",
+    "submit_checkpoint",
+]
+
+log = logging.getLogger("entente.witness")
+
+# ---------------------------------------------------------------------------------------------
+# Log side: submitting our checkpoints to partners' witnesses
+
+
+@dataclass(frozen=True)
+class WitnessReply:
+    status: int
+    content_type: str
+    body: bytes
+
+
+class WitnessTransport(Protocol):
+    """Sends an add-checkpoint body to a partner's witness; transport failures become
+    :class:`PartnerUnavailableError`. The production transport signs the request (RFC 9421)."""
+
+    async def add_checkpoint(
+        self, *, partner_id: str, partner_url: str, body: bytes
+    ) -> WitnessReply: ...
+
+
+class SignedWitnessTransport:
+    """A :class:`WitnessTransport` speaking the federation protocol: the request is RFC 9421-signed
+    with this node's key (``service.federation.signing``), and a ``200`` or ``409`` size answer is
+    believed only with a valid signature by the partner's pinned key over a matching body.
+
+    ``client`` (an ``httpx.AsyncClient``) is for tests (``httpx.ASGITransport`` to an in-process
+    partner); by default the transport opens one client on first use and keeps it (its
+    connections and TLS context) for every later submission, until :meth:`aclose`.
+    """
+
+    def __init__(self, node: Node, client: httpx.AsyncClient | None = None) -> None:
+        self._node = node
+        self._client = client
+        self._own: httpx.AsyncClient | None = None  # the client this transport opened
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is not None:
+            return self._client
+        if self._own is None:
+            timeout = httpx.Timeout(self._node.settings.request_timeout_seconds, connect=5.0)
+            self._own = httpx.AsyncClient(timeout=timeout)
+        return self._own
+
+    async def aclose(self) -> None:
+        """Close the client this transport opened (a client passed in is the caller's)."""
+        own, self._own = self._own, None
+        if own is not None:
+            await own.aclose()
+
+    async def add_checkpoint(
+        self, *, partner_id: str, partner_url: str, body: bytes
+    ) -> WitnessReply:
+        from service.federation.signing import (
+            digest_value,
+            sign_request_headers,
+            verify_response_from,
+        )
+
+        node = self._node
+        url = partner_url.rstrip("/") + ADD_CHECKPOINT_PATH
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        headers.update(
+            sign_request_headers(
+                node,
+                method="POST",
+                url=url,
+                headers=headers,
+                content_digest=digest_value(hashlib.sha256(body).digest()),
+            )
+        )
+        try:
+            response = await self._http().post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise PartnerUnavailableError(
+                f"partner {partner_id} witness unreachable: {type(exc).__name__}"
+            ) from None
+        content = response.content[:ADD_CHECKPOINT_MAX_BYTES]
+        content_type = response.headers.get("content-type", "").split(";")[0].strip()
+        if response.status_code == 200 or content_type == TLOG_SIZE_MEDIA_TYPE:
+            keys = await asyncio.to_thread(_partner_keys, node, partner_id)
+            try:
+                verified = verify_response_from(
+                    node,
+                    partner_keys=keys,
+                    request=httpsig.Request("POST", url, headers),
+                    status=response.status_code,
+                    headers=list(response.headers.multi_items()),
+                )
+                digester = httpsig.ContentDigester()
+                digester.update(response.content)
+                digester.verify(verified.content_digests)
+            except CryptoError as exc:
+                raise PartnerUnavailableError(
+                    f"partner {partner_id} answered without a valid signature: {exc}"
+                ) from None
+        return WitnessReply(response.status_code, content_type, content)
+
+
+def _partner_keys(node: Node, partner_id: str) -> dict[str, VerifyKey]:
+    with node.db.session() as session:
+        return partner_verify_keys(session, partner_id)
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    partner: str
+    state: str  # cosigned | up-to-date | not-due | retry | failed
+    size: int
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    partner_url: str
+    size: int
+    body: bytes
+    checkpoint: Checkpoint
+    verifier: NoteVerifier
+
+
+def _submission_row(session: Session, partner: str, now: datetime) -> AuditWitnessSubmission:
+    row = session.get(AuditWitnessSubmission, partner)
+    if row is None:
+        row = AuditWitnessSubmission(partner=partner, next_attempt_at=now, updated_at=now)
+        session.add(row)
+    return row
+
+
+def _prepare(node: Node, partner_id: str) -> _Prepared | SubmitOutcome:
+    now = node.now()
+    with node.db.session() as session:
+        partner = session.get(Partner, partner_id)
+        if partner is None:
+            return SubmitOutcome(partner_id, "failed", 0, "not a pinned partner")
+        try:
+            latest = latest_checkpoint(session)
+        except NotFoundError:
+            return SubmitOutcome(partner_id, "not-due", 0, "no checkpoint yet")
+        row = _submission_row(session, partner_id, now)
+        have = session.get(AuditCosignature, (latest.size, partner_id)) is not None
+        if row.cosigned_size == latest.size and have:
+            return SubmitOutcome(partner_id, "up-to-date", latest.size)
+        if row.next_attempt_at > now:
+            return SubmitOutcome(partner_id, "not-due", latest.size)
+        old = row.cosigned_size
+        if old > latest.size:
+            message = (
+                f"the witness holds size {old} for this log, above our latest checkpoint "
+                f"{latest.size}: our log was rolled back or forked"
+            )
+            log.error("partner %s: %s", partner_id, message)
+            _failed(row, message, now, node)
+            return SubmitOutcome(partner_id, "failed", latest.size, message)
+        proof = (
+            consistency_proof(session, old=old, new=latest.size) if 0 < old < latest.size else []
+        )
+        # Submit the log's own signature only; cosignatures are the witnesses' business.
+        own = parse_note(latest.note)
+        note = Note(own.text, own.signatures[:1]).to_bytes()
+        body = AddCheckpointRequest(old, tuple(proof), note).to_bytes()
+        return _Prepared(
+            partner.url,
+            latest.size,
+            body,
+            Checkpoint.parse(own.text),
+            partner_witness_verifier(partner),
+        )
+
+
+def _failed(row: AuditWitnessSubmission, message: str, now: datetime, node: Node) -> None:
+    row.attempts += 1
+    row.last_error = message[:1000]
+    base = node.settings.retry_base_seconds
+    delay = min(node.settings.retry_max_seconds, base * (2 ** min(row.attempts, 30)))
+    row.next_attempt_at = now + timedelta(seconds=delay)
+    row.updated_at = now
+
+
+def _conclude(
+    node: Node, partner_id: str, prepared: _Prepared, reply: WitnessReply
+) -> SubmitOutcome:
+    now = node.now()
+    with node.db.session() as session:
+        row = _submission_row(session, partner_id, now)
+        if reply.status == 200:
+            try:
+                signatures = parse_signature_lines(reply.body.decode("utf-8"))
+            except (UnicodeDecodeError, MalformedError) as exc:
+                _failed(row, f"the witness answered an unreadable body: {exc}", now, node)
+                return SubmitOutcome(partner_id, "failed", prepared.size, row.last_error or "")
+            verifier = prepared.verifier
+            stored = 0
+            for sig in signatures:
+                # tlog-witness: "The client MUST ignore any cosignatures from unknown keys."
+                if (sig.name, sig.key_id) != (verifier.name, verifier.key_id):
+                    continue
+                try:
+                    timestamp = verify_cosignature(
+                        prepared.checkpoint,
+                        sig,
+                        verifier=verifier,
+                        now=int(now.timestamp()),
+                        max_future_skew=node.settings.clock_skew_seconds,
+                    )
+                except CryptoError as exc:
+                    _failed(row, f"the witness's cosignature does not verify: {exc}", now, node)
+                    return SubmitOutcome(partner_id, "failed", prepared.size, row.last_error or "")
+                existing = session.get(AuditCosignature, (prepared.size, partner_id))
+                if existing is None:
+                    session.add(
+                        AuditCosignature(
+                            checkpoint_size=prepared.size,
+                            witness=partner_id,
+                            line=sig.line(),
+                            timestamp=timestamp,
+                            received_at=now,
+                        )
+                    )
+                stored += 1
+                break
+            if not stored:
+                _failed(row, "the witness returned no cosignature by its pinned key", now, node)
+                return SubmitOutcome(partner_id, "failed", prepared.size, row.last_error or "")
+            row.cosigned_size = prepared.size
+            row.attempts = 0
+            row.last_error = None
+            row.next_attempt_at = now
+            row.updated_at = now
+            return SubmitOutcome(partner_id, "cosigned", prepared.size)
+        if reply.status == 409 and reply.content_type == TLOG_SIZE_MEDIA_TYPE:
+            # The witness holds another size for our log: learn it and retry from there.
+            text = reply.body.decode("ascii", "replace").strip()
+            if text.isdigit() and len(text) <= 19:
+                held = int(text)
+                row.cosigned_size = held
+                row.last_error = f"the witness holds size {held}"
+                row.next_attempt_at = now
+                row.updated_at = now
+                return SubmitOutcome(partner_id, "retry", prepared.size, row.last_error)
+        detail = reply.body[:300].decode("utf-8", "replace")
+        if reply.status == 0:
+            _failed(row, detail, now, node)
+        else:
+            _failed(row, f"the witness refused ({reply.status}): {detail}", now, node)
+        log.warning("partner %s refused checkpoint %d: %s", partner_id, prepared.size, detail)
+        return SubmitOutcome(partner_id, "failed", prepared.size, row.last_error or "")
+
+
+async def _submit_once(node: Node, transport: WitnessTransport, partner_id: str) -> SubmitOutcome:
+    prepared = await asyncio.to_thread(_prepare, node, partner_id)
+    if isinstance(prepared, SubmitOutcome):
+        return prepared
+    try:
+        reply = await transport.add_checkpoint(
+            partner_id=partner_id, partner_url=prepared.partner_url, body=prepared.body
+        )
+    except PartnerUnavailableError as exc:
+        reply = WitnessReply(0, "", exc.message.encode("utf-8"))
+    return await asyncio.to_thread(_conclude, node, partner_id, prepared, reply)
+
+
+async def submit_checkpoint(
+    node: Node, transport: WitnessTransport, partner_id: str
+) -> SubmitOutcome:
+    """Send our latest checkpoint to one partner's witness (retrying once after a 409 that
+    tells us the size it holds) and store its cosignature."""
+    outcome = await _submit_once(node, transport, partner_id)
+    if outcome.state == "retry":
+        outcome = await _submit_once(node, transport, partner_id)
+    return outcome
+
+
+def _partner_ids(node: Node) -> list[str]:
+    with node.db.session() as session:
+        return [p.node_id for p in session.exec(select(Partner).order_by(Partner.node_id))]
+
+
+def submission_step(node: Node, transport: WitnessTransport) -> Callable[[], Awaitable[float]]:
+    """A worker step: submit the latest checkpoint to every pinned partner, concurrently."""
+
+    async def step() -> float:
+        partners = await asyncio.to_thread(_partner_ids, node)
+        outcomes: list[Any] = await asyncio.gather(
+            *(submit_checkpoint(node, transport, p) for p in partners), return_exceptions=True
+        )
+        for partner, outcome in zip(partners, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error("submitting a checkpoint to %s failed", partner, exc_info=outcome)
+        return node.settings.checkpoint_interval_seconds
+
+    return step

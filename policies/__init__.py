@@ -17,10 +17,11 @@ package never imports ``service/``.
 from __future__ import annotations
 
 from policies._cases import Case, CaseFile, CaseResult, Expectation, load_cases, run_cases
+from policies._decision import Decision, Unmet, summarize
 from policies._diff import Change, diff
-from policies._evaluate import Decision, RuleRef, Unmet, evaluate
+from policies._evaluate import evaluate
 from policies._examples import example_files, example_nodes, examples_dir
-from policies._explain import describe_request, explain, summarize
+from policies._explain import describe_request, explain
 from policies._loader import (
     CASES_SUFFIX,
     load_dir,
@@ -39,6 +40,7 @@ from policies._model import (
     PolicyRef,
     PolicySet,
     Request,
+    RuleRef,
     format_time,
 )
 from policies._summary import SummaryRow, summarize_policy

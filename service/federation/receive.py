@@ -62,7 +62,7 @@ from service.models import Artifact, ReceivedNotice
 from service.node import Node
 from service.partners import partner_keys
 
-__all__ = ["Received", "Receiver", "receive_artifact"]
+__all__ = ["Received", "Receiver"]
 
 _ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
 MAX_HEAD_BYTES = 2 << 20  # bytes of a delivery's first line (the route bounds it lower)
@@ -493,18 +493,3 @@ def _parse_head(head: bytes) -> tuple[Envelope, object]:
     if isinstance(data, dict) and set(data) == {"manifest", "disclosure"}:
         return Envelope.from_json(data["manifest"]), data["disclosure"]
     return Envelope.from_json(data), None
-
-
-def receive_artifact(
-    node: Node,
-    *,
-    sender: str,
-    envelope_bytes: bytes,
-    ciphertext: Any,
-    via: str,
-    before_commit: Callable[[], None] | None = None,
-) -> Received:
-    """Verify and store one artifact from ``sender``; see the module docstring for the order."""
-    return Receiver(node, sender=sender, via=via).receive(
-        envelope_bytes, ciphertext, before_commit=before_commit
-    )

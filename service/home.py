@@ -37,6 +37,7 @@ from crypto.dsse import Envelope
 from crypto.errors import CryptoError, KeyLoadError
 from crypto.keys import SigningKey
 from service.errors import HomeError, KeyStoreError, UsageError
+from service.files import write_atomically
 from service.settings import Settings
 
 __all__ = [
@@ -148,11 +149,8 @@ def read_passphrase(settings: Settings, *, confirm: bool) -> str:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Write a new file (mode 0600) all or nothing; an existing one is never overwritten."""
+    write_atomically(path, data, overwrite=False)
 
 
 def _seal_key(secret: bytes, passphrase: str | None, work_factor: int) -> bytes:

@@ -9,7 +9,6 @@ and leaves no file unless every check passed.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,8 +33,6 @@ from crypto.sealed import (
     Manifest,
     ManifestRecipient,
     load_envelope,
-    open_sealed_file,
-    seal_file,
     verify,
 )
 from service.artifacts import new_artifact_id
@@ -43,6 +40,7 @@ from service.cli._common import HomeOpt, console, err_console, settings_for
 from service.cli._terminal import outside
 from service.db import open_database
 from service.errors import UsageError
+from service.files import open_sealed_file, seal_file, write_atomically
 from service.home import open_home
 from service.models import Partner
 from service.partners import partner_verify_keys
@@ -186,10 +184,8 @@ def seal(
             purposes=purpose or (),
             on_progress=advance,
         )
-    tmp = manifest_path.with_name(manifest_path.name + ".tmp")
     with _writing(manifest_path):
-        tmp.write_bytes(sealed.envelope.to_bytes())
-        os.replace(tmp, manifest_path)
+        write_atomically(manifest_path, sealed.envelope.to_bytes())
     console.print(f"sealed {file} -> {out} ({sealed.size} bytes, sha256 {sealed.sha256})")
     console.print(f"manifest {manifest_path}, signed by {node_home.node_id}")
     console.print(f"recipients: {', '.join(r.node_id for r in recipients)}")

@@ -65,17 +65,16 @@ from typing import Any
 
 from crypto import age, strict_json
 from crypto.age import CHUNK_SIZE, Identity, Reader, Rng, Writer
-from crypto.descriptor import NODE_ID_PATTERN
 from crypto.dsse import Envelope, sign_envelope, verify_envelope
 from crypto.errors import DecryptionError, MalformedError, VerificationError
 from crypto.keys import SigningKey, VerifyKey
+from crypto.vocab import TLP_LABELS, is_node_id
 
 __all__ = [
     "DISCLOSURE_KEYS",
     "MANIFEST_PAYLOAD_TYPE",
     "PREDICATE_TYPE",
     "STATEMENT_TYPE",
-    "TLP_LABELS",
     "Manifest",
     "ManifestRecipient",
     "Sealed",
@@ -95,7 +94,6 @@ __all__ = [
 MANIFEST_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://entente.dev/artifact-manifest/v1"
-TLP_LABELS = ("TLP:CLEAR", "TLP:GREEN", "TLP:AMBER", "TLP:AMBER+STRICT", "TLP:RED")
 
 MAX_TITLE_CHARS = 500
 MAX_LABELS = 64  # topics, purposes: entries each
@@ -195,7 +193,7 @@ class ManifestRecipient:
     recipient: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.node_id, str) or not NODE_ID_PATTERN.fullmatch(self.node_id):
+        if not is_node_id(self.node_id):
             raise MalformedError("a recipient's node_id is not a valid node id")
         if not isinstance(self.recipient, str):
             raise MalformedError("a recipient's age recipient is a string")
@@ -233,7 +231,7 @@ class Manifest:
             )
         if not isinstance(self.title, str) or not 0 < len(self.title) <= MAX_TITLE_CHARS:
             raise MalformedError(f"the title is 1 to {MAX_TITLE_CHARS} characters")
-        if not isinstance(self.origin, str) or not NODE_ID_PATTERN.fullmatch(self.origin):
+        if not is_node_id(self.origin):
             raise MalformedError("the origin is not a valid node id")
         if self.tlp not in TLP_LABELS:
             raise MalformedError(f"the TLP label must be one of {', '.join(TLP_LABELS)}")

@@ -11,7 +11,8 @@ candidate permit, and the exact policy (``policy_ref``: id, version, SHA-256 of 
 
 Pure: no I/O beyond the thin file conveniences (:func:`load_file`, :func:`load_dir`, reading the
 packaged schema and examples), no settings, no database; ``now`` is always a parameter. This
-package never imports ``service/``.
+package never imports ``service/``; TLP labels, node ids and terms follow the federation's
+grammar in ``crypto.vocab``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from policies._model import (
     format_time,
 )
 from policies._summary import SummaryRow, summarize_policy
-from policies._vocab import ACTIONS, FORMAT, OBLIGATION_KINDS, TLP_LABELS
+from policies._vocab import ACTIONS, FORMAT, OBLIGATION_KINDS
 from policies.errors import PolicyError, PolicyEvaluationError, PolicyLoadError, PolicySetError
 
 __all__ = [
@@ -52,7 +53,6 @@ __all__ = [
     "CASES_SUFFIX",
     "FORMAT",
     "OBLIGATION_KINDS",
-    "TLP_LABELS",
     "Approval",
     "Case",
     "CaseFile",

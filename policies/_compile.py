@@ -8,8 +8,9 @@ sentence (see ``_evaluate`` and ``_decision``).
 
 from __future__ import annotations
 
+from crypto.vocab import TLP_LABELS
 from policies._model import Forbid, Permit, Policy, PolicyRef, RuleRef
-from policies._vocab import ACTIONS, TLP_LABELS
+from policies._vocab import ACTIONS
 
 __all__ = ["Compiled", "compile_policy", "compiled_form"]
 

@@ -15,9 +15,10 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from crypto.vocab import TLP_LABELS
 from policies._compile import Compiled
 from policies._model import Forbid, Obligation, Permit, PolicyRef, Request, RuleRef, format_time
-from policies._vocab import TLP_LABELS, within
+from policies._vocab import within
 
 __all__ = [
     "ERROR",

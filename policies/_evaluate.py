@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from crypto.vocab import is_node_id, is_term
 from policies._compile import Compiled, compiled_form
 from policies._decision import (
     ERROR,
@@ -26,7 +27,7 @@ from policies._decision import (
     Decision,
 )
 from policies._model import Obligation, PolicySet, Request, RuleRef, format_time
-from policies._vocab import ACTIONS, is_node_id, is_term
+from policies._vocab import ACTIONS
 
 __all__ = ["evaluate"]
 

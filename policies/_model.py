@@ -16,16 +16,8 @@ from datetime import UTC, date, datetime
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from policies._vocab import (
-    ACTIONS,
-    EMBARGO_STATES,
-    EXPIRY_STATES,
-    FORMAT,
-    OBLIGATION_KINDS,
-    TLP_LABELS,
-    is_node_id,
-    is_term,
-)
+from crypto.vocab import TLP_LABELS, is_node_id, is_term
+from policies._vocab import ACTIONS, EMBARGO_STATES, EXPIRY_STATES, FORMAT, OBLIGATION_KINDS
 from policies.errors import PolicyLoadError, PolicySetError
 
 __all__ = [

@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from crypto import age
-from crypto.descriptor import NODE_ID_PATTERN, NodeDescriptor, sign_descriptor
+from crypto.descriptor import NodeDescriptor, sign_descriptor
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError, KeyLoadError
 from crypto.keys import SigningKey
+from crypto.vocab import is_node_id
 from service.errors import HomeError, KeyStoreError, UsageError
 from service.files import write_atomically
 from service.settings import Settings
@@ -189,7 +190,7 @@ def create_home(
     now: datetime,
 ) -> Home:
     """Create a new home with fresh keys and a signed descriptor. Refuses an existing path."""
-    if not NODE_ID_PATTERN.match(node_id):
+    if not is_node_id(node_id):
         raise UsageError("--node-id must be lowercase letters, digits and '-' (1-63 characters)")
     if not url.startswith(("http://", "https://")):
         raise UsageError("--url must start with http:// or https://")

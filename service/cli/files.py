@@ -35,6 +35,7 @@ from crypto.sealed import (
     load_envelope,
     verify,
 )
+from crypto.vocab import TLP_LABELS
 from service.artifacts import new_artifact_id
 from service.cli._common import HomeOpt, console, err_console, settings_for
 from service.cli._terminal import outside
@@ -44,7 +45,6 @@ from service.files import open_sealed_file, seal_file, write_atomically
 from service.home import open_home
 from service.models import Partner
 from service.partners import partner_verify_keys
-from service.schemas import TLP_LABELS
 
 __all__ = ["open_", "progress_bar", "seal", "verify_"]
 

@@ -22,7 +22,7 @@ from crypto import strict_json
 from service.cli._common import JsonOpt, console
 from service.cli._terminal import SafeTable, outside
 from service.cli.files import progress_bar
-from service.errors import EntenteError, UsageError
+from service.errors import RemoteError, UsageError
 from service.files import atomic_write
 
 UrlOpt = Annotated[
@@ -37,10 +37,6 @@ TokenOpt = Annotated[
         show_default=False,
     ),
 ]
-
-
-class RemoteError(EntenteError):
-    kind = "remote"
 
 
 def _client(url: str, token: str) -> httpx.Client:

@@ -440,7 +440,8 @@ def reload(
     """Tell a running node to reload its policy folder (all or nothing; audited)."""
     import httpx
 
-    from service.cli.client import RemoteError, _raise_for
+    from service.cli.client import _raise_for
+    from service.errors import RemoteError
 
     try:
         response = httpx.post(

@@ -45,8 +45,8 @@ from crypto.keys import SigningKey, VerifyKey
 from crypto.receipt import verify_receipt
 from service.artifacts import delivery_head
 from service.audit import AUDIT_TABLE, audit_row
-from service.errors import PartnerUnavailableError
-from service.federation.client import PartnerClient, PartnerRefusedError
+from service.errors import PartnerRefusedError, PartnerUnavailableError
+from service.federation.client import PartnerClient
 from service.federation.notices import notice_payload
 from service.models import Artifact, Outbox, Partner
 from service.node import Node

@@ -105,7 +105,7 @@ def _evaluate(policy_set: PolicySet, request: Request, now: datetime) -> Decisio
     policy = policy_set.policies.get(request.partner)
     if policy is None:
         return _deny(NO_POLICY, request, now, f"no policy for partner {request.partner!r}")
-    compiled: Compiled = compiled_form(policy)
+    compiled: Compiled = policy._compiled or compiled_form(policy)  # one read on the hot path
     if not compiled.valid_from <= now < compiled.valid_until:
         return _deny(
             NOT_IN_FORCE,

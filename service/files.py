@@ -1,9 +1,9 @@
 """Whole files written all or nothing: the one "temporary file, fsync, rename" of the project.
 
 :func:`atomic_write` yields a temporary file (mode 0600) beside the destination; when the block
-ends without an exception the file is flushed, fsynced and renamed onto the destination (or,
-with ``overwrite=False``, hard-linked to it, so that a file that appeared meanwhile is never
-clobbered); on any exception it is removed and the destination is untouched.
+ends without an exception the file is flushed, fsynced and renamed onto the destination (or, with
+``overwrite=False``, hard-linked to it where the file system allows, so that a file that appeared
+meanwhile is never clobbered); on any exception it is removed and the destination is untouched.
 :func:`write_atomically` does that for bytes in hand. :func:`seal_file` and
 :func:`open_sealed_file` are the crypto recipes ``crypto.sealed.seal`` and
 ``crypto.sealed.open_sealed`` from one file to another, so that a failed check leaves no
@@ -51,11 +51,25 @@ def atomic_write(path: str | os.PathLike[str], *, overwrite: bool = True) -> Ite
         if overwrite:
             os.replace(tmp, path)
         else:
-            os.link(tmp, path)  # fails if path appeared meanwhile: never clobber
-            tmp.unlink()
+            _place_new(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _place_new(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` unless ``path`` exists: a hard link fails if it appeared
+    meanwhile; where the file system has no hard links, a last check and a rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FUSE file systems)
+        if path.exists():
+            raise FileExistsError(f"{path} already exists") from None
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
 
 
 def write_atomically(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> None:

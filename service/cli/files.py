@@ -35,7 +35,7 @@ from crypto.sealed import (
     load_envelope,
     verify,
 )
-from crypto.vocab import TLP_LABELS
+from crypto.vocab import TLP_LABELS, is_term
 from service.artifacts import new_artifact_id
 from service.cli._common import HomeOpt, console, err_console, settings_for
 from service.cli._terminal import outside
@@ -137,6 +137,13 @@ def seal(
     """Encrypt FILE to recipients and this node; sign a manifest binding it (OUT.dsse.json)."""
     if tlp not in TLP_LABELS:
         raise UsageError(f"--tlp must be one of {', '.join(TLP_LABELS)}")
+    for option, terms in (("--topic", topic or ()), ("--purpose", purpose or ())):
+        for term in terms:
+            if not is_term(term):
+                raise UsageError(
+                    f"{option} {term!r}: lowercase letters, digits and '-' in segments "
+                    "separated by '/', e.g. evaluation/red-teaming"
+                )
     manifest_path = Path(f"{out}.dsse.json")
     for path in (out, manifest_path):
         if path.exists() and not force:

@@ -68,7 +68,7 @@ from crypto.age import CHUNK_SIZE, Identity, Reader, Rng, Writer
 from crypto.dsse import Envelope, sign_envelope, verify_envelope
 from crypto.errors import DecryptionError, MalformedError, VerificationError
 from crypto.keys import SigningKey, VerifyKey
-from crypto.vocab import TLP_LABELS, is_node_id
+from crypto.vocab import MAX_TERM_CHARS, TLP_LABELS, is_node_id, is_term
 
 __all__ = [
     "DISCLOSURE_KEYS",
@@ -96,8 +96,7 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://entente.dev/artifact-manifest/v1"
 
 MAX_TITLE_CHARS = 500
-MAX_LABELS = 64  # topics, purposes: entries each
-MAX_LABEL_CHARS = 200
+MAX_LABELS = 64  # topics, purposes: entries each, each a term of crypto.vocab
 MAX_RECIPIENTS = 64
 MAX_CHAIN = 16  # upstream manifests
 
@@ -165,8 +164,11 @@ def _check_labels(values: object, name: str) -> None:
     if not isinstance(values, tuple) or len(values) > MAX_LABELS:
         raise MalformedError(f"manifest field {name!r} is a list of at most {MAX_LABELS} strings")
     for value in values:
-        if not isinstance(value, str) or not 0 < len(value) <= MAX_LABEL_CHARS:
-            raise MalformedError(f"each entry of {name!r} is a string of 1 to 200 characters")
+        if not is_term(value):
+            raise MalformedError(
+                f"each entry of {name!r} is a term: lowercase segments separated by '/', "
+                f"at most {MAX_TERM_CHARS} characters"
+            )
 
 
 def _check_json_object(value: object, name: str) -> dict[str, Any]:

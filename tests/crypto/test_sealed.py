@@ -363,6 +363,11 @@ def statement(**predicate_changes: Any) -> dict[str, Any]:
         ),
         (lambda s: s["predicate"].update(topics="evals"), "topics"),
         (lambda s: s["predicate"].update(topics=[""]), "topics"),
+        # one vocabulary (crypto.vocab): a term the API and a policy could never carry
+        (lambda s: s["predicate"].update(topics=["eval.v2"]), "topics"),
+        (lambda s: s["predicate"].update(purposes=["Red_Team"]), "purposes"),
+        (lambda s: s["predicate"].update(topics=["a" * 121]), "topics"),
+        (lambda s: s["predicate"].update(origin="uk.aisi"), "origin"),
         (lambda s: s["predicate"].update(purposes=[1]), "purposes"),
         (lambda s: s["predicate"].update(created="2026-03-01 09:30:00"), "RFC 3339"),
         (lambda s: s["predicate"].update(created="2026-03-01T09:30:00+01:00"), "RFC 3339"),

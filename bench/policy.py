@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
 
+from crypto.vocab import TLP_LABELS
 from policies import (
     ACTIONS,
-    TLP_LABELS,
     Permit,
     Policy,
     PolicySet,

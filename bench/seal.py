@@ -7,8 +7,9 @@ otherwise script, run in the same session on the same file:
 * seal peer:  ``age -r RECIPIENT -o OUT FILE`` then ``sha256sum FILE``
 * open peer:  ``age -d -i KEYFILE -o PLAIN OUT`` then ``sha256sum PLAIN``
 
-with a peak RSS under 64 MiB. Entente runs in a child process that imports only ``crypto`` (and
-the standard library); its peak RSS is that child's ``ru_maxrss``. Every timing is the wall time
+with a peak RSS under 64 MiB. Entente runs in a child process that imports only ``crypto``, the
+standard library and ``service.files`` (the shell's atomic file writes, which import nothing
+else); its peak RSS is that child's ``ru_maxrss``. Every timing is the wall time
 of whole processes (interpreter start-up included for Entente, as process start-up is included
 for the peers). Entente's open writes through a temporary file that it fsyncs and renames, as it
 does in production; the peers write without fsync. Before each timed step, the previous outputs
@@ -62,12 +63,13 @@ def child(argv: list[str]) -> None:
 
     from crypto import age, sealed
     from crypto.keys import SigningKey, VerifyKey
+    from service import files
 
     op, work = argv[0], Path(argv[1])
     start = time.perf_counter()
     if op == "seal":
         signer = SigningKey(bytes.fromhex((work / "signing.hex").read_text()))
-        result = sealed.seal_file(
+        result = files.seal_file(
             work / "input.bin",
             work / "entente.age",
             artifact_id="bench-1",
@@ -84,7 +86,7 @@ def child(argv: list[str]) -> None:
     elif op == "open":
         public = VerifyKey(bytes.fromhex((work / "verify.hex").read_text()))
         identity = age.parse_identity((work / "identity.txt").read_text())
-        manifest = sealed.open_sealed_file(
+        manifest = files.open_sealed_file(
             work / "entente.age",
             work / "entente.out",
             envelope=sealed.load_envelope((work / "entente.dsse.json").read_bytes()),
@@ -101,6 +103,7 @@ def child(argv: list[str]) -> None:
         if name.split(".")[0] not in sys.stdlib_module_names
         and name.split(".")[0] not in ("crypto", "cryptography", "_cffi_backend", "bench")
         and not name.startswith("_")
+        and name not in ("service", "service.files")  # the shell's atomic writes: stdlib only
     )
     print(
         json.dumps(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,10 +22,10 @@ from crypto import strict_json
 from crypto.dsse import Envelope, sign_envelope, verify_envelope
 from crypto.errors import MalformedError, VerificationError, VerificationUnavailableError
 from crypto.keys import SigningKey, VerifyKey
+from crypto.vocab import is_node_id
 
 __all__ = [
     "DESCRIPTOR_PAYLOAD_TYPE",
-    "NODE_ID_PATTERN",
     "NodeDescriptor",
     "sign_descriptor",
     "verify_descriptor",
@@ -34,7 +33,6 @@ __all__ = [
 
 DESCRIPTOR_PAYLOAD_TYPE = "application/vnd.entente.node-descriptor+json"
 DESCRIPTOR_TYPE = "https://entente.dev/node-descriptor/v1"
-NODE_ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _FIELDS = {
     "_type",
     "node_id",
@@ -115,7 +113,7 @@ class NodeDescriptor:
         if data.get("_type") != DESCRIPTOR_TYPE:
             raise MalformedError("not an Entente node descriptor (wrong _type)")
         node_id = _str(data, "node_id", max_len=63)
-        if not NODE_ID_PATTERN.match(node_id):
+        if not is_node_id(node_id):
             raise MalformedError("descriptor node_id must be lowercase letters, digits and '-'")
         url = _str(data, "url", max_len=2048)
         if not url.startswith(("https://", "http://")):

@@ -34,8 +34,8 @@ Recipes:
   No key is needed and nothing is decrypted.
 * :func:`open_sealed` verifies the signature and the header digest *before* any identity touches
   the header, decrypts, and checks the plaintext digest and size at the end. Plaintext streams
-  to the caller's writer; :func:`open_sealed_file` writes to a temporary file beside the
-  destination and renames it only when every check has passed, so a failure leaves no file.
+  to the caller's writer. :func:`decrypt_verified` is its second half, for a caller that has
+  verified the manifest itself (the node's receiver).
 
 Failures are :class:`~crypto.errors.VerificationError` (signature, digests),
 :class:`~crypto.errors.VerificationUnavailableError` (no trusted key signed it),
@@ -44,12 +44,13 @@ Failures are :class:`~crypto.errors.VerificationError` (signature, digests),
 material or plaintext.
 
 This module does not decide whom to encrypt to, which keys to trust, or whether an embargo or
-expiry allows a read: that is the policy engine's job, with the manifest's fields as input.
+expiry allows a read: that is the policy engine's job, with the manifest's fields as input. It
+opens no file: writing a plaintext or a sealed file all or nothing (temporary file, fsync,
+rename) is the shell's (``service.files``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -57,37 +58,33 @@ import io
 import json
 import os
 import re
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from crypto import age, strict_json
 from crypto.age import CHUNK_SIZE, Identity, Reader, Rng, Writer
-from crypto.descriptor import NODE_ID_PATTERN
 from crypto.dsse import Envelope, sign_envelope, verify_envelope
 from crypto.errors import DecryptionError, MalformedError, VerificationError
 from crypto.keys import SigningKey, VerifyKey
+from crypto.vocab import MAX_TERM_CHARS, TLP_LABELS, is_node_id, is_term
 
 __all__ = [
     "DISCLOSURE_KEYS",
     "MANIFEST_PAYLOAD_TYPE",
     "PREDICATE_TYPE",
     "STATEMENT_TYPE",
-    "TLP_LABELS",
     "Manifest",
     "ManifestRecipient",
     "Sealed",
     "committed_decisions",
+    "decrypt_verified",
     "disclosure",
     "disclosure_digest",
     "load_envelope",
     "open_sealed",
-    "open_sealed_file",
     "seal",
-    "seal_file",
     "sign_manifest",
     "verify",
     "verify_disclosure",
@@ -97,11 +94,9 @@ __all__ = [
 MANIFEST_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://entente.dev/artifact-manifest/v1"
-TLP_LABELS = ("TLP:CLEAR", "TLP:GREEN", "TLP:AMBER", "TLP:AMBER+STRICT", "TLP:RED")
 
 MAX_TITLE_CHARS = 500
-MAX_LABELS = 64  # topics, purposes: entries each
-MAX_LABEL_CHARS = 200
+MAX_LABELS = 64  # topics, purposes: entries each, each a term of crypto.vocab
 MAX_RECIPIENTS = 64
 MAX_CHAIN = 16  # upstream manifests
 
@@ -169,8 +164,11 @@ def _check_labels(values: object, name: str) -> None:
     if not isinstance(values, tuple) or len(values) > MAX_LABELS:
         raise MalformedError(f"manifest field {name!r} is a list of at most {MAX_LABELS} strings")
     for value in values:
-        if not isinstance(value, str) or not 0 < len(value) <= MAX_LABEL_CHARS:
-            raise MalformedError(f"each entry of {name!r} is a string of 1 to 200 characters")
+        if not is_term(value):
+            raise MalformedError(
+                f"each entry of {name!r} is a term: lowercase segments separated by '/', "
+                f"at most {MAX_TERM_CHARS} characters"
+            )
 
 
 def _check_json_object(value: object, name: str) -> dict[str, Any]:
@@ -197,7 +195,7 @@ class ManifestRecipient:
     recipient: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.node_id, str) or not NODE_ID_PATTERN.fullmatch(self.node_id):
+        if not is_node_id(self.node_id):
             raise MalformedError("a recipient's node_id is not a valid node id")
         if not isinstance(self.recipient, str):
             raise MalformedError("a recipient's age recipient is a string")
@@ -235,7 +233,7 @@ class Manifest:
             )
         if not isinstance(self.title, str) or not 0 < len(self.title) <= MAX_TITLE_CHARS:
             raise MalformedError(f"the title is 1 to {MAX_TITLE_CHARS} characters")
-        if not isinstance(self.origin, str) or not NODE_ID_PATTERN.fullmatch(self.origin):
+        if not is_node_id(self.origin):
             raise MalformedError("the origin is not a valid node id")
         if self.tlp not in TLP_LABELS:
             raise MalformedError(f"the TLP label must be one of {', '.join(TLP_LABELS)}")
@@ -652,76 +650,40 @@ def open_sealed(
 ) -> Manifest:
     """Verify and decrypt a sealed artifact, streaming the plaintext to ``sink``.
 
-    Order: the manifest signature; the header digest (before any identity sees the header); the
-    file key and header MAC; then the payload, whose SHA-256 and size are checked at the end.
-    Plaintext reaches ``sink`` before the final check, so on any exception the caller must
-    discard what ``sink`` received; :func:`open_sealed_file` does that for files.
+    Order: the manifest signature; then :func:`decrypt_verified`. Plaintext reaches ``sink``
+    before the final check, so on any exception the caller must discard what ``sink`` received
+    (the shell's ``service.files.open_sealed_file`` does that for files).
     """
     manifest = verify_manifest(envelope, trusted=trusted, origin=origin)
+    decrypt_verified(manifest, source, sink, identities=identities)
+    return manifest
+
+
+class _Discard:
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        return len(data)
+
+
+def decrypt_verified(
+    manifest: Manifest,
+    source: Reader,
+    sink: Writer | None = None,
+    *,
+    identities: Iterable[Identity],
+) -> None:
+    """Decrypt the age file of a manifest whose signature has been verified, checking it whole.
+
+    The second half of :func:`open_sealed`, for a caller that verified the manifest already
+    (:func:`verify_manifest`, with its own key rules): the header digest before any identity
+    sees the header, the file key and header MAC, every STREAM chunk, then the plaintext's
+    SHA-256 and size. The plaintext streams to ``sink``, or nowhere when it is ``None`` (a
+    receiver that keeps the ciphertext and only needs to know it opens to the signed plaintext).
+    """
     decryptor = age.Decryptor.parse(source, armor=False)
     if decryptor.header.sha256 != manifest.age_header_sha256:
         raise _header_mismatch()
     decryptor.unlock(identities)
     hasher = hashlib.sha256()
-    size = decryptor.decrypt_to(sink, hasher=hasher)
+    size = decryptor.decrypt_to(_Discard() if sink is None else sink, hasher=hasher)
     if size != manifest.size or hasher.hexdigest() != manifest.sha256:
         raise VerificationError("the plaintext digest does not match the manifest")
-    return manifest
-
-
-@contextlib.contextmanager
-def _atomic_output(path: Path, *, overwrite: bool) -> Iterator[BinaryIO]:
-    """A temporary file beside ``path``, moved to ``path`` only if the block succeeds."""
-    path = Path(path)
-    if not overwrite and path.exists():
-        raise FileExistsError(f"{path} already exists")
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if path appeared meanwhile: never clobber
-            tmp.unlink()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def open_sealed_file(
-    path: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    *,
-    envelope: Envelope,
-    identities: Iterable[Identity],
-    trusted: Mapping[str, VerifyKey],
-    origin: str | None = None,
-    overwrite: bool = False,
-) -> Manifest:
-    """:func:`open_sealed` from file ``path`` to file ``out_path``, all or nothing.
-
-    The plaintext is written to a temporary file (mode 0600) in ``out_path``'s folder and renamed
-    to ``out_path`` only when the signature, header digest, MAC, every chunk and the plaintext
-    digest have checked out. On any failure the temporary file is removed and nothing is left.
-    """
-    with open(path, "rb") as src, _atomic_output(Path(out_path), overwrite=overwrite) as out:
-        return open_sealed(
-            src, out, envelope=envelope, identities=identities, trusted=trusted, origin=origin
-        )
-
-
-def seal_file(
-    path: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    *,
-    overwrite: bool = False,
-    **kwargs: Any,
-) -> Sealed:
-    """:func:`seal` from file ``path`` to file ``out_path`` (written atomically, like
-    :func:`open_sealed_file`). Keyword arguments are those of :func:`seal`."""
-    with open(path, "rb") as src, _atomic_output(Path(out_path), overwrite=overwrite) as out:
-        return seal(src, out, **kwargs)

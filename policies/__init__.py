@@ -11,16 +11,18 @@ candidate permit, and the exact policy (``policy_ref``: id, version, SHA-256 of 
 
 Pure: no I/O beyond the thin file conveniences (:func:`load_file`, :func:`load_dir`, reading the
 packaged schema and examples), no settings, no database; ``now`` is always a parameter. This
-package never imports ``service/``.
+package never imports ``service/``; TLP labels, node ids and terms follow the federation's
+grammar in ``crypto.vocab``.
 """
 
 from __future__ import annotations
 
 from policies._cases import Case, CaseFile, CaseResult, Expectation, load_cases, run_cases
+from policies._decision import Decision, Unmet, summarize
 from policies._diff import Change, diff
-from policies._evaluate import Decision, RuleRef, Unmet, evaluate
+from policies._evaluate import evaluate
 from policies._examples import example_files, example_nodes, examples_dir
-from policies._explain import describe_request, explain, summarize
+from policies._explain import describe_request, explain
 from policies._loader import (
     CASES_SUFFIX,
     load_dir,
@@ -39,10 +41,11 @@ from policies._model import (
     PolicyRef,
     PolicySet,
     Request,
+    RuleRef,
     format_time,
 )
 from policies._summary import SummaryRow, summarize_policy
-from policies._vocab import ACTIONS, FORMAT, OBLIGATION_KINDS, TLP_LABELS
+from policies._vocab import ACTIONS, FORMAT, OBLIGATION_KINDS
 from policies.errors import PolicyError, PolicyEvaluationError, PolicyLoadError, PolicySetError
 
 __all__ = [
@@ -50,7 +53,6 @@ __all__ = [
     "CASES_SUFFIX",
     "FORMAT",
     "OBLIGATION_KINDS",
-    "TLP_LABELS",
     "Approval",
     "Case",
     "CaseFile",

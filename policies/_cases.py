@@ -12,7 +12,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from policies._evaluate import Decision, evaluate
+from policies._decision import Decision
+from policies._evaluate import evaluate
 from policies._loader import decode, parse_time, validate
 from policies._model import Policy, PolicySet, Request
 from policies.errors import PolicyLoadError

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from crypto.vocab import TLP_LABELS
 from policies._model import Forbid, Permit, Policy, PolicySet, format_time
 from policies._summary import describe_conditions
-from policies._vocab import ACTIONS, TLP_LABELS, within
+from policies._vocab import ACTIONS, within
 
 __all__ = ["Change", "diff"]
 

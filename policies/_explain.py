@@ -1,20 +1,23 @@
 """Decisions in words, the way a policy officer reads them.
 
-:func:`summarize` gives one line (logs, problem documents, the demo); :func:`explain` gives the
-full account: the request, the deciding rules with their clauses and the conditions that held,
-every candidate permit that did not hold and why, the obligations, and the exact policy.
+:func:`explain` gives the full account: the request, the deciding rules with their clauses and
+the conditions that held, every candidate permit that did not hold and why, the obligations, and
+the exact policy. The one line of logs, problem documents and the demo is ``summarize`` in
+``_decision``, which a decision carries as its ``summary``.
 """
 
 from __future__ import annotations
 
-from policies._evaluate import FORBIDDEN, NO_MATCHING_PERMIT, PERMITTED, Decision, RuleRef
+from policies._decision import (
+    FORBIDDEN,
+    NO_MATCHING_PERMIT,
+    PERMITTED,
+    Decision,
+    headline,
+)
 from policies._model import Request, format_time
 
-__all__ = ["describe_request", "explain", "summarize"]
-
-
-def _rule(ref: RuleRef) -> str:
-    return f"{ref.id} ({ref.clause})"
+__all__ = ["describe_request", "explain"]
 
 
 def describe_request(request: Request) -> str:
@@ -36,48 +39,10 @@ def describe_request(request: Request) -> str:
     return "; ".join(parts)
 
 
-def _headline(decision: Decision) -> str:
-    request = decision.request
-    verb = "ALLOW" if decision.allowed else "DENY"
-    if request.action == "receive":
-        where = f"from {request.partner}"
-    elif request.action in ("read", "onward_share"):
-        where = f"of an artifact from {request.partner}"
-        if request.action == "onward_share" and request.onward_to:
-            where += f" to {request.onward_to}"
-    else:
-        where = f"to {request.partner}"
-    return f"{verb} {request.action} {where}"
-
-
-def summarize(decision: Decision) -> str:
-    """One line: the verdict, the deciding rule(s) and clause(s), and the main reason."""
-    head = _headline(decision)
-    if decision.reason == PERMITTED:
-        rules = " and ".join(_rule(r) for r in decision.rules)
-        line = f"{head}: permitted by {rules}"
-        if decision.obligations:
-            line += "; obligations: " + "; ".join(o.describe() for o in decision.obligations)
-        return line
-    if decision.reason == FORBIDDEN:
-        parts = []
-        for ref in decision.rules:
-            why = decision.findings.get(ref.id, ())
-            parts.append(f"rule {_rule(ref)} forbids it" + (f": {'; '.join(why)}" if why else ""))
-        return f"{head}: " + "; ".join(parts)
-    if decision.reason == NO_MATCHING_PERMIT:
-        unmet = decision.unmet
-        if not unmet:
-            return f"{head}: no permit covers {decision.request.action}"
-        reasons = "; ".join(f"{u.rule.id}: {', '.join(u.conditions)}" for u in unmet)
-        return f"{head}: no permit matches ({reasons})"
-    return f"{head}: {decision.detail}"
-
-
 def explain(decision: Decision) -> str:
     """Several lines: everything a policy officer needs to see why, and under which terms."""
     request = decision.request
-    lines = [_headline(decision), f"  request    {describe_request(request)}"]
+    lines = [headline(decision), f"  request    {describe_request(request)}"]
     if decision.policy is not None:
         pref = decision.policy
         lines.append(f"  policy     {pref.id} version {pref.version} (sha256 {pref.sha256})")

@@ -2,8 +2,8 @@
 
 A :class:`Policy` is one file: a header and its ``permit`` and ``forbid`` rules. Constructing one
 checks the invariants that a schema cannot express (unique rule ids, a window that is not empty,
-onward conditions only on ``onward_share`` rules) and precompiles the rules for the evaluator.
-This module does not read files and does not evaluate; see ``_loader`` and ``_evaluate``.
+onward conditions only on ``onward_share`` rules). This module does not read files, compile or
+evaluate (``_loader``, ``_compile``, ``_evaluate``); it imports only the vocabulary and errors.
 """
 
 from __future__ import annotations
@@ -16,16 +16,8 @@ from datetime import UTC, date, datetime
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from policies._vocab import (
-    ACTIONS,
-    EMBARGO_STATES,
-    EXPIRY_STATES,
-    FORMAT,
-    OBLIGATION_KINDS,
-    TLP_LABELS,
-    is_node_id,
-    is_term,
-)
+from crypto.vocab import TLP_LABELS, is_node_id, is_term
+from policies._vocab import ACTIONS, EMBARGO_STATES, EXPIRY_STATES, FORMAT, OBLIGATION_KINDS
 from policies.errors import PolicyLoadError, PolicySetError
 
 __all__ = [
@@ -37,6 +29,7 @@ __all__ = [
     "PolicyRef",
     "PolicySet",
     "Request",
+    "RuleRef",
     "format_time",
 ]
 
@@ -197,6 +190,19 @@ class PolicyRef:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleRef:
+    """A rule as a decision names it: id, kind (``permit``/``forbid``), MOU clause."""
+
+    id: str
+    kind: str
+    clause: str
+    description: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "kind": self.kind, "clause": self.clause}
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """What is asked of a partner's policy. Times are timezone-aware; ``None`` means absent.
 
@@ -261,6 +267,7 @@ class Policy:
     description: str = ""
     source: str = field(default="<policy>", compare=False)
     sha256: str = field(default="", compare=False)
+    # The evaluator's precompiled form (``policies._compile``), filled on first evaluation.
     _compiled: Any = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
@@ -270,13 +277,10 @@ class Policy:
         if not self.sha256:
             canonical = json.dumps(self.to_document(), sort_keys=True, separators=(",", ":"))
             object.__setattr__(self, "sha256", hashlib.sha256(canonical.encode()).hexdigest())
-        from policies._evaluate import compile_policy
-
-        object.__setattr__(self, "_compiled", compile_policy(self))
 
     @property
     def ref(self) -> PolicyRef:
-        return self._compiled.ref  # type: ignore[no-any-return]
+        return PolicyRef(self.id, self.version, self.sha256)
 
     @property
     def policy_ref(self) -> dict[str, Any]:

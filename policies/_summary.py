@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from crypto.vocab import TLP_LABELS
 from policies._model import Forbid, Permit, Policy
-from policies._vocab import ACTIONS, TLP_LABELS
+from policies._vocab import ACTIONS
 
 __all__ = ["SummaryRow", "describe_conditions", "summarize_policy"]
 

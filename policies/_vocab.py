@@ -1,12 +1,11 @@
-"""The closed vocabularies of the policy format, and the syntax of its open terms.
+"""The closed vocabularies of the policy format, and how its terms nest.
 
-Anything not listed here is unknown, and an unknown term is a load error (fail closed).
+Anything not listed here is unknown, and an unknown term is a load error (fail closed). TLP
+labels, node ids, topics and purposes are the federation's, shared with manifests and the API:
+their grammar is ``crypto.vocab``, so a policy cannot name what no request could ever carry.
 """
 
 from __future__ import annotations
-
-import re
-from functools import lru_cache
 
 __all__ = [
     "ACTIONS",
@@ -15,9 +14,6 @@ __all__ = [
     "EXPIRY_STATES",
     "FORMAT",
     "OBLIGATION_KINDS",
-    "TLP_LABELS",
-    "is_node_id",
-    "is_term",
     "within",
 ]
 
@@ -29,9 +25,6 @@ CASES_FORMAT = "entente.policy-cases/v1"
 # read:         a local reader opens an artifact received from the partner
 # onward_share: this node passes an artifact received from the partner on to a third node
 ACTIONS: tuple[str, ...] = ("share", "receive", "read", "onward_share")
-
-# TLP 2.0 (FIRST), from the least to the most restrictive.
-TLP_LABELS: tuple[str, ...] = ("TLP:CLEAR", "TLP:GREEN", "TLP:AMBER", "TLP:AMBER+STRICT", "TLP:RED")
 
 OBLIGATION_KINDS: tuple[str, ...] = (
     "attribute",  # credit the originator as the given text
@@ -48,21 +41,6 @@ EMBARGO_STATES: tuple[str, ...] = ("ended", "active", "any")
 
 # set: the artifact carries an expiry; unset: it does not; any: it does not matter (default)
 EXPIRY_STATES: tuple[str, ...] = ("set", "unset", "any")
-
-_TERM = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}(?:/[a-z0-9][a-z0-9._-]{0,63}){0,7}")
-_NODE_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-
-
-@lru_cache(maxsize=4096)
-def is_term(value: object) -> bool:
-    """A topic or purpose: lowercase segments separated by ``/`` (``evaluation/red-teaming``)."""
-    return isinstance(value, str) and _TERM.fullmatch(value) is not None
-
-
-@lru_cache(maxsize=1024)
-def is_node_id(value: object) -> bool:
-    """A node id such as ``uk-aisi``."""
-    return isinstance(value, str) and _NODE_ID.fullmatch(value) is not None
 
 
 def within(value: str, scope: str) -> bool:

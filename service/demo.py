@@ -37,7 +37,7 @@ from rich.table import Table
 
 from crypto.keys import format_fingerprint
 from service.cli._terminal import TerminalConsole
-from service.errors import EntenteError
+from service.errors import DemoError, EntenteError
 from service.federation.setup import PreparedNode, prepare_federation
 
 __all__ = ["run_demo"]
@@ -54,10 +54,6 @@ FINDING = (
     b"Biosecurity: refusals held under 312 of 320 adversarial prompts.\n"
     b"Recommendation: re-test after the next fine-tuning round.\n"
 )
-
-
-class DemoError(EntenteError):
-    kind = "demo"
 
 
 class _Stopped(Exception):

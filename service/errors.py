@@ -20,8 +20,15 @@ one place (``service/api/problems.py``); the CLI prints the message on one line 
     ├── RateLimitedError      a rate or volume limit was hit (HTTP 429)
     ├── RequestTimeoutError   the request body stalled past its idle limit (HTTP 408)
     ├── BusyError             too many requests of one caller in flight (HTTP 503)
+    ├── RemoteError           the node a CLI command talks to refused it or could not be reached
+    ├── DemoError             the demo federation could not be set up or run
     └── PartnerUnavailableError
-                              a partner node could not be reached or answered wrongly
+        │                     a partner node could not be reached or answered wrongly
+        └── PartnerRefusedError
+                              the partner answered with a signed 4xx problem document
+
+Errors still defined beside their code (``LogInconsistentError``, ``AuditSourceError``,
+``BadRequestError``, ``WitnessSizeConflictError`` in the audit modules) are to join this tree.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ __all__ = [
     "BusyError",
     "ConflictError",
     "DatabaseError",
+    "DemoError",
     "EntenteError",
     "ForbiddenError",
     "HomeError",
@@ -40,9 +48,11 @@ __all__ = [
     "KeyStoreError",
     "NotFoundError",
     "PartnerError",
+    "PartnerRefusedError",
     "PartnerUnavailableError",
     "PolicyDeniedError",
     "RateLimitedError",
+    "RemoteError",
     "RequestTimeoutError",
     "TooLargeError",
     "UsageError",
@@ -158,3 +168,26 @@ class PartnerUnavailableError(EntenteError):
     title = "Partner unavailable"
     # Seconds the partner asked us to wait before trying again (its Retry-After), if it did.
     retry_after: float | None = None
+
+
+class PartnerRefusedError(PartnerUnavailableError):
+    """The partner answered with a 4xx problem document: retrying the same request won't help
+    unless the partner's state changes (a policy, a pinned key)."""
+
+    kind = "partner-refused"
+
+    def __init__(self, message: str, *, status: int, problem: dict[str, Any]) -> None:
+        super().__init__(message, status_code=status)
+        self.status_code = status
+        self.problem = problem
+
+
+class RemoteError(EntenteError):
+    """A CLI command's node refused the request (its problem document in one line) or could not
+    be reached. Never raised by the node itself."""
+
+    kind = "remote"
+
+
+class DemoError(EntenteError):
+    kind = "demo"

@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from crypto import age
-from crypto.descriptor import NODE_ID_PATTERN, NodeDescriptor, sign_descriptor
+from crypto.descriptor import NodeDescriptor, sign_descriptor
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError, KeyLoadError
 from crypto.keys import SigningKey
+from crypto.vocab import is_node_id
 from service.errors import HomeError, KeyStoreError, UsageError
+from service.files import write_atomically
 from service.settings import Settings
 
 __all__ = [
@@ -148,11 +150,8 @@ def read_passphrase(settings: Settings, *, confirm: bool) -> str:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Write a new file (mode 0600) all or nothing; an existing one is never overwritten."""
+    write_atomically(path, data, overwrite=False)
 
 
 def _seal_key(secret: bytes, passphrase: str | None, work_factor: int) -> bytes:
@@ -191,7 +190,7 @@ def create_home(
     now: datetime,
 ) -> Home:
     """Create a new home with fresh keys and a signed descriptor. Refuses an existing path."""
-    if not NODE_ID_PATTERN.match(node_id):
+    if not is_node_id(node_id):
         raise UsageError("--node-id must be lowercase letters, digits and '-' (1-63 characters)")
     if not url.startswith(("http://", "https://")):
         raise UsageError("--url must start with http:// or https://")

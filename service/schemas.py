@@ -7,8 +7,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from crypto.vocab import MAX_TERM_CHARS, NODE_ID_REGEX, TERM_REGEX
+
 __all__ = [
-    "TLP_LABELS",
     "ArtifactOut",
     "ArtifactPage",
     "PartnerOut",
@@ -17,21 +18,13 @@ __all__ = [
     "is_base_name",
 ]
 
-TLP_LABELS = ("TLP:CLEAR", "TLP:GREEN", "TLP:AMBER", "TLP:AMBER+STRICT", "TLP:RED")
+# The federation's vocabulary (crypto.vocab): the same grammar as manifests and policies.
 TlpLabel = Literal["TLP:CLEAR", "TLP:GREEN", "TLP:AMBER", "TLP:AMBER+STRICT", "TLP:RED"]
 
 Term = Annotated[
-    str,
-    StringConstraints(
-        min_length=1, max_length=120, pattern=r"^[a-z0-9][a-z0-9-]*(/[a-z0-9][a-z0-9-]*)*$"
-    ),
+    str, StringConstraints(min_length=1, max_length=MAX_TERM_CHARS, pattern=TERM_REGEX)
 ]
-NodeId = Annotated[
-    str,
-    StringConstraints(
-        min_length=1, max_length=63, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
-    ),
-]
+NodeId = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=NODE_ID_REGEX)]
 
 
 def _aware(value: datetime | None) -> datetime | None:

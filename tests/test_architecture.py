@@ -20,8 +20,6 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("crypto", "policies", "service", "bench")
 CORE = ("crypto", "policies")
@@ -31,22 +29,9 @@ SPECIFICATION_MARK = "One cohesive specification:"
 
 # Modules still over MAX_LINES, each with the reason. Remove an entry when its module is split.
 KNOWN_DEBTS: dict[str, str] = {
-    "crypto/sealed.py": "its file-system work is leaving for the shell (issue 20, the core "
-    "engineer's part); split the manifest from the age recipe once it is gone",
-    "policies/_evaluate.py": "being reshaped with the policies import loop (issue 20, the core "
-    "engineer's part); re-measure at merge",
-    "service/federation/receive.py": "its Receiver becomes a pure checker plus the I/O (issue "
-    "20, the core engineer's part); re-measure at merge",
-    "service/cli/audit.py": "one command group (verify, export, checkpoint); the core engineer "
-    "of issue 20 is editing its state file (atomic_write): split per command after that merge",
-}
-
-# Cycles not yet broken, by the sorted names of their modules. Empty once every loop is gone.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"policies._evaluate", "policies._explain", "policies._model"}): (
-        "Policy.__post_init__ compiles itself and Decision.summary imports the explainer; being "
-        "broken in the core engineer's branch of issue 20: remove this entry at merge"
-    ),
+    "crypto/sealed.py": "the manifest, the envelope and the seal/open recipes in one module "
+    "(its file-system work has left for service/files.py); split the manifest from the recipes",
+    "service/cli/audit.py": "one command group (verify, export, checkpoint): split per command",
 }
 
 
@@ -159,19 +144,8 @@ def test_the_cycle_finder_finds_a_loop() -> None:
 
 
 def test_no_import_cycles() -> None:
-    cycles = [c for c in _cycles(_graph()) if c not in KNOWN_CYCLES]
+    cycles = _cycles(_graph())
     assert not cycles, [" <-> ".join(sorted(c)) for c in cycles]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="policies._model -> _evaluate -> _explain is being broken in the core engineer's "
-    "branch of issue 20; at merge this test passes (XPASS, which strict turns into a failure): "
-    "then delete this marker and the KNOWN_CYCLES entry",
-)
-def test_no_known_cycles_remain() -> None:
-    cycles = set(_cycles(_graph()))
-    assert not cycles & set(KNOWN_CYCLES), [" <-> ".join(sorted(c)) for c in cycles]
 
 
 def test_every_arrow_points_from_shell_to_core() -> None:

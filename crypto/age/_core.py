@@ -14,7 +14,7 @@ No plaintext is written before step 5 has succeeded. The payload is then written
 chunks (1 MiB), each only after all its chunks authenticated: a file of up to 1 MiB releases
 nothing on failure, but a larger one may release earlier blocks before a later one fails (that is
 what streaming in constant memory means). Callers that must release nothing write to a temporary
-file and rename it only on success (``crypto.sealed.open_sealed_file``).
+file and rename it only on success (the shell's ``service.files.open_sealed_file``).
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ import base64
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -43,6 +42,7 @@ from service.audit.verify import Remembered, Verdict, verify_log
 from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console, settings_for
 from service.db import Database, open_database
 from service.errors import NotFoundError, UsageError
+from service.files import write_atomically
 from service.home import open_home
 from service.models import Partner
 
@@ -91,17 +91,7 @@ def _load_state(path: Path) -> dict[str, Any]:
 
 def _save_state(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".audit-state-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def _remembered(entry: Any) -> Remembered | None:

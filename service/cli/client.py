@@ -9,7 +9,6 @@ in one line (for a policy denial: the partner, rule and MOU clause).
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Iterator
 from datetime import datetime
@@ -23,7 +22,8 @@ from crypto import strict_json
 from service.cli._common import JsonOpt, console
 from service.cli._terminal import SafeTable, outside
 from service.cli.files import progress_bar
-from service.errors import EntenteError, UsageError
+from service.errors import RemoteError, UsageError
+from service.files import atomic_write
 
 UrlOpt = Annotated[
     str, typer.Option("--url", envvar="ENTENTE_URL", help="The node's base URL [env: ENTENTE_URL]")
@@ -37,10 +37,6 @@ TokenOpt = Annotated[
         show_default=False,
     ),
 ]
-
-
-class RemoteError(EntenteError):
-    kind = "remote"
 
 
 def _client(url: str, token: str) -> httpx.Client:
@@ -215,7 +211,6 @@ def get(
     """Download and decrypt an artifact (your read is audited)."""
     if out.exists() and not force:
         raise UsageError(f"{out} exists; pass --force to overwrite it")
-    tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
     try:
         with (
             _client(url, token) as client,
@@ -223,21 +218,15 @@ def get(
         ):
             _raise_for(response)
             total = int(response.headers.get("content-length", "0")) or None
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with (
-                os.fdopen(fd, "wb") as fh,
+                atomic_write(out) as fh,
                 progress_bar(total, f"downloading {artifact_id}") as advance,
             ):
                 for chunk in response.iter_bytes(1 << 20):
                     fh.write(chunk)
                     advance(len(chunk))
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, out)
     except httpx.HTTPError as exc:
         raise RemoteError(f"the download failed: {str(exc) or type(exc).__name__}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     console.print(f"wrote {outside(out)}")
 
 

@@ -9,7 +9,6 @@ and leaves no file unless every check passed.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,19 +33,18 @@ from crypto.sealed import (
     Manifest,
     ManifestRecipient,
     load_envelope,
-    open_sealed_file,
-    seal_file,
     verify,
 )
+from crypto.vocab import TLP_LABELS, is_term
 from service.artifacts.rows import new_artifact_id
 from service.cli._common import HomeOpt, console, err_console, settings_for
 from service.cli._terminal import outside
 from service.db import open_database
 from service.errors import UsageError
+from service.files import open_sealed_file, seal_file, write_atomically
 from service.home import open_home
 from service.models import Partner
 from service.partners import partner_verify_keys
-from service.schemas import TLP_LABELS
 
 __all__ = ["open_", "progress_bar", "seal", "verify_"]
 
@@ -139,6 +137,13 @@ def seal(
     """Encrypt FILE to recipients and this node; sign a manifest binding it (OUT.dsse.json)."""
     if tlp not in TLP_LABELS:
         raise UsageError(f"--tlp must be one of {', '.join(TLP_LABELS)}")
+    for option, terms in (("--topic", topic or ()), ("--purpose", purpose or ())):
+        for term in terms:
+            if not is_term(term):
+                raise UsageError(
+                    f"{option} {term!r}: lowercase letters, digits and '-' in segments "
+                    "separated by '/', e.g. evaluation/red-teaming"
+                )
     manifest_path = Path(f"{out}.dsse.json")
     for path in (out, manifest_path):
         if path.exists() and not force:
@@ -186,10 +191,8 @@ def seal(
             purposes=purpose or (),
             on_progress=advance,
         )
-    tmp = manifest_path.with_name(manifest_path.name + ".tmp")
     with _writing(manifest_path):
-        tmp.write_bytes(sealed.envelope.to_bytes())
-        os.replace(tmp, manifest_path)
+        write_atomically(manifest_path, sealed.envelope.to_bytes())
     console.print(f"sealed {file} -> {out} ({sealed.size} bytes, sha256 {sealed.sha256})")
     console.print(f"manifest {manifest_path}, signed by {node_home.node_id}")
     console.print(f"recipients: {', '.join(r.node_id for r in recipients)}")

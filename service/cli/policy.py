@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 import policies
+from crypto.vocab import TLP_LABELS
 from policies import (
     CASES_SUFFIX,
     PolicyError,
@@ -245,7 +246,7 @@ def _label(value: str | None) -> str | None:
         return None
     upper = value.upper()
     candidate = upper if upper.startswith("TLP:") else f"TLP:{upper}"
-    return candidate if candidate in policies.TLP_LABELS else value
+    return candidate if candidate in TLP_LABELS else value
 
 
 @app.command()
@@ -439,7 +440,8 @@ def reload(
     """Tell a running node to reload its policy folder (all or nothing; audited)."""
     import httpx
 
-    from service.cli.client import RemoteError, _raise_for
+    from service.cli.client import _raise_for
+    from service.errors import RemoteError
 
     try:
         response = httpx.post(

@@ -29,7 +29,7 @@ from service.cli._common import (
     settings_for,
 )
 from service.cli._terminal import outside
-from service.errors import EntenteError, UsageError
+from service.errors import RemoteError, UsageError
 
 app = typer.Typer(help="Federation sync state.", no_args_is_help=True)
 
@@ -48,10 +48,6 @@ TokenOpt = Annotated[
 ]  # fmt: skip
 
 
-class NodeRefusedError(EntenteError):
-    kind = "remote"
-
-
 def _request(method: str, url: str, path: str, token: str | None, **kwargs: Any) -> Any:
     if not url.startswith(("http://", "https://")):
         raise UsageError("--url must start with http:// or https://")
@@ -66,7 +62,7 @@ def _request(method: str, url: str, path: str, token: str | None, **kwargs: Any)
             **kwargs,
         )
     except httpx.HTTPError as exc:
-        raise NodeRefusedError(f"cannot reach the node: {str(exc) or type(exc).__name__}") from None
+        raise RemoteError(f"cannot reach the node: {str(exc) or type(exc).__name__}") from None
     if response.status_code >= 400:
         try:
             problem = response.json()
@@ -76,7 +72,7 @@ def _request(method: str, url: str, path: str, token: str | None, **kwargs: Any)
         extra = ""
         if isinstance(problem, dict) and problem.get("clause"):
             extra = f" [rule {problem.get('rule')}, {problem.get('clause')}]"
-        raise NodeRefusedError(f"{response.status_code}: {detail or response.reason_phrase}{extra}")
+        raise RemoteError(f"{response.status_code}: {detail or response.reason_phrase}{extra}")
     return response.json()
 
 

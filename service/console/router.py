@@ -27,9 +27,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from crypto.keys import format_fingerprint
+from crypto.vocab import TLP_LABELS
 from policies import (
     ACTIONS,
-    TLP_LABELS,
     Policy,
     SummaryRow,
     explain,

@@ -27,7 +27,7 @@ import httpx
 from crypto import httpsig, strict_json
 from crypto.errors import CryptoError
 from crypto.keys import SigningKey
-from service.errors import PartnerUnavailableError
+from service.errors import PartnerRefusedError, PartnerUnavailableError
 from service.federation.signing import (
     digest_value,
     sign_request_headers,
@@ -37,23 +37,11 @@ from service.models import Partner
 from service.node import Node
 from service.partners import partner_keys
 
-__all__ = ["BATCH_TYPE", "DELIVERY_TYPE", "PartnerClient", "PartnerRefusedError", "Reply"]
+__all__ = ["BATCH_TYPE", "DELIVERY_TYPE", "PartnerClient", "Reply"]
 
 MAX_REPLY_BYTES = 1 << 20  # bytes of a JSON reply (a feed page may be larger: see pull.py)
 DELIVERY_TYPE = "application/vnd.entente.delivery"
 BATCH_TYPE = "application/vnd.entente.delivery-batch"
-
-
-class PartnerRefusedError(PartnerUnavailableError):
-    """The partner answered with a 4xx problem document: retrying the same request won't help
-    unless the partner's state changes (a policy, a pinned key)."""
-
-    kind = "partner-refused"
-
-    def __init__(self, message: str, *, status: int, problem: dict[str, Any]) -> None:
-        super().__init__(message, status_code=status)
-        self.status_code = status
-        self.problem = problem
 
 
 @dataclass(frozen=True)

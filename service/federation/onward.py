@@ -445,13 +445,3 @@ def share_onward(
         },
         upstream=(row.id, row.origin, root.origin),
     )
-
-
-def describe_chain(manifest_json: str) -> list[dict[str, Any]]:
-    """The chain of a stored manifest, for display: origin, artifact id and TLP of each link."""
-    try:
-        manifest = Manifest.from_payload(Envelope.from_bytes(manifest_json.encode()).payload)
-        links = [Manifest.from_payload(Envelope.from_json(raw).payload) for raw in manifest.chain]
-    except (CryptoError, MalformedError):
-        return []
-    return [{"origin": m.origin, "artifact_id": m.artifact_id, "tlp": m.tlp} for m in links]

@@ -45,8 +45,8 @@ from crypto.keys import SigningKey
 from crypto.receipt import verify_receipt
 from service.artifacts.rows import delivery_head
 from service.audit.log import audit_row
-from service.errors import PartnerUnavailableError
-from service.federation.client import PartnerClient, PartnerRefusedError
+from service.errors import PartnerRefusedError, PartnerUnavailableError
+from service.federation.client import PartnerClient
 from service.federation.notices import notice_payload
 from service.federation.settle import (
     _SETTLING,

@@ -29,7 +29,6 @@ keys up once, and :meth:`Receiver.commit` writes a batch of staged artifacts tog
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,11 +38,17 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from crypto import age, strict_json
+from crypto import strict_json
 from crypto.dsse import Envelope
-from crypto.errors import CryptoError, MalformedError, VerificationError
+from crypto.errors import CryptoError, MalformedError
 from crypto.receipt import Receipt, sign_receipt
-from crypto.sealed import Manifest, committed_decisions, verify_disclosure, verify_manifest
+from crypto.sealed import (
+    Manifest,
+    committed_decisions,
+    decrypt_verified,
+    verify_disclosure,
+    verify_manifest,
+)
 from policies import Decision, Request
 from service.artifacts.rows import artifact_row
 from service.audit.log import AUDIT_TABLE, audit_row, record
@@ -62,29 +67,10 @@ from service.models import Artifact, ReceivedNotice
 from service.node import Node
 from service.partners import partner_keys
 
-__all__ = ["Received", "Receiver", "receive_artifact"]
+__all__ = ["Received", "Receiver"]
 
 _ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
 MAX_HEAD_BYTES = 2 << 20  # bytes of a delivery's first line (the route bounds it lower)
-
-
-class _Null:
-    def write(self, data: Any, /) -> int:
-        return len(data)
-
-
-def _decrypt_to_nowhere(manifest: Manifest, source: Any, identities: Sequence[Any]) -> None:
-    """``crypto.sealed.open_sealed`` after its signature check (``Receiver.check`` did that):
-    the header digest before any identity sees the header, the file key and header MAC, every
-    STREAM chunk, then the plaintext's SHA-256 and size. The plaintext goes nowhere."""
-    decryptor = age.Decryptor.parse(source, armor=False)
-    if decryptor.header.sha256 != manifest.age_header_sha256:
-        raise VerificationError("the ciphertext does not match the manifest's header digest")
-    decryptor.unlock(identities)
-    hasher = hashlib.sha256()
-    size = decryptor.decrypt_to(_Null(), hasher=hasher)
-    if size != manifest.size or hasher.hexdigest() != manifest.sha256:
-        raise VerificationError("the plaintext digest does not match the manifest")
 
 
 class _Tee:
@@ -316,7 +302,8 @@ class Receiver:
             with self._refusals(checked.manifest.artifact_id):
                 tee = _Tee(ciphertext, writer)
                 try:
-                    _decrypt_to_nowhere(checked.manifest, tee, node.keys.all_identities)
+                    # The signature was checked in step 1 (``check``); the plaintext goes nowhere.
+                    decrypt_verified(checked.manifest, tee, identities=node.keys.all_identities)
                 except CryptoError as exc:
                     raise InvalidInputError(
                         f"the payload failed verification: {exc}", reason="payload"
@@ -493,18 +480,3 @@ def _parse_head(head: bytes) -> tuple[Envelope, object]:
     if isinstance(data, dict) and set(data) == {"manifest", "disclosure"}:
         return Envelope.from_json(data["manifest"]), data["disclosure"]
     return Envelope.from_json(data), None
-
-
-def receive_artifact(
-    node: Node,
-    *,
-    sender: str,
-    envelope_bytes: bytes,
-    ciphertext: Any,
-    via: str,
-    before_commit: Callable[[], None] | None = None,
-) -> Received:
-    """Verify and store one artifact from ``sender``; see the module docstring for the order."""
-    return Receiver(node, sender=sender, via=via).receive(
-        envelope_bytes, ciphertext, before_commit=before_commit
-    )

@@ -24,6 +24,7 @@ import pytest
 
 from crypto import age, sealed
 from crypto.keys import SigningKey
+from service import files
 from tests.support import require_tool
 
 pytestmark = pytest.mark.age_cli
@@ -52,7 +53,7 @@ def test_sealed_by_entente_decrypts_with_age_cli_and_pyrage(tmp_path: Path, size
     src = tmp_path / "plain.bin"
     src.write_bytes(data)
     signer = SigningKey.generate()
-    result = sealed.seal_file(
+    result = files.seal_file(
         src,
         tmp_path / "sealed.age",
         artifact_id="interop-1",

@@ -21,6 +21,7 @@ from crypto.httpsig import (
     Request,
     Response,
     SignatureInput,
+    VerifiedSignature,
     content_digest,
     parse_content_digest,
     request_signature_component,
@@ -449,7 +450,15 @@ def test_time_checks(now: int, kwargs: dict[str, Any], match: str) -> None:
 
 @pytest.mark.parametrize("now", [NOW - 30, NOW, NOW + 300 + 30])
 def test_clock_skew_is_tolerated(now: int) -> None:
-    verify(signed(expires=None), now=now)
+    """30 s either side of the window is accepted, and the signature is reported as signed."""
+    verified = verify(signed(expires=None), now=now)
+    assert isinstance(verified, VerifiedSignature)
+    assert (verified.keyid, verified.created, verified.expires) == (KEYID, NOW, None)
+    assert verified.nonce == "nonce-1"
+    # One second beyond either edge is refused: the tolerance is exactly the skew.
+    if now != NOW:
+        with pytest.raises(VerificationError):
+            verify(signed(expires=None), now=now - 1 if now < NOW else now + 1)
 
 
 def test_expires_before_created_is_refused() -> None:

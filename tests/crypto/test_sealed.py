@@ -22,6 +22,7 @@ from crypto.errors import (
     VerificationUnavailableError,
 )
 from crypto.keys import SigningKey
+from service import files
 from tests.crypto.test_age_keys import counting_rng
 
 NOW = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
@@ -220,11 +221,11 @@ def test_plaintext_digest_mismatch_is_detected_at_the_end(tmp_path: Path) -> Non
     out = tmp_path / "out" / "plain.bin"
     out.parent.mkdir()
     with pytest.raises(VerificationError, match="plaintext digest"):
-        sealed.open_sealed_file(src, out, envelope=envelope, identities=[US], trusted=TRUSTED)
+        files.open_sealed_file(src, out, envelope=envelope, identities=[US], trusted=TRUSTED)
     assert list(out.parent.iterdir()) == []
     wrong_size = sealed.sign_manifest(replace(result.manifest, size=len(data) - 1), ORIGIN_KEY)
     with pytest.raises(VerificationError, match="plaintext digest"):
-        sealed.open_sealed_file(src, out, envelope=wrong_size, identities=[US], trusted=TRUSTED)
+        files.open_sealed_file(src, out, envelope=wrong_size, identities=[US], trusted=TRUSTED)
     assert list(out.parent.iterdir()) == []
 
 
@@ -234,7 +235,7 @@ def test_open_sealed_file_writes_only_on_success(tmp_path: Path) -> None:
     src = tmp_path / "a.age"
     src.write_bytes(ciphertext)
     out = tmp_path / "plain"
-    manifest = sealed.open_sealed_file(
+    manifest = files.open_sealed_file(
         src, out, envelope=result.envelope, identities=[UK], trusted=TRUSTED
     )
     assert manifest.artifact_id == "art-0001"
@@ -242,11 +243,9 @@ def test_open_sealed_file_writes_only_on_success(tmp_path: Path) -> None:
     assert out.stat().st_mode & 0o777 == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.age", "plain"]
     with pytest.raises(FileExistsError):
-        sealed.open_sealed_file(
-            src, out, envelope=result.envelope, identities=[UK], trusted=TRUSTED
-        )
+        files.open_sealed_file(src, out, envelope=result.envelope, identities=[UK], trusted=TRUSTED)
     out.write_bytes(b"old")
-    sealed.open_sealed_file(
+    files.open_sealed_file(
         src, out, envelope=result.envelope, identities=[UK], trusted=TRUSTED, overwrite=True
     )
     assert out.read_bytes() == data
@@ -255,7 +254,7 @@ def test_open_sealed_file_writes_only_on_success(tmp_path: Path) -> None:
 def test_seal_file_and_open_sealed_file(tmp_path: Path) -> None:
     plain = tmp_path / "report.pdf"
     plain.write_bytes(os.urandom(70_000))
-    result = sealed.seal_file(
+    result = files.seal_file(
         plain,
         tmp_path / "report.age",
         artifact_id="r-1",
@@ -268,7 +267,7 @@ def test_seal_file_and_open_sealed_file(tmp_path: Path) -> None:
         now=NOW,
     )
     assert (tmp_path / "report.age").stat().st_size == result.ciphertext_size
-    sealed.open_sealed_file(
+    files.open_sealed_file(
         tmp_path / "report.age",
         tmp_path / "back.pdf",
         envelope=result.envelope,
@@ -282,7 +281,7 @@ def test_seal_file_leaves_nothing_when_metadata_is_bad(tmp_path: Path) -> None:
     plain = tmp_path / "p"
     plain.write_bytes(b"x")
     with pytest.raises(MalformedError):
-        sealed.seal_file(
+        files.seal_file(
             plain,
             tmp_path / "c.age",
             artifact_id="r-1",
@@ -364,6 +363,11 @@ def statement(**predicate_changes: Any) -> dict[str, Any]:
         ),
         (lambda s: s["predicate"].update(topics="evals"), "topics"),
         (lambda s: s["predicate"].update(topics=[""]), "topics"),
+        # one vocabulary (crypto.vocab): a term the API and a policy could never carry
+        (lambda s: s["predicate"].update(topics=["eval.v2"]), "topics"),
+        (lambda s: s["predicate"].update(purposes=["Red_Team"]), "purposes"),
+        (lambda s: s["predicate"].update(topics=["a" * 121]), "topics"),
+        (lambda s: s["predicate"].update(origin="uk.aisi"), "origin"),
         (lambda s: s["predicate"].update(purposes=[1]), "purposes"),
         (lambda s: s["predicate"].update(created="2026-03-01 09:30:00"), "RFC 3339"),
         (lambda s: s["predicate"].update(created="2026-03-01T09:30:00+01:00"), "RFC 3339"),

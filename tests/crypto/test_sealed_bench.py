@@ -42,5 +42,5 @@ def test_seal_benchmark_quick_mode_runs_and_reports(tmp_path: Path) -> None:
         figures = result[op]
         for key in ("entente_mb_s", "peer_mb_s", "ratio", "peak_rss_mib"):
             assert figures[key] > 0
-        assert figures["child_third_party_modules"] == []  # the child imports only crypto
+        assert figures["child_third_party_modules"] == []  # only crypto and service.files
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # scratch files removed

@@ -18,6 +18,7 @@ import pytest
 from crypto import age, sealed
 from crypto.errors import CryptoError
 from crypto.keys import SigningKey
+from service import files
 from tests.crypto.test_age_keys import counting_rng
 
 NOW_KEY = SigningKey(b"\x33" * 32)
@@ -53,7 +54,7 @@ def open_file(tmp_path: Path, ciphertext: bytes, envelope_bytes: bytes) -> None:
     out_dir.mkdir(exist_ok=True)
     try:
         envelope = sealed.load_envelope(envelope_bytes)
-        sealed.open_sealed_file(
+        files.open_sealed_file(
             src, out_dir / "plain", envelope=envelope, identities=[READER], trusted=TRUSTED
         )
     finally:
@@ -74,7 +75,7 @@ def flipped(data: bytes, index: int, mask: int) -> bytes:
 def test_untampered_artifact_opens(tmp_path: Path, artifact: tuple[bytes, bytes, int]) -> None:
     ciphertext, envelope_bytes, _ = artifact
     out = tmp_path / "plain"
-    sealed.open_sealed_file(
+    files.open_sealed_file(
         _write(tmp_path / "c.age", ciphertext),
         out,
         envelope=sealed.load_envelope(envelope_bytes),

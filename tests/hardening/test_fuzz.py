@@ -46,7 +46,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from service.schemas import TLP_LABELS
+from crypto.vocab import TLP_LABELS
 from service.tokens import Role
 from tests.hardening.kit import (
     DELIVERY_TYPE,

@@ -21,8 +21,8 @@ from http_message_signatures.structures import CaseInsensitiveDict
 
 from crypto import _sfv, httpsig
 from crypto.errors import CryptoError
-from service.errors import PartnerUnavailableError
-from service.federation.client import PartnerClient, PartnerRefusedError
+from service.errors import PartnerRefusedError, PartnerUnavailableError
+from service.federation.client import PartnerClient
 from service.federation.signing import (
     digest_value,
     sign_request_headers,

@@ -11,9 +11,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from hypothesis import strategies as st
 
+from crypto.vocab import TLP_LABELS
 from policies import (
     ACTIONS,
-    TLP_LABELS,
     Approval,
     Forbid,
     Obligation,

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import policies
+from crypto.vocab import TLP_LABELS
 from policies import Obligation, PolicyLoadError, PolicySet, PolicySetError, load_policy
 
 BASE = """\
@@ -157,6 +158,21 @@ MALFORMED = [
      "unknown embargo state 'over' (expected one of ended, active, any)"),
     ("uppercase-topic", variant("    topics: [evaluation]\n", "    topics: [Evaluation]\n"), 15,
      "invalid term 'Evaluation'"),
+    # One vocabulary (crypto.vocab): what the API and a manifest can never carry cannot be named.
+    ("dotted-partner", variant("partner: partner-a", "partner: uk.aisi"), 5,
+     "the policy header: invalid node id 'uk.aisi'"),
+    ("partner-ends-in-dash", variant("partner: partner-a", "partner: partner-a-"), 5,
+     "invalid node id 'partner-a-'"),
+    ("dotted-topic", variant("    topics: [evaluation]\n", "    topics: [eval.v2]\n"), 15,
+     "permit rule 'share-eval': invalid term 'eval.v2'"),
+    ("underscore-purpose", variant("    purposes: [evaluation]\n",
+                                   "    purposes: [evaluation/red_teaming]\n"), 16,
+     "invalid term 'evaluation/red_teaming'"),
+    ("term-too-long", variant("    topics: [evaluation]\n", "    topics: [" + "a" * 121 + "]\n"),
+     15, "is too long"),
+    ("underscore-onward-node", variant("    actions: [share]\n    tlp: [TLP:CLEAR",
+                                       "    actions: [onward_share]\n    onward_to: [ca_aisi]\n"
+                                       "    tlp: [TLP:CLEAR"), 14, "invalid node id 'ca_aisi'"),
     ("version-zero", variant("version: 1", "version: 0"), 3, "version must be at least 1"),
     ("version-text", variant("version: 1", "version: one"), 3,
      "version must be a whole number"),
@@ -225,7 +241,7 @@ def test_round_trip_through_the_document() -> None:
 def test_the_schema_is_published_and_used() -> None:
     schema = policies.schema("policy")
     assert schema["$schema"].startswith("https://json-schema.org/draft/2020-12")
-    assert schema["$defs"]["label"]["enum"] == list(policies.TLP_LABELS)
+    assert schema["$defs"]["label"]["enum"] == list(TLP_LABELS)
     assert schema["$defs"]["action"]["enum"] == list(policies.ACTIONS)
     assert sorted(schema["$defs"]["obligations"]["properties"]) == sorted(policies.OBLIGATION_KINDS)
 

@@ -92,19 +92,24 @@ def _self_recipient(home: Path) -> str:
 
 
 @pytest.mark.parametrize(
-    ("to", "tlp", "needle"),
+    ("to", "tlp", "needle", "more"),
     [
-        ("self", "TLP:PURPLE", "--tlp"),
-        ("nobody-pinned", "TLP:GREEN", "not a pinned partner"),
-        ("age1" + "q" * 58, "TLP:GREEN", "--to"),
+        ("self", "TLP:PURPLE", "--tlp", []),
+        ("nobody-pinned", "TLP:GREEN", "not a pinned partner", []),
+        ("age1" + "q" * 58, "TLP:GREEN", "--to", []),
+        # one vocabulary (crypto.vocab): a manifest carries only terms the API would accept
+        ("self", "TLP:GREEN", "--topic 'eval.v2'", ["--topic", "eval.v2"]),
+        ("self", "TLP:GREEN", "--purpose 'Red_Team'", ["--purpose", "Red_Team"]),
     ],
 )
-def test_seal_refusals(home: Path, tmp_path: Path, to: str, tlp: str, needle: str) -> None:
+def test_seal_refusals(
+    home: Path, tmp_path: Path, to: str, tlp: str, needle: str, more: list[str]
+) -> None:
     (tmp_path / "f").write_bytes(b"x")
     recipient = _self_recipient(home) if to == "self" else to
     result = run_cli(
         "seal", str(tmp_path / "f"), "--to", recipient, "-o", str(tmp_path / "o"),
-        "--tlp", tlp, "--home", str(home), env=base_env(),
+        "--tlp", tlp, "--home", str(home), *more, env=base_env(),
     )  # fmt: skip
     _one_line_failure(result, needle)
     assert not (tmp_path / "o").exists()

@@ -1,0 +1,113 @@
+"""Whole files written all or nothing: the one "temporary file, fsync, rename" of the project.
+
+:func:`atomic_write` yields a temporary file (mode 0600) beside the destination; when the block
+ends without an exception the file is flushed, fsynced and renamed onto the destination (or, with
+``overwrite=False``, hard-linked to it where the file system allows, so that a file that appeared
+meanwhile is never clobbered); on any exception it is removed and the destination is untouched.
+:func:`write_atomically` does that for bytes in hand. :func:`seal_file` and
+:func:`open_sealed_file` are the crypto recipes ``crypto.sealed.seal`` and
+``crypto.sealed.open_sealed`` from one file to another, so that a failed check leaves no
+plaintext behind.
+
+This module does not fsync the destination's folder, lock, or decide where files go: the blob
+store (``service.blobs``) has its own durability scheme for content-addressed blobs, and the
+home (``service.home``) stages whole folders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from crypto.age import Identity
+from crypto.dsse import Envelope
+from crypto.keys import VerifyKey
+from crypto.sealed import Manifest, Sealed, open_sealed, seal
+
+__all__ = ["atomic_write", "open_sealed_file", "seal_file", "write_atomically"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], *, overwrite: bool = True) -> Iterator[BinaryIO]:
+    """A temporary file beside ``path``, moved to ``path`` only if the block succeeds.
+
+    With ``overwrite=False`` an existing ``path`` raises :class:`FileExistsError`, before the
+    block runs and again at the end if one appeared meanwhile.
+    """
+    path = Path(path)
+    if not overwrite and path.exists():
+        raise FileExistsError(f"{path} already exists")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            _place_new(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _place_new(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` unless ``path`` exists: a hard link fails if it appeared
+    meanwhile; where the file system has no hard links, a last check and a rename."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (some network and FUSE file systems)
+        if path.exists():
+            raise FileExistsError(f"{path} already exists") from None
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
+
+
+def write_atomically(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_write`."""
+    with atomic_write(path, overwrite=overwrite) as out:
+        out.write(data)
+
+
+def open_sealed_file(
+    path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    envelope: Envelope,
+    identities: Iterable[Identity],
+    trusted: Mapping[str, VerifyKey],
+    origin: str | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """``crypto.sealed.open_sealed`` from file ``path`` to file ``out_path``, all or nothing.
+
+    The plaintext is written to a temporary file (mode 0600) in ``out_path``'s folder and renamed
+    to ``out_path`` only when the signature, header digest, MAC, every chunk and the plaintext
+    digest have checked out. On any failure the temporary file is removed and nothing is left.
+    """
+    with open(path, "rb") as src, atomic_write(out_path, overwrite=overwrite) as out:
+        return open_sealed(
+            src, out, envelope=envelope, identities=identities, trusted=trusted, origin=origin
+        )
+
+
+def seal_file(
+    path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    **kwargs: Any,
+) -> Sealed:
+    """``crypto.sealed.seal`` from file ``path`` to file ``out_path`` (written atomically, like
+    :func:`open_sealed_file`). Keyword arguments are those of ``seal``."""
+    with open(path, "rb") as src, atomic_write(out_path, overwrite=overwrite) as out:
+        return seal(src, out, **kwargs)

@@ -22,13 +22,15 @@ one place (``service/api/problems.py``); the CLI prints the message on one line 
     ├── BusyError             too many requests of one caller in flight (HTTP 503)
     ├── RemoteError           the node a CLI command talks to refused it or could not be reached
     ├── DemoError             the demo federation could not be set up or run
+    ├── StoredArtifactCorruptError
+    │                         stored ciphertext failed verification while it was read (HTTP 502;
+    │                         mid-stream, the connection is cut short of its Content-Length)
     └── PartnerUnavailableError
         │                     a partner node could not be reached or answered wrongly
         └── PartnerRefusedError
                               the partner answered with a signed 4xx problem document
 
-Errors still defined beside their code (``LogInconsistentError``, ``AuditSourceError``,
-``BadRequestError``, ``WitnessSizeConflictError`` in the audit modules) are to join this tree.
+The audit log package draws its own errors, all in this family, in ``service/audit/errors.py``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ __all__ = [
     "RateLimitedError",
     "RemoteError",
     "RequestTimeoutError",
+    "StoredArtifactCorruptError",
     "TooLargeError",
     "UsageError",
 ]
@@ -191,3 +194,13 @@ class RemoteError(EntenteError):
 
 class DemoError(EntenteError):
     kind = "demo"
+
+
+class StoredArtifactCorruptError(EntenteError):
+    """The stored ciphertext of an artifact failed verification while it was decrypted (storage
+    corruption, or tampering with the blob store). Before any plaintext is sent it is a problem
+    document; after, the response is cut short of its ``Content-Length`` so the client sees it."""
+
+    kind = "artifact-corrupt"
+    status = 502
+    title = "Stored artifact failed verification"

@@ -7,6 +7,7 @@ SHA-256 + age encryption, so neither memory nor disk ever holds the plaintext.
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Annotated, Any, Literal
 
@@ -278,14 +279,17 @@ def get_artifact(artifact_id: str, node: NodeDep, principal: Anyone) -> Artifact
     response_class=StreamingResponse,
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "The plaintext"},
-        **_problems(401, 403, 404, 409),
+        **_problems(401, 403, 404, 409, 502),
     },
 )
 def get_content(artifact_id: str, node: NodeDep, principal: Reader) -> StreamingResponse:
     stream = reading.open_for_read(node, node.blobs, artifact_id, principal=principal)
     row = stream.artifact
+    # The first chunk is decrypted before the answer starts, so that stored ciphertext failing
+    # verification there is a problem document (502), not a connection cut short.
+    first = next(stream.chunks, b"")
     return StreamingResponse(
-        stream.chunks,
+        itertools.chain((first,), stream.chunks),
         media_type="application/octet-stream",
         headers={
             "Content-Length": str(row.size),

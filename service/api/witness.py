@@ -28,6 +28,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from crypto import httpsig
 from crypto.errors import CryptoError
 from service.api.signed import signed_partner
+from service.audit.errors import WitnessSizeConflictError
 from service.audit.witness import (
     ADD_CHECKPOINT_MAX_BYTES,
     TLOG_SIZE_MEDIA_TYPE,
@@ -35,7 +36,6 @@ from service.audit.witness import (
     held_checkpoint,
     witness_cosigner,
 )
-from service.audit.witness_rules import WitnessSizeConflictError
 from service.errors import InvalidInputError, TooLargeError
 from service.federation.signing import IncomingSignature, digest_value, sign_response_headers
 from service.node import Node

@@ -33,6 +33,7 @@ from service.errors import (
     ForbiddenError,
     NotFoundError,
     PolicyDeniedError,
+    StoredArtifactCorruptError,
 )
 from service.models import Artifact, Outbox
 from service.node import Node
@@ -269,12 +270,10 @@ def plaintext_chunks(node: Node, blobs: BlobStore, row: Artifact) -> Iterator[by
                 return
             if isinstance(item, BaseException):
                 if isinstance(item, CryptoError):
-                    raise _IntegrityFailure(row.id) from None
+                    raise StoredArtifactCorruptError(
+                        f"the stored ciphertext of {row.id} failed verification while it was read"
+                    ) from None
                 raise item
             yield item
     finally:
         cancelled.set()
-
-
-class _IntegrityFailure(Exception):
-    """The stored ciphertext failed verification mid-stream (storage corruption)."""

@@ -25,7 +25,6 @@ from crypto.errors import MalformedError
 from crypto.note import (
     NoteSigner,
 )
-from service.errors import EntenteError
 from service.models import AuditEntry
 
 if TYPE_CHECKING:
@@ -37,7 +36,6 @@ __all__ = [
     "LOG_ORIGIN_PREFIX",
     "SEQUENCE_BATCH_MAX",
     "WITNESS_NAME_PREFIX",
-    "LogInconsistentError",
     "created_text",
     "encode_leaf",
     "encode_row",
@@ -73,14 +71,6 @@ ENTRY_FIELDS = (
     "seq",
     "v",
 )
-
-
-class LogInconsistentError(EntenteError):
-    """The stored tree does not match its head or the entries: the log refuses to extend it."""
-
-    kind = "audit-log-inconsistent"
-    status = 503
-    title = "Audit log inconsistent"
 
 
 def log_origin(node_id: str) -> str:

@@ -33,16 +33,12 @@ from crypto.dsse import Envelope
 from crypto.errors import CryptoError, MalformedError
 from crypto.keys import VerifyKey
 from crypto.note import NoteVerifier, parse_note
+from service.audit.errors import RotationError
 from service.audit.leaves import entry_leaf
 
-__all__ = ["ROTATION_KIND", "LogKeys", "RotationError", "follow_rotations", "rotation_record"]
+__all__ = ["ROTATION_KIND", "LogKeys", "follow_rotations", "rotation_record"]
 
 ROTATION_KIND = "key.rotated"
-
-
-class RotationError(Exception):
-    """The log's rotation history cannot be followed (a record is missing, malformed or does not
-    link the keys)."""
 
 
 @dataclass(frozen=True)

@@ -40,11 +40,11 @@ from crypto.note import (
 )
 from service.audit.entries import (
     SEQUENCE_BATCH_MAX,
-    LogInconsistentError,
     encode_row,
     log_signer,
     select_entry_rows,
 )
+from service.audit.errors import LogInconsistentError
 from service.audit.models import AuditCheckpoint, AuditLogHead
 from service.audit.tree import _frontier, _head_size
 from service.models import AuditEntry

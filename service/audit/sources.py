@@ -21,6 +21,7 @@ from crypto import strict_json
 from crypto.note import NoteVerifier
 from service.audit.checkpoints import list_checkpoints
 from service.audit.entries import entry_columns, row_mapping, row_object, select_entry_rows
+from service.audit.errors import AuditSourceError
 from service.audit.leaves import (
     PARALLEL_MIN,
     ROW_CHUNK,
@@ -34,20 +35,13 @@ from service.audit.rotations import ROTATION_KIND
 from service.audit.tree import consistency_proof
 from service.audit.verify import WitnessView
 from service.db import Database
-from service.errors import EntenteError
 from service.models import AuditEntry
 
-__all__ = ["AuditSourceError", "DatabaseSource", "HttpSource", "ask_witness"]
+__all__ = ["DatabaseSource", "HttpSource", "ask_witness"]
 
 _PAGE = 500  # checkpoints per request or query
 _ENTRY_CHUNK = 20_000  # entries per query
 _MAX_LINE = 1 << 20  # bytes in one exported entry line
-
-
-class AuditSourceError(EntenteError):
-    kind = "audit-source"
-    status = 502
-    title = "Audit log unreadable"
 
 
 _entries = AuditEntry.__table__  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from crypto import merkle
 from crypto.errors import MalformedError
-from service.audit.entries import LogInconsistentError
+from service.audit.errors import LogInconsistentError
 from service.audit.models import AuditMerkleNode
 from service.errors import InvalidInputError
 

@@ -19,6 +19,7 @@ from crypto.keys import VerifyKey
 from crypto.merkle import verify_consistency
 from crypto.note import AddCheckpointRequest, Checkpoint, NoteVerifier, open_checkpoint, parse_note
 from service.audit.entries import log_origin
+from service.audit.errors import BadRequestError, WitnessSizeConflictError
 from service.errors import (
     ConflictError,
     EntenteError,
@@ -29,32 +30,13 @@ from service.errors import (
 from service.models import Partner
 
 __all__ = [
-    "BadRequestError",
     "Refusal",
     "Submission",
-    "WitnessSizeConflictError",
     "check_against_cosigned",
     "check_submitter",
     "parse_submission",
     "partner_log_verifier",
 ]
-
-
-class BadRequestError(InvalidInputError):
-    """tlog-witness: an old size above the checkpoint size is a 400."""
-
-    kind = "bad-request"
-    status = 400
-    title = "Bad request"
-
-
-class WitnessSizeConflictError(ConflictError):
-    """tlog-witness: the old size is not the size this witness last cosigned (409, and the body
-    is that size in decimal, ``text/x.tlog.size``)."""
-
-    def __init__(self, message: str, *, latest_size: int) -> None:
-        super().__init__(message, latest_size=latest_size)
-        self.latest_size = latest_size
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,10 @@ from crypto.keys import VerifyKey, format_fingerprint, normalize_fingerprint
 from crypto.note import SIG_COSIGNATURE_V1, NoteVerifier, open_checkpoint
 from service.audit.checkpoints import latest_checkpoint
 from service.audit.entries import encode_leaf, iter_entries, log_origin, witness_name
+from service.audit.errors import AuditSourceError, RotationError
 from service.audit.log import record
-from service.audit.rotations import LogKeys, RotationError, follow_rotations
-from service.audit.sources import AuditSourceError, DatabaseSource, HttpSource, ask_witness
+from service.audit.rotations import LogKeys, follow_rotations
+from service.audit.sources import DatabaseSource, HttpSource, ask_witness
 from service.audit.verify import Remembered, Verdict, verify_log
 from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console, settings_for
 from service.db import Database, open_database

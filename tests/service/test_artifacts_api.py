@@ -187,3 +187,31 @@ async def test_pagination_and_filters(uk: Kit) -> None:
             "/v1/artifacts", params={"cursor": "garbage"}, headers=uk.auth(Role.READER)
         )
         assert bad.status_code == 422
+
+
+async def test_stored_ciphertext_failing_verification_is_a_502_problem(uk: Kit) -> None:
+    """Storage corruption (or tampering with the blob store) found in the first chunk is a
+    problem document naming it, before any plaintext is sent; the read stays audited."""
+    content = b"finding " * 1000
+    async with uk.client() as c:
+        r = await c.post(
+            "/v1/artifacts",
+            content=upload_body(_meta(), content),
+            headers={**UPLOAD_HEADERS, **uk.auth(Role.PUBLISHER)},
+        )
+        assert r.status_code == 201, r.text
+        art = r.json()
+        with uk.node.db.session() as s:
+            row = s.exec(select(Artifact).where(Artifact.id == art["id"])).one()
+        path = uk.node.blobs.path_for(row.blob or "")
+        data = bytearray(path.read_bytes())
+        data[-40] ^= 0x01  # inside the last (here the only) STREAM chunk
+        path.chmod(0o600)
+        path.write_bytes(bytes(data))
+        r = await c.get(f"/v1/artifacts/{art['id']}/content", headers=uk.auth(Role.READER))
+        assert r.status_code == 502, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        problem = r.json()
+        assert problem["type"] == "urn:entente:problem:artifact-corrupt"
+        assert art["id"] in problem["detail"]
+        assert content[:64] not in r.content

@@ -16,7 +16,8 @@ from crypto import merkle
 from crypto.note import open_checkpoint
 from service.app import create_app
 from service.audit.entries import log_signer
-from service.audit.sources import AuditSourceError, HttpSource
+from service.audit.errors import AuditSourceError
+from service.audit.sources import HttpSource
 from service.audit.verify import verify_log
 from service.node import Node
 from service.tokens import Role

@@ -27,6 +27,7 @@ from crypto.note import (
 from service.app import create_app
 from service.audit.checkpoints import latest_checkpoint
 from service.audit.entries import log_origin, log_signer
+from service.audit.errors import BadRequestError, WitnessSizeConflictError
 from service.audit.models import (
     AuditCosignature,
     AuditWitnessSubmission,
@@ -42,7 +43,6 @@ from service.audit.witness import (
     partner_witness_verifier,
     witness_cosigner,
 )
-from service.audit.witness_rules import BadRequestError, WitnessSizeConflictError
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from service.models import AuditEntry, Partner
 from service.node import Node

@@ -1,0 +1,68 @@
+"""Errors of the audit log package (``service.audit``), each in the service's error family.
+
+service.errors.EntenteError
+├── LogInconsistentError      the stored tree does not match its head or entries (HTTP 503)
+├── AuditSourceError          a log to verify cannot be read (HTTP 502)
+├── RotationError             the log's key rotations cannot be followed (a verdict, not a
+│                             problem document: ``audit verify`` reports it as a failure)
+├── InvalidInputError
+│   └── BadRequestError       tlog-witness: an old size above the checkpoint size (HTTP 400)
+└── ConflictError
+    └── WitnessSizeConflictError
+                              tlog-witness: the old size is not the size this witness last
+                              cosigned (HTTP 409, the body that size, ``text/x.tlog.size``)
+"""
+
+from __future__ import annotations
+
+from service.errors import ConflictError, EntenteError, InvalidInputError
+
+__all__ = [
+    "AuditSourceError",
+    "BadRequestError",
+    "LogInconsistentError",
+    "RotationError",
+    "WitnessSizeConflictError",
+]
+
+
+class LogInconsistentError(EntenteError):
+    """The stored tree does not match its head or the entries: the log refuses to extend it."""
+
+    kind = "audit-log-inconsistent"
+    status = 503
+    title = "Audit log inconsistent"
+
+
+class AuditSourceError(EntenteError):
+    """A log to verify (a database, or a node over HTTP) cannot be read."""
+
+    kind = "audit-source"
+    status = 502
+    title = "Audit log unreadable"
+
+
+class RotationError(EntenteError):
+    """The log's rotation history cannot be followed (a record is missing, malformed or does not
+    link the keys)."""
+
+    kind = "audit-rotation"
+    status = 502
+    title = "Key rotations cannot be followed"
+
+
+class BadRequestError(InvalidInputError):
+    """tlog-witness: an old size above the checkpoint size is a 400."""
+
+    kind = "bad-request"
+    status = 400
+    title = "Bad request"
+
+
+class WitnessSizeConflictError(ConflictError):
+    """tlog-witness: the old size is not the size this witness last cosigned (409, and the body
+    is that size in decimal, ``text/x.tlog.size``)."""
+
+    def __init__(self, message: str, *, latest_size: int) -> None:
+        super().__init__(message, latest_size=latest_size)
+        self.latest_size = latest_size

@@ -19,7 +19,6 @@ from crypto.note import Checkpoint, open_checkpoint
 from service.audit.checkpoints import latest_checkpoint, list_checkpoints
 from service.audit.entries import (
     ENTRY_FIELDS,
-    LogInconsistentError,
     created_text,
     encode_leaf,
     encode_row,
@@ -32,6 +31,7 @@ from service.audit.entries import (
     row_object,
     select_entry_rows,
 )
+from service.audit.errors import LogInconsistentError
 from service.audit.log import record
 from service.audit.sequencer import sequence
 from service.audit.sources import DatabaseSource

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from crypto.merkle import EMPTY_ROOT
 from crypto.note import AddCheckpointRequest, Checkpoint
+from service.audit.errors import WitnessSizeConflictError
 from service.audit.witness_rules import (
     Refusal,
     Submission,
-    WitnessSizeConflictError,
     check_against_cosigned,
     check_submitter,
     parse_submission,

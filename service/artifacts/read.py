@@ -22,7 +22,7 @@ from crypto.errors import CryptoError
 from crypto.sealed import (
     open_sealed,
 )
-from policies import Request
+from service.artifacts.enforce import Facts, Refusal, enforce, first_rule
 from service.artifacts.listing import get_artifact
 from service.artifacts.rows import json_list
 from service.audit.log import record
@@ -32,7 +32,6 @@ from service.errors import (
     EntenteError,
     ForbiddenError,
     NotFoundError,
-    PolicyDeniedError,
     StoredArtifactCorruptError,
 )
 from service.models import Artifact, Outbox
@@ -129,49 +128,22 @@ def open_for_read(
             raise error
     decision = None
     if row.direction == "received":
-        decision = node.policies.decide(
-            Request(
-                partner=row.origin,
-                action="read",
-                tlp=row.tlp,
-                topics=frozenset(json_list(row.topics)),
-                purposes=frozenset(json_list(row.purposes)),
-                embargo_until=row.embargo_until,
-                expires_at=row.expires_at,
+        decision = enforce(
+            node,
+            Facts.of_row(row).request(row.origin, "read"),
+            refusal=Refusal(
+                kind="read.denied", actor=principal.actor, artifact_id=row.id, digest=row.sha256
             ),
+            message=lambda d: f"reading {row.id} is denied: {d.summary}",
             now=now,
         )
-        if not decision.allowed:
-            rule = decision.rules[0] if decision.rules else None
-            with node.db.session() as session:
-                record(
-                    session,
-                    kind="read.denied",
-                    actor=principal.actor,
-                    partner=row.origin,
-                    artifact_id=row.id,
-                    digest=row.sha256,
-                    decision="deny",
-                    rule=rule.id if rule else decision.reason,
-                    clause=rule.clause if rule else None,
-                    detail={"decision": decision.to_json()},
-                    now=now,
-                )
-            raise PolicyDeniedError(
-                f"reading {row.id} is denied: {decision.summary}",
-                partner=row.origin,
-                rule=rule.id if rule else None,
-                clause=rule.clause if rule else None,
-                reason=decision.reason,
-                audited=True,
-            )
     if row.blob is None:
         raise NotFoundError(f"artifact {row.id} has no stored ciphertext (deleted)")
     inform = any(o.get("kind") == "inform" for o in json_list(row.obligations)) or (
         decision is not None and any(o.kind == "inform" for o in decision.obligations)
     )
     with node.db.session() as session:
-        rule = decision.rules[0] if decision and decision.rules else None
+        rule = first_rule(decision) if decision else None
         record(
             session,
             kind="read",

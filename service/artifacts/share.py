@@ -23,7 +23,8 @@ from crypto.sealed import (
     ManifestRecipient,
     seal,
 )
-from policies import Decision, Request
+from policies import Decision
+from service.artifacts.enforce import Facts, Refusal, deny, first_rule
 from service.artifacts.rows import (
     _ARTIFACTS,
     _OUTBOX,
@@ -36,10 +37,7 @@ from service.artifacts.rows import (
 from service.audit.log import AUDIT_TABLE, audit_row, record
 from service.blobs import BlobStore
 from service.commits import group_commit
-from service.errors import (
-    InvalidInputError,
-    PolicyDeniedError,
-)
+from service.errors import InvalidInputError
 from service.faults import fault_point
 from service.models import Artifact, Partner
 from service.node import Node
@@ -98,43 +96,21 @@ def decide_share(
             partners=unknown,
             audited=True,
         )
-    decisions = []
-    for partner_id in meta.partners:
-        request = Request(
-            partner=partner_id,
-            action="share",
-            tlp=meta.tlp,
-            topics=frozenset(meta.topics),
-            purposes=frozenset(meta.purposes),
-            embargo_until=meta.embargo_until,
-            expires_at=meta.expires_at,
-        )
-        decisions.append((partners[partner_id], node.policies.decide(request, now=now)))
+    facts = Facts.of(meta)
+    decisions = [
+        (partners[p], node.policies.decide(facts.request(p, "share"), now=now))
+        for p in meta.partners
+    ]
     denied = [(p, d) for p, d in decisions if not d.allowed]
     if denied:
-        with node.db.session() as session:
-            for partner, decision in denied:
-                rule = decision.rules[0] if decision.rules else None
-                record(
-                    session,
-                    kind="share.denied",
-                    actor=principal.actor,
-                    partner=partner.node_id,
-                    decision="deny",
-                    rule=rule.id if rule else decision.reason,
-                    clause=rule.clause if rule else None,
-                    detail={"title": meta.title, "decision": decision.to_json()},
-                    now=now,
-                )
-        node.metrics.shares.labels("denied").inc()
         first_partner, first = denied[0]
-        rule = first.rules[0] if first.rules else None
-        raise PolicyDeniedError(
-            f"sharing with {first_partner.node_id} is denied: {first.summary}",
-            partner=first_partner.node_id,
-            rule=rule.id if rule else None,
-            clause=rule.clause if rule else None,
-            reason=first.reason,
+        raise deny(
+            node,
+            Refusal(kind="share.denied", actor=principal.actor, detail={"title": meta.title}),
+            [(p.node_id, d) for p, d in denied],
+            message=f"sharing with {first_partner.node_id} is denied: {first.summary}",
+            now=now,
+            count=node.metrics.shares.labels("denied").inc,
             denials=[
                 {
                     "partner": p.node_id,
@@ -144,7 +120,6 @@ def decide_share(
                 }
                 for p, d in denied
             ],
-            audited=True,
         )
     return decisions
 
@@ -221,7 +196,7 @@ def share_artifact(
     ]
     events = []
     for partner, decision in decisions:
-        rule = decision.rules[0] if decision.rules else None
+        rule = first_rule(decision)
         detail = {"title": meta.title, "tlp": meta.tlp, "size": sealed.size,
                   "policy": decision.policy_ref}  # fmt: skip
         if upstream is not None:

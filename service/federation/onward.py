@@ -44,7 +44,8 @@ from typing import Any
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError, MalformedError, VerificationError
 from crypto.sealed import Manifest, committed_decisions, verify_disclosure, verify_manifest
-from policies import Decision, Request
+from policies import Decision
+from service.artifacts.enforce import Facts, Refusal, audit_rule, deny
 from service.artifacts.listing import get_artifact
 from service.artifacts.read import plaintext_chunks
 from service.artifacts.share import share_artifact
@@ -371,18 +372,10 @@ def share_onward(
     before = [holder_disclosure(links[j], links[j + 1]) for j in range(len(links) - 1)]
     allowance = onward_allowance(links, node.node_id, [*before, mine])
 
+    facts = Facts.of(manifest)
+
     def ask(partner: str, action: str, **extra: Any) -> Decision:
-        request = Request(
-            partner=partner,
-            action=action,
-            tlp=manifest.tlp,
-            topics=frozenset(manifest.topics),
-            purposes=frozenset(manifest.purposes),
-            embargo_until=manifest.embargo_until,
-            expires_at=manifest.expires_at,
-            **extra,
-        )
-        return node.policies.decide(request, now=now)
+        return node.policies.decide(facts.request(partner, action, **extra), now=now)
 
     shares: list[tuple[Partner, Decision]] = []
     onward_entries = []
@@ -405,13 +398,22 @@ def share_onward(
         share = ask(target, "share")
         for decision in (onward, share):
             if not decision.allowed:
-                rule = decision.rules[0] if decision.rules else None
-                raise _deny(
-                    node, row, principal, target, decision.summary,
-                    rule=rule.id if rule else decision.reason,
-                    clause=rule.clause if rule else None,
-                    detail={"decision": decision.to_json()},
-                )  # fmt: skip
+                raise deny(
+                    node,
+                    Refusal(
+                        kind="onward.denied",
+                        actor=principal.actor,
+                        artifact_id=row.id,
+                        digest=row.sha256,
+                        detail={"reason": decision.summary, "origin": row.origin},
+                    ),
+                    [(target, decision)],
+                    message=f"passing {row.id} on to {target} is denied: {decision.summary}",
+                    now=node.now(),
+                    count=node.metrics.shares.labels("denied").inc,
+                    rule=audit_rule(decision),
+                    reason="onward",
+                )
         shares.append((partner, share))
         onward_entries.append(
             _decision_entry(row.origin, onward, action="onward_share", onward_to=target)

@@ -49,7 +49,8 @@ from crypto.sealed import (
     verify_disclosure,
     verify_manifest,
 )
-from policies import Decision, Request
+from policies import Decision
+from service.artifacts.enforce import Facts, Refusal, enforce, first_rule
 from service.artifacts.rows import artifact_row
 from service.audit.log import AUDIT_TABLE, audit_row, record
 from service.blobs import BlobWriter
@@ -58,7 +59,6 @@ from service.errors import (
     ConflictError,
     EntenteError,
     InvalidInputError,
-    PolicyDeniedError,
     TooLargeError,
 )
 from service.faults import fault_point
@@ -223,43 +223,22 @@ class Receiver:
 
     def _inbound(self, manifest: Manifest) -> Decision:
         node = self.node
-        now = node.now()
-        decision = node.policies.decide(
-            Request(
-                partner=self.sender,
-                action="receive",
-                tlp=manifest.tlp,
-                topics=frozenset(manifest.topics),
-                purposes=frozenset(manifest.purposes),
-                embargo_until=manifest.embargo_until,
-                expires_at=manifest.expires_at,
-            ),
-            now=now,
-        )
-        if decision.allowed:
-            return decision
-        rule = decision.rules[0] if decision.rules else None
-        with node.db.session() as session:
-            record(
-                session,
+        return enforce(
+            node,
+            Facts.of(manifest).request(self.sender, "receive"),
+            refusal=Refusal(
                 kind="receive.rejected",
                 actor=f"partner:{self.sender}",
-                partner=self.sender,
                 artifact_id=manifest.artifact_id,
                 digest=manifest.sha256,
-                decision="deny",
-                rule=rule.id if rule else decision.reason,
-                clause=rule.clause if rule else None,
-                detail={"decision": decision.to_json(), "via": self.via},
-                now=now,
-            )
-        node.metrics.received.labels("denied").inc()
-        raise PolicyDeniedError(
-            f"{node.node_id} does not accept this artifact from {self.sender}: {decision.summary}",
-            partner=self.sender,
-            rule=rule.id if rule else None,
-            clause=rule.clause if rule else None,
-            audited=True,
+                detail={"via": self.via},
+            ),
+            message=lambda d: (
+                f"{node.node_id} does not accept this artifact from {self.sender}: {d.summary}"
+            ),
+            now=node.now(),
+            count=node.metrics.received.labels("denied").inc,
+            reason=None,  # the problem names the rule; the decision's reason is in the audit entry
         )
 
     # --- step 4 ---------------------------------------------------------------------------------
@@ -400,7 +379,7 @@ class Receiver:
 
     def _accepted_event(self, checked: Checked, now: datetime) -> dict[str, Any]:
         manifest, decision = checked.manifest, checked.decision
-        rule = decision.rules[0] if decision.rules else None
+        rule = first_rule(decision)
         detail: dict[str, Any] = {
             "title": manifest.title, "tlp": manifest.tlp, "via": self.via, "size": manifest.size,
         }  # fmt: skip

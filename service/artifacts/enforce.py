@@ -1,6 +1,7 @@
 """The one enforcement step: a policy request built from an artifact's facts, the node's
 decision, and on a denial the refusal audited (rule, clause, partner) and raised as a
-:class:`PolicyDeniedError`, in one place for sharing, reading, receiving and passing on.
+:class:`PolicyDeniedError`, in one place for sharing, reading, receiving and passing on; and
+:func:`refuse`, the one helper through which these steps audit any other refusal of theirs.
 
 It does not decide: the core's policies do (``node.policies.decide``). It does not refuse for
 reasons that are not a policy's (an unknown partner, a revoked or expired artifact, a chain
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from sqlmodel import Session
+
 from policies import Decision, Request, RuleRef
 from service.artifacts.rows import json_list
 from service.audit.log import record
@@ -21,7 +24,7 @@ from service.errors import PolicyDeniedError
 from service.models import Artifact
 from service.node import Node
 
-__all__ = ["Facts", "Refusal", "audit_rule", "deny", "enforce", "first_rule"]
+__all__ = ["Facts", "Refusal", "audit_rule", "deny", "enforce", "first_rule", "refuse"]
 
 
 class _Described(Protocol):
@@ -109,6 +112,56 @@ def audit_rule(decision: Decision) -> str:
     return rule.id if rule else decision.reason
 
 
+def _record(
+    session: Session,
+    refusal: Refusal,
+    *,
+    partner: str | None,
+    rule: str | None,
+    clause: str | None,
+    detail: dict[str, Any],
+    now: datetime,
+) -> None:
+    record(
+        session,
+        kind=refusal.kind,
+        actor=refusal.actor,
+        partner=partner,
+        artifact_id=refusal.artifact_id,
+        digest=refusal.digest,
+        decision="deny",
+        rule=rule,
+        clause=clause,
+        detail=detail,
+        now=now,
+    )
+
+
+def refuse(
+    node: Node,
+    refusal: Refusal,
+    partners: Sequence[str | None],
+    /,
+    *,
+    rule: str | None,
+    clause: str | None = None,
+    now: datetime | None = None,
+    count: Callable[[], None] | None = None,
+) -> None:
+    """Audit a refusal about each of ``partners`` (``None``: about no partner) in one
+    transaction, with ``rule``, ``clause`` and the refusal's detail; ``count`` is called once,
+    for the metrics. The caller raises the error that says why."""
+    now = now or node.now()
+    with node.db.session() as session:
+        for partner in partners:
+            _record(
+                session, refusal, partner=partner, rule=rule, clause=clause,
+                detail=dict(refusal.detail), now=now,
+            )  # fmt: skip
+    if count is not None:
+        count()
+
+
 def deny(
     node: Node,
     refusal: Refusal,
@@ -126,19 +179,11 @@ def deny(
     with node.db.session() as session:
         for partner, decision in denials:
             rule = first_rule(decision)
-            record(
-                session,
-                kind=refusal.kind,
-                actor=refusal.actor,
-                partner=partner,
-                artifact_id=refusal.artifact_id,
-                digest=refusal.digest,
-                decision="deny",
-                rule=audit_rule(decision),
+            _record(
+                session, refusal, partner=partner, rule=audit_rule(decision),
                 clause=rule.clause if rule else None,
-                detail={**refusal.detail, "decision": decision.to_json()},
-                now=now,
-            )
+                detail={**refusal.detail, "decision": decision.to_json()}, now=now,
+            )  # fmt: skip
     if count is not None:
         count()
     partner, first = denials[0]

@@ -22,7 +22,7 @@ from crypto.errors import CryptoError
 from crypto.sealed import (
     open_sealed,
 )
-from service.artifacts.enforce import Facts, Refusal, enforce, first_rule
+from service.artifacts.enforce import Facts, Refusal, enforce, first_rule, refuse
 from service.artifacts.listing import get_artifact
 from service.artifacts.rows import json_list
 from service.audit.log import record
@@ -54,20 +54,19 @@ def _retention_days(row: Artifact) -> int | None:
 def _read_refusal(
     node: Node, row: Artifact, principal: Principal, reason: str, message: str
 ) -> None:
-    with node.db.session() as session:
-        record(
-            session,
+    refuse(
+        node,
+        Refusal(
             kind="read.denied",
             actor=principal.actor,
-            partner=row.origin if row.direction == "received" else None,
             artifact_id=row.id,
             digest=row.sha256,
-            decision="deny",
-            rule=reason,
             detail={"reason": reason},
-            now=node.now(),
-        )
-    node.metrics.reads.labels("denied").inc()
+        ),
+        [row.origin if row.direction == "received" else None],
+        rule=reason,
+        count=node.metrics.reads.labels("denied").inc,
+    )
 
 
 @dataclass

@@ -24,7 +24,7 @@ from crypto.sealed import (
     seal,
 )
 from policies import Decision
-from service.artifacts.enforce import Facts, Refusal, deny, first_rule
+from service.artifacts.enforce import Facts, Refusal, deny, first_rule, refuse
 from service.artifacts.rows import (
     _ARTIFACTS,
     _OUTBOX,
@@ -34,7 +34,7 @@ from service.artifacts.rows import (
     artifact_row,
     new_artifact_id,
 )
-from service.audit.log import AUDIT_TABLE, audit_row, record
+from service.audit.log import AUDIT_TABLE, audit_row
 from service.blobs import BlobStore
 from service.commits import group_commit
 from service.errors import InvalidInputError
@@ -79,17 +79,17 @@ def decide_share(
         }
     unknown = [p for p in meta.partners if p not in partners]
     if unknown:
-        with node.db.session() as session:
-            for name in unknown:
-                record(
-                    session,
-                    kind="share.denied",
-                    actor=principal.actor,
-                    partner=name,
-                    decision="deny",
-                    detail={"reason": "unknown-partner", "title": meta.title, "tlp": meta.tlp},
-                    now=now,
-                )
+        refuse(
+            node,
+            Refusal(
+                kind="share.denied",
+                actor=principal.actor,
+                detail={"reason": "unknown-partner", "title": meta.title, "tlp": meta.tlp},
+            ),
+            unknown,
+            rule=None,
+            now=now,
+        )
         raise InvalidInputError(
             f"not a pinned partner: {', '.join(unknown)}",
             reason="unknown-partner",

@@ -45,11 +45,10 @@ from crypto.dsse import Envelope
 from crypto.errors import CryptoError, MalformedError, VerificationError
 from crypto.sealed import Manifest, committed_decisions, verify_disclosure, verify_manifest
 from policies import Decision
-from service.artifacts.enforce import Facts, Refusal, audit_rule, deny
+from service.artifacts.enforce import Facts, Refusal, audit_rule, deny, refuse
 from service.artifacts.listing import get_artifact
 from service.artifacts.read import plaintext_chunks
 from service.artifacts.share import share_artifact
-from service.audit.log import record
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, PolicyDeniedError
 from service.models import Artifact, Partner
 from service.node import Node
@@ -299,24 +298,27 @@ def _decision_entry(partner: str, decision: Decision, **extra: Any) -> dict[str,
     }
 
 
+def _onward_refusal(row: Artifact, principal: Principal, reason: str, **detail: Any) -> Refusal:
+    return Refusal(
+        kind="onward.denied",
+        actor=principal.actor,
+        artifact_id=row.id,
+        digest=row.sha256,
+        detail={"reason": reason, "origin": row.origin, **detail},
+    )
+
+
 def _deny(
     node: Node, row: Artifact, principal: Principal, target: str, reason: str, **audit: Any
 ) -> PolicyDeniedError:
-    with node.db.session() as session:
-        record(
-            session,
-            kind="onward.denied",
-            actor=principal.actor,
-            partner=target,
-            artifact_id=row.id,
-            digest=row.sha256,
-            decision="deny",
-            rule=audit.get("rule") or reason[:200],
-            clause=audit.get("clause"),
-            detail={"reason": reason, "origin": row.origin, **audit.get("detail", {})},
-            now=node.now(),
-        )
-    node.metrics.shares.labels("denied").inc()
+    refuse(
+        node,
+        _onward_refusal(row, principal, reason, **audit.get("detail", {})),
+        [target],
+        rule=audit.get("rule") or reason[:200],
+        clause=audit.get("clause"),
+        count=node.metrics.shares.labels("denied").inc,
+    )
     return PolicyDeniedError(
         f"passing {row.id} on to {target} is denied: {reason}",
         partner=target,
@@ -400,13 +402,7 @@ def share_onward(
             if not decision.allowed:
                 raise deny(
                     node,
-                    Refusal(
-                        kind="onward.denied",
-                        actor=principal.actor,
-                        artifact_id=row.id,
-                        digest=row.sha256,
-                        detail={"reason": decision.summary, "origin": row.origin},
-                    ),
+                    _onward_refusal(row, principal, decision.summary),
                     [(target, decision)],
                     message=f"passing {row.id} on to {target} is denied: {decision.summary}",
                     now=node.now(),

@@ -50,9 +50,9 @@ from crypto.sealed import (
     verify_manifest,
 )
 from policies import Decision
-from service.artifacts.enforce import Facts, Refusal, enforce, first_rule
+from service.artifacts.enforce import Facts, Refusal, enforce, first_rule, refuse
 from service.artifacts.rows import artifact_row
-from service.audit.log import AUDIT_TABLE, audit_row, record
+from service.audit.log import AUDIT_TABLE, audit_row
 from service.blobs import BlobWriter
 from service.commits import group_commit
 from service.errors import (
@@ -139,20 +139,18 @@ class Receiver:
 
     # --- auditing refusals ----------------------------------------------------------------------
     def reject(self, *, artifact_id: str | None, reason: str) -> None:
-        node = self.node
-        with node.db.session() as session:
-            record(
-                session,
+        refuse(
+            self.node,
+            Refusal(
                 kind="receive.rejected",
                 actor=f"partner:{self.sender}",
-                partner=self.sender,
                 artifact_id=artifact_id,
-                decision="deny",
-                rule=reason[:200],
                 detail={"reason": reason[:500], "via": self.via},
-                now=node.now(),
-            )
-        node.metrics.received.labels("rejected").inc()
+            ),
+            [self.sender],
+            rule=reason[:200],
+            count=self.node.metrics.received.labels("rejected").inc,
+        )
 
     @contextlib.contextmanager
     def _refusals(self, artifact_id: str | None) -> Iterator[None]:

@@ -9,9 +9,11 @@ and kept on ``app.state``.
 
 All background work is registered here, in :func:`register_workers`: the audit sequencer, the
 submission of checkpoints to partners' witnesses, outbox delivery, feed pulls and the nonce
-purge; the start-up sweep of the blob store runs once beside them. Each worker is an asyncio
-task that loops until :meth:`Workers.stop`; a worker that raises is logged and restarted after a
-pause, so one bad row never stops delivery for everyone.
+purge; the start-up sweep of the blob store runs once beside them. None of it holds up the
+node's own start: the workers are started by a task beside the server, so a partner that is
+down (whose witness or feed a first round waits on) never delays ``/healthz``. Each worker is
+an asyncio task that loops until :meth:`Workers.stop`; a worker that raises is logged and
+restarted after a pause, so one bad row never stops delivery for everyone.
 
 ``app_from_environment()`` is the same app for a server that imports it by name and runs several
 processes (``entente serve --workers N``, or ``uvicorn --factory
@@ -261,15 +263,20 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The background work starts beside the server, never before it: the node answers
+        # /healthz however slow its partners, its lock or its first round of work may be.
         background = _Background(node, background_lock) if run_workers else None
-        if background is not None:
-            await background.start()
+        starting = asyncio.ensure_future(background.start()) if background is not None else None
         swept = asyncio.ensure_future(sweep_in_background(node))  # what a crash left behind
         summaries = asyncio.ensure_future(refusals.flush_periodically())
         try:
             yield
         finally:
-            if background is not None:
+            if background is not None and starting is not None:
+                try:
+                    await starting
+                except Exception:
+                    log.exception("the background workers failed to start")
                 await background.stop()
             await swept
             summaries.cancel()

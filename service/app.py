@@ -126,8 +126,10 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
 
     Each new checkpoint is submitted to every pinned partner's witness through
     ``witness_transport`` (a :class:`service.audit.submission.WitnessTransport`; default: the
-    RFC 9421-signed :class:`service.audit.submission.SignedWitnessTransport`). Returns the
-    transport, for the caller to close (``aclose``, when it has one) once the workers have
+    RFC 9421-signed :class:`service.audit.submission.SignedWitnessTransport`). Every partner
+    call, the default transport's included, goes through one
+    :class:`service.federation.client.PartnerClient`, closed when the workers stop. Returns
+    the transport, for the caller to close (``aclose``, when it has one) once the workers have
     stopped.
     """
     settings = node.settings
@@ -136,8 +138,8 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
         result = await asyncio.to_thread(run_sequencer, node)
         return 0.0 if result.more else settings.checkpoint_interval_seconds
 
-    transport = witness_transport or SignedWitnessTransport(node)
     client = PartnerClient(node)
+    transport = witness_transport or SignedWitnessTransport(client)
     outbox = OutboxWorker(node, client)
     pulls = PullLoops(node, client)
 
@@ -219,7 +221,7 @@ class _Background:
             await self._workers.stop()
         close = getattr(self._transport, "aclose", None)
         if close is not None:
-            await close()  # the witness client, kept open between submissions
+            await close()  # a transport of the caller's that holds a client of its own
         if self._fd is not None:
             os.close(self._fd)  # releases the lock
             self._fd = None

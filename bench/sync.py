@@ -322,17 +322,17 @@ def queue_shares(home: Path, n: int, *, tag: str) -> None:
     import io
 
     from service.artifacts import share as sharing
+    from service.artifacts.terms import ShareTerms
     from service.node import load_node
-    from service.schemas import ShareMetadata
     from service.settings import Settings
     from service.tokens import Principal, Role
 
     settings = Settings(home=home, passphrase=PASSPHRASE, scrypt_work_factor=10)  # type: ignore[arg-type,unused-ignore]
     node = load_node(settings, migrate=True)
     principal = Principal(token_id="tok_bench", name="bench", role=Role.PUBLISHER)  # noqa: S106
-    meta = ShareMetadata(
-        title=f"bench {tag}", tlp="TLP:GREEN", topics=["evaluation"], purposes=["evaluation"],
-        partners=["us-aisi"],
+    meta = ShareTerms(
+        title=f"bench {tag}", tlp="TLP:GREEN", topics=("evaluation",), purposes=("evaluation",),
+        partners=("us-aisi",),
     )  # fmt: skip
     try:
         decisions = sharing.decide_share(node, meta, principal=principal)

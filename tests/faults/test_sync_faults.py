@@ -26,9 +26,9 @@ import pytest
 from crypto.dsse import Envelope
 from crypto.receipt import verify_receipt
 from service.artifacts import share as sharing
+from service.artifacts.terms import ShareTerms
 from service.node import load_node
 from service.partners import partner_verify_keys
-from service.schemas import ShareMetadata
 from service.settings import Settings
 from service.tokens import Principal, Role
 from tests.nodes import PASSPHRASE, Federation, start_federation
@@ -50,9 +50,9 @@ def queue_shares(home: Path, n: int, *, to: str = "us-aisi") -> list[str]:
     """Share ``n`` small artifacts from the (stopped) node at ``home``; returns their ids."""
     settings = Settings(home=home, passphrase=PASSPHRASE, scrypt_work_factor=10)  # type: ignore[arg-type]
     node = load_node(settings, migrate=True)
-    meta = ShareMetadata(
-        title="fault test", tlp="TLP:GREEN", topics=["evaluation"], purposes=["evaluation"],
-        partners=[to],
+    meta = ShareTerms(
+        title="fault test", tlp="TLP:GREEN", topics=("evaluation",), purposes=("evaluation",),
+        partners=(to,),
     )  # fmt: skip
     ids = []
     try:

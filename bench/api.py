@@ -55,12 +55,13 @@ def _port() -> int:
 
 
 def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
+    # Generous: it bounds a hang, never measures speed (a loaded machine starts a node slowly).
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("server exited")
         try:
-            if httpx.get(url, timeout=1).status_code < 500:
+            if httpx.get(url, timeout=10).status_code < 500:
                 return
         except httpx.HTTPError:
             pass

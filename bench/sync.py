@@ -255,7 +255,7 @@ def run(n: int, workers: int, profile: str | None, processes: int = 1) -> dict[s
         uk.stop()
         queue_shares(uk.home, n, tag="push")
         base = count(uk_db, delivered_sql)
-        uk.start(timeout=120)
+        uk.start()
         t_up = time.perf_counter()
         phase = _Phase(nodes)
         spies = _spy(profile, nodes, root, "push")
@@ -270,7 +270,7 @@ def run(n: int, workers: int, profile: str | None, processes: int = 1) -> dict[s
         uk.stop()
         held_before = count(us_db, held_sql)
         queue_shares(uk.home, n, tag="partition")
-        uk.start(timeout=120)
+        uk.start()
         wait_until(
             lambda: (
                 count(uk_db, "SELECT count(*) FROM outbox WHERE state='pending' AND attempts=0")
@@ -280,7 +280,7 @@ def run(n: int, workers: int, profile: str | None, processes: int = 1) -> dict[s
             "the pushes to fail while the receiver is down",
         )
         t1 = time.perf_counter()
-        us.start(timeout=120)
+        us.start()
         t_ready = time.perf_counter()
         phase = _Phase(nodes)
         spies = _spy(profile, nodes, root, "catchup")
@@ -322,17 +322,17 @@ def queue_shares(home: Path, n: int, *, tag: str) -> None:
     import io
 
     from service.artifacts import share as sharing
+    from service.artifacts.terms import ShareTerms
     from service.node import load_node
-    from service.schemas import ShareMetadata
     from service.settings import Settings
     from service.tokens import Principal, Role
 
     settings = Settings(home=home, passphrase=PASSPHRASE, scrypt_work_factor=10)  # type: ignore[arg-type,unused-ignore]
     node = load_node(settings, migrate=True)
     principal = Principal(token_id="tok_bench", name="bench", role=Role.PUBLISHER)  # noqa: S106
-    meta = ShareMetadata(
-        title=f"bench {tag}", tlp="TLP:GREEN", topics=["evaluation"], purposes=["evaluation"],
-        partners=["us-aisi"],
+    meta = ShareTerms(
+        title=f"bench {tag}", tlp="TLP:GREEN", topics=("evaluation",), purposes=("evaluation",),
+        partners=("us-aisi",),
     )  # fmt: skip
     try:
         decisions = sharing.decide_share(node, meta, principal=principal)

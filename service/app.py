@@ -9,9 +9,11 @@ and kept on ``app.state``.
 
 All background work is registered here, in :func:`register_workers`: the audit sequencer, the
 submission of checkpoints to partners' witnesses, outbox delivery, feed pulls and the nonce
-purge; the start-up sweep of the blob store runs once beside them. Each worker is an asyncio
-task that loops until :meth:`Workers.stop`; a worker that raises is logged and restarted after a
-pause, so one bad row never stops delivery for everyone.
+purge; the start-up sweep of the blob store runs once beside them. None of it holds up the
+node's own start: the workers are started by a task beside the server, so a partner that is
+down (whose witness or feed a first round waits on) never delays ``/healthz``. Each worker is
+an asyncio task that loops until :meth:`Workers.stop`; a worker that raises is logged and
+restarted after a pause, so one bad row never stops delivery for everyone.
 
 ``app_from_environment()`` is the same app for a server that imports it by name and runs several
 processes (``entente serve --workers N``, or ``uvicorn --factory
@@ -124,8 +126,10 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
 
     Each new checkpoint is submitted to every pinned partner's witness through
     ``witness_transport`` (a :class:`service.audit.submission.WitnessTransport`; default: the
-    RFC 9421-signed :class:`service.audit.submission.SignedWitnessTransport`). Returns the
-    transport, for the caller to close (``aclose``, when it has one) once the workers have
+    RFC 9421-signed :class:`service.audit.submission.SignedWitnessTransport`). Every partner
+    call, the default transport's included, goes through one
+    :class:`service.federation.client.PartnerClient`, closed when the workers stop. Returns
+    the transport, for the caller to close (``aclose``, when it has one) once the workers have
     stopped.
     """
     settings = node.settings
@@ -134,8 +138,8 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
         result = await asyncio.to_thread(run_sequencer, node)
         return 0.0 if result.more else settings.checkpoint_interval_seconds
 
-    transport = witness_transport or SignedWitnessTransport(node)
     client = PartnerClient(node)
+    transport = witness_transport or SignedWitnessTransport(client)
     outbox = OutboxWorker(node, client)
     pulls = PullLoops(node, client)
 
@@ -217,7 +221,7 @@ class _Background:
             await self._workers.stop()
         close = getattr(self._transport, "aclose", None)
         if close is not None:
-            await close()  # the witness client, kept open between submissions
+            await close()  # a transport of the caller's that holds a client of its own
         if self._fd is not None:
             os.close(self._fd)  # releases the lock
             self._fd = None
@@ -261,15 +265,20 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The background work starts beside the server, never before it: the node answers
+        # /healthz however slow its partners, its lock or its first round of work may be.
         background = _Background(node, background_lock) if run_workers else None
-        if background is not None:
-            await background.start()
+        starting = asyncio.ensure_future(background.start()) if background is not None else None
         swept = asyncio.ensure_future(sweep_in_background(node))  # what a crash left behind
         summaries = asyncio.ensure_future(refusals.flush_periodically())
         try:
             yield
         finally:
-            if background is not None:
+            if background is not None and starting is not None:
+                try:
+                    await starting
+                except Exception:
+                    log.exception("the background workers failed to start")
                 await background.stop()
             await swept
             summaries.cancel()

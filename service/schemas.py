@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from crypto.vocab import MAX_TERM_CHARS, NODE_ID_REGEX, TERM_REGEX
+from service.artifacts.terms import ShareTerms
 
 __all__ = [
     "ArtifactOut",
@@ -77,6 +78,19 @@ class ShareMetadata(BaseModel):
     filename: (
         Annotated[str, StringConstraints(max_length=255), AfterValidator(_base_name)] | None
     ) = None
+
+    def terms(self) -> ShareTerms:
+        """The domain's terms of this share (the API converts; the domain never sees this
+        model)."""
+        return ShareTerms(
+            title=self.title,
+            tlp=self.tlp,
+            partners=tuple(self.partners),
+            topics=tuple(self.topics),
+            purposes=tuple(self.purposes),
+            embargo_until=self.embargo_until,
+            expires_at=self.expires_at,
+        )
 
 
 class DeliveryOut(BaseModel):

@@ -20,6 +20,13 @@ import httpx
 ENTENTE = str(Path(sys.executable).with_name("entente"))
 PASSPHRASE = "test passphrase, not secret"
 
+# Deadlines are generous: they bound a hang, never measure speed. A fresh-clone CI run at load
+# 20-30 took far longer than on a quiet machine to start a node, and each health probe may wait
+# behind the node's own background work (a restarted node catches up at once).
+START_SECONDS = 180.0  # for `entente serve` to answer /healthz
+PROBE_SECONDS = 10.0  # for one /healthz answer
+STOP_SECONDS = 60.0  # for a graceful stop before the process is killed
+
 
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENTENTE_")}
@@ -78,7 +85,7 @@ class NodeProcess:
         if result.returncode != 0:
             raise RuntimeError(f"entente init failed: {result.stderr}")
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = START_SECONDS) -> None:
         self.log_path = self.home.parent / f"{self.node_id}.log"
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
@@ -92,14 +99,16 @@ class NodeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"entente serve exited: {self.log_path.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=PROBE_SECONDS).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"entente serve did not become healthy: {self.log_path.read_text()}")
+        raise RuntimeError(
+            f"entente serve did not become healthy in {timeout:.0f} s: {self.log_path.read_text()}"
+        )
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_SECONDS) -> int:
         if self.proc is None:
             return 0
         if self.proc.poll() is None:

@@ -160,14 +160,15 @@ def _share_sync(node: Node, pull: Any, boundary: bytes, principal: Principal) ->
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "metadata"
         raise InvalidInputError(f"metadata.{where}: {err['msg']}", field=where) from None
-    decisions = sharing.decide_share(node, meta, principal=principal)
+    terms = meta.terms()
+    decisions = sharing.decide_share(node, terms, principal=principal)
     second = reader.next_part()
     if second is None or second.name != "file":
         raise InvalidInputError("the second multipart part must be 'file'")
     return sharing.share_artifact(
         node,
         node.blobs,
-        meta,
+        terms,
         _Limited(second, settings.max_artifact_bytes),
         principal=principal,
         decisions=decisions,

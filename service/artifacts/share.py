@@ -34,6 +34,7 @@ from service.artifacts.rows import (
     artifact_row,
     new_artifact_id,
 )
+from service.artifacts.terms import ShareTerms
 from service.audit.log import AUDIT_TABLE, audit_row
 from service.blobs import BlobStore
 from service.commits import group_commit
@@ -41,7 +42,6 @@ from service.errors import InvalidInputError
 from service.faults import fault_point
 from service.models import Artifact, Partner
 from service.node import Node
-from service.schemas import ShareMetadata
 from service.tokens import Principal
 
 __all__ = ["PinnedRecipient", "decide_share", "share_artifact"]
@@ -64,7 +64,7 @@ _PINNED = sa.select(col(Partner.node_id), col(Partner.age_recipient)).where(
 
 
 def decide_share(
-    node: Node, meta: ShareMetadata, *, principal: Principal
+    node: Node, meta: ShareTerms, *, principal: Principal
 ) -> list[tuple[Recipient, Decision]]:
     """Evaluate each requested partner's policy; all must allow, or nothing is shared.
 
@@ -127,7 +127,7 @@ def decide_share(
 def share_artifact(
     node: Node,
     blobs: BlobStore,
-    meta: ShareMetadata,
+    meta: ShareTerms,
     source: Any,
     *,
     principal: Principal,

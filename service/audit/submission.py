@@ -11,19 +11,15 @@ This module does not act as a witness for partners' logs (``service.audit.witnes
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
 from sqlmodel import Session, select
 
-from crypto import httpsig
 from crypto.errors import CryptoError, MalformedError
-from crypto.keys import VerifyKey
 from crypto.note import (
     AddCheckpointRequest,
     Checkpoint,
@@ -50,9 +46,9 @@ from service.errors import (
     PartnerUnavailableError,
 )
 from service.models import Partner
-from service.partners import partner_verify_keys
 
 if TYPE_CHECKING:
+    from service.federation.client import PartnerClient
     from service.node import Node
 
 
@@ -88,86 +84,31 @@ class WitnessTransport(Protocol):
 
 
 class SignedWitnessTransport:
-    """A :class:`WitnessTransport` speaking the federation protocol: the request is RFC 9421-signed
-    with this node's key (``service.federation.signing``), and a ``200`` or ``409`` size answer is
-    believed only with a valid signature by the partner's pinned key over a matching body.
-
-    ``client`` (an ``httpx.AsyncClient``) is for tests (``httpx.ASGITransport`` to an in-process
-    partner); by default the transport opens one client on first use and keeps it (its
-    connections and TLS context) for every later submission, until :meth:`aclose`.
+    """A :class:`WitnessTransport` speaking the federation protocol through the node's one
+    signed partner client (:class:`service.federation.client.PartnerClient`): the request is
+    RFC 9421-signed with this node's key, and a ``200`` or ``409`` size answer is believed only
+    with a valid signature by the partner's pinned key over a matching body. The client is
+    synchronous; each call runs on a worker thread.
     """
 
-    def __init__(self, node: Node, client: httpx.AsyncClient | None = None) -> None:
-        self._node = node
+    def __init__(self, client: PartnerClient) -> None:
         self._client = client
-        self._own: httpx.AsyncClient | None = None  # the client this transport opened
-
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is not None:
-            return self._client
-        if self._own is None:
-            timeout = httpx.Timeout(self._node.settings.request_timeout_seconds, connect=5.0)
-            self._own = httpx.AsyncClient(timeout=timeout)
-        return self._own
-
-    async def aclose(self) -> None:
-        """Close the client this transport opened (a client passed in is the caller's)."""
-        own, self._own = self._own, None
-        if own is not None:
-            await own.aclose()
 
     async def add_checkpoint(
         self, *, partner_id: str, partner_url: str, body: bytes
     ) -> WitnessReply:
-        from service.federation.signing import (
-            digest_value,
-            sign_request_headers,
-            verify_response_from,
+        reply = await asyncio.to_thread(
+            self._client.post_raw,
+            partner_id,
+            partner_url.rstrip("/") + ADD_CHECKPOINT_PATH,
+            body,
+            content_type="text/plain; charset=utf-8",
+            limit=ADD_CHECKPOINT_MAX_BYTES,
+            signed_when=lambda status, media_type: (
+                status == 200 or media_type == TLOG_SIZE_MEDIA_TYPE
+            ),
         )
-
-        node = self._node
-        url = partner_url.rstrip("/") + ADD_CHECKPOINT_PATH
-        headers = {"Content-Type": "text/plain; charset=utf-8"}
-        headers.update(
-            sign_request_headers(
-                node,
-                method="POST",
-                url=url,
-                headers=headers,
-                content_digest=digest_value(hashlib.sha256(body).digest()),
-            )
-        )
-        try:
-            response = await self._http().post(url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            raise PartnerUnavailableError(
-                f"partner {partner_id} witness unreachable: {type(exc).__name__}"
-            ) from None
-        content = response.content[:ADD_CHECKPOINT_MAX_BYTES]
-        content_type = response.headers.get("content-type", "").split(";")[0].strip()
-        if response.status_code == 200 or content_type == TLOG_SIZE_MEDIA_TYPE:
-            keys = await asyncio.to_thread(_partner_keys, node, partner_id)
-            try:
-                verified = verify_response_from(
-                    node,
-                    partner_keys=keys,
-                    request=httpsig.Request("POST", url, headers),
-                    status=response.status_code,
-                    headers=list(response.headers.multi_items()),
-                )
-                digester = httpsig.ContentDigester()
-                digester.update(response.content)
-                digester.verify(verified.content_digests)
-            except CryptoError as exc:
-                raise PartnerUnavailableError(
-                    f"partner {partner_id} answered without a valid signature: {exc}"
-                ) from None
-        return WitnessReply(response.status_code, content_type, content)
-
-
-def _partner_keys(node: Node, partner_id: str) -> dict[str, VerifyKey]:
-    with node.db.session() as session:
-        return partner_verify_keys(session, partner_id)
+        return WitnessReply(reply.status, reply.content_type, reply.body)
 
 
 @dataclass(frozen=True)

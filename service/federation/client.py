@@ -1,21 +1,29 @@
-"""Signed calls from this node to one partner.
+"""Signed calls from this node to one partner: the one client for every partner call (the
+federation API, delivery, pulls, notices, and the submission of checkpoints to a partner's
+witness, ``service.audit.submission``).
 
 Every request is RFC 9421-signed with this node's key; every answer, refusals included, must carry
 a valid signature by the partner's pinned key, bound to this request's own signature, covering
 its ``Content-Type`` and with a nonce, and a body matching its ``Content-Digest``, or it is not
 believed. Whatever goes wrong on the way (connection refused, timeout, 5xx, a bad or missing
 signature) the caller sees one error, :class:`service.errors.PartnerUnavailableError`; a signed
-4xx problem document from the partner is :class:`PartnerRefusedError` carrying its detail.
+4xx problem document from the partner is :class:`PartnerRefusedError` carrying its detail. A
+transport failure becomes that error in one place, :meth:`PartnerClient._stream`, the boundary
+every request passes through.
 
 Synchronous (httpx.Client) by design: the delivery and pull workers run it on worker threads,
-where streaming a blob up or down needs no bridging between event loop and thread.
+where streaming a blob up or down needs no bridging between event loop and thread; the witness
+submission, an asyncio worker, calls :meth:`PartnerClient.post_raw` on a worker thread too.
+
+This module does not decide what a partner's answer means: its callers do (a delivery's
+receipt, a feed page, a witness's cosignature).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +45,7 @@ from service.models import Partner
 from service.node import Node
 from service.partners import partner_keys
 
-__all__ = ["BATCH_TYPE", "DELIVERY_TYPE", "PartnerClient", "Reply"]
+__all__ = ["BATCH_TYPE", "DELIVERY_TYPE", "PartnerClient", "RawReply", "Reply"]
 
 MAX_REPLY_BYTES = 1 << 20  # bytes of a JSON reply (a feed page may be larger: see pull.py)
 DELIVERY_TYPE = "application/vnd.entente.delivery"
@@ -48,6 +56,16 @@ BATCH_TYPE = "application/vnd.entente.delivery-batch"
 class Reply:
     status: int
     data: Any
+
+
+@dataclass(frozen=True)
+class RawReply:
+    """An answer as bytes (:meth:`PartnerClient.post_raw`): its status, media type (without
+    parameters) and body, cut at the caller's limit."""
+
+    status: int
+    content_type: str
+    body: bytes
 
 
 class PartnerClient:
@@ -63,14 +81,12 @@ class PartnerClient:
 
     def _prepare(
         self,
-        partner: Partner,
+        url: str,
         method: str,
-        path: str,
         digest: str,
         content_type: str | None,
         key: SigningKey | None = None,
     ) -> tuple[str, dict[str, str], httpsig.Request]:
-        url = partner.url + path
         headers = {"Content-Type": content_type} if content_type else {}
         headers.update(
             sign_request_headers(
@@ -79,11 +95,25 @@ class PartnerClient:
         )
         return url, headers, httpsig.Request(method, url, headers)
 
+    @contextmanager
+    def _stream(
+        self, partner_id: str, method: str, url: str, **request: Any
+    ) -> Iterator[httpx.Response]:
+        """The response to one request, read by the caller inside the block: the boundary
+        where a transport failure (refused, reset, timed out, while sending or reading) becomes
+        :class:`PartnerUnavailableError`, for every call of this client."""
+        try:
+            with self.http.stream(method, url, **request) as response:
+                yield response
+        except httpx.HTTPError as exc:
+            raise PartnerUnavailableError(f"{partner_id} is unreachable: {_why(exc)}") from None
+
     def _check(
-        self, partner: Partner, signed: httpsig.Request, response: httpx.Response
+        self, partner: Partner | str, signed: httpsig.Request, response: httpx.Response
     ) -> httpsig.VerifiedSignature:
+        partner_id = partner if isinstance(partner, str) else partner.node_id
         with self.node.db.session() as session:
-            keys = partner_keys(session, partner.node_id)
+            keys = partner_keys(session, partner_id)
         try:
             return verify_response_from(
                 self.node,
@@ -95,7 +125,7 @@ class PartnerClient:
             )
         except CryptoError as exc:
             raise PartnerUnavailableError(
-                f"{partner.node_id} answered without a valid signature: {exc}"
+                f"{partner_id} answered without a valid signature: {exc}"
             ) from None
 
     def _refusal(
@@ -181,14 +211,9 @@ class PartnerClient:
         body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         digest = digest_value(hashlib.sha256(body).digest())
         ctype = "application/json" if payload is not None else None
-        url, headers, signed = self._prepare(partner, method, path, digest, ctype, key)
-        try:
-            with self.http.stream(method, url, content=body, headers=headers) as response:
-                return self._json(partner, signed, response, max_reply_bytes)
-        except httpx.HTTPError as exc:
-            raise PartnerUnavailableError(
-                f"{partner.node_id} is unreachable: {_why(exc)}"
-            ) from None
+        url, headers, signed = self._prepare(partner.url + path, method, digest, ctype, key)
+        with self._stream(partner.node_id, method, url, content=body, headers=headers) as response:
+            return self._json(partner, signed, response, max_reply_bytes)
 
     def deliver(self, partner: Partner, *, manifest_line: bytes, blob: str, size: int) -> Reply:
         """POST a delivery: the manifest line, a newline, then the ciphertext blob, streamed."""
@@ -206,16 +231,13 @@ class PartnerClient:
                     yield data
 
         url, headers, signed = self._prepare(
-            partner, "POST", "/federation/v1/inbox", digest, DELIVERY_TYPE
+            partner.url + "/federation/v1/inbox", "POST", digest, DELIVERY_TYPE
         )
         headers["Content-Length"] = str(len(manifest_line) + 1 + size)
-        try:
-            with self.http.stream("POST", url, content=body(), headers=headers) as response:
-                return self._json(partner, signed, response)
-        except httpx.HTTPError as exc:
-            raise PartnerUnavailableError(
-                f"{partner.node_id} is unreachable: {_why(exc)}"
-            ) from None
+        with self._stream(
+            partner.node_id, "POST", url, content=body(), headers=headers
+        ) as response:
+            return self._json(partner, signed, response)
 
     def deliver_batch(self, partner: Partner, items: list[tuple[bytes, bytes]]) -> Reply:
         """POST several small deliveries in one request (``application/vnd.entente.delivery-
@@ -227,31 +249,56 @@ class PartnerClient:
         body = b"".join(parts)
         digest = digest_value(hashlib.sha256(body).digest())
         url, headers, signed = self._prepare(
-            partner, "POST", "/federation/v1/inbox", digest, BATCH_TYPE
+            partner.url + "/federation/v1/inbox", "POST", digest, BATCH_TYPE
         )
-        try:
-            with self.http.stream("POST", url, content=body, headers=headers) as response:
-                return self._json(partner, signed, response, MAX_REPLY_BYTES * 4)
-        except httpx.HTTPError as exc:
-            raise PartnerUnavailableError(
-                f"{partner.node_id} is unreachable: {_why(exc)}"
-            ) from None
+        with self._stream(partner.node_id, "POST", url, content=body, headers=headers) as response:
+            return self._json(partner, signed, response, MAX_REPLY_BYTES * 4)
 
     @contextmanager
     def download(self, partner: Partner, path: str) -> Iterator[_VerifiedStream]:
         """GET a signed stream (a payload); the digest is checked when it has been read."""
         digest = digest_value(hashlib.sha256(b"").digest())
-        url, headers, signed = self._prepare(partner, "GET", path, digest, None)
-        try:
-            with self.http.stream("GET", url, headers=headers) as response:
-                if response.status_code >= 300:
-                    raise self._refusal(partner, signed, response)
-                verified = self._check(partner, signed, response)
-                yield _VerifiedStream(partner.node_id, response, verified)
-        except httpx.HTTPError as exc:
-            raise PartnerUnavailableError(
-                f"{partner.node_id} is unreachable: {_why(exc)}"
-            ) from None
+        url, headers, signed = self._prepare(partner.url + path, "GET", digest, None)
+        with self._stream(partner.node_id, "GET", url, headers=headers) as response:
+            if response.status_code >= 300:
+                raise self._refusal(partner, signed, response)
+            verified = self._check(partner, signed, response)
+            yield _VerifiedStream(partner.node_id, response, verified)
+
+    def post_raw(
+        self,
+        partner_id: str,
+        url: str,
+        body: bytes,
+        *,
+        content_type: str,
+        limit: int,
+        signed_when: Callable[[int, str], bool],
+    ) -> RawReply:
+        """POST ``body`` to ``url``, an endpoint of the partner's outside the federation API
+        (its witness), and return the answer as bytes, cut at ``limit``.
+
+        An answer for which ``signed_when(status, media_type)`` holds is believed only with a
+        valid signature by the partner's pinned key over a matching body (else
+        :class:`PartnerUnavailableError`); any other is returned unverified, for the caller to
+        treat as the failure it is.
+        """
+        digest = digest_value(hashlib.sha256(body).digest())
+        url, headers, signed = self._prepare(url, "POST", digest, content_type)
+        with self._stream(partner_id, "POST", url, content=body, headers=headers) as response:
+            content = response.read()
+            media_type = response.headers.get("content-type", "").split(";")[0].strip()
+            if signed_when(response.status_code, media_type):
+                verified = self._check(partner_id, signed, response)
+                digester = httpsig.ContentDigester()
+                digester.update(content)
+                try:
+                    digester.verify(verified.content_digests)
+                except CryptoError as exc:
+                    raise PartnerUnavailableError(
+                        f"{partner_id} answered without a valid signature: {exc}"
+                    ) from None
+            return RawReply(response.status_code, media_type, content[:limit])
 
 
 class _VerifiedStream:

@@ -49,11 +49,11 @@ from service.artifacts.enforce import Facts, Refusal, audit_rule, deny, refuse
 from service.artifacts.listing import get_artifact
 from service.artifacts.read import plaintext_chunks
 from service.artifacts.share import share_artifact
+from service.artifacts.terms import ShareTerms
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, PolicyDeniedError
 from service.models import Artifact, Partner
 from service.node import Node
 from service.partners import PartnerKeys, partner_keys, partner_verify_keys
-from service.schemas import ShareMetadata
 from service.tokens import Principal
 
 __all__ = [
@@ -414,22 +414,21 @@ def share_onward(
         onward_entries.append(
             _decision_entry(row.origin, onward, action="onward_share", onward_to=target)
         )
-    meta = ShareMetadata.model_construct(
+    terms = ShareTerms(
         title=row.title,
-        tlp=manifest.tlp,  # type: ignore[arg-type]  # a TLP label: the manifest checked it
-        topics=list(manifest.topics),
-        purposes=list(manifest.purposes),
+        tlp=manifest.tlp,
+        partners=tuple(targets),
+        topics=tuple(manifest.topics),
+        purposes=tuple(manifest.purposes),
         embargo_until=manifest.embargo_until,
         expires_at=manifest.expires_at,
-        partners=list(targets),
-        filename=None,
     )
     root = links[0]
     source = _ChunkReader(plaintext_chunks(node, node.blobs, row))
     return share_artifact(
         node,
         node.blobs,
-        meta,
+        terms,
         source,
         principal=principal,
         decisions=shares,

@@ -46,7 +46,7 @@ ENV = {
 }
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -71,12 +71,12 @@ def restart(node: NodeProcess, fault: str | None) -> None:
         env["ENTENTE_FAULT_POINT"] = fault
     node.stop()
     node.env = env
-    node.start(timeout=60)
+    node.start()  # tests.nodes.START_SECONDS: generous, for a loaded machine
 
 
 def crashed(node: NodeProcess) -> None:
     assert node.proc is not None
-    code = node.proc.wait(timeout=60)
+    code = node.proc.wait(timeout=180)
     assert code == EXIT_CODE, f"{node.node_id} exited with {code}, not at its fault point"
     node.proc = None
 
@@ -166,7 +166,7 @@ def audit_verifies(node: NodeProcess, state: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def consistent(node: NodeProcess, state: Path, timeout: float = 20.0) -> None:
+def consistent(node: NodeProcess, state: Path, timeout: float = 120.0) -> None:
     """Consistent once the start-up sweep has run (it runs in the background)."""
     deadline = time.monotonic() + timeout
     while (found := problems(node)) and time.monotonic() < deadline:

@@ -28,6 +28,7 @@ from crypto.receipt import verify_receipt
 from service.app import create_app
 from service.artifacts import read as reading
 from service.artifacts import share as sharing
+from service.artifacts.terms import ShareTerms
 from service.db import open_database
 from service.federation.client import PartnerClient, retry_after_seconds
 from service.federation.outbox import BATCH_ITEM_MAX_BYTES, OutboxWorker
@@ -38,7 +39,6 @@ from service.home import open_home, rotate_keys
 from service.models import Artifact, AuditEntry, Outbox, Partner, PartnerKey
 from service.node import Node
 from service.partners import partner_verify_keys
-from service.schemas import ShareMetadata
 from service.tokens import Principal, Role
 from tests.service.nodekit import CREATED, Kit, make_node, pin
 
@@ -105,9 +105,9 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
 
 
 def share(kit: Kit, n: int = 1, *, size: int = 4096, to: str = "us-aisi") -> list[str]:
-    meta = ShareMetadata(
-        title="finding", tlp="TLP:GREEN", topics=["evaluation"], purposes=["evaluation"],
-        partners=[to],
+    meta = ShareTerms(
+        title="finding", tlp="TLP:GREEN", topics=("evaluation",), purposes=("evaluation",),
+        partners=(to,),
     )  # fmt: skip
     ids = []
     for i in range(n):

@@ -44,6 +44,7 @@ from service.audit.witness import (
     witness_cosigner,
 )
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
+from service.federation.client import PartnerClient
 from service.models import AuditEntry, Partner
 from service.node import Node
 from service.tokens import Role
@@ -56,6 +57,7 @@ from tests.service.audit_fixtures import (
     seq_all,
     token,
 )
+from tests.service.test_federation_sync import PortalTransport
 
 
 @dataclass
@@ -276,8 +278,13 @@ def test_refusals(
 @pytest.fixture
 async def transport(pair: Pair) -> Iterator[SignedWitnessTransport]:
     app = create_app(pair.us, start_workers=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
-        yield SignedWitnessTransport(pair.uk, client)  # type: ignore[misc]
+    routes = PortalTransport({"us-aisi.example": app})  # the partner's app, in-process
+    client = PartnerClient(pair.uk, http=httpx.Client(transport=routes))
+    try:
+        yield SignedWitnessTransport(client)  # type: ignore[misc]
+    finally:
+        client.close()
+        routes.close()
 
 
 async def test_submission_collects_cosignatures_and_serves_them(

@@ -27,6 +27,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from crypto import httpsig
 from crypto.errors import CryptoError
+from service.api.bodies import read_body
 from service.api.signed import signed_partner
 from service.audit.errors import WitnessSizeConflictError
 from service.audit.witness import (
@@ -36,7 +37,7 @@ from service.audit.witness import (
     held_checkpoint,
     witness_cosigner,
 )
-from service.errors import InvalidInputError, TooLargeError
+from service.errors import InvalidInputError
 from service.federation.signing import IncomingSignature, digest_value, sign_response_headers
 from service.node import Node
 from service.web import NodeDep
@@ -93,18 +94,6 @@ def calling_partner(
     return FederationCaller(sig.partner, check_body, sign_response)
 
 
-async def _bounded_body(request: Request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise TooLargeError(f"an add-checkpoint request is at most {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise TooLargeError(f"an add-checkpoint request is at most {limit} bytes")
-    return bytes(body)
-
-
 def _witness(node: Node, partner: str, body: bytes) -> str:
     with node.db.session() as session:
         return add_checkpoint(
@@ -137,7 +126,9 @@ async def add_checkpoint_route(
     node: NodeDep,
     caller: Annotated[FederationCaller, Depends(calling_partner)],
 ) -> Response:
-    body = await _bounded_body(request, ADD_CHECKPOINT_MAX_BYTES)
+    body = await read_body(
+        request, limit=ADD_CHECKPOINT_MAX_BYTES, what="an add-checkpoint request"
+    )
     caller.check_body(body)
     if not body:
         raise InvalidInputError("an add-checkpoint request has a body")

@@ -67,26 +67,23 @@ def _transition(
 _OUTBOX = Outbox.__table__  # type: ignore[attr-defined]
 _ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
 
+# What settling a delivery reads of its row and its artifact (an artifact is (id, origin)).
+_SETTLEMENT_COLUMNS = sa.select(
+    _OUTBOX.c.id,
+    _OUTBOX.c.partner,
+    _OUTBOX.c.kind,
+    _OUTBOX.c.artifact_id,
+    _OUTBOX.c.attempts,
+    _ARTIFACTS.c.sha256,
+)
+_OF_ARTIFACT = sa.and_(
+    _ARTIFACTS.c.id == _OUTBOX.c.artifact_id,
+    _ARTIFACTS.c.origin == _OUTBOX.c.artifact_origin,
+)
+
 # The rows a settlement needs, with their artifact's digest (built once: see _settle).
-_SETTLING = (
-    sa.select(
-        _OUTBOX.c.id,
-        _OUTBOX.c.partner,
-        _OUTBOX.c.kind,
-        _OUTBOX.c.artifact_id,
-        _OUTBOX.c.attempts,
-        _ARTIFACTS.c.sha256,
-    )
-    .select_from(
-        _OUTBOX.outerjoin(
-            _ARTIFACTS,
-            sa.and_(
-                _ARTIFACTS.c.id == _OUTBOX.c.artifact_id,
-                _ARTIFACTS.c.origin == _OUTBOX.c.artifact_origin,
-            ),
-        )
-    )
-    .where(_OUTBOX.c.id.in_(sa.bindparam("ids", expanding=True)))
+_SETTLING = _SETTLEMENT_COLUMNS.select_from(_OUTBOX.outerjoin(_ARTIFACTS, _OF_ARTIFACT)).where(
+    _OUTBOX.c.id.in_(sa.bindparam("ids", expanding=True))
 )
 
 
@@ -213,29 +210,10 @@ def record_receipts(node: Node, *, partner: str, receipts: Any) -> int:
 
 
 # Pending, unleased deliveries to a partner for the given artifacts (built once).
-_ACKNOWLEDGEABLE = (
-    sa.select(
-        _OUTBOX.c.id,
-        _OUTBOX.c.partner,
-        _OUTBOX.c.kind,
-        _OUTBOX.c.artifact_id,
-        _OUTBOX.c.attempts,
-        _ARTIFACTS.c.sha256,
-    )
-    .select_from(
-        _OUTBOX.join(
-            _ARTIFACTS,
-            sa.and_(
-                _ARTIFACTS.c.id == _OUTBOX.c.artifact_id,
-                _ARTIFACTS.c.origin == _OUTBOX.c.artifact_origin,
-            ),
-        )
-    )
-    .where(
-        _OUTBOX.c.partner == sa.bindparam("partner"),
-        _OUTBOX.c.kind == "deliver",
-        _OUTBOX.c.state == "pending",
-        _OUTBOX.c.artifact_id.in_(sa.bindparam("ids", expanding=True)),
-        sa.or_(_OUTBOX.c.lease_until.is_(None), _OUTBOX.c.lease_until < sa.bindparam("now")),
-    )
+_ACKNOWLEDGEABLE = _SETTLEMENT_COLUMNS.select_from(_OUTBOX.join(_ARTIFACTS, _OF_ARTIFACT)).where(
+    _OUTBOX.c.partner == sa.bindparam("partner"),
+    _OUTBOX.c.kind == "deliver",
+    _OUTBOX.c.state == "pending",
+    _OUTBOX.c.artifact_id.in_(sa.bindparam("ids", expanding=True)),
+    sa.or_(_OUTBOX.c.lease_until.is_(None), _OUTBOX.c.lease_until < sa.bindparam("now")),
 )

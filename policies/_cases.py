@@ -98,6 +98,7 @@ def load_cases(text: str | bytes, *, source: str = "<cases>") -> CaseFile:
             embargo_until=time(req.get("embargo_until"), (*path, "request", "embargo_until")),
             expires_at=time(req.get("expires_at"), (*path, "request", "expires_at")),
             onward_to=req.get("onward_to"),
+            sealing=req.get("sealing"),
             originator_approved=req.get("originator_approved", False),
         )
         now = time(item.get("now"), (*path, "now")) or default_now

@@ -18,6 +18,7 @@ _ANY, _ENDED, _ACTIVE = 0, 1, 2  # embargo
 _SET, _UNSET = 1, 2  # expiry (0 is any)
 _EMBARGO = {"any": _ANY, "ended": _ENDED, "active": _ACTIVE}
 _EXPIRY = {"any": _ANY, "set": _SET, "unset": _UNSET}
+_SEALING = {"any": None, "post-quantum": "post-quantum", "classic": "classic"}
 
 
 def _terms(values: frozenset[str] | None) -> tuple[frozenset[str] | None, tuple[str, ...]]:
@@ -38,6 +39,7 @@ class _CPermit:
         "purposes",
         "ref",
         "rule",
+        "sealing",
         "sorted_obligations",
         "topic_prefixes",
         "topics",
@@ -50,6 +52,7 @@ class _CPermit:
         self.purposes, self.purpose_prefixes = _terms(rule.purposes)
         self.embargo = _EMBARGO[rule.embargo]
         self.expiry = _EXPIRY[rule.expiry]
+        self.sealing = _SEALING[rule.sealing]
         self.onward_to = rule.onward_to
         self.approval = rule.originator_approval
         self.obligations = frozenset(rule.obligations)
@@ -63,6 +66,7 @@ class _CPermit:
         has_expiry: bool,
         onward_to: str | None,
         approved: bool,
+        sealing: str | None,
     ) -> bool:
         exact = self.topics
         if exact is not None:
@@ -86,6 +90,8 @@ class _CPermit:
         expiry = self.expiry
         if expiry and has_expiry is (expiry == _UNSET):
             return False
+        if self.sealing is not None and sealing != self.sealing:
+            return False  # an unknown sealing kind does not meet a rule that names one
         if self.onward_to is not None and onward_to not in self.onward_to:
             return False
         return approved or not self.approval
@@ -100,6 +106,7 @@ class _CForbid:
         "purposes",
         "ref",
         "rule",
+        "sealing",
         "topic_prefixes",
         "topics",
     )
@@ -111,6 +118,7 @@ class _CForbid:
         self.purposes, self.purpose_prefixes = _terms(rule.purposes)
         self.embargo = _EMBARGO[rule.embargo]
         self.expiry = _EXPIRY[rule.expiry]
+        self.sealing = _SEALING[rule.sealing]
         self.onward_to = rule.onward_to
 
     def matches(
@@ -120,6 +128,7 @@ class _CForbid:
         embargoed: bool,
         has_expiry: bool,
         onward_to: str | None,
+        sealing: str | None,
     ) -> bool:
         # A forbid matches when any term of the request is within one of its terms; a request
         # without the attribute cannot rule the forbid out, so it matches too (fail closed).
@@ -144,6 +153,8 @@ class _CForbid:
             return False
         expiry = self.expiry
         if expiry and has_expiry is (expiry == _UNSET):
+            return False
+        if self.sealing is not None and sealing is not None and sealing != self.sealing:
             return False
         return not (
             self.onward_to is not None and onward_to is not None and onward_to not in self.onward_to

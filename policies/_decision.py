@@ -197,6 +197,15 @@ def _permit_checks(rule: Permit, request: Request, now: datetime) -> list[tuple[
             out.append((True, "the artifact has no expiry"))
         else:
             out.append((False, "the artifact has an expiry; the rule applies only without one"))
+    if rule.sealing != "any":
+        if request.sealing == rule.sealing:
+            out.append((True, f"the artifact is sealed {rule.sealing}"))
+        elif request.sealing is None:
+            out.append((False, f"the sealing is not known; the rule needs {rule.sealing}"))
+        else:
+            out.append(
+                (False, f"the artifact is sealed {request.sealing}; the rule needs {rule.sealing}")
+            )
     if rule.onward_to is not None:
         if request.onward_to is None:
             out.append((False, "the request names no onward recipient"))
@@ -247,6 +256,11 @@ def _forbid_checks(rule: Forbid, request: Request, now: datetime) -> list[tuple[
         out.append((request.expires_at is None, "the artifact has no expiry"))
     elif rule.expiry == "set":
         out.append((request.expires_at is not None, "the artifact has an expiry"))
+    if rule.sealing != "any":
+        if request.sealing is None:
+            out.append((True, f"the sealing is not known, so {rule.sealing} cannot be ruled out"))
+        else:
+            out.append((request.sealing == rule.sealing, f"the artifact is sealed {rule.sealing}"))
     if rule.onward_to is not None:
         if request.onward_to is None:
             out.append((True, "the request names no onward recipient"))

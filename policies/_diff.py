@@ -67,7 +67,7 @@ def _rule_changes(old: Permit | Forbid, new: Permit | Forbid) -> Iterator[tuple[
         if a != b:
             effect = _direction(_covers(a, b), _covers(b, a))
             yield f"{name}: {_show(a, ordered)} -> {_show(b, ordered)}", effect
-    for name in ("embargo", "expiry"):
+    for name in ("embargo", "expiry", "sealing"):
         a, b = getattr(old, name), getattr(new, name)
         if a != b:
             effect = WIDENS if b == "any" else NARROWS if a == "any" else MIXED

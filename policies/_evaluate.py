@@ -27,7 +27,7 @@ from policies._decision import (
     Decision,
 )
 from policies._model import Obligation, PolicySet, Request, RuleRef, format_time
-from policies._vocab import ACTIONS
+from policies._vocab import ACTIONS, SEALING_KINDS
 
 __all__ = ["evaluate"]
 
@@ -88,6 +88,7 @@ def _evaluate(policy_set: PolicySet, request: Request, now: datetime) -> Decisio
     topics = request.topics
     purposes = request.purposes
     onward_to = request.onward_to
+    sealing = request.sealing
     # 1. The request itself: known vocabulary, well-formed terms.
     if action not in ACTIONS:
         return _deny(INVALID_REQUEST, request, now, f"unknown action {action!r}")
@@ -101,6 +102,8 @@ def _evaluate(policy_set: PolicySet, request: Request, now: datetime) -> Decisio
             return _deny(INVALID_REQUEST, request, now, f"invalid purpose {t!r}")
     if onward_to is not None and not is_node_id(onward_to):
         return _deny(INVALID_REQUEST, request, now, f"invalid onward node id {onward_to!r}")
+    if sealing is not None and sealing not in SEALING_KINDS:
+        return _deny(INVALID_REQUEST, request, now, f"unknown sealing kind {sealing!r}")
     # 2. The partner's policy, in force now.
     policy = policy_set.policies.get(request.partner)
     if policy is None:
@@ -129,13 +132,19 @@ def _evaluate(policy_set: PolicySet, request: Request, now: datetime) -> Decisio
     embargoed = embargo_until is not None and now < embargo_until
     forbids, permits = bucket
     # 4. Forbid overrides permit.
-    hits = [f.ref for f in forbids if f.matches(topics, purposes, embargoed, has_expiry, onward_to)]
+    hits = [
+        f.ref
+        for f in forbids
+        if f.matches(topics, purposes, embargoed, has_expiry, onward_to, sealing)
+    ]
     if hits:
         return _deny(FORBIDDEN, request, now, "", compiled, tuple(hits))
     # 5. Deny unless a permit holds; an allow carries the union of the matching obligations.
     approved = request.originator_approved is True
     matched = [
-        p for p in permits if p.holds(topics, purposes, embargoed, has_expiry, onward_to, approved)
+        p
+        for p in permits
+        if p.holds(topics, purposes, embargoed, has_expiry, onward_to, approved, sealing)
     ]
     if not matched:
         return _deny(NO_MATCHING_PERMIT, request, now, "", compiled)

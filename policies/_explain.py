@@ -34,6 +34,8 @@ def describe_request(request: Request) -> str:
         parts.append(f"expires {format_time(request.expires_at)}")
     if request.onward_to is not None:
         parts.append(f"onward to {request.onward_to}")
+    if request.sealing is not None:
+        parts.append(f"sealed {request.sealing}")
     if request.originator_approved:
         parts.append("approved by the originator")
     return "; ".join(parts)

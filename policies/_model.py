@@ -17,7 +17,14 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from crypto.vocab import TLP_LABELS, is_node_id, is_term
-from policies._vocab import ACTIONS, EMBARGO_STATES, EXPIRY_STATES, FORMAT, OBLIGATION_KINDS
+from policies._vocab import (
+    ACTIONS,
+    EMBARGO_STATES,
+    EXPIRY_STATES,
+    FORMAT,
+    OBLIGATION_KINDS,
+    SEALING_STATES,
+)
 from policies.errors import PolicyLoadError, PolicySetError
 
 __all__ = [
@@ -125,6 +132,8 @@ class Permit:
     ``topics`` and ``purposes`` are hierarchical: a request term matches when it is a rule term
     or below one (``evaluation/red-teaming`` is within ``evaluation``, never the reverse), and
     every term of the request must match. ``None`` means the rule does not constrain it.
+    ``sealing: post-quantum`` holds only for an artifact sealed to hybrid ML-KEM recipients (a
+    request whose sealing is not known does not hold).
     """
 
     kind: ClassVar[str] = "permit"
@@ -137,6 +146,7 @@ class Permit:
     purposes: frozenset[str] | None = None
     embargo: str = "ended"
     expiry: str = "any"
+    sealing: str = "any"
     onward_to: frozenset[str] | None = None
     originator_approval: bool = False
     obligations: tuple[Obligation, ...] = ()
@@ -150,7 +160,7 @@ class Forbid:
 
     ``topics`` and ``purposes`` hold when any term of the request is a rule term or below one.
     A forbid errs towards matching: a request that lacks an attribute the rule tests (no topics,
-    no purposes, no onward target) cannot rule it out, so it matches.
+    no purposes, no onward target, no sealing kind) cannot rule it out, so it matches.
     """
 
     kind: ClassVar[str] = "forbid"
@@ -163,6 +173,7 @@ class Forbid:
     purposes: frozenset[str] | None = None
     embargo: str = "any"
     expiry: str = "any"
+    sealing: str = "any"
     onward_to: frozenset[str] | None = None
     description: str = ""
     line: int = field(default=0, compare=False)
@@ -220,6 +231,7 @@ class Request:
     expires_at: datetime | None = None
     onward_to: str | None = None
     originator_approved: bool = False
+    sealing: str | None = None  # post-quantum | classic; None when not known
 
     def __post_init__(self) -> None:
         for name in ("topics", "purposes"):
@@ -240,6 +252,7 @@ class Request:
             "expires_at": format_time(self.expires_at) if self.expires_at else None,
             "onward_to": self.onward_to,
             "originator_approved": self.originator_approved,
+            "sealing": self.sealing,
         }
 
 
@@ -332,6 +345,8 @@ def _rule_document(rule: Rule) -> dict[str, Any]:
         out["embargo"] = rule.embargo
     if rule.expiry != "any":
         out["expiry"] = rule.expiry
+    if rule.sealing != "any":
+        out["sealing"] = rule.sealing
     if isinstance(rule, Permit):
         if rule.originator_approval:
             out["originator_approval"] = True
@@ -400,6 +415,8 @@ def _check_rule(rule: Rule) -> Iterator[tuple[int, str]]:
         yield line, f"{where}: embargo must be one of {', '.join(EMBARGO_STATES)}"
     if rule.expiry not in EXPIRY_STATES:
         yield line, f"{where}: expiry must be one of {', '.join(EXPIRY_STATES)}"
+    if rule.sealing not in SEALING_STATES:
+        yield line, f"{where}: sealing must be one of {', '.join(SEALING_STATES)}"
     onward_only = rule.actions == {"onward_share"}
     if rule.onward_to is not None:
         if not onward_only:

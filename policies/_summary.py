@@ -35,7 +35,7 @@ def _terms(terms: frozenset[str] | None) -> str:
 
 
 def describe_conditions(rule: Permit | Forbid) -> str:
-    """The embargo, expiry and onward conditions of a rule, in words."""
+    """The embargo, expiry, sealing and onward conditions of a rule, in words."""
     parts = []
     default_embargo = "ended" if isinstance(rule, Permit) else "any"
     if rule.embargo != default_embargo or isinstance(rule, Permit):
@@ -50,6 +50,8 @@ def describe_conditions(rule: Permit | Forbid) -> str:
         parts.append("must carry an expiry")
     elif rule.expiry == "unset":
         parts.append("without an expiry")
+    if rule.sealing != "any":
+        parts.append(f"sealed {rule.sealing}")
     if rule.onward_to is not None:
         parts.append("onward to " + ", ".join(sorted(rule.onward_to)))
     if isinstance(rule, Permit) and rule.originator_approval:

@@ -14,6 +14,8 @@ __all__ = [
     "EXPIRY_STATES",
     "FORMAT",
     "OBLIGATION_KINDS",
+    "SEALING_KINDS",
+    "SEALING_STATES",
     "within",
 ]
 
@@ -41,6 +43,13 @@ EMBARGO_STATES: tuple[str, ...] = ("ended", "active", "any")
 
 # set: the artifact carries an expiry; unset: it does not; any: it does not matter (default)
 EXPIRY_STATES: tuple[str, ...] = ("set", "unset", "any")
+
+# How an artifact's ciphertext is sealed (its signed manifest says which):
+# post-quantum: to hybrid ML-KEM-768 + X25519 recipients only (age ``mlkem768x25519``)
+# classic:      to X25519 recipients (age ``X25519``), breakable by a future quantum computer
+SEALING_KINDS: tuple[str, ...] = ("post-quantum", "classic")
+# A rule's ``sealing`` condition: one of the kinds, or any (the default)
+SEALING_STATES: tuple[str, ...] = (*SEALING_KINDS, "any")
 
 
 def within(value: str, scope: str) -> bool:

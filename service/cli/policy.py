@@ -276,6 +276,10 @@ def explain(
     originator_approved: Annotated[
         bool, typer.Option("--originator-approved", help="onward_share: the originator approved")
     ] = False,
+    sealing: Annotated[
+        str | None,
+        typer.Option("--sealing", help="How it is sealed: post-quantum or classic"),
+    ] = None,
     now: Annotated[
         str | None, typer.Option("--now", help="Decide as of this time (default: now)")
     ] = None,
@@ -305,6 +309,7 @@ def explain(
         expires_at=_time(expires_at, "--expires-at"),
         onward_to=onward_to,
         originator_approved=originator_approved,
+        sealing=sealing,
     )
     at = _time(now, "--now") or datetime.now(UTC).replace(microsecond=0)
     decision = policies.evaluate(policy_set, request, now=at)

@@ -53,6 +53,8 @@ SOME_ACTIONS = subsets(ACTIONS, min_size=1)
 PERMIT_EMBARGO = st.sampled_from(("ended", "ended", "active", "any"))
 FORBID_EMBARGO = st.sampled_from(("any", "any", "active", "ended"))
 EXPIRY = st.sampled_from(("any", "any", "set", "unset"))
+SEALING = st.sampled_from(("any", "any", "any", "post-quantum", "classic"))
+REQUEST_SEALING = st.sampled_from((None, "post-quantum", "post-quantum", "classic"))
 _OBLIGATION_POOL = (
     Obligation.attribute("X"),
     Obligation.attribute("Y"),
@@ -83,6 +85,7 @@ def permit_st(draw: st.DrawFn, rule_id: str) -> Permit:
         purposes=draw(OPTIONAL_TERMS),
         embargo=draw(PERMIT_EMBARGO),
         expiry=draw(EXPIRY),
+        sealing=draw(SEALING),
         onward_to=draw(SOME_NODES) if onward else None,
         originator_approval=draw(st.booleans()) if onward else False,
         obligations=draw(OBLIGATIONS),
@@ -101,6 +104,7 @@ def forbid_st(draw: st.DrawFn, rule_id: str) -> Forbid:
         purposes=draw(OPTIONAL_TERMS),
         embargo=draw(FORBID_EMBARGO),
         expiry=draw(EXPIRY),
+        sealing=draw(SEALING),
         onward_to=draw(OPTIONAL_NODES) if actions == {"onward_share"} else None,
     )
 
@@ -152,6 +156,7 @@ def request_st(draw: st.DrawFn, now: datetime) -> Request:
         expires_at=now + expiry if expiry is not None else None,
         onward_to=draw(ONWARD) if action == "onward_share" else None,
         originator_approved=draw(st.booleans()),
+        sealing=draw(REQUEST_SEALING),
     )
 
 
@@ -191,6 +196,14 @@ def _expiry(rule_state: str, has_expiry: bool) -> bool:
     return rule_state == "any" or (rule_state == "set") == has_expiry
 
 
+def _sealing_holds(rule_state: str, sealing: str | None) -> bool:
+    return rule_state == "any" or sealing == rule_state
+
+
+def _sealing_touches(rule_state: str, sealing: str | None) -> bool:
+    return rule_state == "any" or sealing is None or sealing == rule_state
+
+
 def permit_holds(rule: Permit, r: Request, now: datetime) -> bool:
     embargoed = r.embargo_until is not None and now < r.embargo_until
     return (
@@ -200,6 +213,7 @@ def permit_holds(rule: Permit, r: Request, now: datetime) -> bool:
         and _terms_within(r.purposes, rule.purposes)
         and _state(rule.embargo, embargoed)
         and _expiry(rule.expiry, r.expires_at is not None)
+        and _sealing_holds(rule.sealing, r.sealing)
         and (rule.onward_to is None or r.onward_to in rule.onward_to)
         and (not rule.originator_approval or r.originator_approved)
     )
@@ -214,6 +228,7 @@ def forbid_matches(rule: Forbid, r: Request, now: datetime) -> bool:
         and _terms_touch(r.purposes, rule.purposes)
         and _state(rule.embargo, embargoed)
         and _expiry(rule.expiry, r.expires_at is not None)
+        and _sealing_touches(rule.sealing, r.sealing)
         and (rule.onward_to is None or r.onward_to is None or r.onward_to in rule.onward_to)
     )
 

@@ -45,7 +45,7 @@ from policies._model import (
     format_time,
 )
 from policies._summary import SummaryRow, summarize_policy
-from policies._vocab import ACTIONS, FORMAT, OBLIGATION_KINDS
+from policies._vocab import ACTIONS, FORMAT, OBLIGATION_KINDS, SEALING_KINDS
 from policies.errors import PolicyError, PolicyEvaluationError, PolicyLoadError, PolicySetError
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "CASES_SUFFIX",
     "FORMAT",
     "OBLIGATION_KINDS",
+    "SEALING_KINDS",
     "Approval",
     "Case",
     "CaseFile",

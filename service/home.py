@@ -4,6 +4,8 @@
     <home>/descriptor.dsse.json   the signed node descriptor served at /.well-known/entente.json
     <home>/keys/signing.key       Ed25519 seed, age-encrypted under the passphrase (scrypt)
     <home>/keys/identity.key      age X25519 identity, age-encrypted under the passphrase
+    <home>/keys/pq-identity.key   age hybrid ML-KEM-768 + X25519 identity (post-quantum; absent
+                                  on a classic-only node), age-encrypted under the passphrase
     <home>/keys/retired/          keys replaced by rotation, kept to verify and open old artifacts
     <home>/policies/              one MOU policy file per partner (YAML)
     <home>/blobs/                 content-addressed ciphertext (unless ENTENTE_BLOB_DIR is set)
@@ -64,14 +66,19 @@ class NodeKeys:
     signing: SigningKey
     identity: age.X25519Identity
     retired_signing: tuple[SigningKey, ...] = ()
-    retired_identities: tuple[age.X25519Identity, ...] = ()
+    retired_identities: tuple[age.X25519Identity | age.HybridIdentity, ...] = ()
+    hybrid: age.HybridIdentity | None = None  # post-quantum; None on a classic-only node
 
     def __repr__(self) -> str:
         return f"NodeKeys(signing={self.signing.fingerprint[:16]}…)"
 
     @property
-    def all_identities(self) -> list[age.X25519Identity]:
-        return [self.identity, *self.retired_identities]
+    def all_identities(self) -> list[age.X25519Identity | age.HybridIdentity]:
+        """Every identity that may open what was sealed to this node, current and retired."""
+        current: list[age.X25519Identity | age.HybridIdentity] = [self.identity]
+        if self.hybrid is not None:
+            current.append(self.hybrid)
+        return [*current, *self.retired_identities]
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,7 @@ class Home:
     fingerprint: str
     age_recipient: str
     protected: bool  # False when created with --insecure-no-passphrase
+    pq_recipient: str | None = None  # hybrid age1pq1…; None on a classic-only node
 
     @property
     def keys_dir(self) -> Path:
@@ -111,15 +119,31 @@ class Home:
         )
         if signing.fingerprint != self.fingerprint:
             raise KeyStoreError(f"the signing key in {self.keys_dir} does not match node.json")
+        hybrid = None
+        if self.pq_recipient is not None:
+            hybrid = _hybrid_identity(_read_key(self.keys_dir / "pq-identity.key", passphrase))
+            if hybrid.recipient.to_string() != self.pq_recipient:
+                raise KeyStoreError(
+                    f"the post-quantum identity in {self.keys_dir} does not match node.json"
+                )
         retired_s: list[SigningKey] = []
-        retired_i: list[age.X25519Identity] = []
+        retired_i: list[age.X25519Identity | age.HybridIdentity] = []
         retired = self.keys_dir / "retired"
         for path in sorted(retired.glob("*.signing.key")) if retired.is_dir() else []:
             retired_s.append(SigningKey(_read_key(path, passphrase)))
         for path in sorted(retired.glob("*.identity.key")) if retired.is_dir() else []:
             text = _read_key(path, passphrase).decode("ascii").strip()
             retired_i.append(age.X25519Identity.from_string(text))
-        return NodeKeys(signing, identity, tuple(retired_s), tuple(retired_i))
+        for path in sorted(retired.glob("*.pq-identity.key")) if retired.is_dir() else []:
+            retired_i.append(_hybrid_identity(_read_key(path, passphrase)))
+        return NodeKeys(signing, identity, tuple(retired_s), tuple(retired_i), hybrid)
+
+
+def _hybrid_identity(secret: bytes) -> age.HybridIdentity:
+    try:
+        return age.HybridIdentity.from_string(secret.decode("ascii").strip())
+    except (UnicodeDecodeError, CryptoError):
+        raise KeyStoreError("the node's post-quantum identity file is corrupt") from None
 
 
 def read_passphrase(settings: Settings, *, confirm: bool) -> str:
@@ -188,8 +212,14 @@ def create_home(
     name: str,
     url: str,
     now: datetime,
+    post_quantum: bool = True,
 ) -> Home:
-    """Create a new home with fresh keys and a signed descriptor. Refuses an existing path."""
+    """Create a new home with fresh keys and a signed descriptor. Refuses an existing path.
+
+    ``post_quantum`` (the default) adds a hybrid ML-KEM-768 + X25519 age identity, advertised in
+    the descriptor, so that shares to partners that have one too are sealed post-quantum; without
+    it the node is classic-only, for federations whose partners cannot read hybrid files yet.
+    """
     if not is_node_id(node_id):
         raise UsageError("--node-id must be lowercase letters, digits and '-' (1-63 characters)")
     if not url.startswith(("http://", "https://")):
@@ -206,6 +236,8 @@ def create_home(
     signing = SigningKey.generate()
     identity = age.X25519Identity.generate()
     recipient = identity.recipient.to_string()
+    hybrid = age.HybridIdentity.generate() if post_quantum else None
+    pq_recipient = None if hybrid is None else hybrid.recipient.to_string()
     validity = timedelta(days=settings.descriptor_validity_days)
     descriptor = NodeDescriptor(
         node_id=node_id,
@@ -213,6 +245,7 @@ def create_home(
         url=url.rstrip("/"),
         signing_key=signing.public,
         age_recipient=recipient,
+        pq_recipient=pq_recipient,
         created=now,
         expires=now + validity,
     )
@@ -230,6 +263,10 @@ def create_home(
         _write_private(
             keys / "identity.key", _seal_key(identity.to_string().encode(), passphrase, wf)
         )
+        if hybrid is not None:
+            _write_private(
+                keys / "pq-identity.key", _seal_key(hybrid.to_string().encode(), passphrase, wf)
+            )
         facts: dict[str, Any] = {
             "format": HOME_FORMAT,
             "node_id": node_id,
@@ -237,6 +274,7 @@ def create_home(
             "url": url.rstrip("/"),
             "fingerprint": signing.fingerprint,
             "age_recipient": recipient,
+            "pq_recipient": pq_recipient,
             "key_protection": "none" if passphrase is None else "age-scrypt",
             "created": now.astimezone(UTC).isoformat(),
         }
@@ -259,11 +297,24 @@ class Rotation:
 
 
 _ROTATION_JOURNAL = "rotation.json"
-_ROTATED_FILES = ("keys/signing.key", "keys/identity.key", "descriptor.dsse.json", "node.json")
+_ROTATED_FILES = (
+    "keys/signing.key",
+    "keys/identity.key",
+    "keys/pq-identity.key",
+    "descriptor.dsse.json",
+    "node.json",
+)
 
 
-def rotate_keys(home: Home, settings: Settings, *, now: datetime) -> Rotation:
-    """Replace the node's signing key and age identity with new ones (DESIGN section 4).
+def rotate_keys(
+    home: Home, settings: Settings, *, now: datetime, post_quantum: bool | None = None
+) -> Rotation:
+    """Replace the node's signing key and age identities with new ones (DESIGN section 4).
+
+    ``post_quantum`` says whether the new keys include a hybrid age identity; ``None`` keeps what
+    the node had, ``True`` adds one to a classic-only node (its partners pick it up with the
+    signed rotation), ``False`` drops it (a node never does this unless a partner cannot read
+    hybrid files at all).
 
     The new descriptor is signed by the new key and the old one, so partners that pin the old
     key can accept it. The old key files move to ``keys/retired/`` (still encrypted under the
@@ -279,12 +330,17 @@ def rotate_keys(home: Home, settings: Settings, *, now: datetime) -> Rotation:
     signing = SigningKey.generate()
     identity = age.X25519Identity.generate()
     recipient = identity.recipient.to_string()
+    if post_quantum is None:
+        post_quantum = home.pq_recipient is not None
+    hybrid = age.HybridIdentity.generate() if post_quantum else None
+    pq_recipient = None if hybrid is None else hybrid.recipient.to_string()
     descriptor = NodeDescriptor(
         node_id=home.node_id,
         name=home.name,
         url=home.url,
         signing_key=signing.public,
         age_recipient=recipient,
+        pq_recipient=pq_recipient,
         created=now,
         expires=now + timedelta(days=settings.descriptor_validity_days),
         previous=old.fingerprint,
@@ -292,10 +348,11 @@ def rotate_keys(home: Home, settings: Settings, *, now: datetime) -> Rotation:
     envelope = sign_descriptor(descriptor, key=signing, previous_key=old)
     retired = home.keys_dir / "retired"
     retired.mkdir(mode=0o700, exist_ok=True)
-    for name in ("signing", "identity"):
+    for name in ("signing", "identity", "pq-identity"):
         target = retired / f"{old.fingerprint}.{name}.key"
-        if not target.exists():
-            _write_private(target, (home.keys_dir / f"{name}.key").read_bytes())
+        source = home.keys_dir / f"{name}.key"
+        if not target.exists() and source.exists():
+            _write_private(target, source.read_bytes())
     staging = Path(tempfile.mkdtemp(prefix=".rotate-", dir=home.path))
     try:
         wf = settings.scrypt_work_factor
@@ -305,8 +362,15 @@ def rotate_keys(home: Home, settings: Settings, *, now: datetime) -> Rotation:
             staging / "keys/identity.key",
             _seal_key(identity.to_string().encode(), passphrase, wf),
         )
+        if hybrid is not None:
+            _write_private(
+                staging / "keys/pq-identity.key",
+                _seal_key(hybrid.to_string().encode(), passphrase, wf),
+            )
         facts = json.loads((home.path / "node.json").read_text())
-        facts.update(fingerprint=signing.fingerprint, age_recipient=recipient)
+        facts.update(
+            fingerprint=signing.fingerprint, age_recipient=recipient, pq_recipient=pq_recipient
+        )
         facts["rotated"] = now.astimezone(UTC).isoformat()
         _write_private(staging / "node.json", (json.dumps(facts, indent=2) + "\n").encode())
         _write_private(staging / "descriptor.dsse.json", envelope.to_bytes())
@@ -362,9 +426,18 @@ def open_home(path: Path) -> Home:
             fingerprint=str(facts["fingerprint"]),
             age_recipient=str(facts["age_recipient"]),
             protected=facts["key_protection"] != "none",
+            pq_recipient=_optional_str(facts.get("pq_recipient")),
         )
     except (KeyError, TypeError):
         raise HomeError(f"{facts_path} is missing required fields") from None
+
+
+def _optional_str(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
 
 
 @dataclass

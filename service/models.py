@@ -68,6 +68,8 @@ class Partner(SQLModel, table=True):
     signing_key: str = Field(max_length=64)  # base64 raw Ed25519
     age_recipient: str = Field(max_length=4096)
     pq_recipient: str | None = Field(default=None, max_length=4096)
+    mldsa_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))  # base64 ML-DSA-65
+    checkpoint_key: str | None = Field(default=None, max_length=64)  # base64 raw Ed25519
     descriptor: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # DSSE JSON
     descriptor_expires: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     added_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
@@ -82,6 +84,7 @@ class PartnerKey(SQLModel, table=True):
     fingerprint: str = Field(primary_key=True, max_length=64)
     node_id: str = Field(index=True, max_length=63)
     public_key: str = Field(max_length=64)  # base64 raw Ed25519
+    mldsa_key: str | None = Field(default=None, sa_column=sa.Column(sa.Text))  # its ML-DSA-65 twin
     added_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     retired_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
 
@@ -147,6 +150,7 @@ class Artifact(SQLModel, table=True):
     sender: str = Field(max_length=63, index=True)
     title: str = Field(max_length=500)
     tlp: str = Field(max_length=32, index=True)
+    sealing: str = Field(default="classic", max_length=16)  # post-quantum | classic
     topics: str = Field(default="[]", sa_column=sa.Column(sa.Text, nullable=False))  # JSON list
     purposes: str = Field(default="[]", sa_column=sa.Column(sa.Text, nullable=False))  # JSON list
     recipients: str = Field(default="[]", sa_column=sa.Column(sa.Text, nullable=False))  # JSON

@@ -108,6 +108,7 @@ class ArtifactOut(BaseModel):
     sender: str
     title: str
     tlp: str
+    sealing: str  # post-quantum (hybrid ML-KEM-768 + X25519) | classic (X25519)
     topics: list[str]
     purposes: list[str]
     recipients: list[str]

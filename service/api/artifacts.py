@@ -91,6 +91,7 @@ def _out(
         sender=row.sender,
         title=row.title,
         tlp=row.tlp,
+        sealing=row.sealing,
         topics=json.loads(row.topics),
         purposes=json.loads(row.purposes),
         recipients=json.loads(row.recipients),

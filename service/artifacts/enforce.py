@@ -51,16 +51,19 @@ class Facts:
     purposes: frozenset[str]
     embargo_until: datetime | None
     expires_at: datetime | None
+    sealing: str | None = None  # post-quantum | classic; None while not known
 
     @classmethod
-    def of(cls, source: _Described) -> Facts:
-        """The facts a manifest, or a share's metadata, states."""
+    def of(cls, source: _Described, *, sealing: str | None = None) -> Facts:
+        """The facts a manifest, or a share's metadata, states; ``sealing`` how it is (or will
+        be) sealed."""
         return cls(
             source.tlp,
             frozenset(source.topics),
             frozenset(source.purposes),
             source.embargo_until,
             source.expires_at,
+            sealing,
         )
 
     @classmethod
@@ -72,6 +75,7 @@ class Facts:
             frozenset(json_list(row.purposes)),
             row.embargo_until,
             row.expires_at,
+            row.sealing,
         )
 
     def request(self, partner: str, action: str, **extra: Any) -> Request:
@@ -85,6 +89,7 @@ class Facts:
             purposes=self.purposes,
             embargo_until=self.embargo_until,
             expires_at=self.expires_at,
+            sealing=self.sealing,
             **extra,
         )
 

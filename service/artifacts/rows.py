@@ -22,6 +22,7 @@ from crypto.sealed import (
     disclosure_digest,
 )
 from policies import Decision
+from service.artifacts.sealing import sealing_of
 from service.models import Artifact, Outbox
 
 __all__ = ["Recipient", "artifact_row", "delivery_head", "json_list", "new_artifact_id"]
@@ -31,12 +32,15 @@ _B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, sortable
 
 
 class Recipient(Protocol):
-    """What sharing needs of a pinned partner: its id and its age recipient."""
+    """What sharing needs of a pinned partner: its id and its age recipients (X25519, and the
+    hybrid post-quantum one when it has one)."""
 
     @property
     def node_id(self) -> str: ...
     @property
     def age_recipient(self) -> str: ...
+    @property
+    def pq_recipient(self) -> str | None: ...
 
 
 def new_artifact_id(now: datetime) -> str:
@@ -135,6 +139,7 @@ def artifact_row(
         "sender": sender,
         "title": m.title,
         "tlp": m.tlp,
+        "sealing": sealing_of(m),
         "topics": json.dumps(list(m.topics)),
         "purposes": json.dumps(list(m.purposes)),
         "recipients": json.dumps([r.node_id for r in m.recipients]),

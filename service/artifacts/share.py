@@ -19,10 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col
 
-from crypto.sealed import (
-    ManifestRecipient,
-    seal,
-)
+from crypto.sealed import seal
 from policies import Decision
 from service.artifacts.enforce import Facts, Refusal, deny, first_rule, refuse
 from service.artifacts.rows import (
@@ -34,6 +31,7 @@ from service.artifacts.rows import (
     artifact_row,
     new_artifact_id,
 )
+from service.artifacts.sealing import recipients_for, sealing_for
 from service.artifacts.terms import ShareTerms
 from service.audit.log import AUDIT_TABLE, audit_row
 from service.blobs import BlobStore
@@ -54,13 +52,14 @@ __all__ = ["PinnedRecipient", "decide_share", "share_artifact"]
 class PinnedRecipient:
     node_id: str
     age_recipient: str
+    pq_recipient: str | None = None
 
 
 # Built once: SQLAlchemy memoizes a statement's cache key, so executing it again skips the
 # statement construction and compilation lookup that cost more than the query itself.
-_PINNED = sa.select(col(Partner.node_id), col(Partner.age_recipient)).where(
-    col(Partner.node_id).in_(sa.bindparam("ids", expanding=True))
-)
+_PINNED = sa.select(
+    col(Partner.node_id), col(Partner.age_recipient), col(Partner.pq_recipient)
+).where(col(Partner.node_id).in_(sa.bindparam("ids", expanding=True)))
 
 
 def decide_share(
@@ -74,8 +73,8 @@ def decide_share(
     now = node.now()
     with node.db.engine.connect() as conn:  # a read: no ORM session, no objects
         partners: dict[str, Recipient] = {
-            node_id: PinnedRecipient(node_id, recipient)
-            for node_id, recipient in conn.execute(_PINNED, {"ids": list(meta.partners)})
+            node_id: PinnedRecipient(node_id, recipient, pq)
+            for node_id, recipient, pq in conn.execute(_PINNED, {"ids": list(meta.partners)})
         }
     unknown = [p for p in meta.partners if p not in partners]
     if unknown:
@@ -96,7 +95,9 @@ def decide_share(
             partners=unknown,
             audited=True,
         )
-    facts = Facts.of(meta)
+    # Sealed post-quantum when this node and every partner can read it so: the policy decides
+    # with that fact, so terms that need post-quantum deny a share that cannot meet them.
+    facts = Facts.of(meta, sealing=sealing_for([node.home, *partners.values()]))
     decisions = [
         (partners[p], node.policies.decide(facts.request(p, "share"), now=now))
         for p in meta.partners
@@ -149,11 +150,8 @@ def share_artifact(
     """
     now = node.now()
     artifact_id = artifact_id or new_artifact_id(now)
-    # X25519 for everyone: a file mixing post-quantum and classic stanzas is only as strong as
-    # the classic one, so age refuses the mix. (Hybrid recipients need every party to have one.)
-    recipients = [ManifestRecipient(node.node_id, node.home.age_recipient)] + [
-        ManifestRecipient(p.node_id, p.age_recipient) for p, _ in decisions
-    ]
+    parties = [node.home, *(p for p, _ in decisions)]
+    recipients = recipients_for(parties, sealing_for(parties))
     policy_ref, signed_policy = _policy_refs(decisions, onward_approved, onward)
     writer = blobs.writer()
     try:
@@ -198,7 +196,7 @@ def share_artifact(
     for partner, decision in decisions:
         rule = first_rule(decision)
         detail = {"title": meta.title, "tlp": meta.tlp, "size": sealed.size,
-                  "policy": decision.policy_ref}  # fmt: skip
+                  "sealing": values["sealing"], "policy": decision.policy_ref}  # fmt: skip
         if upstream is not None:
             detail.update(upstream=upstream[0], origin=upstream[2])
         events.append(

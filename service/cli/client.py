@@ -158,7 +158,7 @@ def share(
         return
     console.print(
         f"shared {outside(art['id'])} ({outside(art['tlp'])}, {outside(art['size'])} bytes) "
-        f"with {outside(', '.join(to))}"
+        f"with {outside(', '.join(to))}, sealed {outside(art.get('sealing', 'classic'))}"
     )
     console.print(f"  sha256 {outside(art['sha256'])}")
 
@@ -184,7 +184,7 @@ def inbox(
     if not items:
         console.print("Nothing received yet.")
         return
-    table = SafeTable("id", "from", "title", "TLP", "size", "received", "state")
+    table = SafeTable("id", "from", "title", "TLP", "sealed", "size", "received", "state")
     for a in items:
         state = "revoked" if a["revoked_at"] else "open"
         if a.get("embargo_until") and a["embargo_until"] > datetime.now().astimezone().isoformat():
@@ -194,6 +194,7 @@ def inbox(
             str(a["origin"]),
             str(a["title"]),
             str(a["tlp"]),
+            str(a.get("sealing", "classic")),
             str(a["size"]),
             str(a["recorded_at"])[:19],
             state,

@@ -56,9 +56,14 @@ def rotate(
     home: HomeOpt = None,
     database_url: DbUrlOpt = None,
     push: bool = typer.Option(True, "--push/--no-push", help="Tell partners now"),
+    post_quantum: bool | None = typer.Option(
+        None,
+        "--post-quantum/--classic-only",
+        help="Include a hybrid ML-KEM age identity in the new keys (default: as before)",
+    ),
     as_json: JsonOpt = False,
 ) -> None:
-    """New signing key and age identity; the old ones are retired and partners are told."""
+    """New signing key and age identities; the old ones are retired and partners are told."""
     from service.federation.rotation import push_rotation, queue_rotation
     from service.home import open_home, rotate_keys
     from service.node import load_node
@@ -66,7 +71,7 @@ def rotate(
     settings = settings_for(home, database_url)
     current = open_home(settings.require_home())
     now = datetime.now(UTC)
-    rotation = rotate_keys(current, settings, now=now)
+    rotation = rotate_keys(current, settings, now=now, post_quantum=post_quantum)
     node = load_node(settings, migrate=True)
     try:
         with node.db.session() as session:
@@ -83,13 +88,20 @@ def rotate(
             console.print(f"Rotated the keys of [bold]{current.node_id}[/]")
             console.print(f"  new fingerprint {format_fingerprint(new)}")
             console.print(f"  retired         {format_fingerprint(rotation.previous)}")
+            pq = rotation.home.pq_recipient
+            console.print(f"  post-quantum    {'hybrid ML-KEM-768 + X25519' if pq else 'none'}")
         results = push_rotation(node, new) if push else []
     finally:
         node.db.dispose()
     _report(
         list(results),
         as_json,
-        {"node_id": current.node_id, "fingerprint": new, "previous": rotation.previous},
+        {
+            "node_id": current.node_id,
+            "fingerprint": new,
+            "previous": rotation.previous,
+            "pq_recipient": rotation.home.pq_recipient,
+        },
     )
     if not as_json:
         console.print("Restart `entente serve` if it is running: it signs with the new key then.")

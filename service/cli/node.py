@@ -47,8 +47,17 @@ def init(
             help="Store private keys UNENCRYPTED (demos and tests only)",
         ),
     ] = False,
+    classic_only: Annotated[
+        bool,
+        typer.Option(
+            "--classic-only",
+            help="No post-quantum (hybrid ML-KEM) identity, for partners that cannot read "
+            "hybrid age files yet; `entente keys rotate --post-quantum` adds one later",
+        ),
+    ] = False,
 ) -> None:
-    """Create a node home: Ed25519 signing key, age identity, signed descriptor, database."""
+    """Create a node home: signing key, age identities (post-quantum by default), signed
+    descriptor, database."""
     settings = settings_for(
         home, database_url, insecure_no_passphrase=insecure_no_passphrase or None
     )
@@ -61,7 +70,13 @@ def init(
     if settings.database_url:
         open_database(settings.database_url).dispose()
     created = create_home(
-        settings, path=home, node_id=node_id, name=name, url=url, now=datetime.now(UTC)
+        settings,
+        path=home,
+        node_id=node_id,
+        name=name,
+        url=url,
+        now=datetime.now(UTC),
+        post_quantum=not classic_only,
     )
     try:
         db = open_database(settings_for(home, database_url).resolved_database_url(), migrate=True)
@@ -72,7 +87,14 @@ def init(
     console.print(f"Created node [bold]{created.node_id}[/] in {created.path}")
     console.print(f"  fingerprint   {format_fingerprint(created.fingerprint)}")
     console.print(f"  age recipient {created.age_recipient}")
+    console.print(f"  post-quantum  {_pq_line(created.pq_recipient)}")
     console.print("Give partners `entente identity export` and this fingerprint, out of band.")
+
+
+def _pq_line(pq_recipient: str | None) -> str:
+    if pq_recipient is None:
+        return "none (classic only: shares are sealed to X25519)"
+    return f"{pq_recipient[:24]}… (hybrid ML-KEM-768 + X25519)"
 
 
 @identity_app.command("show")
@@ -85,6 +107,7 @@ def identity_show(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
         "url": h.url,
         "fingerprint": h.fingerprint,
         "age_recipient": h.age_recipient,
+        "pq_recipient": h.pq_recipient,
         "keys_encrypted": h.protected,
     }
     if as_json:
@@ -94,6 +117,7 @@ def identity_show(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     console.print(f"url           {h.url}")
     console.print(f"fingerprint   {format_fingerprint(h.fingerprint)}")
     console.print(f"age recipient {h.age_recipient}")
+    console.print(f"post-quantum  {_pq_line(h.pq_recipient)}")
     console.print(f"keys          {'encrypted (age scrypt)' if h.protected else 'UNENCRYPTED'}")
 
 

@@ -48,6 +48,7 @@ from policies import Decision
 from service.artifacts.enforce import Facts, Refusal, audit_rule, deny, refuse
 from service.artifacts.listing import get_artifact
 from service.artifacts.read import plaintext_chunks
+from service.artifacts.sealing import POST_QUANTUM, sealing_for, sealing_of
 from service.artifacts.share import share_artifact
 from service.artifacts.terms import ShareTerms
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, PolicyDeniedError
@@ -374,7 +375,21 @@ def share_onward(
     before = [holder_disclosure(links[j], links[j + 1]) for j in range(len(links) - 1)]
     allowance = onward_allowance(links, node.node_id, [*before, mine])
 
-    facts = Facts.of(manifest)
+    # Never lower the protection the origin chose: what it sealed post-quantum goes on sealed
+    # post-quantum, so every target (and this node) must be able to read a hybrid file.
+    pinned = [p for p in partners.values() if p is not None]
+    sealing = sealing_for([node.home, *pinned])
+    if sealing_of(manifest) == POST_QUANTUM and sealing != POST_QUANTUM:
+        classic = sorted(p.node_id for p in pinned if not p.pq_recipient)
+        raise _deny(
+            node, row, principal, classic[0] if classic else targets[0],
+            "its origin sealed it post-quantum and "
+            + (", ".join(classic) if classic else "this node")
+            + " cannot read a post-quantum file; the protection of a passed-on artifact is "
+            "never lowered",
+            rule="upstream-sealing",
+        )  # fmt: skip
+    facts = Facts.of(manifest, sealing=sealing)
 
     def ask(partner: str, action: str, **extra: Any) -> Decision:
         return node.policies.decide(facts.request(partner, action, **extra), now=now)

@@ -52,6 +52,7 @@ from crypto.sealed import (
 from policies import Decision
 from service.artifacts.enforce import Facts, Refusal, enforce, first_rule, refuse
 from service.artifacts.rows import artifact_row
+from service.artifacts.sealing import sealing_of
 from service.audit.log import AUDIT_TABLE, audit_row
 from service.blobs import BlobWriter
 from service.commits import group_commit
@@ -133,9 +134,7 @@ class Receiver:
                 )
             )
         keys = node.keys
-        self._mine = {node.home.age_recipient} | {
-            i.recipient.to_string() for i in keys.retired_identities
-        }
+        self._mine = {i.recipient.to_string() for i in keys.all_identities}
 
     # --- auditing refusals ----------------------------------------------------------------------
     def reject(self, *, artifact_id: str | None, reason: str) -> None:
@@ -223,7 +222,7 @@ class Receiver:
         node = self.node
         return enforce(
             node,
-            Facts.of(manifest).request(self.sender, "receive"),
+            Facts.of(manifest, sealing=sealing_of(manifest)).request(self.sender, "receive"),
             refusal=Refusal(
                 kind="receive.rejected",
                 actor=f"partner:{self.sender}",
@@ -380,6 +379,7 @@ class Receiver:
         rule = first_rule(decision)
         detail: dict[str, Any] = {
             "title": manifest.title, "tlp": manifest.tlp, "via": self.via, "size": manifest.size,
+            "sealing": sealing_of(manifest),
         }  # fmt: skip
         if checked.upstream is not None:
             detail.update(upstream=checked.upstream[0], origin=checked.upstream[2])

@@ -44,6 +44,7 @@ def make_node(
     *,
     db_url: str | None = None,
     policies: bool = True,
+    post_quantum: bool = True,
     **settings: object,
 ) -> Kit:
     home_path = root / node_id
@@ -61,6 +62,7 @@ def make_node(
         name=node_id.upper(),
         url=f"http://{node_id}",
         now=datetime.now(UTC),
+        post_quantum=post_quantum,
     )
     if policies:
         for name, data in example_files(node_id).items():

@@ -33,11 +33,18 @@ def test_rotation_retires_the_old_keys_and_signs_with_both(tmp_path: Path) -> No
     keys = rotation.home.unlock(settings)
     assert keys.signing.fingerprint == rotation.home.fingerprint
     assert [k.fingerprint for k in keys.retired_signing] == [old.signing.fingerprint]
-    assert [i.to_string() for i in keys.retired_identities] == [old.identity.to_string()]
+    assert old.hybrid is not None and keys.hybrid is not None  # post-quantum by default
+    assert keys.hybrid.to_string() != old.hybrid.to_string()
+    assert descriptor.pq_recipient == keys.hybrid.recipient.to_string()
+    assert [i.to_string() for i in keys.retired_identities] == [
+        old.identity.to_string(),
+        old.hybrid.to_string(),
+    ]
     retired = home.keys_dir / "retired"
     assert {p.name for p in retired.iterdir()} == {
         f"{old.signing.fingerprint}.signing.key",
         f"{old.signing.fingerprint}.identity.key",
+        f"{old.signing.fingerprint}.pq-identity.key",
     }
     assert all(p.stat().st_mode & 0o077 == 0 for p in retired.iterdir())
     assert not list(home.path.glob(".rotate-*")) and not (home.path / "rotation.json").exists()
@@ -73,3 +80,21 @@ def test_an_interrupted_rotation_is_finished_on_the_next_open(
     assert keys.retired_signing[0].fingerprint == kit.node.keys.signing.fingerprint
     assert not (home.path / "rotation.json").exists()
     assert not list(home.path.glob(".rotate-*"))
+
+
+def test_rotation_adds_a_post_quantum_identity_to_a_classic_only_node(tmp_path: Path) -> None:
+    kit = make_node(tmp_path, "uk-aisi", post_quantum=False)
+    home, settings = kit.node.home, kit.node.settings
+    assert home.pq_recipient is None and kit.node.keys.hybrid is None
+    rotation = rotate_keys(home, settings, now=datetime.now(UTC), post_quantum=True)
+    keys = rotation.home.unlock(settings)
+    assert keys.hybrid is not None
+    assert rotation.home.pq_recipient == keys.hybrid.recipient.to_string()
+    descriptor = verify_descriptor(
+        rotation.descriptor, now=datetime.now(UTC), previous=kit.node.keys.signing.public
+    )
+    assert descriptor.pq_recipient == rotation.home.pq_recipient
+    # the next rotation keeps post-quantum unless told otherwise
+    again = rotate_keys(rotation.home, settings, now=datetime.now(UTC))
+    assert again.home.pq_recipient is not None
+    assert again.home.pq_recipient != rotation.home.pq_recipient

@@ -243,7 +243,7 @@ RECEIPT = Receipt(
     sender="uk-aisi",
     received_at=NOW,
 )
-EXPECT = {
+EXPECT: dict[str, Any] = {
     "expect_kind": "delivery",
     "artifact_id": "art-1",
     "sha256": "ab" * 32,

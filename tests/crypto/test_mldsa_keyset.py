@@ -10,7 +10,7 @@ import pytest
 
 from crypto.dsse import Envelope, pae, sign_envelope, verify_envelope
 from crypto.errors import MalformedError, VerificationError, VerificationUnavailableError
-from crypto.keys import Signer, SigningKey
+from crypto.keys import Signer, SigningKey, Verifier
 from crypto.keyset import KeySet, SignerSet, signers_of
 from crypto.mldsa import (
     MLDSA65_PUBLIC_KEY_SIZE,
@@ -228,7 +228,7 @@ def test_verify_envelope_refuses_an_empty_rule_and_two_rules() -> None:
 
 def test_the_trusted_form_accepts_ml_dsa_keys_too() -> None:
     envelope = _envelope(*A.signers)
-    trusted = {ED_A.fingerprint: ED_A.public, ML_A.fingerprint: ML_A.public}
+    trusted: dict[str, Verifier] = {ED_A.fingerprint: ED_A.public, ML_A.fingerprint: ML_A.public}
     payload, good = verify_envelope(envelope, trusted=trusted, payload_type=TYPE, threshold=2)
     assert payload == PAYLOAD
     assert good == {ED_A.fingerprint, ML_A.fingerprint}

@@ -1,10 +1,22 @@
 """Node descriptors: who a node is, where it listens, and which keys speak for it.
 
 A descriptor is a JSON document (node id, name, URL, Ed25519 signing key, age recipients,
-validity) in a DSSE envelope signed by the Ed25519 key it carries. Operators pin a partner by its
+validity) in a DSSE envelope signed by the keys it carries. Operators pin a partner by its
 *fingerprint* (``crypto.keys.fingerprint_of``: hex SHA-256 of the raw Ed25519 public key), compared
-out of band. A rotated descriptor carries ``previous`` (the old key's fingerprint) and must be
-signed by the old key as well as the new one.
+out of band. A rotated descriptor carries ``previous`` (the old Ed25519 key's fingerprint) and must
+be signed by the old key set as well as the new one.
+
+Two optional fields came with post-quantum signatures; a descriptor without them is an older
+node's and still parses and verifies (Ed25519 alone), and a node that has neither writes neither,
+so partners that have not upgraded still read its descriptor:
+
+* ``mldsa_key``: base64 of the node's 1952-byte ML-DSA-65 public key. With it, the descriptor's
+  signing keys are a :class:`~crypto.keyset.KeySet` (Ed25519 and ML-DSA-65) and the descriptor
+  must be signed by both (self-signature by every signing key it carries).
+* ``checkpoint_key``: base64 of the Ed25519 key that signs the node's audit-log checkpoints and
+  nothing else (C2SP signed-note: a key signs one kind of message; its note key name is the log's
+  origin, see ``crypto.note``). It must differ from ``signing_key``, and it does not sign the
+  descriptor, which vouches for it.
 
 This module parses and verifies; it does not decide whom to trust or store anything.
 """
@@ -21,7 +33,9 @@ from typing import Any
 from crypto import strict_json
 from crypto.dsse import Envelope, sign_envelope, verify_envelope
 from crypto.errors import MalformedError, VerificationError, VerificationUnavailableError
-from crypto.keys import SigningKey, VerifyKey
+from crypto.keys import Signer, SigningKey, VerifyKey
+from crypto.keyset import KeySet, SignerSet, signers_of
+from crypto.mldsa import MLDSAVerifyKey
 from crypto.vocab import is_node_id
 
 __all__ = [
@@ -45,7 +59,10 @@ _FIELDS = {
     "created",
     "expires",
     "previous",
+    "mldsa_key",
+    "checkpoint_key",
 }
+_OPTIONAL_KEY_FIELDS = ("mldsa_key", "checkpoint_key")  # written only when present
 
 
 def _ts(value: datetime) -> str:
@@ -83,13 +100,30 @@ class NodeDescriptor:
     expires: datetime
     pq_recipient: str | None = None
     previous: str | None = None  # fingerprint of the key this one replaces
+    mldsa_key: MLDSAVerifyKey | None = None
+    checkpoint_key: VerifyKey | None = None  # signs audit-log checkpoints only
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_key is not None and self.checkpoint_key == self.signing_key:
+            raise MalformedError("the checkpoint key must not be the node's signing key")
 
     @property
     def fingerprint(self) -> str:
         return self.signing_key.fingerprint
 
+    @property
+    def keyset(self) -> KeySet:
+        """The keys that must all sign for this node: Ed25519 and, if advertised, ML-DSA-65."""
+        return KeySet(self.signing_key, self.mldsa_key)
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        keys = {"mldsa_key": self.mldsa_key, "checkpoint_key": self.checkpoint_key}
+        optional = {
+            name: base64.b64encode(key.raw).decode("ascii")
+            for name, key in keys.items()
+            if key is not None
+        }
+        return optional | {
             "_type": DESCRIPTOR_TYPE,
             "node_id": self.node_id,
             "name": self.name,
@@ -123,6 +157,7 @@ class NodeDescriptor:
         except binascii.Error:
             raise MalformedError("descriptor signing_key is not base64") from None
         key = VerifyKey(raw_key)
+        mldsa_raw, checkpoint_raw = (_optional_b64(data, name) for name in _OPTIONAL_KEY_FIELDS)
         if data.get("fingerprint") != key.fingerprint:
             raise MalformedError("descriptor fingerprint does not match its signing key")
         pq = data.get("pq_recipient")
@@ -145,22 +180,46 @@ class NodeDescriptor:
             expires=expires,
             pq_recipient=pq,
             previous=previous,
+            mldsa_key=None if mldsa_raw is None else MLDSAVerifyKey(mldsa_raw),
+            checkpoint_key=None if checkpoint_raw is None else VerifyKey(checkpoint_raw),
         )
 
 
+def _optional_b64(data: dict[str, Any], field: str) -> bytes | None:
+    value = data.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 4096:
+        raise MalformedError(f"descriptor field {field!r} must be base64 or null")
+    try:
+        return base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise MalformedError(f"descriptor field {field!r} is not base64") from None
+
+
+def _public_set(key: SigningKey | SignerSet) -> KeySet:
+    return KeySet(key.public) if isinstance(key, SigningKey) else key.public
+
+
 def sign_descriptor(
-    descriptor: NodeDescriptor, *, key: SigningKey, previous_key: SigningKey | None = None
+    descriptor: NodeDescriptor,
+    *,
+    key: SigningKey | SignerSet,
+    previous_key: SigningKey | SignerSet | None = None,
 ) -> Envelope:
-    """Sign ``descriptor`` with its own key (and, on rotation, the key it replaces)."""
-    if key.public != descriptor.signing_key:
-        raise ValueError("a descriptor is signed by the key it carries")
+    """Sign ``descriptor`` with every signing key it carries (and, on rotation, every key of the
+    set it replaces). ``key`` is a lone Ed25519 key only for a descriptor without ``mldsa_key``."""
+    if _public_set(key) != descriptor.keyset:
+        raise ValueError("a descriptor is signed by every key it carries, and only by those")
     if (previous_key is None) != (descriptor.previous is None):
         raise ValueError("a rotated descriptor names its previous key and is signed by it")
     if previous_key is not None and previous_key.fingerprint != descriptor.previous:
         raise ValueError("previous_key does not match descriptor.previous")
     payload = json.dumps(descriptor.to_json(), sort_keys=True, separators=(",", ":")).encode()
-    signers = [key] if previous_key is None else [key, previous_key]
-    return sign_envelope(DESCRIPTOR_PAYLOAD_TYPE, payload, signers)
+    signers: dict[str, Signer] = {s.fingerprint: s for s in signers_of(key)}
+    if previous_key is not None:  # a key kept across the rotation signs once
+        signers.update((s.fingerprint, s) for s in signers_of(previous_key))
+    return sign_envelope(DESCRIPTOR_PAYLOAD_TYPE, payload, signers.values())
 
 
 def verify_descriptor(
@@ -168,14 +227,16 @@ def verify_descriptor(
     *,
     now: datetime,
     expected_fingerprint: str | None = None,
-    previous: VerifyKey | None = None,
+    previous: VerifyKey | KeySet | None = None,
 ) -> NodeDescriptor:
     """Parse and verify a descriptor envelope.
 
     1. The payload parses strictly as a descriptor.
-    2. It is signed by the Ed25519 key it carries (self-signature).
-    3. If ``expected_fingerprint`` is given (pinning), the key's fingerprint equals it.
-    4. If ``previous`` is given (rotation), the descriptor names it and it signed too.
+    2. It is signed by every signing key it carries (self-signature): Ed25519, and ML-DSA-65
+       when it has ``mldsa_key``.
+    3. If ``expected_fingerprint`` is given (pinning), the Ed25519 key's fingerprint equals it.
+    4. If ``previous`` is given (rotation), the descriptor names it (its Ed25519 key) and every
+       key of it signed too (a lone ``VerifyKey`` is a set without an ML-DSA key).
     5. ``now`` lies within [created - 5 min, expires).
     """
     if envelope.payload_type != DESCRIPTOR_PAYLOAD_TYPE:
@@ -187,7 +248,7 @@ def verify_descriptor(
     descriptor = NodeDescriptor.from_json(data)  # (1)
     key = descriptor.signing_key
     verify_envelope(  # (2)
-        envelope, trusted={key.fingerprint: key}, payload_type=DESCRIPTOR_PAYLOAD_TYPE
+        envelope, keysets=[descriptor.keyset], payload_type=DESCRIPTOR_PAYLOAD_TYPE
     )
     if expected_fingerprint is not None and key.fingerprint != expected_fingerprint:  # (3)
         raise VerificationError(
@@ -195,14 +256,11 @@ def verify_descriptor(
             f"expected {expected_fingerprint}"
         )
     if previous is not None:  # (4)
-        if descriptor.previous != previous.fingerprint:
+        previous_set = KeySet(previous) if isinstance(previous, VerifyKey) else previous
+        if descriptor.previous != previous_set.fingerprint:
             raise VerificationError("the rotated descriptor does not name the pinned key")
         try:
-            verify_envelope(
-                envelope,
-                trusted={previous.fingerprint: previous},
-                payload_type=DESCRIPTOR_PAYLOAD_TYPE,
-            )
+            verify_envelope(envelope, keysets=[previous_set], payload_type=DESCRIPTOR_PAYLOAD_TYPE)
         except VerificationUnavailableError:
             raise VerificationError(
                 "the rotated descriptor is not signed by the pinned key"

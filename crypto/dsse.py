@@ -1,12 +1,23 @@
-"""DSSE v1 envelopes (Dead Simple Signing Envelope) signed with Ed25519.
+"""DSSE v1 envelopes (Dead Simple Signing Envelope) signed with Ed25519 and ML-DSA-65.
 
 Implements the DSSE protocol v1.0.2: the signature covers
 ``PAE(type, body) = "DSSEv1" SP LEN(type) SP type SP LEN(body) SP body``, never the JSON. The
 envelope is ``{"payload", "payloadType", "signatures": [{"keyid", "sig"}]}`` with standard base64.
+A ``keyid`` is the signing key's fingerprint (hex SHA-256 of its raw public key) whatever the
+algorithm, so a hybrid envelope simply carries two entries: the Ed25519 and the ML-DSA-65 one.
 
-Verification is against a caller-supplied set of trusted keys (keyed by fingerprint): a signature
-whose key id is unknown is ignored, and an envelope that no trusted key has signed fails. This
-module does not decide which keys to trust, nor what the payload means.
+Two ways to verify:
+
+* ``keysets=`` (the rule for signatures that must last): an envelope verifies for a
+  :class:`~crypto.keyset.KeySet` only when *every* key of the set signed it; a bad signature by
+  any key of any given set rejects the envelope; a signature by a key of no set is ignored (DSSE
+  verifiers ignore unknown signatures). Returns the sets that verified, so several Ed25519 keys
+  of one node trusted at once (rotation) never add up to a "threshold".
+* ``trusted=`` (the original form, kept for callers that have not moved): a mapping of
+  fingerprint to key; a signature by an unknown key is ignored, and the envelope verifies when at
+  least ``threshold`` distinct trusted keys signed it.
+
+This module does not decide which keys to trust, nor what the payload means.
 """
 
 from __future__ import annotations
@@ -14,13 +25,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from crypto import strict_json
 from crypto.errors import MalformedError, VerificationError, VerificationUnavailableError
-from crypto.keys import SigningKey, VerifyKey
+from crypto.keys import Signer, Verifier
+from crypto.keyset import KeySet
 
 __all__ = ["Envelope", "pae", "sign_envelope", "verify_envelope"]
 
@@ -108,8 +120,8 @@ def _b64decode(text: str) -> bytes:
     return data
 
 
-def sign_envelope(payload_type: str, payload: bytes, signers: Iterable[SigningKey]) -> Envelope:
-    """Sign ``payload`` with every key in ``signers`` (at least one)."""
+def sign_envelope(payload_type: str, payload: bytes, signers: Iterable[Signer]) -> Envelope:
+    """Sign ``payload`` with every key in ``signers`` (at least one, any algorithm)."""
     message = pae(payload_type, payload)
     signatures = tuple((key.fingerprint, key.sign(message)) for key in signers)
     if not signatures:
@@ -117,31 +129,84 @@ def sign_envelope(payload_type: str, payload: bytes, signers: Iterable[SigningKe
     return Envelope(payload_type, payload, signatures)
 
 
+@overload
 def verify_envelope(
     envelope: Envelope,
     *,
-    trusted: Mapping[str, VerifyKey],
     payload_type: str,
-    threshold: int = 1,
-) -> tuple[bytes, frozenset[str]]:
-    """Verify ``envelope`` against ``trusted`` keys (fingerprint -> key).
+    keysets: Sequence[KeySet],
+) -> tuple[bytes, tuple[KeySet, ...]]: ...
 
-    Returns the payload and the fingerprints whose signatures verified. Raises
-    :class:`VerificationUnavailableError` when no signature names a trusted key, and
-    :class:`VerificationError` when the payload type is wrong or fewer than ``threshold``
-    distinct trusted keys signed it.
+
+@overload
+def verify_envelope(
+    envelope: Envelope,
+    *,
+    payload_type: str,
+    trusted: Mapping[str, Verifier],
+    threshold: int = 1,
+) -> tuple[bytes, frozenset[str]]: ...
+
+
+def verify_envelope(
+    envelope: Envelope,
+    *,
+    payload_type: str,
+    trusted: Mapping[str, Verifier] | None = None,
+    threshold: int = 1,
+    keysets: Sequence[KeySet] | None = None,
+) -> tuple[bytes, frozenset[str]] | tuple[bytes, tuple[KeySet, ...]]:
+    """Verify ``envelope`` against ``keysets`` or against ``trusted`` keys (fingerprint -> key).
+
+    With ``keysets``: returns the payload and the key sets for which every key signed (in the
+    order given). With ``trusted``: returns the payload and the fingerprints whose signatures
+    verified. Raises :class:`VerificationUnavailableError` when no signature names a key given,
+    and :class:`VerificationError` when the payload type is wrong, a key set's key signed badly,
+    no key set is complete, or fewer than ``threshold`` distinct trusted keys signed.
     """
-    if threshold < 1:
-        raise ValueError("threshold must be at least 1")
+    if (keysets is None) == (trusted is None):
+        raise ValueError("verify_envelope takes either keysets= or trusted=")
     if envelope.payload_type != payload_type:
         raise VerificationError(
             f"unexpected DSSE payloadType {envelope.payload_type!r} (wanted {payload_type!r})"
         )
     message = pae(envelope.payload_type, envelope.payload)
+    if keysets is not None:
+        return envelope.payload, _verify_keysets(envelope, message, keysets)
+    return envelope.payload, _verify_trusted(envelope, message, trusted or {}, threshold)
+
+
+def _verify_trusted(
+    envelope: Envelope, message: bytes, trusted: Mapping[str, Verifier], threshold: int
+) -> frozenset[str]:
+    if threshold < 1:
+        raise ValueError("threshold must be at least 1")
     known = [(keyid, sig) for keyid, sig in envelope.signatures if keyid in trusted]
     if not known:
         raise VerificationUnavailableError("no signature by a trusted key")
     good = frozenset(keyid for keyid, sig in known if trusted[keyid].is_valid(sig, message))
     if len(good) < threshold:
         raise VerificationError("DSSE signature does not verify")
-    return envelope.payload, good
+    return good
+
+
+def _verify_keysets(
+    envelope: Envelope, message: bytes, keysets: Sequence[KeySet]
+) -> tuple[KeySet, ...]:
+    if not keysets:
+        raise ValueError("verifying needs at least one key set")  # never "trivially valid"
+    keys: dict[str, Verifier] = {key.fingerprint: key for ks in keysets for key in ks.keys}
+    signed: set[str] = set()
+    for keyid, sig in envelope.signatures:
+        key = keys.get(keyid)
+        if key is None:
+            continue  # DSSE: a signature by an unknown key is ignored
+        if not key.is_valid(sig, message):
+            raise VerificationError("DSSE signature does not verify")
+        signed.add(keyid)
+    if not signed:
+        raise VerificationUnavailableError("no signature by a trusted key")
+    complete = tuple(ks for ks in keysets if all(k.fingerprint in signed for k in ks.keys))
+    if not complete:
+        raise VerificationError("the envelope is not signed by every key of a trusted key set")
+    return complete

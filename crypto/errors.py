@@ -6,6 +6,9 @@ material, file keys or plaintext. Details that would help an attacker stay in lo
 
     CryptoError
     ├── MalformedError            input cannot be parsed (bad encoding, wrong length, bad JSON)
+    │   └── SealingKindError      a seal's recipients mix post-quantum and classic, or a
+    │                             manifest's "sealing" does not match its recipients; also a
+    │                             RecipientsError (and so a ValueError)
     ├── KeyLoadError              a private key could not be loaded: wrong passphrase, corrupt file
     ├── RecipientsError           these age recipients cannot be used together (none; post-quantum
     │                             mixed with classic; a passphrase with others); also a ValueError
@@ -35,6 +38,7 @@ __all__ = [
     "NoIdentityMatchError",
     "PayloadError",
     "RecipientsError",
+    "SealingKindError",
     "VerificationError",
     "VerificationUnavailableError",
 ]
@@ -54,6 +58,11 @@ class KeyLoadError(CryptoError):
 
 class RecipientsError(CryptoError, ValueError):
     """The age recipients of one file cannot be used together."""
+
+
+class SealingKindError(MalformedError, RecipientsError):
+    """Post-quantum and classic recipients given for one seal, or a manifest whose declared
+    sealing kind does not match the recipients it lists."""
 
 
 class VerificationError(CryptoError):

@@ -5,6 +5,9 @@ raw public key (RFC 8032 encoding), which is what operators compare out of band 
 partner, and what RFC 9421 ``keyid`` and DSSE ``keyid`` carry. :func:`format_fingerprint` groups it
 for people to read aloud.
 
+:class:`Verifier` and :class:`Signer` are the shapes every signature algorithm's keys share
+(Ed25519 here, ML-DSA-65 in ``crypto.mldsa``), so that DSSE signs and verifies with either.
+
 This module does not read or write files, and it does not know about passphrases: see
 ``crypto.age`` for the scrypt-encrypted form in which the service keeps keys at rest.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -27,7 +31,9 @@ from cryptography.hazmat.primitives.serialization import (
 from crypto.errors import MalformedError, VerificationError
 
 __all__ = [
+    "Signer",
     "SigningKey",
+    "Verifier",
     "VerifyKey",
     "fingerprint_of",
     "format_fingerprint",
@@ -56,6 +62,32 @@ def normalize_fingerprint(text: str) -> str:
     if len(cleaned) != _FINGERPRINT_HEX_LEN or any(ch not in "0123456789abcdef" for ch in cleaned):
         raise MalformedError("a fingerprint is 64 hexadecimal digits (SHA-256)")
     return cleaned
+
+
+class Verifier(Protocol):
+    """A public key that checks signatures: :class:`VerifyKey` or ``mldsa.MLDSAVerifyKey``."""
+
+    @property
+    def raw(self) -> bytes: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def verify(self, signature: bytes, message: bytes) -> None: ...
+
+    def is_valid(self, signature: bytes, message: bytes) -> bool: ...
+
+
+class Signer(Protocol):
+    """A private key that signs: :class:`SigningKey` or ``crypto.mldsa.MLDSASigningKey``."""
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def public(self) -> Verifier: ...
+
+    def sign(self, message: bytes) -> bytes: ...
 
 
 class VerifyKey:

@@ -1,15 +1,19 @@
 """Signed receipts: a node's statement that it accepted an artifact or a notice.
 
 A receipt is a DSSE envelope (payloadType ``application/vnd.entente.receipt+json``) signed by the
-receiving node's Ed25519 key over a JSON document naming what was received (``kind``: delivery,
+receiving node's Ed25519 key (and, once it has one, its ML-DSA-65 key: a hybrid envelope, see
+``crypto.keyset``) over a JSON document naming what was received (``kind``: delivery,
 revocation or access), the artifact id and plaintext SHA-256, the receiver, the sender and the
 time. The sender stores it as evidence of delivery: unlike an HTTP signature it can be checked
 again later, by anyone holding the receiver's public key.
+
+This module does not decide which keys to trust, nor store receipts.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +21,8 @@ from typing import Any
 from crypto import strict_json
 from crypto.dsse import Envelope, sign_envelope, verify_envelope
 from crypto.errors import MalformedError, VerificationError
-from crypto.keys import SigningKey, VerifyKey
+from crypto.keys import SigningKey, Verifier
+from crypto.keyset import KeySet, SignerSet, signers_of
 
 __all__ = ["RECEIPT_PAYLOAD_TYPE", "Receipt", "sign_receipt", "verify_receipt"]
 
@@ -73,23 +78,34 @@ class Receipt:
             raise MalformedError(f"malformed receipt: {exc}") from None
 
 
-def sign_receipt(receipt: Receipt, *, key: SigningKey) -> Envelope:
+def sign_receipt(receipt: Receipt, *, key: SigningKey | SignerSet) -> Envelope:
+    """The receipt as a DSSE envelope signed by the receiver's key, or every key of its set."""
     payload = json.dumps(receipt.to_json(), sort_keys=True, separators=(",", ":")).encode()
-    return sign_envelope(RECEIPT_PAYLOAD_TYPE, payload, [key])
+    return sign_envelope(RECEIPT_PAYLOAD_TYPE, payload, signers_of(key))
 
 
 def verify_receipt(
     envelope: Envelope,
     *,
-    trusted: dict[str, VerifyKey],
+    trusted: Mapping[str, Verifier] | None = None,
+    keysets: Sequence[KeySet] | None = None,
     expect_kind: str,
     artifact_id: str,
     sha256: str,
     receiver: str,
     sender: str,
 ) -> Receipt:
-    """Verify a receipt's signature and that it acknowledges exactly what was sent."""
-    payload, _ = verify_envelope(envelope, trusted=trusted, payload_type=RECEIPT_PAYLOAD_TYPE)
+    """Verify a receipt's signature and that it acknowledges exactly what was sent.
+
+    ``keysets`` are the receiver's key sets (every key of one must have signed); ``trusted``,
+    the older form, maps fingerprints to keys of which any one signature suffices.
+    """
+    if keysets is not None and trusted is None:
+        payload, _ = verify_envelope(envelope, keysets=keysets, payload_type=RECEIPT_PAYLOAD_TYPE)
+    elif trusted is not None and keysets is None:
+        payload, _ = verify_envelope(envelope, trusted=trusted, payload_type=RECEIPT_PAYLOAD_TYPE)
+    else:
+        raise ValueError("verify_receipt takes either keysets= or trusted=")
     try:
         receipt = Receipt.from_json(strict_json.loads(payload))
     except (UnicodeDecodeError, json.JSONDecodeError):

@@ -5,14 +5,20 @@ A sealed artifact is two things:
 * the *ciphertext*, a plain age v1 file encrypted to every recipient (the permitted partners'
   keys and the origin node's own key); any age implementation decrypts it;
 * the *manifest*, a DSSE envelope (payloadType ``application/vnd.in-toto+json``) signed by the
-  origin's Ed25519 key, whose payload is an in-toto Statement v1::
+  origin's Ed25519 key and, once the origin has one, its ML-DSA-65 key too (a hybrid envelope:
+  ``crypto.keyset``), whose payload is an in-toto Statement v1::
 
       {"_type": "https://in-toto.io/Statement/v1",
        "subject": [{"name": <artifact id>, "digest": {"sha256": <plaintext SHA-256>}}],
        "predicateType": "https://entente.dev/artifact-manifest/v1",
        "predicate": {"artifact_id", "title", "origin", "tlp", "topics", "purposes", "created",
                      "embargo_until", "expires_at", "recipients": [{"node_id", "recipient"}],
-                     "policy", "size", "age_header_sha256", "chain"}}
+                     "policy", "size", "age_header_sha256", "chain", "sealing"}}
+
+``sealing`` names the kind of age recipients the file is sealed to (``crypto.sealing``):
+``"x25519"`` or ``"mlkem768x25519"`` (hybrid post-quantum). It is checked on parse against the
+recipients listed: every one must be of that kind. A manifest written before the field existed
+has no ``sealing`` and parses as ``"x25519"``.
 
 ``age_header_sha256`` is the SHA-256 of the age header bytes, from the version line through the
 newline ending the MAC line. The header MAC is keyed by the file key, so this digest binds the
@@ -66,8 +72,10 @@ from typing import Any
 from crypto import age, strict_json
 from crypto.age import CHUNK_SIZE, Identity, Reader, Rng, Writer
 from crypto.dsse import Envelope, sign_envelope, verify_envelope
-from crypto.errors import DecryptionError, MalformedError, VerificationError
-from crypto.keys import SigningKey, VerifyKey
+from crypto.errors import DecryptionError, MalformedError, SealingKindError, VerificationError
+from crypto.keys import SigningKey, Verifier
+from crypto.keyset import KeySet, SignerSet, signers_of
+from crypto.sealing import SEALING_KINDS, SEALING_X25519, kind_of, sealing_kind
 from crypto.vocab import MAX_TERM_CHARS, TLP_LABELS, is_node_id, is_term
 
 __all__ = [
@@ -121,8 +129,10 @@ _PREDICATE_KEYS = frozenset(
         "size",
         "age_header_sha256",
         "chain",
+        "sealing",
     }
 )
+_PREDICATE_KEYS_V1_0 = _PREDICATE_KEYS - {"sealing"}  # before the sealing kind was recorded
 
 ProgressCallback = Callable[[int], None]  # called with the plaintext bytes processed so far
 
@@ -182,9 +192,16 @@ def _check_json_object(value: object, name: str) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=1024)
+def _parse_recipient(text: str) -> age.X25519Recipient | age.HybridRecipient:
+    """Parse once: Bech32 is costly in Python (a hybrid recipient is 1216 bytes, over a
+    millisecond each), and the same strings recur on every share. Recipients are immutable."""
+    return age.parse_recipient(text)
+
+
+@functools.lru_cache(maxsize=1024)
 def _is_canonical_recipient(text: str) -> bool:
-    """Parse and re-encode (Bech32 is costly in Python): the same strings recur on every share."""
-    return age.parse_recipient(text).to_string() == text
+    """Parse and re-encode: only the canonical spelling of a recipient is accepted."""
+    return _parse_recipient(text).to_string() == text
 
 
 @dataclass(frozen=True)
@@ -203,7 +220,7 @@ class ManifestRecipient:
             raise MalformedError("a recipient's age recipient is not in its canonical form")
 
     def to_age(self) -> age.X25519Recipient | age.HybridRecipient:
-        return age.parse_recipient(self.recipient)
+        return _parse_recipient(self.recipient)
 
 
 @dataclass(frozen=True)
@@ -225,6 +242,7 @@ class Manifest:
     sha256: str
     age_header_sha256: str
     chain: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+    sealing: str = SEALING_X25519
 
     def __post_init__(self) -> None:
         if not isinstance(self.artifact_id, str) or not _ARTIFACT_ID.fullmatch(self.artifact_id):
@@ -259,6 +277,13 @@ class Manifest:
             raise MalformedError(f"the chain holds at most {MAX_CHAIN} upstream manifests")
         for upstream in self.chain:
             Envelope.from_json(_check_json_object(upstream, "chain"))
+        if self.sealing not in SEALING_KINDS:
+            raise MalformedError(f"the sealing kind must be one of {', '.join(SEALING_KINDS)}")
+        if any(kind_of(r.recipient) != self.sealing for r in self.recipients):
+            raise SealingKindError(
+                f"the manifest says it is sealed with {self.sealing} but lists a recipient "
+                "of another kind"
+            )
 
     def to_statement(self) -> dict[str, Any]:
         """The in-toto Statement v1 (a JSON object) this manifest is."""
@@ -285,6 +310,7 @@ class Manifest:
                 "size": self.size,
                 "age_header_sha256": self.age_header_sha256,
                 "chain": list(self.chain),
+                "sealing": self.sealing,
             },
         }
 
@@ -304,7 +330,7 @@ class Manifest:
         if data["predicateType"] != PREDICATE_TYPE:
             raise MalformedError("the manifest's predicateType is not an Entente artifact manifest")
         pred = data["predicate"]
-        if not isinstance(pred, dict) or set(pred) != _PREDICATE_KEYS:
+        if not isinstance(pred, dict) or set(pred) not in (_PREDICATE_KEYS, _PREDICATE_KEYS_V1_0):
             raise MalformedError("the manifest predicate has missing or unknown fields")
         subject = data["subject"]
         if (
@@ -342,6 +368,7 @@ class Manifest:
             sha256=subject[0]["digest"]["sha256"],
             age_header_sha256=pred["age_header_sha256"],
             chain=tuple(pred["chain"]),
+            sealing=pred.get("sealing", SEALING_X25519),
         )
 
     @classmethod
@@ -370,32 +397,45 @@ def load_envelope(raw: bytes) -> Envelope:
     return envelope
 
 
-def sign_manifest(manifest: Manifest, signer: SigningKey) -> Envelope:
-    """The manifest as a DSSE envelope signed by ``signer`` (the origin's key)."""
-    return sign_envelope(MANIFEST_PAYLOAD_TYPE, manifest.to_payload(), [signer])
+def sign_manifest(manifest: Manifest, signer: SigningKey | SignerSet) -> Envelope:
+    """The manifest as a DSSE envelope signed by ``signer`` (the origin's key, or its set of
+    keys: Ed25519 and ML-DSA-65 signatures in one envelope)."""
+    return sign_envelope(MANIFEST_PAYLOAD_TYPE, manifest.to_payload(), signers_of(signer))
 
 
 def verify_manifest(
     envelope: Envelope,
     *,
-    trusted: Mapping[str, VerifyKey],
+    trusted: Mapping[str, Verifier] | None = None,
+    keysets: Sequence[KeySet] | None = None,
     origin: str | None = None,
     retired: Mapping[str, datetime] | None = None,
 ) -> Manifest:
-    """Check the envelope's signature against ``trusted`` and parse the manifest strictly.
+    """Check the envelope's signature against ``keysets`` or ``trusted`` and parse the manifest.
 
-    ``trusted`` maps fingerprints to the keys of the node the manifest claims as its origin;
-    ``origin``, when given, must be the manifest's origin. ``retired`` maps the fingerprints of
-    retired keys among them to when they were retired: such a key verifies only a manifest it
+    ``keysets`` are the key sets of the node the manifest claims as its origin (its current and
+    retired ones): the envelope must be signed by every key of one of them (Ed25519 and, once the
+    origin has advertised one, ML-DSA-65). ``trusted``, the older form, maps fingerprints to keys
+    and accepts a signature by any one of them. ``origin``, when given, must be the manifest's
+    origin. ``retired`` maps the fingerprints of retired keys (with ``keysets``: of retired sets,
+    named by their Ed25519 key) to when they were retired: such a key verifies only a manifest it
     signed before then (its signed ``created``), never a new one. Raises
     :class:`VerificationUnavailableError` when no trusted key signed it, and
     :class:`VerificationError` when the signature does not verify or only a key retired before
     the manifest's creation signed it.
     """
+    if (keysets is None) == (trusted is None):
+        raise ValueError("verify_manifest takes either keysets= or trusted=")
     try:
-        payload, good = verify_envelope(
-            envelope, trusted=trusted, payload_type=MANIFEST_PAYLOAD_TYPE
-        )
+        if keysets is not None:
+            payload, sets = verify_envelope(
+                envelope, keysets=keysets, payload_type=MANIFEST_PAYLOAD_TYPE
+            )
+            good = frozenset(ks.fingerprint for ks in sets)
+        else:
+            payload, good = verify_envelope(
+                envelope, trusted=trusted or {}, payload_type=MANIFEST_PAYLOAD_TYPE
+            )
     except VerificationError:
         raise VerificationError("the manifest signature does not verify") from None
     manifest = Manifest.from_payload(payload)
@@ -548,7 +588,7 @@ def seal(
     origin: str,
     tlp: str,
     recipients: Sequence[ManifestRecipient],
-    signer: SigningKey,
+    signer: SigningKey | SignerSet,
     policy: Mapping[str, Any],
     now: datetime,
     topics: Iterable[str] = (),
@@ -562,10 +602,17 @@ def seal(
     """Encrypt ``source`` to ``recipients`` into ``sink`` and sign a manifest, in one pass.
 
     The metadata is validated before a byte is read. ``now`` is the manifest's ``created`` time;
-    ``rng`` supplies the file key, nonces and ephemeral keys. Raises :class:`MalformedError` for
-    bad metadata and ``ValueError`` for recipients age refuses to mix.
+    ``rng`` supplies the file key, nonces and ephemeral keys. ``signer`` is the origin's Ed25519
+    key or its :class:`~crypto.keyset.SignerSet` (then the manifest carries both signatures).
+    The recipients must all be hybrid (the manifest then says ``"sealing": "mlkem768x25519"``)
+    or all X25519 (``"x25519"``): ``crypto.sealing.choose_recipients`` picks them. Raises
+    :class:`MalformedError` for bad metadata, and its :class:`SealingKindError` (also a
+    ``ValueError``) for a mix of the two kinds.
     """
     recipient_list = tuple(recipients)
+    if not recipient_list:
+        raise MalformedError(f"a manifest names 1 to {MAX_RECIPIENTS} recipients")
+    kind = sealing_kind(r.recipient for r in recipient_list)
     policy_obj = dict(policy)
     chain_list = tuple(dict(c) for c in chain)
     draft = Manifest(  # validates every field before any I/O; digests are placeholders
@@ -584,6 +631,7 @@ def seal(
         sha256="0" * 64,
         age_header_sha256="0" * 64,
         chain=chain_list,
+        sealing=kind,
     )
     reader: Reader = source if on_progress is None else _CountingReader(source, on_progress)
     hasher = hashlib.sha256()
@@ -621,15 +669,17 @@ def _as_reader(ciphertext: Reader | bytes) -> Reader:
 def verify(
     envelope: Envelope,
     *,
-    trusted: Mapping[str, VerifyKey],
     ciphertext: Reader | bytes,
+    trusted: Mapping[str, Verifier] | None = None,
+    keysets: Sequence[KeySet] | None = None,
     origin: str | None = None,
 ) -> Manifest:
     """Verify a manifest and that ``ciphertext`` (the age file, or just its header) is its file.
 
-    Reads only the age header from ``ciphertext``; needs no decryption key.
+    Reads only the age header from ``ciphertext``; needs no decryption key. ``trusted`` and
+    ``keysets`` are as for :func:`verify_manifest`.
     """
-    manifest = verify_manifest(envelope, trusted=trusted, origin=origin)
+    manifest = verify_manifest(envelope, trusted=trusted, keysets=keysets, origin=origin)
     try:
         header = age.read_header(_as_reader(ciphertext), armor=False)
     except DecryptionError:
@@ -645,7 +695,8 @@ def open_sealed(
     *,
     envelope: Envelope,
     identities: Iterable[Identity],
-    trusted: Mapping[str, VerifyKey],
+    trusted: Mapping[str, Verifier] | None = None,
+    keysets: Sequence[KeySet] | None = None,
     origin: str | None = None,
 ) -> Manifest:
     """Verify and decrypt a sealed artifact, streaming the plaintext to ``sink``.
@@ -654,7 +705,7 @@ def open_sealed(
     before the final check, so on any exception the caller must discard what ``sink`` received
     (the shell's ``service.files.open_sealed_file`` does that for files).
     """
-    manifest = verify_manifest(envelope, trusted=trusted, origin=origin)
+    manifest = verify_manifest(envelope, trusted=trusted, keysets=keysets, origin=origin)
     decrypt_verified(manifest, source, sink, identities=identities)
     return manifest
 

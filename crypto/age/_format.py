@@ -17,6 +17,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -133,8 +134,11 @@ class LineSource(Protocol):
     def peek(self, n: int) -> bytes: ...
 
 
+_ARGUMENT = re.compile(rb"[\x21-\x7e]+")  # age: 1*VCHAR (a hybrid stanza's is ~1,500 bytes)
+
+
 def _is_valid_argument(arg: bytes) -> bool:
-    return len(arg) > 0 and all(33 <= ch <= 126 for ch in arg)
+    return _ARGUMENT.fullmatch(arg) is not None
 
 
 def parse_header(src: LineSource) -> Header:

@@ -2,12 +2,14 @@
 
 A file mixing hybrid (ML-KEM-768 + X25519) and X25519 recipients would be only as strong as the
 X25519 ones, so age refuses the mix: a share is sealed to hybrid recipients only when this node
-and every partner it goes to advertise one (``post-quantum``), else to X25519 recipients only
-(``classic``). The policy then decides with that kind as a fact of the request (a rule may need
+and every partner it goes to advertise one, else to X25519 recipients only
+(``crypto.sealing.choose_recipients``). The policy decides with that kind as a fact of the
+request, in the policy's words (``post-quantum`` or ``classic``; a rule may need
 ``sealing: post-quantum``), so a share that cannot meet its terms is denied before anything is
 sealed. An onward share never lowers the protection its origin chose.
 
-This module decides nothing else and touches nothing: it turns parties into recipients.
+This module decides nothing else and touches nothing: it turns parties into recipients and
+names a manifest's kind in the policy's words.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from crypto.sealed import Manifest, ManifestRecipient
+from crypto.sealing import SEALING_HYBRID, RecipientKeys, choose_recipients
 from policies import SEALING_KINDS
 
 __all__ = [
@@ -28,7 +31,6 @@ __all__ = [
 ]
 
 POST_QUANTUM, CLASSIC = SEALING_KINDS
-_HYBRID_PREFIX = "age1pq1"
 
 
 class Party(Protocol):
@@ -42,28 +44,24 @@ class Party(Protocol):
     def pq_recipient(self) -> str | None: ...
 
 
+def _policy_word(kind: str) -> str:
+    return POST_QUANTUM if kind == SEALING_HYBRID else CLASSIC
+
+
 def sealing_for(parties: Iterable[Party]) -> str:
     """``post-quantum`` when every party has a hybrid recipient, else ``classic``."""
     return POST_QUANTUM if all(p.pq_recipient for p in parties) else CLASSIC
 
 
-def recipients_for(parties: Sequence[Party], sealing: str) -> list[ManifestRecipient]:
-    """The manifest recipients of ``parties`` for ``sealing`` (from :func:`sealing_for`)."""
-    if sealing == POST_QUANTUM:
-        return [ManifestRecipient(p.node_id, _hybrid(p)) for p in parties]
-    return [ManifestRecipient(p.node_id, p.age_recipient) for p in parties]
-
-
-def _hybrid(party: Party) -> str:
-    if not party.pq_recipient:
-        raise ValueError(f"{party.node_id} has no post-quantum recipient")
-    return party.pq_recipient
+def recipients_for(parties: Sequence[Party]) -> list[ManifestRecipient]:
+    """The manifest recipients of ``parties``: all hybrid when every party has one, else all
+    X25519 (the kind :func:`sealing_for` names)."""
+    choice = choose_recipients(
+        RecipientKeys(p.node_id, p.age_recipient, p.pq_recipient or None) for p in parties
+    )
+    return [ManifestRecipient(node_id, recipient) for node_id, recipient in choice.recipients]
 
 
 def sealing_of(manifest: Manifest) -> str:
-    """How a signed manifest's ciphertext is sealed, from the recipients it lists (the header
-    digest it signs binds them): ``post-quantum`` when every one is hybrid."""
-    recipients = manifest.recipients
-    if recipients and all(r.recipient.startswith(_HYBRID_PREFIX) for r in recipients):
-        return POST_QUANTUM
-    return CLASSIC
+    """How a signed manifest's ciphertext is sealed, in the policy's words."""
+    return _policy_word(manifest.sealing)

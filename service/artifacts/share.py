@@ -151,7 +151,7 @@ def share_artifact(
     now = node.now()
     artifact_id = artifact_id or new_artifact_id(now)
     parties = [node.home, *(p for p, _ in decisions)]
-    recipients = recipients_for(parties, sealing_for(parties))
+    recipients = recipients_for(parties)
     policy_ref, signed_policy = _policy_refs(decisions, onward_approved, onward)
     writer = blobs.writer()
     try:

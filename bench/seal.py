@@ -63,6 +63,7 @@ def child(argv: list[str]) -> None:
 
     from crypto import age, sealed
     from crypto.keys import SigningKey, VerifyKey
+    from crypto.keyset import KeySet
     from service import files
 
     op, work = argv[0], Path(argv[1])
@@ -91,7 +92,7 @@ def child(argv: list[str]) -> None:
             work / "entente.out",
             envelope=sealed.load_envelope((work / "entente.dsse.json").read_bytes()),
             identities=[identity],
-            trusted={public.fingerprint: public},
+            keysets=[KeySet(public)],
         )
         digest = manifest.sha256
     else:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from crypto.age import Identity
 from crypto.dsse import Envelope
-from crypto.keys import VerifyKey
+from crypto.keyset import KeySet
 from crypto.sealed import Manifest, Sealed, open_sealed, seal
 
 __all__ = ["atomic_write", "open_sealed_file", "seal_file", "write_atomically"]
@@ -84,7 +84,7 @@ def open_sealed_file(
     *,
     envelope: Envelope,
     identities: Iterable[Identity],
-    trusted: Mapping[str, VerifyKey],
+    keysets: Sequence[KeySet],
     origin: str | None = None,
     overwrite: bool = False,
 ) -> Manifest:
@@ -96,7 +96,7 @@ def open_sealed_file(
     """
     with open(path, "rb") as src, atomic_write(out_path, overwrite=overwrite) as out:
         return open_sealed(
-            src, out, envelope=envelope, identities=identities, trusted=trusted, origin=origin
+            src, out, envelope=envelope, identities=identities, keysets=keysets, origin=origin
         )
 
 

@@ -2,10 +2,9 @@
 
     <home>/node.json              public facts: node id, name, URL, fingerprint, key protection
     <home>/descriptor.dsse.json   the signed node descriptor served at /.well-known/entente.json
-    <home>/keys/signing.key       Ed25519 seed, age-encrypted under the passphrase (scrypt)
-    <home>/keys/identity.key      age X25519 identity, age-encrypted under the passphrase
-    <home>/keys/pq-identity.key   age hybrid ML-KEM-768 + X25519 identity (post-quantum; absent
-                                  on a classic-only node), age-encrypted under the passphrase
+    <home>/keys/                  the private keys, age-encrypted under the passphrase (scrypt):
+                                  signing and ML-DSA keys, the log's checkpoint key, the age
+                                  identities (X25519 and hybrid post-quantum); see service.keystore
     <home>/keys/retired/          keys replaced by rotation, kept to verify and open old artifacts
     <home>/policies/              one MOU policy file per partner (YAML)
     <home>/blobs/                 content-addressed ciphertext (unless ENTENTE_BLOB_DIR is set)
@@ -33,14 +32,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from crypto import age
-from crypto.descriptor import NodeDescriptor, sign_descriptor
+from crypto.descriptor import sign_descriptor
 from crypto.dsse import Envelope
-from crypto.errors import CryptoError, KeyLoadError
-from crypto.keys import SigningKey
+from crypto.errors import CryptoError
 from crypto.vocab import is_node_id
-from service.errors import HomeError, KeyStoreError, UsageError
+from service.errors import HomeError, UsageError
 from service.files import write_atomically
+from service.keystore import KEY_FILES, FreshKeys, KeyFacts, NodeKeys, seal_key, unlock_keys
 from service.settings import Settings
 
 __all__ = [
@@ -56,29 +54,6 @@ __all__ = [
 ]
 
 HOME_FORMAT = 1
-_INSECURE_BANNER = b"# UNENCRYPTED KEY (entente init --insecure-no-passphrase): for demos only\n"
-
-
-@dataclass(frozen=True)
-class NodeKeys:
-    """The unlocked private keys of a node. Never logged; repr shows fingerprints only."""
-
-    signing: SigningKey
-    identity: age.X25519Identity
-    retired_signing: tuple[SigningKey, ...] = ()
-    retired_identities: tuple[age.X25519Identity | age.HybridIdentity, ...] = ()
-    hybrid: age.HybridIdentity | None = None  # post-quantum; None on a classic-only node
-
-    def __repr__(self) -> str:
-        return f"NodeKeys(signing={self.signing.fingerprint[:16]}…)"
-
-    @property
-    def all_identities(self) -> list[age.X25519Identity | age.HybridIdentity]:
-        """Every identity that may open what was sealed to this node, current and retired."""
-        current: list[age.X25519Identity | age.HybridIdentity] = [self.identity]
-        if self.hybrid is not None:
-            current.append(self.hybrid)
-        return [*current, *self.retired_identities]
 
 
 @dataclass(frozen=True)
@@ -91,6 +66,14 @@ class Home:
     age_recipient: str
     protected: bool  # False when created with --insecure-no-passphrase
     pq_recipient: str | None = None  # hybrid age1pq1…; None on a classic-only node
+    mldsa_fingerprint: str | None = None  # ML-DSA-65 key; None on a classic-only node
+    checkpoint_fingerprint: str | None = None  # the log's key; None: the signing key signs
+
+    @property
+    def key_facts(self) -> KeyFacts:
+        return KeyFacts(
+            self.fingerprint, self.pq_recipient, self.mldsa_fingerprint, self.checkpoint_fingerprint
+        )
 
     @property
     def keys_dir(self) -> Path:
@@ -113,37 +96,7 @@ class Home:
     def unlock(self, settings: Settings) -> NodeKeys:
         """Decrypt the key files; a wrong passphrase is a :class:`KeyStoreError`."""
         passphrase = None if not self.protected else read_passphrase(settings, confirm=False)
-        signing = SigningKey(_read_key(self.keys_dir / "signing.key", passphrase))
-        identity = age.X25519Identity.from_string(
-            _read_key(self.keys_dir / "identity.key", passphrase).decode("ascii").strip()
-        )
-        if signing.fingerprint != self.fingerprint:
-            raise KeyStoreError(f"the signing key in {self.keys_dir} does not match node.json")
-        hybrid = None
-        if self.pq_recipient is not None:
-            hybrid = _hybrid_identity(_read_key(self.keys_dir / "pq-identity.key", passphrase))
-            if hybrid.recipient.to_string() != self.pq_recipient:
-                raise KeyStoreError(
-                    f"the post-quantum identity in {self.keys_dir} does not match node.json"
-                )
-        retired_s: list[SigningKey] = []
-        retired_i: list[age.X25519Identity | age.HybridIdentity] = []
-        retired = self.keys_dir / "retired"
-        for path in sorted(retired.glob("*.signing.key")) if retired.is_dir() else []:
-            retired_s.append(SigningKey(_read_key(path, passphrase)))
-        for path in sorted(retired.glob("*.identity.key")) if retired.is_dir() else []:
-            text = _read_key(path, passphrase).decode("ascii").strip()
-            retired_i.append(age.X25519Identity.from_string(text))
-        for path in sorted(retired.glob("*.pq-identity.key")) if retired.is_dir() else []:
-            retired_i.append(_hybrid_identity(_read_key(path, passphrase)))
-        return NodeKeys(signing, identity, tuple(retired_s), tuple(retired_i), hybrid)
-
-
-def _hybrid_identity(secret: bytes) -> age.HybridIdentity:
-    try:
-        return age.HybridIdentity.from_string(secret.decode("ascii").strip())
-    except (UnicodeDecodeError, CryptoError):
-        raise KeyStoreError("the node's post-quantum identity file is corrupt") from None
+        return unlock_keys(self.keys_dir, self.key_facts, passphrase)
 
 
 def read_passphrase(settings: Settings, *, confirm: bool) -> str:
@@ -178,32 +131,6 @@ def _write_private(path: Path, data: bytes) -> None:
     write_atomically(path, data, overwrite=False)
 
 
-def _seal_key(secret: bytes, passphrase: str | None, work_factor: int) -> bytes:
-    if passphrase is None:
-        return _INSECURE_BANNER + secret.hex().encode("ascii") + b"\n"
-    return age.encrypt_with_passphrase(secret, passphrase, work_factor=work_factor)
-
-
-def _read_key(path: Path, passphrase: str | None) -> bytes:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyStoreError(f"cannot read key file {path}: {exc.strerror}") from None
-    if data.startswith(_INSECURE_BANNER):
-        try:
-            return bytes.fromhex(data[len(_INSECURE_BANNER) :].decode("ascii").strip())
-        except ValueError:
-            raise KeyStoreError(f"the key file {path} is corrupt") from None
-    if passphrase is None:
-        raise KeyStoreError(f"the key file {path} is encrypted but the home says it is not")
-    try:
-        return age.decrypt_with_passphrase(data, passphrase)
-    except KeyLoadError:
-        raise KeyStoreError("wrong passphrase for the node's key files") from None
-    except CryptoError:
-        raise KeyStoreError(f"the key file {path} is corrupt") from None
-
-
 def create_home(
     settings: Settings,
     *,
@@ -233,23 +160,12 @@ def create_home(
     if not parent.is_dir():
         raise HomeError(f"the parent folder {parent} does not exist")
 
-    signing = SigningKey.generate()
-    identity = age.X25519Identity.generate()
-    recipient = identity.recipient.to_string()
-    hybrid = age.HybridIdentity.generate() if post_quantum else None
-    pq_recipient = None if hybrid is None else hybrid.recipient.to_string()
+    fresh = FreshKeys.generate(post_quantum=post_quantum)
     validity = timedelta(days=settings.descriptor_validity_days)
-    descriptor = NodeDescriptor(
-        node_id=node_id,
-        name=name,
-        url=url.rstrip("/"),
-        signing_key=signing.public,
-        age_recipient=recipient,
-        pq_recipient=pq_recipient,
-        created=now,
-        expires=now + validity,
+    descriptor = fresh.descriptor(
+        node_id=node_id, name=name, url=url.rstrip("/"), created=now, expires=now + validity
     )
-    envelope = sign_descriptor(descriptor, key=signing)
+    envelope = sign_descriptor(descriptor, key=fresh.signer)
 
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.init-", dir=parent))
     try:
@@ -259,22 +175,13 @@ def create_home(
         (staging / "policies").mkdir(mode=0o700)
         (staging / "blobs").mkdir(mode=0o700)
         wf = settings.scrypt_work_factor
-        _write_private(keys / "signing.key", _seal_key(signing.seed, passphrase, wf))
-        _write_private(
-            keys / "identity.key", _seal_key(identity.to_string().encode(), passphrase, wf)
-        )
-        if hybrid is not None:
-            _write_private(
-                keys / "pq-identity.key", _seal_key(hybrid.to_string().encode(), passphrase, wf)
-            )
+        fresh.write(keys, lambda secret: seal_key(secret, passphrase, wf))
         facts: dict[str, Any] = {
             "format": HOME_FORMAT,
             "node_id": node_id,
             "name": name,
             "url": url.rstrip("/"),
-            "fingerprint": signing.fingerprint,
-            "age_recipient": recipient,
-            "pq_recipient": pq_recipient,
+            **fresh.facts(),
             "key_protection": "none" if passphrase is None else "age-scrypt",
             "created": now.astimezone(UTC).isoformat(),
         }
@@ -297,13 +204,7 @@ class Rotation:
 
 
 _ROTATION_JOURNAL = "rotation.json"
-_ROTATED_FILES = (
-    "keys/signing.key",
-    "keys/identity.key",
-    "keys/pq-identity.key",
-    "descriptor.dsse.json",
-    "node.json",
-)
+_ROTATED_FILES = (*(f"keys/{name}.key" for name in KEY_FILES), "descriptor.dsse.json", "node.json")
 
 
 def rotate_keys(
@@ -324,32 +225,23 @@ def rotate_keys(
     journal shows was interrupted.
     """
     passphrase = None if not home.protected else read_passphrase(settings, confirm=False)
-    old = SigningKey(_read_key(home.keys_dir / "signing.key", passphrase))
-    if old.fingerprint != home.fingerprint:
-        raise KeyStoreError(f"the signing key in {home.keys_dir} does not match node.json")
-    signing = SigningKey.generate()
-    identity = age.X25519Identity.generate()
-    recipient = identity.recipient.to_string()
+    old = unlock_keys(home.keys_dir, home.key_facts, passphrase)
     if post_quantum is None:
         post_quantum = home.pq_recipient is not None
-    hybrid = age.HybridIdentity.generate() if post_quantum else None
-    pq_recipient = None if hybrid is None else hybrid.recipient.to_string()
-    descriptor = NodeDescriptor(
+    fresh = FreshKeys.generate(post_quantum=post_quantum)
+    descriptor = fresh.descriptor(
         node_id=home.node_id,
         name=home.name,
         url=home.url,
-        signing_key=signing.public,
-        age_recipient=recipient,
-        pq_recipient=pq_recipient,
         created=now,
         expires=now + timedelta(days=settings.descriptor_validity_days),
-        previous=old.fingerprint,
+        previous=old.signing.fingerprint,
     )
-    envelope = sign_descriptor(descriptor, key=signing, previous_key=old)
+    envelope = sign_descriptor(descriptor, key=fresh.signer, previous_key=old.signer)
     retired = home.keys_dir / "retired"
     retired.mkdir(mode=0o700, exist_ok=True)
-    for name in ("signing", "identity", "pq-identity"):
-        target = retired / f"{old.fingerprint}.{name}.key"
+    for name in KEY_FILES:
+        target = retired / f"{old.signing.fingerprint}.{name}.key"
         source = home.keys_dir / f"{name}.key"
         if not target.exists() and source.exists():
             _write_private(target, source.read_bytes())
@@ -357,30 +249,19 @@ def rotate_keys(
     try:
         wf = settings.scrypt_work_factor
         (staging / "keys").mkdir(mode=0o700)
-        _write_private(staging / "keys/signing.key", _seal_key(signing.seed, passphrase, wf))
-        _write_private(
-            staging / "keys/identity.key",
-            _seal_key(identity.to_string().encode(), passphrase, wf),
-        )
-        if hybrid is not None:
-            _write_private(
-                staging / "keys/pq-identity.key",
-                _seal_key(hybrid.to_string().encode(), passphrase, wf),
-            )
+        fresh.write(staging / "keys", lambda secret: seal_key(secret, passphrase, wf))
         facts = json.loads((home.path / "node.json").read_text())
-        facts.update(
-            fingerprint=signing.fingerprint, age_recipient=recipient, pq_recipient=pq_recipient
-        )
+        facts.update(fresh.facts())
         facts["rotated"] = now.astimezone(UTC).isoformat()
         _write_private(staging / "node.json", (json.dumps(facts, indent=2) + "\n").encode())
         _write_private(staging / "descriptor.dsse.json", envelope.to_bytes())
-        journal = {"staging": staging.name, "fingerprint": signing.fingerprint}
+        journal = {"staging": staging.name, "fingerprint": fresh.signing.fingerprint}
         _write_private(home.path / _ROTATION_JOURNAL, json.dumps(journal).encode())
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _finish_rotation(home.path)
-    return Rotation(open_home(home.path), old.fingerprint, envelope)
+    return Rotation(open_home(home.path), old.signing.fingerprint, envelope)
 
 
 def _finish_rotation(path: Path) -> None:
@@ -399,6 +280,10 @@ def _finish_rotation(path: Path) -> None:
         staged = staging / name
         if staged.exists():
             os.replace(staged, path / name)
+        elif name.startswith("keys/") and (staging / "node.json").exists():
+            # a key the new set does not have (a node made classic-only again): its copy is
+            # in keys/retired/, and node.json no longer names it
+            (path / name).unlink(missing_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
     journal_path.unlink()
 
@@ -427,6 +312,8 @@ def open_home(path: Path) -> Home:
             age_recipient=str(facts["age_recipient"]),
             protected=facts["key_protection"] != "none",
             pq_recipient=_optional_str(facts.get("pq_recipient")),
+            mldsa_fingerprint=_optional_str(facts.get("mldsa_fingerprint")),
+            checkpoint_fingerprint=_optional_str(facts.get("checkpoint_fingerprint")),
         )
     except (KeyError, TypeError):
         raise HomeError(f"{facts_path} is missing required fields") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlmodel import Session, select
@@ -19,6 +19,8 @@ from crypto.descriptor import NodeDescriptor, verify_descriptor
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError, MalformedError
 from crypto.keys import VerifyKey, normalize_fingerprint
+from crypto.keyset import KeySet
+from crypto.mldsa import MLDSAVerifyKey
 from service.audit.log import record
 from service.errors import ConflictError, NotFoundError, PartnerError
 from service.models import Partner, PartnerKey
@@ -29,6 +31,7 @@ __all__ = [
     "get_partner",
     "list_partners",
     "partner_keys",
+    "partner_keysets",
     "partner_verify_keys",
     "remove_partner",
     "rotate_partner",
@@ -42,10 +45,15 @@ def _parse(raw: bytes) -> Envelope:
         raise PartnerError(f"not a node descriptor: {exc}") from None
 
 
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
 def _store(
     session: Session, descriptor: NodeDescriptor, envelope: Envelope, now: datetime
 ) -> Partner:
-    raw_key = base64.b64encode(descriptor.signing_key.raw).decode("ascii")
+    raw_key = _b64(descriptor.signing_key.raw)
+    mldsa = None if descriptor.mldsa_key is None else _b64(descriptor.mldsa_key.raw)
     row = session.get(Partner, descriptor.node_id) or Partner(
         node_id=descriptor.node_id,
         name=descriptor.name,
@@ -64,20 +72,43 @@ def _store(
     row.signing_key = raw_key
     row.age_recipient = descriptor.age_recipient
     row.pq_recipient = descriptor.pq_recipient
+    row.mldsa_key = mldsa
+    row.checkpoint_key = (
+        None if descriptor.checkpoint_key is None else _b64(descriptor.checkpoint_key.raw)
+    )
     row.descriptor = envelope.to_bytes().decode("utf-8")
     row.descriptor_expires = descriptor.expires
     row.updated_at = now
     session.add(row)
-    if session.get(PartnerKey, descriptor.fingerprint) is None:
+    known = session.get(PartnerKey, descriptor.fingerprint)
+    if known is not None and known.mldsa_key is None and mldsa is not None:
+        known.mldsa_key = mldsa  # a partner that adds ML-DSA beside its key (never drops it)
+        session.add(known)
+    if known is None:
         session.add(
             PartnerKey(
                 fingerprint=descriptor.fingerprint,
                 node_id=descriptor.node_id,
                 public_key=raw_key,
+                mldsa_key=mldsa,
                 added_at=now,
             )
         )
     return row
+
+
+def _check_no_downgrade(current: Partner, descriptor: NodeDescriptor) -> None:
+    """A descriptor under the same Ed25519 key may not drop or change the ML-DSA key the partner
+    advertised: that would let whoever forges Ed25519 alone (a quantum adversary) replace the
+    second signature. Changing it takes a rotation signed by the whole pinned set."""
+    if current.mldsa_key is None:
+        return
+    advertised = None if descriptor.mldsa_key is None else _b64(descriptor.mldsa_key.raw)
+    if advertised != current.mldsa_key:
+        raise PartnerError(
+            f"descriptor rejected: {current.node_id} advertised an ML-DSA key, and a descriptor "
+            "under the same signing key may not drop or change it (rotate the keys instead)"
+        )
 
 
 def add_partner(
@@ -145,8 +176,9 @@ def rotate_partner(
             )
         except CryptoError as exc:
             raise PartnerError(f"descriptor rejected: {exc}") from None
+        _check_no_downgrade(current, descriptor)
     else:
-        pinned = VerifyKey(base64.b64decode(current.signing_key))
+        pinned = _keyset(current.signing_key, current.mldsa_key)  # every pinned key signs it
         try:
             descriptor = verify_descriptor(envelope, now=now, previous=pinned)
         except CryptoError as exc:
@@ -204,6 +236,20 @@ def partner_verify_keys(session: Session, node_id: str) -> dict[str, VerifyKey]:
     return {r.fingerprint: VerifyKey(base64.b64decode(r.public_key)) for r in rows}
 
 
+def _keyset(public_key: str, mldsa_key: str | None) -> KeySet:
+    return KeySet(
+        VerifyKey(base64.b64decode(public_key)),
+        None if mldsa_key is None else MLDSAVerifyKey(base64.b64decode(mldsa_key)),
+    )
+
+
+def partner_keysets(session: Session, node_id: str) -> list[KeySet]:
+    """Every key set (current and retired) the partner has signed with: what this node already
+    verified and stored, re-read (see :func:`partner_verify_keys`)."""
+    rows = session.exec(select(PartnerKey).where(PartnerKey.node_id == node_id))
+    return [_keyset(r.public_key, r.mldsa_key) for r in rows]
+
+
 @dataclass(frozen=True)
 class PartnerKeys:
     """A partner's signing keys and their lifetimes: a key retired at T verifies only what
@@ -215,21 +261,38 @@ class PartnerKeys:
     freshness checks where there are any (a response's ``created`` must be within the clock
     skew of now), and by the receiver's other checks (recipients, policy, onward terms)."""
 
-    keys: Mapping[str, VerifyKey]  # fingerprint -> key, current and retired
+    keys: Mapping[str, VerifyKey]  # fingerprint -> Ed25519 key, current and retired
     retired: Mapping[str, datetime]  # fingerprint -> when it was retired
+    # Ed25519 fingerprint -> the whole set (with the ML-DSA key the partner advertised beside
+    # it): what signs manifests, receipts and onward links, where every key of a set must sign
+    keysets: Mapping[str, KeySet] = field(default_factory=dict)
 
     def valid_at(self, signed_at: datetime) -> dict[str, VerifyKey]:
-        """The keys that could have signed something at ``signed_at``."""
+        """The Ed25519 keys that could have signed something at ``signed_at`` (requests)."""
         return {
             fp: key
             for fp, key in self.keys.items()
             if fp not in self.retired or signed_at < self.retired[fp]
         }
 
+    def sets_valid_at(self, signed_at: datetime) -> list[KeySet]:
+        """The key sets that could have signed something at ``signed_at``."""
+        return [
+            ks
+            for fp, ks in self.keysets.items()
+            if fp not in self.retired or signed_at < self.retired[fp]
+        ]
+
+    @property
+    def all_sets(self) -> list[KeySet]:
+        return list(self.keysets.values())
+
 
 def partner_keys(session: Session, node_id: str) -> PartnerKeys:
     rows = list(session.exec(select(PartnerKey).where(PartnerKey.node_id == node_id)))
+    sets = {r.fingerprint: _keyset(r.public_key, r.mldsa_key) for r in rows}
     return PartnerKeys(
-        keys={r.fingerprint: VerifyKey(base64.b64decode(r.public_key)) for r in rows},
+        keys={fp: ks.ed25519 for fp, ks in sets.items()},
         retired={r.fingerprint: r.retired_at for r in rows if r.retired_at is not None},
+        keysets=sets,
     )

@@ -202,14 +202,13 @@ def plaintext_chunks(node: Node, blobs: BlobStore, row: Artifact) -> Iterator[by
     The stored manifest is verified against this node's keys, current and retired (so what it
     signed before a key rotation still opens), or against the origin's pinned keys.
     """
-    from service.partners import partner_verify_keys
+    from service.partners import partner_keysets
 
-    keys = node.keys
     with node.db.session() as session:
-        trusted = (
-            {k.fingerprint: k.public for k in (keys.signing, *keys.retired_signing)}
+        keysets = (
+            node.keys.keysets
             if row.origin == node.node_id
-            else partner_verify_keys(session, row.origin)
+            else partner_keysets(session, row.origin)
         )
     envelope = Envelope.from_bytes(row.manifest.encode())
     q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
@@ -223,7 +222,7 @@ def plaintext_chunks(node: Node, blobs: BlobStore, row: Artifact) -> Iterator[by
                     _QueueSink(q, cancelled),
                     envelope=envelope,
                     identities=node.keys.all_identities,
-                    trusted=trusted,
+                    keysets=keysets,
                     origin=row.origin,
                 )
             q.put(None)

@@ -163,7 +163,7 @@ def share_artifact(
             origin=node.node_id,
             tlp=meta.tlp,
             recipients=recipients,
-            signer=node.keys.signing,
+            signer=node.keys.signer,
             policy=signed_policy,
             now=now,
             topics=meta.topics,

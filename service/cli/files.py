@@ -28,7 +28,7 @@ from rich.progress import (
 
 from crypto import age
 from crypto.errors import CryptoError
-from crypto.keys import VerifyKey
+from crypto.keyset import KeySet
 from crypto.sealed import (
     Manifest,
     ManifestRecipient,
@@ -44,7 +44,7 @@ from service.errors import UsageError
 from service.files import open_sealed_file, seal_file, write_atomically
 from service.home import open_home
 from service.models import Partner
-from service.partners import partner_verify_keys
+from service.partners import partner_keysets
 
 __all__ = ["open_", "progress_bar", "seal", "verify_"]
 
@@ -68,18 +68,15 @@ def progress_bar(total: int | None, description: str) -> Iterator[Callable[[int]
         yield lambda n: progress.advance(task, n)
 
 
-def _trusted_for(home_path: Path, database_url: str | None, origin: str) -> dict[str, VerifyKey]:
+def _trusted_for(home_path: Path, database_url: str | None, origin: str) -> list[KeySet]:
     home = open_home(home_path)
     settings = settings_for(home_path, database_url)
     if origin == home.node_id:
-        keys = home.unlock(settings)
-        trusted = {keys.signing.fingerprint: keys.signing.public}
-        trusted.update({k.fingerprint: k.public for k in keys.retired_signing})
-        return trusted
+        return home.unlock(settings).keysets
     db = open_database(settings.resolved_database_url(), migrate=True)
     try:
         with db.session() as session:
-            return partner_verify_keys(session, origin)
+            return partner_keysets(session, origin)
     finally:
         db.dispose()
 
@@ -184,7 +181,7 @@ def seal(
             origin=node_home.node_id,
             tlp=tlp,
             recipients=recipients,
-            signer=keys.signing,
+            signer=keys.signer,
             policy={"source": "entente seal (local; no partner policy evaluated)"},
             now=now,
             topics=topic or (),
@@ -213,7 +210,7 @@ def verify_(
     envelope = load_envelope(manifest_path.read_bytes())
     try:
         with open(sealed_file, "rb") as fh:
-            result = verify(envelope, trusted=trusted, ciphertext=fh, origin=origin)
+            result = verify(envelope, keysets=trusted, ciphertext=fh, origin=origin)
     except OSError as exc:
         raise UsageError(f"cannot read {sealed_file}: {exc.strerror}") from None
     console.print(
@@ -246,7 +243,7 @@ def open_(
             out,
             envelope=envelope,
             identities=keys.all_identities,
-            trusted=trusted,
+            keysets=trusted,
             origin=origin,
             overwrite=force,
         )

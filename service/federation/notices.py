@@ -109,7 +109,7 @@ def _accept(
                 received_at=now,
                 notice_id=notice_id,
             ),
-            key=node.keys.signing,
+            key=node.keys.signer,
         )
         receipt_json = receipt.to_json()
         session.add(

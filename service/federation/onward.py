@@ -54,7 +54,7 @@ from service.artifacts.terms import ShareTerms
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, PolicyDeniedError
 from service.models import Artifact, Partner
 from service.node import Node
-from service.partners import PartnerKeys, partner_keys, partner_verify_keys
+from service.partners import PartnerKeys, partner_keys, partner_keysets
 from service.tokens import Principal
 
 __all__ = [
@@ -198,10 +198,11 @@ def _verify_link(node: Node, raw: object, cache: dict[str, PartnerKeys]) -> Mani
         raise VerificationError(f"an upstream manifest is malformed: {exc}") from None
     if claimed not in cache:
         if claimed == node.node_id:
-            keys = node.keys
+            own = node.keys.keysets
             cache[claimed] = PartnerKeys(
-                keys={k.fingerprint: k.public for k in (keys.signing, *keys.retired_signing)},
+                keys={ks.fingerprint: ks.ed25519 for ks in own},
                 retired={},
+                keysets={ks.fingerprint: ks for ks in own},
             )
         else:
             with node.db.session() as session:
@@ -210,7 +211,7 @@ def _verify_link(node: Node, raw: object, cache: dict[str, PartnerKeys]) -> Mani
         raise VerificationError(f"the chain's origin {claimed} is not a pinned partner")
     # A key its origin retired verifies only links it signed before the retirement.
     return verify_manifest(
-        envelope, trusted=cache[claimed].keys, origin=claimed, retired=cache[claimed].retired
+        envelope, keysets=cache[claimed].all_sets, origin=claimed, retired=cache[claimed].retired
     )
 
 
@@ -362,8 +363,8 @@ def share_onward(
     envelope = Envelope.from_bytes(row.manifest.encode())
     try:
         with node.db.session() as session:
-            trusted = partner_verify_keys(session, row.origin)
-        manifest = verify_manifest(envelope, trusted=trusted, origin=row.origin)
+            keysets = partner_keysets(session, row.origin)
+        manifest = verify_manifest(envelope, keysets=keysets, origin=row.origin)
         links = verify_chain(node, manifest) if manifest.chain else [manifest]
     except CryptoError as exc:
         raise ConflictError(f"the stored manifest of {row.id} no longer verifies: {exc}") from None

@@ -268,7 +268,7 @@ class OutboxWorker:
             keys = trusted if trusted is not None else self._keys(partner.node_id)
             verify_receipt(
                 envelope,
-                trusted=receipt_keys(keys, envelope),
+                keysets=receipt_keys(keys, envelope),
                 expect_kind=expect,
                 artifact_id=artifact.id,
                 sha256=artifact.sha256,

@@ -172,7 +172,7 @@ class Receiver:
                 envelope, shown = _parse_head(head)
                 manifest = verify_manifest(
                     envelope,
-                    trusted=self.keys.keys,
+                    keysets=self.keys.all_sets,  # every key of one set (ML-DSA once advertised)
                     origin=self.sender,
                     retired=self.keys.retired,  # a retired key signs nothing new
                 )
@@ -409,7 +409,7 @@ class Receiver:
                 sender=self.sender,
                 received_at=now,
             ),
-            key=self.node.keys.signing,
+            key=self.node.keys.signer,
         )
         row = artifact_row(
             manifest, checked.envelope, ciphertext_size=item.ciphertext_size, blob=item.digest,

@@ -20,7 +20,7 @@ from sqlmodel import Session
 from crypto import strict_json
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
-from crypto.keys import VerifyKey
+from crypto.keyset import KeySet
 from crypto.receipt import verify_receipt
 from service.audit.log import AUDIT_TABLE, audit_row
 from service.models import Artifact, Outbox
@@ -33,8 +33,8 @@ __all__ = ["record_receipts"]
 _NEVER = datetime.max.replace(tzinfo=UTC)  # no readable time: only the current keys hold
 
 
-def receipt_keys(keys: PartnerKeys, envelope: Envelope) -> dict[str, VerifyKey]:
-    """The partner's keys that may verify this receipt: a retired key only one it issued
+def receipt_keys(keys: PartnerKeys, envelope: Envelope) -> list[KeySet]:
+    """The partner's key sets that may verify this receipt: a retired set only one it issued
     (``received_at``) before its retirement. The time is read from the payload before the
     signature is checked; the signature then covers those same bytes. A payload without a
     readable time gets the current keys only."""
@@ -45,7 +45,7 @@ def receipt_keys(keys: PartnerKeys, envelope: Envelope) -> dict[str, VerifyKey]:
             raise ValueError("no time zone")
     except (ValueError, TypeError, KeyError, RecursionError):
         when = _NEVER
-    return keys.valid_at(when)
+    return keys.sets_valid_at(when)
 
 
 def _transition(
@@ -174,7 +174,7 @@ def record_receipts(node: Node, *, partner: str, receipts: Any) -> int:
             artifact_id = str(payload.get("artifact_id", ""))[:64]
             sha256 = str(payload.get("sha256", ""))[:64]
             verify_receipt(
-                envelope, trusted=receipt_keys(trusted, envelope), expect_kind="delivery",
+                envelope, keysets=receipt_keys(trusted, envelope), expect_kind="delivery",
                 artifact_id=artifact_id,
                 sha256=sha256, receiver=partner, sender=node.node_id,
             )  # fmt: skip

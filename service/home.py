@@ -201,6 +201,7 @@ class Rotation:
     home: Home
     previous: str  # fingerprint of the retired signing key
     descriptor: Envelope  # signed by the new key and the retired one
+    previous_descriptor: Envelope  # the descriptor it retires
 
 
 _ROTATION_JOURNAL = "rotation.json"
@@ -226,6 +227,7 @@ def rotate_keys(
     """
     passphrase = None if not home.protected else read_passphrase(settings, confirm=False)
     old = unlock_keys(home.keys_dir, home.key_facts, passphrase)
+    old_descriptor = home.descriptor_envelope()
     if post_quantum is None:
         post_quantum = home.pq_recipient is not None
     fresh = FreshKeys.generate(post_quantum=post_quantum)
@@ -255,13 +257,17 @@ def rotate_keys(
         facts["rotated"] = now.astimezone(UTC).isoformat()
         _write_private(staging / "node.json", (json.dumps(facts, indent=2) + "\n").encode())
         _write_private(staging / "descriptor.dsse.json", envelope.to_bytes())
-        journal = {"staging": staging.name, "fingerprint": fresh.signing.fingerprint}
+        journal = {
+            "staging": staging.name,
+            "fingerprint": fresh.signing.fingerprint,
+            "keys": sorted(p.name for p in (staging / "keys").iterdir()),
+        }
         _write_private(home.path / _ROTATION_JOURNAL, json.dumps(journal).encode())
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     _finish_rotation(home.path)
-    return Rotation(open_home(home.path), old.signing.fingerprint, envelope)
+    return Rotation(open_home(home.path), old.signing.fingerprint, envelope, old_descriptor)
 
 
 def _finish_rotation(path: Path) -> None:
@@ -272,6 +278,7 @@ def _finish_rotation(path: Path) -> None:
     try:
         journal = json.loads(journal_path.read_text())
         staging = path / str(journal["staging"])
+        new_keys = {str(name) for name in journal.get("keys", [])}
     except (OSError, ValueError, KeyError, TypeError):
         raise HomeError(f"{journal_path} is corrupt; restore the home from a backup") from None
     if staging.parent != path or not staging.name.startswith(".rotate-"):
@@ -280,7 +287,7 @@ def _finish_rotation(path: Path) -> None:
         staged = staging / name
         if staged.exists():
             os.replace(staged, path / name)
-        elif name.startswith("keys/") and (staging / "node.json").exists():
+        elif new_keys and name.startswith("keys/") and name[len("keys/") :] not in new_keys:
             # a key the new set does not have (a node made classic-only again): its copy is
             # in keys/retired/, and node.json no longer names it
             (path / name).unlink(missing_ok=True)

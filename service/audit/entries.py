@@ -91,8 +91,9 @@ def node_id_from_origin(origin: str) -> str | None:
 
 
 def log_signer(node: Node) -> NoteSigner:
-    """The node's Ed25519 key as the signer of its log's checkpoints."""
-    return NoteSigner(log_origin(node.node_id), node.keys.signing)
+    """The signer of the node's log's checkpoints: its checkpoint key, which signs nothing else
+    (C2SP signed-note), or, on a home made before there was one, its signing key."""
+    return NoteSigner(log_origin(node.node_id), node.keys.log_key)
 
 
 # ---------------------------------------------------------------------------------------------

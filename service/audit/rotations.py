@@ -1,8 +1,13 @@
 """A log's keys across key rotations, followed from the rotation records in the log itself.
 
 ``entente keys rotate`` logs a ``key.rotated`` entry whose detail carries the rotation record:
-the new node descriptor (a DSSE envelope signed by the new key AND the retired one) and the
-retired key's public key (``previous_key``). The node is stopped while it rotates, so every
+the new node descriptor (a DSSE envelope signed by the new key AND the retired one), the
+retired key's public key (``previous_key``) and the descriptor it retires
+(``previous_descriptor``, signed by that key). The signing keys form the chain of trust; the
+key that signs the log's checkpoints in each period is the one that period's descriptor
+advertises as its ``checkpoint_key`` (a key that signs checkpoints and nothing else, C2SP
+signed-note), or its signing key when it advertises none (homes made before checkpoint keys,
+and records logged before ``previous_descriptor``). The node is stopped while it rotates, so every
 checkpoint signed with the retired key has a size at most the entry's ``seq`` (it does not cover
 its own retirement), and every checkpoint after it is signed with the new key.
 
@@ -36,7 +41,7 @@ from crypto.note import NoteVerifier, parse_note
 from service.audit.errors import RotationError
 from service.audit.leaves import entry_leaf
 
-__all__ = ["ROTATION_KIND", "LogKeys", "follow_rotations", "rotation_record"]
+__all__ = ["ROTATION_KIND", "LogKeys", "follow_rotations", "log_key", "rotation_record"]
 
 ROTATION_KIND = "key.rotated"
 
@@ -50,9 +55,11 @@ class LogKeys:
     retirement."""
 
     origin: str
-    keys: tuple[VerifyKey, ...]  # oldest first; the last is the node's current key
+    keys: tuple[VerifyKey, ...]  # the checkpoint keys, oldest first; the last is current
     retired_at: tuple[int, ...] = ()  # len(keys) - 1 seqs, increasing
     records: tuple[tuple[int, bytes], ...] = ()  # (seq, leaf hash) of each rotation record
+    # the node's signing keys (the chain of trust operators pin), in step with ``keys``
+    identities: tuple[str, ...] = ()
 
     @classmethod
     def single(cls, verifier: NoteVerifier) -> LogKeys:
@@ -67,7 +74,8 @@ class LogKeys:
 
     @property
     def fingerprints(self) -> tuple[str, ...]:
-        return tuple(k.fingerprint for k in self.keys)
+        """The node's signing keys over the log's life (what an operator pins), oldest first."""
+        return self.identities or tuple(k.fingerprint for k in self.keys)
 
     def explain_failure(self, note: bytes) -> str:
         """Why a checkpoint did not verify, when it is signed by a key of the chain that was
@@ -87,15 +95,54 @@ class LogKeys:
         return ""
 
 
-def rotation_record(envelope: Envelope, previous_key: VerifyKey) -> dict[str, Any]:
+def rotation_record(
+    envelope: Envelope, previous_key: VerifyKey, previous_descriptor: Envelope | None = None
+) -> dict[str, Any]:
     """The detail fields of a ``key.rotated`` entry that let verifiers follow the rotation."""
-    return {
+    record: dict[str, Any] = {
         "descriptor": json.loads(envelope.to_bytes()),
         "previous_key": base64.b64encode(previous_key.raw).decode("ascii"),
     }
+    if previous_descriptor is not None:
+        record["previous_descriptor"] = json.loads(previous_descriptor.to_bytes())
+    return record
 
 
-def _descriptor(entry: Mapping[str, Any], node_id: str) -> tuple[VerifyKey, NodeDescriptor]:
+def log_key(descriptor: NodeDescriptor) -> VerifyKey:
+    """The key that signs a node's checkpoints while ``descriptor`` is current."""
+    return descriptor.checkpoint_key or descriptor.signing_key
+
+
+def _previous_log_key(
+    entry: Mapping[str, Any], detail: Mapping[str, Any], old: VerifyKey, node_id: str
+) -> VerifyKey:
+    """The retired period's checkpoint key, from the retired descriptor the record carries
+    (signed by the retired key, which the chain already trusts); the retired key itself for a
+    record without one."""
+    raw = detail.get("previous_descriptor")
+    if raw is None:
+        return old
+    seq = entry.get("seq")
+    try:
+        envelope = Envelope.from_bytes(json.dumps(raw).encode("utf-8"))
+        created = NodeDescriptor.from_json(json.loads(envelope.payload)).created
+        previous = verify_descriptor(envelope, now=created, expected_fingerprint=old.fingerprint)
+    except (TypeError, ValueError, MalformedError):
+        raise RotationError(
+            f"the retired descriptor in the record at seq {seq} is malformed"
+        ) from None
+    except CryptoError as exc:
+        raise RotationError(
+            f"the retired descriptor in the record at seq {seq} does not verify: {exc}"
+        ) from None
+    if previous.node_id != node_id:
+        raise RotationError(f"the retired descriptor at seq {seq} is for another node")
+    return log_key(previous)
+
+
+def _descriptor(
+    entry: Mapping[str, Any], node_id: str
+) -> tuple[VerifyKey, NodeDescriptor, VerifyKey]:
     seq = entry.get("seq")
     try:
         detail = json.loads(str(entry["detail"]))
@@ -105,6 +152,7 @@ def _descriptor(entry: Mapping[str, Any], node_id: str) -> tuple[VerifyKey, Node
         # Signed by the new key and by the one it retires; an expired descriptor still names
         # the key of its time.
         descriptor = verify_descriptor(envelope, now=created, previous=old)
+        old_log_key = _previous_log_key(entry, detail, old, node_id)
     except (KeyError, TypeError, ValueError, binascii.Error, MalformedError):
         raise RotationError(
             f"the key rotation logged at seq {seq} carries no usable rotation record (logged "
@@ -114,38 +162,64 @@ def _descriptor(entry: Mapping[str, Any], node_id: str) -> tuple[VerifyKey, Node
         raise RotationError(f"the rotation record at seq {seq} does not verify: {exc}") from None
     if descriptor.node_id != node_id:
         raise RotationError(f"the rotation record at seq {seq} is for another node")
-    return old, descriptor
+    return old, descriptor, old_log_key
 
 
 def follow_rotations(
-    origin: str, *, node_id: str, current: VerifyKey, entries: Sequence[Mapping[str, Any]]
+    origin: str,
+    *,
+    node_id: str,
+    current: VerifyKey,
+    entries: Sequence[Mapping[str, Any]],
+    current_log_key: VerifyKey | None = None,
 ) -> LogKeys:
     """The log's keys from its ``key.rotated`` entries (in any order), ending at ``current``
-    (the key of the node's descriptor). Raises :class:`RotationError`."""
+    (the signing key of the node's descriptor) and ``current_log_key`` (its checkpoint key;
+    ``None``: the signing key signs checkpoints). Raises :class:`RotationError`."""
     keys: list[VerifyKey] = []
+    log_keys: list[VerifyKey] = []
     retired_at: list[int] = []
     records: list[tuple[int, bytes]] = []
     for entry in sorted(entries, key=lambda e: int(e["seq"])):
         seq = int(entry["seq"])
-        old, descriptor = _descriptor(entry, node_id)
+        old, descriptor, old_log_key = _descriptor(entry, node_id)
         if not keys:
             keys.append(old)
-        elif keys[-1].fingerprint != old.fingerprint:
+            log_keys.append(old_log_key)
+        elif log_keys[-1].fingerprint != old_log_key.fingerprint:
+            raise RotationError(
+                f"the rotation at seq {seq} retires checkpoint key {old_log_key.fingerprint[:16]}…"
+                f", but the key in use then was {log_keys[-1].fingerprint[:16]}…"
+            )
+        if keys[-1].fingerprint != old.fingerprint:
             raise RotationError(
                 f"the rotation at seq {seq} retires key {old.fingerprint[:16]}…, but the key "
                 f"in use then was {keys[-1].fingerprint[:16]}…"
             )
         keys.append(descriptor.signing_key)
+        log_keys.append(log_key(descriptor))
         retired_at.append(seq)
         try:
             records.append((seq, entry_leaf(entry)))
         except (CryptoError, KeyError, TypeError) as exc:
             raise RotationError(f"the rotation entry at seq {seq} is malformed: {exc}") from None
+    current_log = current_log_key or current
     if not keys:
-        return LogKeys(origin, (current,))
+        return LogKeys(origin, (current_log,), identities=(current.fingerprint,))
     if keys[-1].fingerprint != current.fingerprint:
         raise RotationError(
             f"the node's key {current.fingerprint[:16]}… is not the last key of its rotation "
             f"history ({keys[-1].fingerprint[:16]}…)"
         )
-    return LogKeys(origin, tuple(keys), tuple(retired_at), tuple(records))
+    if log_keys[-1].fingerprint != current_log.fingerprint:
+        raise RotationError(
+            f"the node's checkpoint key {current_log.fingerprint[:16]}… is not the one its last "
+            f"rotation brought ({log_keys[-1].fingerprint[:16]}…)"
+        )
+    return LogKeys(
+        origin,
+        tuple(log_keys),
+        tuple(retired_at),
+        tuple(records),
+        identities=tuple(k.fingerprint for k in keys),
+    )

@@ -183,7 +183,7 @@ def _key_retired(node: Node) -> bool:
     except (OSError, ValueError):
         return False  # no readable home facts: nothing says the key changed
     current = facts.get("fingerprint") if isinstance(facts, dict) else None
-    return isinstance(current, str) and current != node.keys.signing.fingerprint
+    return isinstance(current, str) and current != node.keys.signing.fingerprint  # rotated as one
 
 
 def run_sequencer(node: Node) -> SequenceResult:

@@ -66,9 +66,10 @@ class Refusal:
 
 
 def partner_log_verifier(partner: Partner) -> NoteVerifier:
-    return NoteVerifier(
-        log_origin(partner.node_id), VerifyKey(base64.b64decode(partner.signing_key))
-    )
+    """The partner's log key: the checkpoint key its descriptor advertises, or its signing key
+    for a partner whose descriptor has none."""
+    key = partner.checkpoint_key or partner.signing_key
+    return NoteVerifier(log_origin(partner.node_id), VerifyKey(base64.b64decode(key)))
 
 
 def parse_submission(body: bytes) -> Submission | Refusal:

@@ -37,7 +37,7 @@ from service.audit.checkpoints import latest_checkpoint
 from service.audit.entries import encode_leaf, iter_entries, log_origin, witness_name
 from service.audit.errors import AuditSourceError, RotationError
 from service.audit.log import record
-from service.audit.rotations import LogKeys, follow_rotations
+from service.audit.rotations import LogKeys, follow_rotations, log_key
 from service.audit.sources import DatabaseSource, HttpSource, ask_witness
 from service.audit.verify import Remembered, Verdict, verify_log
 from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console, settings_for
@@ -417,6 +417,7 @@ def _run(
             origin,
             node_id=descriptor.node_id,
             current=descriptor.signing_key,
+            current_log_key=descriptor.checkpoint_key,
             entries=source.rotations(),
         )
     except RotationError as exc:
@@ -576,6 +577,6 @@ def checkpoint(
         finally:
             db.dispose()
         descriptor = _descriptor_from_home(path)
-        verifier = NoteVerifier(log_origin(descriptor.node_id), descriptor.signing_key)
+        verifier = NoteVerifier(log_origin(descriptor.node_id), log_key(descriptor))
         open_checkpoint(note, log=verifier)
     sys.stdout.write(note.decode("utf-8"))

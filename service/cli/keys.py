@@ -82,6 +82,7 @@ def rotate(
                 actor=OPERATOR,
                 now=now,
                 previous_key=next(k for k in retired if k.fingerprint == rotation.previous),
+                previous_descriptor=rotation.previous_descriptor,
             )
         new = rotation.home.fingerprint
         if not as_json:

@@ -44,14 +44,20 @@ def queue_rotation(
     now: datetime,
     partners: list[str] | None = None,
     previous_key: VerifyKey | None = None,
+    previous_descriptor: Envelope | None = None,
 ) -> list[str]:
     """Audit the rotation and queue the descriptor for ``partners`` (default: every partner).
 
     With ``previous_key`` (the retired key), the audit entry carries the rotation record that
-    lets auditors follow the log's keys (``service.audit.rotations``)."""
+    lets auditors follow the log's keys (``service.audit.rotations``); ``previous_descriptor``
+    (the retired descriptor) names the retired period's checkpoint key."""
     descriptor = NodeDescriptor.from_json(json.loads(envelope.payload))
     targets = partners or [p.node_id for p in session.exec(select(Partner))]
-    history = rotation_record(envelope, previous_key) if previous_key is not None else {}
+    history = (
+        rotation_record(envelope, previous_key, previous_descriptor)
+        if previous_key is not None
+        else {}
+    )
     record(
         session,
         kind="key.rotated",

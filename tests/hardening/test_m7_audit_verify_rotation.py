@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from crypto.descriptor import NodeDescriptor
 from crypto.note import NoteSigner, NoteVerifier
 from service.app import create_app
 from service.audit.entries import log_origin
@@ -51,7 +52,12 @@ def _signer(home: Path) -> NoteSigner:
     """The node's current log signer, read from its home as `entente serve` would."""
     settings = Settings.load(home=home, insecure_no_passphrase=True, scrypt_work_factor=10)
     opened = open_home(home)
-    return NoteSigner(log_origin(opened.node_id), opened.unlock(settings).signing)
+    return NoteSigner(log_origin(opened.node_id), opened.unlock(settings).log_key)
+
+
+def _identity(home: Path) -> str:
+    """The node's fingerprint (its signing key: what operators pin), read from its home."""
+    return open_home(home).fingerprint
 
 
 def _sequence(node: Node, signer: NoteSigner) -> int:
@@ -91,20 +97,15 @@ def _rotated_log(tmp_path: Path) -> tuple[Node, NoteSigner, int, Path]:
 
 
 def test_verify_follows_a_rotation_from_the_remembered_key(tmp_path: Path) -> None:
-    node, old, _retired_at, state = _rotated_log(tmp_path)
+    node, _old, _retired_at, state = _rotated_log(tmp_path)
     try:
         verdict = _verify(node, state)
         assert verdict["ok"], verdict
-        assert verdict["keys"][0] == old.verifier.key.fingerprint
-        assert verdict["keys"] == [
-            old.verifier.key.fingerprint,
-            _signer(node.home.path).verifier.key.fingerprint,
-        ]
+        assert verdict["keys"][0] == node.home.fingerprint  # the chain of signing keys
+        assert verdict["keys"] == [node.home.fingerprint, _identity(node.home.path)]
         assert any("followed 1 key rotation" in n for n in verdict["notes"]), verdict["notes"]
         # An auditor who pinned the old key out of band follows it too, without old keys.
-        fresh = _verify(
-            node, tmp_path / "fresh.json", "--fingerprint", old.verifier.key.fingerprint
-        )
+        fresh = _verify(node, tmp_path / "fresh.json", "--fingerprint", node.home.fingerprint)
         assert fresh["ok"], fresh
         # And one who pins the new key verifies the old part of the log as well.
         current = json.loads(state.read_text())["logs"]["entente.dev/audit/uk-aisi"]
@@ -152,14 +153,20 @@ def test_online_verification_follows_the_rotation(tmp_path: Path) -> None:
     node, old, retired_at, _state = _rotated_log(tmp_path)
     try:
         new = _signer(node.home.path).verifier.key
+        rotated = open_home(node.home.path)
+        new_identity = rotated.descriptor_envelope()
+        current = NodeDescriptor.from_json(json.loads(new_identity.payload))
+        assert current.checkpoint_key == new  # the log's own key, apart from the signing key
         app = create_app(node, start_workers=False)
         auth = {"Authorization": f"Bearer {token(node, Role.AUDITOR)}"}
         with _client(app, auth) as client:
             source = HttpSource(client)
             keys = follow_rotations(
-                log_origin("uk-aisi"), node_id="uk-aisi", current=new, entries=source.rotations()
-            )
-            assert keys.fingerprints == (old.verifier.key.fingerprint, new.fingerprint)
+                log_origin("uk-aisi"), node_id="uk-aisi", current=current.signing_key,
+                current_log_key=new, entries=source.rotations(),
+            )  # fmt: skip
+            assert keys.fingerprints == (node.home.fingerprint, rotated.fingerprint)
+            assert keys.keys == (old.verifier.key, new)
             assert keys.retired_at == (retired_at,)
             verdict = verify_log(source, log=keys, now=int(time.time()))
         assert verdict.ok, verdict.problem

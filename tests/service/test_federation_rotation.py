@@ -45,7 +45,19 @@ def test_rotation_retires_the_old_keys_and_signs_with_both(tmp_path: Path) -> No
         f"{old.signing.fingerprint}.signing.key",
         f"{old.signing.fingerprint}.identity.key",
         f"{old.signing.fingerprint}.pq-identity.key",
+        f"{old.signing.fingerprint}.mldsa.key",
+        f"{old.signing.fingerprint}.checkpoint.key",
     }
+    # the new set is post-quantum too, and the descriptor is signed by the whole retired set
+    assert keys.mldsa is not None and old.mldsa is not None
+    assert keys.mldsa.fingerprint != old.mldsa.fingerprint
+    assert keys.retired_mldsa == {old.signing.fingerprint: old.mldsa} or (
+        keys.retired_mldsa[old.signing.fingerprint].fingerprint == old.mldsa.fingerprint
+    )
+    assert descriptor.mldsa_key == keys.mldsa.public
+    assert descriptor.checkpoint_key is not None and keys.checkpoint is not None
+    assert descriptor.checkpoint_key == keys.checkpoint.public != keys.signing.public
+    verify_descriptor(rotation.descriptor, now=datetime.now(UTC), previous=old.signer.public)
     assert all(p.stat().st_mode & 0o077 == 0 for p in retired.iterdir())
     assert not list(home.path.glob(".rotate-*")) and not (home.path / "rotation.json").exists()
     # a second rotation keeps both retired keys
@@ -98,3 +110,18 @@ def test_rotation_adds_a_post_quantum_identity_to_a_classic_only_node(tmp_path: 
     again = rotate_keys(rotation.home, settings, now=datetime.now(UTC))
     assert again.home.pq_recipient is not None
     assert again.home.pq_recipient != rotation.home.pq_recipient
+
+
+def test_rotation_to_classic_only_drops_the_post_quantum_keys(tmp_path: Path) -> None:
+    kit = make_node(tmp_path, "uk-aisi")
+    home, settings = kit.node.home, kit.node.settings
+    old = kit.node.keys
+    rotation = rotate_keys(home, settings, now=datetime.now(UTC), post_quantum=False)
+    assert rotation.home.pq_recipient is None and rotation.home.mldsa_fingerprint is None
+    keys = rotation.home.unlock(settings)
+    assert keys.hybrid is None and keys.mldsa is None
+    assert not (home.keys_dir / "pq-identity.key").exists()
+    assert not (home.keys_dir / "mldsa.key").exists()
+    # what was sealed to the retired hybrid identity still opens
+    assert old.hybrid is not None
+    assert old.hybrid.to_string() in [i.to_string() for i in keys.retired_identities]

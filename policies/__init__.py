@@ -39,11 +39,11 @@ from policies._model import (
     Permit,
     Policy,
     PolicyRef,
-    PolicySet,
     Request,
     RuleRef,
     format_time,
 )
+from policies._set import PolicySet
 from policies._summary import SummaryRow, summarize_policy
 from policies._vocab import ACTIONS, FORMAT, OBLIGATION_KINDS, SEALING_KINDS
 from policies.errors import PolicyError, PolicyEvaluationError, PolicyLoadError, PolicySetError

@@ -15,7 +15,8 @@ from typing import Any
 from policies._decision import Decision
 from policies._evaluate import evaluate
 from policies._loader import decode, parse_time, validate
-from policies._model import Policy, PolicySet, Request
+from policies._model import Policy, Request
+from policies._set import PolicySet
 from policies.errors import PolicyLoadError
 
 __all__ = ["Case", "CaseFile", "CaseResult", "Expectation", "load_cases", "run_cases"]

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from crypto.vocab import TLP_LABELS
-from policies._model import Forbid, Permit, Policy, PolicySet, format_time
+from policies._model import Forbid, Permit, Policy, format_time
+from policies._set import PolicySet
 from policies._summary import describe_conditions
 from policies._vocab import ACTIONS, within
 

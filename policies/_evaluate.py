@@ -26,7 +26,8 @@ from policies._decision import (
     PERMITTED,
     Decision,
 )
-from policies._model import Obligation, PolicySet, Request, RuleRef, format_time
+from policies._model import Obligation, Request, RuleRef, format_time
+from policies._set import PolicySet
 from policies._vocab import ACTIONS, SEALING_KINDS
 
 __all__ = ["evaluate"]

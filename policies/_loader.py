@@ -20,7 +20,8 @@ from typing import Any
 
 import jsonschema
 
-from policies._model import Approval, Forbid, Obligation, Permit, Policy, PolicySet
+from policies._model import Approval, Forbid, Obligation, Permit, Policy
+from policies._set import PolicySet
 from policies._vocab import CASES_FORMAT, FORMAT
 from policies._yaml import MAX_BYTES, Parsed, YamlProblem, parse
 from policies.errors import PolicyLoadError

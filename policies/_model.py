@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from types import MappingProxyType
 from typing import Any, ClassVar
 
 from crypto.vocab import TLP_LABELS, is_node_id, is_term
@@ -25,7 +24,7 @@ from policies._vocab import (
     OBLIGATION_KINDS,
     SEALING_STATES,
 )
-from policies.errors import PolicyLoadError, PolicySetError
+from policies.errors import PolicyLoadError
 
 __all__ = [
     "Approval",
@@ -34,7 +33,6 @@ __all__ = [
     "Permit",
     "Policy",
     "PolicyRef",
-    "PolicySet",
     "Request",
     "RuleRef",
     "format_time",
@@ -450,60 +448,3 @@ def _check_rule(rule: Rule) -> Iterator[tuple[int, str]]:
                 yield line, f"{where}: retain_max must be at least 1 day"
             if o.kind == "onward" and not o.to:
                 yield line, f"{where}: the onward obligation names no node"
-
-
-@dataclass(frozen=True)
-class PolicySet:
-    """The active policies of a node, one per partner node id (read-only)."""
-
-    policies: Mapping[str, Policy]
-
-    def __post_init__(self) -> None:
-        for partner, policy in self.policies.items():
-            if partner != policy.partner:
-                raise PolicySetError(
-                    f"{policy.source}: filed under partner {partner!r} but is about "
-                    f"{policy.partner!r}"
-                )
-        object.__setattr__(self, "policies", MappingProxyType(dict(self.policies)))
-
-    @classmethod
-    def from_policies(cls, policies: Iterable[Policy]) -> PolicySet:
-        """Index policies by partner; two policies for one partner are a :class:`PolicySetError`."""
-        by_partner: dict[str, Policy] = {}
-        for policy in policies:
-            other = by_partner.get(policy.partner)
-            if other is not None:
-                raise PolicySetError(
-                    f"{policy.source}: a second policy for partner {policy.partner!r} "
-                    f"(the first is {other.source}); keep one file per partner"
-                )
-            by_partner[policy.partner] = policy
-        return cls(dict(sorted(by_partner.items())))
-
-    @classmethod
-    def empty(cls) -> PolicySet:
-        return cls({})
-
-    def get(self, partner: str) -> Policy | None:
-        return self.policies.get(partner)
-
-    @property
-    def partners(self) -> tuple[str, ...]:
-        return tuple(self.policies)
-
-    def __iter__(self) -> Iterator[Policy]:
-        return iter(self.policies.values())
-
-    def __len__(self) -> int:
-        return len(self.policies)
-
-    def refs(self) -> list[dict[str, Any]]:
-        """The ``policy_ref`` of every policy with its partner, for an audit event."""
-        return [{"partner": p.partner, **p.policy_ref} for p in self]
-
-    @property
-    def sha256(self) -> str:
-        """One digest for the whole set: changes whenever any policy is added, removed or edited."""
-        canonical = json.dumps(self.refs(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()

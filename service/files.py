@@ -19,12 +19,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from crypto.age import Identity
 from crypto.dsse import Envelope
+from crypto.keys import VerifyKey
 from crypto.keyset import KeySet
 from crypto.sealed import Manifest, Sealed, open_sealed, seal
 
@@ -84,11 +85,13 @@ def open_sealed_file(
     *,
     envelope: Envelope,
     identities: Iterable[Identity],
-    keysets: Sequence[KeySet],
+    keysets: Sequence[KeySet] | None = None,
+    trusted: Mapping[str, VerifyKey] | None = None,
     origin: str | None = None,
     overwrite: bool = False,
 ) -> Manifest:
-    """``crypto.sealed.open_sealed`` from file ``path`` to file ``out_path``, all or nothing.
+    """``crypto.sealed.open_sealed`` from file ``path`` to file ``out_path``, all or nothing
+    (``keysets`` or ``trusted``: the origin's keys, as for ``crypto.sealed.verify_manifest``).
 
     The plaintext is written to a temporary file (mode 0600) in ``out_path``'s folder and renamed
     to ``out_path`` only when the signature, header digest, MAC, every chunk and the plaintext
@@ -96,7 +99,13 @@ def open_sealed_file(
     """
     with open(path, "rb") as src, atomic_write(out_path, overwrite=overwrite) as out:
         return open_sealed(
-            src, out, envelope=envelope, identities=identities, keysets=keysets, origin=origin
+            src,
+            out,
+            envelope=envelope,
+            identities=identities,
+            keysets=keysets,
+            trusted=trusted,
+            origin=origin,
         )
 
 

@@ -254,7 +254,7 @@ def _with_disclosure(e: Env, line: bytes) -> bytes:
 def resigned(e: Env, **changes: Any) -> bytes:
     """The fresh delivery's manifest changed and signed again by us-aisi (a pinned partner)."""
     manifest = replace(fresh_manifest(e), **changes)
-    line = sign_manifest(manifest, e.nodes.us.node.keys.signing).to_bytes()
+    line = sign_manifest(manifest, e.nodes.us.node.keys.signer).to_bytes()
     return _with_disclosure(e, json.dumps(json.loads(line), separators=(",", ":")).encode())
 
 
@@ -263,7 +263,7 @@ def statement_signed(e: Env, edit: Callable[[dict[str, Any]], None]) -> bytes:
     statement = fresh_manifest(e).to_statement()
     edit(statement)
     payload = json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
-    envelope = sign_envelope(MANIFEST_PAYLOAD_TYPE, payload, [e.nodes.us.node.keys.signing])
+    envelope = sign_envelope(MANIFEST_PAYLOAD_TYPE, payload, e.nodes.us.node.keys.signer.signers)
     line = json.dumps(json.loads(envelope.to_bytes()), separators=(",", ":")).encode()
     return _with_disclosure(e, line)
 

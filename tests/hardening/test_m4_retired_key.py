@@ -24,6 +24,8 @@ from crypto import httpsig
 from crypto.descriptor import NodeDescriptor, sign_descriptor
 from crypto.errors import VerificationError
 from crypto.keys import SigningKey
+from crypto.keyset import SignerSet
+from crypto.mldsa import MLDSASigningKey
 from crypto.receipt import Receipt, sign_receipt
 from crypto.sealed import ManifestRecipient, seal
 from service.federation.onward import verify_chain
@@ -54,17 +56,22 @@ def nodes(tmp_path: Path) -> dict[str, Kit]:
     return kits
 
 
-def _rotate_at(nodes: dict[str, Kit], who: str, at: str, when: datetime) -> SigningKey:
-    """``who`` rotates its key at ``when``; ``at`` accepts the rotation. Returns the new key."""
-    old = nodes[who].node.keys.signing
-    new = SigningKey.generate()
+def _rotate_at(nodes: dict[str, Kit], who: str, at: str, when: datetime) -> SignerSet:
+    """``who`` rotates its keys (Ed25519 and ML-DSA) at ``when``; ``at`` accepts the rotation.
+    Returns the new set."""
+    old = nodes[who].node.keys.signer
+    new = SignerSet(
+        SigningKey.generate(), None if old.mldsa is None else MLDSASigningKey.generate()
+    )
     home = nodes[who].node.home
     descriptor = NodeDescriptor(
         node_id=home.node_id,
         name=home.name,
         url=home.url,
-        signing_key=new.public,
+        signing_key=new.ed25519.public,
+        mldsa_key=new.public.mldsa,
         age_recipient=home.age_recipient,
+        pq_recipient=home.pq_recipient,
         created=when,
         expires=when + timedelta(days=30),
         previous=old.fingerprint,
@@ -97,7 +104,7 @@ def _sealed(
         recipients=[
             ManifestRecipient(k.node.node_id, k.node.home.age_recipient) for k in [sender, *to]
         ],
-        signer=sender.node.keys.signing,
+        signer=sender.node.keys.signer,
         policy=policy,
         now=created,
         topics=["evaluation"],
@@ -166,13 +173,13 @@ async def test_what_a_retired_key_signed_before_its_retirement_still_verifies(
 def test_a_retired_key_cannot_sign_a_new_receipt(nodes: dict[str, Kit]) -> None:
     us = nodes["us-aisi"]
     sent = share_sync(us, CONTENT, partners=["uk-aisi"], tlp="TLP:GREEN")
-    old = nodes["uk-aisi"].node.keys.signing
+    old = nodes["uk-aisi"].node.keys.signer
     new = _rotate_at(nodes, "uk-aisi", "us-aisi", datetime.now(UTC) - timedelta(minutes=5))
     with us.node.db.session() as session:
         retired = session.get(PartnerKey, old.fingerprint)
         assert retired is not None and retired.retired_at is not None
 
-    def receipt(key: SigningKey) -> dict[str, object]:
+    def receipt(key: SignerSet) -> dict[str, object]:
         signed = sign_receipt(
             Receipt(
                 kind="delivery",

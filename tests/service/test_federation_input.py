@@ -22,6 +22,7 @@ from sqlmodel import col, func, select
 
 from crypto import httpsig
 from crypto.keys import SigningKey
+from crypto.keyset import SignerSet
 from crypto.sealed import ManifestRecipient, seal
 from service.models import Artifact, AuditEntry
 from tests.service.nodekit import Kit, make_node, pin
@@ -58,7 +59,7 @@ def sealed_artifact(
     recipients: list[Kit],
     content: bytes = b"finding\n" * 512,
     *,
-    signer: SigningKey | None = None,
+    signer: SigningKey | SignerSet | None = None,
     origin: str | None = None,
     tlp: str = "TLP:GREEN",
     policy: dict[str, Any] | None = None,
@@ -80,7 +81,7 @@ def sealed_artifact(
             ManifestRecipient(k.node.node_id, k.node.home.age_recipient)
             for k in [sender, *recipients]
         ],
-        signer=signer or sender.node.keys.signing,
+        signer=signer or sender.node.keys.signer,
         policy=policy or {"decisions": []},
         now=datetime.now(UTC),
         topics=["evaluation"],
@@ -189,7 +190,7 @@ def signed_by_someone_else(t: Trio) -> tuple[str | None, dict[str, str], bytes]:
 
 
 def claims_uk_signed_by_ca(t: Trio) -> tuple[str | None, dict[str, str], bytes]:
-    art_id, body = _delivery(t, signer=t.ca.node.keys.signing)
+    art_id, body = _delivery(t, signer=t.ca.node.keys.signer)
     return art_id, sign(t.uk, t.us, "POST", INBOX, body), body
 
 

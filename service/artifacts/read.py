@@ -26,6 +26,7 @@ from service.artifacts.enforce import Facts, Refusal, enforce, first_rule, refus
 from service.artifacts.listing import get_artifact
 from service.artifacts.rows import json_list
 from service.audit.log import record
+from service.audit.refusals import mark_audited
 from service.blobs import BlobStore
 from service.errors import (
     ConflictError,
@@ -123,8 +124,7 @@ def open_for_read(
     for failed, reason, message, error in checks:
         if failed:
             _read_refusal(node, row, principal, reason, message)
-            error.audited = True
-            raise error
+            raise mark_audited(error)
     decision = None
     if row.direction == "received":
         decision = enforce(

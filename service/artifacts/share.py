@@ -36,6 +36,7 @@ from service.artifacts.rows import (
 )
 from service.artifacts.terms import ShareTerms
 from service.audit.log import AUDIT_TABLE, audit_row
+from service.audit.refusals import mark_audited
 from service.blobs import BlobStore
 from service.commits import group_commit
 from service.errors import InvalidInputError
@@ -90,11 +91,12 @@ def decide_share(
             rule=None,
             now=now,
         )
-        raise InvalidInputError(
-            f"not a pinned partner: {', '.join(unknown)}",
-            reason="unknown-partner",
-            partners=unknown,
-            audited=True,
+        raise mark_audited(
+            InvalidInputError(
+                f"not a pinned partner: {', '.join(unknown)}",
+                reason="unknown-partner",
+                partners=unknown,
+            )
         )
     facts = Facts.of(meta)
     decisions = [

@@ -53,6 +53,7 @@ from policies import Decision
 from service.artifacts.enforce import Facts, Refusal, enforce, first_rule, refuse
 from service.artifacts.rows import artifact_row
 from service.audit.log import AUDIT_TABLE, audit_row
+from service.audit.refusals import mark_audited
 from service.blobs import BlobWriter
 from service.commits import group_commit
 from service.errors import (
@@ -154,12 +155,13 @@ class Receiver:
 
     @contextlib.contextmanager
     def _refusals(self, artifact_id: str | None) -> Iterator[None]:
+        """Audit an error of the checks run inside as ``receive.rejected`` (nothing inside
+        audits on its own: the inbound policy's denial, which does, runs outside)."""
         try:
             yield
         except EntenteError as exc:
-            if not exc.audited:
-                self.reject(artifact_id=artifact_id, reason=exc.message)
-                exc.audited = True
+            self.reject(artifact_id=artifact_id, reason=exc.message)
+            mark_audited(exc)
             raise
 
     # --- steps 1 to 3 ---------------------------------------------------------------------------
@@ -216,7 +218,7 @@ class Receiver:
                     f"the artifact is larger than this node accepts ({limit} bytes)",
                     reason="too-large",
                 )
-            decision = self._inbound(manifest)
+        decision = self._inbound(manifest)  # a denial is audited by the enforcement step
         return Checked(envelope, manifest, decision, upstream, disclosed)
 
     def _inbound(self, manifest: Manifest) -> Decision:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import httpx
 
@@ -41,6 +42,7 @@ __all__ = [
     "START_SECONDS",
     "STOP_SECONDS",
     "Federation",
+    "FederationOptions",
     "NodeProcess",
     "clean_env",
     "free_port",
@@ -324,25 +326,21 @@ def prepare_nodes(
     return Federation(nodes)
 
 
+class FederationOptions(TypedDict, total=False):
+    """:func:`prepare_nodes`'s keyword arguments."""
+
+    names: Mapping[str, str] | None
+    passphrase: str | None
+    scrypt_work_factor: int
+    env: Mapping[str, str] | None
+    database_urls: dict[str, str] | None
+    command: tuple[str, ...]
+
+
 def start_federation(
-    root: Path,
-    node_ids: Iterable[str],
-    *,
-    names: Mapping[str, str] | None = None,
-    passphrase: str | None = None,
-    scrypt_work_factor: int = 18,
-    env: Mapping[str, str] | None = None,
-    command: tuple[str, ...] = COMMAND,
+    root: Path, node_ids: Iterable[str], **options: Unpack[FederationOptions]
 ) -> Federation:
     """:func:`prepare_nodes`, then a running ``entente serve`` for each node."""
-    federation = prepare_nodes(
-        root,
-        node_ids,
-        names=names,
-        passphrase=passphrase,
-        scrypt_work_factor=scrypt_work_factor,
-        env=env,
-        command=command,
-    )
+    federation = prepare_nodes(root, node_ids, **options)
     federation.start()
     return federation

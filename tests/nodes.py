@@ -41,12 +41,12 @@ SCRYPT_WORK_FACTOR = 10  # fast key files: the tests are not about their cost
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    return clean_env(
-        ENTENTE_PASSPHRASE=PASSPHRASE,
-        ENTENTE_SCRYPT_WORK_FACTOR=str(SCRYPT_WORK_FACTOR),
-        ENTENTE_LOG_LEVEL="INFO",
-        **extra,
-    )
+    defaults = {
+        "ENTENTE_PASSPHRASE": PASSPHRASE,
+        "ENTENTE_SCRYPT_WORK_FACTOR": str(SCRYPT_WORK_FACTOR),
+        "ENTENTE_LOG_LEVEL": "INFO",
+    }
+    return clean_env(**{**defaults, **extra})
 
 
 def run_cli(

@@ -12,21 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service import localnet
-from service.localnet import (
-    PROBE_SECONDS,
-    START_SECONDS,
-    STOP_SECONDS,
-    Federation,
-    clean_env,
-    free_port,
-)
+from service.localnet import Federation, clean_env, free_port
 
 __all__ = [
     "ENTENTE",
     "PASSPHRASE",
-    "PROBE_SECONDS",
-    "START_SECONDS",
-    "STOP_SECONDS",
     "Federation",
     "NodeProcess",
     "base_env",

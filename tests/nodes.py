@@ -19,6 +19,7 @@ __all__ = [
     "PASSPHRASE",
     "Federation",
     "NodeProcess",
+    "alive",
     "base_env",
     "free_port",
     "run_cli",
@@ -37,6 +38,15 @@ def base_env(**extra: str) -> dict[str, str]:
         "ENTENTE_LOG_LEVEL": "INFO",
     }
     return clean_env(**{**defaults, **extra})
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (Linux ``/proc``; a zombie has ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def run_cli(

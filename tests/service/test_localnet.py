@@ -16,17 +16,10 @@ import pytest
 
 from service.errors import NodeProcessError
 from service.localnet import Federation, NodeProcess
+from tests.nodes import alive
 
 EXITS = (sys.executable, "-c", "import sys; print('cannot open the home'); sys.exit(3)")
 WAITS = (sys.executable, "-c", "import time; time.sleep(600)")  # never answers /healthz
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
 
 
 def test_a_node_that_exits_is_one_line_with_its_log_for_the_report(tmp_path: Path) -> None:
@@ -79,18 +72,18 @@ def test_a_node_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
     try:
         assert parent.stdout is not None
         node_pid = int(parent.stdout.readline())
-        assert _alive(node_pid)
+        assert alive(node_pid)
         parent.kill()  # SIGKILL: the parent cannot stop its node itself
         parent.wait(30)
         deadline = time.monotonic() + 60
-        while _alive(node_pid) and time.monotonic() < deadline:
+        while alive(node_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not _alive(node_pid)
+        assert not alive(node_pid)
     finally:
         if parent.poll() is None:
             parent.kill()
             parent.wait(30)
         if parent.stdout is not None:
             parent.stdout.close()
-        if node_pid and _alive(node_pid):  # this test's own stand-in, if the check failed
+        if node_pid and alive(node_pid):  # this test's own stand-in, if the check failed
             os.kill(node_pid, signal.SIGKILL)

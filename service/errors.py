@@ -22,6 +22,7 @@ one place (``service/api/problems.py``); the CLI prints the message on one line 
     ├── BusyError             too many requests of one caller in flight (HTTP 503)
     ├── RemoteError           the node a CLI command talks to refused it or could not be reached
     ├── DemoError             the demo federation could not be set up or run
+    ├── NodeProcessError      a node process on loopback (service/localnet.py) did not start
     ├── StoredArtifactCorruptError
     │                         stored ciphertext failed verification while it was read (HTTP 502;
     │                         mid-stream, the connection is cut short of its Content-Length)
@@ -62,6 +63,7 @@ __all__ = [
     "HomeError",
     "InvalidInputError",
     "KeyStoreError",
+    "NodeProcessError",
     "NotFoundError",
     "PartnerError",
     "PartnerRefusedError",
@@ -213,6 +215,21 @@ class RemoteError(EntenteError):
 
 class DemoError(EntenteError):
     kind = "demo"
+
+
+class NodeProcessError(EntenteError):
+    """A node process started on loopback (``service/localnet.py``: the demo, the integration
+    tests, the benchmarks) exited or did not answer in time. ``message`` is one line; ``str()``
+    adds the end of the node's log, for a test report."""
+
+    kind = "node-process"
+
+    def __init__(self, message: str, *, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+    def __str__(self) -> str:
+        return f"{self.message}\n{self.log_tail}" if self.log_tail else self.message
 
 
 class StoredArtifactCorruptError(EntenteError):

@@ -28,14 +28,12 @@ import asyncio
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
@@ -44,52 +42,32 @@ sys.path.insert(0, str(ROOT))
 
 from bench._load import request_bytes, run_load  # noqa: E402
 from bench._proc import cpu_seconds, peak_rss, reset_peaks, rss, tree  # noqa: E402
-from service.federation.setup import prepare_federation  # noqa: E402
+from service.localnet import (  # noqa: E402
+    NodeProcess,
+    clean_env,
+    free_port,
+    prepare_nodes,
+    wait_until_answering,
+)
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes]) -> None:
-    # Generous: it bounds a hang, never measures speed (a loaded machine starts a node slowly).
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited")
-        try:
-            if httpx.get(url, timeout=10).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def start_node(
-    root: Path, workers: int, log: IO[bytes] | int
-) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
-    """Start ``uk-aisi`` (SQLite home under ``root``, delivery off, its rate limiter out of the
-    way: the benchmarks measure the node, not its limiter) with ``workers`` processes on a free
-    port; (process, base URL, tokens by role). The caller waits for ``/healthz`` and stops it."""
-    port = _port()
-    prepared = prepare_federation(
-        {"uk-aisi": f"http://127.0.0.1:{port}", "us-aisi": "http://127.0.0.1:9"},
-        root=root,
-        passphrase=None,
+def start_node(root: Path, workers: int) -> NodeProcess:
+    """Start ``uk-aisi`` (SQLite home under ``root``, pinned to a ``us-aisi`` that never runs,
+    delivery off, its rate limiter out of the way: the benchmarks measure the node, not its
+    limiter) with ``workers`` processes, and wait until it answers. The caller stops it."""
+    federation = prepare_nodes(
+        root,
+        ("uk-aisi", "us-aisi"),
+        env=clean_env(
+            ENTENTE_WORKERS_ENABLED="false",
+            ENTENTE_LOG_LEVEL="WARNING",
+            ENTENTE_RATE_LIMIT_PER_MINUTE="100000000",
+            ENTENTE_WORKERS=str(workers),
+        ),
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ENTENTE_")}
-    env.update(ENTENTE_WORKERS_ENABLED="false", ENTENTE_LOG_LEVEL="WARNING")
-    env.update(ENTENTE_RATE_LIMIT_PER_MINUTE="100000000", ENTENTE_WORKERS=str(workers))
-    node = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--home", str(root / "uk-aisi"),
-         "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-    )  # fmt: skip
-    return node, f"http://127.0.0.1:{port}", dict(prepared["uk-aisi"].tokens)
+    node = federation.nodes["uk-aisi"]
+    node.start()
+    return node
 
 
 def _body(meta: dict[str, Any], content: bytes, boundary: str) -> bytes:
@@ -243,18 +221,18 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="entente-bench-api-") as tmp:
         root = Path(tmp)
-        log = open(root / "uk.log", "wb")  # noqa: SIM115 - closed below
-        node, url, tokens = start_node(root, args.workers, log)
-        bare_port = _port()
+        bare_port = free_port()
         (root / "bare.py").write_text(BARE)
         (root / "uploads").mkdir()
         bare = subprocess.Popen(
             [sys.executable, "bare.py", str(bare_port), str(args.workers)],
             cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        node: NodeProcess | None = None
         try:
-            _wait(f"{url}/healthz", node)
-            _wait(f"http://127.0.0.1:{bare_port}/items", bare)
+            node = start_node(root, args.workers)
+            url, tokens = node.url, node.tokens
+            wait_until_answering(f"http://127.0.0.1:{bare_port}/items", bare, what="bare FastAPI")
             _shares(url, tokens["publisher"], min(shares, 100), args.concurrency)  # warm up
             servers = tree(node.pid)
             cpu = cpu_seconds(servers)
@@ -266,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu = cpu_seconds(bare_servers)
             bare_rate = _uploads(bare_upload, {}, shares, args.concurrency)
             bare_share_cpu = cpu_seconds(bare_servers) - cpu
-            auth = {"Authorization": f"Bearer {tokens['reader']}"}
+            auth = node.auth("reader")
             _requests(f"{url}/v1/artifacts?limit=1", auth, 0.5, 8)
             _requests(f"http://127.0.0.1:{bare_port}/items", {}, 0.5, 8)
             cpu = cpu_seconds(servers)
@@ -277,10 +255,10 @@ def main(argv: list[str] | None = None) -> int:
             peer_cpu = cpu_seconds(bare_servers) - cpu
             memory = _big_upload(url, tokens["publisher"], upload, node.pid)
         finally:
-            for proc in (node, bare):
-                proc.terminate()
-                proc.wait(20)
-            log.close()
+            if node is not None:
+                node.stop()
+            bare.terminate()
+            bare.wait(20)
 
     mib = 1 << 20
     growth = memory["hwm"] - memory["rss_before"]

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._proc import cpu_seconds, tree  # noqa: E402
-from bench.api import _shares, _wait, start_node  # noqa: E402
+from bench.api import _shares, start_node  # noqa: E402
 
 # (bucket, frame prefixes): a sample goes to the first bucket met from the innermost frame out.
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
@@ -99,10 +99,9 @@ def profile_share(shares: int, concurrency: int, out: Path | None) -> dict[str, 
         raise SystemExit("py-spy is not installed (pip install -e '.[dev]')")
     with tempfile.TemporaryDirectory(prefix="entente-profile-") as tmp:
         root = Path(tmp)
-        node, url, tokens = start_node(root, 1, subprocess.DEVNULL)
+        node = start_node(root, 1)
         try:
-            _wait(f"{url}/healthz", node)
-            token = tokens["publisher"]
+            url, token = node.url, node.tokens["publisher"]
             _shares(url, token, 200, concurrency)  # warm up
             raw = root / "share.txt"
             spy = subprocess.Popen(
@@ -123,8 +122,7 @@ def profile_share(shares: int, concurrency: int, out: Path | None) -> dict[str, 
                 with raw.open("rb") as src, gzip.open(out / "profile-share.txt.gz", "wb") as dst:
                     shutil.copyfileobj(src, dst)
         finally:
-            node.terminate()
-            node.wait(20)
+            node.stop()
     total = sum(counts.values()) or 1
     return {
         "shares": shares,

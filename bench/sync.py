@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._load import request_bytes, run_load  # noqa: E402
 from bench._proc import cpu_seconds, peak_rss, reset_peaks, tree  # noqa: E402
-from tests.nodes import PASSPHRASE, NodeProcess, base_env  # noqa: E402
+from service.localnet import NodeProcess, clean_env, prepare_nodes  # noqa: E402
 
 MISP_SECONDS_PER_EVENT = (2.0, 3.0)  # MISP's reported sync cost per event (the peer)
 TARGET_E2E = 500.0  # artifacts per second, share to receipt
@@ -71,18 +71,10 @@ def upload(meta: dict[str, Any], content: bytes) -> bytes:
     )
 
 
-def prepare(root: Path, env: dict[str, str]) -> tuple[NodeProcess, NodeProcess, dict[str, Any]]:
-    from service.federation.setup import prepare_federation
-
-    uk = NodeProcess(root / "uk-aisi", "uk-aisi", env=base_env(**env))
-    us = NodeProcess(root / "us-aisi", "us-aisi", env=base_env(**env))
-    prepared = prepare_federation(
-        {"uk-aisi": uk.url, "us-aisi": us.url},
-        root=root,
-        passphrase=PASSPHRASE,
-        scrypt_work_factor=10,
-    )
-    return uk, us, {nid: p.tokens for nid, p in prepared.items()}
+def prepare(root: Path, env: dict[str, str]) -> tuple[NodeProcess, NodeProcess]:
+    """The two nodes' homes (keys unencrypted: a benchmark's), pinned to each other; not started."""
+    federation = prepare_nodes(root, ("uk-aisi", "us-aisi"), env=clean_env(**env))
+    return federation.nodes["uk-aisi"], federation.nodes["us-aisi"]
 
 
 def share_many(url: str, token: str, n: int, *, tag: str, workers: int) -> float:
@@ -142,7 +134,7 @@ def _spy(profile: str | None, nodes: dict[str, NodeProcess], root: Path, phase: 
         spies.append(
             subprocess.Popen(
                 [str(Path(sys.executable).with_name("py-spy")), "record",
-                 "--pid", str(node.proc.pid), "--format", "raw", "--subprocesses",
+                 "--pid", str(node.pid), "--format", "raw", "--subprocesses",
                  "--threads", "-o", str(out), "--rate", "200"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -197,7 +189,7 @@ class _Phase:
 
     def __init__(self, nodes: dict[str, NodeProcess]) -> None:
         self.nodes = nodes
-        self.pids = {k: tree(n.proc.pid) for k, n in nodes.items() if n.proc is not None}
+        self.pids = {k: tree(n.pid) for k, n in nodes.items() if n.proc is not None}
         for pids in self.pids.values():
             reset_peaks(pids)
         self.cpu = {k: cpu_seconds(pids) for k, pids in self.pids.items()}
@@ -223,7 +215,7 @@ def run(n: int, workers: int, profile: str | None, processes: int = 1) -> dict[s
         "ENTENTE_LOG_LEVEL": "WARNING",
         "ENTENTE_RATE_LIMIT_PER_MINUTE": "1000000",
     }
-    uk, us, tokens = prepare(root, env)
+    uk, us = prepare(root, env)
     uk_db, us_db = uk.home / "entente.db", us.home / "entente.db"
     delivered_sql = "SELECT count(*) FROM outbox WHERE state='delivered' AND receipt IS NOT NULL"
     held_sql = "SELECT count(*) FROM artifacts WHERE direction='received'"
@@ -232,7 +224,7 @@ def run(n: int, workers: int, profile: str | None, processes: int = 1) -> dict[s
         uk.start()
         us.start()
         # warm up both processes (imports, connections, first signatures)
-        share_many(uk.url, tokens["uk-aisi"]["publisher"], 20, tag="warm", workers=2)
+        share_many(uk.url, uk.tokens["publisher"], 20, tag="warm", workers=2)
         wait_until(lambda: count(uk_db, delivered_sql) >= 20, 60, "warm-up deliveries")
 
         timeout = max(600.0, n / 20)  # seconds: at least 20 artifacts per second
@@ -243,9 +235,7 @@ def run(n: int, workers: int, profile: str | None, processes: int = 1) -> dict[s
         spies = _spy(profile, nodes, root, "e2e")
         phase = _Phase(nodes)
         t0 = time.perf_counter()
-        share_seconds = share_many(
-            uk.url, tokens["uk-aisi"]["publisher"], n, tag="e2e", workers=workers
-        )
+        share_seconds = share_many(uk.url, uk.tokens["publisher"], n, tag="e2e", workers=workers)
         t_done = wait_until(lambda: count(uk_db, delivered_sql) >= base + n, timeout, "receipts")
         e2e_seconds = t_done - t0
         phases["e2e"] = phase.end()
@@ -327,7 +317,7 @@ def queue_shares(home: Path, n: int, *, tag: str) -> None:
     from service.settings import Settings
     from service.tokens import Principal, Role
 
-    settings = Settings(home=home, passphrase=PASSPHRASE, scrypt_work_factor=10)  # type: ignore[arg-type,unused-ignore]
+    settings = Settings(home=home)
     node = load_node(settings, migrate=True)
     principal = Principal(token_id="tok_bench", name="bench", role=Role.PUBLISHER)  # noqa: S106
     meta = ShareTerms(

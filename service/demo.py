@@ -21,13 +21,10 @@ import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +35,7 @@ from rich.table import Table
 from crypto.keys import format_fingerprint
 from service.cli._terminal import TerminalConsole
 from service.errors import DemoError, EntenteError
-from service.federation.setup import PreparedNode, prepare_federation
+from service.localnet import Federation, NodeProcess, clean_env, prepare_nodes, run_cli
 
 __all__ = ["run_demo"]
 
@@ -64,44 +61,6 @@ def _stop_on_signal(signum: int, _frame: object) -> None:
     raise _Stopped(signum)
 
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with(parent: int) -> Callable[[], None]:
-    """A ``preexec_fn``: the child gets SIGTERM when ``parent`` dies (Linux), or at once if it
-    has died already (between fork and this call)."""
-
-    def preexec() -> None:
-        if sys.platform.startswith("linux"):
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@dataclass
-class _Node:
-    node_id: str
-    url: str
-    home: Path
-    tokens: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def auth(self, role: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[role]}"}
-
-
 def _upload(meta: dict[str, Any], content: bytes) -> tuple[bytes, dict[str, str]]:
     boundary = "entente-demo-" + hashlib.sha256(content).hexdigest()[:16]
     body = (
@@ -121,7 +80,7 @@ class Demo:
         self.console = console
         self.keep = keep
         self.root = root or Path(tempfile.mkdtemp(prefix="entente-demo-"))
-        self.nodes: dict[str, _Node] = {}
+        self.federation = Federation({})  # none yet
         self.http = httpx.Client(timeout=30.0)
         self.step_no = 0
         self.outcome: dict[str, Any] = {}
@@ -138,32 +97,15 @@ class Demo:
     # --- nodes ----------------------------------------------------------------------------------
     def start(self) -> None:
         self.step("Three institutes start their Entente nodes")
-        urls = {nid: f"http://127.0.0.1:{_free_port()}" for nid in NODES}
-        prepared: dict[str, PreparedNode] = prepare_federation(
-            urls, root=self.root, names=NODES, passphrase=None
-        )
-        for nid, url in urls.items():
-            node = _Node(nid, url, prepared[nid].home.path, dict(prepared[nid].tokens))
-            self.nodes[nid] = node
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ENTENTE_")}
-        env.update(
+        env = clean_env(
             ENTENTE_LOG_LEVEL="WARNING",
             ENTENTE_SYNC_INTERVAL_SECONDS="0.2",
             ENTENTE_RETRY_BASE_SECONDS="0.2",
             ENTENTE_RETRY_MAX_SECONDS="2",
             ENTENTE_CHECKPOINT_INTERVAL_SECONDS="0.5",
         )
-        for node in self.nodes.values():
-            port = node.url.rsplit(":", 1)[1]
-            with open(self.root / f"{node.node_id}.log", "ab") as log:
-                node.proc = subprocess.Popen(  # noqa: S603 - our own console script, fixed args
-                    [sys.executable, "-m", "service.cli", "serve", "--home", str(node.home),
-                     "--port", port],
-                    env=env, stdout=log, stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with(os.getpid()),  # before any thread starts
-                )  # fmt: skip
-        for node in self.nodes.values():
-            self._wait_healthy(node)
+        self.federation = prepare_nodes(self.root, NODES, names=NODES, passphrase=None, env=env)
+        self.federation.start()  # the nodes end with the demo, however it ends (PDEATHSIG)
         table = Table("node", "institute", "listening", "fingerprint (Ed25519, SHA-256)")
         for node in self.nodes.values():
             fp = json.loads((node.home / "node.json").read_text())["fingerprint"]
@@ -177,29 +119,12 @@ class Demo:
         )
         self.say("[yellow]Demo keys are stored unencrypted (--insecure-no-passphrase).[/]")
 
-    def _wait_healthy(self, node: _Node, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if node.proc is not None and node.proc.poll() is not None:
-                raise DemoError(f"{node.node_id} exited; see {self.root / (node.node_id + '.log')}")
-            try:
-                if self.http.get(f"{node.url}/healthz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise DemoError(f"{node.node_id} did not start within {timeout:.0f} s")
+    @property
+    def nodes(self) -> dict[str, NodeProcess]:
+        return self.federation.nodes
 
     def stop(self) -> None:
-        for node in self.nodes.values():
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGTERM)
-        for node in self.nodes.values():
-            if node.proc is not None:
-                try:
-                    node.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    node.proc.kill()
+        self.federation.stop()
         self.http.close()
 
     def cleanup(self) -> None:
@@ -218,13 +143,13 @@ class Demo:
         raise DemoError(f"timed out waiting for {what}")
 
     # --- the story ------------------------------------------------------------------------------
-    def share(self, node: _Node, meta: dict[str, Any], content: bytes) -> httpx.Response:
+    def share(self, node: NodeProcess, meta: dict[str, Any], content: bytes) -> httpx.Response:
         body, headers = _upload(meta, content)
         return self.http.post(
             f"{node.url}/v1/artifacts", content=body, headers={**headers, **node.auth("publisher")}
         )
 
-    def audit_kinds(self, node: _Node, kind: str) -> list[dict[str, Any]]:
+    def audit_kinds(self, node: NodeProcess, kind: str) -> list[dict[str, Any]]:
         r = self.http.get(
             f"{node.url}/audit/v1/entries", params={"kind": kind}, headers=node.auth("auditor")
         )
@@ -346,7 +271,7 @@ class Demo:
         if not all(v["ok"] for v in verdicts.values()):
             raise DemoError("an audit log did not verify")
 
-    def _verify(self, node: _Node) -> dict[str, Any]:
+    def _verify(self, node: NodeProcess) -> dict[str, Any]:
         def cosigned() -> dict[str, Any] | None:
             r = self.http.get(f"{node.url}/audit/v1/checkpoint", headers=node.auth("auditor"))
             if r.status_code != 200:
@@ -356,12 +281,10 @@ class Demo:
 
         state = self.wait(cosigned, f"{node.node_id}'s checkpoint cosigned by both partners", 60)
         fingerprint = json.loads((node.home / "node.json").read_text())["fingerprint"]
-        result = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
-            [sys.executable, "-m", "service.cli", "audit", "verify", "--url", node.url,
-             "--fingerprint", fingerprint, "--json",
-             "--state", str(self.root / f"{node.node_id}.audit-state.json")],
-            env={**os.environ, "ENTENTE_TOKEN": node.tokens["auditor"]},
-            capture_output=True, text=True, timeout=120, check=False,
+        result = run_cli(
+            "audit", "verify", "--url", node.url, "--fingerprint", fingerprint, "--json",
+            "--state", str(self.root / f"{node.node_id}.audit-state.json"),
+            env={**os.environ, "ENTENTE_TOKEN": node.tokens["auditor"]}, timeout=120,
         )  # fmt: skip
         try:
             verdict = json.loads(result.stdout.strip().splitlines()[-1])

@@ -22,6 +22,7 @@ one place (``service/api/problems.py``); the CLI prints the message on one line 
     ├── BusyError             too many requests of one caller in flight (HTTP 503)
     ├── RemoteError           the node a CLI command talks to refused it or could not be reached
     ├── DemoError             the demo federation could not be set up or run
+    ├── NodeProcessError      a node process on loopback (service/localnet.py) did not start
     ├── StoredArtifactCorruptError
     │                         stored ciphertext failed verification while it was read (HTTP 502;
     │                         mid-stream, the connection is cut short of its Content-Length)
@@ -31,6 +32,20 @@ one place (``service/api/problems.py``); the CLI prints the message on one line 
                               the partner answered with a signed 4xx problem document
 
 The audit log package draws its own errors, all in this family, in ``service/audit/errors.py``.
+
+An error is an immutable fact about what went wrong; it does not record whether anyone wrote it
+to the audit log. Every refusal is audited exactly once, in one of three ways:
+
+- by the problem handler (``service/api/problems.py``, ``service/console/_render.py``) when it
+  turns the error into a problem document: the default;
+- by the domain, when the entry must be in the refusal's own transaction or carry what only
+  the domain knows (rule, clause, partner): it then calls
+  :func:`service.audit.refusals.mark_audited`, a per-request registry the handlers consult;
+- never, for an error raised with ``quiet=True``: a refusal that is nobody's misbehaviour worth
+  an entry (a scan of a console file that does not exist; the second and later refusals of one
+  burst by the rate or in-flight limiter, whose first refusal is on record; a stale old size sent
+  to the witness, the protocol's way of telling a log where to resume). ``quiet`` is fixed at
+  construction.
 """
 
 from __future__ import annotations
@@ -48,6 +63,7 @@ __all__ = [
     "HomeError",
     "InvalidInputError",
     "KeyStoreError",
+    "NodeProcessError",
     "NotFoundError",
     "PartnerError",
     "PartnerRefusedError",
@@ -69,11 +85,16 @@ class EntenteError(Exception):
     status: ClassVar[int] = 400
     title: ClassVar[str] = "Request failed"
 
-    def __init__(self, message: str, *, audited: bool = False, **extra: Any) -> None:
+    def __init__(self, message: str, *, quiet: bool = False, **extra: Any) -> None:
         super().__init__(message)
         self.message = message
         self.extra = extra
-        self.audited = audited  # True when the raiser already wrote the refusal's audit event
+        self._quiet = quiet
+
+    @property
+    def quiet(self) -> bool:
+        """True when this refusal is never to be audited by the problem handler (see above)."""
+        return self._quiet
 
 
 class UsageError(EntenteError):
@@ -194,6 +215,21 @@ class RemoteError(EntenteError):
 
 class DemoError(EntenteError):
     kind = "demo"
+
+
+class NodeProcessError(EntenteError):
+    """A node process started on loopback (``service/localnet.py``: the demo, the integration
+    tests, the benchmarks) exited or did not answer in time. ``message`` is one line; ``str()``
+    adds the end of the node's log, for a test report."""
+
+    kind = "node-process"
+
+    def __init__(self, message: str, *, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+    def __str__(self) -> str:
+        return f"{self.message}\n{self.log_tail}" if self.log_tail else self.message
 
 
 class StoredArtifactCorruptError(EntenteError):

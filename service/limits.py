@@ -28,8 +28,8 @@ request heads and bodies are ASGI middleware: ``service.api.bounds``.
 Refusals are :class:`service.errors.RateLimitedError` (429, ``Retry-After``) or
 :class:`service.errors.BusyError` (503, ``Retry-After``) problem documents. A rate or in-flight
 refusal is audited (as ``request.refused``) once per burst: further refusals of the same key
-before it is allowed a request again are counted in the metrics only, so that a flood of
-requests cannot become a flood of audit writes.
+before it is allowed a request again are raised ``quiet`` and counted in the metrics only, so
+that a flood of requests cannot become a flood of audit writes.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from typing import Any
 import anyio
 from sqlmodel import Session, col, func, select
 
+from service.audit.refusals import mark_audited
 from service.errors import BusyError, RateLimitedError
 from service.models import Artifact
 from service.node import Node
@@ -121,7 +122,7 @@ class RateLimiter:
             f"(ENTENTE_RATE_LIMIT_PER_MINUTE); retry after {wait} s",
             reason="rate",
             retry_after=max(1, wait),
-            audited=not first,  # one audit event per burst; the metrics count every refusal
+            quiet=not first,  # one audit event per burst; the metrics count every refusal
         )
 
 
@@ -129,8 +130,8 @@ class InFlight:
     """Requests running at once per caller, at most ``per_key`` each. Thread-safe.
 
     :meth:`enter` raises :class:`BusyError` (503, ``Retry-After``) when the caller already has
-    ``per_key`` requests running; ``audited`` is False on the first refusal of a burst only
-    (until the caller is let in again), like the rate limiter's.
+    ``per_key`` requests running; every refusal of a burst but the first (until the caller is
+    let in again) is ``quiet``, like the rate limiter's.
     """
 
     def __init__(self, per_key: int, *, retry_after: int = 1) -> None:
@@ -160,7 +161,7 @@ class InFlight:
             f"(ENTENTE_MAX_REQUESTS_IN_FLIGHT); retry after {self.retry_after} s",
             reason="in-flight",
             retry_after=self.retry_after,
-            audited=refused > 1,
+            quiet=refused > 1,
         )
 
     def leave(self, key: str) -> None:
@@ -204,9 +205,9 @@ class Limits:
             self.in_flight.enter(key)
         except BusyError as exc:
             node.metrics.refusals.labels(exc.kind).inc()
-            if not exc.audited:
+            if not exc.quiet:
                 await anyio.to_thread.run_sync(_audit_busy, node, exc, actor, method, path)
-                exc.audited = True
+                mark_audited(exc)
             raise
         try:
             yield
@@ -236,7 +237,7 @@ def _counted(node: Node, limiter: RateLimiter, key: str) -> None:
     try:
         limiter.take(key)
     except RateLimitedError as exc:
-        if exc.audited:  # not audited by the problem handler, so counted here
+        if exc.quiet:  # not audited by the problem handler, so counted here
             node.metrics.refusals.labels(exc.kind).inc()
         raise
 

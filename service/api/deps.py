@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from service.audit.refusals import audit_refusal
+from service.audit.refusals import audit_refusal, mark_audited
 from service.errors import AuthError, ForbiddenError
 from service.limits import Limits
 from service.node import Node
@@ -75,7 +75,7 @@ def require_roles(*roles: Role) -> Callable[..., AsyncIterator[Principal]]:
             await run_in_threadpool(
                 _refuse, node, request, kind="auth.refused", reason=reason, actor="anonymous"
             )
-            exc.audited = True
+            mark_audited(exc)
             raise
         if principal.role not in allowed:
             await run_in_threadpool(
@@ -87,10 +87,11 @@ def require_roles(*roles: Role) -> Callable[..., AsyncIterator[Principal]]:
                 actor=principal.actor,
             )
             needed = " or ".join(sorted(r.value for r in allowed))
-            raise ForbiddenError(
-                f"the {principal.role.value} role may not do this; it needs {needed}",
-                role=principal.role.value,
-                audited=True,
+            raise mark_audited(
+                ForbiddenError(
+                    f"the {principal.role.value} role may not do this; it needs {needed}",
+                    role=principal.role.value,
+                )
             )
         request.state.principal = principal
         limits = Limits.of(request.app.state)

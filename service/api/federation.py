@@ -30,6 +30,7 @@ from service.api.bodies import StreamedBody, body_limiter, read_body
 from service.api.problems import problem_type
 from service.api.signed import FEDERATION_PREFIX, Partner, partner_running, signed_json
 from service.audit.log import record
+from service.audit.refusals import mark_audited
 from service.errors import (
     EntenteError,
     ForbiddenError,
@@ -181,13 +182,13 @@ async def inbox(request: Request, node: NodeDep, sig: Partner) -> Response:
     if ctype not in (DELIVERY_TYPE, BATCH_TYPE):
         reason = f"a delivery must be sent as {DELIVERY_TYPE} or {BATCH_TYPE}"
         await run_in_threadpool(_refuse_delivery, node, sig, reason)
-        raise InvalidInputError(reason, audited=True)
+        raise mark_audited(InvalidInputError(reason))
     length = request.headers.get("content-length")
     limit = BATCH_MAX_BODY_BYTES if ctype == BATCH_TYPE else _inbox_limit(node)
     if length is not None and length.isdigit() and int(length) > limit:
         reason = f"the delivery is larger than this node accepts ({limit} bytes)"
         await run_in_threadpool(_refuse_delivery, node, sig, reason)
-        raise TooLargeError(reason, audited=True)
+        raise mark_audited(TooLargeError(reason))
     declared = int(length) if length is not None and length.isdigit() else None
     await run_in_threadpool(check_volume, node, sig.partner, declared)  # the partner's daily cap
     if ctype == BATCH_TYPE:
@@ -210,7 +211,7 @@ async def inbox(request: Request, node: NodeDep, sig: Partner) -> Response:
             line = reader.readline(node.settings.max_federation_manifest_bytes)
         except EntenteError as exc:
             receiver.reject(artifact_id=None, reason=exc.message)
-            exc.audited = True
+            mark_audited(exc)
             raise
         return receiver.receive(line, reader, before_commit=check_digest)
 
@@ -264,7 +265,7 @@ async def _inbox_batch(request: Request, node: Node, sig: IncomingSignature) -> 
         items = _split_batch(body, node.settings.max_federation_manifest_bytes)
     except EntenteError as exc:
         await run_in_threadpool(_refuse_delivery, node, sig, exc.message)
-        exc.audited = True
+        mark_audited(exc)
         raise
 
     def work() -> list[dict[str, Any]]:

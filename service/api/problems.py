@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.audit.refusals import ANONYMOUS, RefusalScope, already_audited, audit_refusal
 from service.errors import EntenteError
 
 __all__ = [
@@ -79,14 +80,13 @@ _AUDITED_PREFIXES = ("/v1/", "/audit/", "/federation/", "/ui/")
 
 
 def _audit_refusal(request: Request, *, status: int, kind: str, detail: str) -> None:
-    """Every refusal on an API route is an audit event (unless its raiser already wrote one)."""
+    """Every refusal on an API route is an audit event (unless it is quiet or its raiser already
+    wrote one: ``service.errors``)."""
     if status >= 500 or not request.url.path.startswith(_AUDITED_PREFIXES):
         return
     node = getattr(request.app.state, "node", None)
     if node is None:
         return
-    from service.audit.refusals import ANONYMOUS, audit_refusal
-
     principal = getattr(request.state, "principal", None)
     partner = getattr(request.state, "partner", None)
     actor = (
@@ -116,7 +116,7 @@ def _audit_refusal(request: Request, *, status: int, kind: str, detail: str) -> 
 async def _entente_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, EntenteError):  # pragma: no cover - registration error
         return _unexpected(request, exc)
-    if not exc.audited:
+    if not exc.quiet and not already_audited(exc):
         await run_in_threadpool(
             _audit_refusal, request, status=exc.status, kind=exc.kind, detail=exc.message
         )
@@ -191,7 +191,9 @@ def install_problem_handlers(
 ) -> None:
     """Map every error to its problem document. ``finish`` wraps each handler: the composition
     root passes the federation router's, which signs the refusals a partner receives (this
-    module does not know about signing, so it imports no router)."""
+    module does not know about signing, so it imports no router). The handlers come with their
+    :class:`RefusalScope`, the per-request registry of refusals the domain audited itself."""
+    app.add_middleware(RefusalScope)
     app.add_exception_handler(EntenteError, finish(_entente_error))
     app.add_exception_handler(RequestValidationError, finish(_validation_error))
     app.add_exception_handler(StarletteHTTPException, finish(_http_error))

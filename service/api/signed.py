@@ -21,7 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from crypto import httpsig
 from crypto.errors import CryptoError
 from service.api.problems import ProblemHandler
-from service.audit.refusals import audit_refusal
+from service.audit.refusals import audit_refusal, mark_audited
 from service.errors import (
     AuthError,
 )
@@ -75,8 +75,8 @@ async def signed_partner(request: Request, node: NodeDep) -> IncomingSignature:
     except CryptoError as exc:
         reason = str(exc)
         await run_in_threadpool(_refused, node, request, reason)
-        raise AuthError(
-            f"federation request refused: {reason}", reason="signature", audited=True
+        raise mark_audited(
+            AuthError(f"federation request refused: {reason}", reason="signature")
         ) from None
     request.state.partner = sig.partner
     request.state.signature = sig

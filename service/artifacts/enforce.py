@@ -20,6 +20,7 @@ from sqlmodel import Session
 from policies import Decision, Request, RuleRef
 from service.artifacts.rows import json_list
 from service.audit.log import record
+from service.audit.refusals import mark_audited
 from service.errors import PolicyDeniedError
 from service.models import Artifact
 from service.node import Node
@@ -155,7 +156,8 @@ def refuse(
 ) -> None:
     """Audit a refusal about each of ``partners`` (``None``: about no partner) in one
     transaction, with ``rule``, ``clause`` and the refusal's detail; ``count`` is called once,
-    for the metrics. The caller raises the error that says why."""
+    for the metrics. The caller raises the error that says why, marked with
+    :func:`service.audit.refusals.mark_audited` so that the problem handler adds no entry."""
     now = now or node.now()
     with node.db.session() as session:
         for partner in partners:
@@ -180,7 +182,8 @@ def deny(
 ) -> PolicyDeniedError:
     """Audit each ``(partner, decision)`` denial in one transaction and return the error to
     raise, naming the first denial's partner, rule, clause and reason (``problem`` adds to or
-    overrides these fields). ``count`` is called once, for the metrics."""
+    overrides these fields), marked audited for the problem handler. ``count`` is called once,
+    for the metrics."""
     with node.db.session() as session:
         for partner, decision in denials:
             rule = first_rule(decision)
@@ -200,7 +203,7 @@ def deny(
         "reason": first.reason,
     }
     fields.update(problem)
-    return PolicyDeniedError(message, audited=True, **fields)
+    return mark_audited(PolicyDeniedError(message, **fields))
 
 
 def enforce(

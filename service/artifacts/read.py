@@ -1,8 +1,10 @@
 """Reading an artifact at this node.
 
 The node decrypts with its own identity and streams plaintext to the caller after checking
-revocation, embargo, expiry and retention; the read is audited (and, where an ``inform``
-obligation applies, an access notice to the origin is queued) before the first byte is sent.
+revocation, embargo, expiry and retention (the pure rules of ``read_rules``; a refusal is
+audited here, once, as ``read.denied``) and the MOU policy (``enforce``); the read is audited
+(and, where an ``inform`` obligation applies, an access notice to the origin is queued) before
+the first byte is sent.
 Plaintext never touches the disk.
 
 This module does not shape the HTTP response (``service.api.artifacts``).
@@ -15,7 +17,6 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
@@ -24,13 +25,13 @@ from crypto.sealed import (
 )
 from service.artifacts.enforce import Facts, Refusal, enforce, first_rule, refuse
 from service.artifacts.listing import get_artifact
+from service.artifacts.read_rules import ReadFacts, check_readable
 from service.artifacts.rows import json_list
 from service.audit.log import record
+from service.audit.refusals import mark_audited
 from service.blobs import BlobStore
 from service.errors import (
-    ConflictError,
     EntenteError,
-    ForbiddenError,
     NotFoundError,
     StoredArtifactCorruptError,
 )
@@ -51,9 +52,7 @@ def _retention_days(row: Artifact) -> int | None:
     return min(days) if days else None
 
 
-def _read_refusal(
-    node: Node, row: Artifact, principal: Principal, reason: str, message: str
-) -> None:
+def _read_refusal(node: Node, row: Artifact, principal: Principal, reason: str) -> None:
     refuse(
         node,
         Refusal(
@@ -82,49 +81,20 @@ def open_for_read(
     now = node.now()
     with node.db.session() as session:
         row = get_artifact(session, artifact_id)
-    checks: list[tuple[bool, str, str, EntenteError]] = [
-        (
-            row.revoked_at is not None,
-            "revoked",
-            "the origin revoked this artifact",
-            ConflictError(f"artifact {row.id} was revoked by its origin", reason="revoked"),
-        ),
-        (
-            row.embargo_until is not None and now < row.embargo_until,
-            "embargo",
-            "under embargo",
-            ForbiddenError(
-                f"artifact {row.id} is under embargo until {row.embargo_until}",
-                reason="embargo",
-                embargo_until=row.embargo_until.isoformat() if row.embargo_until else None,
-            ),
-        ),
-        (
-            row.expires_at is not None and now >= row.expires_at,
-            "expired",
-            "expired",
-            ConflictError(f"artifact {row.id} expired at {row.expires_at}", reason="expired"),
-        ),
-    ]
-    retention = _retention_days(row)
-    if retention is not None:
-        limit = row.recorded_at + timedelta(days=retention)
-        checks.append(
-            (
-                now >= limit,
-                "retention",
-                "past its retention period",
-                ConflictError(
-                    f"artifact {row.id} is past its retention period ({retention} days)",
-                    reason="retention",
-                ),
-            )
-        )
-    for failed, reason, message, error in checks:
-        if failed:
-            _read_refusal(node, row, principal, reason, message)
-            error.audited = True
-            raise error
+    facts = ReadFacts(
+        artifact_id=row.id,
+        recorded_at=row.recorded_at,
+        revoked_at=row.revoked_at,
+        embargo_until=row.embargo_until,
+        expires_at=row.expires_at,
+        retention_days=_retention_days(row),
+    )
+    try:
+        check_readable(facts, now=now)
+    except EntenteError as error:
+        _read_refusal(node, row, principal, str(error.extra["reason"]))
+        mark_audited(error)
+        raise
     decision = None
     if row.direction == "received":
         decision = enforce(

@@ -34,6 +34,7 @@ from service.artifacts.rows import (
 from service.artifacts.sealing import recipients_for, sealing_for
 from service.artifacts.terms import ShareTerms
 from service.audit.log import AUDIT_TABLE, audit_row
+from service.audit.refusals import mark_audited
 from service.blobs import BlobStore
 from service.commits import group_commit
 from service.errors import InvalidInputError
@@ -89,11 +90,12 @@ def decide_share(
             rule=None,
             now=now,
         )
-        raise InvalidInputError(
-            f"not a pinned partner: {', '.join(unknown)}",
-            reason="unknown-partner",
-            partners=unknown,
-            audited=True,
+        raise mark_audited(
+            InvalidInputError(
+                f"not a pinned partner: {', '.join(unknown)}",
+                reason="unknown-partner",
+                partners=unknown,
+            )
         )
     # Sealed post-quantum when this node and every partner can read it so: the policy decides
     # with that fact, so terms that need post-quantum deny a share that cannot meet them.

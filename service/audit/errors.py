@@ -61,8 +61,9 @@ class BadRequestError(InvalidInputError):
 
 class WitnessSizeConflictError(ConflictError):
     """tlog-witness: the old size is not the size this witness last cosigned (409, and the body
-    is that size in decimal, ``text/x.tlog.size``)."""
+    is that size in decimal, ``text/x.tlog.size``). Always ``quiet``: a stale old size is how
+    the protocol tells a log where to resume, not misbehaviour worth an audit entry."""
 
     def __init__(self, message: str, *, latest_size: int) -> None:
-        super().__init__(message, latest_size=latest_size)
+        super().__init__(message, quiet=True, latest_size=latest_size)
         self.latest_size = latest_size

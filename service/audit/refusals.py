@@ -22,6 +22,15 @@ processes writes up to N summaries per source and window. Counts of a window not
 are lost if the process is killed (a clean shutdown flushes them); the metrics
 (``entente_refusals``) count every refusal as it happens.
 
+**Audited once.** A refusal the domain audits itself (in its own transaction, or with the rule,
+clause and partner only the domain knows) is marked with :func:`mark_audited`; the problem
+handlers ask :func:`already_audited` and write nothing more for it. The marks live in a
+per-request registry (a :class:`weakref.WeakSet` of the exception objects, in a context
+variable) that :class:`RefusalScope`, an ASGI middleware the problem handlers are installed
+with, opens for each request; the request's threads and greenlets see it through the context
+they copy. Outside a request (the pull loops, the CLI) there is no registry: marking is a
+no-op there, and nothing reads it, since no problem handler runs.
+
 This module does not decide what is refused, nor authenticate anyone.
 """
 
@@ -32,10 +41,12 @@ import ipaddress
 import logging
 import math
 import threading
+import weakref
 from collections import Counter
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from service.audit.log import record
 
@@ -44,7 +55,16 @@ if TYPE_CHECKING:
 
     from service.node import Node
 
-__all__ = ["ANONYMOUS", "OVERFLOW", "RefusalLedger", "audit_refusal", "source_of"]
+__all__ = [
+    "ANONYMOUS",
+    "OVERFLOW",
+    "RefusalLedger",
+    "RefusalScope",
+    "already_audited",
+    "audit_refusal",
+    "mark_audited",
+    "source_of",
+]
 
 log = logging.getLogger("entente.audit")
 
@@ -257,3 +277,43 @@ def audit_refusal(
         decision=decision,
         rule=rule,
     )
+
+
+# --- audited once: the per-request registry of refusals already on record ----------------------
+
+_E = TypeVar("_E", bound=BaseException)
+_AUDITED: ContextVar[weakref.WeakSet[BaseException] | None] = ContextVar(
+    "entente_audited_refusals", default=None
+)
+
+
+def mark_audited(exc: _E) -> _E:
+    """Record that ``exc``'s refusal is in the audit log already (a no-op outside a request);
+    returns ``exc``, so that a raiser writes ``raise mark_audited(SomeError(...))``."""
+    marks = _AUDITED.get()
+    if marks is not None:
+        marks.add(exc)
+    return exc
+
+
+def already_audited(exc: BaseException) -> bool:
+    """Whether ``exc`` was marked with :func:`mark_audited` during this request."""
+    marks = _AUDITED.get()
+    return marks is not None and exc in marks
+
+
+class RefusalScope:
+    """ASGI middleware: opens each HTTP request's registry of refusals already audited."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = _AUDITED.set(weakref.WeakSet())
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _AUDITED.reset(token)

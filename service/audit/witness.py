@@ -56,6 +56,7 @@ from service.audit.models import (
     WitnessEvidence,
     WitnessLog,
 )
+from service.audit.refusals import mark_audited
 from service.audit.witness_rules import (
     Refusal,
     check_against_cosigned,
@@ -130,7 +131,8 @@ def _refuse(
     now: datetime,
     evidence: WitnessEvidence | None = None,
 ) -> EntenteError:
-    """Audit a refusal (and keep its evidence) durably, then hand back the error to raise.
+    """Audit a refusal (and keep its evidence) durably, then hand back the error to raise,
+    marked audited (the problem handler adds no entry of its own).
 
     Commits the caller's session: the refusal must be on record even though the request fails.
     """
@@ -152,7 +154,7 @@ def _refuse(
         now=now,
     )
     session.commit()
-    return error
+    return mark_audited(error)
 
 
 def _evidence_kept(session: Session, evidence: WitnessEvidence) -> bool:
@@ -200,7 +202,7 @@ def add_checkpoint(
         parsed, cosigned_size=state.size, cosigned_root=bytes(state.root)
     )
     if refusal is not None:
-        if not refusal.audited:
+        if refusal.error.quiet:
             session.commit()  # release the lock; a stale client is not misbehaviour
             raise refusal.error
         evidence = None

@@ -56,13 +56,12 @@ class Submission:
 class Refusal:
     """Why not to cosign. ``origin`` goes into the audit entry (None before the body parsed);
     ``evidence`` is set when the checkpoint contradicts what this witness cosigned (the reason,
-    to keep the checkpoint whole); ``audited`` is False for a stale old size, which is not
-    misbehaviour (the 409 tells the log the size to retry from)."""
+    to keep the checkpoint whole). A stale old size is not misbehaviour (the 409 tells the log
+    the size to retry from): its error is ``quiet``, and the witness does not audit it."""
 
     error: EntenteError
     origin: str | None = None
     evidence: str | None = None
-    audited: bool = True
 
 
 def partner_log_verifier(partner: Partner) -> NoteVerifier:
@@ -131,7 +130,6 @@ def check_against_cosigned(
                 latest_size=cosigned_size,
             ),
             origin=origin,
-            audited=False,
         )
     if request.old_size == 0:
         # "The proof MUST be empty if the old size is zero."

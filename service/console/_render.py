@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from service.audit.log import record
+from service.audit.refusals import already_audited
 from service.console._session import SESSION_COOKIE
 from service.errors import EntenteError
 from service.node import Node
@@ -157,7 +158,7 @@ def _audit_refusal(request: Request, exc: EntenteError) -> None:
 
 
 def error_page(request: Request, exc: EntenteError) -> HTMLResponse:
-    if exc.status < 500 and not exc.audited:
+    if exc.status < 500 and not exc.quiet and not already_audited(exc):
         _audit_refusal(request, exc)
     return render(
         request,

@@ -451,10 +451,10 @@ def policies_page(request: Request, node: NodeDep, user: ConsoleUser) -> HTMLRes
 def static(name: str, request: Request) -> Response:
     asset = STATIC.get(name)
     if asset is None:
-        raise NotFoundError("no such console file", audited=True)  # a scan, not a refusal
+        raise NotFoundError("no such console file", quiet=True)  # a scan, not a refusal
     return asset.response(request)
 
 
 @router.get("/{rest:path}")
 def unknown(rest: str) -> Response:
-    raise NotFoundError("there is no such console page", audited=True)  # a scan, not a refusal
+    raise NotFoundError("there is no such console page", quiet=True)  # a scan, not a refusal

@@ -51,6 +51,7 @@ from service.artifacts.read import plaintext_chunks
 from service.artifacts.sealing import POST_QUANTUM, sealing_for, sealing_of
 from service.artifacts.share import share_artifact
 from service.artifacts.terms import ShareTerms
+from service.audit.refusals import mark_audited
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, PolicyDeniedError
 from service.models import Artifact, Partner
 from service.node import Node
@@ -321,13 +322,14 @@ def _deny(
         clause=audit.get("clause"),
         count=node.metrics.shares.labels("denied").inc,
     )
-    return PolicyDeniedError(
-        f"passing {row.id} on to {target} is denied: {reason}",
-        partner=target,
-        rule=audit.get("rule"),
-        clause=audit.get("clause"),
-        reason="onward",
-        audited=True,
+    return mark_audited(
+        PolicyDeniedError(
+            f"passing {row.id} on to {target} is denied: {reason}",
+            partner=target,
+            rule=audit.get("rule"),
+            clause=audit.get("clause"),
+            reason="onward",
+        )
     )
 
 

@@ -22,8 +22,12 @@ Order of checks for each artifact, each before anything is stored:
    delivery or a feed page brings several).
 A failure at any step leaves no blob and no row, and is audited as ``receive.rejected``.
 
-:class:`Receiver` works for one sender and one request (or feed page): it looks the sender's
-keys up once, and :meth:`Receiver.commit` writes a batch of staged artifacts together.
+The rules of steps 1, 2 and 4 are pure functions of facts in ``receive_rules`` (the model is
+python-tuf's ``TrustedMetadataSet`` beside its ``Updater``); this module is the shell around
+them: :class:`Receiver` works for one sender and one request (or feed page), looks the sender's
+facts up once (:class:`receive_rules.SenderFacts`), runs the rules, the chain, the inbound
+policy and the decryption, audits a refusal once, and :meth:`Receiver.commit` writes a batch of
+staged artifacts together.
 """
 
 from __future__ import annotations
@@ -38,32 +42,35 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from crypto import strict_json
 from crypto.dsse import Envelope
-from crypto.errors import CryptoError, MalformedError
+from crypto.errors import CryptoError
 from crypto.receipt import Receipt, sign_receipt
 from crypto.sealed import (
     Manifest,
-    committed_decisions,
     decrypt_verified,
-    verify_disclosure,
-    verify_manifest,
 )
 from policies import Decision
 from service.artifacts.enforce import Facts, Refusal, enforce, first_rule, refuse
 from service.artifacts.rows import artifact_row
 from service.artifacts.sealing import sealing_of
 from service.audit.log import AUDIT_TABLE, audit_row
+from service.audit.refusals import mark_audited
 from service.blobs import BlobWriter
 from service.commits import group_commit
 from service.errors import (
-    ConflictError,
     EntenteError,
     InvalidInputError,
-    TooLargeError,
 )
 from service.faults import fault_point
 from service.federation.onward import verify_chain
+from service.federation.receive_rules import (
+    SenderFacts,
+    Stored,
+    check_not_revoked,
+    check_recipient,
+    check_repeat,
+    parse_head,
+)
 from service.models import Artifact, ReceivedNotice
 from service.node import Node
 from service.partners import partner_keys
@@ -71,7 +78,6 @@ from service.partners import partner_keys
 __all__ = ["Received", "Receiver"]
 
 _ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
-MAX_HEAD_BYTES = 2 << 20  # bytes of a delivery's first line (the route bounds it lower)
 
 
 class _Tee:
@@ -124,17 +130,25 @@ class Receiver:
         self.sender = sender
         self.via = via
         with node.db.session() as session:
-            self.keys = partner_keys(session, sender)
+            keys = partner_keys(session, sender)
             # revoked before it arrived (a revocation can overtake a delivery)
-            self.revoked = set(
+            revoked = frozenset(
                 session.exec(
                     select(ReceivedNotice.artifact_id).where(
                         ReceivedNotice.partner == sender, ReceivedNotice.kind == "revocation"
                     )
                 )
             )
-        keys = node.keys
-        self._mine = {i.recipient.to_string() for i in keys.all_identities}
+        self.facts = SenderFacts(
+            node_id=node.node_id,
+            sender=sender,
+            keysets=keys.all_sets,
+            retired=keys.retired,
+            revoked=revoked,
+            # every recipient this node published, current and retired, X25519 and hybrid
+            recipients=frozenset(i.recipient.to_string() for i in node.keys.all_identities),
+            max_artifact_bytes=node.settings.max_artifact_bytes,
+        )
 
     # --- auditing refusals ----------------------------------------------------------------------
     def reject(self, *, artifact_id: str | None, reason: str) -> None:
@@ -153,39 +167,26 @@ class Receiver:
 
     @contextlib.contextmanager
     def _refusals(self, artifact_id: str | None) -> Iterator[None]:
+        """Audit an error of the checks run inside as ``receive.rejected`` (nothing inside
+        audits on its own: the inbound policy's denial, which does, runs outside)."""
         try:
             yield
         except EntenteError as exc:
-            if not exc.audited:
-                self.reject(artifact_id=artifact_id, reason=exc.message)
-                exc.audited = True
+            self.reject(artifact_id=artifact_id, reason=exc.message)
+            mark_audited(exc)
             raise
 
     # --- steps 1 to 3 ---------------------------------------------------------------------------
     def check(self, head: bytes) -> Checked:
         """Verify the manifest (and chain), the recipient, the decision disclosed to this node
-        and the inbound policy. ``head`` is the delivery's first line: the manifest, or
-        ``{"manifest", "disclosure"}`` when the manifest commits to decisions."""
-        artifact_id: str | None = None
+        and the inbound policy (the rules are ``receive_rules``'). ``head`` is the delivery's
+        first line: the manifest, or ``{"manifest", "disclosure"}`` when the manifest commits
+        to decisions."""
         with self._refusals(None):
-            try:
-                envelope, shown = _parse_head(head)
-                manifest = verify_manifest(
-                    envelope,
-                    keysets=self.keys.all_sets,  # every key of one set (ML-DSA once advertised)
-                    origin=self.sender,
-                    retired=self.keys.retired,  # a retired key signs nothing new
-                )
-            except CryptoError as exc:
-                raise InvalidInputError(
-                    f"the manifest was refused: {exc}", reason="manifest"
-                ) from None
-        artifact_id = manifest.artifact_id
-        with self._refusals(artifact_id):
-            if artifact_id in self.revoked:
-                raise ConflictError(
-                    f"{self.sender} revoked {artifact_id} before it arrived", reason="revoked"
-                )
+            verified = parse_head(head, self.facts)
+        manifest = verified.manifest
+        with self._refusals(manifest.artifact_id):
+            check_not_revoked(manifest, self.facts)
             upstream = None
             if manifest.chain:
                 try:
@@ -195,28 +196,9 @@ class Receiver:
                         f"the onward chain was refused: {exc}", reason="chain"
                     ) from None
                 upstream = (links[-2].artifact_id, links[-2].origin, links[0].origin)
-            mine = [r for r in manifest.recipients if r.node_id == self.node.node_id]
-            if not mine or mine[0].recipient not in self._mine:
-                raise InvalidInputError(
-                    "this node is not a recipient of the artifact", reason="not-a-recipient"
-                )
-            disclosed = None
-            if self.node.node_id in committed_decisions(manifest):
-                try:
-                    disclosed = verify_disclosure(manifest, self.node.node_id, shown)
-                except CryptoError as exc:
-                    raise InvalidInputError(
-                        f"the decision disclosed to this node was refused: {exc}",
-                        reason="disclosure",
-                    ) from None
-            limit = self.node.settings.max_artifact_bytes
-            if manifest.size > limit:
-                raise TooLargeError(
-                    f"the artifact is larger than this node accepts ({limit} bytes)",
-                    reason="too-large",
-                )
-            decision = self._inbound(manifest)
-        return Checked(envelope, manifest, decision, upstream, disclosed)
+            disclosed = check_recipient(manifest, verified.shown, self.facts)
+        decision = self._inbound(manifest)  # a denial is audited by the enforcement step
+        return Checked(verified.envelope, manifest, decision, upstream, disclosed)
 
     def _inbound(self, manifest: Manifest) -> Decision:
         node = self.node
@@ -253,15 +235,10 @@ class Receiver:
             return {r.id: r for r in rows}
 
     def repeat(self, existing: Artifact, manifest: Manifest) -> Received:
+        stored = Stored(existing.id, existing.sha256, existing.origin, existing.receipt)
         with self._refusals(existing.id):
-            if existing.sha256 != manifest.sha256 or existing.origin != manifest.origin:
-                raise ConflictError(
-                    f"artifact {existing.id} is already stored with other content",
-                    reason="conflict",
-                )
-            if existing.receipt is None:  # our own artifact echoed back
-                raise ConflictError(f"artifact {existing.id} originated here", reason="conflict")
-        return Received(existing.id, existing.receipt, False)
+            receipt = check_repeat(stored, manifest)
+        return Received(existing.id, receipt, False)
 
     # --- step 5 ---------------------------------------------------------------------------------
     def stage(
@@ -444,16 +421,3 @@ class Receiver:
             return self.repeat(next(iter(existing.values())), checked.manifest)
         staged = self.stage(checked, ciphertext, before_commit=before_commit)
         return self.commit([staged])[0]
-
-
-def _parse_head(head: bytes) -> tuple[Envelope, object]:
-    """A delivery's first line: the manifest envelope and the disclosure beside it, if any."""
-    if len(head) > MAX_HEAD_BYTES:
-        raise MalformedError("the delivery's first line is too large")
-    try:
-        data = strict_json.loads(head)
-    except (ValueError, RecursionError):
-        raise MalformedError("the delivery's first line is not JSON") from None
-    if isinstance(data, dict) and set(data) == {"manifest", "disclosure"}:
-        return Envelope.from_json(data["manifest"]), data["disclosure"]
-    return Envelope.from_json(data), None

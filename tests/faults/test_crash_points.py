@@ -71,7 +71,7 @@ def restart(node: NodeProcess, fault: str | None) -> None:
         env["ENTENTE_FAULT_POINT"] = fault
     node.stop()
     node.env = env
-    node.start()  # tests.nodes.START_SECONDS: generous, for a loaded machine
+    node.start()  # service.localnet.START_SECONDS: generous, for a loaded machine
 
 
 def crashed(node: NodeProcess) -> None:

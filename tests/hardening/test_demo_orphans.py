@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.nodes import ENTENTE, base_env
+from tests.nodes import ENTENTE, alive, base_env
 
 pytestmark = [
     pytest.mark.integration,
@@ -38,14 +38,6 @@ def _children(pid: int) -> set[int]:
         if int(fields[1]) == pid:
             found.add(int(entry.name))
     return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
 
 
 def _wait_until(check: Any, what: str, timeout: float) -> None:
@@ -87,12 +79,12 @@ def _stop_all(demo: subprocess.Popen[str], nodes: set[int]) -> None:
     if demo.stdout is not None:
         demo.stdout.close()
     for pid in nodes:
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
 def _assert_all_gone(summary: dict[str, Any], nodes: set[int]) -> None:
-    _wait_until(lambda: not any(_alive(p) for p in nodes), "the node processes to end", 60)
+    _wait_until(lambda: not any(alive(p) for p in nodes), "the node processes to end", 60)
     for node in summary["nodes"]:
         with pytest.raises(httpx.HTTPError):
             httpx.get(node["url"] + "/healthz", timeout=2)

@@ -59,16 +59,16 @@ def test_bucket_bursts_a_minute_then_refills_at_the_rate() -> None:
     with pytest.raises(RateLimitedError) as first:
         limiter.take("a")
     assert first.value.extra["retry_after"] == 1
-    assert first.value.audited is False  # the first refusal of a burst is audited
+    assert first.value.quiet is False  # the first refusal of a burst is audited
     with pytest.raises(RateLimitedError) as second:
         limiter.take("a")
-    assert second.value.audited is True  # later ones only counted
+    assert second.value.quiet is True  # later ones only counted
     limiter.take("b")  # another key has its own bucket
     clock.now += 1.0
     limiter.take("a")  # one token back after one second
     with pytest.raises(RateLimitedError) as again:
         limiter.take("a")
-    assert again.value.audited is False  # a new burst after an allowed request
+    assert again.value.quiet is False  # a new burst after an allowed request
 
 
 def test_bucket_count_is_bounded() -> None:

@@ -343,6 +343,9 @@ async def test_a_node_that_rewrites_its_log_is_refused_by_its_witness(
     outcome = await submit_checkpoint(pair.uk, transport, "us-aisi")
     assert outcome.state == "failed"
     assert "422" in outcome.detail and "inconsistent" in outcome.detail
+    with pair.us.db.session() as s:  # audited once, by the witness (not again by the handler)
+        refusals = [e.kind for e in s.exec(select(AuditEntry)) if e.decision == "deny"]
+    assert refusals == ["witness.refused"]
     (evidence,) = _evidence(pair.us)
     assert (evidence.cosigned_size, evidence.size) == (n, n + 1)
     # The evidence is self-contained: the old cosigned checkpoint and the new one both carry

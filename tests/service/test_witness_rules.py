@@ -27,7 +27,7 @@ def test_a_malformed_body_is_refused_before_any_origin_is_known() -> None:
     verdict = parse_submission(b"not a request")
     assert isinstance(verdict, Refusal)
     assert isinstance(verdict.error, InvalidInputError)
-    assert verdict.origin is None and verdict.audited
+    assert verdict.origin is None and not verdict.error.quiet
 
 
 def test_an_unknown_log_is_a_404() -> None:
@@ -39,7 +39,7 @@ def test_a_stale_old_size_is_a_409_that_is_not_audited() -> None:
     verdict = check_against_cosigned(
         _submission(old=1, size=2), cosigned_size=2, cosigned_root=ROOT
     )
-    assert verdict is not None and not verdict.audited
+    assert verdict is not None and verdict.error.quiet
     assert isinstance(verdict.error, WitnessSizeConflictError) and verdict.error.latest_size == 2
 
 
@@ -48,7 +48,7 @@ def test_a_different_root_at_the_cosigned_size_is_kept_as_evidence() -> None:
         _submission(old=2, size=2, root=ROOT), cosigned_size=2, cosigned_root=bytes(32)
     )
     assert verdict is not None and isinstance(verdict.error, ConflictError)
-    assert verdict.evidence is not None and verdict.audited
+    assert verdict.evidence is not None and not verdict.error.quiet
 
 
 def test_the_first_checkpoint_of_a_log_is_accepted() -> None:

@@ -1,0 +1,89 @@
+"""service/localnet.py without real nodes: stand-in processes (a Python one-liner in place of
+``entente serve``) show how a start fails, that a failed federation start leaves nothing
+running, and that a node dies with the process that started it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from service.errors import NodeProcessError
+from service.localnet import Federation, NodeProcess
+from tests.nodes import alive
+
+EXITS = (sys.executable, "-c", "import sys; print('cannot open the home'); sys.exit(3)")
+WAITS = (sys.executable, "-c", "import time; time.sleep(600)")  # never answers /healthz
+
+
+def test_a_node_that_exits_is_one_line_with_its_log_for_the_report(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "uk-aisi", "uk-aisi", command=EXITS)
+    with pytest.raises(NodeProcessError) as raised:
+        node.start(timeout=60)
+    error = raised.value
+    assert error.message == (
+        f"uk-aisi (entente serve) exited with code 3; see {tmp_path / 'uk-aisi.log'}"
+    )
+    assert "cannot open the home" in error.log_tail
+    assert str(error) == f"{error.message}\n{error.log_tail}"
+    node.stop()
+
+
+def test_a_node_that_never_answers_is_stopped_at_the_deadline(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "uk-aisi", "uk-aisi", command=WAITS)
+    with pytest.raises(NodeProcessError, match=r"did not answer .*/healthz within 1 s"):
+        node.start(timeout=1)
+    assert node.stop() != 0  # still running until stopped (SIGTERM)
+    assert node.proc is None
+
+
+def test_a_failed_federation_start_stops_every_node(tmp_path: Path) -> None:
+    failing = NodeProcess(tmp_path / "ca-aisi", "ca-aisi", command=EXITS)
+    waiting = NodeProcess(tmp_path / "uk-aisi", "uk-aisi", command=WAITS)
+    federation = Federation({"ca-aisi": failing, "uk-aisi": waiting})
+    with pytest.raises(NodeProcessError, match="ca-aisi"):
+        federation.start(timeout=60)
+    assert failing.proc is None and waiting.proc is None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_node_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    parent_script = textwrap.dedent(
+        f"""
+        import sys, time
+        from pathlib import Path
+        from service.localnet import NodeProcess
+        node = NodeProcess(Path({str(tmp_path / "uk-aisi")!r}), "uk-aisi", command={WAITS!r})
+        node.spawn()
+        print(node.pid, flush=True)
+        time.sleep(600)
+        """
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_script], stdout=subprocess.PIPE, text=True
+    )
+    node_pid = 0
+    try:
+        assert parent.stdout is not None
+        node_pid = int(parent.stdout.readline())
+        assert alive(node_pid)
+        parent.kill()  # SIGKILL: the parent cannot stop its node itself
+        parent.wait(30)
+        deadline = time.monotonic() + 60
+        while alive(node_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(node_pid)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(30)
+        if parent.stdout is not None:
+            parent.stdout.close()
+        if node_pid and alive(node_pid):  # this test's own stand-in, if the check failed
+            os.kill(node_pid, signal.SIGKILL)

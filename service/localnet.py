@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict, Unpack
@@ -297,6 +297,7 @@ def prepare_nodes(
     env: Mapping[str, str] | None = None,
     database_urls: dict[str, str] | None = None,
     command: tuple[str, ...] = COMMAND,
+    classic_only: Collection[str] = (),
 ) -> Federation:
     """Homes under ``root`` (one per node id, named ``names[id]`` or ``ID``) that pin each other,
     with the example MOU policies and a token per role; no process is started yet.
@@ -320,6 +321,7 @@ def prepare_nodes(
         passphrase=passphrase,
         scrypt_work_factor=scrypt_work_factor,
         database_urls=database_urls,
+        classic_only=classic_only,
     )
     for node_id, node in nodes.items():
         node.tokens = dict(prepared[node_id].tokens)
@@ -335,6 +337,7 @@ class FederationOptions(TypedDict, total=False):
     env: Mapping[str, str] | None
     database_urls: dict[str, str] | None
     command: tuple[str, ...]
+    classic_only: Collection[str]
 
 
 def start_federation(

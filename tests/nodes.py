@@ -70,7 +70,11 @@ class NodeProcess(localnet.NodeProcess):
 
 
 def start_federation(
-    root: Path, node_ids: Iterable[str] = ("uk-aisi", "us-aisi", "ca-aisi"), **env: str
+    root: Path,
+    node_ids: Iterable[str] = ("uk-aisi", "us-aisi", "ca-aisi"),
+    *,
+    classic_only: Iterable[str] = (),
+    **env: str,
 ) -> Federation:
     """Homes that pin each other, with the example MOU policies and a token per role, then a
     running ``entente serve`` for each node, all in the test environment plus ``env``."""
@@ -81,4 +85,5 @@ def start_federation(
         scrypt_work_factor=SCRYPT_WORK_FACTOR,
         env=base_env(**env),
         command=(ENTENTE,),
+        classic_only=tuple(classic_only),
     )

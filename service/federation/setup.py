@@ -6,6 +6,7 @@ create``; it does not bypass any check (each descriptor is verified against its 
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,8 +36,12 @@ def prepare_federation(
     scrypt_work_factor: int = 18,
     example_policies: bool = True,
     database_urls: dict[str, str] | None = None,
+    classic_only: Collection[str] = (),
 ) -> dict[str, PreparedNode]:
     """Create a home per node id in ``urls`` under ``root``, pinned to each other, with tokens.
+
+    Every home is post-quantum (hybrid age identity, ML-DSA key) except those in
+    ``classic_only``.
 
     With ``passphrase=None`` the key files are stored unencrypted (demo only). A node missing
     from ``database_urls`` gets a SQLite database in its home.
@@ -57,6 +62,7 @@ def prepare_federation(
             name=(names or {}).get(node_id, node_id),
             url=url,
             now=now,
+            post_quantum=node_id not in classic_only,
         )
         if example_policies:
             for filename, data in example_files(node_id).items():

@@ -75,6 +75,19 @@ def _upload(meta: dict[str, Any], content: bytes) -> tuple[bytes, dict[str, str]
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
+def _protection(art: dict[str, Any]) -> str:
+    """One line: how a share is protected against today's and a future quantum adversary."""
+    if art.get("sealing") == "post-quantum":
+        return (
+            "protection [green]post-quantum[/] (sealed to hybrid ML-KEM-768 + X25519 recipients "
+            "only; manifest signed with Ed25519 and ML-DSA-65)"
+        )
+    return (
+        "protection [yellow]classic[/] (sealed to X25519 recipients, as a party has no "
+        "post-quantum key yet; manifest signed with Ed25519)"
+    )
+
+
 class Demo:
     def __init__(self, console: TerminalConsole, *, keep: bool, root: Path | None = None) -> None:
         self.console = console
@@ -181,7 +194,9 @@ class Demo:
             f"sha256 {art['sha256'][:16]}…, encrypted to {' and '.join(art['recipients'])}, "
             "manifest signed by uk-aisi"
         )
+        self.say(_protection(art))
         self.outcome["artifact_id"] = art["id"]
+        self.outcome["sealing"] = art["sealing"]
 
         self.step("The UK tries to share the same finding with Canada")
         r = self.share(uk, {**meta, "partners": ["ca-aisi"]}, FINDING)
@@ -237,6 +252,7 @@ class Demo:
             {**meta, "title": "Draft threat model (superseded)", "tlp": "TLP:GREEN"},
             b"draft threat model, superseded\n",
         ).json()
+        self.say(f"artifact [bold]{second['id']}[/], {second['tlp']}, {_protection(second)}")
         self.wait(
             lambda: (
                 self.http.get(

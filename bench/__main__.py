@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ("seal", "policy", "api", "sync", "audit", "profile")
+BENCHES = ("seal", "policy", "api", "sync", "audit", "pq", "profile")
 
 
 def _get(data: Any, *path: str | int) -> Any:
@@ -78,6 +78,10 @@ def _at_least(value: Any, bound: float) -> bool | None:
 
 def _below(value: Any, bound: float) -> bool | None:
     return None if value is None else float(value) < bound
+
+
+def _at_most(value: Any, bound: float) -> bool | None:
+    return None if value is None else float(value) <= bound
 
 
 ROWS = [
@@ -199,6 +203,56 @@ ROWS = [
         lambda d: 0.5,
         ">= 2,000/s",
         lambda d: _at_least(_get(d, "catchup_per_second"), 2000),
+        "/s",
+    ),
+    Row(
+        "pq",
+        "post-quantum seal of 1 GiB (hybrid ML-KEM recipients, Ed25519 + ML-DSA-65)",
+        lambda d: _get(d, "large", "seal_mib_per_second", "hybrid"),
+        "classic seal, same run (X25519, Ed25519)",
+        lambda d: _get(d, "large", "seal_mib_per_second", "classic"),
+        "time <= 1.05x classic",
+        lambda d: _at_most(_get(d, "large", "seal_hybrid_over_classic"), 1.05),
+        "MiB/s",
+    ),
+    Row(
+        "pq",
+        "post-quantum open of 1 GiB (both signatures checked)",
+        lambda d: _get(d, "large", "open_mib_per_second", "hybrid"),
+        "classic open, same run",
+        lambda d: _get(d, "large", "open_mib_per_second", "classic"),
+        "time <= 1.05x classic",
+        lambda d: _at_most(_get(d, "large", "open_hybrid_over_classic"), 1.05),
+        "MiB/s",
+    ),
+    Row(
+        "pq",
+        "post-quantum seal of 4 KiB to 20 parties (origin + 19 partners)",
+        lambda d: _get(d, "small_20", "seal_hybrid_us"),
+        "classic, same run",
+        lambda d: _get(d, "small_20", "seal_classic_us"),
+        "(reported)",
+        lambda d: None,
+        "µs",
+    ),
+    Row(
+        "pq",
+        "post-quantum local shares of 4 KiB, SQLite",
+        lambda d: _get(d, "nodes", "shares_per_second", "hybrid"),
+        "classic-only node, same run",
+        lambda d: _get(d, "nodes", "shares_per_second", "classic"),
+        ">= 0.90x classic",
+        lambda d: _at_least(_get(d, "nodes", "share_hybrid_over_classic"), 0.9),
+        "/s",
+    ),
+    Row(
+        "pq",
+        "post-quantum end to end, share to signed receipt",
+        lambda d: _get(d, "nodes", "end_to_end_per_second", "hybrid"),
+        "classic-only nodes, same run",
+        lambda d: _get(d, "nodes", "end_to_end_per_second", "classic"),
+        "(reported)",
+        lambda d: None,
         "/s",
     ),
     Row(

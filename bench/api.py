@@ -51,7 +51,7 @@ from service.localnet import (  # noqa: E402
 )
 
 
-def start_node(root: Path, workers: int) -> NodeProcess:
+def start_node(root: Path, workers: int, *, classic_only: bool = False) -> NodeProcess:
     """Start ``uk-aisi`` (SQLite home under ``root``, pinned to a ``us-aisi`` that never runs,
     delivery off, its rate limiter out of the way: the benchmarks measure the node, not its
     limiter) with ``workers`` processes, and wait until it answers. The caller stops it."""
@@ -64,6 +64,7 @@ def start_node(root: Path, workers: int) -> NodeProcess:
             ENTENTE_RATE_LIMIT_PER_MINUTE="100000000",
             ENTENTE_WORKERS=str(workers),
         ),
+        classic_only=("uk-aisi", "us-aisi") if classic_only else (),
     )
     node = federation.nodes["uk-aisi"]
     node.start()
@@ -213,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="server processes (each server)"
     )
+    parser.add_argument(
+        "--classic-only", action="store_true", help="a node without post-quantum keys"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     shares = args.shares or (50 if args.quick else 2000)
@@ -230,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         node: NodeProcess | None = None
         try:
-            node = start_node(root, args.workers)
+            node = start_node(root, args.workers, classic_only=args.classic_only)
             url, tokens = node.url, node.tokens
             wait_until_answering(f"http://127.0.0.1:{bare_port}/items", bare, what="bare FastAPI")
             _shares(url, tokens["publisher"], min(shares, 100), args.concurrency)  # warm up
@@ -265,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "api",
         "quick": args.quick,
+        "post_quantum": not args.classic_only,
         "shares_per_second": round(rate, 1),
         "server_cpu_ms_per_share": round(1000 * share_cpu / shares, 3),
         "bare_uploads_per_second": round(bare_rate, 1),

@@ -71,9 +71,16 @@ def upload(meta: dict[str, Any], content: bytes) -> bytes:
     )
 
 
+CLASSIC_ONLY = False  # --classic-only: homes without post-quantum keys (to compare the cost)
+
+
 def prepare(root: Path, env: dict[str, str]) -> tuple[NodeProcess, NodeProcess]:
-    """The two nodes' homes (keys unencrypted: a benchmark's), pinned to each other; not started."""
-    federation = prepare_nodes(root, ("uk-aisi", "us-aisi"), env=clean_env(**env))
+    """The two nodes' homes (keys unencrypted: a benchmark's), pinned to each other; not started.
+    Post-quantum (hybrid sealing, Ed25519 + ML-DSA-65 signatures) unless ``CLASSIC_ONLY``."""
+    nodes = ("uk-aisi", "us-aisi")
+    federation = prepare_nodes(
+        root, nodes, env=clean_env(**env), classic_only=nodes if CLASSIC_ONLY else ()
+    )
     return federation.nodes["uk-aisi"], federation.nodes["us-aisi"]
 
 
@@ -290,6 +297,7 @@ def run(n: int, workers: int, profile: str | None, processes: int = 1) -> dict[s
         uk.stop()
     return {
         "n": n,
+        "post_quantum": not CLASSIC_ONLY,
         "processes": processes,
         "publishers": workers,
         "artifact_bytes": SIZE,
@@ -427,11 +435,16 @@ def main() -> None:
         "--processes", type=int, default=1, help="server processes per node (ENTENTE_WORKERS)"
     )
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
+    parser.add_argument(
+        "--classic-only", action="store_true", help="nodes without post-quantum keys"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the nodes' homes and logs")
     parser.add_argument(
         "--profile", help="py-spy record these nodes (uk, us, or uk,us) into the bench folder"
     )
     args = parser.parse_args()
+    global CLASSIC_ONLY
+    CLASSIC_ONLY = args.classic_only
     if args.scale is not None:
         load_before = os.getloadavg()[0]
         grown = scale(2 if args.quick else args.scale, args.workers, args.processes)

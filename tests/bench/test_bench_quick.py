@@ -29,10 +29,11 @@ def test_all_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads((tmp_path / "latest-quick.json").read_text())
-    assert set(data["results"]) == {"seal", "policy", "api", "sync", "audit", "profile"}
+    assert set(data["results"]) == {"seal", "policy", "api", "sync", "audit", "pq", "profile"}
     for name, figures in data["results"].items():
         assert isinstance(figures, dict) and figures, name
     assert "| seal | seal 1 GiB" in result.stdout  # the table is printed
+    assert "| pq | post-quantum local shares" in result.stdout
     assert not docs.exists()  # quick runs never overwrite the published report
 
     # --render rewrites only the tables of an existing report, from latest.json

@@ -234,6 +234,15 @@ class EntryView:
     cosigners: list[Cosigner]
     latest_size: int
 
+    def protection(self) -> str | None:
+        """How the artifact this entry is about was sealed, when the entry records it."""
+        try:
+            detail = json.loads(self.entry["detail"])
+        except (ValueError, TypeError):
+            return None
+        sealing = detail.get("sealing") if isinstance(detail, dict) else None
+        return sealing if sealing in ("post-quantum", "classic") else None
+
     def detail_pretty(self) -> str:
         try:
             return json.dumps(json.loads(self.entry["detail"]), indent=2, ensure_ascii=False)

@@ -567,3 +567,31 @@ def test_activity_buckets_fit_the_age_of_the_log(
     tallest = max(chart.bars, key=lambda b: b.height)
     assert tallest.y + tallest.height == pytest.approx(chart.bottom)
     assert tallest.label.startswith(("1 share,", "2 shares,"))
+
+
+@pytest.mark.parametrize(
+    ("sealing", "shown"),
+    [("post-quantum", "post-quantum"), ("classic", "classic"), (None, None)],
+)
+async def test_an_entry_shows_the_protection_of_its_artifact(
+    kit: Kit, client: httpx.AsyncClient, sealing: str | None, shown: str | None
+) -> None:
+    detail: dict[str, object] = {"title": "a finding", "tlp": "TLP:RED"}
+    if sealing is not None:
+        detail["sealing"] = sealing
+    with kit.node.db.session() as session:
+        record(
+            session, kind="share.allowed", actor="publisher:alice", partner="us-aisi",
+            artifact_id="art_pq", decision="allow", detail=detail, now=kit.node.now(),
+        )  # fmt: skip
+    run_sequencer(kit.node)
+    with kit.node.db.session() as session:
+        seq = session.scalar(sa.select(sa.func.max(AuditEntry.seq)))
+    page = await client.get(f"/ui/audit/{seq}")
+    assert page.status_code == 200
+    if shown is None:
+        assert "Protection of the artifact" not in page.text
+    else:
+        assert re.search(
+            rf'Protection of the artifact:\s*<span class="status-word \w+">{shown}<', page.text
+        )

@@ -26,7 +26,6 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from crypto import age
 from crypto.errors import CryptoError
 from crypto.keyset import KeySet
 from crypto.sealed import (
@@ -35,8 +34,10 @@ from crypto.sealed import (
     load_envelope,
     verify,
 )
+from crypto.sealing import SEALING_HYBRID, kind_of
 from crypto.vocab import TLP_LABELS, is_term
 from service.artifacts.rows import new_artifact_id
+from service.artifacts.sealing import Party, recipients_for
 from service.cli._common import HomeOpt, console, err_console, settings_for
 from service.cli._terminal import outside
 from service.db import open_database
@@ -90,18 +91,33 @@ def _manifest_origin(envelope_path: Path) -> str:
         raise UsageError(f"cannot read the manifest {envelope_path}: {exc}") from None
 
 
-def _check_mix(recipients: list[ManifestRecipient]) -> None:
-    """Post-quantum and classic recipients in one file would leave it only as strong as the
-    classic ones, so age refuses the mix; say so, naming this node's own (always included)."""
-    kinds = {r.node_id: age.parse_recipient(r.recipient).mix_label for r in recipients}
-    if len(set(kinds.values())) > 1:
-        own = recipients[0]
+def _choose(parties: list[Party], given: list[ManifestRecipient]) -> list[ManifestRecipient]:
+    """The recipients of ``entente seal``: this node and the pinned partners named (``parties``,
+    each with its X25519 and perhaps a hybrid recipient) and the age recipients given as such.
+
+    Post-quantum and classic recipients in one file would leave it only as strong as the classic
+    ones, so age refuses the mix: the kind of the recipients given decides (this node's own and
+    the partners' follow it, or the seal is refused saying who cannot); with none given, the
+    file is sealed post-quantum when every party can read it so."""
+    kinds = {kind_of(r.recipient) for r in given}
+    if len(kinds) > 1:
         raise UsageError(
             "post-quantum (age1pq1…) and classic (age1…) recipients cannot be mixed in one file "
-            f"(it would be only as strong as the classic ones), and this node's own recipient, "
-            f"always included, is {kinds[own.node_id]}: seal to "
-            f"{kinds[own.node_id]} recipients only"
+            "(it would be only as strong as the classic ones): give one kind"
         )
+    if kinds == {SEALING_HYBRID}:
+        lacking = [p.node_id for p in parties if not p.pq_recipient]
+        if lacking:
+            raise UsageError(
+                f"post-quantum (age1pq1…) recipients cannot be mixed with classic ones, and "
+                f"{', '.join(lacking)} has no post-quantum recipient (a classic-only node): seal "
+                "to classic age1… recipients, or add post-quantum keys with `entente keys rotate "
+                "--post-quantum`"
+            )
+        return [ManifestRecipient(p.node_id, p.pq_recipient or "") for p in parties] + given
+    if kinds:
+        return [ManifestRecipient(p.node_id, p.age_recipient) for p in parties] + given
+    return recipients_for(parties)
 
 
 @contextmanager
@@ -148,24 +164,25 @@ def seal(
     settings = settings_for(home)
     node_home = open_home(settings.require_home())
     keys = node_home.unlock(settings)
-    recipients = [ManifestRecipient(node_home.node_id, node_home.age_recipient)]
+    parties: list[Party] = [node_home]
+    given: list[ManifestRecipient] = []
     db = open_database(settings.resolved_database_url(), migrate=True)
     try:
         with db.session() as session:
             for index, target in enumerate(to, start=1):
                 if target.startswith("age1"):
                     try:
-                        recipients.append(ManifestRecipient(f"recipient-{index}", target))
+                        given.append(ManifestRecipient(f"recipient-{index}", target))
                     except CryptoError as exc:
                         raise UsageError(f"--to {target[:20]}…: {exc}") from None
                     continue
                 partner = session.get(Partner, target)
                 if partner is None:
                     raise UsageError(f"--to {target}: not a pinned partner or an age1… recipient")
-                recipients.append(ManifestRecipient(partner.node_id, partner.age_recipient))
+                parties.append(partner)
     finally:
         db.dispose()
-    _check_mix(recipients)
+    recipients = _choose(parties, given)
     try:
         size = file.stat().st_size
     except OSError as exc:
@@ -193,6 +210,8 @@ def seal(
     console.print(f"sealed {file} -> {out} ({sealed.size} bytes, sha256 {sealed.sha256})")
     console.print(f"manifest {manifest_path}, signed by {node_home.node_id}")
     console.print(f"recipients: {', '.join(r.node_id for r in recipients)}")
+    kind = "post-quantum" if sealed.manifest.sealing == SEALING_HYBRID else "classic"
+    console.print(f"sealed {kind} ({sealed.manifest.sealing})")
 
 
 def verify_(

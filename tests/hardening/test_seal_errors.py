@@ -4,6 +4,7 @@ recipients are mixed, or when the output cannot be written at all. ``--force`` o
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 from pathlib import Path
@@ -79,12 +80,49 @@ def test_seal_into_a_missing_folder_is_one_line(home: Path, tmp_path: Path) -> N
     _one_line(_seal(home, src, tmp_path / "no" / "such" / "out.age"), "no/such")
 
 
-def test_seal_to_a_post_quantum_recipient_says_why(home: Path, tmp_path: Path) -> None:
+def test_seal_to_a_post_quantum_recipient_seals_post_quantum(home: Path, tmp_path: Path) -> None:
+    """Issue 17: `entente seal --to age1pq1…` ended in a traceback (the node's own X25519
+    recipient was always added, and age refuses the mix). A post-quantum node now seals to its
+    own hybrid recipient beside the one given."""
+    src = tmp_path / "finding.txt"
+    src.write_bytes(b"finding\n")
+    theirs = age.HybridIdentity.generate()
+    out = tmp_path / "finding.age"
+    result = run_cli(
+        "seal", str(src), "--to", theirs.recipient.to_string(), "-o", str(out), "--home", str(home)
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sealed post-quantum" in result.stdout
+    plain = io.BytesIO()
+    age.decrypt(io.BytesIO(out.read_bytes()), plain, [theirs])
+    assert plain.getvalue() == b"finding\n"
+
+
+def test_seal_mixing_kinds_says_why(home: Path, tmp_path: Path) -> None:
     src = tmp_path / "finding.txt"
     src.write_bytes(b"finding\n")
     pq = age.HybridIdentity.generate().recipient.to_string()
-    assert pq.startswith("age1pq1")
+    classic = age.X25519Identity.generate().recipient.to_string()
     out = tmp_path / "finding.age"
-    result = run_cli("seal", str(src), "--to", pq, "-o", str(out), "--home", str(home))
+    result = run_cli(
+        "seal", str(src), "--to", pq, "--to", classic, "-o", str(out), "--home", str(home)
+    )
     _one_line(result, "post-quantum", "classic")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["finding.txt"]
+
+
+def test_a_classic_only_node_sealing_post_quantum_says_why(tmp_path: Path) -> None:
+    root = tmp_path / "n"
+    root.mkdir()
+    made = run_cli(
+        "init", "--home", str(root / "ca"), "--node-id", "ca-aisi", "--name", "CA",
+        "--url", "http://127.0.0.1:9", "--classic-only", "--insecure-no-passphrase",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    src = tmp_path / "finding.txt"
+    src.write_bytes(b"finding\n")
+    pq = age.HybridIdentity.generate().recipient.to_string()
+    out = tmp_path / "finding.age"
+    result = run_cli("seal", str(src), "--to", pq, "-o", str(out), "--home", str(root / "ca"))
+    _one_line(result, "ca-aisi has no post-quantum recipient")
+    assert not out.exists()

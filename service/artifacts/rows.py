@@ -13,7 +13,7 @@ import json
 import secrets
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from crypto.dsse import Envelope
 from crypto.sealed import (
@@ -22,7 +22,7 @@ from crypto.sealed import (
     disclosure_digest,
 )
 from policies import Decision
-from service.artifacts.sealing import sealing_of
+from service.artifacts.sealing import Party, sealing_of
 from service.models import Artifact, Outbox
 
 __all__ = ["Recipient", "artifact_row", "delivery_head", "json_list", "new_artifact_id"]
@@ -31,16 +31,7 @@ __all__ = ["Recipient", "artifact_row", "delivery_head", "json_list", "new_artif
 _B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, sortable
 
 
-class Recipient(Protocol):
-    """What sharing needs of a pinned partner: its id and its age recipients (X25519, and the
-    hybrid post-quantum one when it has one)."""
-
-    @property
-    def node_id(self) -> str: ...
-    @property
-    def age_recipient(self) -> str: ...
-    @property
-    def pq_recipient(self) -> str | None: ...
+Recipient = Party  # what sharing needs of a pinned partner: its id and its age recipients
 
 
 def new_artifact_id(now: datetime) -> str:

@@ -197,7 +197,10 @@ def file_keys(fed: Federation) -> dict[str, list[bytes]]:
         for blob in sorted((node.home / "blobs").glob("??/??/*")):
             with open(blob, "rb") as fh:
                 decryptor = age.Decryptor.parse(fh, armor=False)
-                file_key = keys.identity.unwrap(decryptor.header.stanzas)
+                stanzas = decryptor.header.stanzas  # X25519 or hybrid (post-quantum) stanzas
+                file_key = next(
+                    (k for i in keys.all_identities if (k := i.unwrap(stanzas)) is not None), None
+                )
                 assert file_key is not None, f"{node_id} cannot open its own blob {blob.name}"
                 nonce = fh.read(16)
             payload_key = hkdf_sha256(file_key, nonce, b"payload")

@@ -60,6 +60,7 @@ from service.federation.signing import purge_nonces
 from service.limits import Limits
 from service.metrics import Metrics
 from service.node import Node
+from service.policy_store import PolicyScope
 
 __all__ = ["BACKGROUND_LOCK", "Workers", "app_from_environment", "create_app", "register_workers"]
 
@@ -305,6 +306,8 @@ def create_app(
     install_problem_handlers(app, finish=signed_problems)
     document_problems(app)
 
+    # Each request decides on the policy version committed when it first decides (one query).
+    app.add_middleware(PolicyScope)
     # Inside the request counter (added before it): a stalled body raises where the app reads it.
     app.add_middleware(
         RequestBounds,

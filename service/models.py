@@ -18,6 +18,8 @@ __all__ = [
     "Outbox",
     "Partner",
     "PartnerKey",
+    "PolicyVersion",
+    "PolicyVersionFile",
     "PullState",
     "ReceivedNotice",
     "SeenNonce",
@@ -244,3 +246,36 @@ class ReceivedNotice(SQLModel, table=True):
     artifact_id: str = Field(max_length=64, index=True)
     received_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     receipt: str = Field(sa_column=sa.Column(sa.Text, nullable=False))
+
+
+class PolicyVersion(SQLModel, table=True):
+    """One committed version of the node's active MOU policy set, shared by every replica.
+
+    Written by a reload (``entente policy reload``, and the first start) with its files in one
+    transaction; versions only grow, and the highest is the set in force (``policy_store.py``).
+    """
+
+    __tablename__ = "policy_versions"
+
+    version: int = Field(sa_column=sa.Column(sa.BigInteger, primary_key=True, autoincrement=False))
+    sha256: str = Field(max_length=64)  # PolicySet.sha256 of the set as loaded and validated
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    actor: str = Field(max_length=200)
+
+
+class PolicyVersionFile(SQLModel, table=True):
+    """A policy file of one version: its name in ``<home>/policies``, bytes and SHA-256."""
+
+    __tablename__ = "policy_version_files"
+
+    version: int = Field(
+        sa_column=sa.Column(
+            sa.BigInteger,
+            sa.ForeignKey("policy_versions.version"),
+            primary_key=True,
+            autoincrement=False,
+        )
+    )
+    name: str = Field(primary_key=True, max_length=255)
+    sha256: str = Field(max_length=64)  # of ``content``, as Policy.sha256
+    content: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))

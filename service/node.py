@@ -49,7 +49,7 @@ class Node:
 
 
 def load_node(settings: Settings, *, migrate: bool = True) -> Node:
-    """Open the home, unlock its keys, open (and migrate) the database."""
+    """Open the home, unlock its keys, open (and migrate) the database, hold the policy set."""
     home = open_home(settings.require_home())
     keys = home.unlock(settings)
     db = open_database(settings.resolved_database_url(), migrate=migrate)
@@ -58,9 +58,9 @@ def load_node(settings: Settings, *, migrate: bool = True) -> Node:
         fsync_threads=settings.blob_fsync_threads,
         syncfs=settings.blob_syncfs,
     )
-    policies = PolicyStore(home.policies_dir)
-    policies.load()
+    policies = PolicyStore(home.policies_dir, db=db)
     node = Node(settings=settings, home=home, keys=keys, db=db, blobs=blobs, policies=policies)
-    with db.session() as session:
-        policies.sync_audit(session, actor="node:start", now=node.now())
+    policies.start(
+        actor="node:start", now=node.now()
+    )  # the database's newest version, or the folder
     return node

@@ -1,69 +1,321 @@
-"""The node's active MOU policy set: loaded from ``<home>/policies``, reloadable, audited.
+"""The node's active MOU policy set: versioned in the database, so every replica decides alike.
 
-Loading is all-or-nothing: a folder with any invalid file keeps the previous set in force and
-reports the error (fail closed: with no valid set loaded, every request is denied). Each change of
-the active set's digest is a ``policy.set_changed`` audit event.
+A reload (``entente policy reload``, ``POST /v1/admin/policies/reload``) reads ``<home>/policies``
+and, all or nothing, writes the files as loaded and validated (bytes and SHA-256) as a new
+version: one transaction holds the version row, its files and the ``policy.set_changed`` audit
+entry. A folder with any invalid file writes nothing and keeps the version in force; a reload that
+changes nothing writes nothing. Versions only grow; the highest committed one is in force.
+
+At start a node decides on the newest version in the database; only a database without one (the
+first start, or the first after migration 0010) publishes the folder as version 1. A folder edited
+but not reloaded does not change the terms, not even at a restart (the node logs that it differs).
+
+The version rule (why a check per request, not a cache refreshed every few seconds): after a reload
+through replica A has answered, the next request may reach replica B, and must be decided on the
+new terms ("201 against 403" otherwise). No interval is short enough for that, so a replica reads
+the committed version number (one primary-key query, ``max(version)``) once per HTTP request,
+lazily at its first decision, and decides that whole request (every partner of a share) on the
+snapshot it then holds: never older than any version committed before the request began, and one
+version for the whole request. Parsing happens only when the number moved. The snapshot held by a
+replica only moves forward (:func:`newer`), whichever thread read the newer number first. Work
+outside a request (the pull worker, tests) checks at every decision. The evaluator itself
+(``policies.evaluate``) is unchanged and never touches the database.
+
+It does not evaluate (``policies``) or enforce (``artifacts/enforce``); it does not watch the
+folder; and it fails closed: a version that cannot be read or parsed is a
+:class:`service.errors.DatabaseError`, never a decision on other terms.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import threading
+from collections.abc import Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from sqlmodel import Session, select
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlmodel import Session, col, select
 
-from policies import Decision, PolicySet, Request, evaluate, load_dir
+from policies import Decision, PolicySet, Request, evaluate, load_policy, policy_files
+from policies.errors import PolicyError, PolicyLoadError
 from service.audit.log import record
-from service.models import AuditEntry
+from service.db import Database
+from service.errors import DatabaseError
+from service.models import AuditEntry, PolicyVersion, PolicyVersionFile
 
-__all__ = ["PolicyStore"]
+__all__ = ["PolicyScope", "PolicyStore", "Published", "Snapshot", "newer"]
+
+log = logging.getLogger(__name__)
+
+_PUBLISH_ATTEMPTS = 5  # concurrent reloads through two replicas: the loser renumbers and retries
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One version of the active set, parsed. Version 0 is the empty set held before any load."""
+
+    version: int
+    policies: PolicySet
+
+    @property
+    def sha256(self) -> str:
+        return self.policies.sha256
+
+
+@dataclass(frozen=True)
+class Published:
+    """What a reload did: the snapshot now in force and whether it is a new version."""
+
+    snapshot: Snapshot
+    changed: bool
+
+
+def newer(held: Snapshot, candidate: Snapshot) -> Snapshot:
+    """The version rule: a replica's snapshot is replaced only by a strictly higher version."""
+    return candidate if candidate.version > held.version else held
+
+
+class _RequestCheck:
+    """The snapshot one HTTP request decides on, fixed at its first decision."""
+
+    __slots__ = ("snapshot",)
+
+    def __init__(self) -> None:
+        self.snapshot: Snapshot | None = None
+
+
+_REQUEST: ContextVar[_RequestCheck | None] = ContextVar("entente_policy_check", default=None)
+
+
+class PolicyScope:
+    """ASGI middleware: each HTTP request checks the committed policy version once."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = _REQUEST.set(_RequestCheck())
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _REQUEST.reset(token)
 
 
 class PolicyStore:
-    def __init__(self, folder: Path) -> None:
+    """The active set of one node: the folder it reloads from and the database it versions in."""
+
+    def __init__(self, folder: Path, *, db: Database) -> None:
         self.folder = folder
+        self._db = db
         self._lock = threading.Lock()
-        self._set = PolicySet.empty()
-        self._digest: str | None = None
+        self._held = Snapshot(0, PolicySet.empty())
+
+    # --- deciding -----------------------------------------------------------------------------
 
     @property
     def current(self) -> PolicySet:
-        return self._set
+        """The set in force for this request (see the version rule in the module docstring)."""
+        return self.snapshot().policies
 
-    def load(self) -> PolicySet:
-        """Parse the folder; raises ``policies.errors.PolicyError`` and keeps the old set."""
-        loaded = load_dir(self.folder) if self.folder.is_dir() else PolicySet.empty()
-        with self._lock:
-            self._set = loaded
-        return loaded
-
-    def sync_audit(self, session: Session, *, actor: str, now: datetime) -> bool:
-        """Record a ``policy.set_changed`` event if the active set differs from the last recorded.
-
-        The last recorded digest is read from the audit log itself, so restarts and replicas
-        agree on whether anything changed.
-        """
-        digest = self._set.sha256
-        last = session.exec(
-            select(AuditEntry.detail)
-            .where(AuditEntry.kind == "policy.set_changed")
-            .order_by(AuditEntry.id.desc())  # type: ignore[union-attr]
-            .limit(1)
-        ).first()
-        previous = json.loads(last).get("sha256") if last else None
-        if digest == previous:
-            return False
-        self._digest = digest
-        record(
-            session,
-            kind="policy.set_changed",
-            actor=actor,
-            detail={"sha256": digest, "previous": previous, "policies": self._set.refs()},
-            now=now,
-        )
-        return True
+    @property
+    def version(self) -> int:
+        return self.snapshot().version
 
     def decide(self, request: Request, *, now: datetime) -> Decision:
-        return evaluate(self._set, request, now=now)
+        return evaluate(self.snapshot().policies, request, now=now)
+
+    def snapshot(self) -> Snapshot:
+        check = _REQUEST.get()
+        if check is not None and check.snapshot is not None:
+            return check.snapshot
+        snapshot = self._at_least(self._committed_version())
+        if check is not None:
+            check.snapshot = snapshot
+        return snapshot
+
+    def _committed_version(self) -> int:
+        try:
+            with self._db.engine.connect() as conn:
+                found = conn.execute(sa.select(sa.func.max(col(PolicyVersion.version)))).scalar()
+        except SQLAlchemyError as exc:
+            raise DatabaseError(
+                f"the committed policy version could not be read: {type(exc).__name__}"
+            ) from None
+        return int(found or 0)
+
+    def _at_least(self, version: int) -> Snapshot:
+        with self._lock:
+            if self._held.version >= version:
+                return self._held
+            with self._db.session() as session:
+                self._held = newer(self._held, self._read_newest(session))
+            return self._held
+
+    # --- loading and publishing ---------------------------------------------------------------
+
+    def start(self, *, actor: str, now: datetime) -> Snapshot:
+        """Hold the newest committed version; with none yet, publish the folder (first start)."""
+        with self._db.session() as session:
+            newest = self._read_newest(session)
+        if newest.version == 0:
+            return self.reload(actor=actor, now=now).snapshot
+        with self._lock:
+            self._held = newer(self._held, newest)
+        self._warn_if_folder_differs(newest)
+        return newest
+
+    def reload(self, *, actor: str, now: datetime) -> Published:
+        """Read and validate the folder, and commit it as a new version if it changed.
+
+        Raises ``policies.errors.PolicyError`` (nothing written; the version in force stays).
+        """
+        return self.publish(self._read_folder(), actor=actor, now=now)
+
+    def publish(
+        self, files: Sequence[tuple[str, bytes]], *, actor: str, now: datetime
+    ) -> Published:
+        """Commit ``files`` (name, bytes) as the next version: all or nothing, audited."""
+        loaded = self._parse(files)
+        for _attempt in range(_PUBLISH_ATTEMPTS):
+            try:
+                with self._db.session() as session:
+                    published = self._write(session, files, loaded, actor=actor, now=now)
+            except IntegrityError:
+                continue  # another replica committed this version number first: renumber
+            with self._lock:
+                self._held = newer(self._held, published.snapshot)
+            return published
+        raise DatabaseError(
+            "the policy set could not be committed: concurrent reloads kept winning"
+        )
+
+    def _write(
+        self,
+        session: Session,
+        files: Sequence[tuple[str, bytes]],
+        loaded: PolicySet,
+        *,
+        actor: str,
+        now: datetime,
+    ) -> Published:
+        newest = session.exec(
+            select(PolicyVersion).order_by(col(PolicyVersion.version).desc()).limit(1)
+        ).first()
+        if newest is not None and newest.sha256 == loaded.sha256:
+            return Published(Snapshot(newest.version, loaded), changed=False)
+        version = (newest.version if newest is not None else 0) + 1
+        session.add(
+            PolicyVersion(version=version, sha256=loaded.sha256, created_at=now, actor=actor)
+        )
+        session.flush()  # the version row first: its files refer to it
+        for name, content in files:
+            session.add(
+                PolicyVersionFile(
+                    version=version,
+                    name=name,
+                    sha256=_sha256(content),
+                    content=content,
+                )
+            )
+        previous = newest.sha256 if newest is not None else _last_audited(session)
+        changed = loaded.sha256 != previous
+        if changed:  # (an upgraded node's first version may restate what the log already has)
+            record(
+                session,
+                kind="policy.set_changed",
+                actor=actor,
+                detail={
+                    "sha256": loaded.sha256,
+                    "previous": previous,
+                    "version": version,
+                    "policies": loaded.refs(),
+                },
+                now=now,
+            )
+        session.flush()  # a concurrent reload's version number fails here, inside the retry
+        return Published(Snapshot(version, loaded), changed=changed)
+
+    def _read_newest(self, session: Session) -> Snapshot:
+        row = session.exec(
+            select(PolicyVersion).order_by(col(PolicyVersion.version).desc()).limit(1)
+        ).first()
+        if row is None:
+            return Snapshot(0, PolicySet.empty())
+        files = session.exec(
+            select(PolicyVersionFile)
+            .where(PolicyVersionFile.version == row.version)
+            .order_by(col(PolicyVersionFile.name))
+        ).all()
+        try:
+            loaded = self._parse([(f.name, f.content) for f in files])
+        except PolicyError as exc:
+            raise DatabaseError(
+                f"the policy set in force (version {row.version}) could not be loaded: {exc}"
+            ) from None
+        if loaded.sha256 != row.sha256:
+            raise DatabaseError(
+                f"the policy set in force (version {row.version}) does not match its digest"
+            )
+        return Snapshot(row.version, loaded)
+
+    def _read_folder(self) -> list[tuple[str, bytes]]:
+        if not self.folder.is_dir():
+            return []
+        out = []
+        for path in policy_files(self.folder):
+            try:
+                out.append((path.name, path.read_bytes()))
+            except OSError as exc:
+                raise PolicyLoadError(
+                    str(path), [(0, f"cannot read the file: {exc.strerror}")]
+                ) from None
+        return out
+
+    def _parse(self, files: Sequence[tuple[str, bytes]]) -> PolicySet:
+        return PolicySet.from_policies(
+            load_policy(content, source=str(self.folder / name)) for name, content in files
+        )
+
+    def _warn_if_folder_differs(self, held: Snapshot) -> None:
+        try:
+            folder = self._parse(self._read_folder())
+        except PolicyError as exc:
+            log.warning(
+                "policy folder %s does not load (%s); version %d stays in force",
+                self.folder,
+                exc,
+                held.version,
+            )
+            return
+        if folder.sha256 != held.sha256:
+            log.warning(
+                "policy folder %s differs from the set in force (version %d): "
+                "`entente policy reload` applies it",
+                self.folder,
+                held.version,
+            )
+
+
+def _sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def _last_audited(session: Session) -> str | None:
+    last = session.exec(
+        select(AuditEntry.detail)
+        .where(AuditEntry.kind == "policy.set_changed")
+        .order_by(col(AuditEntry.id).desc())
+        .limit(1)
+    ).first()
+    previous = json.loads(last).get("sha256") if last else None
+    return previous if isinstance(previous, str) else None

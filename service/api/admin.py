@@ -26,22 +26,27 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
 
 
 def reload_policies(node: Node, *, actor: str) -> dict[str, Any]:
-    """Re-read ``<home>/policies``; all or nothing, and audited when the active set changes."""
+    """Re-read ``<home>/policies`` and commit it as the new version every replica decides on;
+    all or nothing, and audited when the active set changes."""
     try:
-        loaded = node.policies.load()
+        published = node.policies.reload(actor=actor, now=node.now())
     except PolicyError as exc:
         raise InvalidInputError(
             f"the policy folder was not loaded (the previous set stays in force): {exc}",
             reason="policy-load",
         ) from None
-    with node.db.session() as session:
-        changed = node.policies.sync_audit(session, actor=actor, now=node.now())
-    return {"sha256": loaded.sha256, "changed": changed, "policies": loaded.refs()}
+    snapshot = published.snapshot
+    return {
+        "sha256": snapshot.sha256,
+        "version": snapshot.version,
+        "changed": published.changed,
+        "policies": snapshot.policies.refs(),
+    }
 
 
 @router.post(
     "/policies/reload",
-    summary="Reload the MOU policies from the node's home (all or nothing, audited)",
+    summary="Reload the MOU policies for every replica of the node (all or nothing, audited)",
     responses=PROBLEMS,
 )
 async def reload(node: NodeDep, principal: Admin) -> dict[str, Any]:

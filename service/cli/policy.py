@@ -1,8 +1,13 @@
 """``entente policy``: check, explain, test and compare MOU policy files.
 
 These commands work on files (a node's ``<home>/policies`` or any folder or file given) and never
-talk to a running node. Output is rich tables on a terminal and plain aligned text otherwise.
-Exit codes: 0 on success, 1 when a file fails to load or a golden case fails, 2 on bad usage.
+talk to a running node (``reload`` asks one to re-read its folder). ``check --home`` without files
+also checks the home's policies against the node: its own id (a policy about itself is an error)
+and the partners pinned in its database (read, never migrated): a policy about an unpinned node, or
+a pinned partner without one, is a warning. Output is rich tables on a terminal and plain aligned
+text otherwise.
+Exit codes: 0 on success, 1 when a file fails to load, a golden case fails or a home holds a policy
+about itself, 2 on bad usage.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from policies import (
     PolicySet,
     Request,
 )
+from service.cli._policy_home import check_against_home
 from service.cli._terminal import TerminalConsole, printable
 from service.errors import UsageError
 
@@ -148,13 +154,18 @@ def _report_load_error(exc: PolicyError) -> None:
 
 @app.command()
 def check(paths: PathsArg = None, home: HomeOpt = None) -> None:
-    """Validate policy files and summarise, per partner and action, what they allow."""
+    """Validate policy files and summarise, per partner and action, what they allow.
+
+    With --home (and no files), also check them against that node: none may be about the node
+    itself, and each should be about a pinned partner, and each pinned partner have one.
+    """
     roots, bundled = _resolve(paths, home)
     if bundled:
         _echo(f"No files given: checking the bundled example MOUs in {roots[0]}")
     now = datetime.now(UTC)
     failed = 0
     loaded = 0
+    warnings = 0
     for label, files in _policy_groups(roots, recursive=True):
         good = []
         for path in files:
@@ -171,14 +182,18 @@ def check(paths: PathsArg = None, home: HomeOpt = None) -> None:
             continue
         if not files:
             _echo(f"{label}: no policy files (every request would be denied)")
-            continue
         loaded += len(policy_set)
         for policy in policy_set:
             _summarise(policy, now)
+        if home is not None and not paths:  # the home's own folder: check it against the node
+            errors, warned = check_against_home(policy_set, home)
+            failed += errors
+            warnings += warned
     if failed:
         typer.echo(f"entente: {failed} problem(s); see above", err=True)
         raise typer.Exit(1)
-    _echo(f"OK: {loaded} polic{'y' if loaded == 1 else 'ies'} valid", style="bold green")
+    more = f", {warnings} warning(s) above" if warnings else ""
+    _echo(f"OK: {loaded} polic{'y' if loaded == 1 else 'ies'} valid{more}", style="bold green")
 
 
 def _summarise(policy: policies.Policy, now: datetime) -> None:
@@ -442,7 +457,7 @@ def reload(
         typer.Option("--token", envvar="ENTENTE_TOKEN", help="An admin token [env: ENTENTE_TOKEN]"),
     ],
 ) -> None:
-    """Tell a running node to reload its policy folder (all or nothing; audited)."""
+    """Tell a running node to reload its policy folder, for all its replicas (audited)."""
     import httpx
 
     from service.cli.client import _raise_for
@@ -459,6 +474,9 @@ def reload(
     _raise_for(response)
     data = response.json()
     state = "changed" if data["changed"] else "unchanged"
-    _echo(f"policy set {state}: sha256 {data['sha256'][:16]}…, {len(data['policies'])} policies")
+    _echo(
+        f"policy set {state}: version {data['version']}, sha256 {data['sha256'][:16]}…, "
+        f"{len(data['policies'])} policies (in force at every replica)"
+    )
     for ref in data["policies"]:
         _echo(f"  {ref['partner']}: {ref['id']} v{ref['version']}")

@@ -157,3 +157,56 @@ def test_check_on_a_terminal_prints_tables_and_clauses_as_written() -> None:
     plain = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout)
     assert "┃ action" in plain  # a rich table, not the plain columns
     assert "Bletchley Declaration, para 8 [example]" in plain  # not taken for markup
+
+
+# --- check --home: the policies against the node they serve ----------------------------------
+
+
+def _federation(tmp_path: Path) -> Path:
+    """A UK and a US home pinned to each other (SQLite), with the example MOUs; the UK home."""
+    from service.federation.setup import prepare_federation
+
+    prepare_federation(
+        {"uk-aisi": "http://127.0.0.1:1", "us-aisi": "http://127.0.0.1:2"},
+        root=tmp_path,
+        scrypt_work_factor=10,
+    )
+    return tmp_path / "uk-aisi"
+
+
+def test_check_home_refuses_the_partners_policy_and_names_the_unprotected_partner(
+    tmp_path: Path,
+) -> None:
+    uk = _federation(tmp_path)
+    for name in ("us-aisi.yaml", "ca-aisi.yaml"):
+        (uk / "policies" / name).unlink()
+    # The US side's policy about uk-aisi, placed in the UK home (the wrong file).
+    shutil.copy(tmp_path / "us-aisi" / "policies" / "uk-aisi.yaml", uk / "policies")
+    out = run("check", "--home", uk)
+    assert out.returncode == 1, out.stdout
+    wrong = uk / "policies" / "uk-aisi.yaml"
+    assert (
+        f"entente: {wrong}: partner 'uk-aisi' is this node: this policy is about this node "
+        "itself; it belongs in the partner's home"
+    ) in out.stderr
+    assert (
+        "warning: pinned partner 'us-aisi' has no policy: everything to it is denied by default"
+    ) in out.stderr
+    assert "entente: 1 problem(s); see above" in out.stderr
+    assert "OK:" not in out.stdout
+
+
+def test_check_home_warns_of_a_policy_about_an_unpinned_node(tmp_path: Path) -> None:
+    uk = _federation(tmp_path)  # the examples: policies for us-aisi (pinned) and ca-aisi (not)
+    out = run("check", "--home", uk)
+    assert out.returncode == 0, out.stderr
+    ca = uk / "policies" / "ca-aisi.yaml"
+    assert f"warning: {ca}: partner 'ca-aisi' is not pinned at this node" in out.stderr
+    assert "us-aisi" not in out.stderr  # pinned, with a policy: nothing to say
+    assert "OK: 2 policies valid, 1 warning(s) above" in out.stdout
+
+    # Files given explicitly are checked as files, not against the home.
+    plain = run("check", uk / "policies", "--home", uk)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stderr == ""
+    assert "OK: 2 policies valid" in plain.stdout

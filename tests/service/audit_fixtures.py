@@ -57,8 +57,8 @@ def make_node(root: Path, node_id: str, db_url: str, clock: Clock | None = None)
     )
     keys = home.unlock(settings)
     db = open_database(db_url, migrate=True)
-    policies = PolicyStore(home.policies_dir)
-    policies.load()
+    # No policy files and no version published: the empty set (every request denied), unaudited.
+    policies = PolicyStore(home.policies_dir, db=db)
     return Node(
         settings=settings,
         home=home,

@@ -68,8 +68,7 @@ def make_node(
         for name, data in example_files(node_id).items():
             (home.policies_dir / name).write_bytes(data)
     db = open_database(base.resolved_database_url(), migrate=True)
-    store = PolicyStore(home.policies_dir)
-    store.load()
+    store = PolicyStore(home.policies_dir, db=db)
     node = Node(
         settings=base,
         home=home,
@@ -80,8 +79,8 @@ def make_node(
     )
     CREATED.append(node)
     tokens = {}
+    store.start(actor="test", now=node.now())
     with db.session() as session:
-        store.sync_audit(session, actor="test", now=node.now())
         for role in Role:
             _row, secret = create_token(
                 session, role=role, name=f"{role.value}-user", now=node.now(), actor="test"

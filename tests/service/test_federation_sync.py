@@ -221,7 +221,7 @@ def test_unreachable_partner_backs_off_then_delivers(pair: Pair) -> None:
 def test_a_refusal_fails_the_row_for_an_operator(pair: Pair) -> None:
     share(pair.uk)
     (pair.us.node.home.policies_dir / "uk-aisi.yaml").unlink()  # the US accepts nothing now
-    pair.us.node.policies.load()
+    pair.us.node.policies.reload(actor="test", now=pair.us.node.now())
     worker = pair.worker(pair.uk)
     try:
         worker.run_once()

@@ -46,7 +46,7 @@ def uk(tmp_path: Path) -> Kit:
     pin(kit, make_node(tmp_path, "ca-aisi", post_quantum=False))  # classic only
     for partner in ("us-aisi", "ca-aisi"):
         (kit.node.home.policies_dir / f"{partner}.yaml").write_text(TERMS.format(partner=partner))
-    kit.node.policies.load()
+    kit.node.policies.reload(actor="test", now=kit.node.now())
     return kit
 
 

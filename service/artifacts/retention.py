@@ -6,9 +6,12 @@ that still hold ciphertext, after a cursor that wraps around, gathers each one's
 (:func:`terms_for`) and asks the pure :func:`service.artifacts.retention_rules.deletion_due`.
 For each deletion due, ONE transaction marks the row (``blob`` None, ``deleted_at``; the row
 and its signed manifest stay, as evidence), marks this node's onward copies of it the same way,
-records ``artifact.deleted`` per copy with the rule and clause of the obligation, and, when the
-origin's terms require it, queues a ``deletion`` notice to the origin carrying this node's
-signed statement (a ``deletion`` receipt); the origin records ``deletion.acknowledged``.
+records ``artifact.deleted`` per copy with the rule and clause of the obligation, and, for a
+received artifact deleted under an obligation of the agreement (whichever side's decision
+states it: both sides' files state the same agreement), queues a ``deletion`` notice to the
+origin carrying this node's signed statement (a ``deletion`` receipt); the origin records
+``deletion.acknowledged``. A revocation's deletion is not notified again: the origin holds the
+holder's signed receipt of the revocation already.
 Only once that transaction has committed are the blobs removed: a crash in between leaves an
 unreferenced blob, which the start-up sweep (``service.artifacts.sweep``) removes, never a row
 claiming ciphertext it does not have. A repeated round finds nothing left to do.
@@ -223,7 +226,9 @@ def delete_copy(node: Node, due: Due, *, now: datetime) -> bool:
         row = session.get(Artifact, (due.artifact_id, due.origin))
         if row is None or row.blob is None:
             return False
-        acknowledge = row.direction == "received" and due.deletion.of_origin
+        # An obligation of the agreement (not a revocation, which the origin ordered and has a
+        # receipt for): the holder tells the origin, with its signed statement.
+        acknowledge = row.direction == "received" and due.deletion.term is not None
         blobs.append(_mark(session, node, row, due, now, acknowledged=acknowledge))
         copies = session.exec(
             select(Artifact).where(

@@ -5,8 +5,8 @@ contradict each other: pure functions of facts and ``now``.
 revoked it; it expired and an obligation says ``delete_at_expiry``; or it is past a
 ``retain_max`` obligation's days, counted from when this node recorded it. Each
 :class:`Term` names the rule (or rules) and MOU clause that state it and whose terms they are
-(``origin``: the origin's decision, disclosed with the artifact, which the holder acknowledges
-to the origin; ``own``: this node's own decisions).
+(``origin``: the origin's decision, disclosed with the artifact; ``own``: this node's own
+decisions, on the same agreement's terms).
 
 :func:`terms_of_decision` reads the terms of a stored decision (``{"rules", "obligations"}``);
 :func:`inconsistent_terms` is the check a share runs before anything is sealed: an embargo at
@@ -83,11 +83,6 @@ class Deletion:
     @property
     def clause(self) -> str | None:
         return self.term.clause if self.term else None
-
-    @property
-    def of_origin(self) -> bool:
-        """The origin's terms require it: the holder acknowledges it to the origin."""
-        return self.term is not None and self.term.stated_by == "origin"
 
 
 def deletion_due(facts: RetentionFacts, *, now: datetime) -> Deletion | None:

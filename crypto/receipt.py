@@ -1,11 +1,12 @@
 """Signed receipts: a node's statement that it accepted an artifact or a notice.
 
-A receipt is a DSSE envelope (payloadType ``application/vnd.entente.receipt+json``) signed by the
-receiving node's Ed25519 key (and, once it has one, its ML-DSA-65 key: a hybrid envelope, see
-``crypto.keyset``) over a JSON document naming what was received (``kind``: delivery,
-revocation or access), the artifact id and plaintext SHA-256, the receiver, the sender and the
-time. The sender stores it as evidence of delivery: unlike an HTTP signature it can be checked
-again later, by anyone holding the receiver's public key.
+A receipt is a DSSE envelope (payloadType ``application/vnd.entente.receipt+json``) signed by
+the receiving node's Ed25519 key (and, once it has one, its ML-DSA-65 key: a hybrid envelope,
+see ``crypto.keyset``) over a JSON document naming what was received (``kind``: delivery,
+revocation, access, or deletion: a holder's statement that it deleted its copy, the holder as
+``receiver``), the artifact id and plaintext SHA-256, the receiver, the sender and the time. The
+sender stores it as evidence of delivery: unlike an HTTP signature it can be checked again
+later, by anyone holding the receiver's public key.
 
 This module does not decide which keys to trust, nor store receipts.
 """
@@ -28,7 +29,7 @@ __all__ = ["RECEIPT_PAYLOAD_TYPE", "Receipt", "sign_receipt", "verify_receipt"]
 
 RECEIPT_PAYLOAD_TYPE = "application/vnd.entente.receipt+json"
 RECEIPT_TYPE = "https://entente.dev/receipt/v1"
-KINDS = frozenset({"delivery", "revocation", "access"})
+KINDS = frozenset({"delivery", "revocation", "access", "deletion"})
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,13 @@ partner receives) and the middleware; the node (settings, keys, database) is bui
 and kept on ``app.state``.
 
 All background work is registered here, in :func:`register_workers`: the audit sequencer, the
-submission of checkpoints to partners' witnesses, outbox delivery, feed pulls and the nonce
-purge; the start-up sweep of the blob store runs once beside them. None of it holds up the
-node's own start: the workers are started by a task beside the server, so a partner that is
-down (whose witness or feed a first round waits on) never delays ``/healthz``. Each worker is
-an asyncio task that loops until :meth:`Workers.stop`; a worker that raises is logged and
-restarted after a pause, so one bad row never stops delivery for everyone.
+submission of checkpoints to partners' witnesses, outbox delivery, feed pulls, the nonce purge
+and retention (deleting the ciphertext that expiry, ``retain_max`` or a revocation no longer
+allows the node to hold); the start-up sweep of the blob store runs once beside them. None of it
+holds up the node's own start: the workers are started by a task beside the server, so a partner
+that is down (whose witness or feed a first round waits on) never delays ``/healthz``. Each
+worker is an asyncio task that loops until :meth:`Workers.stop`; a worker that raises is logged
+and restarted after a pause, so one bad row never stops delivery for everyone.
 
 ``app_from_environment()`` is the same app for a server that imports it by name and runs several
 processes (``entente serve --workers N``, or ``uvicorn --factory
@@ -48,6 +49,7 @@ from service.api.problems import document_problems, install_problem_handlers
 from service.api.signed import signed_problems
 from service.api.witness import held_router as witness_held_router
 from service.api.witness import router as witness_router
+from service.artifacts.retention import RetentionWorker
 from service.artifacts.sweep import sweep_in_background
 from service.audit.refusals import RefusalLedger
 from service.audit.sequencer import run_sequencer
@@ -156,11 +158,18 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
         await anyio.to_thread.run_sync(purge_nonces, node)
         return 60.0
 
+    retention_rounds = RetentionWorker(node)
+
+    async def retention() -> float:
+        result = await anyio.to_thread.run_sync(retention_rounds.run_once)
+        return 0.0 if result.more else settings.retention_interval_seconds
+
     workers.add("audit-sequencer", sequencer)
     workers.add("audit-witness-submit", submission_step(node, transport))
     workers.add("deliver", deliver)
     workers.add("pull", pull)
     workers.add("purge-nonces", purge)
+    workers.add("retention", retention)
     workers.on_stop(outbox.close)
     workers.on_stop(pulls.close)
     workers.on_stop(client.close)

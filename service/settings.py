@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     sync_interval_seconds: float = Field(default=1.0, gt=0)  # outbox poll when idle
     pull_interval_seconds: float = Field(default=30.0, gt=0)  # feed catch-up pull
     checkpoint_interval_seconds: float = Field(default=2.0, gt=0)  # audit checkpoint cadence
+    retention_interval_seconds: float = Field(default=300.0, gt=0)  # seconds between rounds
+    # of the retention worker (deletes what expiry, retain_max or a revocation requires)
+    retention_batch: int = Field(default=200, ge=1, le=10000)  # artifact rows per retention round
     retry_base_seconds: float = Field(default=0.5, gt=0)  # first retry delay
     retry_max_seconds: float = Field(default=300.0, gt=0)  # cap on backoff
     workers_enabled: bool = True  # outbox, pull and checkpoint workers in `serve`

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +23,7 @@ from sqlmodel import col
 from crypto.sealed import seal
 from policies import Decision
 from service.artifacts.enforce import Facts, Refusal, deny, first_rule, refuse
+from service.artifacts.retention_rules import Term, inconsistent_terms, terms_of_decision
 from service.artifacts.rows import (
     _ARTIFACTS,
     _OUTBOX,
@@ -97,6 +99,7 @@ def decide_share(
                 partners=unknown,
             )
         )
+    _refuse_inconsistent(node, meta, None, principal=principal, now=now)
     # Sealed post-quantum when this node and every partner can read it so: the policy decides
     # with that fact, so terms that need post-quantum deny a share that cannot meet them.
     facts = Facts.of(meta, sealing=sealing_for([node.home, *partners.values()]))
@@ -124,7 +127,58 @@ def decide_share(
                 for p, d in denied
             ],
         )
+    for partner, decision in decisions:  # a retain_max that ends before the embargo does
+        entry = {
+            "rules": [r.to_json() for r in decision.rules],
+            "obligations": [o.to_json() for o in decision.obligations],
+        }
+        kept = [t for t in terms_of_decision(entry, stated_by="own") if t.kind == "retain_max"]
+        shortest = min(kept, key=lambda t: t.days or 0, default=None)
+        _refuse_inconsistent(node, meta, shortest, principal=principal, now=now, to=partner)
     return decisions
+
+
+def _refuse_inconsistent(
+    node: Node,
+    meta: ShareTerms,
+    retention: Term | None,
+    *,
+    principal: Principal,
+    now: datetime,
+    to: Recipient | None = None,
+) -> None:
+    """Audit and raise (422) terms that cannot all be honoured: an embargo at or after the
+    expiry, or a ``retain_max`` (of ``to``'s decision) that ends before the embargo does."""
+    found = inconsistent_terms(
+        embargo_until=meta.embargo_until, expires_at=meta.expires_at, retention=retention, now=now
+    )
+    if found is None:
+        return
+    reason, message = found
+    rule = retention.rule if retention is not None else None
+    clause = retention.clause if retention is not None else None
+    refuse(
+        node,
+        Refusal(
+            kind="share.denied",
+            actor=principal.actor,
+            detail={"reason": reason, "title": meta.title, "tlp": meta.tlp},
+        ),
+        [to.node_id] if to is not None else list(meta.partners),
+        rule=rule or reason,
+        clause=clause,
+        now=now,
+        count=node.metrics.shares.labels("denied").inc,
+    )
+    raise mark_audited(
+        InvalidInputError(
+            f"inconsistent terms: {message}",
+            reason=reason,
+            rule=rule,
+            clause=clause,
+            partner=to.node_id if to is not None else None,
+        )
+    )
 
 
 def share_artifact(

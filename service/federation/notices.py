@@ -1,12 +1,15 @@
-"""Notices between nodes: revocations (origin -> recipients) and access notices (recipient ->
-origin, the ``inform`` obligation).
+"""Notices between nodes: revocations (origin -> recipients), access notices (recipient ->
+origin, the ``inform`` obligation) and deletion notices (recipient -> origin: the holder deleted
+its copy as the origin's terms require, ``service.artifacts.retention``).
 
 A notice is a small JSON object ``{"notice_id", "type", "artifact_id", "sha256", ...}``; the
 sender's outbox row id is its ``notice_id``, so a repeated notice is answered with the receipt
 already issued. Accepting a revocation hides the artifact and deletes its ciphertext; both sides
 audit it, and the receipt goes back to the origin as evidence. A revocation reaches every copy:
 the artifacts this node passed on from the revoked one (onward shares) are revoked and deleted
-here too, and their recipients are sent revocations in turn.
+here too, and their recipients are sent revocations in turn. A deletion notice carries the
+holder's own signed statement (a ``deletion`` receipt), which the origin verifies against the
+holder's pinned keys and keeps in its ``deletion.acknowledged`` entry, with the rule and clause.
 """
 
 from __future__ import annotations
@@ -18,15 +21,20 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from crypto.receipt import Receipt, sign_receipt
+from crypto.dsse import Envelope
+from crypto.errors import CryptoError
+from crypto.receipt import Receipt, sign_receipt, verify_receipt
 from service.audit.log import record
 from service.errors import InvalidInputError
+from service.federation.settle import receipt_keys
 from service.models import Artifact, Outbox, ReceivedNotice
 from service.node import Node
+from service.partners import partner_keys
 
 __all__ = ["accept", "notice_payload"]
 
-_TYPES = {"revocation": "revocation", "access": "access"}
+_TYPES = {"revocation": "revocation", "access": "access", "deletion": "deletion"}
+_FIELDS = ("reason", "reader", "read_at", "rule", "clause", "deleted_at", "statement")
 
 
 def notice_payload(row: Outbox, artifact: Artifact) -> dict[str, Any]:
@@ -37,7 +45,7 @@ def notice_payload(row: Outbox, artifact: Artifact) -> dict[str, Any]:
         "type": extra.get("type"),
         "artifact_id": artifact.id,
         "sha256": artifact.sha256,
-        **{k: v for k, v in extra.items() if k in ("reason", "reader", "read_at")},
+        **{k: v for k, v in extra.items() if k in _FIELDS},
     }
 
 
@@ -55,7 +63,9 @@ def accept(node: Node, *, sender: str, data: Any) -> dict[str, Any]:
     kind = data.get("type")
     notice_id = data.get("notice_id")
     if kind not in _TYPES or not isinstance(notice_id, int) or notice_id < 0:
-        raise InvalidInputError("a notice needs a type (revocation or access) and a notice_id")
+        raise InvalidInputError(
+            "a notice needs a type (revocation, access or deletion) and a notice_id"
+        )
     artifact_id = _text(data, "artifact_id", 64)
     sha256 = _text(data, "sha256", 64)
     now = node.now()
@@ -97,6 +107,8 @@ def _accept(
         artifact = session.get(Artifact, (artifact_id[:64], origin))
         if kind == "revocation":
             blobs = _revocation(session, node, sender, artifact, artifact_id, data, now)
+        elif kind == "deletion":
+            _deletion(session, node, sender, artifact, artifact_id, data, now)
         else:
             _access(session, node, sender, artifact, artifact_id, data, now)
         receipt = sign_receipt(
@@ -230,5 +242,50 @@ def _access(
         artifact_id=artifact_id,
         digest=artifact.sha256,
         detail={"reader": _text(data, "reader", 200), "read_at": _text(data, "read_at", 64)},
+        now=now,
+    )
+
+
+def _deletion(
+    session: Session,
+    node: Node,
+    sender: str,
+    artifact: Artifact | None,
+    artifact_id: str,
+    data: dict[str, Any],
+    now: datetime,
+) -> None:
+    """Record a recipient's signed statement that it deleted its copy of our artifact."""
+    if artifact is None or artifact.origin != node.node_id:
+        raise InvalidInputError("a deletion notice must be about an artifact this node shared")
+    if sender not in json.loads(artifact.recipients):
+        raise InvalidInputError("the sender of the deletion notice is not a recipient")
+    try:
+        statement = Envelope.from_json(data.get("statement"))
+        verify_receipt(
+            statement,
+            keysets=receipt_keys(partner_keys(session, sender), statement),
+            expect_kind="deletion",
+            artifact_id=artifact.id,
+            sha256=artifact.sha256,
+            receiver=sender,
+            sender=node.node_id,
+        )
+    except (CryptoError, ValueError, TypeError) as exc:
+        raise InvalidInputError(f"the deletion statement is not acceptable: {exc}") from None
+    record(
+        session,
+        kind="deletion.acknowledged",
+        actor=f"partner:{sender}",
+        partner=sender,
+        artifact_id=artifact_id,
+        digest=artifact.sha256,
+        rule=_text(data, "rule", 200) or None,
+        clause=_text(data, "clause") or None,
+        detail={
+            "reason": _text(data, "reason", 64),
+            "deleted_at": _text(data, "deleted_at", 64),
+            "statement": statement.to_json(),
+        },
         now=now,
     )

@@ -62,6 +62,7 @@ from service.partners import PartnerKeys, partner_keys
 
 __all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_ITEMS", "OutboxWorker"]
 
+_NOTICE_KINDS = frozenset({"revocation", "access", "deletion"})  # what each notice's receipt says
 log = logging.getLogger("entente.outbox")
 
 __all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_ITEMS", "OutboxWorker", "record_receipts"]
@@ -342,7 +343,7 @@ class OutboxWorker:
             else:
                 payload = notice_payload(row, artifact)
                 reply = self.client.call_json(partner, "POST", "/federation/v1/notices", payload)
-                expect = "revocation" if payload["type"] == "revocation" else "access"
+                expect = payload["type"] if payload["type"] in _NOTICE_KINDS else "access"
         except PartnerRefusedError as exc:
             if exc.status_code in PERMANENT:
                 self._settle([(row.id or 0, _Finish("failed", exc.message, True))])

@@ -144,9 +144,10 @@ def _delivered_events(
             )
         ]  # fmt: skip
     revocation = expect == "revocation"
+    kind = {"revocation": "revocation.acknowledged", "deletion": "deletion_notice.sent"}
     return [
         audit_row(
-            kind="revocation.acknowledged" if revocation else "access_notice.sent",
+            kind=kind.get(expect, "access_notice.sent"),
             actor=f"partner:{row.partner}" if revocation else f"node:{node.node_id}",
             partner=row.partner, artifact_id=row.artifact_id, digest=digest,
             detail={"notice_id": row.id}, now=now,

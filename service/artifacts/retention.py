@@ -1,0 +1,282 @@
+"""Carrying out retention: the worker that deletes the ciphertext the terms no longer allow
+this node to hold.
+
+Each round (:meth:`RetentionWorker.run_once`) reads up to ``retention_batch`` artifact rows
+that still hold ciphertext, after a cursor that wraps around, gathers each one's terms
+(:func:`terms_for`) and asks the pure :func:`service.artifacts.retention_rules.deletion_due`.
+For each deletion due, ONE transaction marks the row (``blob`` None, ``deleted_at``; the row
+and its signed manifest stay, as evidence), marks this node's onward copies of it the same way,
+records ``artifact.deleted`` per copy with the rule and clause of the obligation, and, for a
+received artifact deleted under an obligation of the agreement (whichever side's decision
+states it: both sides' files state the same agreement), queues a ``deletion`` notice to the
+origin carrying this node's signed statement (a ``deletion`` receipt); the origin records
+``deletion.acknowledged``. A revocation's deletion is not notified again: the origin holds the
+holder's signed receipt of the revocation already.
+Only once that transaction has committed are the blobs removed: a crash in between leaves an
+unreferenced blob, which the start-up sweep (``service.artifacts.sweep``) removes, never a row
+claiming ciphertext it does not have. A repeated round finds nothing left to do.
+
+Where the terms come from: the decisions stored with the artifact (``policy_ref``: this node's
+share decisions at the origin; at a recipient, the origin's decision disclosed to it), the
+obligations recorded with the row (the share or receive decision), and, at a recipient, this
+node's policy on reading it (``retain_max`` is stated on ``read`` rules in the example MOUs).
+
+This module does not send the notices (``service.federation.outbox``) nor schedule itself
+(``service.app.register_workers``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from crypto.receipt import Receipt, sign_receipt
+from policies import Decision
+from service.artifacts.enforce import Facts
+from service.artifacts.retention_rules import (
+    Deletion,
+    RetentionFacts,
+    Term,
+    deletion_due,
+    terms_of_decision,
+)
+from service.artifacts.rows import json_list
+from service.audit.log import record
+from service.models import Artifact, Outbox
+from service.node import Node
+
+__all__ = ["Due", "RetentionRound", "RetentionWorker", "due_now", "terms_for"]
+
+log = logging.getLogger("entente.retention")
+
+
+@dataclass(frozen=True)
+class Due:
+    """An artifact whose ciphertext must go, and why."""
+
+    artifact_id: str
+    origin: str
+    direction: str
+    deletion: Deletion
+
+
+@dataclass(frozen=True)
+class RetentionRound:
+    deleted: tuple[Due, ...]
+    more: bool  # rows remain after the cursor: the next round should follow at once
+
+
+def _permits(node: Node, partner: str) -> dict[str, set[tuple[str, int | None]]] | None:
+    """This node's policy about ``partner``: each permit's retention obligations."""
+    policy = node.policies.current.get(partner)
+    if policy is None:
+        return None
+    return {
+        p.id: {(o.kind, o.days if o.kind == "retain_max" else None) for o in p.obligations}
+        for p in policy.permits
+    }
+
+
+def _decided_terms(node: Node, decision: Decision, partner: str) -> list[Term]:
+    if not decision.allowed:
+        return []
+    entry = {
+        "rules": [r.to_json() for r in decision.rules],
+        "obligations": [o.to_json() for o in decision.obligations],
+    }
+    return terms_of_decision(entry, stated_by="own", permits=_permits(node, partner))
+
+
+def terms_for(node: Node, row: Artifact) -> tuple[Term, ...]:
+    """Every retention term that binds this node's copy of ``row``."""
+    received = row.direction == "received"
+    terms: list[Term] = []
+    try:
+        stored = json.loads(row.policy_ref or "{}")
+    except ValueError:
+        stored = {}
+    decisions = stored.get("decisions") if isinstance(stored, dict) else None
+    for entry in decisions if isinstance(decisions, list) else []:
+        if not isinstance(entry, dict):
+            continue
+        partner = str(entry.get("partner", ""))
+        permits = None if received else _permits(node, partner)
+        stated_by = "origin" if received else "own"
+        terms += terms_of_decision(entry, stated_by=stated_by, permits=permits)
+    if received:  # this node's own terms on receiving and reading what the origin sent
+        facts = Facts.of_row(row)
+        readable_from = max(row.recorded_at, row.embargo_until or row.recorded_at)
+        for action, when in (("receive", row.recorded_at), ("read", readable_from)):
+            decision = node.policies.decide(facts.request(row.origin, action), now=when)
+            terms += _decided_terms(node, decision, row.origin)
+    known = {(t.kind, t.days) for t in terms}
+    for obligation in terms_of_decision(
+        {"obligations": json_list(row.obligations)}, stated_by="own"
+    ):
+        if (obligation.kind, obligation.days) not in known:  # recorded, its rule not known here
+            terms.append(obligation)
+    return tuple(terms)
+
+
+def due_now(node: Node, row: Artifact, *, now: datetime) -> Deletion | None:
+    facts = RetentionFacts(
+        artifact_id=row.id,
+        recorded_at=row.recorded_at,
+        holds_ciphertext=row.blob is not None,
+        revoked_at=row.revoked_at,
+        expires_at=row.expires_at,
+        terms=terms_for(node, row),
+    )
+    return deletion_due(facts, now=now)
+
+
+_TABLE = Artifact.__table__  # type: ignore[attr-defined]
+_ORDER = (_TABLE.c.recorded_at, _TABLE.c.origin, _TABLE.c.id)  # the cursor's order
+
+
+class RetentionWorker:
+    """Rounds of the retention rules over the rows that hold ciphertext, a batch at a time."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._after: tuple[datetime, str, str] | None = None  # the last row looked at
+
+    def _batch(self, session: Session, size: int) -> list[Artifact]:
+        query = select(Artifact).where(col(Artifact.blob).is_not(None))
+        if self._after is not None:
+            after = [sa.literal(v, type_=c.type) for c, v in zip(_ORDER, self._after, strict=True)]
+            query = query.where(sa.tuple_(*_ORDER) > sa.tuple_(*after))
+        return list(session.exec(query.order_by(*_ORDER).limit(size)))
+
+    def plan(self, *, limit: int | None = None) -> list[Due]:
+        """What the rules would delete now, deleting nothing (``entente artifacts sweep
+        --dry-run``): every row that holds ciphertext, or the first ``limit`` found."""
+        now = self.node.now()
+        found: list[Due] = []
+        with self.node.db.session() as session:
+            rows = session.exec(select(Artifact).where(col(Artifact.blob).is_not(None)))
+            for row in rows:
+                deletion = due_now(self.node, row, now=now)
+                if deletion is not None:
+                    found.append(Due(row.id, row.origin, row.direction, deletion))
+                    if limit is not None and len(found) >= limit:
+                        break
+        return found
+
+    def run_once(self) -> RetentionRound:
+        """One bounded round: look at up to ``retention_batch`` rows, delete what is due."""
+        node = self.node
+        size = node.settings.retention_batch
+        now = node.now()
+        with node.db.session() as session:
+            rows = self._batch(session, size)
+            due = [
+                Due(row.id, row.origin, row.direction, deletion)
+                for row in rows
+                if (deletion := due_now(node, row, now=now)) is not None
+            ]
+            more = len(rows) == size
+            self._after = (rows[-1].recorded_at, rows[-1].origin, rows[-1].id) if more else None
+        done = tuple(d for d in due if delete_copy(node, d, now=now))
+        if done:
+            log.info("retention: deleted the ciphertext of %d artifact(s)", len(done))
+        return RetentionRound(done, more)
+
+
+def _mark(
+    session: Session, node: Node, row: Artifact, due: Due, now: datetime, **extra: Any
+) -> str:
+    """Mark ``row`` deleted and audit it; return the blob it held."""
+    blob = row.blob or ""
+    row.blob = None
+    row.deleted_at = now
+    session.add(row)
+    deletion = due.deletion
+    record(
+        session,
+        kind="artifact.deleted",
+        actor=f"node:{node.node_id}",
+        partner=row.origin if row.direction == "received" else None,
+        artifact_id=row.id,
+        digest=row.sha256,
+        rule=deletion.rule,
+        clause=deletion.clause,
+        detail={
+            "reason": deletion.reason,
+            "due_at": deletion.due_at.isoformat(),
+            "obligation": deletion.term.to_json() if deletion.term else None,
+            **extra,
+        },
+        now=now,
+    )
+    return blob
+
+
+def delete_copy(node: Node, due: Due, *, now: datetime) -> bool:
+    """Delete the ciphertext of ``due`` and of this node's onward copies of it; False when
+    another round (or a revocation) got there first."""
+    blobs: list[str] = []
+    with node.db.session() as session:
+        row = session.get(Artifact, (due.artifact_id, due.origin))
+        if row is None or row.blob is None:
+            return False
+        # An obligation of the agreement (not a revocation, which the origin ordered and has a
+        # receipt for): the holder tells the origin, with its signed statement.
+        acknowledge = row.direction == "received" and due.deletion.term is not None
+        blobs.append(_mark(session, node, row, due, now, acknowledged=acknowledge))
+        copies = session.exec(
+            select(Artifact).where(
+                Artifact.upstream_id == row.id,
+                Artifact.upstream_from == row.origin,
+                Artifact.origin == node.node_id,
+                col(Artifact.blob).is_not(None),
+            )
+        ).all()
+        for copy in copies:
+            blobs.append(_mark(session, node, copy, due, now, upstream=row.id))
+        if acknowledge:
+            session.add(_deletion_notice(node, row, due.deletion, now))
+    with node.db.session() as session:  # committed: remove what no row refers to any more
+        held = set(session.exec(select(Artifact.blob).where(col(Artifact.blob).in_(blobs))))
+    for blob in blobs:
+        if blob and blob not in held:
+            node.blobs.delete(blob)
+    return True
+
+
+def _deletion_notice(node: Node, row: Artifact, deletion: Deletion, now: datetime) -> Outbox:
+    """The notice to the origin: this node's signed statement that it deleted its copy."""
+    statement = sign_receipt(
+        Receipt(
+            kind="deletion",
+            artifact_id=row.id,
+            sha256=row.sha256,
+            receiver=node.node_id,  # the holder that deleted it
+            sender=row.origin,  # whose terms required it
+            received_at=now,
+        ),
+        key=node.keys.signer,
+    )
+    payload = {
+        "type": "deletion",
+        "reason": deletion.reason,
+        "rule": deletion.rule,
+        "clause": deletion.clause or "",
+        "deleted_at": now.isoformat(),
+        "statement": statement.to_json(),
+    }
+    return Outbox(
+        partner=row.origin,
+        kind="notice",
+        artifact_id=row.id,
+        artifact_origin=row.origin,
+        payload=json.dumps(payload),
+        created_at=now,
+        next_attempt_at=now,
+    )

@@ -1,0 +1,281 @@
+"""Retention carried out, in-process, on two nodes with one injected clock (no sleeps): the
+worker deletes what expiry (``delete_at_expiry``) and ``retain_max`` require at both ends, each
+deletion audited with its rule and clause, the holder's signed statement reaches the origin, and
+a share whose terms contradict each other is refused."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from crypto.dsse import Envelope
+from crypto.receipt import verify_receipt
+from service.artifacts import share as sharing
+from service.artifacts.retention import RetentionWorker
+from service.artifacts.revoke import revoke_artifact
+from service.artifacts.sweep import sweep
+from service.artifacts.terms import ShareTerms
+from service.errors import InvalidInputError
+from service.models import Artifact, AuditEntry, Outbox
+from service.partners import partner_keys
+from service.tokens import Principal, Role
+from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
+from tests.service.test_federation_sync import Pair, PortalTransport
+
+PUBLISHER = Principal(token_id="tok_test", name="tester", role=Role.PUBLISHER)
+
+
+class Clock:
+    """One simulated time for both nodes (HTTP signatures allow only a little skew)."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def pair(tmp_path: Path, clock: Clock) -> Iterator[Pair]:
+    # Descriptors valid for ten years: the clock moves two years ahead.
+    uk = make_node(tmp_path, "uk-aisi", descriptor_validity_days=3650)
+    us = make_node(tmp_path, "us-aisi", descriptor_validity_days=3650)
+    uk.node.clock = us.node.clock = clock
+    pin(uk, us)
+    pin(us, uk)
+    transport = PortalTransport({"uk-aisi": uk.app, "us-aisi": us.app})
+    yield Pair(uk, us, transport)
+    transport.close()
+
+
+def share(kit: Kit, *, tlp: str = "TLP:GREEN", **when: datetime) -> str:
+    meta = ShareTerms(
+        title="finding", tlp=tlp, topics=("evaluation",), purposes=("evaluation",),
+        partners=("us-aisi",), **when,  # type: ignore[arg-type]
+    )  # fmt: skip
+    decisions = sharing.decide_share(kit.node, meta, principal=PUBLISHER)
+    row = sharing.share_artifact(
+        kit.node, kit.node.blobs, meta, io.BytesIO(b"secret findings" * 100),
+        principal=PUBLISHER, decisions=decisions,
+    )  # fmt: skip
+    return row.id
+
+
+def deliver(pair: Pair, kit: Kit) -> None:
+    worker = pair.worker(kit)
+    try:
+        while worker.run_once():
+            pass
+    finally:
+        worker.close()
+
+
+def row_of(kit: Kit, art_id: str) -> Artifact:
+    with kit.node.db.session() as session:
+        [row] = session.exec(select(Artifact).where(Artifact.id == art_id)).all()
+        return row
+
+
+def entries(kit: Kit, kind: str, art_id: str) -> list[AuditEntry]:
+    with kit.node.db.session() as session:
+        return list(
+            session.exec(
+                select(AuditEntry).where(AuditEntry.kind == kind, AuditEntry.artifact_id == art_id)
+            )
+        )
+
+
+def test_expired_artifact_deleted_at_both_ends_and_acknowledged(pair: Pair, clock: Clock) -> None:
+    art = share(pair.uk, expires_at=clock.now + timedelta(days=1))
+    deliver(pair, pair.uk)
+    held = row_of(pair.us, art)
+    assert held.blob is not None and pair.us.node.blobs.exists(held.blob)
+    origin_blob = row_of(pair.uk, art).blob
+    assert origin_blob is not None
+
+    # Not yet due: a round deletes nothing.
+    for kit in (pair.uk, pair.us):
+        assert RetentionWorker(kit.node).run_once().deleted == ()
+    clock.advance(days=1, seconds=1)
+    assert [d.artifact_id for d in RetentionWorker(pair.us.node).plan()] == [art]
+    [done] = RetentionWorker(pair.us.node).run_once().deleted
+    assert (done.deletion.reason, done.deletion.rule) == ("expired", "share-evaluation")
+    assert RetentionWorker(pair.us.node).run_once().deleted == ()  # idempotent
+
+    # The recipient: ciphertext gone, row and manifest kept, the deletion audited.
+    after = row_of(pair.us, art)
+    assert after.blob is None and after.deleted_at == clock.now and after.manifest
+    assert not pair.us.node.blobs.exists(held.blob)
+    [entry] = entries(pair.us, "artifact.deleted", art)
+    assert entry.partner == "uk-aisi" and entry.rule == "share-evaluation"
+    assert entry.clause and "§2(a)" in entry.clause
+    detail = json.loads(entry.detail)
+    assert detail["reason"] == "expired" and detail["obligation"]["kind"] == "delete_at_expiry"
+    assert detail["obligation"]["stated_by"] == "origin" and detail["acknowledged"] is True
+
+    # The signed deletion notice reaches the origin, which verifies and records it.
+    deliver(pair, pair.us)
+    [ack] = entries(pair.uk, "deletion.acknowledged", art)
+    assert ack.partner == "us-aisi" and ack.rule == "share-evaluation"
+    statement = Envelope.from_json(json.loads(ack.detail)["statement"])
+    with pair.uk.node.db.session() as session:
+        keys = partner_keys(session, "us-aisi")
+    sha256 = row_of(pair.uk, art).sha256
+    verify_receipt(
+        statement, keysets=keys.sets_valid_at(clock.now), expect_kind="deletion",
+        artifact_id=art, sha256=sha256, receiver="us-aisi", sender="uk-aisi",
+    )  # fmt: skip
+    assert len(entries(pair.us, "deletion_notice.sent", art)) == 1
+    with pair.us.node.db.session() as session:
+        [notice] = session.exec(select(Outbox).where(Outbox.kind == "notice")).all()
+    assert notice.state == "delivered" and notice.receipt
+
+    # The origin's own copy: its share decision said delete_at_expiry too.
+    [own] = RetentionWorker(pair.uk.node).run_once().deleted
+    assert own.direction == "sent" and own.deletion.rule == "share-evaluation"
+    assert row_of(pair.uk, art).blob is None and not pair.uk.node.blobs.exists(origin_blob)
+    [mine] = entries(pair.uk, "artifact.deleted", art)
+    assert mine.partner is None and json.loads(mine.detail)["acknowledged"] is False
+    with pair.uk.node.db.session() as session:  # the origin notifies nobody of its own copy
+        assert session.exec(select(Outbox).where(Outbox.kind == "notice")).all() == []
+
+
+def test_retain_max_on_a_read_rule_deletes_after_its_days(pair: Pair, clock: Clock) -> None:
+    art = share(pair.uk, tlp="TLP:AMBER")
+    deliver(pair, pair.uk)
+    clock.advance(days=729)
+    assert RetentionWorker(pair.us.node).run_once().deleted == ()
+    clock.advance(days=95)  # 824 days: the issue's TLP:AMBER artifact
+    [done] = RetentionWorker(pair.us.node).run_once().deleted
+    assert done.deletion.reason == "retention"
+    [entry] = entries(pair.us, "artifact.deleted", art)
+    assert entry.rule == "read-amber-inform" and entry.clause and "§4(b)" in entry.clause
+    assert json.loads(entry.detail)["obligation"] == {
+        "kind": "retain_max", "days": 730, "stated_by": "own",
+    }  # fmt: skip
+    assert row_of(pair.us, art).blob is None
+    deliver(pair, pair.us)
+    [ack] = entries(pair.uk, "deletion.acknowledged", art)
+    assert ack.rule == "read-amber-inform" and json.loads(ack.detail)["reason"] == "retention"
+    # The origin shared it under no retention of its own: it keeps its sealed copy.
+    assert RetentionWorker(pair.uk.node).run_once().deleted == ()
+
+
+def test_a_round_is_bounded_and_the_cursor_wraps(tmp_path: Path, clock: Clock) -> None:
+    uk = make_node(tmp_path, "uk-aisi", retention_batch=2)
+    us = make_node(tmp_path, "us-aisi")
+    uk.node.clock = clock
+    pin(uk, us)
+    arts = [share(uk, expires_at=clock.now + timedelta(hours=1)) for _ in range(5)]
+    clock.advance(hours=2)
+    worker = RetentionWorker(uk.node)
+    rounds = [worker.run_once() for _ in range(3)]
+    assert [len(r.deleted) for r in rounds] == [2, 2, 1]
+    assert [r.more for r in rounds] == [True, True, False]
+    assert sorted(d.artifact_id for r in rounds for d in r.deleted) == sorted(arts)
+    assert worker.run_once().deleted == ()
+
+
+def test_a_crash_before_the_blob_delete_leaves_only_a_swept_orphan(
+    pair: Pair, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    art = share(pair.uk, expires_at=clock.now + timedelta(hours=1))
+    blob = row_of(pair.uk, art).blob
+    assert blob is not None
+    clock.advance(hours=2)
+
+    def crash(digest: str) -> None:
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(pair.uk.node.blobs, "delete", crash)
+    with pytest.raises(RuntimeError):
+        RetentionWorker(pair.uk.node).run_once()
+    monkeypatch.undo()
+    # The row says it holds nothing; the blob is an orphan that the start-up sweep removes.
+    assert row_of(pair.uk, art).blob is None and pair.uk.node.blobs.exists(blob)
+    report = sweep(pair.uk.node, clock=lambda: 1e12)  # far past the grace period
+    assert report.orphans_removed == 1 and report.missing_blobs == 0
+    assert not pair.uk.node.blobs.exists(blob)
+    assert len(entries(pair.uk, "artifact.deleted", art)) == 1
+
+
+def test_revoked_copy_still_holding_ciphertext_is_deleted(pair: Pair, clock: Clock) -> None:
+    art = share(pair.uk)
+    revoke_artifact(pair.uk.node, art, principal=PUBLISHER, reason="withdrawn")
+    [done] = RetentionWorker(pair.uk.node).run_once().deleted
+    assert done.deletion.reason == "revoked"
+    [entry] = entries(pair.uk, "artifact.deleted", art)
+    assert entry.rule == "revoked" and row_of(pair.uk, art).blob is None
+
+
+@pytest.mark.parametrize(
+    ("tlp", "embargo_days", "expiry_days", "reason", "rule"),
+    [
+        ("TLP:GREEN", 10, 10, "embargo-after-expiry", "embargo-after-expiry"),
+        ("TLP:GREEN", 11, 10, "embargo-after-expiry", "embargo-after-expiry"),
+    ],
+)
+def test_inconsistent_terms_refused_at_share(
+    pair: Pair, clock: Clock, tlp: str, embargo_days: int, expiry_days: int, reason: str, rule: str
+) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        share(
+            pair.uk, tlp=tlp, embargo_until=clock.now + timedelta(days=embargo_days),
+            expires_at=clock.now + timedelta(days=expiry_days),
+        )  # fmt: skip
+    assert caught.value.extra["reason"] == reason
+    with pair.uk.node.db.session() as session:
+        [denied] = session.exec(select(AuditEntry).where(AuditEntry.kind == "share.denied")).all()
+        assert session.exec(select(Artifact)).all() == []
+    assert denied.rule == rule and denied.partner == "us-aisi"
+    assert json.loads(denied.detail)["reason"] == reason
+
+
+async def test_retention_shorter_than_the_embargo_is_a_422_naming_the_rule(
+    tmp_path: Path,
+) -> None:
+    uk = make_node(tmp_path, "uk-aisi")
+    us = make_node(tmp_path, "us-aisi")
+    pin(uk, us)
+    # The origin's own terms keep TLP:AMBER shares at most 30 days.
+    path = uk.node.home.policies_dir / "us-aisi.yaml"
+    text = path.read_text()
+    marker = "      attribute: UK AI Safety Institute\n      delete_at_expiry: true\n"
+    assert marker in text
+    path.write_text(text.replace(marker, marker + "      retain_max: {days: 30}\n", 1))
+    uk.node.policies.load()
+    now = datetime.now(UTC)
+    metadata = {
+        "title": "finding", "tlp": "TLP:AMBER", "topics": ["evaluation"],
+        "purposes": ["evaluation"], "partners": ["us-aisi"],
+        "embargo_until": (now + timedelta(days=60)).isoformat(),
+    }  # fmt: skip
+    async with uk.client() as client:
+        answer = await client.post(
+            "/v1/artifacts", content=upload_body(json.dumps(metadata), b"x" * 64),
+            headers={**UPLOAD_HEADERS, **uk.auth(Role.PUBLISHER)},
+        )  # fmt: skip
+    assert answer.status_code == 422, answer.text
+    problem = answer.json()
+    assert problem["reason"] == "retention-before-embargo"
+    assert problem["rule"] == "share-evaluation" and "§2(a)" in problem["clause"]
+    assert problem["partner"] == "us-aisi" and "30 days" in problem["detail"]
+    with uk.node.db.session() as session:
+        [denied] = session.exec(select(AuditEntry).where(AuditEntry.kind == "share.denied")).all()
+    assert denied.rule == "share-evaluation" and json.loads(denied.detail)["reason"] == (
+        "retention-before-embargo"
+    )

@@ -8,6 +8,7 @@ an approved policy reload (``service.api.admin``) and shapes the answer.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -16,6 +17,9 @@ from starlette.concurrency import run_in_threadpool
 from service.api.admin import reload_policies
 from service.api.deps import require_roles
 from service.artifacts import approvals
+from service.errors import ConflictError
+from service.federation import onward as onward_domain
+from service.models import Approval
 from service.node import Node
 from service.schemas import ApprovalOut, approval_out
 from service.tokens import Principal, Role
@@ -55,9 +59,31 @@ def _approve(node: Node, approval_id: str, principal: Principal) -> ApprovalOut:
     if row.action == "share":
         approvals.approve_share(node, row, principal=principal)
         return approval_out(approvals.get_approval(node, row.id))
-    approvals.check_reload_unchanged(node, row)
-    result = reload_policies(node, actor=f"{row.requester}, approved by {principal.actor}")
-    return approval_out(approvals.mark_approved(node, row, principal=principal), result=result)
+    if row.action == "policy.reload":
+        approvals.check_reload_unchanged(node, row)
+    approvals.claim(node, row)  # one approver carries it out
+    try:
+        result = _carry_out(node, row, principal)
+    except BaseException:
+        approvals.release(node, row)
+        raise
+    done = approvals.mark_approved(node, row, principal=principal, result=result)
+    return approval_out(done, result=result)
+
+
+def _carry_out(node: Node, row: Approval, principal: Principal) -> dict[str, Any]:
+    summary = json.loads(row.summary)
+    if row.action == "share.onward":
+        made = onward_domain.share_onward(
+            node,
+            summary["upstream"],
+            targets=summary["partners"],
+            principal=approvals.requester_of(row),
+        )
+        return {"artifact_id": made.id}
+    if row.action == "policy.reload":
+        return reload_policies(node, actor=f"{row.requester}, approved by {principal.actor}")
+    raise ConflictError(f"this node cannot carry out a {row.action}", reason="unknown-action")
 
 
 @router.post(

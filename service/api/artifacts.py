@@ -249,18 +249,44 @@ class OnwardShareIn(BaseModel):
 @router.post(
     "/artifacts/{artifact_id}/share",
     status_code=201,
+    response_model=ArtifactOut,
     summary="Pass a received artifact on to third nodes (onward sharing, policy-checked)",
     openapi_extra=json_body(OnwardShareIn),
-    responses=_problems(400, 401, 403, 404, 409, 413, 422),
+    responses={
+        202: {
+            "model": ApprovalOut,
+            "description": "Not shared yet: the artifact's TLP needs a second approver",
+        },
+        **_problems(400, 401, 403, 404, 409, 413, 422),
+    },
 )
 async def share_onward(
     artifact_id: str, request: Request, node: NodeDep, principal: Publisher
-) -> ArtifactOut:
+) -> Any:
     body = await read_json(request, OnwardShareIn, limit=node.settings.max_json_body_bytes)
-    row = await run_in_threadpool(
-        onward_domain.share_onward, node, artifact_id, targets=body.partners, principal=principal
-    )
+    row = await run_in_threadpool(_onward_sync, node, artifact_id, body.partners, principal)
+    if isinstance(row, Approval):
+        return JSONResponse(
+            approval_out(row).model_dump(mode="json"),
+            status_code=202,
+            headers={"Location": f"/v1/approvals/{row.id}"},
+        )
     return _out(row)
+
+
+def _onward_sync(
+    node: Node, artifact_id: str, targets: list[str], principal: Principal
+) -> Artifact | Approval:
+    with node.db.session() as session:
+        held = listing.get_artifact(session, artifact_id)
+    if node.settings.needs_second_approver(held.tlp):
+        # Two-person control: carried out (every check included) when a second person approves.
+        summary = {"upstream": held.id, "origin": held.origin, "title": held.title,
+                   "tlp": held.tlp, "partners": list(targets)}  # fmt: skip
+        return approvals.request_action(
+            node, action="share.onward", principal=principal, summary=summary
+        )
+    return onward_domain.share_onward(node, artifact_id, targets=targets, principal=principal)
 
 
 @router.get(

@@ -56,19 +56,23 @@ __all__ = [
     "approve_share",
     "check_approver",
     "check_reload_unchanged",
+    "claim",
     "expire_due",
     "get_approval",
     "list_approvals",
     "mark_approved",
     "reject",
+    "release",
     "request_action",
     "request_reload",
     "request_share",
+    "requester_of",
 ]
 
 # Which roles may approve (and reject, and list) each kind of action.
 APPROVERS: dict[str, frozenset[Role]] = {
     "share": frozenset({Role.PUBLISHER, Role.ADMIN}),
+    "share.onward": frozenset({Role.PUBLISHER, Role.ADMIN}),
     "policy.reload": frozenset({Role.ADMIN}),
 }
 SYSTEM_ACTOR = "node:approvals"
@@ -352,26 +356,66 @@ def check_approver(node: Node, row: Approval, principal: Principal) -> None:
 def approve(node: Node, approval_id: str, *, principal: Principal) -> Approval:
     """Check that ``principal`` may approve the pending action; returns it (still pending).
 
-    A share is carried out by :func:`approve_share`; another action by its caller, which then
-    records the approval with :func:`mark_approved`."""
+    A share is carried out by :func:`approve_share`, in the approval's own transaction. Any
+    other action (an onward share, a policy reload) is carried out by the caller between
+    :func:`claim` and :func:`mark_approved` (or :func:`release`, when it failed)."""
     row = _open(node, approval_id)
     check_approver(node, row, principal)
     return row
 
 
-def mark_approved(node: Node, row: Approval, *, principal: Principal) -> Approval:
-    """Record that ``principal`` approved ``row`` and its action was carried out."""
+def requester_of(row: Approval) -> Principal:
+    """The principal who asked for ``row``: the action is carried out in their name."""
+    role = json.loads(row.payload).get("role", Role.PUBLISHER.value)
+    return Principal(row.requested_by, row.requester_name, Role(role))
+
+
+def claim(node: Node, row: Approval) -> None:
+    """Take ``row`` from ``pending`` to ``carrying-out``, so that two approvers at once cannot
+    both carry it out; a conflict when another request took or decided it first."""
     with node.db.engine.begin() as conn:
-        _grant(conn, node, row, principal, now=node.now())
+        done = conn.execute(
+            sa.update(_APPROVALS)
+            .where(_APPROVALS.c.id == row.id, _APPROVALS.c.state == "pending")
+            .values(state="carrying-out")
+        )
+    if done.rowcount != 1:
+        raise ConflictError(f"pending action {row.id} was decided meanwhile", reason="decided")
+
+
+def release(node: Node, row: Approval) -> None:
+    """Put a claimed action back to ``pending`` (carrying it out failed; nothing changed)."""
+    with node.db.engine.begin() as conn:
+        conn.execute(
+            sa.update(_APPROVALS)
+            .where(_APPROVALS.c.id == row.id, _APPROVALS.c.state == "carrying-out")
+            .values(state="pending")
+        )
+
+
+def mark_approved(
+    node: Node, row: Approval, *, principal: Principal, result: dict[str, Any] | None = None
+) -> Approval:
+    """Record that ``principal`` approved the claimed ``row`` and it was carried out
+    (``result``, e.g. the artifact an onward share made, goes into the audit entry)."""
+    with node.db.engine.begin() as conn:
+        _grant(conn, node, row, principal, now=node.now(), state="carrying-out", result=result)
     return get_approval(node, row.id)
 
 
 def _grant(
-    conn: sa.Connection, node: Node, row: Approval, principal: Principal, *, now: datetime
+    conn: sa.Connection,
+    node: Node,
+    row: Approval,
+    principal: Principal,
+    *,
+    now: datetime,
+    state: str = "pending",
+    result: dict[str, Any] | None = None,
 ) -> None:
     done = conn.execute(
         sa.update(_APPROVALS)
-        .where(_APPROVALS.c.id == row.id, _APPROVALS.c.state == "pending")
+        .where(_APPROVALS.c.id == row.id, _APPROVALS.c.state == state)
         .values(state="approved", decided_by=principal.actor, decided_at=now)
     )
     if done.rowcount != 1:
@@ -385,7 +429,7 @@ def _grant(
                 detail={"approval": row.id, "action": row.action,
                         "requested_by": row.requester, "approved_by": principal.actor,
                         "requested_at": row.requested_at.isoformat(),
-                        **json.loads(row.summary)},
+                        **json.loads(row.summary), **({"result": result} if result else {})},
                 now=now,
             )
         ],
@@ -429,7 +473,7 @@ def approve_share(node: Node, row: Approval, *, principal: Principal) -> str:
         blob=str(row.blob),
         policy_ref=payload["policy_ref"],
     )
-    requester = Principal(row.requested_by, row.requester_name, Role(payload["role"]))
+    requester = requester_of(row)
     now = node.now()
     rows = share_rows(
         node, stored, terms, principal=requester, decisions=decisions, now=now,

@@ -28,6 +28,9 @@ def _what(item: dict[str, Any]) -> str:
     if item.get("action") == "share":
         partners = ", ".join(str(p) for p in summary.get("partners", []))
         return f"share {summary.get('title')!s} ({summary.get('tlp')!s}) with {partners}"
+    if item.get("action") == "share.onward":
+        partners = ", ".join(str(p) for p in summary.get("partners", []))
+        return f"pass {summary.get('upstream')!s} ({summary.get('tlp')!s}) on to {partners}"
     if item.get("action") == "policy.reload":
         return f"policy reload to set {str(summary.get('sha256', ''))[:16]}…"
     return str(item.get("action"))

@@ -5,6 +5,7 @@ the same person twice, carried out on approval, closed on rejection, and expires
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -16,12 +17,18 @@ import pytest
 from sqlmodel import func, select
 from typer.testing import CliRunner
 
+from service.artifacts import share as sharing
 from service.artifacts.sweep import sweep
+from service.artifacts.terms import ShareTerms
+from service.cli import approvals as cli
 from service.errors import UsageError
+from service.federation.client import PartnerClient
+from service.federation.outbox import OutboxWorker
 from service.models import Approval, Artifact, AuditEntry, Outbox
 from service.settings import Settings
-from service.tokens import Role, create_token
+from service.tokens import Principal, Role, create_token
 from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
+from tests.service.test_federation_sync import PortalTransport
 
 T0 = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
 
@@ -308,8 +315,6 @@ class _Bridge(httpx.BaseTransport):
 def test_the_cli_lists_approves_and_rejects(
     uk: tuple[Kit, Clock], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.cli import approvals as cli
-
     kit, _clock = uk
     bob = _token(kit, Role.PUBLISHER, "bob")["Authorization"].removeprefix("Bearer ")
 
@@ -344,3 +349,50 @@ def test_the_cli_lists_approves_and_rejects(
     assert no.exit_code == 0, no.output
     assert [e.kind for e in _audit(kit, "approval.rejected")] == ["approval.rejected"]
     assert _count(kit, Outbox) == 1
+
+
+def test_an_onward_share_at_the_label_waits_and_is_carried_out_on_approval(
+    tmp_path: Path,
+) -> None:
+    uk = make_node(tmp_path, "uk-aisi")
+    us = make_node(tmp_path, "us-aisi", two_person_tlp=("TLP:GREEN",))
+    ca = make_node(tmp_path, "ca-aisi")
+    for a, b in [(uk, us), (us, uk), (us, ca), (ca, us), (ca, uk), (uk, ca)]:
+        pin(a, b)
+    transport = PortalTransport({k.node.node_id: k.app for k in (uk, us, ca)})
+    try:
+        terms = ShareTerms(
+            title="finding", tlp="TLP:GREEN", topics=("evaluation",), purposes=("evaluation",),
+            partners=("us-aisi",),
+        )  # fmt: skip
+        publisher = Principal(token_id="tok_uk", name="uk-publisher", role=Role.PUBLISHER)
+        decisions = sharing.decide_share(uk.node, terms, principal=publisher)
+        sent = sharing.share_artifact(
+            uk.node, uk.node.blobs, terms, io.BytesIO(b"green finding"),
+            principal=publisher, decisions=decisions, onward_approved=["ca-aisi"],
+        )  # fmt: skip
+        client = PartnerClient(uk.node, http=httpx.Client(transport=transport))
+        assert OutboxWorker(uk.node, client).run_once()
+
+        bridge = httpx.Client(transport=_Bridge(us), base_url="http://us-aisi")
+        r = bridge.post(
+            f"/v1/artifacts/{sent.id}/share",
+            json={"partners": ["ca-aisi"]},
+            headers=us.auth(Role.PUBLISHER),
+        )
+        assert r.status_code == 202, r.text
+        pending = r.json()
+        assert pending["action"] == "share.onward"
+        assert _count(us, Outbox) == 0
+        url = f"/v1/approvals/{pending['id']}/approve"
+        assert bridge.post(url, headers=us.auth(Role.PUBLISHER)).status_code == 403
+        done = bridge.post(url, headers=_token(us, Role.ADMIN, "erin"))
+        assert done.status_code == 200, done.text
+        made = done.json()["result"]["artifact_id"]
+        with us.node.db.session() as s:
+            rows = list(s.exec(select(Outbox)))
+        assert [(o.partner, o.artifact_id) for o in rows] == [("ca-aisi", made)]
+        [granted] = _audit(us, "approval.granted")
+        assert json.loads(granted.detail)["result"] == {"artifact_id": made}
+    finally:
+        transport.close()

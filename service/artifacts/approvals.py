@@ -79,10 +79,6 @@ SYSTEM_ACTOR = "node:approvals"
 _APPROVALS = Approval.__table__  # type: ignore[attr-defined]
 
 
-def _new_id() -> str:
-    return f"apr_{secrets.token_hex(12)}"
-
-
 def _row(
     node: Node,
     *,
@@ -95,7 +91,7 @@ def _row(
     blob: str | None = None,
 ) -> dict[str, Any]:
     return {
-        "id": _new_id(),
+        "id": f"apr_{secrets.token_hex(12)}",
         "action": action,
         "state": "pending",
         "requested_by": principal.token_id,

@@ -283,6 +283,23 @@ async def test_a_policy_reload_waits_for_a_second_admin(tmp_path: Path) -> None:
     assert json.loads(granted.detail)["action"] == "policy.reload"
 
 
+async def test_a_reload_is_refused_when_the_folder_changed_since_the_request(
+    tmp_path: Path,
+) -> None:
+    kit = make_node(tmp_path, "uk-aisi", two_person_policy_reload=True)
+    before = kit.node.policies.current.sha256
+    async with kit.client() as c:
+        pending = (await c.post("/v1/admin/policies/reload", headers=kit.auth(Role.ADMIN))).json()
+        path = kit.node.home.policies_dir / "us-aisi.yaml"
+        path.write_text(path.read_text().replace("version: 1\n", "version: 3\n"))
+        r = await c.post(
+            f"/v1/approvals/{pending['id']}/approve", headers=_token(kit, Role.ADMIN, "dana")
+        )
+    assert r.status_code == 409
+    assert r.json()["reason"] == "policy-changed"
+    assert kit.node.policies.current.sha256 == before
+
+
 def test_the_setting_reads_labels_and_refuses_a_typo(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ENTENTE_TWO_PERSON_TLP", raising=False)
     assert Settings.load().two_person_tlp == ()  # default: no label needs a second person

@@ -41,7 +41,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI
 
-from service.api import admin, artifacts, federation, public
+from service.api import admin, approvals, artifacts, federation, public
 from service.api.audit import router as audit_router
 from service.api.bounds import RequestBounds
 from service.api.hsts import StrictTransportSecurity
@@ -49,6 +49,7 @@ from service.api.problems import document_problems, install_problem_handlers
 from service.api.signed import signed_problems
 from service.api.witness import held_router as witness_held_router
 from service.api.witness import router as witness_router
+from service.artifacts.approvals import expire_due
 from service.artifacts.retention import RetentionWorker
 from service.artifacts.sweep import sweep_in_background
 from service.audit.refusals import RefusalLedger
@@ -164,12 +165,17 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
         result = await anyio.to_thread.run_sync(retention_rounds.run_once)
         return 0.0 if result.more else settings.retention_interval_seconds
 
+    async def expire_approvals() -> float:
+        await anyio.to_thread.run_sync(expire_due, node)
+        return 60.0
+
     workers.add("audit-sequencer", sequencer)
     workers.add("audit-witness-submit", submission_step(node, transport))
     workers.add("deliver", deliver)
     workers.add("pull", pull)
     workers.add("purge-nonces", purge)
     workers.add("retention", retention)
+    workers.add("approvals-expire", expire_approvals)
     workers.on_stop(outbox.close)
     workers.on_stop(pulls.close)
     workers.on_stop(client.close)
@@ -333,6 +339,7 @@ def create_app(
     app.include_router(public.router)
     app.include_router(artifacts.router)
     app.include_router(admin.router)
+    app.include_router(approvals.router)
     app.include_router(federation.router)
     app.include_router(audit_router)
     app.include_router(witness_router)

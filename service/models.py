@@ -13,6 +13,7 @@ from sqlalchemy.engine import Dialect
 from sqlmodel import Field, SQLModel
 
 __all__ = [
+    "Approval",
     "Artifact",
     "AuditEntry",
     "Outbox",
@@ -279,3 +280,30 @@ class PolicyVersionFile(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=255)
     sha256: str = Field(max_length=64)  # of ``content``, as Policy.sha256
     content: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+
+
+class Approval(SQLModel, table=True):
+    """An action waiting for a second approver (two-person control: ``artifacts/approvals.py``).
+
+    ``payload`` holds what carrying the action out needs and nothing secret: for a share, the
+    signed manifest, the address of the sealed ciphertext in the blob store and the decisions;
+    never plaintext. ``state`` is ``pending``, then ``approved``, ``rejected`` or ``expired``.
+    """
+
+    __tablename__ = "approvals"
+
+    id: str = Field(primary_key=True, max_length=40)
+    action: str = Field(max_length=32)  # share | policy.reload
+    state: str = Field(default="pending", max_length=16, index=True)
+    requested_by: str = Field(max_length=32)  # the requester's token id
+    requester_name: str = Field(max_length=200)
+    requester: str = Field(max_length=300)  # the requester as audit entries name it
+    requested_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    expires_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    summary: str = Field(default="{}", sa_column=sa.Column(sa.Text, nullable=False))  # JSON
+    payload: str = Field(default="{}", sa_column=sa.Column(sa.Text, nullable=False))  # JSON
+    artifact_id: str | None = Field(default=None, max_length=64)
+    blob: str | None = Field(default=None, max_length=64, index=True)
+    decided_by: str | None = Field(default=None, max_length=300)
+    decided_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    reason: str | None = Field(default=None, max_length=500)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -9,13 +10,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from crypto.vocab import MAX_TERM_CHARS, NODE_ID_REGEX, TERM_REGEX
 from service.artifacts.terms import ShareTerms
+from service.models import Approval
 
 __all__ = [
+    "ApprovalOut",
     "ArtifactOut",
     "ArtifactPage",
     "PartnerOut",
     "ShareMetadata",
     "SyncPartnerOut",
+    "approval_out",
     "is_base_name",
 ]
 
@@ -148,3 +152,37 @@ class SyncPartnerOut(BaseModel):
     last_contact: datetime | None
     pull_error: str | None = None  # why the last pull of the partner's feed failed, if it did
     last_pull_at: datetime | None = None
+
+
+class ApprovalOut(BaseModel):
+    """A pending (or decided) action: what it is, who asked, until when, who decided."""
+
+    id: str
+    action: str
+    state: str
+    requested_by: str
+    requested_at: datetime
+    expires_at: datetime
+    summary: dict[str, Any]
+    artifact_id: str | None
+    decided_by: str | None
+    decided_at: datetime | None
+    reason: str | None
+    result: dict[str, Any] | None = None
+
+
+def approval_out(row: Approval, *, result: dict[str, Any] | None = None) -> ApprovalOut:
+    return ApprovalOut(
+        id=row.id,
+        action=row.action,
+        state=row.state,
+        requested_by=row.requester,
+        requested_at=row.requested_at,
+        expires_at=row.expires_at,
+        summary=json.loads(row.summary),
+        artifact_id=row.artifact_id,
+        decided_by=row.decided_by,
+        decided_at=row.decided_at,
+        reason=row.reason,
+        result=result,
+    )

@@ -8,11 +8,12 @@ Secrets are ``SecretStr`` so they never show in logs or reprs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, NonNegativeInt, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, NonNegativeInt, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from crypto.vocab import TLP_LABELS
 from service.errors import UsageError
 
 __all__ = ["Settings"]
@@ -93,8 +94,36 @@ class Settings(BaseSettings):
     retry_max_seconds: float = Field(default=300.0, gt=0)  # cap on backoff
     workers_enabled: bool = True  # outbox, pull and checkpoint workers in `serve`
 
+    # Two-person control (service.artifacts.approvals): what waits for a second approver
+    # TLP labels whose shares wait for a second approver (a publisher or admin other than the
+    # requester), comma-separated, e.g. "TLP:RED"; default: none
+    two_person_tlp: Annotated[tuple[str, ...], NoDecode] = ()
+    two_person_policy_reload: bool = False  # POST /v1/admin/policies/reload waits for a
+    # second admin. Partner changes and key rotation are CLI operations on the home, not API
+    # calls: no setting here can gate them (README, Security)
+    approval_ttl_seconds: float = Field(default=86400.0, gt=0)  # seconds a pending action
+    # waits for its second approver before it expires
+
     # Surface
     docs_enabled: bool = False  # /docs and /redoc (they load scripts from outside CDNs)
+
+    @field_validator("two_person_tlp", mode="before")
+    @classmethod
+    def _labels(cls, value: object) -> object:
+        """``"TLP:RED, TLP:AMBER+STRICT"`` (the environment) or a sequence: upper-cased labels."""
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            labels = tuple(str(part).strip().upper() for part in value)
+            unknown = [label for label in labels if label not in TLP_LABELS]
+            if unknown:  # a typo would gate nothing: refuse it
+                raise ValueError(f"not TLP 2.0 labels: {', '.join(unknown)}")
+            return labels
+        return value
+
+    def needs_second_approver(self, tlp: str) -> bool:
+        """True when a share at ``tlp`` waits for a second approver."""
+        return tlp.strip().upper() in self.two_person_tlp
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from policies.errors import PolicyError
 from service.api.deps import require_roles
+from service.artifacts import approvals
 from service.errors import InvalidInputError
 from service.node import Node
+from service.schemas import approval_out
 from service.tokens import Principal, Role
 from service.web import NodeDep
 
@@ -46,8 +49,17 @@ def reload_policies(node: Node, *, actor: str) -> dict[str, Any]:
 
 @router.post(
     "/policies/reload",
-    summary="Reload the MOU policies for every replica of the node (all or nothing, audited)",
+    summary="Reload the MOU policies for every replica of the node (all or nothing, audited); "
+    "with ENTENTE_TWO_PERSON_POLICY_RELOAD, 202: pending a second admin's approval",
     responses=PROBLEMS,
 )
-async def reload(node: NodeDep, principal: Admin) -> dict[str, Any]:
+async def reload(node: NodeDep, principal: Admin) -> Any:
+    if node.settings.two_person_policy_reload:
+        # Two-person control: a second admin approves it (POST /v1/approvals/{id}/approve).
+        row = await run_in_threadpool(approvals.request_reload, node, principal=principal)
+        return JSONResponse(
+            approval_out(row).model_dump(mode="json"),
+            status_code=202,
+            headers={"Location": f"/v1/approvals/{row.id}"},
+        )
     return await run_in_threadpool(reload_policies, node, actor=principal.actor)

@@ -12,7 +12,7 @@ import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -20,17 +20,18 @@ from crypto import strict_json
 from service.api.bodies import StreamedBody, json_body, read_json, refuse_declared
 from service.api.deps import require_roles
 from service.api.upload import MultipartReader, Part, boundary_of
-from service.artifacts import listing
+from service.artifacts import approvals, listing
 from service.artifacts import read as reading
 from service.artifacts import revoke as revoking
 from service.artifacts import share as sharing
 from service.errors import InvalidInputError, TooLargeError
 from service.federation import onward as onward_domain
 from service.federation import status as sync_status
-from service.models import Artifact, Outbox
+from service.models import Approval, Artifact, Outbox
 from service.node import Node
 from service.partners import list_partners
 from service.schemas import (
+    ApprovalOut,
     ArtifactOut,
     ArtifactPage,
     DeliveryOut,
@@ -38,6 +39,7 @@ from service.schemas import (
     PartnerOut,
     ShareMetadata,
     SyncPartnerOut,
+    approval_out,
 )
 from service.tokens import Principal, Role
 from service.web import NodeDep
@@ -144,7 +146,9 @@ def _upload_limit(node: Node) -> int:
     return settings.max_artifact_bytes + settings.max_metadata_bytes + (64 << 10)
 
 
-def _share_sync(node: Node, pull: Any, boundary: bytes, principal: Principal) -> Artifact:
+def _share_sync(
+    node: Node, pull: Any, boundary: bytes, principal: Principal
+) -> Artifact | Approval:
     settings = node.settings
     reader = MultipartReader(pull, boundary, max_body=_upload_limit(node))
     first = reader.next_part()
@@ -166,6 +170,17 @@ def _share_sync(node: Node, pull: Any, boundary: bytes, principal: Principal) ->
     second = reader.next_part()
     if second is None or second.name != "file":
         raise InvalidInputError("the second multipart part must be 'file'")
+    if settings.needs_second_approver(terms.tlp):
+        # Two-person control: sealed and stored, not shared, until a second person approves.
+        return approvals.request_share(
+            node,
+            node.blobs,
+            terms,
+            _Limited(second, settings.max_artifact_bytes),
+            principal=principal,
+            decisions=decisions,
+            onward_approved=meta.onward_approved,
+        )
     return sharing.share_artifact(
         node,
         node.blobs,
@@ -180,16 +195,30 @@ def _share_sync(node: Node, pull: Any, boundary: bytes, principal: Principal) ->
 @router.post(
     "/artifacts",
     status_code=201,
+    response_model=ArtifactOut,
     summary="Share an artifact with partners (streaming multipart upload)",
     openapi_extra=UPLOAD_BODY,
-    responses=_problems(400, 401, 403, 413, 422),
+    responses={
+        202: {
+            "model": ApprovalOut,
+            "description": "Stored, not shared: the share's TLP needs a second approver "
+            "(ENTENTE_TWO_PERSON_TLP); approve it with POST /v1/approvals/{id}/approve",
+        },
+        **_problems(400, 401, 403, 413, 422),
+    },
 )
-async def create_artifact(request: Request, node: NodeDep, principal: Publisher) -> ArtifactOut:
+async def create_artifact(request: Request, node: NodeDep, principal: Publisher) -> Any:
     boundary = boundary_of(request.headers.get("content-type"))
     settings = node.settings
     refuse_declared(request, _upload_limit(node), "the upload")
     body = StreamedBody(request, block=settings.upload_prefetch_bytes)
     row = await body.run(_share_sync, node, body.pull, boundary, principal)
+    if isinstance(row, Approval):
+        return JSONResponse(
+            approval_out(row).model_dump(mode="json"),
+            status_code=202,
+            headers={"Location": f"/v1/approvals/{row.id}"},
+        )
     return _out(row)
 
 
@@ -220,18 +249,44 @@ class OnwardShareIn(BaseModel):
 @router.post(
     "/artifacts/{artifact_id}/share",
     status_code=201,
+    response_model=ArtifactOut,
     summary="Pass a received artifact on to third nodes (onward sharing, policy-checked)",
     openapi_extra=json_body(OnwardShareIn),
-    responses=_problems(400, 401, 403, 404, 409, 413, 422),
+    responses={
+        202: {
+            "model": ApprovalOut,
+            "description": "Not shared yet: the artifact's TLP needs a second approver",
+        },
+        **_problems(400, 401, 403, 404, 409, 413, 422),
+    },
 )
 async def share_onward(
     artifact_id: str, request: Request, node: NodeDep, principal: Publisher
-) -> ArtifactOut:
+) -> Any:
     body = await read_json(request, OnwardShareIn, limit=node.settings.max_json_body_bytes)
-    row = await run_in_threadpool(
-        onward_domain.share_onward, node, artifact_id, targets=body.partners, principal=principal
-    )
+    row = await run_in_threadpool(_onward_sync, node, artifact_id, body.partners, principal)
+    if isinstance(row, Approval):
+        return JSONResponse(
+            approval_out(row).model_dump(mode="json"),
+            status_code=202,
+            headers={"Location": f"/v1/approvals/{row.id}"},
+        )
     return _out(row)
+
+
+def _onward_sync(
+    node: Node, artifact_id: str, targets: list[str], principal: Principal
+) -> Artifact | Approval:
+    with node.db.session() as session:
+        held = listing.get_artifact(session, artifact_id)
+    if node.settings.needs_second_approver(held.tlp):
+        # Two-person control: carried out (every check included) when a second person approves.
+        summary = {"upstream": held.id, "origin": held.origin, "title": held.title,
+                   "tlp": held.tlp, "partners": list(targets)}  # fmt: skip
+        return approvals.request_action(
+            node, action="share.onward", principal=principal, summary=summary
+        )
+    return onward_domain.share_onward(node, artifact_id, targets=targets, principal=principal)
 
 
 @router.get(

@@ -20,7 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import col
 
-from crypto.sealed import seal
+from crypto.dsse import Envelope
+from crypto.sealed import Manifest, seal
 from policies import Decision
 from service.artifacts.enforce import Facts, Refusal, deny, first_rule, refuse
 from service.artifacts.retention_rules import Term, inconsistent_terms, terms_of_decision
@@ -45,7 +46,14 @@ from service.models import Artifact, Partner
 from service.node import Node
 from service.tokens import Principal
 
-__all__ = ["PinnedRecipient", "decide_share", "share_artifact"]
+__all__ = [
+    "PinnedRecipient",
+    "Stored",
+    "decide_share",
+    "seal_into_store",
+    "share_artifact",
+    "share_rows",
+]
 
 
 # --- share ------------------------------------------------------------------------------------
@@ -205,6 +213,60 @@ def share_artifact(
     passed on: its id and origin, and the chain's root origin) is kept on the row.
     """
     now = node.now()
+    stored = seal_into_store(
+        node, blobs, meta, source, decisions=decisions, chain=chain, artifact_id=artifact_id,
+        onward_approved=onward_approved, onward=onward, now=now,
+    )  # fmt: skip
+    rows = share_rows(
+        node, stored, meta, principal=principal, decisions=decisions, kind=kind,
+        upstream=upstream, now=now,
+    )  # fmt: skip
+    try:
+        # One transaction: the artifact, its audit events and its outbox rows, committed
+        # together with the rows of shares running at the same time (group commit: Core
+        # inserts, one commit for the group, and one sync of the group's blobs before it).
+        group_commit(node.db).write(
+            rows,
+            prepare=blobs.sync_placed,
+            before_commit=lambda: fault_point("share.before_db_commit"),
+        )
+    except BaseException:
+        blobs.delete(stored.blob)
+        raise
+    fault_point("share.db_committed")
+    node.metrics.shares.labels("allowed").inc()
+    # The committed values, unvalidated (they were just built here): a validating model
+    # constructor costs ten times as much, about 70 µs per share.
+    return Artifact.model_construct(**rows[_ARTIFACTS][0])
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A share sealed into the blob store (placed; durable after the store's next sync) and
+    not yet recorded: its signed manifest, its blob and this node's record of the decisions."""
+
+    manifest: Manifest
+    envelope: Envelope
+    ciphertext_size: int
+    blob: str
+    policy_ref: dict[str, Any]
+
+
+def seal_into_store(
+    node: Node,
+    blobs: BlobStore,
+    meta: ShareTerms,
+    source: Any,
+    *,
+    decisions: Sequence[tuple[Recipient, Decision]],
+    now: datetime,
+    chain: tuple[dict[str, Any], ...] = (),
+    artifact_id: str | None = None,
+    onward_approved: Sequence[str] = (),
+    onward: dict[str, Any] | None = None,
+) -> Stored:
+    """Seal ``source`` (age to the permitted partners and this node, a DSSE-signed manifest)
+    into the blob store; nothing is recorded in the database."""
     artifact_id = artifact_id or new_artifact_id(now)
     parties = [node.home, *(p for p, _ in decisions)]
     recipients = recipients_for(parties)
@@ -234,12 +296,32 @@ def share_artifact(
         writer.abort()
         raise
     fault_point("share.blob_committed")
+    return Stored(sealed.manifest, sealed.envelope, sealed.ciphertext_size, digest, policy_ref)
+
+
+def share_rows(
+    node: Node,
+    stored: Stored,
+    meta: ShareTerms,
+    *,
+    principal: Principal,
+    decisions: Sequence[tuple[Recipient, Decision]],
+    now: datetime,
+    kind: str = "share.allowed",
+    upstream: tuple[str, str, str] | None = None,
+    approval: dict[str, Any] | None = None,
+) -> dict[sa.Table, list[dict[str, Any]]]:
+    """The rows that make ``stored`` shared: the artifact, an outbox row and an audit entry
+    (actor ``principal``; ``approval``, when a second approver carried it out, in the detail)
+    per partner. The caller commits them in one transaction."""
+    m = stored.manifest
+    artifact_id = m.artifact_id
     values = artifact_row(
-        sealed.manifest, sealed.envelope, ciphertext_size=sealed.ciphertext_size, blob=digest,
+        m, stored.envelope, ciphertext_size=stored.ciphertext_size, blob=stored.blob,
         direction="sent", sender=node.node_id, now=now,
         obligations=[o.to_json() for _, d in decisions for o in d.obligations],
     )  # fmt: skip
-    values["policy_ref"] = json.dumps(policy_ref)  # ours: every decision and disclosure
+    values["policy_ref"] = json.dumps(stored.policy_ref)  # ours: every decision and disclosure
     if upstream is not None:
         values["upstream_id"], values["upstream_from"], values["upstream_origin"] = upstream
     outbox = [
@@ -251,17 +333,19 @@ def share_artifact(
     events = []
     for partner, decision in decisions:
         rule = first_rule(decision)
-        detail = {"title": meta.title, "tlp": meta.tlp, "size": sealed.size,
+        detail = {"title": meta.title, "tlp": meta.tlp, "size": m.size,
                   "sealing": values["sealing"], "policy": decision.policy_ref}  # fmt: skip
         if upstream is not None:
             detail.update(upstream=upstream[0], origin=upstream[2])
+        if approval is not None:
+            detail["approval"] = approval
         events.append(
             audit_row(
                 kind=kind,
                 actor=principal.actor,
                 partner=partner.node_id,
                 artifact_id=artifact_id,
-                digest=sealed.manifest.sha256,
+                digest=m.sha256,
                 decision="allow",
                 rule=",".join(r.id for r in decision.rules) or None,
                 clause=rule.clause if rule else None,
@@ -269,20 +353,4 @@ def share_artifact(
                 now=now,
             )
         )
-    try:
-        # One transaction: the artifact, its audit events and its outbox rows, committed
-        # together with the rows of shares running at the same time (group commit: Core
-        # inserts, one commit for the group, and one sync of the group's blobs before it).
-        group_commit(node.db).write(
-            {_ARTIFACTS: [values], _OUTBOX: outbox, AUDIT_TABLE: events},
-            prepare=blobs.sync_placed,
-            before_commit=lambda: fault_point("share.before_db_commit"),
-        )
-    except BaseException:
-        blobs.delete(digest)
-        raise
-    fault_point("share.db_committed")
-    node.metrics.shares.labels("allowed").inc()
-    # The committed values, unvalidated (they were just built here): a validating model
-    # constructor costs ten times as much, about 70 µs per share.
-    return Artifact.model_construct(**values)
+    return {_ARTIFACTS: [values], _OUTBOX: outbox, AUDIT_TABLE: events}

@@ -4,7 +4,8 @@ A share or a delivery commits its blob first and its database row second. A proc
 between the two (or while still writing) leaves:
 
 - a temporary file under ``<blobs>/tmp`` (a write that never finished), or
-- a content-addressed blob that no artifact row refers to (the transaction never committed).
+- a content-addressed blob that no artifact row refers to (the transaction never committed),
+  nor a share waiting for its second approver (``service.artifacts.approvals``).
 
 :func:`sweep` removes both once they are older than ``blob_orphan_grace_seconds``: younger ones
 may be another replica's writes in flight, whose rows are a moment away. It never deletes a
@@ -25,7 +26,7 @@ from itertools import islice
 
 from sqlmodel import col, select
 
-from service.models import Artifact
+from service.models import Approval, Artifact
 from service.node import Node
 
 __all__ = ["SweepReport", "sweep", "sweep_in_background"]
@@ -58,6 +59,12 @@ def sweep(node: Node, *, clock: Callable[[], float] = time.time) -> SweepReport:
         with node.db.session() as session:
             referenced = set(
                 session.exec(select(Artifact.blob).where(col(Artifact.blob).in_(batch)))
+            ) | set(  # a share waiting for its second approver (service.artifacts.approvals)
+                session.exec(
+                    select(Approval.blob).where(
+                        col(Approval.blob).in_(batch), Approval.state == "pending"
+                    )
+                )
             )
         for digest in batch:
             if digest in referenced:
@@ -71,6 +78,10 @@ def sweep(node: Node, *, clock: Callable[[], float] = time.time) -> SweepReport:
             # Re-check under the same rule right before deleting: a row may have just committed.
             with node.db.session() as session:
                 if session.exec(select(Artifact.id).where(Artifact.blob == digest)).first():
+                    continue
+                if session.exec(
+                    select(Approval.id).where(Approval.blob == digest, Approval.state == "pending")
+                ).first():
                     continue
             store.delete(digest)
             orphans += 1

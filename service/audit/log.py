@@ -68,6 +68,11 @@ EVENT_KINDS = frozenset(
         "witness.cosigned",
         "witness.refused",
         "request.refused",
+        "approval.requested",
+        "approval.granted",
+        "approval.refused",
+        "approval.rejected",
+        "approval.expired",
     }
 )
 

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inbox": ("service.cli.client", "inbox", "command"),
     "get": ("service.cli.client", "get", "command"),
     "revoke": ("service.cli.client", "revoke", "command"),
+    "approvals": ("service.cli.approvals", "app", "group"),
 }
 
 

@@ -156,6 +156,13 @@ def share(
     if as_json:
         typer.echo(json.dumps(art))
         return
+    if response.status_code == 202:  # two-person control: stored, not shared yet
+        console.print(
+            f"{outside(art['summary']['tlp'])}: stored as {outside(art['artifact_id'])}, NOT "
+            f"shared yet: it waits for a second approver until {outside(art['expires_at'][:19])}"
+        )
+        console.print(f"  a second person runs: entente approvals approve {outside(art['id'])}")
+        return
     console.print(
         f"shared {outside(art['id'])} ({outside(art['tlp'])}, {outside(art['size'])} bytes) "
         f"with {outside(', '.join(to))}, sealed {outside(art.get('sealing', 'classic'))}"

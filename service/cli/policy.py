@@ -473,6 +473,12 @@ def reload(
         raise RemoteError(f"cannot reach the node: {exc}") from None
     _raise_for(response)
     data = response.json()
+    if response.status_code == 202:  # two-person control (ENTENTE_TWO_PERSON_POLICY_RELOAD)
+        _echo(
+            f"not reloaded yet: waits for a second admin until {data['expires_at'][:19]}; "
+            f"they run: entente approvals approve {data['id']}"
+        )
+        return
     state = "changed" if data["changed"] else "unchanged"
     _echo(
         f"policy set {state}: version {data['version']}, sha256 {data['sha256'][:16]}…, "

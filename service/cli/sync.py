@@ -150,6 +150,12 @@ def share_onward(
     if as_json:
         typer.echo(json.dumps(art))
         return
+    if art.get("state") == "pending":  # two-person control (ENTENTE_TWO_PERSON_TLP)
+        console.print(
+            f"not passed on yet: waits for a second approver until {art['expires_at'][:19]}; "
+            f"they run: entente approvals approve {art['id']}"
+        )
+        return
     console.print(
         f"passed {artifact_id} on to {', '.join(to)} as {art['id']} ({art['tlp']}, "
         f"{art['size']} bytes); the chain back to the origin travels in its manifest"

@@ -257,7 +257,7 @@ async def test_retention_shorter_than_the_embargo_is_a_422_naming_the_rule(
     marker = "      attribute: UK AI Safety Institute\n      delete_at_expiry: true\n"
     assert marker in text
     path.write_text(text.replace(marker, marker + "      retain_max: {days: 30}\n", 1))
-    uk.node.policies.load()
+    uk.node.policies.reload(actor="test", now=uk.node.now())
     now = datetime.now(UTC)
     metadata = {
         "title": "finding", "tlp": "TLP:AMBER", "topics": ["evaluation"],

@@ -50,7 +50,7 @@ def _allow_red(kit: Kit) -> None:
     forbid = "    tlp: [TLP:AMBER+STRICT"
     text = text.replace(forbid + ", TLP:RED]\n", forbid + "]\n", 1)
     path.write_text(text)
-    kit.node.policies.load()
+    kit.node.policies.reload(actor="test", now=kit.node.now())
 
 
 def _token(kit: Kit, role: Role, name: str) -> dict[str, str]:
@@ -252,7 +252,7 @@ async def test_approval_refused_when_the_policy_changed_since_the_request(
         pending = (await _share(c, kit, b"red finding")).json()
         path = kit.node.home.policies_dir / "us-aisi.yaml"
         path.write_text(path.read_text().replace("version: 1\n", "version: 2\n", 1))
-        kit.node.policies.load()
+        kit.node.policies.reload(actor="test", now=kit.node.now())
         r = await c.post(
             f"/v1/approvals/{pending['id']}/approve", headers=_token(kit, Role.ADMIN, "carol")
         )

@@ -84,10 +84,12 @@ def _seal_kwargs(origin: Party, parties: list[Party]) -> dict[str, Any]:
 
 
 def _best(rounds: int, runs: dict[str, Callable[[], None]]) -> dict[str, float]:
-    """Best wall time of each run over ``rounds``, the runs interleaved within each round."""
+    """Best wall time of each run over ``rounds``, the runs interleaved within each round and
+    their order reversed every other round (whichever runs first pays for the page cache)."""
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
+    for index in range(rounds):
+        order = list(runs.items())
+        for name, run in order if index % 2 == 0 else reversed(order):
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)

@@ -25,10 +25,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -51,6 +53,9 @@ FINDING = (
     b"Biosecurity: refusals held under 312 of 320 adversarial prompts.\n"
     b"Recommendation: re-test after the next fine-tuning round.\n"
 )
+
+
+EXPIRES_IN_SECONDS = 6  # the expiry step's artifact: long enough to be delivered first
 
 
 class _Stopped(Exception):
@@ -116,6 +121,7 @@ class Demo:
             ENTENTE_RETRY_BASE_SECONDS="0.2",
             ENTENTE_RETRY_MAX_SECONDS="2",
             ENTENTE_CHECKPOINT_INTERVAL_SECONDS="0.5",
+            ENTENTE_RETENTION_INTERVAL_SECONDS="1",  # the expiry step deletes within a second
         )
         self.federation = prepare_nodes(self.root, NODES, names=NODES, passphrase=None, env=env)
         self.federation.start()  # the nodes end with the demo, however it ends (PDEATHSIG)
@@ -187,7 +193,7 @@ class Demo:
             raise DemoError(f"the share was refused: {r.json().get('detail')}")
         art = r.json()
         decision = art["policy"]["decisions"][0]
-        rules = ", ".join(f"{x['id']} ({x['clause']})" for x in decision["rules"])
+        rules = escape(", ".join(f"{x['id']} ({x['clause']})" for x in decision["rules"]))
         self.say(f"[green]ALLOWED[/] by the UK's policy for us-aisi: {rules}")
         self.say(
             f"artifact [bold]{art['id']}[/], {art['tlp']}, {art['size']} bytes, "
@@ -204,9 +210,9 @@ class Demo:
         if r.status_code != 403:
             raise DemoError(f"expected a denial, got {r.status_code}")
         self.say(f"[red]DENIED[/] (HTTP 403, {problem['type']})")
-        self.say(f"  rule   [bold]{problem.get('rule')}[/]")
-        self.say(f"  clause [bold]{problem.get('clause')}[/]")
-        self.say(f"  {problem['detail']}")
+        self.say(f"  rule   [bold]{escape(str(problem.get('rule')))}[/]")
+        self.say(f"  clause [bold]{escape(str(problem.get('clause')))}[/]")
+        self.say(f"  {escape(str(problem['detail']))}")
         self.say("Nothing was stored or sent; the denial is in the UK's audit log.")
         self.outcome["denied"] = {"rule": problem.get("rule"), "clause": problem.get("clause")}
 
@@ -278,6 +284,48 @@ class Demo:
             "receipt; both sides audited the revocation"
         )
         self.outcome["revoked"] = gone.status_code == 404
+
+        self.step("A finding shared to expire is deleted at both nodes when it expires")
+        expires = datetime.now(UTC) + timedelta(seconds=EXPIRES_IN_SECONDS)
+        third = self.share(
+            uk,
+            {**meta, "title": "Interim scores (valid for seconds)", "tlp": "TLP:GREEN",
+             "expires_at": expires.isoformat().replace("+00:00", "Z")},
+            b"interim scores, to be deleted at expiry\n",
+        ).json()  # fmt: skip
+        self.wait(
+            lambda: (
+                self.http.get(
+                    f"{us.url}/v1/artifacts/{third['id']}", headers=us.auth("reader")
+                ).status_code
+                == 200
+            ),
+            "the expiring artifact at the US node",
+        )
+        self.say(
+            f"artifact [bold]{third['id']}[/] reached us-aisi; it expires at "
+            f"{expires:%H:%M:%S} UTC, and the MOU's share-evaluation rule obliges delete_at_expiry"
+        )
+
+        def deleted(node: NodeProcess) -> dict[str, Any] | None:
+            rows = self.audit_kinds(node, "artifact.deleted")
+            return next((e for e in rows if e.get("artifact_id") == third["id"]), None)
+
+        at_us = self.wait(lambda: deleted(us), "the deletion at the US node", 60)
+        at_uk = self.wait(lambda: deleted(uk), "the deletion at the UK node", 60)
+        acked = self.wait(
+            lambda: next(
+                (e for e in self.audit_kinds(uk, "deletion.acknowledged")
+                 if e.get("artifact_id") == third["id"]), None),
+            "the US node's signed deletion receipt", 60,
+        )  # fmt: skip
+        self.say(
+            f"us-aisi deleted the ciphertext (rule {escape(str(at_us.get('rule')))}, "
+            f"{escape(str(at_us.get('clause')))}) "
+            "and sent a signed deletion receipt; uk-aisi deleted its own copy "
+            f"(rule {escape(str(at_uk.get('rule')))}); both audit logs record it"
+        )
+        self.outcome["expired_deleted"] = bool(at_us and at_uk and acked)
 
         self.step("Auditors verify every node's log and its partners' cosignatures")
         verdicts = {}

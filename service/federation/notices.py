@@ -221,6 +221,15 @@ def _revoke_onward_copies(
     return blobs
 
 
+def _shared_with(node: Node, sender: str, artifact: Artifact | None, what: str) -> Artifact:
+    """``artifact``, which a recipient's ``what`` is about: one this node shared with ``sender``."""
+    if artifact is None or artifact.origin != node.node_id:
+        raise InvalidInputError(f"{what} must be about an artifact this node shared")
+    if sender not in json.loads(artifact.recipients):
+        raise InvalidInputError(f"the sender of {what.split(' ', 1)[1]} is not a recipient")
+    return artifact
+
+
 def _access(
     session: Session,
     node: Node,
@@ -230,10 +239,7 @@ def _access(
     data: dict[str, Any],
     now: datetime,
 ) -> None:
-    if artifact is None or artifact.origin != node.node_id:
-        raise InvalidInputError("an access notice must be about an artifact this node shared")
-    if sender not in json.loads(artifact.recipients):
-        raise InvalidInputError("the sender of the access notice is not a recipient")
+    artifact = _shared_with(node, sender, artifact, "an access notice")
     record(
         session,
         kind="access_notice.received",
@@ -256,10 +262,7 @@ def _deletion(
     now: datetime,
 ) -> None:
     """Record a recipient's signed statement that it deleted its copy of our artifact."""
-    if artifact is None or artifact.origin != node.node_id:
-        raise InvalidInputError("a deletion notice must be about an artifact this node shared")
-    if sender not in json.loads(artifact.recipients):
-        raise InvalidInputError("the sender of the deletion notice is not a recipient")
+    artifact = _shared_with(node, sender, artifact, "a deletion notice")
     try:
         statement = Envelope.from_json(data.get("statement"))
         verify_receipt(

@@ -170,18 +170,13 @@ def _share_sync(
     second = reader.next_part()
     if second is None or second.name != "file":
         raise InvalidInputError("the second multipart part must be 'file'")
-    if settings.needs_second_approver(terms.tlp):
-        # Two-person control: sealed and stored, not shared, until a second person approves.
-        return approvals.request_share(
-            node,
-            node.blobs,
-            terms,
-            _Limited(second, settings.max_artifact_bytes),
-            principal=principal,
-            decisions=decisions,
-            onward_approved=meta.onward_approved,
-        )
-    return sharing.share_artifact(
+    # Two-person control: sealed and stored, not shared, until a second person approves.
+    carry_out = (
+        approvals.request_share
+        if settings.needs_second_approver(terms.tlp)
+        else sharing.share_artifact
+    )
+    return carry_out(
         node,
         node.blobs,
         terms,

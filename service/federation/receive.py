@@ -146,7 +146,7 @@ class Receiver:
             retired=keys.retired,
             revoked=revoked,
             # every recipient this node published, current and retired, X25519 and hybrid
-            recipients=frozenset(i.recipient.to_string() for i in node.keys.all_identities),
+            recipients=node.keys.recipients,
             max_artifact_bytes=node.settings.max_artifact_bytes,
         )
 

@@ -68,7 +68,11 @@ class Envelope:
         return json.dumps(self.to_json(), indent=2, sort_keys=True).encode("utf-8") + b"\n"
 
     @classmethod
-    def from_json(cls, data: object) -> Envelope:
+    def from_json(
+        cls, data: object, *, max_signatures: int = MAX_SIGNATURES, unsigned: bool = False
+    ) -> Envelope:
+        """Parse an envelope; ``unsigned`` admits one with no signature yet (a draft that
+        several parties will sign: ``crypto.agreement``), never a verified one."""
         if not isinstance(data, dict):
             raise MalformedError("a DSSE envelope is a JSON object")
         payload_type = data.get("payloadType")
@@ -76,10 +80,10 @@ class Envelope:
         sigs = data.get("signatures")
         if not isinstance(payload_type, str) or not isinstance(payload, str):
             raise MalformedError("a DSSE envelope needs string payloadType and payload")
-        if not isinstance(sigs, list) or not sigs:
+        if not isinstance(sigs, list) or not (sigs or unsigned):
             raise MalformedError("a DSSE envelope needs a non-empty signatures list")
-        if len(sigs) > MAX_SIGNATURES:
-            raise MalformedError(f"a DSSE envelope may carry at most {MAX_SIGNATURES} signatures")
+        if len(sigs) > max_signatures:
+            raise MalformedError(f"a DSSE envelope may carry at most {max_signatures} signatures")
         parsed: list[tuple[str, bytes]] = []
         for sig in sigs:
             if not isinstance(sig, dict) or not isinstance(sig.get("sig"), str):

@@ -28,6 +28,7 @@ __all__ = [
     "NOT_IN_FORCE",
     "NO_MATCHING_PERMIT",
     "NO_POLICY",
+    "PARTNER_REFUSES",
     "PERMITTED",
     "Decision",
     "Unmet",
@@ -40,6 +41,7 @@ __all__ = [
 PERMITTED = "permitted"
 FORBIDDEN = "forbidden"
 NO_MATCHING_PERMIT = "no-matching-permit"
+PARTNER_REFUSES = "partner-refuses"  # the partner's own signed terms would refuse to receive it
 NO_POLICY = "no-policy"
 NOT_IN_FORCE = "not-in-force"
 EXPIRED = "expired"

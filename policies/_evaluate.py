@@ -106,7 +106,7 @@ def _evaluate(policy_set: PolicySet, request: Request, now: datetime) -> Decisio
     if sealing is not None and sealing not in SEALING_KINDS:
         return _deny(INVALID_REQUEST, request, now, f"unknown sealing kind {sealing!r}")
     # 2. The partner's policy, in force now.
-    policy = policy_set.policies.get(request.partner)
+    policy = policy_set.at(request.partner, now)
     if policy is None:
         return _deny(NO_POLICY, request, now, f"no policy for partner {request.partner!r}")
     compiled: Compiled = policy._compiled or compiled_form(policy)  # one read on the hot path

@@ -42,6 +42,10 @@ __all__ = [
 CASES_SUFFIX = ".cases.yaml"
 
 Problems = list[tuple[int, str]]
+EMPTY_PERMIT = (
+    "'permit' is empty: a policy needs at least one permit rule (or, to make a signed agreement "
+    "stricter, forbid rules only)"
+)
 
 
 @cache
@@ -283,6 +287,8 @@ def load_policy(text: str | bytes, *, source: str = "<policy>") -> Policy:
     forbids = tuple(
         _forbid(rule, parsed.line(("forbid", i))) for i, rule in enumerate(data.get("forbid", ()))
     )
+    if not permits and not forbids:
+        raise PolicyLoadError(source, [(parsed.line(("permit",)), EMPTY_PERMIT)])
     return Policy(
         id=data["id"],
         version=data["version"],

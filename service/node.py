@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from crypto.dsse import Envelope
+from service.agreements import AgreementKeys
 from service.blobs import FileBlobStore
 from service.db import Database, open_database
 from service.home import Home, NodeKeys, open_home
@@ -58,7 +59,10 @@ def load_node(settings: Settings, *, migrate: bool = True) -> Node:
         fsync_threads=settings.blob_fsync_threads,
         syncfs=settings.blob_syncfs,
     )
-    policies = PolicyStore(home.policies_dir, db=db)
+    agreements = AgreementKeys(
+        home.node_id, keys.keysets, db, require_signed=settings.signed_agreements_required
+    )
+    policies = PolicyStore(home.policies_dir, db=db, agreements=agreements)
     node = Node(settings=settings, home=home, keys=keys, db=db, blobs=blobs, policies=policies)
     policies.start(
         actor="node:start", now=node.now()

@@ -21,6 +21,11 @@ replica only moves forward (:func:`newer`), whichever thread read the newer numb
 outside a request (the pull worker, tests) checks at every decision. The evaluator itself
 (``policies.evaluate``) is unchanged and never touches the database.
 
+Signed agreements (``*.agreement.json``) are files of a version like the node's own YAML files;
+the set in force is assembled from both (``policies._agreement.assemble``): terms count only
+when every party's officer signed them (checked by ``service.agreements`` when a version is
+published, and again when it is read back), and a local file may only add forbids to them.
+
 It does not evaluate (``policies``) or enforce (``artifacts/enforce``); it does not watch the
 folder; and it fails closed: a version that cannot be read or parsed is a
 :class:`service.errors.DatabaseError`, never a decision on other terms.
@@ -32,9 +37,9 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,7 +49,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from policies import Decision, PolicySet, Request, evaluate, load_policy, policy_files
+from policies._agreement import AgreementStatus, Held, assemble, partner_accepts, receiver
 from policies.errors import PolicyError, PolicyLoadError
+from service.agreements import AGREEMENT_SUFFIX, AgreementKeys, is_agreement_file
 from service.audit.log import record
 from service.db import Database
 from service.errors import DatabaseError
@@ -59,14 +66,27 @@ _PUBLISH_ATTEMPTS = 5  # concurrent reloads through two replicas: the loser renu
 
 @dataclass(frozen=True)
 class Snapshot:
-    """One version of the active set, parsed. Version 0 is the empty set held before any load."""
+    """One version of the active set, parsed. Version 0 is the empty set held before any load.
+
+    ``agreements`` are the signed agreements it holds (adopted, superseded or only proposed);
+    ``unsigned`` the partners whose permits come from an unsigned local file.
+    """
 
     version: int
     policies: PolicySet
+    agreements: tuple[AgreementStatus, ...] = ()
+    unsigned: tuple[str, ...] = ()
+    theirs: Mapping[str, PolicySet] = field(default_factory=dict)  # partners' signed terms
 
     @property
     def sha256(self) -> str:
-        return self.policies.sha256
+        """The version's digest: the policies' alone while no agreement is held (so versions
+        written before agreements existed keep their digest), else with each agreement's."""
+        if not self.agreements:
+            return self.policies.sha256
+        held = sorted((a.sha256, a.state, tuple(a.signed_by)) for a in self.agreements)
+        canonical = json.dumps([self.policies.sha256, held], separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -114,9 +134,12 @@ class PolicyScope:
 class PolicyStore:
     """The active set of one node: the folder it reloads from and the database it versions in."""
 
-    def __init__(self, folder: Path, *, db: Database) -> None:
+    def __init__(
+        self, folder: Path, *, db: Database, agreements: AgreementKeys | None = None
+    ) -> None:
         self.folder = folder
         self._db = db
+        self._agreements = agreements
         self._lock = threading.Lock()
         self._held = Snapshot(0, PolicySet.empty())
 
@@ -131,8 +154,20 @@ class PolicyStore:
     def version(self) -> int:
         return self.snapshot().version
 
+    @property
+    def agreements(self) -> tuple[AgreementStatus, ...]:
+        return self.snapshot().agreements
+
     def decide(self, request: Request, *, now: datetime) -> Decision:
-        return evaluate(self.snapshot().policies, request, now=now)
+        """Decide on the set in force; a share that the receiving partner's signed terms would
+        refuse is denied here, before it leaves (reason ``partner-refuses``)."""
+        snapshot = self.snapshot()
+        decision = evaluate(snapshot.policies, request, now=now)
+        target = receiver(decision) if decision.allowed else None
+        theirs = snapshot.theirs.get(target) if target is not None else None
+        if theirs is None or self._agreements is None:
+            return decision
+        return partner_accepts(decision, theirs, self._agreements.node_id)
 
     def snapshot(self) -> Snapshot:
         check = _REQUEST.get()
@@ -171,7 +206,7 @@ class PolicyStore:
             return self.reload(actor=actor, now=now).snapshot
         with self._lock:
             self._held = newer(self._held, newest)
-        self._warn_if_folder_differs(newest)
+        self._warn_if_folder_differs(newest, now)
         return newest
 
     def reload(self, *, actor: str, now: datetime) -> Published:
@@ -185,7 +220,7 @@ class PolicyStore:
         self, files: Sequence[tuple[str, bytes]], *, actor: str, now: datetime
     ) -> Published:
         """Commit ``files`` (name, bytes) as the next version: all or nothing, audited."""
-        loaded = self._parse(files)
+        loaded = self._parse(files, now=now, strict=True)
         for _attempt in range(_PUBLISH_ATTEMPTS):
             try:
                 with self._db.session() as session:
@@ -203,7 +238,7 @@ class PolicyStore:
         self,
         session: Session,
         files: Sequence[tuple[str, bytes]],
-        loaded: PolicySet,
+        loaded: Snapshot,
         *,
         actor: str,
         now: datetime,
@@ -212,7 +247,7 @@ class PolicyStore:
             select(PolicyVersion).order_by(col(PolicyVersion.version).desc()).limit(1)
         ).first()
         if newest is not None and newest.sha256 == loaded.sha256:
-            return Published(Snapshot(newest.version, loaded), changed=False)
+            return Published(replace(loaded, version=newest.version), changed=False)
         version = (newest.version if newest is not None else 0) + 1
         session.add(
             PolicyVersion(version=version, sha256=loaded.sha256, created_at=now, actor=actor)
@@ -238,12 +273,17 @@ class PolicyStore:
                     "sha256": loaded.sha256,
                     "previous": previous,
                     "version": version,
-                    "policies": loaded.refs(),
+                    "policies": loaded.policies.refs(),
+                    **(
+                        {"agreements": [a.to_json() for a in loaded.agreements]}
+                        if loaded.agreements
+                        else {}
+                    ),
                 },
                 now=now,
             )
         session.flush()  # a concurrent reload's version number fails here, inside the retry
-        return Published(Snapshot(version, loaded), changed=changed)
+        return Published(replace(loaded, version=version), changed=changed)
 
     def _read_newest(self, session: Session) -> Snapshot:
         row = session.exec(
@@ -257,22 +297,26 @@ class PolicyStore:
             .order_by(col(PolicyVersionFile.name))
         ).all()
         try:
-            loaded = self._parse([(f.name, f.content) for f in files])
+            loaded = self._parse(
+                [(f.name, f.content) for f in files], now=row.created_at, strict=False
+            )
         except PolicyError as exc:
             raise DatabaseError(
                 f"the policy set in force (version {row.version}) could not be loaded: {exc}"
             ) from None
-        if loaded.sha256 != row.sha256:
+        dropped = sum(1 for f in files if is_agreement_file(f.name)) - len(loaded.agreements)
+        if loaded.sha256 != row.sha256 and not dropped:  # (a dropped one was logged)
             raise DatabaseError(
                 f"the policy set in force (version {row.version}) does not match its digest"
             )
-        return Snapshot(row.version, loaded)
+        return replace(loaded, version=row.version)
 
     def _read_folder(self) -> list[tuple[str, bytes]]:
         if not self.folder.is_dir():
             return []
         out = []
-        for path in policy_files(self.folder):
+        agreements = sorted(p for p in self.folder.glob(f"*{AGREEMENT_SUFFIX}") if p.is_file())
+        for path in [*policy_files(self.folder), *agreements]:
             try:
                 out.append((path.name, path.read_bytes()))
             except OSError as exc:
@@ -281,14 +325,37 @@ class PolicyStore:
                 ) from None
         return out
 
-    def _parse(self, files: Sequence[tuple[str, bytes]]) -> PolicySet:
-        return PolicySet.from_policies(
-            load_policy(content, source=str(self.folder / name)) for name, content in files
+    def _parse(
+        self, files: Sequence[tuple[str, bytes]], *, now: datetime, strict: bool
+    ) -> Snapshot:
+        local = [
+            load_policy(content, source=str(self.folder / name))
+            for name, content in files
+            if not is_agreement_file(name)
+        ]
+        signed = [(name, content) for name, content in files if is_agreement_file(name)]
+        if not signed and (self._agreements is None or not self._agreements.require_signed):
+            return Snapshot(0, PolicySet.from_policies(local))  # no agreement: as before
+        if self._agreements is None:
+            raise PolicyLoadError(
+                signed[0][0], [(0, "this node cannot check agreements' signatures")]
+            )
+        held: list[Held] = []
+        for name, content in signed:
+            h = self._agreements.held(name, content, now=now, strict=strict)
+            if h is not None:
+                held.append(h)
+        out = assemble(
+            self._agreements.node_id,
+            local=local,
+            held=held,
+            require_signed=self._agreements.require_signed,
         )
+        return Snapshot(0, out.policies, out.agreements, out.unsigned, out.theirs)
 
-    def _warn_if_folder_differs(self, held: Snapshot) -> None:
+    def _warn_if_folder_differs(self, held: Snapshot, now: datetime) -> None:
         try:
-            folder = self._parse(self._read_folder())
+            folder = self._parse(self._read_folder(), now=now, strict=False)
         except PolicyError as exc:
             log.warning(
                 "policy folder %s does not load (%s); version %d stays in force",

@@ -104,6 +104,11 @@ class Settings(BaseSettings):
     approval_ttl_seconds: float = Field(default=86400.0, gt=0)  # seconds a pending action
     # waits for its second approver before it expires
 
+    # Agreements (service.agreements): permits only from terms every party's officer signed
+    signed_agreements_required: bool = False  # when true, an unsigned local policy file may
+    # only forbid; otherwise it still grants, for a partner under no signed agreement, and
+    # `entente policy check` and `entente agreement list` report it as unsigned
+
     # Surface
     docs_enabled: bool = False  # /docs and /redoc (they load scripts from outside CDNs)
 

@@ -12,6 +12,7 @@ from policies.errors import PolicyError
 from service.api.deps import require_roles
 from service.artifacts import approvals
 from service.errors import InvalidInputError
+from service.federation import agreements as agreement_domain
 from service.node import Node
 from service.schemas import approval_out
 from service.tokens import Principal, Role
@@ -63,3 +64,33 @@ async def reload(node: NodeDep, principal: Admin) -> Any:
             headers={"Location": f"/v1/approvals/{row.id}"},
         )
     return await run_in_threadpool(reload_policies, node, actor=principal.actor)
+
+
+Viewer = Annotated[Principal, Depends(require_roles(Role.ADMIN, Role.AUDITOR))]
+
+
+@router.get(
+    "/agreements",
+    summary="The signed agreements the node holds (adopted, superseded, awaiting signatures) "
+    "and the partners whose terms come from an unsigned local file",
+    responses=PROBLEMS,
+)
+async def agreements(node: NodeDep, principal: Viewer) -> Any:
+    def work() -> dict[str, Any]:
+        snapshot = node.policies.snapshot()
+        return {
+            "version": snapshot.version,
+            "agreements": [a.to_json() for a in snapshot.agreements],
+            "unsigned": list(snapshot.unsigned),
+        }
+
+    return await run_in_threadpool(work)
+
+
+@router.get(
+    "/agreements/compare/{partner}",
+    summary="Compare the signed agreements held here with those the partner holds",
+    responses={**PROBLEMS, 404: PROBLEMS[422], 502: PROBLEMS[422]},
+)
+async def compare_agreements(partner: str, node: NodeDep, principal: Viewer) -> Any:
+    return await run_in_threadpool(agreement_domain.compare, node, partner)

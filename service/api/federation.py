@@ -38,6 +38,7 @@ from service.errors import (
     PartnerError,
     TooLargeError,
 )
+from service.federation import agreements as agreement_domain
 from service.federation import feed as feed_domain
 from service.federation import notices as notice_domain
 from service.federation.client import BATCH_TYPE, DELIVERY_TYPE
@@ -359,6 +360,17 @@ async def payload(artifact_id: str, request: Request, node: NodeDep, sig: Partne
                 yield data
 
     return StreamingResponse(chunks(), headers=headers)
+
+
+@router.get(
+    "/agreements",
+    summary="The signed agreements this node holds with the caller, and their state",
+    responses=FED_PROBLEMS,
+)
+async def agreements(request: Request, node: NodeDep, sig: Partner) -> Response:
+    await _small_body(request, node, sig)
+    held = await run_in_threadpool(agreement_domain.held_for, node, sig.partner)
+    return signed_json(node, sig, 200, held)
 
 
 @router.post("/notices", summary="Revocations and access notices", responses=FED_PROBLEMS)

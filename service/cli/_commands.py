@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "get": ("service.cli.client", "get", "command"),
     "revoke": ("service.cli.client", "revoke", "command"),
     "approvals": ("service.cli.approvals", "app", "group"),
+    "agreement": ("service.cli.agreement", "app", "group"),
 }
 
 

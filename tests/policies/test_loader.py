@@ -120,7 +120,8 @@ MALFORMED = [
     ("empty-actions", variant("    actions: [share]\n    tlp: [TLP:CLEAR",
                               "    actions: []\n    tlp: [TLP:CLEAR"), 13, "actions is empty"),
     ("empty-permit", BASE.split("permit:")[0] + "permit: []\n", 10,
-     "'permit' is empty: a policy needs at least one permit rule"),
+     "'permit' is empty: a policy needs at least one permit rule (or, to make a signed agreement "
+     "stricter, forbid rules only)"),
     ("no-permit", BASE.split("permit:")[0] + "forbid:\n" + BASE.split("forbid:\n")[1], 1,
      "the policy has no 'permit' rules (an empty rule set is rejected)"),
     ("empty-forbid", BASE.split("forbid:")[0] + "forbid: []\n", 19, "forbid is empty"),

@@ -10,6 +10,7 @@ import httpx
 from fastapi import FastAPI
 
 from policies import example_files
+from service.agreements import AgreementKeys
 from service.app import create_app
 from service.blobs import FileBlobStore
 from service.db import open_database
@@ -68,11 +69,15 @@ def make_node(
         for name, data in example_files(node_id).items():
             (home.policies_dir / name).write_bytes(data)
     db = open_database(base.resolved_database_url(), migrate=True)
-    store = PolicyStore(home.policies_dir, db=db)
+    keys = home.unlock(base)
+    agreements = AgreementKeys(
+        node_id, keys.keysets, db, require_signed=base.signed_agreements_required
+    )
+    store = PolicyStore(home.policies_dir, db=db, agreements=agreements)
     node = Node(
         settings=base,
         home=home,
-        keys=home.unlock(base),
+        keys=keys,
         db=db,
         blobs=FileBlobStore(base.resolved_blob_dir()),
         policies=store,

@@ -38,6 +38,7 @@ EVENT_KINDS = frozenset(
         "partner.removed",
         "partner.key_rotated",
         "policy.set_changed",
+        "agreement.officer_certified",
         "token.created",
         "token.revoked",
         "auth.refused",

@@ -32,11 +32,13 @@ def test_demo_runs_the_whole_story() -> None:
     assert outcome["revoked"] is True
     assert outcome["sealing"] == "post-quantum"  # every demo node has a hybrid identity
     assert outcome["expired_deleted"] is True  # delete_at_expiry carried out at both nodes
+    assert outcome["amendment"] is True  # both nodes hold the same countersigned versions
     for node_id, verdict in outcome["audit"].items():
         assert verdict["ok"] is True, (node_id, verdict)
         assert len(verdict["witnesses"]) == 2, verdict
     # The story is told for people on stderr (stdout carries only the JSON line with --json).
     for step in ("shares an evaluation finding", "protection post-quantum", "DENIED",
                  "Bletchley Declaration, para 8 [example]", "opens the finding",
-                 "deleted at both nodes when it expires", "VERIFIED"):  # fmt: skip
+                 "deleted at both nodes when it expires", "awaiting us-aisi",
+                 "us-uk-mou v2: adopted at us-aisi, adopted at uk-aisi", "VERIFIED"):  # fmt: skip
         assert step in result.stderr

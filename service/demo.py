@@ -36,6 +36,7 @@ from rich.table import Table
 
 from crypto.keys import format_fingerprint
 from service.cli._terminal import TerminalConsole
+from service.demo_agreement import countersign_amendment
 from service.errors import DemoError, EntenteError
 from service.localnet import Federation, NodeProcess, clean_env, prepare_nodes, run_cli
 
@@ -55,10 +56,6 @@ FINDING = (
 )
 
 
-# The amendment's change: the UK's share-information rule widened to TLP:AMBER.
-INFORMATION_TLP = (
-    "    tlp: [TLP:CLEAR, TLP:GREEN]\n    topics: [evaluation, safety-research, policy]"
-)
 EXPIRES_IN_SECONDS = 6  # the expiry step's artifact: long enough to be delivered first
 
 
@@ -332,7 +329,7 @@ class Demo:
         self.outcome["expired_deleted"] = bool(at_us and at_uk and acked)
 
         self.step("The US and UK officers sign their terms and countersign an amendment")
-        self.outcome["amendment"] = self._amendment(us, uk)
+        self.outcome["amendment"] = countersign_amendment(self, us, uk)
 
         self.step("Auditors verify every node's log and its partners' cosignatures")
         verdicts = {}
@@ -341,78 +338,6 @@ class Demo:
         self.outcome["audit"] = verdicts
         if not all(v["ok"] for v in verdicts.values()):
             raise DemoError("an audit log did not verify")
-
-    def _cli(self, node: NodeProcess | None, *args: str) -> str:
-        result = run_cli(*args, env=clean_env()) if node is None else node.cli(*args)
-        if result.returncode != 0:
-            raise DemoError(f"entente {args[0]} {args[1]} failed: {result.stderr.strip()[-500:]}")
-        return result.stdout
-
-    def _amendment(self, us: NodeProcess, uk: NodeProcess) -> bool:
-        """Each officer gets a key vouched for by its node; both sign the MOU as it stands
-        (v1), then an amendment (v2: the UK may share TLP:AMBER information too), which each
-        node adopts only once both have signed; finally the nodes compare over federation."""
-        folder = self.root / "agreement"
-        folder.mkdir(exist_ok=True)
-        officers = {}
-        for node, who in ((us, "B. Example"), (uk, "A. Example")):
-            key = folder / f"{node.node_id}-officer.key"
-            self._cli(None, "agreement", "officer-key", "--out", str(key), "--no-passphrase")
-            cert = folder / f"{node.node_id}-officer.cert.json"
-            self._cli(node, "agreement", "certify", "--officer", f"{key}.pub.json", "--name",
-                      who, "--role", "Policy officer [example]", "-o", str(cert))  # fmt: skip
-            officers[node.node_id] = (key, cert)
-        us_terms = us.home / "policies" / "uk-aisi.yaml"
-        uk_terms = uk.home / "policies" / "us-aisi.yaml"
-        v1, v2 = folder / "us-uk-mou.v1.agreement.json", folder / "us-uk-mou.v2.agreement.json"
-        self._cli(None, "agreement", "draft", "--id", "us-uk-mou", "--title",
-                  "US-UK AI Safety Institutes MOU [example]", "--from", "2024-04-01T00:00:00Z",
-                  "--terms", f"us-aisi:uk-aisi={us_terms}",
-                  "--terms", f"uk-aisi:us-aisi={uk_terms}", "-o", str(v1))  # fmt: skip
-        amended = folder / "uk-aisi-us-aisi.v2.yaml"
-        amended.write_text(
-            uk_terms.read_text()
-            .replace("version: 1", "version: 2", 1)
-            .replace(INFORMATION_TLP, INFORMATION_TLP.replace("GREEN]", "GREEN, TLP:AMBER]"), 1)
-        )
-        self._cli(None, "agreement", "draft", "--amends", str(v1), "--from",
-                  datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-                  "--terms", f"us-aisi:uk-aisi={us_terms}",
-                  "--terms", f"uk-aisi:us-aisi={amended}", "-o", str(v2))  # fmt: skip
-        for doc in (v1, v2):
-            for node_id, (key, cert) in officers.items():
-                if doc == v2 and node_id == "us-aisi":
-                    continue  # the US officer countersigns last, below
-                self._cli(None, "agreement", "sign", str(doc), "--key", str(key),
-                          "--certificate", str(cert))  # fmt: skip
-        shown = json.loads(self._cli(us, "agreement", "show", str(v2), "--json"))
-        self.say(
-            f"v2 signed by {', '.join(shown['signed_by'])}; awaiting "
-            f"{', '.join(shown['awaiting'])}: not enforced anywhere until countersigned"
-        )
-        self.console.print(self._cli(None, "agreement", "diff", str(v1), str(v2)).rstrip())
-        key, cert = officers["us-aisi"]
-        self._cli(None, "agreement", "sign", str(v2), "--key", str(key), "--certificate", str(cert))
-        for node, local in ((us, us_terms), (uk, uk_terms)):
-            local.unlink()  # the unsigned local terms give way to the signed agreement
-            self._cli(node, "agreement", "adopt", str(v1))
-            shutil.copyfile(v2, node.home / "policies" / "us-uk-mou-v2.agreement.json")
-            r = self.http.post(f"{node.url}/v1/admin/policies/reload", headers=node.auth("admin"))
-            if r.status_code != 200:
-                raise DemoError(f"{node.node_id} did not adopt the agreement: {r.text[:300]}")
-        compared = self.http.get(
-            f"{us.url}/v1/admin/agreements/compare/uk-aisi", headers=us.auth("admin")
-        ).json()
-        for row in compared["agreements"]:
-            self.say(
-                f"us-uk-mou v{row['version']}: {row['here']} at us-aisi, {row['there']} at "
-                f"uk-aisi (sha256 {str(row['sha256_here'])[:16]}…)"
-            )
-        self.say(
-            "Both nodes decide on terms both officers signed; each adoption is a "
-            "policy.set_changed entry in its audit log"
-        )
-        return bool(compared["same"])
 
     def _verify(self, node: NodeProcess) -> dict[str, Any]:
         def cosigned() -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ from service.tokens import Principal, Role, create_token
 from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
 from tests.service.test_federation_sync import PortalTransport
 
-T0 = datetime(2026, 12, 5, 9, 0, tzinfo=UTC)
+T0 = datetime.now(UTC).replace(microsecond=0)  # descriptors made now must be valid at T0
 
 
 class Clock:

@@ -7,6 +7,13 @@ other (``entente.policy/v1`` text, verbatim, so its SHA-256 is the file's). The 
 document therefore tells each node its own terms *and* its partner's: before sharing, a node can
 check that the partner's signed terms accept what it sends.
 
+A multilateral agreement (a network's own terms) may state **common terms** once: a ``terms``
+entry whose party and partner are ``*`` (and whose policy says ``partner: '*'``) applies to every
+ordered pair of parties. Bilateral entries add to it for their pair: every rule of either stands
+on its own, so the merge never loosens a rule's TLP labels, and a forbid of either wins. Each
+rule names the document it comes from (``RuleRef.document``: agreement, version and part), and
+so do decisions, explanations and the manifests that record them.
+
 An amendment is the next ``version`` of the same ``id``, naming the digest of the version it
 ``supersedes`` and the time it is ``in_force_from``. :func:`assemble` builds a node's
 :class:`~policies._set.PolicySet` from what it holds:
@@ -43,6 +50,7 @@ from policies._evaluate import evaluate
 from policies._loader import load_policy, parse_time
 from policies._model import Policy, format_time
 from policies._set import PolicySet
+from policies._yaml import YamlProblem, parse
 from policies.errors import PolicyLoadError
 
 __all__ = [
@@ -59,6 +67,7 @@ __all__ = [
 
 AGREEMENT_FORMAT = "entente.agreement/v1"
 MAX_PARTIES = 64
+EVERY = "*"  # party and partner of common terms (a multilateral agreement's shared terms)
 _FIELDS = {"format", "id", "version", "title", "parties", "in_force_from", "supersedes", "terms"}
 
 
@@ -118,9 +127,12 @@ class Agreement:
                 yield f"party {p!r} is not a node id"
         if (self.version == 1) != (self.supersedes is None):
             yield "version 1 supersedes nothing; every later version names the one it supersedes"
-        pairs = set()
+        pairs: set[tuple[str, str]] = set()
+        common: list[Terms] = []
         for t in self.terms:
-            if t.party not in self.parties or t.partner not in self.parties:
+            if (t.party, t.partner) == (EVERY, EVERY):
+                common.append(t)
+            elif t.party not in self.parties or t.partner not in self.parties:
                 yield f"terms {t.name!r} are between {t.party} and {t.partner}, not parties"
             elif t.party == t.partner:
                 yield f"terms {t.name!r} are a party's terms with itself"
@@ -129,10 +141,23 @@ class Agreement:
             else:
                 pairs.add((t.party, t.partner))
                 yield from self._load(t)
+        shared: dict[tuple[str, str], list[Policy]] = {}
+        for t in common:
+            yield from self._load_common(t, shared)
         for a in self.parties:
             for b in self.parties:
-                if a != b and (a, b) not in pairs:
+                if a == b:
+                    continue
+                if (a, b) not in pairs and (a, b) not in shared:
                     yield f"no terms of {a} with {b}: every party states its terms with each other"
+                    continue
+                try:
+                    self._merge(a, b, shared.get((a, b), []))
+                except PolicyLoadError as exc:
+                    yield f"{a}'s terms with {b}, bilateral and common together: {exc}"
+
+    def _document(self, part: str) -> str:
+        return f"{self.id} v{self.version}, {part}"
 
     def _load(self, t: Terms) -> Iterable[str]:
         try:
@@ -143,7 +168,55 @@ class Agreement:
         if policy.partner != t.partner:
             yield f"terms {t.name!r} of {t.party} are about {policy.partner}, not {t.partner}"
             return
-        self._policies[(t.party, t.partner)] = policy
+        self._policies[(t.party, t.partner)] = _documented(
+            policy, self._document(f"{t.party}'s terms with {t.partner} ({t.name})")
+        )
+
+    def _load_common(self, t: Terms, into: dict[tuple[str, str], list[Policy]]) -> Iterable[str]:
+        """Common terms (party and partner ``*``): one policy, applied to every ordered pair.
+        Its ``partner`` is written ``"*"``; each pair's copy names the real partner."""
+        source = f"{self.source}: common/{t.name}"
+        try:
+            data = parse(t.text).data
+        except YamlProblem as exc:
+            yield f"{source}: line {exc.line}: {exc.problem}"
+            return
+        if not isinstance(data, dict) or data.get("partner") != EVERY:
+            yield f"common terms {t.name!r} must say partner: '*' (they apply to every party)"
+            return
+        digest = hashlib.sha256(t.text.encode()).hexdigest()
+        document = self._document(f"common terms ({t.name})")
+        for a in self.parties:
+            for b in self.parties:
+                if a == b:
+                    continue
+                text = json.dumps({**data, "partner": b})
+                try:
+                    policy = load_policy(text, source=source)
+                except PolicyLoadError as exc:
+                    yield str(exc)
+                    return
+                policy = _documented(replace(policy, sha256=digest), document)
+                into.setdefault((a, b), []).append(policy)
+
+    def _merge(self, party: str, partner: str, common: list[Policy]) -> None:
+        """The bilateral terms with the common ones added: every rule stands on its own (so no
+        merge loosens a TLP list), and any forbid of either wins (deny overrides)."""
+        bilateral = self._policies.get((party, partner))
+        if not common:
+            return
+        base = bilateral or common[0]
+        rest = common if bilateral else common[1:]
+        if not rest:
+            self._policies[(party, partner)] = base
+            return
+        digest = hashlib.sha256("+".join(p.sha256 for p in (base, *rest)).encode()).hexdigest()
+        self._policies[(party, partner)] = replace(
+            base,
+            permits=(*base.permits, *(r for p in rest for r in p.permits)),
+            forbids=(*base.forbids, *(r for p in rest for r in p.forbids)),
+            sha256=digest,
+        )
 
     def policy(self, party: str, partner: str) -> Policy | None:
         """``party``'s terms with ``partner`` as signed, or None."""
@@ -440,4 +513,13 @@ def _stricter(signed: Policy, own: Policy) -> Policy:
         forbids=(*signed.forbids, *own.forbids),
         source=f"{signed.source} + {own.source}",
         sha256=digest,
+    )
+
+
+def _documented(policy: Policy, document: str) -> Policy:
+    """``policy`` with every rule naming the signed document it comes from."""
+    return replace(
+        policy,
+        permits=tuple(replace(r, document=document) for r in policy.permits),
+        forbids=tuple(replace(r, document=document) for r in policy.forbids),
     )

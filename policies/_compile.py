@@ -47,7 +47,7 @@ class _CPermit:
 
     def __init__(self, rule: Permit) -> None:
         self.rule = rule
-        self.ref = RuleRef(rule.id, "permit", rule.clause, rule.description)
+        self.ref = RuleRef(rule.id, "permit", rule.clause, rule.description, rule.document)
         self.topics, self.topic_prefixes = _terms(rule.topics)
         self.purposes, self.purpose_prefixes = _terms(rule.purposes)
         self.embargo = _EMBARGO[rule.embargo]
@@ -113,7 +113,7 @@ class _CForbid:
 
     def __init__(self, rule: Forbid) -> None:
         self.rule = rule
-        self.ref = RuleRef(rule.id, "forbid", rule.clause, rule.description)
+        self.ref = RuleRef(rule.id, "forbid", rule.clause, rule.description, rule.document)
         self.topics, self.topic_prefixes = _terms(rule.topics)
         self.purposes, self.purpose_prefixes = _terms(rule.purposes)
         self.embargo = _EMBARGO[rule.embargo]

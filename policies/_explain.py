@@ -15,7 +15,7 @@ from policies._decision import (
     Decision,
     headline,
 )
-from policies._model import Request, format_time
+from policies._model import Request, RuleRef, format_time
 
 __all__ = ["describe_request", "explain"]
 
@@ -52,7 +52,7 @@ def explain(decision: Decision) -> str:
     if decision.reason == PERMITTED:
         lines.append("  permitted by")
         for ref in decision.rules:
-            lines.append(f"    {ref.id}  {ref.clause}")
+            lines.append(f"    {ref.id}  {ref.clause}{_from(ref)}")
             lines.extend(f"      + {text}" for text in decision.findings.get(ref.id, ()))
         if decision.obligations:
             lines.append("  obligations")
@@ -62,7 +62,7 @@ def explain(decision: Decision) -> str:
     elif decision.reason == FORBIDDEN:
         lines.append("  forbidden by")
         for ref in decision.rules:
-            lines.append(f"    {ref.id}  {ref.clause}")
+            lines.append(f"    {ref.id}  {ref.clause}{_from(ref)}")
             lines.extend(f"      ! {text}" for text in decision.findings.get(ref.id, ()))
     elif decision.reason == NO_MATCHING_PERMIT:
         lines.append("  no permit matches (deny by default)")
@@ -73,7 +73,7 @@ def explain(decision: Decision) -> str:
         title = "other permits" if decision.allowed else "permits that did not apply"
         lines.append(f"  {title}")
         for u in unmet:
-            lines.append(f"    {u.rule.id}  {u.rule.clause}")
+            lines.append(f"    {u.rule.id}  {u.rule.clause}{_from(u.rule)}")
             lines.extend(f"      - {text}" for text in u.conditions)
     elif (
         decision.reason in (NO_MATCHING_PERMIT, FORBIDDEN)
@@ -82,3 +82,7 @@ def explain(decision: Decision) -> str:
     ):
         lines.append(f"  no permit of this policy covers {request.action}")
     return "\n".join(lines)
+
+
+def _from(ref: RuleRef) -> str:
+    return f"  [{ref.document}]" if ref.document else ""

@@ -150,6 +150,7 @@ class Permit:
     obligations: tuple[Obligation, ...] = ()
     description: str = ""
     line: int = field(default=0, compare=False)
+    document: str = field(default="", compare=False)  # the signed agreement it comes from
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +176,7 @@ class Forbid:
     onward_to: frozenset[str] | None = None
     description: str = ""
     line: int = field(default=0, compare=False)
+    document: str = field(default="", compare=False)  # the signed agreement it comes from
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,9 +208,13 @@ class RuleRef:
     kind: str
     clause: str
     description: str = ""
+    document: str = ""  # the signed agreement (and its part) the rule is from, if any
 
     def to_json(self) -> dict[str, str]:
-        return {"id": self.id, "kind": self.kind, "clause": self.clause}
+        out = {"id": self.id, "kind": self.kind, "clause": self.clause}
+        if self.document:
+            out["document"] = self.document
+        return out
 
 
 @dataclass(frozen=True, slots=True)

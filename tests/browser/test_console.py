@@ -118,7 +118,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
             r = httpx.get(
                 f"{uk.url}/v1/artifacts/{art}", headers=federation.auth("uk-aisi", "admin")
             )
-            return r.json()["deliveries"][0]["state"] == "delivered"
+            return bool(r.json()["deliveries"][0]["state"] == "delivered")
 
         wait_for(delivered, what="delivery to us-aisi")
         read = httpx.get(

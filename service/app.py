@@ -43,6 +43,7 @@ from fastapi import FastAPI
 
 from service.api import admin, approvals, artifacts, federation, public
 from service.api.audit import router as audit_router
+from service.api.audit_export import router as audit_export_router
 from service.api.bounds import RequestBounds
 from service.api.hsts import StrictTransportSecurity
 from service.api.problems import document_problems, install_problem_handlers
@@ -342,6 +343,7 @@ def create_app(
     app.include_router(approvals.router)
     app.include_router(federation.router)
     app.include_router(audit_router)
+    app.include_router(audit_export_router)
     app.include_router(witness_router)
     app.include_router(witness_held_router)
     app.include_router(console_router)  # /ui, its static files included

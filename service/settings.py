@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     max_federation_manifest_bytes: int = Field(default=1 << 20, ge=1024)  # bytes
     page_size_default: int = Field(default=50, ge=1)  # items per page
     page_size_max: int = Field(default=500, ge=1)  # items per page
+    audit_export_max_entries: int = Field(default=100_000, ge=1)  # log entries one export
+    # bundle may span (each with an inclusion proof: about 2 log2(n) stored hashes read)
     clock_skew_seconds: int = Field(default=300, ge=0)  # seconds allowed between nodes
     signature_max_age_seconds: int = Field(default=300, ge=1)  # seconds a request sig is valid
     nonce_cache_size: int = Field(

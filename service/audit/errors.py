@@ -3,6 +3,8 @@
 service.errors.EntenteError
 ├── LogInconsistentError      the stored tree does not match its head or entries (HTTP 503)
 ├── AuditSourceError          a log to verify cannot be read (HTTP 502)
+├── BundleError               an export bundle does not verify (a verdict: ``audit
+│                             verify-export`` reports it as a failure)
 ├── RotationError             the log's key rotations cannot be followed (a verdict, not a
 │                             problem document: ``audit verify`` reports it as a failure)
 ├── InvalidInputError
@@ -20,6 +22,7 @@ from service.errors import ConflictError, EntenteError, InvalidInputError
 __all__ = [
     "AuditSourceError",
     "BadRequestError",
+    "BundleError",
     "LogInconsistentError",
     "RotationError",
     "WitnessSizeConflictError",
@@ -40,6 +43,16 @@ class AuditSourceError(EntenteError):
     kind = "audit-source"
     status = 502
     title = "Audit log unreadable"
+
+
+class BundleError(EntenteError):
+    """An export bundle (``service.audit.bundle``) does not verify: the message says which line
+    and why (a checkpoint not signed by the log key, an entry not in the signed tree, an entry
+    outside the bundle's filter, a bundle cut short)."""
+
+    kind = "audit-bundle"
+    status = 422
+    title = "Export bundle does not verify"
 
 
 class RotationError(EntenteError):

@@ -8,7 +8,7 @@ signature and cosignature, and checks consistency with the checkpoint it verifie
 of the witnesses themselves, ``GET /witness/v1/checkpoint``, before the log is read). The log's
 keys are followed across rotations from the rotation records in the log, starting from the key
 pinned with ``--fingerprint`` or remembered from last time. It prints one verdict and exits 0
-(verified) or 1.
+(verified) or 1. ``export`` and ``verify-export`` (export bundles) are ``audit_export``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
-import sqlalchemy as sa
 import typer
 from sqlmodel import select
 
@@ -34,15 +33,16 @@ from crypto.errors import CryptoError
 from crypto.keys import VerifyKey, format_fingerprint, normalize_fingerprint
 from crypto.note import SIG_COSIGNATURE_V1, NoteVerifier, open_checkpoint
 from service.audit.checkpoints import latest_checkpoint
-from service.audit.entries import encode_leaf, iter_entries, log_origin, witness_name
+from service.audit.entries import log_origin, witness_name
 from service.audit.errors import AuditSourceError, RotationError
-from service.audit.log import record
 from service.audit.rotations import LogKeys, follow_rotations, log_key
 from service.audit.sources import DatabaseSource, HttpSource, ask_witness
 from service.audit.verify import Remembered, Verdict, verify_log
-from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console, settings_for
-from service.db import Database, open_database
-from service.errors import NotFoundError, UsageError
+from service.cli import audit_export
+from service.cli._audit_common import TokenOpt, UrlOpt, http_client, open_offline
+from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console
+from service.db import Database
+from service.errors import UsageError
 from service.files import write_atomically
 from service.home import open_home
 from service.models import Partner
@@ -50,23 +50,10 @@ from service.models import Partner
 app = typer.Typer(
     help="Verify, export and inspect a node's audit transparency log.", no_args_is_help=True
 )
+app.command("export")(audit_export.export)
+app.command("verify-export")(audit_export.verify_export)
 
-OPERATOR = "admin:cli"
 STATE_VERSION = 1
-
-UrlOpt = Annotated[
-    str | None,
-    typer.Option("--url", help="The node's base URL (read over /audit/v1)", show_default=False),
-]
-TokenOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--token",
-        envvar="ENTENTE_TOKEN",
-        help="An auditor (or admin) bearer token [env: ENTENTE_TOKEN]",
-        show_default=False,
-    ),
-]
 
 
 def default_state_path() -> Path:
@@ -271,28 +258,6 @@ def _print_verdict(verdict: Verdict, *, as_json: bool, source: str, notes: list[
 # Commands
 
 
-def _http_client(url: str, token: str | None) -> httpx.Client:
-    if not url.startswith(("http://", "https://")):
-        raise UsageError("--url must start with http:// or https://")
-    if not token:
-        raise UsageError("reading the audit log needs an auditor token: --token or ENTENTE_TOKEN")
-    return httpx.Client(
-        base_url=url.rstrip("/"),
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=httpx.Timeout(60.0, connect=10.0),
-    )
-
-
-def _open_offline(home: Path | None, database_url: str | None) -> tuple[Path, Database]:
-    settings = settings_for(home, database_url)
-    path = settings.require_home()
-    db = open_database(settings.resolved_database_url(), migrate=False)
-    if not sa.inspect(db.engine).has_table("audit_checkpoints"):
-        db.dispose()
-        raise UsageError("this database has no audit log tables; run `entente db upgrade`")
-    return path, db
-
-
 @app.command("verify")
 def verify(
     url: UrlOpt = None,
@@ -349,7 +314,7 @@ def verify(
     notes: list[str] = []
     trusted = _witness_keys(witness or [])
     if url is not None:
-        client = _http_client(url, token)
+        client = http_client(url, token)
         try:
             descriptor = _descriptor_from_url(client, now)
             listed = _witnesses_from_node(client)
@@ -367,7 +332,7 @@ def verify(
             client.close()
         where = url
     else:
-        path, db = _open_offline(home, database_url)
+        path, db = open_offline(home, database_url)
         try:
             descriptor = _descriptor_from_home(path)
             listed = _witnesses_from_db(db)
@@ -491,68 +456,6 @@ def _witnesses_from_db(db: Database) -> list[tuple[NoteVerifier, str]]:
     ]
 
 
-@app.command("export")
-def export(
-    url: UrlOpt = None,
-    token: TokenOpt = None,
-    home: HomeOpt = None,
-    database_url: DbUrlOpt = None,
-    output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write to FILE instead of stdout")
-    ] = None,
-    start: Annotated[int, typer.Option("--start", min=0, help="First seq to export")] = 0,
-) -> None:
-    """Export the log as JSON Lines: each line is an entry's canonical encoding."""
-    if (url is None) == (home is None and database_url is None):
-        raise UsageError("give either --url URL or --home DIR")
-    sink = output.open("wb") if output is not None else sys.stdout.buffer
-    count = 0
-    try:
-        if url is not None:
-            client = _http_client(url, token)
-            try:
-                with client.stream("GET", "/audit/v1/export", params={"start": start}) as resp:
-                    if resp.status_code != 200:
-                        resp.read()
-                        raise AuditSourceError(
-                            f"the export answered {resp.status_code}: {resp.text[:300]}"
-                        )
-                    for chunk in resp.iter_bytes():
-                        sink.write(chunk)
-                        count += chunk.count(b"\n")
-            except httpx.HTTPError as exc:
-                raise AuditSourceError(f"the export failed: {type(exc).__name__}") from None
-            finally:
-                client.close()
-        else:
-            _path, db = _open_offline(home, database_url)
-            try:
-                with db.session() as session:
-                    try:
-                        size = latest_checkpoint(session).size
-                    except NotFoundError:
-                        size = 0
-                    record(
-                        session,
-                        kind="audit.exported",
-                        actor=OPERATOR,
-                        detail={"start": start, "size": size, "via": "cli"},
-                        now=datetime.now(UTC),
-                    )
-                for obj in iter_entries(db.session, after=start - 1, size=size):
-                    sink.write(encode_leaf(obj) + b"\n")
-                    count += 1
-            finally:
-                db.dispose()
-    finally:
-        if output is not None:
-            sink.close()
-        else:
-            sink.flush()
-    if output is not None:
-        err_console.print(f"exported {count} entries to {output}")
-
-
 @app.command("checkpoint")
 def checkpoint(
     url: UrlOpt = None,
@@ -564,13 +467,13 @@ def checkpoint(
     if (url is None) == (home is None and database_url is None):
         raise UsageError("give either --url URL or --home DIR")
     if url is not None:
-        client = _http_client(url, token)
+        client = http_client(url, token)
         try:
             note = HttpSource(client)._get("/audit/v1/checkpoint").content
         finally:
             client.close()
     else:
-        path, db = _open_offline(home, database_url)
+        path, db = open_offline(home, database_url)
         try:
             with db.session() as session:
                 note = latest_checkpoint(session).note

@@ -45,6 +45,7 @@ __all__ = [
     "b64",
     "entry_view",
     "log_status",
+    "midnight",
     "parse_seq",
     "partner_ids",
     "partner_views",
@@ -148,9 +149,9 @@ class AuditFilter:
     def apply(self, query: Any) -> Any:
         c = _entries.c
         if self.since is not None:
-            query = query.where(c.created_at >= _midnight(self.since))
+            query = query.where(c.created_at >= midnight(self.since))
         if self.until is not None:
-            query = query.where(c.created_at < _midnight(self.until) + timedelta(days=1))
+            query = query.where(c.created_at < midnight(self.until) + timedelta(days=1))
         if self.kind is not None:
             query = query.where(c.kind == self.kind)
         if self.actor is not None:
@@ -164,7 +165,7 @@ class AuditFilter:
         return query
 
 
-def _midnight(day: date) -> datetime:
+def midnight(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 

@@ -8,6 +8,7 @@ Pages (auditor or admin, signed in with a bearer token; see ``_auth`` and ``_ses
 * ``/ui/audit/{seq}``: one entry with its fields, inclusion proof and checkpoint with
   cosignatures, verified in the browser by ``static/verify.js`` (an audited read);
 * ``/ui/policies``: each partner's active policy for a policy officer, and the explain form;
+* ``/ui/artifacts/{id}``, ``/ui/witness``, ``/ui/export``: the auditor's views (``_auditor``);
 * ``/ui/login``, ``/ui/logout``; ``/ui/static/{console.css,verify.js}``.
 
 Pages work without JavaScript; only the verification panel needs it. Routers parse, call the
@@ -39,6 +40,8 @@ from policies import (
 from policies import Request as PolicyRequest
 from service.audit.entries import ENTRY_FIELDS
 from service.audit.log import EVENT_KINDS, record
+from service.console._auditor import export_link
+from service.console._auditor import router as auditor_router
 from service.console._auth import (
     CONSOLE_ROLES,
     ConsoleUser,
@@ -282,6 +285,7 @@ def audit_log(request: Request, node: NodeDep, user: ConsoleUser) -> HTMLRespons
         page = audit_page(session, flt, before=before, after=after, limit=limit)
         partners = partner_ids(session)
         status = log_status(node, session)
+        export = export_link(session, flt)
         record(
             session,
             kind="audit.read",
@@ -309,6 +313,7 @@ def audit_log(request: Request, node: NodeDep, user: ConsoleUser) -> HTMLRespons
         partners=partners,
         log=status,
         filtered=bool(flt.as_params()),
+        export=export,
     )
 
 
@@ -453,6 +458,9 @@ def static(name: str, request: Request) -> Response:
     if asset is None:
         raise NotFoundError("no such console file", quiet=True)  # a scan, not a refusal
     return asset.response(request)
+
+
+router.include_router(auditor_router)  # /ui/artifacts/{id}, /ui/witness, /ui/export
 
 
 @router.get("/{rest:path}")

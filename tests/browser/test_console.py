@@ -4,8 +4,10 @@ Three ``entente serve`` processes (tests/nodes.py) share a finding, refuse anoth
 and cosign each other's audit checkpoints. Chromium (Debian's, driven by Playwright) then signs in,
 filters the audit log, opens an entry and waits for its own verification of the inclusion proof
 and the checkpoint's signatures, sees an entry tampered with in the database reported as FAILED,
-sees a reader's token refused, and signs out. Every request a page makes is recorded and must go
-to the node; any Content-Security-Policy violation fails the test. Screenshots of each page are
+sees a reader's token refused, and signs out; it also opens the shared finding's own page (its
+life in log order, the partner's receipt verified), downloads its export bundle and checks it.
+Every request a page makes is recorded and must go to the node; any Content-Security-Policy
+violation fails the test. Screenshots of each page are
 written to ``test-output/browser/`` at the repository root.
 """
 
@@ -19,6 +21,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,8 +29,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from crypto.descriptor import verify_descriptor
+from crypto.dsse import Envelope
 from crypto.merkle import leaf_hash
-from service.audit.entries import encode_leaf
+from crypto.note import NoteVerifier
+from service.audit.bundle import verify_bundle
+from service.audit.entries import encode_leaf, log_origin
+from service.audit.rotations import log_key
 from tests.nodes import Federation, start_federation
 from tests.support import ROOT, require, vectors_dir
 
@@ -110,7 +118,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
             r = httpx.get(
                 f"{uk.url}/v1/artifacts/{art}", headers=federation.auth("uk-aisi", "admin")
             )
-            return r.json()["deliveries"][0]["state"] == "delivered"
+            return bool(r.json()["deliveries"][0]["state"] == "delivered")
 
         wait_for(delivered, what="delivery to us-aisi")
         read = httpx.get(
@@ -458,4 +466,49 @@ def test_verifier_module_matches_the_vectors_and_the_node(session: Session) -> N
     assert got["signed"] is True and got["forged"] is False
     expected = [base64.b64encode(leaf_hash(encode_leaf(e))).decode() for e in entries]
     assert got["leaves"] == expected
+    session.assert_only_the_node_was_asked()
+
+
+def test_artifact_page_shows_its_life_in_order(session: Session, fed: Federation) -> None:
+    """From the audit table to the shared finding's page: share, delivery and the partner's
+    receipt in log order, the receipt verified, each entry one click from its proof; then the
+    witness evidence page, and the artifact's export bundle downloaded and checked offline."""
+    page = session.page
+    session.login(fed.tokens["uk-aisi"]["auditor"])
+    session.go("/ui/audit?kind=share.allowed")
+    page.get_by_role("link", name="Life of artifact").first.click()
+    page.wait_for_load_state()
+    assert "/ui/artifacts/" in page.url
+    art = page.url.rsplit("/", 1)[1]
+    assert page.get_by_role("heading", name=f"Artifact {art}", level=1).is_visible()
+    life = page.get_by_role("region", name="Life of the artifact")
+    kinds = life.locator("tbody tr").evaluate_all("rows => rows.map(r => r.dataset.kind)")
+    assert kinds[:3] == ["share.allowed", "delivery.sent", "receipt.recorded"], kinds
+    seqs = [int(s) for s in life.locator("tbody th a").all_inner_texts()]
+    assert seqs == sorted(seqs) and len(seqs) == len(kinds)
+    assert "Joint evaluation of model X <b>not bold</b>" in page.locator("h2").first.inner_text()
+    signed = page.get_by_role("region", name="Signed receipts and statements")
+    receipt = signed.locator("tbody tr").filter(has_text="delivery receipt").first
+    assert "us-aisi" in receipt.inner_text() and "verified" in receipt.inner_text()
+    assert "not verified" not in receipt.inner_text()
+    session.assert_labelled()
+    session.shot("10-artifact-life")
+
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download these entries as an export bundle").click()
+    bundle = Path(download.value.path()).read_bytes().splitlines()
+    descriptor = httpx.get(f"{session.base}/.well-known/entente.json").content
+    desc = verify_descriptor(Envelope.from_bytes(descriptor), now=datetime.now(UTC))
+    verdict = verify_bundle(bundle, log=NoteVerifier(log_origin(desc.node_id), log_key(desc)))
+    assert verdict.filter.artifact == art and verdict.count == len(kinds)
+
+    life.get_by_role("link", name=f"Entry {seqs[1]}: delivery.sent, with its proof").click()
+    page.locator("#verify-result[data-state=verified]").wait_for(timeout=15_000)
+    assert page.url.endswith(f"/ui/audit/{seqs[1]}")
+
+    session.nav("Witness evidence")
+    assert page.get_by_role("heading", name="Witness evidence", level=1).is_visible()
+    logs = page.get_by_role("region", name="Partners' logs witnessed")
+    assert logs.get_by_text("entente.dev/audit/us-aisi").is_visible()
+    session.shot("11-witness-evidence")
     session.assert_only_the_node_was_asked()

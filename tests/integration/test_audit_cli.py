@@ -102,10 +102,19 @@ def test_export_and_checkpoint_commands(fed: Federation, tmp_path: Path) -> None
     us = fed.nodes["us-aisi"]
     env = base_env(ENTENTE_TOKEN=fed.tokens["us-aisi"]["auditor"])
     out = tmp_path / "us.jsonl"
-    exported = run_cli("audit", "export", "--url", us.url, "-o", str(out), env=env)
+    exported = run_cli("audit", "export", "--url", us.url, "--raw", "-o", str(out), env=env)
     assert exported.returncode == 0, exported.stderr
     lines = out.read_bytes().splitlines()
     assert lines and [json.loads(line)["seq"] for line in lines] == list(range(len(lines)))
+    # A bundle of the same log over the API, checked with the node's descriptor alone.
+    bundle = tmp_path / "us-bundle.jsonl"
+    done = run_cli("audit", "export", "--url", us.url, "--to", "1", "-o", str(bundle), env=env)
+    assert done.returncode == 0, done.stderr
+    descriptor = tmp_path / "us-descriptor.json"
+    descriptor.write_bytes(httpx.get(f"{us.url}/.well-known/entente.json").content)
+    checked = run_cli("audit", "verify-export", str(bundle), "--descriptor", str(descriptor))
+    assert checked.returncode == 0, checked.stdout
+    assert "every entry from 0 to 1 is present" in checked.stdout
     note = run_cli("audit", "checkpoint", "--url", us.url, env=env)
     assert note.returncode == 0, note.stderr
     assert note.stdout.startswith("entente.dev/audit/us-aisi\n")

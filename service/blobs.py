@@ -15,7 +15,14 @@ row never refers to a blob that a crash could take back, and a placed blob whose
 committed is an orphan that the start-up sweep removes.
 
 :class:`BlobStore` is the interface; :class:`FileBlobStore` implements it on a folder, which several
-replicas may share. An S3-compatible store can implement the same interface.
+replicas may share; ``service.blobs_s3.S3BlobStore`` on an S3-compatible object store.
+
+A store may be given a :class:`BlobJournal` (``service.blob_journal``: a database table of blobs
+in flight). Before a blob appears under its content address the store records its digest there,
+and when it deletes a blob it forgets it: so a crash between placing a blob and committing the
+row that refers to it leaves a journal entry, and the start-up sweep checks those entries
+instead of walking the whole store. The rows that make a blob referenced remove its entry in
+their own transaction (``service.commits``).
 """
 
 from __future__ import annotations
@@ -27,14 +34,14 @@ import re
 import secrets
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from service.errors import NotFoundError
 
-__all__ = ["BlobStore", "BlobWriter", "FileBlobStore"]
+__all__ = ["BlobJournal", "BlobStore", "BlobWriter", "FileBlobStore", "NoJournal"]
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 READ_CHUNK = 1 << 20  # bytes
@@ -59,6 +66,24 @@ class BlobStore(Protocol):
     def delete(self, digest: str) -> None: ...
     def size(self, digest: str) -> int: ...
     def iter_digests(self) -> Iterator[str]: ...
+    def clean_temporary(self, older_than_seconds: float = 3600.0) -> int: ...
+
+
+class BlobJournal(Protocol):
+    """Blobs in flight: recorded durably before a blob is placed, forgotten once deleted."""
+
+    def intend(self, digest: str, /) -> None: ...
+    def forget(self, digests: Sequence[str], /) -> None: ...
+
+
+class NoJournal:
+    """A store without a journal (tools and tests that own the whole store): records nothing."""
+
+    def intend(self, digest: str, /) -> None:
+        return None
+
+    def forget(self, digests: Sequence[str], /) -> None:
+        return None
 
 
 def _fsync_path(path: Path, *, folder: bool = False) -> None:
@@ -142,6 +167,7 @@ class _FileBlobWriter:
         self._fh.close()
         self._fh = None
         digest = self._hash.hexdigest()
+        self._store.journal.intend(digest)  # before it can appear under its address
         final = self._store.path_for(digest)
         created = self._store.ensure_dir(final.parent)
         try:
@@ -167,8 +193,16 @@ class _FileBlobWriter:
 class FileBlobStore:
     """Blobs in a folder: ``<root>/<aa>/<bb>/<sha256>``; temporary files under ``<root>/tmp``."""
 
-    def __init__(self, root: Path, *, fsync_threads: int = 8, syncfs: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        fsync_threads: int = 8,
+        syncfs: bool = True,
+        journal: BlobJournal | None = None,
+    ) -> None:
         self.root = root
+        self.journal: BlobJournal = journal if journal is not None else NoJournal()
         self._syncfs = _SYNCFS if syncfs else None  # else an fsync per blob and folder
         (root / "tmp").mkdir(parents=True, exist_ok=True, mode=0o700)
         self._made: set[Path] = set()
@@ -258,6 +292,7 @@ class FileBlobStore:
         path.unlink(missing_ok=True)
         with self._lock:
             self._files.discard(path)
+        self.journal.forget([digest])
 
     def iter_digests(self) -> Iterator[str]:
         for path in self.root.glob("??/??/*"):

@@ -13,10 +13,13 @@ and hands the lead to the next caller in line. Every caller returns only once it
 committed, or raises what its own rows raised: when a group's transaction fails, its writes are
 retried one at a time, each in its own transaction, so one bad write cannot fail another.
 ``prepare`` runs before a group's transaction (once for the group: making the blobs its rows
-refer to durable), ``before_commit`` inside it (the crash-test fault points use it).
+refer to durable), ``before_commit`` inside it (the crash-test fault points use it). ``deletes``
+removes rows by one column's values in the same transaction, after the inserts: the journal
+entries of the blobs the inserted rows now refer to (``service.blob_journal``).
 
-What it does not do: reads, updates, or anything that must see the rows of another write in
-the same group; rows of one write go to the tables in the order the write lists them.
+What it does not do: reads, updates, deletes by more than one column, or anything that must
+see the rows of another write in the same group; rows of one write go to the tables in the
+order the write lists them.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class _Write:
     rows: Rows
     before_commit: Callable[[], None] | None
     prepare: Callable[[], None] | None
+    deletes: Mapping[sa.Column[Any], Sequence[Any]] | None = None
     wake: threading.Event = field(default_factory=threading.Event)
     finished: bool = False
     error: BaseException | None = None
@@ -64,6 +68,7 @@ class GroupCommit:
         *,
         prepare: Callable[[], None] | None = None,
         before_commit: Callable[[], None] | None = None,
+        deletes: Mapping[sa.Column[Any], Sequence[Any]] | None = None,
     ) -> None:
         """Insert ``rows`` (table -> rows) and commit, together with whatever other threads
         are writing at the same time; raises if these rows were not committed.
@@ -71,7 +76,7 @@ class GroupCommit:
         ``prepare`` runs before the transaction begins, once per group however many of its
         writes name it (equal callables): the blob store's ``sync_placed``, so that one sync
         makes the blobs of the whole group durable before the rows that refer to them."""
-        write = _Write(rows, before_commit, prepare)
+        write = _Write(rows, before_commit, prepare, deletes)
         with self._lock:
             self._queue.append(write)
             lead = not self._leading
@@ -129,6 +134,13 @@ class GroupCommit:
             for table, rows in tables.items():
                 if rows:
                     conn.execute(_insert(table), rows)
+            doomed: dict[sa.Column[Any], list[Any]] = {}
+            for write in group:
+                for column, values in (write.deletes or {}).items():
+                    doomed.setdefault(column, []).extend(values)
+            for column, values in doomed.items():
+                if values:
+                    conn.execute(sa.delete(column.table).where(column.in_(values)))
             for write in group:
                 if write.before_commit is not None:
                     write.before_commit()

@@ -20,6 +20,8 @@ one place (``service/api/problems.py``); the CLI prints the message on one line 
     ├── RateLimitedError      a rate or volume limit was hit (HTTP 429)
     ├── RequestTimeoutError   the request body stalled past its idle limit (HTTP 408)
     ├── BusyError             too many requests of one caller in flight (HTTP 503)
+    ├── BlobStoreError        the blob store (an S3-compatible object store) could not be
+    │                         reached or refused a request (HTTP 503)
     ├── RemoteError           the node a CLI command talks to refused it or could not be reached
     ├── DemoError             the demo federation could not be set up or run
     ├── NodeProcessError      a node process on loopback (service/localnet.py) did not start
@@ -54,6 +56,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AuthError",
+    "BlobStoreError",
     "BusyError",
     "ConflictError",
     "DatabaseError",
@@ -184,6 +187,15 @@ class BusyError(EntenteError):
     kind = "busy"
     status = 503
     title = "Too many requests in flight"
+
+
+class BlobStoreError(EntenteError):
+    """The blob store could not be reached or refused a request (an object store that is down,
+    a bucket that is missing, credentials it does not accept). Retrying later may succeed."""
+
+    kind = "blob-store"
+    status = 503
+    title = "Blob store unavailable"
 
 
 class PartnerUnavailableError(EntenteError):

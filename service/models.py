@@ -16,6 +16,7 @@ __all__ = [
     "Approval",
     "Artifact",
     "AuditEntry",
+    "BlobInFlight",
     "Outbox",
     "Partner",
     "PartnerKey",
@@ -307,3 +308,23 @@ class Approval(SQLModel, table=True):
     decided_by: str | None = Field(default=None, max_length=300)
     decided_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
     reason: str | None = Field(default=None, max_length=500)
+
+
+class BlobInFlight(SQLModel, table=True):
+    """A blob on its way into the store, or out of it (``service/blob_journal.py``).
+
+    Written (and committed) before a blob appears under its content address; deleted in the
+    transaction of the row that comes to refer to it, or once the blob is deleted. A row older
+    than the grace period names a blob the start-up sweep checks: kept if a row refers to it,
+    deleted otherwise. A deletion that must survive a crash (retention, revocation, a rejected
+    approval) writes one in the transaction that stops referring to the blob.
+    """
+
+    __tablename__ = "blobs_in_flight"
+
+    id: int | None = Field(
+        default=None,
+        sa_column=sa.Column(_BIGINT_PK, primary_key=True, autoincrement=True),
+    )
+    digest: str = Field(max_length=64, index=True)
+    since: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False, index=True))

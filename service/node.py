@@ -11,14 +11,15 @@ from datetime import UTC, datetime
 
 from crypto.dsse import Envelope
 from service.agreements import AgreementKeys
-from service.blobs import FileBlobStore
+from service.blob_journal import DbBlobJournal
+from service.blobs import BlobStore, FileBlobStore
 from service.db import Database, open_database
 from service.home import Home, NodeKeys, open_home
 from service.metrics import Metrics
 from service.policy_store import PolicyStore
 from service.settings import Settings
 
-__all__ = ["Clock", "Node", "load_node", "system_clock"]
+__all__ = ["Clock", "Node", "load_node", "open_blob_store", "system_clock"]
 
 Clock = Callable[[], datetime]
 
@@ -33,7 +34,7 @@ class Node:
     home: Home
     keys: NodeKeys
     db: Database
-    blobs: FileBlobStore
+    blobs: BlobStore
     policies: PolicyStore
     clock: Clock = field(default=system_clock)
     metrics: Metrics = field(default_factory=Metrics)
@@ -49,16 +50,28 @@ class Node:
         return self.clock()
 
 
+def open_blob_store(settings: Settings, db: Database) -> BlobStore:
+    """The blob store the settings name (``ENTENTE_BLOB_URL``: an S3-compatible object store;
+    unset, the folder ``ENTENTE_BLOB_DIR``), journaling its blobs in flight in ``db``."""
+    journal = DbBlobJournal(db)
+    if settings.blob_location() is not None:
+        from service.blobs_s3 import S3BlobStore  # boto3 is imported only when it is used
+
+        return S3BlobStore.from_settings(settings, journal=journal)
+    return FileBlobStore(
+        settings.resolved_blob_dir(),
+        fsync_threads=settings.blob_fsync_threads,
+        syncfs=settings.blob_syncfs,
+        journal=journal,
+    )
+
+
 def load_node(settings: Settings, *, migrate: bool = True) -> Node:
     """Open the home, unlock its keys, open (and migrate) the database, hold the policy set."""
     home = open_home(settings.require_home())
     keys = home.unlock(settings)
     db = open_database(settings.resolved_database_url(), migrate=migrate)
-    blobs = FileBlobStore(
-        settings.resolved_blob_dir(),
-        fsync_threads=settings.blob_fsync_threads,
-        syncfs=settings.blob_syncfs,
-    )
+    blobs = open_blob_store(settings, db)
     agreements = AgreementKeys(
         home.node_id, keys.keysets, db, require_signed=settings.signed_agreements_required
     )

@@ -7,8 +7,9 @@ Secrets are ``SecretStr`` so they never show in logs or reprs.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, NonNegativeInt, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -18,6 +19,12 @@ from service.errors import UsageError
 
 __all__ = ["Settings"]
 
+# s3://bucket[/prefix]: a DNS-style bucket name, and a prefix of plain path segments
+_S3_URL = re.compile(
+    r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
+    r"(/(?!\.{1,2}(/|$))[A-Za-z0-9._-]+)*/?$"
+)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ENTENTE_", extra="ignore", frozen=True)
@@ -25,6 +32,18 @@ class Settings(BaseSettings):
     home: Path | None = None
     database_url: str | None = None  # default: sqlite:///<home>/entente.db (WAL)
     blob_dir: Path | None = None  # default: <home>/blobs
+    # Where ciphertext blobs live: unset, the folder above; ``s3://bucket/prefix``, an
+    # S3-compatible object store (service/blobs_s3.py, docs/object-store.md)
+    blob_url: str | None = None
+    # The object store's endpoint, region and credentials; unset, boto3's usual sources
+    # (AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ...)
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"  # path: SeaweedFS, MinIO
+    s3_part_bytes: int = Field(default=8 << 20, ge=5 << 20, le=1 << 30)  # bytes per part of a
+    # multipart upload, also the most one upload holds in memory (S3's minimum is 5 MiB)
     passphrase: SecretStr | None = None  # unlocks the key files; a prompt on a TTY otherwise
     passphrase_file: Path | None = None  # or read it from this file (e.g. a mounted secret)
     insecure_no_passphrase: bool = False  # demos only: key files are stored unencrypted
@@ -113,6 +132,25 @@ class Settings(BaseSettings):
 
     # Surface
     docs_enabled: bool = False  # /docs and /redoc (they load scripts from outside CDNs)
+
+    @field_validator("blob_url")
+    @classmethod
+    def _blob_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if _S3_URL.match(value) is None:
+            raise ValueError(
+                "expected s3://bucket or s3://bucket/prefix (bucket: 3-63 of a-z 0-9 . -; "
+                "prefix: A-Z a-z 0-9 . _ - / without empty, . or .. segments)"
+            )
+        return value.rstrip("/")
+
+    def blob_location(self) -> tuple[str, str] | None:
+        """``(bucket, prefix)`` of the S3 blob store, or None for the folder store."""
+        if self.blob_url is None:
+            return None
+        bucket, _, prefix = self.blob_url.removeprefix("s3://").partition("/")
+        return bucket, prefix
 
     @field_validator("two_person_tlp", mode="before")
     @classmethod

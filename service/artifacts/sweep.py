@@ -1,16 +1,28 @@
 """Start-up housekeeping of the blob store: after a crash, remove what no transaction owns.
 
-A share or a delivery commits its blob first and its database row second. A process that dies
-between the two (or while still writing) leaves:
+A share or a delivery places its blob first and commits its database row second. A process that
+dies between the two (or while still writing) leaves:
 
-- a temporary file under ``<blobs>/tmp`` (a write that never finished), or
-- a content-addressed blob that no artifact row refers to (the transaction never committed),
-  nor a share waiting for its second approver (``service.artifacts.approvals``).
+- a temporary file under ``<blobs>/tmp`` (or a temporary object or multipart upload under
+  ``<prefix>/tmp/`` in an object store): a write that never finished, or
+- a blob under its content address that no artifact row refers to (the transaction never
+  committed), nor a share waiting for its second approver (``service.artifacts.approvals``).
 
-:func:`sweep` removes both once they are older than ``blob_orphan_grace_seconds``: younger ones
-may be another replica's writes in flight, whose rows are a moment away. It never deletes a
-blob an artifact row refers to, and it never "repairs" a row whose blob is missing: that is
-counted and logged as an error for the operator, since no sweep can bring the ciphertext back.
+The second kind is found without walking the store: every blob is journaled before it is placed
+(``service.blob_journal``), and the journal row goes away in the transaction that makes the blob
+referenced, or when the blob is deleted. :func:`sweep` reads only the journal rows older than
+``blob_orphan_grace_seconds`` (younger ones may be another replica's writes in flight, whose rows
+are a moment away) and, for each digest:
+
+- referenced by an artifact or a pending approval: the row is dropped (the crash came after the
+  commit); if the store lacks the blob it is counted and logged as an error for the operator,
+  since no sweep can bring the ciphertext back, and the row is never "repaired";
+- journaled again more recently (a new write of the same bytes in flight): the old row is
+  dropped, the blob kept;
+- otherwise the blob is deleted (after a last look for a referring row) with its rows.
+
+Its store calls are one cleaning of the temporary area and, per old journal row, at most one
+existence check or one deletion: the cost follows the crashes, not the size of the store.
 
 The app runs it once at start, in the background (:func:`sweep_in_background`): the node answers
 at once, and the grace period keeps the sweep away from anything written since.
@@ -20,78 +32,88 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from itertools import islice
+from datetime import UTC, datetime
 
-from sqlmodel import col, select
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
 
-from service.models import Approval, Artifact
+from service.blob_journal import IN_FLIGHT
+from service.models import Approval, Artifact, BlobInFlight
 from service.node import Node
 
 __all__ = ["SweepReport", "sweep", "sweep_in_background"]
 
 log = logging.getLogger("entente.maintenance")
-_BATCH = 500  # digests looked up per query
+_BATCH = 500  # journal rows per round
 
 
 @dataclass(frozen=True)
 class SweepReport:
     temporary_removed: int
     orphans_removed: int
-    missing_blobs: int  # artifact rows whose ciphertext is not in the store
+    missing_blobs: int  # journaled blobs an artifact row refers to that are not in the store
+    settled: int = 0  # journal rows of blobs whose rows had committed (dropped, blob kept)
 
 
-def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    it = iter(items)
-    while batch := list(islice(it, size)):
-        yield batch
+def _referenced(session: Session, digests: Collection[str]) -> set[str | None]:
+    """The digests an artifact row or a pending approval refers to."""
+    wanted = list(digests)
+    artifacts = session.exec(select(Artifact.blob).where(col(Artifact.blob).in_(wanted)))
+    pending = session.exec(  # a share waiting for its second approver (artifacts.approvals)
+        select(Approval.blob).where(col(Approval.blob).in_(wanted), Approval.state == "pending")
+    )
+    return set(artifacts.all()) | set(pending.all())
 
 
 def sweep(node: Node, *, clock: Callable[[], float] = time.time) -> SweepReport:
-    """Remove abandoned temporary files and unreferenced blobs older than the grace period."""
+    """Remove abandoned temporary files and the unreferenced blobs of journal rows older than
+    the grace period; never lists the blobs of the store."""
     grace = node.settings.blob_orphan_grace_seconds
     store = node.blobs
     temporary = store.clean_temporary(older_than_seconds=grace)
-    cutoff = clock() - grace
-    orphans = 0
-    for batch in _batches(store.iter_digests(), _BATCH):
+    cutoff = datetime.fromtimestamp(clock() - grace, UTC)
+    orphans = missing = settled = 0
+    after = 0
+    while True:
         with node.db.session() as session:
-            referenced = set(
-                session.exec(select(Artifact.blob).where(col(Artifact.blob).in_(batch)))
-            ) | set(  # a share waiting for its second approver (service.artifacts.approvals)
+            batch = session.exec(
+                select(BlobInFlight)
+                .where(col(BlobInFlight.since) <= cutoff, col(BlobInFlight.id) > after)
+                .order_by(col(BlobInFlight.id))
+                .limit(_BATCH)
+            ).all()
+            if not batch:
+                break
+            after = batch[-1].id or after
+            rows: dict[str, list[int]] = {}
+            for row in batch:
+                rows.setdefault(row.digest, []).append(row.id or 0)
+            referenced = _referenced(session, rows)
+            young = set(
                 session.exec(
-                    select(Approval.blob).where(
-                        col(Approval.blob).in_(batch), Approval.state == "pending"
+                    select(BlobInFlight.digest).where(
+                        col(BlobInFlight.digest).in_(list(rows)), col(BlobInFlight.since) > cutoff
                     )
-                )
+                ).all()
             )
-        for digest in batch:
-            if digest in referenced:
-                continue
-            path = store.path_for(digest)
-            try:
-                if path.stat().st_mtime > cutoff:
-                    continue  # young: possibly in flight
-            except FileNotFoundError:
-                continue
-            # Re-check under the same rule right before deleting: a row may have just committed.
-            with node.db.session() as session:
-                if session.exec(select(Artifact.id).where(Artifact.blob == digest)).first():
-                    continue
-                if session.exec(
-                    select(Approval.id).where(Approval.blob == digest, Approval.state == "pending")
-                ).first():
-                    continue
-            store.delete(digest)
-            orphans += 1
-    missing = 0
-    with node.db.session() as session:
-        stored = session.exec(select(Artifact.blob).where(col(Artifact.blob).is_not(None)))
-        for blob in stored:
-            if blob is not None and not store.exists(blob):
-                missing += 1
-    report = SweepReport(temporary, orphans, missing)
+        for digest, ids in rows.items():
+            if digest in referenced or digest in young:
+                if digest in referenced and not store.exists(digest):
+                    missing += 1
+                settled += 1
+            else:
+                # Re-check right before deleting: a row may have just committed.
+                with node.db.session() as session:
+                    if _referenced(session, [digest]):
+                        settled += 1
+                        _drop(node, ids)
+                        continue
+                store.delete(digest)
+                orphans += 1
+            _drop(node, ids)
+    report = SweepReport(temporary, orphans, missing, settled)
     if temporary or orphans:
         log.warning(
             "blob store sweep: removed %d abandoned temporary file(s) and %d orphaned blob(s)",
@@ -101,6 +123,11 @@ def sweep(node: Node, *, clock: Callable[[], float] = time.time) -> SweepReport:
     if missing:
         log.error("blob store sweep: %d artifact(s) have no ciphertext in the store", missing)
     return report
+
+
+def _drop(node: Node, ids: list[int]) -> None:
+    with node.db.engine.begin() as conn:
+        conn.execute(sa.delete(IN_FLIGHT).where(IN_FLIGHT.c.id.in_(ids)))
 
 
 async def sweep_in_background(node: Node) -> SweepReport | None:

@@ -25,6 +25,7 @@ from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.receipt import Receipt, sign_receipt, verify_receipt
 from service.audit.log import record
+from service.blob_journal import record_deletions
 from service.errors import InvalidInputError
 from service.federation.settle import receipt_keys
 from service.models import Artifact, Outbox, ReceivedNotice
@@ -107,6 +108,7 @@ def _accept(
         artifact = session.get(Artifact, (artifact_id[:64], origin))
         if kind == "revocation":
             blobs = _revocation(session, node, sender, artifact, artifact_id, data, now)
+            record_deletions(session, blobs)  # deleted after the commit; journaled till then
         elif kind == "deletion":
             _deletion(session, node, sender, artifact, artifact_id, data, now)
         else:

@@ -55,6 +55,7 @@ from service.artifacts.rows import artifact_row
 from service.artifacts.sealing import sealing_of
 from service.audit.log import AUDIT_TABLE, audit_row
 from service.audit.refusals import mark_audited
+from service.blob_journal import SETTLE
 from service.blobs import BlobWriter
 from service.commits import group_commit
 from service.errors import (
@@ -306,7 +307,9 @@ class Receiver:
         events = [self._accepted_event(item.checked, now) for item in staged]
         try:
             group_commit(node.db).write(
-                {_ARTIFACTS: rows, AUDIT_TABLE: events}, prepare=node.blobs.sync_placed
+                {_ARTIFACTS: rows, AUDIT_TABLE: events},
+                prepare=node.blobs.sync_placed,
+                deletes={SETTLE: [row["blob"] for row in rows]},  # referenced from now on
             )
         except IntegrityError:
             # Someone stored one of them first (a push and a pull racing): one at a time.
@@ -338,7 +341,9 @@ class Receiver:
     def _commit_one(self, item: _Staged, row: dict[str, Any], event: dict[str, Any]) -> Received:
         try:
             group_commit(self.node.db).write(
-                {_ARTIFACTS: [row], AUDIT_TABLE: [event]}, prepare=self.node.blobs.sync_placed
+                {_ARTIFACTS: [row], AUDIT_TABLE: [event]},
+                prepare=self.node.blobs.sync_placed,
+                deletes={SETTLE: [row["blob"]]},
             )
         except IntegrityError:
             with self.node.db.session() as session:

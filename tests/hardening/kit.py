@@ -22,7 +22,14 @@ from service.models import Artifact
 from service.node import Node
 from service.tokens import Role
 from tests.conftest import PG_ADMIN_URL, _pg_ok
-from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
+from tests.service.nodekit import (
+    UPLOAD_HEADERS,
+    Kit,
+    folder_store,
+    make_node,
+    pin,
+    upload_body,
+)
 from tests.support import require
 
 DELIVERY_TYPE = "application/vnd.entente.delivery"
@@ -178,7 +185,7 @@ def snapshot(node: Node) -> Snapshot:
                 continue
             rows[name] = sorted((tuple(r) for r in conn.execute(sa.select(table))), key=repr)
         audit = conn.execute(sa.text("SELECT count(*) FROM audit_entries")).scalar_one()
-    root = node.blobs.root
+    root = folder_store(node).root
     return Snapshot(
         rows,
         int(audit),

@@ -14,10 +14,9 @@ import sqlalchemy as sa
 from service.audit.entries import log_signer
 from service.audit.log import record
 from service.audit.sequencer import SequenceResult, sequence
-from service.blobs import FileBlobStore
 from service.db import open_database
 from service.home import create_home
-from service.node import Node
+from service.node import Node, open_blob_store
 from service.partners import add_partner
 from service.policy_store import PolicyStore
 from service.settings import Settings
@@ -64,7 +63,7 @@ def make_node(root: Path, node_id: str, db_url: str, clock: Clock | None = None)
         home=home,
         keys=keys,
         db=db,
-        blobs=FileBlobStore(settings.resolved_blob_dir()),
+        blobs=open_blob_store(settings, db),
         policies=policies,
         clock=clock or Clock(),
     )

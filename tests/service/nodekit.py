@@ -15,7 +15,7 @@ from service.app import create_app
 from service.blobs import FileBlobStore
 from service.db import open_database
 from service.home import create_home
-from service.node import Node
+from service.node import Node, open_blob_store
 from service.partners import add_partner
 from service.policy_store import PolicyStore
 from service.settings import Settings
@@ -79,7 +79,7 @@ def make_node(
         home=home,
         keys=keys,
         db=db,
-        blobs=FileBlobStore(base.resolved_blob_dir()),
+        blobs=open_blob_store(base, db),
         policies=store,
     )
     CREATED.append(node)
@@ -121,3 +121,9 @@ def upload_body(metadata: str | bytes, content: bytes, boundary: str = "entente-
 
 
 UPLOAD_HEADERS = {"Content-Type": "multipart/form-data; boundary=entente-test"}
+
+
+def folder_store(node: Node) -> FileBlobStore:
+    """``node``'s blob store, which these tests build on a folder (for the file-level checks)."""
+    assert isinstance(node.blobs, FileBlobStore)
+    return node.blobs

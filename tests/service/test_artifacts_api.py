@@ -11,7 +11,14 @@ from sqlmodel import func, select
 
 from service.models import Artifact, AuditEntry, Outbox
 from service.tokens import Role
-from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
+from tests.service.nodekit import (
+    UPLOAD_HEADERS,
+    Kit,
+    folder_store,
+    make_node,
+    pin,
+    upload_body,
+)
 
 
 @pytest.fixture
@@ -153,7 +160,7 @@ async def test_upload_over_the_limit_leaves_nothing(tmp_path: Path) -> None:
     assert r.status_code == 413
     assert _count(kit, Artifact) == 0
     assert _blobs(kit) == []
-    assert list((kit.node.blobs.root / "tmp").iterdir()) == []
+    assert list((folder_store(kit.node).root / "tmp").iterdir()) == []
 
 
 async def test_pagination_and_filters(uk: Kit) -> None:
@@ -203,7 +210,7 @@ async def test_stored_ciphertext_failing_verification_is_a_502_problem(uk: Kit) 
         art = r.json()
         with uk.node.db.session() as s:
             row = s.exec(select(Artifact).where(Artifact.id == art["id"])).one()
-        path = uk.node.blobs.path_for(row.blob or "")
+        path = folder_store(uk.node).path_for(row.blob or "")
         data = bytearray(path.read_bytes())
         data[-40] ^= 0x01  # inside the last (here the only) STREAM chunk
         path.chmod(0o600)

@@ -25,7 +25,7 @@ from crypto.keys import SigningKey
 from crypto.keyset import SignerSet
 from crypto.sealed import ManifestRecipient, seal
 from service.models import Artifact, AuditEntry
-from tests.service.nodekit import Kit, make_node, pin
+from tests.service.nodekit import Kit, folder_store, make_node, pin
 
 INBOX = "/federation/v1/inbox"
 DELIVERY = "application/vnd.entente.delivery"
@@ -277,7 +277,7 @@ def stored(kit: Kit) -> tuple[int, list[str], list[Path]]:
     """Artifact rows, blob files and leftover temporary files at ``kit``."""
     with kit.node.db.session() as session:
         rows = session.exec(select(func.count()).select_from(Artifact)).one()
-    blobs = kit.node.blobs
+    blobs = folder_store(kit.node)
     return rows, sorted(blobs.iter_digests()), sorted((blobs.root / "tmp").glob("*"))
 
 

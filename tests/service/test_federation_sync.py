@@ -40,7 +40,7 @@ from service.models import Artifact, AuditEntry, Outbox, Partner, PartnerKey
 from service.node import Node
 from service.partners import partner_verify_keys
 from service.tokens import Principal, Role
-from tests.service.nodekit import CREATED, Kit, make_node, pin
+from tests.service.nodekit import CREATED, Kit, folder_store, make_node, pin
 
 PUBLISHER = Principal(token_id="tok_test", name="tester", role=Role.PUBLISHER)
 
@@ -427,7 +427,7 @@ def test_an_unexpected_failure_is_retried_not_lost(pair: Pair) -> None:
         row = session.exec(select(Artifact).where(Artifact.id == art_id)).first()
         assert row is not None and row.blob is not None
         blob = row.blob
-    path = pair.uk.node.blobs.path_for(blob)
+    path = folder_store(pair.uk.node).path_for(blob)
     moved = path.with_name("moved")
     path.rename(moved)  # the ciphertext is briefly unreadable (a storage hiccup)
     worker = pair.worker(pair.uk)

@@ -27,7 +27,14 @@ from service.federation.outbox import OutboxWorker
 from service.models import Approval, Artifact, AuditEntry, Outbox
 from service.settings import Settings
 from service.tokens import Principal, Role, create_token
-from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
+from tests.service.nodekit import (
+    UPLOAD_HEADERS,
+    Kit,
+    folder_store,
+    make_node,
+    pin,
+    upload_body,
+)
 from tests.service.test_federation_sync import PortalTransport
 
 T0 = datetime.now(UTC).replace(microsecond=0)  # descriptors made now must be valid at T0
@@ -123,7 +130,7 @@ async def test_a_red_share_waits_for_a_second_person_and_is_carried_out_on_appro
         assert (await c.get("/v1/artifacts", headers=kit.auth(Role.READER))).json()["items"] == []
         blobs = list(kit.node.blobs.iter_digests())
         assert len(blobs) == 1
-        assert content[:32] not in kit.node.blobs.path_for(blobs[0]).read_bytes()
+        assert content[:32] not in folder_store(kit.node).path_for(blobs[0]).read_bytes()
         [requested] = _audit(kit, "approval.requested")
         assert json.loads(requested.detail)["approval"] == pending["id"]
 

@@ -1,0 +1,144 @@
+"""The start-up sweep reads the journal of blobs in flight, never a listing of the store, on both
+stores (a folder and a real SeaweedFS): a crash between placing a blob and committing the row that
+refers to it leaves a journal row, which the sweep clears once it is past the grace period."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlmodel import select
+
+from service.artifacts import share as sharing
+from service.artifacts.sweep import sweep
+from service.artifacts.terms import ShareTerms
+from service.blobs import BlobStore
+from service.models import Artifact, BlobInFlight
+from service.tokens import Principal, Role
+from tests.seaweed import SeaweedFS
+from tests.service.nodekit import Kit, make_node, pin
+
+PUBLISHER = Principal(token_id="tok_test", name="tester", role=Role.PUBLISHER)
+GRACE = 600.0  # seconds
+
+
+class Crash(Exception):
+    """Stands for the process dying at a fault point (no cleanup runs after it)."""
+
+
+class Counting:
+    """A blob store that counts the calls made to it; listing the store is refused."""
+
+    def __init__(self, inner: BlobStore) -> None:
+        self.inner = inner
+        self.calls: Counter[str] = Counter()
+
+    def iter_digests(self) -> Any:
+        raise AssertionError("the sweep listed the store")
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+        if not callable(target):
+            return target
+
+        def counted(*args: Any, **kw: Any) -> Any:
+            self.calls[name] += 1
+            return target(*args, **kw)
+
+        return counted
+
+
+@pytest.fixture(params=["folder", "s3"])
+def kit(request: pytest.FixtureRequest, tmp_path: Path) -> Kit:
+    blob_settings: dict[str, Any] = {}
+    if request.param == "s3":
+        server: SeaweedFS = request.getfixturevalue("seaweedfs")
+        prefix: str = request.getfixturevalue("s3_prefix")
+        blob_settings = {
+            k.removeprefix("ENTENTE_").lower(): v for k, v in server.env(prefix).items()
+        }
+    uk = make_node(tmp_path, "uk-aisi", blob_orphan_grace_seconds=GRACE, **blob_settings)
+    us = make_node(tmp_path, "us-aisi")
+    pin(uk, us)
+    return uk
+
+
+def share(kit: Kit, content: bytes) -> str:
+    meta = ShareTerms(
+        title="finding", tlp="TLP:GREEN", topics=("evaluation",), purposes=("evaluation",),
+        partners=("us-aisi",),
+    )  # fmt: skip
+    decisions = sharing.decide_share(kit.node, meta, principal=PUBLISHER)
+    row = sharing.share_artifact(
+        kit.node, kit.node.blobs, meta, io.BytesIO(content), principal=PUBLISHER,
+        decisions=decisions,
+    )  # fmt: skip
+    return row.id
+
+
+def journal(kit: Kit) -> list[str]:
+    with kit.node.db.session() as session:
+        return list(session.exec(select(BlobInFlight.digest)).all())
+
+
+def blob_of(kit: Kit, artifact_id: str) -> str:
+    with kit.node.db.session() as session:
+        blob = session.exec(select(Artifact.blob).where(Artifact.id == artifact_id)).one()
+    assert blob is not None
+    return blob
+
+
+def test_a_committed_share_leaves_no_journal_row(kit: Kit) -> None:
+    share(kit, b"finding" * 100)
+    assert journal(kit) == []  # removed in the transaction that wrote the artifact
+
+
+def test_a_crash_between_place_and_commit_is_swept_from_the_journal(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = blob_of(kit, share(kit, b"kept" * 1000))
+
+    def crash(name: str) -> None:
+        if name == "share.blob_committed":
+            raise Crash(name)
+
+    monkeypatch.setattr(sharing, "fault_point", crash)
+    with pytest.raises(Crash):
+        share(kit, b"lost" * 1000)
+    monkeypatch.undo()
+    [orphan] = journal(kit)
+    assert sorted(kit.node.blobs.iter_digests()) == sorted([kept, orphan])
+
+    counting = Counting(kit.node.blobs)
+    kit.node.blobs = counting
+    young = sweep(kit.node, clock=time.time)  # within the grace period: maybe in flight
+    assert (young.orphans_removed, journal(kit)) == (0, [orphan])
+    late = sweep(kit.node, clock=lambda: time.time() + 2 * GRACE)
+    assert (late.orphans_removed, late.missing_blobs) == (1, 0)
+    assert journal(kit) == []
+    assert counting.calls == Counter(clean_temporary=2, delete=1)  # no listing, no walk
+    kit.node.blobs = counting.inner
+    assert list(kit.node.blobs.iter_digests()) == [kept]
+
+
+def test_a_journaled_blob_whose_row_committed_is_kept(kit: Kit) -> None:
+    """A crash after the commit but with a journal row left (a deletion journaled in its
+    transaction, or an older row of the same bytes): the blob stays, the row goes."""
+    blob = blob_of(kit, share(kit, b"finding" * 100))
+    kit.node.blobs.journal.intend(blob)  # type: ignore[attr-defined]
+    report = sweep(kit.node, clock=lambda: time.time() + 2 * GRACE)
+    assert (report.orphans_removed, report.settled, report.missing_blobs) == (0, 1, 0)
+    assert kit.node.blobs.exists(blob) and journal(kit) == []
+
+
+def test_a_referenced_blob_missing_from_the_store_is_reported_not_repaired(kit: Kit) -> None:
+    blob = blob_of(kit, share(kit, b"finding" * 100))
+    kit.node.blobs.delete(blob)  # lost behind the node's back (forgotten by the journal too)
+    kit.node.blobs.journal.intend(blob)  # type: ignore[attr-defined]
+    report = sweep(kit.node, clock=lambda: time.time() + 2 * GRACE)
+    assert (report.orphans_removed, report.missing_blobs) == (0, 1)
+    assert blob_of(kit, share(kit, b"another")) != blob  # the node goes on

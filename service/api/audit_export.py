@@ -1,4 +1,4 @@
-"""``GET /v1/audit/export``: a filtered range of the audit log as an export bundle, each entry
+"""``GET /audit/v1/bundle``: a filtered range of the audit log as an export bundle, each entry
 with its inclusion proof against the latest signed checkpoint, for checking offline
 (``entente audit verify-export``; the format is ``service.audit.bundle``).
 
@@ -28,7 +28,7 @@ from service.web import NodeDep
 
 __all__ = ["PARAMETERS", "router"]
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"])
+router = APIRouter(prefix="/audit/v1", tags=["audit"])
 
 JSONL = "application/jsonl"
 MAX_SEQ = (1 << 63) - 1  # log indexes are SQL BIGINTs
@@ -37,7 +37,7 @@ Auditor = Annotated[Principal, Depends(require_roles(Role.AUDITOR, Role.ADMIN))]
 
 
 @router.get(
-    "/export",
+    "/bundle",
     summary="A filtered range of the audit log with inclusion proofs (an audited export)",
     response_class=StreamingResponse,
     responses={200: {"content": {JSONL: {}}}},

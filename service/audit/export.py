@@ -4,7 +4,7 @@
 input in, a typed plan or an :class:`InvalidInputError` out) and :func:`record_export` puts the
 export on record; :func:`bundle_lines` then streams the bundle: the header, the matching entries
 read in chunks (each chunk in its own short transaction, with its inclusion proofs against the
-plan's checkpoint, so memory stays flat) and the trailer. The API (``GET /v1/audit/export``),
+plan's checkpoint, so memory stays flat) and the trailer. The API (``GET /audit/v1/bundle``),
 the console (``/ui/export``) and ``entente audit export --home`` all write through here.
 
 This module does not verify bundles (``service.audit.bundle.verify_bundle``).

@@ -4,7 +4,7 @@ written and checked offline.
 ``export`` writes a bundle (``service.audit.bundle``): the entries of a range (``--from``,
 ``--to``, both included), optionally of some kinds (``--kind``) or about one artifact
 (``--artifact``), each with its inclusion proof against the latest signed checkpoint; over HTTP
-(``--url``, ``GET /v1/audit/export``) or from the database (``--home``, recorded as
+(``--url``, ``GET /audit/v1/bundle``) or from the database (``--home``, recorded as
 ``audit.exported`` by ``admin:cli``). ``--raw`` writes the whole log as plain JSON Lines instead
 (one canonical entry per line, no proofs: ``GET /audit/v1/export``), as this command did before
 bundles.
@@ -143,7 +143,7 @@ def export(
                 if raw:
                     count = _download(client, "/audit/v1/export", {"start": first or 0}, sink)
                 else:
-                    count = _download(client, "/v1/audit/export", params, sink) - 2
+                    count = _download(client, "/audit/v1/bundle", params, sink) - 2
             finally:
                 client.close()
         else:

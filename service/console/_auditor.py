@@ -7,7 +7,7 @@
   refused to cosign, and the latest checkpoint it cosigned for each partner's log (an audited
   read);
 * ``/ui/export``: the export bundle (``service.audit.export``) of a filtered range, downloaded
-  with the console session (an audited export, as ``GET /v1/audit/export``).
+  with the console session (an audited export, as ``GET /audit/v1/bundle``).
 
 Same auth, CSP and error pages as every console page (``_auth``, ``_render.ConsoleRoute``).
 """

@@ -1,4 +1,4 @@
-"""``GET /v1/audit/export`` through the ASGI app, on SQLite and PostgreSQL: the bundle verifies
+"""``GET /audit/v1/bundle`` through the ASGI app, on SQLite and PostgreSQL: the bundle verifies
 with the log key alone, the filter is applied and recorded, and bad input is a 422 problem that
 is itself on record."""
 
@@ -57,7 +57,7 @@ async def test_the_bundle_verifies_and_the_export_is_on_record(
     node: Node, client: httpx.AsyncClient
 ) -> None:
     auth = _auth(token(node, Role.AUDITOR, "dave"))
-    response = await client.get("/v1/audit/export", headers=auth)
+    response = await client.get("/audit/v1/bundle", headers=auth)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/jsonl")
     assert response.headers["x-tree-size"] == "9"
@@ -78,14 +78,14 @@ async def test_the_filter_is_applied(node: Node, client: httpx.AsyncClient) -> N
     auth = _auth(token(node, Role.ADMIN))
     key = log_signer(node).verifier
     response = await client.get(
-        "/v1/audit/export?kind=share.denied&kind=read&from=2&to=7", headers=auth
+        "/audit/v1/bundle?kind=share.denied&kind=read&from=2&to=7", headers=auth
     )
     verdict = verify_bundle(response.content.splitlines(), log=key)
     assert verdict.filter.to_json() == {
         "from": 2, "to": 7, "kind": ["read", "share.denied"], "artifact": None,
     }  # fmt: skip
     assert (verdict.count, verdict.complete) == (6, False)
-    one = await client.get("/v1/audit/export?artifact=art-0001", headers=auth)
+    one = await client.get("/audit/v1/bundle?artifact=art-0001", headers=auth)
     assert verify_bundle(one.content.splitlines(), log=key).count == 2
     assert _entries(node, "audit.exported")[-1]["filter"]["artifact"] == "art-0001"
 
@@ -108,25 +108,25 @@ async def test_bad_input_is_a_problem_on_record(
     node: Node, client: httpx.AsyncClient, query: str, detail: str
 ) -> None:
     response = await client.get(
-        f"/v1/audit/export?{query}", headers=_auth(token(node, Role.AUDITOR))
+        f"/audit/v1/bundle?{query}", headers=_auth(token(node, Role.AUDITOR))
     )
     assert response.status_code == 422, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     assert detail in response.json()["detail"]
     refused = _entries(node, "request.refused")
-    assert refused and refused[-1]["path"] == "/v1/audit/export"
+    assert refused and refused[-1]["path"] == "/audit/v1/bundle"
     assert _entries(node, "audit.exported") == []
 
 
 async def test_roles_and_an_empty_log(node: Node, client: httpx.AsyncClient) -> None:
-    assert (await client.get("/v1/audit/export")).status_code == 401
-    reader = await client.get("/v1/audit/export", headers=_auth(token(node, Role.READER)))
+    assert (await client.get("/audit/v1/bundle")).status_code == 401
+    reader = await client.get("/audit/v1/bundle", headers=_auth(token(node, Role.READER)))
     assert reader.status_code == 403
     # Entries recorded after the latest checkpoint are not in an export until it covers them.
     with node.db.session() as session:
         record(session, kind="read", actor="reader:late", now=node.now())
     seq_all(node)
-    late = await client.get("/v1/audit/export?from=9", headers=_auth(token(node, Role.AUDITOR)))
+    late = await client.get("/audit/v1/bundle?from=9", headers=_auth(token(node, Role.AUDITOR)))
     assert verify_bundle(late.content.splitlines(), log=log_signer(node).verifier).count >= 1
 
 
@@ -137,7 +137,7 @@ async def test_an_unsigned_log_is_a_404(tmp_path: Path) -> None:
         async with httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="https://ca-aisi.example"
         ) as c:
-            response = await c.get("/v1/audit/export", headers=_auth(token(fresh, Role.AUDITOR)))
+            response = await c.get("/audit/v1/bundle", headers=_auth(token(fresh, Role.AUDITOR)))
         assert response.status_code == 404
         assert "no signed checkpoint" in response.json()["detail"]
     finally:

@@ -28,7 +28,7 @@ ROUTES = [
     ("GET", "/audit/v1/checkpoint", {A, D}, 200),
     ("GET", "/audit/v1/entries", {A, D}, 200),
     ("GET", "/audit/v1/export", {A, D}, 200),
-    ("GET", "/v1/audit/export", {A, D}, 200),
+    ("GET", "/audit/v1/bundle", {A, D}, 200),
 ]
 PRINCIPALS = [*(r.value for r in Role), "none", "revoked", "malformed"]
 

@@ -27,7 +27,8 @@ from datetime import datetime
 from crypto.agreement import SignedAgreement, check_signatures
 from crypto.errors import CryptoError
 from crypto.keyset import KeySet
-from policies._agreement import Agreement, Held
+from policies._agreement import Agreement
+from policies._assemble import Held
 from policies.errors import PolicyLoadError
 from service.db import Database
 from service.partners import partner_keys

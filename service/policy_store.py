@@ -49,7 +49,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from policies import Decision, PolicySet, Request, evaluate, load_policy, policy_files
-from policies._agreement import AgreementStatus, Held, assemble, partner_accepts, receiver
+from policies._assemble import AgreementStatus, Held, assemble, partner_accepts, receiver
 from policies.errors import PolicyError, PolicyLoadError
 from service.agreements import AGREEMENT_SUFFIX, AgreementKeys, is_agreement_file
 from service.audit.log import record
@@ -215,6 +215,11 @@ class PolicyStore:
         Raises ``policies.errors.PolicyError`` (nothing written; the version in force stays).
         """
         return self.publish(self._read_folder(), actor=actor, now=now)
+
+    def preview(self, *, now: datetime) -> Snapshot:
+        """What a reload would commit now, checked as strictly (signatures included), nothing
+        written. Raises ``policies.errors.PolicyError`` as a reload would."""
+        return self._parse(self._read_folder(), now=now, strict=True)
 
     def publish(
         self, files: Sequence[tuple[str, bytes]], *, actor: str, now: datetime

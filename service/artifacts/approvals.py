@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 
 from crypto.sealed import Manifest, load_envelope
-from policies import Decision, PolicySet, load_dir
+from policies import Decision
 from policies.errors import PolicyError
 from service.artifacts.rows import Recipient
 from service.artifacts.share import Stored, decide_share, seal_into_store, share_rows
@@ -49,6 +49,7 @@ from service.commits import group_commit
 from service.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from service.models import Approval
 from service.node import Node
+from service.policy_store import Snapshot
 from service.tokens import Principal, Role
 
 __all__ = [
@@ -191,7 +192,7 @@ def request_reload(node: Node, *, principal: Principal) -> Approval:
     SHA-256 and policies): approval reloads only that same set (:func:`check_reload_unchanged`).
     An invalid folder is refused now, as a reload would be."""
     folder = _folder_set(node)
-    summary = {"sha256": folder.sha256, "policies": folder.refs()}
+    summary = {"sha256": folder.sha256, "policies": folder.policies.refs()}
     return request_action(node, action="policy.reload", principal=principal, summary=summary)
 
 
@@ -206,10 +207,9 @@ def check_reload_unchanged(node: Node, row: Approval) -> None:
         )
 
 
-def _folder_set(node: Node) -> PolicySet:
-    folder = node.policies.folder
+def _folder_set(node: Node) -> Snapshot:  # what a reload would commit now
     try:
-        return load_dir(folder) if folder.is_dir() else PolicySet.empty()
+        return node.policies.preview(now=node.now())
     except PolicyError as exc:
         raise InvalidInputError(
             f"the policy folder does not load (the current set stays in force): {exc}",

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from policies import Request, evaluate, explain
-from policies._agreement import EVERY, Agreement, Held, Terms, assemble, partner_accepts
+from policies._agreement import EVERY, Agreement, Terms
+from policies._assemble import Held, assemble, partner_accepts
 from policies.errors import PolicyLoadError
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)

@@ -42,6 +42,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 
 from service.api import admin, approvals, artifacts, federation, public
+from service.api import partners as partners_api
 from service.api.audit import router as audit_router
 from service.api.audit_export import router as audit_export_router
 from service.api.bounds import RequestBounds
@@ -340,6 +341,7 @@ def create_app(
     app.include_router(public.router)
     app.include_router(artifacts.router)
     app.include_router(admin.router)
+    app.include_router(partners_api.router)
     app.include_router(approvals.router)
     app.include_router(federation.router)
     app.include_router(audit_router)

@@ -111,6 +111,25 @@ def _check_no_downgrade(current: Partner, descriptor: NodeDescriptor) -> None:
         )
 
 
+def check_descriptor(
+    descriptor_bytes: bytes, *, fingerprint: str, own_node_id: str, now: datetime
+) -> NodeDescriptor:
+    """The partner's verified descriptor, if its key has ``fingerprint`` (nothing stored)."""
+    try:
+        expected = normalize_fingerprint(fingerprint)
+    except MalformedError as exc:
+        raise PartnerError(str(exc)) from None
+    try:
+        descriptor = verify_descriptor(
+            _parse(descriptor_bytes), now=now, expected_fingerprint=expected
+        )
+    except CryptoError as exc:
+        raise PartnerError(f"descriptor rejected: {exc}") from None
+    if descriptor.node_id == own_node_id:
+        raise PartnerError("that descriptor is this node's own; a node cannot partner itself")
+    return descriptor
+
+
 def add_partner(
     session: Session,
     *,
@@ -122,17 +141,10 @@ def add_partner(
     replace: bool = False,
 ) -> Partner:
     """Pin the partner described by ``descriptor_bytes`` if its key has ``fingerprint``."""
-    try:
-        expected = normalize_fingerprint(fingerprint)
-    except MalformedError as exc:
-        raise PartnerError(str(exc)) from None
+    descriptor = check_descriptor(
+        descriptor_bytes, fingerprint=fingerprint, own_node_id=own_node_id, now=now
+    )
     envelope = _parse(descriptor_bytes)
-    try:
-        descriptor = verify_descriptor(envelope, now=now, expected_fingerprint=expected)
-    except CryptoError as exc:
-        raise PartnerError(f"descriptor rejected: {exc}") from None
-    if descriptor.node_id == own_node_id:
-        raise PartnerError("that descriptor is this node's own; a node cannot partner itself")
     existing = session.get(Partner, descriptor.node_id)
     if existing is not None and not replace:
         raise ConflictError(

@@ -120,8 +120,10 @@ class Settings(BaseSettings):
     # requester), comma-separated, e.g. "TLP:RED"; default: none
     two_person_tlp: Annotated[tuple[str, ...], NoDecode] = ()
     two_person_policy_reload: bool = False  # POST /v1/admin/policies/reload waits for a
-    # second admin. Partner changes and key rotation are CLI operations on the home, not API
-    # calls: no setting here can gate them (README, Security)
+    # second admin
+    two_person_partner_changes: bool = False  # pinning or unpinning a partner goes through
+    # /v1/admin/partners and waits for a second admin; `entente partner add|remove` on the
+    # home refuses. Key rotation stays a custody operation on the home (README, Security)
     approval_ttl_seconds: float = Field(default=86400.0, gt=0)  # seconds a pending action
     # waits for its second approver before it expires
 

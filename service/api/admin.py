@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from policies.errors import PolicyError
 from service.api.deps import require_roles
-from service.artifacts import approvals
+from service.artifacts import approval_actions
 from service.errors import InvalidInputError
 from service.federation import agreements as agreement_domain
 from service.node import Node
@@ -57,7 +57,7 @@ def reload_policies(node: Node, *, actor: str) -> dict[str, Any]:
 async def reload(node: NodeDep, principal: Admin) -> Any:
     if node.settings.two_person_policy_reload:
         # Two-person control: a second admin approves it (POST /v1/approvals/{id}/approve).
-        row = await run_in_threadpool(approvals.request_reload, node, principal=principal)
+        row = await run_in_threadpool(approval_actions.request_reload, node, principal=principal)
         return JSONResponse(
             approval_out(row).model_dump(mode="json"),
             status_code=202,

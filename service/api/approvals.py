@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.admin import reload_policies
 from service.api.deps import require_roles
-from service.artifacts import approvals
+from service.artifacts import approval_actions, approvals
 from service.errors import ConflictError
 from service.federation import onward as onward_domain
 from service.models import Approval
@@ -60,7 +60,7 @@ def _approve(node: Node, approval_id: str, principal: Principal) -> ApprovalOut:
         approvals.approve_share(node, row, principal=principal)
         return approval_out(approvals.get_approval(node, row.id))
     if row.action == "policy.reload":
-        approvals.check_reload_unchanged(node, row)
+        approval_actions.check_reload_unchanged(node, row)
     approvals.claim(node, row)  # one approver carries it out
     try:
         result = _carry_out(node, row, principal)
@@ -81,8 +81,11 @@ def _carry_out(node: Node, row: Approval, principal: Principal) -> dict[str, Any
             principal=approvals.requester_of(row),
         )
         return {"artifact_id": made.id}
+    actor = f"{row.requester}, approved by {principal.actor}"
     if row.action == "policy.reload":
-        return reload_policies(node, actor=f"{row.requester}, approved by {principal.actor}")
+        return reload_policies(node, actor=actor)
+    if row.action in ("partner.add", "partner.remove"):
+        return approval_actions.carry_out_partner_change(node, row, actor=actor)
     raise ConflictError(f"this node cannot carry out a {row.action}", reason="unknown-action")
 
 

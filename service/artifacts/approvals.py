@@ -37,7 +37,6 @@ from sqlmodel import col, select
 
 from crypto.sealed import Manifest, load_envelope
 from policies import Decision
-from policies.errors import PolicyError
 from service.artifacts.rows import Recipient
 from service.artifacts.share import Stored, decide_share, seal_into_store, share_rows
 from service.artifacts.terms import ShareTerms
@@ -46,10 +45,9 @@ from service.audit.refusals import mark_audited
 from service.blob_journal import IN_FLIGHT, SETTLE, deletion_rows
 from service.blobs import BlobStore
 from service.commits import group_commit
-from service.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
+from service.errors import ConflictError, ForbiddenError, NotFoundError
 from service.models import Approval
 from service.node import Node
-from service.policy_store import Snapshot
 from service.tokens import Principal, Role
 
 __all__ = [
@@ -57,7 +55,6 @@ __all__ = [
     "approve",
     "approve_share",
     "check_approver",
-    "check_reload_unchanged",
     "claim",
     "expire_due",
     "get_approval",
@@ -66,7 +63,6 @@ __all__ = [
     "reject",
     "release",
     "request_action",
-    "request_reload",
     "request_share",
     "requester_of",
 ]
@@ -76,6 +72,8 @@ APPROVERS: dict[str, frozenset[Role]] = {
     "share": frozenset({Role.PUBLISHER, Role.ADMIN}),
     "share.onward": frozenset({Role.PUBLISHER, Role.ADMIN}),
     "policy.reload": frozenset({Role.ADMIN}),
+    "partner.add": frozenset({Role.ADMIN}),
+    "partner.remove": frozenset({Role.ADMIN}),
 }
 SYSTEM_ACTOR = "node:approvals"
 _APPROVALS = Approval.__table__  # type: ignore[attr-defined]
@@ -176,45 +174,21 @@ def request_share(
 
 
 def request_action(
-    node: Node, *, action: str, principal: Principal, summary: dict[str, Any]
+    node: Node,
+    *,
+    action: str,
+    principal: Principal,
+    summary: dict[str, Any],
+    payload: dict[str, Any] | None = None,
 ) -> Approval:
-    """Store an action that needs no stored data beyond ``summary`` (a policy reload) as
-    pending, with its audit entry, in one transaction."""
+    """Store an action that needs no blob (a policy reload, a partner change) as pending, with
+    its audit entry, in one transaction; ``payload`` is what carrying it out needs."""
     values = _row(
-        node, action=action, principal=principal, now=node.now(), summary=summary, payload={}
-    )
+        node, action=action, principal=principal, now=node.now(), summary=summary,
+        payload=payload or {},
+    )  # fmt: skip
     group_commit(node.db).write({_APPROVALS: [values], AUDIT_TABLE: [_requested(values)]})
     return Approval.model_construct(**values)
-
-
-def request_reload(node: Node, *, principal: Principal) -> Approval:
-    """Store a policy reload as pending, naming the policy set the folder holds now (its
-    SHA-256 and policies): approval reloads only that same set (:func:`check_reload_unchanged`).
-    An invalid folder is refused now, as a reload would be."""
-    folder = _folder_set(node)
-    summary = {"sha256": folder.sha256, "policies": folder.policies.refs()}
-    return request_action(node, action="policy.reload", principal=principal, summary=summary)
-
-
-def check_reload_unchanged(node: Node, row: Approval) -> None:
-    """Refuse to approve a reload when the policy folder no longer holds the set requested."""
-    wanted = json.loads(row.summary).get("sha256")
-    if _folder_set(node).sha256 != wanted:
-        raise ConflictError(
-            "the policy folder changed since this reload was requested: reject it and "
-            "request the reload again",
-            reason="policy-changed",
-        )
-
-
-def _folder_set(node: Node) -> Snapshot:  # what a reload would commit now
-    try:
-        return node.policies.preview(now=node.now())
-    except PolicyError as exc:
-        raise InvalidInputError(
-            f"the policy folder does not load (the current set stays in force): {exc}",
-            reason="policy-load",
-        ) from None
 
 
 def _iso(value: datetime | None) -> str | None:

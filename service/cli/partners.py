@@ -14,10 +14,21 @@ from service import partners as partner_store
 from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, open_db, settings_for
 from service.cli._terminal import SafeTable, outside
 from service.errors import UsageError
+from service.settings import Settings
 
 app = typer.Typer(help="Pin, list and remove partner nodes.", no_args_is_help=True)
 
 OPERATOR = "admin:cli"
+
+
+def _refuse_if_two_person(settings: Settings) -> None:
+    if settings.two_person_partner_changes:
+        raise UsageError(
+            "this node requires two-person control for partner changes "
+            "(ENTENTE_TWO_PERSON_PARTNER_CHANGES): ask the running node "
+            "(POST or DELETE /v1/admin/partners with an admin token) and a second admin "
+            "approves it with `entente approvals approve`"
+        )
 
 
 @app.command("add")
@@ -35,7 +46,9 @@ def add(
         raw = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {file}: {exc.strerror}") from None
-    h, db = open_db(settings_for(home, database_url))
+    settings = settings_for(home, database_url)
+    _refuse_if_two_person(settings)
+    h, db = open_db(settings)
     with db.session() as session:
         row = partner_store.add_partner(
             session,
@@ -101,7 +114,9 @@ def remove(
     database_url: DbUrlOpt = None,
 ) -> None:
     """Unpin a partner. Artifacts already exchanged stay, with their audit history."""
-    _h, db = open_db(settings_for(home, database_url))
+    settings = settings_for(home, database_url)
+    _refuse_if_two_person(settings)
+    _h, db = open_db(settings)
     with db.session() as session:
         partner_store.remove_partner(
             session, node_id=node_id, now=datetime.now(UTC), actor=OPERATOR

@@ -29,6 +29,8 @@ ROUTES = [
     ("GET", "/audit/v1/entries", {A, D}, 200),
     ("GET", "/audit/v1/export", {A, D}, 200),
     ("GET", "/audit/v1/bundle", {A, D}, 200),
+    ("GET", "/v1/admin/partners", {A, D}, 200),
+    ("GET", "/v1/admin/agreements", {A, D}, 200),
 ]
 PRINCIPALS = [*(r.value for r in Role), "none", "revoked", "malformed"]
 

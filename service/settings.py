@@ -132,6 +132,12 @@ class Settings(BaseSettings):
     # only forbid; otherwise it still grants, for a partner under no signed agreement, and
     # `entente policy check` and `entente agreement list` report it as unsigned
 
+    # Witnessing (service.audit.witness_choice): how many partners witness this log
+    witness_count: int = Field(default=5, ge=0, le=64)  # partners asked to cosign each
+    # checkpoint, chosen by rendezvous hashing; 0: every partner
+    witness_quorum: int = Field(default=0, ge=0, le=64)  # of those, how many make a checkpoint
+    # witnessed; 0: a majority
+
     # Surface
     docs_enabled: bool = False  # /docs and /redoc (they load scripts from outside CDNs)
 

@@ -33,8 +33,10 @@ from service.audit.checkpoints import latest_checkpoint, list_checkpoints
 from service.audit.entries import encode_leaf, entry_columns, iter_entries, log_signer, row_object
 from service.audit.log import EVENT_KINDS, record
 from service.audit.models import AuditWitnessSubmission, WitnessEvidence, WitnessLog
+from service.audit.submission import chosen_witnesses
 from service.audit.tree import consistency_proof, inclusion_proof, stored_leaf_hashes, stored_root
 from service.audit.witness import partner_witness_verifier, witness_cosigner
+from service.audit.witness_choice import quorum
 from service.errors import InvalidInputError, NotFoundError
 from service.models import AuditEntry, Partner
 from service.node import Node
@@ -280,10 +282,16 @@ async def export(
 @router.get("/witnesses", summary="The log key, this node's witness key and its partners'")
 def witnesses(node: NodeDep, _who: Auditor) -> dict[str, Any]:
     signer = log_signer(node)
+    chosen = set(chosen_witnesses(node))
     with node.db.session() as session:
-        partners = list(session.exec(select(Partner).order_by(Partner.node_id)))
+        partners = [
+            p
+            for p in session.exec(select(Partner).order_by(Partner.node_id))
+            if p.node_id in chosen
+        ]
         states = {s.partner: s for s in session.exec(select(AuditWitnessSubmission))}
     return {
+        "quorum": quorum(len(partners), node.settings.witness_quorum),
         "log": {"origin": signer.name, "vkey": signer.verifier.vkey},
         "witness": {
             "name": witness_cosigner(node).name,

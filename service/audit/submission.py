@@ -30,6 +30,7 @@ from crypto.note import (
     verify_cosignature,
 )
 from service.audit.checkpoints import latest_checkpoint
+from service.audit.entries import log_origin
 from service.audit.models import (
     AuditCosignature,
     AuditWitnessSubmission,
@@ -41,6 +42,7 @@ from service.audit.witness import (
     TLOG_SIZE_MEDIA_TYPE,
     partner_witness_verifier,
 )
+from service.audit.witness_choice import choose_witnesses
 from service.errors import (
     NotFoundError,
     PartnerUnavailableError,
@@ -280,7 +282,14 @@ async def submit_checkpoint(
     return outcome
 
 
-def _partner_ids(node: Node) -> list[str]:
+def chosen_witnesses(node: Node) -> list[str]:
+    """The partners asked to witness this node's log (``service.audit.witness_choice``)."""
+    return choose_witnesses(
+        log_origin(node.node_id), _all_partner_ids(node), node.settings.witness_count
+    )
+
+
+def _all_partner_ids(node: Node) -> list[str]:
     with node.db.session() as session:
         return [p.node_id for p in session.exec(select(Partner).order_by(Partner.node_id))]
 
@@ -289,7 +298,7 @@ def submission_step(node: Node, transport: WitnessTransport) -> Callable[[], Awa
     """A worker step: submit the latest checkpoint to every pinned partner, concurrently."""
 
     async def step() -> float:
-        partners = await asyncio.to_thread(_partner_ids, node)
+        partners = await asyncio.to_thread(chosen_witnesses, node)
         outcomes: list[Any] = await asyncio.gather(
             *(submit_checkpoint(node, transport, p) for p in partners), return_exceptions=True
         )

@@ -3,18 +3,35 @@ for a node's audit routes, and opening a home's database offline."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Annotated
 
 import httpx
 import sqlalchemy as sa
 import typer
+from sqlmodel import select
 
+from crypto.errors import CryptoError
+from crypto.keys import VerifyKey
+from crypto.note import SIG_COSIGNATURE_V1, NoteVerifier
+from service.audit.entries import log_origin, witness_name
+from service.audit.sources import HttpSource
+from service.audit.witness_choice import choose_witnesses
 from service.cli._common import settings_for
 from service.db import Database, open_database
 from service.errors import UsageError
+from service.models import Partner
 
-__all__ = ["OPERATOR", "TokenOpt", "UrlOpt", "http_client", "open_offline"]
+__all__ = [
+    "OPERATOR",
+    "TokenOpt",
+    "UrlOpt",
+    "http_client",
+    "open_offline",
+    "witnesses_from_db",
+    "witnesses_from_node",
+]
 
 OPERATOR = "admin:cli"  # the actor of what the CLI records offline
 
@@ -53,3 +70,36 @@ def open_offline(home: Path | None, database_url: str | None) -> tuple[Path, Dat
         db.dispose()
         raise UsageError("this database has no audit log tables; run `entente db upgrade`")
     return path, db
+
+
+def witnesses_from_node(client: httpx.Client) -> list[tuple[NoteVerifier, str]]:
+    data = HttpSource(client).get_json("/audit/v1/witnesses")
+    out = []
+    for item in data.get("witnesses", []) if isinstance(data, dict) else []:
+        try:
+            verifier = NoteVerifier.parse(str(item["vkey"]))
+            url = str(item.get("url") or "")
+        except (CryptoError, KeyError, TypeError, AttributeError):
+            continue
+        if verifier.sig_type == SIG_COSIGNATURE_V1:
+            out.append((verifier, url))
+    return out
+
+
+def witnesses_from_db(db: Database, node_id: str, count: int) -> list[tuple[NoteVerifier, str]]:
+    """The partners the node asks to witness its log (as the node itself chooses them)."""
+    with db.session() as session:
+        every = list(session.exec(select(Partner)))
+    chosen = set(choose_witnesses(log_origin(node_id), [p.node_id for p in every], count))
+    partners = [p for p in every if p.node_id in chosen]
+    return [
+        (
+            NoteVerifier(
+                witness_name(p.node_id),
+                VerifyKey(base64.b64decode(p.signing_key)),
+                SIG_COSIGNATURE_V1,
+            ),
+            p.url,
+        )
+        for p in partners
+    ]

@@ -25,27 +25,32 @@ from typing import Annotated, Any
 
 import httpx
 import typer
-from sqlmodel import select
 
 from crypto.descriptor import NodeDescriptor, verify_descriptor
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
-from crypto.keys import VerifyKey, format_fingerprint, normalize_fingerprint
+from crypto.keys import format_fingerprint, normalize_fingerprint
 from crypto.note import SIG_COSIGNATURE_V1, NoteVerifier, open_checkpoint
 from service.audit.checkpoints import latest_checkpoint
-from service.audit.entries import log_origin, witness_name
+from service.audit.entries import log_origin
 from service.audit.errors import AuditSourceError, RotationError
 from service.audit.rotations import LogKeys, follow_rotations, log_key
 from service.audit.sources import DatabaseSource, HttpSource, ask_witness
 from service.audit.verify import Remembered, Verdict, verify_log
+from service.audit.witness_choice import quorum
 from service.cli import audit_export
-from service.cli._audit_common import TokenOpt, UrlOpt, http_client, open_offline
-from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console
-from service.db import Database
+from service.cli._audit_common import (
+    TokenOpt,
+    UrlOpt,
+    http_client,
+    open_offline,
+    witnesses_from_db,
+    witnesses_from_node,
+)
+from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console, settings_for
 from service.errors import UsageError
 from service.files import write_atomically
 from service.home import open_home
-from service.models import Partner
 
 app = typer.Typer(
     help="Verify, export and inspect a node's audit transparency log.", no_args_is_help=True
@@ -193,7 +198,9 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def _print_verdict(verdict: Verdict, *, as_json: bool, source: str, notes: list[str]) -> None:
+def _print_verdict(
+    verdict: Verdict, *, as_json: bool, source: str, notes: list[str], quorum: dict[str, Any]
+) -> None:
     latest = verdict.latest
     cosigned = verdict.latest_cosigned
     if as_json:
@@ -214,6 +221,7 @@ def _print_verdict(verdict: Verdict, *, as_json: bool, source: str, notes: list[
                     "remembered_size": verdict.remembered_size,
                     "witnessed": verdict.witnessed,
                     "vouched": list(verdict.vouched),
+                    "quorum": quorum,
                     "keys": list(verdict.keys),
                     "problem": verdict.problem,
                     "bad_seq": verdict.bad_seq,
@@ -302,10 +310,23 @@ def verify(
             "and fail if the log is behind it or inconsistent with it",
         ),
     ] = True,
+    quorum_of: Annotated[
+        int,
+        typer.Option(
+            "--quorum",
+            min=0,
+            help="How many trusted witnesses must vouch for the latest checkpoint for it to count "
+            "as witnessed [default: a majority of them]",
+            show_default=False,
+        ),
+    ] = 0,
+    require_quorum: Annotated[
+        bool, typer.Option("--require-quorum", help="Fail when the quorum is not met")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Verify a node's audit log: every entry, every checkpoint, consistency with last time and
-    with what its witnesses hold."""
+    with what its witnesses hold, and whether a quorum of them vouches for the latest one."""
     if (url is None) == (home is None and database_url is None):
         raise UsageError("give either --url URL (online) or --home DIR (offline)")
     state_path = state or default_state_path()
@@ -317,7 +338,7 @@ def verify(
         client = http_client(url, token)
         try:
             descriptor = _descriptor_from_url(client, now)
-            listed = _witnesses_from_node(client)
+            listed = witnesses_from_node(client)
             if not witness:
                 trusted = [v for v, _url in listed]
                 if trusted:
@@ -335,7 +356,7 @@ def verify(
         path, db = open_offline(home, database_url)
         try:
             descriptor = _descriptor_from_home(path)
-            listed = _witnesses_from_db(db)
+            listed = witnesses_from_db(db, descriptor.node_id, settings_for(home).witness_count)
             if not witness:
                 trusted = [v for v, _url in listed]
             urls = {v.vkey: u for v, u in listed}
@@ -347,8 +368,14 @@ def verify(
             db.dispose()
         where = str(path)
     origin = log_origin(descriptor.node_id)
-    _print_verdict(verdict, as_json=as_json, source=where, notes=notes)
-    if not verdict.ok:
+    needed = quorum(len(trusted), quorum_of)
+    met = len(verdict.vouched) >= needed
+    verdict.notes.insert(0, f"quorum {'met' if met else 'NOT met'}: {len(verdict.vouched)} of "
+                         f"{len(trusted)} trusted witnesses vouch, {needed} needed")  # fmt: skip
+    _print_verdict(verdict, as_json=as_json, source=where, notes=notes,
+                   quorum={"witnesses": len(trusted), "needed": needed,
+                           "vouching": len(verdict.vouched), "met": met})  # fmt: skip
+    if not verdict.ok or (require_quorum and not met):
         raise typer.Exit(1)
     if verdict.latest is not None:
         data.setdefault("version", STATE_VERSION)
@@ -424,36 +451,6 @@ def _descriptor_from_url(client: httpx.Client, now: datetime) -> NodeDescriptor:
         return verify_descriptor(Envelope.from_bytes(response.content), now=now)
     except CryptoError as exc:
         raise AuditSourceError(f"the node's descriptor does not verify: {exc}") from None
-
-
-def _witnesses_from_node(client: httpx.Client) -> list[tuple[NoteVerifier, str]]:
-    data = HttpSource(client).get_json("/audit/v1/witnesses")
-    out = []
-    for item in data.get("witnesses", []) if isinstance(data, dict) else []:
-        try:
-            verifier = NoteVerifier.parse(str(item["vkey"]))
-            url = str(item.get("url") or "")
-        except (CryptoError, KeyError, TypeError, AttributeError):
-            continue
-        if verifier.sig_type == SIG_COSIGNATURE_V1:
-            out.append((verifier, url))
-    return out
-
-
-def _witnesses_from_db(db: Database) -> list[tuple[NoteVerifier, str]]:
-    with db.session() as session:
-        partners = list(session.exec(select(Partner)))
-    return [
-        (
-            NoteVerifier(
-                witness_name(p.node_id),
-                VerifyKey(base64.b64decode(p.signing_key)),
-                SIG_COSIGNATURE_V1,
-            ),
-            p.url,
-        )
-        for p in partners
-    ]
 
 
 @app.command("checkpoint")

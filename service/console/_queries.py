@@ -25,8 +25,10 @@ from service.audit.checkpoints import StoredCheckpoint, get_checkpoint, latest_c
 from service.audit.entries import encode_leaf, entry_columns, log_signer, row_object
 from service.audit.log import EVENT_KINDS
 from service.audit.models import AuditWitnessSubmission
+from service.audit.submission import chosen_witnesses
 from service.audit.tree import inclusion_proof, stored_leaf_hashes
 from service.audit.witness import partner_witness_verifier, witness_cosigner
+from service.audit.witness_choice import quorum
 from service.errors import InvalidInputError, NotFoundError
 from service.models import AuditEntry, Partner, PullState
 from service.node import Node
@@ -324,6 +326,9 @@ class LogStatus:
     cosigned_size: int  # the newest checkpoint with at least one cosignature (0: none)
     cosigners: tuple[str, ...]
     unsequenced: int
+    witnesses: int = 0  # partners asked to witness this log (service.audit.witness_choice)
+    quorum: int = 0  # how many of them make a checkpoint witnessed
+    witnessed_size: int = 0  # the newest checkpoint a quorum cosigned (0: none)
 
 
 def log_status(node: Node, session: Session) -> LogStatus:
@@ -336,6 +341,12 @@ def log_status(node: Node, session: Session) -> LogStatus:
         cosigned: StoredCheckpoint | None = latest_checkpoint(session, min_cosignatures=1)
     except NotFoundError:
         cosigned = None
+    witnesses = len(chosen_witnesses(node))
+    needed = quorum(witnesses, node.settings.witness_quorum)
+    try:
+        witnessed = latest_checkpoint(session, min_cosignatures=needed).size if needed else 0
+    except NotFoundError:
+        witnessed = 0
     return LogStatus(
         origin=signer.name,
         log_vkey=signer.verifier.vkey,
@@ -345,6 +356,9 @@ def log_status(node: Node, session: Session) -> LogStatus:
         cosigned_size=cosigned.size if cosigned else 0,
         cosigners=cosigned.cosigners if cosigned else (),
         unsequenced=unsequenced_count(session),
+        witnesses=witnesses,
+        quorum=needed,
+        witnessed_size=witnessed,
     )
 
 

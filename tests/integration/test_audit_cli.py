@@ -76,6 +76,12 @@ def test_verify_online_then_tamper_and_verify_offline(fed: Federation, tmp_path:
     assert verdict["remembered_size"] == remembered["size"]
     assert verdict["entries"] >= remembered["size"]
     assert verdict["cosigned"]["witnesses"] == ["entente.dev/witness/us-aisi"]
+    # One trusted witness, and it vouches: the quorum (a majority of one) is met.
+    assert verdict["quorum"] == {"witnesses": 1, "needed": 1, "vouching": 1, "met": True}
+    # A quorum of two among one witness cannot be met: reported, and fatal when required.
+    strict = run_cli(*args, *pinned, "--quorum", "2", "--require-quorum", env=env)
+    assert strict.returncode == 1, strict.stdout
+    assert "quorum NOT met: 1 of 1 trusted witnesses vouch, 2 needed" in strict.stdout
 
     # A reader's token may not read the audit log.
     reader = run_cli(*args, env=base_env(ENTENTE_TOKEN=fed.tokens["uk-aisi"]["reader"]))

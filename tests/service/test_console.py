@@ -480,6 +480,9 @@ async def test_overview_shows_partners_policies_delivery_and_charts(
     assert re.search(r"<strong>Shares</strong>: 2<", page.text)
     assert re.search(r"<strong>Denials</strong>: 1<", page.text)
     assert "The numbers behind the charts" in page.text
+    # The quorum: the partners chosen to witness this log and how many must cosign.
+    assert "Witness quorum" in page.text
+    assert re.search(r"\d+ of \d+ chosen witnesses", page.text), page.text
     assert any(d.get("view") == "overview" for d in details(audit_rows(db_kit, "audit.read")))
 
 

@@ -36,6 +36,7 @@ EVENT_KINDS = frozenset(
         "partner.added",
         "partner.replaced",
         "partner.removed",
+        "roster.imported",
         "partner.key_rotated",
         "policy.set_changed",
         "agreement.officer_certified",

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "revoke": ("service.cli.client", "revoke", "command"),
     "approvals": ("service.cli.approvals", "app", "group"),
     "agreement": ("service.cli.agreement", "app", "group"),
+    "roster": ("service.cli.roster", "app", "group"),
 }
 
 

@@ -200,3 +200,41 @@ def test_insecure_init_warns_and_stores_plain_keys(tmp_path: Path) -> None:
     assert "unencrypted" in result.stderr
     assert (tmp_path / "demo" / "keys" / "signing.key").read_bytes().startswith(b"# UNENCRYPTED")
     assert os.stat(tmp_path / "demo" / "keys" / "signing.key").st_mode & 0o777 == 0o600
+
+
+def test_a_node_joins_through_a_roster_on_the_command_line(tmp_path: Path) -> None:
+    """Two homes pinned to each other write and sign a roster; a third joins with its digest."""
+    for name in ("aa", "bb", "cc"):
+        _init(tmp_path / name, name)
+    facts = {n: json.loads((tmp_path / n / "node.json").read_text()) for n in ("aa", "bb")}
+    for me, other in (("aa", "bb"), ("bb", "aa")):
+        pinned = run_cli(
+            "partner", "add", str(tmp_path / other / "descriptor.dsse.json"),
+            "--fingerprint", facts[other]["fingerprint"], "--home", str(tmp_path / me),
+        )  # fmt: skip
+        assert pinned.returncode == 0, pinned.stderr
+    roster = tmp_path / "roster.json"
+    made = run_cli("roster", "create", "--network", "test-net", "-o", str(roster),
+                   "--home", str(tmp_path / "aa"))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert run_cli("roster", "sign", str(roster), "--home", str(tmp_path / "bb")).returncode == 0
+    shown = json.loads(run_cli("roster", "show", str(roster), "--json").stdout)
+    assert shown["signatures"] == 4  # two members, Ed25519 + ML-DSA-65 each
+    assert sorted(m["node_id"] for m in shown["members"]) == ["aa", "bb"]
+    # cc is not a member: refused, one line.
+    _assert_one_line_error(
+        run_cli(
+            "roster",
+            "import",
+            str(roster),
+            "--digest",
+            shown["sha256"],
+            "--home",
+            str(tmp_path / "cc"),
+        ),
+        "not a member",
+    )
+    # bb imports it (signed by aa, which bb pins): aa already pinned, nothing new.
+    again = run_cli("roster", "import", str(roster), "--home", str(tmp_path / "bb"), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["unchanged"] == ["aa"]

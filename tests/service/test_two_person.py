@@ -37,12 +37,13 @@ from tests.service.nodekit import (
 )
 from tests.service.test_federation_sync import PortalTransport
 
-T0 = datetime.now(UTC).replace(microsecond=0)  # descriptors made now must be valid at T0
-
 
 class Clock:
+    """The node's clock, starting at the real time the test runs (descriptors are made then and
+    must be valid at it; a time fixed at import would fall behind in a long run)."""
+
     def __init__(self) -> None:
-        self.now = T0
+        self.start = self.now = datetime.now(UTC).replace(microsecond=0)
 
     def __call__(self) -> datetime:
         return self.now
@@ -62,7 +63,7 @@ def _allow_red(kit: Kit) -> None:
 
 def _token(kit: Kit, role: Role, name: str) -> dict[str, str]:
     with kit.node.db.session() as session:
-        _row, secret = create_token(session, role=role, name=name, now=T0, actor="test")
+        _row, secret = create_token(session, role=role, name=name, now=kit.node.now(), actor="test")
     return {"Authorization": f"Bearer {secret}"}
 
 
@@ -111,7 +112,7 @@ async def _share(c: httpx.AsyncClient, kit: Kit, content: bytes, tlp: str = "TLP
 async def test_a_red_share_waits_for_a_second_person_and_is_carried_out_on_approval(
     uk: tuple[Kit, Clock],
 ) -> None:
-    kit, _clock = uk
+    kit, clock = uk
     content = b"the jailbreak prompt " * 1000
     same_person = _token(kit, Role.PUBLISHER, "publisher-user")  # the requester, another token
     second = _token(kit, Role.PUBLISHER, "bob")
@@ -123,7 +124,9 @@ async def test_a_red_share_waits_for_a_second_person_and_is_carried_out_on_appro
         assert pending["state"] == "pending"
         assert pending["summary"]["tlp"] == "TLP:RED"
         expires = datetime.fromisoformat(pending["expires_at"].replace("Z", "+00:00"))
-        assert expires == T0 + timedelta(days=1)  # the default ENTENTE_APPROVAL_TTL_SECONDS
+        assert expires == clock.start + timedelta(
+            days=1
+        )  # the default ENTENTE_APPROVAL_TTL_SECONDS
         # Not shared: no artifact, no delivery, nothing listed; only ciphertext at rest.
         assert _count(kit, Artifact) == 0
         assert _count(kit, Outbox) == 0
@@ -206,9 +209,9 @@ async def test_a_pending_share_expires(uk: tuple[Kit, Clock]) -> None:
     second = _token(kit, Role.ADMIN, "carol")
     async with kit.client() as c:
         pending = (await _share(c, kit, b"red finding")).json()
-        clock.now = T0 + timedelta(seconds=kit.node.settings.approval_ttl_seconds - 1)
+        clock.now = clock.start + timedelta(seconds=kit.node.settings.approval_ttl_seconds - 1)
         assert len((await c.get("/v1/approvals", headers=second)).json()) == 1
-        clock.now = T0 + timedelta(seconds=kit.node.settings.approval_ttl_seconds)
+        clock.now = clock.start + timedelta(seconds=kit.node.settings.approval_ttl_seconds)
         assert (await c.get("/v1/approvals", headers=second)).json() == []
         late = await c.post(f"/v1/approvals/{pending['id']}/approve", headers=second)
         assert late.status_code == 409

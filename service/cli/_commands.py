@@ -97,7 +97,7 @@ COMMANDS: dict[str, Entry] = {
         "Revoke an artifact you shared: recipients delete it and acknowledge.",
     ),
     "identity": Entry(
-        "service.cli.node", "identity_app", "group", "Show or export this node's identity."
+        "service.cli.identity", "app", "group", "Show or export this node's identity."
     ),
     "db": Entry("service.cli.node", "db_app", "group", "Database schema management."),
     "partner": Entry("service.cli.partners", "app", "group", "Pin, list and remove partner nodes."),

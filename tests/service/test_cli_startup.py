@@ -1,7 +1,8 @@
 """What the light commands import, and the lean paths that keep them light (issue 19).
 
-``entente --help`` imports no command module; ``entente seal``, ``open`` and ``verify`` import
-neither the web stack, nor the ORM and its migrations, nor the policy loader. These are checks
+``entente --help`` imports no command module; ``entente seal``, ``open``, ``verify`` and
+``identity`` import neither the web stack, nor the ORM and its migrations, nor the policy
+loader. These are checks
 of ``sys.modules`` in a fresh process that runs the console script's entry point, not timings:
 a regression fails here however fast the machine is. The command table's help lines, the
 partners read without the ORM (``service.pinned``) and the schema revision it checks are each
@@ -141,6 +142,11 @@ def test_seal_verify_open_stay_light(home: Path, tmp_path: Path) -> None:
         "verify": [],
         "open": [],
     }
+
+
+@pytest.mark.parametrize("command", ["show", "export"])
+def test_identity_commands_stay_light(home: Path, tmp_path: Path, command: str) -> None:
+    assert _heavy(_imports(tmp_path, "identity", command, "--home", str(home))) == []
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))

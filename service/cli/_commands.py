@@ -149,14 +149,15 @@ class LazyGroup(TyperGroup):
     """The root ``entente`` group: commands come from :data:`COMMANDS`, imported on demand.
 
     While the group prints its own help, each command is a placeholder that carries the table's
-    help line; otherwise :meth:`get_command` imports the command's module. Commands added to the
-    group directly (``add_command``) come first, as in any Typer group."""
+    help line; otherwise :meth:`get_command` imports the command's module (and keeps it). The
+    table's commands are listed in its order; any other command added to the group directly
+    (``add_command``) comes before them."""
 
     _listing = False
 
     def list_commands(self, ctx: Any) -> list[str]:
-        added = super().list_commands(ctx)
-        return [*added, *(name for name in COMMANDS if name not in added)]
+        added = [name for name in super().list_commands(ctx) if name not in COMMANDS]
+        return [*added, *COMMANDS]  # the table's order, whichever of its commands were loaded
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         command = super().get_command(ctx, cmd_name)

@@ -9,11 +9,23 @@ otherwise script, run in the same session on the same file:
 
 with a peak RSS under 64 MiB. Entente runs in a child process that imports only ``crypto``, the
 standard library and ``service.files`` (the shell's atomic file writes, which import nothing
-else); its peak RSS is that child's ``ru_maxrss``. Every timing is the wall time
-of whole processes (interpreter start-up included for Entente, as process start-up is included
-for the peers). Entente's open writes through a temporary file that it fsyncs and renames, as it
-does in production; the peers write without fsync. Before each timed step, the previous outputs
-are deleted and dirty pages are flushed (``sync``), so no step pays for another's writes.
+else); its peak RSS is that child's ``ru_maxrss``, started (like every timed process here) by a
+small launcher, see ``_LAUNCHER``. Every timing is the wall time of whole processes (interpreter
+start-up included for Entente, as process start-up is included for the peers). Entente's open
+writes through a temporary file that it fsyncs and renames, as it does in production; the peers
+write without fsync. Before each timed step, the previous outputs are deleted and dirty pages
+are flushed (``sync``), so no step pays for another's writes.
+
+The command a user runs is measured beside the library, in the same rounds and on the same
+file: ``entente seal FILE --to RECIPIENT -o OUT --home HOME`` and ``entente open OUT -o PLAIN
+--home HOME`` (the console script beside this interpreter, on this checkout), from a
+passphrase-protected home (default scrypt work factor: the key unlock is part of every call, as
+for a user) and from a home without passphrase. Their ratios to the same peers use the best of
+the rounds on both sides; peak RSS is each command's own (``getrusage(RUSAGE_CHILDREN)`` in a
+small launcher, see ``_LAUNCHER``), from the home without passphrase (the protected home's
+scrypt unlock alone takes 256 MiB). The fixed cost of one call is measured too: the wall
+time of ``entente --help`` and of a 184-byte ``entente seal`` from each home (best of the
+rounds).
 
 Usage::
 
@@ -43,6 +55,10 @@ ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 TARGET_RATIO = 1.2
 TARGET_RSS_MIB = 64
+TARGET_HELP_SECONDS = 0.3  # `entente --help`
+TARGET_SMALL_SEAL_SECONDS = 0.5  # a 184-byte `entente seal`, plus the key unlock
+SMALL_BYTES = 184
+PASSPHRASE = "bench passphrase, not secret"  # noqa: S105 - a throw-away home
 
 
 def parse_size(text: str) -> int:
@@ -127,10 +143,51 @@ def _clean(work: Path, *names: str) -> None:
     os.sync()
 
 
+# Every timed process is started by this small launcher (a fresh interpreter, no site), which
+# times it from fork to exit and reads its peak RSS with getrusage(RUSAGE_CHILDREN). On Linux a
+# process's ru_maxrss includes the memory of the process it was forked from until it execs, so a
+# command started straight from this benchmark (tens of MiB by then) would report at least that.
+_LAUNCHER = """
+import json, os, resource, sys, time
+report, cmd = sys.argv[1], sys.argv[2:]
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(cmd[0], cmd)
+    finally:
+        os._exit(127)
+_, status = os.waitpid(pid, 0)
+seconds = time.perf_counter() - start
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+code = os.waitstatus_to_exitcode(status)
+with open(report, "w") as f:
+    json.dump({"seconds": seconds, "maxrss_kib": rss, "code": code}, f)
+"""
+
+
+def _spawn(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str, int]:
+    """Wall seconds, stdout and peak RSS (KiB) of ``cmd``, run to its end by the launcher."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(report), *cmd],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        measured: dict[str, Any] = (
+            json.loads(report.read_text()) if report.exists() else {"code": None}
+        )
+    if measured["code"] != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({measured['code']}): {done.stderr[-2000:]}")
+    return float(measured["seconds"]), done.stdout, int(measured["maxrss_kib"])
+
+
 def _run(cmd: list[str]) -> tuple[float, str]:
-    start = time.perf_counter()
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    return time.perf_counter() - start, done.stdout
+    seconds, stdout, _ = _spawn(cmd)
+    return seconds, stdout
 
 
 def _prepare(work: Path, size: int) -> None:
@@ -155,6 +212,77 @@ def _prepare(work: Path, size: int) -> None:
             f.write(text)
     (work / "recipient.txt").write_text(identity.recipient.to_string())
     (work / "verify.hex").write_text(signer.public.raw.hex())
+
+
+# --- the command line, as users run it --------------------------------------------------------
+
+
+def _entente() -> list[str]:
+    """The ``entente`` console script beside this interpreter (``python -m service.cli``
+    where there is none)."""
+    script = Path(sys.executable).with_name("entente")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+
+
+def _cli_env(*, passphrase: bool) -> dict[str, str]:
+    """This environment without ENTENTE_* settings, running this checkout's code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENTENTE_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    if passphrase:
+        env["ENTENTE_PASSPHRASE"] = PASSPHRASE
+    return env
+
+
+def _run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one whole process."""
+    seconds, _, rss = _spawn(cmd, env)
+    return seconds, rss
+
+
+def _prepare_homes(work: Path) -> None:
+    """Two homes made by ``entente init``: one passphrase-protected, one without passphrase."""
+    for name, protected in (("protected", True), ("plain", False)):
+        extra = [] if protected else ["--insecure-no-passphrase"]
+        _run_measured(
+            [
+                *_entente(), "init", "--home", str(work / name), "--node-id", f"{name}-node",
+                "--name", name, "--url", "https://bench.example", *extra,
+            ],
+            _cli_env(passphrase=protected),
+        )  # fmt: skip
+    (work / "small.bin").write_bytes(os.urandom(SMALL_BYTES))
+
+
+def _cli_round(work: Path) -> dict[str, Any]:
+    """One round of the command line: 1 GiB seal and open from each home, --help, small seals."""
+    recipient = (work / "recipient.txt").read_text()
+    row: dict[str, Any] = {}
+    for name in ("protected", "plain"):
+        env = _cli_env(passphrase=name == "protected")
+        home = ["--home", str(work / name)]
+        _clean(work, "cli.age", "cli.age.dsse.json")
+        seal = [*_entente(), "seal", str(work / "input.bin"), "--to", recipient]
+        t_seal, rss_seal = _run_measured([*seal, "-o", str(work / "cli.age"), *home], env)
+        _clean(work, "cli.out")
+        opened = [*_entente(), "open", str(work / "cli.age"), "-o", str(work / "cli.out")]
+        t_open, rss_open = _run_measured([*opened, *home], env)
+        if (work / "cli.out").stat().st_size != (work / "input.bin").stat().st_size:
+            raise SystemExit("entente open wrote other bytes than the input")
+        _clean(work, "small.age", "small.age.dsse.json")
+        small = [*_entente(), "seal", str(work / "small.bin"), "--to", recipient]
+        t_small, rss_small = _run_measured([*small, "-o", str(work / "small.age"), *home], env)
+        row[name] = {
+            "seal_seconds": t_seal,
+            "seal_maxrss_kib": rss_seal,
+            "open_seconds": t_open,
+            "open_maxrss_kib": rss_open,
+            "small_seal_seconds": t_small,
+            "small_seal_maxrss_kib": rss_small,
+        }
+    t_help, rss_help = _run_measured([*_entente(), "--help"], _cli_env(passphrase=False))
+    row["help_seconds"], row["help_maxrss_kib"] = t_help, rss_help
+    _clean(work, "cli.age", "cli.age.dsse.json", "cli.out")
+    return row
 
 
 def _round(work: Path, age_cli: str, sha256sum: str) -> dict[str, Any]:
@@ -194,7 +322,10 @@ def _round(work: Path, age_cli: str, sha256sum: str) -> dict[str, Any]:
     if not sealed_child["sha256"] == opened_child["sha256"] == digest:
         raise SystemExit("Entente's digests disagree with sha256sum")
 
+    cli = _cli_round(work)
+
     return {
+        "cli": cli,
         "seal": {
             "entente_seconds": t_seal,
             "entente_op_seconds": sealed_child["op_seconds"],
@@ -239,11 +370,50 @@ def _summarise(size: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "rss_ok": rss_mib < TARGET_RSS_MIB,
             "child_third_party_modules": runs[0]["third_party_modules"],
         }
-    summary["targets"] = {"ratio": TARGET_RATIO, "peak_rss_mib": TARGET_RSS_MIB}
+    summary["cli"] = _summarise_cli(size, rounds)
+    summary["targets"] = {
+        "ratio": TARGET_RATIO,
+        "peak_rss_mib": TARGET_RSS_MIB,
+        "help_seconds": TARGET_HELP_SECONDS,
+        "small_seal_seconds": TARGET_SMALL_SEAL_SECONDS,
+    }
     summary["ok"] = all(
         summary[op]["ratio_ok"] and summary[op]["rss_ok"] for op in ("seal", "open")
     )
     return summary
+
+
+def _summarise_cli(size: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The command line's figures: best of the rounds, against the best of the peers."""
+    best_peer = {op: min(r[op]["peer_seconds"] for r in rounds) for op in ("seal", "open")}
+    cli: dict[str, Any] = {
+        "command": " ".join(Path(c).name for c in _entente()),
+        "peer_mb_s": {op: size / 1e6 / best_peer[op] for op in best_peer},
+    }
+    for home in ("protected", "plain"):
+        runs = [r["cli"][home] for r in rounds]
+        figures: dict[str, Any] = {}
+        for op in ("seal", "open"):
+            best = min(run[f"{op}_seconds"] for run in runs)
+            figures[f"{op}_mb_s"] = size / 1e6 / best
+            figures[f"{op}_ratio"] = best_peer[op] / best
+            figures[f"{op}_peak_rss_mib"] = max(run[f"{op}_maxrss_kib"] for run in runs) / 1024
+        figures["small_seal_seconds"] = min(run["small_seal_seconds"] for run in runs)
+        figures["small_seal_peak_rss_mib"] = (
+            max(run["small_seal_maxrss_kib"] for run in runs) / 1024
+        )
+        cli[home] = figures
+    cli["help_seconds"] = min(r["cli"]["help_seconds"] for r in rounds)
+    cli["help_peak_rss_mib"] = max(r["cli"]["help_maxrss_kib"] for r in rounds) / 1024
+    plain = cli["plain"]
+    cli["ok"] = {
+        "seal_ratio": cli["protected"]["seal_ratio"] >= TARGET_RATIO,
+        "open_ratio": cli["protected"]["open_ratio"] >= TARGET_RATIO,
+        "seal_peak_rss": plain["seal_peak_rss_mib"] < TARGET_RSS_MIB,
+        "help": cli["help_seconds"] < TARGET_HELP_SECONDS,
+        "small_seal": plain["small_seal_seconds"] < TARGET_SMALL_SEAL_SECONDS,
+    }
+    return cli
 
 
 def _print_figures(summary: dict[str, Any]) -> None:
@@ -263,6 +433,22 @@ def _print_figures(summary: dict[str, Any]) -> None:
             f"ratio {s['ratio']:.2f}x (target >= {TARGET_RATIO}) | "
             f"peak RSS {s['peak_rss_mib']:.1f} MiB (target < {TARGET_RSS_MIB})"
         )
+    cli = summary["cli"]
+    print(f"command line ({cli['command']}), best of {summary['rounds']}:")
+    for home, label in (("protected", "passphrase-protected home"), ("plain", "no passphrase")):
+        c = cli[home]
+        print(
+            f"  {label}: seal {c['seal_mb_s']:.1f} MB/s ({c['seal_ratio']:.2f}x the peer, "
+            f"peak RSS {c['seal_peak_rss_mib']:.1f} MiB) | open {c['open_mb_s']:.1f} MB/s "
+            f"({c['open_ratio']:.2f}x, peak RSS {c['open_peak_rss_mib']:.1f} MiB) | "
+            f"{SMALL_BYTES}-byte seal {c['small_seal_seconds']:.3f} s"
+        )
+    print(
+        f"  entente --help {cli['help_seconds']:.3f} s (target < {TARGET_HELP_SECONDS}), "
+        f"peak RSS {cli['help_peak_rss_mib']:.1f} MiB"
+    )
+    missed = sorted(name for name, ok in cli["ok"].items() if not ok)
+    print("  command-line targets met" if not missed else f"  NOT MET: {', '.join(missed)}")
     print("targets met" if summary["ok"] else "TARGETS NOT MET")
 
 
@@ -288,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="entente-bench-", dir=args.dir))
     try:
         _prepare(work, size)
+        _prepare_homes(work)
         results = [_round(work, age_cli, sha256sum) for _ in range(rounds)]
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,5 +1,6 @@
-"""The rows an artifact leaves in the database: its id, the artifact row itself (with the
-manifest's policy references), and the outbox row and delivery head for each partner.
+"""The rows an artifact leaves in the database: its id (``new_artifact_id``, from
+``service.artifacts.parties``), the artifact row itself (with the manifest's policy
+references), and the outbox row and delivery head for each partner.
 
 Shared by a share at this node (``service.artifacts.share``) and a delivery received from a
 partner (``service.federation.receive``), so that both write the same columns the same way.
@@ -22,24 +23,14 @@ from crypto.sealed import (
     disclosure_digest,
 )
 from policies import Decision
+from service.artifacts.parties import new_artifact_id
 from service.artifacts.sealing import Party, sealing_of
 from service.models import Artifact, Outbox
 
 __all__ = ["Recipient", "artifact_row", "delivery_head", "json_list", "new_artifact_id"]
 
 
-_B32 = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, sortable
-
-
 Recipient = Party  # what sharing needs of a pinned partner: its id and its age recipients
-
-
-def new_artifact_id(now: datetime) -> str:
-    """``art_`` + 10 chars of milliseconds since the epoch + 16 random chars: sortable, unique."""
-    ms = int(now.timestamp() * 1000)
-    stamp = "".join(_B32[(ms >> (5 * i)) & 31] for i in reversed(range(10)))
-    rand = "".join(_B32[b & 31] for b in secrets.token_bytes(16))
-    return f"art_{stamp}{rand}"
 
 
 def json_list(text: str) -> list[Any]:

@@ -1,6 +1,8 @@
 """The ``entente`` command line.
 
-One console script; each command group lives in its own module and is registered here. Every
+One console script; each command or command group lives in its own module, listed with its help
+line in :mod:`service.cli._commands` and imported only when it runs (so ``entente --help`` and
+``entente seal`` load neither the web stack nor the ORM nor the policy loader). Every
 command exits 0 on success and non-zero with one line on stderr otherwise: domain errors
 (:class:`service.errors.EntenteError`, :class:`crypto.errors.CryptoError`,
 :class:`policies.errors.PolicyError`) and file-system errors (:class:`OSError`) are caught in
@@ -15,15 +17,14 @@ import sys
 import typer
 
 from crypto.errors import CryptoError
-from policies.errors import PolicyError
+from service.cli._commands import TYPER_SETTINGS, LazyGroup
 from service.errors import EntenteError, UsageError
 
 app = typer.Typer(
     name="entente",
     help="Entente: signed, encrypted, policy-checked sharing of research between institutes.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+    cls=LazyGroup,  # commands from service.cli._commands, each imported when it runs
+    **TYPER_SETTINGS,
 )
 
 
@@ -32,11 +33,12 @@ def _root() -> None:
     """Entente: signed, encrypted, policy-checked sharing of research between institutes."""
 
 
-def _register() -> None:
-    """Register the commands (only the one being run, when it is named; see ``_commands``)."""
-    from service.cli._commands import register
-
-    register(app, sys.argv)
+def _is_policy_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a :class:`policies.errors.PolicyError`, without importing ``policies``
+    (its package loads the policy loader and JSON Schema): a command that raises one has
+    imported it already."""
+    errors = sys.modules.get("policies.errors")
+    return errors is not None and isinstance(exc, errors.PolicyError)
 
 
 def _say(message: object) -> None:
@@ -53,7 +55,6 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def main() -> None:
-    _register()
     try:
         app()
     except UsageError as exc:
@@ -62,12 +63,17 @@ def main() -> None:
     except EntenteError as exc:
         _say(exc.message)
         sys.exit(1)
-    except (CryptoError, PolicyError) as exc:
+    except CryptoError as exc:
         _say(exc)
         sys.exit(1)
     except OSError as exc:  # a file the command was pointed at: unreadable, missing, disk full
         where = f" ({exc.filename})" if isinstance(exc.filename, str) else ""
         _say(f"{exc.strerror or type(exc).__name__}{where}")
+        sys.exit(1)
+    except Exception as exc:
+        if not _is_policy_error(exc):
+            raise
+        _say(exc)
         sys.exit(1)
     except KeyboardInterrupt:
         _say("interrupted")

@@ -1,16 +1,23 @@
-"""Options and helpers shared by the CLI command modules."""
+"""Options and helpers shared by the CLI command modules.
+
+Light on purpose: every command imports it, ``entente seal`` included, so the database layer
+(SQLAlchemy, the ORM, Alembic) is imported by :func:`open_db` when a command opens the
+database, not here.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from service.cli._terminal import TerminalConsole
-from service.db import Database, open_database
 from service.home import Home, open_home
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.db import Database
 
 __all__ = ["DbUrlOpt", "HomeOpt", "JsonOpt", "console", "err_console", "open_db", "settings_for"]
 
@@ -39,5 +46,7 @@ def settings_for(home: Path | None, database_url: str | None = None, **extra: ob
 
 def open_db(settings: Settings, *, migrate: bool = True) -> tuple[Home, Database]:
     """Open the home's public facts and its database (migrated). No keys are unlocked."""
+    from service.db import open_database  # the database layer: most of a command's start-up
+
     home = open_home(settings.require_home())
     return home, open_database(settings.resolved_database_url(), migrate=migrate)

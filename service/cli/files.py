@@ -36,16 +36,13 @@ from crypto.sealed import (
 )
 from crypto.sealing import SEALING_HYBRID, kind_of
 from crypto.vocab import TLP_LABELS, is_term
-from service.artifacts.rows import new_artifact_id
-from service.artifacts.sealing import Party, recipients_for
+from service.artifacts.parties import Party, new_artifact_id, recipients_for
 from service.cli._common import HomeOpt, console, err_console, settings_for
 from service.cli._terminal import outside
-from service.db import open_database
 from service.errors import UsageError
 from service.files import open_sealed_file, seal_file, write_atomically
 from service.home import open_home
-from service.models import Partner
-from service.partners import partner_keysets
+from service.pinned import pinned_keysets, pinned_parties
 
 __all__ = ["open_", "progress_bar", "seal", "verify_"]
 
@@ -74,12 +71,7 @@ def _trusted_for(home_path: Path, database_url: str | None, origin: str) -> list
     settings = settings_for(home_path, database_url)
     if origin == home.node_id:
         return home.unlock(settings).keysets
-    db = open_database(settings.resolved_database_url(), migrate=True)
-    try:
-        with db.session() as session:
-            return partner_keysets(session, origin)
-    finally:
-        db.dispose()
+    return pinned_keysets(settings.resolved_database_url(), origin)
 
 
 def _manifest_origin(envelope_path: Path) -> str:
@@ -166,22 +158,19 @@ def seal(
     keys = node_home.unlock(settings)
     parties: list[Party] = [node_home]
     given: list[ManifestRecipient] = []
-    db = open_database(settings.resolved_database_url(), migrate=True)
-    try:
-        with db.session() as session:
-            for index, target in enumerate(to, start=1):
-                if target.startswith("age1"):
-                    try:
-                        given.append(ManifestRecipient(f"recipient-{index}", target))
-                    except CryptoError as exc:
-                        raise UsageError(f"--to {target[:20]}…: {exc}") from None
-                    continue
-                partner = session.get(Partner, target)
-                if partner is None:
-                    raise UsageError(f"--to {target}: not a pinned partner or an age1… recipient")
-                parties.append(partner)
-    finally:
-        db.dispose()
+    named = [target for target in to if not target.startswith("age1")]
+    pinned = pinned_parties(settings.resolved_database_url(), named) if named else {}
+    for index, target in enumerate(to, start=1):
+        if target.startswith("age1"):
+            try:
+                given.append(ManifestRecipient(f"recipient-{index}", target))
+            except CryptoError as exc:
+                raise UsageError(f"--to {target[:20]}…: {exc}") from None
+            continue
+        partner = pinned.get(target)
+        if partner is None:
+            raise UsageError(f"--to {target}: not a pinned partner or an age1… recipient")
+        parties.append(partner)
     recipients = _choose(parties, given)
     try:
         size = file.stat().st_size

@@ -1,8 +1,8 @@
-"""``entente init``, ``identity``, ``db`` and ``serve``: creating and running a node."""
+"""``entente init``, ``db``, ``serve`` and ``demo``: creating and running a node (``identity``
+is in ``service.cli.identity``)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -19,18 +19,17 @@ from crypto.keys import format_fingerprint
 from service.cli._common import (
     DbUrlOpt,
     HomeOpt,
-    JsonOpt,
     console,
     err_console,
     open_db,
     settings_for,
 )
+from service.cli.identity import pq_line
 from service.db import open_database
 from service.home import ServeClaim, claim_for_serving, create_home, open_home
 from service.logs import configure_logging
 from service.settings import Settings
 
-identity_app = typer.Typer(help="Show or export this node's identity.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 
 
@@ -87,45 +86,8 @@ def init(
     console.print(f"Created node [bold]{created.node_id}[/] in {created.path}")
     console.print(f"  fingerprint   {format_fingerprint(created.fingerprint)}")
     console.print(f"  age recipient {created.age_recipient}")
-    console.print(f"  post-quantum  {_pq_line(created.pq_recipient)}")
+    console.print(f"  post-quantum  {pq_line(created.pq_recipient)}")
     console.print("Give partners `entente identity export` and this fingerprint, out of band.")
-
-
-def _pq_line(pq_recipient: str | None) -> str:
-    if pq_recipient is None:
-        return "none (classic only: shares are sealed to X25519)"
-    return f"{pq_recipient[:24]}… (hybrid ML-KEM-768 + X25519)"
-
-
-@identity_app.command("show")
-def identity_show(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
-    """Print the node id, fingerprint and age recipient."""
-    h = open_home(settings_for(home).require_home())
-    facts = {
-        "node_id": h.node_id,
-        "name": h.name,
-        "url": h.url,
-        "fingerprint": h.fingerprint,
-        "age_recipient": h.age_recipient,
-        "pq_recipient": h.pq_recipient,
-        "keys_encrypted": h.protected,
-    }
-    if as_json:
-        typer.echo(json.dumps(facts))
-        return
-    console.print(f"node id       {h.node_id}  ({h.name})")
-    console.print(f"url           {h.url}")
-    console.print(f"fingerprint   {format_fingerprint(h.fingerprint)}")
-    console.print(f"age recipient {h.age_recipient}")
-    console.print(f"post-quantum  {_pq_line(h.pq_recipient)}")
-    console.print(f"keys          {'encrypted (age scrypt)' if h.protected else 'UNENCRYPTED'}")
-
-
-@identity_app.command("export")
-def identity_export(home: HomeOpt = None) -> None:
-    """Write the signed node descriptor (DSSE JSON) to stdout."""
-    h = open_home(settings_for(home).require_home())
-    typer.echo(h.descriptor_envelope().to_bytes().decode("utf-8"), nl=False)
 
 
 @db_app.command("upgrade")

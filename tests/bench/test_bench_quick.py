@@ -34,6 +34,7 @@ def test_all_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
         assert isinstance(figures, dict) and figures, name
     assert "| seal | seal 1 GiB" in result.stdout  # the table is printed
     assert "| pq | post-quantum local shares" in result.stdout
+    assert "| seal | `entente --help` wall time |" in result.stdout  # the CLI as users run it
     assert not docs.exists()  # quick runs never overwrite the published report
 
     # --render rewrites only the tables of an existing report, from latest.json

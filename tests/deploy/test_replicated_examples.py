@@ -45,7 +45,7 @@ def _settings_of(env: dict[str, Any]) -> Settings:
     """The settings a container's environment gives the node (secrets stand in as text)."""
     values = {k.removeprefix("ENTENTE_").lower(): str(v) for k, v in env.items()
               if k.startswith("ENTENTE_")}  # fmt: skip
-    return Settings(**values)
+    return Settings.model_validate(values)
 
 
 # --------------------------------------------------------------------- compose

@@ -8,13 +8,14 @@ partner receives) and the middleware; the node (settings, keys, database) is bui
 and kept on ``app.state``.
 
 All background work is registered here, in :func:`register_workers`: the audit sequencer, the
-submission of checkpoints to partners' witnesses, outbox delivery, feed pulls, the nonce purge
-and retention (deleting the ciphertext that expiry, ``retain_max`` or a revocation no longer
-allows the node to hold); the start-up sweep of the blob store runs once beside them. None of it
-holds up the node's own start: the workers are started by a task beside the server, so a partner
-that is down (whose witness or feed a first round waits on) never delays ``/healthz``. Each
-worker is an asyncio task that loops until :meth:`Workers.stop`; a worker that raises is logged
-and restarted after a pause, so one bad row never stops delivery for everyone.
+submission of checkpoints to partners' witnesses, outbox delivery, feed pulls, the purge (of
+replay nonces and of idempotency keys past their time) and retention (deleting the ciphertext
+that expiry, ``retain_max`` or a revocation no longer allows the node to hold); the start-up
+sweep of the blob store runs once beside them. None of it holds up the node's own start: the
+workers are started by a task beside the server, so a partner that is down (whose witness or
+feed a first round waits on) never delays ``/healthz``. Each worker is an asyncio task that
+loops until :meth:`Workers.stop`; a worker that raises is logged and restarted after a pause, so
+one bad row never stops delivery for everyone.
 
 ``app_from_environment()`` is the same app for a server that imports it by name and runs several
 processes (``entente serve --workers N``, or ``uvicorn --factory
@@ -62,6 +63,7 @@ from service.federation.client import PartnerClient
 from service.federation.outbox import OutboxWorker
 from service.federation.pull import PullLoops
 from service.federation.signing import purge_nonces
+from service.idempotency import purge_expired
 from service.limits import Limits
 from service.metrics import Metrics
 from service.node import Node
@@ -159,6 +161,7 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
 
     async def purge() -> float:
         await anyio.to_thread.run_sync(purge_nonces, node)
+        await anyio.to_thread.run_sync(purge_expired, node)  # idempotency keys past their time
         return 60.0
 
     retention_rounds = RetentionWorker(node)
@@ -175,7 +178,7 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
     workers.add("audit-witness-submit", submission_step(node, transport))
     workers.add("deliver", deliver)
     workers.add("pull", pull)
-    workers.add("purge-nonces", purge)
+    workers.add("purge", purge)  # replay nonces, idempotency keys
     workers.add("retention", retention)
     workers.add("approvals-expire", expire_approvals)
     workers.on_stop(outbox.close)

@@ -15,7 +15,10 @@ retried one at a time, each in its own transaction, so one bad write cannot fail
 ``prepare`` runs before a group's transaction (once for the group: making the blobs its rows
 refer to durable), ``before_commit`` inside it (the crash-test fault points use it). ``deletes``
 removes rows by one column's values in the same transaction, after the inserts: the journal
-entries of the blobs the inserted rows now refer to (``service.blob_journal``).
+entries of the blobs the inserted rows now refer to (``service.blob_journal``). ``within``
+runs in the transaction after them, with its connection, for statements of the write's own
+that are not plain inserts (``service.idempotency`` settles a key there, or raises to fail the
+write when the key's claim was lost).
 
 What it does not do: reads, updates, deletes by more than one column, or anything that must
 see the rows of another write in the same group; rows of one write go to the tables in the
@@ -47,6 +50,7 @@ class _Write:
     before_commit: Callable[[], None] | None
     prepare: Callable[[], None] | None
     deletes: Mapping[sa.Column[Any], Sequence[Any]] | None = None
+    within: Callable[[sa.Connection], None] | None = None
     wake: threading.Event = field(default_factory=threading.Event)
     finished: bool = False
     error: BaseException | None = None
@@ -69,6 +73,7 @@ class GroupCommit:
         prepare: Callable[[], None] | None = None,
         before_commit: Callable[[], None] | None = None,
         deletes: Mapping[sa.Column[Any], Sequence[Any]] | None = None,
+        within: Callable[[sa.Connection], None] | None = None,
     ) -> None:
         """Insert ``rows`` (table -> rows) and commit, together with whatever other threads
         are writing at the same time; raises if these rows were not committed.
@@ -76,7 +81,7 @@ class GroupCommit:
         ``prepare`` runs before the transaction begins, once per group however many of its
         writes name it (equal callables): the blob store's ``sync_placed``, so that one sync
         makes the blobs of the whole group durable before the rows that refer to them."""
-        write = _Write(rows, before_commit, prepare, deletes)
+        write = _Write(rows, before_commit, prepare, deletes, within)
         with self._lock:
             self._queue.append(write)
             lead = not self._leading
@@ -141,6 +146,9 @@ class GroupCommit:
             for column, values in doomed.items():
                 if values:
                     conn.execute(sa.delete(column.table).where(column.in_(values)))
+            for write in group:
+                if write.within is not None:
+                    write.within(conn)
             for write in group:
                 if write.before_commit is not None:
                     write.before_commit()

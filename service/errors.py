@@ -15,7 +15,13 @@ one place (``service/api/problems.py``); the CLI prints the message on one line 
     ├── ForbiddenError        the role does not allow the action (HTTP 403)
     ├── PolicyDeniedError     an MOU policy denies the action (HTTP 403, names rule and clause)
     ├── ConflictError         the request conflicts with the current state (HTTP 409)
+    │   └── IdempotencyKeyInFlightError
+    │                         the first request with this Idempotency-Key is still running
     ├── InvalidInputError     the request is malformed (HTTP 400/422)
+    │   ├── IdempotencyKeyMalformedError
+    │   │                     the Idempotency-Key header is not one sf-string (HTTP 400)
+    │   └── IdempotencyKeyReusedError
+    │                         the Idempotency-Key was used for a different request (HTTP 422)
     ├── TooLargeError         a body or upload is over its limit (HTTP 413)
     ├── RateLimitedError      a rate or volume limit was hit (HTTP 429)
     ├── RequestTimeoutError   the request body stalled past its idle limit (HTTP 408)
@@ -64,6 +70,9 @@ __all__ = [
     "EntenteError",
     "ForbiddenError",
     "HomeError",
+    "IdempotencyKeyInFlightError",
+    "IdempotencyKeyMalformedError",
+    "IdempotencyKeyReusedError",
     "InvalidInputError",
     "KeyStoreError",
     "NodeProcessError",
@@ -163,6 +172,30 @@ class InvalidInputError(EntenteError):
     kind = "invalid-input"
     status = 422
     title = "Invalid input"
+
+
+class IdempotencyKeyInFlightError(ConflictError):
+    """A request with this ``Idempotency-Key`` is still being carried out (IETF httpapi
+    idempotency-key-header draft, 2.6): retry once it has finished, to get its result."""
+
+    kind = "idempotency-key-in-flight"
+    title = "A request with this Idempotency-Key is in flight"
+
+
+class IdempotencyKeyMalformedError(InvalidInputError):
+    """The ``Idempotency-Key`` header is not one RFC 8941 sf-string within the length limit."""
+
+    kind = "idempotency-key-malformed"
+    status = 400
+    title = "Malformed Idempotency-Key"
+
+
+class IdempotencyKeyReusedError(InvalidInputError):
+    """The ``Idempotency-Key`` answered an earlier request that differs from this one (its
+    principal, route, parameters or body): a key names one request only (the draft's 422)."""
+
+    kind = "idempotency-key-reused"
+    title = "Idempotency-Key reused for a different request"
 
 
 class TooLargeError(EntenteError):

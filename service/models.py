@@ -17,6 +17,7 @@ __all__ = [
     "Artifact",
     "AuditEntry",
     "BlobInFlight",
+    "IdempotencyKey",
     "Outbox",
     "Partner",
     "PartnerKey",
@@ -328,3 +329,29 @@ class BlobInFlight(SQLModel, table=True):
     )
     digest: str = Field(max_length=64, index=True)
     since: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False, index=True))
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """An ``Idempotency-Key`` a principal sent with a share (``service/idempotency.py``).
+
+    ``pending`` while its first request runs (``claim`` names that request; ``lease_until`` is
+    renewed while it lives, so a crashed request's claim lapses), then ``done`` with the first
+    result (status, body, ``Location``), written in the transaction of the rows it answers
+    for. ``fingerprint`` is the SHA-256 of what makes it the same request: the principal, the
+    route and its parameters, and the whole body. Deleted after ``expires_at``.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    principal: str = Field(primary_key=True, max_length=32)  # the token id
+    idempotency_key: str = Field(primary_key=True, max_length=255)
+    claim: str = Field(max_length=32)
+    state: str = Field(max_length=8)  # pending | done
+    route: str = Field(max_length=300)
+    fingerprint: str | None = Field(default=None, max_length=64)
+    status: int | None = Field(default=None)
+    response: str | None = Field(default=None, sa_column=sa.Column(sa.Text))  # JSON body
+    location: str | None = Field(default=None, max_length=300)
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    lease_until: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    expires_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False, index=True))

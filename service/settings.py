@@ -127,6 +127,12 @@ class Settings(BaseSettings):
     approval_ttl_seconds: float = Field(default=86400.0, gt=0)  # seconds a pending action
     # waits for its second approver before it expires
 
+    # Idempotency-Key on POST /v1/artifacts and the onward share (service.idempotency)
+    idempotency_ttl_seconds: float = Field(default=86400.0, gt=0)  # seconds a key answers
+    # retries with its first result; then it is forgotten (and may be used again)
+    idempotency_lease_seconds: float = Field(default=30.0, gt=0)  # seconds a running request
+    # holds its key without renewing it: a request that died releases it after this long
+
     # Agreements (service.agreements): permits only from terms every party's officer signed
     signed_agreements_required: bool = False  # when true, an unsigned local policy file may
     # only forbid; otherwise it still grants, for a partner under no signed agreement, and

@@ -2,23 +2,29 @@
 
 Roles: ``publisher`` shares and revokes; ``reader`` reads content; every role may list metadata.
 Uploads stream: the multipart body is parsed as it arrives and the file part flows straight into
-SHA-256 + age encryption, so neither memory nor disk ever holds the plaintext.
+SHA-256 + age encryption, so neither memory nor disk ever holds the plaintext. Both routes that
+share take an ``Idempotency-Key`` (``service.api.idempotent``): the whole body is hashed as it
+streams, and the key is settled in the share's own transaction.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from crypto import strict_json
-from service.api.bodies import StreamedBody, json_body, read_json, refuse_declared
+from service import idempotency
+from service.api.bodies import StreamedBody, json_body, parse_json, read_body, refuse_declared
 from service.api.deps import require_roles
+from service.api.idempotent import HashedPull, answer, carry_out, drain, idempotency_key, replay
 from service.api.upload import MultipartReader, Part, boundary_of
 from service.artifacts import approvals, listing
 from service.artifacts import read as reading
@@ -123,12 +129,14 @@ def _out(
 
 
 class _Limited:
-    """The file part, refused as soon as it passes the configured size limit."""
+    """The file part, refused as soon as it passes the configured size limit; ``ended`` runs
+    once, when it has been read to its end."""
 
-    def __init__(self, part: Part, limit: int) -> None:
+    def __init__(self, part: Part, limit: int, ended: Callable[[], None] | None = None) -> None:
         self._part = part
         self._limit = limit
         self._seen = 0
+        self._ended = ended
 
     def read(self, n: int = -1, /) -> bytes:
         data = self._part.read(n)
@@ -137,7 +145,29 @@ class _Limited:
             raise TooLargeError(
                 f"the artifact is larger than ENTENTE_MAX_ARTIFACT_BYTES ({self._limit} bytes)"
             )
+        if not data and n != 0 and self._ended is not None:
+            ended, self._ended = self._ended, None
+            ended()
         return data
+
+
+UPLOAD_ROUTE = "POST /v1/artifacts"
+ONWARD_ROUTE = "POST /v1/artifacts/{artifact_id}/share"
+
+
+def _result(row: Artifact | Approval) -> idempotency.Result:
+    """What a share answers, for its idempotency key: 201 and the artifact, or 202 and the
+    pending action (two-person control)."""
+    if isinstance(row, Approval):
+        body = approval_out(row).model_dump_json().encode()
+        return idempotency.Result(202, body, f"/v1/approvals/{row.id}")
+    return idempotency.Result(201, _out(row).model_dump_json().encode())
+
+
+def _upload_fingerprint(principal: Principal, pull: HashedPull) -> str:
+    return idempotency.fingerprint(
+        principal=principal, route=UPLOAD_ROUTE, params={}, body_sha256=pull.hexdigest()
+    )
 
 
 def _upload_limit(node: Node) -> int:
@@ -147,8 +177,14 @@ def _upload_limit(node: Node) -> int:
 
 
 def _share_sync(
-    node: Node, pull: Any, boundary: bytes, principal: Principal
+    node: Node,
+    pull: Any,
+    boundary: bytes,
+    principal: Principal,
+    claim: idempotency.Claim | None = None,
 ) -> Artifact | Approval:
+    """Parse and carry out an upload; with ``claim`` (``pull`` is then a :class:`HashedPull`),
+    read the body to its end once the file is read, and settle the key with the share."""
     settings = node.settings
     reader = MultipartReader(pull, boundary, max_body=_upload_limit(node))
     first = reader.next_part()
@@ -170,21 +206,26 @@ def _share_sync(
     second = reader.next_part()
     if second is None or second.name != "file":
         raise InvalidInputError("the second multipart part must be 'file'")
+    ended = None
+    if claim is not None and isinstance(pull, HashedPull):
+
+        def ended() -> None:  # the whole body, read (and hashed) to its end: the fingerprint
+            while reader.next_part() is not None:
+                pass
+            claim.fingerprint = _upload_fingerprint(principal, pull)
+
     # Two-person control: sealed and stored, not shared, until a second person approves.
-    carry_out = (
-        approvals.request_share
-        if settings.needs_second_approver(terms.tlp)
-        else sharing.share_artifact
-    )
-    return carry_out(
-        node,
-        node.blobs,
-        terms,
-        _Limited(second, settings.max_artifact_bytes),
-        principal=principal,
-        decisions=decisions,
-        onward_approved=meta.onward_approved,
-    )
+    if settings.needs_second_approver(terms.tlp):
+        return approvals.request_share(
+            node, node.blobs, terms, _Limited(second, settings.max_artifact_bytes, ended),
+            principal=principal, decisions=decisions, onward_approved=meta.onward_approved,
+            also=claim.recorder(_result) if claim is not None else None,
+        )  # fmt: skip
+    return sharing.share_artifact(
+        node, node.blobs, terms, _Limited(second, settings.max_artifact_bytes, ended),
+        principal=principal, decisions=decisions, onward_approved=meta.onward_approved,
+        also=claim.recorder(_result) if claim is not None else None,
+    )  # fmt: skip
 
 
 @router.post(
@@ -199,14 +240,17 @@ def _share_sync(
             "description": "Stored, not shared: the share's TLP needs a second approver "
             "(ENTENTE_TWO_PERSON_TLP); approve it with POST /v1/approvals/{id}/approve",
         },
-        **_problems(400, 401, 403, 413, 422),
+        **_problems(400, 401, 403, 409, 413, 422),
     },
 )
 async def create_artifact(request: Request, node: NodeDep, principal: Publisher) -> Any:
     boundary = boundary_of(request.headers.get("content-type"))
+    key = idempotency_key(request)
     settings = node.settings
     refuse_declared(request, _upload_limit(node), "the upload")
     body = StreamedBody(request, block=settings.upload_prefetch_bytes)
+    if key is not None:
+        return await _upload_with_key(node, body, boundary, principal, key)
     row = await body.run(_share_sync, node, body.pull, boundary, principal)
     if isinstance(row, Approval):
         return JSONResponse(
@@ -215,6 +259,22 @@ async def create_artifact(request: Request, node: NodeDep, principal: Publisher)
             headers={"Location": f"/v1/approvals/{row.id}"},
         )
     return _out(row)
+
+
+async def _upload_with_key(
+    node: Node, body: StreamedBody, boundary: bytes, principal: Principal, key: str
+) -> Response:
+    """An upload with an ``Idempotency-Key``: its first result, or that of the key's first
+    request once this body is known to be the same (hashed as it streams, never held)."""
+    found = await run_in_threadpool(
+        idempotency.claim, node, principal=principal, key=key, route=UPLOAD_ROUTE
+    )
+    hashed = HashedPull(body.pull)
+    if isinstance(found, idempotency.Replay):
+        await body.run(drain, hashed, _upload_limit(node))
+        return replay(found, _upload_fingerprint(principal, hashed))
+    await body.run(carry_out, found, _share_sync, node, hashed, boundary, principal, found)
+    return answer(found.result)
 
 
 def _distinct(values: list[str]) -> list[str]:
@@ -258,7 +318,24 @@ class OnwardShareIn(BaseModel):
 async def share_onward(
     artifact_id: str, request: Request, node: NodeDep, principal: Publisher
 ) -> Any:
-    body = await read_json(request, OnwardShareIn, limit=node.settings.max_json_body_bytes)
+    key = idempotency_key(request)
+    raw = await read_body(request, limit=node.settings.max_json_body_bytes)
+    body = parse_json(raw, OnwardShareIn)
+    if key is not None:
+        fingerprint = idempotency.fingerprint(
+            principal=principal, route=ONWARD_ROUTE, params={"artifact_id": artifact_id},
+            body_sha256=hashlib.sha256(raw).hexdigest(),
+        )  # fmt: skip
+        found = await run_in_threadpool(
+            idempotency.claim, node, principal=principal, key=key, route=ONWARD_ROUTE
+        )
+        if isinstance(found, idempotency.Replay):
+            return replay(found, fingerprint)
+        found.fingerprint = fingerprint
+        await run_in_threadpool(
+            carry_out, found, _onward_sync, node, artifact_id, body.partners, principal, found
+        )
+        return answer(found.result)
     row = await run_in_threadpool(_onward_sync, node, artifact_id, body.partners, principal)
     if isinstance(row, Approval):
         return JSONResponse(
@@ -270,8 +347,13 @@ async def share_onward(
 
 
 def _onward_sync(
-    node: Node, artifact_id: str, targets: list[str], principal: Principal
+    node: Node,
+    artifact_id: str,
+    targets: list[str],
+    principal: Principal,
+    claim: idempotency.Claim | None = None,
 ) -> Artifact | Approval:
+    also = claim.recorder(_result) if claim is not None else None
     with node.db.session() as session:
         held = listing.get_artifact(session, artifact_id)
     if node.settings.needs_second_approver(held.tlp):
@@ -279,9 +361,11 @@ def _onward_sync(
         summary = {"upstream": held.id, "origin": held.origin, "title": held.title,
                    "tlp": held.tlp, "partners": list(targets)}  # fmt: skip
         return approvals.request_action(
-            node, action="share.onward", principal=principal, summary=summary
+            node, action="share.onward", principal=principal, summary=summary, also=also
         )
-    return onward_domain.share_onward(node, artifact_id, targets=targets, principal=principal)
+    return onward_domain.share_onward(
+        node, artifact_id, targets=targets, principal=principal, also=also
+    )
 
 
 @router.get(

@@ -44,6 +44,7 @@ __all__ = [
     "body_limiter",
     "declared_length",
     "json_body",
+    "parse_json",
     "read_body",
     "read_json",
     "refuse_declared",
@@ -83,7 +84,11 @@ async def read_json(
     request: Request, model: type[M], *, limit: int, what: str = "the request body"
 ) -> M:
     """The body as ``model``: bounded, strictly parsed JSON, then validated."""
-    raw = await read_body(request, limit=limit, what=what)
+    return parse_json(await read_body(request, limit=limit, what=what), model, what=what)
+
+
+def parse_json(raw: bytes, model: type[M], *, what: str = "the request body") -> M:
+    """``raw`` as ``model``: strictly parsed JSON (``crypto.strict_json``), then validated."""
     try:
         strict_json.loads(raw)
     except strict_json.StrictJSONError as exc:

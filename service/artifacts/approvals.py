@@ -3,13 +3,12 @@
 Where the operator requires it (``Settings.two_person_tlp``, ``two_person_policy_reload``), an
 action does not happen when it is asked for. The request is stored as a pending
 :class:`~service.models.Approval` (audited ``approval.requested``); a second principal, with a
-different token AND a different name and a role that may approve the action, approves it
-(audited ``approval.granted`` naming both) and it is carried out, or anyone who may approve it
-rejects it (``approval.rejected``). A pending action expires after
-``Settings.approval_ttl_seconds`` (``approval.expired``): lazily, whenever approvals are listed
-or decided, and by the ``approvals-expire`` worker. A refused approval (the requester, the same
-person under another token, the wrong role) is audited ``approval.refused`` and raised as a
-403 with its ``reason``.
+different token AND a different name and a role that may approve the action, approves it (audited
+``approval.granted`` naming both) and it is carried out, or anyone who may approve it rejects it
+(``approval.rejected``). A pending action expires after ``Settings.approval_ttl_seconds``
+(``approval.expired``): lazily, whenever approvals are listed or decided, and by the
+``approvals-expire`` worker. A refused approval (the requester, the same person under another
+token, the wrong role) is audited ``approval.refused`` and raised as a 403 with its ``reason``.
 
 A pending share is sealed at request time, exactly as a share is (age to the partners and this
 node, the DSSE manifest signed then, with the decisions of that moment), into the blob store:
@@ -28,7 +27,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -77,6 +76,7 @@ APPROVERS: dict[str, frozenset[Role]] = {
 }
 SYSTEM_ACTOR = "node:approvals"
 _APPROVALS = Approval.__table__  # type: ignore[attr-defined]
+Also = Callable[[sa.Connection, Approval], None] | None  # more work for the request's transaction
 
 
 def _row(
@@ -134,10 +134,11 @@ def request_share(
     principal: Principal,
     decisions: Sequence[tuple[Recipient, Decision]],
     onward_approved: Sequence[str] = (),
+    also: Also = None,
 ) -> Approval:
     """Seal ``source`` into the blob store as a share would, and store it as a pending action
-    (no artifact row, no delivery): one transaction writes the approval and its audit entry,
-    after the blob is durable."""
+    (no artifact row, no delivery): one transaction writes the approval, its audit entry (and
+    runs ``also``: see ``share.share_artifact``), after the blob is durable."""
     now = node.now()
     stored = seal_into_store(
         node, blobs, terms, source, decisions=decisions, onward_approved=onward_approved, now=now
@@ -161,16 +162,12 @@ def request_share(
         node, action="share", principal=principal, now=now, summary=summary, payload=payload,
         artifact_id=m.artifact_id, blob=stored.blob,
     )  # fmt: skip
-    try:
-        group_commit(node.db).write(
-            {_APPROVALS: [values], AUDIT_TABLE: [_requested(values, digest=m.sha256)]},
-            prepare=blobs.sync_placed,
-            deletes={SETTLE: [stored.blob]},  # the pending approval refers to it from now on
-        )
+    try:  # the pending approval refers to the blob from now on: its journal entry goes
+        return _store(node, values, also, m.sha256, prepare=blobs.sync_placed,
+                      deletes={SETTLE: [stored.blob]})  # fmt: skip
     except BaseException:
         blobs.delete(stored.blob)
         raise
-    return Approval.model_construct(**values)
 
 
 def request_action(
@@ -180,15 +177,22 @@ def request_action(
     principal: Principal,
     summary: dict[str, Any],
     payload: dict[str, Any] | None = None,
+    also: Also = None,
 ) -> Approval:
-    """Store an action that needs no blob (a policy reload, a partner change) as pending, with
-    its audit entry, in one transaction; ``payload`` is what carrying it out needs."""
-    values = _row(
-        node, action=action, principal=principal, now=node.now(), summary=summary,
-        payload=payload or {},
-    )  # fmt: skip
-    group_commit(node.db).write({_APPROVALS: [values], AUDIT_TABLE: [_requested(values)]})
-    return Approval.model_construct(**values)
+    """Store an action that needs no blob (a policy reload, an onward share, a partner change)
+    as pending, with its audit entry, in one transaction (``also`` in it); ``payload`` is what
+    carrying it out needs."""
+    values = _row(node, action=action, principal=principal, now=node.now(), summary=summary,
+                  payload=payload or {})  # fmt: skip
+    return _store(node, values, also)
+
+
+def _store(node: Node, values: dict[str, Any], also: Also, digest: str | None = None,
+           **write: Any) -> Approval:  # fmt: skip
+    row = Approval.model_construct(**values)
+    rows = {_APPROVALS: [values], AUDIT_TABLE: [_requested(values, digest=digest)]}
+    group_commit(node.db).write(rows, within=also and (lambda conn: also(conn, row)), **write)
+    return row
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -243,12 +247,9 @@ def _close(
 def expire_due(node: Node) -> int:
     """Expire every pending action past its time (audited ``approval.expired``); how many."""
     now = node.now()
+    query = select(Approval).where(Approval.state == "pending", col(Approval.expires_at) <= now)
     with node.db.session() as session:
-        due = list(
-            session.exec(
-                select(Approval).where(Approval.state == "pending", col(Approval.expires_at) <= now)
-            )
-        )
+        due = list(session.exec(query))
     return sum(
         _close(node, row, state="expired", kind="approval.expired", actor=SYSTEM_ACTOR,
                reason="not approved in time")

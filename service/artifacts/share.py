@@ -12,7 +12,7 @@ This module does not deliver (``service.federation.outbox``) nor parse uploads (
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -204,6 +204,7 @@ def share_artifact(
     onward_approved: Sequence[str] = (),
     onward: dict[str, Any] | None = None,
     upstream: tuple[str, str, str] | None = None,
+    also: Callable[[sa.Connection, Artifact], None] | None = None,
 ) -> Artifact:
     """Seal ``source`` to the permitted partners and this node, store it, queue deliveries.
 
@@ -211,7 +212,9 @@ def share_artifact(
     recipient's ``onward`` obligation is what lets it pass the artifact on), the partners the
     publisher pre-approves for onward sharing (``onward_approved``), and, for an onward share
     (``service.federation.onward``), the holder's ``onward`` decisions; ``upstream`` (the artifact
-    passed on: its id and origin, and the chain's root origin) is kept on the row.
+    passed on: its id and origin, and the chain's root origin) is kept on the row. ``also``
+    runs in the transaction that records the artifact, given the artifact (the request's
+    idempotency key is settled there: ``service.idempotency``); if it raises, nothing is shared.
     """
     now = node.now()
     stored = seal_into_store(
@@ -222,6 +225,9 @@ def share_artifact(
         node, stored, meta, principal=principal, decisions=decisions, kind=kind,
         upstream=upstream, now=now,
     )  # fmt: skip
+    # The committed values, unvalidated (they were just built here): a validating model
+    # constructor costs ten times as much, about 70 µs per share.
+    artifact = Artifact.model_construct(**rows[_ARTIFACTS][0])
     try:
         # One transaction: the artifact, its audit events and its outbox rows, committed
         # together with the rows of shares running at the same time (group commit: Core
@@ -231,15 +237,14 @@ def share_artifact(
             prepare=blobs.sync_placed,
             before_commit=lambda: fault_point("share.before_db_commit"),
             deletes={SETTLE: [stored.blob]},  # its journal entry: referenced from now on
+            within=None if also is None else lambda conn: also(conn, artifact),
         )
     except BaseException:
         blobs.delete(stored.blob)
         raise
     fault_point("share.db_committed")
     node.metrics.shares.labels("allowed").inc()
-    # The committed values, unvalidated (they were just built here): a validating model
-    # constructor costs ten times as much, about 70 µs per share.
-    return Artifact.model_construct(**rows[_ARTIFACTS][0])
+    return artifact
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,22 @@ Each talks to a node's /v1 API (``--url`` or ENTENTE_URL, token from ``--token``
 ENTENTE_TOKEN). Uploads and downloads stream, with a progress bar on a terminal; a download goes to
 a temporary file that is renamed only when complete. A refusal prints the node's problem document
 in one line (for a policy denial: the partner, rule and MOU clause).
+
+``share`` sends a fresh ``Idempotency-Key`` with each invocation and, when the connection is
+lost (or a load balancer answers 502/503/504, or the node is still carrying out an earlier
+attempt), sends the whole file again from its start with the same key, a bounded number of
+times with growing pauses, saying so on stderr: an attempt the node had already committed is
+answered with its first result, so a retry never shares twice.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import secrets
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +28,7 @@ import httpx
 import typer
 
 from crypto import strict_json
-from service.cli._common import JsonOpt, console
+from service.cli._common import JsonOpt, console, err_console
 from service.cli._terminal import SafeTable, outside
 from service.cli.files import progress_bar
 from service.errors import RemoteError, UsageError
@@ -71,6 +80,63 @@ def _send(call: Any) -> httpx.Response:
     return response
 
 
+RETRY_STATUSES = (502, 503, 504)  # a load balancer's, or the node's own "busy" and "blob store"
+IN_FLIGHT = "urn:entente:problem:idempotency-key-in-flight"
+RETRY_BASE_SECONDS = 0.5  # the first pause; each next one doubles, up to the cap
+RETRY_MAX_SECONDS = 8.0
+
+
+def _problem_type(response: httpx.Response) -> str | None:
+    if not response.headers.get("content-type", "").startswith("application/problem+json"):
+        return None
+    try:
+        kind = strict_json.loads(response.read()).get("type")
+    except (ValueError, AttributeError, httpx.HTTPError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def send_with_retries(
+    attempt: Callable[[], httpx.Response],
+    *,
+    retries: int,
+    sleep: Callable[[float], None] = time.sleep,
+) -> httpx.Response:
+    """``attempt()`` until it answers, retrying (at most ``retries`` times, with doubling,
+    jittered pauses) a lost connection, a 502/503/504 and a 409 for a key still in flight.
+
+    Only for requests that carry an ``Idempotency-Key`` (every attempt the same request):
+    then a retry cannot act twice. Each retry is announced on stderr."""
+    for number in range(retries + 1):
+        try:
+            response = attempt()
+        except httpx.TransportError as exc:
+            if number >= retries:
+                raise RemoteError(
+                    f"cannot reach the node ({retries + 1} attempts): "
+                    f"{str(exc) or type(exc).__name__}"
+                ) from None
+            detail = outside(str(exc)[:120] or "no detail")
+            why = f"the connection was lost ({type(exc).__name__}: {detail})"
+        else:
+            retryable = response.status_code in RETRY_STATUSES or (
+                response.status_code == 409 and _problem_type(response) == IN_FLIGHT
+            )
+            if not retryable or number >= retries:
+                return response
+            why = f"the node answered {response.status_code}"
+            if response.status_code == 409:
+                why += " (it is still carrying out an earlier attempt)"
+        pause = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2**number)
+        pause *= 0.75 + random.random() / 2  # noqa: S311 - jitter, not a secret
+        err_console.print(
+            f"{why}; retrying in {pause:.1f} s with the same idempotency key "
+            f"(attempt {number + 2} of {retries + 1})"
+        )
+        sleep(pause)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _when(value: str | None, name: str) -> str | None:
     if value is None:
         return None
@@ -104,9 +170,22 @@ def share(
             "originator's approval (repeatable; recorded in the signed manifest)",
         ),
     ] = None,
+    retries: Annotated[
+        int,
+        typer.Option(
+            "--retries",
+            min=0,
+            max=20,
+            help="Times to send the file again after a lost connection (with the same "
+            "idempotency key, so the node shares it once)",
+        ),
+    ] = 4,
     as_json: JsonOpt = False,
 ) -> None:
-    """Share FILE with partners through your node (policy-checked, signed, encrypted)."""
+    """Share FILE with partners through your node (policy-checked, signed, encrypted).
+
+    A lost connection is retried: the file is sent again with the same idempotency key, and the
+    node answers an attempt it had already accepted with that first result."""
     try:
         size = file.stat().st_size
     except OSError as exc:
@@ -129,30 +208,35 @@ def share(
         f"Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
+    headers = {
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+        "Content-Length": str(len(head) + size + len(tail)),
+        "Idempotency-Key": f'"{uuid.uuid4()}"',  # one per invocation, the same for its retries
+    }
 
-    with progress_bar(size, f"uploading {file.name}") as advance:
+    def upload(client: httpx.Client) -> httpx.Response:
+        """One attempt: the whole file again, from its first byte."""
+        with progress_bar(size, f"uploading {file.name}") as advance:
 
-        def body() -> Iterator[bytes]:
-            yield head
-            with open(file, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    advance(len(chunk))
-                    yield chunk
-            yield tail
+            def body() -> Iterator[bytes]:
+                yield head
+                with open(file, "rb") as fh:
+                    while chunk := fh.read(1 << 20):
+                        advance(len(chunk))
+                        yield chunk
+                yield tail
 
-        with _client(url, token) as client:
-            response = _send(
-                lambda: client.post(
-                    "/v1/artifacts",
-                    content=body(),
-                    headers={
-                        "Content-Type": f"multipart/form-data; boundary={boundary}",
-                        "Content-Length": str(len(head) + size + len(tail)),
-                    },
-                )
-            )
+            return client.post("/v1/artifacts", content=body(), headers=headers)
+
+    with _client(url, token) as client:
+        response = send_with_retries(lambda: upload(client), retries=retries)
     _raise_for(response)
     art = response.json()
+    if response.headers.get("idempotent-replayed") == "true":
+        err_console.print(
+            "the node had already accepted this share before the connection was lost: "
+            "this is its first answer, and nothing was shared twice"
+        )
     if as_json:
         typer.echo(json.dumps(art))
         return

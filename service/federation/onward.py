@@ -37,9 +37,11 @@ read as they are.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import sqlalchemy as sa
 
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError, MalformedError, VerificationError
@@ -334,9 +336,15 @@ def _deny(
 
 
 def share_onward(
-    node: Node, artifact_id: str, *, targets: Sequence[str], principal: Principal
+    node: Node,
+    artifact_id: str,
+    *,
+    targets: Sequence[str],
+    principal: Principal,
+    also: Callable[[sa.Connection, Artifact], None] | None = None,
 ) -> Artifact:
-    """Pass a received artifact on to ``targets``; returns the new (sent) artifact."""
+    """Pass a received artifact on to ``targets``; returns the new (sent) artifact (``also``:
+    as for :func:`service.artifacts.share.share_artifact`)."""
     if not targets or len(set(targets)) != len(targets):
         raise InvalidInputError("name one or more distinct partners to share with")
     with node.db.session() as session:
@@ -459,4 +467,5 @@ def share_onward(
             "disclosure": mine,  # what the upstream decided for this node: its onward terms
         },
         upstream=(row.id, row.origin, root.origin),
+        also=also,
     )

@@ -21,6 +21,8 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 K8S_FOLDERS = (K8S, K8S / "admin")
 COMPOSE = DEPLOY / "compose.yaml"
+COMPOSE_REPLICAS = DEPLOY / "compose.replicas.yaml"
+K8S_S3 = DEPLOY / "k8s-s3"
 DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 UNIT = DEPLOY / "systemd" / "entente.service"
@@ -40,6 +42,13 @@ NODE_SETTINGS = frozenset(
         "ENTENTE_LOG_LEVEL",
         "ENTENTE_HOST",
         "ENTENTE_PORT",
+        # The S3 blob store (docs/object-store.md): compose.replicas.yaml, k8s-s3/
+        "ENTENTE_BLOB_URL",
+        "ENTENTE_S3_ENDPOINT_URL",
+        "ENTENTE_S3_REGION",
+        "ENTENTE_S3_ADDRESSING_STYLE",
+        "ENTENTE_S3_ACCESS_KEY_ID",
+        "ENTENTE_S3_SECRET_ACCESS_KEY",
     }
 )
 

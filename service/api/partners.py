@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from service.api.bodies import json_body, parse_json, read_body
 from service.api.deps import require_roles
 from service.artifacts import approval_actions
 from service.node import Node
@@ -35,7 +36,7 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
         "description": "Problem document (RFC 9457)",
         "content": {"application/problem+json": {"schema": {"type": "object"}}},
     }
-    for code in (401, 403, 404, 409, 422)
+    for code in (400, 401, 403, 404, 409, 413, 422)
 }
 
 
@@ -75,9 +76,12 @@ async def partners(node: NodeDep, principal: Viewer) -> Any:
     "",
     summary="Pin a partner (audited); with two-person control, 202: pending a second admin",
     status_code=201,
+    openapi_extra=json_body(PartnerIn),
     responses=PROBLEMS,
 )
-async def pin(body: PartnerIn, node: NodeDep, principal: Admin) -> Any:
+async def pin(request: Request, node: NodeDep, principal: Admin) -> Any:
+    # The body is read only after the caller is known to be an admin (never before auth).
+    body = parse_json(await read_body(request, limit=node.settings.max_json_body_bytes), PartnerIn)
     raw = json.dumps(body.descriptor).encode()
 
     def work() -> Any:

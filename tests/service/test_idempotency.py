@@ -31,13 +31,14 @@ from service.tokens import Principal, Role, create_token
 from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
 from tests.service.test_federation_sync import PortalTransport
 
-T0 = datetime.now(UTC).replace(microsecond=0)
 CONTENT = b"an evaluation finding\n" * 20_000
 
 
 class Clock:
+    """Starts at the real time the test runs (descriptors made then must be valid at it)."""
+
     def __init__(self) -> None:
-        self.now = T0
+        self.now = datetime.now(UTC).replace(microsecond=0)
 
     def __call__(self) -> datetime:
         return self.now

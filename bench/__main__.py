@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ("seal", "policy", "api", "sync", "audit", "pq", "profile")
+BENCHES = ("seal", "policy", "api", "sync", "audit", "pq", "profile", "network")
 
 
 def _get(data: Any, *path: str | int) -> Any:
@@ -357,6 +357,82 @@ ROWS = [
         "flat (reported)",
         lambda d: None,
         "MiB",
+    ),
+]
+
+NETWORK_SIZES = (5, 10, 20)  # bench/network.py's N (its --quick runs N = 3: these read n/a)
+WITNESS_COUNT = 5  # the default of ENTENTE_WITNESS_COUNT
+
+
+def _by_size(field: str) -> Callable[[Any], Any]:
+    """One bench/network.py figure at each of NETWORK_SIZES, "a / b / c" (None if any lacks)."""
+
+    def read(d: Any) -> Any:
+        values = [_get(d, "sizes", str(n), field) for n in NETWORK_SIZES]
+        return None if None in values else " / ".join(_fmt(v) for v in values)
+
+    return read
+
+
+def _latency(n: int) -> Callable[[Any], Any]:
+    return lambda d: _pair(_get(d, "sizes", str(n), "p50_s"), _get(d, "sizes", str(n), "p99_s"))
+
+
+def _witnessing_is_bounded(d: Any) -> bool | None:
+    values = [_get(d, "sizes", str(n), "witness_requests_per_checkpoint") for n in NETWORK_SIZES]
+    return None if None in values else _at_most(max(values), WITNESS_COUNT)
+
+
+def _grows_at_most_linearly(d: Any, field: str) -> bool | None:
+    first, last = (_get(d, "sizes", str(n), field) for n in (NETWORK_SIZES[0], NETWORK_SIZES[-1]))
+    ratio = _ratio(last, first)
+    return None if ratio is None else ratio <= NETWORK_SIZES[-1] / NETWORK_SIZES[0]
+
+
+ROWS += [
+    *(
+        Row(
+            "network",
+            f"network of {n} (loopback): share to all {n - 1} partners, p50 / p99 to the last "
+            "receipt",
+            _latency(n),
+            "",
+            lambda d: None,
+            "p99 < 3 s with 50 ms round trips (not simulated here)" if n == 20 else "(reported)",
+            lambda d: None,
+            "s",
+        )
+        for n in NETWORK_SIZES
+    ),
+    Row(
+        "network",
+        "CPU seconds per node over the sharing phase (mean), N = 5 / 10 / 20",
+        _by_size("cpu_s_per_node_mean"),
+        "",
+        lambda d: None,
+        "at most linear in N",
+        lambda d: _grows_at_most_linearly(d, "cpu_s_per_node_mean"),
+        "s",
+    ),
+    Row(
+        "network",
+        "peak RSS per node (max), N = 5 / 10 / 20",
+        _by_size("peak_rss_mib_per_node_max"),
+        "",
+        lambda d: None,
+        "at most linear in N",
+        lambda d: _grows_at_most_linearly(d, "peak_rss_mib_per_node_max"),
+        "MiB",
+    ),
+    Row(
+        "network",
+        "witness requests per checkpoint, N = 5 / 10 / 20",
+        _by_size("witness_requests_per_checkpoint"),
+        "",
+        lambda d: None,
+        "<= 5 (ENTENTE_WITNESS_COUNT), not N-1",
+        _witnessing_is_bounded,
+        "",
     ),
 ]
 

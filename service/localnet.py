@@ -12,6 +12,8 @@ and a health probe may wait behind the node's own background work. The node proc
 outlive the process that started them: each asks the kernel for SIGTERM when its parent dies,
 SIGKILL included (Linux ``PR_SET_PDEATHSIG``; the parent is the starting *thread*, so start
 nodes from a thread that lives as long as they should). Elsewhere the caller's ``stop`` must.
+A node started ``detached`` (``entente network up --keep``) is the exception: it runs in its own
+session without that request, and whoever started it records its pid to stop it later.
 
 What it does not do: choose an environment for a purpose (the demo's short intervals, the tests'
 low scrypt work factor and passphrase belong to their callers), or talk to a node's API beyond
@@ -168,6 +170,8 @@ class NodeProcess:
     command: tuple[str, ...] = COMMAND
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None  # set before starting to log elsewhere than <node id>.log
+    detached: bool = False  # outlives the process that starts it (its own session, no
+    # PR_SET_PDEATHSIG): `entente network up --keep`; stopping it is then the caller's job
 
     @property
     def url(self) -> str:
@@ -210,7 +214,9 @@ class NodeProcess:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent(),  # no import runs in the child
+                stdin=subprocess.DEVNULL if self.detached else None,
+                start_new_session=self.detached,  # then a terminal's Ctrl-C does not reach it
+                preexec_fn=None if self.detached else _die_with_parent(),  # no import in it
             )
 
     def wait_healthy(self, timeout: float = START_SECONDS) -> None:

@@ -134,6 +134,12 @@ COMMANDS: dict[str, Entry] = {
         "group",
         "Network rosters: join a network of N in one step.",
     ),
+    "network": Entry(
+        "service.cli.network",
+        "app",
+        "group",
+        "A local network of N nodes on loopback: up, down.",
+    ),
 }
 
 # The settings of the root app, which the one-command apps built by ``load`` share.

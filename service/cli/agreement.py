@@ -46,7 +46,7 @@ from crypto.keys import SigningKey, VerifyKey
 from crypto.keyset import KeySet, SignerSet
 from crypto.mldsa import MLDSASigningKey, MLDSAVerifyKey
 from policies import PolicySet, diff, format_time, parse_time
-from policies._agreement import Agreement, Terms
+from policies._agreement import EVERY, Agreement, Terms
 from policies.errors import PolicyError
 from service.agreements import AGREEMENT_SUFFIX, AgreementKeys, read_signed
 from service.audit.log import record
@@ -205,6 +205,15 @@ def draft(
     amends: Annotated[
         Path | None, typer.Option("--amends", help="The signed version this one amends")
     ] = None,
+    party: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--party",
+            help="A party (repeat); needed for common terms (--terms '*:*=FILE'), which name "
+            "none [default: the parties the terms name; an amendment's, its predecessor's]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write an unsigned agreement (or an amendment) for the parties' officers to sign."""
     previous = _load(amends)[1] if amends is not None else None
@@ -212,7 +221,10 @@ def draft(
     if ident is None or (title or (previous.title if previous else None)) is None:
         raise UsageError("a first version needs --id and --title")
     items = _terms(terms)
-    parties = sorted({t.party for t in items} | {t.partner for t in items})
+    named = ({t.party for t in items} | {t.partner for t in items}) - {EVERY}
+    if not party and not named and previous is not None:
+        named = set(previous.parties)  # an amendment of common terms keeps its parties
+    parties = sorted(named | set(party or ()))
     when = parse_time(in_force_from) if in_force_from else datetime.now(UTC).replace(microsecond=0)
     try:
         agreement = Agreement(

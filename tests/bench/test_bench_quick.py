@@ -29,7 +29,16 @@ def test_all_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads((tmp_path / "latest-quick.json").read_text())
-    assert set(data["results"]) == {"seal", "policy", "api", "sync", "audit", "pq", "profile"}
+    assert set(data["results"]) == {
+        "seal",
+        "policy",
+        "api",
+        "sync",
+        "audit",
+        "pq",
+        "profile",
+        "network",
+    }
     for name, figures in data["results"].items():
         assert isinstance(figures, dict) and figures, name
     assert "| seal | seal 1 GiB" in result.stdout  # the table is printed

@@ -238,3 +238,22 @@ def test_a_node_joins_through_a_roster_on_the_command_line(tmp_path: Path) -> No
     again = run_cli("roster", "import", str(roster), "--home", str(tmp_path / "bb"), "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["unchanged"] == ["aa"]
+
+
+def test_a_multilateral_agreement_of_common_terms_names_its_parties(tmp_path: Path) -> None:
+    """Common terms (``--terms '*:*=FILE'``) name no party: ``draft`` takes them from
+    ``--party``, and without any it is one clear line, not a file."""
+    from service.network import NETWORK_TERMS
+
+    common = tmp_path / "network.yaml"
+    common.write_text(NETWORK_TERMS)
+    out = tmp_path / "net.agreement.json"
+    args = ("agreement", "draft", "--id", "net", "--title", "Network [example]",
+            "--terms", f"*:*={common}", "-o", str(out))  # fmt: skip
+    _assert_one_line_error(run_cli(*args), "parties must be 2 to 64")
+    assert not out.exists()
+    drafted = run_cli(*args, "--party", "uk-aisi", "--party", "us-aisi", "--party", "ca-aisi")
+    assert drafted.returncode == 0, drafted.stderr
+    shown = json.loads(run_cli("agreement", "show", str(out), "--json").stdout)
+    assert shown["parties"] == ["ca-aisi", "uk-aisi", "us-aisi"]
+    assert shown["signatures"] == 0 and shown["checked"] is False

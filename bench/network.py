@@ -1,0 +1,242 @@
+"""Benchmark: a network of N nodes on this machine, each share going to every partner.
+
+DESIGN.md section 10: a network of 20 nodes with 50 ms round trips, share to all 19 partners,
+p99 to the last receipt under 3 s; per-node work at most linear in N. This runs on LOOPBACK
+(no added latency: the network namespaces and delaying relays of issue 16 are not built yet),
+so its latencies say what the nodes cost, not what links between continents add.
+
+For each N (5, 10 and 20; ``--quick``: 3), the network is built as ``entente network up``
+builds it (``service.network``: one roster, one multilateral agreement every officer signed;
+SQLite homes, keys unencrypted, one server process per node, outbox poll 0.2 s, checkpoints
+every 2 s) and started. After a short idle window (the background work alone), ``--shares``
+shares of 4 KiB go out one at a time, each from the next node in turn to ALL its N-1 partners.
+Figures per N:
+
+* share to all receipts: from the start of ``POST /v1/artifacts`` to the last partner's signed
+  receipt stored at the origin (its ``delivered_at``), p50 and p99 over the shares;
+* each node's CPU seconds over the sharing phase (``/proc``; mean and max), the network's CPU
+  per delivered copy, and each node's peak RSS over the phase (VmHWM, reset at its start);
+* each node's CPU per minute while idle, before the shares;
+* witness requests per checkpoint: ``add-checkpoint`` requests the nodes answered (their
+  ``/metrics``) over checkpoints the nodes signed, during the phase and a settling pause after
+  it; with ``ENTENTE_WITNESS_COUNT`` = 5 each log asks min(5, N-1) partners, whatever N is.
+
+Every share waits for its receipts before the next starts: latency without queueing. The
+load generator is this process (httpx for the share, a read-only SQLite query of the origin for
+its receipts) on the same two cores; the machine's load average is printed with the figures.
+
+Usage::
+
+    python bench/network.py                 # N = 5, 10, 20; 40 shares each
+    python bench/network.py --quick         # N = 3, 6 shares: only checks that everything runs
+    python bench/network.py --sizes 5 10 --shares 100 --json result.json
+
+Figures go to stdout; the JSON result is the last stdout line (or goes to ``--json PATH``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._proc import cpu_seconds, peak_rss, reset_peaks, tree  # noqa: E402
+from service.network import Network, network_env, network_ids, prepare_network  # noqa: E402
+
+SIZE = 4096  # bytes per artifact
+TARGET_P99_SECONDS = 3.0  # at N = 20, with 50 ms round trips (DESIGN.md section 10)
+WITNESS_COUNT = 5  # ENTENTE_WITNESS_COUNT, the default
+SHARE_TIMEOUT = 300.0  # seconds for one share's receipts: a hang, never a measurement
+ADD_CHECKPOINT = 'route="/federation/v1/add-checkpoint"'
+
+
+def _db(network: Network, node_id: str) -> Path:
+    return network.nodes[node_id].home / "entente.db"
+
+
+def _query(db: Path, sql: str, *args: Any) -> Any:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+        return conn.execute(sql, args).fetchone()
+
+
+def _checkpoints(network: Network) -> int:
+    return sum(
+        int(_query(_db(network, n), "SELECT count(*) FROM audit_checkpoints")[0])
+        for n in network.nodes
+    )
+
+
+def _witness_requests(network: Network, http: httpx.Client) -> int:
+    """``add-checkpoint`` requests answered so far, every node, every status."""
+    total = 0.0
+    for node in network.nodes.values():
+        r = http.get(f"{node.url}/metrics", headers=node.auth("auditor"))
+        r.raise_for_status()
+        for line in r.text.splitlines():
+            if line.startswith("entente_http_requests_total{") and ADD_CHECKPOINT in line:
+                total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+def _pids(network: Network) -> dict[str, list[int]]:
+    return {n: tree(node.pid) for n, node in network.nodes.items()}
+
+
+def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
+    return {n: cpu_seconds(p) for n, p in pids.items()}
+
+
+def share_to_all(network: Network, http: httpx.Client, origin: str, i: int) -> float:
+    """One 4 KiB share from ``origin`` to every partner; seconds to the last receipt."""
+    node = network.nodes[origin]
+    partners = [n for n in network.nodes if n != origin]
+    meta = {"title": f"bench {i}", "tlp": "TLP:GREEN", "topics": ["evaluation"],
+            "purposes": ["evaluation"], "partners": partners}  # fmt: skip
+    content = (f"{i}-{origin}-".encode() * SIZE)[:SIZE]
+    started = time.time()
+    r = http.post(
+        f"{node.url}/v1/artifacts",
+        files={"metadata": (None, json.dumps(meta), "application/json"), "file": ("f", content)},
+        headers=node.auth("publisher"),
+    )
+    if r.status_code != 201:
+        raise RuntimeError(f"share refused: {r.status_code} {r.text[:300]}")
+    artifact = r.json()["id"]
+    sql = (
+        "SELECT count(*), max(delivered_at) FROM outbox WHERE artifact_id = ? AND "
+        "kind = 'deliver' AND state = 'delivered' AND receipt IS NOT NULL"
+    )
+    deadline = time.monotonic() + SHARE_TIMEOUT
+    while time.monotonic() < deadline:
+        done, last = _query(_db(network, origin), sql, artifact)
+        if done == len(partners):
+            at = datetime.fromisoformat(str(last).replace(" ", "T").replace("Z", "+00:00"))
+            if at.tzinfo is None:
+                at = at.replace(tzinfo=UTC)  # the database stores UTC
+            return max(at.timestamp() - started, 0.0)
+        time.sleep(0.01)
+    raise RuntimeError(f"{artifact} from {origin}: not every receipt within {SHARE_TIMEOUT} s")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def run_size(n: int, shares: int, idle: float, keep: bool) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix=f"entente-bench-net{n}-"))
+    t0 = time.perf_counter()
+    network = prepare_network(root, network_ids(n), env=network_env())
+    prepared = time.perf_counter() - t0
+    http = httpx.Client(timeout=120)
+    try:
+        t0 = time.perf_counter()
+        network.federation.start()
+        started = time.perf_counter() - t0
+        time.sleep(3.0)  # the first checkpoints and their witnesses
+        pids = _pids(network)
+        before = _cpu(pids)
+        time.sleep(idle)
+        idle_cpu = {k: (v - before[k]) * 60 / idle for k, v in _cpu(pids).items()}
+        reset_peaks([p for ps in pids.values() for p in ps])
+        requests0, checkpoints0 = _witness_requests(network, http), _checkpoints(network)
+        before = _cpu(pids)
+        t0 = time.perf_counter()
+        origins = list(network.nodes)
+        latencies = [
+            share_to_all(network, http, origins[i % n], i) for i in range(shares)
+        ]  # fmt: skip
+        phase = time.perf_counter() - t0
+        cpu = {k: v - before[k] for k, v in _cpu(pids).items()}
+        rss = {k: max(peak_rss(p) for p in ps) / (1 << 20) for k, ps in pids.items()}
+        time.sleep(5.0)  # the phase's last checkpoints reach their witnesses
+        requests = _witness_requests(network, http) - requests0
+        checkpoints = _checkpoints(network) - checkpoints0
+    finally:
+        http.close()
+        network.federation.stop()
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+    copies = shares * (n - 1)
+    return {
+        "nodes": n,
+        "partners_per_share": n - 1,
+        "shares": shares,
+        "prepare_seconds": round(prepared, 2),
+        "start_seconds": round(started, 2),
+        "p50_s": round(statistics.median(latencies), 4),
+        "p99_s": round(_percentile(latencies, 0.99), 4),
+        "max_s": round(max(latencies), 4),
+        "phase_seconds": round(phase, 2),
+        "cpu_s_per_node_mean": round(statistics.mean(cpu.values()), 3),
+        "cpu_s_per_node_max": round(max(cpu.values()), 3),
+        "cpu_ms_per_delivered_copy": round(1000 * sum(cpu.values()) / copies, 2),
+        "idle_cpu_s_per_node_per_minute": round(statistics.mean(idle_cpu.values()), 3),
+        "peak_rss_mib_per_node_mean": round(statistics.mean(rss.values()), 1),
+        "peak_rss_mib_per_node_max": round(max(rss.values()), 1),
+        "witnesses_per_log": min(WITNESS_COUNT, n - 1),
+        "witness_requests": requests,
+        "checkpoints": checkpoints,
+        "witness_requests_per_checkpoint": round(requests / checkpoints, 2)
+        if checkpoints
+        else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20], help="values of N")
+    parser.add_argument("--shares", type=int, default=40, help="shares to all per N")
+    parser.add_argument("--idle", type=float, default=10.0, help="idle window, seconds")
+    parser.add_argument("--quick", action="store_true", help="N = 3, 6 shares")
+    parser.add_argument("--json", type=Path, help="also write the JSON result here")
+    parser.add_argument("--keep", action="store_true", help="keep the nodes' homes and logs")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.shares, args.idle = [3], 6, 2.0
+    load_before = os.getloadavg()[0]
+    sizes: dict[str, Any] = {}
+    for n in args.sizes:
+        row = run_size(n, args.shares, args.idle, args.keep)
+        sizes[str(n)] = row
+        print(
+            f"N={n:>2}: share to {n - 1} partners p50 {row['p50_s']:.3f} s, p99 "
+            f"{row['p99_s']:.3f} s; CPU per node {row['cpu_s_per_node_mean']:.2f} s (max "
+            f"{row['cpu_s_per_node_max']:.2f}) over {row['phase_seconds']:.1f} s, "
+            f"{row['cpu_ms_per_delivered_copy']:.1f} ms per delivered copy; idle "
+            f"{row['idle_cpu_s_per_node_per_minute']:.2f} CPU s/min per node; peak RSS "
+            f"{row['peak_rss_mib_per_node_max']:.0f} MiB; witness requests per checkpoint "
+            f"{row['witness_requests_per_checkpoint']} (witnesses per log "
+            f"{row['witnesses_per_log']}); started in {row['start_seconds']:.1f} s",
+            flush=True,
+        )
+    result = {
+        "quick": args.quick,
+        "sizes": sizes,
+        "target_p99_s_at_20": TARGET_P99_SECONDS,
+        "loopback": True,
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+    }
+    line = json.dumps(result, sort_keys=True)
+    if args.json:
+        args.json.write_text(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

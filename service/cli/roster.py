@@ -17,6 +17,8 @@ from typing import Annotated
 import typer
 
 from crypto.dsse import Envelope
+from crypto.errors import CryptoError
+from crypto.keys import normalize_fingerprint
 from crypto.roster import Member, Roster, sign_roster
 from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, open_db, settings_for
 from service.cli._terminal import SafeTable, outside
@@ -37,6 +39,12 @@ def _read(path: Path) -> bytes:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
+def descriptor_node_id(envelope: object) -> object:
+    """The node id a descriptor envelope claims (checked afterwards with its signatures)."""
+    payload = json.loads(Envelope.from_json(envelope).payload)
+    return payload.get("node_id") if isinstance(payload, dict) else None
+
+
 def _write(path: Path, envelope: Envelope) -> None:
     path.write_text(json.dumps(envelope.to_json(), indent=2, sort_keys=True) + "\n")
 
@@ -51,10 +59,18 @@ def create(
     without: Annotated[
         list[str] | None, typer.Option("--without", help="A pinned partner to leave out")
     ] = None,
+    member: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--member",
+            help="DESCRIPTOR=FINGERPRINT: a member this node does not pin (yet), its descriptor "
+            "checked against the fingerprint given out of band; repeat for several",
+        ),
+    ] = None,
     home: HomeOpt = None,
     database_url: DbUrlOpt = None,
 ) -> None:
-    """Write a roster of this node and the partners it pins, signed by this node."""
+    """Write a roster of this node, the partners it pins and any --member, signed by this node."""
     settings = settings_for(home, database_url)
     node_home, db = open_db(settings)
     keys = node_home.unlock(settings)
@@ -66,6 +82,20 @@ def create(
             if p.node_id not in set(without or ())
         ]
     db.dispose()
+    for spec in member or ():
+        file, sep, fingerprint = spec.rpartition("=")
+        if not sep:
+            raise UsageError(f"--member {spec!r}: write DESCRIPTOR_FILE=FINGERPRINT")
+        try:
+            descriptor = json.loads(_read(Path(file)))
+            node_id = str(descriptor_node_id(descriptor))
+            checked = Member(node_id, normalize_fingerprint(fingerprint), descriptor)
+            checked.verified(datetime.now(UTC))
+        except (ValueError, CryptoError) as exc:
+            raise UsageError(f"--member {file}: {exc}") from None
+        if any(m.node_id == checked.node_id for m in members):
+            raise UsageError(f"--member {file}: {checked.node_id} is already a member")
+        members.append(checked)
     before = read_roster(_read(previous))[1] if previous is not None else None
     roster = Roster(
         network,

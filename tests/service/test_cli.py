@@ -238,6 +238,24 @@ def test_a_node_joins_through_a_roster_on_the_command_line(tmp_path: Path) -> No
     again = run_cli("roster", "import", str(roster), "--home", str(tmp_path / "bb"), "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["unchanged"] == ["aa"]
+    # aa adds cc, which it does not pin, from its descriptor and out-of-band fingerprint.
+    cc_fp = json.loads((tmp_path / "cc" / "node.json").read_text())["fingerprint"]
+    cc_descriptor = tmp_path / "cc" / "descriptor.dsse.json"
+    bad = f"{cc_descriptor}={'0' * 64}"
+    out = str(tmp_path / "x.json")
+    wrong = run_cli("roster", "create", "--network", "test-net", "-o", out, "--member", bad,
+                    "--home", str(tmp_path / "aa"))  # fmt: skip
+    _assert_one_line_error(wrong, "fingerprint")
+    v2 = tmp_path / "roster-v2.json"
+    made = run_cli("roster", "create", "--network", "test-net", "-o", str(v2),
+                   "--previous", str(roster), "--member", f"{cc_descriptor}={cc_fp}",
+                   "--home", str(tmp_path / "aa"))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    digest = json.loads(run_cli("roster", "show", str(v2), "--json").stdout)["sha256"]
+    joined = run_cli("roster", "import", str(v2), "--digest", digest,
+                     "--home", str(tmp_path / "cc"), "--json")  # fmt: skip
+    assert joined.returncode == 0, joined.stderr
+    assert json.loads(joined.stdout)["added"] == ["aa", "bb"]
 
 
 def test_a_multilateral_agreement_of_common_terms_names_its_parties(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from crypto.keys import format_fingerprint
 from policies import Policy
@@ -30,7 +30,7 @@ from service.audit.tree import inclusion_proof, stored_leaf_hashes
 from service.audit.witness import partner_witness_verifier, witness_cosigner
 from service.audit.witness_choice import quorum
 from service.errors import InvalidInputError, NotFoundError
-from service.models import AuditEntry, Partner, PullState
+from service.models import AuditEntry, Outbox, Partner, PullState
 from service.node import Node
 from service.partners import list_partners
 
@@ -375,15 +375,25 @@ class PartnerView:
     witness_error: str | None
     last_pull: datetime | None
     pull_error: str | None
+    pending: int = 0  # deliveries and notices waiting for this partner
+    oldest_pending: datetime | None = None  # since when the oldest of them waits
 
 
 def partner_views(node: Node, session: Session) -> list[PartnerView]:
     now = node.now()
     witness = {w.partner: w for w in session.exec(select(AuditWitnessSubmission))}
     pulls = {p.partner: p for p in session.exec(select(PullState))}
+    waiting = {
+        str(partner): (int(n), first)
+        for partner, n, first in session.execute(
+            sa.select(col(Outbox.partner), sa.func.count(), sa.func.min(col(Outbox.created_at)))
+            .where(col(Outbox.state) == "pending")
+            .group_by(col(Outbox.partner))
+        )
+    }
     out = []
     for p in list_partners(session):
-        policy = node.policies.current.get(p.node_id)
+        policy = node.policies.current.at(p.node_id, now)  # the terms in force now
         w, pull = witness.get(p.node_id), pulls.get(p.node_id)
         out.append(
             PartnerView(
@@ -398,6 +408,8 @@ def partner_views(node: Node, session: Session) -> list[PartnerView]:
                 witness_error=w.last_error if w else None,
                 last_pull=pull.last_pull_at if pull else None,
                 pull_error=pull.last_error if pull else None,
+                pending=waiting.get(p.node_id, (0, None))[0],
+                oldest_pending=waiting.get(p.node_id, (0, None))[1],
             )
         )
     return out

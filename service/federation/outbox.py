@@ -435,6 +435,8 @@ class OutboxWorker:
                 if not _transition(conn, ident, values, owner=self.owner):
                     continue  # settled elsewhere meanwhile (a pull's acknowledgement)
                 if isinstance(outcome, _Done):
+                    if row.kind == "deliver":
+                        node.metrics.observe_delivery(row.partner, row.created_at, now)
                     events += _delivered_events(
                         node, row, outcome.receipt, row.sha256, now, outcome.expect,
                         attempts=attempts,

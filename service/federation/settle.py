@@ -74,6 +74,7 @@ _SETTLEMENT_COLUMNS = sa.select(
     _OUTBOX.c.kind,
     _OUTBOX.c.artifact_id,
     _OUTBOX.c.attempts,
+    _OUTBOX.c.created_at,
     _ARTIFACTS.c.sha256,
 )
 _OF_ARTIFACT = sa.and_(
@@ -202,6 +203,7 @@ def record_receipts(node: Node, *, partner: str, receipts: Any) -> int:
             events += _delivered_events(
                 node, row, receipt, sha256, now, "delivery", attempts=row.attempts, via="pull"
             )
+            node.metrics.observe_delivery(partner, row.created_at, now)
             settled += 1
         if events:
             conn.execute(_insert_audit(), events)

@@ -4,7 +4,7 @@ from the database when metrics are collected."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -12,8 +12,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.audit.log import record
+from service.audit.models import AuditWitnessSubmission
 from service.audit.sequencer import run_sequencer
-from service.models import Outbox
+from service.models import Outbox, PullState
 from tests.service.nodekit import Kit, make_node, pin
 
 
@@ -59,3 +60,32 @@ def test_the_outbox_gauge_returns_to_zero(tmp_path: Path) -> None:
         s.execute(sa.update(Outbox).values(state="delivered", delivered_at=now))
     # the queue drained: the gauge says so (it used to keep the last non-zero value)
     assert _samples(kit, "entente_outbox_pending") == {(("partner", "us-aisi"),): 0.0}
+
+
+def test_the_network_gauges_per_partner(tmp_path: Path) -> None:
+    """The oldest pending delivery's age returns to 0 once delivered; the feed lag says 'never'
+    (-1) until a pull succeeds; the witness lag is what the partner has not cosigned yet."""
+    kit = make_node(tmp_path, "uk-aisi")
+    pin(kit, make_node(tmp_path, "us-aisi"))
+    now = datetime.now(UTC)
+    with kit.node.db.session() as s:
+        s.add(Outbox(partner="us-aisi", kind="deliver", artifact_id="art_old",
+                     created_at=now - timedelta(seconds=90), next_attempt_at=now))  # fmt: skip
+        s.add(PullState(partner="us-aisi", cursor=0))
+        s.add(AuditWitnessSubmission(partner="us-aisi", cosigned_size=0, next_attempt_at=now,
+                                     updated_at=now))  # fmt: skip
+    oldest = _samples(kit, "entente_outbox_oldest_pending_seconds")[(("partner", "us-aisi"),)]
+    assert 89.0 <= oldest < 3600.0
+    assert _samples(kit, "entente_feed_lag_seconds") == {(("partner", "us-aisi"),): -1.0}
+    run_sequencer(kit.node)
+    signed = _head(kit)
+    lag = _samples(kit, "entente_witness_lag_entries")[(("partner", "us-aisi"),)]
+    assert lag in (0.0, float(signed))  # a checkpoint is signed by the sequencer or later
+    with kit.node.db.session() as s:
+        s.execute(sa.update(Outbox).values(state="delivered", delivered_at=now))
+        s.execute(sa.update(PullState).values(last_ok_at=now - timedelta(seconds=5)))
+    assert _samples(kit, "entente_outbox_oldest_pending_seconds") == {
+        (("partner", "us-aisi"),): 0.0
+    }
+    feed = _samples(kit, "entente_feed_lag_seconds")[(("partner", "us-aisi"),)]
+    assert 4.0 <= feed < 3600.0

@@ -483,6 +483,7 @@ async def test_overview_shows_partners_policies_delivery_and_charts(
     # The quorum: the partners chosen to witness this log and how many must cosign.
     assert "Witness quorum" in page.text
     assert re.search(r"\d+ of \d+ chosen witnesses", page.text), page.text
+    assert "Deliveries waiting" in page.text and "Their feed" in page.text
     assert any(d.get("view") == "overview" for d in details(audit_rows(db_kit, "audit.read")))
 
 

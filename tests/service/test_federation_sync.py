@@ -165,6 +165,12 @@ def test_small_artifacts_go_in_batches_large_ones_stream(pair: Pair) -> None:
     with pair.uk.node.db.session() as session:
         kinds = [e.kind for e in session.exec(select(AuditEntry))]
     assert kinds.count("delivery.sent") == 71 and kinds.count("receipt.recorded") == 71
+    # Each receipted delivery's latency, per partner (share commit to signed receipt).
+    assert sample(pair.uk, "entente_delivery_seconds_count", "us-aisi") == 71.0
+
+
+def sample(kit: Kit, name: str, partner: str) -> float | None:
+    return kit.node.metrics.registry.get_sample_value(name, {"partner": partner})
 
 
 def test_a_lost_receipt_means_a_repeat_delivery_with_the_same_receipt(pair: Pair) -> None:

@@ -309,7 +309,7 @@ def create_app(
 
     app = FastAPI(
         title=f"Entente node {node.node_id}",
-        version="1",
+        version=_package_version(),
         description=(
             "Signed, encrypted, MOU-policy-checked sharing of research artifacts between "
             "institutes, with a cosigned transparency log. Errors are RFC 9457 problem documents."
@@ -371,3 +371,13 @@ def app_from_environment() -> FastAPI:
     configure_logging(settings.log_level, settings.log_format)
     node = load_node(settings, migrate=False)
     return create_app(node, background_lock=settings.require_home() / BACKGROUND_LOCK)
+
+
+def _package_version() -> str:
+    """The installed package's version, for the OpenAPI document (``info.version``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("entente")
+    except PackageNotFoundError:
+        return "0+unknown"

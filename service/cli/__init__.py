@@ -28,8 +28,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"entente {version('entente')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            typer.echo("entente (not installed: no version)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    show_version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", callback=_version, is_eager=True
+    ),
+) -> None:
     """Entente: signed, encrypted, policy-checked sharing of research between institutes."""
 
 

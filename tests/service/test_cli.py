@@ -275,3 +275,15 @@ def test_a_multilateral_agreement_of_common_terms_names_its_parties(tmp_path: Pa
     shown = json.loads(run_cli("agreement", "show", str(out), "--json").stdout)
     assert shown["parties"] == ["ca-aisi", "uk-aisi", "us-aisi"]
     assert shown["signatures"] == 0 and shown["checked"] is False
+
+
+def test_version_is_printed_and_the_openapi_document_carries_it(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"entente {version('entente')}"
+    from tests.service.nodekit import make_node
+
+    app = make_node(tmp_path, "uk-aisi").app
+    assert app.openapi()["info"]["version"] == version("entente")

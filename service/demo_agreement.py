@@ -9,7 +9,6 @@ adopt v1 and v2 through the CLI and a policy reload, and compare over the federa
 from __future__ import annotations
 
 import json
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -94,7 +93,7 @@ def countersign_amendment(demo: Story, us: NodeProcess, uk: NodeProcess) -> bool
     for node, local in ((us, us_terms), (uk, uk_terms)):
         local.unlink()  # the unsigned local terms give way to the signed agreement
         _cli(node, "agreement", "adopt", str(v1))
-        shutil.copyfile(v2, node.home / "policies" / "us-uk-mou-v2.agreement.json")
+        _cli(node, "agreement", "adopt", str(v2))
         r = demo.http.post(f"{node.url}/v1/admin/policies/reload", headers=node.auth("admin"))
         if r.status_code != 200:
             raise DemoError(f"{node.node_id} did not adopt the agreement: {r.text[:300]}")

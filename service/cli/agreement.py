@@ -370,7 +370,9 @@ def adopt(file: FileArg, home: HomeOpt = None) -> None:
     if checker.node_id not in agreement.parties:
         raise UsageError(f"{checker.node_id} is not a party to {agreement.id}")
     folder = settings_for(home).require_home() / "policies"
-    target = folder / f"{agreement.id}{AGREEMENT_SUFFIX}"
+    # One file per version: an amendment joins the version it amends, which stays in force
+    # until the amendment's in_force_from.
+    target = folder / f"{agreement.id}.v{agreement.version}{AGREEMENT_SUFFIX}"
     shutil.copyfile(file, target)
     console.print(
         f"{agreement.id} v{agreement.version} placed in {outside(str(target))}; "

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+import httpx
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
@@ -139,12 +140,14 @@ def check_witnesses(
     now: datetime,
     only: Sequence[str] | None = None,
     actor: str = "node:witness-check",
+    http: httpx.Client | None = None,
 ) -> list[WitnessCheck]:
-    """Ask the log's witnesses (or ``only`` these) what they hold, record what it shows
-    (:mod:`module docs <service.audit.rollback>`), and return one :class:`WitnessCheck` each.
+    """Ask the log's witnesses (or ``only`` these) what they hold, record what it shows (see
+    the module's docstring), and return one :class:`WitnessCheck` each.
 
-    Blocking (HTTP to each witness, at most ``service.audit.sources.WITNESS_TIMEOUT`` each,
-    side by side): run it in a thread."""
+    ``http``: the client to ask them with (default: one per witness). Blocking (HTTP to each
+    witness, at most ``service.audit.sources.WITNESS_TIMEOUT`` each, side by side): run it in
+    a thread."""
     origin = log_origin(node_id)
     with db.session() as session:
         chosen = witness_ids(session, node_id, witness_count)
@@ -157,7 +160,7 @@ def check_witnesses(
         return []
 
     def ask(partner: Partner) -> tuple[Partner, bytes | None, str | None]:
-        view = ask_witness(partner_witness_verifier(partner), partner.url, origin)
+        view = ask_witness(partner_witness_verifier(partner), partner.url, origin, client=http)
         return partner, view.note, view.error
 
     with ThreadPoolExecutor(max_workers=min(8, len(partners))) as pool:

@@ -147,7 +147,7 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
 
     async def sequencer() -> float:
         nonlocal asked_at
-        if time.monotonic() - asked_at >= 30.0:  # service.audit.rollback; none: no request
+        if time.monotonic() - asked_at >= 10.0:  # service.audit.rollback; none: no request
             asked_at = time.monotonic()
             try:
                 await asyncio.to_thread(check_unconfirmed, node)

@@ -17,7 +17,8 @@
    would fork its log): docs/backup.md says what the operator does then.
 
 Outbox rows keep their states: deliveries a partner acknowledged before the snapshot are not
-sent again, and those still queued are sent once the node runs.
+sent again, and those still queued are sent once the node runs (the leases the snapshot's
+workers held on them are released: those workers do not work on the restored database).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from service.blobs import FileBlobStore, NoJournal
 from service.db import open_database, safe_url
 from service.errors import BlobStoreError, NotFoundError
 from service.home import open_home
+from service.models import Outbox
 from service.settings import Settings
 
 __all__ = ["RestoreSummary", "restore_backup"]
@@ -374,6 +376,13 @@ def _after_restore(
     db = open_database(url, migrate=True)
     try:
         with db.session() as session:
+            # Leases held by the snapshot's workers: none of them works on this database, so a
+            # delivery they had claimed is free at once (a lease would hold it minutes).
+            session.execute(
+                sa.update(Outbox)
+                .where(Outbox.state == "pending", Outbox.lease_owner.is_not(None))  # type: ignore[union-attr]
+                .values(lease_owner=None, lease_until=None)
+            )
             witnesses = witness_ids(session, home.node_id, settings.witness_count)
             mark_unconfirmed(session, witnesses, now=now)
             record(

@@ -9,6 +9,7 @@ import json
 import tarfile
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,9 @@ def test_a_backup_restores_rows_blobs_and_home(
     with kit.node.db.session() as session:  # one delivery acknowledged, the others queued
         first = session.exec(select(Outbox).where(Outbox.artifact_id == ids[0])).one()
         first.state, first.receipt = "delivered", '{"receipt": "signed"}'
+        second = session.exec(select(Outbox).where(Outbox.artifact_id == ids[1])).one()
+        second.lease_owner = "w-snapshot"  # claimed by a worker of the node backed up
+        second.lease_until = datetime.now(UTC) + timedelta(hours=1)
     target = tmp_path / ("backup.tar" if form == "tar" else "backup")
     summary = take_backup(kit.node.settings, target)
     assert summary.blobs == 3 and summary.missing == 0
@@ -141,6 +145,7 @@ def test_a_backup_restores_rows_blobs_and_home(
     assert set(artifacts) == set(ids)
     states = {o.artifact_id: o.state for o in rows(new_url, Outbox) if o.kind == "deliver"}
     assert states == {ids[0]: "delivered", ids[1]: "pending", ids[2]: "pending"}
+    assert [o.lease_owner for o in rows(new_url, Outbox) if o.lease_owner] == []  # released
     for artifact in artifacts.values():  # the same ciphertext, where the new home finds it
         assert artifact.blob is not None
         with kit.node.blobs.open(artifact.blob) as old:

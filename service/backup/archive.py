@@ -177,7 +177,7 @@ class TarWriter:
         info.mtime = int(time.time())
         hashing = _Hashing(source)
         try:
-            self._tar.addfile(info, hashing)  # type: ignore[arg-type]
+            self._tar.addfile(info, hashing)
         except OSError as exc:  # tarfile: "unexpected end of data"
             raise BackupError(f"{name} changed while it was copied: {exc}") from None
         return Member(name, hashing.digest.hexdigest(), hashing.done)

@@ -38,6 +38,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
+from sqlmodel import col
 
 from crypto import strict_json
 from crypto.errors import CryptoError
@@ -380,7 +381,7 @@ def _after_restore(
             # delivery they had claimed is free at once (a lease would hold it minutes).
             session.execute(
                 sa.update(Outbox)
-                .where(Outbox.state == "pending", Outbox.lease_owner.is_not(None))  # type: ignore[union-attr]
+                .where(col(Outbox.state) == "pending", col(Outbox.lease_owner).is_not(None))
                 .values(lease_owner=None, lease_until=None)
             )
             witnesses = witness_ids(session, home.node_id, settings.witness_count)

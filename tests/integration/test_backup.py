@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.localnet import NodeProcess as Node
 from tests.integration.test_federation import upload, wait_for
 from tests.nodes import Federation, NodeProcess, base_env, run_cli, start_federation
 
@@ -38,7 +39,7 @@ def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return conn.execute(sql, args).fetchall()
 
 
-def share(node: NodeProcess, partners: list[str], n: int) -> str:
+def share(node: Node, partners: list[str], n: int) -> str:
     meta = {
         "title": f"finding {n}",
         "tlp": "TLP:GREEN",
@@ -55,7 +56,7 @@ def share(node: NodeProcess, partners: list[str], n: int) -> str:
     return art
 
 
-def restored_node(original: NodeProcess, home: Path, **env: str) -> NodeProcess:
+def restored_node(original: Node, home: Path, **env: str) -> NodeProcess:
     """The node restored into ``home``, on the original's port (its URL, as partners pin it)."""
     return NodeProcess(
         home, original.node_id, port=original.port, env=base_env(**env), tokens=original.tokens

@@ -251,12 +251,16 @@ def _record(
 def check_unconfirmed(node: Node) -> list[WitnessCheck]:
     """Ask the witnesses not heard from since a restore (none: nothing to do, no request)."""
     with node.db.session() as session:
-        waiting = [
-            row.witness
-            for row in session.exec(
-                select(AuditRollback).where(AuditRollback.state == "unconfirmed")
-            )
-        ]
+        rows = list(session.exec(select(AuditRollback).where(AuditRollback.state == "unconfirmed")))
+        if not rows:
+            return []
+        chosen = set(witness_ids(session, node.node_id, node.settings.witness_count))
+        waiting = []
+        for row in rows:
+            if row.witness in chosen:
+                waiting.append(row.witness)
+            else:  # unpinned since, or no longer one of the log's witnesses: not waited for
+                session.delete(row)
     if not waiting:
         return []
     return check_node(node, only=waiting)

@@ -19,7 +19,7 @@ from service.audit.entries import log_origin, log_signer
 from service.audit.errors import LogRolledBackError
 from service.audit.log import record
 from service.audit.models import AuditCheckpoint, AuditRollback
-from service.audit.rollback import check_witnesses, mark_unconfirmed
+from service.audit.rollback import check_unconfirmed, check_witnesses, mark_unconfirmed
 from service.audit.sequencer import run_sequencer, sequence
 from service.audit.witness import witness_cosigner
 from service.models import AuditEntry
@@ -147,4 +147,14 @@ def test_a_witness_holding_nothing_confirms_a_restored_log(pair: tuple[Kit, Kit]
         mark_unconfirmed(session, ["us-aisi"], now=datetime.now(UTC))
     assert ask(uk, witness(None)) == ["consistent"]
     add_entry(uk)
+    assert run_sequencer(uk.node).checkpoint_signed
+
+
+def test_a_witness_no_longer_pinned_is_not_waited_for(pair: tuple[Kit, Kit]) -> None:
+    uk, _us = pair
+    with uk.node.db.session() as session:
+        mark_unconfirmed(session, ["ca-aisi"], now=datetime.now(UTC))  # not a partner any more
+    add_entry(uk)
+    assert not run_sequencer(uk.node).checkpoint_signed
+    assert check_unconfirmed(uk.node) == []  # nothing to ask: no request is made
     assert run_sequencer(uk.node).checkpoint_signed

@@ -56,6 +56,7 @@ from service.artifacts.approvals import expire_due
 from service.artifacts.retention import RetentionWorker
 from service.artifacts.sweep import sweep_in_background
 from service.audit.refusals import RefusalLedger
+from service.audit.rollback import check_unconfirmed
 from service.audit.sequencer import run_sequencer
 from service.audit.submission import SignedWitnessTransport, submission_step
 from service.console import router as console_router
@@ -142,7 +143,16 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
     """
     settings = node.settings
 
+    asked_at = -1e9  # when the witnesses unconfirmed since a restore were last asked
+
     async def sequencer() -> float:
+        nonlocal asked_at
+        if time.monotonic() - asked_at >= 10.0:  # service.audit.rollback; none: no request
+            asked_at = time.monotonic()
+            try:
+                await asyncio.to_thread(check_unconfirmed, node)
+            except Exception:
+                log.exception("asking the witnesses unconfirmed since the restore failed")
         result = await asyncio.to_thread(run_sequencer, node)
         return 0.0 if result.more else settings.checkpoint_interval_seconds
 

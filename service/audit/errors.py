@@ -2,6 +2,8 @@
 
 service.errors.EntenteError
 ├── LogInconsistentError      the stored tree does not match its head or entries (HTTP 503)
+├── LogRolledBackError        a witness holds a newer checkpoint of this log than the log
+│                             (restored from an older snapshot): nothing is signed (HTTP 503)
 ├── AuditSourceError          a log to verify cannot be read (HTTP 502)
 ├── BundleError               an export bundle does not verify (a verdict: ``audit
 │                             verify-export`` reports it as a failure)
@@ -24,6 +26,7 @@ __all__ = [
     "BadRequestError",
     "BundleError",
     "LogInconsistentError",
+    "LogRolledBackError",
     "RotationError",
     "WitnessSizeConflictError",
 ]
@@ -35,6 +38,16 @@ class LogInconsistentError(EntenteError):
     kind = "audit-log-inconsistent"
     status = 503
     title = "Audit log inconsistent"
+
+
+class LogRolledBackError(EntenteError):
+    """A witness holds a newer checkpoint of this log than the log has, or this log's node was
+    restored and has not heard from a witness yet (``service.audit.rollback``): the sequencer
+    signs nothing, or it would fork the log."""
+
+    kind = "audit-log-rolled-back"
+    status = 503
+    title = "Audit log behind its witnesses"
 
 
 class AuditSourceError(EntenteError):

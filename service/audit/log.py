@@ -33,6 +33,8 @@ AUDIT_TABLE: sa.Table = _entries
 EVENT_KINDS = frozenset(
     {
         "node.initialized",
+        "node.backup",
+        "node.restored",
         "partner.added",
         "partner.replaced",
         "partner.removed",
@@ -69,6 +71,7 @@ EVENT_KINDS = frozenset(
         "audit.exported",
         "witness.cosigned",
         "witness.refused",
+        "audit.rollback_detected",
         "request.refused",
         "approval.requested",
         "approval.granted",

@@ -10,6 +10,10 @@ Log side (this node's own log over ``audit_entries``):
 * ``audit_checkpoints``: one signed checkpoint (C2SP signed note) per sequenced tree size.
 * ``audit_cosignatures``: the partners' cosignature lines on those checkpoints.
 * ``audit_witness_submissions``: per partner, the tree size its witness last cosigned for us.
+* ``audit_rollbacks``: witnesses that hold a checkpoint of this log newer than the log itself
+  (a restore from an older snapshot), with the checkpoint as evidence, and witnesses not heard
+  from since a restore (migration 0014); while any row exists the sequencer signs nothing
+  (``service.audit.rollback``).
 
 Witness side (this node cosigning its partners' logs):
 
@@ -35,6 +39,7 @@ __all__ = [
     "AuditCosignature",
     "AuditLogHead",
     "AuditMerkleNode",
+    "AuditRollback",
     "AuditWitnessSubmission",
     "WitnessEvidence",
     "WitnessLog",
@@ -113,6 +118,24 @@ class AuditWitnessSubmission(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=1000)
     next_attempt_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     updated_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+
+
+class AuditRollback(SQLModel, table=True):
+    """A witness whose view of this log stops the sequencer (``service.audit.rollback``).
+
+    ``state`` is ``unconfirmed`` (written by ``entente restore``: not heard from since the
+    restore, so the restored log may be behind it) or ``behind`` (it served a checkpoint of this
+    log signed by the log's own key at a size above the log's head, or with another root at a
+    size the log has: ``note`` holds it, as it was served)."""
+
+    __tablename__ = "audit_rollbacks"
+
+    witness: str = Field(primary_key=True, max_length=63)  # the partner's node id
+    state: str = Field(max_length=12)  # unconfirmed | behind
+    local_size: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    held_size: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))
+    note: str | None = Field(default=None, sa_column=sa.Column(sa.Text))  # the served checkpoint
+    detected_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
 
 
 class WitnessLog(SQLModel, table=True):

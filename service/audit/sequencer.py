@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,8 +45,8 @@ from service.audit.entries import (
     log_signer,
     select_entry_rows,
 )
-from service.audit.errors import LogInconsistentError
-from service.audit.models import AuditCheckpoint, AuditLogHead
+from service.audit.errors import LogInconsistentError, LogRolledBackError
+from service.audit.models import AuditCheckpoint, AuditLogHead, AuditRollback
 from service.audit.tree import _frontier, _head_size
 from service.models import AuditEntry
 
@@ -58,6 +59,7 @@ __all__ = ["SequenceResult", "run_sequencer", "sequence"]
 _checkpoints = AuditCheckpoint.__table__  # type: ignore[attr-defined]
 _entries = AuditEntry.__table__  # type: ignore[attr-defined]
 _head = AuditLogHead.__table__  # type: ignore[attr-defined]
+_rollbacks = AuditRollback.__table__  # type: ignore[attr-defined]
 
 log = logging.getLogger("entente.audit")
 
@@ -119,6 +121,18 @@ def sequence(
     latest = session.execute(sa.select(sa.func.max(_checkpoints.c.size))).scalar_one_or_none()
     if not rows and latest == size:
         return SequenceResult(0, size, root, checkpoint_signed=False)
+    held = session.execute(
+        sa.select(_rollbacks.c.witness, _rollbacks.c.state, _rollbacks.c.held_size).limit(1)
+    ).first()
+    if held is not None:
+        # service.audit.rollback: a witness holds more of this log than it has (or has not been
+        # heard from since a restore); any checkpoint signed now would fork the log.
+        witness, state, held_size = held
+        raise LogRolledBackError(
+            f"witness {witness} holds size {held_size} of this log, which has {size} entries"
+            if state == "behind"
+            else f"witness {witness} has not confirmed this log since it was restored",
+        )
 
     tree = merkle.CompactRange(size, _frontier(session, size))
     if tree.root() != root:
@@ -186,6 +200,21 @@ def _key_retired(node: Node) -> bool:
     return isinstance(current, str) and current != node.keys.signing.fingerprint  # rotated as one
 
 
+_said: dict[str, float] = {}  # message: when it was last logged (monotonic seconds)
+
+
+def _say_rolled_back(message: str, *, every: float = 60.0) -> None:
+    """Log why nothing is signed: at once, then at most once a minute (each round would)."""
+    now = time.monotonic()
+    if now - _said.get(message, -every) >= every:
+        _said[message] = now
+        log.error(
+            "audit log: signing no checkpoint: %s; entries wait, unsequenced (docs/backup.md: "
+            "a restore from an older snapshot)",
+            message,
+        )
+
+
 def run_sequencer(node: Node) -> SequenceResult:
     """One sequencing round for ``node`` in its own transaction (blocking: run it in a thread).
 
@@ -198,8 +227,12 @@ def run_sequencer(node: Node) -> SequenceResult:
         )
         return SequenceResult(0, 0, b"", checkpoint_signed=False)
     signer = log_signer(node)
-    with node.db.session() as session:
-        result = sequence(session, signer=signer, now=node.now())
+    try:
+        with node.db.session() as session:
+            result = sequence(session, signer=signer, now=node.now())
+    except LogRolledBackError as exc:
+        _say_rolled_back(exc.message)
+        return SequenceResult(0, 0, b"", checkpoint_signed=False)
     if result.sequenced:
         log.info("audit log: sequenced %d entries, size %d", result.sequenced, result.size)
     return result

@@ -35,6 +35,7 @@ from service.audit.models import (
     AuditCosignature,
     AuditWitnessSubmission,
 )
+from service.audit.rollback import check_node
 from service.audit.tree import consistency_proof
 from service.audit.witness import (
     ADD_CHECKPOINT_MAX_BYTES,
@@ -116,7 +117,7 @@ class SignedWitnessTransport:
 @dataclass(frozen=True)
 class SubmitOutcome:
     partner: str
-    state: str  # cosigned | up-to-date | not-due | retry | failed
+    state: str  # cosigned | up-to-date | not-due | retry | behind | failed
     size: int
     detail: str = ""
 
@@ -248,7 +249,9 @@ def _conclude(
                 row.last_error = f"the witness holds size {held}"
                 row.next_attempt_at = now
                 row.updated_at = now
-                return SubmitOutcome(partner_id, "retry", prepared.size, row.last_error)
+                # Above our latest checkpoint: our log is behind it (service.audit.rollback).
+                state = "behind" if held > prepared.size else "retry"
+                return SubmitOutcome(partner_id, state, prepared.size, row.last_error)
         detail = reply.body[:300].decode("utf-8", "replace")
         if reply.status == 0:
             _failed(row, detail, now, node)
@@ -279,6 +282,10 @@ async def submit_checkpoint(
     outcome = await _submit_once(node, transport, partner_id)
     if outcome.state == "retry":
         outcome = await _submit_once(node, transport, partner_id)
+    elif outcome.state == "behind":
+        # The number alone proves nothing (any partner could claim one): ask for the checkpoint
+        # it holds, which counts only if this log's key signed it.
+        await asyncio.to_thread(check_node, node, only=[partner_id])
     return outcome
 
 

@@ -1,5 +1,6 @@
 """What the ``entente audit`` commands share: the ``--url``/``--token`` options, the HTTP client
-for a node's audit routes, and opening a home's database offline."""
+for a node's audit routes, opening a home's database offline, and what a node recorded about
+witnesses ahead of its log."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from crypto.errors import CryptoError
 from crypto.keys import VerifyKey
 from crypto.note import SIG_COSIGNATURE_V1, NoteVerifier
 from service.audit.entries import log_origin, witness_name
+from service.audit.rollback import rollback_rows
 from service.audit.sources import HttpSource
+from service.audit.verify import Verdict
 from service.audit.witness_choice import choose_witnesses
 from service.cli._common import settings_for
 from service.db import Database, open_database
@@ -29,6 +32,7 @@ __all__ = [
     "UrlOpt",
     "http_client",
     "open_offline",
+    "rolled_back",
     "witnesses_from_db",
     "witnesses_from_node",
 ]
@@ -103,3 +107,29 @@ def witnesses_from_db(db: Database, node_id: str, count: int) -> list[tuple[Note
         )
         for p in partners
     ]
+
+
+def rolled_back(db: Database, verdict: Verdict, notes: list[str]) -> None:
+    """What the node itself recorded about witnesses ahead of its log (``audit_rollbacks``,
+    ``service.audit.rollback``): a witness holding a newer checkpoint fails the verdict even
+    when that witness cannot be asked now."""
+    with db.session() as session:
+        rows = rollback_rows(session)
+    for row in rows:
+        if row.state == "behind":
+            message = (
+                f"the node recorded at {row.detected_at:%Y-%m-%d %H:%M} UTC that witness "
+                f"{row.witness} holds size {row.held_size} of this log, signed by the log's key, "
+                f"while the log has {row.local_size}: it was restored from an older snapshot "
+                "(or rolled back) and signs no checkpoint until a newer backup is restored "
+                "(docs/backup.md)"
+            )
+            if verdict.ok:
+                verdict.fail(message)
+            else:
+                verdict.problem = f"{verdict.problem}; {message}"
+        else:
+            notes.append(
+                f"witness {row.witness} has not confirmed this log since it was restored: the "
+                "node signs no checkpoint until it does (docs/backup.md)"
+            )

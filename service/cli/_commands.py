@@ -96,6 +96,20 @@ COMMANDS: dict[str, Entry] = {
         "command",
         "Revoke an artifact you shared: recipients delete it and acknowledge.",
     ),
+    "backup": Entry(
+        "service.cli.backup",
+        "backup",
+        "command",
+        "Write a consistent backup of a node, running or not: database snapshot, home (keys still\n"
+        "encrypted), blobs (or their object keys on S3), and a manifest of SHA-256 digests.",
+    ),
+    "restore": Entry(
+        "service.cli.backup",
+        "restore",
+        "command",
+        "Restore a backup into a new home and an empty database, after checking every digest;\n"
+        "refuses a home or database that is not empty.",
+    ),
     "identity": Entry(
         "service.cli.identity", "app", "group", "Show or export this node's identity."
     ),

@@ -44,6 +44,7 @@ from service.cli._audit_common import (
     UrlOpt,
     http_client,
     open_offline,
+    rolled_back,
     witnesses_from_db,
     witnesses_from_node,
 )
@@ -364,6 +365,7 @@ def verify(
                 DatabaseSource(db), descriptor, trusted, urls, fingerprint, data, notes,
                 min_cosignatures, fetch_witnesses, now,
             )  # fmt: skip
+            rolled_back(db, verdict, notes)
         finally:
             db.dispose()
         where = str(path)

@@ -31,6 +31,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from service.errors import UsageError
 
 __all__ = [
+    "DEFAULT_PURPOSES",
+    "DEFAULT_TOPICS",
     "EVALUATION_SUFFIXES",
     "INSTALL_HINT",
     "EvaluationSummary",
@@ -45,6 +47,8 @@ __all__ = [
 
 EVALUATION_SUFFIXES = (".eval", ".json")  # the file names Inspect writes its logs under
 INSTALL_HINT = "pip install 'entente[inspect]'"
+DEFAULT_TOPICS = ("evaluation",)  # of a share of an evaluation log, unless the publisher names some
+DEFAULT_PURPOSES = ("evaluation",)
 MAX_SCORERS = 16
 MAX_METRICS = 16  # per scorer
 

@@ -199,9 +199,11 @@ def upload(
     *,
     retries: int,
     sleep: Callable[[float], None] = time.sleep,
+    progress: bool = True,
 ) -> httpx.Response:
     """``POST /v1/artifacts``: ``meta`` and the file, streamed, with one idempotency key for
-    every attempt (:func:`send_with_retries`). The caller checks the answer."""
+    every attempt (:func:`send_with_retries`), a progress bar on a terminal unless
+    ``progress`` is false. The caller checks the answer."""
     try:
         size = file.stat().st_size
     except OSError as exc:
@@ -222,7 +224,9 @@ def upload(
 
     def attempt() -> httpx.Response:
         """One attempt: the whole file again, from its first byte."""
-        with progress_bar(size, f"uploading {file.name}") as advance:
+        with progress_bar(
+            size if progress else None, f"uploading {file.name}", shown=progress
+        ) as advance:
 
             def body() -> Iterator[bytes]:
                 yield head

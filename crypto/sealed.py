@@ -13,12 +13,20 @@ A sealed artifact is two things:
        "predicateType": "https://entente.dev/artifact-manifest/v1",
        "predicate": {"artifact_id", "title", "origin", "tlp", "topics", "purposes", "created",
                      "embargo_until", "expires_at", "recipients": [{"node_id", "recipient"}],
-                     "policy", "size", "age_header_sha256", "chain", "sealing"}}
+                     "policy", "size", "age_header_sha256", "chain", "sealing",
+                     "filename"?, "evaluation"?}}
 
 ``sealing`` names the kind of age recipients the file is sealed to (``crypto.sealing``):
 ``"x25519"`` or ``"mlkem768x25519"`` (hybrid post-quantum). It is checked on parse against the
 recipients listed: every one must be of that kind. A manifest written before the field existed
 has no ``sealing`` and parses as ``"x25519"``.
+
+Two optional fields are present only when the publisher gave them (a manifest without them is
+the same bytes as before they existed): ``filename``, the plaintext's original file name (a base
+name: no path, no control characters, at most 255 characters), under which a recipient writes
+it; and ``evaluation``, a JSON object of at most ``MAX_EVALUATION_BYTES`` (canonical JSON) that
+summarises an evaluation log for a partner deciding whether to open it (its shape is the
+shell's: ``service.evaluations``; here it is only bounded).
 
 ``age_header_sha256`` is the SHA-256 of the age header bytes, from the version line through the
 newline ending the MAC line. The header MAC is keyed by the file key, so this digest binds the
@@ -107,6 +115,9 @@ MAX_TITLE_CHARS = 500
 MAX_LABELS = 64  # topics, purposes: entries each, each a term of crypto.vocab
 MAX_RECIPIENTS = 64
 MAX_CHAIN = 16  # upstream manifests
+MAX_FILENAME_CHARS = 255
+MAX_EVALUATION_BYTES = 16 * 1024  # canonical JSON of the ``evaluation`` summary
+MAX_EVALUATION_DEPTH = 6  # nesting of its objects and lists
 
 _ARTIFACT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -133,6 +144,7 @@ _PREDICATE_KEYS = frozenset(
     }
 )
 _PREDICATE_KEYS_V1_0 = _PREDICATE_KEYS - {"sealing"}  # before the sealing kind was recorded
+_OPTIONAL_KEYS = frozenset({"filename", "evaluation"})  # present only when given
 
 ProgressCallback = Callable[[int], None]  # called with the plaintext bytes processed so far
 
@@ -191,6 +203,44 @@ def _check_json_object(value: object, name: str) -> dict[str, Any]:
     return value
 
 
+def _check_filename(value: object) -> None:
+    if value is None:
+        return
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= MAX_FILENAME_CHARS
+        or value in (".", "..")
+        or any(c in value for c in "/\\")
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+    ):
+        raise MalformedError(
+            f"manifest field 'filename' is a base name of 1 to {MAX_FILENAME_CHARS} characters: "
+            "no path, no control characters"
+        )
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+def _check_evaluation(value: object) -> None:
+    if value is None:
+        return
+    _check_json_object(value, "evaluation")
+    if _depth(value) > MAX_EVALUATION_DEPTH:
+        raise MalformedError(
+            f"manifest field 'evaluation' nests at most {MAX_EVALUATION_DEPTH} levels deep"
+        )
+    if len(_canonical(value)) > MAX_EVALUATION_BYTES:
+        raise MalformedError(
+            f"manifest field 'evaluation' is at most {MAX_EVALUATION_BYTES} bytes of JSON"
+        )
+
+
 @functools.lru_cache(maxsize=1024)
 def _parse_recipient(text: str) -> age.X25519Recipient | age.HybridRecipient:
     """Parse once: Bech32 is costly in Python (a hybrid recipient is 1216 bytes, over a
@@ -243,6 +293,8 @@ class Manifest:
     age_header_sha256: str
     chain: tuple[dict[str, Any], ...] = field(default=(), hash=False)
     sealing: str = SEALING_X25519
+    filename: str | None = None
+    evaluation: dict[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.artifact_id, str) or not _ARTIFACT_ID.fullmatch(self.artifact_id):
@@ -284,34 +336,41 @@ class Manifest:
                 f"the manifest says it is sealed with {self.sealing} but lists a recipient "
                 "of another kind"
             )
+        _check_filename(self.filename)
+        _check_evaluation(self.evaluation)
 
     def to_statement(self) -> dict[str, Any]:
         """The in-toto Statement v1 (a JSON object) this manifest is."""
+        predicate: dict[str, Any] = {
+            "artifact_id": self.artifact_id,
+            "title": self.title,
+            "origin": self.origin,
+            "tlp": self.tlp,
+            "topics": list(self.topics),
+            "purposes": list(self.purposes),
+            "created": _format_time(self.created),
+            "embargo_until": (
+                None if self.embargo_until is None else _format_time(self.embargo_until)
+            ),
+            "expires_at": None if self.expires_at is None else _format_time(self.expires_at),
+            "recipients": [
+                {"node_id": r.node_id, "recipient": r.recipient} for r in self.recipients
+            ],
+            "policy": self.policy,
+            "size": self.size,
+            "age_header_sha256": self.age_header_sha256,
+            "chain": list(self.chain),
+            "sealing": self.sealing,
+        }
+        if self.filename is not None:
+            predicate["filename"] = self.filename
+        if self.evaluation is not None:
+            predicate["evaluation"] = self.evaluation
         return {
             "_type": STATEMENT_TYPE,
             "subject": [{"name": self.artifact_id, "digest": {"sha256": self.sha256}}],
             "predicateType": PREDICATE_TYPE,
-            "predicate": {
-                "artifact_id": self.artifact_id,
-                "title": self.title,
-                "origin": self.origin,
-                "tlp": self.tlp,
-                "topics": list(self.topics),
-                "purposes": list(self.purposes),
-                "created": _format_time(self.created),
-                "embargo_until": (
-                    None if self.embargo_until is None else _format_time(self.embargo_until)
-                ),
-                "expires_at": None if self.expires_at is None else _format_time(self.expires_at),
-                "recipients": [
-                    {"node_id": r.node_id, "recipient": r.recipient} for r in self.recipients
-                ],
-                "policy": self.policy,
-                "size": self.size,
-                "age_header_sha256": self.age_header_sha256,
-                "chain": list(self.chain),
-                "sealing": self.sealing,
-            },
+            "predicate": predicate,
         }
 
     def to_payload(self) -> bytes:
@@ -330,8 +389,13 @@ class Manifest:
         if data["predicateType"] != PREDICATE_TYPE:
             raise MalformedError("the manifest's predicateType is not an Entente artifact manifest")
         pred = data["predicate"]
-        if not isinstance(pred, dict) or set(pred) not in (_PREDICATE_KEYS, _PREDICATE_KEYS_V1_0):
+        if not isinstance(pred, dict) or set(pred) - _OPTIONAL_KEYS not in (
+            _PREDICATE_KEYS,
+            _PREDICATE_KEYS_V1_0,
+        ):
             raise MalformedError("the manifest predicate has missing or unknown fields")
+        if any(k in pred and pred[k] is None for k in _OPTIONAL_KEYS):
+            raise MalformedError("an optional manifest field is left out, never null")
         subject = data["subject"]
         if (
             not isinstance(subject, list)
@@ -369,6 +433,8 @@ class Manifest:
             age_header_sha256=pred["age_header_sha256"],
             chain=tuple(pred["chain"]),
             sealing=pred.get("sealing", SEALING_X25519),
+            filename=pred.get("filename"),
+            evaluation=pred.get("evaluation"),
         )
 
     @classmethod
@@ -596,6 +662,8 @@ def seal(
     embargo_until: datetime | None = None,
     expires_at: datetime | None = None,
     chain: Iterable[Mapping[str, Any]] = (),
+    filename: str | None = None,
+    evaluation: Mapping[str, Any] | None = None,
     rng: Rng = os.urandom,
     on_progress: ProgressCallback | None = None,
 ) -> Sealed:
@@ -632,6 +700,8 @@ def seal(
         age_header_sha256="0" * 64,
         chain=chain_list,
         sealing=kind,
+        filename=filename,
+        evaluation=None if evaluation is None else dict(evaluation),
     )
     reader: Reader = source if on_progress is None else _CountingReader(source, on_progress)
     hasher = hashlib.sha256()

@@ -7,7 +7,8 @@ meanwhile is never clobbered); on any exception it is removed and the destinatio
 :func:`write_atomically` does that for bytes in hand. :func:`seal_file` and
 :func:`open_sealed_file` are the crypto recipes ``crypto.sealed.seal`` and
 ``crypto.sealed.open_sealed`` from one file to another, so that a failed check leaves no
-plaintext behind.
+plaintext behind. :func:`content_disposition` and :func:`disposition_filename` carry a file's
+name through a download (RFC 6266), so that it is saved under the name it was shared with.
 
 This module does not fsync the destination's folder, lock, or decide where files go: the blob
 store (``service.blobs``) has its own durability scheme for content-addressed blobs, and the
@@ -18,10 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from email.message import Message
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import quote, unquote
 
 from crypto.age import Identity
 from crypto.dsse import Envelope
@@ -29,7 +33,56 @@ from crypto.keys import VerifyKey
 from crypto.keyset import KeySet
 from crypto.sealed import Manifest, Sealed, open_sealed, seal
 
-__all__ = ["atomic_write", "open_sealed_file", "seal_file", "write_atomically"]
+__all__ = [
+    "atomic_write",
+    "content_disposition",
+    "disposition_filename",
+    "is_base_name",
+    "open_sealed_file",
+    "seal_file",
+    "write_atomically",
+]
+
+MAX_FILENAME_CHARS = 255
+
+
+def is_base_name(name: str) -> bool:
+    """A file name without a path: no separators, no control characters, not ``.`` or ``..``,
+    at most 255 characters."""
+    return (
+        0 < len(name) <= MAX_FILENAME_CHARS
+        and name not in (".", "..")
+        and not any(c in name for c in "/\\")
+        and not any(ord(c) < 32 or ord(c) == 127 for c in name)
+    )
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with ``filename`` (RFC 6266): an ASCII fallback, and the exact name as
+    ``filename*`` (RFC 8187, UTF-8) when the fallback differs."""
+    fallback = re.sub(r'[^\x20-\x7e]|["\\]', "_", filename)
+    value = f'attachment; filename="{fallback}"'
+    if fallback != filename:
+        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return value
+
+
+def disposition_filename(header: str | None) -> str | None:
+    """The file name a ``Content-Disposition`` header gives (``filename*`` first), if it is a
+    safe base name (:func:`is_base_name`); else None."""
+    if not header:
+        return None
+    extended = re.search(r"filename\*\s*=\s*UTF-8''([^;\s]+)", header, re.IGNORECASE)
+    if extended:
+        try:
+            name: object = unquote(extended.group(1), errors="strict")
+        except UnicodeDecodeError:
+            return None
+    else:
+        message = Message()
+        message["content-disposition"] = header
+        name = message.get_filename()
+    return name if isinstance(name, str) and is_base_name(name) else None
 
 
 @contextlib.contextmanager

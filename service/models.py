@@ -181,6 +181,12 @@ class Artifact(SQLModel, table=True):
     upstream_id: str | None = Field(default=None, max_length=64, index=True)
     upstream_from: str | None = Field(default=None, max_length=63)
     upstream_origin: str | None = Field(default=None, max_length=63)
+    # From the signed manifest: the original file name, and an evaluation log's summary (JSON,
+    # service.evaluations) with its task and model for the listing's filters (migration 0014).
+    filename: str | None = Field(default=None, max_length=255)
+    evaluation: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
+    eval_task: str | None = Field(default=None, max_length=200, index=True)
+    eval_model: str | None = Field(default=None, max_length=200, index=True)
 
 
 class Outbox(SQLModel, table=True):

@@ -10,7 +10,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from crypto.vocab import MAX_TERM_CHARS, NODE_ID_REGEX, TERM_REGEX
 from service.artifacts.terms import ShareTerms
-from service.models import Approval
+from service.evaluations import EvaluationSummary
+from service.files import is_base_name
+from service.models import Approval, Artifact, Outbox
 
 __all__ = [
     "ApprovalOut",
@@ -20,6 +22,7 @@ __all__ = [
     "ShareMetadata",
     "SyncPartnerOut",
     "approval_out",
+    "artifact_out",
     "is_base_name",
 ]
 
@@ -44,15 +47,6 @@ def _aware(value: datetime | None) -> datetime | None:
 
 
 AwareTime = Annotated[datetime | None, AfterValidator(_aware)]
-
-
-def is_base_name(name: str) -> bool:
-    """A file name without a path: no separators, no control characters, not ``.`` or ``..``."""
-    return (
-        name not in ("", ".", "..")
-        and not any(c in name for c in "/\\")
-        and not any(ord(c) < 32 or ord(c) == 127 for c in name)
-    )
 
 
 def _base_name(name: str) -> str:
@@ -81,7 +75,8 @@ class ShareMetadata(BaseModel):
     partners: Annotated[list[NodeId], Field(min_length=1, max_length=64), AfterValidator(_unique)]
     filename: (
         Annotated[str, StringConstraints(max_length=255), AfterValidator(_base_name)] | None
-    ) = None
+    ) = None  # the file's original name: a recipient's download keeps it
+    evaluation: EvaluationSummary | None = None  # an evaluation log's summary (signed, clear)
 
     def terms(self) -> ShareTerms:
         """The domain's terms of this share (the API converts; the domain never sees this
@@ -94,6 +89,10 @@ class ShareMetadata(BaseModel):
             purposes=tuple(self.purposes),
             embargo_until=self.embargo_until,
             expires_at=self.expires_at,
+            filename=self.filename,
+            evaluation=(
+                None if self.evaluation is None else self.evaluation.model_dump(mode="json")
+            ),
         )
 
 
@@ -125,8 +124,56 @@ class ArtifactOut(BaseModel):
     revoked_at: datetime | None
     obligations: list[dict[str, Any]]
     policy: dict[str, Any] | list[Any]
+    filename: str | None = None
+    evaluation: EvaluationSummary | None = None
     manifest: dict[str, Any] | None = None
     deliveries: list[DeliveryOut] | None = None
+
+
+def artifact_out(
+    row: Artifact, *, full: bool = False, deliveries: list[Outbox] | None = None
+) -> ArtifactOut:
+    """An artifact row as the API shows it (with its manifest and deliveries when ``full``)."""
+    return ArtifactOut(
+        id=row.id,
+        direction=row.direction,
+        origin=row.origin,
+        sender=row.sender,
+        title=row.title,
+        tlp=row.tlp,
+        sealing=row.sealing,
+        topics=json.loads(row.topics),
+        purposes=json.loads(row.purposes),
+        recipients=json.loads(row.recipients),
+        created_at=row.created_at,
+        recorded_at=row.recorded_at,
+        embargo_until=row.embargo_until,
+        expires_at=row.expires_at,
+        size=row.size,
+        sha256=row.sha256,
+        revoked_at=row.revoked_at,
+        obligations=json.loads(row.obligations),
+        policy=json.loads(row.policy_ref),
+        filename=row.filename,
+        evaluation=(
+            None
+            if row.evaluation is None
+            else EvaluationSummary.model_validate_json(row.evaluation)
+        ),
+        manifest=json.loads(row.manifest) if full else None,
+        deliveries=[
+            DeliveryOut(
+                partner=d.partner,
+                state=d.state,
+                attempts=d.attempts,
+                last_error=d.last_error,
+                delivered_at=d.delivered_at,
+            )
+            for d in deliveries
+        ]
+        if deliveries is not None
+        else None,
+    )
 
 
 class ArtifactPage(BaseModel):

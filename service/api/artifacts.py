@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -33,19 +32,20 @@ from service.artifacts import share as sharing
 from service.errors import InvalidInputError, TooLargeError
 from service.federation import onward as onward_domain
 from service.federation import status as sync_status
-from service.models import Approval, Artifact, Outbox
+from service.files import content_disposition
+from service.models import Approval, Artifact
 from service.node import Node
 from service.partners import list_partners
 from service.schemas import (
     ApprovalOut,
     ArtifactOut,
     ArtifactPage,
-    DeliveryOut,
     NodeId,
     PartnerOut,
     ShareMetadata,
     SyncPartnerOut,
     approval_out,
+    artifact_out,
 )
 from service.tokens import Principal, Role
 from service.web import NodeDep
@@ -89,45 +89,6 @@ UPLOAD_BODY = {
 }
 
 
-def _out(
-    row: Artifact, *, full: bool = False, deliveries: list[Outbox] | None = None
-) -> ArtifactOut:
-    return ArtifactOut(
-        id=row.id,
-        direction=row.direction,
-        origin=row.origin,
-        sender=row.sender,
-        title=row.title,
-        tlp=row.tlp,
-        sealing=row.sealing,
-        topics=json.loads(row.topics),
-        purposes=json.loads(row.purposes),
-        recipients=json.loads(row.recipients),
-        created_at=row.created_at,
-        recorded_at=row.recorded_at,
-        embargo_until=row.embargo_until,
-        expires_at=row.expires_at,
-        size=row.size,
-        sha256=row.sha256,
-        revoked_at=row.revoked_at,
-        obligations=json.loads(row.obligations),
-        policy=json.loads(row.policy_ref),
-        manifest=json.loads(row.manifest) if full else None,
-        deliveries=[
-            DeliveryOut(
-                partner=d.partner,
-                state=d.state,
-                attempts=d.attempts,
-                last_error=d.last_error,
-                delivered_at=d.delivered_at,
-            )
-            for d in deliveries
-        ]
-        if deliveries is not None
-        else None,
-    )
-
-
 class _Limited:
     """The file part, refused as soon as it passes the configured size limit; ``ended`` runs
     once, when it has been read to its end."""
@@ -161,7 +122,7 @@ def _result(row: Artifact | Approval) -> idempotency.Result:
     if isinstance(row, Approval):
         body = approval_out(row).model_dump_json().encode()
         return idempotency.Result(202, body, f"/v1/approvals/{row.id}")
-    return idempotency.Result(201, _out(row).model_dump_json().encode())
+    return idempotency.Result(201, artifact_out(row).model_dump_json().encode())
 
 
 def _upload_fingerprint(principal: Principal, pull: HashedPull) -> str:
@@ -258,7 +219,7 @@ async def create_artifact(request: Request, node: NodeDep, principal: Publisher)
             status_code=202,
             headers={"Location": f"/v1/approvals/{row.id}"},
         )
-    return _out(row)
+    return artifact_out(row)
 
 
 async def _upload_with_key(
@@ -343,7 +304,7 @@ async def share_onward(
             status_code=202,
             headers={"Location": f"/v1/approvals/{row.id}"},
         )
-    return _out(row)
+    return artifact_out(row)
 
 
 def _onward_sync(
@@ -368,21 +329,35 @@ def _onward_sync(
     )
 
 
+LIST_PARAMETERS = frozenset(
+    {"direction", "partner", "tlp", "topic", "task", "model", "cursor", "limit"}
+)
+
+
 @router.get(
     "/artifacts",
     summary="List artifacts sent and received",
     responses=_problems(401, 403, 422),
 )
 def list_artifacts(
+    request: Request,
     node: NodeDep,
     principal: Anyone,
     direction: Literal["sent", "received"] | None = None,
     partner: Annotated[str | None, Query(max_length=63)] = None,
     tlp: Annotated[str | None, Query(max_length=32)] = None,
     topic: Annotated[str | None, Query(max_length=120)] = None,
+    task: Annotated[str | None, Query(max_length=200, description="Evaluation task")] = None,
+    model: Annotated[str | None, Query(max_length=200, description="Evaluated model")] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
 ) -> ArtifactPage:
+    unknown = sorted(set(request.query_params) - LIST_PARAMETERS)
+    if unknown:
+        raise InvalidInputError(
+            f"unknown query parameter {unknown[0][:40]!r}: the listing takes "
+            f"{', '.join(sorted(LIST_PARAMETERS))}"
+        )
     size = min(limit or node.settings.page_size_default, node.settings.page_size_max)
     with node.db.session() as session:
         rows, next_cursor = listing.list_artifacts(
@@ -391,10 +366,12 @@ def list_artifacts(
             partner=partner,
             tlp=tlp,
             topic=topic,
+            task=task,
+            model=model,
             cursor=cursor,
             limit=size,
         )
-    return ArtifactPage(items=[_out(r) for r in rows], next_cursor=next_cursor)
+    return ArtifactPage(items=[artifact_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get(
@@ -406,7 +383,7 @@ def get_artifact(artifact_id: str, node: NodeDep, principal: Anyone) -> Artifact
     with node.db.session() as session:
         row = listing.get_artifact(session, artifact_id)
         deliveries = listing.deliveries_for(session, row.id)
-    return _out(row, full=True, deliveries=deliveries)
+    return artifact_out(row, full=True, deliveries=deliveries)
 
 
 @router.get(
@@ -430,7 +407,7 @@ def get_content(artifact_id: str, node: NodeDep, principal: Reader) -> Streaming
         headers={
             "Content-Length": str(row.size),
             "Digest-SHA256": row.sha256,
-            "Content-Disposition": f'attachment; filename="{row.id}.bin"',
+            "Content-Disposition": content_disposition(row.filename or f"{row.id}.bin"),
             "Cache-Control": "no-store",
         },
     )
@@ -448,7 +425,7 @@ def revoke(
     reason: Annotated[str, Query(max_length=500)] = "",
 ) -> ArtifactOut:
     row = revoking.revoke_artifact(node, artifact_id, principal=principal, reason=reason)
-    return _out(row)
+    return artifact_out(row)
 
 
 @router.get(

@@ -55,8 +55,11 @@ def list_artifacts(
     topic: str | None,
     cursor: str | None,
     limit: int,
+    task: str | None = None,
+    model: str | None = None,
 ) -> tuple[list[Artifact], str | None]:
-    """Newest first, keyset-paginated on (recorded_at, id); deleted artifacts are left out."""
+    """Newest first, keyset-paginated on (recorded_at, id); deleted artifacts are left out.
+    ``task`` and ``model`` keep evaluation logs of that task and model (exact names)."""
     query = select(Artifact).where(col(Artifact.deleted_at).is_(None))
     if direction is not None:
         query = query.where(Artifact.direction == direction)
@@ -72,6 +75,10 @@ def list_artifacts(
         query = query.where(Artifact.tlp == tlp)
     if topic is not None:
         query = query.where(col(Artifact.topics).contains(json.dumps(topic)))
+    if task is not None:
+        query = query.where(Artifact.eval_task == task)
+    if model is not None:
+        query = query.where(Artifact.eval_model == model)
     if cursor is not None:
         at, ident = _decode_cursor(cursor)
         query = query.where(

@@ -25,6 +25,7 @@ from crypto.sealed import (
 from policies import Decision
 from service.artifacts.parties import new_artifact_id
 from service.artifacts.sealing import Party, sealing_of
+from service.evaluations import summary_from_manifest
 from service.models import Artifact, Outbox
 
 __all__ = ["Recipient", "artifact_row", "delivery_head", "json_list", "new_artifact_id"]
@@ -113,7 +114,10 @@ def artifact_row(
     obligations: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Every column of a new artifact row, sent or received (a Core insert applies no model
-    defaults); a received row's receipt and upstream columns are the receiver's to fill."""
+    defaults); a received row's receipt and upstream columns are the receiver's to fill.
+    An evaluation summary is kept (and its task and model indexed) only if it passes the
+    schema (``service.evaluations``); the manifest holds it either way."""
+    summary = summary_from_manifest(m.evaluation)
     return {
         "id": m.artifact_id,
         "direction": direction,
@@ -144,6 +148,10 @@ def artifact_row(
         "upstream_id": None,
         "upstream_from": None,
         "upstream_origin": None,
+        "filename": m.filename,
+        "evaluation": None if summary is None else summary.model_dump_json(),
+        "eval_task": None if summary is None else summary.task,
+        "eval_model": None if summary is None else summary.model,
     }
 
 

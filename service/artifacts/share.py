@@ -296,6 +296,8 @@ def seal_into_store(
             embargo_until=meta.embargo_until,
             expires_at=meta.expires_at,
             chain=chain,
+            filename=meta.filename,
+            evaluation=meta.evaluation,
         )
         fault_point("share.sealed")
         digest = writer.place()  # durable before the rows commit: see below

@@ -11,8 +11,10 @@ checked when it is opened; the terms carry what those checks let through.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 __all__ = ["ShareTerms"]
 
@@ -20,7 +22,9 @@ __all__ = ["ShareTerms"]
 @dataclass(frozen=True)
 class ShareTerms:
     """The terms of one share: its title, TLP label, topics and purposes, its embargo and
-    expiry (timezone-aware, or ``None``), and the partners it is for."""
+    expiry (timezone-aware, or ``None``), and the partners it is for; the file's original
+    name and, for an evaluation log, its summary (``service.evaluations``), both signed in the
+    manifest when given."""
 
     title: str
     tlp: str
@@ -29,3 +33,5 @@ class ShareTerms:
     purposes: tuple[str, ...] = ()
     embargo_until: datetime | None = None
     expires_at: datetime | None = None
+    filename: str | None = None
+    evaluation: Mapping[str, Any] | None = field(default=None, hash=False)

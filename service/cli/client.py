@@ -29,10 +29,17 @@ import typer
 
 from crypto import strict_json
 from service.cli._common import JsonOpt, console, err_console
+from service.cli._evaluation import evaluation_summary, show_dry_run
 from service.cli._terminal import SafeTable, outside
 from service.cli.files import progress_bar
 from service.errors import RemoteError, UsageError
-from service.files import atomic_write
+from service.evaluations import (
+    DEFAULT_PURPOSES,
+    DEFAULT_TOPICS,
+    EvaluationSummary,
+    default_title,
+)
+from service.files import atomic_write, disposition_filename, is_base_name
 
 UrlOpt = Annotated[
     str, typer.Option("--url", envvar="ENTENTE_URL", help="The node's base URL [env: ENTENTE_URL]")
@@ -149,57 +156,58 @@ def _when(value: str | None, name: str) -> str | None:
     return parsed.isoformat()
 
 
-def share(
-    file: Annotated[Path, typer.Argument(help="The file to share")],
-    to: Annotated[list[str], typer.Option("--to", help="Partner node id (repeatable)")],
-    tlp: Annotated[str, typer.Option("--tlp", help="TLP 2.0 label, e.g. TLP:AMBER")],
-    url: UrlOpt,
-    token: TokenOpt,
-    topic: Annotated[list[str] | None, typer.Option("--topic", help="Topic (repeatable)")] = None,
-    purpose: Annotated[list[str] | None, typer.Option("--purpose", help="Purpose")] = None,
-    title: Annotated[str | None, typer.Option(help="Title (default: the file name)")] = None,
-    embargo_until: Annotated[
-        str | None, typer.Option(help="ISO time before which it is closed")
-    ] = None,
-    expires_at: Annotated[str | None, typer.Option(help="ISO time it expires")] = None,
-    approve_onward: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--approve-onward",
-            help="A third node the recipients may pass it on to, where the MOU asks for the "
-            "originator's approval (repeatable; recorded in the signed manifest)",
-        ),
-    ] = None,
-    retries: Annotated[
-        int,
-        typer.Option(
-            "--retries",
-            min=0,
-            max=20,
-            help="Times to send the file again after a lost connection (with the same "
-            "idempotency key, so the node shares it once)",
-        ),
-    ] = 4,
-    as_json: JsonOpt = False,
-) -> None:
-    """Share FILE with partners through your node (policy-checked, signed, encrypted).
+def share_metadata(
+    file: Path,
+    *,
+    to: list[str],
+    tlp: str,
+    title: str | None = None,
+    topics: list[str] | None = None,
+    purposes: list[str] | None = None,
+    embargo_until: str | None = None,
+    expires_at: str | None = None,
+    onward_approved: list[str] | None = None,
+    evaluation: EvaluationSummary | None = None,
+) -> dict[str, Any]:
+    """The ``metadata`` part of a share of ``file``: what leaves this machine unencrypted (in
+    the signed manifest). An evaluation log's summary gives the title, topics and purposes
+    the publisher left out."""
+    if evaluation is not None:
+        title = title or default_title(evaluation)
+        topics = topics or list(DEFAULT_TOPICS)
+        purposes = purposes or list(DEFAULT_PURPOSES)
+    meta: dict[str, Any] = {
+        "title": title or file.name,
+        "tlp": tlp,
+        "topics": topics or [],
+        "purposes": purposes or [],
+        "partners": to,
+        "embargo_until": _when(embargo_until, "--embargo-until"),
+        "expires_at": _when(expires_at, "--expires-at"),
+        "onward_approved": onward_approved or [],
+        "filename": file.name,
+    }
+    if evaluation is not None:
+        meta["evaluation"] = evaluation.model_dump(mode="json")
+    return meta
 
-    A lost connection is retried: the file is sent again with the same idempotency key, and the
-    node answers an attempt it had already accepted with that first result."""
+
+def upload(
+    client: httpx.Client,
+    file: Path,
+    meta: dict[str, Any],
+    *,
+    retries: int,
+    sleep: Callable[[float], None] = time.sleep,
+    progress: bool = True,
+) -> httpx.Response:
+    """``POST /v1/artifacts``: ``meta`` and the file, streamed, with one idempotency key for
+    every attempt (:func:`send_with_retries`), a progress bar on a terminal unless
+    ``progress`` is false. The caller checks the answer."""
     try:
         size = file.stat().st_size
     except OSError as exc:
         raise UsageError(f"cannot read {file}: {exc.strerror}") from None
-    meta = {
-        "title": title or file.name,
-        "tlp": tlp,
-        "topics": topic or [],
-        "purposes": purpose or [],
-        "partners": to,
-        "embargo_until": _when(embargo_until, "--embargo-until"),
-        "expires_at": _when(expires_at, "--expires-at"),
-        "onward_approved": approve_onward or [],
-    }
     boundary = f"entente-{secrets.token_hex(12)}"
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n'
@@ -214,9 +222,11 @@ def share(
         "Idempotency-Key": f'"{uuid.uuid4()}"',  # one per invocation, the same for its retries
     }
 
-    def upload(client: httpx.Client) -> httpx.Response:
+    def attempt() -> httpx.Response:
         """One attempt: the whole file again, from its first byte."""
-        with progress_bar(size, f"uploading {file.name}") as advance:
+        with progress_bar(
+            size if progress else None, f"uploading {file.name}", shown=progress
+        ) as advance:
 
             def body() -> Iterator[bytes]:
                 yield head
@@ -228,8 +238,94 @@ def share(
 
             return client.post("/v1/artifacts", content=body(), headers=headers)
 
+    return send_with_retries(attempt, retries=retries, sleep=sleep)
+
+
+def share(
+    file: Annotated[Path, typer.Argument(help="The file to share")],
+    to: Annotated[list[str], typer.Option("--to", help="Partner node id (repeatable)")],
+    tlp: Annotated[str, typer.Option("--tlp", help="TLP 2.0 label, e.g. TLP:AMBER")],
+    url: UrlOpt = "",
+    token: TokenOpt = "",
+    topic: Annotated[
+        list[str] | None,
+        typer.Option("--topic", help="Topic (repeatable; an evaluation log's: evaluation)"),
+    ] = None,
+    purpose: Annotated[
+        list[str] | None,
+        typer.Option("--purpose", help="Purpose (an evaluation log's: evaluation)"),
+    ] = None,
+    title: Annotated[
+        str | None,
+        typer.Option(help="Title (default: the file name, or an evaluation log's task and model)"),
+    ] = None,
+    embargo_until: Annotated[
+        str | None, typer.Option(help="ISO time before which it is closed")
+    ] = None,
+    expires_at: Annotated[str | None, typer.Option(help="ISO time it expires")] = None,
+    approve_onward: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--approve-onward",
+            help="A third node the recipients may pass it on to, where the MOU asks for the "
+            "originator's approval (repeatable; recorded in the signed manifest)",
+        ),
+    ] = None,
+    summary: Annotated[
+        Path | None,
+        typer.Option(
+            "--summary",
+            help="An evaluation summary (JSON, as --dry-run --json prints it) to send instead "
+            "of the one read from the log",
+            show_default=False,
+        ),
+    ] = None,
+    no_summary: Annotated[
+        bool,
+        typer.Option("--no-summary", help="Share an evaluation log without its summary"),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print what would leave unencrypted (the metadata, an evaluation log's "
+            "summary) and share nothing",
+        ),
+    ] = False,
+    retries: Annotated[
+        int,
+        typer.Option(
+            "--retries",
+            min=0,
+            max=20,
+            help="Times to send the file again after a lost connection (with the same "
+            "idempotency key, so the node shares it once)",
+        ),
+    ] = 4,
+    as_json: JsonOpt = False,
+) -> None:
+    """Share FILE with partners through your node (policy-checked, signed, encrypted).
+
+    An Inspect evaluation log (.eval, .json) is summarised from its header (task, model,
+    dataset, scorers and metrics, status: readable by the partners before they open it; the
+    samples stay encrypted), with `pip install 'entente[inspect]'`. A lost connection is
+    retried: the file is sent again with the same idempotency key, and the node answers an
+    attempt it had already accepted with that first result."""
+    if not file.is_file():
+        raise UsageError(f"cannot read {file}: not a file")
+    found = evaluation_summary(file, summary_file=summary, skip=no_summary)
+    meta = share_metadata(
+        file, to=to, tlp=tlp, title=title, topics=topic, purposes=purpose,
+        embargo_until=embargo_until, expires_at=expires_at, onward_approved=approve_onward,
+        evaluation=found,
+    )  # fmt: skip
+    if dry_run:
+        show_dry_run(file, meta, as_json=as_json)
+        return
+    if not url or not token:
+        raise UsageError("--url and --token (or ENTENTE_URL and ENTENTE_TOKEN) are required")
     with _client(url, token) as client:
-        response = send_with_retries(lambda: upload(client), retries=retries)
+        response = upload(client, file, meta, retries=retries)
     _raise_for(response)
     art = response.json()
     if response.headers.get("idempotent-replayed") == "true":
@@ -293,15 +389,37 @@ def inbox(
     console.print(table)
 
 
+def _destination(out: Path | None, served: str | None, artifact_id: str) -> Path:
+    """Where a download goes: ``out``, or the name it was shared under (the node's
+    ``Content-Disposition``) in ``out`` when that is a folder, else in the current folder."""
+    if out is not None and not out.is_dir():
+        return out
+    fallback = f"{artifact_id}.bin"
+    name = served or (fallback if is_base_name(fallback) else "artifact.bin")
+    return (out or Path()) / name
+
+
 def get(
     artifact_id: Annotated[str, typer.Argument(help="The artifact id")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="Where to write the plaintext")],
     url: UrlOpt,
     token: TokenOpt,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "-o",
+            "--out",
+            help="Where to write the plaintext: a file, or a folder to write it into under the "
+            "name it was shared with (default: that name, in the current folder)",
+            show_default=False,
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing file")] = False,
 ) -> None:
-    """Download and decrypt an artifact (your read is audited)."""
-    if out.exists() and not force:
+    """Download and decrypt an artifact (your read is audited).
+
+    The file keeps the name it was shared with (an Inspect log stays a log that `inspect view`
+    opens), unless -o names a file."""
+    if out is not None and out.exists() and not out.is_dir() and not force:
         raise UsageError(f"{out} exists; pass --force to overwrite it")
     try:
         with (
@@ -309,9 +427,13 @@ def get(
             client.stream("GET", f"/v1/artifacts/{artifact_id}/content") as response,
         ):
             _raise_for(response)
+            served = disposition_filename(response.headers.get("content-disposition"))
+            target = _destination(out, served, artifact_id)
+            if target.exists() and not force:
+                raise UsageError(f"{target} exists; pass --force to overwrite it")
             total = int(response.headers.get("content-length", "0")) or None
             with (
-                atomic_write(out) as fh,
+                atomic_write(target) as fh,
                 progress_bar(total, f"downloading {artifact_id}") as advance,
             ):
                 for chunk in response.iter_bytes(1 << 20):
@@ -319,7 +441,7 @@ def get(
                     advance(len(chunk))
     except httpx.HTTPError as exc:
         raise RemoteError(f"the download failed: {str(exc) or type(exc).__name__}") from None
-    console.print(f"wrote {outside(out)}")
+    console.print(f"wrote {outside(target)}")
 
 
 def revoke(

@@ -48,9 +48,11 @@ __all__ = ["open_", "progress_bar", "seal", "verify_"]
 
 
 @contextmanager
-def progress_bar(total: int | None, description: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on a terminal; nothing when stderr is not one."""
-    if not sys.stderr.isatty():
+def progress_bar(
+    total: int | None, description: str, *, shown: bool = True
+) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on a terminal; nothing when stderr is not one (or not ``shown``)."""
+    if not shown or not sys.stderr.isatty():
         yield lambda n: None
         return
     with Progress(

@@ -28,6 +28,7 @@ from crypto.receipt import verify_receipt
 from service.audit.entries import entry_columns, row_object
 from service.audit.models import WitnessEvidence, WitnessLog
 from service.errors import NotFoundError
+from service.evaluations import EvaluationSummary
 from service.federation.settle import receipt_keys
 from service.models import Artifact, AuditEntry, Outbox, ReceivedNotice
 from service.node import Node
@@ -115,6 +116,14 @@ class ArtifactLife:
     def recipients(row: Artifact) -> list[str]:
         loaded = json.loads(row.recipients)
         return [str(r) for r in loaded] if isinstance(loaded, list) else []
+
+    @staticmethod
+    def evaluation(row: Artifact) -> EvaluationSummary | None:
+        """An evaluation log's summary, as its signed manifest gives it (checked when the
+        row was written: ``service.artifacts.rows``)."""
+        if row.evaluation is None:
+            return None
+        return EvaluationSummary.model_validate_json(row.evaluation)
 
 
 def _verify(

@@ -448,6 +448,8 @@ def share_onward(
         purposes=tuple(manifest.purposes),
         embargo_until=manifest.embargo_until,
         expires_at=manifest.expires_at,
+        filename=manifest.filename,
+        evaluation=manifest.evaluation,
     )
     root = links[0]
     source = _ChunkReader(plaintext_chunks(node, node.blobs, row))

@@ -332,6 +332,21 @@ def test_manifest_statement_round_trip() -> None:
     assert m.to_statement()["predicate"]["expires_at"] == "2027-01-01T00:00:00.123456Z"
 
 
+def test_filename_and_evaluation_are_signed_only_when_given() -> None:
+    plain = manifest()
+    assert not {"filename", "evaluation"} & set(plain.to_statement()["predicate"])
+    summary = {"task": "t", "model": "m", "scorers": [{"name": "s", "metrics": []}]}
+    given = manifest(filename="2026_t_x.eval", evaluation=summary)
+    predicate = given.to_statement()["predicate"]
+    assert predicate["filename"] == "2026_t_x.eval" and predicate["evaluation"] == summary
+    again = sealed.Manifest.from_statement(json.loads(given.to_payload()))
+    assert again == given and again.evaluation == summary
+    result, _ = seal_bytes(b"log", filename="a.eval", evaluation=summary)
+    assert result.manifest.filename == "a.eval" and result.manifest.evaluation == summary
+    with pytest.raises(MalformedError, match="base name"):
+        seal_bytes(b"log", filename="..")
+
+
 def statement(**predicate_changes: Any) -> dict[str, Any]:
     data = manifest().to_statement()
     data["predicate"].update(predicate_changes)
@@ -385,6 +400,14 @@ def statement(**predicate_changes: Any) -> dict[str, Any]:
         (lambda s: s["predicate"].update(age_header_sha256="00"), "hexadecimal"),
         (lambda s: s["predicate"].update(chain=[{"not": "an envelope"}]), "DSSE"),
         (lambda s: s["predicate"].update(chain={}), "chain"),
+        (lambda s: s["predicate"].update(filename=None), "never null"),
+        (lambda s: s["predicate"].update(evaluation=None), "never null"),
+        (lambda s: s["predicate"].update(filename="../x.eval"), "base name"),
+        (lambda s: s["predicate"].update(filename="a\nb"), "base name"),
+        (lambda s: s["predicate"].update(filename="x" * 256), "base name"),
+        (lambda s: s["predicate"].update(evaluation=["task"]), "JSON object"),
+        (lambda s: s["predicate"].update(evaluation={"t": "x" * 17000}), "bytes of JSON"),
+        (lambda s: s["predicate"].update(evaluation={"a": [[[[[[[1]]]]]]]}), "levels deep"),
     ],
 )
 def test_from_statement_is_strict(mutate: Any, message: str) -> None:

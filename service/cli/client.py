@@ -144,6 +144,13 @@ def send_with_retries(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def tlp_label(text: str) -> str:
+    """``amber``, ``TLP:amber``, ``Amber+Strict`` -> the TLP 2.0 label (``TLP:AMBER``); anything
+    else goes to the node as written, which refuses it with its own message."""
+    word = text.strip().upper()
+    return word if word.startswith("TLP:") else f"TLP:{word}"
+
+
 def _when(value: str | None, name: str) -> str | None:
     if value is None:
         return None
@@ -178,7 +185,7 @@ def share_metadata(
         purposes = purposes or list(DEFAULT_PURPOSES)
     meta: dict[str, Any] = {
         "title": title or file.name,
-        "tlp": tlp,
+        "tlp": tlp_label(tlp),
         "topics": topics or [],
         "purposes": purposes or [],
         "partners": to,
@@ -244,7 +251,9 @@ def upload(
 def share(
     file: Annotated[Path, typer.Argument(help="The file to share")],
     to: Annotated[list[str], typer.Option("--to", help="Partner node id (repeatable)")],
-    tlp: Annotated[str, typer.Option("--tlp", help="TLP 2.0 label, e.g. TLP:AMBER")],
+    tlp: Annotated[
+        str, typer.Option("--tlp", help="TLP 2.0 label: TLP:AMBER, or amber, amber+strict, ...")
+    ],
     url: UrlOpt = "",
     token: TokenOpt = "",
     topic: Annotated[

@@ -78,3 +78,13 @@ def test_the_last_retryable_answer_is_returned() -> None:
     attempts = Attempts(_problem(503, "busy"))
     assert send_with_retries(attempts, retries=1, sleep=lambda s: None).status_code == 503
     assert attempts.calls == 2
+
+
+def test_tlp_labels_are_accepted_as_people_write_them() -> None:
+    from service.cli.client import tlp_label
+
+    assert tlp_label("amber") == "TLP:AMBER"
+    assert tlp_label(" Amber+Strict ") == "TLP:AMBER+STRICT"
+    assert tlp_label("tlp:green") == "TLP:GREEN"
+    assert tlp_label("TLP:RED") == "TLP:RED"
+    assert tlp_label("purple") == "TLP:PURPLE"  # passed on: the node refuses it by name

@@ -419,6 +419,15 @@ def _run(
     except AuditSourceError as exc:
         return Verdict(ok=False, origin=origin, problem=f"reading the log failed: {exc}")
     _pin(descriptor, keys, fingerprint, previous, notes)
+    seen = previous.get("fingerprint")
+    if fingerprint is not None and seen is not None and seen not in keys.fingerprints:
+        # A new log under the same node id (a node re-created), confirmed with --fingerprint:
+        # what was remembered belongs to the old log, not to this one.
+        notes.append(
+            f"the checkpoint remembered for {origin} was the log of key {str(seen)[:16]}…, "
+            "not of this one; it is replaced by this verification"
+        )
+        previous = {}
     # Asked BEFORE the log is read: an honest log only grows, so it cannot be behind them.
     views = (
         [ask_witness(v, witness_urls.get(v.vkey), origin) for v in witnesses]

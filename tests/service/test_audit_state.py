@@ -1,0 +1,40 @@
+"""The auditor's memory of logs: a node re-created under the same id is a new log. Verifying it
+fails until its key is confirmed with --fingerprint, and then the old log's remembered checkpoint
+is replaced instead of failing every verification after."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from service.audit.sequencer import run_sequencer
+from tests.nodes import run_cli
+from tests.service.nodekit import Kit, make_node
+
+
+def _node(root: Path) -> Kit:
+    root.mkdir()
+    kit = make_node(root, "uk-aisi", policies=False)
+    run_sequencer(kit.node)  # sequences the log and signs its checkpoint
+    kit.node.db.dispose()
+    return kit
+
+
+def test_a_recreated_node_is_a_new_log_once_its_key_is_confirmed(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    first = _node(tmp_path / "a")
+    args = ("audit", "verify", "--no-ask-witnesses", "--state", str(state))
+    ok = run_cli(*args, "--home", str(first.node.home.path))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    again = _node(tmp_path / "b")  # the same node id, a new key and a new log
+    refused = run_cli(*args, "--home", str(again.node.home.path))
+    assert refused.returncode != 0
+    assert "changed since the last verification" in refused.stdout + refused.stderr
+    fp = again.node.keys.signing.fingerprint
+    confirmed = run_cli(*args, "--home", str(again.node.home.path), "--fingerprint", fp)
+    assert confirmed.returncode == 0, confirmed.stdout + confirmed.stderr
+    assert "it is replaced by this verification" in confirmed.stdout
+    remembered = json.loads(state.read_text())["logs"]["entente.dev/audit/uk-aisi"]
+    assert remembered["fingerprint"] == fp
+    # From now on the new log verifies without --fingerprint.
+    assert run_cli(*args, "--home", str(again.node.home.path)).returncode == 0

@@ -461,6 +461,15 @@ def revoke(
 ) -> None:
     """Revoke an artifact you shared: recipients delete it and acknowledge."""
     with _client(url, token) as client:
+        before = _send(lambda: client.get(f"/v1/artifacts/{artifact_id}"))
+        _raise_for(before)
+        already = before.json().get("revoked_at")
+        if already:  # revoking is idempotent at the node; say so instead of "revoked" again
+            console.print(
+                f"{outside(artifact_id)} was already revoked at {outside(str(already)[:19])}; "
+                "nothing more to do"
+            )
+            return
         response = _send(
             lambda: client.post(f"/v1/artifacts/{artifact_id}/revoke", params={"reason": reason})
         )

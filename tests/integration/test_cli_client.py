@@ -64,6 +64,10 @@ def test_share_inbox_get_revoke(fed: Federation, tmp_path: Path) -> None:
         "revoke", art["id"], "--reason", "superseded", env=_as(fed, "uk-aisi", "publisher")
     )
     assert revoked.returncode == 0, revoked.stderr
+    assert "revoked" in revoked.stdout and "already" not in revoked.stdout
+    twice = run_cli("revoke", art["id"], env=_as(fed, "uk-aisi", "publisher"))
+    assert twice.returncode == 0, twice.stderr
+    assert "was already revoked at" in twice.stdout
 
 
 def test_denied_share_names_rule_and_clause(fed: Federation, tmp_path: Path) -> None:

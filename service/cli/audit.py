@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,9 +47,19 @@ from service.cli._audit_common import (
     witnesses_from_db,
     witnesses_from_node,
 )
+from service.cli._audit_state import (
+    STATE_VERSION,
+    default_state_path,
+    forget,
+)
+from service.cli._audit_state import (
+    load_state as _load_state,
+)
+from service.cli._audit_state import (
+    save_state as _save_state,
+)
 from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console, settings_for
 from service.errors import UsageError
-from service.files import write_atomically
 from service.home import open_home
 
 app = typer.Typer(
@@ -58,34 +67,7 @@ app = typer.Typer(
 )
 app.command("export")(audit_export.export)
 app.command("verify-export")(audit_export.verify_export)
-
-STATE_VERSION = 1
-
-
-def default_state_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "entente" / "audit-state.json"
-
-
-# ---------------------------------------------------------------------------------------------
-# Local state: the last checkpoint verified, per log
-
-
-def _load_state(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {"version": STATE_VERSION, "logs": {}}
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read the audit state file {path}: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("logs"), dict):
-        raise UsageError(f"{path} is not an entente audit state file")
-    return data
-
-
-def _save_state(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomically(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+app.command("forget")(forget)
 
 
 def _remembered(entry: Any) -> Remembered | None:

@@ -38,3 +38,16 @@ def test_a_recreated_node_is_a_new_log_once_its_key_is_confirmed(tmp_path: Path)
     assert remembered["fingerprint"] == fp
     # From now on the new log verifies without --fingerprint.
     assert run_cli(*args, "--home", str(again.node.home.path)).returncode == 0
+
+
+def test_forget_drops_one_log_and_says_when_there_is_none(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    kit = _node(tmp_path / "a")
+    args = ("audit", "verify", "--no-ask-witnesses", "--state", str(state))
+    assert run_cli(*args, "--home", str(kit.node.home.path)).returncode == 0
+    assert "entente.dev/audit/uk-aisi" in json.loads(state.read_text())["logs"]
+    gone = run_cli("audit", "forget", "uk-aisi", "--state", str(state))
+    assert gone.returncode == 0, gone.stderr
+    assert json.loads(state.read_text())["logs"] == {}
+    again = run_cli("audit", "forget", "uk-aisi", "--state", str(state))
+    assert again.returncode != 0 and "no remembered checkpoint" in again.stderr

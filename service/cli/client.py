@@ -54,6 +54,17 @@ TokenOpt = Annotated[
     ),
 ]
 
+# For a command that may run without a node (``share --dry-run``): no token is None, not "".
+MaybeTokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="ENTENTE_TOKEN",
+        help="Bearer token [env: ENTENTE_TOKEN]",
+        show_default=False,
+    ),
+]
+
 
 def _client(url: str, token: str) -> httpx.Client:
     if not url.startswith(("http://", "https://")):
@@ -255,7 +266,7 @@ def share(
         str, typer.Option("--tlp", help="TLP 2.0 label: TLP:AMBER, or amber, amber+strict, ...")
     ],
     url: UrlOpt = "",
-    token: TokenOpt = "",
+    token: MaybeTokenOpt = None,
     topic: Annotated[
         list[str] | None,
         typer.Option("--topic", help="Topic (repeatable; an evaluation log's: evaluation)"),

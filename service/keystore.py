@@ -11,8 +11,12 @@
                             the signing key with fingerprint <fp>
 
 Each file is age-encrypted under the node's passphrase (scrypt), or, for demos only, written
-unencrypted behind a banner. This module makes, writes and reads key files; it does not know
-where a home is, ask for a passphrase or sign anything (``service.home``).
+unencrypted behind a banner. Each scrypt costs 256 MiB and about half a second at the default work
+factor, so a command unlocks only the files it uses (:class:`KeyNeed`: a seal the signing keys,
+an open the identities its file was sealed to); ``serve`` unlocks them all.
+
+This module makes, writes and reads key files; it does not know where a home is, ask for a
+passphrase or sign anything (``service.home``).
 """
 
 from __future__ import annotations

@@ -32,17 +32,28 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from crypto.descriptor import sign_descriptor
-from crypto.dsse import Envelope
+from crypto import strict_json
+from crypto.descriptor import DESCRIPTOR_PAYLOAD_TYPE, NodeDescriptor, sign_descriptor
+from crypto.dsse import Envelope, verify_envelope
 from crypto.errors import CryptoError
+from crypto.keyset import KeySet
 from crypto.vocab import is_node_id
 from service.errors import HomeError, UsageError
 from service.files import write_atomically
-from service.keystore import KEY_FILES, FreshKeys, KeyFacts, NodeKeys, seal_key, unlock_keys
+from service.keystore import (
+    KEY_FILES,
+    FreshKeys,
+    KeyFacts,
+    KeyNeed,
+    NodeKeys,
+    seal_key,
+    unlock_keys,
+)
 from service.settings import Settings
 
 __all__ = [
     "Home",
+    "KeyNeed",
     "NodeKeys",
     "Rotation",
     "ServeClaim",
@@ -93,10 +104,31 @@ class Home:
         except (OSError, CryptoError) as exc:
             raise HomeError(f"cannot read the node descriptor in {self.path}: {exc}") from None
 
-    def unlock(self, settings: Settings) -> NodeKeys:
-        """Decrypt the key files; a wrong passphrase is a :class:`KeyStoreError`."""
-        passphrase = None if not self.protected else read_passphrase(settings, confirm=False)
-        return unlock_keys(self.keys_dir, self.key_facts, passphrase)
+    def unlock(self, settings: Settings, need: KeyNeed = KeyNeed.ALL) -> NodeKeys:
+        """Decrypt the key files ``need`` names (every one by default: ``serve`` and anything
+        that may use any key); a wrong passphrase is a :class:`KeyStoreError`. Nothing needed,
+        nothing asked: no passphrase is read."""
+        protected = self.protected and bool(need)
+        passphrase = read_passphrase(settings, confirm=False) if protected else None
+        return unlock_keys(self.keys_dir, self.key_facts, passphrase, need)
+
+    def public_keyset(self) -> KeySet:
+        """This node's current public key set (Ed25519 and ML-DSA-65), from its own descriptor,
+        self-signed and checked against node.json: no private key is unlocked."""
+        envelope = self.descriptor_envelope()
+        try:
+            descriptor = NodeDescriptor.from_json(strict_json.loads(envelope.payload))
+            verify_envelope(
+                envelope, keysets=[descriptor.keyset], payload_type=DESCRIPTOR_PAYLOAD_TYPE
+            )
+        except (UnicodeDecodeError, ValueError, CryptoError) as exc:
+            raise HomeError(f"the node descriptor in {self.path} is invalid: {exc}") from None
+        mldsa = descriptor.mldsa_key
+        if descriptor.fingerprint != self.fingerprint or (
+            (None if mldsa is None else mldsa.fingerprint) != self.mldsa_fingerprint
+        ):
+            raise HomeError(f"the node descriptor in {self.path} does not match node.json")
+        return descriptor.keyset
 
 
 def read_passphrase(settings: Settings, *, confirm: bool) -> str:

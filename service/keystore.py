@@ -11,12 +11,17 @@
                             the signing key with fingerprint <fp>
 
 Each file is age-encrypted under the node's passphrase (scrypt), or, for demos only, written
-unencrypted behind a banner. This module makes, writes and reads key files; it does not know
-where a home is, ask for a passphrase or sign anything (``service.home``).
+unencrypted behind a banner. Each scrypt costs 256 MiB and about half a second at the default work
+factor, so a command unlocks only the files it uses (:class:`KeyNeed`: a seal the signing keys,
+an open the identities its file was sealed to); ``serve`` unlocks them all.
+
+This module makes, writes and reads key files; it does not know where a home is, ask for a
+passphrase or sign anything (``service.home``).
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,26 +38,127 @@ from crypto.mldsa import MLDSASigningKey
 from service.errors import KeyStoreError
 from service.files import write_atomically
 
-__all__ = ["KEY_FILES", "FreshKeys", "KeyFacts", "NodeKeys", "read_key", "seal_key", "unlock_keys"]
+__all__ = [
+    "KEY_FILES",
+    "FreshKeys",
+    "KeyFacts",
+    "KeyNeed",
+    "KeyNotUnlockedError",
+    "NodeKeys",
+    "read_key",
+    "seal_key",
+    "unlock_keys",
+]
 
 _INSECURE_BANNER = b"# UNENCRYPTED KEY (entente init --insecure-no-passphrase): for demos only\n"
 
 
+class KeyNeed(enum.Flag):
+    """Which key files a command unlocks (each is its own scrypt: 256 MiB and about half a
+    second at the default work factor), so a command decrypts only the keys it uses."""
+
+    SIGNING = enum.auto()  # Ed25519 and, on a post-quantum node, ML-DSA-65: what signs
+    IDENTITY = enum.auto()  # the age X25519 identity
+    HYBRID = enum.auto()  # the hybrid age identity (nothing to unlock on a classic-only node)
+    CHECKPOINT = enum.auto()  # the audit log's checkpoint key
+    RETIRED_SIGNING = enum.auto()  # signing and ML-DSA keys retired by rotations
+    RETIRED_IDENTITIES = enum.auto()  # age identities retired by rotations
+    IDENTITIES = IDENTITY | HYBRID | RETIRED_IDENTITIES  # everything that opens a file
+    ALL = SIGNING | IDENTITY | HYBRID | CHECKPOINT | RETIRED_SIGNING | RETIRED_IDENTITIES
+
+
+_NEED_NAMES = {
+    KeyNeed.SIGNING: "signing key",
+    KeyNeed.IDENTITY: "age identity",
+    KeyNeed.HYBRID: "post-quantum age identity",
+    KeyNeed.CHECKPOINT: "checkpoint key",
+    KeyNeed.RETIRED_SIGNING: "retired signing keys",
+    KeyNeed.RETIRED_IDENTITIES: "retired age identities",
+}
+
+
+class KeyNotUnlockedError(KeyStoreError):
+    """A key was used that the command did not unlock (see :class:`KeyNeed`): a programming
+    error, reported by name instead of an ``AttributeError`` or a silent ``None``."""
+
+
 @dataclass(frozen=True)
 class NodeKeys:
-    """The unlocked private keys of a node. Never logged; repr shows fingerprints only."""
+    """The unlocked private keys of a node, all or only those in :attr:`unlocked`. Reading a
+    key that was not unlocked raises :class:`KeyNotUnlockedError` naming it. Never logged;
+    repr shows fingerprints only."""
 
-    signing: SigningKey
-    identity: age.X25519Identity
-    retired_signing: tuple[SigningKey, ...] = ()
-    retired_identities: tuple[age.X25519Identity | age.HybridIdentity, ...] = ()
-    hybrid: age.HybridIdentity | None = None  # post-quantum; None on a classic-only node
-    mldsa: MLDSASigningKey | None = None  # the second, post-quantum signature
-    checkpoint: SigningKey | None = None  # the log's own key; None: the signing key signs
-    retired_mldsa: Mapping[str, MLDSASigningKey] = field(default_factory=dict)  # by Ed25519 fp
+    unlocked: KeyNeed
+    _signing: SigningKey | None = field(default=None, repr=False)
+    _identity: age.X25519Identity | None = field(default=None, repr=False)
+    _retired_signing: tuple[SigningKey, ...] = field(default=(), repr=False)
+    _retired_identities: tuple[age.X25519Identity | age.HybridIdentity, ...] = field(
+        default=(), repr=False
+    )
+    _hybrid: age.HybridIdentity | None = field(default=None, repr=False)  # None: classic-only
+    _mldsa: MLDSASigningKey | None = field(default=None, repr=False)  # None: classic-only
+    _checkpoint: SigningKey | None = field(default=None, repr=False)  # None: signing key signs
+    _retired_mldsa: Mapping[str, MLDSASigningKey] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
-        return f"NodeKeys(signing={self.signing.fingerprint[:16]}…)"
+        if KeyNeed.SIGNING in self.unlocked and self._signing is not None:
+            return f"NodeKeys(signing={self._signing.fingerprint[:16]}…)"
+        return f"NodeKeys(unlocked={self.unlocked!r})"
+
+    def _require(self, need: KeyNeed) -> None:
+        if need & ~self.unlocked:
+            raise self._missing(need & ~self.unlocked)
+
+    @staticmethod
+    def _missing(missing: KeyNeed) -> KeyNotUnlockedError:
+        names = ", ".join(name for flag, name in _NEED_NAMES.items() if flag in missing)
+        return KeyNotUnlockedError(f"the node's {names}: not unlocked for this command")
+
+    @property
+    def signing(self) -> SigningKey:
+        if KeyNeed.SIGNING not in self.unlocked or self._signing is None:
+            raise self._missing(KeyNeed.SIGNING)
+        return self._signing
+
+    @property
+    def mldsa(self) -> MLDSASigningKey | None:
+        """The second, post-quantum signature key; None on a classic-only node."""
+        self._require(KeyNeed.SIGNING)
+        return self._mldsa
+
+    @property
+    def identity(self) -> age.X25519Identity:
+        if KeyNeed.IDENTITY not in self.unlocked or self._identity is None:
+            raise self._missing(KeyNeed.IDENTITY)
+        return self._identity
+
+    @property
+    def hybrid(self) -> age.HybridIdentity | None:
+        """The post-quantum age identity; None on a classic-only node."""
+        self._require(KeyNeed.HYBRID)
+        return self._hybrid
+
+    @property
+    def checkpoint(self) -> SigningKey | None:
+        """The log's own key; None on a home made before it existed (the signing key signs)."""
+        self._require(KeyNeed.CHECKPOINT)
+        return self._checkpoint
+
+    @property
+    def retired_signing(self) -> tuple[SigningKey, ...]:
+        self._require(KeyNeed.RETIRED_SIGNING)
+        return self._retired_signing
+
+    @property
+    def retired_mldsa(self) -> Mapping[str, MLDSASigningKey]:
+        """Retired ML-DSA keys by the Ed25519 fingerprint they signed beside."""
+        self._require(KeyNeed.RETIRED_SIGNING)
+        return self._retired_mldsa
+
+    @property
+    def retired_identities(self) -> tuple[age.X25519Identity | age.HybridIdentity, ...]:
+        self._require(KeyNeed.RETIRED_IDENTITIES)
+        return self._retired_identities
 
     @property
     def signer(self) -> SignerSet:
@@ -65,23 +171,39 @@ class NodeKeys:
         return self.checkpoint or self.signing
 
     @property
-    def keysets(self) -> list[KeySet]:
-        """This node's public key sets, current first, then retired ones (its own manifests and
+    def retired_keysets(self) -> list[KeySet]:
+        """The public key sets of the retired signing keys (this node's older manifests and
         receipts verify against these)."""
-        retired = [
+        return [
             KeySet(k.public, None if (m := self.retired_mldsa.get(k.fingerprint)) is None
                    else m.public)
             for k in self.retired_signing
         ]  # fmt: skip
-        return [self.signer.public, *retired]
+
+    @property
+    def keysets(self) -> list[KeySet]:
+        """This node's public key sets, current first, then retired ones (its own manifests and
+        receipts verify against these)."""
+        return [self.signer.public, *self.retired_keysets]
 
     @property
     def all_identities(self) -> list[age.X25519Identity | age.HybridIdentity]:
         """Every identity that may open what was sealed to this node, current and retired."""
-        current: list[age.X25519Identity | age.HybridIdentity] = [self.identity]
-        if self.hybrid is not None:
-            current.append(self.hybrid)
-        return [*current, *self.retired_identities]
+        self._require(KeyNeed.IDENTITIES)
+        return self.unlocked_identities
+
+    @property
+    def unlocked_identities(self) -> list[age.X25519Identity | age.HybridIdentity]:
+        """The identities this command unlocked (current first, then retired); at least one
+        kind of identity must have been asked for."""
+        if not self.unlocked & KeyNeed.IDENTITIES:
+            self._require(KeyNeed.IDENTITIES)
+        found: list[age.X25519Identity | age.HybridIdentity] = []
+        if self._identity is not None:
+            found.append(self._identity)
+        if self._hybrid is not None:
+            found.append(self._hybrid)
+        return [*found, *self._retired_identities]
 
     @functools.cached_property
     def recipients(self) -> frozenset[str]:
@@ -206,6 +328,13 @@ def read_key(path: Path, passphrase: str | None) -> bytes:
         raise KeyStoreError(f"the key file {path} is corrupt") from None
 
 
+def _x25519_identity(secret: bytes) -> age.X25519Identity:
+    try:
+        return age.X25519Identity.from_string(secret.decode("ascii").strip())
+    except (UnicodeDecodeError, CryptoError):
+        raise KeyStoreError("the node's age identity file is corrupt") from None
+
+
 def _hybrid_identity(secret: bytes) -> age.HybridIdentity:
     try:
         return age.HybridIdentity.from_string(secret.decode("ascii").strip())
@@ -225,47 +354,66 @@ def _check(what: str, got: str, want: str | None, keys_dir: Path) -> None:
         raise KeyStoreError(f"the {what} in {keys_dir} does not match node.json")
 
 
-def unlock_keys(keys_dir: Path, facts: KeyFacts, passphrase: str | None) -> NodeKeys:
-    """Decrypt every key file in ``keys_dir`` and check each against ``facts``."""
-    signing = SigningKey(read_key(keys_dir / "signing.key", passphrase))
-    _check("signing key", signing.fingerprint, facts.fingerprint, keys_dir)
-    identity = age.X25519Identity.from_string(
-        read_key(keys_dir / "identity.key", passphrase).decode("ascii").strip()
-    )
-    hybrid = mldsa = checkpoint = None
-    if facts.pq_recipient is not None:
+def unlock_keys(
+    keys_dir: Path, facts: KeyFacts, passphrase: str | None, need: KeyNeed = KeyNeed.ALL
+) -> NodeKeys:
+    """Decrypt the key files ``need`` names (every one by default) in ``keys_dir`` and check
+    each against ``facts``; the others are not read."""
+    signing = identity = hybrid = mldsa = checkpoint = None
+    if KeyNeed.SIGNING in need:
+        signing = SigningKey(read_key(keys_dir / "signing.key", passphrase))
+        _check("signing key", signing.fingerprint, facts.fingerprint, keys_dir)
+        if facts.mldsa_fingerprint is not None:
+            mldsa = _mldsa(read_key(keys_dir / "mldsa.key", passphrase))
+            _check("ML-DSA key", mldsa.fingerprint, facts.mldsa_fingerprint, keys_dir)
+    if KeyNeed.IDENTITY in need:
+        identity = _x25519_identity(read_key(keys_dir / "identity.key", passphrase))
+    if KeyNeed.HYBRID in need and facts.pq_recipient is not None:
         hybrid = _hybrid_identity(read_key(keys_dir / "pq-identity.key", passphrase))
         _check("post-quantum identity", hybrid.recipient.to_string(), facts.pq_recipient,
                keys_dir)  # fmt: skip
-    if facts.mldsa_fingerprint is not None:
-        mldsa = _mldsa(read_key(keys_dir / "mldsa.key", passphrase))
-        _check("ML-DSA key", mldsa.fingerprint, facts.mldsa_fingerprint, keys_dir)
-    if facts.checkpoint_fingerprint is not None:
+    if KeyNeed.CHECKPOINT in need and facts.checkpoint_fingerprint is not None:
         checkpoint = SigningKey(read_key(keys_dir / "checkpoint.key", passphrase))
         _check("checkpoint key", checkpoint.fingerprint, facts.checkpoint_fingerprint, keys_dir)
-    retired = keys_dir / "retired"
-    found = sorted(retired.glob("*.key")) if retired.is_dir() else []
+    wanted: set[str] = set()
+    if KeyNeed.RETIRED_SIGNING in need:
+        wanted |= {"signing", "mldsa"}
+    if KeyNeed.RETIRED_IDENTITIES in need:
+        wanted |= {"identity", "pq-identity"}
     retired_s: list[SigningKey] = []
     retired_i: list[age.X25519Identity | age.HybridIdentity] = []
     retired_m: dict[str, MLDSASigningKey] = {}
-    for path in found:
-        fingerprint, _, kind = path.name.removesuffix(".key").partition(".")
+    for fingerprint, kind, path in retired_key_files(keys_dir):
+        if kind not in wanted:
+            continue
         if kind == "signing":
             retired_s.append(SigningKey(read_key(path, passphrase)))
         elif kind == "identity":
-            text = read_key(path, passphrase).decode("ascii").strip()
-            retired_i.append(age.X25519Identity.from_string(text))
+            retired_i.append(_x25519_identity(read_key(path, passphrase)))
         elif kind == "pq-identity":
             retired_i.append(_hybrid_identity(read_key(path, passphrase)))
         elif kind == "mldsa":
             retired_m[fingerprint] = _mldsa(read_key(path, passphrase))
     return NodeKeys(
-        signing=signing,
-        identity=identity,
-        retired_signing=tuple(retired_s),
-        retired_identities=tuple(retired_i),
-        hybrid=hybrid,
-        mldsa=mldsa,
-        checkpoint=checkpoint,
-        retired_mldsa=retired_m,
+        unlocked=need,
+        _signing=signing,
+        _identity=identity,
+        _retired_signing=tuple(retired_s),
+        _retired_identities=tuple(retired_i),
+        _hybrid=hybrid,
+        _mldsa=mldsa,
+        _checkpoint=checkpoint,
+        _retired_mldsa=retired_m,
     )
+
+
+def retired_key_files(keys_dir: Path) -> list[tuple[str, str, Path]]:
+    """The retired key files in ``keys_dir``: (signing key fingerprint, kind, path), sorted."""
+    retired = keys_dir / "retired"
+    found = sorted(retired.glob("*.key")) if retired.is_dir() else []
+    return [(*_split_retired(path.name), path) for path in found]
+
+
+def _split_retired(name: str) -> tuple[str, str]:
+    fingerprint, _, kind = name.removesuffix(".key").partition(".")
+    return fingerprint, kind

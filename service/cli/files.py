@@ -26,6 +26,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.keyset import KeySet
 from crypto.sealed import (
@@ -41,7 +42,8 @@ from service.cli._common import HomeOpt, console, err_console, settings_for
 from service.cli._terminal import outside
 from service.errors import UsageError
 from service.files import open_sealed_file, seal_file, write_atomically
-from service.home import open_home
+from service.home import Home, KeyNeed, open_home
+from service.keystore import retired_key_files
 from service.pinned import pinned_keysets, pinned_parties
 
 __all__ = ["open_", "progress_bar", "seal", "verify_"]
@@ -68,12 +70,39 @@ def progress_bar(
         yield lambda n: progress.advance(task, n)
 
 
-def _trusted_for(home_path: Path, database_url: str | None, origin: str) -> list[KeySet]:
+def _trusted_for(
+    home_path: Path, database_url: str | None, origin: str, envelope: Envelope
+) -> list[KeySet]:
+    """The key sets that may have signed a manifest of ``origin``: a pinned partner's from the
+    database; this node's current set from its own descriptor (no private key), and its retired
+    sets only when no signature names the current key (those are unlocked: only their public
+    halves are kept nowhere else)."""
     home = open_home(home_path)
     settings = settings_for(home_path, database_url)
-    if origin == home.node_id:
-        return home.unlock(settings).keysets
-    return pinned_keysets(settings.resolved_database_url(), origin)
+    if origin != home.node_id:
+        return pinned_keysets(settings.resolved_database_url(), origin)
+    current = home.public_keyset()
+    if any(keyid == current.fingerprint for keyid, _ in envelope.signatures):
+        return [current]
+    if not any(kind == "signing" for _, kind, _ in retired_key_files(home.keys_dir)):
+        return [current]
+    return [current, *home.unlock(settings, KeyNeed.RETIRED_SIGNING).retired_keysets]
+
+
+def _opening_need(home: Home, envelope: Envelope) -> KeyNeed:
+    """The identities that can open a file whose manifest is ``envelope``: the current ones it
+    names as recipients, or every identity (retired ones too) when it names neither. The
+    manifest is only a hint here; its signature and binding are checked before any plaintext."""
+    try:
+        named = {r.recipient for r in Manifest.from_payload(envelope.payload).recipients}
+    except (ValueError, CryptoError):
+        return KeyNeed.IDENTITIES  # the manifest check reports what is wrong with it
+    need = KeyNeed(0)
+    if home.age_recipient in named:
+        need |= KeyNeed.IDENTITY
+    if home.pq_recipient is not None and home.pq_recipient in named:
+        need |= KeyNeed.HYBRID
+    return need or KeyNeed.IDENTITIES
 
 
 def _manifest_origin(envelope_path: Path) -> str:
@@ -157,7 +186,7 @@ def seal(
             raise UsageError(f"{path} exists; pass --force to overwrite it")
     settings = settings_for(home)
     node_home = open_home(settings.require_home())
-    keys = node_home.unlock(settings)
+    keys = node_home.unlock(settings, KeyNeed.SIGNING)  # signs; seals to public recipients only
     parties: list[Party] = [node_home]
     given: list[ManifestRecipient] = []
     named = [target for target in to if not target.startswith("age1")]
@@ -214,10 +243,10 @@ def verify_(
     manifest_path = manifest or Path(f"{sealed_file}.dsse.json")
     origin = _manifest_origin(manifest_path)
     settings = settings_for(home)
-    trusted = _trusted_for(settings.require_home(), settings.database_url, origin)
+    envelope = load_envelope(manifest_path.read_bytes())
+    trusted = _trusted_for(settings.require_home(), settings.database_url, origin, envelope)
     if not trusted:
         raise UsageError(f"the manifest's origin {origin!r} is not this node or a pinned partner")
-    envelope = load_envelope(manifest_path.read_bytes())
     try:
         with open(sealed_file, "rb") as fh:
             result = verify(envelope, keysets=trusted, ciphertext=fh, origin=origin)
@@ -244,15 +273,15 @@ def open_(
     origin = _manifest_origin(manifest_path)
     settings = settings_for(home)
     node_home = open_home(settings.require_home())
-    keys = node_home.unlock(settings)
-    trusted = _trusted_for(node_home.path, settings.database_url, origin)
     envelope = load_envelope(manifest_path.read_bytes())
+    trusted = _trusted_for(node_home.path, settings.database_url, origin, envelope)
+    keys = node_home.unlock(settings, _opening_need(node_home, envelope))
     try:
         result = open_sealed_file(
             sealed_file,
             out,
             envelope=envelope,
-            identities=keys.all_identities,
+            identities=keys.unlocked_identities,
             keysets=trusted,
             origin=origin,
             overwrite=force,

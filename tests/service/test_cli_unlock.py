@@ -1,0 +1,177 @@
+"""`entente seal`, `open` and `verify` from a passphrase-protected home decrypt only the key files
+they use: each is an scrypt (256 MiB and about half a second at the default work factor).
+
+Counted in-process by wrapping the function that decrypts one key file, on a post-quantum home
+before and after a key rotation; and a key that was not unlocked is an error naming it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from crypto import age
+from service import keystore
+from service.cli import app
+from service.home import KeyNeed, create_home, open_home, rotate_keys
+from service.keystore import KeyNotUnlockedError
+from service.settings import Settings
+from tests.nodes import PASSPHRASE, SCRYPT_WORK_FACTOR
+
+KeyLog = list[str]
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    monkeypatch.delenv("ENTENTE_PASSPHRASE_FILE", raising=False)
+    monkeypatch.delenv("ENTENTE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("ENTENTE_PASSPHRASE", PASSPHRASE)
+    monkeypatch.setenv("ENTENTE_SCRYPT_WORK_FACTOR", str(SCRYPT_WORK_FACTOR))
+    monkeypatch.setenv("ENTENTE_HOME", str(tmp_path / "uk"))
+    settings = Settings(passphrase=PASSPHRASE, scrypt_work_factor=SCRYPT_WORK_FACTOR)
+    create_home(
+        settings,
+        path=tmp_path / "uk",
+        node_id="uk-aisi",
+        name="UK",
+        url="https://uk.example",
+        now=datetime.now(UTC),
+    )
+    return tmp_path / "uk"
+
+
+@pytest.fixture
+def decrypted(monkeypatch: pytest.MonkeyPatch) -> KeyLog:
+    """The key files decrypted, by name (``retired/`` for a retired one), each checked to be
+    an scrypt decryption: a protected home has no other kind."""
+    log: KeyLog = []
+    scrypts: list[int] = []
+    read_key = keystore.read_key
+    decrypt = age.decrypt_with_passphrase
+
+    def counting_decrypt(data: bytes, passphrase: str) -> bytes:
+        scrypts.append(1)
+        return decrypt(data, passphrase)
+
+    def counting_read(path: Path, passphrase: str | None) -> bytes:
+        before = len(scrypts)
+        secret = read_key(path, passphrase)
+        assert len(scrypts) == before + 1, f"{path} was not an scrypt decryption"
+        kind = path.name.removesuffix(".key").partition(".")[2] or path.stem
+        log.append(f"retired/{kind}" if path.parent.name == "retired" else kind)
+        return secret
+
+    monkeypatch.setattr(age, "decrypt_with_passphrase", counting_decrypt)
+    monkeypatch.setattr(keystore, "read_key", counting_read)
+    return log
+
+
+def _cli(*args: str) -> None:
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+def _seal(home: Path, tmp_path: Path, name: str, to: str) -> Path:
+    plain = tmp_path / f"{name}.txt"
+    plain.write_bytes(b"evaluation results\n" * 3000)
+    out = tmp_path / f"{name}.age"
+    _cli("seal", str(plain), "--to", to, "-o", str(out))
+    return out
+
+
+def _facts(home: Path) -> dict[str, str]:
+    facts: dict[str, str] = json.loads((home / "node.json").read_text())
+    return facts
+
+
+def test_seal_open_verify_decrypt_only_what_they_use(
+    home: Path, tmp_path: Path, decrypted: KeyLog
+) -> None:
+    facts = _facts(home)
+    pq = _seal(home, tmp_path, "pq", facts["pq_recipient"])
+    assert sorted(decrypted) == ["mldsa", "signing"]  # no identity, no checkpoint key
+
+    decrypted.clear()
+    _cli("open", str(pq), "-o", str(tmp_path / "pq.back"))
+    assert decrypted == ["pq-identity"]  # sealed post-quantum: the hybrid identity opens it
+    assert (tmp_path / "pq.back").read_bytes() == (tmp_path / "pq.txt").read_bytes()
+
+    classic = _seal(home, tmp_path, "classic", facts["age_recipient"])
+    decrypted.clear()
+    _cli("open", str(classic), "-o", str(tmp_path / "classic.back"))
+    assert decrypted == ["identity"]
+
+    decrypted.clear()
+    _cli("verify", str(pq))
+    _cli("verify", str(classic))
+    assert decrypted == []  # this node's own manifest: its public keys are in its descriptor
+
+
+def test_verify_needs_no_passphrase(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sealed = _seal(home, tmp_path, "pq", _facts(home)["pq_recipient"])
+    monkeypatch.delenv("ENTENTE_PASSPHRASE")
+    _cli("verify", str(sealed))
+    result = CliRunner().invoke(app, ["open", str(sealed), "-o", str(tmp_path / "no")])
+    assert result.exit_code != 0
+    assert "ENTENTE_PASSPHRASE" in str(result.exception)
+
+
+def test_retired_keys_only_for_what_was_sealed_and_signed_before_a_rotation(
+    home: Path, tmp_path: Path, decrypted: KeyLog
+) -> None:
+    old = _seal(home, tmp_path, "old", _facts(home)["pq_recipient"])
+    settings = Settings(passphrase=PASSPHRASE, scrypt_work_factor=SCRYPT_WORK_FACTOR)
+    rotate_keys(open_home(home), settings, now=datetime.now(UTC))
+    new = _seal(home, tmp_path, "new", _facts(home)["pq_recipient"])
+
+    decrypted.clear()
+    _cli("open", str(new), "-o", str(tmp_path / "new.back"))
+    assert decrypted == ["pq-identity"]  # no retired key for a file sealed after the rotation
+    decrypted.clear()
+    _cli("verify", str(new))
+    assert decrypted == []
+
+    decrypted.clear()
+    _cli("verify", str(old))  # signed by the retired key: its public half is in its key file
+    assert sorted(decrypted) == ["retired/mldsa", "retired/signing"]
+    decrypted.clear()
+    _cli("open", str(old), "-o", str(tmp_path / "old.back"))
+    signed_by = ["retired/mldsa", "retired/signing"]
+    # its manifest names none of the current recipients: every identity, retired ones too
+    opened_by = ["identity", "pq-identity", "retired/identity", "retired/pq-identity"]
+    assert sorted(decrypted) == sorted([*signed_by, *opened_by])
+    assert (tmp_path / "old.back").read_bytes() == (tmp_path / "old.txt").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("need", "use", "named"),
+    [
+        (KeyNeed.SIGNING, lambda k: k.identity, "age identity"),
+        (KeyNeed.SIGNING, lambda k: k.all_identities, "post-quantum age identity"),
+        (KeyNeed.IDENTITY, lambda k: k.signer, "signing key"),
+        (KeyNeed.IDENTITY, lambda k: k.log_key, "checkpoint key"),
+        (KeyNeed.SIGNING, lambda k: k.keysets, "retired signing keys"),
+        (KeyNeed(0), lambda k: k.unlocked_identities, "age identity"),
+    ],
+)
+def test_a_key_not_unlocked_is_an_error_naming_it(
+    home: Path,
+    decrypted: KeyLog,
+    need: KeyNeed,
+    use: Callable[[keystore.NodeKeys], object],
+    named: str,
+) -> None:
+    settings = Settings(passphrase=PASSPHRASE, scrypt_work_factor=SCRYPT_WORK_FACTOR)
+    keys = open_home(home).unlock(settings, need)
+    with pytest.raises(KeyNotUnlockedError, match=named):
+        use(keys)
+    assert "seed" not in repr(keys)
+    everything = open_home(home).unlock(settings)
+    assert len(everything.all_identities) == 2 and everything.log_key is not None

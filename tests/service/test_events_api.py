@@ -175,3 +175,12 @@ async def test_open_streams_per_token_are_bounded(tmp_path: Path) -> None:
     assert refused.json()["type"] == "urn:entente:problem:rate-limited"
     assert done.status_code == 200 and again.status_code == 200
     assert ": keep-alive" in done.text  # heartbeats while quiet
+
+
+def test_the_cli_reads_server_sent_events() -> None:
+    from service.cli._follow import SseEvent, parse_sse
+
+    text = ': hi\nretry: 1000\nid: 3\nevent: arrived\ndata: {"a":\ndata: 1}\n\n: keep-alive\n\n'
+    assert list(parse_sse(text.splitlines(keepends=True))) == [
+        SseEvent("arrived", '{"a":\n1}', "3")
+    ]

@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     events_max_streams_per_token: int = Field(default=4, ge=1)  # event streams one token may
     # hold open at once, per process; more are answered 429 with Retry-After
     events_batch: int = Field(default=100, ge=1, le=1000)  # log entries read per poll
+    events_max_wait_seconds: float = Field(default=30.0, gt=0)  # seconds a long poll
+    # (GET /v1/events?wait=) waits for an event before it answers with none
 
     # Background work
     sync_interval_seconds: float = Field(default=1.0, gt=0)  # outbox poll when idle

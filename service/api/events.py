@@ -14,6 +14,10 @@ The database is read every ``events_poll_seconds`` in a short session of its own
 stream holds no connection, and every replica serves the same events (no pub/sub). An event's
 data is the artifact's entry as ``GET /v1/artifacts/{id}`` returns it; never content.
 
+With ``?wait=SECONDS`` the route is a long poll instead: one JSON answer, ``{"events": [...],
+"cursor": N}``, as soon as there is an event above the cursor or after the wait (at most
+``events_max_wait_seconds``); the next call passes ``after=N``.
+
 This module does not notify anyone outside the node (no webhooks).
 """
 
@@ -27,7 +31,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
@@ -47,7 +51,7 @@ router = APIRouter(prefix="/v1", tags=["events"])
 Anyone = Annotated[
     Principal, Depends(require_roles(Role.PUBLISHER, Role.READER, Role.AUDITOR, Role.ADMIN))
 ]
-PARAMETERS = frozenset({"after"})
+PARAMETERS = frozenset({"after", "wait"})
 MAX_CURSOR = 2**62  # a log index no node reaches
 RETRY_MILLISECONDS = 1000  # the reconnection delay the stream asks of its client (SSE retry:)
 PROBLEM = {"application/problem+json": {"schema": {"type": "object"}}}
@@ -135,16 +139,16 @@ def _head(node: Node) -> int:
         return arrivals.log_size(session)
 
 
-def _read(node: Node, cursor: int) -> tuple[list[bytes], int]:
-    """One poll, in a session of its own: the frames of the events above ``cursor`` and the
-    cursor after them."""
+def _read(node: Node, cursor: int) -> tuple[list[tuple[int, str, str]], int]:
+    """One poll, in a session of its own: the events above ``cursor`` (each its id, name and
+    the artifact's entry as JSON) and the cursor after them."""
     with node.db.session() as session:
         batch = arrivals.events_after(session, cursor, limit=node.settings.events_batch)
-        frames = [
-            _frame(
-                event=ev.name,
-                ident=ev.cursor,
-                data=artifact_out(
+        found = [
+            (
+                ev.cursor,
+                ev.name,
+                artifact_out(
                     ev.artifact,
                     full=True,
                     deliveries=listing.deliveries_for(session, ev.artifact.id),
@@ -152,7 +156,7 @@ def _read(node: Node, cursor: int) -> tuple[list[bytes], int]:
             )
             for ev in batch.events
         ]
-    return frames, batch.cursor
+    return found, batch.cursor
 
 
 async def _events(
@@ -165,15 +169,15 @@ async def _events(
         event="ready", ident=cursor, data=json.dumps({"cursor": cursor})
     )
     while True:
-        frames, cursor = await run_in_threadpool(_read, node, cursor)
-        for frame in frames:
-            yield frame
+        found, cursor = await run_in_threadpool(_read, node, cursor)
+        for ident, name, data in found:
+            yield _frame(event=name, ident=ident, data=data)
         now = clock()
-        if frames:
+        if found:
             last_sent = now
         if now - began >= settings.events_max_stream_seconds:
             break
-        if len(frames) >= settings.events_batch:
+        if len(found) >= settings.events_batch:
             continue  # more are waiting
         if now - last_sent >= settings.events_heartbeat_seconds:
             yield b": keep-alive\n\n"
@@ -185,13 +189,45 @@ async def _events(
     yield _frame(event="end", ident=cursor, data=json.dumps(end))
 
 
+async def _long_poll(
+    node: Node, start: int, wait: float, *, clock: Callable[[], float] = time.monotonic
+) -> dict[str, Any]:
+    """The events above ``start``, waiting up to ``wait`` seconds for the first of them."""
+    deadline = clock() + wait
+    cursor = start
+    while True:
+        found, cursor = await run_in_threadpool(_read, node, cursor)
+        left = deadline - clock()
+        if found or left <= 0:
+            break
+        await anyio.sleep(min(node.settings.events_poll_seconds, left))
+    events = [
+        {"id": ident, "event": name, "artifact": json.loads(data)} for ident, name, data in found
+    ]
+    return {"events": events, "cursor": cursor}
+
+
 @router.get(
     "/events",
     summary="Notice of arrivals: received artifacts, revocations and deletions, as server-sent "
     "events, resumable from an event id",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/event-stream": {}}, "description": "An event stream"},
+        200: {
+            "content": {
+                "text/event-stream": {},
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "events": {"type": "array", "items": {"type": "object"}},
+                            "cursor": {"type": "integer"},
+                        },
+                    }
+                },
+            },
+            "description": "An event stream; with ?wait=, one JSON page of events (long poll)",
+        },
         **{
             code: {"description": "Problem document (RFC 9457)", "content": PROBLEM}
             for code in (401, 403, 422, 429)
@@ -206,10 +242,19 @@ async def events(
         str | None,
         Query(max_length=20, description="Start after this event id (0: from the start)"),
     ] = None,
+    wait: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            le=3600,
+            description="Long poll: answer one JSON page of events, waiting up to this many "
+            "seconds (at most ENTENTE_EVENTS_MAX_WAIT_SECONDS) for the first",
+        ),
+    ] = None,
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", max_length=20, include_in_schema=True)
     ] = None,
-) -> StreamingResponse:
+) -> Response:
     unknown = sorted(set(request.query_params) - PARAMETERS)
     if unknown:
         raise InvalidInputError(
@@ -223,4 +268,10 @@ async def events(
         start = await run_in_threadpool(_head, node)
     slots = StreamSlots.of(request.app.state)
     slots.take(principal.token_id)
+    if wait is not None:
+        try:
+            page = await _long_poll(node, start, min(wait, node.settings.events_max_wait_seconds))
+        finally:
+            slots.give_back(principal.token_id)
+        return JSONResponse(page, headers={"Cache-Control": "no-store"})
     return _EventStream(_events(node, start), lambda: slots.give_back(principal.token_id))

@@ -81,6 +81,7 @@ LIMITS = {
     # GET /v1/events streams until its lifetime ends: short here, so each fuzzed call ends
     "events_max_stream_seconds": 0.2,
     "events_poll_seconds": 0.05,
+    "events_max_wait_seconds": 0.2,  # and its long poll (?wait=) waits no longer
 }
 
 # The federation's own media types carry bytes: let schemathesis send its binary bodies.

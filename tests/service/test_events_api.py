@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
 from service.audit.sequencer import run_sequencer
+from service.models import AuditEntry
 from service.tokens import Role
 from tests.service.nodekit import Kit, make_node, pin
 from tests.service.test_federation_sync import Pair, PortalTransport, share
@@ -175,6 +177,11 @@ async def test_open_streams_per_token_are_bounded(tmp_path: Path) -> None:
     assert refused.json()["type"] == "urn:entente:problem:rate-limited"
     assert done.status_code == 200 and again.status_code == 200
     assert ": keep-alive" in done.text  # heartbeats while quiet
+    with kit.node.db.session() as session:
+        refusals = session.exec(
+            select(AuditEntry).where(AuditEntry.kind == "request.refused")
+        ).all()
+    assert [json.loads(e.detail).get("path") for e in refusals] == ["/v1/events"]
 
 
 def test_the_cli_reads_server_sent_events() -> None:
@@ -184,3 +191,41 @@ def test_the_cli_reads_server_sent_events() -> None:
     assert list(parse_sse(text.splitlines(keepends=True))) == [
         SseEvent("arrived", '{"a":\n1}', "3")
     ]
+
+
+async def long_poll(kit: Kit, **params: str) -> dict[str, object]:
+    async with kit.client() as c:
+        r = await c.get("/v1/events", params=params, headers=kit.auth(Role.READER))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    page: dict[str, object] = r.json()
+    return page
+
+
+async def test_long_poll_answers_a_page_and_waits_for_the_next(nodes: Pair) -> None:
+    ids = deliver(nodes, 2)
+    page = await long_poll(nodes.us, after="0", wait="0")
+    events = page["events"]
+    assert isinstance(events, list)
+    assert [(e["event"], e["artifact"]["id"]) for e in events] == [("arrived", i) for i in ids]
+    assert page["cursor"] == events[-1]["id"]
+    # Nothing newer: an empty page after the wait, the same cursor.
+    idle = await long_poll(nodes.us, after=str(page["cursor"]), wait="0.2")
+    assert idle == {"events": [], "cursor": page["cursor"]}
+    # An arrival during the wait ends it early.
+    waiting = asyncio.create_task(long_poll(nodes.us, after=str(page["cursor"]), wait="20"))
+    await asyncio.sleep(0.1)
+    [late] = await asyncio.to_thread(deliver, nodes, 1)
+    started = asyncio.get_running_loop().time()
+    got = await waiting
+    assert asyncio.get_running_loop().time() - started < 10
+    later = got["events"]
+    assert isinstance(later, list) and [e["artifact"]["id"] for e in later] == [late]
+
+
+@pytest.mark.parametrize("wait", ["-1", "3601", "nan", "soon"])
+async def test_a_bad_wait_is_a_422_problem(nodes: Pair, wait: str) -> None:
+    async with nodes.us.client() as c:
+        r = await c.get("/v1/events", params={"wait": wait}, headers=nodes.us.auth(Role.READER))
+    assert r.status_code == 422
+    assert r.headers["content-type"] == "application/problem+json"

@@ -42,7 +42,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI
 
-from service.api import admin, approvals, artifacts, federation, public
+from service.api import admin, approvals, artifacts, events, federation, public
 from service.api import partners as partners_api
 from service.api.audit import router as audit_router
 from service.api.audit_export import router as audit_export_router
@@ -332,6 +332,7 @@ def create_app(
     app.state.node = node
     node.metrics.watch_database(node.db)  # gauges read from the database at each scrape
     app.state.limits = Limits(node.settings)
+    app.state.event_streams = events.StreamSlots(node.settings.events_max_streams_per_token)
     refusals = app.state.refusals = RefusalLedger.for_node(node)  # anonymous ones summarised
     install_problem_handlers(app, finish=signed_problems)
     document_problems(app)
@@ -353,6 +354,7 @@ def create_app(
 
     app.include_router(public.router)
     app.include_router(artifacts.router)
+    app.include_router(events.router)
     app.include_router(admin.router)
     app.include_router(partners_api.router)
     app.include_router(approvals.router)

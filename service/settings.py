@@ -104,6 +104,19 @@ class Settings(BaseSettings):
     # that no artifact refers to counts as orphaned and is swept at start (in-flight writes of
     # other replicas are younger)
 
+    # Notice of arrivals (GET /v1/events, service.api.events)
+    events_poll_seconds: float = Field(default=1.0, gt=0)  # seconds between the database
+    # reads of an open event stream (no connection is held between them)
+    events_heartbeat_seconds: float = Field(default=15.0, gt=0)  # seconds of quiet before a
+    # stream sends a comment line, so that proxies and the client know it is alive
+    events_max_stream_seconds: float = Field(default=300.0, gt=0)  # seconds a stream stays
+    # open; then it ends and the client reconnects from its last event id
+    events_max_streams_per_token: int = Field(default=4, ge=1)  # event streams one token may
+    # hold open at once, per process; more are answered 429 with Retry-After
+    events_batch: int = Field(default=100, ge=1, le=1000)  # log entries read per poll
+    events_max_wait_seconds: float = Field(default=30.0, gt=0)  # seconds a long poll
+    # (GET /v1/events?wait=) waits for an event before it answers with none
+
     # Background work
     sync_interval_seconds: float = Field(default=1.0, gt=0)  # outbox poll when idle
     pull_interval_seconds: float = Field(default=30.0, gt=0)  # feed catch-up pull

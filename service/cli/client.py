@@ -30,6 +30,7 @@ import typer
 from crypto import strict_json
 from service.cli._common import JsonOpt, console, err_console
 from service.cli._evaluation import evaluation_summary, show_dry_run
+from service.cli._follow import AfterOpt, FollowOpt, follow_inbox
 from service.cli._terminal import SafeTable, outside
 from service.cli.files import progress_bar
 from service.errors import RemoteError, UsageError
@@ -376,8 +377,13 @@ def inbox(
     partner: Annotated[str | None, typer.Option(help="Only from this partner")] = None,
     limit: Annotated[int, typer.Option(help="How many")] = 50,
     as_json: JsonOpt = False,
+    follow: FollowOpt = False,
+    after: AfterOpt = None,
 ) -> None:
     """List what partners shared with you."""
+    if follow:
+        _follow_inbox(url, token, after=after, as_json=as_json)
+        return
     params: dict[str, Any] = {"direction": "received", "limit": limit}
     if partner:
         params["partner"] = partner
@@ -407,6 +413,11 @@ def inbox(
             state,
         )
     console.print(table)
+
+
+def _follow_inbox(url: str, token: str, *, after: str | None, as_json: bool) -> None:
+    with _client(url, token) as client:
+        follow_inbox(client, url=url, after=after, as_json=as_json, raise_for=_raise_for)
 
 
 def _destination(out: Path | None, served: str | None, artifact_id: str) -> Path:

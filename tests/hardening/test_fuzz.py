@@ -76,7 +76,13 @@ FAMILIES = {
     "federation": ("/federation/v1/",),
 }
 # Generous limits so that the fuzzer measures input handling, not the rate limiter.
-LIMITS = {"rate_limit_per_minute": 1_000_000}
+LIMITS = {
+    "rate_limit_per_minute": 1_000_000,
+    # GET /v1/events streams until its lifetime ends: short here, so each fuzzed call ends
+    "events_max_stream_seconds": 0.2,
+    "events_poll_seconds": 0.05,
+    "events_max_wait_seconds": 0.2,  # and its long poll (?wait=) waits no longer
+}
 
 # The federation's own media types carry bytes: let schemathesis send its binary bodies.
 schemathesis.serializer.alias(

@@ -48,7 +48,7 @@ TokenOpt = Annotated[
     typer.Option(
         "--token",
         envvar="ENTENTE_TOKEN",
-        help="An auditor (or admin) bearer token [env: ENTENTE_TOKEN]",
+        help="An auditor (or admin) bearer token",
         show_default=False,
     ),
 ]

@@ -54,7 +54,7 @@ def forget(
     state: Annotated[
         Path | None,
         typer.Option(
-            "--state", help="The state file [default: ~/.config/entente/audit-state.json]"
+            "--state", help="The state file \\[default: ~/.config/entente/audit-state.json]"
         ),
     ] = None,
 ) -> None:

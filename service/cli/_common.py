@@ -23,13 +23,13 @@ __all__ = ["DbUrlOpt", "HomeOpt", "JsonOpt", "console", "err_console", "open_db"
 
 HomeOpt = Annotated[
     Path | None,
-    typer.Option("--home", help="The node's home folder [env: ENTENTE_HOME]", show_default=False),
+    typer.Option("--home", help="The node's home folder \\[env: ENTENTE_HOME]", show_default=False),
 ]
 DbUrlOpt = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        help="Database URL (default: SQLite in the home) [env: ENTENTE_DATABASE_URL]",
+        help="Database URL (default: SQLite in the home) \\[env: ENTENTE_DATABASE_URL]",
         show_default=False,
     ),
 ]

@@ -210,7 +210,7 @@ def draft(
         typer.Option(
             "--party",
             help="A party (repeat); needed for common terms (--terms '*:*=FILE'), which name "
-            "none [default: the parties the terms name; an amendment's, its predecessor's]",
+            "none \\[default: the parties the terms name; an amendment's, its predecessor's]",
             show_default=False,
         ),
     ] = None,

@@ -260,7 +260,7 @@ def verify(
         typer.Option(
             "--state",
             help="Where the last verified checkpoint of each log is kept "
-            "[default: ~/.config/entente/audit-state.json]",
+            "\\[default: ~/.config/entente/audit-state.json]",
             show_default=False,
         ),
     ] = None,
@@ -299,7 +299,7 @@ def verify(
             "--quorum",
             min=0,
             help="How many trusted witnesses must vouch for the latest checkpoint for it to count "
-            "as witnessed [default: a majority of them]",
+            "as witnessed \\[default: a majority of them]",
             show_default=False,
         ),
     ] = 0,

@@ -112,11 +112,11 @@ def export(
         Path | None, typer.Option("-o", "--output", help="Write to FILE instead of stdout")
     ] = None,
     first: Annotated[
-        int | None, typer.Option("--from", min=0, help="First entry (seq) [default: 0]")
+        int | None, typer.Option("--from", min=0, help="First entry (seq) \\[default: 0]")
     ] = None,
     last: Annotated[
         int | None,
-        typer.Option("--to", min=0, help="Last entry (seq, included) [default: the latest]"),
+        typer.Option("--to", min=0, help="Last entry (seq, included) \\[default: the latest]"),
     ] = None,
     kind: Annotated[
         list[str] | None, typer.Option("--kind", help="Only entries of this kind; repeatable")

@@ -42,15 +42,13 @@ from service.evaluations import (
 )
 from service.files import atomic_write, disposition_filename, is_base_name
 
-UrlOpt = Annotated[
-    str, typer.Option("--url", envvar="ENTENTE_URL", help="The node's base URL [env: ENTENTE_URL]")
-]
+UrlOpt = Annotated[str, typer.Option("--url", envvar="ENTENTE_URL", help="The node's base URL")]
 TokenOpt = Annotated[
     str,
     typer.Option(
         "--token",
         envvar="ENTENTE_TOKEN",
-        help="Bearer token [env: ENTENTE_TOKEN]",
+        help="Bearer token",
         show_default=False,
     ),
 ]
@@ -61,7 +59,7 @@ MaybeTokenOpt = Annotated[
     typer.Option(
         "--token",
         envvar="ENTENTE_TOKEN",
-        help="Bearer token [env: ENTENTE_TOKEN]",
+        help="Bearer token",
         show_default=False,
     ),
 ]
@@ -329,7 +327,7 @@ def share(
 
     An Inspect evaluation log (.eval, .json) is summarised from its header (task, model,
     dataset, scorers and metrics, status: readable by the partners before they open it; the
-    samples stay encrypted), with `pip install 'entente[inspect]'`. A lost connection is
+    samples stay encrypted), with `pip install 'entente\\[inspect]'`. A lost connection is
     retried: the file is sent again with the same idempotency key, and the node answers an
     attempt it had already accepted with that first result."""
     if not file.is_file():

@@ -112,15 +112,15 @@ def db_status(home: HomeOpt = None, database_url: DbUrlOpt = None) -> None:
 def serve(
     home: HomeOpt = None,
     host: Annotated[
-        str | None, typer.Option(help="Address to listen on [env: ENTENTE_HOST]")
+        str | None, typer.Option(help="Address to listen on \\[env: ENTENTE_HOST]")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port [env: ENTENTE_PORT]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port \\[env: ENTENTE_PORT]")] = None,
     database_url: DbUrlOpt = None,
     workers: Annotated[
         int | None,
         typer.Option(
             help="Server processes, e.g. one per core; background work runs in one of them "
-            "[env: ENTENTE_WORKERS; default 1]"
+            "\\[env: ENTENTE_WORKERS; default 1]"
         ),
     ] = None,
 ) -> None:

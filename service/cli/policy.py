@@ -55,7 +55,7 @@ HomeOpt = Annotated[
     typer.Option(
         "--home",
         envvar="ENTENTE_HOME",
-        help="A node home; its policies are HOME/policies [env: ENTENTE_HOME]",
+        help="A node home; its policies are HOME/policies",
         show_default=False,
     ),
 ]
@@ -449,12 +449,10 @@ def diff(
 
 @app.command()
 def reload(
-    url: Annotated[
-        str, typer.Option("--url", envvar="ENTENTE_URL", help="The node [env: ENTENTE_URL]")
-    ],
+    url: Annotated[str, typer.Option("--url", envvar="ENTENTE_URL", help="The node")],
     token: Annotated[
         str,
-        typer.Option("--token", envvar="ENTENTE_TOKEN", help="An admin token [env: ENTENTE_TOKEN]"),
+        typer.Option("--token", envvar="ENTENTE_TOKEN", help="An admin token"),
     ],
 ) -> None:
     """Tell a running node to reload its policy folder, for all its replicas (audited)."""

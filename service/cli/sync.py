@@ -35,14 +35,12 @@ app = typer.Typer(help="Federation sync state.", no_args_is_help=True)
 
 UrlOpt = Annotated[
     str | None,
-    typer.Option(
-        "--url", envvar="ENTENTE_URL", help="A running node's base URL [env: ENTENTE_URL]"
-    ),
+    typer.Option("--url", envvar="ENTENTE_URL", help="A running node's base URL"),
 ]
 TokenOpt = Annotated[
     str | None,
     typer.Option(
-        "--token", envvar="ENTENTE_TOKEN", help="Bearer token [env: ENTENTE_TOKEN]",
+        "--token", envvar="ENTENTE_TOKEN", help="Bearer token",
         show_default=False,
     ),
 ]  # fmt: skip
@@ -139,9 +137,7 @@ def status(
 def share_onward(
     artifact_id: Annotated[str, typer.Argument(help="The id of an artifact you received")],
     to: Annotated[list[str], typer.Option("--to", help="Third node to pass it on to (repeat)")],
-    url: Annotated[
-        str, typer.Option("--url", envvar="ENTENTE_URL", help="Your node [env: ENTENTE_URL]")
-    ],
+    url: Annotated[str, typer.Option("--url", envvar="ENTENTE_URL", help="Your node")],
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -287,3 +287,14 @@ def test_version_is_printed_and_the_openapi_document_carries_it(tmp_path: Path) 
 
     app = make_node(tmp_path, "uk-aisi").app
     assert app.openapi()["info"]["version"] == version("entente")
+
+
+def test_help_keeps_bracketed_text_rich_would_read_as_markup() -> None:
+    """Help strings and docstrings are rendered as rich markup: '[default: …]', '[env: …]' and
+    'entente[inspect]' must be escaped or they vanish from the help."""
+    forget = run_cli("audit", "forget", "--help", env=base_env(COLUMNS="200"))
+    assert "[default: ~/.config/entente/audit-state.json]" in forget.stdout
+    serve = run_cli("serve", "--help", env=base_env(COLUMNS="200"))
+    assert "[env: ENTENTE_HOME]" in serve.stdout
+    share = run_cli("share", "--help", env=base_env(COLUMNS="200"))
+    assert "entente[inspect]" in share.stdout

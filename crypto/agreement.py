@@ -27,7 +27,7 @@ import binascii
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from crypto import strict_json
@@ -36,6 +36,7 @@ from crypto.errors import MalformedError, VerificationError, VerificationUnavail
 from crypto.keys import SigningKey, VerifyKey
 from crypto.keyset import KeySet, SignerSet, signers_of
 from crypto.mldsa import MLDSAVerifyKey
+from crypto.rfc3339 import format_seconds, parse_aware
 from crypto.vocab import is_node_id
 
 __all__ = [
@@ -56,22 +57,6 @@ OFFICER_TYPE = "https://entente.dev/officer/v1"
 BUNDLE_FORMAT = "entente.signed-agreement/v1"
 MAX_OFFICERS = 32  # certificates carried by one signed agreement
 _OFFICER_FIELDS = {"_type", "node_id", "name", "role", "ed25519", "mldsa", "issued", "expires"}
-
-
-def _ts(value: datetime) -> str:
-    return value.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat() + "Z"
-
-
-def _parse_ts(value: object, what: str) -> datetime:
-    if not isinstance(value, str):
-        raise MalformedError(f"{what} must be an RFC 3339 time")
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise MalformedError(f"{what} is not an RFC 3339 time") from None
-    if parsed.tzinfo is None:
-        raise MalformedError(f"{what} must carry a time zone")
-    return parsed.astimezone(UTC)
 
 
 def _text(data: dict[str, Any], field: str, limit: int = 200) -> str:
@@ -123,8 +108,8 @@ class OfficerCertificate:
             "role": self.role,
             "ed25519": base64.b64encode(self.keys.ed25519.raw).decode("ascii"),
             "mldsa": None if mldsa is None else base64.b64encode(mldsa.raw).decode("ascii"),
-            "issued": _ts(self.issued),
-            "expires": _ts(self.expires),
+            "issued": format_seconds(self.issued),
+            "expires": format_seconds(self.expires),
         }
 
     @classmethod
@@ -146,8 +131,8 @@ class OfficerCertificate:
                 VerifyKey(_b64(data.get("ed25519"), "ed25519")),
                 None if mldsa is None else MLDSAVerifyKey(_b64(mldsa, "mldsa")),
             ),
-            issued=_parse_ts(data.get("issued"), "officer certificate 'issued'"),
-            expires=_parse_ts(data.get("expires"), "officer certificate 'expires'"),
+            issued=parse_aware(data.get("issued"), "officer certificate 'issued'"),
+            expires=parse_aware(data.get("expires"), "officer certificate 'expires'"),
         )
 
 
@@ -187,7 +172,8 @@ def verify_officer(
     if not cert.valid_at(now):
         raise VerificationError(
             f"the certificate of officer {cert.name!r} of {cert.node_id} is not valid at "
-            f"{_ts(now)} (valid {_ts(cert.issued)} to {_ts(cert.expires)})"
+            f"{format_seconds(now)} (valid {format_seconds(cert.issued)} to "
+            f"{format_seconds(cert.expires)})"
         )
     return cert
 

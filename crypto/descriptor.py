@@ -27,7 +27,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from crypto import strict_json
@@ -36,6 +36,7 @@ from crypto.errors import MalformedError, VerificationError, VerificationUnavail
 from crypto.keys import Signer, SigningKey, VerifyKey
 from crypto.keyset import KeySet, SignerSet, signers_of
 from crypto.mldsa import MLDSAVerifyKey
+from crypto.rfc3339 import format_seconds, parse_aware
 from crypto.vocab import is_node_id
 
 __all__ = [
@@ -65,21 +66,8 @@ _FIELDS = {
 _OPTIONAL_KEY_FIELDS = ("mldsa_key", "checkpoint_key")  # written only when present
 
 
-def _ts(value: datetime) -> str:
-    # isoformat, not strftime: glibc's %Y does not pad years before 1000 ("500-01-01T...").
-    return value.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat() + "Z"
-
-
 def _parse_ts(value: object, field: str) -> datetime:
-    if not isinstance(value, str):
-        raise MalformedError(f"descriptor field {field!r} must be an RFC 3339 time")
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise MalformedError(f"descriptor field {field!r} is not an RFC 3339 time") from None
-    if parsed.tzinfo is None:
-        raise MalformedError(f"descriptor field {field!r} must carry a time zone")
-    return parsed.astimezone(UTC)
+    return parse_aware(value, f"descriptor field {field!r}")
 
 
 def _str(data: dict[str, Any], field: str, *, max_len: int = 512) -> str:
@@ -132,8 +120,8 @@ class NodeDescriptor:
             "fingerprint": self.fingerprint,
             "age_recipient": self.age_recipient,
             "pq_recipient": self.pq_recipient,
-            "created": _ts(self.created),
-            "expires": _ts(self.expires),
+            "created": format_seconds(self.created),
+            "expires": format_seconds(self.expires),
             "previous": self.previous,
         }
 
@@ -269,5 +257,5 @@ def verify_descriptor(
     if now.timestamp() + skew < descriptor.created.timestamp():  # (5)
         raise VerificationError("the descriptor is not valid yet (created in the future)")
     if now >= descriptor.expires:
-        raise VerificationError(f"the descriptor expired at {_ts(descriptor.expires)}")
+        raise VerificationError(f"the descriptor expired at {format_seconds(descriptor.expires)}")
     return descriptor

@@ -24,6 +24,7 @@ from crypto.dsse import Envelope, sign_envelope, verify_envelope
 from crypto.errors import MalformedError, VerificationError
 from crypto.keys import SigningKey, Verifier
 from crypto.keyset import KeySet, SignerSet, signers_of
+from crypto.rfc3339 import format_seconds
 
 __all__ = ["RECEIPT_PAYLOAD_TYPE", "Receipt", "sign_receipt", "verify_receipt"]
 
@@ -50,7 +51,7 @@ class Receipt:
             "sha256": self.sha256,
             "receiver": self.receiver,
             "sender": self.sender,
-            "received_at": _seconds_z(self.received_at),
+            "received_at": format_seconds(self.received_at),
             "notice_id": self.notice_id,
         }
 
@@ -116,9 +117,3 @@ def verify_receipt(
     if got != expected:
         raise VerificationError("the receipt does not acknowledge what was sent")
     return receipt
-
-
-def _seconds_z(value: datetime) -> str:
-    """RFC 3339 UTC to the second. isoformat, not strftime: glibc's %Y does not pad years
-    before 1000, and the parser here would refuse its own output."""
-    return value.astimezone(UTC).replace(tzinfo=None, microsecond=0).isoformat() + "Z"

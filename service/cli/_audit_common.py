@@ -133,3 +133,17 @@ def rolled_back(db: Database, verdict: Verdict, notes: list[str]) -> None:
                 f"witness {row.witness} has not confirmed this log since it was restored: the "
                 "node signs no checkpoint until it does (docs/backup.md)"
             )
+
+
+def witness_keys(values: list[str]) -> list[NoteVerifier]:
+    """``--witness`` values: cosignature (type 0x04) verifier keys, refused by name otherwise."""
+    out = []
+    for value in values:
+        try:
+            verifier = NoteVerifier.parse(value)
+        except CryptoError as exc:
+            raise UsageError(f"--witness {value[:40]!r}: {exc}") from None
+        if verifier.sig_type != SIG_COSIGNATURE_V1:
+            raise UsageError(f"--witness {verifier.name}: not a cosignature (type 0x04) key")
+        out.append(verifier)
+    return out

@@ -29,7 +29,7 @@ from crypto.descriptor import NodeDescriptor, verify_descriptor
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.keys import format_fingerprint, normalize_fingerprint
-from crypto.note import SIG_COSIGNATURE_V1, NoteVerifier, open_checkpoint
+from crypto.note import NoteVerifier, open_checkpoint
 from service.audit.checkpoints import latest_checkpoint
 from service.audit.entries import log_origin
 from service.audit.errors import AuditSourceError, RotationError
@@ -44,6 +44,7 @@ from service.cli._audit_common import (
     http_client,
     open_offline,
     rolled_back,
+    witness_keys,
     witnesses_from_db,
     witnesses_from_node,
 )
@@ -124,19 +125,6 @@ def _pin(
             f"followed {hops} key rotation(s) from {start[:16]}… to "
             f"{descriptor.fingerprint[:16]}… (rotation records in the log, signed by both keys)"
         )
-
-
-def _witness_keys(values: list[str]) -> list[NoteVerifier]:
-    out = []
-    for value in values:
-        try:
-            verifier = NoteVerifier.parse(value)
-        except CryptoError as exc:
-            raise UsageError(f"--witness {value[:40]!r}: {exc}") from None
-        if verifier.sig_type != SIG_COSIGNATURE_V1:
-            raise UsageError(f"--witness {verifier.name}: not a cosignature (type 0x04) key")
-        out.append(verifier)
-    return out
 
 
 def _descriptor_from_home(home: Path) -> NodeDescriptor:
@@ -316,7 +304,7 @@ def verify(
     data = _load_state(state_path)
     now = datetime.now(UTC)
     notes: list[str] = []
-    trusted = _witness_keys(witness or [])
+    trusted = witness_keys(witness or [])
     if url is not None:
         client = http_client(url, token)
         try:

@@ -34,7 +34,7 @@ from crypto.descriptor import NodeDescriptor, verify_descriptor
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.keys import format_fingerprint, normalize_fingerprint
-from crypto.note import SIG_COSIGNATURE_V1, NoteVerifier
+from crypto.note import NoteVerifier
 from service.audit.bundle import BundleVerdict, bounded_lines, verify_bundle
 from service.audit.checkpoints import latest_checkpoint
 from service.audit.entries import encode_leaf, iter_entries, log_origin
@@ -42,7 +42,14 @@ from service.audit.errors import AuditSourceError, BundleError
 from service.audit.export import bundle_lines, plan_export, record_export
 from service.audit.log import record
 from service.audit.rotations import log_key
-from service.cli._audit_common import OPERATOR, TokenOpt, UrlOpt, http_client, open_offline
+from service.cli._audit_common import (
+    OPERATOR,
+    TokenOpt,
+    UrlOpt,
+    http_client,
+    open_offline,
+    witness_keys,
+)
 from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console, settings_for
 from service.errors import NotFoundError, UsageError
 from service.home import open_home
@@ -212,19 +219,6 @@ def _descriptor(path: Path, fingerprint: str | None, notes: list[str]) -> NodeDe
     return descriptor
 
 
-def _witnesses(values: list[str]) -> list[NoteVerifier]:
-    out = []
-    for value in values:
-        try:
-            verifier = NoteVerifier.parse(value)
-        except CryptoError as exc:
-            raise UsageError(f"--witness {value[:40]!r}: {exc}") from None
-        if verifier.sig_type != SIG_COSIGNATURE_V1:
-            raise UsageError(f"--witness {verifier.name}: not a cosignature (type 0x04) key")
-        out.append(verifier)
-    return out
-
-
 def _print(verdict: BundleVerdict, log: NoteVerifier, source: str, notes: list[str]) -> None:
     flt = verdict.filter
     console.print(f"[bold green]VERIFIED[/] export bundle of {verdict.origin} ({source})")
@@ -274,7 +268,7 @@ def verify_export(
     notes: list[str] = []
     desc = _descriptor(descriptor, fingerprint, notes)
     log = NoteVerifier(log_origin(desc.node_id), log_key(desc))
-    witnesses = _witnesses(witness or [])
+    witnesses = witness_keys(witness or [])
     source = "stdin" if str(bundle) == "-" else str(bundle)
     problem: str | None = None
     verdict: BundleVerdict | None = None

@@ -24,7 +24,7 @@ app = typer.Typer(
     name="entente",
     help="Entente: signed, encrypted, policy-checked sharing of research between institutes.",
     cls=LazyGroup,  # commands from service.cli._commands, each imported when it runs
-    **TYPER_SETTINGS,
+    **{**TYPER_SETTINGS, "add_completion": True},  # --install-completion for bash, zsh, fish
 )
 
 

@@ -20,6 +20,8 @@ import typer
 from typer._click.exceptions import UsageError as CommandLineError
 from typer.core import TyperCommand, TyperGroup
 
+from service.cli._help import PlainCommand, PlainGroup, PlainParams, plain_app, plain_arguments
+
 __all__ = ["COMMANDS", "Entry", "LazyGroup", "load"]
 
 
@@ -171,13 +173,14 @@ def load(name: str) -> Any:
     target = getattr(importlib.import_module(entry.module), entry.attribute)
     holder = typer.Typer(**TYPER_SETTINGS)
     if entry.kind == "group":
-        holder.add_typer(target, name=name)
+        plain_app(target)
+        holder.add_typer(target, name=name, cls=PlainGroup)
     else:
-        holder.command(name)(target)
-    return typer.main.get_group(holder).commands[name]
+        holder.command(name, cls=PlainCommand)(target)
+    return plain_arguments(typer.main.get_group(holder).commands[name])
 
 
-class LazyGroup(TyperGroup):
+class LazyGroup(PlainParams, TyperGroup):
     """The root ``entente`` group: commands come from :data:`COMMANDS`, imported on demand.
 
     While the group prints its own help, each command is a placeholder that carries the table's

@@ -3,10 +3,12 @@ is in ``service.cli.identity``)."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import signal
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -26,6 +28,7 @@ from service.cli._common import (
 )
 from service.cli.identity import pq_line
 from service.db import open_database
+from service.errors import UsageError
 from service.home import ServeClaim, claim_for_serving, create_home, open_home
 from service.logs import configure_logging
 from service.settings import Settings
@@ -112,9 +115,11 @@ def db_status(home: HomeOpt = None, database_url: DbUrlOpt = None) -> None:
 def serve(
     home: HomeOpt = None,
     host: Annotated[
-        str | None, typer.Option(help="Address to listen on \\[env: ENTENTE_HOST]")
+        str | None, typer.Option(
+            help="Address to listen on \\[env: ENTENTE_HOST; default 127.0.0.1, loopback only]"
+        )
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port \\[env: ENTENTE_PORT]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port \\[env: ENTENTE_PORT; default 8443]")] = None,
     database_url: DbUrlOpt = None,
     workers: Annotated[
         int | None,
@@ -126,9 +131,11 @@ def serve(
 ) -> None:
     """Run the node: API, federation, sync workers and console (SIGTERM stops it cleanly).
 
-    A second ``serve`` on a home that one serves is refused on SQLite; on PostgreSQL it joins
-    as a replica (and logs so)."""
+    It speaks plain HTTP: TLS ends at a reverse proxy or load balancer in front of it
+    (deploy/README.md). A second `serve` on a home that one serves is refused on SQLite; on
+    PostgreSQL it joins as a replica (and logs so)."""
     settings = settings_for(home, database_url, host=host, port=port, workers=workers)
+    check_listen_address(settings.host, settings.port)
     configure_logging(settings.log_level, settings.log_format)
     claim = _claim(settings)
     try:
@@ -138,6 +145,33 @@ def serve(
             _serve_one(settings)
     finally:
         claim.release()
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """Refuse at once, in one line, an address ``serve`` could not listen on (a port in use,
+    an address not of this machine, a port below 1024 without the privilege), before the
+    node unlocks keys and migrates its database. The server still reports a race it loses."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UsageError(f"cannot listen on {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            why = {
+                errno.EADDRINUSE: "is in use by another process",
+                errno.EADDRNOTAVAIL: "is not an address of this machine",
+                errno.EACCES: "needs privileges this process lacks",
+            }.get(exc.errno or 0, exc.strerror or "cannot be used")
+            raise UsageError(
+                f"cannot listen on {host}:{port}: it {why}; choose another with --host/--port "
+                "(ENTENTE_HOST/ENTENTE_PORT)"
+            ) from None
 
 
 def _claim(settings: Settings) -> ServeClaim:

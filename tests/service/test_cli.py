@@ -298,3 +298,68 @@ def test_help_keeps_bracketed_text_rich_would_read_as_markup() -> None:
     assert "[env: ENTENTE_HOME]" in serve.stdout
     share = run_cli("share", "--help", env=base_env(COLUMNS="200"))
     assert "entente[inspect]" in share.stdout
+
+
+def _every_command() -> list[list[str]]:
+    from service.cli._commands import COMMANDS, load
+
+    paths: list[list[str]] = [[]]
+    for name in COMMANDS:
+        command = load(name)
+        paths.append([name])
+        paths.extend([name, sub] for sub in getattr(command, "commands", {}))
+    return paths
+
+
+def test_help_names_values_as_a_shell_does_not_as_python_types() -> None:
+    """No Typer type placeholder in any help (``<bool>``, ``<path>``, ``<list[str]>``, a
+    required argument as ``{file}``): options name their value (``--home HOME``), flags show
+    none, arguments are in capitals. Choices and ranges keep their detail."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    placeholder = re.compile(r"<(bool|str|path|int|float|list\[[a-z]+\])>|\{[a-z_]+\}")
+    runner = CliRunner()
+    paths = _every_command()
+    assert len(paths) > 40
+    for path in paths:
+        shown = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert shown.exit_code == 0, (path, shown.output)
+        assert not placeholder.search(shown.output), (path, placeholder.findall(shown.output))
+    share = runner.invoke(app, ["share", "--help"], env={"COLUMNS": "200"}).output
+    assert "Usage: entente share [OPTIONS] FILE" in share
+    assert re.search(r"--home\s+HOME\s", runner.invoke(app, ["serve", "--help"]).output)
+    serve = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    assert "default 127.0.0.1" in serve and "default 8443" in serve
+
+
+def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    _init(tmp_path / "uk")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("serve", "--home", str(tmp_path / "uk"), "--port", str(port))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"entente: cannot listen on 127.0.0.1:{port}: it is in use by another process; "
+        "choose another with --host/--port (ENTENTE_HOST/ENTENTE_PORT)\n"
+    )
+    assert result.stdout == ""
+
+
+def test_shell_completion_completes_lazy_commands_and_their_options() -> None:
+    script = run_cli("--show-completion", "bash", env=base_env(SHELL="/bin/bash"))
+    assert script.returncode == 0, script.stderr
+    assert "_entente_completion()" in script.stdout
+    words = run_cli(env=base_env(_ENTENTE_COMPLETE="complete_bash", COMP_WORDS="entente aud",
+                                 COMP_CWORD="1"))  # fmt: skip
+    assert words.stdout.split() == ["audit"]
+    options = run_cli(env=base_env(_ENTENTE_COMPLETE="complete_bash",
+                                   COMP_WORDS="entente audit verify --qu", COMP_CWORD="3"))  # fmt: skip
+    assert options.stdout.split() == ["--quorum"]

@@ -115,11 +115,14 @@ def db_status(home: HomeOpt = None, database_url: DbUrlOpt = None) -> None:
 def serve(
     home: HomeOpt = None,
     host: Annotated[
-        str | None, typer.Option(
+        str | None,
+        typer.Option(
             help="Address to listen on \\[env: ENTENTE_HOST; default 127.0.0.1, loopback only]"
-        )
+        ),
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port \\[env: ENTENTE_PORT; default 8443]")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port \\[env: ENTENTE_PORT; default 8443]")
+    ] = None,
     database_url: DbUrlOpt = None,
     workers: Annotated[
         int | None,

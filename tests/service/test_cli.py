@@ -360,6 +360,7 @@ def test_shell_completion_completes_lazy_commands_and_their_options() -> None:
     words = run_cli(env=base_env(_ENTENTE_COMPLETE="complete_bash", COMP_WORDS="entente aud",
                                  COMP_CWORD="1"))  # fmt: skip
     assert words.stdout.split() == ["audit"]
-    options = run_cli(env=base_env(_ENTENTE_COMPLETE="complete_bash",
-                                   COMP_WORDS="entente audit verify --qu", COMP_CWORD="3"))  # fmt: skip
+    asked = "entente audit verify --qu"
+    options = run_cli(env=base_env(_ENTENTE_COMPLETE="complete_bash", COMP_WORDS=asked,
+                                   COMP_CWORD="3"))  # fmt: skip
     assert options.stdout.split() == ["--quorum"]

@@ -48,6 +48,12 @@ COMMANDS: dict[str, Entry] = {
         "command",
         "Run the node: API, federation, sync workers and console (SIGTERM stops it cleanly).",
     ),
+    "wait": Entry(
+        "service.cli.wait",
+        "wait",
+        "command",
+        "Wait until a node is up and ready (for scripts and deployments).",
+    ),
     "demo": Entry(
         "service.cli.node",
         "demo",

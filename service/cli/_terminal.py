@@ -25,12 +25,14 @@ escapes control characters (``ensure_ascii``).
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.errors import MarkupError, StyleSyntaxError
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.style import Style
 from rich.table import Table
 from rich.text import Span, Text
@@ -48,6 +50,8 @@ _UNSAFE_KEEP_LINES = re.compile(
     "\ufeff\ufff9-\ufffb]"
 )
 
+
+UNWRAPPED_WIDTH = 100_000  # "no limit" for a pipe: the widest line Rich will lay out
 
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
@@ -78,11 +82,46 @@ def plain_line(value: object) -> str:
 
 
 class SafeTable(Table):
-    """A Rich table whose string cells are literal text: printable, never parsed as markup."""
+    """A Rich table whose string cells are literal text: printable, never parsed as markup.
+
+    Nothing a user may need to copy is cut or broken: where the rows fit the terminal's width
+    whole they are a table; where they do not (a narrow terminal, a long title), each row is
+    printed as a record, one ``column  value`` line per cell, so ids, fingerprints and
+    digests stay on one line. A value longer than a whole line is folded, never cut short
+    with an ellipsis."""
+
+    def __init__(self, *headers: str, **kwargs: Any) -> None:
+        super().__init__(*headers, **kwargs)
+        for column in self.columns:
+            column.overflow = "fold"
 
     def add_row(self, *renderables: Any, **kwargs: Any) -> None:
         cells = [Text(printable(c)) if isinstance(c, str) else c for c in renderables]
         super().add_row(*cells, **kwargs)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        widths = [
+            max(
+                (Measurement.get(console, options, c).maximum for c in (col.header, *col.cells)),
+                default=0,
+            )
+            for col in self.columns
+        ]
+        if sum(widths) + 3 * len(widths) + 1 <= options.max_width or not self.columns:
+            yield from super().__rich_console__(console, options)
+            return
+        label = max(Measurement.get(console, options, col.header).maximum for col in self.columns)
+        if self.title:
+            yield self.title
+        for index, row in enumerate(zip(*(col.cells for col in self.columns), strict=True)):
+            record = Table.grid(padding=(0, 2))
+            record.add_column(style="bold", no_wrap=True, min_width=label)
+            record.add_column(overflow="fold")
+            for col, cell in zip(self.columns, row, strict=True):
+                record.add_row(col.header, cell)
+            if index:
+                yield Text("")
+            yield record
 
 
 def _unlinked(style: str | Style) -> str | Style:
@@ -101,7 +140,15 @@ class TerminalConsole(Console):
     """The CLI's Rich console: every rendered string passes :func:`printable` (new lines kept),
     markup that does not parse is shown as the characters it is, and no markup makes a
     terminal hyperlink (OSC 8), so a value someone forgot to pass through :func:`outside` can
-    at most change colours."""
+    at most change colours.
+
+    Output to a pipe or a file is not wrapped to a made-up width (Rich's 80 columns): tables
+    keep whole values on one line for ``grep`` and ``cut``, unless ``COLUMNS`` says a width."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not self.is_terminal and "width" not in kwargs and "COLUMNS" not in os.environ:
+            self.width = UNWRAPPED_WIDTH
 
     def render_str(self, text: str, **kwargs: Any) -> Text:
         text = printable(text, lines=True)

@@ -49,6 +49,13 @@ def identity_show(home: HomeOpt = None, as_json: JsonOpt = False) -> None:
     console.print(f"keys          {'encrypted (age scrypt)' if h.protected else 'UNENCRYPTED'}")
 
 
+@app.command("fingerprint")
+def identity_fingerprint(home: HomeOpt = None) -> None:
+    """Print the node's fingerprint alone (to read aloud, or for a script), grouped by four."""
+    h = open_home(settings_for(home).require_home())
+    typer.echo(format_fingerprint(h.fingerprint))
+
+
 @app.command("export")
 def identity_export(home: HomeOpt = None) -> None:
     """Write the signed node descriptor (DSSE JSON) to stdout."""

@@ -101,7 +101,7 @@ def list_(home: HomeOpt = None, database_url: DbUrlOpt = None, as_json: JsonOpt 
             r.node_id,
             r.name,
             r.url,
-            r.fingerprint[:16] + "…",
+            r.fingerprint,
             r.descriptor_expires.date().isoformat(),
         )
     console.print(table)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
 import policies
@@ -32,13 +31,16 @@ from policies import (
     Request,
 )
 from service.cli._policy_home import check_against_home
-from service.cli._terminal import TerminalConsole, printable
+from service.cli._terminal import SafeTable, TerminalConsole, printable
+from service.cli.policy_examples import examples
 from service.errors import UsageError
 
 app = typer.Typer(
     help="Check, explain, test and compare MOU policies (YAML files, one per partner).",
     no_args_is_help=True,
 )
+
+app.command("examples")(examples)
 
 _console = TerminalConsole(highlight=False, soft_wrap=True)
 _err = TerminalConsole(stderr=True, highlight=False, soft_wrap=True)
@@ -116,11 +118,9 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) ->
     """A rich table on a terminal; plain aligned columns otherwise (for pipes and logs)."""
     if _console.is_terminal:
         # Text, not markup: clause references such as "[example]" must print as written.
-        table = Table(title=Text(printable(title)), title_justify="left", show_lines=False)
-        for column in columns:
-            table.add_column(column, overflow="fold")
+        table = SafeTable(*columns, title=Text(printable(title)), title_justify="left")
         for row in rows:
-            table.add_row(*(Text(printable(cell)) for cell in row))
+            table.add_row(*row)
         _console.print(table)
         return
     widths = [

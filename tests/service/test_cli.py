@@ -354,7 +354,9 @@ def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
 
 
 def test_shell_completion_completes_lazy_commands_and_their_options() -> None:
-    script = run_cli("--show-completion=bash")
+    # the shell is named, not detected from the parent process (here pytest, not a shell)
+    named = base_env(_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1")
+    script = run_cli("--show-completion", "bash", env=named)
     assert script.returncode == 0, script.stderr
     assert "_entente_completion()" in script.stdout
     words = run_cli(env=base_env(_ENTENTE_COMPLETE="complete_bash", COMP_WORDS="entente aud",

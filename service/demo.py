@@ -281,10 +281,11 @@ class Demo:
         )
         gone = self.http.get(f"{us.url}/v1/artifacts/{second['id']}", headers=us.auth("reader"))
         self.say(
-            f"us-aisi deleted {second['id']} (now HTTP {gone.status_code}) and sent a signed "
-            "receipt; both sides audited the revocation"
+            f"us-aisi deleted {second['id']} (now HTTP {gone.status_code} Gone: "
+            f"{gone.json().get('detail', '')}) and sent a signed receipt; both sides audited "
+            "the revocation"
         )
-        self.outcome["revoked"] = gone.status_code == 404
+        self.outcome["revoked"] = gone.status_code == 410
 
         self.step("A finding shared to expire is deleted at both nodes when it expires")
         expires = datetime.now(UTC) + timedelta(seconds=EXPIRES_IN_SECONDS)

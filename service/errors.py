@@ -11,6 +11,7 @@ one place (``service/api/problems.py``); the CLI prints the message on one line 
     ├── DatabaseError         the database cannot be reached or migrated
     ├── PartnerError          a descriptor could not be pinned (bad signature, fingerprint, expiry)
     ├── NotFoundError         no such artifact, partner, token (HTTP 404)
+    ├── GoneError             the artifact was revoked or deleted here (HTTP 410, says when)
     ├── AuthError             missing, malformed, revoked or unknown credentials (HTTP 401)
     ├── ForbiddenError        the role does not allow the action (HTTP 403)
     ├── PolicyDeniedError     an MOU policy denies the action (HTTP 403, names rule and clause)
@@ -69,6 +70,7 @@ __all__ = [
     "DemoError",
     "EntenteError",
     "ForbiddenError",
+    "GoneError",
     "HomeError",
     "IdempotencyKeyInFlightError",
     "IdempotencyKeyMalformedError",
@@ -142,6 +144,12 @@ class NotFoundError(EntenteError):
     kind = "not-found"
     status = 404
     title = "Not found"
+
+
+class GoneError(EntenteError):
+    kind = "gone"
+    status = 410
+    title = "Gone"
 
 
 class AuthError(EntenteError):

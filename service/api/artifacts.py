@@ -273,7 +273,7 @@ class OnwardShareIn(BaseModel):
             "model": ApprovalOut,
             "description": "Not shared yet: the artifact's TLP needs a second approver",
         },
-        **_problems(400, 401, 403, 404, 409, 413, 422),
+        **_problems(400, 401, 403, 404, 409, 410, 413, 422),
     },
 )
 async def share_onward(
@@ -377,7 +377,7 @@ def list_artifacts(
 @router.get(
     "/artifacts/{artifact_id}",
     summary="An artifact's metadata, signed manifest and delivery state",
-    responses=_problems(401, 403, 404),
+    responses=_problems(401, 403, 404, 410),
 )
 def get_artifact(artifact_id: str, node: NodeDep, principal: Anyone) -> ArtifactOut:
     with node.db.session() as session:
@@ -392,7 +392,7 @@ def get_artifact(artifact_id: str, node: NodeDep, principal: Anyone) -> Artifact
     response_class=StreamingResponse,
     responses={
         200: {"content": {"application/octet-stream": {}}, "description": "The plaintext"},
-        **_problems(401, 403, 404, 409, 502),
+        **_problems(401, 403, 404, 409, 410, 502),
     },
 )
 def get_content(artifact_id: str, node: NodeDep, principal: Reader) -> StreamingResponse:
@@ -416,7 +416,7 @@ def get_content(artifact_id: str, node: NodeDep, principal: Reader) -> Streaming
 @router.post(
     "/artifacts/{artifact_id}/revoke",
     summary="Revoke an artifact this node shared; partners hide and delete it",
-    responses=_problems(401, 403, 404),
+    responses=_problems(401, 403, 404, 410),
 )
 def revoke(
     artifact_id: str,

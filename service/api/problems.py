@@ -42,6 +42,7 @@ _HTTP_KINDS = {
     406: ("not-acceptable", "Not acceptable"),
     408: ("request-timeout", "Request timeout"),
     409: ("conflict", "Conflict"),
+    410: ("gone", "Gone"),
     411: ("length-required", "Length required"),
     413: ("too-large", "Too large"),
     415: ("unsupported-media-type", "Unsupported media type"),

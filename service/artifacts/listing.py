@@ -14,8 +14,10 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from crypto import strict_json
+from crypto.rfc3339 import format_seconds
 from service.errors import (
     ConflictError,
+    GoneError,
     InvalidInputError,
     NotFoundError,
 )
@@ -116,6 +118,7 @@ def get_artifact(session: Session, artifact_id: str) -> Artifact:
     if own:
         return own[0]
     if not rows:
+        _raise_if_gone(session, ident, origin)
         raise NotFoundError(f"no artifact {artifact_id[:100]!r}")
     if len(rows) > 1:
         refs = ", ".join(sorted(f"{r.id}@{r.origin}" for r in rows))
@@ -124,6 +127,33 @@ def get_artifact(session: Session, artifact_id: str) -> Artifact:
             reason="ambiguous",
         )
     return rows[0]
+
+
+def _raise_if_gone(session: Session, ident: str, origin: str) -> None:
+    """A 410 that says when and why, for an artifact this node held and no longer holds (its
+    origin revoked it, or its expiry or retention period ended), instead of "no artifact"."""
+    query = select(Artifact).where(Artifact.id == ident, col(Artifact.deleted_at).is_not(None))
+    if origin:
+        query = query.where(Artifact.origin == origin)
+    gone = session.exec(query.order_by(col(Artifact.deleted_at).desc()).limit(1)).first()
+    if gone is None or gone.deleted_at is None:
+        return
+    deleted = format_seconds(gone.deleted_at)
+    if gone.revoked_at is not None:
+        raise GoneError(
+            f"artifact {gone.id} was revoked by its origin {gone.origin} at "
+            f"{format_seconds(gone.revoked_at)}; this node deleted its copy at {deleted}",
+            reason="revoked",
+            origin=gone.origin,
+            revoked_at=format_seconds(gone.revoked_at),
+            deleted_at=deleted,
+        )
+    raise GoneError(
+        f"artifact {gone.id} was deleted here at {deleted} (its expiry or retention period ended)",
+        reason="deleted",
+        origin=gone.origin,
+        deleted_at=deleted,
+    )
 
 
 def deliveries_for(session: Session, artifact_id: str) -> list[Outbox]:

@@ -1,7 +1,7 @@
 """The rules that keep an artifact from being read, as a pure function of its facts and ``now``.
 
 :func:`check_readable` raises the first refusal that applies, in this order (the order in which
-they are reported when several do): the origin revoked it (409), it is under embargo (403), it
+they are reported when several do): the origin revoked it (410), it is under embargo (403), it
 expired (409), it is past the retention period an obligation set (409). Each error's
 ``reason`` (``revoked``, ``embargo``, ``expired``, ``retention``) is the rule its audit entry
 cites.
@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from service.errors import ConflictError, EntenteError, ForbiddenError
+from crypto.rfc3339 import format_seconds
+from service.errors import ConflictError, EntenteError, ForbiddenError, GoneError
 
 __all__ = ["ReadFacts", "check_readable"]
 
@@ -43,7 +44,11 @@ def check_readable(facts: ReadFacts, *, now: datetime) -> None:
 def _first_refusal(facts: ReadFacts, now: datetime) -> EntenteError | None:
     aid = facts.artifact_id
     if facts.revoked_at is not None:
-        return ConflictError(f"artifact {aid} was revoked by its origin", reason="revoked")
+        return GoneError(
+            f"artifact {aid} was revoked by its origin at {format_seconds(facts.revoked_at)}",
+            reason="revoked",
+            revoked_at=format_seconds(facts.revoked_at),
+        )
     if facts.embargo_until is not None and now < facts.embargo_until:
         return ForbiddenError(
             f"artifact {aid} is under embargo until {facts.embargo_until}",

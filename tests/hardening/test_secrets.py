@@ -163,7 +163,7 @@ def run_refusals_and_revoke(fed: Federation, call: Client, ident: str) -> None:
 
     def revoked() -> bool:
         r = call("GET", f"{us.url}/v1/artifacts/{ident}", headers=fed.auth("us-aisi", "reader"))
-        return r.status_code == 404
+        return r.status_code == 410
 
     wait_for(revoked, "the revocation")
 

@@ -103,7 +103,9 @@ def test_share_deliver_read_notice_revoke(fed: Federation) -> None:
         lambda: "revocation.acknowledged" in audit_kinds(fed, "uk-aisi"), what="revocation ack"
     )
     hidden = httpx.get(f"{us.url}/v1/artifacts/{art['id']}", headers=fed.auth("us-aisi", "reader"))
-    assert hidden.status_code == 404
+    assert hidden.status_code == 410, hidden.text  # Gone, saying when and why
+    assert hidden.json()["reason"] == "revoked" and hidden.json()["origin"] == "uk-aisi"
+    assert "was revoked by its origin uk-aisi at" in hidden.json()["detail"]
     us_kinds = audit_kinds(fed, "us-aisi")
     assert (
         "receive.accepted" in us_kinds and "read" in us_kinds and "revocation.received" in us_kinds

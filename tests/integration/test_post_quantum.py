@@ -116,7 +116,7 @@ def test_a_hybrid_share_is_delivered_read_and_revoked(fed: Federation) -> None:
         lambda: "revocation.acknowledged" in audit_kinds(fed, "uk-aisi"), what="revocation ack"
     )
     gone = httpx.get(f"{us.url}/v1/artifacts/{art['id']}", headers=fed.auth("us-aisi", "reader"))
-    assert gone.status_code == 404
+    assert gone.status_code == 410
 
 
 def test_a_classic_only_partner_is_refused_a_red_share_naming_the_rule(fed: Federation) -> None:

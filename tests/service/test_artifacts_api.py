@@ -80,7 +80,7 @@ async def test_share_list_get_read_revoke(uk: Kit) -> None:
         )  # fmt: skip
         assert revoked.json()["revoked_at"] is not None
         gone = await c.get(f"/v1/artifacts/{art['id']}/content", headers=uk.auth(Role.READER))
-        assert gone.status_code == 409
+        assert gone.status_code == 410
         assert gone.json()["reason"] == "revoked"
     with uk.node.db.session() as s:
         kinds = [e.kind for e in s.exec(select(AuditEntry).order_by(AuditEntry.id))]  # type: ignore[arg-type]

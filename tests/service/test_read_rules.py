@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from service.artifacts.read_rules import ReadFacts, check_readable
-from service.errors import ConflictError, EntenteError, ForbiddenError
+from service.errors import ConflictError, EntenteError, ForbiddenError, GoneError
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -31,7 +31,14 @@ def facts(**changes: object) -> ReadFacts:
 
 CASES = [
     Case("nothing applies", facts(), T0 + 400 * DAY),
-    Case("revoked", facts(revoked_at=T0), T0, ConflictError, "revoked"),
+    Case(
+        "revoked",
+        facts(revoked_at=T0),
+        T0,
+        GoneError,
+        "revoked",
+        {"revoked_at": "2026-03-01T00:00:00Z"},
+    ),  # fmt: skip
     Case(
         "under embargo",
         facts(embargo_until=T0 + DAY),
@@ -50,8 +57,9 @@ CASES = [
         "revoked and embargoed",
         facts(revoked_at=T0, embargo_until=T0 + DAY),
         T0,
-        ConflictError,
+        GoneError,
         "revoked",
+        {"revoked_at": "2026-03-01T00:00:00Z"},
     ),
     Case(
         "embargoed and expired",

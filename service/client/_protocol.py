@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import random
-import secrets
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -139,7 +138,13 @@ class Upload:
 
 
 def upload(meta: Mapping[str, Any], size: int | None, *, idempotency_key: str | None) -> Upload:
-    boundary = f"entente-{secrets.token_hex(12)}"
+    """The body of a share under ``idempotency_key`` (a fresh UUID when None). The multipart
+    boundary is derived from the key, so that the same share sent again with the same key (by a
+    retry, or by a caller who kept the key) is byte for byte the same request."""
+    key = idempotency_key or str(uuid.uuid4())
+    if any(not 0x20 <= ord(c) <= 0x7E or c in '"\\' for c in key):
+        raise UsageError("an idempotency key is printable ASCII without quotes or backslashes")
+    boundary = f"entente-{hashlib.sha256(key.encode()).hexdigest()[:24]}"
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="metadata"\r\n'
         f"Content-Type: application/json\r\n\r\n{json.dumps(meta)}\r\n"
@@ -147,7 +152,6 @@ def upload(meta: Mapping[str, Any], size: int | None, *, idempotency_key: str | 
         f"Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
-    key = idempotency_key or str(uuid.uuid4())
     headers = {
         "Content-Type": f"multipart/form-data; boundary={boundary}",
         "Idempotency-Key": f'"{key}"',  # an RFC 8941 sf-string: one per share, for its retries

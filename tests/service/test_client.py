@@ -438,3 +438,15 @@ def test_importing_the_client_loads_neither_the_node_nor_the_command_line() -> N
              "cryptography", "service.cli", "service.db", "service.node")  # fmt: skip
     assert [m for m in loaded if any(m == h or m.startswith(f"{h}.") for h in heavy)] == []
     assert "service.client" in loaded and "httpx" in loaded
+
+
+def test_a_kept_key_sends_the_same_request_again(tmp_path: Path) -> None:
+    script = Script(httpx.Response(201, json=ARTIFACT))
+    with Client(URL, "t", transport=script.sync()) as client:
+        for _ in range(2):
+            client.share(finding(tmp_path), to=["us-aisi"], tlp="green", idempotency_key="k-1")
+        client.share(finding(tmp_path), to=["us-aisi"], tlp="green")
+        with pytest.raises(UsageError, match="idempotency key"):
+            client.share(finding(tmp_path), to=["us-aisi"], tlp="green", idempotency_key='a"b')
+    bodies = [body for _, body in script.requests]
+    assert bodies[0] == bodies[1] and bodies[2] != bodies[0]  # the boundary follows the key

@@ -81,7 +81,7 @@ class _Bars:
         self._done = 0
 
     def __call__(self, done: int, total: int | None) -> None:
-        if self._advance is None or done < self._done or (done == 0 and self._done):
+        if self._advance is None or done < self._done:  # a new attempt, from byte 0
             self._bars.close()
             self._advance = self._bars.enter_context(progress_bar(total, self._description))
             self._done = 0

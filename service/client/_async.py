@@ -10,7 +10,7 @@ import contextlib
 import errno
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -244,7 +244,7 @@ class AsyncClient:
         *,
         after: str | None = None,
         on_reconnect: Callable[[str], None] | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event]:
         """:meth:`Client.events <service.client.Client.events>`, as an async iterator."""
         last = after
         pause = p.EVENTS_PAUSE_SECONDS

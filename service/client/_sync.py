@@ -10,7 +10,7 @@ import errno
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -252,7 +252,7 @@ class Client:
         *,
         after: str | None = None,
         on_reconnect: Callable[[str], None] | None = None,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event]:
         """Each arrival, revocation or deletion as it comes (``GET /v1/events``), from now or
         after event ``after`` (``"0"``: every one so far), for as long as the caller iterates.
 

@@ -10,6 +10,7 @@ import hashlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import anyio
 import httpx
@@ -22,7 +23,14 @@ from tests.nodes import Federation, start_federation
 
 pytestmark = pytest.mark.integration
 
-TERMS = {"tlp": "TLP:GREEN", "topics": ["evaluation"], "purposes": ["evaluation"]}
+
+class Terms(TypedDict):
+    tlp: str
+    topics: list[str]
+    purposes: list[str]
+
+
+TERMS = Terms(tlp="TLP:GREEN", topics=["evaluation"], purposes=["evaluation"])
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +48,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     federation.stop()
 
 
-def client(fed: Federation, node: str, role: str, **options: object) -> Client:
-    return Client(fed.nodes[node].url, fed.tokens[node][role], **options)  # type: ignore[arg-type]
+def client(fed: Federation, node: str, role: str) -> Client:
+    return Client(fed.nodes[node].url, fed.tokens[node][role])
 
 
 def test_share_list_download_follow_revoke(fed: Federation, tmp_path: Path) -> None:

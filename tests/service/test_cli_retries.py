@@ -15,7 +15,7 @@ from service.cli import app as cli_app
 from service.cli import client as cli_client
 from service.client import Client
 
-ARTIFACT = {
+ARTIFACT: dict[str, Any] = {
     "id": "art_1", "direction": "sent", "origin": "uk-aisi", "sender": "user:alice",
     "title": "f.txt", "tlp": "TLP:GREEN", "sealing": "classic", "topics": [], "purposes": [],
     "recipients": ["us-aisi"], "created_at": "2026-12-01T10:00:00Z",

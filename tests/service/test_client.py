@@ -42,7 +42,7 @@ DENIAL = {
     "rule": "above-amber",
     "clause": "US-UK MOU 2024, 4.2",
 }
-ARTIFACT = {
+ARTIFACT: dict[str, Any] = {
     "id": "art_1", "direction": "sent", "origin": "uk-aisi", "sender": "user:alice",
     "title": "finding.md", "tlp": "TLP:GREEN", "sealing": "post-quantum",
     "topics": ["evaluation"], "purposes": ["evaluation"], "recipients": ["us-aisi"],
@@ -259,7 +259,7 @@ def test_a_stream_is_rewound_for_a_retry_and_one_that_cannot_seek_is_sent_once()
     once = Script(lost())
     with Client(URL, "t", transport=once.sync(), sleep=lambda s: None) as client:
         with pytest.raises(NodeUnreachableError, match="1 attempts"):
-            client.share(Pipe(), to=["us-aisi"], tlp="green", title="piped")
+            client.share(io.BufferedReader(Pipe()), to=["us-aisi"], tlp="green", title="piped")
         with pytest.raises(UsageError, match="needs a title"):
             client.share(io.BytesIO(b"x"), to=["us-aisi"], tlp="green")
     assert len(once.requests) == 1

@@ -17,7 +17,7 @@ bounds the whole (``crypto.sealed.MAX_EVALUATION_BYTES``).
 ``inspect-ai`` is optional (``pip install 'entente[inspect]'``): without it
 :func:`read_summary` raises :class:`InspectUnavailableError`, and ``entente share`` sends the log
 as an opaque file, saying how to enable the summary. This module does not talk to a node or a
-database; ``service/cli/client.py`` and ``service/cli/inspect_hook.py`` do.
+database; ``service.client`` (used by ``entente share`` and the Inspect hook) does.
 """
 
 from __future__ import annotations

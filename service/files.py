@@ -24,14 +24,15 @@ import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from email.message import Message
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, unquote
 
-from crypto.age import Identity
-from crypto.dsse import Envelope
-from crypto.keys import VerifyKey
-from crypto.keyset import KeySet
-from crypto.sealed import Manifest, Sealed, open_sealed, seal
+if TYPE_CHECKING:  # imported by the two recipes that use them: atomic writes need no crypto
+    from crypto.age import Identity
+    from crypto.dsse import Envelope
+    from crypto.keys import VerifyKey
+    from crypto.keyset import KeySet
+    from crypto.sealed import Manifest, Sealed
 
 __all__ = [
     "atomic_write",
@@ -150,6 +151,8 @@ def open_sealed_file(
     to ``out_path`` only when the signature, header digest, MAC, every chunk and the plaintext
     digest have checked out. On any failure the temporary file is removed and nothing is left.
     """
+    from crypto.sealed import open_sealed
+
     with open(path, "rb") as src, atomic_write(out_path, overwrite=overwrite) as out:
         return open_sealed(
             src,
@@ -171,5 +174,7 @@ def seal_file(
 ) -> Sealed:
     """``crypto.sealed.seal`` from file ``path`` to file ``out_path`` (written atomically, like
     :func:`open_sealed_file`). Keyword arguments are those of ``seal``."""
+    from crypto.sealed import seal
+
     with open(path, "rb") as src, atomic_write(out_path, overwrite=overwrite) as out:
         return seal(src, out, **kwargs)

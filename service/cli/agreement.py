@@ -51,8 +51,11 @@ from policies.errors import PolicyError
 from service.agreements import AGREEMENT_SUFFIX, AgreementKeys, read_signed
 from service.audit.log import record
 from service.cli._common import HomeOpt, JsonOpt, console, open_db, settings_for
+from service.cli._http import http_client as _client
+from service.cli._http import raise_for as _raise_for
+from service.cli._http import send as _send
 from service.cli._terminal import SafeTable, outside
-from service.cli.client import TokenOpt, UrlOpt, _client, _raise_for, _send
+from service.cli.client import TokenOpt, UrlOpt
 from service.errors import UsageError
 from service.keystore import read_key, seal_key
 

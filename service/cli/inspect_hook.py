@@ -29,12 +29,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio.to_thread
 from inspect_ai.hooks import Hooks, RunEnd, TaskEnd, hooks
 
-from service.cli import client
+from service.client import Client
 from service.errors import EntenteError, UsageError
 from service.evaluations import NotAnEvaluationLogError, read_summary
 
@@ -96,22 +95,19 @@ def share_log(config: HookConfig, location: str) -> str:
     except NotAnEvaluationLogError as exc:
         logger.warning("entente: %s; sharing it without a summary", exc)
         summary = None
-    meta = client.share_metadata(
-        path, to=list(config.partners), tlp=config.tlp, topics=list(config.topics),
-        purposes=list(config.purposes), evaluation=summary,
-    )  # fmt: skip
-    with client._client(config.url, config.token) as http:
-        response = client.upload(http, path, meta, retries=config.retries, progress=False)
-    client._raise_for(response)
-    answer: dict[str, Any] = response.json()
-    if response.status_code == 202:
+    with Client(config.url, config.token, retries=config.retries) as client:
+        result = client.share(
+            path, to=config.partners, tlp=config.tlp, topics=config.topics,
+            purposes=config.purposes, evaluation=summary,
+        )  # fmt: skip
+    if result.approval is not None:
         return (
-            f"entente: {path.name} is stored as {answer.get('artifact_id')} and waits for a "
-            f"second approver (entente approvals approve {answer.get('id')})"
+            f"entente: {path.name} is stored as {result.approval.artifact_id} and waits for a "
+            f"second approver (entente approvals approve {result.approval.id})"
         )
     return (
-        f"entente: shared {path.name} as {answer.get('id')} with {', '.join(config.partners)} "
-        f"({answer.get('tlp')})"
+        f"entente: shared {path.name} as {result.id} with {', '.join(config.partners)} "
+        f"({result.raw.get('tlp')})"
     )
 
 

@@ -458,7 +458,7 @@ def reload(
     """Tell a running node to reload its policy folder, for all its replicas (audited)."""
     import httpx
 
-    from service.cli.client import _raise_for
+    from service.cli._http import raise_for as _raise_for
     from service.errors import RemoteError
 
     try:

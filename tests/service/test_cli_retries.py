@@ -1,90 +1,84 @@
-"""``entente share``'s retries (``service.cli.client.send_with_retries``): bounded, growing
-pauses, only for what a retry can fix, each one said on stderr."""
+"""``entente share``'s retries as the command line shows them: the Python client retries
+(tests/service/test_client.py), the command says each retry and a replayed answer on stderr."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
-from service.cli.client import RETRY_MAX_SECONDS, send_with_retries
-from service.errors import RemoteError
+from service.cli import app as cli_app
+from service.cli import client as cli_client
+from service.client import Client
 
-REQUEST = httpx.Request("POST", "http://node/v1/artifacts")
+ARTIFACT: dict[str, Any] = {
+    "id": "art_1", "direction": "sent", "origin": "uk-aisi", "sender": "user:alice",
+    "title": "f.txt", "tlp": "TLP:GREEN", "sealing": "classic", "topics": [], "purposes": [],
+    "recipients": ["us-aisi"], "created_at": "2026-12-01T10:00:00Z",
+    "recorded_at": "2026-12-01T10:00:00Z", "embargo_until": None, "expires_at": None,
+    "size": 3, "sha256": "ab" * 32, "revoked_at": None, "obligations": [], "policy": {},
+}  # fmt: skip
 
 
-def _problem(status: int, kind: str) -> httpx.Response:
-    body = json.dumps({"type": f"urn:entente:problem:{kind}", "title": "t", "status": status,
-                       "detail": "d"}).encode()  # fmt: skip
-    return httpx.Response(
-        status, content=body, headers={"content-type": "application/problem+json"}
-    )
+def _share(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *answers: httpx.Response | Exception
+) -> tuple[Any, int]:
+    calls = 0
 
-
-class Attempts:
-    def __init__(self, *outcomes: httpx.Response | Exception) -> None:
-        self.outcomes = list(outcomes)
-        self.calls = 0
-
-    def __call__(self) -> httpx.Response:
-        outcome = self.outcomes[min(self.calls, len(self.outcomes) - 1)]
-        self.calls += 1
+    def handle(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        request.read()
+        outcome = answers[min(calls, len(answers) - 1)]
+        calls += 1
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
+    def scripted(url: str, token: str, **options: Any) -> Client:
+        return Client(url, token, transport=httpx.MockTransport(handle), sleep=lambda s: None,
+                      **options)  # fmt: skip
 
-def test_a_lost_connection_is_retried_until_an_answer(capsys: pytest.CaptureFixture[str]) -> None:
-    pauses: list[float] = []
-    attempts = Attempts(
-        httpx.RemoteProtocolError("Server disconnected", request=REQUEST),
-        _problem(409, "idempotency-key-in-flight"),
-        httpx.Response(201, json={"id": "art_1"}),
-    )
-    response = send_with_retries(attempts, retries=4, sleep=pauses.append)
-    assert response.status_code == 201
-    assert attempts.calls == 3
-    assert len(pauses) == 2 and pauses[1] > pauses[0]
-    err = capsys.readouterr().err
-    assert "connection was lost" in err and "attempt 2 of 5" in err
-    assert "still carrying out an earlier attempt" in err
+    monkeypatch.setattr(cli_client, "_client", scripted)
+    (tmp_path / "f.txt").write_bytes(b"abc")
+    result = CliRunner().invoke(
+        cli_app,
+        ["share", str(tmp_path / "f.txt"), "--to", "us-aisi", "--tlp", "green", "--url",
+         "http://node.test", "--token", "t", "--retries", "2"],
+    )  # fmt: skip
+    return result, calls
 
 
-def test_retries_are_bounded() -> None:
-    pauses: list[float] = []
-    attempts = Attempts(httpx.ConnectError("refused", request=REQUEST))
-    with pytest.raises(RemoteError, match="3 attempts"):
-        send_with_retries(attempts, retries=2, sleep=pauses.append)
-    assert attempts.calls == 3
-    assert len(pauses) == 2 and all(p <= RETRY_MAX_SECONDS * 1.25 for p in pauses)
+def test_each_retry_and_a_replayed_answer_are_said(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    replayed = httpx.Response(201, json=ARTIFACT, headers={"idempotent-replayed": "true"})
+    in_flight = httpx.Response(
+        409,
+        content=json.dumps({"type": "urn:entente:problem:idempotency-key-in-flight",
+                            "title": "t", "status": 409, "detail": "d"}),
+        headers={"content-type": "application/problem+json"},
+    )  # fmt: skip
+    result, calls = _share(
+        monkeypatch, tmp_path, httpx.RemoteProtocolError("Server disconnected"), in_flight,
+        replayed,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert calls == 3
+    out = result.output  # stderr mixed in by the runner
+    assert "the connection was lost (RemoteProtocolError: Server disconnected); retrying in" in out
+    assert "with the same idempotency key (attempt 2 of 3)" in out
+    assert "still carrying out an earlier attempt" in out and "(attempt 3 of 3)" in out
+    assert "nothing was shared twice" in out
+    assert "shared art_1 (TLP:GREEN, 3 bytes) with us-aisi, sealed classic" in out
 
 
-@pytest.mark.parametrize(
-    "answer",
-    [
-        pytest.param(_problem(403, "policy-denied"), id="refused"),
-        pytest.param(_problem(422, "idempotency-key-reused"), id="key-reused"),
-        pytest.param(_problem(409, "conflict"), id="another-conflict"),
-    ],
-)
-def test_a_refusal_is_not_retried(answer: httpx.Response) -> None:
-    attempts = Attempts(answer)
-    assert send_with_retries(attempts, retries=4, sleep=lambda s: None) is answer
-    assert attempts.calls == 1
-
-
-def test_the_last_retryable_answer_is_returned() -> None:
-    attempts = Attempts(_problem(503, "busy"))
-    assert send_with_retries(attempts, retries=1, sleep=lambda s: None).status_code == 503
-    assert attempts.calls == 2
-
-
-def test_tlp_labels_are_accepted_as_people_write_them() -> None:
-    from service.cli.client import tlp_label
-
-    assert tlp_label("amber") == "TLP:AMBER"
-    assert tlp_label(" Amber+Strict ") == "TLP:AMBER+STRICT"
-    assert tlp_label("tlp:green") == "TLP:GREEN"
-    assert tlp_label("TLP:RED") == "TLP:RED"
-    assert tlp_label("purple") == "TLP:PURPLE"  # passed on: the node refuses it by name
+def test_a_node_that_stays_away_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    result, calls = _share(monkeypatch, tmp_path, httpx.ConnectError("refused"))
+    assert calls == 3 and result.exit_code != 0
+    assert "cannot reach the node (3 attempts): refused" in str(result.exception)

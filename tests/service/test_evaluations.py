@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 
 from service.cli import app as cli_app
 from service.cli import client as cli_client
+from service.client import Client
 from service.evaluations import (
     InspectUnavailableError,
     NotAnEvaluationLogError,
@@ -166,9 +167,8 @@ def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pair]:
     pin(us, uk)
     transport = Bridge({"uk-aisi": uk.app, "us-aisi": us.app})
 
-    def in_process(url: str, token: str) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"}
-        return httpx.Client(transport=transport, base_url=url, headers=headers)
+    def in_process(url: str, token: str, **options: Any) -> Client:
+        return Client(url, token, transport=transport, **options)
 
     monkeypatch.setattr(cli_client, "_client", in_process)
     yield Pair(uk, us, transport)
@@ -389,6 +389,11 @@ def test_the_hook_shares_each_finished_task_and_reports_denials(
     import service.cli.inspect_hook  # registers the hook, as Inspect's entry point does
 
     assert any(isinstance(h, service.cli.inspect_hook.ShareLogs) for h in get_all_hooks())
+
+    def in_process(url: str, token: str, **options: Any) -> Client:
+        return Client(url, token, transport=pair.transport, **options)
+
+    monkeypatch.setattr(service.cli.inspect_hook, "Client", in_process)
     caplog.set_level(logging.WARNING, logger="entente.inspect")
     monkeypatch.setenv("ENTENTE_URL", "http://uk-aisi")
     monkeypatch.setenv("ENTENTE_TOKEN", pair.uk.tokens[Role.PUBLISHER])

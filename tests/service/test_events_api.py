@@ -185,7 +185,7 @@ async def test_open_streams_per_token_are_bounded(tmp_path: Path) -> None:
 
 
 def test_the_cli_reads_server_sent_events() -> None:
-    from service.cli._follow import SseEvent, parse_sse
+    from service.client._protocol import SseEvent, parse_sse
 
     text = ': hi\nretry: 1000\nid: 3\nevent: arrived\ndata: {"a":\ndata: 1}\n\n: keep-alive\n\n'
     assert list(parse_sse(text.splitlines(keepends=True))) == [

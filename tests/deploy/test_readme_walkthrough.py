@@ -46,7 +46,7 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     env = base_env(HOME=str(tmp_path / "home"))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
     env.pop("ENTENTE_PASSPHRASE", None)  # the block sets its own
-    done = subprocess.run(  # noqa: S603 - bash running the README's own block
+    done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

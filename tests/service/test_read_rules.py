@@ -38,7 +38,7 @@ CASES = [
         GoneError,
         "revoked",
         {"revoked_at": "2026-03-01T00:00:00Z"},
-    ),  # fmt: skip
+    ),
     Case(
         "under embargo",
         facts(embargo_until=T0 + DAY),

@@ -8,7 +8,8 @@ partner receives) and the middleware; the node (settings, keys, database) is bui
 and kept on ``app.state``.
 
 All background work is registered here, in :func:`register_workers`: the audit sequencer, the
-submission of checkpoints to partners' witnesses, outbox delivery, feed pulls, the purge (of
+submission of checkpoints to partners' witnesses, outbox delivery, feed pulls, webhook
+deliveries (``service.webhooks``), the purge (of
 replay nonces and of idempotency keys past their time) and retention (deleting the ciphertext
 that expiry, ``retain_max`` or a revocation no longer allows the node to hold); the start-up
 sweep of the blob store runs once beside them. None of it holds up the node's own start: the
@@ -42,7 +43,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI
 
-from service.api import admin, approvals, artifacts, events, federation, public
+from service.api import admin, approvals, artifacts, events, federation, public, webhooks
 from service.api import partners as partners_api
 from service.api.audit import router as audit_router
 from service.api.audit_export import router as audit_export_router
@@ -69,6 +70,7 @@ from service.limits import Limits
 from service.metrics import Metrics
 from service.node import Node
 from service.policy_store import PolicyScope
+from service.webhooks import WebhookDispatcher
 
 __all__ = ["BACKGROUND_LOCK", "Workers", "app_from_environment", "create_app", "register_workers"]
 
@@ -184,6 +186,12 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
         await anyio.to_thread.run_sync(expire_due, node)
         return 60.0
 
+    dispatcher = WebhookDispatcher(node)
+
+    async def notify() -> float:
+        await anyio.to_thread.run_sync(dispatcher.round)  # starts each due webhook's delivery
+        return settings.webhook_poll_seconds
+
     workers.add("audit-sequencer", sequencer)
     workers.add("audit-witness-submit", submission_step(node, transport))
     workers.add("deliver", deliver)
@@ -191,8 +199,10 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
     workers.add("purge", purge)  # replay nonces, idempotency keys
     workers.add("retention", retention)
     workers.add("approvals-expire", expire_approvals)
+    workers.add("webhooks", notify)
     workers.on_stop(outbox.close)
     workers.on_stop(pulls.close)
+    workers.on_stop(dispatcher.close)
     workers.on_stop(client.close)
     return transport
 
@@ -356,6 +366,7 @@ def create_app(
     app.include_router(artifacts.router)
     app.include_router(events.router)
     app.include_router(admin.router)
+    app.include_router(webhooks.router)
     app.include_router(partners_api.router)
     app.include_router(approvals.router)
     app.include_router(federation.router)

@@ -176,6 +176,12 @@ class Metrics:
         self.refusals = Counter(
             "entente_refusals", "Refused requests by kind", ["kind"], registry=r
         )
+        self.webhook_deliveries = Counter(
+            "entente_webhook_deliveries",
+            "Webhook deliveries by subscription and outcome (ok, failed)",
+            ["subscription", "outcome"],
+            registry=r,
+        )
 
     def observe_delivery(self, partner: str, created: object, now: datetime) -> None:
         """One delivery receipted: its latency from the share's commit (the outbox row)."""

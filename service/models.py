@@ -28,6 +28,7 @@ __all__ = [
     "SeenNonce",
     "Token",
     "UTCDateTime",
+    "Webhook",
     "utcnow",
 ]
 
@@ -361,3 +362,32 @@ class IdempotencyKey(SQLModel, table=True):
     created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     lease_until: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
     expires_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False, index=True))
+
+
+class Webhook(SQLModel, table=True):
+    """A subscription to notice of arrivals, POSTed to a local URL (``service/webhooks``).
+
+    ``secret`` is the signing secret age-encrypted to this node's own identity (base64): the
+    node must read it to sign, so it cannot be hashed like a token, and it is never answered
+    after creation. ``cursor`` is the event id (``service.artifacts.events``) delivered up to;
+    ``state`` is ``active``, ``failing`` (retrying, ``failures`` in a row so far) or
+    ``disabled`` (retries exhausted). ``lease_owner``/``lease_until`` name the dispatcher
+    delivering it now, so that replicas sharing the database never deliver one twice at once.
+    """
+
+    __tablename__ = "webhooks"
+
+    id: str = Field(primary_key=True, max_length=40)  # whk_<16 hex>
+    url: str = Field(max_length=2048)
+    secret: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # age, base64
+    events: str = Field(default="[]", sa_column=sa.Column(sa.Text, nullable=False))  # JSON list
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    created_by: str = Field(max_length=300)
+    cursor: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    state: str = Field(default="active", max_length=16, index=True)
+    failures: int = Field(default=0)  # consecutive failed deliveries
+    next_attempt_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    last_error: str | None = Field(default=None, max_length=500)
+    last_delivered_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    lease_owner: str | None = Field(default=None, max_length=32)
+    lease_until: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))

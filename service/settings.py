@@ -7,6 +7,7 @@ Secrets are ``SecretStr`` so they never show in logs or reprs.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -24,6 +25,20 @@ _S3_URL = re.compile(
     r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]"
     r"(/(?!\.{1,2}(/|$))[A-Za-z0-9._-]+)*/?$"
 )
+
+
+_HOSTNAME = re.compile(
+    r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
+def _is_host(text: str) -> bool:
+    """A DNS host name or an IP address literal (without brackets or port)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return len(text) <= 253 and _HOSTNAME.match(text) is not None
+    return True
 
 
 class Settings(BaseSettings):
@@ -117,6 +132,25 @@ class Settings(BaseSettings):
     events_max_wait_seconds: float = Field(default=30.0, gt=0)  # seconds a long poll
     # (GET /v1/events?wait=) waits for an event before it answers with none
 
+    # Outgoing webhooks (service.webhooks): notice of arrivals POSTed to local receivers
+    # Hosts a webhook may name besides loopback (127.0.0.0/8, ::1, localhost), comma-separated,
+    # e.g. "hooks.internal,10.0.0.7": internal receivers only, never a partner; default: none
+    webhook_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+    webhook_timeout_seconds: float = Field(default=5.0, gt=0, le=60)  # seconds per delivery
+    # (connect, send and answer), so that one slow receiver holds one delivery thread only
+    webhook_max_attempts: int = Field(default=8, ge=1, le=30)  # consecutive failed deliveries
+    # of one event before its subscription is disabled (audited webhook.disabled)
+    webhook_retry_base_seconds: float = Field(default=1.0, gt=0)  # first retry delay; each
+    # next one doubles
+    webhook_retry_max_seconds: float = Field(default=300.0, gt=0)  # cap on that delay
+    webhook_concurrency: int = Field(default=4, ge=1, le=64)  # subscriptions delivered to at
+    # once (threads); a slow receiver holds one of them, the others go on
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)  # seconds between looks for new
+    # events and due retries
+    webhook_batch: int = Field(default=50, ge=1, le=1000)  # log entries read per look
+    webhook_max_subscriptions: int = Field(default=100, ge=1, le=10000)  # subscriptions a
+    # node holds
+
     # Background work
     sync_interval_seconds: float = Field(default=1.0, gt=0)  # outbox poll when idle
     pull_interval_seconds: float = Field(default=30.0, gt=0)  # feed catch-up pull
@@ -191,6 +225,20 @@ class Settings(BaseSettings):
             if unknown:  # a typo would gate nothing: refuse it
                 raise ValueError(f"not TLP 2.0 labels: {', '.join(unknown)}")
             return labels
+        return value
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value: object) -> object:
+        """``"hooks.internal, 10.0.0.7"`` (the environment) or a sequence: lower-cased hosts."""
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            hosts = tuple(str(part).strip().lower().strip("[]") for part in value)
+            bad = [h for h in hosts if not _is_host(h)]
+            if bad:
+                raise ValueError(f"not host names or addresses: {', '.join(bad)}")
+            return hosts
         return value
 
     def needs_second_approver(self, tlp: str) -> bool:

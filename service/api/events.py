@@ -18,7 +18,8 @@ With ``?wait=SECONDS`` the route is a long poll instead: one JSON answer, ``{"ev
 "cursor": N}``, as soon as there is an event above the cursor or after the wait (at most
 ``events_max_wait_seconds``); the next call passes ``after=N``.
 
-This module does not notify anyone outside the node (no webhooks).
+This module does not push events anywhere: webhooks to local receivers are
+``service.webhooks``, which reads the same events.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ touches content, only the artifact's row.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -38,6 +39,7 @@ class Event:
     cursor: int  # the entry's seq + 1
     name: str  # arrived | revoked | deleted
     artifact: Artifact
+    at: datetime | None = None  # when the entry was recorded
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,6 @@ def events_after(session: Session, cursor: int, *, limit: int) -> Batch:
     for entry in entries:
         artifact = _artifact(session, entry)
         if artifact is not None and entry.seq is not None:
-            events.append(Event(entry.seq + 1, EVENT_KINDS[entry.kind], artifact))
+            events.append(Event(entry.seq + 1, EVENT_KINDS[entry.kind], artifact, entry.created_at))
     last = entries[-1].seq if entries else None
     return Batch(events, cursor if last is None else max(cursor, last + 1))

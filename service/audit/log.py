@@ -78,6 +78,9 @@ EVENT_KINDS = frozenset(
         "approval.refused",
         "approval.rejected",
         "approval.expired",
+        "webhook.created",
+        "webhook.deleted",
+        "webhook.disabled",
     }
 )
 

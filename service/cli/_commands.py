@@ -144,6 +144,12 @@ COMMANDS: dict[str, Entry] = {
         "group",
         "Actions waiting for a second approver (two-person control).",
     ),
+    "webhook": Entry(
+        "service.cli.webhooks",
+        "app",
+        "group",
+        "Webhooks: local receivers notified of each arrival, signed (Standard Webhooks).",
+    ),
     "agreement": Entry(
         "service.cli.agreement",
         "app",

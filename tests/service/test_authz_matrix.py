@@ -31,6 +31,7 @@ ROUTES = [
     ("GET", "/audit/v1/bundle", {A, D}, 200),
     ("GET", "/v1/admin/partners", {A, D}, 200),
     ("GET", "/v1/admin/agreements", {A, D}, 200),
+    ("GET", "/v1/admin/webhooks", {D}, 200),
 ]
 PRINCIPALS = [*(r.value for r in Role), "none", "revoked", "malformed"]
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +33,7 @@ from service.cli._follow import AfterOpt, FollowOpt, follow_inbox
 from service.cli._terminal import SafeTable, outside
 from service.cli.files import progress_bar
 from service.client import Client, Retry, share_metadata
+from service.client.errors import ProblemError
 from service.errors import UsageError
 
 UrlOpt = Annotated[str, typer.Option("--url", envvar="ENTENTE_URL", help="The node's base URL")]
@@ -54,6 +57,9 @@ MaybeTokenOpt = Annotated[
         show_default=False,
     ),
 ]
+
+
+WAIT_POLL_SECONDS = 0.5  # get --wait: between two tries for an artifact not arrived yet
 
 
 def _client(url: str, token: str, **options: Any) -> Client:
@@ -171,6 +177,10 @@ def share(
         ),
     ] = 4,
     as_json: JsonOpt = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("-q", "--quiet", help="Print only the artifact id (for scripts)"),
+    ] = False,
 ) -> None:
     """Share FILE with partners through your node (policy-checked, signed, encrypted).
 
@@ -205,6 +215,9 @@ def share(
         )
     if as_json:
         typer.echo(json.dumps(result.raw))
+        return
+    if quiet:
+        typer.echo(result.artifact.id if result.artifact else result.raw["artifact_id"])
         return
     if result.artifact is None:  # two-person control: stored, not shared yet
         art = result.raw
@@ -266,24 +279,50 @@ def get(
         typer.Option(
             "-o",
             "--out",
-            help="Where to write the plaintext: a file, or a folder to write it into under the "
-            "name it was shared with (default: that name, in the current folder)",
+            help="Where to write the plaintext: a file, a folder to write it into under the "
+            "name it was shared with (default: that name, in the current folder), or - for "
+            "standard output",
             show_default=False,
         ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing file")] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            min=0,
+            help="Seconds to wait for an artifact that has not arrived yet (404) before giving up",
+        ),
+    ] = 0,
 ) -> None:
     """Download and decrypt an artifact (your read is audited).
 
     The file keeps the name it was shared with (an Inspect log stays a log that `inspect view`
-    opens), unless -o names a file."""
-    if out is not None and out.exists() and not out.is_dir() and not force:
+    opens), unless -o names a file. A file is kept only if its SHA-256 matches the signed
+    manifest's; to standard output (-o -) bytes go out as they come, and a mismatch ends the
+    command with an error (exit 1) after them."""
+    to_stdout = out is not None and str(out) == "-"
+    if out is not None and not to_stdout and out.exists() and not out.is_dir() and not force:
         raise UsageError(f"{out} exists; pass --force to overwrite it")
-    try:
-        with _client(url, token) as client, _Bars(f"downloading {artifact_id}") as bars:
-            got = client.download(artifact_id, out, overwrite=force, on_progress=bars)
-    except FileExistsError as exc:
-        raise UsageError(f"{exc.filename or out} exists; pass --force to overwrite it") from None
+    deadline = time.monotonic() + wait
+    with _client(url, token) as client:
+        while True:
+            try:
+                if to_stdout:
+                    client.download(artifact_id, sys.stdout.buffer)
+                    sys.stdout.buffer.flush()
+                    return
+                with _Bars(f"downloading {artifact_id}") as bars:
+                    got = client.download(artifact_id, out, overwrite=force, on_progress=bars)
+                break
+            except ProblemError as exc:
+                if exc.status != 404 or time.monotonic() >= deadline:
+                    raise
+                time.sleep(WAIT_POLL_SECONDS)
+            except FileExistsError as exc:
+                raise UsageError(
+                    f"{exc.filename or out} exists; pass --force to overwrite it"
+                ) from None
     console.print(f"wrote {outside(got.path)}")
 
 

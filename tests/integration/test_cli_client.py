@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.nodes import Federation, base_env, run_cli, start_federation
+from tests.nodes import ENTENTE, Federation, base_env, run_cli, start_federation
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +57,12 @@ def test_share_inbox_get_revoke(fed: Federation, tmp_path: Path) -> None:
     assert out.read_bytes() == finding.read_bytes()
     again = run_cli("get", art["id"], "-o", str(out), env=_as(fed, "us-aisi", "reader"))
     assert again.returncode != 0 and "exists" in again.stderr  # never clobbers
+    piped = subprocess.run(
+        [ENTENTE, "get", art["id"], "-o", "-"], env=_as(fed, "us-aisi", "reader"),
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == finding.read_bytes()  # the plaintext itself, nothing else
 
     refused = run_cli("revoke", art["id"], env=_as(fed, "uk-aisi", "reader"))
     assert refused.returncode != 0
@@ -68,6 +75,37 @@ def test_share_inbox_get_revoke(fed: Federation, tmp_path: Path) -> None:
     twice = run_cli("revoke", art["id"], env=_as(fed, "uk-aisi", "publisher"))
     assert twice.returncode == 0, twice.stderr
     assert "was already revoked at" in twice.stdout
+    deadline = time.monotonic() + 30
+    gone = run_cli("get", art["id"], "-o", str(tmp_path / "late.md"),
+                   env=_as(fed, "us-aisi", "reader"))  # fmt: skip
+    while "410" not in gone.stderr and time.monotonic() < deadline:
+        time.sleep(0.3)
+        gone = run_cli("get", art["id"], "-o", str(tmp_path / "late.md"),
+                       env=_as(fed, "us-aisi", "reader"))  # fmt: skip
+    assert gone.returncode == 1
+    assert gone.stderr.startswith("entente: 410: artifact ")
+    assert "was revoked by its origin uk-aisi at" in gone.stderr
+
+
+def test_share_quiet_prints_the_id_and_get_waits_for_its_arrival(
+    fed: Federation, tmp_path: Path
+) -> None:
+    finding = tmp_path / "notes.txt"
+    finding.write_bytes(b"notes\n")
+    shared = run_cli(
+        "share", str(finding), "--to", "us-aisi", "--tlp", "green", "--topic", "evaluation",
+        "--purpose", "evaluation", "--quiet", env=_as(fed, "uk-aisi", "publisher"),
+    )  # fmt: skip
+    assert shared.returncode == 0, shared.stderr
+    ident = shared.stdout.strip()
+    assert ident.startswith("art_") and len(shared.stdout.splitlines()) == 1
+    early = run_cli("get", "art_notarrivedyet", "--wait", "1", "-o", str(tmp_path / "x"),
+                    env=_as(fed, "us-aisi", "reader"))  # fmt: skip
+    assert early.returncode == 1 and early.stderr.startswith("entente: 404")
+    got = run_cli("get", ident, "--wait", "30", "-o", str(tmp_path / "got.txt"),
+                  env=_as(fed, "us-aisi", "reader"))  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "got.txt").read_bytes() == b"notes\n"
 
 
 def test_denied_share_names_rule_and_clause(fed: Federation, tmp_path: Path) -> None:

@@ -32,10 +32,9 @@ from typing import Any
 import httpx
 from rich.markup import escape
 from rich.panel import Panel
-from rich.table import Table
 
 from crypto.keys import format_fingerprint
-from service.cli._terminal import TerminalConsole
+from service.cli._terminal import SafeTable, TerminalConsole
 from service.demo_agreement import countersign_amendment
 from service.errors import DemoError, EntenteError
 from service.localnet import Federation, NodeProcess, clean_env, prepare_nodes, run_cli
@@ -124,14 +123,14 @@ class Demo:
             ENTENTE_CHECKPOINT_INTERVAL_SECONDS="0.5",
             ENTENTE_RETENTION_INTERVAL_SECONDS="1",  # the expiry step deletes within a second
         )
-        self.federation = prepare_nodes(self.root, NODES, names=NODES, passphrase=None, env=env)
-        self.federation.start()  # the nodes end with the demo, however it ends (PDEATHSIG)
-        table = Table("node", "institute", "listening", "fingerprint (Ed25519, SHA-256)")
+        with self.console.status("creating three node homes (keys, signed descriptors, MOU terms)"):
+            self.federation = prepare_nodes(self.root, NODES, names=NODES, passphrase=None, env=env)
+        with self.console.status("starting the three nodes' servers on loopback"):
+            self.federation.start()  # the nodes end with the demo, however it ends (PDEATHSIG)
+        table = SafeTable("node", "institute", "listening", "fingerprint (Ed25519, SHA-256)")
         for node in self.nodes.values():
             fp = json.loads((node.home / "node.json").read_text())["fingerprint"]
-            table.add_row(
-                node.node_id, NODES[node.node_id], node.url, format_fingerprint(fp)[:39] + " …"
-            )
+            table.add_row(node.node_id, NODES[node.node_id], node.url, format_fingerprint(fp))
         self.console.print(table)
         self.say(
             "Each node pinned the other two by fingerprint and loaded its MOU policies "
@@ -213,7 +212,9 @@ class Demo:
         self.say(f"[red]DENIED[/] (HTTP 403, {problem['type']})")
         self.say(f"  rule   [bold]{escape(str(problem.get('rule')))}[/]")
         self.say(f"  clause [bold]{escape(str(problem.get('clause')))}[/]")
-        self.say(f"  {escape(str(problem['detail']))}")
+        said = str(problem["detail"])
+        why = said.split(" forbids it: ", 1)[1] if " forbids it: " in said else said
+        self.say(f"  why    {escape(why)}")
         self.say("Nothing was stored or sent; the denial is in the UK's audit log.")
         self.outcome["denied"] = {"rule": problem.get("rule"), "clause": problem.get("clause")}
 
@@ -380,7 +381,13 @@ class Demo:
     def summary(self) -> dict[str, Any]:
         return {
             "nodes": [
-                {"node_id": n.node_id, "url": n.url, "home": str(n.home), "tokens": n.tokens}
+                {
+                    "node_id": n.node_id,
+                    "url": n.url,
+                    "home": str(n.home),
+                    "fingerprint": json.loads((n.home / "node.json").read_text())["fingerprint"],
+                    "tokens": n.tokens,
+                }
                 for n in self.nodes.values()
             ],
             "outcome": self.outcome,

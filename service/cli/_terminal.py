@@ -51,8 +51,6 @@ _UNSAFE_KEEP_LINES = re.compile(
 )
 
 
-UNWRAPPED_WIDTH = 100_000  # "no limit" for a pipe: the widest line Rich will lay out
-
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
@@ -81,6 +79,14 @@ def plain_line(value: object) -> str:
     return printable(value)
 
 
+UNBOUNDED_WIDTH = 100_000  # "no limit": wider than any table the CLI prints
+
+
+def unbounded(console: Console) -> bool:
+    """Whether ``console`` writes to a pipe or a file with no width asked for (``COLUMNS``)."""
+    return not console.is_terminal and "COLUMNS" not in os.environ and console.width == 80
+
+
 class SafeTable(Table):
     """A Rich table whose string cells are literal text: printable, never parsed as markup.
 
@@ -100,6 +106,8 @@ class SafeTable(Table):
         super().add_row(*cells, **kwargs)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if unbounded(console):  # a pipe or a file: the natural width, whatever it is
+            options = options.update(max_width=UNBOUNDED_WIDTH)
         widths = [
             max(
                 (Measurement.get(console, options, c).maximum for c in (col.header, *col.cells)),
@@ -142,13 +150,14 @@ class TerminalConsole(Console):
     terminal hyperlink (OSC 8), so a value someone forgot to pass through :func:`outside` can
     at most change colours.
 
-    Output to a pipe or a file is not wrapped to a made-up width (Rich's 80 columns): tables
-    keep whole values on one line for ``grep`` and ``cut``, unless ``COLUMNS`` says a width."""
+    Output to a pipe or a file is not cut at a made-up width (Rich's 80 columns): a
+    :class:`SafeTable` is laid out at its natural width there, one line per row for ``grep``
+    and ``cut``, unless ``COLUMNS`` says a width."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not self.is_terminal and "width" not in kwargs and "COLUMNS" not in os.environ:
-            self.width = UNWRAPPED_WIDTH
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if unbounded(self):
+            kwargs.setdefault("crop", False)
+        super().print(*objects, **kwargs)
 
     def render_str(self, text: str, **kwargs: Any) -> Text:
         text = printable(text, lines=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -13,9 +14,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_demo_runs_the_whole_story() -> None:
+    # os.environ, not the process's C environment: readline (loaded by pytest) exports
+    # COLUMNS=80 there, and a pipe with COLUMNS set is laid out at that width
     result = subprocess.run(
-        [ENTENTE, "demo", "--json"], capture_output=True, text=True, timeout=300, check=False
-    )
+        [ENTENTE, "demo", "--json"], capture_output=True, text=True, timeout=300, check=False,
+        env=dict(os.environ),
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     nodes = {n["node_id"]: n for n in summary["nodes"]}
@@ -42,3 +46,11 @@ def test_demo_runs_the_whole_story() -> None:
                  "deleted at both nodes when it expires", "awaiting us-aisi",
                  "us-uk-mou v2: adopted at us-aisi, adopted at uk-aisi", "VERIFIED"):  # fmt: skip
         assert step in result.stderr
+    # The denial names its rule and clause once each, then why; the table keeps fingerprints whole.
+    assert result.stderr.count("declaration-only-clear-green") == 1
+    assert result.stderr.count("Bletchley Declaration, para 8 [example]") == 1
+    assert "why    TLP:AMBER is one of" in result.stderr
+    assert "HTTP 410 Gone" in result.stderr  # a revoked artifact at the recipient
+    for fingerprint in (n["fingerprint"] for n in summary["nodes"]):
+        grouped = " ".join(fingerprint[i : i + 4] for i in range(0, len(fingerprint), 4))
+        assert grouped in result.stderr

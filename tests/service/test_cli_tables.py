@@ -51,8 +51,8 @@ def test_a_table_into_a_pipe_is_not_wrapped_at_80_columns(monkeypatch: pytest.Mo
     out = io.StringIO()
     monkeypatch.delenv("COLUMNS", raising=False)
     console = TerminalConsole(file=out)
-    assert not console.is_terminal and console.width > 1000
     console.print(_table())
+    console.rule("next")  # what fills the width still fills Rich's 80 columns, no more
     row = next(line for line in out.getvalue().splitlines() if ART in line)
     assert FP in row and "Evaluation of frontier model X on cyber tasks" in row
 
@@ -72,3 +72,10 @@ def test_partner_list_into_a_pipe_shows_whole_fingerprints(tmp_path: Path) -> No
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if "us-aisi" in line)
     assert fingerprint in row
+
+
+def test_a_rule_into_a_pipe_stays_80_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    out = io.StringIO()
+    TerminalConsole(file=out).rule("heading")
+    assert len(out.getvalue().rstrip("\n")) == 80

@@ -345,7 +345,7 @@ def create_app(
     app.state.event_streams = events.StreamSlots(node.settings.events_max_streams_per_token)
     refusals = app.state.refusals = RefusalLedger.for_node(node)  # anonymous ones summarised
     install_problem_handlers(app, finish=signed_problems)
-    document_problems(app)
+    document_problems(app, schemas=artifacts.share_request_schemas())
 
     # Each request decides on the policy version committed when it first decides (one query).
     app.add_middleware(PolicyScope)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 
 from crypto import strict_json
@@ -76,8 +77,9 @@ UPLOAD_BODY = {
                     "required": ["metadata", "file"],
                     "properties": {
                         "metadata": {
-                            "type": "string",
-                            "description": "JSON object: ShareMetadata (must come first)",
+                            "$ref": "#/components/schemas/ShareRequest",
+                            "description": "What leaves unencrypted, in the signed manifest: a "
+                            "JSON object (this part comes first)",
                         },
                         "file": {"type": "string", "format": "binary"},
                     },
@@ -252,6 +254,16 @@ class ShareRequest(ShareMetadata):
     onward_approved: Annotated[
         list[NodeId], Field(default_factory=list, max_length=64), AfterValidator(_distinct)
     ]
+
+
+def share_request_schemas() -> dict[str, Any]:
+    """The JSON Schemas of the ``metadata`` part (``ShareRequest`` and what it refers to), for
+    the OpenAPI document's components: FastAPI sees the multipart body only as
+    ``openapi_extra``, so it would not list them itself."""
+    _, top = models_json_schema(
+        [(ShareRequest, "validation")], ref_template="#/components/schemas/{model}"
+    )
+    return dict(top.get("$defs", {}))
 
 
 class OnwardShareIn(BaseModel):

@@ -283,15 +283,19 @@ def _document(doc: dict[str, Any]) -> None:
             schemas.pop(name, None)
 
 
-def document_problems(app: FastAPI) -> None:
+def document_problems(app: FastAPI, *, schemas: dict[str, Any] | None = None) -> None:
     """Make the app's OpenAPI document declare, for every operation, the problem documents it
     really answers with (FastAPI's default 422 body is replaced: validation errors here are
-    problems too), so that clients and the schema-driven fuzzer hold the node to it."""
+    problems too), so that clients and the schema-driven fuzzer hold the node to it.
+    ``schemas`` adds component schemas that routes refer to from ``openapi_extra``."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             doc = generate()
+            components = doc.setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in (schemas or {}).items():
+                components.setdefault(name, schema)
             _document(doc)
             app.openapi_schema = doc
         return app.openapi_schema

@@ -45,8 +45,7 @@ def examples(
         if out is not None or partner is not None:
             raise UsageError("--out and --partner need --node (one of: " + ", ".join(nodes) + ")")
         for name in nodes:
-            files = ", ".join(example_files(name))
-            console.print(f"{outside(name)}: {outside(files)}")
+            console.print(f"{outside(name)}: {outside(', '.join(example_files(name)))}")
         return
     if node not in nodes:
         raise UsageError(f"no example terms for {node!r}; there are: {', '.join(nodes)}")

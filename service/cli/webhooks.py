@@ -13,8 +13,11 @@ from typing import Annotated
 import typer
 
 from service.cli._common import JsonOpt, console, err_console
+from service.cli._http import http_client as _client
+from service.cli._http import raise_for as _raise_for
+from service.cli._http import send as _send
 from service.cli._terminal import SafeTable, outside, plain_line
-from service.cli.client import TokenOpt, UrlOpt, _client, _raise_for, _send
+from service.cli.client import TokenOpt, UrlOpt
 
 app = typer.Typer(
     help="Webhooks: local receivers notified of each arrival, signed (Standard Webhooks).",

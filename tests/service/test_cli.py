@@ -366,3 +366,48 @@ def test_shell_completion_completes_lazy_commands_and_their_options() -> None:
     options = run_cli(env=base_env(_ENTENTE_COMPLETE="complete_bash", COMP_WORDS=asked,
                                    COMP_CWORD="3"))  # fmt: skip
     assert options.stdout.split() == ["--quorum"]
+
+
+def test_the_openapi_document_describes_the_metadata_part_of_a_share(tmp_path: Path) -> None:
+    from tests.service.nodekit import make_node
+
+    doc = make_node(tmp_path, "uk-aisi").app.openapi()
+    body = doc["paths"]["/v1/artifacts"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert body["encoding"]["metadata"]["contentType"] == "application/json"
+    ref = body["schema"]["properties"]["metadata"]["$ref"]
+    schema = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert {"title", "tlp", "partners", "topics", "purposes", "evaluation"} <= set(
+        schema["properties"]
+    )
+    assert set(schema["required"]) == {"title", "tlp", "partners"}
+    assert schema["additionalProperties"] is False
+    evaluation = str(schema["properties"]["evaluation"])  # refers to a schema that is there
+    for target in ("EvaluationSummary",):
+        assert (
+            f"#/components/schemas/{target}" in evaluation
+            and target in doc["components"]["schemas"]
+        )
+
+
+def test_policy_examples_lists_and_copies_the_bundled_terms(tmp_path: Path) -> None:
+    listed = run_cli("policy", "examples")
+    assert listed.returncode == 0, listed.stderr
+    assert "uk-aisi: ca-aisi.yaml, us-aisi.yaml" in listed.stdout
+    copied = run_cli("policy", "examples", "--node", "uk-aisi", "--partner", "us-aisi",
+                     "-o", str(tmp_path))  # fmt: skip
+    assert copied.returncode == 0, copied.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["us-aisi.yaml"]
+    assert "[example]" in (tmp_path / "us-aisi.yaml").read_text()
+    again = run_cli("policy", "examples", "--node", "uk-aisi", "-o", str(tmp_path))
+    _assert_one_line_error(again, "exists; pass --force")
+    shown = run_cli("policy", "examples", "--node", "us-aisi", "--partner", "uk-aisi")
+    assert shown.stdout.startswith("# --- uk-aisi.yaml\n# EXAMPLE POLICY")
+    _assert_one_line_error(run_cli("policy", "examples", "--node", "xx-aisi"), "no example terms")
+
+
+def test_wait_gives_up_in_one_line_when_no_node_answers() -> None:
+    from tests.nodes import free_port
+
+    result = run_cli("wait", "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "0.5")
+    _assert_one_line_error(result, "was not ready within 0.5 s")
+    assert result.returncode == 1

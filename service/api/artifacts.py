@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.concurrency import run_in_threadpool
 
@@ -342,7 +342,20 @@ def _onward_sync(
 
 
 LIST_PARAMETERS = frozenset(
-    {"direction", "partner", "tlp", "topic", "task", "model", "cursor", "limit"}
+    [
+        "direction",
+        "partner",
+        "tlp",
+        "topic",
+        "purpose",
+        "task",
+        "model",
+        "title",
+        "since",
+        "until",
+        "cursor",
+        "limit",
+    ]
 )
 
 
@@ -359,8 +372,18 @@ def list_artifacts(
     partner: Annotated[str | None, Query(max_length=63)] = None,
     tlp: Annotated[str | None, Query(max_length=32)] = None,
     topic: Annotated[str | None, Query(max_length=120)] = None,
+    purpose: Annotated[str | None, Query(max_length=120)] = None,
     task: Annotated[str | None, Query(max_length=200, description="Evaluation task")] = None,
     model: Annotated[str | None, Query(max_length=200, description="Evaluated model")] = None,
+    title: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="Text in the title, any case")
+    ] = None,
+    since: Annotated[
+        AwareDatetime | None, Query(description="Recorded at or after (RFC 3339, with a zone)")
+    ] = None,
+    until: Annotated[
+        AwareDatetime | None, Query(description="Recorded before (RFC 3339, with a zone)")
+    ] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
 ) -> ArtifactPage:
@@ -372,17 +395,11 @@ def list_artifacts(
         )
     size = min(limit or node.settings.page_size_default, node.settings.page_size_max)
     with node.db.session() as session:
-        rows, next_cursor = listing.list_artifacts(
-            session,
-            direction=direction,
-            partner=partner,
-            tlp=tlp,
-            topic=topic,
-            task=task,
-            model=model,
-            cursor=cursor,
-            limit=size,
-        )
+        keep = listing.ArtifactFilter(
+            direction=direction, partner=partner, tlp=tlp, topic=topic, purpose=purpose,
+            task=task, model=model, title=title, since=since, until=until,
+        )  # fmt: skip
+        rows, next_cursor = listing.list_artifacts(session, keep, cursor=cursor, limit=size)
     return ArtifactPage(items=[artifact_out(r) for r in rows], next_cursor=next_cursor)
 
 

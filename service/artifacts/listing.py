@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -23,7 +24,7 @@ from service.errors import (
 )
 from service.models import Artifact, Outbox
 
-__all__ = ["get_artifact", "list_artifacts"]
+__all__ = ["ArtifactFilter", "get_artifact", "list_artifacts"]
 
 MAX_RECIPIENTS_PER_ID = 64  # origins listed when a plain id is ambiguous
 
@@ -48,21 +49,29 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise InvalidInputError("the cursor is not one this node issued") from None
 
 
+@dataclass(frozen=True)
+class ArtifactFilter:
+    """Which artifacts a listing keeps (every field that is set must match)."""
+
+    direction: str | None = None  # sent or received
+    partner: str | None = None  # the origin, the sender or one of the recipients
+    tlp: str | None = None
+    topic: str | None = None
+    purpose: str | None = None
+    task: str | None = None  # an evaluation log's task (exact name)
+    model: str | None = None  # an evaluation log's model (exact name)
+    title: str | None = None  # words in the title, any case
+    since: datetime | None = None  # recorded at or after
+    until: datetime | None = None  # recorded before
+
+
 def list_artifacts(
-    session: Session,
-    *,
-    direction: str | None,
-    partner: str | None,
-    tlp: str | None,
-    topic: str | None,
-    cursor: str | None,
-    limit: int,
-    task: str | None = None,
-    model: str | None = None,
+    session: Session, keep: ArtifactFilter, *, cursor: str | None, limit: int
 ) -> tuple[list[Artifact], str | None]:
-    """Newest first, keyset-paginated on (recorded_at, id); deleted artifacts are left out.
-    ``task`` and ``model`` keep evaluation logs of that task and model (exact names)."""
+    """Newest first, keyset-paginated on (recorded_at, id); deleted artifacts are left out."""
     query = select(Artifact).where(col(Artifact.deleted_at).is_(None))
+    direction, partner, tlp, topic = keep.direction, keep.partner, keep.tlp, keep.topic
+    task, model = keep.task, keep.model
     if direction is not None:
         query = query.where(Artifact.direction == direction)
     if partner is not None:
@@ -81,6 +90,14 @@ def list_artifacts(
         query = query.where(Artifact.eval_task == task)
     if model is not None:
         query = query.where(Artifact.eval_model == model)
+    if keep.purpose is not None:
+        query = query.where(col(Artifact.purposes).contains(json.dumps(keep.purpose)))
+    if keep.title is not None:
+        query = query.where(col(Artifact.title).icontains(keep.title, autoescape=True))
+    if keep.since is not None:
+        query = query.where(col(Artifact.recorded_at) >= keep.since)
+    if keep.until is not None:
+        query = query.where(col(Artifact.recorded_at) < keep.until)
     if cursor is not None:
         at, ident = _decode_cursor(cursor)
         query = query.where(

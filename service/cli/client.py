@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -32,7 +32,7 @@ from service.cli._evaluation import evaluation_summary, show_dry_run
 from service.cli._follow import AfterOpt, FollowOpt, follow_inbox
 from service.cli._terminal import SafeTable, outside
 from service.cli.files import progress_bar
-from service.client import Client, Retry, share_metadata
+from service.client import Client, Filters, Retry, share_metadata
 from service.client.errors import ProblemError
 from service.errors import UsageError
 
@@ -239,6 +239,19 @@ def inbox(
     url: UrlOpt,
     token: TokenOpt,
     partner: Annotated[str | None, typer.Option(help="Only from this partner")] = None,
+    search: Annotated[
+        str | None, typer.Option("--search", help="Only those with this text in the title")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only those received at or after this time (ISO 8601)")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Only those received before this time (ISO 8601)")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="Only evaluation logs of this task")] = None,
+    model: Annotated[str | None, typer.Option(help="Only evaluation logs of this model")] = None,
+    topic: Annotated[str | None, typer.Option(help="Only those with this topic")] = None,
+    purpose: Annotated[str | None, typer.Option(help="Only those for this purpose")] = None,
     limit: Annotated[int, typer.Option(help="How many")] = 50,
     as_json: JsonOpt = False,
     follow: FollowOpt = False,
@@ -250,12 +263,16 @@ def inbox(
             follow_inbox(client, after=after, as_json=as_json)
         return
     with _client(url, token) as client:
-        items = client.list("received", partner=partner, limit=limit).items
+        given = {"partner": partner, "title": search, "task": task, "model": model,
+                 "topic": topic, "purpose": purpose, "since": _when(since, "--since"),
+                 "until": _when(until, "--until")}  # fmt: skip
+        filters = cast(Filters, {k: v for k, v in given.items() if v is not None})
+        items = client.list("received", limit=limit, **filters).items
     if as_json:
         typer.echo(json.dumps([a.raw for a in items]))
         return
     if not items:
-        console.print("Nothing received yet.")
+        console.print("Nothing received matches." if filters else "Nothing received yet.")
         return
     table = SafeTable("id", "from", "title", "TLP", "sealed", "size", "received", "state")
     now = datetime.now(UTC)

@@ -13,7 +13,7 @@ nor the command line (typer, rich).
 """
 
 from service.client._async import AsyncClient, AsyncContent
-from service.client._protocol import share_metadata, tlp_label
+from service.client._protocol import Filters, share_metadata, tlp_label
 from service.client._sync import Client, Content
 from service.client.errors import (
     NodeUnreachableError,
@@ -43,6 +43,7 @@ __all__ = [
     "Downloaded",
     "EvaluationSummary",
     "Event",
+    "Filters",
     "NodeUnreachableError",
     "Page",
     "PendingApproval",

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Unpack
 from urllib.parse import quote
 
 import anyio
@@ -148,35 +148,25 @@ class AsyncClient:
         self,
         direction: Literal["received", "sent"] | None = "received",
         *,
-        partner: str | None = None,
-        task: str | None = None,
-        model: str | None = None,
-        tlp: str | None = None,
-        topic: str | None = None,
         limit: int | None = 50,
         cursor: str | None = None,
+        **filters: Unpack[p.Filters],
     ) -> Page:
         """:meth:`Client.list <service.client.Client.list>`."""
-        params = p.list_params(direction, partner=partner, task=task, model=model, tlp=tlp,
-                               topic=topic, limit=limit, cursor=cursor)  # fmt: skip
+        params = p.list_params(direction, filters, limit=limit, cursor=cursor)
         return p.page(await self._request("GET", "/v1/artifacts", params=params))
 
     async def artifacts(
         self,
         direction: Literal["received", "sent"] | None = "received",
         *,
-        partner: str | None = None,
-        task: str | None = None,
-        model: str | None = None,
-        tlp: str | None = None,
-        topic: str | None = None,
         page_size: int | None = 50,
+        **filters: Unpack[p.Filters],
     ) -> AsyncIterator[Artifact]:
         """Every artifact :meth:`list` would show, page after page."""
         cursor: str | None = None
         while True:
-            found = await self.list(direction, partner=partner, task=task, model=model, tlp=tlp,
-                                    topic=topic, limit=page_size, cursor=cursor)  # fmt: skip
+            found = await self.list(direction, limit=page_size, cursor=cursor, **filters)
             for item in found.items:
                 yield item
             if found.next_cursor is None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 
 import httpx
 
@@ -290,19 +290,31 @@ def shared(response: httpx.Response) -> Shared:
     return Shared("shared", Artifact.from_json(raw), None, replayed, raw)
 
 
+class Filters(TypedDict, total=False):
+    """What a listing keeps (``Client.list(..., title="cyber", since=...)``): every filter
+    given must match. ``since`` and ``until`` bound when this node recorded the artifact."""
+
+    partner: str  # the origin, the sender or one of the recipients
+    tlp: str
+    topic: str
+    purpose: str
+    task: str  # an evaluation log's task (exact name)
+    model: str  # an evaluation log's model (exact name)
+    title: str  # text in the title, any case
+    since: datetime | str  # recorded at or after (a time with a zone)
+    until: datetime | str  # recorded before
+
+
 def list_params(
-    direction: str | None,
-    *,
-    partner: str | None,
-    task: str | None,
-    model: str | None,
-    tlp: str | None,
-    topic: str | None,
-    limit: int | None,
-    cursor: str | None,
+    direction: str | None, filters: Filters, *, limit: int | None, cursor: str | None
 ) -> dict[str, Any]:
-    given = {"direction": direction, "partner": partner, "task": task, "model": model,
-             "tlp": tlp, "topic": topic, "limit": limit, "cursor": cursor}  # fmt: skip
+    given: dict[str, Any] = {"direction": direction, **filters, "limit": limit, "cursor": cursor}
+    for bound in ("since", "until"):
+        when = given.get(bound)
+        if isinstance(when, datetime):
+            if when.tzinfo is None:
+                raise UsageError(f"{bound} needs a time zone (a naive time is ambiguous)")
+            given[bound] = when.isoformat()
     return {name: value for name, value in given.items() if value is not None}
 
 

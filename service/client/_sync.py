@@ -14,7 +14,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -152,36 +152,27 @@ class Client:
         self,
         direction: Literal["received", "sent"] | None = "received",
         *,
-        partner: str | None = None,
-        task: str | None = None,
-        model: str | None = None,
-        tlp: str | None = None,
-        topic: str | None = None,
         limit: int | None = 50,
         cursor: str | None = None,
+        **filters: Unpack[p.Filters],
     ) -> Page:
         """One page of the artifacts shared with this node (``received``) or by it (``sent``),
-        newest first, filtered by partner, evaluation task or model, TLP or topic."""
-        params = p.list_params(direction, partner=partner, task=task, model=model, tlp=tlp,
-                               topic=topic, limit=limit, cursor=cursor)  # fmt: skip
+        newest first, filtered by :class:`Filters` (partner, TLP, topic, purpose, evaluation
+        task or model, words in the title, when it was recorded)."""
+        params = p.list_params(direction, filters, limit=limit, cursor=cursor)
         return p.page(self._request("GET", "/v1/artifacts", params=params))
 
     def artifacts(
         self,
         direction: Literal["received", "sent"] | None = "received",
         *,
-        partner: str | None = None,
-        task: str | None = None,
-        model: str | None = None,
-        tlp: str | None = None,
-        topic: str | None = None,
         page_size: int | None = 50,
+        **filters: Unpack[p.Filters],
     ) -> Iterator[Artifact]:
         """Every artifact :meth:`list` would show, page after page."""
         cursor: str | None = None
         while True:
-            found = self.list(direction, partner=partner, task=task, model=model, tlp=tlp,
-                              topic=topic, limit=page_size, cursor=cursor)  # fmt: skip
+            found = self.list(direction, limit=page_size, cursor=cursor, **filters)
             yield from found.items
             if found.next_cursor is None:
                 return

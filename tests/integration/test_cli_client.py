@@ -106,6 +106,14 @@ def test_share_quiet_prints_the_id_and_get_waits_for_its_arrival(
                   env=_as(fed, "us-aisi", "reader"))  # fmt: skip
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "got.txt").read_bytes() == b"notes\n"
+    found = run_cli("inbox", "--search", "NOTES", "--since", "2020-01-01T00:00:00Z", "--json",
+                    env=_as(fed, "us-aisi", "reader"))  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert ident in [a["id"] for a in json.loads(found.stdout)]
+    none = run_cli("inbox", "--search", "no such title", env=_as(fed, "us-aisi", "reader"))
+    assert none.returncode == 0 and "Nothing received matches." in none.stdout
+    naive = run_cli("inbox", "--since", "2020-01-01", env=_as(fed, "us-aisi", "reader"))
+    assert naive.returncode == 2 and "--since needs a time zone" in naive.stderr
 
 
 def test_denied_share_names_rule_and_clause(fed: Federation, tmp_path: Path) -> None:

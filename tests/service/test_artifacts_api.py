@@ -222,3 +222,37 @@ async def test_stored_ciphertext_failing_verification_is_a_502_problem(uk: Kit) 
         assert problem["type"] == "urn:entente:problem:artifact-corrupt"
         assert art["id"] in problem["detail"]
         assert content[:64] not in r.content
+
+
+async def test_search_by_title_time_and_metadata(uk: Kit) -> None:
+    titles = ["Cyber range 100% results", "Bio uplift notes", "cyber_ctf scores"]
+    async with uk.client() as c:
+        stamps = []
+        for i, title in enumerate(titles):
+            purposes = ["research"] if i == 1 else ["evaluation"]
+            topics = ["safety-research"] if i == 1 else ["evaluation"]
+            r = await c.post(
+                "/v1/artifacts",
+                content=upload_body(_meta(title=title, purposes=purposes, topics=topics), b"x"),
+                headers={**UPLOAD_HEADERS, **uk.auth(Role.PUBLISHER)},
+            )
+            assert r.status_code == 201, r.text
+            stamps.append(r.json()["recorded_at"])
+
+        async def titles_for(**params: str) -> list[str]:
+            got = await c.get("/v1/artifacts", params=params, headers=uk.auth(Role.READER))
+            assert got.status_code == 200, got.text
+            return sorted(a["title"] for a in got.json()["items"])
+
+        assert await titles_for(title="CYBER") == ["Cyber range 100% results", "cyber_ctf scores"]
+        assert await titles_for(title="100%") == ["Cyber range 100% results"]  # % is literal
+        assert await titles_for(title="r_r") == []  # so is _ ("Cyber range" has "r r")
+        assert await titles_for(purpose="research") == ["Bio uplift notes"]
+        assert await titles_for(since=stamps[1]) == ["Bio uplift notes", "cyber_ctf scores"]
+        assert await titles_for(until=stamps[1]) == ["Cyber range 100% results"]
+        assert await titles_for(since=stamps[1], until=stamps[2]) == ["Bio uplift notes"]
+        naive = await c.get(
+            "/v1/artifacts", params={"since": "2026-01-01T00:00:00"}, headers=uk.auth(Role.READER)
+        )
+        assert naive.status_code == 422
+        assert naive.headers["content-type"].startswith("application/problem+json")

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
@@ -295,6 +296,14 @@ def test_listing_walks_every_page() -> None:
                                          "limit": "50"}  # fmt: skip
     assert page.next_cursor == "c2" and page.items[0].recorded_at is not None
     assert page.items[0].recorded_at.tzinfo is not None  # a naive time is read as UTC
+    with Client(URL, "t", transport=httpx.MockTransport(handle)) as client:
+        client.list(title="cyber", purpose="research", since=datetime(2027, 1, 1, tzinfo=UTC))
+        assert dict(seen[-1].url.params) == {
+            "direction": "received", "title": "cyber", "purpose": "research",
+            "since": "2027-01-01T00:00:00+00:00", "limit": "50",
+        }  # fmt: skip
+        with pytest.raises(UsageError, match="since needs a time zone"):
+            client.list(since=datetime(2027, 1, 1))
 
 
 def content(data: bytes, *, digest: str | None = None) -> httpx.Response:

@@ -102,6 +102,9 @@ class DeliveryOut(BaseModel):
     attempts: int
     last_error: str | None
     delivered_at: datetime | None
+    # The partner's signed receipt (a DSSE envelope, verified by this node when it arrived;
+    # check it again offline with the partner's descriptor), once delivered.
+    receipt: dict[str, Any] | None = None
 
 
 class ArtifactOut(BaseModel):
@@ -128,6 +131,16 @@ class ArtifactOut(BaseModel):
     evaluation: EvaluationSummary | None = None
     manifest: dict[str, Any] | None = None
     deliveries: list[DeliveryOut] | None = None
+
+
+def _receipt(stored: str | None) -> dict[str, Any] | None:
+    if stored is None:
+        return None
+    try:
+        envelope = json.loads(stored)
+    except ValueError:
+        return None  # never stored so: receipts are verified before they are kept
+    return envelope if isinstance(envelope, dict) else None
 
 
 def artifact_out(
@@ -168,6 +181,7 @@ def artifact_out(
                 attempts=d.attempts,
                 last_error=d.last_error,
                 delivered_at=d.delivered_at,
+                receipt=_receipt(d.receipt),
             )
             for d in deliveries
         ]

@@ -98,6 +98,12 @@ COMMANDS: dict[str, Entry] = {
         "command",
         "Download and decrypt an artifact (your read is audited).",
     ),
+    "show": Entry(
+        "service.cli.show",
+        "show",
+        "command",
+        "Show one artifact: its terms, and each partner's delivery and signed receipt.",
+    ),
     "revoke": Entry(
         "service.cli.client",
         "revoke",

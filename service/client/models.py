@@ -66,15 +66,18 @@ class Delivery:
     attempts: int
     last_error: str | None
     delivered_at: datetime | None
+    receipt: Mapping[str, Any] | None = None  # the partner's signed receipt (DSSE envelope)
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Delivery:
+        receipt = raw.get("receipt")
         return cls(
             partner=_get(raw, "partner", str),
             state=_get(raw, "state", str),
             attempts=_get(raw, "attempts", int),
             last_error=raw.get("last_error"),
             delivered_at=_time(raw, "delivered_at"),
+            receipt=receipt if isinstance(receipt, Mapping) else None,
         )
 
 

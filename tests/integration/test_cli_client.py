@@ -127,3 +127,32 @@ def test_denied_share_names_rule_and_clause(fed: Federation, tmp_path: Path) -> 
     line = result.stderr.strip()
     assert len(line.splitlines()) == 1
     assert "403" in line and "above-amber" in line and "US-UK MOU 2024" in line
+
+
+def test_show_prints_each_partners_delivery_and_signed_receipt(
+    fed: Federation, tmp_path: Path
+) -> None:
+    finding = tmp_path / "finding.txt"
+    finding.write_bytes(b"finding\n")
+    ident = run_cli(
+        "share", str(finding), "--to", "us-aisi", "--tlp", "green", "--topic", "evaluation",
+        "--purpose", "evaluation", "-q", env=_as(fed, "uk-aisi", "publisher"),
+    ).stdout.strip()  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        shown = run_cli("show", ident, "--json", env=_as(fed, "uk-aisi", "auditor"))
+        assert shown.returncode == 0, shown.stderr
+        deliveries = json.loads(shown.stdout)["deliveries"]
+        if (deliveries and deliveries[0]["state"] == "delivered") or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert [d["partner"] for d in deliveries] == ["us-aisi"]
+    receipt = deliveries[0]["receipt"]
+    assert receipt["payloadType"] and receipt["signatures"][0]["sig"]
+    text = run_cli("show", ident, env=_as(fed, "uk-aisi", "auditor"))
+    assert text.returncode == 0, text.stderr
+    row = next(line for line in text.stdout.splitlines() if line.startswith("│ us-aisi"))
+    assert "delivered" in row and "signed by" in row
+    assert "share-evaluation" in text.stdout or "allowed by" in text.stdout
+    at_partner = run_cli("show", ident, env=_as(fed, "us-aisi", "reader"))
+    assert at_partner.returncode == 0 and "from uk-aisi" in at_partner.stdout

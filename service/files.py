@@ -68,6 +68,37 @@ def content_disposition(filename: str) -> str:
     return value
 
 
+# The media types a download may be served as, by file name: data formats a browser never runs.
+# Anything else (HTML, SVG, XML, scripts: a partner chooses the name and the bytes) is served as
+# application/octet-stream, always as an attachment, never sniffed, in a sandbox.
+PASSIVE_MEDIA_TYPES = {
+    ".eval": "application/zip",  # an Inspect log (a zip archive); `inspect view` opens it
+    ".json": "application/json",
+    ".jsonl": "application/jsonl",
+    ".csv": "text/csv",
+    ".txt": "text/plain",
+    ".md": "text/markdown",
+    ".pdf": "application/pdf",
+    ".zip": "application/zip",
+    ".gz": "application/gzip",
+    ".tar": "application/x-tar",
+    ".parquet": "application/vnd.apache.parquet",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".age": "application/octet-stream",
+}
+
+
+DOWNLOAD_TYPES = sorted({"application/octet-stream", *PASSIVE_MEDIA_TYPES.values()})
+
+
+def media_type_for(filename: str | None) -> str:
+    """The ``Content-Type`` for a download named ``filename`` (see :data:`PASSIVE_MEDIA_TYPES`)."""
+    suffix = Path(filename or "").suffix.lower()
+    return PASSIVE_MEDIA_TYPES.get(suffix, "application/octet-stream")
+
+
 def disposition_filename(header: str | None) -> str | None:
     """The file name a ``Content-Disposition`` header gives (``filename*`` first), if it is a
     safe base name (:func:`is_base_name`); else None."""

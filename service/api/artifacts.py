@@ -33,7 +33,7 @@ from service.artifacts import share as sharing
 from service.errors import InvalidInputError, TooLargeError
 from service.federation import onward as onward_domain
 from service.federation import status as sync_status
-from service.files import content_disposition
+from service.files import DOWNLOAD_TYPES, content_disposition, media_type_for
 from service.models import Approval, Artifact
 from service.node import Node
 from service.partners import list_partners
@@ -420,7 +420,7 @@ def get_artifact(artifact_id: str, node: NodeDep, principal: Anyone) -> Artifact
     summary="Decrypt and stream an artifact's plaintext (audited)",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The plaintext"},
+        200: {"content": {t: {} for t in DOWNLOAD_TYPES}, "description": "The plaintext"},
         **_problems(401, 403, 404, 409, 410, 502),
     },
 )
@@ -432,12 +432,15 @@ def get_content(artifact_id: str, node: NodeDep, principal: Reader) -> Streaming
     first = next(stream.chunks, b"")
     return StreamingResponse(
         itertools.chain((first,), stream.chunks),
-        media_type="application/octet-stream",
+        media_type=media_type_for(row.filename),
         headers={
             "Content-Length": str(row.size),
             "Digest-SHA256": row.sha256,
             "Content-Disposition": content_disposition(row.filename or f"{row.id}.bin"),
             "Cache-Control": "no-store",
+            # a partner's bytes on this node's origin: never sniffed, never run
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "sandbox; default-src 'none'",
         },
     )
 

@@ -256,3 +256,32 @@ async def test_search_by_title_time_and_metadata(uk: Kit) -> None:
         )
         assert naive.status_code == 422
         assert naive.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_download_is_typed_by_its_name_only_when_the_type_is_passive(uk: Kit) -> None:
+    async with uk.client() as c:
+        served = {}
+        for name, body in (("results.json", b'{"score": 1}'), ("run.eval", b"PK\x03\x04"),
+                           ("page.html", b"<script>alert(1)</script>"),
+                           ("image.svg", b"<svg onload=alert(1)/>"), ("notes", b"x")):  # fmt: skip
+            r = await c.post(
+                "/v1/artifacts",
+                content=upload_body(_meta(title=name, filename=name), body),
+                headers={**UPLOAD_HEADERS, **uk.auth(Role.PUBLISHER)},
+            )
+            assert r.status_code == 201, r.text
+            got = await c.get(
+                f"/v1/artifacts/{r.json()['id']}/content", headers=uk.auth(Role.READER)
+            )
+            assert got.status_code == 200 and got.content == body
+            assert got.headers["x-content-type-options"] == "nosniff"
+            assert got.headers["content-security-policy"].startswith("sandbox")
+            assert got.headers["content-disposition"].startswith("attachment;")
+            served[name] = got.headers["content-type"]
+    assert served == {
+        "results.json": "application/json",
+        "run.eval": "application/zip",
+        "page.html": "application/octet-stream",  # a partner's HTML never runs on this origin
+        "image.svg": "application/octet-stream",
+        "notes": "application/octet-stream",
+    }

@@ -73,9 +73,13 @@ class RetentionRound:
     more: bool  # rows remain after the cursor: the next round should follow at once
 
 
-def _permits(node: Node, partner: str) -> dict[str, set[tuple[str, int | None]]] | None:
-    """This node's policy about ``partner``: each permit's retention obligations."""
-    policy = node.policies.current.get(partner)
+def _permits(
+    node: Node, partner: str, when: datetime
+) -> dict[str, set[tuple[str, int | None]]] | None:
+    """This node's policy about ``partner`` in force at ``when`` (the time of the decision:
+    after an amendment the rule that stated an obligation may be the earlier version's):
+    each permit's retention obligations."""
+    policy = node.policies.current.at(partner, when)
     if policy is None:
         return None
     return {
@@ -84,14 +88,14 @@ def _permits(node: Node, partner: str) -> dict[str, set[tuple[str, int | None]]]
     }
 
 
-def _decided_terms(node: Node, decision: Decision, partner: str) -> list[Term]:
+def _decided_terms(node: Node, decision: Decision, partner: str, when: datetime) -> list[Term]:
     if not decision.allowed:
         return []
     entry = {
         "rules": [r.to_json() for r in decision.rules],
         "obligations": [o.to_json() for o in decision.obligations],
     }
-    return terms_of_decision(entry, stated_by="own", permits=_permits(node, partner))
+    return terms_of_decision(entry, stated_by="own", permits=_permits(node, partner, when))
 
 
 def terms_for(node: Node, row: Artifact) -> tuple[Term, ...]:
@@ -107,7 +111,7 @@ def terms_for(node: Node, row: Artifact) -> tuple[Term, ...]:
         if not isinstance(entry, dict):
             continue
         partner = str(entry.get("partner", ""))
-        permits = None if received else _permits(node, partner)
+        permits = None if received else _permits(node, partner, row.recorded_at)
         stated_by = "origin" if received else "own"
         terms += terms_of_decision(entry, stated_by=stated_by, permits=permits)
     if received:  # this node's own terms on receiving and reading what the origin sent
@@ -115,7 +119,7 @@ def terms_for(node: Node, row: Artifact) -> tuple[Term, ...]:
         readable_from = max(row.recorded_at, row.embargo_until or row.recorded_at)
         for action, when in (("receive", row.recorded_at), ("read", readable_from)):
             decision = node.policies.decide(facts.request(row.origin, action), now=when)
-            terms += _decided_terms(node, decision, row.origin)
+            terms += _decided_terms(node, decision, row.origin, when)
     known = {(t.kind, t.days) for t in terms}
     for obligation in terms_of_decision(
         {"obligations": json_list(row.obligations)}, stated_by="own"

@@ -4,6 +4,7 @@ terms contradict each other."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -132,3 +133,33 @@ def test_inconsistent_terms(
     assert (got[0] if got else None) == reason
     if got and retention is not None:
         assert retention.rule in got[1]
+
+
+def test_retention_terms_name_the_rule_of_the_version_that_decided(tmp_path: Path) -> None:
+    """After an amendment changes a rule's retain_max, a decision taken under the first version
+    is attributed with the first version's obligations (not the latest's)."""
+    from types import SimpleNamespace
+
+    from policies import PolicySet, examples_dir, load_file
+    from service.artifacts.retention import _permits
+
+    text = examples_dir().joinpath("uk-aisi", "us-aisi.yaml").read_text()
+    first = text.replace("valid_until: 2029-03-31", "valid_until: 2026-12-31")
+    second = (
+        text.replace("version: 1", "version: 2")
+        .replace("valid_from: 2024-04-01", "valid_from: 2027-01-01")
+        .replace("retain_max: {days: 730}", "retain_max: {days: 365}")
+    )
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v1" / "us-aisi.yaml").write_text(first)
+    (tmp_path / "v2" / "us-aisi.yaml").write_text(second)
+    policies = PolicySet.from_policies(
+        load_file(tmp_path / v / "us-aisi.yaml") for v in ("v1", "v2")
+    )
+    node = SimpleNamespace(policies=SimpleNamespace(current=policies))
+    before = _permits(node, "us-aisi", datetime(2026, 6, 1, tzinfo=UTC))  # type: ignore[arg-type]
+    after = _permits(node, "us-aisi", datetime(2027, 6, 1, tzinfo=UTC))  # type: ignore[arg-type]
+    assert before is not None and after is not None
+    assert ("retain_max", 730) in before["read-amber-inform"]
+    assert ("retain_max", 365) in after["read-amber-inform"]

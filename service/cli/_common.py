@@ -13,13 +13,23 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from service.cli._terminal import TerminalConsole
+from service.errors import UsageError
 from service.home import Home, open_home
 from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.db import Database
 
-__all__ = ["DbUrlOpt", "HomeOpt", "JsonOpt", "console", "err_console", "open_db", "settings_for"]
+__all__ = [
+    "DbUrlOpt",
+    "HomeOpt",
+    "JsonOpt",
+    "console",
+    "err_console",
+    "open_db",
+    "read_input",
+    "settings_for",
+]
 
 HomeOpt = Annotated[
     Path | None,
@@ -38,6 +48,14 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts")]
 # Every string these print passes service.cli._terminal.printable (see there for outside data).
 console = TerminalConsole(highlight=False, soft_wrap=True)
 err_console = TerminalConsole(stderr=True, highlight=False)
+
+
+def read_input(path: Path) -> bytes:
+    """The bytes of a file a command was given, or a one-line usage error naming it."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def settings_for(home: Path | None, database_url: str | None = None, **extra: object) -> Settings:

@@ -50,7 +50,7 @@ from policies._agreement import EVERY, Agreement, Terms
 from policies.errors import PolicyError
 from service.agreements import AGREEMENT_SUFFIX, AgreementKeys, read_signed
 from service.audit.log import record
-from service.cli._common import HomeOpt, JsonOpt, console, open_db, settings_for
+from service.cli._common import HomeOpt, JsonOpt, console, open_db, read_input, settings_for
 from service.cli._http import http_client as _client
 from service.cli._http import raise_for as _raise_for
 from service.cli._http import send as _send
@@ -69,16 +69,9 @@ FileArg = Annotated[Path, typer.Argument(help="A signed agreement file (*.agreem
 KeyOpt = Annotated[Path, typer.Option("--key", help="The officer's key file (officer-key)")]
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-
-
 def _load(path: Path) -> tuple[SignedAgreement, Agreement]:
     try:
-        return read_signed(str(path), _read(path))
+        return read_signed(str(path), read_input(path))
     except PolicyError as exc:
         raise UsageError(f"{path} is not a valid agreement: {exc}") from None
 
@@ -106,7 +99,7 @@ def _public_json(keys: KeySet) -> dict[str, Any]:
 
 def _read_public(path: Path) -> KeySet:
     try:
-        data = json.loads(_read(path))
+        data = json.loads(read_input(path))
         mldsa = data.get("mldsa")
         return KeySet(
             VerifyKey(base64.b64decode(data["ed25519"], validate=True)),
@@ -119,7 +112,7 @@ def _read_public(path: Path) -> KeySet:
 
 
 def _read_officer(path: Path) -> SignerSet:
-    raw = _read(path)
+    raw = read_input(path)
     protected = not raw.startswith(b"# UNENCRYPTED")
     secret = read_key(path, _officer_passphrase(False) if protected else None)
     if len(secret) != 64:
@@ -189,7 +182,7 @@ def _terms(specs: list[str]) -> list[Terms]:
         if not sep or not colon:
             raise UsageError(f"--terms {spec!r}: write PARTY:PARTNER=FILE")
         path = Path(file)
-        out.append(Terms(party, partner, path.name, _read(path).decode("utf-8")))
+        out.append(Terms(party, partner, path.name, read_input(path).decode("utf-8")))
     return out
 
 
@@ -260,7 +253,7 @@ def sign(
     signed, agreement = _load(file)
     officer = _read_officer(key)
     try:
-        cert_env = Envelope.from_bytes(_read(certificate))
+        cert_env = Envelope.from_bytes(read_input(certificate))
         cert = OfficerCertificate.from_json(json.loads(cert_env.payload))
     except (CryptoError, ValueError):
         raise UsageError(f"{certificate} is not an officer certificate") from None
@@ -367,7 +360,7 @@ def adopt(file: FileArg, home: HomeOpt = None) -> None:
     if checker is None:
         raise UsageError("give --home (or ENTENTE_HOME): the node that adopts it")
     try:
-        checker.held(file.name, _read(file), now=datetime.now(UTC), strict=True)
+        checker.held(file.name, read_input(file), now=datetime.now(UTC), strict=True)
     except PolicyError as exc:
         raise UsageError(str(exc)) from None
     if checker.node_id not in agreement.parties:

@@ -20,7 +20,15 @@ from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.keys import normalize_fingerprint
 from crypto.roster import Member, Roster, sign_roster
-from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, open_db, settings_for
+from service.cli._common import (
+    DbUrlOpt,
+    HomeOpt,
+    JsonOpt,
+    console,
+    open_db,
+    read_input,
+    settings_for,
+)
 from service.cli._terminal import SafeTable, outside
 from service.errors import UsageError
 from service.partners import list_partners
@@ -30,13 +38,6 @@ app = typer.Typer(help="Network rosters: join a network of N in one step.", no_a
 
 FileArg = Annotated[Path, typer.Argument(help="The roster file (a DSSE envelope)")]
 OPERATOR = "admin:cli"
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def descriptor_node_id(envelope: object) -> object:
@@ -87,7 +88,7 @@ def create(
         if not sep:
             raise UsageError(f"--member {spec!r}: write DESCRIPTOR_FILE=FINGERPRINT")
         try:
-            descriptor = json.loads(_read(Path(file)))
+            descriptor = json.loads(read_input(Path(file)))
             node_id = str(descriptor_node_id(descriptor))
             checked = Member(node_id, normalize_fingerprint(fingerprint), descriptor)
             checked.verified(datetime.now(UTC))
@@ -96,7 +97,7 @@ def create(
         if any(m.node_id == checked.node_id for m in members):
             raise UsageError(f"--member {file}: {checked.node_id} is already a member")
         members.append(checked)
-    before = read_roster(_read(previous))[1] if previous is not None else None
+    before = read_roster(read_input(previous))[1] if previous is not None else None
     roster = Roster(
         network,
         before.version + 1 if before else 1,
@@ -116,7 +117,7 @@ def sign(file: FileArg, home: HomeOpt = None) -> None:
     """Add this node's signature to a roster it is a member of (the file is rewritten)."""
     settings = settings_for(home)
     node_home, _db = open_db(settings)
-    envelope, roster = read_roster(_read(file))
+    envelope, roster = read_roster(read_input(file))
     member = roster.member(node_home.node_id)
     if member is None or member.fingerprint != node_home.fingerprint:
         raise UsageError(f"{node_home.node_id} is not a member of this roster under its own key")
@@ -127,7 +128,7 @@ def sign(file: FileArg, home: HomeOpt = None) -> None:
 @app.command()
 def show(file: FileArg, as_json: JsonOpt = False) -> None:
     """The roster's members and fingerprints, and its SHA-256 to compare out of band."""
-    envelope, roster = read_roster(_read(file))
+    envelope, roster = read_roster(read_input(file))
     if as_json:
         typer.echo(json.dumps({"network": roster.network, "version": roster.version,
                                "sha256": roster.sha256, "signatures": len(envelope.signatures),
@@ -169,7 +170,7 @@ def import_(
     keys = node_home.unlock(settings)
     with db.session() as session:
         result = import_roster(
-            session, _read(file), node_id=node_home.node_id, own_keysets=keys.keysets,
+            session, read_input(file), node_id=node_home.node_id, own_keysets=keys.keysets,
             now=datetime.now(UTC), actor=OPERATOR, digest=digest, threshold=threshold,
             remove_missing=remove_missing,
         )  # fmt: skip

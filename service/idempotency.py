@@ -13,7 +13,8 @@ principal, the route and its parameters, and the whole body (:func:`fingerprint`
    (else a 422, :class:`~service.errors.IdempotencyKeyReusedError`).
 2. While the request runs, a thread of the process renews the claim's lease
    (``idempotency_lease_seconds``), so a request that died (a crashed replica) frees its key
-   after one lease, and a retry then takes the key over.
+   after one lease, and a retry then takes the key over. Renewal never waits for a row that a
+   share's transaction holds (:meth:`_Leases.renew`): it cannot deadlock with a group commit.
 3. The share's own transaction settles the claim (:meth:`Claim.recorder`, run through
    ``service.commits.GroupCommit.write``'s ``within``): the row becomes ``done`` with the
    result's status, body and ``Location``, or, if another request took the key over meanwhile,
@@ -251,13 +252,29 @@ class _Leases:
                 log.warning("could not renew idempotency key leases", exc_info=True)
 
     def renew(self, held: list[str]) -> None:
+        """Extend the leases of the ``held`` claims still pending, never waiting for a row.
+
+        A claim's row is locked by the share's transaction that settles it (a group commit
+        settles several, in its own order). Renewal takes the rows it can lock now and skips
+        the others (PostgreSQL ``FOR UPDATE SKIP LOCKED``; SQLite has no row locks and renders
+        none): one that waited for such a row while holding another could close a cycle with
+        that transaction, a deadlock the database ends by failing one of them. A skipped row is
+        being settled, so it needs no lease; one that stays pending is renewed next round."""
         until = self._clock() + timedelta(seconds=self._seconds)
         with self._db.engine.begin() as conn:
-            conn.execute(
-                sa.update(KEYS)
-                .where(KEYS.c.claim.in_(held), KEYS.c.state == "pending")
-                .values(lease_until=until)
+            free = list(
+                conn.execute(
+                    sa.select(KEYS.c.claim)
+                    .where(KEYS.c.claim.in_(held), KEYS.c.state == "pending")
+                    .with_for_update(skip_locked=True)
+                ).scalars()
             )
+            if free:
+                conn.execute(
+                    sa.update(KEYS)
+                    .where(KEYS.c.claim.in_(free), KEYS.c.state == "pending")
+                    .values(lease_until=until)
+                )
 
 
 _all_leases: weakref.WeakKeyDictionary[Database, _Leases] = weakref.WeakKeyDictionary()

@@ -53,6 +53,9 @@ REPLICAS = 3
 WORKERS = 8  # shares in flight at once
 KILL_EVERY = (2.0, 4.0)  # seconds between two kills, drawn uniformly
 BODY_BYTES = 2048  # random plaintext of each share: no two shares have the same digest
+PART_BYTES = 5 << 20  # the smallest S3 part (ENTENTE_S3_PART_BYTES)
+LARGE_EVERY = 100  # every 100th share is larger than a part: a multipart upload to <prefix>/tmp/
+LARGE_BYTES = PART_BYTES + (64 << 10)  # then copied to its content address
 DRAIN_SECONDS = 300.0  # bounds the wait for the outbox and the sweep; never a measure of speed
 
 
@@ -109,7 +112,7 @@ class Outcome:
 
 
 def share_one(client: Client, i: int, rng: random.Random) -> Outcome:
-    body = rng.randbytes(BODY_BYTES)
+    body = rng.randbytes(LARGE_BYTES if i % LARGE_EVERY == LARGE_EVERY - 1 else BODY_BYTES)
     outcome = Outcome(str(uuid.uuid4()), hashlib.sha256(body).hexdigest())
     try:
         shared = client.share(
@@ -242,6 +245,20 @@ def blob_key(digest: str) -> str:
     return f"{digest[:2]}/{digest[2:4]}/{digest}"
 
 
+def logged_errors(paths: list[Path]) -> list[str]:
+    """The lines logged at level error or above, and tracebacks (an unhandled error: a 500)."""
+    found = []
+    for path in paths:
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                level = json.loads(line).get("level", "")
+            except ValueError:
+                level = ""
+            if level in ("error", "critical") or "Traceback" in line:
+                found.append(f"{path.name}: {line[:300]}")
+    return found
+
+
 def audit_verify(home: Path, env: dict[str, str], state: Path) -> dict[str, Any]:
     result = run_cli(
         "audit", "verify", "--home", str(home), "--json", "--state", str(state),
@@ -268,6 +285,7 @@ def test_three_replicas_on_postgres_and_seaweedfs_under_repeated_kills(
         # Each restart sweeps the journal rows older than this while the others share: a
         # share takes well under a second, so nothing in flight is that old.
         "ENTENTE_BLOB_ORPHAN_GRACE_SECONDS": "60",
+        "ENTENTE_S3_PART_BYTES": str(PART_BYTES),
         "ENTENTE_LOG_LEVEL": "WARNING",
         "ENTENTE_RATE_LIMIT_PER_MINUTE": "1000000",  # one token shares as fast as it can here
     }
@@ -421,6 +439,10 @@ def test_three_replicas_on_postgres_and_seaweedfs_under_repeated_kills(
     partner = audit_verify(tmp_path / "us-aisi", us_env, tmp_path / "us-state.json")
     assert partner["ok"] is True
     assert partner["entries"] >= COUNT
+
+    # Nothing failed unhandled, on any replica or on the partner.
+    logs = [n.log_path for n in [*nodes, sweeper, us] if n.log_path is not None]
+    assert not logged_errors(logs), logged_errors(logs)[:10]
 
     print(
         f"\n{COUNT} shares through {REPLICAS} replicas, {kills} kills, {retried} shares retried, "

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -355,3 +357,71 @@ def test_an_onward_share_with_a_key_is_made_once(tmp_path: Path) -> None:
     with us.node.db.session() as s:
         sent_rows = s.exec(select(Artifact).where(Artifact.direction == "sent")).all()
     assert [a.id for a in sent_rows] == [first.json()["id"]]
+
+
+@pytest.mark.postgres
+def test_renewing_leases_never_deadlocks_with_a_group_commit_settling_them(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A replica's lease renewal updates all the claims it holds at once while its group commit
+    settles several of them in one transaction, in its own order: the renewal must skip a row
+    being settled rather than wait for it holding another (found by
+    tests/integration/test_replicas_s3.py as PostgreSQL's "deadlock detected")."""
+    kit = make_node(tmp_path, "uk-aisi", db_url=pg_url)
+    publisher = Principal(_token_id(kit, Role.PUBLISHER), "publisher-user", Role.PUBLISHER)
+    now = kit.node.now()
+    first, second = "a" * 32, "b" * 32  # inserted in this order: a renewal meets `first` first
+    with kit.node.db.engine.begin() as conn:
+        for claim_id in (first, second):
+            conn.execute(
+                sa.insert(KEYS),
+                [{"principal": publisher.token_id, "idempotency_key": claim_id,
+                  "claim": claim_id, "state": "pending", "route": "POST /v1/artifacts",
+                  "created_at": now, "lease_until": now + timedelta(seconds=30),
+                  "expires_at": now + timedelta(seconds=30)}],
+            )  # fmt: skip
+    claims = {
+        c: idempotency.Claim(kit.node, principal=publisher, key=c, claim=c) for c in (first, second)
+    }
+    for claim in claims.values():
+        claim.fingerprint = "f" * 64
+    renewal_failed: list[BaseException] = []
+
+    def renew() -> None:
+        try:
+            idempotency._leases(kit.node).renew([first, second])
+        except BaseException as exc:
+            renewal_failed.append(exc)
+
+    renewer = threading.Thread(target=renew)
+    with kit.node.db.engine.begin() as group:  # a group commit settling `second`, then `first`
+        claims[second].settle(group, idempotency.Result(201, b"{}"))
+        renewer.start()
+        deadline = time.monotonic() + 30
+        while renewer.is_alive() and not _waits_for_a_lock(pg_url):  # done, or blocked on `second`
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        claims[first].settle(group, idempotency.Result(201, b"{}"))
+    renewer.join(30)
+    assert not renewer.is_alive()
+    assert renewal_failed == []
+    with kit.node.db.engine.connect() as conn:
+        states = dict(conn.execute(sa.select(KEYS.c.claim, KEYS.c.state)).all())
+    assert states == {first: "done", second: "done"}
+
+
+def _waits_for_a_lock(pg_url: str) -> bool:
+    """Whether a session of the test's database waits for a row lock now."""
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            return bool(
+                conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    )
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()

@@ -43,7 +43,7 @@ import sqlalchemy as sa
 
 from service.client import Client
 from service.federation.setup import prepare_federation
-from tests.nodes import ENTENTE, PASSPHRASE, NodeProcess, base_env, run_cli
+from tests.nodes import PASSPHRASE, NodeProcess, base_env, run_cli
 from tests.seaweed import BUCKET, SeaweedFS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.postgres]
@@ -107,12 +107,13 @@ class Outcome:
     sha256: str
     artifact_id: str | None = None
     status: str | None = None
+    replayed: bool = False  # answered from the key: an earlier attempt had shared it
     error: str | None = None
     retries: list[str] = field(default_factory=list)
 
 
-def share_one(client: Client, i: int, rng: random.Random) -> Outcome:
-    body = rng.randbytes(LARGE_BYTES if i % LARGE_EVERY == LARGE_EVERY - 1 else BODY_BYTES)
+def share_one(client: Client, i: int) -> Outcome:
+    body = os.urandom(LARGE_BYTES if i % LARGE_EVERY == LARGE_EVERY - 1 else BODY_BYTES)
     outcome = Outcome(str(uuid.uuid4()), hashlib.sha256(body).hexdigest())
     try:
         shared = client.share(
@@ -130,45 +131,47 @@ def share_one(client: Client, i: int, rng: random.Random) -> Outcome:
         outcome.error = f"{type(exc).__name__}: {exc}"
         return outcome
     outcome.status = shared.status
+    outcome.replayed = shared.replayed
     outcome.artifact_id = shared.artifact.id if shared.artifact is not None else None
     return outcome
 
 
-def share_all(replicas: Replicas, token: str, count: int) -> list[Future[Outcome]]:
+def share_all(replicas: Replicas, token: str, count: int) -> tuple[list[Future[Outcome]], Pool]:
     """Submit ``count`` shares to a pool of :data:`WORKERS` threads, each with its own client
-    behind the balancer; the caller waits on the futures."""
-    local = threading.local()
-    clients: list[Client] = []
-    lock = threading.Lock()
+    behind the balancer; the caller waits on the futures, then closes the pool."""
+    pool = Pool(replicas, token)
+    futures = [pool.executor.submit(lambda i=i: share_one(pool.client(), i)) for i in range(count)]
+    return futures, pool
 
-    def client() -> Client:
-        if not hasattr(local, "client"):
-            # Enough retries to outlast an idempotency lease of a killed replica's request
-            # (ENTENTE_IDEMPOTENCY_LEASE_SECONDS) and two replicas restarting at once.
-            local.client = Client(
-                "http://balancer.invalid", token, retries=12, transport=Balancer(replicas),
-                timeout=httpx.Timeout(60.0, connect=5.0),
+
+class Pool:
+    """The sharing threads and their clients."""
+
+    def __init__(self, replicas: Replicas, token: str) -> None:
+        self.executor = ThreadPoolExecutor(WORKERS, thread_name_prefix="share")
+        self._replicas = replicas
+        self._token = token
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._clients: list[Client] = []
+
+    def client(self) -> Client:
+        """This thread's client. Enough retries to outlast the idempotency lease of a killed
+        replica's request (ENTENTE_IDEMPOTENCY_LEASE_SECONDS) and two replicas restarting."""
+        if not hasattr(self._local, "client"):
+            self._local.client = Client(
+                "http://balancer.invalid", self._token, retries=12,
+                transport=Balancer(self._replicas), timeout=httpx.Timeout(60.0, connect=5.0),
             )  # fmt: skip
-            with lock:
-                clients.append(local.client)
-        return local.client
+            with self._lock:
+                self._clients.append(self._local.client)
+        client: Client = self._local.client
+        return client
 
-    pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="share")
-    seed = random.SystemRandom().randrange(2**32)
-    futures = [
-        pool.submit(lambda i=i: share_one(client(), i, random.Random(seed + i)))
-        for i in range(count)
-    ]
-    pool.shutdown(wait=False)
-    threading.Thread(target=_close_when_done, args=(futures, clients), daemon=True).start()
-    return futures
-
-
-def _close_when_done(futures: list[Future[Outcome]], clients: list[Client]) -> None:
-    for f in futures:
-        f.exception()
-    for c in clients:
-        c.close()
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        for client in self._clients:
+            client.close()
 
 
 def answers(url: str) -> bool:
@@ -312,13 +315,15 @@ def test_three_replicas_on_postgres_and_seaweedfs_under_repeated_kills(
         home, "uk-aisi", env=base_env(**{**settings, "ENTENTE_BLOB_ORPHAN_GRACE_SECONDS": "0"})
     )
     sweeper.log_path = tmp_path / "uk-aisi-sweep.log"
-    started = time.monotonic()
+    pool: Pool | None = None
     try:
         us.start()
         for node in nodes:  # one at a time: the first one migrates the fresh database
             node.start()
-        futures = share_all(replicas, token, COUNT)
-        kills = chaos(replicas, lambda: all(f.done() for f in futures), random.Random())
+        started = time.monotonic()
+        futures, pool = share_all(replicas, token, COUNT)
+        rng = random.Random()  # noqa: S311 - which replica to kill, and when: not a secret
+        kills = chaos(replicas, lambda: all(f.done() for f in futures), rng)
         shared_in = time.monotonic() - started
         outcomes = [f.result() for f in futures]
 
@@ -327,6 +332,8 @@ def test_three_replicas_on_postgres_and_seaweedfs_under_repeated_kills(
         assert not failed, f"{len(failed)} shares failed, e.g. {failed[:3]}"
         assert {o.status for o in outcomes} == {"shared"}
         retried = sum(1 for o in outcomes if o.retries)
+        replayed = sum(1 for o in outcomes if o.replayed)
+        why = Counter(r.split(" (")[0] for o in outcomes for r in o.retries)
 
         def drained() -> bool:
             return not scalar(
@@ -404,6 +411,8 @@ def test_three_replicas_on_postgres_and_seaweedfs_under_repeated_kills(
         sweeper.start()
         wait_for(lambda: not scalar(engine, "SELECT count(*) FROM blobs_in_flight"), "the sweep")
     finally:
+        if pool is not None:  # before the replicas stop: no share is left waiting for them
+            pool.close()
         for node in [*nodes, sweeper, us]:
             node.send_signal(signal.SIGTERM)
         for node in [*nodes, sweeper, us]:
@@ -445,7 +454,8 @@ def test_three_replicas_on_postgres_and_seaweedfs_under_repeated_kills(
     assert not logged_errors(logs), logged_errors(logs)[:10]
 
     print(
-        f"\n{COUNT} shares through {REPLICAS} replicas, {kills} kills, {retried} shares retried, "
+        f"\n{COUNT} shares through {REPLICAS} replicas, {kills} kills, {retried} shares retried "
+        f"({replayed} answered from their key; retries: {dict(why)}), "
         f"shared in {shared_in:.0f} s, delivered in {drained_in:.0f} s; "
         f"{orphans_before} orphans and {journal_before} journal rows before the sweep"
     )

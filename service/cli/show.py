@@ -57,8 +57,9 @@ def show(
     token: TokenOpt,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show one artifact: its terms and, where you shared it, each partner's delivery and
-    signed receipt."""
+    """Show one artifact: its terms, and each partner's delivery and signed receipt.
+
+    Deliveries are listed on the node that shared it."""
     with Client(url, token) as client:
         art = client.artifact(artifact_id)
     if as_json:

@@ -27,7 +27,9 @@ def wait(
     ] = 60.0,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print nothing when ready")] = False,
 ) -> None:
-    """Wait until the node at --url is up and ready (for scripts: `entente serve … &` then this)."""
+    """Wait until a node is up and ready (for scripts and deployments).
+
+    For example `entente serve … &` and then `entente wait --url URL` before the first request."""
     if not url.startswith(("http://", "https://")):
         raise UsageError("--url must start with http:// or https://")
     deadline = time.monotonic() + timeout

@@ -101,7 +101,8 @@ class _HostileNode(BaseHTTPRequestHandler):
             item = {
                 "id": "01HOSTILE\x1b[2J", "origin": "evil-aisi\u202e", "title": HOSTILE,
                 "tlp": "TLP:AMBER[/]", "size": 1, "recorded_at": "2026-01-01T00:00:00+00:00",
-                "revoked_at": None, "embargo_until": None,
+                "revoked_at": None, "embargo_until": None, "direction": "received\x1b[31m",
+                "sha256": "ab\x07", "sealing": HOSTILE,
             }  # fmt: skip
             body, status, kind = json.dumps({"items": [item]}).encode(), 200, "application/json"
         else:

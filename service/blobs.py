@@ -82,7 +82,7 @@ class BlobWriter(Protocol):
 class BlobStore(Protocol):
     def writer(self) -> BlobWriter: ...
     def sync_placed(self) -> None: ...
-    def open(self, digest: str) -> BinaryIO: ...
+    def open(self, digest: str, *, offset: int = 0) -> BinaryIO: ...
     def exists(self, digest: str) -> bool: ...
     def delete(self, digest: str) -> None: ...
     def size(self, digest: str) -> int: ...
@@ -364,11 +364,15 @@ class FileBlobStore:
     def writer(self) -> _FileBlobWriter:
         return _FileBlobWriter(self)
 
-    def open(self, digest: str) -> BinaryIO:
+    def open(self, digest: str, *, offset: int = 0) -> BinaryIO:
+        """The blob's bytes, from ``offset`` on."""
         try:
-            return open(self.path_for(digest), "rb")
+            fh = open(self.path_for(digest), "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:
             raise NotFoundError("the ciphertext for this artifact is missing") from None
+        if offset:
+            fh.seek(offset)
+        return fh
 
     def exists(self, digest: str) -> bool:
         return self.path_for(digest).is_file()

@@ -230,13 +230,13 @@ class _S3BlobWriter:
 class _S3Reader(io.RawIOBase):
     """The body of one object, read in order; a broken connection resumes with ``Range``."""
 
-    def __init__(self, store: S3BlobStore, key: str, got: Any) -> None:
+    def __init__(self, store: S3BlobStore, key: str, got: Any, offset: int = 0) -> None:
         self._store = store
         self._key = key
         self._etag: str = got["ETag"]
-        self._length: int = got["ContentLength"]
+        self._length: int = offset + got["ContentLength"]
         self._body: Any = got["Body"]
-        self._pos = 0
+        self._pos = offset
         self._resumes = 0
 
     def readable(self) -> bool:
@@ -379,17 +379,21 @@ class S3BlobStore:
         except (ClientError, BotoCoreError) as exc:
             raise _failed("place a blob", exc) from None
 
-    def open(self, digest: str) -> BinaryIO:
+    def open(self, digest: str, *, offset: int = 0) -> BinaryIO:
+        """The blob's bytes, from ``offset`` on (a ``Range`` request)."""
         key = self.key_for(digest)
         try:
-            got = self.client.get_object(Bucket=self.bucket, Key=key)
+            if offset:
+                got = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-")
+            else:
+                got = self.client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _code(exc) in _MISSING:
                 raise NotFoundError("the ciphertext for this artifact is missing") from None
             raise _failed("read a blob", exc) from None
         except BotoCoreError as exc:
             raise _failed("read a blob", exc) from None
-        return io.BufferedReader(_S3Reader(self, key, got), buffer_size=1 << 16)
+        return io.BufferedReader(_S3Reader(self, key, got, offset), buffer_size=1 << 16)
 
     def _head(self, digest: str) -> int | None:
         try:

@@ -24,6 +24,7 @@ import binascii
 import io
 import json
 import logging
+import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -44,6 +45,7 @@ log = logging.getLogger("entente.pull")
 PAGE_SIZE = 500  # feed items per request
 PAGE_MAX_BYTES = PAGE_INLINE_BUDGET * 2 + (8 << 20)  # bytes of one feed page's JSON
 PULL_PARALLEL = 8  # partners pulled at the same time
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def pull_partner(
@@ -134,9 +136,16 @@ def partial_payloads(node: Node) -> PartialPayloads:
 
 
 def _ciphertext(item: dict[str, Any]) -> tuple[str, int] | None:
-    """The ciphertext's SHA-256 and size a feed item names, or None (an older origin)."""
+    """The ciphertext's SHA-256 and size a feed item names, or None (an older origin, or
+    values that are not a digest and a size: then the payload is fetched whole, as before)."""
     digest, size = item.get("ciphertext_sha256"), item.get("ciphertext_size")
-    if isinstance(digest, str) and isinstance(size, int) and not isinstance(size, bool):
+    if (
+        isinstance(digest, str)
+        and _SHA256.fullmatch(digest)
+        and isinstance(size, int)
+        and not isinstance(size, bool)
+        and 0 <= size < 2**62
+    ):
         return digest, size
     return None
 

@@ -24,6 +24,7 @@ from sqlmodel import select
 from service.errors import PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.federation.partial import PartialPayloads
+from service.federation import pull as pull_module
 from service.federation.pull import partial_payloads, pull_all
 from service.models import Artifact, AuditEntry, BlobInFlight, Partner, PullState
 from tests.service.nodekit import Kit, make_node, pin
@@ -248,3 +249,20 @@ def test_partial_files_are_named_by_digest_only_and_cleaned_after_the_grace(
                        path="/x", digest="../escape", size=1),
     ):  # fmt: skip
         pass  # pragma: no cover - refused before the block runs
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ({"ciphertext_sha256": "a" * 64, "ciphertext_size": 10}, ("a" * 64, 10)),
+        ({}, None),  # an older origin: fetched whole, as before
+        ({"ciphertext_sha256": "../../x", "ciphertext_size": 10}, None),
+        ({"ciphertext_sha256": "A" * 64, "ciphertext_size": 10}, None),
+        ({"ciphertext_sha256": "a" * 64, "ciphertext_size": True}, None),
+        ({"ciphertext_sha256": "a" * 64, "ciphertext_size": -1}, None),
+    ],
+)
+def test_only_a_well_formed_digest_makes_a_download_resumable(
+    item: dict[str, object], expected: tuple[str, int] | None
+) -> None:
+    assert pull_module._ciphertext(item) == expected

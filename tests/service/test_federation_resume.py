@@ -22,9 +22,9 @@ import pytest
 from sqlmodel import select
 
 from service.errors import PartnerRefusedError, PartnerUnavailableError
+from service.federation import pull as pull_module
 from service.federation.client import PartnerClient
 from service.federation.partial import PartialPayloads
-from service.federation import pull as pull_module
 from service.federation.pull import partial_payloads, pull_all
 from service.models import Artifact, AuditEntry, BlobInFlight, Partner, PullState
 from tests.service.nodekit import Kit, make_node, pin

@@ -405,11 +405,11 @@ REQUEST_LABEL = "sig1"  # the label Entente signs requests under
 
 
 def request_components(request: Request) -> tuple[Component, ...]:
-    """What a request covers in Entente's profile: :data:`REQUEST_COMPONENTS`, and
-    ``content-type`` when the request has one (its body is parsed by it)."""
-    if "content-type" in request.headers:
-        return (*REQUEST_COMPONENTS, Component("content-type"))
-    return REQUEST_COMPONENTS
+    """What a request covers in Entente's profile: :data:`REQUEST_COMPONENTS`, ``content-type``
+    when the request has one (its body is parsed by it), and ``range`` when it has one (it
+    says which bytes the answer carries)."""
+    extra = tuple(Component(name) for name in ("content-type", "range") if name in request.headers)
+    return (*REQUEST_COMPONENTS, *extra)
 
 
 def response_components(request_label: str = REQUEST_LABEL) -> tuple[Component, ...]:

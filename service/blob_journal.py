@@ -13,6 +13,10 @@ journal makes that gap visible without listing the store:
    (:meth:`DbBlobJournal.forget`); a deletion that must survive a crash between its transaction
    and the blob's removal writes a row in that transaction (:func:`record_deletions`).
 
+A write that lasts long also keeps a *claim* here, a row ``tmp:<token>`` naming its temporary
+file or upload (``service.blobs.Heartbeat``), whose ``since`` it moves forward while it writes
+(:meth:`DbBlobJournal.touch`): for a claim, ``since`` means "last seen alive".
+
 What is left after a crash is a handful of rows, which the start-up sweep
 (``service.artifacts.sweep``) checks once they are older than its grace period.
 
@@ -54,6 +58,16 @@ class DbBlobJournal:
     def intend(self, digest: str, /) -> None:
         """Commit a row for ``digest`` (returns once it is committed)."""
         group_commit(self._db).write({IN_FLIGHT: [{"digest": digest, "since": _at(self._clock)}]})
+
+    def touch(self, name: str, /) -> None:
+        """Mark the claim ``name`` alive now (its row is made on the first touch)."""
+        since = _at(self._clock)
+        with self._db.engine.begin() as conn:
+            moved = conn.execute(
+                sa.update(IN_FLIGHT).where(IN_FLIGHT.c.digest == name).values(since=since)
+            )
+            if moved.rowcount == 0:
+                conn.execute(sa.insert(IN_FLIGHT).values(digest=name, since=since))
 
     def forget(self, digests: Sequence[str], /) -> None:
         """Delete the rows of blobs the store has just deleted."""

@@ -23,26 +23,47 @@ and when it deletes a blob it forgets it: so a crash between placing a blob and 
 row that refers to it leaves a journal entry, and the start-up sweep checks those entries
 instead of walking the whole store. The rows that make a blob referenced remove its entry in
 their own transaction (``service.commits``).
+
+A write can outlast the sweep's grace period (gigabytes over a slow link), so a writer keeps a
+*claim* on its temporary file or upload alive in the journal while bytes arrive: a
+:class:`Heartbeat` touches the row ``tmp:<token>`` at most once every ``heartbeat_seconds`` of
+writing (a quarter of the grace), the first time only after that long (short writes never touch
+the database), and forgets it when the write ends. ``clean_temporary`` spares the temporary
+files and uploads whose claim is younger than the grace, whatever their age.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import re
 import secrets
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from service.errors import NotFoundError
 
-__all__ = ["BlobJournal", "BlobStore", "BlobWriter", "FileBlobStore", "NoJournal"]
+__all__ = [
+    "CLAIM",
+    "BlobJournal",
+    "BlobStore",
+    "BlobWriter",
+    "FileBlobStore",
+    "Heartbeat",
+    "NoJournal",
+    "temporary_token",
+]
 
+log = logging.getLogger("entente.blobs")
+
+CLAIM = "tmp:"  # journal rows ``tmp:<token>``: a temporary file or upload still being written
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 READ_CHUNK = 1 << 20  # bytes
 
@@ -61,18 +82,26 @@ class BlobWriter(Protocol):
 class BlobStore(Protocol):
     def writer(self) -> BlobWriter: ...
     def sync_placed(self) -> None: ...
-    def open(self, digest: str) -> BinaryIO: ...
+    def open(self, digest: str, *, offset: int = 0) -> BinaryIO: ...
     def exists(self, digest: str) -> bool: ...
     def delete(self, digest: str) -> None: ...
     def size(self, digest: str) -> int: ...
     def iter_digests(self) -> Iterator[str]: ...
-    def clean_temporary(self, older_than_seconds: float = 3600.0) -> int: ...
+    def clean_temporary(
+        self,
+        older_than_seconds: float = 3600.0,
+        *,
+        alive: Collection[str] = (),
+        now: float | None = None,
+    ) -> int: ...
 
 
 class BlobJournal(Protocol):
-    """Blobs in flight: recorded durably before a blob is placed, forgotten once deleted."""
+    """Blobs in flight: recorded durably before a blob is placed, forgotten once deleted; and
+    the claims of long writes, touched while they write."""
 
     def intend(self, digest: str, /) -> None: ...
+    def touch(self, name: str, /) -> None: ...
     def forget(self, digests: Sequence[str], /) -> None: ...
 
 
@@ -82,8 +111,56 @@ class NoJournal:
     def intend(self, digest: str, /) -> None:
         return None
 
+    def touch(self, name: str, /) -> None:
+        return None
+
     def forget(self, digests: Sequence[str], /) -> None:
         return None
+
+
+class Heartbeat:
+    """The claim of one write on its temporary file or upload (the journal row ``tmp:<token>``):
+    :meth:`beat`, called from the bytes loop, touches it once ``every`` seconds have passed since
+    the start or the last touch; :meth:`release` forgets it once the write is over. ``every`` of
+    0 (no grace period) never touches."""
+
+    def __init__(
+        self, journal: BlobJournal, token: str, *, every: float, clock: Callable[[], float]
+    ) -> None:
+        self._journal = journal
+        self.name = CLAIM + token
+        self._every = every
+        self._clock = clock
+        self._last = clock()
+        self._claimed = False
+
+    def beat(self) -> None:
+        if self._every <= 0:
+            return
+        now = self._clock()
+        if now - self._last < self._every:
+            return
+        self._last = now
+        try:
+            self._journal.touch(self.name)
+        except Exception:  # the write goes on; the next beat tries again
+            log.warning("blob store: could not keep a write's claim alive", exc_info=True)
+            return
+        self._claimed = True
+
+    def release(self) -> None:
+        if not self._claimed:
+            return
+        self._claimed = False
+        try:
+            self._journal.forget([self.name])
+        except Exception:  # an old claim is dropped by the sweep
+            log.warning("blob store: could not drop a write's claim", exc_info=True)
+
+
+def temporary_token(name: str) -> str:
+    """The token of a temporary file or object (``<token>.part``, ``.../tmp/<token>``)."""
+    return name.rsplit("/", 1)[-1].removesuffix(".part")
 
 
 def _fsync_path(path: Path, *, folder: bool = False) -> None:
@@ -117,10 +194,12 @@ _SYNCFS = _load_syncfs()
 class _FileBlobWriter:
     def __init__(self, store: FileBlobStore) -> None:
         self._store = store
-        self._tmp = store.root / "tmp" / f"{secrets.token_hex(16)}.part"
+        token = secrets.token_hex(16)
+        self._tmp = store.root / "tmp" / f"{token}.part"
         self._fh: BinaryIO | None = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
         self._hash = hashlib.sha256()
         self._size = 0
+        self._claim = store.heartbeat(token)
 
     @property
     def size(self) -> int:
@@ -131,6 +210,7 @@ class _FileBlobWriter:
             raise ValueError("blob writer is closed")
         self._hash.update(data)
         self._size += len(data)
+        self._claim.beat()
         return self._fh.write(data)
 
     def commit(self) -> str:
@@ -175,6 +255,7 @@ class _FileBlobWriter:
         except FileNotFoundError:  # the folder was removed behind our back: make it again
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._tmp, final)
+        self._claim.release()
         return digest, [*created, final.parent]
 
     def abort(self) -> None:
@@ -182,6 +263,7 @@ class _FileBlobWriter:
             self._fh.close()
             self._fh = None
         self._tmp.unlink(missing_ok=True)
+        self._claim.release()
 
     def __enter__(self) -> _FileBlobWriter:
         return self
@@ -200,9 +282,13 @@ class FileBlobStore:
         fsync_threads: int = 8,
         syncfs: bool = True,
         journal: BlobJournal | None = None,
+        heartbeat_seconds: float = 900.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.root = root
         self.journal: BlobJournal = journal if journal is not None else NoJournal()
+        self.heartbeat_seconds = heartbeat_seconds  # seconds between touches of a write's claim
+        self.clock = clock
         self._syncfs = _SYNCFS if syncfs else None  # else an fsync per blob and folder
         (root / "tmp").mkdir(parents=True, exist_ok=True, mode=0o700)
         self._made: set[Path] = set()
@@ -226,6 +312,9 @@ class FileBlobStore:
             changed.append(level.parent)
         self._made.add(folder)
         return changed
+
+    def heartbeat(self, token: str) -> Heartbeat:
+        return Heartbeat(self.journal, token, every=self.heartbeat_seconds, clock=self.clock)
 
     def placed(self, path: Path, folders: list[Path]) -> None:
         """Note a blob renamed into place, not yet durable."""
@@ -275,11 +364,15 @@ class FileBlobStore:
     def writer(self) -> _FileBlobWriter:
         return _FileBlobWriter(self)
 
-    def open(self, digest: str) -> BinaryIO:
+    def open(self, digest: str, *, offset: int = 0) -> BinaryIO:
+        """The blob's bytes, from ``offset`` on."""
         try:
-            return open(self.path_for(digest), "rb")
+            fh = open(self.path_for(digest), "rb")  # noqa: SIM115 - the caller closes it
         except FileNotFoundError:
             raise NotFoundError("the ciphertext for this artifact is missing") from None
+        if offset:
+            fh.seek(offset)
+        return fh
 
     def exists(self, digest: str) -> bool:
         return self.path_for(digest).is_file()
@@ -299,13 +392,20 @@ class FileBlobStore:
             if _DIGEST_RE.match(path.name):
                 yield path.name
 
-    def clean_temporary(self, older_than_seconds: float = 3600.0) -> int:
-        """Remove abandoned temporary files (from a crash mid-write)."""
-        import time
-
+    def clean_temporary(
+        self,
+        older_than_seconds: float = 3600.0,
+        *,
+        alive: Collection[str] = (),
+        now: float | None = None,
+    ) -> int:
+        """Remove abandoned temporary files (from a crash mid-write): older than the given age
+        and not among ``alive`` (the tokens of writes whose claim is young)."""
         removed = 0
-        cutoff = time.time() - older_than_seconds
+        cutoff = (time.time() if now is None else now) - older_than_seconds
         for path in (self.root / "tmp").glob("*.part"):
+            if temporary_token(path.name) in alive:
+                continue
             try:
                 if path.stat().st_mtime < cutoff:
                     path.unlink()

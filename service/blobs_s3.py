@@ -20,7 +20,9 @@ The digest, and so the key, is known only once the last byte is written, so:
 Before anything appears under a content address the store records the digest in its journal
 (:class:`service.blobs.BlobJournal`), so a crash before the referring row commits leaves an
 entry for the start-up sweep. A temporary object or an upload abandoned by a crash is removed
-by :meth:`S3BlobStore.clean_temporary`, which lists ``<prefix>/tmp/`` only.
+by :meth:`S3BlobStore.clean_temporary`, which lists ``<prefix>/tmp/`` only. A multipart upload's
+start time says nothing of whether it is still written, so a long write keeps a claim alive in
+the journal (:class:`service.blobs.Heartbeat`) and the uploads with a young claim are spared.
 
 An object PUT is durable once acknowledged, so :meth:`S3BlobStore.sync_placed` has nothing to do.
 
@@ -41,7 +43,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -49,7 +51,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from service.blobs import BlobJournal, NoJournal
+from service.blobs import BlobJournal, Heartbeat, NoJournal, temporary_token
 from service.errors import BlobStoreError, NotFoundError
 from service.settings import Settings
 
@@ -105,7 +107,9 @@ class _S3BlobWriter:
         self._buf = bytearray()
         self._hash = hashlib.sha256()
         self._size = 0
-        self._tmp_key = store.key(f"tmp/{secrets.token_hex(16)}")
+        token = secrets.token_hex(16)
+        self._tmp_key = store.key(f"tmp/{token}")
+        self._claim = store.heartbeat(token)
         self._upload: str | None = None  # the multipart upload, once a whole part was written
         self._parts: list[CompletedPartTypeDef] = []
         self._closed = False
@@ -121,6 +125,7 @@ class _S3BlobWriter:
         view = memoryview(data).cast("B")
         self._hash.update(view)
         self._size += len(view)
+        self._claim.beat()
         part = self._store.part_bytes
         while view:
             room = part - len(self._buf)
@@ -173,6 +178,7 @@ class _S3BlobWriter:
                 store.copy(self._tmp_key, digest, self._size)
                 self._drop_temporary()
             self._buf = bytearray()
+            self._claim.release()
             return digest
         except BaseException:
             self.abort()
@@ -212,6 +218,7 @@ class _S3BlobWriter:
             except (ClientError, BotoCoreError) as exc:  # clean_temporary aborts it later
                 log.warning("blob store: could not abort an upload: %s", exc)
         self._drop_temporary()
+        self._claim.release()
 
     def __enter__(self) -> _S3BlobWriter:
         return self
@@ -223,13 +230,13 @@ class _S3BlobWriter:
 class _S3Reader(io.RawIOBase):
     """The body of one object, read in order; a broken connection resumes with ``Range``."""
 
-    def __init__(self, store: S3BlobStore, key: str, got: Any) -> None:
+    def __init__(self, store: S3BlobStore, key: str, got: Any, offset: int = 0) -> None:
         self._store = store
         self._key = key
         self._etag: str = got["ETag"]
-        self._length: int = got["ContentLength"]
+        self._length: int = offset + got["ContentLength"]
         self._body: Any = got["Body"]
-        self._pos = 0
+        self._pos = offset
         self._resumes = 0
 
     def readable(self) -> bool:
@@ -290,6 +297,8 @@ class S3BlobStore:
         *,
         part_bytes: int = 8 << 20,
         journal: BlobJournal | None = None,
+        heartbeat_seconds: float = 900.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if part_bytes < 5 << 20:
             raise ValueError("S3 parts are at least 5 MiB")
@@ -298,6 +307,11 @@ class S3BlobStore:
         self.prefix = prefix.strip("/")
         self.part_bytes = part_bytes
         self.journal: BlobJournal = journal if journal is not None else NoJournal()
+        self.heartbeat_seconds = heartbeat_seconds  # seconds between touches of a write's claim
+        self.clock = clock
+
+    def heartbeat(self, token: str) -> Heartbeat:
+        return Heartbeat(self.journal, token, every=self.heartbeat_seconds, clock=self.clock)
 
     @classmethod
     def from_settings(
@@ -308,7 +322,12 @@ class S3BlobStore:
             raise ValueError("ENTENTE_BLOB_URL does not name an S3 store")
         bucket, prefix = location
         return cls(
-            s3_client(settings), bucket, prefix, part_bytes=settings.s3_part_bytes, journal=journal
+            s3_client(settings),
+            bucket,
+            prefix,
+            part_bytes=settings.s3_part_bytes,
+            journal=journal,
+            heartbeat_seconds=settings.blob_orphan_grace_seconds / 4,
         )
 
     def key(self, name: str) -> str:
@@ -360,17 +379,21 @@ class S3BlobStore:
         except (ClientError, BotoCoreError) as exc:
             raise _failed("place a blob", exc) from None
 
-    def open(self, digest: str) -> BinaryIO:
+    def open(self, digest: str, *, offset: int = 0) -> BinaryIO:
+        """The blob's bytes, from ``offset`` on (a ``Range`` request)."""
         key = self.key_for(digest)
         try:
-            got = self.client.get_object(Bucket=self.bucket, Key=key)
+            if offset:
+                got = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-")
+            else:
+                got = self.client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if _code(exc) in _MISSING:
                 raise NotFoundError("the ciphertext for this artifact is missing") from None
             raise _failed("read a blob", exc) from None
         except BotoCoreError as exc:
             raise _failed("read a blob", exc) from None
-        return io.BufferedReader(_S3Reader(self, key, got), buffer_size=1 << 16)
+        return io.BufferedReader(_S3Reader(self, key, got, offset), buffer_size=1 << 16)
 
     def _head(self, digest: str) -> int | None:
         try:
@@ -416,13 +439,24 @@ class S3BlobStore:
             if _DIGEST_RE.match(name) and item["Key"] == self.key_for(name):
                 yield name
 
-    def clean_temporary(self, older_than_seconds: float = 3600.0) -> int:
+    def clean_temporary(
+        self,
+        older_than_seconds: float = 3600.0,
+        *,
+        alive: Collection[str] = (),
+        now: float | None = None,
+    ) -> int:
         """Remove temporary objects and abort multipart uploads older than the given age (from
-        a crash mid-write); lists ``<prefix>/tmp/`` only."""
-        cutoff = datetime.fromtimestamp(time.time() - older_than_seconds, UTC)
+        a crash mid-write), except those of ``alive`` (the tokens of writes whose claim in the
+        journal is young, whenever they started); lists ``<prefix>/tmp/`` only."""
+        cutoff = datetime.fromtimestamp(
+            (time.time() if now is None else now) - older_than_seconds, UTC
+        )
         tmp = self.key("tmp/")
         removed = 0
         for item in self._list(tmp):
+            if temporary_token(item["Key"]) in alive:
+                continue
             if item["LastModified"] < cutoff:
                 self._delete_keys([item["Key"]])
                 removed += 1
@@ -432,6 +466,8 @@ class S3BlobStore:
             )
             for page in pages:
                 for upload in page.get("Uploads", []):
+                    if temporary_token(upload["Key"]) in alive:
+                        continue
                     if upload["Initiated"] < cutoff:
                         self.client.abort_multipart_upload(
                             Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]

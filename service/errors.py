@@ -24,6 +24,8 @@ one place (``service/api/problems.py``); the CLI prints the message on one line 
     │   └── IdempotencyKeyReusedError
     │                         the Idempotency-Key was used for a different request (HTTP 422)
     ├── TooLargeError         a body or upload is over its limit (HTTP 413)
+    ├── RangeNotSatisfiableError
+    │                         a ``Range`` starts at or past the end of a payload (HTTP 416)
     ├── RateLimitedError      a rate or volume limit was hit (HTTP 429)
     ├── RequestTimeoutError   the request body stalled past its idle limit (HTTP 408)
     ├── BusyError             too many requests of one caller in flight (HTTP 503)
@@ -83,6 +85,7 @@ __all__ = [
     "PartnerRefusedError",
     "PartnerUnavailableError",
     "PolicyDeniedError",
+    "RangeNotSatisfiableError",
     "RateLimitedError",
     "RemoteError",
     "RequestTimeoutError",
@@ -210,6 +213,14 @@ class TooLargeError(EntenteError):
     kind = "too-large"
     status = 413
     title = "Too large"
+
+
+class RangeNotSatisfiableError(EntenteError):
+    """``extra["size"]``: the payload's length, for ``Content-Range: bytes */<size>``."""
+
+    kind = "range-not-satisfiable"
+    status = 416
+    title = "Range not satisfiable"
 
 
 class RateLimitedError(EntenteError):

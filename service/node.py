@@ -63,6 +63,7 @@ def open_blob_store(settings: Settings, db: Database) -> BlobStore:
         fsync_threads=settings.blob_fsync_threads,
         syncfs=settings.blob_syncfs,
         journal=journal,
+        heartbeat_seconds=settings.blob_orphan_grace_seconds / 4,  # a write's claim stays young
     )
 
 

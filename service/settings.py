@@ -117,7 +117,7 @@ class Settings(BaseSettings):
     # make a group of blobs durable, without syncfs
     blob_orphan_grace_seconds: float = Field(default=3600.0, ge=0)  # seconds before a blob
     # that no artifact refers to counts as orphaned and is swept at start (in-flight writes of
-    # other replicas are younger)
+    # other replicas are younger; a longer write keeps its claim young every quarter of this)
 
     # Notice of arrivals (GET /v1/events, service.api.events)
     events_poll_seconds: float = Field(default=1.0, gt=0)  # seconds between the database

@@ -6,12 +6,15 @@ signature (``service.api.signed``).
 - ``POST inbox``: a delivery, ``application/vnd.entente.delivery``: the manifest (DSSE JSON, one
   line), a newline, then the age ciphertext, streamed. Answers with a signed receipt.
 - ``GET feed?after=CURSOR``: what this node shared with the caller, in pages (catch-up).
-- ``GET artifacts/{id}/payload``: the ciphertext of an artifact shared with the caller.
+- ``GET artifacts/{id}/payload``: the ciphertext of an artifact shared with the caller; with a
+  (signed) ``Range: bytes=N-``, the rest of it from byte N (206, ``Content-Range`` signed, a
+  ``Content-Digest`` of the bytes sent), so a partner's broken download resumes.
 - ``POST notices``: revocations and access notices (see ``service/federation/notices.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Callable
@@ -336,30 +339,51 @@ async def feed(
     "/artifacts/{artifact_id}/payload",
     summary="The age ciphertext of an artifact shared with the caller",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, **FED_PROBLEMS},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        206: {"content": {"application/octet-stream": {}}},
+        **FED_PROBLEMS,
+        416: {"description": "Problem document (RFC 9457)", **PROBLEM},
+    },
 )
 async def payload(artifact_id: str, request: Request, node: NodeDep, sig: Partner) -> Response:
     await _small_body(request, node, sig)
     blob, size = await run_in_threadpool(
         feed_domain.payload_for, node, partner=sig.partner, artifact_id=artifact_id
     )
+    start = feed_domain.payload_start(request.headers.get("range"), size)
     headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+    status, offset, digest = 200, 0, bytes.fromhex(blob)
+    if start is not None:  # RFC 9110 14.4: the rest, from ``start``
+        status, offset = 206, start
+        headers["Content-Length"] = str(size - start)
+        headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+        digest = await run_in_threadpool(_digest_from, node, blob, start)
     headers.update(
         sign_response_headers(
             node,
             request=sig.message,
-            status=200,
+            status=status,
             headers=headers,
-            content_digest=digest_value(bytes.fromhex(blob)),
+            content_digest=digest_value(digest),
         )
     )
 
     def chunks() -> Any:
-        with node.blobs.open(blob) as fh:
+        with node.blobs.open(blob, offset=offset) as fh:
             while data := fh.read(1 << 16):
                 yield data
 
-    return StreamingResponse(chunks(), headers=headers)
+    return StreamingResponse(chunks(), status_code=status, headers=headers)
+
+
+def _digest_from(node: Node, blob: str, offset: int) -> bytes:
+    """The SHA-256 of a blob's bytes from ``offset`` on (a partial answer's Content-Digest)."""
+    digester = hashlib.sha256()
+    with node.blobs.open(blob, offset=offset) as fh:
+        while data := fh.read(1 << 20):
+            digester.update(data)
+    return digester.digest()
 
 
 @router.get(

@@ -124,6 +124,8 @@ async def _entente_error(request: Request, exc: Exception) -> JSONResponse:
     headers = {"WWW-Authenticate": 'Bearer realm="entente"'} if exc.status == 401 else None
     if exc.status in (429, 503) and "retry_after" in exc.extra:
         headers = {"Retry-After": str(exc.extra["retry_after"])}
+    if exc.status == 416 and "size" in exc.extra:  # RFC 9110 15.5.17
+        headers = {"Content-Range": f"bytes */{exc.extra['size']}"}
     return problem(
         exc.status,
         exc.kind,

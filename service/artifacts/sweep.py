@@ -21,6 +21,10 @@ are a moment away) and, for each digest:
   dropped, the blob kept;
 - otherwise the blob is deleted (after a last look for a referring row) with its rows.
 
+A long write keeps a claim row ``tmp:<token>`` young while it writes (``service.blobs``): the
+temporary file or upload of a claim younger than the grace is never removed, however old it
+is; a claim older than the grace is a write that stopped, and its row is dropped.
+
 Its store calls are one cleaning of the temporary area and, per old journal row, at most one
 existence check or one deletion: the cost follows the crashes, not the size of the store.
 
@@ -40,6 +44,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from service.blob_journal import IN_FLIGHT
+from service.blobs import CLAIM
 from service.models import Approval, Artifact, BlobInFlight
 from service.node import Node
 
@@ -72,8 +77,10 @@ def sweep(node: Node, *, clock: Callable[[], float] = time.time) -> SweepReport:
     the grace period; never lists the blobs of the store."""
     grace = node.settings.blob_orphan_grace_seconds
     store = node.blobs
-    temporary = store.clean_temporary(older_than_seconds=grace)
-    cutoff = datetime.fromtimestamp(clock() - grace, UTC)
+    now = clock()
+    cutoff = datetime.fromtimestamp(now - grace, UTC)
+    alive = _live_claims(node, cutoff)
+    temporary = store.clean_temporary(older_than_seconds=grace, alive=alive, now=now)
     orphans = missing = settled = 0
     after = 0
     while True:
@@ -88,8 +95,12 @@ def sweep(node: Node, *, clock: Callable[[], float] = time.time) -> SweepReport:
                 break
             after = batch[-1].id or after
             rows: dict[str, list[int]] = {}
+            stopped: list[int] = []  # claims of writes not seen alive within the grace
             for row in batch:
-                rows.setdefault(row.digest, []).append(row.id or 0)
+                if row.digest.startswith(CLAIM):
+                    stopped.append(row.id or 0)
+                else:
+                    rows.setdefault(row.digest, []).append(row.id or 0)
             referenced = _referenced(session, rows)
             young = set(
                 session.exec(
@@ -98,6 +109,7 @@ def sweep(node: Node, *, clock: Callable[[], float] = time.time) -> SweepReport:
                     )
                 ).all()
             )
+        _drop(node, stopped, cutoff=cutoff)
         for digest, ids in rows.items():
             if digest in referenced or digest in young:
                 if digest in referenced and not store.exists(digest):
@@ -125,9 +137,26 @@ def sweep(node: Node, *, clock: Callable[[], float] = time.time) -> SweepReport:
     return report
 
 
-def _drop(node: Node, ids: list[int]) -> None:
+def _live_claims(node: Node, cutoff: datetime) -> set[str]:
+    """The tokens of the writes whose claim was touched after ``cutoff``."""
+    with node.db.session() as session:
+        names = session.exec(
+            select(BlobInFlight.digest).where(
+                col(BlobInFlight.digest).startswith(CLAIM), col(BlobInFlight.since) > cutoff
+            )
+        ).all()
+    return {name.removeprefix(CLAIM) for name in names}
+
+
+def _drop(node: Node, ids: list[int], *, cutoff: datetime | None = None) -> None:
+    """Delete journal rows; with ``cutoff``, only those not touched since."""
+    if not ids:
+        return
+    delete = sa.delete(IN_FLIGHT).where(IN_FLIGHT.c.id.in_(ids))
+    if cutoff is not None:
+        delete = delete.where(IN_FLIGHT.c.since <= cutoff)
     with node.db.engine.begin() as conn:
-        conn.execute(sa.delete(IN_FLIGHT).where(IN_FLIGHT.c.id.in_(ids)))
+        conn.execute(delete)
 
 
 async def sweep_in_background(node: Node) -> SweepReport | None:

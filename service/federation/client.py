@@ -86,8 +86,10 @@ class PartnerClient:
         digest: str,
         content_type: str | None,
         key: SigningKey | None = None,
+        extra: dict[str, str] | None = None,
     ) -> tuple[str, dict[str, str], httpsig.Request]:
         headers = {"Content-Type": content_type} if content_type else {}
+        headers.update(extra or {})  # signed too (``Range``: httpsig.request_components)
         headers.update(
             sign_request_headers(
                 self.node, method=method, url=url, headers=headers, content_digest=digest, key=key
@@ -255,15 +257,29 @@ class PartnerClient:
             return self._json(partner, signed, response, MAX_REPLY_BYTES * 4)
 
     @contextmanager
-    def download(self, partner: Partner, path: str) -> Iterator[_VerifiedStream]:
-        """GET a signed stream (a payload); the digest is checked when it has been read."""
+    def download(
+        self, partner: Partner, path: str, *, offset: int = 0
+    ) -> Iterator[_VerifiedStream]:
+        """GET a signed stream (a payload); the digest is checked when it has been read.
+
+        With ``offset``, asks for the bytes from there on (a signed ``Range: bytes=N-``); the
+        stream's ``offset`` says where the answer starts: there (a 206 whose signed
+        ``Content-Range`` says so), or 0 (the partner sent the whole)."""
         digest = digest_value(hashlib.sha256(b"").digest())
-        url, headers, signed = self._prepare(partner.url + path, "GET", digest, None)
+        extra = {"Range": f"bytes={offset}-"} if offset else None
+        url, headers, signed = self._prepare(partner.url + path, "GET", digest, None, extra=extra)
         with self._stream(partner.node_id, "GET", url, headers=headers) as response:
             if response.status_code >= 300:
                 raise self._refusal(partner, signed, response)
             verified = self._check(partner, signed, response)
-            yield _VerifiedStream(partner.node_id, response, verified)
+            start: int | None = 0
+            if response.status_code == 206:
+                start = _range_start(response.headers.get("content-range", ""), offset)
+            if start is None:
+                raise PartnerUnavailableError(
+                    f"{partner.node_id} answered a range that was not asked for"
+                )
+            yield _VerifiedStream(partner.node_id, response, verified, offset=start)
 
     def post_raw(
         self,
@@ -305,14 +321,38 @@ class _VerifiedStream:
     """A response body as a file-like reader that checks Content-Digest at its end."""
 
     def __init__(
-        self, partner: str, response: httpx.Response, verified: httpsig.VerifiedSignature
+        self,
+        partner: str,
+        response: httpx.Response,
+        verified: httpsig.VerifiedSignature,
+        *,
+        offset: int = 0,
     ) -> None:
+        self.offset = offset  # where in the payload these bytes start
         self._partner = partner
+        self._response = response
         self._iter = response.iter_bytes(1 << 16)
         self._digester = httpsig.ContentDigester()
         self._expected = verified.content_digests
         self._buf = b""
         self._done = False
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body as it arrives, for a caller that keeps every byte received (a broken
+        connection loses none); the digest is checked at its end (instead of ``read``)."""
+        for chunk in self._response.iter_bytes():
+            self._digester.update(chunk)
+            yield chunk
+        self._done = True
+        self._verify()
+
+    def _verify(self) -> None:
+        try:
+            self._digester.verify(self._expected)
+        except CryptoError as exc:
+            raise PartnerUnavailableError(
+                f"{self._partner} sent a payload that does not match its digest: {exc}"
+            ) from None
 
     def read(self, n: int = -1, /) -> bytes:
         while not self._done and (n < 0 or len(self._buf) < n):
@@ -320,12 +360,7 @@ class _VerifiedStream:
                 chunk = next(self._iter)
             except StopIteration:
                 self._done = True
-                try:
-                    self._digester.verify(self._expected)
-                except CryptoError as exc:
-                    raise PartnerUnavailableError(
-                        f"{self._partner} sent a payload that does not match its digest: {exc}"
-                    ) from None
+                self._verify()
                 break
             self._digester.update(chunk)
             self._buf += chunk
@@ -365,3 +400,16 @@ def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> fl
 def _why(exc: httpx.HTTPError) -> str:
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:200]
+
+
+def _range_start(content_range: str, asked: int) -> int | None:
+    """``asked`` when a 206's ``Content-Range`` is ``bytes <asked>-<last>/<size>`` with the
+    range reaching the end (what ``bytes=N-`` asks for), else None."""
+    unit, _, spec = content_range.strip().partition(" ")
+    span, _, size = spec.partition("/")
+    first, _, last = span.partition("-")
+    if unit != "bytes" or not (first.isdigit() and last.isdigit() and size.isdigit()):
+        return None
+    if int(first) != asked or int(last) != int(size) - 1 or asked == 0:
+        return None
+    return asked

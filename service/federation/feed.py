@@ -6,23 +6,27 @@ Revoked and deleted artifacts are left out (their revocation travels as a notice
 
 Small ciphertexts of deliveries not yet acknowledged ride along inline (``payload``, base64), up
 to a byte budget per page, so a catch-up after a partition costs one request per page rather
-than one per artifact; anything else is fetched from ``artifacts/{id}/payload``.
+than one per artifact; anything else is fetched from ``artifacts/{id}/payload``. Every item
+names its ciphertext's SHA-256 and size (``ciphertext_sha256``, ``ciphertext_size``), so that a
+partner whose download broke off can keep what it got and ask for the rest (``Range: bytes=N-``,
+:func:`payload_start`; ``service.federation.partial``), and check the whole before using it.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import col, select
 
-from service.errors import NotFoundError
+from service.errors import NotFoundError, RangeNotSatisfiableError
 from service.models import Artifact, Outbox
 from service.node import Node
 
-__all__ = ["INLINE_MAX_BYTES", "PAGE_INLINE_BUDGET", "page", "payload_for"]
+__all__ = ["INLINE_MAX_BYTES", "PAGE_INLINE_BUDGET", "page", "payload_for", "payload_start"]
 
 INLINE_MAX_BYTES = 64 << 10  # bytes: larger ciphertexts are always fetched separately
 PAGE_INLINE_BUDGET = 4 << 20  # bytes of inline ciphertext in one page
@@ -56,6 +60,8 @@ def page(node: Node, *, partner: str, after: int, limit: int) -> dict[str, Any]:
             "cursor": out.id,
             "artifact_id": art.id,
             "manifest": json.loads(art.manifest),
+            "ciphertext_sha256": art.blob,
+            "ciphertext_size": art.ciphertext_size,
         }
         shown = json.loads(art.policy_ref or "{}").get("disclosures", {}).get(partner)
         if shown is not None:  # what the manifest commits to for this partner, for it only
@@ -96,3 +102,24 @@ def payload_for(node: Node, *, partner: str, artifact_id: str) -> tuple[str, int
     if row is None or row.blob is None or row.revoked_at is not None or row.deleted_at is not None:
         raise NotFoundError(f"no artifact {artifact_id!r} for {partner}")
     return row.blob, row.ciphertext_size
+
+
+_RANGE_FROM = re.compile(r"bytes=(\d{1,19})-")
+
+
+def payload_start(range_header: str | None, size: int) -> int | None:
+    """Where a payload answer starts for the request's ``Range``: ``None`` for the whole (no
+    ``Range``, or one this node does not serve, which RFC 9110 14.2 lets it ignore), else the
+    first byte of ``bytes=N-``; :class:`RangeNotSatisfiableError` when ``N`` is not before the
+    end."""
+    if range_header is None:
+        return None
+    found = _RANGE_FROM.fullmatch(range_header.strip())
+    if found is None:
+        return None
+    start = int(found.group(1))
+    if start >= size:
+        raise RangeNotSatisfiableError(
+            f"the payload has {size} bytes; the range starts at byte {start}", size=size
+        )
+    return start

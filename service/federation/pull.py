@@ -3,9 +3,13 @@
 Runs at start and every ``pull_interval_seconds``. A page's items are checked and staged one by
 one (small ciphertexts come inline in the page; others are downloaded, streamed and verified),
 then stored together in one transaction; an artifact already held is skipped without a download,
-one the inbound policy refuses is skipped after its refusal is audited. The receipts issued for
-the page go back to the partner (``POST receipts``), which settles its outbox rows as delivered
-without pushing them again. A partner that cannot be reached keeps its cursor for the next round.
+one the inbound policy refuses is skipped after its refusal is audited. A download that breaks
+off resumes where it stopped on the next round (``service.federation.partial``): the bytes
+received are kept under the home, the rest is asked for with a ``Range``, and the whole is
+checked against the ciphertext digest the feed names before the receiver sees it. The receipts
+issued for the page go back to the partner (``POST receipts``), which settles its outbox rows
+as delivered without pushing them again. A partner that cannot be reached keeps its cursor for
+the next round.
 
 Each partner is a bulkhead: its pull runs on its own thread (:class:`PullLoops`), and whatever
 goes wrong in it (unreachable, a bad signature, a hostile page: too deep, a number too long,
@@ -20,14 +24,16 @@ import binascii
 import io
 import json
 import logging
+import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from sqlmodel import col, select
 
-from service.errors import EntenteError, PartnerUnavailableError
+from service.errors import EntenteError, PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.federation.feed import PAGE_INLINE_BUDGET
+from service.federation.partial import PartialPayloads
 from service.federation.receive import Received, Receiver
 from service.models import Partner, PullState
 from service.node import Node
@@ -39,6 +45,7 @@ log = logging.getLogger("entente.pull")
 PAGE_SIZE = 500  # feed items per request
 PAGE_MAX_BYTES = PAGE_INLINE_BUDGET * 2 + (8 << 20)  # bytes of one feed page's JSON
 PULL_PARALLEL = 8  # partners pulled at the same time
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def pull_partner(
@@ -52,6 +59,8 @@ def pull_partner(
     with node.db.session() as session:
         state = session.get(PullState, partner.node_id)
         cursor = state.cursor if state else 0
+    partials = partial_payloads(node)
+    partials.clean(older_than_seconds=node.settings.blob_orphan_grace_seconds)
 
     def fetch(after: int) -> dict[str, Any]:
         reply = client.call_json(
@@ -72,7 +81,7 @@ def pull_partner(
                 nxt = data["next"]
                 more = data["more"] and nxt > cursor
                 ahead = io_thread.submit(fetch, nxt) if more else None
-                received = _take_page(node, client, partner, data["items"])
+                received = _take_page(node, client, partner, data["items"], partials)
                 stored += sum(1 for r in received if r.created)
                 if received:
                     io_thread.submit(_acknowledge, client, partner, received)
@@ -121,16 +130,44 @@ def _checked_page(partner: Partner, data: Any, after: int) -> dict[str, Any]:
     return {"items": items, "next": nxt, "more": more}
 
 
+def partial_payloads(node: Node) -> PartialPayloads:
+    """The node's partial payloads (``<home>/partial``)."""
+    return PartialPayloads(node.home.path / "partial")
+
+
+def _ciphertext(item: dict[str, Any]) -> tuple[str, int] | None:
+    """The ciphertext's SHA-256 and size a feed item names, or None (an older origin, or
+    values that are not a digest and a size: then the payload is fetched whole, as before)."""
+    digest, size = item.get("ciphertext_sha256"), item.get("ciphertext_size")
+    if (
+        isinstance(digest, str)
+        and _SHA256.fullmatch(digest)
+        and isinstance(size, int)
+        and not isinstance(size, bool)
+        and 0 <= size < 2**62
+    ):
+        return digest, size
+    return None
+
+
 def _take_page(
-    node: Node, client: PartnerClient, partner: Partner, items: list[Any]
+    node: Node,
+    client: PartnerClient,
+    partner: Partner,
+    items: list[Any],
+    partials: PartialPayloads,
 ) -> list[Received]:
     receiver = Receiver(node, sender=partner.node_id, via="pull")
     wanted = [i for i in items if isinstance(i, dict)]
     held = receiver.held([str(i.get("artifact_id", ""))[:64] for i in wanted])
     staged = []
+    done: list[str] = []  # the partial payloads to remove once the page is stored
     try:
         for item in wanted:
             artifact_id = str(item.get("artifact_id", ""))[:64]
+            expected = _ciphertext(item)
+            if expected is not None:
+                done.append(expected[0])
             if artifact_id in held:
                 continue
             head: Any = item.get("manifest")
@@ -149,9 +186,21 @@ def _take_page(
                     staged.append(receiver.stage(checked, io.BytesIO(raw)))
                 else:
                     path = f"/federation/v1/artifacts/{checked.manifest.artifact_id}/payload"
-                    with client.download(partner, path) as stream:
-                        staged.append(receiver.stage(checked, stream))
-            except PartnerUnavailableError:
+                    if expected is None:
+                        with client.download(partner, path) as stream:
+                            staged.append(receiver.stage(checked, stream))
+                    else:
+                        digest, size = expected
+                        fetched = partials.fetch(
+                            client, partner, path=path, digest=digest, size=size
+                        )
+                        with fetched as whole:
+                            staged.append(receiver.stage(checked, whole))
+            except PartnerRefusedError as exc:
+                if exc.status_code in (404, 410) and expected is not None:  # revoked or deleted
+                    partials.remove([expected[0]])
+                raise
+            except PartnerUnavailableError:  # the partial payload stays for the next round
                 raise
             except EntenteError as exc:  # refused here: audited by the receiver
                 log.info("pull from %s skipped %s: %s", partner.node_id, artifact_id, exc.message)
@@ -159,6 +208,7 @@ def _take_page(
     except BaseException:
         receiver.discard(staged)
         raise
+    partials.remove(done)
     return received
 
 

@@ -7,7 +7,9 @@ only among its pinned partners' current keys, enforces the clock-skew window, ru
 rate limit, and only then refuses a nonce it has seen (kept in the database per partner key, so a
 replay is refused by every replica and one partner cannot fill another's cache: ``replay.py``).
 Every response, refusals included, is signed too: bound to the request's own signature (RFC 9421
-2.4), ``content-type`` covered, with a nonce; the partner client believes nothing else.
+2.4), ``content-type`` covered, with a nonce; the partner client believes nothing else. A partial
+answer (206, to a signed ``Range``) covers its ``content-range`` too, and its ``Content-Digest``
+is of the bytes it carries.
 """
 
 from __future__ import annotations
@@ -121,9 +123,15 @@ def sign_response_headers(
         created=created,
         expires=created + SIGNATURE_LIFETIME,
         nonce=secrets.token_urlsafe(16),
-        components=httpsig.response_components(label),
+        components=_response_components(label, partial="Content-Range" in headers),
     )
     return {"Content-Digest": content_digest, **signed}
+
+
+def _response_components(label: str, *, partial: bool) -> tuple[httpsig.Component, ...]:
+    """The profile's response components, and ``content-range`` for a partial answer."""
+    covered = httpsig.response_components(label)
+    return (*covered, httpsig.Component("content-range")) if partial else covered
 
 
 def digest_value(raw_sha256: bytes) -> str:
@@ -201,7 +209,8 @@ def verify_response_from(
     the profile: bound to the request's signature, ``Content-Type`` covered, a nonce.
 
     ``retired`` maps retired keys among ``partner_keys`` to when they were retired: such a key
-    verifies only an answer signed (``created``) before then."""
+    verifies only an answer signed (``created``) before then. A partial answer (206) must
+    cover its ``content-range``."""
     verified = httpsig.verify_response(
         httpsig.Response(status, headers),
         request=request,
@@ -209,7 +218,7 @@ def verify_response_from(
         now=_created(node),
         max_skew=node.settings.clock_skew_seconds,
         max_age=node.settings.signature_max_age_seconds,
-        required_components=httpsig.response_components(httpsig.REQUEST_LABEL),
+        required_components=_response_components(httpsig.REQUEST_LABEL, partial=status == 206),
         require_nonce=True,
     )
     until = (retired or {}).get(verified.keyid)

@@ -4,6 +4,7 @@ refers to it leaves a journal row, which the sweep clears once it is past the gr
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from collections import Counter
@@ -16,7 +17,9 @@ from sqlmodel import select
 from service.artifacts import share as sharing
 from service.artifacts.sweep import sweep
 from service.artifacts.terms import ShareTerms
-from service.blobs import BlobStore
+from service.blob_journal import DbBlobJournal
+from service.blobs import CLAIM, BlobStore
+from service.errors import BlobStoreError
 from service.models import Artifact, BlobInFlight
 from service.tokens import Principal, Role
 from tests.seaweed import SeaweedFS
@@ -142,3 +145,74 @@ def test_a_referenced_blob_missing_from_the_store_is_reported_not_repaired(kit: 
     report = sweep(kit.node, clock=lambda: time.time() + 2 * GRACE)
     assert (report.orphans_removed, report.missing_blobs) == (0, 1)
     assert blob_of(kit, share(kit, b"another")) != blob  # the node goes on
+
+
+class Clock:
+    """A wall clock that the test moves; it starts at the time the test runs."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CHUNK = 1 << 20  # bytes per write; a multipart upload starts after 5 of them on S3
+
+
+def long_writer(kit: Kit, clock: Clock) -> Any:
+    """A writer of the kit's store whose claims and sweep run on ``clock`` (S3 parts of 5 MiB)."""
+    store: Any = kit.node.blobs
+    store.journal = DbBlobJournal(kit.node.db, clock=clock)
+    store.clock = clock
+    if hasattr(store, "part_bytes"):
+        store.part_bytes = 5 << 20
+    assert store.heartbeat_seconds == GRACE / 4  # from the settings: a quarter of the grace
+    return store.writer()
+
+
+def claims(kit: Kit) -> list[str]:
+    return [name for name in journal(kit) if name.startswith(CLAIM)]
+
+
+def test_a_write_lasting_three_graces_is_never_swept(kit: Kit) -> None:
+    clock = Clock()
+    writer = long_writer(kit, clock)
+    sent = b""
+    for step in range(12):  # 12 x grace/4 = 3 x grace of writing
+        chunk = bytes([step]) * CHUNK
+        writer.write(chunk)
+        sent += chunk
+        clock.now += GRACE / 4
+        report = sweep(kit.node, clock=clock)  # another replica starting meanwhile
+        assert report.temporary_removed == 0, step
+    assert len(claims(kit)) == 1  # one claim, kept young
+    digest = writer.place()
+    assert claims(kit) == []  # released once the write is over
+    with kit.node.blobs.open(digest) as fh:
+        assert hashlib.sha256(fh.read()).hexdigest() == digest == hashlib.sha256(sent).hexdigest()
+
+
+def test_an_abandoned_write_is_swept_with_its_claim(kit: Kit) -> None:
+    clock = Clock()
+    writer = long_writer(kit, clock)
+    for step in range(6):  # claimed (after grace/4), and a multipart upload started on S3
+        writer.write(bytes([step]) * CHUNK)
+        clock.now += GRACE / 4
+    assert len(claims(kit)) == 1
+    clock.now += GRACE  # then nothing: the writer died
+    report = sweep(kit.node, clock=clock)
+    assert report.temporary_removed == 1
+    assert claims(kit) == []
+    with pytest.raises((OSError, BlobStoreError)):  # its temporary file or upload is gone
+        writer.place()
+
+
+def test_a_short_write_never_touches_the_database(kit: Kit) -> None:
+    clock = Clock()
+    writer = long_writer(kit, clock)
+    writer.write(b"x" * CHUNK)
+    clock.now += GRACE / 8
+    writer.write(b"y" * CHUNK)
+    assert claims(kit) == []
+    writer.abort()

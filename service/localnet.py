@@ -160,7 +160,8 @@ def wait_until_answering(
 
 @dataclass
 class NodeProcess:
-    """One node home and its ``entente serve`` process (when started) on loopback."""
+    """One node home and its ``entente serve`` process (when started), on loopback unless
+    ``host`` (and ``launcher``) put it elsewhere, e.g. in a network namespace."""
 
     home: Path
     node_id: str
@@ -172,10 +173,13 @@ class NodeProcess:
     log_path: Path | None = None  # set before starting to log elsewhere than <node id>.log
     detached: bool = False  # outlives the process that starts it (its own session, no
     # PR_SET_PDEATHSIG): `entente network up --keep`; stopping it is then the caller's job
+    host: str = "127.0.0.1"  # the address in its URL, and the one it listens on unless:
+    listen_host: str | None = None  # where `serve` listens when its URL is a relay in front
+    launcher: tuple[str, ...] = ()  # what runs `serve`, e.g. `ip netns exec NS` (no shell)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -210,7 +214,17 @@ class NodeProcess:
             self.log_path = self.home.parent / f"{self.node_id}.log"
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(  # noqa: S603 - this project's own command line
-                [*self.command, "serve", "--home", str(self.home), "--port", str(self.port)],
+                [
+                    *self.launcher,
+                    *self.command,
+                    "serve",
+                    "--home",
+                    str(self.home),
+                    "--host",
+                    self.listen_host or self.host,
+                    "--port",
+                    str(self.port),
+                ],  # fmt: skip
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -26,8 +26,9 @@ URL, home, fingerprint, tokens file and pid); :func:`stop_network` stops, from t
 nodes ``entente network up --keep`` left running.
 
 What it does not do: choose ids for real institutes (the ids are examples), encrypt the
-officers' keys, or put nodes behind anything but loopback (no network namespaces, latency or
-partitions yet).
+officers' keys, or put nodes anywhere but where ``hosts`` says (loopback by default);
+``tests/netns.py`` runs them in network namespaces with latency, bandwidth limits and
+partitions.
 """
 
 from __future__ import annotations
@@ -214,10 +215,12 @@ def prepare_network(
     env: Mapping[str, str] | None = None,
     command: tuple[str, ...] = COMMAND,
     detached: bool = False,
+    hosts: Mapping[str, str] | None = None,
 ) -> Network:
     """Homes under ``root`` joined through one roster and one signed agreement (the module's
     steps 1 to 3); no process is started. Each node runs ``command`` with ``env`` (default:
-    :func:`network_env`). With ``passphrase=None`` the key files are stored unencrypted."""
+    :func:`network_env`). With ``passphrase=None`` the key files are stored unencrypted.
+    ``hosts`` gives a node's URL another address than ``127.0.0.1`` (a network namespace's)."""
     if len(set(node_ids)) != len(node_ids) or not 2 <= len(node_ids) <= MAX_NODES:
         raise ValueError(f"a network has 2 to {MAX_NODES} different nodes")
     root.mkdir(parents=True, exist_ok=True)
@@ -225,7 +228,7 @@ def prepare_network(
     settings = {n: _settings(root / n, passphrase, scrypt_work_factor) for n in node_ids}
     nodes = {
         n: NodeProcess(root / n, n, env=dict(env or network_env()), command=command,
-                       detached=detached)
+                       detached=detached, host=(hosts or {}).get(n, "127.0.0.1"))
         for n in node_ids
     }  # fmt: skip
     homes = {

@@ -1,0 +1,309 @@
+"""Four nodes in their own network namespaces (``tests/netns.py``) under the conditions of links
+between continents: one-way delays of 20 to 210 ms between pairs, one link limited to 2 Mbit/s.
+Shares flow continuously from two origins to every partner while one node is partitioned for
+about ten seconds and healed, and the limited link is cut in the middle of a 3 MB transfer.
+
+Afterwards every share is received exactly once by each partner it was addressed to (same id
+and SHA-256, one ``receive.accepted`` entry), each partner's signed receipt is at the origin,
+every outbox is drained, and every audit log verifies with its witnesses' checkpoints
+consistent. The delivery latencies observed are printed (``pytest -s``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.localnet import COMMAND, run_cli
+from service.network import Network, network_env, network_ids, prepare_network
+from tests.netns import Link, Star, require_namespaces
+from tests.nodes import PASSPHRASE, SCRYPT_WORK_FACTOR
+from tests.support import ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+IDS = network_ids(4)
+US, UK, CA, JP = IDS  # us-aisi, uk-aisi, ca-aisi, jp-aisi
+# One way to the hub; between two nodes both add up: US-UK 20 ms, US/UK-CA 80, US/UK-JP 150,
+# CA-JP 210 (round trips 40 to 420 ms).
+LINKS = {US: Link(10), UK: Link(10), CA: Link(70, rate="2mbit"), JP: Link(140)}
+ORIGINS = (US, UK)
+PARTITIONED = JP  # cut off for PARTITION_SECONDS while shares flow
+LIMITED = CA  # the 2 Mbit/s link, cut mid-transfer of BIG bytes
+PARTITION_SECONDS = 10.0
+LINK_CUT_SECONDS = 4.0
+FLOW_SECONDS = 24.0  # shares flow this long
+SHARE_EVERY = 0.5  # seconds between two shares of one origin
+BIG = 3 * 1024 * 1024  # bytes
+SETTLE_SECONDS = 150.0  # for every delivery after the flow stops (a bound, not a speed)
+FINDING = {"title": "Netns finding", "tlp": "TLP:GREEN", "topics": ["evaluation"],
+           "purposes": ["evaluation"]}  # fmt: skip
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Shared:
+    origin: str
+    id: str
+    sha256: str
+    partners: list[str]
+    size: int
+
+
+@dataclass
+class Flow:
+    """What the origins shared (and what went wrong sharing), filled in by their threads."""
+
+    shared: list[Shared] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Network, Star]]:
+    require_namespaces()
+    root = tmp_path_factory.mktemp("netns")
+    star = Star(LINKS, root)
+    network: Network | None = None
+    try:
+        star.up()
+        env = network_env(
+            ENTENTE_PASSPHRASE=PASSPHRASE,
+            ENTENTE_SCRYPT_WORK_FACTOR=str(SCRYPT_WORK_FACTOR),
+            ENTENTE_LOG_LEVEL="INFO",
+            ENTENTE_RETRY_MAX_SECONDS="2",
+            PYTHONPATH=str(ROOT),  # `python -m service.cli` runs this checkout
+        )
+        network = prepare_network(
+            root / "homes", IDS, passphrase=PASSPHRASE, scrypt_work_factor=SCRYPT_WORK_FACTOR,
+            env=env, command=COMMAND, hosts=star.hosts,
+        )  # fmt: skip
+        for node in network.nodes.values():
+            star.place(node)
+        network.federation.start()
+        yield network, star
+    finally:
+        if network is not None:
+            network.federation.stop()
+        star.down()
+
+
+def share(net: Network, origin: str, partners: list[str], content: bytes) -> Shared:
+    node = net.nodes[origin]
+    meta = {**FINDING, "partners": partners}
+    r = httpx.post(
+        f"{node.url}/v1/artifacts",
+        files={"metadata": (None, json.dumps(meta), "application/json"), "file": ("f", content)},
+        headers=node.auth("publisher"),
+        timeout=120,
+    )
+    assert r.status_code == 201, r.text
+    return Shared(origin, r.json()["id"], hashlib.sha256(content).hexdigest(), partners,
+                  len(content))  # fmt: skip
+
+
+def keep_sharing(net: Network, origin: str, flow: Flow, stop: threading.Event) -> None:
+    partners = [n for n in IDS if n != origin]
+    while not stop.is_set():
+        try:
+            done = share(net, origin, partners, os.urandom(2048))
+        except (AssertionError, httpx.HTTPError) as exc:  # the origin's own link is never cut
+            with flow.lock:
+                flow.errors.append(f"{origin}: {exc}")
+        else:
+            with flow.lock:
+                flow.shared.append(done)
+        stop.wait(SHARE_EVERY)
+
+
+def get(net: Network, node_id: str, path: str, role: str, **params: Any) -> Any:
+    node = net.nodes[node_id]
+    r = httpx.get(f"{node.url}{path}", params=params, headers=node.auth(role), timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def deliveries(net: Network, shared: Shared) -> dict[str, dict[str, Any]]:
+    body = get(net, shared.origin, f"/v1/artifacts/{shared.id}", "auditor")
+    return {d["partner"]: d for d in body["deliveries"]}
+
+
+def received(net: Network, node_id: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"direction": "received", "limit": 500}
+        if cursor is not None:
+            params["cursor"] = cursor
+        page = get(net, node_id, "/v1/artifacts", "auditor", **params)
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+
+
+def accepted_entries(net: Network, node_id: str) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        params: dict[str, Any] = {"kind": "receive.accepted", "limit": 500}
+        if after is not None:
+            params["after"] = after
+        page = get(net, node_id, "/audit/v1/entries", "auditor", **params)
+        entries += page["entries"]
+        after = page["next"]
+        if after is None:
+            return entries
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def settled(net: Network, shares: list[Shared]) -> bool:
+    for origin in ORIGINS:
+        for partner in get(net, origin, "/v1/sync", "admin"):
+            if partner["pending"] or partner["failing"]:
+                return False
+    return all(all(d["state"] == "delivered" for d in deliveries(net, s).values()) for s in shares)
+
+
+def test_shares_flow_exactly_once_through_latency_limits_and_partitions(
+    net: tuple[Network, Star],
+) -> None:
+    network, star = net
+    flow, stop = Flow(), threading.Event()
+    threads = [
+        threading.Thread(target=keep_sharing, args=(network, o, flow, stop), daemon=True)
+        for o in ORIGINS
+    ]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(3)
+        star.cut(PARTITIONED)
+        cut_at = time.monotonic()
+
+        # A large artifact to every partner; cut the limited link once a part has crossed it.
+        before = star.sent_bytes(LIMITED)
+        big = share(network, US, [UK, CA, JP], os.urandom(BIG))
+        wait_for(lambda: star.sent_bytes(LIMITED) - before > BIG // 5, 60,
+                 "a fifth of the large artifact on the limited link")  # fmt: skip
+        in_flight = deliveries(network, big)[LIMITED]
+        reset = star.cut(LIMITED)
+        assert in_flight["state"] != "delivered", in_flight  # cut mid-transfer
+        assert reset > 0, "no connection crossed the limited link when it was cut"
+        time.sleep(LINK_CUT_SECONDS)
+        star.heal(LIMITED)
+
+        time.sleep(max(0.0, cut_at + PARTITION_SECONDS - time.monotonic()))
+        star.heal(PARTITIONED)
+        time.sleep(max(0.0, start + FLOW_SECONDS - time.monotonic()))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=120)
+        star.heal(PARTITIONED)
+        star.heal(LIMITED)
+    assert not flow.errors, flow.errors
+    shares = [*flow.shared, big]
+    assert len(flow.shared) >= 2 * FLOW_SECONDS / SHARE_EVERY / 4, len(flow.shared)
+
+    wait_for(lambda: settled(network, shares), SETTLE_SECONDS,
+             "every delivery receipted and every outbox drained")  # fmt: skip
+
+    # Each partner received each share addressed to it exactly once, with the origin's digest,
+    # and the origin holds its signed receipt.
+    latencies: dict[str, list[float]] = {}
+    for partner in IDS:
+        expected = {s.id: s for s in shares if partner in s.partners}
+        rows = received(network, partner)
+        ids = [r["id"] for r in rows]
+        assert len(ids) == len(set(ids)), "a duplicate row"
+        assert set(ids) == set(expected), set(ids) ^ set(expected)
+        accepted = [e["artifact_id"] for e in accepted_entries(network, partner)]
+        assert sorted(accepted) == sorted(expected), "not one receive.accepted per share"
+        for row in rows:
+            sent = expected[row["id"]]
+            assert (row["sha256"], row["origin"], row["size"]) == (
+                sent.sha256, sent.origin, sent.size,
+            )  # fmt: skip
+            delay = (
+                datetime.fromisoformat(row["recorded_at"])
+                - datetime.fromisoformat(row["created_at"])
+            ).total_seconds()
+            kind = "big" if row["id"] == big.id else partner
+            latencies.setdefault(kind, []).append(delay)
+    for s in shares:
+        for partner, d in deliveries(network, s).items():
+            assert d["state"] == "delivered" and d["delivered_at"], (s.id, partner, d)
+
+    # The large artifact's plaintext at a partner is what was shared.
+    content = httpx.get(
+        f"{network.nodes[UK].url}/v1/artifacts/{big.id}/content",
+        headers=network.nodes[UK].auth("reader"),
+        timeout=120,
+    )
+    assert hashlib.sha256(content.content).hexdigest() == big.sha256
+
+    report = ["", "delivery latency (recorded at the partner - created at the origin), seconds:"]
+    for kind, values in sorted(latencies.items()):
+        report.append(
+            f"  {kind:8} n={len(values):3}  p50={percentile(values, 50):6.2f}  "
+            f"p99={percentile(values, 99):6.2f}  max={max(values):6.2f}"
+        )
+    small = [v for k, vs in latencies.items() if k != "big" for v in vs]
+    report.append(f"  all small n={len(small)} p50={percentile(small, 50):.2f} "
+                  f"p99={percentile(small, 99):.2f}; mean={statistics.mean(small):.2f}; "
+                  f"delay {'netem' if star.netem else 'relay'}")  # fmt: skip
+    print("\n".join(report))
+
+
+def test_every_audit_log_verifies_with_its_witnesses_consistent(
+    net: tuple[Network, Star], tmp_path: Path
+) -> None:
+    network, _star = net
+    for node_id, node in network.nodes.items():
+
+        def verified(node_id: str = node_id, url: str = node.url) -> dict[str, Any] | None:
+            result = run_cli(
+                "audit", "verify", "--url", url, "--fingerprint", network.fingerprints[node_id],
+                "--json", "--require-quorum", "--state", str(tmp_path / f"{node_id}.json"),
+                env={**network.nodes[node_id].env,
+                     "ENTENTE_TOKEN": network.nodes[node_id].tokens["auditor"]},
+                timeout=120, command=COMMAND,
+            )  # fmt: skip
+            if result.returncode != 0:
+                return None
+            verdict: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+            return verdict
+
+        verdict = wait_for(verified, 120, f"{node_id}'s log verified with quorum")
+        assert verdict["ok"] and verdict["quorum"]["met"], verdict
+        # Every partner witnesses (ENTENTE_WITNESS_COUNT 5 > 3); each holds a checkpoint the
+        # log is consistent with, none beyond it.
+        assert verdict["quorum"]["witnesses"] == len(IDS) - 1
+        assert len(verdict["witnessed"]) == len(IDS) - 1, verdict["witnessed"]
+        assert all(0 < size <= verdict["entries"] for size in verdict["witnessed"].values())

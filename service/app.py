@@ -164,7 +164,7 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
     pulls = PullLoops(node, client)
 
     async def deliver() -> float:
-        handled = await anyio.to_thread.run_sync(outbox.run_once)
+        handled = await anyio.to_thread.run_sync(outbox.step)  # waits for no delivery
         return 0.0 if handled else settings.sync_interval_seconds
 
     async def pull() -> float:

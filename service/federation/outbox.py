@@ -13,6 +13,10 @@ ones stream one per request. Notices (revocations, access notices) and rotated d
 per request; while a descriptor push to a partner is pending, nothing else is sent to it (it
 would not know the new key yet), and the push is signed with the retired key it still pins.
 
+Each partner's requests run in order in its own lane (``federation/schedule.py``), several
+partners' at once; ``step`` claims nothing for a partner whose lane still runs and waits for
+none: a slow or unreachable partner delays only its own deliveries.
+
 Transient failures (unreachable, 5xx, 401 before the partner pinned us) back off exponentially with
 jitter up to ``retry_max_seconds``, and never sooner than the partner's ``Retry-After`` (a 429 from
 its rate limiter, a 503), itself capped at ``retry_max_seconds``; a refusal (403, 404, 409, 413,
@@ -26,11 +30,9 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import secrets
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -48,6 +50,7 @@ from service.audit.log import audit_row
 from service.errors import PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.federation.notices import notice_payload
+from service.federation.schedule import Lanes, backoff
 from service.federation.settle import (
     _SETTLING,
     _delivered_events,
@@ -60,12 +63,9 @@ from service.models import Artifact, Outbox, Partner
 from service.node import Node
 from service.partners import PartnerKeys, partner_keys
 
-__all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_ITEMS", "OutboxWorker"]
+__all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_ITEMS", "OutboxWorker", "record_receipts"]
 
 _NOTICE_KINDS = frozenset({"revocation", "access", "deletion"})  # what each notice's receipt says
-log = logging.getLogger("entente.outbox")
-
-__all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_ITEMS", "OutboxWorker", "record_receipts"]
 
 log = logging.getLogger("entente.outbox")
 
@@ -124,14 +124,15 @@ class OutboxWorker:
             seconds=2 * node.settings.request_timeout_seconds + LEASE_MARGIN_SECONDS
         )
         self.owner = owner or f"w-{secrets.token_hex(6)}"
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="entente-deliver")
+        self.lanes = Lanes(threads, name="entente-deliver")  # partners delivered to at once
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.lanes.close()
 
     # --- claiming -------------------------------------------------------------------------------
-    def claim(self) -> list[int]:
-        """Lease up to ``batch`` due rows; returns their ids (never another worker's)."""
+    def claim(self, *, skip: Collection[str] = ()) -> list[int]:
+        """Lease up to ``batch`` due rows, none for a partner in ``skip``; returns their ids
+        (never another worker's)."""
         now = self.node.now()
         until = now + self.lease
         due = sa.and_(
@@ -150,6 +151,8 @@ class OutboxWorker:
             query = select(Outbox.id).where(due)
             if self.kinds is not None:
                 query = query.where(col(Outbox.kind).in_(sorted(self.kinds)))
+            if skip:
+                query = query.where(col(Outbox.partner).not_in(sorted(skip)))
             if blocked:
                 query = query.where(
                     sa.or_(col(Outbox.kind) == "descriptor", col(Outbox.partner).not_in(blocked))
@@ -184,17 +187,27 @@ class OutboxWorker:
                 if i
             ]
 
-    def run_once(self) -> int:
-        """Claim a batch and deliver it; returns how many rows were handled."""
-        ids = self.claim()
-        if ids:
-            jobs = self._jobs(ids)
-            list(self.pool.map(lambda job: self._safe(*job), jobs))
+    def step(self) -> int:
+        """Claim the due rows of every partner whose lane is idle and start a lane for each
+        such partner, without waiting for any; returns how many rows were claimed."""
+        ids = self.claim(skip=self.lanes.busy())
+        lanes: dict[str, list[Callable[[], None]]] = defaultdict(list)
+        for partner, rows, job in self._jobs(ids) if ids else []:
+            lanes[partner].append(partial(self._safe, rows, job))
+        for partner, jobs in lanes.items():
+            self.lanes.start(partner, jobs)
         return len(ids)
 
+    def run_once(self) -> int:
+        """Claim a batch and deliver it; returns how many rows were handled."""
+        handled = self.step()
+        self.lanes.wait()
+        return handled
+
     # --- grouping claimed rows into requests ----------------------------------------------------
-    def _jobs(self, ids: list[int]) -> list[tuple[list[int], Callable[[], None]]]:
-        """Group claimed rows into requests: (the rows' ids, the call that delivers them)."""
+    def _jobs(self, ids: list[int]) -> list[tuple[str, list[int], Callable[[], None]]]:
+        """Group claimed rows into requests: (the partner, the rows' ids, the call that
+        delivers them)."""
         with self.node.db.session() as session:
             rows = list(
                 session.exec(select(Outbox).where(col(Outbox.id).in_(ids)).order_by(col(Outbox.id)))
@@ -210,7 +223,7 @@ class OutboxWorker:
                     select(Partner).where(col(Partner.node_id).in_({r.partner for r in rows}))
                 )
             }
-        jobs: list[tuple[list[int], Callable[[], None]]] = []
+        jobs: list[tuple[str, list[int], Callable[[], None]]] = []
         settled: list[tuple[int, Outcome]] = []
         small: dict[str, list[tuple[Outbox, Artifact]]] = defaultdict(list)
         descriptors: dict[str, list[Outbox]] = defaultdict(list)
@@ -234,16 +247,16 @@ class OutboxWorker:
             elif row.kind == "deliver" and artifact.ciphertext_size <= BATCH_ITEM_MAX_BYTES:
                 small[row.partner].append((row, artifact))
             else:
-                jobs.append(([row.id], partial(self._one, partner, row, artifact)))
+                jobs.append((row.partner, [row.id], partial(self._one, partner, row, artifact)))
         if settled:
             self._settle(settled)
         for partner_id, items in small.items():
             for chunk in _chunks(items):
                 ids_ = [r.id or 0 for r, _ in chunk]
-                jobs.append((ids_, partial(self._batch, partners[partner_id], chunk)))
+                jobs.append((partner_id, ids_, partial(self._batch, partners[partner_id], chunk)))
         for partner_id, drows in descriptors.items():
             ids_ = [r.id or 0 for r in drows]
-            jobs.append((ids_, partial(self._descriptors, partners[partner_id], drows)))
+            jobs.append((partner_id, ids_, partial(self._descriptors, partners[partner_id], drows)))
         return jobs
 
     def _safe(self, ids: list[int], job: Callable[[], None]) -> None:
@@ -403,6 +416,8 @@ class OutboxWorker:
         """
         node = self.node
         now = node.now()
+        pause = partial(backoff, base=node.settings.retry_base_seconds,
+                        cap=node.settings.retry_max_seconds)  # fmt: skip
         counts: dict[tuple[str, str], int] = defaultdict(int)
         events: list[dict[str, Any]] = []
         with node.db.engine.begin() as conn:
@@ -425,7 +440,7 @@ class OutboxWorker:
                     label = "delivered"
                 elif isinstance(outcome, _Retry):
                     values.update(
-                        next_attempt_at=now + self._delay(attempts, outcome.retry_after),
+                        next_attempt_at=now + pause(attempts, retry_after=outcome.retry_after),
                         last_error=outcome.error[:1000],
                     )
                     label = "retry"
@@ -465,20 +480,6 @@ class OutboxWorker:
                 conn.execute(_insert_audit(), events)
         for (partner, label), n in counts.items():
             node.metrics.deliveries.labels(partner, label).inc(n)
-
-    def _delay(self, attempts: int, retry_after: float | None = None) -> timedelta:
-        """Exponential backoff with jitter: base * 2^(attempts-1), capped, times 0.5-1.5; never
-        sooner than the partner's ``Retry-After``, which is itself capped at the longest backoff
-        (a partner cannot park our deliveries for longer than we would)."""
-        settings = self.node.settings
-        delay = min(
-            settings.retry_max_seconds,
-            settings.retry_base_seconds * 2 ** min(attempts - 1, 30),
-        )
-        seconds = delay * random.uniform(0.5, 1.5)  # noqa: S311 - jitter
-        if retry_after is not None:
-            seconds = max(seconds, min(retry_after, settings.retry_max_seconds))
-        return timedelta(seconds=seconds)
 
 
 def _chunks(items: list[tuple[Outbox, Artifact]]) -> list[list[tuple[Outbox, Artifact]]]:

@@ -1,0 +1,78 @@
+"""When and where the delivery worker's requests run: a lane per partner, and the backoff.
+
+:class:`Lanes` are bulkheads for work per partner: at most one lane in flight per partner,
+each lane on its own thread (up to ``parallel`` partners at once), its jobs run in order. The
+delivery worker (``federation/outbox.py``) starts a lane per partner for the rows it
+claimed and claims nothing more for a partner whose lane still runs; it never waits for one
+partner's lane to claim another's rows. So a partner that is slow or out of reach (a connect
+that waits out its timeout behind a partition, a large artifact on a slow link) holds only its
+own deliveries, never another partner's: the pull worker's rule (``PullLoops``), for pushes.
+
+:func:`backoff` is how long a row waits after a failed attempt.
+
+What it does not do: decide what a job is, or bound how long one runs (the partner client's
+timeouts do).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from datetime import timedelta
+
+__all__ = ["Lanes", "backoff"]
+
+
+def backoff(
+    attempts: int,
+    *,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> timedelta:
+    """Exponential backoff with jitter: ``base`` * 2^(attempts-1) seconds, capped at ``cap``,
+    times 0.5-1.5; never sooner than the partner's ``Retry-After``, which is itself capped at
+    ``cap`` (a partner cannot park our deliveries for longer than we would)."""
+    delay = min(cap, base * 2 ** min(attempts - 1, 30))
+    seconds = delay * (rng or random).uniform(0.5, 1.5)
+    if retry_after is not None:
+        seconds = max(seconds, min(retry_after, cap))
+    return timedelta(seconds=seconds)
+
+
+class Lanes:
+    def __init__(self, parallel: int, *, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=name)
+        self._running: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
+
+    def busy(self) -> set[str]:
+        """The partners whose lane is running (or waiting for a thread) now."""
+        with self._lock:
+            self._running = {k: f for k, f in self._running.items() if not f.done()}
+            return set(self._running)
+
+    def start(self, partner: str, jobs: Sequence[Callable[[], None]]) -> None:
+        """Run ``jobs`` one after another on a thread; ``partner`` must not be :meth:`busy`."""
+
+        def lane() -> None:
+            for job in jobs:
+                job()
+
+        with self._lock:
+            running = self._running.get(partner)
+            if running is not None and not running.done():
+                raise RuntimeError(f"a lane of {partner} is running already")
+            self._running[partner] = self._pool.submit(lane)
+
+    def wait(self) -> None:
+        """Until every lane started so far has finished."""
+        with self._lock:
+            futures = list(self._running.values())
+        wait(futures)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,145 @@
+"""The delivery worker's lanes: a partner that does not answer holds only its own deliveries.
+
+Found under real network conditions (tests/integration/test_netns.py): the worker used to
+wait for every request of a round before claiming the next rows, so one partner behind a
+partition (a connect that waits out its timeout) or on a slow link (a 3 MB artifact at
+2 Mbit/s) delayed the deliveries to every other partner by as long.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.federation.client import PartnerClient
+from service.federation.outbox import OutboxWorker
+from service.federation.schedule import Lanes, backoff
+from tests.service.nodekit import Kit, make_node, pin
+from tests.service.test_federation_sync import PortalTransport, accepted, outbox, share
+
+HANG_SECONDS = 60.0  # at most, if the test fails to release the partner
+
+
+class Hanging(httpx.BaseTransport):
+    """``inner``, except that requests to ``host`` wait until ``release`` is set (a partner
+    behind a partition: the connect waits out its timeout)."""
+
+    def __init__(self, inner: httpx.BaseTransport, host: str) -> None:
+        self.inner, self.host = inner, host
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == self.host:
+            self.entered.set()
+            self.release.wait(HANG_SECONDS)
+        return self.inner.handle_request(request)
+
+
+@pytest.fixture
+def three(tmp_path: Path) -> Iterator[tuple[Kit, Kit, Kit, Hanging]]:
+    uk, us, ca = (make_node(tmp_path, n) for n in ("uk-aisi", "us-aisi", "ca-aisi"))
+    for a, b in ((uk, us), (us, uk), (uk, ca), (ca, uk)):
+        pin(a, b)
+    portal = PortalTransport({"uk-aisi": uk.app, "us-aisi": us.app, "ca-aisi": ca.app})
+    hanging = Hanging(portal, "ca-aisi")
+    yield uk, us, ca, hanging
+    hanging.release.set()
+    portal.close()
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+def test_a_partner_that_hangs_delays_only_its_own_deliveries(
+    three: tuple[Kit, Kit, Kit, Hanging],
+) -> None:
+    uk, us, ca, hanging = three
+    worker = OutboxWorker(uk.node, PartnerClient(uk.node, http=httpx.Client(transport=hanging)))
+    try:
+        [to_ca] = share(uk, to="ca-aisi")
+        assert worker.step() == 1  # ca's lane starts and hangs
+        assert hanging.entered.wait(30)
+        [to_us] = share(uk, to="us-aisi")
+        assert worker.step() == 1  # only us's row: ca's lane is still running
+        wait_until(lambda: {r.partner: r.state for r in outbox(uk)}["us-aisi"] == "delivered")
+        assert accepted(us) == {to_us: 1}
+        rows = {r.partner: r for r in outbox(uk)}
+        assert rows["ca-aisi"].state == "pending" and rows["ca-aisi"].lease_owner == worker.owner
+        assert worker.lanes.busy() == {"ca-aisi"}
+        assert worker.step() == 0  # nothing due but ca's row, and its lane is busy
+        hanging.release.set()
+        wait_until(lambda: not worker.lanes.busy())
+    finally:
+        hanging.release.set()
+        worker.close()
+    assert {r.partner: r.state for r in outbox(uk)} == {
+        "ca-aisi": "delivered",
+        "us-aisi": "delivered",
+    }
+    assert accepted(ca) == {to_ca: 1}
+
+
+def test_run_once_still_waits_for_every_lane(three: tuple[Kit, Kit, Kit, Hanging]) -> None:
+    uk, us, ca, hanging = three
+    hanging.release.set()
+    worker = OutboxWorker(uk.node, PartnerClient(uk.node, http=httpx.Client(transport=hanging)))
+    try:
+        ids = share(uk, 2, to="ca-aisi") + share(uk, 2, to="us-aisi")
+        assert worker.run_once() == 4
+    finally:
+        worker.close()
+    assert all(r.state == "delivered" for r in outbox(uk))
+    assert accepted(ca) | accepted(us) == dict.fromkeys(ids, 1)
+
+
+def test_a_lane_runs_its_jobs_in_order_and_one_at_a_time_per_partner() -> None:
+    lanes = Lanes(4, name="test-lanes")
+    done: list[int] = []
+    gate = threading.Event()
+    try:
+        lanes.start("a", [gate.wait, lambda: done.append(1), lambda: done.append(2)])
+        assert lanes.busy() == {"a"}
+        with pytest.raises(RuntimeError, match="running already"):
+            lanes.start("a", [lambda: done.append(3)])
+        lanes.start("b", [lambda: done.append(9)])
+        wait_until(lambda: done == [9])  # b does not wait for a
+        gate.set()
+        lanes.wait()
+        assert done == [9, 1, 2] and lanes.busy() == set()
+    finally:
+        gate.set()
+        lanes.close()
+
+
+@pytest.mark.parametrize(
+    ("attempts", "retry_after", "low", "high"),
+    [
+        (1, None, 0.5, 1.5),  # base 1 s, jitter 0.5-1.5
+        (3, None, 2.0, 6.0),  # 4 s
+        (10, None, 5.0, 15.0),  # capped at 10 s
+        (1, 8.0, 8.0, 8.0),  # the partner's Retry-After, when later
+        (1, 1000.0, 10.0, 10.0),  # ... itself capped
+    ],
+)
+def test_backoff(attempts: int, retry_after: float | None, low: float, high: float) -> None:
+    for seed in range(20):
+        wait = backoff(
+            attempts,
+            base=1.0,
+            cap=10.0,
+            retry_after=retry_after,
+            rng=random.Random(seed),  # noqa: S311
+        ).total_seconds()
+        assert low <= wait <= high, (seed, wait)

@@ -29,7 +29,10 @@ What is emulated, and how:
   down (``ip link set ... down``): nothing crosses until :meth:`Star.heal` brings it up.
 
 :meth:`Star.down` (a finalizer: it runs when the test fails too) stops the processes it started
-and deletes every namespace, which deletes the veths and the bridge with them.
+and deletes every namespace, which deletes the veths and the bridge with them. Node processes
+and relays also end with the test process (``PR_SET_PDEATHSIG``); should the test process be
+killed before its finalizer runs, the next :meth:`Star.up` deletes the namespaces it left
+(``/run/entente-netns`` names each star's namespaces and its owner's pid).
 
 What it does not do: loss or jitter, routing between subnets, IPv6.
 """
@@ -53,14 +56,14 @@ from typing import IO
 from service.localnet import NodeProcess
 from tests.support import require
 
-__all__ = ["Link", "Star", "require_namespaces"]
+__all__ = ["Link", "Star", "require_namespaces", "sweep_stale"]
 
 RELAY = Path(__file__).with_name("netns_relay.py")
 TBF_BURST = "32kbit"  # tbf's bucket
 TBF_LATENCY = "400ms"  # the longest a packet may wait in tbf's queue
 CONTROL_ADDRESS = 250  # this namespace's host number on the bridge
 COMMAND_SECONDS = 30.0  # one `ip` or `tc` command
-RELAY_START_SECONDS = 60.0
+REGISTRY = Path("/run/entente-netns")  # <tag>.json per star: its owner's pid, its namespaces
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,46 @@ def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed: {result.stderr.strip()}")
     return result
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _delete_namespaces(namespaces: list[str]) -> None:
+    """Kill whatever runs in each namespace, then delete it (and so its veths, its bridge)."""
+    for namespace in namespaces:
+        pids = _run("ip", "netns", "pids", namespace, check=False).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pids and time.monotonic() < deadline:
+            pids = _run("ip", "netns", "pids", namespace, check=False).stdout.split()
+            time.sleep(0.05)
+        _run("ip", "netns", "del", namespace, check=False)
+
+
+def sweep_stale() -> list[str]:
+    """Delete the namespaces of stars whose owner died without cleaning up (a killed test
+    run); the namespaces deleted."""
+    deleted: list[str] = []
+    for entry in sorted(REGISTRY.glob("*.json")) if REGISTRY.is_dir() else []:
+        try:
+            record = json.loads(entry.read_text())
+        except (OSError, ValueError):
+            continue
+        if _alive(int(record.get("pid", 0))):
+            continue
+        namespaces = [str(n) for n in record.get("namespaces", [])]
+        _delete_namespaces(namespaces)
+        deleted += namespaces
+        entry.unlink(missing_ok=True)
+    return deleted
 
 
 def _free_subnet() -> int:
@@ -136,9 +179,17 @@ class Star:
             self.down()
             raise
 
+    @property
+    def _record(self) -> Path:
+        return REGISTRY / f"{self.tag}.json"
+
     def _build(self) -> None:
-        self.subnet = _free_subnet()
+        sweep_stale()
         self.hub = f"ent-hub-{self.tag}"
+        namespaces = [self.hub, *(f"ent-{node_id}-{self.tag}" for node_id in self.links)]
+        REGISTRY.mkdir(parents=True, exist_ok=True)
+        self._record.write_text(json.dumps({"pid": os.getpid(), "namespaces": namespaces}))
+        self.subnet = _free_subnet()
         _run("ip", "netns", "add", self.hub)
         _run("ip", "-n", self.hub, "link", "set", "lo", "up")
         _run("ip", "-n", self.hub, "link", "add", "br0", "type", "bridge")
@@ -181,7 +232,7 @@ class Star:
         """Try netem on one veth (and remove it): the kernel's delay where it exists."""
         veth = next(iter(self.places.values())).hub_veth
         tried = _run("tc", "-n", self.hub, "qdisc", "add", "dev", veth, "root", "netem",
-                     "delay", "1ms", check=False)  # fmt: skip
+                     "delay", "50ms", check=False)  # fmt: skip
         if tried.returncode != 0:
             return False
         _run("tc", "-n", self.hub, "qdisc", "del", "dev", veth, "root")
@@ -246,6 +297,7 @@ class Star:
                 "--delays", json.dumps(delays),
                 "--default-ms", str(place.link.delay_ms),
                 "--control", str(place.control),
+                "--parent", str(os.getpid()),
             ],
             stdout=subprocess.PIPE,
             stderr=log,
@@ -306,17 +358,8 @@ class Star:
                 place.relay.stdout.close()
             if place.control is not None:
                 place.control.unlink(missing_ok=True)
-        for namespace in [*(p.namespace for p in self.places.values()), self.hub]:
-            if not namespace:
-                continue
-            pids = _run("ip", "netns", "pids", namespace, check=False).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(OSError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while pids and time.monotonic() < deadline:
-                pids = _run("ip", "netns", "pids", namespace, check=False).stdout.split()
-                time.sleep(0.05)
-            _run("ip", "netns", "del", namespace, check=False)
+        namespaces = [*(p.namespace for p in self.places.values()), self.hub]
+        _delete_namespaces([n for n in namespaces if n])
         if self._root_veth:
             _run("ip", "link", "del", self._root_veth, check=False)  # gone with the hub already
+        self._record.unlink(missing_ok=True)

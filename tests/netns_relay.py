@@ -22,7 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
+import os
+import signal
 import socket
 import struct
 import sys
@@ -32,6 +35,7 @@ QUEUE_CHUNKS = 64  # per direction: at most 64 x CHUNK bytes held
 CHUNK = 65536  # bytes per read
 
 _EOF = b""
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class Relay:
@@ -134,7 +138,12 @@ async def main(argv: list[str]) -> None:
     parser.add_argument("--delays", default="{}", help='JSON {"peer address": milliseconds}')
     parser.add_argument("--default-ms", type=float, default=0.0, help="for any other peer")
     parser.add_argument("--control", required=True, help="path of the control Unix socket")
+    parser.add_argument("--parent", type=int, help="end when this process (the test) ends")
     args = parser.parse_args(argv)
+    if args.parent is not None:  # Linux PR_SET_PDEATHSIG: SIGTERM when the parent dies
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != args.parent:
+            return
     delays = {peer: ms / 1000 for peer, ms in json.loads(args.delays).items()}
     relay = Relay(_address(args.target), delays, args.default_ms / 1000)
     host, port = _address(args.listen)

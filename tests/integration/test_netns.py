@@ -162,18 +162,29 @@ def received(net: Network, node_id: str) -> list[dict[str, Any]]:
             return items
 
 
-def accepted_entries(net: Network, node_id: str) -> list[dict[str, Any]]:
-    entries: list[dict[str, Any]] = []
+def entries(net: Network, node_id: str, kind: str) -> list[dict[str, Any]]:
+    """The node's audit entries of ``kind`` (sequenced: in its log)."""
+    found: list[dict[str, Any]] = []
     after: str | None = None
     while True:
-        params: dict[str, Any] = {"kind": "receive.accepted", "limit": 500}
+        params: dict[str, Any] = {"kind": kind, "limit": 500}
         if after is not None:
             params["after"] = after
         page = get(net, node_id, "/audit/v1/entries", "auditor", **params)
-        entries += page["entries"]
+        found += page["entries"]
         after = page["next"]
         if after is None:
-            return entries
+            return found
+
+
+def logged(net: Network, node_id: str, kind: str, count: int) -> list[dict[str, Any]]:
+    """The entries of ``kind`` once at least ``count`` are in the log (the sequencer runs every
+    few seconds); any beyond ``count`` is a duplicate for the caller to find."""
+    found: list[dict[str, Any]] = wait_for(
+        lambda: (e := entries(net, node_id, kind)) and len(e) >= count and e,
+        60, f"{count} {kind} entries at {node_id}",
+    )  # fmt: skip
+    return found
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -243,7 +254,8 @@ def test_shares_flow_exactly_once_through_latency_limits_and_partitions(
         ids = [r["id"] for r in rows]
         assert len(ids) == len(set(ids)), "a duplicate row"
         assert set(ids) == set(expected), set(ids) ^ set(expected)
-        accepted = [e["artifact_id"] for e in accepted_entries(network, partner)]
+        accepted = [e["artifact_id"] for e in logged(network, partner, "receive.accepted",
+                                                     len(expected))]  # fmt: skip
         assert sorted(accepted) == sorted(expected), "not one receive.accepted per share"
         for row in rows:
             sent = expected[row["id"]]
@@ -259,6 +271,16 @@ def test_shares_flow_exactly_once_through_latency_limits_and_partitions(
     for s in shares:
         for partner, d in deliveries(network, s).items():
             assert d["state"] == "delivered" and d["delivered_at"], (s.id, partner, d)
+    vias: dict[str, int] = {}
+    for origin in ORIGINS:  # one partner-signed receipt recorded per share and partner
+        sent = {(s.id, p): s.sha256 for s in shares if s.origin == origin for p in s.partners}
+        recorded = logged(network, origin, "receipt.recorded", len(sent))
+        assert sorted((e["artifact_id"], e["partner"]) for e in recorded) == sorted(sent)
+        for e in recorded:
+            detail = json.loads(e["detail"]) if isinstance(e["detail"], str) else e["detail"]
+            assert e["actor"] == f"partner:{e['partner']}" and detail["receipt"], e
+            assert e["digest"] == sent[(e["artifact_id"], e["partner"])], e
+            vias[detail["via"]] = vias.get(detail["via"], 0) + 1
 
     # The large artifact's plaintext at a partner is what was shared.
     content = httpx.get(
@@ -277,7 +299,7 @@ def test_shares_flow_exactly_once_through_latency_limits_and_partitions(
     small = [v for k, vs in latencies.items() if k != "big" for v in vs]
     report.append(f"  all small n={len(small)} p50={percentile(small, 50):.2f} "
                   f"p99={percentile(small, 99):.2f}; mean={statistics.mean(small):.2f}; "
-                  f"delay {'netem' if star.netem else 'relay'}")  # fmt: skip
+                  f"delay {'netem' if star.netem else 'relay'}; receipts by {vias}")  # fmt: skip
     print("\n".join(report))
 
 

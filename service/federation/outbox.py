@@ -50,7 +50,7 @@ from service.audit.log import audit_row
 from service.errors import PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.federation.notices import notice_payload
-from service.federation.schedule import Lanes, backoff
+from service.federation.schedule import LARGE, Lanes, backoff, chunks
 from service.federation.settle import (
     _SETTLING,
     _delivered_events,
@@ -131,8 +131,9 @@ class OutboxWorker:
 
     # --- claiming -------------------------------------------------------------------------------
     def claim(self, *, skip: Collection[str] = ()) -> list[int]:
-        """Lease up to ``batch`` due rows, none for a partner in ``skip``; returns their ids
-        (never another worker's)."""
+        """Lease up to ``batch`` due rows, none of a busy lane in ``skip`` (a partner: its small
+        requests; the partner and ``LARGE``: its large deliveries); returns their ids (never
+        another worker's)."""
         now = self.node.now()
         until = now + self.lease
         due = sa.and_(
@@ -152,7 +153,18 @@ class OutboxWorker:
             if self.kinds is not None:
                 query = query.where(col(Outbox.kind).in_(sorted(self.kinds)))
             if skip:
-                query = query.where(col(Outbox.partner).not_in(sorted(skip)))
+                large = sa.and_(
+                    col(Outbox.kind) == "deliver",
+                    col(Outbox.artifact_id).in_(
+                        select(Artifact.id).where(Artifact.ciphertext_size > BATCH_ITEM_MAX_BYTES)
+                    ),
+                )
+                busy = {k for k in skip if not k.endswith(LARGE)}
+                busy_large = {k.removesuffix(LARGE) for k in skip if k.endswith(LARGE)}
+                query = query.where(
+                    sa.or_(col(Outbox.partner).not_in(sorted(busy)), large),
+                    sa.or_(col(Outbox.partner).not_in(sorted(busy_large)), sa.not_(large)),
+                )  # fmt: skip
             if blocked:
                 query = query.where(
                     sa.or_(col(Outbox.kind) == "descriptor", col(Outbox.partner).not_in(blocked))
@@ -188,14 +200,14 @@ class OutboxWorker:
             ]
 
     def step(self) -> int:
-        """Claim the due rows of every partner whose lane is idle and start a lane for each
-        such partner, without waiting for any; returns how many rows were claimed."""
+        """Claim the due rows of every idle lane and start those lanes, without waiting for
+        any; returns how many rows were claimed."""
         ids = self.claim(skip=self.lanes.busy())
         lanes: dict[str, list[Callable[[], None]]] = defaultdict(list)
-        for partner, rows, job in self._jobs(ids) if ids else []:
-            lanes[partner].append(partial(self._safe, rows, job))
-        for partner, jobs in lanes.items():
-            self.lanes.start(partner, jobs)
+        for lane, rows, job in self._jobs(ids) if ids else []:
+            lanes[lane].append(partial(self._safe, rows, job))
+        for lane, jobs in lanes.items():
+            self.lanes.start(lane, jobs)
         return len(ids)
 
     def run_once(self) -> int:
@@ -206,8 +218,8 @@ class OutboxWorker:
 
     # --- grouping claimed rows into requests ----------------------------------------------------
     def _jobs(self, ids: list[int]) -> list[tuple[str, list[int], Callable[[], None]]]:
-        """Group claimed rows into requests: (the partner, the rows' ids, the call that
-        delivers them)."""
+        """Group claimed rows into requests: (their lane: the partner, plus ``LARGE`` for a
+        large delivery; the rows' ids; the call that delivers them)."""
         with self.node.db.session() as session:
             rows = list(
                 session.exec(select(Outbox).where(col(Outbox.id).in_(ids)).order_by(col(Outbox.id)))
@@ -247,11 +259,14 @@ class OutboxWorker:
             elif row.kind == "deliver" and artifact.ciphertext_size <= BATCH_ITEM_MAX_BYTES:
                 small[row.partner].append((row, artifact))
             else:
-                jobs.append((row.partner, [row.id], partial(self._one, partner, row, artifact)))
+                lane = row.partner + (LARGE if row.kind == "deliver" else "")
+                jobs.append((lane, [row.id], partial(self._one, partner, row, artifact)))
         if settled:
             self._settle(settled)
         for partner_id, items in small.items():
-            for chunk in _chunks(items):
+            for chunk in chunks(
+                items, BATCH_MAX_ITEMS, BATCH_MAX_BYTES, lambda i: i[1].ciphertext_size
+            ):
                 ids_ = [r.id or 0 for r, _ in chunk]
                 jobs.append((partner_id, ids_, partial(self._batch, partners[partner_id], chunk)))
         for partner_id, drows in descriptors.items():
@@ -480,20 +495,3 @@ class OutboxWorker:
                 conn.execute(_insert_audit(), events)
         for (partner, label), n in counts.items():
             node.metrics.deliveries.labels(partner, label).inc(n)
-
-
-def _chunks(items: list[tuple[Outbox, Artifact]]) -> list[list[tuple[Outbox, Artifact]]]:
-    out: list[list[tuple[Outbox, Artifact]]] = []
-    current: list[tuple[Outbox, Artifact]] = []
-    size = 0
-    for item in items:
-        if current and (
-            len(current) >= BATCH_MAX_ITEMS or size + item[1].ciphertext_size > BATCH_MAX_BYTES
-        ):
-            out.append(current)
-            current, size = [], 0
-        current.append(item)
-        size += item[1].ciphertext_size
-    if current:
-        out.append(current)
-    return out

@@ -1,8 +1,10 @@
 """When and where the delivery worker's requests run: a lane per partner, and the backoff.
 
-:class:`Lanes` are bulkheads for work per partner: at most one lane in flight per partner,
-each lane on its own thread (up to ``parallel`` partners at once), its jobs run in order. The
-delivery worker (``federation/outbox.py``) starts a lane per partner for the rows it
+:class:`Lanes` are bulkheads for work per partner: at most one lane in flight per key, each
+lane on its own thread (up to ``parallel`` lanes at once), its jobs run in order. A partner has
+two: its large deliveries (each streamed in its own request) and everything else (batches of
+small deliveries, notices, descriptors), so a small share does not wait behind a large one on a
+slow link. The delivery worker (``federation/outbox.py``) starts a lane per partner for the rows it
 claimed and claims nothing more for a partner whose lane still runs; it never waits for one
 partner's lane to claim another's rows. So a partner that is slow or out of reach (a connect
 that waits out its timeout behind a partition, a large artifact on a slow link) holds only its
@@ -21,8 +23,32 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import timedelta
+from typing import TypeVar
 
-__all__ = ["Lanes", "backoff"]
+__all__ = ["LARGE", "Lanes", "backoff", "chunks"]
+
+LARGE = " (large)"  # a partner's lane key plus this: its large deliveries' lane
+
+T = TypeVar("T")
+
+
+def chunks(
+    items: list[T], max_items: int, max_bytes: int, size: Callable[[T], int]
+) -> list[list[T]]:
+    """``items`` in order, cut into requests of at most ``max_items`` items and ``max_bytes``
+    bytes (an item larger than that alone)."""
+    out: list[list[T]] = []
+    current: list[T] = []
+    total = 0
+    for item in items:
+        if current and (len(current) >= max_items or total + size(item) > max_bytes):
+            out.append(current)
+            current, total = [], 0
+        current.append(item)
+        total += size(item)
+    if current:
+        out.append(current)
+    return out
 
 
 def backoff(

@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.federation.client import PartnerClient
-from service.federation.outbox import OutboxWorker
-from service.federation.schedule import Lanes, backoff
+from service.federation.client import DELIVERY_TYPE, PartnerClient
+from service.federation.outbox import BATCH_ITEM_MAX_BYTES, OutboxWorker
+from service.federation.schedule import LARGE, Lanes, backoff, chunks
 from tests.service.nodekit import Kit, make_node, pin
 from tests.service.test_federation_sync import PortalTransport, accepted, outbox, share
 
@@ -27,23 +27,27 @@ HANG_SECONDS = 60.0  # at most, if the test fails to release the partner
 
 
 class Hanging(httpx.BaseTransport):
-    """``inner``, except that requests to ``host`` wait until ``release`` is set (a partner
-    behind a partition: the connect waits out its timeout)."""
+    """``inner``, except that requests to ``host`` (of media type ``only``, if given) wait until
+    ``release`` is set (a partner behind a partition: the connect waits out its timeout; or a
+    large artifact on a slow link)."""
 
-    def __init__(self, inner: httpx.BaseTransport, host: str) -> None:
-        self.inner, self.host = inner, host
+    def __init__(self, inner: httpx.BaseTransport, host: str, only: str | None = None) -> None:
+        self.inner, self.host, self.only = inner, host, only
         self.entered, self.release = threading.Event(), threading.Event()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.host == self.host:
+        media = request.headers.get("content-type", "").split(";")[0].strip()
+        if request.url.host == self.host and self.only in (None, media):
             self.entered.set()
             self.release.wait(HANG_SECONDS)
         return self.inner.handle_request(request)
 
 
 @pytest.fixture
-def three(tmp_path: Path) -> Iterator[tuple[Kit, Kit, Kit, Hanging]]:
-    uk, us, ca = (make_node(tmp_path, n) for n in ("uk-aisi", "us-aisi", "ca-aisi"))
+def three(tmp_path: Path, db_url: str) -> Iterator[tuple[Kit, Kit, Kit, Hanging]]:
+    """The origin (uk, on each database: the claim is SQL) and two partners."""
+    uk = make_node(tmp_path, "uk-aisi", db_url=db_url)
+    us, ca = (make_node(tmp_path, n) for n in ("us-aisi", "ca-aisi"))
     for a, b in ((uk, us), (us, uk), (uk, ca), (ca, uk)):
         pin(a, b)
     portal = PortalTransport({"uk-aisi": uk.app, "us-aisi": us.app, "ca-aisi": ca.app})
@@ -89,6 +93,30 @@ def test_a_partner_that_hangs_delays_only_its_own_deliveries(
         "us-aisi": "delivered",
     }
     assert accepted(ca) == {to_ca: 1}
+
+
+def test_a_large_delivery_in_flight_does_not_hold_small_ones_to_the_same_partner(
+    three: tuple[Kit, Kit, Kit, Hanging],
+) -> None:
+    uk, _us, ca, portal_hanging = three
+    hanging = Hanging(portal_hanging.inner, "ca-aisi", only=DELIVERY_TYPE)  # streamed ones only
+    worker = OutboxWorker(uk.node, PartnerClient(uk.node, http=httpx.Client(transport=hanging)))
+    try:
+        [large] = share(uk, to="ca-aisi", size=BATCH_ITEM_MAX_BYTES + 1024)
+        assert worker.step() == 1
+        assert hanging.entered.wait(30)
+        assert worker.lanes.busy() == {"ca-aisi" + LARGE}
+        [small] = share(uk, to="ca-aisi")
+        assert worker.step() == 1  # the small one, in ca's other lane
+        wait_until(lambda: accepted(ca) == {small: 1})
+        assert worker.step() == 0  # the large one is still in flight, not claimed again
+        hanging.release.set()
+        wait_until(lambda: not worker.lanes.busy())
+    finally:
+        hanging.release.set()
+        worker.close()
+    assert accepted(ca) == {small: 1, large: 1}
+    assert {r.artifact_id: r.state for r in outbox(uk)} == {small: "delivered", large: "delivered"}
 
 
 def test_run_once_still_waits_for_every_lane(three: tuple[Kit, Kit, Kit, Hanging]) -> None:
@@ -143,3 +171,9 @@ def test_backoff(attempts: int, retry_after: float | None, low: float, high: flo
             rng=random.Random(seed),  # noqa: S311
         ).total_seconds()
         assert low <= wait <= high, (seed, wait)
+
+
+def test_chunks_cut_by_count_and_bytes_in_order() -> None:
+    sizes = [5, 5, 5, 20, 1, 1, 1]
+    assert chunks(sizes, 2, 12, lambda n: n) == [[5, 5], [5], [20], [1, 1], [1]]
+    assert chunks([], 2, 12, lambda n: n) == []

@@ -212,19 +212,11 @@ class NodeProcess:
         """Start ``entente serve`` without waiting for it (see :meth:`wait_healthy`)."""
         if self.log_path is None:
             self.log_path = self.home.parent / f"{self.node_id}.log"
+        host = self.listen_host or self.host
+        serve = ["serve", "--home", str(self.home), "--host", host, "--port", str(self.port)]
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(  # noqa: S603 - this project's own command line
-                [
-                    *self.launcher,
-                    *self.command,
-                    "serve",
-                    "--home",
-                    str(self.home),
-                    "--host",
-                    self.listen_host or self.host,
-                    "--port",
-                    str(self.port),
-                ],  # fmt: skip
+                [*self.launcher, *self.command, *serve],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -74,6 +74,7 @@ PERMANENT = frozenset({403, 404, 409, 413, 422})
 BATCH_MAX_ITEMS = 64  # deliveries per batch request
 BATCH_MAX_BYTES = 2 << 20  # bytes of ciphertext per batch request
 BATCH_ITEM_MAX_BYTES = 256 << 10  # bytes: larger ciphertexts stream one per request
+LANES_PARALLEL = 16  # lanes running at once (two a partner: small requests, large deliveries)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class OutboxWorker:
         client: PartnerClient,
         *,
         batch: int = 256,
-        threads: int = 4,
+        threads: int = LANES_PARALLEL,
         owner: str | None = None,
         kinds: frozenset[str] | None = None,
     ) -> None:
@@ -124,7 +125,7 @@ class OutboxWorker:
             seconds=2 * node.settings.request_timeout_seconds + LEASE_MARGIN_SECONDS
         )
         self.owner = owner or f"w-{secrets.token_hex(6)}"
-        self.lanes = Lanes(threads, name="entente-deliver")  # partners delivered to at once
+        self.lanes = Lanes(threads, name="entente-deliver")
 
     def close(self) -> None:
         self.lanes.close()

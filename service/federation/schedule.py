@@ -1,16 +1,18 @@
-"""When and where the delivery worker's requests run: a lane per partner, and the backoff.
+"""When and where the delivery worker's requests run: lanes per partner, how rows are cut
+into requests, and the backoff after a failure.
 
-:class:`Lanes` are bulkheads for work per partner: at most one lane in flight per key, each
-lane on its own thread (up to ``parallel`` lanes at once), its jobs run in order. A partner has
-two: its large deliveries (each streamed in its own request) and everything else (batches of
-small deliveries, notices, descriptors), so a small share does not wait behind a large one on a
-slow link. The delivery worker (``federation/outbox.py``) starts a lane per partner for the rows it
-claimed and claims nothing more for a partner whose lane still runs; it never waits for one
-partner's lane to claim another's rows. So a partner that is slow or out of reach (a connect
-that waits out its timeout behind a partition, a large artifact on a slow link) holds only its
-own deliveries, never another partner's: the pull worker's rule (``PullLoops``), for pushes.
+:class:`Lanes` are bulkheads: at most one lane in flight per key, each on its own thread (up to
+``parallel`` lanes at once), its jobs run in order. A partner has two keys: its large
+deliveries (each streamed in its own request) and everything else (batches of small
+deliveries, notices, descriptors), so a small share does not wait behind a large one on a slow
+link. The delivery worker (``federation/outbox.py``) starts a lane for the rows it claimed,
+claims nothing more for a lane that still runs, and waits for none: a partner that is slow or
+out of reach (a connect that waits out its timeout behind a partition, a large artifact on a
+slow link) holds only its own deliveries, never another partner's; the pull worker's rule
+(``PullLoops``), for pushes.
 
-:func:`backoff` is how long a row waits after a failed attempt.
+:func:`chunks` cuts a partner's small deliveries into batch requests; :func:`backoff` is how
+long a row waits after a failed attempt.
 
 What it does not do: decide what a job is, or bound how long one runs (the partner client's
 timeouts do).

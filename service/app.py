@@ -164,8 +164,12 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
     pulls = PullLoops(node, client)
 
     async def deliver() -> float:
-        handled = await anyio.to_thread.run_sync(outbox.step)  # waits for no delivery
-        return 0.0 if handled else settings.sync_interval_seconds
+        if await anyio.to_thread.run_sync(outbox.step):  # starts lanes, waits for none
+            return 0.0
+        # Nothing claimed: until a lane finishes (its partner's next rows may wait) or the poll.
+        pause = settings.sync_interval_seconds
+        await anyio.to_thread.run_sync(outbox.pause, pause, abandon_on_cancel=True)
+        return 0.0
 
     async def pull() -> float:
         await anyio.to_thread.run_sync(pulls.round)  # starts each idle partner's pull

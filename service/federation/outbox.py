@@ -13,9 +13,8 @@ ones stream one per request. Notices (revocations, access notices) and rotated d
 per request; while a descriptor push to a partner is pending, nothing else is sent to it (it
 would not know the new key yet), and the push is signed with the retired key it still pins.
 
-Each partner's requests run in order in its own lane (``federation/schedule.py``), several
-partners' at once; ``step`` claims nothing for a partner whose lane still runs and waits for
-none: a slow or unreachable partner delays only its own deliveries.
+Each partner's requests run in order in its lanes (``federation/schedule.py``), several at once;
+``step`` waits for none: a slow or unreachable partner delays only its own deliveries.
 
 Transient failures (unreachable, 5xx, 401 before the partner pinned us) back off exponentially with
 jitter up to ``retry_max_seconds``, and never sooner than the partner's ``Retry-After`` (a 429 from
@@ -66,7 +65,6 @@ from service.partners import PartnerKeys, partner_keys
 __all__ = ["BATCH_MAX_BYTES", "BATCH_MAX_ITEMS", "OutboxWorker", "record_receipts"]
 
 _NOTICE_KINDS = frozenset({"revocation", "access", "deletion"})  # what each notice's receipt says
-
 log = logging.getLogger("entente.outbox")
 
 LEASE_MARGIN_SECONDS = 5.0  # seconds added to two request timeouts: a claimed row's lease
@@ -125,16 +123,15 @@ class OutboxWorker:
             seconds=2 * node.settings.request_timeout_seconds + LEASE_MARGIN_SECONDS
         )
         self.owner = owner or f"w-{secrets.token_hex(6)}"
-        self.lanes = Lanes(threads, name="entente-deliver")
+        self.lanes, self._seen = Lanes(threads, name="entente-deliver"), 0  # _seen: see pause
 
     def close(self) -> None:
         self.lanes.close()
 
     # --- claiming -------------------------------------------------------------------------------
     def claim(self, *, skip: Collection[str] = ()) -> list[int]:
-        """Lease up to ``batch`` due rows, none of a busy lane in ``skip`` (a partner: its small
-        requests; the partner and ``LARGE``: its large deliveries); returns their ids (never
-        another worker's)."""
+        """Lease up to ``batch`` due rows, none of a lane in ``skip`` (a partner's; plus ``LARGE``,
+        its large deliveries'); returns their ids (never another worker's)."""
         now = self.node.now()
         until = now + self.lease
         due = sa.and_(
@@ -203,6 +200,7 @@ class OutboxWorker:
     def step(self) -> int:
         """Claim the due rows of every idle lane and start those lanes, without waiting for
         any; returns how many rows were claimed."""
+        self._seen = self.lanes.finished  # before the claim: see pause
         ids = self.claim(skip=self.lanes.busy())
         lanes: dict[str, list[Callable[[], None]]] = defaultdict(list)
         for lane, rows, job in self._jobs(ids) if ids else []:
@@ -210,6 +208,11 @@ class OutboxWorker:
         for lane, jobs in lanes.items():
             self.lanes.start(lane, jobs)
         return len(ids)
+
+    def pause(self, timeout: float) -> None:
+        """The deliver loop's wait when a step claimed nothing: until a lane finishes after the
+        last :meth:`step` began (its rows may be claimed again), or ``timeout`` seconds."""
+        self.lanes.wait_finished(self._seen, timeout)
 
     def run_once(self) -> int:
         """Claim a batch and deliver it; returns how many rows were handled."""
@@ -219,8 +222,7 @@ class OutboxWorker:
 
     # --- grouping claimed rows into requests ----------------------------------------------------
     def _jobs(self, ids: list[int]) -> list[tuple[str, list[int], Callable[[], None]]]:
-        """Group claimed rows into requests: (their lane: the partner, plus ``LARGE`` for a
-        large delivery; the rows' ids; the call that delivers them)."""
+        """Claimed rows as requests: (their lane, the rows' ids, the call that delivers them)."""
         with self.node.db.session() as session:
             rows = list(
                 session.exec(select(Outbox).where(col(Outbox.id).in_(ids)).order_by(col(Outbox.id)))

@@ -76,6 +76,25 @@ class Lanes:
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=name)
         self._running: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._finished = 0  # lanes finished so far
+
+    @property
+    def finished(self) -> int:
+        """How many lanes have finished so far (for :meth:`wait_finished`)."""
+        with self._lock:
+            return self._finished
+
+    def wait_finished(self, after: int, timeout: float) -> bool:
+        """Until more than ``after`` lanes have finished, or ``timeout`` seconds; whether they
+        had."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._finished > after, timeout)
+
+    def _done(self, _future: Future[None]) -> None:
+        with self._changed:
+            self._finished += 1
+            self._changed.notify_all()
 
     def busy(self) -> set[str]:
         """The partners whose lane is running (or waiting for a thread) now."""
@@ -94,7 +113,8 @@ class Lanes:
             running = self._running.get(partner)
             if running is not None and not running.done():
                 raise RuntimeError(f"a lane of {partner} is running already")
-            self._running[partner] = self._pool.submit(lane)
+            future = self._running[partner] = self._pool.submit(lane)
+        future.add_done_callback(self._done)  # at once if done already: after the lock
 
     def wait(self) -> None:
         """Until every lane started so far has finished."""

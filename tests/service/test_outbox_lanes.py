@@ -84,7 +84,10 @@ def test_a_partner_that_hangs_delays_only_its_own_deliveries(
         assert worker.lanes.busy() == {"ca-aisi"}
         assert worker.step() == 0  # nothing due but ca's row, and its lane is busy
         hanging.release.set()
-        wait_until(lambda: not worker.lanes.busy())
+        started = time.monotonic()
+        worker.pause(HANG_SECONDS)  # the deliver loop's wait ends with ca's lane, not later
+        assert time.monotonic() - started < HANG_SECONDS / 2
+        assert not worker.lanes.busy()
     finally:
         hanging.release.set()
         worker.close()
@@ -177,3 +180,23 @@ def test_chunks_cut_by_count_and_bytes_in_order() -> None:
     sizes = [5, 5, 5, 20, 1, 1, 1]
     assert chunks(sizes, 2, 12, lambda n: n) == [[5, 5], [5], [20], [1, 1], [1]]
     assert chunks([], 2, 12, lambda n: n) == []
+
+
+def test_wait_finished_ends_when_a_lane_ends_or_at_the_timeout() -> None:
+    lanes = Lanes(2, name="test-lanes")
+    gate = threading.Event()
+    try:
+        seen = lanes.finished
+        lanes.start("a", [gate.wait])
+        started = time.monotonic()
+        assert not lanes.wait_finished(seen, 0.2)  # still running: the timeout
+        assert time.monotonic() - started >= 0.2
+        threading.Timer(0.1, gate.set).start()
+        started = time.monotonic()
+        assert lanes.wait_finished(seen, HANG_SECONDS)
+        assert time.monotonic() - started < HANG_SECONDS / 2
+        assert lanes.finished == seen + 1
+        assert lanes.wait_finished(seen, 0)  # already: at once
+    finally:
+        gate.set()
+        lanes.close()

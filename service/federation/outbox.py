@@ -13,7 +13,7 @@ ones stream one per request. Notices (revocations, access notices) and rotated d
 per request; while a descriptor push to a partner is pending, nothing else is sent to it (it
 would not know the new key yet), and the push is signed with the retired key it still pins.
 
-Each partner's requests run in order in its lanes (``federation/schedule.py``), several at once;
+Each partner's requests run in its lanes (``federation/schedule.py``), several lanes at once;
 ``step`` waits for none: a slow or unreachable partner delays only its own deliveries.
 
 Transient failures (unreachable, 5xx, 401 before the partner pinned us) back off exponentially with
@@ -49,7 +49,7 @@ from service.audit.log import audit_row
 from service.errors import PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.federation.notices import notice_payload
-from service.federation.schedule import LARGE, Lanes, backoff, chunks
+from service.federation.schedule import LANES_PARALLEL, LARGE, PER_LANE, Lanes, backoff, chunks
 from service.federation.settle import (
     _SETTLING,
     _delivered_events,
@@ -72,7 +72,6 @@ PERMANENT = frozenset({403, 404, 409, 413, 422})
 BATCH_MAX_ITEMS = 64  # deliveries per batch request
 BATCH_MAX_BYTES = 2 << 20  # bytes of ciphertext per batch request
 BATCH_ITEM_MAX_BYTES = 256 << 10  # bytes: larger ciphertexts stream one per request
-LANES_PARALLEL = 16  # lanes running at once (two a partner: small requests, large deliveries)
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,8 @@ class OutboxWorker:
             seconds=2 * node.settings.request_timeout_seconds + LEASE_MARGIN_SECONDS
         )
         self.owner = owner or f"w-{secrets.token_hex(6)}"
-        self.lanes, self._seen = Lanes(threads, name="entente-deliver"), 0  # _seen: see pause
+        self.lanes = Lanes(threads, name="entente-deliver", per_lane=PER_LANE)
+        self._seen = 0  # lanes finished when the last step began: see pause
 
     def close(self) -> None:
         self.lanes.close()

@@ -2,10 +2,11 @@
 into requests, and the backoff after a failure.
 
 :class:`Lanes` are bulkheads: at most one lane in flight per key, each on its own thread (up to
-``parallel`` lanes at once), its jobs run in order. A partner has two keys: its large
-deliveries (each streamed in its own request) and everything else (batches of small
-deliveries, notices, descriptors), so a small share does not wait behind a large one on a slow
-link. The delivery worker (``federation/outbox.py``) starts a lane for the rows it claimed,
+``parallel`` lanes at once), its jobs run in order or, given ``per_lane``, that many at once on
+threads of the lane's own (a lane that hangs holds only its own threads). A partner has two
+keys: its large deliveries (each streamed in its own request) and everything else (batches of
+small deliveries, notices, descriptors), so a small share does not wait behind a large one on
+a slow link. The delivery worker (``federation/outbox.py``) starts a lane for the rows it claimed,
 claims nothing more for a lane that still runs, and waits for none: a partner that is slow or
 out of reach (a connect that waits out its timeout behind a partition, a large artifact on a
 slow link) holds only its own deliveries, never another partner's; the pull worker's rule
@@ -27,9 +28,11 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from typing import TypeVar
 
-__all__ = ["LARGE", "Lanes", "backoff", "chunks"]
+__all__ = ["LANES_PARALLEL", "LARGE", "PER_LANE", "Lanes", "backoff", "chunks"]
 
 LARGE = " (large)"  # a partner's lane key plus this: its large deliveries' lane
+LANES_PARALLEL = 16  # lanes running at once (two a partner: small requests, large deliveries)
+PER_LANE = 4  # a delivery lane's requests at once (a backlog's batches overlap)
 
 T = TypeVar("T")
 
@@ -72,8 +75,9 @@ def backoff(
 
 
 class Lanes:
-    def __init__(self, parallel: int, *, name: str) -> None:
+    def __init__(self, parallel: int, *, name: str, per_lane: int = 1) -> None:
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=name)
+        self._name, self._per_lane = name, per_lane  # a lane's jobs at once (threads of its own)
         self._running: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -103,11 +107,18 @@ class Lanes:
             return set(self._running)
 
     def start(self, partner: str, jobs: Sequence[Callable[[], None]]) -> None:
-        """Run ``jobs`` one after another on a thread; ``partner`` must not be :meth:`busy`."""
+        """Run ``jobs`` on a lane, up to ``per_lane`` at once (one: in order); ``partner`` must
+        not be :meth:`busy`."""
 
         def lane() -> None:
-            for job in jobs:
-                job()
+            if self._per_lane == 1 or len(jobs) == 1:
+                for job in jobs:
+                    job()
+                return
+            width = min(self._per_lane, len(jobs))
+            with ThreadPoolExecutor(width, thread_name_prefix=f"{self._name}-lane") as pool:
+                for future in [pool.submit(job) for job in jobs]:
+                    future.result()
 
         with self._lock:
             running = self._running.get(partner)

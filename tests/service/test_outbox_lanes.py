@@ -200,3 +200,15 @@ def test_wait_finished_ends_when_a_lane_ends_or_at_the_timeout() -> None:
     finally:
         gate.set()
         lanes.close()
+
+
+def test_a_lane_with_per_lane_runs_that_many_of_its_jobs_at_once() -> None:
+    lanes = Lanes(2, name="test-lanes", per_lane=2)
+    both = threading.Barrier(2, timeout=HANG_SECONDS / 2)  # passes only if two run at once
+    passed: list[int] = []
+    try:
+        lanes.start("a", [lambda: passed.append(both.wait()), lambda: passed.append(both.wait())])
+        lanes.wait()
+    finally:
+        lanes.close()
+    assert sorted(passed) == [0, 1]

@@ -654,7 +654,7 @@ def seal(
     origin: str,
     tlp: str,
     recipients: Sequence[ManifestRecipient],
-    signer: SigningKey | SignerSet,
+    signer: SigningKey | SignerSet | Callable[[], SigningKey | SignerSet],
     policy: Mapping[str, Any],
     now: datetime,
     topics: Iterable[str] = (),
@@ -671,7 +671,9 @@ def seal(
 
     The metadata is validated before a byte is read. ``now`` is the manifest's ``created`` time;
     ``rng`` supplies the file key, nonces and ephemeral keys. ``signer`` is the origin's Ed25519
-    key or its :class:`~crypto.keyset.SignerSet` (then the manifest carries both signatures).
+    key or its :class:`~crypto.keyset.SignerSet` (then the manifest carries both signatures), or
+    a callable returning one, called once the payload is sealed: a caller may still be unlocking
+    the key (encryption needs only the recipients' public keys).
     The recipients must all be hybrid (the manifest then says ``"sealing": "mlkem768x25519"``)
     or all X25519 (``"x25519"``): ``crypto.sealing.choose_recipients`` picks them. Raises
     :class:`MalformedError` for bad metadata, and its :class:`SealingKindError` (also a
@@ -715,7 +717,7 @@ def seal(
     )
     return Sealed(
         manifest=manifest,
-        envelope=sign_manifest(manifest, signer),
+        envelope=sign_manifest(manifest, signer() if callable(signer) else signer),
         sha256=manifest.sha256,
         size=manifest.size,
         header_sha256=header_sha256,

@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -111,6 +112,18 @@ class Home:
         protected = self.protected and bool(need)
         passphrase = read_passphrase(settings, confirm=False) if protected else None
         return unlock_keys(self.keys_dir, self.key_facts, passphrase, need)
+
+    def unlock_meanwhile(self, settings: Settings, need: KeyNeed) -> Future[NodeKeys]:
+        """:meth:`unlock` on a thread of its own, so that a command can do work that needs no
+        private key (reading and encrypting a file) during the scrypt. The passphrase is read
+        (or asked for) here, on the calling thread, before this returns."""
+        protected = self.protected and bool(need)
+        passphrase = read_passphrase(settings, confirm=False) if protected else None
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock")
+        try:
+            return pool.submit(unlock_keys, self.keys_dir, self.key_facts, passphrase, need)
+        finally:
+            pool.shutdown(wait=False)  # the thread ends with its one job
 
     def public_keyset(self) -> KeySet:
         """This node's current public key set (Ed25519 and ML-DSA-65), from its own descriptor,

@@ -13,7 +13,7 @@
 Each file is age-encrypted under the node's passphrase (scrypt), or, for demos only, written
 unencrypted behind a banner. Each scrypt costs 256 MiB and about half a second at the default work
 factor, so a command unlocks only the files it uses (:class:`KeyNeed`: a seal the signing keys,
-an open the identities its file was sealed to); ``serve`` unlocks them all.
+an open the identities its file was sealed to); ``serve`` unlocks them all, two at a time.
 
 This module makes, writes and reads key files; it does not know where a home is, ask for a
 passphrase or sign anything (``service.home``).
@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -354,46 +356,73 @@ def _check(what: str, got: str, want: str | None, keys_dir: Path) -> None:
         raise KeyStoreError(f"the {what} in {keys_dir} does not match node.json")
 
 
+# Key files decrypted at once: scrypt releases the GIL, so a command needing several keys waits
+# for about one scrypt per core instead of one per file; each holds 256 MiB while it runs.
+_UNLOCK_THREADS = 2
+
+
+def _read_keys(paths: list[Path], passphrase: str | None) -> dict[Path, bytes]:
+    """``read_key`` of each path, several at once when they are passphrase-protected."""
+    if passphrase is None or len(paths) < 2:
+        return {path: read_key(path, passphrase) for path in paths}
+    threads = min(_UNLOCK_THREADS, os.cpu_count() or 1, len(paths))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="unlock") as pool:
+        futures = {path: pool.submit(read_key, path, passphrase) for path in paths}
+        return {path: future.result() for path, future in futures.items()}
+
+
 def unlock_keys(
     keys_dir: Path, facts: KeyFacts, passphrase: str | None, need: KeyNeed = KeyNeed.ALL
 ) -> NodeKeys:
     """Decrypt the key files ``need`` names (every one by default) in ``keys_dir`` and check
     each against ``facts``; the others are not read."""
-    signing = identity = hybrid = mldsa = checkpoint = None
+    current: dict[str, Path] = {}
     if KeyNeed.SIGNING in need:
-        signing = SigningKey(read_key(keys_dir / "signing.key", passphrase))
-        _check("signing key", signing.fingerprint, facts.fingerprint, keys_dir)
+        current["signing"] = keys_dir / "signing.key"
         if facts.mldsa_fingerprint is not None:
-            mldsa = _mldsa(read_key(keys_dir / "mldsa.key", passphrase))
-            _check("ML-DSA key", mldsa.fingerprint, facts.mldsa_fingerprint, keys_dir)
+            current["mldsa"] = keys_dir / "mldsa.key"
     if KeyNeed.IDENTITY in need:
-        identity = _x25519_identity(read_key(keys_dir / "identity.key", passphrase))
+        current["identity"] = keys_dir / "identity.key"
     if KeyNeed.HYBRID in need and facts.pq_recipient is not None:
-        hybrid = _hybrid_identity(read_key(keys_dir / "pq-identity.key", passphrase))
-        _check("post-quantum identity", hybrid.recipient.to_string(), facts.pq_recipient,
-               keys_dir)  # fmt: skip
+        current["pq-identity"] = keys_dir / "pq-identity.key"
     if KeyNeed.CHECKPOINT in need and facts.checkpoint_fingerprint is not None:
-        checkpoint = SigningKey(read_key(keys_dir / "checkpoint.key", passphrase))
-        _check("checkpoint key", checkpoint.fingerprint, facts.checkpoint_fingerprint, keys_dir)
+        current["checkpoint"] = keys_dir / "checkpoint.key"
     wanted: set[str] = set()
     if KeyNeed.RETIRED_SIGNING in need:
         wanted |= {"signing", "mldsa"}
     if KeyNeed.RETIRED_IDENTITIES in need:
         wanted |= {"identity", "pq-identity"}
+    retired = [entry for entry in retired_key_files(keys_dir) if entry[1] in wanted]
+    secrets = _read_keys([*current.values(), *(path for _, _, path in retired)], passphrase)
+
+    signing = identity = hybrid = mldsa = checkpoint = None
+    if "signing" in current:
+        signing = SigningKey(secrets[current["signing"]])
+        _check("signing key", signing.fingerprint, facts.fingerprint, keys_dir)
+    if "mldsa" in current:
+        mldsa = _mldsa(secrets[current["mldsa"]])
+        _check("ML-DSA key", mldsa.fingerprint, facts.mldsa_fingerprint, keys_dir)
+    if "identity" in current:
+        identity = _x25519_identity(secrets[current["identity"]])
+    if "pq-identity" in current:
+        hybrid = _hybrid_identity(secrets[current["pq-identity"]])
+        _check("post-quantum identity", hybrid.recipient.to_string(), facts.pq_recipient,
+               keys_dir)  # fmt: skip
+    if "checkpoint" in current:
+        checkpoint = SigningKey(secrets[current["checkpoint"]])
+        _check("checkpoint key", checkpoint.fingerprint, facts.checkpoint_fingerprint, keys_dir)
     retired_s: list[SigningKey] = []
     retired_i: list[age.X25519Identity | age.HybridIdentity] = []
     retired_m: dict[str, MLDSASigningKey] = {}
-    for fingerprint, kind, path in retired_key_files(keys_dir):
-        if kind not in wanted:
-            continue
+    for fingerprint, kind, path in retired:
         if kind == "signing":
-            retired_s.append(SigningKey(read_key(path, passphrase)))
+            retired_s.append(SigningKey(secrets[path]))
         elif kind == "identity":
-            retired_i.append(_x25519_identity(read_key(path, passphrase)))
+            retired_i.append(_x25519_identity(secrets[path]))
         elif kind == "pq-identity":
-            retired_i.append(_hybrid_identity(read_key(path, passphrase)))
+            retired_i.append(_hybrid_identity(secrets[path]))
         elif kind == "mldsa":
-            retired_m[fingerprint] = _mldsa(read_key(path, passphrase))
+            retired_m[fingerprint] = _mldsa(secrets[path])
     return NodeKeys(
         unlocked=need,
         _signing=signing,

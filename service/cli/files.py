@@ -28,7 +28,7 @@ from rich.progress import (
 
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
-from crypto.keyset import KeySet
+from crypto.keyset import KeySet, SignerSet
 from crypto.sealed import (
     Manifest,
     ManifestRecipient,
@@ -186,7 +186,6 @@ def seal(
             raise UsageError(f"{path} exists; pass --force to overwrite it")
     settings = settings_for(home)
     node_home = open_home(settings.require_home())
-    keys = node_home.unlock(settings, KeyNeed.SIGNING)  # signs; seals to public recipients only
     parties: list[Party] = [node_home]
     given: list[ManifestRecipient] = []
     named = [target for target in to if not target.startswith("age1")]
@@ -207,8 +206,21 @@ def seal(
         size = file.stat().st_size
     except OSError as exc:
         raise UsageError(f"cannot read {file}: {exc.strerror}") from None
+    # Sealing needs only public keys until the manifest is signed: the signing keys' scrypt runs
+    # meanwhile on another thread, and a wrong passphrase stops the sealing as soon as it shows.
+    unlocking = node_home.unlock_meanwhile(settings, KeyNeed.SIGNING)
+
+    def signer() -> SignerSet:
+        return unlocking.result().signer
+
     now = datetime.now(UTC)
-    with _writing(out), progress_bar(size, f"sealing {file.name}") as advance:
+    with _writing(out), progress_bar(size, f"sealing {file.name}") as bar:
+
+        def advance(n: int) -> None:
+            bar(n)
+            if unlocking.done() and unlocking.exception() is not None:
+                unlocking.result()  # raises what the unlock raised
+
         sealed = seal_file(
             file,
             out,
@@ -218,7 +230,7 @@ def seal(
             origin=node_home.node_id,
             tlp=tlp,
             recipients=recipients,
-            signer=keys.signer,
+            signer=signer,
             policy={"source": "entente seal (local; no partner policy evaluated)"},
             now=now,
             topics=topic or (),

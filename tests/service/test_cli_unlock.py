@@ -7,6 +7,7 @@ before and after a key rotation; and a key that was not unlocked is an error nam
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from crypto import age
 from service import keystore
 from service.cli import app
+from service.errors import KeyStoreError
 from service.home import KeyNeed, create_home, open_home, rotate_keys
 from service.keystore import KeyNotUnlockedError
 from service.settings import Settings
@@ -50,18 +52,18 @@ def decrypted(monkeypatch: pytest.MonkeyPatch) -> KeyLog:
     """The key files decrypted, by name (``retired/`` for a retired one), each checked to be
     an scrypt decryption: a protected home has no other kind."""
     log: KeyLog = []
-    scrypts: list[int] = []
+    scrypts = threading.local()  # key files are decrypted on several threads at once
     read_key = keystore.read_key
     decrypt = age.decrypt_with_passphrase
 
     def counting_decrypt(data: bytes, passphrase: str) -> bytes:
-        scrypts.append(1)
+        scrypts.count = getattr(scrypts, "count", 0) + 1
         return decrypt(data, passphrase)
 
     def counting_read(path: Path, passphrase: str | None) -> bytes:
-        before = len(scrypts)
+        before = getattr(scrypts, "count", 0)
         secret = read_key(path, passphrase)
-        assert len(scrypts) == before + 1, f"{path} was not an scrypt decryption"
+        assert scrypts.count == before + 1, f"{path} was not an scrypt decryption"
         kind = path.name.removesuffix(".key").partition(".")[2] or path.stem
         log.append(f"retired/{kind}" if path.parent.name == "retired" else kind)
         return secret
@@ -175,3 +177,39 @@ def test_a_key_not_unlocked_is_an_error_naming_it(
     assert "seed" not in repr(keys)
     everything = open_home(home).unlock(settings)
     assert len(everything.all_identities) == 2 and everything.log_key is not None
+
+
+def test_key_files_are_decrypted_two_at_a_time(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each scrypt holds one core and releases the GIL: a command needing several key files
+    (``serve`` needs five) waits for about one scrypt per core, not one per file."""
+    read_key = keystore.read_key
+    together = threading.Barrier(2, timeout=10)  # broken unless two reads overlap
+    met: list[Path] = []
+
+    def meeting_read(path: Path, passphrase: str | None) -> bytes:
+        if not met or together.n_waiting:
+            met.append(path)
+            together.wait()
+        return read_key(path, passphrase)
+
+    monkeypatch.setattr(keystore, "read_key", meeting_read)
+    keys = open_home(home).unlock(Settings(passphrase=PASSPHRASE), KeyNeed.ALL)
+    assert len(met) == 2
+    assert keys.signing.fingerprint == _facts(home)["fingerprint"]
+
+
+def test_seal_with_a_wrong_passphrase_leaves_nothing(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signing keys are unlocked while the file is sealed: a wrong passphrase still ends the
+    command with the keystore's message and no output."""
+    monkeypatch.setenv("ENTENTE_PASSPHRASE", "not the passphrase at all")
+    plain = tmp_path / "big.bin"
+    plain.write_bytes(b"\x00" * (8 << 20))
+    out = tmp_path / "big.age"
+    result = CliRunner().invoke(
+        app, ["seal", str(plain), "--to", _facts(home)["age_recipient"], "-o", str(out)]
+    )
+    assert isinstance(result.exception, KeyStoreError)
+    assert "wrong passphrase" in str(result.exception)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin", "uk"]

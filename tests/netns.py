@@ -24,6 +24,13 @@ What is emulated, and how:
   Only the latency is in userspace; the bandwidth limit and the cuts stay in the kernel.
 - **Bandwidth.** ``tc qdisc add dev VETH root tbf rate R burst 32kbit latency 400ms`` on both
   ends of a limited link.
+- **Loss.** ``Link(loss_percent=P)``: an nftables table in the node's namespace drops each
+  packet crossing its veth, either way, with probability P % (``numgen random``): real loss in
+  the kernel, which TCP repairs by retransmitting (a lost segment costs a retransmission
+  timeout, so loss shows as stalls of 200 ms and more). Needs ``nft`` (Debian's nftables).
+- **Jitter.** ``Link(jitter_ms=J)``: the relay holds each chunk for the path's delay plus a
+  uniform extra of up to both links' J, never releasing a chunk before the one ahead of it
+  (TCP keeps order); netem's own jitter where the kernel has netem.
 - **Partitions.** :meth:`Star.cut` first resets every relayed connection that touches the node
   (a link that fails mid-transfer loses its connections), then takes the hub's end of its veth
   down (``ip link set ... down``): nothing crosses until :meth:`Star.heal` brings it up.
@@ -34,7 +41,7 @@ and relays also end with the test process (``PR_SET_PDEATHSIG``); should the tes
 killed before its finalizer runs, the next :meth:`Star.up` deletes the namespaces it left
 (``/run/entente-netns`` names each star's namespaces and its owner's pid).
 
-What it does not do: loss or jitter, routing between subnets, IPv6.
+What it does not do: reordering, duplication or corruption, routing between subnets, IPv6.
 """
 
 from __future__ import annotations
@@ -72,16 +79,20 @@ class Link:
 
     delay_ms: float = 0.0  # one way; a path between two nodes adds both links'
     rate: str | None = None  # tbf rate, e.g. "2mbit"; None: unlimited
+    jitter_ms: float = 0.0  # up to this much more, uniformly, on each chunk (each way)
+    loss_percent: float = 0.0  # packets dropped on this link, each way (nftables)
 
 
-def require_namespaces() -> None:
-    """Skip (in CI: fail) unless this process is root with ``ip`` and ``tc`` (iproute2)."""
+def require_namespaces(*, loss: bool = False) -> None:
+    """Skip (in CI: fail) unless this process is root with ``ip`` and ``tc`` (iproute2), and
+    ``nft`` (nftables) when links lose packets."""
     require(os.geteuid() == 0, "root (network namespaces)", "run the test as root")
-    for tool in ("ip", "tc"):
+    tools = {"ip": "iproute2", "tc": "iproute2", **({"nft": "nftables"} if loss else {})}
+    for tool, package in tools.items():
         require(
             shutil.which(tool) is not None,
             f"the {tool!r} command",
-            "install it with: apt-get install iproute2",
+            f"install it with: apt-get install {package}",
         )
 
 
@@ -239,16 +250,60 @@ class Star:
         return True
 
     def _shape(self, place: _Place) -> None:
-        """Both ends of the node's veth: netem's delay (when the kernel has it), tbf's rate."""
+        """Both ends of the node's veth: netem's delay and jitter (when the kernel has it),
+        tbf's rate; then the link's loss."""
+        link = place.link
         for namespace, veth in ((self.hub, place.hub_veth), (place.namespace, place.node_veth)):
             parent = ["root"]
-            if self.netem and place.link.delay_ms > 0:
+            if self.netem and link.delay_ms > 0:
+                jitter = [f"{link.jitter_ms}ms"] if link.jitter_ms > 0 else []
                 _run("tc", "-n", namespace, "qdisc", "add", "dev", veth, "root", "handle", "1:",
-                     "netem", "delay", f"{place.link.delay_ms}ms")  # fmt: skip
+                     "netem", "delay", f"{link.delay_ms}ms", *jitter)  # fmt: skip
                 parent = ["parent", "1:1"]
-            if place.link.rate is not None:
-                tbf = ("tbf", "rate", place.link.rate, "burst", TBF_BURST, "latency", TBF_LATENCY)
+            if link.rate is not None:
+                tbf = ("tbf", "rate", link.rate, "burst", TBF_BURST, "latency", TBF_LATENCY)
                 _run("tc", "-n", namespace, "qdisc", "add", "dev", veth, *parent, *tbf)
+        if link.loss_percent > 0:
+            self._lose(place)
+
+    def _lose(self, place: _Place) -> None:
+        """An nftables table in the node's namespace dropping ``loss_percent`` % of the packets
+        that cross its veth, in and out (the node's loopback, relay to server, is spared)."""
+        per_million = round(place.link.loss_percent * 10_000)
+        if not 0 < per_million <= 1_000_000:
+            raise ValueError(f"{place.node_id}: loss_percent must be in (0, 100]")
+        drop = f"numgen random mod 1000000 < {per_million} counter drop"
+        rules = "\n".join(
+            [
+                "table inet entente_loss {",
+                "  chain input { type filter hook input priority 0; policy accept;",
+                f'    iifname "{place.node_veth}" {drop}',
+                "  }",
+                "  chain output { type filter hook output priority 0; policy accept;",
+                f'    oifname "{place.node_veth}" {drop}',
+                "  }",
+                "}",
+            ]
+        )
+        loaded = subprocess.run(  # our own fixed ruleset on stdin, no shell
+            ["ip", "netns", "exec", place.namespace, "nft", "-f", "-"],
+            input=rules, capture_output=True, text=True, timeout=COMMAND_SECONDS, check=False,
+        )  # fmt: skip
+        if loaded.returncode != 0:
+            raise RuntimeError(f"nft in {place.namespace} failed: {loaded.stderr.strip()}")
+
+    def dropped(self, node_id: str) -> int:
+        """Packets the loss rules of ``node_id``'s link have dropped (both ways)."""
+        place = self.places[node_id]
+        if place.link.loss_percent <= 0:
+            return 0  # no loss rules on this link
+        listed = _run("ip", "netns", "exec", place.namespace, "nft", "-j", "list", "table",
+                      "inet", "entente_loss").stdout  # fmt: skip
+        total = 0
+        for item in json.loads(listed).get("nftables", []):
+            for expr in item.get("rule", {}).get("expr", []):
+                total += int(expr.get("counter", {}).get("packets", 0))
+        return total
 
     # --- nodes ----------------------------------------------------------------------------------
     def address(self, node_id: str) -> str:
@@ -272,21 +327,24 @@ class Star:
         if self.netem:
             return
         node.listen_host = "127.0.0.1"
-        delays = {
-            other.address: self.one_way_ms(node.node_id, other.node_id)
-            for other in self.places.values()
-            if other.node_id != node.node_id
-        }
+        others = [other for other in self.places.values() if other.node_id != node.node_id]
+        delays = {other.address: self.one_way_ms(node.node_id, other.node_id) for other in others}
+        jitters = {other.address: place.link.jitter_ms + other.link.jitter_ms for other in others}
         place.control = self.workdir / f"relay-{self.tag}-{node.node_id}.sock"
         with open(self.workdir / f"relay-{node.node_id}.log", "ab") as log:  # the child keeps it
-            place.relay = self._start_relay(place, node.port, delays, log)
+            place.relay = self._start_relay(place, node.port, delays, jitters, log)
         assert place.relay.stdout is not None
         line = place.relay.stdout.readline()  # "ready" once listening (EOF if it died)
         if line.strip() != "ready":
             raise RuntimeError(f"the relay of {node.node_id} did not start: see the relay log")
 
     def _start_relay(
-        self, place: _Place, port: int, delays: dict[str, float], log: IO[bytes]
+        self,
+        place: _Place,
+        port: int,
+        delays: dict[str, float],
+        jitters: dict[str, float],
+        log: IO[bytes],
     ) -> subprocess.Popen[str]:
         assert place.control is not None
         return subprocess.Popen(  # our own script, fixed arguments
@@ -296,6 +354,8 @@ class Star:
                 "--target", f"127.0.0.1:{port}",
                 "--delays", json.dumps(delays),
                 "--default-ms", str(place.link.delay_ms),
+                "--jitters", json.dumps(jitters),
+                "--default-jitter-ms", str(place.link.jitter_ms),
                 "--control", str(place.control),
                 "--parent", str(os.getpid()),
             ],

@@ -1,5 +1,6 @@
 """Four nodes in their own network namespaces (``tests/netns.py``) under the conditions of links
-between continents: one-way delays of 20 to 210 ms between pairs, one link limited to 2 Mbit/s.
+between continents: one-way delays of 20 to 210 ms between pairs, one link limited to 2 Mbit/s,
+one that loses 2 % of its packets (in the kernel: nftables) and jitters by up to 40 ms.
 Shares flow continuously from two origins to every partner while one node is partitioned for
 about ten seconds and healed, and the limited link is cut in the middle of a 3 MB transfer.
 
@@ -37,7 +38,13 @@ IDS = network_ids(4)
 US, UK, CA, JP = IDS  # us-aisi, uk-aisi, ca-aisi, jp-aisi
 # One way to the hub; between two nodes both add up: US-UK 20 ms, US/UK-CA 80, US/UK-JP 150,
 # CA-JP 210 (round trips 40 to 420 ms).
-LINKS = {US: Link(10), UK: Link(10), CA: Link(70, rate="2mbit"), JP: Link(140)}
+# JP's link also loses 2 % of its packets each way and adds up to 20 ms of jitter each way.
+LINKS = {
+    US: Link(10),
+    UK: Link(10),
+    CA: Link(70, rate="2mbit"),
+    JP: Link(140, jitter_ms=20, loss_percent=2),
+}
 ORIGINS = (US, UK)
 PARTITIONED = JP  # cut off for PARTITION_SECONDS while shares flow
 LIMITED = CA  # the 2 Mbit/s link, cut mid-transfer of BIG bytes
@@ -81,7 +88,7 @@ class Flow:
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Network, Star]]:
-    require_namespaces()
+    require_namespaces(loss=True)
     root = tmp_path_factory.mktemp("netns")
     star = Star(LINKS, root)
     network: Network | None = None

@@ -1,9 +1,12 @@
 """Benchmark: a network of N nodes on this machine, each share going to every partner.
 
 DESIGN.md section 10: a network of 20 nodes with 50 ms round trips, share to all 19 partners,
-p99 to the last receipt under 3 s; per-node work at most linear in N. This runs on LOOPBACK
-(no added latency: the network namespaces and delaying relays of issue 16 are not built yet),
-so its latencies say what the nodes cost, not what links between continents add.
+p99 to the last receipt under 3 s; per-node work at most linear in N. By default this runs on
+LOOPBACK (no added latency), so its latencies say what the nodes cost. With ``--netns`` (Linux,
+root, iproute2) each node runs in its own network namespace (``service.netsim``) and every
+path between two nodes has ``--rtt-ms`` round trips (default 50: a quarter of it one way on
+each node's link), in the kernel where it has netem and otherwise in a delaying relay per
+node; this process reaches the nodes across their links too, as a publisher would.
 
 For each N (5, 10 and 20; ``--quick``: 3), the network is built as ``entente network up``
 builds it (``service.network``: one roster, one multilateral agreement every officer signed;
@@ -30,6 +33,7 @@ Usage::
     python bench/network.py                 # N = 5, 10, 20; 40 shares each
     python bench/network.py --quick         # N = 3, 6 shares: only checks that everything runs
     python bench/network.py --sizes 5 10 --shares 100 --json result.json
+    python bench/network.py --netns --rtt-ms 50   # the same, 50 ms round trips between nodes
 
 Figures go to stdout; the JSON result is the last stdout line (or goes to ``--json PATH``).
 """
@@ -55,6 +59,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._proc import cpu_seconds, peak_rss, reset_peaks, tree  # noqa: E402
+from service.localnet import COMMAND  # noqa: E402
+from service.netsim import Link, Star, missing_for_namespaces  # noqa: E402
 from service.network import Network, network_env, network_ids, prepare_network  # noqa: E402
 
 SIZE = 4096  # bytes per artifact
@@ -137,14 +143,28 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-def run_size(n: int, shares: int, idle: float, keep: bool) -> dict[str, Any]:
+def run_size(
+    n: int, shares: int, idle: float, keep: bool, rtt_ms: float | None = None
+) -> dict[str, Any]:
+    """One network of ``n`` nodes: on loopback, or (``rtt_ms``) in namespaces with that round
+    trip between any two nodes."""
     root = Path(tempfile.mkdtemp(prefix=f"entente-bench-net{n}-"))
+    ids = network_ids(n)
+    star = None if rtt_ms is None else Star({i: Link(rtt_ms / 4) for i in ids}, root)
     t0 = time.perf_counter()
-    network = prepare_network(root, network_ids(n), env=network_env())
+    if star is not None:
+        star.up()
+    network = prepare_network(
+        root, ids, env=network_env(PYTHONPATH=str(ROOT)), command=COMMAND,
+        hosts=None if star is None else star.hosts,
+    )  # fmt: skip
     prepared = time.perf_counter() - t0
     http = httpx.Client(timeout=120)
     try:
         t0 = time.perf_counter()
+        if star is not None:
+            for node in network.nodes.values():
+                star.place(node)
         network.federation.start()
         started = time.perf_counter() - t0
         time.sleep(3.0)  # the first checkpoints and their witnesses
@@ -169,6 +189,8 @@ def run_size(n: int, shares: int, idle: float, keep: bool) -> dict[str, Any]:
     finally:
         http.close()
         network.federation.stop()
+        if star is not None:
+            star.down()
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
     copies = shares * (n - 1)
@@ -205,13 +227,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N = 3, 6 shares")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' homes and logs")
+    parser.add_argument(
+        "--netns", action="store_true", help="nodes in network namespaces (root, iproute2)"
+    )
+    parser.add_argument(
+        "--rtt-ms", type=float, default=50.0, help="with --netns: round trip between two nodes"
+    )
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.shares, args.idle = [3], 6, 2.0
+    if args.netns and (missing := missing_for_namespaces()) is not None:
+        raise SystemExit(f"--netns needs {missing[0]}: {missing[1]}")
+    rtt = args.rtt_ms if args.netns else None
     load_before = os.getloadavg()[0]
     sizes: dict[str, Any] = {}
     for n in args.sizes:
-        row = run_size(n, args.shares, args.idle, args.keep)
+        row = run_size(n, args.shares, args.idle, args.keep, rtt)
         sizes[str(n)] = row
         print(
             f"N={n:>2}: share to {n - 1} partners p50 {row['p50_s']:.3f} s, p99 "
@@ -228,7 +259,8 @@ def main() -> None:
         "quick": args.quick,
         "sizes": sizes,
         "target_p99_s_at_20": TARGET_P99_SECONDS,
-        "loopback": True,
+        "loopback": not args.netns,
+        "rtt_ms": rtt,
         "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),
     }

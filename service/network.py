@@ -27,7 +27,7 @@ nodes ``entente network up --keep`` left running.
 
 What it does not do: choose ids for real institutes (the ids are examples), encrypt the
 officers' keys, or put nodes anywhere but where ``hosts`` says (loopback by default);
-``tests/netns.py`` runs them in network namespaces with latency, bandwidth limits and
+``service/netsim.py`` runs them in network namespaces with latency, bandwidth limits and
 partitions.
 """
 

@@ -1,4 +1,4 @@
-"""Four nodes in their own network namespaces (``tests/netns.py``) under the conditions of links
+"""Four nodes in their own network namespaces (``service/netsim.py``) under the conditions of links
 between continents: one-way delays of 20 to 210 ms between pairs, one link limited to 2 Mbit/s,
 one that loses 2 % of its packets (in the kernel: nftables) and jitters by up to 40 ms.
 Shares flow continuously from two origins to every partner while one node is partitioned for

@@ -1,8 +1,8 @@
-"""The network conditions of ``tests/netns.py`` do what they say, measured from outside:
+"""The network conditions of ``service/netsim.py`` do what they say, measured from outside:
 
 - loss: datagrams sent across a link with ``loss_percent=30`` arrive at about 70 %, and the
   link's nftables counters account for every one that did not (real drops, in the kernel);
-- jitter: round trips through the delaying relay (``tests/netns_relay.py``) with a 20 ms delay
+- jitter: round trips through the delaying relay (``service/netsim_relay.py``) with a 20 ms delay
   and 30 ms of jitter each way spread between 40 and 100 ms, while the bytes keep their order.
 """
 

@@ -1,6 +1,6 @@
 """A TCP relay that delays every chunk: one-way latency in userspace, for kernels without netem.
 
-``tests/netns.py`` runs one in each node's network namespace, as a standalone script (it imports
+``service/netsim.py`` runs one in each node's network namespace, as a standalone script (it imports
 nothing from the project): it listens on the node's address (the one in its URL) and forwards
 each connection to the node's server on loopback, holding every chunk, in each direction, for
 the one-way delay of the path the connection came by (chosen by the peer's address), plus a
@@ -14,7 +14,7 @@ A control socket (a Unix socket, line commands) lets the test cut connections:
 as a link that fails mid-transfer does; the answer is ``ok N``, N the sockets closed (two a
 connection: its peer's and the node's).
 
-What it does not do: model loss (nftables drops packets in the kernel: ``tests/netns.py``), the
+What it does not do: model loss (nftables drops packets in the kernel: ``service/netsim.py``), the
 TCP handshake's round trip (a connection is accepted at once; its first bytes wait the delay),
 or shape bandwidth (``tc tbf`` does).
 """

@@ -22,7 +22,11 @@ Figures per N:
 * each node's CPU per minute while idle, before the shares;
 * witness requests per checkpoint: ``add-checkpoint`` requests the nodes answered (their
   ``/metrics``) over checkpoints the nodes signed, during the phase and a settling pause after
-  it; with ``ENTENTE_WITNESS_COUNT`` = 5 each log asks min(5, N-1) partners, whatever N is.
+  it; with ``ENTENTE_WITNESS_COUNT`` = 5 each log asks min(5, N-1) partners, whatever N is;
+* with ``--netns``, convergence after a partition: half the nodes cut off (their links down)
+  for ``--partition-seconds`` (default 300) while each node of the other half shares to all
+  its partners twice, then healed; the seconds from healing until every one of those shares
+  has every partner's receipt (target: under 30 s after a 5-minute partition).
 
 Every share waits for its receipts before the next starts: latency without queueing. The
 load generator is this process (httpx for the share, a read-only SQLite query of the origin for
@@ -106,8 +110,8 @@ def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
     return {n: cpu_seconds(p) for n, p in pids.items()}
 
 
-def share_to_all(network: Network, http: httpx.Client, origin: str, i: int) -> float:
-    """One 4 KiB share from ``origin`` to every partner; seconds to the last receipt."""
+def post_share(network: Network, http: httpx.Client, origin: str, i: int) -> tuple[str, float]:
+    """One 4 KiB share from ``origin`` to every partner: its id, and when it was posted."""
     node = network.nodes[origin]
     partners = [n for n in network.nodes if n != origin]
     meta = {"title": f"bench {i}", "tlp": "TLP:GREEN", "topics": ["evaluation"],
@@ -121,15 +125,23 @@ def share_to_all(network: Network, http: httpx.Client, origin: str, i: int) -> f
     )
     if r.status_code != 201:
         raise RuntimeError(f"share refused: {r.status_code} {r.text[:300]}")
-    artifact = r.json()["id"]
-    sql = (
-        "SELECT count(*), max(delivered_at) FROM outbox WHERE artifact_id = ? AND "
-        "kind = 'deliver' AND state = 'delivered' AND receipt IS NOT NULL"
-    )
+    return str(r.json()["id"]), started
+
+
+RECEIPTS_SQL = (
+    "SELECT count(*), max(delivered_at) FROM outbox WHERE artifact_id = ? AND "
+    "kind = 'deliver' AND state = 'delivered' AND receipt IS NOT NULL"
+)
+
+
+def share_to_all(network: Network, http: httpx.Client, origin: str, i: int) -> float:
+    """One 4 KiB share from ``origin`` to every partner; seconds to the last receipt."""
+    artifact, started = post_share(network, http, origin, i)
+    partners = len(network.nodes) - 1
     deadline = time.monotonic() + SHARE_TIMEOUT
     while time.monotonic() < deadline:
-        done, last = _query(_db(network, origin), sql, artifact)
-        if done == len(partners):
+        done, last = _query(_db(network, origin), RECEIPTS_SQL, artifact)
+        if done == partners:
             at = datetime.fromisoformat(str(last).replace(" ", "T").replace("Z", "+00:00"))
             if at.tzinfo is None:
                 at = at.replace(tzinfo=UTC)  # the database stores UTC
@@ -138,16 +150,61 @@ def share_to_all(network: Network, http: httpx.Client, origin: str, i: int) -> f
     raise RuntimeError(f"{artifact} from {origin}: not every receipt within {SHARE_TIMEOUT} s")
 
 
+def partition_heal(
+    network: Network, star: Star, http: httpx.Client, seconds: float, first: int
+) -> dict[str, Any]:
+    """Cut the first half of the nodes off for ``seconds`` while every node of the other half
+    shares to all its partners (at the start and halfway through), heal, and time how long
+    the network takes to converge: every one of those shares receipted by every partner.
+
+    The shares come from the reachable half only: this process reaches a node across its link
+    too, so a cut node's API is out of its reach as well."""
+    ids = list(network.nodes)
+    cut, reachable = ids[: len(ids) // 2], ids[len(ids) // 2 :]
+    for node_id in cut:
+        star.cut(node_id)
+    cut_at = time.monotonic()
+    shared: list[tuple[str, str]] = []
+    for round_ in range(2):
+        for k, origin in enumerate(reachable):
+            shared.append((origin, post_share(network, http, origin, first + 2 * k + round_)[0]))
+        time.sleep(max(0.0, cut_at + seconds * (round_ + 1) / 2 - time.monotonic()))
+    for node_id in cut:
+        star.heal(node_id)
+    healed = time.monotonic()
+    waiting = set(shared)
+    deadline = healed + SHARE_TIMEOUT
+    while waiting and time.monotonic() < deadline:
+        for origin, artifact in list(waiting):
+            done, _last = _query(_db(network, origin), RECEIPTS_SQL, artifact)
+            if done == len(ids) - 1:
+                waiting.discard((origin, artifact))
+        time.sleep(0.1)
+    if waiting:
+        raise RuntimeError(f"{len(waiting)} shares not receipted {SHARE_TIMEOUT} s after healing")
+    return {
+        "partition_seconds": round(healed - cut_at, 1),
+        "partitioned_nodes": len(cut),
+        "partition_shares": len(shared),
+        "converged_s": round(time.monotonic() - healed, 2),
+    }
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def run_size(
-    n: int, shares: int, idle: float, keep: bool, rtt_ms: float | None = None
+    n: int,
+    shares: int,
+    idle: float,
+    keep: bool,
+    rtt_ms: float | None = None,
+    partition_seconds: float = 0.0,
 ) -> dict[str, Any]:
     """One network of ``n`` nodes: on loopback, or (``rtt_ms``) in namespaces with that round
-    trip between any two nodes."""
+    trip between any two nodes, then (``partition_seconds``) a partition of half of them."""
     root = Path(tempfile.mkdtemp(prefix=f"entente-bench-net{n}-"))
     ids = network_ids(n)
     star = None if rtt_ms is None else Star({i: Link(rtt_ms / 4) for i in ids}, root)
@@ -186,6 +243,9 @@ def run_size(
         time.sleep(5.0)  # the phase's last checkpoints reach their witnesses
         requests = _witness_requests(network, http) - requests0
         checkpoints = _checkpoints(network) - checkpoints0
+        partition: dict[str, Any] = {}
+        if star is not None and partition_seconds > 0:
+            partition = partition_heal(network, star, http, partition_seconds, shares)
     finally:
         http.close()
         network.federation.stop()
@@ -216,6 +276,7 @@ def run_size(
         "witness_requests_per_checkpoint": round(requests / checkpoints, 2)
         if checkpoints
         else None,
+        **partition,
     }
 
 
@@ -233,16 +294,20 @@ def main() -> None:
     parser.add_argument(
         "--rtt-ms", type=float, default=50.0, help="with --netns: round trip between two nodes"
     )
+    parser.add_argument(
+        "--partition-seconds", type=float, default=300.0,
+        help="with --netns: then cut half the nodes off this long, heal, time the convergence",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
-        args.sizes, args.shares, args.idle = [3], 6, 2.0
+        args.sizes, args.shares, args.idle, args.partition_seconds = [3], 6, 2.0, 4.0
     if args.netns and (missing := missing_for_namespaces()) is not None:
         raise SystemExit(f"--netns needs {missing[0]}: {missing[1]}")
     rtt = args.rtt_ms if args.netns else None
     load_before = os.getloadavg()[0]
     sizes: dict[str, Any] = {}
     for n in args.sizes:
-        row = run_size(n, args.shares, args.idle, args.keep, rtt)
+        row = run_size(n, args.shares, args.idle, args.keep, rtt, args.partition_seconds)
         sizes[str(n)] = row
         print(
             f"N={n:>2}: share to {n - 1} partners p50 {row['p50_s']:.3f} s, p99 "
@@ -255,6 +320,13 @@ def main() -> None:
             f"{row['witnesses_per_log']}); started in {row['start_seconds']:.1f} s",
             flush=True,
         )
+        if "converged_s" in row:
+            print(
+                f"      {row['partitioned_nodes']} of {n} nodes cut off for "
+                f"{row['partition_seconds']:.0f} s while {row['partition_shares']} shares went "
+                f"out: every receipt {row['converged_s']:.1f} s after healing",
+                flush=True,
+            )
     result = {
         "quick": args.quick,
         "sizes": sizes,

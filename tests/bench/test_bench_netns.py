@@ -1,5 +1,6 @@
 """``bench/network.py --netns`` still runs: nodes in network namespaces with 50 ms round trips
-between them (root and iproute2; in CI it must run). No timing is asserted."""
+between them, then a partition of one node healed (root and iproute2; in CI it must run). No
+timing is asserted."""
 
 from __future__ import annotations
 
@@ -28,3 +29,6 @@ def test_the_network_benchmark_runs_in_namespaces() -> None:
     row = data["sizes"]["3"]
     assert row["shares"] == 6 and row["partners_per_share"] == 2
     assert row["witness_requests"] > 0  # the nodes witnessed each other across their links
+    # one of the three cut off, two shares from each of the other two, all receipted in the end
+    assert row["partitioned_nodes"] == 1 and row["partition_shares"] == 4
+    assert row["converged_s"] >= 0

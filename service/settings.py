@@ -190,6 +190,9 @@ class Settings(BaseSettings):
     # checkpoint, chosen by rendezvous hashing; 0: every partner
     witness_quorum: int = Field(default=0, ge=0, le=64)  # of those, how many make a checkpoint
     # witnessed; 0: a majority
+    witnessed_logs_file: Path | None = None  # logs that are no partner's which this node
+    # witnesses for anyone (POST /witness/v1/add-checkpoint, C2SP tlog-witness): one C2SP
+    # verifier key per line, its name the log's origin (service.audit.witness_public)
 
     # Surface
     docs_enabled: bool = False  # /docs and /redoc (they load scripts from outside CDNs)

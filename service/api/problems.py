@@ -77,7 +77,7 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-_AUDITED_PREFIXES = ("/v1/", "/audit/", "/federation/", "/ui/")
+_AUDITED_PREFIXES = ("/v1/", "/audit/", "/federation/", "/ui/", "/witness/")
 
 
 def _audit_refusal(request: Request, *, status: int, kind: str, detail: str) -> None:
@@ -237,6 +237,7 @@ _ROUTE_PROBLEMS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/audit/v1/checkpoint"): (404,),
     ("get", "/audit/v1/proof/inclusion"): (404,),
     ("get", "/audit/v1/proof/consistency"): (404,),
+    ("post", "/witness/v1/add-checkpoint"): (400, 403, 404, 409, 422, 429, 503),
 }
 
 

@@ -8,6 +8,11 @@ cosigned is ``409`` with ``Content-Type: text/x.tlog.size`` and that size in dec
 Who is calling comes from :func:`calling_partner`: the federation's RFC 9421 authentication
 against pinned partner keys; the answer is signed the same way.
 
+``POST /witness/v1/add-checkpoint`` is the same request from a log that is no partner's, as the
+C2SP spec has it: no HTTP authentication, the checkpoint's own signature by a log key listed in
+``ENTENTE_WITNESSED_LOGS_FILE`` authenticates it (``service.audit.witness_public``); its answers
+are the spec's (the cosignature line; 409 ``text/x.tlog.size``) and problem documents.
+
 ``GET /witness/v1/checkpoint?origin=ORIGIN`` (no authentication: what witnesses exist to
 publish) answers the latest checkpoint this witness cosigned for that log, as the log signed it,
 with a fresh cosignature by this witness (``text/plain``, a C2SP signed note), or 404. Auditors
@@ -37,6 +42,7 @@ from service.audit.witness import (
     held_checkpoint,
     witness_cosigner,
 )
+from service.audit.witness_public import add_public_checkpoint, witnessed_logs
 from service.errors import InvalidInputError
 from service.federation.signing import IncomingSignature, digest_value, sign_response_headers
 from service.node import Node
@@ -163,3 +169,38 @@ async def held_checkpoint_route(
 ) -> Response:
     note = await asyncio.to_thread(_held, node, origin)
     return Response(note, media_type="text/plain; charset=utf-8")
+
+
+def _witness_public(node: Node, body: bytes) -> str:
+    logs = witnessed_logs(node.settings.witnessed_logs_file)
+    with node.db.session() as session:
+        return add_public_checkpoint(
+            session,
+            request_body=body,
+            logs=logs,
+            cosigner=witness_cosigner(node),
+            now=node.now(),
+        )
+
+
+@held_router.post(
+    "/add-checkpoint",
+    summary="Cosign a checkpoint of a log this node witnesses for anyone (C2SP tlog-witness)",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "The cosignature line"},
+        409: {"content": {TLOG_SIZE_MEDIA_TYPE: {}, "application/problem+json": {}}},
+    },
+)
+async def add_public_checkpoint_route(request: Request, node: NodeDep) -> Response:
+    body = await read_body(
+        request, limit=ADD_CHECKPOINT_MAX_BYTES, what="an add-checkpoint request"
+    )
+    if not body:
+        raise InvalidInputError("an add-checkpoint request has a body")
+    try:
+        line = await asyncio.to_thread(_witness_public, node, body)
+    except WitnessSizeConflictError as exc:
+        body = f"{exc.latest_size}\n".encode()  # the spec's 409: the size held, as text
+        return Response(body, status_code=409, headers={"Content-Type": TLOG_SIZE_MEDIA_TYPE})
+    return Response(line.encode("utf-8"), media_type="text/plain; charset=utf-8")

@@ -5,6 +5,7 @@ service.errors.EntenteError
 ├── LogRolledBackError        a witness holds a newer checkpoint of this log than the log
 │                             (restored from an older snapshot): nothing is signed (HTTP 503)
 ├── AuditSourceError          a log to verify cannot be read (HTTP 502)
+├── WitnessConfigError        ENTENTE_WITNESSED_LOGS_FILE cannot be used (HTTP 503)
 ├── BundleError               an export bundle does not verify (a verdict: ``audit
 │                             verify-export`` reports it as a failure)
 ├── RotationError             the log's key rotations cannot be followed (a verdict, not a
@@ -28,6 +29,7 @@ __all__ = [
     "LogInconsistentError",
     "LogRolledBackError",
     "RotationError",
+    "WitnessConfigError",
     "WitnessSizeConflictError",
 ]
 
@@ -48,6 +50,15 @@ class LogRolledBackError(EntenteError):
     kind = "audit-log-rolled-back"
     status = 503
     title = "Audit log behind its witnesses"
+
+
+class WitnessConfigError(EntenteError):
+    """The list of logs this node witnesses for anyone cannot be read or parsed: ``serve``
+    refuses to start with it, and a request meeting a file broken since answers 503."""
+
+    kind = "witness-config"
+    status = 503
+    title = "Witness configuration unusable"
 
 
 class AuditSourceError(EntenteError):

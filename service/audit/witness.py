@@ -59,6 +59,7 @@ from service.audit.models import (
 from service.audit.refusals import mark_audited
 from service.audit.witness_rules import (
     Refusal,
+    Submission,
     check_against_cosigned,
     check_submitter,
     parse_submission,
@@ -77,6 +78,7 @@ __all__ = [
     "ADD_CHECKPOINT_MAX_BYTES",
     "TLOG_SIZE_MEDIA_TYPE",
     "add_checkpoint",
+    "cosign_submission",
     "held_checkpoint",
     "partner_witness_verifier",
     "witness_cosigner",
@@ -127,12 +129,14 @@ def _refuse(
     session: Session,
     refusal: Refusal,
     *,
-    partner: str,
+    partner: str | None,
     now: datetime,
     evidence: WitnessEvidence | None = None,
+    actor: str | None = None,
 ) -> EntenteError:
     """Audit a refusal (and keep its evidence) durably, then hand back the error to raise,
-    marked audited (the problem handler adds no entry of its own).
+    marked audited (the problem handler adds no entry of its own). ``actor`` defaults to the
+    submitting ``partner``; a log that is no partner's submits as ``log:<origin>``.
 
     Commits the caller's session: the refusal must be on record even though the request fails.
     """
@@ -142,7 +146,7 @@ def _refuse(
     record(
         session,
         kind="witness.refused",
-        actor=f"partner:{partner}",
+        actor=actor or f"partner:{partner}",
         partner=partner,
         decision="deny",
         detail={
@@ -189,14 +193,40 @@ def add_checkpoint(
     parsed = parse_submission(request_body)
     if isinstance(parsed, Refusal):
         raise _refuse(session, parsed, partner=origin_partner, now=now)
-    request, checkpoint, origin = parsed.request, parsed.checkpoint, parsed.origin
+    origin = parsed.origin
     log_owner = node_id_from_origin(origin)
     pinned = session.get(Partner, log_owner) if log_owner else None
     partner = check_submitter(parsed, submitter=origin_partner, log_owner=pinned)
     if isinstance(partner, Refusal):
         raise _refuse(session, partner, partner=origin_partner, now=now)
 
-    state = _lock_state(session, origin=origin, partner=partner.node_id, now=now)
+    return cosign_submission(
+        session,
+        parsed,
+        owner=partner.node_id,
+        partner=partner.node_id,
+        actor=f"partner:{origin_partner}",
+        cosigner=cosigner,
+        now=now,
+    )
+
+
+def cosign_submission(
+    session: Session,
+    parsed: Submission,
+    *,
+    owner: str,
+    partner: str | None,
+    actor: str,
+    cosigner: Cosigner,
+    now: datetime,
+) -> str:
+    """The tlog-witness steps after the log's signature checked out: lock this log's state,
+    check the request against the checkpoint cosigned last, persist the new one, cosign.
+    ``owner`` labels the state row (the partner, or ``""`` for a log that is no partner's);
+    ``actor`` (and ``partner``) go into the audit entries."""
+    request, checkpoint, origin = parsed.request, parsed.checkpoint, parsed.origin
+    state = _lock_state(session, origin=origin, partner=owner, now=now)
     first = state.note is None
     refusal = check_against_cosigned(
         parsed, cosigned_size=state.size, cosigned_root=bytes(state.root)
@@ -209,18 +239,18 @@ def add_checkpoint(
         if refusal.evidence is not None:
             evidence = WitnessEvidence(
                 origin=origin,
-                partner=partner.node_id,
+                partner=owner,
                 received_at=now,
                 reason=refusal.evidence,
                 old_size=request.old_size,
                 size=checkpoint.size,
                 root=checkpoint.root_hash,
-                request=request_body,
+                request=parsed.body,
                 cosigned_size=state.size,
                 cosigned_root=bytes(state.root),
                 cosigned_note=state.note,
             )
-        raise _refuse(session, refusal, partner=origin_partner, now=now, evidence=evidence)
+        raise _refuse(session, refusal, partner=partner, now=now, evidence=evidence, actor=actor)
 
     # "The witness MUST update its record of the latest cosigned checkpoint" and persist it
     # before responding (the caller's transaction commits before the response is sent).
@@ -233,8 +263,8 @@ def add_checkpoint(
         record(
             session,
             kind="witness.cosigned",
-            actor=f"partner:{origin_partner}",
-            partner=partner.node_id,
+            actor=actor,
+            partner=partner,
             decision="allow",
             detail={
                 "origin": origin,

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from sqlalchemy.exc import ArgumentError
 
 from crypto.keys import format_fingerprint
+from service.audit.witness_public import witnessed_logs
 from service.cli._common import (
     DbUrlOpt,
     HomeOpt,
@@ -139,6 +140,7 @@ def serve(
     PostgreSQL it joins as a replica (and logs so)."""
     settings = settings_for(home, database_url, host=host, port=port, workers=workers)
     check_listen_address(settings.host, settings.port)
+    witnessed_logs(settings.witnessed_logs_file)  # a list that cannot be used stops it here
     configure_logging(settings.log_level, settings.log_format)
     claim = _claim(settings)
     try:

@@ -1,0 +1,130 @@
+"""This node as a C2SP tlog-witness for logs that are no partner's: the standard request.
+
+A partner submits its checkpoints over the federation's signed requests
+(``service.audit.witness``). Any other transparency log may ask this node to witness it through
+the plain C2SP tlog-witness ``add-checkpoint`` request, with no HTTP authentication: as the spec
+says, the request is authenticated by the checkpoint's own signature, made by a log key this
+witness is configured to follow. The operator lists those logs in ``ENTENTE_WITNESSED_LOGS_FILE``:
+one C2SP verifier key (``<origin>+<key id>+<base64(0x01 || Ed25519 key)>``) per line, the key's
+name being the log's origin; blank lines and ``#`` comments are ignored.
+
+The rules are the partner path's (``service.audit.witness_rules``, ``cosign_submission``): an
+unknown origin is 404, a checkpoint its key did not sign 403, an old size above the new one 400, a
+stale old size 409 with the size this witness holds (``text/x.tlog.size``), an inconsistent proof
+422 and a different root at a cosigned size 409, both kept as evidence. Refusals before the
+signature checked out are anonymous, audited per source and window by the app's problem handler
+(``service.audit.refusals``); those after it are the log's (``log:<origin>``), one entry each.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from pathlib import Path
+
+from sqlmodel import Session
+
+from crypto.errors import CryptoError, MalformedError
+from crypto.note import SIG_ED25519, Cosigner, NoteVerifier, open_checkpoint
+from service.audit.errors import BadRequestError, WitnessConfigError
+from service.audit.witness import cosign_submission
+from service.audit.witness_rules import Refusal, parse_submission
+from service.errors import ForbiddenError, NotFoundError
+
+__all__ = ["WITNESS_LOG_OWNER", "add_public_checkpoint", "witnessed_logs"]
+
+WITNESS_LOG_OWNER = ""  # witness_logs.partner of a log that is no partner's
+
+_cache: dict[Path, tuple[int, int, dict[str, NoteVerifier]]] = {}
+_cache_lock = threading.Lock()
+
+
+def _unreadable(path: Path, exc: Exception) -> WitnessConfigError:
+    return WitnessConfigError(f"ENTENTE_WITNESSED_LOGS_FILE: cannot read {path}: {exc}")
+
+
+def _parse(path: Path) -> dict[str, NoteVerifier]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WitnessConfigError(
+            f"ENTENTE_WITNESSED_LOGS_FILE: cannot read {path}: {exc}"
+        ) from None
+    logs: dict[str, NoteVerifier] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        where = f"ENTENTE_WITNESSED_LOGS_FILE {path}, line {number}"
+        try:
+            verifier = NoteVerifier.parse(line)
+        except (MalformedError, CryptoError) as exc:
+            raise WitnessConfigError(
+                f"{path}, line {number}: not a C2SP verifier key: {exc}"
+            ) from None
+        if verifier.sig_type != SIG_ED25519:
+            raise WitnessConfigError(
+                f"{path}, line {number}: a log key signs with Ed25519 (type 0x01)"
+            )
+        if verifier.name in logs:
+            raise WitnessConfigError(f"{where}: a second key for {verifier.name!r}")
+        logs[verifier.name] = verifier
+    return logs
+
+
+def witnessed_logs(path: Path | None) -> dict[str, NoteVerifier]:
+    """The logs named in ``path`` (``ENTENTE_WITNESSED_LOGS_FILE``), by origin; re-read when
+    the file changes. Raises :class:`WitnessConfigError` for a file that cannot be used."""
+    if path is None:
+        return {}
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise WitnessConfigError(
+            f"ENTENTE_WITNESSED_LOGS_FILE: cannot read {path}: {exc}"
+        ) from None
+    with _cache_lock:
+        cached = _cache.get(path)
+        if cached is not None and cached[:2] == (stat.st_mtime_ns, stat.st_size):
+            return cached[2]
+    logs = _parse(path)
+    with _cache_lock:
+        _cache[path] = (stat.st_mtime_ns, stat.st_size, logs)
+    return logs
+
+
+def add_public_checkpoint(
+    session: Session,
+    *,
+    request_body: bytes,
+    logs: dict[str, NoteVerifier],
+    cosigner: Cosigner,
+    now: datetime,
+) -> str:
+    """Handle a C2SP tlog-witness ``add-checkpoint`` request for one of ``logs``; return the
+    cosignature line."""
+    parsed = parse_submission(request_body)
+    if isinstance(parsed, Refusal):
+        raise parsed.error
+    origin = parsed.origin
+    verifier = logs.get(origin)
+    # "If the checkpoint origin is unknown, the witness MUST respond with 404".
+    if verifier is None:
+        raise NotFoundError(f"this witness does not follow a log with origin {origin[:200]!r}")
+    # "If none of the signatures verify against a trusted public key ... 403".
+    try:
+        open_checkpoint(parsed.request.checkpoint, log=verifier)
+    except CryptoError:
+        raise ForbiddenError("the checkpoint is not signed by the log's key") from None
+    old, size = parsed.request.old_size, parsed.checkpoint.size
+    if old > size:
+        raise BadRequestError(f"old size {old} is above the checkpoint size {size}")
+    return cosign_submission(
+        session,
+        parsed,
+        owner=WITNESS_LOG_OWNER,
+        partner=None,
+        actor=f"log:{origin[:190]}",
+        cosigner=cosigner,
+        now=now,
+    )

@@ -1,0 +1,165 @@
+"""``/v1/uploads/{id}``: a resumable upload's offset (``HEAD``), appends (``PATCH``) and
+cancellation (``DELETE``), per draft-ietf-httpbis-resumable-upload.
+
+An upload is created by ``POST /v1/artifacts`` with ``Upload-Complete: ?0``
+(``service.api.resumable``). Only the token that created it may touch it: to any other it does
+not exist (404). An append sends ``Content-Type: application/partial-upload``, the
+``Upload-Offset`` it starts from (the offset stored, else a 409 ``mismatching-upload-offset``
+problem naming ``expected-offset``) and ``Upload-Complete``. The last append's answer is the
+share's: the whole stored body is carried out as the ``POST /v1/artifacts`` it would have been
+(the same parsing, policy checks, two-person control and audit), answering 201 with the
+artifact, 202 with the pending approval, or the same problem document; the upload is then
+gone either way. The store is ``service.uploads``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse, Response
+
+from service import uploads
+from service.api.artifacts import PROBLEM, _problems, _share_sync, _upload_limit
+from service.api.bodies import StreamedBody, body_limiter
+from service.api.deps import require_roles
+from service.api.resumable import (
+    INTERRUPTIONS,
+    PARTIAL_UPLOAD,
+    sf_boolean,
+    sf_integer,
+    upload_headers,
+)
+from service.api.upload import boundary_of
+from service.errors import InvalidInputError, NotFoundError
+from service.models import Approval, Artifact
+from service.node import Node
+from service.schemas import ApprovalOut, ArtifactOut, approval_out, artifact_out
+from service.tokens import Principal, Role
+from service.web import NodeDep
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1", tags=["artifacts"])
+
+Publisher = Annotated[Principal, Depends(require_roles(Role.PUBLISHER))]
+UploadId = Annotated[str, Path(max_length=40, pattern=r"^upl_[0-9a-f]{32}$")]
+
+_STATE_HEADERS = {
+    name: {"description": why, "schema": {"type": "string"}}
+    for name, why in (
+        ("Upload-Offset", "Bytes stored: where the next append starts"),
+        ("Upload-Complete", "?1 once the last append came, else ?0"),
+        ("Upload-Limit", "max-size (bytes of the whole body) and expires (seconds)"),
+    )
+}
+APPEND_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {PARTIAL_UPLOAD: {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def _state_response(node: Node, found: uploads.UploadState) -> Response:
+    headers = upload_headers(found, max_size=_upload_limit(node), now=node.now())
+    return Response(status_code=204, headers=headers)
+
+
+@router.head(
+    "/uploads/{upload_id}",
+    status_code=204,
+    summary="A resumable upload's offset (Upload-Offset) and state",
+    responses={
+        204: {"description": "The upload's state", "headers": _STATE_HEADERS},
+        **_problems(401, 403, 404, 422),
+    },
+)
+def upload_offset(upload_id: UploadId, node: NodeDep, principal: Publisher) -> Response:
+    return _state_response(node, uploads.state(node, upload_id, principal=principal))
+
+
+@router.patch(
+    "/uploads/{upload_id}",
+    status_code=204,
+    response_model=None,
+    summary="Append to a resumable upload; the last append carries out the share",
+    openapi_extra=APPEND_BODY,
+    responses={
+        201: {"model": ArtifactOut, "description": "The last append: the share's answer"},
+        202: {
+            "model": ApprovalOut,
+            "description": "The last append: waiting for a second "
+            "approver, as POST /v1/artifacts would",
+        },
+        204: {"description": "Appended; more is to come", "headers": _STATE_HEADERS},
+        409: {
+            "description": "mismatching-upload-offset (with expected-offset) or "
+            "completed-upload, or the share's own conflicts",
+            **PROBLEM,
+        },
+        **_problems(400, 401, 403, 404, 408, 413, 422, 429),
+    },
+)
+async def append_upload(
+    upload_id: UploadId, request: Request, node: NodeDep, principal: Publisher
+) -> Any:
+    ctype = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if ctype != PARTIAL_UPLOAD:
+        raise InvalidInputError(
+            f"an append's body is Content-Type: {PARTIAL_UPLOAD}",
+            reason="unsupported-media-type",
+        )
+    offset = sf_integer(request, "Upload-Offset")
+    complete = sf_boolean(request, "Upload-Complete")
+    if offset is None or complete is None:
+        raise InvalidInputError("an append sends Upload-Offset and Upload-Complete")
+    limit = _upload_limit(node)
+    body = StreamedBody(request, block=node.settings.upload_prefetch_bytes)
+    found = await body.run(
+        functools.partial(
+            uploads.append, node, upload_id, principal=principal, offset=offset,
+            pull=body.pull, complete=complete, max_size=limit, interruptions=INTERRUPTIONS,
+        )
+    )  # fmt: skip
+    if not found.complete:
+        return _state_response(node, found)
+    try:
+        row = await anyio.to_thread.run_sync(
+            _share_stored, node, found, principal, limiter=body_limiter(request)
+        )
+    finally:
+        await anyio.to_thread.run_sync(uploads.discard, node, upload_id)
+    if isinstance(row, Approval):
+        return JSONResponse(
+            approval_out(row).model_dump(mode="json"),
+            status_code=202,
+            headers={"Location": f"/v1/approvals/{row.id}"},
+        )
+    return JSONResponse(artifact_out(row).model_dump(mode="json"), status_code=201)
+
+
+def _share_stored(
+    node: Node, found: uploads.UploadState, principal: Principal
+) -> Artifact | Approval:
+    """The stored body, carried out as ``POST /v1/artifacts`` (``_share_sync``) would."""
+    chunks = uploads.plaintext(node, found.id)
+    try:
+        return _share_sync(node, lambda: next(chunks, b""), boundary_of(found.content_type),
+                           principal)  # fmt: skip
+    finally:
+        chunks.close()
+
+
+@router.delete(
+    "/uploads/{upload_id}",
+    status_code=204,
+    summary="Cancel a resumable upload (its stored bytes are deleted)",
+    responses=_problems(401, 403, 404, 422),
+)
+def cancel_upload(upload_id: UploadId, node: NodeDep, principal: Publisher) -> Response:
+    if not uploads.discard(node, upload_id, principal=principal):
+        raise NotFoundError("no such upload (or it expired, or another token created it)")
+    return Response(status_code=204)

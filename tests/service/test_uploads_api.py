@@ -103,7 +103,7 @@ async def test_create_head_wrong_offset_then_complete_is_the_share(uk: Kit) -> N
     with uk.node.db.session() as s:
         rows = s.exec(select(Artifact)).all()
     assert [r.id for r in rows] == [art["id"]]
-    assert [d for d in folder_store(uk.node).iter_digests()] == [rows[0].blob]
+    assert list(folder_store(uk.node).iter_digests()) == [rows[0].blob]
 
 
 async def test_policy_denial_through_the_upload_is_the_plain_shares_problem(uk: Kit) -> None:

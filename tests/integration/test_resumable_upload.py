@@ -1,0 +1,138 @@
+"""A resumable share through a proxy that cuts the connection in the middle of the body: the
+client asks the node what it holds and sends only the rest; one artifact, its content intact,
+with ``Client`` and ``AsyncClient``, against a real `entente serve` on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from pathlib import Path
+from typing import TypedDict
+
+import anyio
+import httpx
+import pytest
+
+from service import localnet
+from service.client import AsyncClient, Client, Retry, Shared
+from tests.integration.test_idempotent_retry import _head_and_rest, _pipe, uk  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+
+class Terms(TypedDict):
+    tlp: str
+    topics: list[str]
+    purposes: list[str]
+
+
+TERMS = Terms(tlp="TLP:GREEN", topics=["evaluation"], purposes=["evaluation"])
+
+
+class CuttingProxy:
+    """A TCP proxy in front of a node, one request per connection. The first ``cuts`` PATCH
+    requests are forwarded with ``after`` bytes of their body, then both connections close;
+    everything else is forwarded as it is. ``offsets`` lists each PATCH's Upload-Offset."""
+
+    def __init__(self, upstream: int, *, cuts: int, after: int) -> None:
+        self.upstream = upstream
+        self.cuts = cuts
+        self.after = after
+        self.offsets: list[int] = []
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.upstream))
+        with client, upstream:
+            head, rest = _head_and_rest(client)
+            if head.startswith(b"PATCH "):
+                self.offsets.append(_field(head, b"upload-offset"))
+                if self.cuts > 0:
+                    self.cuts -= 1
+                    sent = head + b"\r\n\r\n" + rest
+                    body = len(rest)
+                    while body < self.after and (data := client.recv(65536)):
+                        sent += data
+                        body += len(data)
+                    upstream.sendall(sent)
+                    upstream.shutdown(socket.SHUT_RDWR)
+                    client.shutdown(socket.SHUT_RDWR)
+                    return
+            upstream.sendall(head + b"\r\n\r\n" + rest)
+            pipes = [
+                threading.Thread(target=_pipe, args=(client, upstream), daemon=True),
+                threading.Thread(target=_pipe, args=(upstream, client), daemon=True),
+            ]
+            for pipe in pipes:
+                pipe.start()
+            for pipe in pipes:
+                pipe.join()
+
+
+def _field(head: bytes, name: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return int(value.strip())
+    return -1
+
+
+NO_REUSE = httpx.Limits(max_keepalive_connections=0)  # one request per connection
+
+
+def _share(base: str, token: str, path: Path, retries: list[Retry]) -> Shared:
+    transport = httpx.HTTPTransport(limits=NO_REUSE)
+    with Client(base, token, on_retry=retries.append, transport=transport) as client:
+        return client.share(path, to=["us-aisi"], title="cut", **TERMS, resumable=True)
+
+
+async def _share_async(base: str, token: str, path: Path, retries: list[Retry]) -> Shared:
+    transport = httpx.AsyncHTTPTransport(limits=NO_REUSE)
+    async with AsyncClient(base, token, on_retry=retries.append, transport=transport) as client:
+        return await client.share(path, to=["us-aisi"], title="cut", **TERMS, resumable=True)
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_cut_upload_resumes_from_the_nodes_offset(
+    uk: tuple[localnet.NodeProcess, str],  # noqa: F811
+    tmp_path: Path,
+    flavour: str,
+) -> None:
+    node, _url = uk
+    finding = tmp_path / "weights-audit.bin"
+    finding.write_bytes(bytes(range(256)) * 16_384)  # 4 MiB
+    proxy = CuttingProxy(node.port, cuts=2, after=1 << 20)
+    retries: list[Retry] = []
+    base, token = f"http://127.0.0.1:{proxy.port}", node.tokens["publisher"]
+    try:
+        if flavour == "sync":
+            shared = _share(base, token, finding, retries)
+        else:
+            shared = anyio.run(_share_async, base, token, finding, retries)
+    finally:
+        proxy.close()
+    assert shared.artifact is not None
+    assert shared.artifact.sha256 == hashlib.sha256(finding.read_bytes()).hexdigest()
+    assert len(retries) >= 2 and all("connection was lost" in r.reason for r in retries[:2])
+    # The appends after a cut started where the node had stopped, not from zero.
+    assert proxy.offsets[0] == 0 and max(proxy.offsets[1:]) > 0
+    listed = httpx.get(
+        f"{node.url}/v1/artifacts", params={"direction": "sent"}, headers=node.auth("auditor")
+    ).json()["items"]
+    assert [a["id"] for a in listed] == [shared.id]
+    content = httpx.get(f"{node.url}/v1/artifacts/{shared.id}/content", headers=node.auth("reader"))
+    assert content.content == finding.read_bytes()

@@ -197,7 +197,7 @@ def _share_sync(
     status_code=201,
     response_model=ArtifactOut,
     summary="Share an artifact with partners (streaming multipart upload)",
-    openapi_extra=UPLOAD_BODY,
+    openapi_extra={**UPLOAD_BODY, **resumable.CREATE_DESCRIPTION},
     responses={
         202: {
             "model": ApprovalOut,

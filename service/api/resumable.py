@@ -41,6 +41,7 @@ from service.node import Node
 from service.tokens import Principal
 
 __all__ = [
+    "CREATE_DESCRIPTION",
     "INTEROP_VERSION",
     "INTERRUPTIONS",
     "PARTIAL_UPLOAD",
@@ -56,6 +57,19 @@ INTEROP_VERSION = "8"  # Upload-Draft-Interop-Version this implementation follow
 MAX_DIGITS = 15  # RFC 8941 3.3.1: an Integer has at most 15 digits
 # What ends an append early without losing its bytes: the client went away, or stalled.
 INTERRUPTIONS: tuple[type[BaseException], ...] = (ClientDisconnect, RequestTimeoutError)
+
+
+# POST /v1/artifacts's OpenAPI description of the resumable path. (Its fields are not declared
+# as parameters: the 201 of a creation has no body, which the route's schema, the artifact's,
+# cannot say.)
+CREATE_DESCRIPTION: dict[str, Any] = {
+    "description": "Shares the file of a streamed multipart body. With the header "
+    "`Upload-Complete: ?0` (and optionally `Upload-Length`, the whole body's bytes) it creates "
+    "a resumable upload instead (draft-ietf-httpbis-resumable-upload): 201 without a body, with "
+    "`Location: /v1/uploads/{id}`, `Upload-Offset` and `Upload-Limit`; the rest is appended "
+    "with `PATCH /v1/uploads/{id}`, whose last append answers as this route would. "
+    "`Upload-Complete: ?1`, or no such header, is this route as always."
+}
 
 
 def _malformed(name: str, want: str) -> InvalidInputError:

@@ -1,11 +1,13 @@
 """A resumable share through a proxy that cuts the connection in the middle of the body: the
 client asks the node what it holds and sends only the rest; one artifact, its content intact,
-with ``Client`` and ``AsyncClient``, against a real `entente serve` on SQLite and PostgreSQL."""
+with ``Client`` and ``AsyncClient``, against a real `entente serve` on SQLite and PostgreSQL.
+And a large resumable share leaves the node's memory flat (segments stream)."""
 
 from __future__ import annotations
 
 import hashlib
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import TypedDict
@@ -16,6 +18,7 @@ import pytest
 
 from service import localnet
 from service.client import AsyncClient, Client, Retry, Shared
+from tests.hardening.test_h1_large_body_memory import GROWTH, Sampler
 from tests.integration.test_idempotent_retry import _head_and_rest, _pipe, uk  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -91,6 +94,7 @@ def _field(head: bytes, name: bytes) -> int:
     return -1
 
 
+LARGE = 256 << 20  # bytes of the large share
 NO_REUSE = httpx.Limits(max_keepalive_connections=0)  # one request per connection
 
 
@@ -136,3 +140,24 @@ def test_a_cut_upload_resumes_from_the_nodes_offset(
     assert [a["id"] for a in listed] == [shared.id]
     content = httpx.get(f"{node.url}/v1/artifacts/{shared.id}/content", headers=node.auth("reader"))
     assert content.content == finding.read_bytes()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_large_resumable_share_keeps_the_nodes_memory_flat(
+    uk: tuple[localnet.NodeProcess, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    node, _url = uk
+    large = tmp_path / "large.bin"
+    block = bytes(range(256)) * 4096  # 1 MiB
+    with large.open("wb") as fh:
+        for _ in range(LARGE >> 20):
+            fh.write(block)
+    with (
+        Sampler(node.pid) as sampler,
+        Client(node.url, node.tokens["publisher"]) as client,
+    ):
+        start = sampler.peak
+        shared = client.share(large, to=["us-aisi"], title="large", **TERMS, resumable=True)
+    assert shared.artifact is not None and shared.artifact.size == LARGE
+    assert sampler.peak - start < GROWTH, f"{(sampler.peak - start) >> 20} MiB"

@@ -5,7 +5,7 @@ upload is created by a ``POST /v1/artifacts`` whose ``Upload-Complete`` is false
 bytes received so far, and is appended to at its offset until its last append; the whole body
 is then carried out as the share it would have been (``service.api.uploads``). This module is
 the store: :func:`create`, :func:`state`, :func:`append`, :func:`plaintext` (the stored body,
-as a pull function), :func:`discard` and :func:`purge_expired`.
+as a pull function), :func:`reopen`, :func:`discard` and :func:`purge_expired`.
 
 Nothing is stored in plaintext. The bytes each request adds are one *segment*: an age file
 (``crypto.age``: a random file key, ChaCha20-Poly1305 STREAM in 64 KiB chunks) to this node's
@@ -67,6 +67,7 @@ __all__ = [
     "discard",
     "plaintext",
     "purge_expired",
+    "reopen",
     "state",
 ]
 
@@ -333,6 +334,14 @@ def plaintext(node: Node, upload_id: str) -> Generator[bytes, None, None]:
             yield item
     finally:
         stop.set()
+
+
+def reopen(node: Node, upload_id: str) -> None:
+    """Take back an upload's last append mark (its bytes stay): the share it was to become
+    failed on this side (the blob store or the database unavailable), and the client may send
+    the last append again."""
+    with node.db.engine.begin() as conn:
+        conn.execute(sa.update(UPLOADS).where(UPLOADS.c.id == upload_id).values(complete=False))
 
 
 def discard(node: Node, upload_id: str, *, principal: Principal | None = None) -> bool:

@@ -9,7 +9,9 @@ problem naming ``expected-offset``) and ``Upload-Complete``. The last append's a
 share's: the whole stored body is carried out as the ``POST /v1/artifacts`` it would have been
 (the same parsing, policy checks, two-person control and audit), answering 201 with the
 artifact, 202 with the pending approval, or the same problem document; the upload is then
-gone either way. The store is ``service.uploads``.
+gone, unless the share failed on this side (a 5xx: the blob store or the database
+unavailable), when it is open again, its bytes kept, for the last append to be sent again.
+The store is ``service.uploads``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from service.api.resumable import (
     upload_headers,
 )
 from service.api.upload import boundary_of
-from service.errors import InvalidInputError, NotFoundError
+from service.errors import EntenteError, InvalidInputError, NotFoundError
 from service.models import Approval, Artifact
 from service.node import Node
 from service.schemas import ApprovalOut, ArtifactOut, approval_out, artifact_out
@@ -130,8 +132,16 @@ async def append_upload(
         row = await anyio.to_thread.run_sync(
             _share_stored, node, found, principal, limiter=body_limiter(request)
         )
-    finally:
+    except EntenteError as exc:
+        # Unavailable here (503): the client may send the last append again. A refusal, or
+        # anything else, ends the upload as it ends a plain share.
+        done = uploads.reopen if exc.status >= 500 else uploads.discard
+        await anyio.to_thread.run_sync(done, node, upload_id)
+        raise
+    except Exception:
         await anyio.to_thread.run_sync(uploads.discard, node, upload_id)
+        raise
+    await anyio.to_thread.run_sync(uploads.discard, node, upload_id)
     if isinstance(row, Approval):
         return JSONResponse(
             approval_out(row).model_dump(mode="json"),

@@ -9,13 +9,16 @@ import json
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from sqlmodel import select
 
 from service import uploads
+from service.api import uploads as api_uploads
 from service.artifacts.sweep import sweep
+from service.errors import BlobStoreError
 from service.models import Artifact, AuditEntry
 from service.tokens import Principal, Role, create_token
 from tests.service.nodekit import UPLOAD_HEADERS, Kit, folder_store, make_node, pin, upload_body
@@ -260,3 +263,31 @@ async def test_a_segment_whose_row_never_committed_is_swept(uk: Kit) -> None:
     assert report.orphans_removed == 1
     assert _blob_bytes(uk) == kept  # the recorded segment stays
     assert b"".join(uploads.plaintext(uk.node, created.id)) == b"kept bytes"
+
+
+async def test_a_share_unavailable_here_leaves_the_upload_for_the_last_append_again(
+    uk: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = api_uploads._share_sync
+    failures = [BlobStoreError("the object store is down")]
+
+    def flaky(*args: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return real(*args)
+
+    monkeypatch.setattr(api_uploads, "_share_sync", flaky)
+    content = b"finding " * 1000
+    body = upload_body(_meta(), content)
+    async with uk.client() as c:
+        where = await _create(c, uk, body[:100])
+        down = await _patch(c, uk, where, 100, body[100:], last=True)
+        assert down.status_code == 503
+        assert down.json()["type"] == "urn:entente:problem:blob-store"
+        head = await c.head(where, headers=uk.auth(Role.PUBLISHER))
+        assert (head.headers["Upload-Offset"], head.headers["Upload-Complete"]) == (
+            str(len(body)), "?0",
+        )  # fmt: skip
+        again = await _patch(c, uk, where, len(body), b"", last=True)
+        assert again.status_code == 201, again.text
+        assert again.json()["sha256"] == hashlib.sha256(content).hexdigest()

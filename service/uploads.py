@@ -5,7 +5,8 @@ upload is created by a ``POST /v1/artifacts`` whose ``Upload-Complete`` is false
 bytes received so far, and is appended to at its offset until its last append; the whole body
 is then carried out as the share it would have been (``service.api.uploads``). This module is
 the store: :func:`create`, :func:`state`, :func:`append`, :func:`plaintext` (the stored body,
-as a pull function), :func:`reopen`, :func:`discard` and :func:`purge_expired`.
+as a pull function), :func:`reopen`, :func:`finish` (the share was carried out: the bytes go,
+the row stays until it expires), :func:`discard` and :func:`purge_expired`.
 
 Nothing is stored in plaintext. The bytes each request adds are one *segment*: an age file
 (``crypto.age``: a random file key, ChaCha20-Poly1305 STREAM in 64 KiB chunks) to this node's
@@ -23,9 +24,9 @@ so a crash before the store deletes them leaves rows for the sweep, never a lost
 An append interrupted by its client (a lost connection, a stalled body) keeps what arrived:
 its segment is completed with the bytes read so far and recorded, and the interruption raised
 again. Limits: the whole body is at most ``max_size`` bytes (the upload limit of
-``POST /v1/artifacts``), a token has at most ``max_open_uploads`` uploads, an upload expires
-``upload_expiry_seconds`` after its last append. Memory stays flat: segments are encrypted and
-decrypted as they stream.
+``POST /v1/artifacts``), a token has at most ``max_open_uploads`` uploads not yet complete, an
+upload expires ``upload_expiry_seconds`` after its last append. Memory stays flat: segments are
+encrypted and decrypted as they stream.
 
 This module does not parse headers nor carry out the share.
 """
@@ -65,6 +66,7 @@ __all__ = [
     "append",
     "create",
     "discard",
+    "finish",
     "plaintext",
     "purge_expired",
     "reopen",
@@ -124,7 +126,11 @@ def create(
         open_count = conn.execute(
             sa.select(sa.func.count())
             .select_from(UPLOADS)
-            .where(UPLOADS.c.principal == principal.token_id, UPLOADS.c.expires_at > now)
+            .where(
+                UPLOADS.c.principal == principal.token_id,
+                UPLOADS.c.expires_at > now,
+                UPLOADS.c.complete == sa.false(),
+            )
         ).scalar_one()
         if open_count >= settings.max_open_uploads:
             raise RateLimitedError(
@@ -344,6 +350,29 @@ def reopen(node: Node, upload_id: str) -> None:
         conn.execute(sa.update(UPLOADS).where(UPLOADS.c.id == upload_id).values(complete=False))
 
 
+def _drop_segments(conn: sa.Connection, upload_id: str) -> list[str]:
+    """Delete an upload's segment rows, journaling their blobs for deletion in the same
+    transaction (a crash before the store deletes them leaves rows for the sweep)."""
+    digests = list(
+        conn.execute(
+            sa.select(SEGMENTS.c.digest).where(SEGMENTS.c.upload_id == upload_id)
+        ).scalars()
+    )
+    conn.execute(sa.delete(SEGMENTS).where(SEGMENTS.c.upload_id == upload_id))
+    if digests:
+        conn.execute(sa.insert(IN_FLIGHT), deletion_rows(digests))
+    return digests
+
+
+def finish(node: Node, upload_id: str) -> None:
+    """Delete the bytes of an upload whose share was carried out; the row stays, complete, until
+    it expires, so that a client whose answer was lost learns from ``HEAD`` that it is done."""
+    with node.db.engine.begin() as conn:
+        digests = _drop_segments(conn, upload_id)
+    for digest in digests:
+        node.blobs.delete(digest)
+
+
 def discard(node: Node, upload_id: str, *, principal: Principal | None = None) -> bool:
     """Delete an upload (``principal``'s only, when given) and its segments; False when there
     was none."""
@@ -351,17 +380,9 @@ def discard(node: Node, upload_id: str, *, principal: Principal | None = None) -
     if principal is not None:
         where = sa.and_(where, UPLOADS.c.principal == principal.token_id)
     with node.db.engine.begin() as conn:
-        gone = conn.execute(sa.delete(UPLOADS).where(where)).rowcount
-        if not gone:
+        if not conn.execute(sa.delete(UPLOADS).where(where)).rowcount:
             return False
-        digests = list(
-            conn.execute(
-                sa.select(SEGMENTS.c.digest).where(SEGMENTS.c.upload_id == upload_id)
-            ).scalars()
-        )
-        conn.execute(sa.delete(SEGMENTS).where(SEGMENTS.c.upload_id == upload_id))
-        if digests:  # a crash before the deletions below leaves rows for the sweep
-            conn.execute(sa.insert(IN_FLIGHT), deletion_rows(digests))
+        digests = _drop_segments(conn, upload_id)
     for digest in digests:
         node.blobs.delete(digest)
     return True

@@ -17,16 +17,19 @@ The store is ``service.uploads``.
 from __future__ import annotations
 
 import functools
+import hashlib
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
-from service import uploads
+from service import idempotency, uploads
 from service.api.artifacts import PROBLEM, _problems, _share_sync, _upload_limit
 from service.api.bodies import StreamedBody, body_limiter
 from service.api.deps import require_roles
+from service.api.idempotent import answer, carry_out, replay
 from service.api.resumable import (
     INTERRUPTIONS,
     PARTIAL_UPLOAD,
@@ -35,10 +38,10 @@ from service.api.resumable import (
     upload_headers,
 )
 from service.api.upload import boundary_of
-from service.errors import EntenteError, InvalidInputError, NotFoundError
+from service.errors import EntenteError, InvalidInputError, NotFoundError, UploadCompletedError
 from service.models import Approval, Artifact
 from service.node import Node
-from service.schemas import ApprovalOut, ArtifactOut, approval_out, artifact_out
+from service.schemas import ApprovalOut, ArtifactOut
 from service.tokens import Principal, Role
 from service.web import NodeDep
 
@@ -118,6 +121,9 @@ async def append_upload(
     complete = sf_boolean(request, "Upload-Complete")
     if offset is None or complete is None:
         raise InvalidInputError("an append sends Upload-Offset and Upload-Complete")
+    held = await run_in_threadpool(uploads.state, node, upload_id, principal=principal)
+    if held.complete:  # its share was carried out (or is being): answer it again, if known
+        return await run_in_threadpool(_answer_again, node, held, principal)
     limit = _upload_limit(node)
     body = StreamedBody(request, block=node.settings.upload_prefetch_bytes)
     found = await body.run(
@@ -128,10 +134,17 @@ async def append_upload(
     )  # fmt: skip
     if not found.complete:
         return _state_response(node, found)
+    claimed = await run_in_threadpool(
+        idempotency.claim, node, principal=principal, key=_key(upload_id), route=COMPLETE_ROUTE
+    )
+    if isinstance(claimed, idempotency.Replay):  # pragma: no cover - one completion per upload
+        return replay(claimed, _fingerprint(principal, upload_id))
+    claimed.fingerprint = _fingerprint(principal, upload_id)
     try:
-        row = await anyio.to_thread.run_sync(
-            _share_stored, node, found, principal, limiter=body_limiter(request)
-        )
+        await anyio.to_thread.run_sync(
+            carry_out, claimed, _share_stored, node, found, principal, claimed,
+            limiter=body_limiter(request),
+        )  # fmt: skip
     except EntenteError as exc:
         # Unavailable here (503): the client may send the last append again. A refusal, or
         # anything else, ends the upload as it ends a plain share.
@@ -141,24 +154,46 @@ async def append_upload(
     except Exception:
         await anyio.to_thread.run_sync(uploads.discard, node, upload_id)
         raise
-    await anyio.to_thread.run_sync(uploads.discard, node, upload_id)
-    if isinstance(row, Approval):
-        return JSONResponse(
-            approval_out(row).model_dump(mode="json"),
-            status_code=202,
-            headers={"Location": f"/v1/approvals/{row.id}"},
-        )
-    return JSONResponse(artifact_out(row).model_dump(mode="json"), status_code=201)
+    await anyio.to_thread.run_sync(uploads.finish, node, upload_id)
+    return answer(claimed.result)
+
+
+COMPLETE_ROUTE = "PATCH /v1/uploads/{upload_id}"
+
+
+def _key(upload_id: str) -> str:
+    """The idempotency key under which a completed upload's answer is kept (its own route's,
+    so that no ``Idempotency-Key`` a client sends elsewhere can stand for it)."""
+    return f"upload {upload_id}"
+
+
+def _fingerprint(principal: Principal, upload_id: str) -> str:
+    return idempotency.fingerprint(
+        principal=principal, route=COMPLETE_ROUTE, params={"upload_id": upload_id},
+        body_sha256=hashlib.sha256(upload_id.encode()).hexdigest(),
+    )  # fmt: skip
+
+
+def _answer_again(node: Node, found: uploads.UploadState, principal: Principal) -> Response:
+    """The answer of a completed upload's share, again (its client lost it), marked
+    ``Idempotent-Replayed``; a 409 while that share still runs, or once it is forgotten."""
+    claimed = idempotency.claim(node, principal=principal, key=_key(found.id), route=COMPLETE_ROUTE)
+    if isinstance(claimed, idempotency.Replay):
+        return replay(claimed, _fingerprint(principal, found.id))
+    claimed.release()
+    claimed.stop()
+    raise UploadCompletedError(f"the upload {found.id} is complete: nothing more is taken")
 
 
 def _share_stored(
-    node: Node, found: uploads.UploadState, principal: Principal
+    node: Node, found: uploads.UploadState, principal: Principal, claim: idempotency.Claim
 ) -> Artifact | Approval:
-    """The stored body, carried out as ``POST /v1/artifacts`` (``_share_sync``) would."""
+    """The stored body, carried out as ``POST /v1/artifacts`` (``_share_sync``) would, its
+    answer kept under ``claim`` in the share's own transaction."""
     chunks = uploads.plaintext(node, found.id)
     try:
-        return _share_sync(node, lambda: next(chunks, b""), boundary_of(found.content_type),
-                           principal)  # fmt: skip
+        pull = lambda: next(chunks, b"")  # noqa: E731
+        return _share_sync(node, pull, boundary_of(found.content_type), principal, claim)
     finally:
         chunks.close()
 

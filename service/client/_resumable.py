@@ -12,8 +12,10 @@ for :meth:`Client.share <service.client.Client.share>` and its async twin with `
    offset the node holds and go to 2; a 409 ``mismatching-upload-offset`` names the offset
    itself. Each such step is one of the share's ``retries`` (:class:`~._protocol.RetryPlan`).
 
-The node forgets an upload once its last append is answered: if that answer is lost, the
-share happened but cannot be answered again (``HEAD`` finds nothing), and the client says so.
+When the last append's answer is lost, ``HEAD`` says the upload is complete, and the last
+append sent again (an empty body at the full offset) is answered with the share's first answer
+(``Idempotent-Replayed``), within the node's ``ENTENTE_IDEMPOTENCY_TTL_SECONDS``: nothing is
+shared twice. An upload that is gone (expired, cancelled, or refused) is an error.
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ def creation_headers(upload: p.Upload, length: int) -> dict[str, str]:
     }
 
 
-def append_headers(offset: int) -> dict[str, str]:
+def append_headers(offset: int, length: int) -> dict[str, str]:
+    """An append of the body from ``offset`` to its end (``length`` bytes in all)."""
     return {
+        "Content-Length": str(length - offset),
         "Content-Type": PARTIAL_UPLOAD,
         "Upload-Offset": str(offset),
         "Upload-Complete": "?1",
@@ -105,8 +109,8 @@ class Resumable:
             return 0.0
         if method == "HEAD" and response.status_code == 404:
             raise UnexpectedAnswerError(
-                "the upload is gone: it expired, was cancelled, or was completed and its answer "
-                "lost (list the artifacts sent to see whether the share happened)"
+                "the upload is gone: it expired, was cancelled, or its share was refused (the "
+                "refusal's answer was lost; nothing was shared)"
             )
         if (
             method == "PATCH"

@@ -174,7 +174,7 @@ class Client:
                     response = self._http.head(path)
                 else:
                     body = _chunks(opened, upload, on_progress, state.offset or 0)
-                    headers = r.append_headers(state.offset or 0)
+                    headers = r.append_headers(state.offset or 0, length)
                     response = self._http.patch(path, content=body, headers=headers)
             except httpx.TransportError as exc:
                 pause = state.lost(exc)

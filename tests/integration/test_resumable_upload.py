@@ -19,7 +19,13 @@ import pytest
 from service import localnet
 from service.client import AsyncClient, Client, Retry, Shared
 from tests.hardening.test_h1_large_body_memory import GROWTH, Sampler
-from tests.integration.test_idempotent_retry import _head_and_rest, _pipe, uk  # noqa: F401
+from tests.integration.test_idempotent_retry import (  # noqa: F401
+    _head_and_rest,
+    _length,
+    _pipe,
+    _read_exactly,
+    uk,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +41,16 @@ TERMS = Terms(tlp="TLP:GREEN", topics=["evaluation"], purposes=["evaluation"])
 
 class CuttingProxy:
     """A TCP proxy in front of a node, one request per connection. The first ``cuts`` PATCH
-    requests are forwarded with ``after`` bytes of their body, then both connections close;
-    everything else is forwarded as it is. ``offsets`` lists each PATCH's Upload-Offset."""
+    requests are forwarded with ``after`` bytes of their body, then both connections close; the
+    next ``lose`` are forwarded whole, and their answer read and dropped; everything else is
+    forwarded as it is. ``offsets`` lists each PATCH's Upload-Offset."""
 
-    def __init__(self, upstream: int, *, cuts: int, after: int) -> None:
+    def __init__(self, upstream: int, *, cuts: int, after: int, lose: int = 0) -> None:
         self.upstream = upstream
         self.cuts = cuts
         self.after = after
+        self.lose = lose
+        self.lost: list[bytes] = []  # heads of the answers the client never saw
         self.offsets: list[int] = []
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
@@ -75,6 +84,15 @@ class CuttingProxy:
                     upstream.shutdown(socket.SHUT_RDWR)
                     client.shutdown(socket.SHUT_RDWR)
                     return
+                if self.lose > 0 and _field(head, b"upload-complete") == 1:
+                    self.lose -= 1
+                    upstream.sendall(head + b"\r\n\r\n" + rest)
+                    _read_exactly(client, rest, _length(head), upstream)
+                    answer, more = _head_and_rest(upstream)
+                    _read_exactly(upstream, more, _length(answer), None)
+                    self.lost.append(answer)
+                    client.shutdown(socket.SHUT_RDWR)  # the whole answer, never delivered
+                    return
             upstream.sendall(head + b"\r\n\r\n" + rest)
             pipes = [
                 threading.Thread(target=_pipe, args=(client, upstream), daemon=True),
@@ -87,10 +105,11 @@ class CuttingProxy:
 
 
 def _field(head: bytes, name: bytes) -> int:
+    """An Integer field's value (a Boolean's: 0 or 1); -1 when absent."""
     for line in head.split(b"\r\n")[1:]:
         key, _, value = line.partition(b":")
         if key.strip().lower() == name:
-            return int(value.strip())
+            return int(value.strip().removeprefix(b"?"))
     return -1
 
 
@@ -161,3 +180,27 @@ def test_a_large_resumable_share_keeps_the_nodes_memory_flat(
         shared = client.share(large, to=["us-aisi"], title="large", **TERMS, resumable=True)
     assert shared.artifact is not None and shared.artifact.size == LARGE
     assert sampler.peak - start < GROWTH, f"{(sampler.peak - start) >> 20} MiB"
+
+
+def test_a_lost_last_answer_is_answered_again_and_shares_once(
+    uk: tuple[localnet.NodeProcess, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    node, _url = uk
+    finding = tmp_path / "finding.bin"
+    finding.write_bytes(b"an evaluation finding\n" * 100_000)
+    proxy = CuttingProxy(node.port, cuts=0, after=0, lose=1)
+    retries: list[Retry] = []
+    try:
+        shared = _share(f"http://127.0.0.1:{proxy.port}", node.tokens["publisher"], finding,
+                        retries)  # fmt: skip
+    finally:
+        proxy.close()
+    [lost] = proxy.lost
+    assert lost.startswith(b"HTTP/1.1 201")  # the node had shared it; the client never heard
+    assert shared.replayed and shared.artifact is not None
+    assert len(retries) == 1 and "connection was lost" in retries[0].reason
+    listed = httpx.get(
+        f"{node.url}/v1/artifacts", params={"direction": "sent"}, headers=node.auth("auditor")
+    ).json()["items"]
+    assert [a["id"] for a in listed] == [shared.id]

@@ -8,9 +8,16 @@ not exist (404). An append sends ``Content-Type: application/partial-upload``, t
 problem naming ``expected-offset``) and ``Upload-Complete``. The last append's answer is the
 share's: the whole stored body is carried out as the ``POST /v1/artifacts`` it would have been
 (the same parsing, policy checks, two-person control and audit), answering 201 with the
-artifact, 202 with the pending approval, or the same problem document; the upload is then
-gone, unless the share failed on this side (a 5xx: the blob store or the database
-unavailable), when it is open again, its bytes kept, for the last append to be sent again.
+artifact, 202 with the pending approval, or the same problem document. Then:
+
+- carried out: the bytes go; the answer is kept under an idempotency key of this route
+  (``service.idempotency``, settled in the share's transaction), and the upload stays,
+  complete, so that a client whose answer was lost sends the last append again and gets that
+  answer (``Idempotent-Replayed``), never a second share;
+- refused: the upload is gone, as a refused plain share leaves nothing;
+- failed on this side (a 5xx: the blob store or the database unavailable): the upload is open
+  again, its bytes kept, for the last append to be sent again.
+
 The store is ``service.uploads``.
 """
 
@@ -101,8 +108,9 @@ def upload_offset(upload_id: UploadId, node: NodeDep, principal: Publisher) -> R
         },
         204: {"description": "Appended; more is to come", "headers": _STATE_HEADERS},
         409: {
-            "description": "mismatching-upload-offset (with expected-offset) or "
-            "completed-upload, or the share's own conflicts",
+            "description": "mismatching-upload-offset (with expected-offset), "
+            "completed-upload, idempotency-key-in-flight (the share still runs), or the "
+            "share's own conflicts",
             **PROBLEM,
         },
         **_problems(400, 401, 403, 404, 408, 413, 422, 429),

@@ -45,6 +45,7 @@ from fastapi import FastAPI
 
 from service.api import admin, approvals, artifacts, events, federation, public, webhooks
 from service.api import partners as partners_api
+from service.api import uploads as uploads_api
 from service.api.audit import router as audit_router
 from service.api.audit_export import router as audit_export_router
 from service.api.bounds import RequestBounds
@@ -70,6 +71,7 @@ from service.limits import Limits
 from service.metrics import Metrics
 from service.node import Node
 from service.policy_store import PolicyScope
+from service.uploads import purge_expired as purge_uploads
 from service.webhooks import WebhookDispatcher
 
 __all__ = ["BACKGROUND_LOCK", "Workers", "app_from_environment", "create_app", "register_workers"]
@@ -178,6 +180,7 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
     async def purge() -> float:
         await anyio.to_thread.run_sync(purge_nonces, node)
         await anyio.to_thread.run_sync(purge_expired, node)  # idempotency keys past their time
+        await anyio.to_thread.run_sync(purge_uploads, node)  # resumable uploads past their time
         return 60.0
 
     retention_rounds = RetentionWorker(node)
@@ -200,7 +203,7 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
     workers.add("audit-witness-submit", submission_step(node, transport))
     workers.add("deliver", deliver)
     workers.add("pull", pull)
-    workers.add("purge", purge)  # replay nonces, idempotency keys
+    workers.add("purge", purge)  # replay nonces, idempotency keys, expired uploads
     workers.add("retention", retention)
     workers.add("approvals-expire", expire_approvals)
     workers.add("webhooks", notify)
@@ -368,6 +371,7 @@ def create_app(
 
     app.include_router(public.router)
     app.include_router(artifacts.router)
+    app.include_router(uploads_api.router)
     app.include_router(events.router)
     app.include_router(admin.router)
     app.include_router(webhooks.router)

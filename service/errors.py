@@ -16,8 +16,12 @@ one place (``service/api/problems.py``); the CLI prints the message on one line 
     ├── ForbiddenError        the role does not allow the action (HTTP 403)
     ├── PolicyDeniedError     an MOU policy denies the action (HTTP 403, names rule and clause)
     ├── ConflictError         the request conflicts with the current state (HTTP 409)
-    │   └── IdempotencyKeyInFlightError
-    │                         the first request with this Idempotency-Key is still running
+    │   ├── IdempotencyKeyInFlightError
+    │   │                     the first request with this Idempotency-Key is still running
+    │   ├── UploadOffsetMismatchError
+    │   │                     a resumable upload's append starts elsewhere than its offset
+    │   └── UploadCompletedError
+    │                         a resumable upload that is complete was appended to
     ├── InvalidInputError     the request is malformed (HTTP 400/422)
     │   ├── IdempotencyKeyMalformedError
     │   │                     the Idempotency-Key header is not one sf-string (HTTP 400)
@@ -91,6 +95,8 @@ __all__ = [
     "RequestTimeoutError",
     "StoredArtifactCorruptError",
     "TooLargeError",
+    "UploadCompletedError",
+    "UploadOffsetMismatchError",
     "UsageError",
 ]
 
@@ -191,6 +197,23 @@ class IdempotencyKeyInFlightError(ConflictError):
 
     kind = "idempotency-key-in-flight"
     title = "A request with this Idempotency-Key is in flight"
+
+
+class UploadOffsetMismatchError(ConflictError):
+    """An append to a resumable upload gave an ``Upload-Offset`` other than the bytes stored
+    (draft-ietf-httpbis-resumable-upload, "mismatching upload offset"): ``extra`` names the
+    ``expected-offset`` and the ``provided-offset``."""
+
+    kind = "mismatching-upload-offset"
+    title = "Mismatching upload offset"
+
+
+class UploadCompletedError(ConflictError):
+    """An append to a resumable upload whose last append already came (the draft's
+    "completed upload")."""
+
+    kind = "completed-upload"
+    title = "Upload is already complete"
 
 
 class IdempotencyKeyMalformedError(InvalidInputError):

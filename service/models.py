@@ -28,6 +28,8 @@ __all__ = [
     "SeenNonce",
     "Token",
     "UTCDateTime",
+    "Upload",
+    "UploadSegment",
     "Webhook",
     "utcnow",
 ]
@@ -391,3 +393,37 @@ class Webhook(SQLModel, table=True):
     last_delivered_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
     lease_owner: str | None = Field(default=None, max_length=32)
     lease_until: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+
+
+class Upload(SQLModel, table=True):
+    """A resumable upload of ``POST /v1/artifacts`` still arriving (``service/uploads.py``).
+
+    ``received`` bytes of the body are stored, encrypted, in its segments; ``length`` is the
+    whole body's length when the client announced it (``Upload-Length``). ``content_type``
+    keeps the multipart boundary for the share the completed body becomes. ``complete`` turns
+    true in the transaction of the last append; the row goes once the share is carried out,
+    the upload cancelled, or ``expires_at`` passed.
+    """
+
+    __tablename__ = "uploads"
+
+    id: str = Field(primary_key=True, max_length=40)  # upl_<32 hex>
+    principal: str = Field(max_length=32, index=True)  # the token id
+    content_type: str = Field(max_length=300)
+    received: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))  # bytes
+    length: int | None = Field(default=None, sa_column=sa.Column(sa.BigInteger))  # bytes
+    complete: bool = Field(default=False)
+    created_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False))
+    expires_at: datetime = Field(sa_column=sa.Column(UTCDateTime(), nullable=False, index=True))
+
+
+class UploadSegment(SQLModel, table=True):
+    """The bytes one request added to an upload, from ``start``: an age file to this node's
+    own identity, stored as a blob (``digest``); ``size`` bytes of plaintext."""
+
+    __tablename__ = "upload_segments"
+
+    upload_id: str = Field(primary_key=True, max_length=40)
+    start: int = Field(sa_column=sa.Column(sa.BigInteger, primary_key=True, autoincrement=False))
+    size: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
+    digest: str = Field(max_length=64)

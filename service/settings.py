@@ -180,6 +180,11 @@ class Settings(BaseSettings):
     idempotency_lease_seconds: float = Field(default=30.0, gt=0)  # seconds a running request
     # holds its key without renewing it: a request that died releases it after this long
 
+    # Resumable uploads of POST /v1/artifacts (service.uploads)
+    upload_expiry_seconds: float = Field(default=86400.0, gt=0)  # seconds an upload waits for
+    # its next append before it is swept (each append starts the time again)
+    max_open_uploads: int = Field(default=4, ge=1, le=1000)  # uploads one token may have open
+
     # Agreements (service.agreements): permits only from terms every party's officer signed
     signed_agreements_required: bool = False  # when true, an unsigned local policy file may
     # only forbid; otherwise it still grants, for a partner under no signed agreement, and

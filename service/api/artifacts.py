@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from crypto import strict_json
 from service import idempotency
+from service.api import resumable
 from service.api.bodies import StreamedBody, json_body, parse_json, read_body, refuse_declared
 from service.api.deps import require_roles
 from service.api.idempotent import HashedPull, answer, carry_out, drain, idempotency_key, replay
@@ -196,22 +197,23 @@ def _share_sync(
     status_code=201,
     response_model=ArtifactOut,
     summary="Share an artifact with partners (streaming multipart upload)",
-    openapi_extra=UPLOAD_BODY,
+    openapi_extra={**UPLOAD_BODY, **resumable.CREATE_DESCRIPTION},
     responses={
         202: {
             "model": ApprovalOut,
             "description": "Stored, not shared: the share's TLP needs a second approver "
             "(ENTENTE_TWO_PERSON_TLP); approve it with POST /v1/approvals/{id}/approve",
         },
-        **_problems(400, 401, 403, 409, 413, 422),
+        **_problems(400, 401, 403, 409, 413, 422, 429),
     },
 )
 async def create_artifact(request: Request, node: NodeDep, principal: Publisher) -> Any:
+    if resumable.incomplete(request):  # Upload-Complete: ?0 (service.api.uploads)
+        return await resumable.create_upload(request, node, principal, limit=_upload_limit(node))
     boundary = boundary_of(request.headers.get("content-type"))
     key = idempotency_key(request)
-    settings = node.settings
     refuse_declared(request, _upload_limit(node), "the upload")
-    body = StreamedBody(request, block=settings.upload_prefetch_bytes)
+    body = StreamedBody(request, block=node.settings.upload_prefetch_bytes)
     if key is not None:
         return await _upload_with_key(node, body, boundary, principal, key)
     row = await body.run(_share_sync, node, body.pull, boundary, principal)

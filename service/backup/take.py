@@ -14,7 +14,8 @@ rows stop referring to them):
 2. The home: ``node.json``, the descriptor, the key files as they are (still encrypted under
    the passphrase: the backup needs no passphrase and holds no secret in the clear, except on a
    home made with ``--insecure-no-passphrase``) and the policy files.
-3. The blobs the snapshot refers to (``artifacts.blob``, ``approvals.blob``), one at a time:
+3. The blobs the snapshot refers to (``artifacts.blob``, ``approvals.blob``, and the
+   encrypted segments of resumable uploads, ``upload_segments.digest``), one at a time:
    for a folder store each is copied and its SHA-256 checked against its name while it
    streams; for an S3-compatible store only the object keys and sizes are listed (the objects
    stay in the bucket, which has its own durability and versioning). A blob deleted between
@@ -68,7 +69,8 @@ Progress = Callable[[str, int, int | None], None]  # (what, done, total or None)
 
 _BLOB_REFS = (
     "SELECT DISTINCT blob FROM (SELECT blob FROM artifacts WHERE blob IS NOT NULL "
-    "UNION SELECT blob FROM approvals WHERE blob IS NOT NULL) AS refs ORDER BY blob"
+    "UNION SELECT blob FROM approvals WHERE blob IS NOT NULL "
+    "UNION SELECT digest FROM upload_segments) AS refs ORDER BY blob"
 )
 _PAGE = 1000  # rows fetched at a time
 

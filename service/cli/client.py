@@ -60,6 +60,7 @@ MaybeTokenOpt = Annotated[
 
 
 WAIT_POLL_SECONDS = 0.5  # get --wait: between two tries for an artifact not arrived yet
+RESUMABLE_MIB = 64  # share: files from this size (MiB) go as resumable uploads
 
 
 def _client(url: str, token: str, **options: Any) -> Client:
@@ -76,9 +77,17 @@ def _say_retry(retry: Retry) -> None:
     )
 
 
+def _say_resume(retry: Retry) -> None:
+    err_console.print(
+        f"{outside(retry.reason)}; resuming in {retry.pause:.1f} s from the bytes the node "
+        f"holds (attempt {retry.attempt} of {retry.attempts})"
+    )
+
+
 class _Bars:
     """``on_progress`` of the client as a progress bar on a terminal: a new bar for each
-    attempt (a retry sends the file again from its first byte)."""
+    attempt (a retry sends the file again from its first byte, or a resumable one from where
+    the node stopped)."""
 
     def __init__(self, description: str) -> None:
         self._description = description
@@ -176,6 +185,15 @@ def share(
             "idempotency key, so the node shares it once)",
         ),
     ] = 4,
+    resumable: Annotated[
+        bool | None,
+        typer.Option(
+            "--resumable/--no-resumable",
+            help="Send the file as a resumable upload: after a lost connection only the bytes "
+            f"the node lacks are sent again (default: for files from {RESUMABLE_MIB} MiB)",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     quiet: Annotated[
         bool,
@@ -188,7 +206,8 @@ def share(
     dataset, scorers and metrics, status: readable by the partners before they open it; the
     samples stay encrypted), with `pip install 'entente\\[inspect]'`. A lost connection is
     retried: the file is sent again with the same idempotency key, and the node answers an
-    attempt it had already accepted with that first result."""
+    attempt it had already accepted with that first result. A file from 64 MiB (or any, with
+    --resumable) goes as a resumable upload instead: a retry sends only what the node lacks."""
     if not file.is_file():
         raise UsageError(f"cannot read {file}: not a file")
     found = evaluation_summary(file, summary_file=summary, skip=no_summary)
@@ -203,11 +222,14 @@ def share(
         return
     if not url or not token:
         raise UsageError("--url and --token (or ENTENTE_URL and ENTENTE_TOKEN) are required")
+    if resumable is None:
+        resumable = file.stat().st_size >= RESUMABLE_MIB << 20
+    say = _say_resume if resumable else _say_retry
     with (
-        _client(url, token, retries=retries, on_retry=_say_retry) as client,
+        _client(url, token, retries=retries, on_retry=say) as client,
         _Bars(f"uploading {file.name}") as bars,
     ):
-        result = client.share(file, **terms, on_progress=bars)
+        result = client.share(file, **terms, on_progress=bars, resumable=resumable)
     if result.replayed:
         err_console.print(
             "the node had already accepted this share before the connection was lost: "

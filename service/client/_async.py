@@ -22,6 +22,7 @@ import anyio.to_thread
 import httpx
 
 from service.client import _protocol as p
+from service.client import _resumable as r
 from service.client.models import Artifact, Downloaded, Event, Page, Shared
 from service.evaluations import EvaluationSummary
 from service.files import atomic_write
@@ -117,6 +118,7 @@ class AsyncClient:
         idempotency_key: str | None = None,
         on_progress: p.OnProgress | None = None,
         on_retry: p.OnRetry | None = None,
+        resumable: bool = False,
     ) -> Shared:
         """:meth:`Client.share <service.client.Client.share>`."""
         opened = p.open_source(source, filename)
@@ -127,6 +129,8 @@ class AsyncClient:
         )  # fmt: skip
         upload = p.upload(meta, opened.size, idempotency_key=idempotency_key)
         plan = p.RetryPlan(self.retries, on_retry or self.on_retry, self._rng)
+        if resumable:
+            return await self._share_resumable(opened, upload, plan, on_progress)
         while True:
             body = _chunks(opened, upload, on_progress)
             try:
@@ -143,6 +147,38 @@ class AsyncClient:
                     return p.shared(response)
                 pause = answered
             await self._sleep(pause)
+
+    async def _share_resumable(
+        self,
+        opened: p.Opened,
+        upload: p.Upload,
+        plan: p.RetryPlan,
+        on_progress: p.OnProgress | None,
+    ) -> Shared:
+        """A share as a resumable upload (``service.client._resumable``)."""
+        length = r.body_length(opened, upload)
+        state = r.Resumable(plan)
+        while state.done is None:
+            method, path = state.request()
+            try:
+                if method == "POST":
+                    headers = r.creation_headers(upload, length)
+                    response = await self._http.post(path, content=b"", headers=headers)
+                elif method == "HEAD":
+                    response = await self._http.head(path)
+                else:
+                    body = _chunks(opened, upload, on_progress, state.offset or 0)
+                    headers = r.append_headers(state.offset or 0, length)
+                    response = await self._http.patch(path, content=body, headers=headers)
+            except httpx.TransportError as exc:
+                pause = state.lost(exc)
+            except httpx.HTTPError as exc:
+                raise p.unreachable(exc) from None
+            else:
+                pause = state.answered(response)
+            if pause:
+                await self._sleep(pause)
+        return state.done
 
     async def list(
         self,
@@ -268,26 +304,30 @@ class AsyncClient:
 
 
 async def _chunks(
-    opened: p.Opened, upload: p.Upload, on_progress: p.OnProgress | None
+    opened: p.Opened, upload: p.Upload, on_progress: p.OnProgress | None, offset: int = 0
 ) -> AsyncIterator[bytes]:
-    """One attempt's body: the head, the whole file from its first byte (read in a worker
-    thread), the tail."""
-    yield upload.head
+    """One attempt's body from byte ``offset`` (0: the head, the whole file, read in a worker
+    thread, the tail; later offsets, for a resumable share, need a source of known size)."""
+    skip = p.Skip.at(offset, upload, opened.size)
+    if head := upload.head[skip.head :]:
+        yield head
+    done = skip.file
     if on_progress is not None:
-        on_progress(0, opened.size)
-    done = 0
+        on_progress(done, opened.size)
     if opened.path is not None:
         fh: IO[bytes] = await anyio.to_thread.run_sync(builtins.open, opened.path, "rb")
         closing: contextlib.AbstractContextManager[Any] = fh
+        if skip.file:
+            await anyio.to_thread.run_sync(fh.seek, skip.file)
     else:
         assert opened.stream is not None  # noqa: S101 - a path or a stream, by construction
         fh, closing = opened.stream, contextlib.nullcontext()
         if opened.size is not None:
-            await anyio.to_thread.run_sync(fh.seek, opened.start)
+            await anyio.to_thread.run_sync(fh.seek, opened.start + skip.file)
     with closing:
         while chunk := await anyio.to_thread.run_sync(fh.read, p.CHUNK_BYTES):
             done += len(chunk)
             if on_progress is not None:
                 on_progress(done, opened.size)
             yield chunk
-    yield upload.tail
+    yield upload.tail[skip.tail :]

@@ -161,6 +161,23 @@ def upload(meta: Mapping[str, Any], size: int | None, *, idempotency_key: str | 
     return Upload(head, tail, headers, size)
 
 
+@dataclass(frozen=True)
+class Skip:
+    """What a body sent from byte ``offset`` leaves out of the head, the file and the tail."""
+
+    head: int
+    file: int
+    tail: int
+
+    @classmethod
+    def at(cls, offset: int, upload: Upload, size: int | None) -> Skip:
+        if offset and size is None:
+            raise UsageError("a body sent from an offset needs a source of known size")
+        head = min(offset, len(upload.head))
+        file = min(offset - head, size or 0)
+        return cls(head, file, offset - head - file)
+
+
 @dataclass
 class Opened:
     """A share's source: a file (opened for each attempt) or a stream (rewound for each attempt
@@ -226,7 +243,7 @@ def unreachable(exc: httpx.HTTPError, what: str = "cannot reach the node") -> No
     return NodeUnreachableError(f"{what}: {str(exc) or type(exc).__name__}")
 
 
-def _problem_type(response: httpx.Response) -> str | None:
+def problem_type(response: httpx.Response) -> str | None:
     if not response.headers.get("content-type", "").startswith("application/problem+json"):
         return None
     try:
@@ -263,7 +280,7 @@ class RetryPlan:
         """The pause before the next attempt, or None: ``response`` is the answer."""
         self.number += 1
         retryable = response.status_code in RETRY_STATUSES or (
-            response.status_code == 409 and _problem_type(response) == IN_FLIGHT
+            response.status_code == 409 and problem_type(response) == IN_FLIGHT
         )
         if not retryable or self.number > self.retries:
             return None
@@ -271,6 +288,12 @@ class RetryPlan:
         if response.status_code == 409:
             why += " (it is still carrying out an earlier attempt)"
         return self._next(why)
+
+    def after_conflict(self, why: str) -> float | None:
+        """The pause before trying again after ``why`` (a resumable upload's offset moved);
+        None when no attempt is left."""
+        self.number += 1
+        return None if self.number > self.retries else self._next(why)
 
     def _next(self, why: str) -> float:
         pause: float = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2.0 ** (self.number - 1))

@@ -20,6 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from service.client import _protocol as p
+from service.client import _resumable as r
 from service.client.models import Artifact, Downloaded, Event, Page, Shared
 from service.evaluations import EvaluationSummary
 from service.files import atomic_write
@@ -120,11 +121,14 @@ class Client:
         idempotency_key: str | None = None,
         on_progress: p.OnProgress | None = None,
         on_retry: p.OnRetry | None = None,
+        resumable: bool = False,
     ) -> Shared:
         """Share a file (a path) or a binary stream with partners ``to``, streamed.
 
         The share's ``Idempotency-Key`` (``idempotency_key``, or a fresh UUID) goes with every
-        attempt; a stream that cannot seek is sent once, without retries."""
+        attempt; a stream that cannot seek is sent once, without retries. With ``resumable``
+        (a file or a stream that can seek), the body goes as a resumable upload: after a lost
+        connection the node is asked what it holds and only the rest is sent again."""
         opened = p.open_source(source, filename)
         meta = p.share_metadata(
             opened.filename, to=to, tlp=tlp, title=title, topics=topics, purposes=purposes,
@@ -133,6 +137,8 @@ class Client:
         )  # fmt: skip
         upload = p.upload(meta, opened.size, idempotency_key=idempotency_key)
         plan = p.RetryPlan(self.retries, on_retry or self.on_retry, self._rng)
+        if resumable:
+            return self._share_resumable(opened, upload, plan, on_progress)
         while True:
             body = _chunks(opened, upload, on_progress)
             try:
@@ -147,6 +153,38 @@ class Client:
                     return p.shared(response)
                 pause = answered
             self._sleep(pause)
+
+    def _share_resumable(
+        self,
+        opened: p.Opened,
+        upload: p.Upload,
+        plan: p.RetryPlan,
+        on_progress: p.OnProgress | None,
+    ) -> Shared:
+        """A share as a resumable upload (``service.client._resumable``)."""
+        length = r.body_length(opened, upload)
+        state = r.Resumable(plan)
+        while state.done is None:
+            method, path = state.request()
+            try:
+                if method == "POST":
+                    headers = r.creation_headers(upload, length)
+                    response = self._http.post(path, content=b"", headers=headers)
+                elif method == "HEAD":
+                    response = self._http.head(path)
+                else:
+                    body = _chunks(opened, upload, on_progress, state.offset or 0)
+                    headers = r.append_headers(state.offset or 0, length)
+                    response = self._http.patch(path, content=body, headers=headers)
+            except httpx.TransportError as exc:
+                pause = state.lost(exc)
+            except httpx.HTTPError as exc:
+                raise p.unreachable(exc) from None
+            else:
+                pause = state.answered(response)
+            if pause:
+                self._sleep(pause)
+        return state.done
 
     def list(
         self,
@@ -283,13 +321,16 @@ class Client:
 
 
 def _chunks(
-    opened: p.Opened, upload: p.Upload, on_progress: p.OnProgress | None
+    opened: p.Opened, upload: p.Upload, on_progress: p.OnProgress | None, offset: int = 0
 ) -> Iterator[bytes]:
-    """One attempt's body: the head, the whole file from its first byte, the tail."""
-    yield upload.head
+    """One attempt's body from byte ``offset`` (0: the head, the whole file, the tail; later
+    offsets, for a resumable share, need a source of known size)."""
+    skip = p.Skip.at(offset, upload, opened.size)
+    if head := upload.head[skip.head :]:
+        yield head
+    done = skip.file
     if on_progress is not None:
-        on_progress(0, opened.size)
-    done = 0
+        on_progress(done, opened.size)
     with (
         builtins.open(opened.path, "rb")
         if opened.path is not None
@@ -297,10 +338,12 @@ def _chunks(
     ) as fh:
         assert fh is not None  # noqa: S101 - a path or a stream, by construction
         if opened.path is None and opened.size is not None:
-            fh.seek(opened.start)
+            fh.seek(opened.start + skip.file)
+        elif skip.file:
+            fh.seek(skip.file)
         while chunk := fh.read(p.CHUNK_BYTES):
             done += len(chunk)
             if on_progress is not None:
                 on_progress(done, opened.size)
             yield chunk
-    yield upload.tail
+    yield upload.tail[skip.tail :]

@@ -82,3 +82,46 @@ def test_a_node_that_stays_away_is_one_line(
     result, calls = _share(monkeypatch, tmp_path, httpx.ConnectError("refused"))
     assert calls == 3 and result.exit_code != 0
     assert "cannot reach the node (3 attempts): refused" in str(result.exception)
+
+
+def test_a_resumable_share_resumes_from_the_nodes_offset(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: list[tuple[str, dict[str, str], bytes]] = []
+    created = httpx.Response(
+        201, headers={"Location": "/v1/uploads/upl_" + "0" * 32, "Upload-Offset": "0"}
+    )
+    held = httpx.Response(204, headers={"Upload-Offset": "100", "Upload-Complete": "?0"})
+    answers: list[httpx.Response | Exception] = [
+        created, httpx.RemoteProtocolError("Server disconnected"), held,
+        httpx.Response(201, json=ARTIFACT),
+    ]  # fmt: skip
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, dict(request.headers), request.read()))
+        outcome = answers.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    def scripted(url: str, token: str, **options: Any) -> Client:
+        return Client(url, token, transport=httpx.MockTransport(handle), sleep=lambda s: None,
+                      **options)  # fmt: skip
+
+    monkeypatch.setattr(cli_client, "_client", scripted)
+    (tmp_path / "f.txt").write_bytes(b"abc" * 100)
+    result = CliRunner().invoke(
+        cli_app,
+        ["share", str(tmp_path / "f.txt"), "--to", "us-aisi", "--tlp", "green", "--url",
+         "http://node.test", "--token", "t", "--resumable"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "resuming in" in result.output and "from the bytes the node holds" in result.output
+    assert [method for method, _, _ in seen] == ["POST", "PATCH", "HEAD", "PATCH"]
+    post, first, _, second = seen
+    assert post[1]["upload-complete"] == "?0" and post[2] == b""
+    whole = int(post[1]["upload-length"])
+    assert len(first[2]) == whole and first[1]["upload-offset"] == "0"
+    assert second[1]["upload-offset"] == "100" and second[2] == first[2][100:]
+    assert second[1]["content-type"] == "application/partial-upload"
+    assert "shared art_1" in result.output

@@ -33,6 +33,7 @@ from service.cli._follow import AfterOpt, FollowOpt, follow_inbox
 from service.cli._terminal import SafeTable, outside
 from service.cli.files import progress_bar
 from service.client import Client, Filters, Retry, share_metadata
+from service.client._protocol import iso_time
 from service.client.errors import ProblemError
 from service.errors import UsageError
 
@@ -108,18 +109,6 @@ class _Bars:
 
     def __exit__(self, *exc: object) -> None:
         self._bars.close()
-
-
-def _when(value: str | None, name: str) -> str | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"{name} must be an ISO 8601 time, e.g. 2027-01-01T00:00:00Z") from None
-    if parsed.tzinfo is None:
-        raise UsageError(f"{name} needs a time zone, e.g. 2027-01-01T00:00:00Z")
-    return parsed.isoformat()
 
 
 def share(
@@ -213,8 +202,8 @@ def share(
     found = evaluation_summary(file, summary_file=summary, skip=no_summary)
     terms: dict[str, Any] = {
         "to": to, "tlp": tlp, "title": title, "topics": topic, "purposes": purpose,
-        "embargo_until": _when(embargo_until, "--embargo-until"),
-        "expires_at": _when(expires_at, "--expires-at"),
+        "embargo_until": iso_time(embargo_until, "--embargo-until"),
+        "expires_at": iso_time(expires_at, "--expires-at"),
         "onward_approved": approve_onward, "evaluation": found,
     }  # fmt: skip
     if dry_run:
@@ -286,8 +275,8 @@ def inbox(
         return
     with _client(url, token) as client:
         given = {"partner": partner, "title": search, "task": task, "model": model,
-                 "topic": topic, "purpose": purpose, "since": _when(since, "--since"),
-                 "until": _when(until, "--until")}  # fmt: skip
+                 "topic": topic, "purpose": purpose, "since": iso_time(since, "--since"),
+                 "until": iso_time(until, "--until")}  # fmt: skip
         filters = cast(Filters, {k: v for k, v in given.items() if v is not None})
         items = client.list("received", limit=limit, **filters).items
     if as_json:

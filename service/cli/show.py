@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from crypto.rfc3339 import format_seconds
 from service.cli._common import JsonOpt, console
 from service.cli._terminal import SafeTable, outside
 from service.cli.client import TokenOpt, UrlOpt
@@ -24,7 +25,7 @@ __all__ = ["show"]
 
 
 def _when(value: datetime | None) -> str:
-    return "-" if value is None else value.isoformat(timespec="seconds").replace("+00:00", "Z")
+    return "-" if value is None else format_seconds(value)
 
 
 def receipt_line(envelope: Mapping[str, Any] | None) -> str:

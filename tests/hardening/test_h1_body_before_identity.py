@@ -23,8 +23,14 @@ from service.tokens import Role
 from tests.service.nodekit import CREATED, Kit, make_node
 
 # Routes that read a body before any identity, by nature: signing in (the form *is* the
-# credential) and signing out; both bounded (service.console._auth.MAX_FORM_BYTES).
-PRE_IDENTITY_FORMS = {("POST", "/ui/login"), ("POST", "/ui/logout")}
+# credential) and signing out, both bounded (service.console._auth.MAX_FORM_BYTES); and the C2SP
+# witness for logs that are no partner's, whose body's checkpoint signature is the credential, as
+# the spec has it (bounded by ADD_CHECKPOINT_MAX_BYTES, checked below).
+PRE_IDENTITY_FORMS = {
+    ("POST", "/ui/login"),
+    ("POST", "/ui/logout"),
+    ("POST", "/witness/v1/add-checkpoint"),
+}
 CHUNK = 64 << 10  # bytes per ASGI body message
 CHUNKS = 64  # 4 MiB offered per request
 
@@ -127,6 +133,17 @@ async def test_anonymous_bodies_are_never_read(kit: Kit) -> None:
             tried.append(path)
     assert "/v1/artifacts/{artifact_id}/share" in tried and "/v1/artifacts" in tried
     assert "/federation/v1/inbox" in tried and "/federation/v1/notices" in tried
+
+
+async def test_the_public_witness_reads_a_bounded_body(kit: Kit) -> None:
+    """A declared body above the add-checkpoint bound is refused unread; one without a length
+    is refused once it passes the bound (140 KiB), not at its end (4 MiB offered)."""
+    from service.audit.witness import ADD_CHECKPOINT_MAX_BYTES
+
+    path = "/witness/v1/add-checkpoint"
+    assert await _call(kit, "POST", path, {}) == (413, 0)
+    status, pulled = await _call(kit, "POST", path, {}, length=False)
+    assert status == 413 and pulled <= ADD_CHECKPOINT_MAX_BYTES + CHUNK, pulled
 
 
 async def test_onward_share_refuses_a_large_declared_body_unread(kit: Kit) -> None:

@@ -14,9 +14,11 @@ Figures, for each setup:
   over the replicas (connection j to replica j mod k, as a connection-level balancer does);
 * end to end/s: N shared the same way with delivery on, divided by the time from the first
   share to the last signed receipt stored at the origin (as bench/sync.py measures);
-* where the CPU went in each phase: the replicas', PostgreSQL's (the backends of the setup's
-  database), SeaweedFS's, the partner's and the load generator's CPU seconds, and how many of
-  the machine's cores were busy (``/proc/stat``): on two cores, the limit.
+* where the CPU went in each phase (``bench/_proc.py``'s ``CpuMeter``): the replicas',
+  PostgreSQL's (the server processes of the setup's database, and the cluster's WAL writer,
+  checkpointer and background writer), SeaweedFS's, the partner's and the load generator's CPU
+  seconds, how many of the machine's cores were busy (``/proc/stat``: on two cores, the
+  limit), and the rest of that busy time: other work on the machine.
 
 Then a share of 1 GiB through the API to one replica whose blobs are on SeaweedFS (a multipart
 upload of ``ENTENTE_S3_PART_BYTES`` parts) and its download (decrypted, verified, streamed
@@ -59,7 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._load import request_bytes, run_load  # noqa: E402
-from bench._proc import cpu_seconds, peak_rss, reset_peaks, rss, tree  # noqa: E402
+from bench._proc import CpuMeter, peak_rss, postgres_pids, reset_peaks, rss, tree  # noqa: E402
 from bench._seaweed import SeaweedFS, weed_binary  # noqa: E402
 from service.localnet import NodeProcess, clean_env, prepare_nodes  # noqa: E402
 
@@ -102,13 +104,6 @@ def fresh_database(admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def _machine_busy() -> tuple[float, float]:
-    """(busy, all) CPU seconds of the whole machine so far (``/proc/stat``)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(fields) - fields[3] - fields[4]) / ticks, sum(fields) / ticks
-
-
 @dataclass
 class Setup:
     """An origin (one or more replicas on one home) and its partner, and how to read them."""
@@ -117,7 +112,7 @@ class Setup:
     replicas: list[NodeProcess]
     partner: NodeProcess
     scalar: Callable[[str], int]  # a count on the origin's database
-    database_pids: Callable[[], list[int]] = list  # its PostgreSQL backends
+    database: str | None = None  # the PostgreSQL database's name (None: SQLite)
     store_pid: int | None = None  # the SeaweedFS process
     poll: float = 0.02  # seconds between two counts
     close: Callable[[], None] = lambda: None  # let go of the database
@@ -140,6 +135,17 @@ class Setup:
         for replica in self.replicas:
             replica.stop()
 
+    def processes(self) -> dict[str, list[int]]:
+        """The processes of the replicas, the partner, the database server and the store."""
+        out = {
+            "replicas": [p for r in self.replicas if r.proc is not None for p in tree(r.pid)],
+            "partner": tree(self.partner.pid) if self.partner.proc is not None else [],
+            "postgres": postgres_pids(self.database) if self.database is not None else [],
+        }
+        if self.store_pid is not None:
+            out["seaweedfs"] = tree(self.store_pid)
+        return out
+
     def wait(self, sql: str, at_least: int, what: str, timeout: float) -> float:
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
@@ -147,46 +153,6 @@ class Setup:
                 return time.perf_counter()
             time.sleep(self.poll)
         raise RuntimeError(f"{self.name}: timed out waiting for {what}")
-
-
-class Meter:
-    """CPU seconds of each group of processes, the client's and the machine's, over a phase."""
-
-    def __init__(self, setup: Setup) -> None:
-        self.setup = setup
-        self.start = {k: {p: cpu_seconds([p]) for p in v} for k, v in self.groups().items()}
-        self.client = time.process_time()
-        self.machine = _machine_busy()
-        self.t0 = time.perf_counter()
-
-    def groups(self) -> dict[str, list[int]]:
-        s = self.setup
-        out = {
-            "replicas": [p for r in s.replicas if r.proc is not None for p in tree(r.pid)],
-            "partner": tree(s.partner.pid) if s.partner.proc is not None else [],
-            "postgres": s.database_pids(),
-        }
-        if s.store_pid is not None:
-            out["seaweedfs"] = tree(s.store_pid)
-        return out
-
-    def end(self) -> dict[str, float]:
-        seconds = time.perf_counter() - self.t0
-        out = {
-            f"{k}_cpu_s": round(sum(cpu_seconds([p]) - self.start[k].get(p, 0.0) for p in v), 2)
-            for k, v in self.groups().items()
-        }
-        out["client_cpu_s"] = round(time.process_time() - self.client, 2)
-        busy, total = _machine_busy()
-        busy -= self.machine[0]
-        measured = sum(out.values())
-        out["seconds"] = round(seconds, 2)
-        out["machine_busy_cpu_s"] = round(busy, 2)
-        out["machine_busy_cores"] = round(busy / seconds, 2) if seconds else 0.0
-        out["machine_cores"] = round((total - self.machine[1]) / seconds, 1) if seconds else 0.0
-        # the rest of the busy time: other work on the machine (and processes not measured)
-        out["other_cpu_s"] = round(busy - measured, 2)
-        return out
 
 
 def share(urls: list[str], token: str, n: int, *, tag: str, concurrency: int) -> float:
@@ -222,7 +188,7 @@ def measure(setup: Setup, n: int, concurrency: int) -> dict[str, Any]:
     setup.partner.start()
     setup.start(delivery=False)
     share(setup.urls, setup.token, 20 * k, tag="warm", concurrency=min(concurrency, 4 * k))
-    meter = Meter(setup)
+    meter = CpuMeter(setup.processes)
     share_seconds = share(setup.urls, setup.token, n, tag="share", concurrency=concurrency)
     share_cpu = meter.end()
     # delivery on: the replicas start again and deliver the share phase's backlog first
@@ -230,7 +196,7 @@ def measure(setup: Setup, n: int, concurrency: int) -> dict[str, Any]:
     setup.start(delivery=True)
     queued = setup.scalar(QUEUED)
     setup.wait(DELIVERED, queued, "the backlog", timeout)
-    meter = Meter(setup)
+    meter = CpuMeter(setup.processes)
     t0 = time.perf_counter()
     share(setup.urls, setup.token, n, tag="e2e", concurrency=concurrency)
     t_done = setup.wait(DELIVERED, queued + n, "the receipts", timeout)
@@ -368,22 +334,12 @@ def prepare(
             value: int = conn.execute(sa.text(sql)).scalar_one()
         return value
 
-    def backends() -> list[int]:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND pid <> pg_backend_pid()"
-                )
-            )
-            return [int(pid) for (pid,) in rows]
-
     return Setup(
         name,
         nodes,
         partner,
         count_pg,
-        backends,
+        database.rsplit("/", 1)[1],
         store.proc.pid if store is not None and store.proc is not None else None,
         poll=0.05,
         close=engine.dispose,
@@ -439,14 +395,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _line(figures: dict[str, Any]) -> str:
-    s, e = figures["share_cpu"], figures["end_to_end_cpu"]
+    def cpu(phase: dict[str, Any]) -> str:
+        spent = ", ".join(
+            f"{k.removesuffix('_cpu_s')} {v}" for k, v in phase.items() if k.endswith("_cpu_s")
+        )
+        return f"{phase['machine_busy_cores']} cores busy; CPU s: {spent}"
+
     return (
-        f"shares {figures['shares_per_second']:,.0f}/s (machine busy {s['machine_busy_cores']} "
-        f"cores; CPU s: replicas {s['replicas_cpu_s']}, postgres {s.get('postgres_cpu_s', 0)}, "
-        f"seaweedfs {s.get('seaweedfs_cpu_s', 0)}, client {s['client_cpu_s']}), "
-        f"end to end {figures['end_to_end_per_second']:,.0f}/s (busy {e['machine_busy_cores']}"
-        f" cores; CPU s: replicas {e['replicas_cpu_s']}, partner {e['partner_cpu_s']}, "
-        f"postgres {e.get('postgres_cpu_s', 0)}, seaweedfs {e.get('seaweedfs_cpu_s', 0)})"
+        f"shares {figures['shares_per_second']:,.0f}/s ({cpu(figures['share_cpu'])}); "
+        f"end to end {figures['end_to_end_per_second']:,.0f}/s "
+        f"({cpu(figures['end_to_end_cpu'])})"
     )
 
 

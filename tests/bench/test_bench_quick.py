@@ -89,6 +89,7 @@ def test_the_replica_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
     for setup in [figures["peer"], *figures["replicas"].values()]:
         assert setup["shares_per_second"] > 0 and setup["end_to_end_per_second"] > 0
         assert setup["share_cpu"]["replicas_cpu_s"] > 0
+        assert setup["setup_cpu_ms_per_delivery"] > setup["share_cpu"]["replicas_cpu_s"] / 1000
     assert figures["replicas"]["3"]["share_cpu"]["postgres_cpu_s"] > 0
     assert figures["replicas"]["3"]["share_cpu"]["seaweedfs_cpu_s"] > 0
     assert figures["peer"]["share_cpu"]["postgres_cpu_s"] == 0  # SQLite: no database server

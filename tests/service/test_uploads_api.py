@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlmodel import select
 
 from service import uploads
@@ -260,7 +261,7 @@ async def test_a_segment_whose_row_never_committed_is_swept(uk: Kit) -> None:
     # A crash between a segment's blob and its row: the blob is journaled, nothing refers to it.
     stray = iter([b"never recorded"])
     body = uploads._Received(lambda: next(stray, b""), 1 << 20, (), "too large")
-    orphan = uploads._write_segment(uk.node, body)
+    orphan = uploads._write_segment(uk.node, body, uploads._label(created.id, 10))
     assert orphan is not None and len(_blob_bytes(uk)) == 2
     later = time.time() + uk.node.settings.blob_orphan_grace_seconds + 60
     report = sweep(uk.node, clock=lambda: later)
@@ -295,3 +296,33 @@ async def test_a_share_unavailable_here_leaves_the_upload_for_the_last_append_ag
         again = await _patch(c, uk, where, len(body), b"", last=True)
         assert again.status_code == 201, again.text
         assert again.json()["sha256"] == hashlib.sha256(content).hexdigest()
+
+
+async def test_a_store_that_swaps_two_segments_is_caught(uk: Kit) -> None:
+    """Every segment is an age file to the node itself, so two of the same size would both
+    open: the digest the database recorded for each is checked as it is read, and a body put
+    together in another order is never shared."""
+    content = MARKER + bytes(range(256)) * 2_000
+    body = upload_body(_meta(), content)
+    k = len(body) // 3
+    async with uk.client() as c:
+        where = await _create(c, uk)
+        assert (await _patch(c, uk, where, 0, body[:k], last=False)).status_code == 204
+        assert (await _patch(c, uk, where, k, body[k : 2 * k], last=False)).status_code == 204
+        with uk.node.db.engine.connect() as conn:
+            first, second = conn.execute(
+                sa.select(uploads.SEGMENTS.c.digest).order_by(uploads.SEGMENTS.c.start)
+            ).scalars()
+        store = folder_store(uk.node)
+        a, b = store.path_for(first), store.path_for(second)
+        assert a.stat().st_size == b.stat().st_size  # the same size: only the digest differs
+        swapped = a.with_name("swap")
+        a.rename(swapped)
+        b.rename(a)
+        swapped.rename(b)
+        done = await _patch(c, uk, where, 2 * k, body[2 * k :], last=True)
+        assert done.status_code == 502, done.text
+        assert done.json()["type"] == "urn:entente:problem:artifact-corrupt"
+        assert "not the one recorded" in done.json()["detail"]
+    with uk.node.db.session() as s:
+        assert s.exec(select(Artifact)).all() == []  # nothing was shared

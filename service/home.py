@@ -109,16 +109,17 @@ class Home:
         """Decrypt the key files ``need`` names (every one by default: ``serve`` and anything
         that may use any key); a wrong passphrase is a :class:`KeyStoreError`. Nothing needed,
         nothing asked: no passphrase is read."""
-        protected = self.protected and bool(need)
-        passphrase = read_passphrase(settings, confirm=False) if protected else None
-        return unlock_keys(self.keys_dir, self.key_facts, passphrase, need)
+        return unlock_keys(self.keys_dir, self.key_facts, self._passphrase(settings, need), need)
+
+    def _passphrase(self, settings: Settings, need: KeyNeed) -> str | None:
+        """The passphrase when ``need`` names key files and they are protected, else None."""
+        return read_passphrase(settings, confirm=False) if self.protected and need else None
 
     def unlock_meanwhile(self, settings: Settings, need: KeyNeed) -> Future[NodeKeys]:
         """:meth:`unlock` on a thread of its own, so that a command can do work that needs no
         private key (reading and encrypting a file) during the scrypt. The passphrase is read
         (or asked for) here, on the calling thread, before this returns."""
-        protected = self.protected and bool(need)
-        passphrase = read_passphrase(settings, confirm=False) if protected else None
+        passphrase = self._passphrase(settings, need)
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unlock")
         try:
             return pool.submit(unlock_keys, self.keys_dir, self.key_facts, passphrase, need)

@@ -104,10 +104,13 @@ def _tool(name: str) -> str:
     return path
 
 
-def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _run(
+    *args: str, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(  # noqa: S603 - fixed iproute2/nft commands, no shell
-        list(args), capture_output=True, text=True, timeout=COMMAND_SECONDS, check=False
-    )
+        list(args), input=stdin, capture_output=True, text=True, timeout=COMMAND_SECONDS,
+        check=False,
+    )  # fmt: skip
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed: {result.stderr.strip()}")
     return result
@@ -293,12 +296,7 @@ class Star:
                 "}",
             ]
         )
-        loaded = subprocess.run(  # noqa: S603 - our own fixed ruleset on stdin, no shell
-            [_tool("ip"), "netns", "exec", place.namespace, "nft", "-f", "-"],
-            input=rules, capture_output=True, text=True, timeout=COMMAND_SECONDS, check=False,
-        )  # fmt: skip
-        if loaded.returncode != 0:
-            raise RuntimeError(f"nft in {place.namespace} failed: {loaded.stderr.strip()}")
+        _run("ip", "netns", "exec", place.namespace, "nft", "-f", "-", stdin=rules)
 
     def dropped(self, node_id: str) -> int:
         """Packets the loss rules of ``node_id``'s link have dropped (both ways)."""

@@ -25,11 +25,11 @@ from pathlib import Path
 from sqlmodel import Session
 
 from crypto.errors import CryptoError, MalformedError
-from crypto.note import SIG_ED25519, Cosigner, NoteVerifier, open_checkpoint
-from service.audit.errors import BadRequestError, WitnessConfigError
+from crypto.note import SIG_ED25519, Cosigner, NoteVerifier
+from service.audit.errors import WitnessConfigError
 from service.audit.witness import cosign_submission
-from service.audit.witness_rules import Refusal, parse_submission
-from service.errors import ForbiddenError, NotFoundError
+from service.audit.witness_rules import Refusal, check_signed, parse_submission
+from service.errors import NotFoundError
 
 __all__ = ["WITNESS_LOG_OWNER", "add_public_checkpoint", "witnessed_logs"]
 
@@ -111,14 +111,9 @@ def add_public_checkpoint(
     # "If the checkpoint origin is unknown, the witness MUST respond with 404".
     if verifier is None:
         raise NotFoundError(f"this witness does not follow a log with origin {origin[:200]!r}")
-    # "If none of the signatures verify against a trusted public key ... 403".
-    try:
-        open_checkpoint(parsed.request.checkpoint, log=verifier)
-    except CryptoError:
-        raise ForbiddenError("the checkpoint is not signed by the log's key") from None
-    old, size = parsed.request.old_size, parsed.checkpoint.size
-    if old > size:
-        raise BadRequestError(f"old size {old} is above the checkpoint size {size}")
+    refusal = check_signed(parsed, verifier, whose="the log's key")
+    if refusal is not None:
+        raise refusal.error
     return cosign_submission(
         session,
         parsed,

@@ -33,6 +33,7 @@ __all__ = [
     "Refusal",
     "Submission",
     "check_against_cosigned",
+    "check_signed",
     "check_submitter",
     "parse_submission",
     "partner_log_verifier",
@@ -99,21 +100,28 @@ def check_submitter(
             ForbiddenError(f"partner {submitter} may submit only its own log's checkpoints"),
             origin=origin,
         )
+    refusal = check_signed(
+        submission, partner_log_verifier(log_owner), whose="the partner's pinned key"
+    )
+    return log_owner if refusal is None else refusal
+
+
+def check_signed(submission: Submission, log: NoteVerifier, *, whose: str) -> Refusal | None:
+    """Whether the checkpoint is signed by ``log`` (the key of the log its origin names,
+    ``whose`` in the refusal) and its old size is at most its size."""
+    origin = submission.origin
     # "If none of the signatures verify against a trusted public key ... 403".
     try:
-        open_checkpoint(submission.request.checkpoint, log=partner_log_verifier(log_owner))
+        open_checkpoint(submission.request.checkpoint, log=log)
     except CryptoError:
-        return Refusal(
-            ForbiddenError("the checkpoint is not signed by the partner's pinned key"),
-            origin=origin,
-        )
+        return Refusal(ForbiddenError(f"the checkpoint is not signed by {whose}"), origin=origin)
     # "The old size MUST be equal to or lower than the checkpoint size" (else 400).
     old, size = submission.request.old_size, submission.checkpoint.size
     if old > size:
         return Refusal(
             BadRequestError(f"old size {old} is above the checkpoint size {size}"), origin=origin
         )
-    return log_owner
+    return None
 
 
 def check_against_cosigned(

@@ -10,7 +10,6 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import TypedDict
 
 import anyio
 import httpx
@@ -26,17 +25,9 @@ from tests.integration.test_idempotent_retry import (  # noqa: F401
     _read_exactly,
     uk,
 )
+from tests.integration.test_python_client import TERMS
 
 pytestmark = pytest.mark.integration
-
-
-class Terms(TypedDict):
-    tlp: str
-    topics: list[str]
-    purposes: list[str]
-
-
-TERMS = Terms(tlp="TLP:GREEN", topics=["evaluation"], purposes=["evaluation"])
 
 
 class CuttingProxy:

@@ -208,12 +208,22 @@ class UploadOffsetMismatchError(ConflictError):
     title = "Mismatching upload offset"
 
 
-class UploadCompletedError(ConflictError):
+class UploadCompletedError(EntenteError):
     """An append to a resumable upload whose last append already came (the draft's
-    "completed upload")."""
+    "completed upload", 400 as it recommends)."""
 
     kind = "completed-upload"
+    status = 400
     title = "Upload is already complete"
+
+
+class UploadLengthInconsistentError(EntenteError):
+    """A resumable upload's lengths disagree: it ends before or after its ``Upload-Length``
+    (the draft's "inconsistent upload length", 400 as it recommends)."""
+
+    kind = "inconsistent-upload-length"
+    status = 400
+    title = "Inconsistent upload length"
 
 
 class IdempotencyKeyMalformedError(InvalidInputError):

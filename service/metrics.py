@@ -41,10 +41,19 @@ WITNESS_LAG = (
     "entente_witness_lag_entries",
     "Entries of this log's latest checkpoint the partner's witness has not cosigned yet",
 )
+UPLOADS_OPEN = ("entente_uploads_open", "Resumable uploads not yet complete")
+UPLOADS_HELD = (
+    "entente_upload_bytes_held",
+    "Bytes held (encrypted, in the blob store) for resumable uploads not yet complete",
+)
 # Exported once the app factory calls Metrics.watch_database (read at each scrape).
 DATABASE_GAUGES = tuple(
-    g[0] for g in (AUDIT_SIZE, OUTBOX_PENDING, OUTBOX_OLDEST, FEED_LAG, CHECKPOINT_AGE, WITNESS_LAG)
-)
+    g[0]
+    for g in (
+        AUDIT_SIZE, OUTBOX_PENDING, OUTBOX_OLDEST, FEED_LAG, CHECKPOINT_AGE, WITNESS_LAG,
+        UPLOADS_OPEN, UPLOADS_HELD,
+    )
+)  # fmt: skip
 
 
 class _DatabaseGauges(Collector):
@@ -93,6 +102,12 @@ class _DatabaseGauges(Collector):
                 sa.text("SELECT MAX(created_at) FROM audit_checkpoints")
             ).scalar_one_or_none()
             state.checkpoint_age = _age(now, latest) if latest is not None else None
+            state.uploads, state.upload_bytes = conn.execute(
+                sa.text(
+                    "SELECT COUNT(*), COALESCE(SUM(received), 0) FROM uploads WHERE complete = :no"
+                ),
+                {"no": False},
+            ).one()
             signed = conn.execute(sa.text("SELECT MAX(size) FROM audit_checkpoints")).scalar()
             for partner, cosigned in conn.execute(
                 sa.text("SELECT partner, cosigned_size FROM audit_witness_submissions")
@@ -110,6 +125,10 @@ class _DatabaseGauges(Collector):
         if state.checkpoint_age is not None:
             checkpoint.add_metric([], state.checkpoint_age)
         yield checkpoint
+        for names, value in ((UPLOADS_OPEN, state.uploads), (UPLOADS_HELD, state.upload_bytes)):
+            family = GaugeMetricFamily(*names)
+            family.add_metric([], int(value))
+            yield family
         per_partner = (
             (OUTBOX_PENDING, state.pending),
             (OUTBOX_OLDEST, state.oldest),
@@ -127,6 +146,8 @@ class _DatabaseGauges(Collector):
 class _State:
     size: int | None = None
     checkpoint_age: float | None = None
+    uploads: int = 0
+    upload_bytes: int = 0
     pending: dict[str, int] = field(default_factory=dict)
     oldest: dict[str, float] = field(default_factory=dict)
     feed_lag: dict[str, float] = field(default_factory=dict)
@@ -175,6 +196,15 @@ class Metrics:
         self.reads = Counter("entente_reads", "Artifact reads by outcome", ["outcome"], registry=r)
         self.refusals = Counter(
             "entente_refusals", "Refused requests by kind", ["kind"], registry=r
+        )
+        self.upload_appends = Counter(
+            "entente_upload_appends",
+            "Appends to resumable uploads by outcome (appended, last, interrupted)",
+            ["outcome"],
+            registry=r,
+        )
+        self.upload_bytes = Counter(
+            "entente_upload_bytes", "Bytes received by appends to resumable uploads", registry=r
         )
         self.webhook_deliveries = Counter(
             "entente_webhook_deliveries",

@@ -53,12 +53,13 @@ from crypto import age
 from crypto.errors import CryptoError
 from service.blob_journal import IN_FLIGHT, deletion_rows
 from service.errors import (
-    InvalidInputError,
+    EntenteError,
     NotFoundError,
     RateLimitedError,
     StoredArtifactCorruptError,
     TooLargeError,
     UploadCompletedError,
+    UploadLengthInconsistentError,
     UploadOffsetMismatchError,
 )
 from service.models import Upload, UploadSegment
@@ -170,7 +171,7 @@ class _Received:
         pull: Callable[[], bytes],
         room: int,
         interruptions: tuple[type[BaseException], ...],
-        too_large: str,
+        too_large: EntenteError,
     ) -> None:
         self._pull = pull
         self._room = room
@@ -190,7 +191,7 @@ class _Received:
         self._held = self._held[len(data) :]
         self.size += len(data)
         if self.size > self._room:
-            raise TooLargeError(self._too_large)
+            raise self._too_large
         return data
 
 
@@ -218,20 +219,21 @@ def append(
             **_offsets(expected=found.received, provided=offset),
         )
     limit = max_size if found.length is None else min(found.length, max_size)
-    why = (
-        f"the upload is larger than the limit of {max_size} bytes"
+    why: EntenteError = (
+        TooLargeError(f"the upload is larger than the limit of {max_size} bytes")
         if limit == max_size
-        else f"the upload is longer than its Upload-Length ({found.length} bytes)"
+        else UploadLengthInconsistentError(
+            f"the upload is longer than its Upload-Length ({found.length} bytes)"
+        )
     )
     body = _Received(pull, limit - offset, interruptions, why)
     digest = _write_segment(node, body, _label(upload_id, offset))
     if complete and body.interrupted is None and found.length not in (None, offset + body.size):
         if digest is not None:
             node.blobs.delete(digest)
-        raise InvalidInputError(
+        raise UploadLengthInconsistentError(
             f"the upload ends at byte {offset + body.size}, not at its Upload-Length "
-            f"({found.length} bytes)",
-            reason="inconsistent-upload-length",
+            f"({found.length} bytes)"
         )
     done = complete and body.interrupted is None
     now = node.now()
@@ -257,6 +259,9 @@ def append(
         if digest is not None:
             node.blobs.delete(digest)
         raise
+    outcome = "interrupted" if body.interrupted is not None else "last" if done else "appended"
+    node.metrics.upload_appends.labels(outcome).inc()
+    node.metrics.upload_bytes.inc(body.size)
     if body.interrupted is not None:
         log.info("upload %s: an append was interrupted after %d bytes", upload_id, body.size)
         raise body.interrupted

@@ -51,8 +51,20 @@ _HTTP_KINDS = {
 }
 
 
+# Problem types another specification registers (IANA "HTTP Problem Types"): answered under
+# their registered URI, so that any client of that specification recognises them.
+REGISTERED_TYPES = {
+    kind: f"https://iana.org/assignments/http-problem-types#{kind}"
+    for kind in (  # draft-ietf-httpbis-resumable-upload, "Problem Types"
+        "mismatching-upload-offset",
+        "completed-upload",
+        "inconsistent-upload-length",
+    )
+}
+
+
 def problem_type(kind: str) -> str:
-    return f"urn:entente:problem:{kind}"
+    return REGISTERED_TYPES.get(kind) or f"urn:entente:problem:{kind}"
 
 
 def problem(
@@ -126,6 +138,8 @@ async def _entente_error(request: Request, exc: Exception) -> JSONResponse:
         headers = {"Retry-After": str(exc.extra["retry_after"])}
     if exc.status == 416 and "size" in exc.extra:  # RFC 9110 15.5.17
         headers = {"Content-Range": f"bytes */{exc.extra['size']}"}
+    if isinstance(exc.extra.get("expected-offset"), int):  # resumable uploads: the right offset
+        headers = {"Upload-Offset": str(exc.extra["expected-offset"])}
     return problem(
         exc.status,
         exc.kind,

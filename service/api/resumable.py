@@ -9,8 +9,10 @@ IETF httpbis draft *Resumable Uploads for HTTP* (draft-ietf-httpbis-resumable-up
 - ``Upload-Offset`` (an Integer): the bytes stored, answered by every upload route; an append
   sends the offset it starts from.
 - ``Upload-Length`` (an Integer): the whole body's length, when the client knows it.
-- ``Upload-Limit`` (a Dictionary): ``max-size`` (bytes of the whole body) and ``expires``
+- ``Upload-Limit`` (a Dictionary): ``max-size`` (bytes of the whole body) and ``max-age``
   (seconds the upload waits for its next append).
+- ``Upload-Draft-Interop-Version`` (an Integer): the draft's interop version, 8 (its section
+  "Draft Version Identification"), on every answer; the Python client sends it too.
 
 The server cannot send the draft's ``104 (Upload Resumption Supported)`` interim answer (ASGI
 has none), so a client learns the upload's URL from the creation's final answer: a client that
@@ -111,11 +113,11 @@ def incomplete(request: Request) -> bool:
 
 def upload_headers(found: uploads.UploadState, *, max_size: int, now: datetime) -> dict[str, str]:
     """The fields every upload route answers with."""
-    expires = max(0, int((found.expires_at - now).total_seconds()))
+    max_age = max(0, int((found.expires_at - now).total_seconds()))
     headers = {
         "Upload-Offset": str(found.received),
         "Upload-Complete": "?1" if found.complete else "?0",
-        "Upload-Limit": f"max-size={max_size}, expires={expires}",
+        "Upload-Limit": f"max-size={max_size}, max-age={max_age}",
         "Upload-Draft-Interop-Version": INTEROP_VERSION,
         "Cache-Control": "no-store",
     }

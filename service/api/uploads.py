@@ -64,7 +64,7 @@ _STATE_HEADERS = {
     for name, why in (
         ("Upload-Offset", "Bytes stored: where the next append starts"),
         ("Upload-Complete", "?1 once the last append came, else ?0"),
-        ("Upload-Limit", "max-size (bytes of the whole body) and expires (seconds)"),
+        ("Upload-Limit", "max-size (bytes of the whole body) and max-age (seconds)"),
     )
 }
 APPEND_BODY = {
@@ -108,8 +108,8 @@ def upload_offset(upload_id: UploadId, node: NodeDep, principal: Publisher) -> R
         },
         204: {"description": "Appended; more is to come", "headers": _STATE_HEADERS},
         409: {
-            "description": "mismatching-upload-offset (with expected-offset), "
-            "completed-upload, idempotency-key-in-flight (the share still runs), or the "
+            "description": "mismatching-upload-offset (with expected-offset and the right "
+            "Upload-Offset), idempotency-key-in-flight (the share still runs), or the "
             "share's own conflicts",
             **PROBLEM,
         },
@@ -184,7 +184,8 @@ def _fingerprint(principal: Principal, upload_id: str) -> str:
 
 def _answer_again(node: Node, found: uploads.UploadState, principal: Principal) -> Response:
     """The answer of a completed upload's share, again (its client lost it), marked
-    ``Idempotent-Replayed``; a 409 while that share still runs, or once it is forgotten."""
+    ``Idempotent-Replayed``; a 409 while that share still runs, a 400 ``completed-upload``
+    once it is forgotten."""
     claimed = idempotency.claim(node, principal=principal, key=_key(found.id), route=COMPLETE_ROUTE)
     if isinstance(claimed, idempotency.Replay):
         return replay(claimed, _fingerprint(principal, found.id))

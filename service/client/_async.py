@@ -165,7 +165,7 @@ class AsyncClient:
                     headers = r.creation_headers(upload, length)
                     response = await self._http.post(path, content=b"", headers=headers)
                 elif method == "HEAD":
-                    response = await self._http.head(path)
+                    response = await self._http.head(path, headers=r.INTEROP)
                 else:
                     body = _chunks(opened, upload, on_progress, state.offset or 0)
                     headers = r.append_headers(state.offset or 0, length)

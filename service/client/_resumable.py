@@ -29,10 +29,19 @@ from service.client.errors import UnexpectedAnswerError
 from service.client.models import Shared
 from service.errors import UsageError
 
-__all__ = ["PARTIAL_UPLOAD", "Resumable", "append_headers", "body_length", "creation_headers"]
+__all__ = [
+    "INTEROP",
+    "PARTIAL_UPLOAD",
+    "Resumable",
+    "append_headers",
+    "body_length",
+    "creation_headers",
+]
 
 PARTIAL_UPLOAD = "application/partial-upload"
-MISMATCH = "urn:entente:problem:mismatching-upload-offset"
+MISMATCH = "https://iana.org/assignments/http-problem-types#mismatching-upload-offset"
+# The draft's interop version ("Draft Version Identification"), sent on every request of an upload.
+INTEROP = {"Upload-Draft-Interop-Version": "8"}
 
 
 def body_length(opened: p.Opened, upload: p.Upload) -> int:
@@ -48,6 +57,7 @@ def creation_headers(upload: p.Upload, length: int) -> dict[str, str]:
         "Content-Type": upload.headers["Content-Type"],
         "Upload-Complete": "?0",
         "Upload-Length": str(length),
+        **INTEROP,
     }
 
 
@@ -58,6 +68,7 @@ def append_headers(offset: int, length: int) -> dict[str, str]:
         "Content-Type": PARTIAL_UPLOAD,
         "Upload-Offset": str(offset),
         "Upload-Complete": "?1",
+        **INTEROP,
     }
 
 

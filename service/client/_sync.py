@@ -171,7 +171,7 @@ class Client:
                     headers = r.creation_headers(upload, length)
                     response = self._http.post(path, content=b"", headers=headers)
                 elif method == "HEAD":
-                    response = self._http.head(path)
+                    response = self._http.head(path, headers=r.INTEROP)
                 else:
                     body = _chunks(opened, upload, on_progress, state.offset or 0)
                     headers = r.append_headers(state.offset or 0, length)

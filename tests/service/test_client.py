@@ -459,3 +459,39 @@ def test_a_kept_key_sends_the_same_request_again(tmp_path: Path) -> None:
             client.share(finding(tmp_path), to=["us-aisi"], tlp="green", idempotency_key='a"b')
     bodies = [body for _, body in script.requests]
     assert bodies[0] == bodies[1] and bodies[2] != bodies[0]  # the boundary follows the key
+
+
+def upload_state(status: int, offset: int, **headers: str) -> httpx.Response:
+    return httpx.Response(status, headers={"Upload-Offset": str(offset), **headers})
+
+
+def test_a_resumable_share_speaks_the_drafts_interop_version_and_its_mismatch_problem(
+    tmp_path: Path,
+) -> None:
+    """Every request of a resumable share says which draft it follows (interop version 8); a
+    409 with the draft's registered problem type moves the append to the node's offset."""
+    path = finding(tmp_path)
+    where = {"Location": "/v1/uploads/upl_1"}
+    mismatch = httpx.Response(
+        409,
+        json={
+            "type": "https://iana.org/assignments/http-problem-types#mismatching-upload-offset",
+            "title": "t", "status": 409, "expected-offset": 7, "provided-offset": 0,
+        },
+        headers={"content-type": "application/problem+json", "Upload-Offset": "7"},
+    )  # fmt: skip
+    script = Script(
+        upload_state(201, 0, **where),
+        mismatch,
+        lost(),
+        upload_state(204, 7),
+        httpx.Response(201, json=ARTIFACT),
+    )
+    with Client(URL, "t", transport=script.sync(), sleep=lambda s: None) as client:
+        shared = client.share(path, to=["us-aisi"], tlp="green", resumable=True)
+    assert shared.id == "art_1"
+    calls = [(r.method, r.headers.get("upload-offset")) for r, _ in script.requests]
+    assert calls == [("POST", None), ("PATCH", "0"), ("PATCH", "7"), ("HEAD", None), ("PATCH", "7")]
+    assert {r.headers.get("upload-draft-interop-version") for r, _ in script.requests} == {"8"}
+    whole = len(script.requests[1][1])
+    assert len(script.requests[-1][1]) == whole - 7  # only the rest, from the node's offset

@@ -82,7 +82,9 @@ async def test_create_head_wrong_offset_then_complete_is_the_share(uk: Kit) -> N
         assert head.headers["Upload-Offset"] == str(cut)
         assert head.headers["Upload-Length"] == str(len(body))
         assert head.headers["Cache-Control"] == "no-store"
-        assert head.headers["Upload-Limit"].startswith("max-size=")
+        limit, max_age = head.headers["Upload-Limit"].split(", ")
+        assert limit.startswith("max-size=") and max_age.startswith("max-age=")
+        assert head.headers["Upload-Draft-Interop-Version"] == "8"
         # Nothing at rest is plaintext: the stored segment is an age file to the node itself.
         stored = _blob_bytes(uk)
         assert len(stored) == 1 and MARKER not in stored[0]
@@ -90,8 +92,11 @@ async def test_create_head_wrong_offset_then_complete_is_the_share(uk: Kit) -> N
 
         wrong = await _patch(c, uk, where, cut + 10, body[cut + 10 :], last=True)
         assert wrong.status_code == 409
+        assert wrong.headers["Upload-Offset"] == str(cut)  # the draft: the right offset
         problem = wrong.json()
-        assert problem["type"] == "urn:entente:problem:mismatching-upload-offset"
+        assert problem["type"] == (
+            "https://iana.org/assignments/http-problem-types#mismatching-upload-offset"
+        )
         assert (problem["expected-offset"], problem["provided-offset"]) == (cut, cut + 10)
 
         middle = await _patch(c, uk, where, cut, body[cut : 2 * cut], last=False)
@@ -160,6 +165,28 @@ async def test_another_token_finds_no_upload(uk: Kit) -> None:
         assert mine.headers["Upload-Offset"] == "16"
 
 
+def _metric(kit: Kit, name: str, **labels: str) -> float:
+    value = kit.node.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+async def test_metrics_count_appends_and_what_open_uploads_hold(uk: Kit) -> None:
+    body = upload_body(_meta(), b"x" * 5000)
+    async with uk.client() as c:
+        where = await _create(c, uk, b"", **{"Upload-Length": str(len(body))})
+        assert (await _patch(c, uk, where, 0, body[:1000], last=False)).status_code == 204
+        assert _metric(uk, "entente_uploads_open") == 1
+        assert _metric(uk, "entente_upload_bytes_held") == 1000
+        # The creation's own (here empty) part counts as an append, as the draft has it.
+        assert _metric(uk, "entente_upload_appends_total", outcome="appended") == 2
+        done = await _patch(c, uk, where, 1000, body[1000:], last=True)
+        assert done.status_code == 201, done.text
+    assert _metric(uk, "entente_upload_appends_total", outcome="last") == 1
+    assert _metric(uk, "entente_upload_bytes_total") == len(body)
+    assert _metric(uk, "entente_uploads_open") == 0
+    assert _metric(uk, "entente_upload_bytes_held") == 0
+
+
 async def test_cancel_and_expiry_delete_the_stored_bytes(uk: Kit) -> None:
     async with uk.client() as c:
         cancelled = await _create(c, uk, b"first bytes")
@@ -185,11 +212,11 @@ async def test_limits_and_malformed_fields_are_problems(uk: Kit) -> None:
         keyed = await c.post("/v1/artifacts", headers={**pub, "Idempotency-Key": '"k1"'})
         assert keyed.status_code == 422
         short = await _create(c, uk, b"", **{"Upload-Length": "4"})
+        inconsistent = "https://iana.org/assignments/http-problem-types#inconsistent-upload-length"
         over = await _patch(c, uk, short, 0, b"12345", last=True)
-        assert over.status_code == 413
+        assert (over.status_code, over.json()["type"]) == (400, inconsistent)
         early = await _patch(c, uk, short, 0, b"12", last=True)
-        assert early.status_code == 422
-        assert early.json()["reason"] == "inconsistent-upload-length"
+        assert (early.status_code, early.json()["type"]) == (400, inconsistent)
         await _create(c, uk)
         busy = await c.post("/v1/artifacts", headers=pub)  # max_open_uploads=2
         assert busy.status_code == 429

@@ -20,9 +20,13 @@ The digest, and so the key, is known only once the last byte is written, so:
 Before anything appears under a content address the store records the digest in its journal
 (:class:`service.blobs.BlobJournal`), so a crash before the referring row commits leaves an
 entry for the start-up sweep. A temporary object or an upload abandoned by a crash is removed
-by :meth:`S3BlobStore.clean_temporary`, which lists ``<prefix>/tmp/`` only. A multipart upload's
-start time says nothing of whether it is still written, so a long write keeps a claim alive in
-the journal (:class:`service.blobs.Heartbeat`) and the uploads with a young claim are spared.
+by :meth:`S3BlobStore.clean_temporary`, which lists ``<prefix>/tmp/`` and the store's multipart
+uploads (never its objects). A multipart upload's start time says nothing of whether it is still
+written, so a long write keeps a claim alive in the journal (:class:`service.blobs.Heartbeat`),
+touched as bytes arrive and again before each range of a server-side copy above 5 GiB (which
+can take minutes), and the temporary uploads and objects with a young claim are spared. The
+multipart upload of such a copy is under the final key, which names no claim: one older than
+the grace period is aborted (its share fails, and is retried, if a copy ever took longer).
 
 An object PUT is durable once acknowledged, so :meth:`S3BlobStore.sync_placed` has nothing to do.
 
@@ -64,8 +68,8 @@ __all__ = ["S3BlobStore", "s3_client"]
 log = logging.getLogger("entente.blobs")
 
 _DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
-_COPY_MAX = 5 << 30  # bytes: the most one CopyObject may copy (S3's limit)
-_COPY_PART = 1 << 30  # bytes per UploadPartCopy range above that
+COPY_MAX = 5 << 30  # bytes: the most one CopyObject may copy (S3's limit)
+COPY_PART = 1 << 30  # bytes per UploadPartCopy range above that
 _READ_RESUMES = 3  # times a broken read is resumed with a Range request
 _MISSING = frozenset({"404", "NoSuchKey", "NotFound"})
 
@@ -175,7 +179,7 @@ class _S3BlobWriter:
                     self._send_part()
                 self._complete()
                 store.journal.intend(digest)
-                store.copy(self._tmp_key, digest, self._size)
+                store.copy(self._tmp_key, digest, self._size, beat=self._claim.beat)
                 self._drop_temporary()
             self._buf = bytearray()
             self._claim.release()
@@ -299,6 +303,8 @@ class S3BlobStore:
         journal: BlobJournal | None = None,
         heartbeat_seconds: float = 900.0,
         clock: Callable[[], float] = time.time,
+        copy_max: int = COPY_MAX,
+        copy_part: int = COPY_PART,
     ) -> None:
         if part_bytes < 5 << 20:
             raise ValueError("S3 parts are at least 5 MiB")
@@ -309,6 +315,8 @@ class S3BlobStore:
         self.journal: BlobJournal = journal if journal is not None else NoJournal()
         self.heartbeat_seconds = heartbeat_seconds  # seconds between touches of a write's claim
         self.clock = clock
+        self.copy_max = copy_max  # above this, a copy goes in UploadPartCopy ranges of copy_part
+        self.copy_part = copy_part
 
     def heartbeat(self, token: str) -> Heartbeat:
         return Heartbeat(self.journal, token, every=self.heartbeat_seconds, clock=self.clock)
@@ -350,20 +358,24 @@ class S3BlobStore:
         except (ClientError, BotoCoreError) as exc:
             raise _failed("store a blob", exc) from None
 
-    def copy(self, source_key: str, digest: str, size: int) -> None:
-        """Copy ``source_key`` to ``digest``'s key inside the bucket (server-side)."""
+    def copy(
+        self, source_key: str, digest: str, size: int, *, beat: Callable[[], None] = lambda: None
+    ) -> None:
+        """Copy ``source_key`` to ``digest``'s key inside the bucket (server-side); ``beat``
+        before each range of a copy in parts keeps the source's claim alive."""
         target = self.key_for(digest)
         source: CopySourceTypeDef = {"Bucket": self.bucket, "Key": source_key}
         try:
-            if size <= _COPY_MAX:
+            if size <= self.copy_max:
                 self.client.copy_object(Bucket=self.bucket, Key=target, CopySource=source)
                 return
             started = self.client.create_multipart_upload(Bucket=self.bucket, Key=target)
             upload = started["UploadId"]
             try:
                 parts: list[CompletedPartTypeDef] = []
-                for number, start in enumerate(range(0, size, _COPY_PART), start=1):
-                    end = min(start + _COPY_PART, size) - 1
+                for number, start in enumerate(range(0, size, self.copy_part), start=1):
+                    beat()
+                    end = min(start + self.copy_part, size) - 1
                     done = self.client.upload_part_copy(
                         Bucket=self.bucket, Key=target, UploadId=upload, PartNumber=number,
                         CopySource=source, CopySourceRange=f"bytes={start}-{end}",
@@ -447,8 +459,9 @@ class S3BlobStore:
         now: float | None = None,
     ) -> int:
         """Remove temporary objects and abort multipart uploads older than the given age (from
-        a crash mid-write), except those of ``alive`` (the tokens of writes whose claim in the
-        journal is young, whenever they started); lists ``<prefix>/tmp/`` only."""
+        a crash mid-write or mid-copy), except the temporary ones of ``alive`` (the tokens of
+        writes whose claim in the journal is young, whenever they started); lists the objects
+        of ``<prefix>/tmp/`` and the multipart uploads of the whole prefix."""
         cutoff = datetime.fromtimestamp(
             (time.time() if now is None else now) - older_than_seconds, UTC
         )
@@ -462,11 +475,15 @@ class S3BlobStore:
                 removed += 1
         try:
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket, Prefix=tmp
+                Bucket=self.bucket, Prefix=self.key("")
             )
             for page in pages:
                 for upload in page.get("Uploads", []):
-                    if temporary_token(upload["Key"]) in alive:
+                    key = upload["Key"]
+                    if key.startswith(tmp):
+                        if temporary_token(key) in alive:
+                            continue
+                    elif not self._is_blob_key(key):  # not this store's: left alone
                         continue
                     if upload["Initiated"] < cutoff:
                         self.client.abort_multipart_upload(
@@ -476,6 +493,10 @@ class S3BlobStore:
         except (ClientError, BotoCoreError) as exc:
             raise _failed("clean abandoned uploads", exc) from None
         return removed
+
+    def _is_blob_key(self, key: str) -> bool:
+        name = key.rsplit("/", 1)[-1]
+        return bool(_DIGEST_RE.match(name)) and key == self.key_for(name)
 
     def _delete_keys(self, keys: Sequence[str]) -> None:
         try:

@@ -225,6 +225,64 @@ def test_memory_stays_flat_for_a_large_upload_and_read(s3: S3BlobStore) -> None:
     assert read_peak < 8 << 20, read_peak
 
 
+class _Claims(Journal):
+    """A journal that lets long writes touch their claim, and records each touch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.touches: list[str] = []
+
+    def touch(self, name: str, /) -> None:
+        self.touches.append(name)
+
+
+def test_a_copy_in_parts_keeps_its_claim_alive_between_ranges(
+    seaweedfs: SeaweedFS, s3_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above 5 GiB (here, scaled down: above 6 MiB) the move to the content address is a
+    server-side copy in ranges, which can take minutes: the write's claim is touched before
+    each range, so the sweep never takes its temporary object for abandoned meanwhile."""
+    claims = _Claims()
+    ticks = iter(range(0, 10**9, 1000))  # every reading of the clock: 1,000 s later
+    store = S3BlobStore(
+        s3_store(seaweedfs, s3_prefix).client, BUCKET, s3_prefix, part_bytes=PART,
+        journal=claims, heartbeat_seconds=1, clock=lambda: float(next(ticks)),
+        copy_max=6 << 20, copy_part=PART,
+    )  # fmt: skip
+    claims.store = store
+    touched_at_each_range: list[int] = []
+    part_copy = store.client.upload_part_copy
+
+    def spy(**kw: Any) -> Any:
+        touched_at_each_range.append(len(claims.touches))
+        return part_copy(**kw)
+
+    monkeypatch.setattr(store.client, "upload_part_copy", spy)
+    data = os.urandom(2 * PART + 4321)
+    digest = put(store, data, chunk=PART)
+    assert read_all(store, digest) == data
+    assert len(touched_at_each_range) == 3  # 5 MiB, 5 MiB and the rest
+    first = touched_at_each_range[0]  # touches while the bytes were written, and one more
+    assert touched_at_each_range == [first, first + 1, first + 2]  # one before each range
+    assert set(claims.touches) == {claims.touches[0]}  # the one claim of this write
+
+
+def test_an_abandoned_copy_upload_at_a_content_address_is_aborted(s3: S3BlobStore) -> None:
+    """A crash mid-copy leaves a multipart upload under the final key (outside tmp/): the
+    cleaning of abandoned writes aborts it once old, and leaves uploads not the store's."""
+    digest = hashlib.sha256(b"never completed").hexdigest()
+    s3.client.create_multipart_upload(Bucket=BUCKET, Key=s3.key_for(digest))
+    s3.client.create_multipart_upload(Bucket=BUCKET, Key=s3.key("elsewhere/not-a-blob"))
+
+    def uploads() -> list[str]:
+        listed = s3.client.list_multipart_uploads(Bucket=BUCKET, Prefix=s3.key(""))
+        return sorted(u["Key"] for u in listed.get("Uploads", []))
+
+    assert s3.clean_temporary(older_than_seconds=3600) == 0  # young: maybe still copying
+    assert s3.clean_temporary(older_than_seconds=0) == 1
+    assert uploads() == [s3.key("elsewhere/not-a-blob")]
+
+
 class _Breaking(io.RawIOBase):
     """A response body that breaks off after ``limit`` bytes, as a dropped connection does."""
 

@@ -18,7 +18,9 @@ Figures, for each setup:
   PostgreSQL's (the server processes of the setup's database, and the cluster's WAL writer,
   checkpointer and background writer), SeaweedFS's, the partner's and the load generator's CPU
   seconds, how many of the machine's cores were busy (``/proc/stat``: on two cores, the
-  limit), and the rest of that busy time: other work on the machine.
+  limit), and the rest of that busy time: other work on the machine;
+* PostgreSQL connections the origin opened in each phase (``pg_stat_database.sessions``): a
+  pool that fits the load opens none once warm.
 
 Then a share of 1 GiB through the API to one replica whose blobs are on SeaweedFS (a multipart
 upload of ``ENTENTE_S3_PART_BYTES`` parts) and its download (decrypted, verified, streamed
@@ -146,6 +148,16 @@ class Setup:
             out["seaweedfs"] = tree(self.store_pid)
         return out
 
+    def sessions(self) -> int:
+        """Connections ever opened to the origin's PostgreSQL database (0 on SQLite)."""
+        if self.database is None:
+            return 0
+        time.sleep(1.1)  # let the server's statistics catch up (a backend flushes its own
+        # counts at most once a second while busy, and when it exits)
+        return self.scalar(
+            "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+        )
+
     def wait(self, sql: str, at_least: int, what: str, timeout: float) -> float:
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
@@ -189,18 +201,22 @@ def measure(setup: Setup, n: int, concurrency: int) -> dict[str, Any]:
     setup.start(delivery=False)
     share(setup.urls, setup.token, 20 * k, tag="warm", concurrency=min(concurrency, 4 * k))
     meter = CpuMeter(setup.processes)
+    sessions = setup.sessions()
     share_seconds = share(setup.urls, setup.token, n, tag="share", concurrency=concurrency)
     share_cpu = meter.end()
+    share_sessions = setup.sessions() - sessions
     # delivery on: the replicas start again and deliver the share phase's backlog first
     setup.stop()
     setup.start(delivery=True)
     queued = setup.scalar(QUEUED)
     setup.wait(DELIVERED, queued, "the backlog", timeout)
     meter = CpuMeter(setup.processes)
+    sessions = setup.sessions()
     t0 = time.perf_counter()
     share(setup.urls, setup.token, n, tag="e2e", concurrency=concurrency)
     t_done = setup.wait(DELIVERED, queued + n, "the receipts", timeout)
     e2e_cpu = meter.end()
+    e2e_sessions = setup.sessions() - sessions
     setup.stop()
     setup.partner.stop()
     return {
@@ -210,6 +226,11 @@ def measure(setup: Setup, n: int, concurrency: int) -> dict[str, Any]:
         "server_cpu_ms_per_share": round(1000 * share_cpu["replicas_cpu_s"] / n, 2),
         "end_to_end_per_second": round(n / (t_done - t0), 1),
         "end_to_end_cpu": e2e_cpu,
+        # PostgreSQL connections opened during each phase (pg_stat_database.sessions): a pool
+        # that fits the load opens none once warm; each one opened is a server process forked
+        "database_sessions_opened": [share_sessions, e2e_sessions]
+        if k and setup.database
+        else None,
     }
 
 
@@ -420,6 +441,13 @@ def _line(figures: dict[str, Any]) -> str:
         f"shares {figures['shares_per_second']:,.0f}/s ({cpu(figures['share_cpu'])}); "
         f"end to end {figures['end_to_end_per_second']:,.0f}/s "
         f"({cpu(figures['end_to_end_cpu'])})"
+        + (
+            "; PostgreSQL connections opened: {} sharing, {} end to end".format(
+                *figures["database_sessions_opened"]
+            )
+            if figures.get("database_sessions_opened")
+            else ""
+        )
     )
 
 

@@ -71,7 +71,9 @@ def load_node(settings: Settings, *, migrate: bool = True) -> Node:
     """Open the home, unlock its keys, open (and migrate) the database, hold the policy set."""
     home = open_home(settings.require_home())
     keys = home.unlock(settings)
-    db = open_database(settings.resolved_database_url(), migrate=migrate)
+    db = open_database(
+        settings.resolved_database_url(), migrate=migrate, pool_size=settings.database_pool_size
+    )
     blobs = open_blob_store(settings, db)
     agreements = AgreementKeys(
         home.node_id, keys.keysets, db, require_signed=settings.signed_agreements_required

@@ -46,6 +46,10 @@ class Settings(BaseSettings):
 
     home: Path | None = None
     database_url: str | None = None  # default: sqlite:///<home>/entente.db (WAL)
+    # PostgreSQL connections a node keeps open (as many again opened when busy, then closed):
+    # enough for the request threads and the workers, so that a loaded node reuses its
+    # connections instead of opening (and the server forking) one per burst
+    database_pool_size: int = Field(default=20, ge=1, le=500)
     blob_dir: Path | None = None  # default: <home>/blobs
     # Where ciphertext blobs live: unset, the folder above; ``s3://bucket/prefix``, an
     # S3-compatible object store (service/blobs_s3.py, docs/object-store.md)

@@ -288,12 +288,13 @@ class PartnerClient:
 
     def _held_offset(self, partner: Partner, manifest_line: bytes, size: int) -> int:
         """How many bytes of this delivery's ciphertext the partner holds from a cut attempt;
-        0 when none, when it cannot say (a node that does not resume answers 404), or when its
-        answer is not a number below ``size``."""
+        0 when none, when it cannot say (a node that does not resume answers 404; an answer
+        that does not verify), or when its answer is not a number below ``size``: then the
+        delivery goes whole, as before."""
         path = f"/federation/v1/inbox/partial/{head_key(manifest_line)}"
         try:
             reply = self.call_json(partner, "GET", path)
-        except PartnerRefusedError:
+        except PartnerUnavailableError:
             return 0
         held = reply.data.get("offset") if isinstance(reply.data, dict) else None
         if isinstance(held, int) and not isinstance(held, bool) and 0 < held < size:

@@ -67,7 +67,7 @@ __all__ = [
     "resume_offset",
 ]
 
-_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+_KEY_RE = re.compile(r"[0-9a-f]{64}")
 _MAX_OFFSET = 1 << 62
 
 
@@ -91,7 +91,7 @@ class InboxPartials:
 
     def path_for(self, sender: str, key: str) -> Path | None:
         """A sender's file for ``key``, or None for a name that is not a SHA-256 (never a path)."""
-        if not (is_node_id(sender) and _KEY_RE.match(key)):
+        if not (is_node_id(sender) and _KEY_RE.fullmatch(key)):
             return None
         return self.folder / sender / f"{key}.part"
 

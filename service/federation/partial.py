@@ -44,7 +44,7 @@ __all__ = ["PartialPayloads", "sweep"]
 
 log = logging.getLogger("entente.pull")
 
-_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20  # bytes read from the answer per write to the file
 
 
@@ -56,7 +56,7 @@ class PartialPayloads:
 
     def path_for(self, digest: str) -> Path | None:
         """The file of a payload, or None for a name that is not a SHA-256 (never a path)."""
-        return self.folder / f"{digest}.part" if _DIGEST_RE.match(digest) else None
+        return self.folder / f"{digest}.part" if _DIGEST_RE.fullmatch(digest) else None
 
     @contextlib.contextmanager
     def fetch(

@@ -245,6 +245,8 @@ def test_the_offset_shows_a_sender_only_its_own_partials(nodes: Nodes) -> None:
     partials = inbox_partials(nodes.us.node)
     assert partials.path_for("ca-aisi", head_key(line)) != _partial(nodes, line)
     assert partials.path_for("../uk-aisi", head_key(line)) is None
+    assert partials.path_for("uk-aisi", head_key(line) + "\n") is None
+    assert PartialPayloads(partials.folder).path_for("a" * 64 + "\n") is None
 
 
 def test_abandoned_partials_are_swept_and_a_senders_are_bounded(tmp_path: Path) -> None:

@@ -402,13 +402,15 @@ REQUEST_COMPONENTS: tuple[Component, ...] = (
     Component("content-digest"),
 )
 REQUEST_LABEL = "sig1"  # the label Entente signs requests under
+_OPTIONAL = ("content-type", "range", "entente-resume-offset")  # covered when present
 
 
 def request_components(request: Request) -> tuple[Component, ...]:
     """What a request covers in Entente's profile: :data:`REQUEST_COMPONENTS`, ``content-type``
-    when the request has one (its body is parsed by it), and ``range`` when it has one (it
-    says which bytes the answer carries)."""
-    extra = tuple(Component(name) for name in ("content-type", "range") if name in request.headers)
+    when the request has one (its body is parsed by it), ``range`` when it has one (it says
+    which bytes the answer carries), and ``entente-resume-offset`` when it has one (it says
+    where in a delivery's ciphertext the body's bytes start)."""
+    extra = tuple(Component(name) for name in _OPTIONAL if name in request.headers)
     return (*REQUEST_COMPONENTS, *extra)
 
 

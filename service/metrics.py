@@ -193,6 +193,18 @@ class Metrics:
         self.received = Counter(
             "entente_received", "Artifacts received by outcome", ["outcome"], registry=r
         )
+        self.resumed = Counter(
+            "entente_resumed_deliveries",
+            "Pushed deliveries resumed from a partial, by side (sent, received)",
+            ["side"],
+            registry=r,
+        )
+        self.resumed_bytes = Counter(
+            "entente_resumed_bytes_skipped",
+            "Bytes of ciphertext a resumed push did not send again, by side (sent, received)",
+            ["side"],
+            registry=r,
+        )
         self.reads = Counter("entente_reads", "Artifact reads by outcome", ["outcome"], registry=r)
         self.refusals = Counter(
             "entente_refusals", "Refused requests by kind", ["kind"], registry=r

@@ -5,6 +5,9 @@ signature (``service.api.signed``).
 
 - ``POST inbox``: a delivery, ``application/vnd.entente.delivery``: the manifest (DSSE JSON, one
   line), a newline, then the age ciphertext, streamed. Answers with a signed receipt.
+  A cut large delivery resumes (``service.federation.inbox_partial``): ``GET inbox/partial/{key}``
+  says how many bytes of it this node holds, and a signed ``Entente-Resume-Offset: N`` sends
+  the rest; the whole is verified again.
 - ``GET feed?after=CURSOR``: what this node shared with the caller, in pages (catch-up).
 - ``GET artifacts/{id}/payload``: the ciphertext of an artifact shared with the caller; with a
   (signed) ``Range: bytes=N-``, the rest of it from byte N (206, ``Content-Range`` signed, a
@@ -45,7 +48,13 @@ from service.federation import agreements as agreement_domain
 from service.federation import feed as feed_domain
 from service.federation import notices as notice_domain
 from service.federation.client import BATCH_TYPE, DELIVERY_TYPE
-from service.federation.outbox import BATCH_MAX_ITEMS
+from service.federation.inbox_partial import (
+    RESUME_HEADER,
+    inbox_partials,
+    receive_push,
+    resume_offset,
+)
+from service.federation.outbox import BATCH_ITEM_MAX_BYTES, BATCH_MAX_ITEMS
 from service.federation.receive import Checked, Received, Receiver
 from service.federation.settle import record_receipts
 from service.federation.signing import (
@@ -179,6 +188,8 @@ def _refuse_delivery(node: Node, sig: IncomingSignature, reason: str) -> None:
             "content": {"application/json": {}},
         },
         **FED_PROBLEMS,
+        416: {"description": "A resumed delivery this node does not hold the start of", **PROBLEM},
+        503: {"description": "The same delivery is being received already", **PROBLEM},
     },
 )
 async def inbox(request: Request, node: NodeDep, sig: Partner) -> Response:
@@ -210,14 +221,20 @@ async def inbox(request: Request, node: NodeDep, sig: Partner) -> Response:
             ) from None
 
     def work() -> Any:
-        receiver = Receiver(node, sender=sig.partner, via="push")
         try:
+            resume = resume_offset(request.headers.get(RESUME_HEADER))
             line = reader.readline(node.settings.max_federation_manifest_bytes)
         except EntenteError as exc:
-            receiver.reject(artifact_id=None, reason=exc.message)
+            Receiver(node, sender=sig.partner, via="push").reject(
+                artifact_id=None, reason=exc.message
+            )
             mark_audited(exc)
             raise
-        return receiver.receive(line, reader, before_commit=check_digest)
+        rest = None if declared is None else declared - len(line) - 1
+        return receive_push(
+            node, sender=sig.partner, line=line, body=reader, resume=resume, expect=rest,
+            keep_above=BATCH_ITEM_MAX_BYTES, before_commit=check_digest,
+        )  # fmt: skip
 
     received = await body.run(work)
     return signed_json(
@@ -226,6 +243,17 @@ async def inbox(request: Request, node: NodeDep, sig: Partner) -> Response:
         201 if received.created else 200,
         {"receipt": json.loads(received.receipt), "created": received.created},
     )
+
+
+@router.get(
+    "/inbox/partial/{key}",
+    summary="How many bytes of a cut delivery of the caller's this node holds (to resume from)",
+    responses=FED_PROBLEMS,
+)
+async def inbox_partial(key: str, request: Request, node: NodeDep, sig: Partner) -> Response:
+    await _small_body(request, node, sig)
+    held = await run_in_threadpool(inbox_partials(node).offset, sig.partner, key)
+    return signed_json(node, sig, 200, {"offset": held})
 
 
 def _problem(exc: EntenteError) -> dict[str, Any]:

@@ -45,11 +45,26 @@ from service.models import Partner
 from service.node import Node
 from service.partners import partner_keys
 
-__all__ = ["BATCH_TYPE", "DELIVERY_TYPE", "PartnerClient", "RawReply", "Reply"]
+__all__ = [
+    "BATCH_TYPE",
+    "DELIVERY_TYPE",
+    "RESUME_HEADER",
+    "PartnerClient",
+    "RawReply",
+    "Reply",
+    "head_key",
+]
 
 MAX_REPLY_BYTES = 1 << 20  # bytes of a JSON reply (a feed page may be larger: see pull.py)
 DELIVERY_TYPE = "application/vnd.entente.delivery"
 BATCH_TYPE = "application/vnd.entente.delivery-batch"
+RESUME_HEADER = "Entente-Resume-Offset"  # signed: where in the ciphertext a delivery's body resumes
+
+
+def head_key(manifest_line: bytes) -> str:
+    """The name of a delivery's partial at its receiver: the SHA-256 of its first line (the
+    same for every attempt; ``service.federation.inbox_partial``)."""
+    return hashlib.sha256(manifest_line).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -217,29 +232,74 @@ class PartnerClient:
         with self._stream(partner.node_id, method, url, content=body, headers=headers) as response:
             return self._json(partner, signed, response, max_reply_bytes)
 
-    def deliver(self, partner: Partner, *, manifest_line: bytes, blob: str, size: int) -> Reply:
-        """POST a delivery: the manifest line, a newline, then the ciphertext blob, streamed."""
+    def deliver(
+        self,
+        partner: Partner,
+        *,
+        manifest_line: bytes,
+        blob: str,
+        size: int,
+        resume: bool = False,
+    ) -> Reply:
+        """POST a delivery: the manifest line, a newline, then the ciphertext blob, streamed.
+
+        With ``resume`` (a retry of a large delivery), first asks how many bytes of it the
+        partner kept from a cut attempt (``service.federation.inbox_partial``) and sends only
+        the rest, from there, under a signed ``Entente-Resume-Offset``. The partner verifies
+        the whole; a refusal of a resumed delivery is retried (the partner dropped what it
+        held, and the next attempt sends it whole), never final."""
+        offset = self._held_offset(partner, manifest_line, size) if resume else 0
         digester = hashlib.sha256()
         digester.update(manifest_line + b"\n")
-        with self.node.blobs.open(blob) as fh:
+        with self.node.blobs.open(blob, offset=offset) as fh:
             while data := fh.read(1 << 20):
                 digester.update(data)
         digest = digest_value(digester.digest())
 
         def body() -> Iterator[bytes]:
             yield manifest_line + b"\n"
-            with self.node.blobs.open(blob) as fh:
+            with self.node.blobs.open(blob, offset=offset) as fh:
                 while data := fh.read(1 << 16):
                     yield data
 
+        extra = {RESUME_HEADER: str(offset)} if offset else None
         url, headers, signed = self._prepare(
-            partner.url + "/federation/v1/inbox", "POST", digest, DELIVERY_TYPE
+            partner.url + "/federation/v1/inbox", "POST", digest, DELIVERY_TYPE, extra=extra
         )
-        headers["Content-Length"] = str(len(manifest_line) + 1 + size)
-        with self._stream(
-            partner.node_id, "POST", url, content=body(), headers=headers
-        ) as response:
-            return self._json(partner, signed, response)
+        headers["Content-Length"] = str(len(manifest_line) + 1 + size - offset)
+        try:
+            with self._stream(
+                partner.node_id, "POST", url, content=body(), headers=headers
+            ) as response:
+                reply = self._json(partner, signed, response)
+        except PartnerRefusedError as exc:
+            if not offset:
+                raise
+            error = PartnerUnavailableError(
+                f"{exc.message} (the delivery resumed at byte {offset}; the next attempt "
+                "sends it whole)"
+            )
+            error.retry_after = exc.retry_after
+            raise error from None
+        if offset:
+            self.node.metrics.resumed.labels("sent").inc()
+            self.node.metrics.resumed_bytes.labels("sent").inc(offset)
+        return reply
+
+    def _held_offset(self, partner: Partner, manifest_line: bytes, size: int) -> int:
+        """How many bytes of this delivery's ciphertext the partner holds from a cut attempt;
+        0 when none, when it cannot say (a node that does not resume answers 404; an answer
+        that does not verify), or when its answer is not a number below ``size``: then the
+        delivery goes whole, as before."""
+        path = f"/federation/v1/inbox/partial/{head_key(manifest_line)}"
+        try:
+            reply = self.call_json(partner, "GET", path)
+        except PartnerUnavailableError:
+            return 0
+        held = reply.data.get("offset") if isinstance(reply.data, dict) else None
+        if isinstance(held, int) and not isinstance(held, bool) and 0 < held < size:
+            return held
+        return 0
 
     def deliver_batch(self, partner: Partner, items: list[tuple[bytes, bytes]]) -> Reply:
         """POST several small deliveries in one request (``application/vnd.entente.delivery-

@@ -101,6 +101,11 @@ class _Finish:
 Outcome = _Done | _Retry | _Finish
 
 
+def _refused(exc: PartnerRefusedError) -> Outcome:
+    """A signed refusal: final for a status in ``PERMANENT``, else retried."""
+    return _Finish("failed", exc.message, True) if exc.status_code in PERMANENT else _retry(exc)
+
+
 class OutboxWorker:
     def __init__(
         self,
@@ -323,12 +328,7 @@ class OutboxWorker:
                     payloads.append((delivery_head(artifact, partner.node_id), fh.read()))
             reply = self.client.deliver_batch(partner, payloads)
         except PartnerRefusedError as exc:
-            outcome: Outcome = (
-                _Finish("failed", exc.message, True)
-                if exc.status_code in PERMANENT
-                else _retry(exc)
-            )
-            self._settle([(row.id or 0, outcome) for row, _ in items])
+            self._settle([(row.id or 0, _refused(exc)) for row, _ in items])
             return
         except PartnerUnavailableError as exc:
             self._settle([(row.id or 0, _retry(exc)) for row, _ in items])
@@ -369,6 +369,7 @@ class OutboxWorker:
                     manifest_line=delivery_head(artifact, partner.node_id),
                     blob=artifact.blob or "",
                     size=artifact.ciphertext_size,
+                    resume=row.attempts > 0,  # resumes from what a cut attempt left there
                 )
                 expect = "delivery"
             else:
@@ -376,10 +377,7 @@ class OutboxWorker:
                 reply = self.client.call_json(partner, "POST", "/federation/v1/notices", payload)
                 expect = payload["type"] if payload["type"] in _NOTICE_KINDS else "access"
         except PartnerRefusedError as exc:
-            if exc.status_code in PERMANENT:
-                self._settle([(row.id or 0, _Finish("failed", exc.message, True))])
-            else:
-                self._settle([(row.id or 0, _retry(exc))])
+            self._settle([(row.id or 0, _refused(exc))])
             return
         except PartnerUnavailableError as exc:
             self._settle([(row.id or 0, _retry(exc))])
@@ -410,11 +408,7 @@ class OutboxWorker:
                 error = exc.message
                 if exc.status_code == 401:
                     continue
-                return (
-                    _Finish("failed", exc.message, True)
-                    if exc.status_code in PERMANENT
-                    else _retry(exc)
-                )
+                return _refused(exc)
             except PartnerUnavailableError as exc:
                 return _retry(exc)
             data = reply.data if isinstance(reply.data, dict) else {}

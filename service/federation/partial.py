@@ -40,11 +40,11 @@ from service.errors import PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.models import Partner
 
-__all__ = ["PartialPayloads"]
+__all__ = ["PartialPayloads", "sweep"]
 
 log = logging.getLogger("entente.pull")
 
-_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20  # bytes read from the answer per write to the file
 
 
@@ -56,7 +56,7 @@ class PartialPayloads:
 
     def path_for(self, digest: str) -> Path | None:
         """The file of a payload, or None for a name that is not a SHA-256 (never a path)."""
-        return self.folder / f"{digest}.part" if _DIGEST_RE.match(digest) else None
+        return self.folder / f"{digest}.part" if _DIGEST_RE.fullmatch(digest) else None
 
     @contextlib.contextmanager
     def fetch(
@@ -117,20 +117,27 @@ class PartialPayloads:
 
     def clean(self, *, older_than_seconds: float, now: float | None = None) -> int:
         """Remove the files not written to for longer than ``older_than_seconds``."""
-        if not self.folder.is_dir():
-            return 0
-        cutoff = (time.time() if now is None else now) - older_than_seconds
-        removed = 0
-        for target in self.folder.glob("*.part"):
-            try:
-                if target.stat().st_mtime < cutoff:
-                    target.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        if removed:
-            log.info("removed %d abandoned partial payload(s)", removed)
-        return removed
+        return sweep(self.folder, older_than_seconds=older_than_seconds, now=now)
+
+
+def sweep(folder: Path, *, older_than_seconds: float, now: float | None = None) -> int:
+    """Remove the ``*.part`` files under ``folder`` (its subfolders too: the inbox keeps one per
+    sender, ``service.federation.inbox_partial``) not written to for longer than
+    ``older_than_seconds``; how many were removed."""
+    if not folder.is_dir():
+        return 0
+    cutoff = (time.time() if now is None else now) - older_than_seconds
+    removed = 0
+    for target in folder.rglob("*.part"):
+        try:
+            if target.stat().st_mtime < cutoff:
+                target.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    if removed:
+        log.info("removed %d abandoned partial payload(s) under %s", removed, folder.name)
+    return removed
 
 
 def _matches(fh: BinaryIO, digest: str, size: int) -> bool:

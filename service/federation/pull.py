@@ -33,6 +33,7 @@ from sqlmodel import col, select
 from service.errors import EntenteError, PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.federation.feed import PAGE_INLINE_BUDGET
+from service.federation.inbox_partial import inbox_partials
 from service.federation.partial import PartialPayloads
 from service.federation.receive import Received, Receiver
 from service.models import Partner, PullState
@@ -61,6 +62,7 @@ def pull_partner(
         cursor = state.cursor if state else 0
     partials = partial_payloads(node)
     partials.clean(older_than_seconds=node.settings.blob_orphan_grace_seconds)
+    inbox_partials(node).clean(older_than_seconds=node.settings.blob_orphan_grace_seconds)
 
     def fetch(after: int) -> dict[str, Any]:
         reply = client.call_json(

@@ -15,41 +15,10 @@ import pytest
 import sqlalchemy as sa
 
 from service import localnet
+from tests.integration.proxies import _head_and_rest, _length, _pipe, _read_exactly
 from tests.nodes import ENTENTE, PASSPHRASE, SCRYPT_WORK_FACTOR, base_env, run_cli
 
 pytestmark = pytest.mark.integration
-
-
-def _head_and_rest(sock: socket.socket, buf: bytes = b"") -> tuple[bytes, bytes]:
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError("the connection closed before a complete head")
-        buf += data
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    return head, rest
-
-
-def _length(head: bytes) -> int:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value.strip())
-    return 0
-
-
-def _read_exactly(
-    sock: socket.socket, have: bytes, length: int, forward: socket.socket | None
-) -> bytes:
-    out = bytearray(have)
-    while len(out) < length:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError("the connection closed before the whole body")
-        if forward is not None:
-            forward.sendall(data)
-        out += data
-    return bytes(out)
 
 
 class LosingProxy:
@@ -101,15 +70,6 @@ class LosingProxy:
         body = _read_exactly(upstream, answer_rest, _length(answer_head), None)
         self.lost.append((answer_head, body))
         client.shutdown(socket.SHUT_RDWR)  # gone, before a byte of the answer
-
-
-def _pipe(source: socket.socket, sink: socket.socket) -> None:
-    try:
-        while data := source.recv(65536):
-            sink.sendall(data)
-        sink.shutdown(socket.SHUT_WR)
-    except OSError:
-        pass
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

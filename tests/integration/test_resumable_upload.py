@@ -6,9 +6,7 @@ And a large resumable share leaves the node's memory flat (segments stream)."""
 from __future__ import annotations
 
 import hashlib
-import socket
 import sys
-import threading
 from pathlib import Path
 
 import anyio
@@ -18,90 +16,11 @@ import pytest
 from service import localnet
 from service.client import AsyncClient, Client, Retry, Shared
 from tests.hardening.test_h1_large_body_memory import GROWTH, Sampler
-from tests.integration.test_idempotent_retry import (  # noqa: F401
-    _head_and_rest,
-    _length,
-    _pipe,
-    _read_exactly,
-    uk,
-)
+from tests.integration.proxies import CuttingProxy
+from tests.integration.test_idempotent_retry import uk  # noqa: F401
 from tests.integration.test_python_client import TERMS
 
 pytestmark = pytest.mark.integration
-
-
-class CuttingProxy:
-    """A TCP proxy in front of a node, one request per connection. The first ``cuts`` PATCH
-    requests are forwarded with ``after`` bytes of their body, then both connections close; the
-    next ``lose`` are forwarded whole, and their answer read and dropped; everything else is
-    forwarded as it is. ``offsets`` lists each PATCH's Upload-Offset."""
-
-    def __init__(self, upstream: int, *, cuts: int, after: int, lose: int = 0) -> None:
-        self.upstream = upstream
-        self.cuts = cuts
-        self.after = after
-        self.lose = lose
-        self.lost: list[bytes] = []  # heads of the answers the client never saw
-        self.offsets: list[int] = []
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = self._server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        upstream = socket.create_connection(("127.0.0.1", self.upstream))
-        with client, upstream:
-            head, rest = _head_and_rest(client)
-            if head.startswith(b"PATCH "):
-                self.offsets.append(_field(head, b"upload-offset"))
-                if self.cuts > 0:
-                    self.cuts -= 1
-                    sent = head + b"\r\n\r\n" + rest
-                    body = len(rest)
-                    while body < self.after and (data := client.recv(65536)):
-                        sent += data
-                        body += len(data)
-                    upstream.sendall(sent)
-                    upstream.shutdown(socket.SHUT_RDWR)
-                    client.shutdown(socket.SHUT_RDWR)
-                    return
-                if self.lose > 0 and _field(head, b"upload-complete") == 1:
-                    self.lose -= 1
-                    upstream.sendall(head + b"\r\n\r\n" + rest)
-                    _read_exactly(client, rest, _length(head), upstream)
-                    answer, more = _head_and_rest(upstream)
-                    _read_exactly(upstream, more, _length(answer), None)
-                    self.lost.append(answer)
-                    client.shutdown(socket.SHUT_RDWR)  # the whole answer, never delivered
-                    return
-            upstream.sendall(head + b"\r\n\r\n" + rest)
-            pipes = [
-                threading.Thread(target=_pipe, args=(client, upstream), daemon=True),
-                threading.Thread(target=_pipe, args=(upstream, client), daemon=True),
-            ]
-            for pipe in pipes:
-                pipe.start()
-            for pipe in pipes:
-                pipe.join()
-
-
-def _field(head: bytes, name: bytes) -> int:
-    """An Integer field's value (a Boolean's: 0 or 1); -1 when absent."""
-    for line in head.split(b"\r\n")[1:]:
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == name:
-            return int(value.strip().removeprefix(b"?"))
-    return -1
 
 
 LARGE = 256 << 20  # bytes of the large share

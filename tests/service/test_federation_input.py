@@ -105,12 +105,14 @@ def sign(
     created: int | None = None,
     digest_of: bytes | None = None,
     content_type: str = DELIVERY,
+    extra: dict[str, str] | None = None,
 ) -> dict[str, str]:
     key = key or sender.node.keys.signing
     url = receiver.node.home.url + path
     headers = {
         "Content-Type": content_type,
         "Content-Digest": httpsig.content_digest(body if digest_of is None else digest_of),
+        **(extra or {}),
     }
     now = int(datetime.now(UTC).timestamp()) if created is None else created
     headers.update(

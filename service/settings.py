@@ -202,6 +202,9 @@ class Settings(BaseSettings):
     witnessed_logs_file: Path | None = None  # logs that are no partner's which this node
     # witnesses for anyone (POST /witness/v1/add-checkpoint, C2SP tlog-witness): one C2SP
     # verifier key per line, its name the log's origin (service.audit.witness_public)
+    external_witnesses_file: Path | None = None  # C2SP tlog-witnesses that are no partner's,
+    # asked to cosign this log too: "<submission URL> <cosigner verifier key>" per line
+    # (service.audit.witness_external)
 
     # Surface
     docs_enabled: bool = False  # /docs and /redoc (they load scripts from outside CDNs)

@@ -37,6 +37,7 @@ from service.audit.submission import chosen_witnesses
 from service.audit.tree import consistency_proof, inclusion_proof, stored_leaf_hashes, stored_root
 from service.audit.witness import partner_witness_verifier, witness_cosigner
 from service.audit.witness_choice import quorum
+from service.audit.witness_external import external_witnesses
 from service.errors import InvalidInputError, NotFoundError
 from service.models import AuditEntry, Partner
 from service.node import Node
@@ -290,8 +291,9 @@ def witnesses(node: NodeDep, _who: Auditor) -> dict[str, Any]:
             if p.node_id in chosen
         ]
         states = {s.partner: s for s in session.exec(select(AuditWitnessSubmission))}
+    externals = external_witnesses(node.settings.external_witnesses_file)
     return {
-        "quorum": quorum(len(partners), node.settings.witness_quorum),
+        "quorum": quorum(len(partners) + len(externals), node.settings.witness_quorum),
         "log": {"origin": signer.name, "vkey": signer.verifier.vkey},
         "witness": {
             "name": witness_cosigner(node).name,
@@ -307,6 +309,18 @@ def witnesses(node: NodeDep, _who: Auditor) -> dict[str, Any]:
                 "last_error": states[p.node_id].last_error if p.node_id in states else None,
             }
             for p in partners
+        ],
+        # witnesses that are no partner's (ENTENTE_EXTERNAL_WITNESSES_FILE), asked by plain C2SP
+        "external": [
+            {
+                "id": w.key,
+                "name": w.verifier.name,
+                "vkey": w.verifier.vkey,
+                "url": w.url,  # its submission prefix
+                "cosigned_size": states[w.key].cosigned_size if w.key in states else 0,
+                "last_error": states[w.key].last_error if w.key in states else None,
+            }
+            for w in externals
         ],
     }
 

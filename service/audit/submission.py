@@ -1,9 +1,11 @@
-"""The log side of witnessing: submitting this node's checkpoints to its partners' witnesses.
+"""The log side of witnessing: submitting this node's checkpoints to its witnesses.
 
 After each new checkpoint (:func:`submit_checkpoint`, :func:`submission_step`), send it to every
-pinned partner's witness through a :class:`WitnessTransport`, verify the returned cosignatures
-against the partner's pinned key, and store them; they are appended to the checkpoint served at
-``/audit/v1/checkpoint``.
+chosen partner's witness through a :class:`WitnessTransport` (signed federation requests), and
+to every witness of ``ENTENTE_EXTERNAL_WITNESSES_FILE`` through the plain C2SP request
+(``service.audit.witness_external``); verify the returned cosignatures against the partner's
+pinned key or the external witness's configured key, and store them; they are appended to the
+checkpoint served at ``/audit/v1/checkpoint``.
 
 This module does not act as a witness for partners' logs (``service.audit.witness``).
 """
@@ -31,6 +33,7 @@ from crypto.note import (
 )
 from service.audit.checkpoints import latest_checkpoint
 from service.audit.entries import log_origin
+from service.audit.errors import WitnessConfigError
 from service.audit.models import (
     AuditCosignature,
     AuditWitnessSubmission,
@@ -44,6 +47,12 @@ from service.audit.witness import (
     partner_witness_verifier,
 )
 from service.audit.witness_choice import choose_witnesses
+from service.audit.witness_external import (
+    PlainWitnessTransport,
+    WitnessReply,
+    external_witnesses,
+    is_external,
+)
 from service.errors import (
     NotFoundError,
     PartnerUnavailableError,
@@ -60,6 +69,7 @@ __all__ = [
     "SubmitOutcome",
     "WitnessReply",
     "WitnessTransport",
+    "all_witnesses",
     "submission_step",
     "submit_checkpoint",
 ]
@@ -68,13 +78,6 @@ log = logging.getLogger("entente.witness")
 
 # ---------------------------------------------------------------------------------------------
 # Log side: submitting our checkpoints to partners' witnesses
-
-
-@dataclass(frozen=True)
-class WitnessReply:
-    status: int
-    content_type: str
-    body: bytes
 
 
 class WitnessTransport(Protocol):
@@ -139,12 +142,24 @@ def _submission_row(session: Session, partner: str, now: datetime) -> AuditWitne
     return row
 
 
+def _witness(session: Session, node: Node, witness_id: str) -> tuple[str, NoteVerifier] | None:
+    """Where a witness takes submissions, and its cosigner key: a pinned partner's, or one of
+    ``ENTENTE_EXTERNAL_WITNESSES_FILE``."""
+    if is_external(witness_id):
+        for external in external_witnesses(node.settings.external_witnesses_file):
+            if external.key == witness_id:
+                return external.url, external.verifier
+        return None
+    partner = session.get(Partner, witness_id)
+    return None if partner is None else (partner.url, partner_witness_verifier(partner))
+
+
 def _prepare(node: Node, partner_id: str) -> _Prepared | SubmitOutcome:
     now = node.now()
     with node.db.session() as session:
-        partner = session.get(Partner, partner_id)
-        if partner is None:
-            return SubmitOutcome(partner_id, "failed", 0, "not a pinned partner")
+        witness = _witness(session, node, partner_id)
+        if witness is None:
+            return SubmitOutcome(partner_id, "failed", 0, "not a pinned partner or a witness")
         try:
             latest = latest_checkpoint(session)
         except NotFoundError:
@@ -171,13 +186,7 @@ def _prepare(node: Node, partner_id: str) -> _Prepared | SubmitOutcome:
         own = parse_note(latest.note)
         note = Note(own.text, own.signatures[:1]).to_bytes()
         body = AddCheckpointRequest(old, tuple(proof), note).to_bytes()
-        return _Prepared(
-            partner.url,
-            latest.size,
-            body,
-            Checkpoint.parse(own.text),
-            partner_witness_verifier(partner),
-        )
+        return _Prepared(witness[0], latest.size, body, Checkpoint.parse(own.text), witness[1])
 
 
 def _failed(row: AuditWitnessSubmission, message: str, now: datetime, node: Node) -> None:
@@ -282,9 +291,10 @@ async def submit_checkpoint(
     outcome = await _submit_once(node, transport, partner_id)
     if outcome.state == "retry":
         outcome = await _submit_once(node, transport, partner_id)
-    elif outcome.state == "behind":
+    elif outcome.state == "behind" and not is_external(partner_id):
         # The number alone proves nothing (any partner could claim one): ask for the checkpoint
-        # it holds, which counts only if this log's key signed it.
+        # it holds, which counts only if this log's key signed it. (An external witness's
+        # claim only moves where the next proof starts from.)
         await asyncio.to_thread(check_node, node, only=[partner_id])
     return outcome
 
@@ -296,18 +306,35 @@ def chosen_witnesses(node: Node) -> list[str]:
     )
 
 
+def all_witnesses(node: Node) -> list[str]:
+    """Every witness asked to cosign this node's log: the chosen partners, then the external
+    witnesses (``external:<key id>``)."""
+    externals = external_witnesses(node.settings.external_witnesses_file)
+    return [*chosen_witnesses(node), *(w.key for w in externals)]
+
+
 def _all_partner_ids(node: Node) -> list[str]:
     with node.db.session() as session:
         return [p.node_id for p in session.exec(select(Partner).order_by(Partner.node_id))]
 
 
-def submission_step(node: Node, transport: WitnessTransport) -> Callable[[], Awaitable[float]]:
-    """A worker step: submit the latest checkpoint to every pinned partner, concurrently."""
+def submission_step(
+    node: Node, transport: WitnessTransport, external: WitnessTransport | None = None
+) -> Callable[[], Awaitable[float]]:
+    """A worker step: submit the latest checkpoint to every witness, concurrently: the chosen
+    partners through ``transport``, the external witnesses through ``external`` (plain C2SP
+    requests)."""
+    plain = external or PlainWitnessTransport(limit=ADD_CHECKPOINT_MAX_BYTES)
 
     async def step() -> float:
-        partners = await asyncio.to_thread(chosen_witnesses, node)
+        try:
+            partners = await asyncio.to_thread(all_witnesses, node)
+        except WitnessConfigError as exc:  # the file broke since start: the partners still go
+            log.error("%s", exc.message)
+            partners = await asyncio.to_thread(chosen_witnesses, node)
         outcomes: list[Any] = await asyncio.gather(
-            *(submit_checkpoint(node, transport, p) for p in partners), return_exceptions=True
+            *(submit_checkpoint(node, plain if is_external(p) else transport, p) for p in partners),
+            return_exceptions=True,
         )
         for partner, outcome in zip(partners, outcomes, strict=True):
             if isinstance(outcome, BaseException):

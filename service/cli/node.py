@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from sqlalchemy.exc import ArgumentError
 
 from crypto.keys import format_fingerprint
+from service.audit.witness_external import external_witnesses
 from service.audit.witness_public import witnessed_logs
 from service.cli._common import (
     DbUrlOpt,
@@ -141,6 +142,7 @@ def serve(
     settings = settings_for(home, database_url, host=host, port=port, workers=workers)
     check_listen_address(settings.host, settings.port)
     witnessed_logs(settings.witnessed_logs_file)  # a list that cannot be used stops it here
+    external_witnesses(settings.external_witnesses_file)  # so does a broken list of witnesses
     configure_logging(settings.log_level, settings.log_format)
     claim = _claim(settings)
     try:

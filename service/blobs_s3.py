@@ -19,14 +19,11 @@ The digest, and so the key, is known only once the last byte is written, so:
 
 Before anything appears under a content address the store records the digest in its journal
 (:class:`service.blobs.BlobJournal`), so a crash before the referring row commits leaves an
-entry for the start-up sweep. A temporary object or an upload abandoned by a crash is removed
-by :meth:`S3BlobStore.clean_temporary`, which lists ``<prefix>/tmp/`` and the store's multipart
-uploads (never its objects). A multipart upload's start time says nothing of whether it is still
-written, so a long write keeps a claim alive in the journal (:class:`service.blobs.Heartbeat`),
-touched as bytes arrive and again before each range of a server-side copy above 5 GiB (which
-can take minutes), and the temporary uploads and objects with a young claim are spared. The
-multipart upload of such a copy is under the final key, which names no claim: one older than
-the grace period is aborted (its share fails, and is retried, if a copy ever took longer).
+entry for the start-up sweep. :meth:`S3BlobStore.clean_temporary` removes what a crash left:
+objects under ``<prefix>/tmp/`` and the store's multipart uploads. A long write keeps a claim
+alive in the journal (:class:`service.blobs.Heartbeat`: touched as bytes arrive, and before each
+range of a copy above 5 GiB), and the temporary objects and uploads of a young claim are
+spared; a copy's upload at a final key, which names no claim, is aborted past the grace period.
 
 An object PUT is durable once acknowledged, so :meth:`S3BlobStore.sync_placed` has nothing to do.
 
@@ -361,8 +358,7 @@ class S3BlobStore:
     def copy(
         self, source_key: str, digest: str, size: int, *, beat: Callable[[], None] = lambda: None
     ) -> None:
-        """Copy ``source_key`` to ``digest``'s key inside the bucket (server-side); ``beat``
-        before each range of a copy in parts keeps the source's claim alive."""
+        """Copy ``source_key`` to ``digest``'s key server-side; ``beat`` before each range."""
         target = self.key_for(digest)
         source: CopySourceTypeDef = {"Bucket": self.bucket, "Key": source_key}
         try:
@@ -381,10 +377,8 @@ class S3BlobStore:
                         CopySource=source, CopySourceRange=f"bytes={start}-{end}",
                     )  # fmt: skip
                     parts.append({"ETag": done["CopyPartResult"]["ETag"], "PartNumber": number})
-                self.client.complete_multipart_upload(
-                    Bucket=self.bucket, Key=target, UploadId=upload,
-                    MultipartUpload={"Parts": parts},
-                )  # fmt: skip
+                self.client.complete_multipart_upload(Bucket=self.bucket, Key=target,
+                    UploadId=upload, MultipartUpload={"Parts": parts})  # fmt: skip
             except BaseException:
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=target, UploadId=upload)
                 raise
@@ -447,9 +441,8 @@ class S3BlobStore:
     def iter_digests(self) -> Iterator[str]:
         """Every blob in the store (a whole listing: for tools and tests, not the sweep)."""
         for item in self._list(self.key("")):
-            name = item["Key"].rsplit("/", 1)[-1]
-            if _DIGEST_RE.match(name) and item["Key"] == self.key_for(name):
-                yield name
+            if self._is_blob_key(item["Key"]):
+                yield item["Key"].rsplit("/", 1)[-1]
 
     def clean_temporary(
         self,
@@ -458,10 +451,9 @@ class S3BlobStore:
         alive: Collection[str] = (),
         now: float | None = None,
     ) -> int:
-        """Remove temporary objects and abort multipart uploads older than the given age (from
-        a crash mid-write or mid-copy), except the temporary ones of ``alive`` (the tokens of
-        writes whose claim in the journal is young, whenever they started); lists the objects
-        of ``<prefix>/tmp/`` and the multipart uploads of the whole prefix."""
+        """Remove temporary objects (``<prefix>/tmp/``) and abort multipart uploads (the whole
+        prefix's) older than the given age, except those of ``alive`` (the tokens of writes
+        whose claim in the journal is young)."""
         cutoff = datetime.fromtimestamp(
             (time.time() if now is None else now) - older_than_seconds, UTC
         )

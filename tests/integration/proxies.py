@@ -1,7 +1,8 @@
 """TCP proxies in front of a real node, for the integration tests that break connections: the
-raw HTTP/1.1 helpers they share and :class:`CuttingProxy`, which cuts a request's body mid-way
-(a resumable upload's ``PATCH``, a partner's push to ``/federation/v1/inbox``).
-``LosingProxy`` (``test_idempotent_retry``) builds on the same helpers."""
+raw HTTP/1.1 helpers they share, :class:`Proxy` (accept, and a thread per connection) and
+:class:`CuttingProxy`, which cuts a request's body mid-way (a resumable upload's ``PATCH``, a
+partner's push to ``/federation/v1/inbox``). ``LosingProxy`` (``test_idempotent_retry``) is
+another :class:`Proxy`."""
 
 from __future__ import annotations
 
@@ -73,7 +74,47 @@ def _closing(head: bytes) -> bytes:
     return b"\r\n".join([*lines, b"Connection: close"])
 
 
-class CuttingProxy:
+class Proxy:
+    """Listens on ``host``:``port`` (0: a free port, in ``port``) and serves each connection
+    in its own thread with :meth:`_serve`, given the client's socket; ``upstream`` is the
+    node's address."""
+
+    def __init__(
+        self, upstream: tuple[str, int], *, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.upstream = upstream
+        self._server = socket.create_server((host, port))
+        self.port = self._server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _relay(client: socket.socket, upstream: socket.socket, counted: list[int] | None) -> None:
+        """Copy both ways until both ends are done (the client's bytes added to ``counted``)."""
+        pipes = [
+            threading.Thread(target=_pipe, args=(client, upstream, counted), daemon=True),
+            threading.Thread(target=_pipe, args=(upstream, client), daemon=True),
+        ]
+        for pipe in pipes:
+            pipe.start()
+        for pipe in pipes:
+            pipe.join()
+
+
+class CuttingProxy(Proxy):
     """A TCP proxy in front of a node (listening on ``host``), one request per connection (it
     asks the node to close each after its answer). Requests whose head starts with ``match``
     are watched: the first ``cuts`` are forwarded with ``after`` bytes of their body, then both
@@ -96,7 +137,6 @@ class CuttingProxy:
         upstream_host: str = "127.0.0.1",
         hold: threading.Event | None = None,
     ) -> None:
-        self.upstream = (upstream_host, upstream)
         self.cuts = cuts
         self.after = after
         self.lose = lose
@@ -106,20 +146,7 @@ class CuttingProxy:
         self.lost: list[bytes] = []  # heads of the answers the client never saw
         self.offsets: list[int] = []
         self.forwarded: list[int] = []
-        self._server = socket.create_server((host, port))
-        self.port = self._server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+        super().__init__((upstream_host, upstream), host=host, port=port)  # serving from here
 
     def _serve(self, client: socket.socket) -> None:
         upstream = socket.create_connection(self.upstream)
@@ -158,11 +185,4 @@ class CuttingProxy:
                 self.forwarded.append(len(rest))
                 counted = self.forwarded
             upstream.sendall(head + b"\r\n\r\n" + rest)
-            pipes = [
-                threading.Thread(target=_pipe, args=(client, upstream, counted), daemon=True),
-                threading.Thread(target=_pipe, args=(upstream, client), daemon=True),
-            ]
-            for pipe in pipes:
-                pipe.start()
-            for pipe in pipes:
-                pipe.join()
+            self._relay(client, upstream, counted)

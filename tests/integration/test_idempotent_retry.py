@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,52 +14,31 @@ import pytest
 import sqlalchemy as sa
 
 from service import localnet
-from tests.integration.proxies import _head_and_rest, _length, _pipe, _read_exactly
+from tests.integration.proxies import Proxy, _head_and_rest, _length, _read_exactly
 from tests.nodes import ENTENTE, PASSPHRASE, SCRYPT_WORK_FACTOR, base_env, run_cli
 
 pytestmark = pytest.mark.integration
 
 
-class LosingProxy:
+class LosingProxy(Proxy):
     """A TCP proxy in front of a node. Its first ``drop`` connections lose the node's answer:
     the request is forwarded whole, the node's whole answer is read (so the node has committed
     what it answers), and the client's connection is closed without a byte of it. Later
     connections are forwarded both ways as they are."""
 
     def __init__(self, upstream: int, *, drop: int = 1) -> None:
-        self.upstream = upstream
         self.drop = drop
         self.lost: list[tuple[bytes, bytes]] = []  # the answers the client never saw
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self.port = self._server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self._server.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+        super().__init__(("127.0.0.1", upstream))
 
     def _serve(self, client: socket.socket) -> None:
-        upstream = socket.create_connection(("127.0.0.1", self.upstream))
+        upstream = socket.create_connection(self.upstream)
         with client, upstream:
             if self.drop > 0:
                 self.drop -= 1
                 self._lose_answer(client, upstream)
                 return
-            pipes = [
-                threading.Thread(target=_pipe, args=(client, upstream), daemon=True),
-                threading.Thread(target=_pipe, args=(upstream, client), daemon=True),
-            ]
-            for pipe in pipes:
-                pipe.start()
-            for pipe in pipes:
-                pipe.join()
+            self._relay(client, upstream, None)
 
     def _lose_answer(self, client: socket.socket, upstream: socket.socket) -> None:
         head, rest = _head_and_rest(client)

@@ -7,10 +7,11 @@ forged. ``ca-aisi`` plays the third node whose key must not be accepted for the 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -126,6 +127,38 @@ def sign(
         )
     )
     return headers
+
+
+async def cut_push(
+    receiver: Kit, headers: dict[str, str], body: bytes, cut: int
+) -> tuple[list[int], int]:
+    """POST ``body`` to ``receiver``'s inbox as a sender whose connection drops after ``cut``
+    bytes (straight into the ASGI app, which sees the disconnect); the statuses the app
+    answered, and how many of the request's messages it left unread."""
+    messages: list[dict[str, object]] = [
+        {"type": "http.request", "body": body[:cut], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    host = receiver.node.node_id
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": INBOX, "raw_path": INBOX.encode(), "query_string": b"",
+        "root_path": "", "server": (host, 80), "client": ("127.0.0.1", 1),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        + [(b"host", host.encode()), (b"content-length", str(len(body)).encode())],
+    }  # fmt: skip
+    with contextlib.suppress(Exception):  # the app may give up on the request any way it likes
+        await receiver.app(scope, receive, send)
+    statuses = [int(str(m["status"])) for m in sent if m["type"] == "http.response.start"]
+    return statuses, len(messages)
 
 
 @dataclass

@@ -12,7 +12,6 @@ test_resumable_push.py``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import time
@@ -32,7 +31,7 @@ from service.federation.inbox_partial import InboxPartials, inbox_partials
 from service.federation.partial import PartialPayloads
 from service.models import Artifact, AuditEntry, Partner
 from tests.service.nodekit import Kit, make_node, pin
-from tests.service.test_federation_input import INBOX, sign
+from tests.service.test_federation_input import INBOX, cut_push, sign
 from tests.service.test_federation_sync import PortalTransport, accepted, share
 
 SIZE = 600_000  # bytes of plaintext: a large delivery (above the batch threshold)
@@ -94,32 +93,8 @@ def _cut_push(nodes: Nodes, line: bytes, ciphertext: bytes, cut: int) -> list[in
     disconnect; the statuses it answered (none, or a problem)."""
     body = line + b"\n" + ciphertext
     headers = sign(nodes.uk, nodes.us, "POST", INBOX, body)
-    messages = [
-        {"type": "http.request", "body": body[:cut], "more_body": True},
-        {"type": "http.disconnect"},
-    ]
-    sent: list[dict[str, object]] = []
-
-    async def receive() -> dict[str, object]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, object]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": INBOX, "raw_path": INBOX.encode(), "query_string": b"",
-        "root_path": "", "server": ("us-aisi", 80), "client": ("127.0.0.1", 1),
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        + [(b"host", b"us-aisi"), (b"content-length", str(len(body)).encode())],
-    }  # fmt: skip
-
-    async def call() -> None:
-        with contextlib.suppress(Exception):  # the app may give up on the request any way
-            await nodes.us.app(scope, receive, send)
-
-    anyio.run(call)
-    return [int(str(m["status"])) for m in sent if m["type"] == "http.response.start"]
+    statuses, _unread = anyio.run(cut_push, nodes.us, headers, body, cut)
+    return statuses
 
 
 def _post(nodes: Nodes, headers: dict[str, str], body: bytes) -> httpx.Response:

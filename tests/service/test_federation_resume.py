@@ -9,7 +9,6 @@ the end and the retry starts from zero; the origin refuses an unsatisfiable rang
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -28,7 +27,7 @@ from service.federation.partial import PartialPayloads
 from service.federation.pull import partial_payloads, pull_all
 from service.models import Artifact, AuditEntry, BlobInFlight, Partner, PullState
 from tests.service.nodekit import Kit, make_node, pin
-from tests.service.test_federation_input import INBOX, sealed_artifact, sign, stored
+from tests.service.test_federation_input import INBOX, cut_push, sealed_artifact, sign, stored
 from tests.service.test_federation_sync import PortalTransport, accepted, share
 
 SIZE = 300_000  # bytes of plaintext: too large to ride inline in a feed page
@@ -192,29 +191,8 @@ async def test_a_push_cut_mid_body_leaves_nothing_half_accepted(
     body = line + b"\n" + ciphertext
     headers = sign(uk, us, "POST", INBOX, body)
     before = stored(us)
-    messages = [
-        {"type": "http.request", "body": body[: len(body) // 2], "more_body": True},
-        {"type": "http.disconnect"},
-    ]
-    sent: list[dict[str, object]] = []
-
-    async def receive() -> dict[str, object]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
-
-    async def send(message: dict[str, object]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": INBOX, "raw_path": INBOX.encode(), "query_string": b"",
-        "root_path": "", "server": ("us-aisi", 80), "client": ("127.0.0.1", 1),
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        + [(b"host", b"us-aisi"), (b"content-length", str(len(body)).encode())],
-    }  # fmt: skip
-    with contextlib.suppress(Exception):  # the app may give up on the request any way it likes
-        await us.app(scope, receive, send)
-    statuses = [m.get("status") for m in sent if m["type"] == "http.response.start"]
-    assert messages == []  # the half body was read, then the disconnect
+    statuses, unread = await cut_push(us, headers, body, len(body) // 2)
+    assert unread == 0  # the half body was read, then the disconnect
     assert all(s != 201 and s != 500 for s in statuses), statuses
     assert stored(us) == before  # no row, no blob, no temporary file
     with us.node.db.session() as session:

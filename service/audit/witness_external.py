@@ -22,7 +22,6 @@ In the tables of submissions and cosignatures an external witness is ``external:
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -32,6 +31,7 @@ import httpx
 from crypto.errors import CryptoError, MalformedError
 from crypto.note import SIG_COSIGNATURE_V1, NoteVerifier
 from service.audit.errors import WitnessConfigError
+from service.audit.listed import ListedFile, lines
 from service.errors import PartnerUnavailableError
 
 __all__ = [
@@ -45,9 +45,6 @@ __all__ = [
 
 EXTERNAL_PREFIX = "external:"
 _SETTING = "ENTENTE_EXTERNAL_WITNESSES_FILE"
-
-_cache: dict[Path, tuple[int, int, tuple[ExternalWitness, ...]]] = {}
-_cache_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -75,15 +72,8 @@ def is_external(witness: str) -> bool:
 
 
 def _parse(path: Path) -> tuple[ExternalWitness, ...]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WitnessConfigError(f"{_SETTING}: cannot read {path}: {exc}") from None
     found: dict[str, ExternalWitness] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
+    for number, line in lines(_SETTING, path):
         where = f"{_SETTING} {path}, line {number}"
         fields = line.split()
         if len(fields) != 2:
@@ -107,23 +97,13 @@ def _parse(path: Path) -> tuple[ExternalWitness, ...]:
     return tuple(found.values())
 
 
+_listed = ListedFile(_SETTING, _parse)
+
+
 def external_witnesses(path: Path | None) -> tuple[ExternalWitness, ...]:
     """The witnesses listed in ``path`` (``ENTENTE_EXTERNAL_WITNESSES_FILE``); re-read when the
     file changes. Raises :class:`WitnessConfigError` for a file that cannot be used."""
-    if path is None:
-        return ()
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise WitnessConfigError(f"{_SETTING}: cannot read {path}: {exc}") from None
-    with _cache_lock:
-        cached = _cache.get(path)
-        if cached is not None and cached[:2] == (stat.st_mtime_ns, stat.st_size):
-            return cached[2]
-    witnesses = _parse(path)
-    with _cache_lock:
-        _cache[path] = (stat.st_mtime_ns, stat.st_size, witnesses)
-    return witnesses
+    return () if path is None else _listed.read(path)
 
 
 class PlainWitnessTransport:

@@ -18,7 +18,6 @@ signature checked out are anonymous, audited per source and window by the app's 
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from sqlmodel import Session
 from crypto.errors import CryptoError, MalformedError
 from crypto.note import SIG_ED25519, Cosigner, NoteVerifier
 from service.audit.errors import WitnessConfigError
+from service.audit.listed import ListedFile, lines
 from service.audit.witness import cosign_submission
 from service.audit.witness_rules import Refusal, check_signed, parse_submission
 from service.errors import NotFoundError
@@ -35,27 +35,13 @@ __all__ = ["WITNESS_LOG_OWNER", "add_public_checkpoint", "witnessed_logs"]
 
 WITNESS_LOG_OWNER = ""  # witness_logs.partner of a log that is no partner's
 
-_cache: dict[Path, tuple[int, int, dict[str, NoteVerifier]]] = {}
-_cache_lock = threading.Lock()
-
-
-def _unreadable(path: Path, exc: Exception) -> WitnessConfigError:
-    return WitnessConfigError(f"ENTENTE_WITNESSED_LOGS_FILE: cannot read {path}: {exc}")
+_SETTING = "ENTENTE_WITNESSED_LOGS_FILE"
 
 
 def _parse(path: Path) -> dict[str, NoteVerifier]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WitnessConfigError(
-            f"ENTENTE_WITNESSED_LOGS_FILE: cannot read {path}: {exc}"
-        ) from None
     logs: dict[str, NoteVerifier] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        where = f"ENTENTE_WITNESSED_LOGS_FILE {path}, line {number}"
+    for number, line in lines(_SETTING, path):
+        where = f"{_SETTING} {path}, line {number}"
         try:
             verifier = NoteVerifier.parse(line)
         except (MalformedError, CryptoError) as exc:
@@ -72,25 +58,13 @@ def _parse(path: Path) -> dict[str, NoteVerifier]:
     return logs
 
 
+_listed = ListedFile(_SETTING, _parse)
+
+
 def witnessed_logs(path: Path | None) -> dict[str, NoteVerifier]:
     """The logs named in ``path`` (``ENTENTE_WITNESSED_LOGS_FILE``), by origin; re-read when
     the file changes. Raises :class:`WitnessConfigError` for a file that cannot be used."""
-    if path is None:
-        return {}
-    try:
-        stat = path.stat()
-    except OSError as exc:
-        raise WitnessConfigError(
-            f"ENTENTE_WITNESSED_LOGS_FILE: cannot read {path}: {exc}"
-        ) from None
-    with _cache_lock:
-        cached = _cache.get(path)
-        if cached is not None and cached[:2] == (stat.st_mtime_ns, stat.st_size):
-            return cached[2]
-    logs = _parse(path)
-    with _cache_lock:
-        _cache[path] = (stat.st_mtime_ns, stat.st_size, logs)
-    return logs
+    return {} if path is None else _listed.read(path)
 
 
 def add_public_checkpoint(

@@ -159,6 +159,9 @@ class Settings(BaseSettings):
     sync_interval_seconds: float = Field(default=1.0, gt=0)  # outbox poll when idle
     pull_interval_seconds: float = Field(default=30.0, gt=0)  # feed catch-up pull
     checkpoint_interval_seconds: float = Field(default=2.0, gt=0)  # audit checkpoint cadence
+    witness_interval_seconds: float | None = Field(default=None, gt=0)  # how often the latest
+    # checkpoint goes to the witnesses; unset: every checkpoint interval. Longer bounds the
+    # witnessing work per second whatever the share rate (docs/audit-log.md)
     retention_interval_seconds: float = Field(default=300.0, gt=0)  # seconds between rounds
     # of the retention worker (deletes what expiry, retain_max or a revocation requires)
     retention_batch: int = Field(default=200, ge=1, le=10000)  # artifact rows per retention round

@@ -339,6 +339,7 @@ def submission_step(
         for partner, outcome in zip(partners, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 log.error("submitting a checkpoint to %s failed", partner, exc_info=outcome)
-        return node.settings.checkpoint_interval_seconds
+        settings = node.settings
+        return settings.witness_interval_seconds or settings.checkpoint_interval_seconds
 
     return step

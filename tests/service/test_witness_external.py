@@ -1,8 +1,10 @@
 """ENTENTE_EXTERNAL_WITNESSES_FILE: each line a witness's URL and cosigner key; a file that
-cannot be used is one clear error naming the line (``serve`` stops on it at start)."""
+cannot be used is one clear error naming the line (``serve`` stops on it at start). And how
+often the witnesses are asked (ENTENTE_WITNESS_INTERVAL_SECONDS)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -11,7 +13,10 @@ import pytest
 from crypto.keys import SigningKey
 from crypto.note import Cosigner, NoteSigner
 from service.audit.errors import WitnessConfigError
+from service.audit.submission import submission_step
 from service.audit.witness_external import external_witnesses
+from tests.conformance.test_external_witness import NoPartners
+from tests.service.nodekit import make_node
 
 WITNESS = Cosigner("witness.test/w1", SigningKey.generate()).verifier.vkey
 LOG_KEY = NoteSigner("example.org/log", SigningKey.generate()).verifier.vkey
@@ -45,3 +50,19 @@ def test_a_file_that_cannot_be_used_names_the_line(tmp_path: Path, line: str, wh
     assert "line 2" in caught.value.message or "line 3" in caught.value.message
     with pytest.raises(WitnessConfigError, match="cannot read"):
         external_witnesses(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize(("setting", "pause"), [(None, 2.0), (10.0, 10.0)])
+def test_the_witnesses_are_asked_every_witness_interval(
+    tmp_path: Path, setting: float | None, pause: float
+) -> None:
+    """The worker asks again after ``ENTENTE_WITNESS_INTERVAL_SECONDS`` (unset: every checkpoint
+    interval), so the witnessing work per second is bounded whatever the share rate."""
+    kit = make_node(tmp_path, "uk-aisi", checkpoint_interval_seconds=2.0,
+                    witness_interval_seconds=setting)  # fmt: skip
+    step = submission_step(kit.node, NoPartners())
+
+    async def once() -> float:
+        return await step()
+
+    assert asyncio.run(once()) == pause

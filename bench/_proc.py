@@ -1,6 +1,7 @@
 """What the benchmarks read about a server's processes from ``/proc`` (Linux): its process tree,
-CPU time, resident memory and peak resident memory (``VmHWM``, which ``clear_refs`` restarts);
-a PostgreSQL database's server processes; and where a phase's CPU went (:class:`CpuMeter`)."""
+CPU time, resident memory and peak resident memory (``VmHWM``, which ``clear_refs`` restarts),
+its established TCP connections; a PostgreSQL database's server processes; and where a phase's
+CPU went (:class:`CpuMeter`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 __all__ = [
     "CpuMeter",
     "cpu_seconds",
+    "established_tcp",
     "machine_busy",
     "peak_rss",
     "postgres_pids",
@@ -75,6 +77,52 @@ def cpu_seconds(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])
     return total / ticks
+
+
+def _socket_inodes(pids: list[int]) -> set[str]:
+    """The inodes of the sockets these processes hold open (``socket:[INODE]`` fds)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            continue  # gone, or not ours to read
+        for fd in fds:
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue  # closed between the listing and the read
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+TCP_ESTABLISHED = "01"  # the ``st`` column of /proc/net/tcp (include/net/tcp_states.h)
+
+
+def established_tcp(pids: list[int]) -> int:
+    """How many ESTABLISHED TCP connections (IPv4 and IPv6) these processes hold: the ones they
+    accepted and the ones they opened, each once however many processes share its fd (a
+    connection whose two ends are both theirs counts twice: two sockets).
+
+    The connection tables are read through the first pid (``/proc/PID/net/tcp``, ``tcp6``), so
+    they are those of its network namespace: pass a process tree whose processes share one
+    namespace (a server and its workers). 0 if the processes are gone."""
+    inodes = _socket_inodes(pids)
+    if not pids or not inodes:
+        return 0
+    count = 0
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pids[0]}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue  # no IPv6, or the process is gone
+        for row in rows:
+            # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == TCP_ESTABLISHED and fields[9] in inodes:
+                count += 1
+    return count
 
 
 def machine_busy() -> tuple[float, float]:

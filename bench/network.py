@@ -19,7 +19,21 @@ Figures per N:
   receipt stored at the origin (its ``delivered_at``), p50 and p99 over the shares;
 * each node's CPU seconds over the sharing phase (``/proc``; mean and max), the network's CPU
   per delivered copy, and each node's peak RSS over the phase (VmHWM, reset at its start);
-* each node's CPU per minute while idle, before the shares;
+* the sharing phase taken as steady sharing (one share to all at a time, back to back): each
+  node's CPU seconds per hour of it (phase CPU x 3600 / phase wall seconds; mean, max, and the
+  mean over N-1, the partners each node sends to and receives from), beside the rate it ran at
+  (shares to all per hour, which falls as N grows) and the cores the nodes kept busy; the idle
+  CPU per hour beside it. Not depending on the rate, the CPU per delivered copy above is each
+  node's CPU per round (every node sharing to all once) over N-1: flat if each node's work
+  grows linearly in N;
+* each node's CPU per minute (and per hour) while idle, before the shares;
+* open connections: each node's ESTABLISHED TCP connections, accepted and opened (its process
+  tree's sockets matched against ``/proc/PID/net/tcp`` and ``tcp6`` read through its own pid,
+  so in its own namespace with ``--netns``), counted ten times while sharing (after every
+  few shares, or every share if fewer than ten, and after the last) and once at the end of the
+  idle window: mean and max over the nodes of each node's most seen while sharing, and the
+  idle counts. The load generator's keep-alive connections, at most one per node, are among
+  them (their most seen is reported too);
 * witness requests per checkpoint: ``add-checkpoint`` requests the nodes answered (their
   ``/metrics``) over checkpoints the nodes signed, during the phase and a settling pause after
   it; with ``ENTENTE_WITNESS_COUNT`` = 5 each log asks min(5, N-1) partners, whatever N is;
@@ -62,7 +76,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._proc import cpu_seconds, peak_rss, reset_peaks, tree  # noqa: E402
+from bench._proc import cpu_seconds, established_tcp, peak_rss, reset_peaks, tree  # noqa: E402
 from service.localnet import COMMAND  # noqa: E402
 from service.netsim import Link, Star, missing_for_namespaces  # noqa: E402
 from service.network import Network, network_env, network_ids, prepare_network  # noqa: E402
@@ -72,6 +86,7 @@ TARGET_P99_SECONDS = 3.0  # at N = 20, with 50 ms round trips (DESIGN.md section
 WITNESS_COUNT = 5  # ENTENTE_WITNESS_COUNT, the default
 SHARE_TIMEOUT = 300.0  # seconds for one share's receipts: a hang, never a measurement
 ADD_CHECKPOINT = 'route="/federation/v1/add-checkpoint"'
+CONNECTION_SAMPLES = 10  # counts of every node's connections while sharing (more if few shares)
 
 
 def _db(network: Network, node_id: str) -> Path:
@@ -108,6 +123,12 @@ def _pids(network: Network) -> dict[str, list[int]]:
 
 def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
     return {n: cpu_seconds(p) for n, p in pids.items()}
+
+
+def _connections(network: Network) -> dict[str, int]:
+    """Each node's ESTABLISHED TCP connections now, accepted and opened (its process tree's
+    sockets, in its own network namespace's tables)."""
+    return {n: established_tcp(tree(node.pid)) for n, node in network.nodes.items()}
 
 
 def post_share(network: Network, http: httpx.Client, origin: str, i: int) -> tuple[str, float]:
@@ -190,6 +211,28 @@ def partition_heal(
     }
 
 
+def per_hour(
+    cpu: dict[str, float], idle_cpu: dict[str, float], shares: int, phase: float
+) -> dict[str, float]:
+    """The sharing phase as steady sharing: each node's CPU seconds per hour of it (phase CPU
+    x 3600 / phase wall seconds), the share rate it ran at, the idle nodes' CPU per hour, and
+    the mean per hour over N-1 (the partners each node sends to and receives from).
+
+    The rate is what the machine managed, so it falls as N grows. The reading that does not
+    depend on it is the CPU per delivered copy (whole network): it is also each node's CPU per
+    round (every node sharing to all once) over N-1, so it stays flat if each node's work grows
+    linearly in N at a fixed rate of shares per node."""
+    mean = statistics.mean(cpu.values()) * 3600 / phase
+    return {
+        "shares_to_all_per_hour": round(shares * 3600 / phase),
+        "cpu_s_per_node_per_hour_mean": round(mean, 1),
+        "cpu_s_per_node_per_hour_max": round(max(cpu.values()) * 3600 / phase, 1),
+        "cpu_s_per_node_per_hour_per_partner": round(mean / (len(cpu) - 1), 1),
+        "idle_cpu_s_per_node_per_hour": round(statistics.mean(idle_cpu.values()) * 60, 1),
+        "nodes_cores_busy": round(sum(cpu.values()) / phase, 2),
+    }
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
@@ -229,14 +272,20 @@ def run_size(
         before = _cpu(pids)
         time.sleep(idle)
         idle_cpu = {k: (v - before[k]) * 60 / idle for k, v in _cpu(pids).items()}
+        idle_conns = _connections(network)  # at the end of the idle window
         reset_peaks([p for ps in pids.values() for p in ps])
         requests0, checkpoints0 = _witness_requests(network, http), _checkpoints(network)
         before = _cpu(pids)
         t0 = time.perf_counter()
         origins = list(network.nodes)
-        latencies = [
-            share_to_all(network, http, origins[i % n], i) for i in range(shares)
-        ]  # fmt: skip
+        latencies, conns, samples, ours = [], dict.fromkeys(network.nodes, 0), 0, 0  # the most seen
+        every = max(1, shares // CONNECTION_SAMPLES)
+        for i in range(shares):
+            latencies.append(share_to_all(network, http, origins[i % n], i))
+            if (i + 1) % every == 0 or i + 1 == shares:
+                conns = {k: max(v, conns[k]) for k, v in _connections(network).items()}
+                ours = max(ours, established_tcp([os.getpid()]))
+                samples += 1
         phase = time.perf_counter() - t0
         cpu = {k: v - before[k] for k, v in _cpu(pids).items()}
         rss = {k: max(peak_rss(p) for p in ps) / (1 << 20) for k, ps in pids.items()}
@@ -268,6 +317,13 @@ def run_size(
         "cpu_s_per_node_max": round(max(cpu.values()), 3),
         "cpu_ms_per_delivered_copy": round(1000 * sum(cpu.values()) / copies, 2),
         "idle_cpu_s_per_node_per_minute": round(statistics.mean(idle_cpu.values()), 3),
+        **per_hour(cpu, idle_cpu, shares, phase),
+        "connections_per_node_mean": round(float(statistics.mean(conns.values())), 1),
+        "connections_per_node_max": max(conns.values()),
+        "connections_samples": samples,
+        "load_generator_connections_max": ours,  # its keep-alive ones: at most 1 per node
+        "idle_connections_per_node_mean": round(float(statistics.mean(idle_conns.values())), 1),
+        "idle_connections_per_node_max": max(idle_conns.values()),
         "peak_rss_mib_per_node_mean": round(statistics.mean(rss.values()), 1),
         "peak_rss_mib_per_node_max": round(max(rss.values()), 1),
         "witnesses_per_log": min(WITNESS_COUNT, n - 1),
@@ -318,6 +374,19 @@ def main() -> None:
             f"{row['peak_rss_mib_per_node_max']:.0f} MiB; witness requests per checkpoint "
             f"{row['witness_requests_per_checkpoint']} (witnesses per log "
             f"{row['witnesses_per_log']}); started in {row['start_seconds']:.1f} s",
+            flush=True,
+        )
+        print(
+            f"      steady sharing at {row['shares_to_all_per_hour']} shares to all per hour: "
+            f"CPU per node {row['cpu_s_per_node_per_hour_mean']:.0f} s per hour (max "
+            f"{row['cpu_s_per_node_per_hour_max']:.0f}; / (N-1): "
+            f"{row['cpu_s_per_node_per_hour_per_partner']:.1f}); idle "
+            f"{row['idle_cpu_s_per_node_per_hour']:.0f} s per hour; the nodes kept "
+            f"{row['nodes_cores_busy']:.2f} cores busy. Established TCP connections per node "
+            f"while sharing {row['connections_per_node_mean']:.1f} (max "
+            f"{row['connections_per_node_max']}), idle {row['idle_connections_per_node_mean']:.1f} "
+            f"(max {row['idle_connections_per_node_max']}); the load generator's own, at most "
+            f"one per node: {row['load_generator_connections_max']}",
             flush=True,
         )
         if "converged_s" in row:

@@ -29,6 +29,9 @@ def test_the_network_benchmark_runs_in_namespaces() -> None:
     row = data["sizes"]["3"]
     assert row["shares"] == 6 and row["partners_per_share"] == 2
     assert row["witness_requests"] > 0  # the nodes witnessed each other across their links
+    # each node's connections, counted in its own namespace's tables (the root namespace's hold none
+    # of its sockets: read there, the count would be 0)
+    assert row["connections_per_node_max"] >= row["connections_per_node_mean"] > 0
     # one of the three cut off, two shares from each of the other two, all receipted in the end
     assert row["partitioned_nodes"] == 1 and row["partition_shares"] == 4
     assert row["converged_s"] >= 0

@@ -40,9 +40,20 @@ def test_all_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
     assert set(data["results"]) == set(OTHERS)
     for name, figures in data["results"].items():
         assert isinstance(figures, dict) and figures, name
+    network = data["results"]["network"]["sizes"]["3"]  # N = 3: each node has 2 partners
+    assert network["connections_per_node_max"] >= network["connections_per_node_mean"] > 0
+    assert (
+        network["idle_connections_per_node_max"] >= network["idle_connections_per_node_mean"] >= 0
+    )
+    assert network["connections_samples"] == 6  # after each of the 6 shares
+    assert network["shares_to_all_per_hour"] > 0 and network["nodes_cores_busy"] > 0
+    assert network["cpu_s_per_node_per_hour_max"] >= network["cpu_s_per_node_per_hour_mean"] > 0
+    assert network["cpu_s_per_node_per_hour_per_partner"] > 0
+    assert network["idle_cpu_s_per_node_per_hour"] > 0
     assert "| seal | seal 1 GiB" in result.stdout  # the table is printed
     assert "| pq | post-quantum local shares" in result.stdout
     assert "| seal | `entente --help` wall time |" in result.stdout  # the CLI as users run it
+    assert "| network | established TCP connections per node while sharing" in result.stdout
     assert not docs.exists()  # quick runs never overwrite the published report
 
     # --render rewrites only the tables of an existing report, from latest.json

@@ -157,7 +157,8 @@ def network_ids(count: int) -> list[str]:
 
 def network_env(**extra: str) -> dict[str, str]:
     """Small per-node resources (one server process, few threads) so that 20 nodes share two
-    cores, the demo's short intervals, and signed terms only; then ``extra``."""
+    cores, the demo's short intervals (witnessing every 10 s), and signed terms only; then
+    ``extra``."""
     defaults = {
         "ENTENTE_WORKERS": "1",
         "ENTENTE_BODY_WORKER_THREADS": "2",
@@ -167,6 +168,9 @@ def network_env(**extra: str) -> dict[str, str]:
         "ENTENTE_RETRY_BASE_SECONDS": "0.5",
         "ENTENTE_RETRY_MAX_SECONDS": "5",
         "ENTENTE_CHECKPOINT_INTERVAL_SECONDS": "2",
+        # the witnesses asked every 10 s, not at every checkpoint: in a busy network witnessing
+        # cost more than the deliveries (docs/performance.md, "Witnessing by the second")
+        "ENTENTE_WITNESS_INTERVAL_SECONDS": "10",
         "ENTENTE_SIGNED_AGREEMENTS_REQUIRED": "true",
     }
     return clean_env(**{**defaults, **extra})

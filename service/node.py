@@ -14,6 +14,7 @@ from service.agreements import AgreementKeys
 from service.blob_journal import DbBlobJournal
 from service.blobs import BlobStore, FileBlobStore
 from service.db import Database, open_database
+from service.doorbell import Doorbell
 from service.home import Home, NodeKeys, open_home
 from service.metrics import Metrics
 from service.policy_store import PolicyStore
@@ -38,6 +39,9 @@ class Node:
     policies: PolicyStore
     clock: Clock = field(default=system_clock)
     metrics: Metrics = field(default_factory=Metrics)
+    # Rung by whoever commits outbox rows: the delivery worker starts them at once instead of
+    # at its next poll (ENTENTE_SYNC_INTERVAL_SECONDS, the fallback).
+    deliveries: Doorbell = field(default_factory=Doorbell)
 
     @property
     def node_id(self) -> str:

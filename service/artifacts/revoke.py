@@ -60,4 +60,5 @@ def revoke_artifact(node: Node, artifact_id: str, *, principal: Principal, reaso
                     next_attempt_at=now,
                 )
             )
-        return row
+    node.deliveries.ring()  # committed: its notices go now, not at the next poll
+    return row

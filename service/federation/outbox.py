@@ -127,10 +127,13 @@ class OutboxWorker:
             seconds=2 * node.settings.request_timeout_seconds + LEASE_MARGIN_SECONDS
         )
         self.owner = owner or f"w-{secrets.token_hex(6)}"
-        self.lanes = Lanes(threads, name="entente-deliver", per_lane=PER_LANE)
+        self.lanes = Lanes(
+            threads, name="entente-deliver", per_lane=PER_LANE, bell=node.deliveries
+        )  # rung by a lane finishing and by every commit that queues a delivery
         self._seen = 0  # lanes finished when the last step began: see pause
 
     def close(self) -> None:
+        self.node.deliveries.ring()  # a pause still waiting on a thread ends now
         self.lanes.close()
 
     # --- claiming -------------------------------------------------------------------------------

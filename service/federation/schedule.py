@@ -28,6 +28,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import timedelta
 from typing import TypeVar
 
+from service.doorbell import Doorbell
+
 __all__ = ["LANES_PARALLEL", "LARGE", "PER_LANE", "Lanes", "backoff", "chunks"]
 
 LARGE = " (large)"  # a partner's lane key plus this: its large deliveries' lane
@@ -75,30 +77,31 @@ def backoff(
 
 
 class Lanes:
-    def __init__(self, parallel: int, *, name: str, per_lane: int = 1) -> None:
+    """``bell`` rings each time a lane finishes; given, it is shared with whoever else announces
+    work to the lanes' owner (new rows to deliver: :attr:`service.node.Node.deliveries`)."""
+
+    def __init__(
+        self, parallel: int, *, name: str, per_lane: int = 1, bell: Doorbell | None = None
+    ) -> None:
         self._pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix=name)
         self._name, self._per_lane = name, per_lane  # a lane's jobs at once (threads of its own)
         self._running: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._finished = 0  # lanes finished so far
+        self._bell = bell if bell is not None else Doorbell()
 
     @property
     def finished(self) -> int:
-        """How many lanes have finished so far (for :meth:`wait_finished`)."""
-        with self._lock:
-            return self._finished
+        """How many times the bell has rung so far: lanes finished, and work announced by
+        others ringing the same bell (for :meth:`wait_finished`)."""
+        return self._bell.rings
 
     def wait_finished(self, after: int, timeout: float) -> bool:
-        """Until more than ``after`` lanes have finished, or ``timeout`` seconds; whether they
-        had."""
-        with self._changed:
-            return self._changed.wait_for(lambda: self._finished > after, timeout)
+        """Until the bell rings after ``after`` (a lane finished, or new work was announced), or
+        ``timeout`` seconds; whether it had."""
+        return self._bell.wait(after, timeout)
 
     def _done(self, _future: Future[None]) -> None:
-        with self._changed:
-            self._finished += 1
-            self._changed.notify_all()
+        self._bell.ring()
 
     def busy(self) -> set[str]:
         """The partners whose lane is running (or waiting for a thread) now."""

@@ -17,11 +17,19 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.artifacts.revoke import revoke_artifact
+from service.doorbell import Doorbell
 from service.federation.client import DELIVERY_TYPE, PartnerClient
 from service.federation.outbox import BATCH_ITEM_MAX_BYTES, OutboxWorker
 from service.federation.schedule import LARGE, Lanes, backoff, chunks
 from tests.service.nodekit import Kit, make_node, pin
-from tests.service.test_federation_sync import PortalTransport, accepted, outbox, share
+from tests.service.test_federation_sync import (
+    PUBLISHER,
+    PortalTransport,
+    accepted,
+    outbox,
+    share,
+)
 
 HANG_SECONDS = 60.0  # at most, if the test fails to release the partner
 
@@ -200,6 +208,35 @@ def test_wait_finished_ends_when_a_lane_ends_or_at_the_timeout() -> None:
     finally:
         gate.set()
         lanes.close()
+
+
+def test_a_ring_of_the_shared_doorbell_ends_the_wait_as_a_lane_ending_does() -> None:
+    bell = Doorbell()
+    lanes = Lanes(2, name="test-lanes", bell=bell)
+    try:
+        seen = lanes.finished
+        threading.Timer(0.1, bell.ring).start()  # new work announced, no lane running
+        started = time.monotonic()
+        assert lanes.wait_finished(seen, HANG_SECONDS)
+        assert time.monotonic() - started < HANG_SECONDS / 2
+        assert lanes.finished == bell.rings == seen + 1
+        lanes.start("a", [lambda: None])  # a lane ending rings the same bell
+        assert bell.wait(seen + 1, HANG_SECONDS)
+    finally:
+        lanes.close()
+
+
+def test_a_share_and_a_revocation_ring_the_delivery_doorbell(tmp_path: Path) -> None:
+    uk, us = make_node(tmp_path, "uk-aisi"), make_node(tmp_path, "us-aisi")
+    pin(uk, us)
+    bell = uk.node.deliveries
+    rings = bell.rings
+    (art,) = share(uk)
+    assert bell.rings == rings + 1
+    revoke_artifact(uk.node, art, principal=PUBLISHER, reason="superseded")
+    assert bell.rings == rings + 2
+    revoke_artifact(uk.node, art, principal=PUBLISHER, reason="again")  # nothing new queued
+    assert bell.rings == rings + 2
 
 
 def test_a_lane_with_per_lane_runs_that_many_of_its_jobs_at_once() -> None:

@@ -31,6 +31,7 @@ import h11
 from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from service.api.problems import problem_type
 from service.errors import RequestTimeoutError
 from service.settings import Settings
 
@@ -59,7 +60,7 @@ def _head_size(scope: Scope) -> int:
 
 
 def _problem_bytes(status: int, kind: str, title: str, detail: str) -> bytes:
-    doc = {"type": f"urn:entente:problem:{kind}", "title": title, "status": status}
+    doc = {"type": problem_type(kind), "title": title, "status": status}
     return json.dumps({**doc, "detail": detail}).encode()
 
 

@@ -72,6 +72,7 @@ __all__ = [
     "all_witnesses",
     "submission_step",
     "submit_checkpoint",
+    "witnesses_in_use",
 ]
 
 log = logging.getLogger("entente.witness")
@@ -313,6 +314,16 @@ def all_witnesses(node: Node) -> list[str]:
     return [*chosen_witnesses(node), *(w.key for w in externals)]
 
 
+def witnesses_in_use(node: Node) -> tuple[list[str], WitnessConfigError | None]:
+    """The witnesses asked now: :func:`all_witnesses`, or only the chosen partners (and the
+    error) when ``ENTENTE_EXTERNAL_WITNESSES_FILE`` broke since the node started (``serve``
+    refuses to start with a broken one), so a bad edit never stops the partners' witnessing."""
+    try:
+        return all_witnesses(node), None
+    except WitnessConfigError as exc:
+        return chosen_witnesses(node), exc
+
+
 def _all_partner_ids(node: Node) -> list[str]:
     with node.db.session() as session:
         return [p.node_id for p in session.exec(select(Partner).order_by(Partner.node_id))]
@@ -327,11 +338,9 @@ def submission_step(
     plain = external or PlainWitnessTransport(limit=ADD_CHECKPOINT_MAX_BYTES)
 
     async def step() -> float:
-        try:
-            partners = await asyncio.to_thread(all_witnesses, node)
-        except WitnessConfigError as exc:  # the file broke since start: the partners still go
-            log.error("%s", exc.message)
-            partners = await asyncio.to_thread(chosen_witnesses, node)
+        partners, broken = await asyncio.to_thread(witnesses_in_use, node)
+        if broken is not None:
+            log.error("%s", broken.message)
         outcomes: list[Any] = await asyncio.gather(
             *(submit_checkpoint(node, plain if is_external(p) else transport, p) for p in partners),
             return_exceptions=True,

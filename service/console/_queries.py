@@ -23,10 +23,9 @@ from crypto.keys import format_fingerprint
 from policies import Policy
 from service.audit.checkpoints import StoredCheckpoint, get_checkpoint, latest_checkpoint
 from service.audit.entries import encode_leaf, entry_columns, log_signer, row_object
-from service.audit.errors import WitnessConfigError
 from service.audit.log import EVENT_KINDS
 from service.audit.models import AuditWitnessSubmission
-from service.audit.submission import all_witnesses, chosen_witnesses
+from service.audit.submission import witnesses_in_use
 from service.audit.tree import inclusion_proof, stored_leaf_hashes
 from service.audit.witness import partner_witness_verifier, witness_cosigner
 from service.audit.witness_choice import quorum
@@ -342,10 +341,7 @@ def log_status(node: Node, session: Session) -> LogStatus:
         cosigned: StoredCheckpoint | None = latest_checkpoint(session, min_cosignatures=1)
     except NotFoundError:
         cosigned = None
-    try:  # the chosen partners and the external witnesses
-        witnesses = len(all_witnesses(node))
-    except WitnessConfigError:  # a list broken since start: the partners only
-        witnesses = len(chosen_witnesses(node))
+    witnesses = len(witnesses_in_use(node)[0])  # the chosen partners and the external ones
     needed = quorum(witnesses, node.settings.witness_quorum)
     try:
         witnessed = latest_checkpoint(session, min_cosignatures=needed).size if needed else 0

@@ -13,10 +13,10 @@ import pytest
 from crypto.keys import SigningKey
 from crypto.note import Cosigner, NoteSigner
 from service.audit.errors import WitnessConfigError
-from service.audit.submission import submission_step
+from service.audit.submission import all_witnesses, submission_step, witnesses_in_use
 from service.audit.witness_external import external_witnesses
 from tests.conformance.test_external_witness import NoPartners
-from tests.service.nodekit import make_node
+from tests.service.nodekit import make_node, pin
 
 WITNESS = Cosigner("witness.test/w1", SigningKey.generate()).verifier.vkey
 LOG_KEY = NoteSigner("example.org/log", SigningKey.generate()).verifier.vkey
@@ -66,3 +66,23 @@ def test_the_witnesses_are_asked_every_witness_interval(
         return await step()
 
     assert asyncio.run(once()) == pause
+
+
+def test_a_list_broken_since_start_leaves_the_partners_witnessing(tmp_path: Path) -> None:
+    """``serve`` refuses a broken list at start; one broken afterwards costs only the external
+    witnesses (the error is reported), never the partners' witnessing or the console's quorum."""
+    listed = tmp_path / "w.txt"
+    listed.write_text(f"https://w.example.org {WITNESS}\n")
+    uk, us = (
+        make_node(tmp_path, "uk-aisi", external_witnesses_file=listed),
+        make_node(tmp_path, "us-aisi"),
+    )
+    pin(uk, us)
+    (external,) = external_witnesses(listed)
+    assert witnesses_in_use(uk.node) == (["us-aisi", external.key], None)
+    listed.write_text("https://w.example.org not-a-key\n")  # an edit that breaks it
+    witnesses, broken = witnesses_in_use(uk.node)
+    assert witnesses == ["us-aisi"]
+    assert broken is not None and "not a C2SP verifier key" in broken.message
+    with pytest.raises(WitnessConfigError):
+        all_witnesses(uk.node)

@@ -61,6 +61,15 @@ def pair(tmp_path: Path) -> Iterator[tuple[localnet.NodeProcess, localnet.NodePr
         federation.stop()
 
 
+@pytest.fixture
+def finding(tmp_path: Path) -> tuple[Path, bytes]:
+    """A file of SIZE random bytes to share, and its content."""
+    path = tmp_path / "weights-audit.bin"
+    content = os.urandom(SIZE)
+    path.write_bytes(content)
+    return path, content
+
+
 def _proxy(us: localnet.NodeProcess, hold: threading.Event | None = None) -> CuttingProxy:
     return CuttingProxy(
         us.port, cuts=1, after=CUT, match=INBOX, offset_field=b"entente-resume-offset",
@@ -104,15 +113,13 @@ def _partials(us: localnet.NodeProcess) -> list[Path]:
 
 
 def test_a_cut_push_resumes_from_the_receivers_offset(
-    pair: tuple[localnet.NodeProcess, localnet.NodeProcess], tmp_path: Path
+    pair: tuple[localnet.NodeProcess, localnet.NodeProcess], finding: tuple[Path, bytes]
 ) -> None:
     uk, us = pair
-    finding = tmp_path / "weights-audit.bin"
-    content = os.urandom(SIZE)
-    finding.write_bytes(content)
+    path, content = finding
     proxy = _proxy(us)
     try:
-        artifact_id, size = _share(uk, finding)
+        artifact_id, size = _share(uk, path)
         wait_for(lambda: _delivered(uk, artifact_id), 120, "the delivery to us-aisi")
     finally:
         proxy.close()
@@ -130,16 +137,14 @@ def test_a_cut_push_resumes_from_the_receivers_offset(
 
 
 def test_a_corrupted_partial_is_refused_discarded_and_sent_whole_next(
-    pair: tuple[localnet.NodeProcess, localnet.NodeProcess], tmp_path: Path
+    pair: tuple[localnet.NodeProcess, localnet.NodeProcess], finding: tuple[Path, bytes]
 ) -> None:
     uk, us = pair
-    finding = tmp_path / "weights-audit.bin"
-    content = os.urandom(SIZE)
-    finding.write_bytes(content)
+    path, content = finding
     hold = threading.Event()
     proxy = _proxy(us, hold)
     try:
-        artifact_id, size = _share(uk, finding)
+        artifact_id, size = _share(uk, path)
         [partial] = wait_for(lambda: _partials(us), 60, "the receiver's partial")
         wait_for(lambda: len(proxy.offsets) == 2, 60, "the second push (held)")
         time.sleep(0.5)  # the receiver has long noticed the first push's cut

@@ -10,6 +10,14 @@ At a fixed rate per node, each node seals its own shares and receives and receip
 shares per round, so its work should grow as N-1: the CPU per node per hour of sharing, less
 its idle CPU, over N-1 (``active_cpu_s_per_node_per_hour_per_partner``) stays flat if it does.
 
+On two cores a fixed rate per node loads the machine as N(N-1): at N = 20 the contention for
+the cores inflates every process's CPU, so the growth of the design and the contention cannot
+be told apart. ``--copies-per-second C`` instead picks, for each N, the rate per node that
+delivers C copies a second in the whole network (C x 60 / (N (N-1)) shares per node per
+minute): the same load on the machine at every N. Then the CPU per delivered copy, flat across
+N, is what says that each node's work at a fixed rate grows linearly (a node's copies grow as
+N-1).
+
 Figures per N: that, beside the raw CPU per node per hour (mean, max) and the idle CPU per
 hour measured before the phase; the cores the nodes kept busy; the CPU per delivered copy
 with and without the idle share; share to all receipts (p50, p99, max: from the start of the
@@ -21,6 +29,7 @@ Usage::
 
     python bench/network_steady.py                        # N = 5, 10, 20; 2 shares/node/min, 120 s
     python bench/network_steady.py --netns --rtt-ms 50    # with 50 ms round trips
+    python bench/network_steady.py --copies-per-second 6  # the same machine load at every N
     python bench/network_steady.py --quick                # N = 3, 10 s: only checks it runs
 """
 
@@ -176,8 +185,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 20], help="values of N")
     parser.add_argument("--rate", type=float, default=2.0, help="shares to all per node per minute")
+    parser.add_argument(
+        "--copies-per-second", type=float, default=None,
+        help="instead of --rate: the rate per node that delivers this many copies a second in "
+        "the whole network at every N (the same load on the machine)",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=120.0, help="sharing phase, seconds")
-    parser.add_argument("--idle", type=float, default=20.0, help="idle window, seconds")
+    parser.add_argument(
+        "--idle", type=float, default=40.0,
+        help="idle window, seconds (longer than the 30 s feed pull, so that it is counted)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="N = 3, 10 s")
     parser.add_argument("--json", type=Path, help="also write the JSON result here")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' homes and logs")
@@ -196,9 +213,12 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     sizes: dict[str, Any] = {}
     for n in args.sizes:
-        row = sizes[str(n)] = run_size(n, args.rate, args.seconds, args.idle, rtt, args.keep)
+        rate = args.rate
+        if args.copies_per_second is not None:
+            rate = round(args.copies_per_second * 60 / (n * (n - 1)), 3)
+        row = sizes[str(n)] = run_size(n, rate, args.seconds, args.idle, rtt, args.keep)
         print(
-            f"N={n:>2} at {args.rate:g} shares to all per node per minute ({row['shares']} "
+            f"N={n:>2} at {rate:g} shares to all per node per minute ({row['shares']} "
             f"shares in {row['phase_seconds']:.0f} s): p50 {row['p50_s']:.3f} s, p99 "
             f"{row['p99_s']:.3f} s to the last receipt; CPU per node per hour "
             f"{row['cpu_s_per_node_per_hour_mean']:.0f} s (max "
@@ -217,6 +237,7 @@ def main() -> None:
         "target_p99_s_at_20": TARGET_P99_SECONDS,
         "loopback": not args.netns,
         "rtt_ms": rtt,
+        "copies_per_second": args.copies_per_second,
         "load_before": round(load_before, 2),
         "load_after": round(os.getloadavg()[0], 2),
     }

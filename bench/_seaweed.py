@@ -4,7 +4,8 @@ benchmarks (bench/replicas.py) and the tests (``tests/seaweed.py`` re-exports it
 :func:`SeaweedFS.start` runs ``weed server`` (master, volume server, filer and S3 gateway in one
 process) on free loopback ports, every one of them chosen here (so parallel runs do not clash),
 with a data folder of its own, one S3 identity and one bucket; it returns once a test object can
-be written and read back. :meth:`SeaweedFS.stop` ends that process, and only it.
+be written and read back. :meth:`SeaweedFS.stop` ends that process, and only it (killed if it
+has not gone 2 s after SIGTERM: the data is thrown away).
 
 A caller shares one server among its nodes and gives each node a prefix of its own in the
 bucket (:meth:`SeaweedFS.env`), which is how a node uses a bucket too. What it does not do: run
@@ -18,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ ACCESS_KEY = "entente-test"
 SECRET_KEY = "entente-test-secret-key"  # noqa: S105 - a throwaway identity of a throwaway server
 BUCKET = "entente-test"
 START_SECONDS = 90.0  # bounds a hang on a loaded machine; never a measure of speed
+STOP_GRACE_SECONDS = 2.0  # then SIGKILL: see SeaweedFS.stop
 
 
 def weed_binary() -> str | None:
@@ -145,12 +148,26 @@ class SeaweedFS:
         )
 
     def stop(self) -> None:
+        """End the server. Its data is thrown away, so it gets SIGTERM and, if it has not gone
+        within ``STOP_GRACE_SECONDS``, SIGKILL: weed's graceful shutdown drains the streams
+        between its own master, volume server, filer and S3 gateway for 15-25 s, which every
+        benchmark run and test session would otherwise wait out. The unix sockets it leaves in
+        the temporary folder (named after its gRPC ports) are removed."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
+            self._remove_sockets()
             return
         proc.terminate()
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=STOP_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=15)
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        for name in ("master", "volume", "filer", "s3"):
+            port = self.ports.get(f"{name}.grpc")
+            if port is not None:
+                sock = Path(tempfile.gettempdir()) / f"seaweedfs-{name}-grpc-{port}.sock"
+                sock.unlink(missing_ok=True)

@@ -219,9 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    shares = args.shares or (50 if args.quick else 2000)
-    upload = args.upload or ((32 << 20) if args.quick else (2 << 30))
-    seconds = args.seconds or (1.0 if args.quick else 5.0)
+    shares = args.shares or (20 if args.quick else 2000)
+    upload = args.upload or ((8 << 20) if args.quick else (2 << 30))
+    seconds = args.seconds or (0.3 if args.quick else 5.0)
+    warm = min(seconds, 0.5)  # the request-rate warm-up
 
     with tempfile.TemporaryDirectory(prefix="entente-bench-api-") as tmp:
         root = Path(tmp)
@@ -249,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             bare_rate = _uploads(bare_upload, {}, shares, args.concurrency)
             bare_share_cpu = cpu_seconds(bare_servers) - cpu
             auth = node.auth("reader")
-            _requests(f"{url}/v1/artifacts?limit=1", auth, 0.5, 8)
-            _requests(f"http://127.0.0.1:{bare_port}/items", {}, 0.5, 8)
+            _requests(f"{url}/v1/artifacts?limit=1", auth, warm, 8)
+            _requests(f"http://127.0.0.1:{bare_port}/items", {}, warm, 8)
             cpu = cpu_seconds(servers)
             ours, ours_n = _requests(f"{url}/v1/artifacts?limit=1", auth, seconds, 8)
             ours_cpu = cpu_seconds(servers) - cpu

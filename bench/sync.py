@@ -24,7 +24,7 @@ numbers mean little when other work competes for the same cores.
 Usage::
 
     python bench/sync.py            # N = 2000
-    python bench/sync.py --quick    # N = 200: only checks that everything runs
+    python bench/sync.py --quick    # N = 50: only checks that everything runs
     python bench/sync.py -n 5000 --json result.json
     python bench/sync.py --scale      # 200, 2,000 and 20,000 per phase: how cost grows
     python bench/sync.py --processes 2   # two server processes per node (ENTENTE_WORKERS)
@@ -429,7 +429,7 @@ def main() -> None:
         metavar="BASE",
         help="run at 1x, 10x and 100x BASE artifacts (default 200) and report how cost grows",
     )
-    parser.add_argument("--quick", action="store_true", help="N = 200")
+    parser.add_argument("--quick", action="store_true", help="N = 50")
     parser.add_argument("--workers", type=int, default=16, help="concurrent publishers")
     parser.add_argument(
         "--processes", type=int, default=1, help="server processes per node (ENTENTE_WORKERS)"
@@ -454,7 +454,7 @@ def main() -> None:
             args.json.write_text(line + "\n")
         print(line)
         return
-    n = 200 if args.quick else args.n
+    n = 50 if args.quick else args.n
     load_before = os.getloadavg()[0]
     result = run(n, args.workers, args.profile, args.processes)
     if args.profile:

@@ -7,10 +7,12 @@ PostgreSQL, Chromium) calls :func:`require`. Outside CI it skips and names what 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = Path(os.environ.get("ENTENTE_VECTORS", ROOT.parent / "shared" / "vectors"))
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+@contextmanager
+def install_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock (``folder`` + ``.lock``, flock) while a test tool is checked and
+    installed into ``folder`` of the test cache: test processes run side by side (``./dev test``
+    runs pytest-xdist workers), and two installs into one folder would clobber each other."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def require(available: bool, what: str, how: str) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import require
+from tests.support import install_lock, require
 
 VERSION = "0.1.0"  # aics-witness on PyPI
 TLOG_VERSION = "0.2.1"  # aics-tlog, what it builds on
@@ -96,19 +96,24 @@ def aics_witness(folder: Path) -> AicsWitness:
     """aics-witness, installed on first use, with its files in ``folder``."""
     venv = CACHE / f"aics-witness-{VERSION}"
     command = venv / "bin" / "aics-witness"
-    if not command.exists():
-        made = subprocess.run(
-            [sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True, check=False
-        )
-        require(made.returncode == 0, "a virtual environment for aics-witness", made.stderr[-500:])
-        done = subprocess.run(
-            [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-             "--ignore-requires-python", f"aics-witness=={VERSION}", f"aics-tlog=={TLOG_VERSION}"],
-            capture_output=True, text=True, timeout=600, check=False,
-        )  # fmt: skip
-        require(
-            done.returncode == 0 and command.exists(),
-            f"the PyPI package aics-witness=={VERSION}",
-            f"pip install failed in {venv}: {done.stderr.strip()[-500:]}",
-        )
+    with install_lock(venv):  # another test process may be installing it
+        if not command.exists():
+            made = subprocess.run(
+                [sys.executable, "-m", "venv", str(venv)],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            require(
+                made.returncode == 0, "a virtual environment for aics-witness", made.stderr[-500:]
+            )
+            done = subprocess.run(
+                [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                 "--ignore-requires-python", f"aics-witness=={VERSION}",
+                 f"aics-tlog=={TLOG_VERSION}"],
+                capture_output=True, text=True, timeout=600, check=False,
+            )  # fmt: skip
+            require(
+                done.returncode == 0 and command.exists(),
+                f"the PyPI package aics-witness=={VERSION}",
+                f"pip install failed in {venv}: {done.stderr.strip()[-500:]}",
+            )
     return AicsWitness(command, folder)

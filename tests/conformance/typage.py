@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support import require, require_tool
+from tests.support import install_lock, require, require_tool
 
 VERSION = "0.3.1"  # age-encryption on npm; generateHybridIdentity since 0.3
 CACHE = Path(os.environ.get("ENTENTE_TEST_CACHE", Path.home() / ".cache" / "entente-tests"))
@@ -81,21 +81,27 @@ def typage() -> Typage:
     npm = require_tool("npm", "npm")
     folder = CACHE / f"typage-{VERSION}"
     installed = folder / "node_modules" / "age-encryption" / "package.json"
-    if not installed.exists() or json.loads(installed.read_text()).get("version") != VERSION:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "package.json").write_text('{"private": true, "type": "module"}\n')
-        done = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", f"age-encryption@{VERSION}"],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        require(
-            done.returncode == 0,
-            f"the npm package age-encryption@{VERSION}",
-            f"npm install failed in {folder}: {done.stderr.strip()[-500:]}",
-        )
-    (folder / "typage.mjs").write_text(_SCRIPT)
+    script = folder / "typage.mjs"
+    with install_lock(folder):  # another test process may be installing it or writing the script
+        if not installed.exists() or json.loads(installed.read_text()).get("version") != VERSION:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "package.json").write_text('{"private": true, "type": "module"}\n')
+            done = subprocess.run(
+                [npm, "install", "--no-audit", "--no-fund", f"age-encryption@{VERSION}"],
+                cwd=folder,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+            require(
+                done.returncode == 0,
+                f"the npm package age-encryption@{VERSION}",
+                f"npm install failed in {folder}: {done.stderr.strip()[-500:]}",
+            )
+        if not script.exists() or script.read_text() != _SCRIPT:
+            # never rewritten in place while another process's node may be reading it
+            partial = folder / f"typage.mjs.{os.getpid()}"
+            partial.write_text(_SCRIPT)
+            partial.replace(script)
     return Typage(node, folder)

@@ -46,6 +46,11 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     env = base_env(HOME=str(tmp_path / "home"))
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
     env.pop("ENTENTE_PASSPHRASE", None)  # the block sets its own
+    # Its output goes to a pipe, so the CLI prints whole table rows (its natural width) unless
+    # COLUMNS asks for a width: not inherited from the test runner (pytest-xdist's workers have
+    # COLUMNS=80 in their environment, and the listing would then come as one record per row).
+    env.pop("COLUMNS", None)
+    env.pop("LINES", None)
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,

@@ -41,6 +41,9 @@ def test_the_listed_witnesses_are_read_with_their_keys(tmp_path: Path) -> None:
         (WITNESS, "want the witness's URL, then its verifier key"),
         (f"https://a.example.org {WITNESS}\nhttps://b.example.org {WITNESS}", "listed twice"),
     ],
+    # ids without the keys, which are made afresh in each process: pytest-xdist's workers
+    # must collect the same test ids
+    ids=["ftp-url", "log-key", "not-a-key", "no-url", "listed-twice"],
 )
 def test_a_file_that_cannot_be_used_names_the_line(tmp_path: Path, line: str, why: str) -> None:
     listed = tmp_path / "w.txt"

@@ -31,6 +31,7 @@ def test_the_fixed_rate_network_benchmark_runs_in_quick_mode() -> None:
     assert row["active_cpu_s_per_node_per_hour_mean"] == pytest.approx(
         row["cpu_s_per_node_per_hour_mean"] - row["idle_cpu_s_per_node_per_hour"], abs=0.2
     )
+    # each figure is rounded on its own (the mean to 0.1 s, the quotient to 0.01 s)
     assert row["active_cpu_s_per_node_per_hour_per_partner"] == pytest.approx(
-        row["active_cpu_s_per_node_per_hour_mean"] / 2, abs=0.02
+        row["active_cpu_s_per_node_per_hour_mean"] / 2, abs=0.05
     )

@@ -155,9 +155,11 @@ RECEIPTS_SQL = (
 )
 
 
-def share_to_all(network: Network, http: httpx.Client, origin: str, i: int) -> float:
-    """One 4 KiB share from ``origin`` to every partner; seconds to the last receipt."""
-    artifact, started = post_share(network, http, origin, i)
+def receipted(
+    network: Network, origin: str, artifact: str, started: float, *, poll: float = 0.01
+) -> float:
+    """Seconds from ``started`` to the last partner's receipt of ``artifact`` at ``origin``
+    (read from the receipts, so ``poll`` does not change the figure)."""
     partners = len(network.nodes) - 1
     deadline = time.monotonic() + SHARE_TIMEOUT
     while time.monotonic() < deadline:
@@ -167,8 +169,14 @@ def share_to_all(network: Network, http: httpx.Client, origin: str, i: int) -> f
             if at.tzinfo is None:
                 at = at.replace(tzinfo=UTC)  # the database stores UTC
             return max(at.timestamp() - started, 0.0)
-        time.sleep(0.01)
+        time.sleep(poll)
     raise RuntimeError(f"{artifact} from {origin}: not every receipt within {SHARE_TIMEOUT} s")
+
+
+def share_to_all(network: Network, http: httpx.Client, origin: str, i: int) -> float:
+    """One 4 KiB share from ``origin`` to every partner; seconds to the last receipt."""
+    artifact, started = post_share(network, http, origin, i)
+    return receipted(network, origin, artifact, started)
 
 
 def partition_heal(

@@ -45,7 +45,6 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,36 +55,18 @@ sys.path.insert(0, str(ROOT))
 
 from bench._proc import reset_peaks  # noqa: E402
 from bench.network import (  # noqa: E402
-    RECEIPTS_SQL,
-    SHARE_TIMEOUT,
     TARGET_P99_SECONDS,
     _cpu,
-    _db,
     _percentile,
     _pids,
-    _query,
     post_share,
+    receipted,
 )
 from service.localnet import COMMAND  # noqa: E402
 from service.netsim import Link, Star, missing_for_namespaces  # noqa: E402
 from service.network import Network, network_env, network_ids, prepare_network  # noqa: E402
 
 POLL = 0.05  # seconds between looks at an origin's receipts (the latency is read from them)
-
-
-def receipted(network: Network, origin: str, artifact: str, started: float) -> float:
-    """Seconds from ``started`` to the last partner's receipt of ``artifact`` at ``origin``."""
-    partners = len(network.nodes) - 1
-    deadline = time.monotonic() + SHARE_TIMEOUT
-    while time.monotonic() < deadline:
-        done, last = _query(_db(network, origin), RECEIPTS_SQL, artifact)
-        if done == partners:
-            at = datetime.fromisoformat(str(last).replace(" ", "T").replace("Z", "+00:00"))
-            if at.tzinfo is None:
-                at = at.replace(tzinfo=UTC)  # the database stores UTC
-            return max(at.timestamp() - started, 0.0)
-        time.sleep(POLL)
-    raise RuntimeError(f"{artifact} from {origin}: not every receipt within {SHARE_TIMEOUT} s")
 
 
 def steady(
@@ -104,7 +85,7 @@ def steady(
 
     def one(origin: str, i: int) -> None:
         artifact, started = post_share(network, http, origin, i)
-        took = receipted(network, origin, artifact, started)
+        took = receipted(network, origin, artifact, started, poll=POLL)
         with lock:
             latencies.append(took)
 

@@ -31,8 +31,14 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
     federation.stop()
 
 
+def _status_at_us(fed: Federation, art: str) -> int:
+    us = fed.nodes["us-aisi"]
+    r = httpx.get(f"{us.url}/v1/artifacts/{art}", headers=fed.auth("us-aisi", "reader"))
+    return r.status_code
+
+
 def test_a_share_and_its_revocation_go_at_once_not_at_the_next_poll(fed: Federation) -> None:
-    uk, us = fed.nodes["uk-aisi"], fed.nodes["us-aisi"]
+    uk = fed.nodes["uk-aisi"]
     meta = {
         "title": "Doorbell",
         "tlp": "TLP:GREEN",
@@ -50,12 +56,7 @@ def test_a_share_and_its_revocation_go_at_once_not_at_the_next_poll(fed: Federat
         assert r.status_code == 201, r.text
         art = r.json()["id"]
         wait_for(
-            lambda art=art: (
-                httpx.get(
-                    f"{us.url}/v1/artifacts/{art}", headers=fed.auth("us-aisi", "reader")
-                ).status_code
-                == 200
-            ),
+            lambda art=art: _status_at_us(fed, art) == 200,
             timeout=WITHIN,
             what=f"delivery {i} before the {POLL:g} s poll",
         )
@@ -66,12 +67,7 @@ def test_a_share_and_its_revocation_go_at_once_not_at_the_next_poll(fed: Federat
     )
     assert rv.status_code == 200, rv.text
     wait_for(
-        lambda: (
-            httpx.get(
-                f"{us.url}/v1/artifacts/{art}", headers=fed.auth("us-aisi", "reader")
-            ).status_code
-            == 410
-        ),
+        lambda: _status_at_us(fed, art) == 410,
         timeout=WITHIN,
         what=f"the revocation before the {POLL:g} s poll",
     )

@@ -71,23 +71,23 @@ POLL = 0.05  # seconds between looks at an origin's receipts (the latency is rea
 
 def steady(
     network: Network, http: httpx.Client, rate: float, seconds: float
-) -> tuple[list[float], dict[str, float], float, int]:
+) -> tuple[list[tuple[float, str, str]], dict[str, float], float, int]:
     """Every node shares to all ``rate`` times a minute for ``seconds``, evenly spaced over the
-    network. Returns the latencies, each node's CPU seconds over the phase, the phase's wall
+    network. Returns the latencies (with each share's origin and artifact id), each node's CPU seconds over the phase, the phase's wall
     seconds and the shares sent. The CPU is read over the phase only; the receipts of the
     last shares are waited for after it."""
     ids = list(network.nodes)
     interval = 60.0 / (rate * len(ids))
     pids = _pids(network)
     reset_peaks([p for ps in pids.values() for p in ps])
-    latencies: list[float] = []
+    latencies: list[tuple[float, str, str]] = []
     lock = threading.Lock()
 
     def one(origin: str, i: int) -> None:
         artifact, started = post_share(network, http, origin, i)
         took = receipted(network, origin, artifact, started, poll=POLL)
         with lock:
-            latencies.append(took)
+            latencies.append((took, origin, artifact))
 
     before = _cpu(pids)
     t0 = time.monotonic()
@@ -129,14 +129,17 @@ def run_size(
         before = _cpu(pids)
         time.sleep(idle)
         idle_per_hour = {k: (v - before[k]) * 3600 / idle for k, v in _cpu(pids).items()}
-        latencies, cpu, phase, shares = steady(network, http, rate, seconds)
+        timed, cpu, phase, shares = steady(network, http, rate, seconds)
     finally:
         http.close()
         network.federation.stop()
         if star is not None:
             star.down()
-        if not keep:
+        if keep:
+            print(f"N={n}: homes and logs kept in {root}", flush=True)
+        else:
             shutil.rmtree(root, ignore_errors=True)
+    latencies = [took for took, _, _ in timed]
     per_hour = {k: v * 3600 / phase for k, v in cpu.items()}
     active = {k: per_hour[k] - idle_per_hour[k] for k in per_hour}
     mean_active = statistics.mean(active.values())
@@ -149,6 +152,10 @@ def run_size(
         "p50_s": round(statistics.median(latencies), 4),
         "p99_s": round(_percentile(latencies, 0.99), 4),
         "max_s": round(max(latencies), 4),
+        "slowest": [
+            {"seconds": round(took, 3), "origin": origin, "artifact": artifact}
+            for took, origin, artifact in sorted(timed, reverse=True)[:3]
+        ],
         "cpu_s_per_node_per_hour_mean": round(statistics.mean(per_hour.values()), 1),
         "cpu_s_per_node_per_hour_max": round(max(per_hour.values()), 1),
         "idle_cpu_s_per_node_per_hour": round(statistics.mean(idle_per_hour.values()), 1),

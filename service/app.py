@@ -174,8 +174,8 @@ def register_workers(workers: Workers, node: Node, *, witness_transport: Any = N
         return 0.0
 
     async def pull() -> float:
-        await anyio.to_thread.run_sync(pulls.round)  # starts each idle partner's pull
-        return settings.pull_interval_seconds
+        await anyio.to_thread.run_sync(pulls.round)  # starts each due partner's pull
+        return pulls.until_next()
 
     async def purge() -> float:
         await anyio.to_thread.run_sync(purge_nonces, node)

@@ -1,6 +1,7 @@
 """Catch-up: read each partner's feed after the last cursor and fetch what never arrived.
 
-Runs at start and every ``pull_interval_seconds``. A page's items are checked and staged one by
+Runs at start, then once every ``pull_interval_seconds`` per partner, each partner at its own
+moment of the interval (:class:`PullLoops`). A page's items are checked and staged one by
 one (small ciphertexts come inline in the page; others are downloaded, streamed and verified),
 then stored together in one transaction; an artifact already held is skipped without a download,
 one the inbound policy refuses is skipped after its refusal is audited. A download that breaks
@@ -21,10 +22,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import json
 import logging
+import math
 import re
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -39,7 +44,7 @@ from service.federation.receive import Received, Receiver
 from service.models import Partner, PullState
 from service.node import Node
 
-__all__ = ["PullLoops", "pull_all", "pull_partner"]
+__all__ = ["PullLoops", "next_pull", "pull_all", "pull_partner", "pull_phase"]
 
 log = logging.getLogger("entente.pull")
 
@@ -242,6 +247,22 @@ def _save(node: Node, partner: str, cursor: int, error: str | None) -> None:
         session.add(state)
 
 
+def pull_phase(puller: str, partner: str) -> float:
+    """Where in the pull interval ``puller`` pulls ``partner``: a fraction in [0, 1), the same
+    at every start and on every replica, spread evenly over the pairs of a network."""
+    digest = hashlib.sha256(f"entente-pull\n{puller}\n{partner}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def next_pull(now: float, interval: float, phase: float) -> float:
+    """The first moment of the form ``k * interval + phase * interval`` at least half an
+    interval after ``now``: one pull per interval, at the pair's phase (the first one after a
+    start comes between a half and one and a half intervals after the catch-up)."""
+    offset = phase * interval
+    k = math.floor((now + interval / 2 - offset) / interval) + 1
+    return k * interval + offset
+
+
 def _partners(node: Node) -> list[Partner]:
     with node.db.session() as session:
         return list(session.exec(select(Partner).order_by(col(Partner.node_id))))
@@ -263,27 +284,58 @@ def pull_all(node: Node, client: PartnerClient, *, parallel: int = PULL_PARALLEL
 
 
 class PullLoops:
-    """The pull worker's bulkheads: at most one pull in flight per partner, each on its own
-    thread (up to ``parallel`` partners at once), so a slow or hostile partner holds only its
-    own pull, never another partner's."""
+    """The pull worker's bulkheads and schedule: at most one pull in flight per partner, each
+    on its own thread (up to ``parallel`` partners at once), so a slow or hostile partner holds
+    only its own pull, never another partner's.
 
-    def __init__(self, node: Node, client: PartnerClient, *, parallel: int = PULL_PARALLEL):
+    Every partner is pulled at once when first seen (at start: the catch-up after a restart),
+    then once per ``interval`` at its own moment: each (puller, partner) pair has a fixed phase
+    in the interval (:func:`pull_phase`, from a hash of the two ids), so a node's pulls, and a
+    network's, are spread evenly over the interval instead of all falling in the same second.
+    Twenty nodes started together would otherwise pull their 380 feeds in one burst every
+    interval, and every share made during it waits for the cores (docs/performance.md).
+    """
+
+    def __init__(
+        self,
+        node: Node,
+        client: PartnerClient,
+        *,
+        parallel: int = PULL_PARALLEL,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.node = node
         self.client = client
+        self.interval = interval if interval is not None else node.settings.pull_interval_seconds
+        self._clock = clock
         self._pool = ThreadPoolExecutor(parallel, thread_name_prefix="entente-pull-partner")
         self._running: dict[str, Future[int]] = {}
+        self._due: dict[str, float] = {}  # partner -> when its next pull starts (clock time)
 
     def round(self) -> int:
-        """Start a pull of every partner whose previous pull has finished; how many started."""
+        """Start a pull of every partner that is due and whose previous pull has finished; how
+        many started."""
+        now = self._clock()
         self._running = {p: f for p, f in self._running.items() if not f.done()}
+        partners = _partners(self.node)
+        known = {p.node_id for p in partners}
+        self._due = {p: t for p, t in self._due.items() if p in known}  # removed partners
         started = 0
-        for partner in _partners(self.node):
-            if partner.node_id not in self._running:
-                self._running[partner.node_id] = self._pool.submit(
-                    _pull_isolated, self.node, self.client, partner
-                )
-                started += 1
+        for partner in partners:
+            pid = partner.node_id
+            if pid in self._running or self._due.get(pid, now) > now:
+                continue
+            self._running[pid] = self._pool.submit(_pull_isolated, self.node, self.client, partner)
+            self._due[pid] = next_pull(now, self.interval, pull_phase(self.node.node_id, pid))
+            started += 1
         return started
+
+    def until_next(self) -> float:
+        """Seconds until the next partner's pull is due (at most ``interval``)."""
+        if not self._due:
+            return self.interval
+        return min(self.interval, max(0.0, min(self._due.values()) - self._clock()))
 
     def in_flight(self) -> set[str]:
         """The partners whose pull is running now."""

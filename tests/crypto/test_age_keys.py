@@ -161,6 +161,71 @@ def test_bech32_round_trip_property(hrp: str, data: bytes) -> None:
     assert _bech32.decode(text.upper()) == (hrp, data)
 
 
+_REFERENCE_GENERATORS = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
+
+
+def _reference_string(hrp: str, values: list[int]) -> str:
+    """BIP 173's reference checksum, one generator at a time, over ``values`` (5-bit groups,
+    whatever they mean); the Bech32 string with it."""
+    chk = 1
+    expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
+    for value in [*expanded, *values, 0, 0, 0, 0, 0, 0]:
+        top = chk >> 25
+        chk = (chk & 0x1FFFFFF) << 5 ^ value
+        for i, gen in enumerate(_REFERENCE_GENERATORS):
+            chk ^= gen if (top >> i) & 1 else 0
+    chk ^= 1
+    full = values + [(chk >> 5 * (5 - i)) & 31 for i in range(6)]
+    return hrp + "1" + "".join("qpzry9x8gf2tvdw0s3jn54khce6mua7l"[v] for v in full)
+
+
+def _reference_encode(hrp: str, data: bytes) -> str:
+    """BIP 173's reference conversion, one bit group at a time (what crypto.age._bech32 did
+    before it used base64's C conversion and a step table)."""
+    acc = bits = 0
+    values: list[int] = []
+    for byte in data:
+        acc, bits = (acc << 8) | byte, bits + 8
+        while bits >= 5:
+            bits -= 5
+            values.append((acc >> bits) & 31)
+    if bits:
+        values.append((acc << (5 - bits)) & 31)
+    return _reference_string(hrp, values)
+
+
+@given(
+    hrp=st.sampled_from(["a", "age", "age1pq", "age-secret-key-pq-"]), data=st.binary(max_size=1300)
+)
+def test_bech32_matches_the_reference_conversion(hrp: str, data: bytes) -> None:
+    text = _reference_encode(hrp, data)
+    assert _bech32.encode(hrp, data) == text
+    assert _bech32.decode(text) == (hrp, data)
+
+
+def test_a_hybrid_recipient_encodes_as_the_reference_does() -> None:
+    recipient = age.HybridIdentity.generate().recipient
+    text = recipient.to_string()
+    assert len(text) == 1959
+    _, data = _bech32.decode(text)
+    assert _reference_encode("age1pq", data) == text
+
+
+@pytest.mark.parametrize("groups", [1, 3, 6, 9])  # 5, 15, 30, 45 bits: 5 or more left over
+def test_bech32_rejects_a_data_part_with_too_many_padding_bits(groups: int) -> None:
+    text = _reference_string("age", [0] * groups)
+    with pytest.raises(_bech32.Bech32Error, match="padding"):
+        _bech32.decode(text)
+
+
+@pytest.mark.parametrize(("groups", "last"), [(2, 1), (4, 8), (5, 1), (7, 4), (8 + 2, 2)])
+def test_bech32_rejects_nonzero_padding_bits(groups: int, last: int) -> None:
+    values = [0] * (groups - 1) + [last]
+    text = _reference_string("age", values)
+    with pytest.raises(_bech32.Bech32Error, match="padding"):
+        _bech32.decode(text)
+
+
 def test_passphrase_round_trip() -> None:
     data = b"AGE-SECRET-KEY-1...\n"
     sealed = age.encrypt_with_passphrase(data, "correct horse", work_factor=10)

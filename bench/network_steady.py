@@ -73,9 +73,9 @@ def steady(
     network: Network, http: httpx.Client, rate: float, seconds: float
 ) -> tuple[list[tuple[float, str, str]], dict[str, float], float, int]:
     """Every node shares to all ``rate`` times a minute for ``seconds``, evenly spaced over the
-    network. Returns the latencies (with each share's origin and artifact id), each node's CPU seconds over the phase, the phase's wall
-    seconds and the shares sent. The CPU is read over the phase only; the receipts of the
-    last shares are waited for after it."""
+    network. Returns the latencies (each with its share's origin and artifact id), each node's
+    CPU seconds over the phase, the phase's wall seconds and the shares sent. The CPU is read
+    over the phase only; the receipts of the last shares are waited for after it."""
     ids = list(network.nodes)
     interval = 60.0 / (rate * len(ids))
     pids = _pids(network)

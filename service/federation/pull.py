@@ -51,6 +51,7 @@ log = logging.getLogger("entente.pull")
 PAGE_SIZE = 500  # feed items per request
 PAGE_MAX_BYTES = PAGE_INLINE_BUDGET * 2 + (8 << 20)  # bytes of one feed page's JSON
 PULL_PARALLEL = 8  # partners pulled at the same time
+OVERDUE_RECHECK = 1.0  # seconds between looks at a partner whose pull overran its next moment
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -332,10 +333,17 @@ class PullLoops:
         return started
 
     def until_next(self) -> float:
-        """Seconds until the next partner's pull is due (at most ``interval``)."""
-        if not self._due:
-            return self.interval
-        return min(self.interval, max(0.0, min(self._due.values()) - self._clock()))
+        """Seconds until the next partner's pull is due (at most ``interval``). A partner whose
+        pull is still running when its next one falls due is looked at again every
+        ``OVERDUE_RECHECK`` seconds (its pull starts once the running one has finished), not
+        in a loop that would spin until it finishes."""
+        now = self._clock()
+        running = self.in_flight()
+        waiting = [t for p, t in self._due.items() if p not in running]
+        wake = min(waiting, default=now + self.interval) - now
+        if any(self._due.get(p, now + self.interval) <= now for p in running):
+            wake = min(wake, OVERDUE_RECHECK)
+        return min(self.interval, max(0.0, wake))
 
     def in_flight(self) -> set[str]:
         """The partners whose pull is running now."""

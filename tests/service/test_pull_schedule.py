@@ -19,7 +19,7 @@ import pytest
 
 from service.federation import pull
 from service.federation.client import PartnerClient
-from service.federation.pull import PullLoops, next_pull, pull_phase
+from service.federation.pull import OVERDUE_RECHECK, PullLoops, next_pull, pull_phase
 
 INTERVAL = 30.0
 NODES = [f"n{i:02d}-aisi" for i in range(20)]
@@ -188,7 +188,14 @@ def test_a_pull_still_running_is_not_started_twice(
         clock.now += 5 * INTERVAL  # long past its next moment, but still running
         assert loops.round() == 0
         assert loops.in_flight() == {"us-aisi"}
+        # The worker does not spin on it: it looks again a second later, not at once.
+        assert loops.until_next() == OVERDUE_RECHECK
+        release.set()
+        _drain(loops)
+        assert loops.until_next() == 0.0  # overdue and finished: due now
+        assert loops.round() == 1
+        _drain(loops)
     finally:
         release.set()
         loops.close()
-    assert calls == ["us-aisi"]
+    assert calls == ["us-aisi", "us-aisi"]

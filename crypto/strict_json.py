@@ -49,10 +49,31 @@ class StrictJSONError(json.JSONDecodeError):
 
 # A string token (unrolled so that long strings cost no backtracking) or a bracket.
 _TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
-_LONE_SURROGATE = re.compile(
-    r"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-    r"|(?<![\\]u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-)
+# A surrogate escape (\\uD800-\\uDFFF). It starts with a literal backslash, so the search
+# skips ahead through documents that hold none; each match is then looked at in context.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LOW_ESCAPE = re.compile(r"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """Where the first lone surrogate escape starts (a high one not followed by a low one, or
+    a low one not preceded by a high one), or None. A backslash that is itself escaped
+    (``\\\\ud800``: a backslash, then the letters) starts no escape."""
+    paired = -1  # where the low half of the last pair starts
+    for match in _SURROGATE_ESCAPE.finditer(text):
+        start = match.start()
+        if start == paired:
+            continue
+        run = start
+        while run > 0 and text[run - 1] == "\\":
+            run -= 1
+        if (start - run) % 2:  # an odd number of backslashes before: "\\" then "u..."
+            continue
+        if text[start + 3] in "89abAB" and _LOW_ESCAPE.match(text, start + 6):
+            paired = start + 6
+            continue
+        return start
+    return None
 
 
 def _check_shape(text: str, limits: JSONLimits) -> None:
@@ -113,8 +134,8 @@ def loads(
     if text.startswith("\ufeff"):
         raise StrictJSONError("JSON text must not start with a byte order mark", text, 0)
     _check_shape(text, limits)
-    if "\\u" in text and (m := _LONE_SURROGATE.search(text)) is not None:
-        raise StrictJSONError("a JSON string holds a lone surrogate escape", text, m.start())
+    if "\\u" in text and (at := _lone_surrogate(text)) is not None:
+        raise StrictJSONError("a JSON string holds a lone surrogate escape", text, at)
 
     def number(kind: type[int] | type[float]) -> Any:
         def parse(token: str) -> int | float:

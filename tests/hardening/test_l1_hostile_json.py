@@ -16,6 +16,8 @@ import logging
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from crypto import strict_json
 from crypto.dsse import sign_envelope
@@ -88,6 +90,54 @@ async def test_inbox_manifest_line(sqlite_env: Env, what: str) -> None:
 def test_loader_refuses_with_a_clear_error(text: bytes, why: str) -> None:
     with pytest.raises(strict_json.StrictJSONError, match=why):
         strict_json.loads(text)
+
+
+# Pieces of a JSON string's source: escaped and literal backslashes, surrogate escapes alone and
+# in pairs, ordinary escapes and text.
+_PIECES = [
+    r"\\",
+    r"\ud800",
+    r"\udbff",
+    r"\udc00",
+    r"\uDFFF",
+    r"\u00e9",
+    r"\n",
+    "u",
+    "d800",
+    "dc00",
+    "a",
+    "é",
+]
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=12))
+@example([r"\\", "u", "dc00"])  # a backslash, then the text "udc00": refused until 2026-12-06
+@example([r"\\", r"\\", r"\ud800", r"\udc00"])  # a backslash, then a pair
+def test_loader_refuses_exactly_the_strings_that_decode_to_a_lone_surrogate(
+    pieces: list[str],
+) -> None:
+    """The oracle is Python's own decoder: a string is refused if and only if what it decodes
+    to holds a code point no UTF-8 text can (U+D800 to U+DFFF)."""
+    text = '["' + "".join(pieces) + '"]'
+    decoded = json.loads(text)[0]
+    lone = any(0xD800 <= ord(ch) <= 0xDFFF for ch in decoded)
+    if lone:
+        with pytest.raises(strict_json.StrictJSONError, match="lone surrogate"):
+            strict_json.loads(text)
+    else:
+        assert strict_json.loads(text) == [decoded]
+
+
+def test_loader_checks_surrogates_of_a_large_document_by_searching_for_escapes() -> None:
+    """A 40 KB document with one ordinary escape (a manifest naming 20 hybrid recipients, an
+    accented title) and a pair: accepted; a lone escape at its end: refused where it is."""
+    body = ",".join(f'"{"q" * 1959}"' for _ in range(20))
+    good = '{"t":"caf\\u00e9 \\ud83d\\ude00","r":[' + body + "]}"
+    assert strict_json.loads(good)["t"] == "café \U0001f600"
+    bad = good[:-1] + ',"x":"\\udc00"}'
+    with pytest.raises(strict_json.StrictJSONError, match="lone surrogate") as info:
+        strict_json.loads(bad)
+    assert info.value.pos == bad.index("\\udc00")
 
 
 def test_loader_limits_are_parameters() -> None:

@@ -4,10 +4,16 @@ one that loses 2 % of its packets (in the kernel: nftables) and jitters by up to
 Shares flow continuously from two origins to every partner while one node is partitioned for
 about ten seconds and healed, and the limited link is cut in the middle of a 3 MB transfer.
 
+Behind the partition, the origin revokes a share every partner already holds, and a share the
+network's terms forbid (TLP:AMBER) is refused.
+
 Afterwards every share is received exactly once by each partner it was addressed to (same id
 and SHA-256, one ``receive.accepted`` entry), each partner's signed receipt is at the origin,
-every outbox is drained, and every audit log verifies with its witnesses' checkpoints
-consistent. The delivery latencies observed are printed (``pytest -s``)."""
+every outbox is drained; the revocation reached every holder, the cut-off one included (410,
+one ``revocation.received`` each, every acknowledgement at the origin); the forbidden share was
+refused for each partner by the rule that forbids it and reached no one; and every audit log
+verifies with its witness quorum met and its witnesses' checkpoints consistent. The delivery
+latencies observed are printed (``pytest -s``)."""
 
 from __future__ import annotations
 
@@ -115,15 +121,21 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Network, Sta
         star.down()
 
 
-def share(net: Network, origin: str, partners: list[str], content: bytes) -> Shared:
+def try_share(
+    net: Network, origin: str, partners: list[str], content: bytes = b"x", **terms: str
+) -> httpx.Response:
     node = net.nodes[origin]
-    meta = {**FINDING, "partners": partners}
-    r = httpx.post(
+    meta = {**FINDING, "partners": partners, **terms}
+    return httpx.post(
         f"{node.url}/v1/artifacts",
         files={"metadata": (None, json.dumps(meta), "application/json"), "file": ("f", content)},
         headers=node.auth("publisher"),
         timeout=120,
     )
+
+
+def share(net: Network, origin: str, partners: list[str], content: bytes) -> Shared:
+    r = try_share(net, origin, partners, content)
     assert r.status_code == 201, r.text
     return Shared(origin, r.json()["id"], hashlib.sha256(content).hexdigest(), partners,
                   len(content))  # fmt: skip
@@ -148,6 +160,22 @@ def get(net: Network, node_id: str, path: str, role: str, **params: Any) -> Any:
     r = httpx.get(f"{node.url}{path}", params=params, headers=node.auth(role), timeout=60)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def get_status(net: Network, node_id: str, path: str, role: str) -> httpx.Response:
+    node = net.nodes[node_id]
+    return httpx.get(f"{node.url}{path}", headers=node.auth(role), timeout=60)
+
+
+def held_by_all(net: Network, flow: Flow) -> Shared | None:
+    """The first share every partner has receipted, if any yet."""
+    with flow.lock:
+        candidates = list(flow.shared)
+    for shared in candidates[:3]:
+        states = deliveries(net, shared)
+        if all(states.get(p, {}).get("state") == "delivered" for p in shared.partners):
+            return shared
+    return None
 
 
 def deliveries(net: Network, shared: Shared) -> dict[str, dict[str, Any]]:
@@ -199,13 +227,16 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def settled(net: Network, shares: list[Shared]) -> bool:
+def settled(net: Network, shares: list[Shared], revoked: list[Shared]) -> bool:
     """Every origin's outbox drained: nothing pending or failing, one delivered row per share
-    and partner (one request per origin: the test's polls stay far below the rate limit)."""
+    and partner, and one per revocation notice (one request per origin: the test's polls stay
+    far below the rate limit)."""
     for origin in ORIGINS:
         for row in get(net, origin, "/v1/sync", "admin"):
             addressed = sum(
-                1 for s in shares if s.origin == origin and row["partner"] in s.partners
+                1
+                for s in [*shares, *revoked]
+                if s.origin == origin and row["partner"] in s.partners
             )
             if row["pending"] or row["failing"] or row["delivered"] != addressed:
                 return False
@@ -226,8 +257,22 @@ def test_shares_flow_exactly_once_through_latency_limits_and_partitions(
         thread.start()
     try:
         time.sleep(3)
+        early = wait_for(lambda: held_by_all(network, flow), 60,
+                         "a share every partner holds before the partition")  # fmt: skip
         star.cut(PARTITIONED)
         cut_at = time.monotonic()
+        # Behind the partition: the origin revokes a share the cut-off node holds (it hears of it
+        # only once healed), and a share the network's terms forbid is refused.
+        revoked = httpx.post(
+            f"{network.nodes[early.origin].url}/v1/artifacts/{early.id}/revoke",
+            params={"reason": "superseded"},
+            headers=network.nodes[early.origin].auth("publisher"),
+            timeout=60,
+        )
+        assert revoked.status_code == 200, revoked.text
+        forbidden = try_share(network, US, [UK, CA, JP], tlp="TLP:AMBER")
+        assert forbidden.status_code == 403, forbidden.text
+        assert forbidden.json()["type"] == "urn:entente:problem:policy-denied", forbidden.text
 
         # A large artifact to every partner; cut the limited link once a part has crossed it.
         before = star.sent_bytes(LIMITED)
@@ -254,21 +299,47 @@ def test_shares_flow_exactly_once_through_latency_limits_and_partitions(
     shares = [*flow.shared, big]
     assert len(flow.shared) >= 2 * FLOW_SECONDS / SHARE_EVERY / 4, len(flow.shared)
 
-    wait_for(lambda: settled(network, shares), SETTLE_SECONDS,
+    wait_for(lambda: settled(network, shares, [early]), SETTLE_SECONDS,
              "every delivery receipted and every outbox drained")  # fmt: skip
 
+    # The revocation reached every partner that held the share, the one behind the partition
+    # too: each answers 410 (revoked by its origin), audited once, and the origin has each
+    # acknowledgement.
+    for partner in early.partners:
+        gone = get_status(network, partner, f"/v1/artifacts/{early.id}", "reader")
+        assert gone.status_code == 410 and gone.json()["reason"] == "revoked", gone.text
+        heard = [e for e in logged(network, partner, "revocation.received", 1)
+                 if e["artifact_id"] == early.id]  # fmt: skip
+        assert len(heard) == 1, heard
+    acks = wait_for(
+        lambda: {e["partner"] for e in entries(network, early.origin, "revocation.acknowledged")
+                 if e["artifact_id"] == early.id} >= set(early.partners) or None,
+        60, "every partner's acknowledgement of the revocation",
+    )  # fmt: skip
+    assert acks
+    # The share the terms forbid was refused for each partner and audited so; it was never
+    # stored or queued (settled() above counts exactly the shares made, and each partner's
+    # rows below are exactly those addressed to it).
+    denied = logged(network, US, "share.denied", 3)
+    assert sorted(e["partner"] for e in denied) == sorted([UK, CA, JP]), denied
+    assert all(e["rule"] == "net-above-green" for e in denied), denied
+
     # Each partner received each share addressed to it exactly once, with the origin's digest,
-    # and the origin holds its signed receipt.
+    # and the origin holds its signed receipt (the revoked share: hidden and deleted, above).
     latencies: dict[str, list[float]] = {}
     for partner in IDS:
-        expected = {s.id: s for s in shares if partner in s.partners}
+        expected = {s.id: s for s in shares if partner in s.partners and s.id != early.id}
         rows = received(network, partner)
         ids = [r["id"] for r in rows]
         assert len(ids) == len(set(ids)), "a duplicate row"
         assert set(ids) == set(expected), set(ids) ^ set(expected)
         accepted = [e["artifact_id"] for e in logged(network, partner, "receive.accepted",
                                                      len(expected))]  # fmt: skip
-        assert sorted(accepted) == sorted(expected), "not one receive.accepted per share"
+        if partner in early.partners:
+            expected_accepted = sorted([*expected, early.id])
+        else:
+            expected_accepted = sorted(expected)
+        assert sorted(accepted) == expected_accepted, "not one receive.accepted per share"
         for row in rows:
             sent = expected[row["id"]]
             assert (row["sha256"], row["origin"], row["size"]) == (

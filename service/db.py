@@ -20,6 +20,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlmodel import Session
@@ -145,6 +146,17 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def insert_if_missing(
+    session: Session, table: sa.Table, values: dict[str, Any], key: list[str]
+) -> None:
+    """Insert ``values`` into ``table`` unless a row with the same ``key`` exists, committed
+    or being committed by another transaction (``ON CONFLICT DO NOTHING``): a get-or-create
+    that two processes (replicas) can run at once without a duplicate-key error."""
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    session.execute(insert.values(**values).on_conflict_do_nothing(index_elements=key))
 
 
 def open_database(url: str, *, migrate: bool = False, pool_size: int = 10) -> Database:

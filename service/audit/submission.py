@@ -53,7 +53,9 @@ from service.audit.witness_external import (
     external_witnesses,
     is_external,
 )
+from service.db import insert_if_missing
 from service.errors import (
+    DatabaseError,
     NotFoundError,
     PartnerUnavailableError,
 )
@@ -136,10 +138,18 @@ class _Prepared:
 
 
 def _submission_row(session: Session, partner: str, now: datetime) -> AuditWitnessSubmission:
+    """The submission state for ``partner``, created if missing. Replicas of one node on one
+    database each run this worker, so two may create it at once: the insert yields to a row
+    another has inserted (a duplicate-key error before, logged as a failed submission)."""
     row = session.get(AuditWitnessSubmission, partner)
     if row is None:
-        row = AuditWitnessSubmission(partner=partner, next_attempt_at=now, updated_at=now)
-        session.add(row)
+        table = AuditWitnessSubmission.__table__  # type: ignore[attr-defined]
+        values = {"partner": partner, "cosigned_size": 0, "attempts": 0,
+                  "next_attempt_at": now, "updated_at": now}  # fmt: skip
+        insert_if_missing(session, table, values, ["partner"])
+        row = session.get(AuditWitnessSubmission, partner, populate_existing=True)
+        if row is None:  # neither inserted here nor by another replica: the database lost it
+            raise DatabaseError(f"the witness submission state of {partner} was not stored")
     return row
 
 

@@ -36,7 +36,6 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
 from crypto.keys import VerifyKey
@@ -64,6 +63,7 @@ from service.audit.witness_rules import (
     check_submitter,
     parse_submission,
 )
+from service.db import insert_if_missing
 from service.errors import (
     EntenteError,
     NotFoundError,
@@ -114,12 +114,10 @@ def _lock_state(session: Session, *, origin: str, partner: str, now: datetime) -
     checking the old size and storing the new checkpoint must be atomic (tlog-witness)."""
     table = WitnessLog.__table__  # type: ignore[attr-defined]
     values = {"origin": origin, "partner": partner, "size": 0, "root": EMPTY_ROOT}
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
     # On SQLite this write is the transaction's first statement: it takes the writer lock.
-    session.execute(insert.values(**values).on_conflict_do_nothing(index_elements=["origin"]))
+    insert_if_missing(session, table, values, ["origin"])
     query = select(WitnessLog).where(WitnessLog.origin == origin)
-    if dialect == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     state = session.exec(query.execution_options(populate_existing=True)).one()
     return state

@@ -149,7 +149,11 @@ class CuttingProxy(Proxy):
         super().__init__((upstream_host, upstream), host=host, port=port)  # serving from here
 
     def _serve(self, client: socket.socket) -> None:
-        upstream = socket.create_connection(self.upstream)
+        try:
+            upstream = socket.create_connection(self.upstream)
+        except OSError:  # the node behind has stopped (a test's teardown): as a real proxy would
+            client.close()
+            return
         with client, upstream:
             try:
                 head, rest = _head_and_rest(client)

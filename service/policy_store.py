@@ -18,8 +18,10 @@ lazily at its first decision, and decides that whole request (every partner of a
 snapshot it then holds: never older than any version committed before the request began, and one
 version for the whole request. Parsing happens only when the number moved. The snapshot held by a
 replica only moves forward (:func:`newer`), whichever thread read the newer number first. Work
-outside a request (the pull worker, tests) checks at every decision. The evaluator itself
-(``policies.evaluate``) is unchanged and never touches the database.
+outside a request decides in units under the same rule (:func:`decision_scope`): a pulled feed
+page, a retention round (before, a page of 500 received artifacts read the number 500 times, and a
+retention round at least once per artifact it looked at); anything else checks at every decision.
+The evaluator itself (``policies.evaluate``) is unchanged and never touches the database.
 
 Signed agreements (``*.agreement.json``) are files of a version like the node's own YAML files;
 the set in force is assembled from both (``policies._agreement.assemble``): terms count only
@@ -37,7 +39,8 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -57,7 +60,7 @@ from service.db import Database
 from service.errors import DatabaseError
 from service.models import AuditEntry, PolicyVersion, PolicyVersionFile
 
-__all__ = ["PolicyScope", "PolicyStore", "Published", "Snapshot", "newer"]
+__all__ = ["PolicyScope", "PolicyStore", "Published", "Snapshot", "decision_scope", "newer"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,23 @@ class _RequestCheck:
 
 
 _REQUEST: ContextVar[_RequestCheck | None] = ContextVar("entente_policy_check", default=None)
+# Built once: SQLAlchemy then finds the compiled statement by its memoized cache key.
+_NEWEST_VERSION = sa.select(sa.func.max(col(PolicyVersion.version)))
+
+
+@contextmanager
+def decision_scope() -> Iterator[None]:
+    """Decide everything inside on one snapshot, the one in force at its first decision (the
+    version rule for one unit of work: an HTTP request, a pulled feed page, a retention round).
+    Inside another scope, the outer one holds."""
+    if _REQUEST.get() is not None:
+        yield
+        return
+    token = _REQUEST.set(_RequestCheck())
+    try:
+        yield
+    finally:
+        _REQUEST.reset(token)
 
 
 class PolicyScope:
@@ -124,11 +144,8 @@ class PolicyScope:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        token = _REQUEST.set(_RequestCheck())
-        try:
+        with decision_scope():
             await self.app(scope, receive, send)
-        finally:
-            _REQUEST.reset(token)
 
 
 class PolicyStore:
@@ -181,7 +198,7 @@ class PolicyStore:
     def _committed_version(self) -> int:
         try:
             with self._db.engine.connect() as conn:
-                found = conn.execute(sa.select(sa.func.max(col(PolicyVersion.version)))).scalar()
+                found = conn.execute(_NEWEST_VERSION).scalar()
         except SQLAlchemyError as exc:
             raise DatabaseError(
                 f"the committed policy version could not be read: {type(exc).__name__}"

@@ -51,6 +51,7 @@ from service.audit.log import record
 from service.blob_journal import record_deletions
 from service.models import Artifact, Outbox
 from service.node import Node
+from service.policy_store import decision_scope
 
 __all__ = ["Due", "RetentionRound", "RetentionWorker", "due_now", "terms_for"]
 
@@ -164,7 +165,7 @@ class RetentionWorker:
         --dry-run``): every row that holds ciphertext, or the first ``limit`` found."""
         now = self.node.now()
         found: list[Due] = []
-        with self.node.db.session() as session:
+        with self.node.db.session() as session, decision_scope():
             rows = session.exec(select(Artifact).where(col(Artifact.blob).is_not(None)))
             for row in rows:
                 deletion = due_now(self.node, row, now=now)
@@ -179,7 +180,7 @@ class RetentionWorker:
         node = self.node
         size = node.settings.retention_batch
         now = node.now()
-        with node.db.session() as session:
+        with node.db.session() as session, decision_scope():  # one policy version a round
             rows = self._batch(session, size)
             due = [
                 Due(row.id, row.origin, row.direction, deletion)

@@ -43,6 +43,7 @@ from service.federation.partial import PartialPayloads
 from service.federation.receive import Received, Receiver
 from service.models import Partner, PullState
 from service.node import Node
+from service.policy_store import decision_scope
 
 __all__ = ["PullLoops", "next_pull", "pull_all", "pull_partner", "pull_phase"]
 
@@ -159,6 +160,17 @@ def _ciphertext(item: dict[str, Any]) -> tuple[str, int] | None:
 
 
 def _take_page(
+    node: Node,
+    client: PartnerClient,
+    partner: Partner,
+    items: list[Any],
+    partials: PartialPayloads,
+) -> list[Received]:
+    with decision_scope():  # the whole page on one policy version, checked once
+        return _take_items(node, client, partner, items, partials)
+
+
+def _take_items(
     node: Node,
     client: PartnerClient,
     partner: Partner,

@@ -4,6 +4,8 @@ replicas of one node deciding on the same terms immediately after a reload throu
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +17,15 @@ from sqlmodel import select
 
 from policies import PolicyLoadError, PolicySet, load_policy
 from service.app import create_app
+from service.artifacts.retention import RetentionWorker
 from service.db import open_database
+from service.federation.pull import pull_all
 from service.models import AuditEntry, PolicyVersion, PolicyVersionFile
 from service.node import Node
 from service.policy_store import PolicyStore, Snapshot, newer
 from service.tokens import Role
 from tests.service.nodekit import CREATED, UPLOAD_HEADERS, Kit, make_node, pin, upload_body
+from tests.service.test_federation_sync import Pair, PortalTransport, share
 
 TERMS = """\
 format: entente.policy/v1
@@ -152,6 +157,17 @@ async def test_a_share_to_two_partners_checks_the_version_once(tmp_path: Path) -
         pin(kit, make_node(tmp_path, partner))
         _write_terms(kit, partner, BEFORE, 1)
     kit.node.policies.reload(actor="test", now=kit.node.now())
+    with _version_checks(kit) as checks:
+        status, _body = await _share(kit, kit.app, "TLP:GREEN", ["us-aisi", "ca-aisi"])
+        assert status == 201
+        assert len(checks) == 1  # two partners decided on one snapshot
+        await _share(kit, kit.app, "TLP:GREEN", ["us-aisi"])
+        assert len(checks) == 2  # and the next request checks again
+
+
+@contextmanager
+def _version_checks(kit: Kit) -> Iterator[list[str]]:
+    """The reads of the committed policy version made on ``kit``'s database meanwhile."""
     checks: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
@@ -160,13 +176,61 @@ async def test_a_share_to_two_partners_checks_the_version_once(tmp_path: Path) -
 
     sa.event.listen(kit.node.db.engine, "before_cursor_execute", count)
     try:
-        status, _body = await _share(kit, kit.app, "TLP:GREEN", ["us-aisi", "ca-aisi"])
-        assert status == 201
-        assert len(checks) == 1  # two partners decided on one snapshot
-        await _share(kit, kit.app, "TLP:GREEN", ["us-aisi"])
-        assert len(checks) == 2  # and the next request checks again
+        yield checks
     finally:
         sa.event.remove(kit.node.db.engine, "before_cursor_execute", count)
+
+
+# --- one query per unit of background work: a pulled page, a retention round ------------------
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    uk = make_node(tmp_path, "uk-aisi")
+    us = make_node(tmp_path, "us-aisi")
+    pin(uk, us)
+    pin(us, uk)
+    transport = PortalTransport({"uk-aisi": uk.app, "us-aisi": us.app})
+    yield Pair(uk, us, transport)
+    transport.close()
+
+
+def test_a_pulled_page_decides_on_one_version_checked_once(pair: Pair) -> None:
+    share(pair.uk, 12)
+    with _version_checks(pair.us) as checks:
+        assert pull_all(pair.us.node, pair.client(pair.us)) == 12
+    assert len(checks) == 1  # twelve artifacts received, each decided, on one snapshot
+    share(pair.uk, 3)
+    with _version_checks(pair.us) as checks:
+        assert pull_all(pair.us.node, pair.client(pair.us)) == 3
+    assert len(checks) == 1  # and the next page checks again
+
+
+def test_a_pulled_page_decides_on_a_version_committed_before_it_began(pair: Pair) -> None:
+    """A reload through another replica of the receiver, committed before the page is pulled,
+    is the version the page is decided on (the version rule, as for a request)."""
+    share(pair.uk, 2)  # TLP:GREEN
+    terms = pair.us.node.home.policies_dir / "uk-aisi.yaml"
+    amended = terms.read_text().replace("version: 1\n", "version: 2\n", 1)
+    amended = amended.replace(  # the receive permit narrowed to TLP:CLEAR
+        "actions: [receive]\n    tlp: [TLP:CLEAR, TLP:GREEN, TLP:AMBER]",
+        "actions: [receive]\n    tlp: [TLP:CLEAR]",
+    )
+    assert amended.count("tlp: [TLP:CLEAR]\n") == 1
+    terms.write_text(amended)
+    replica = PolicyStore(pair.us.node.home.policies_dir, db=pair.us.node.db)
+    assert replica.reload(actor="test", now=pair.us.node.now()).changed
+    assert pull_all(pair.us.node, pair.client(pair.us)) == 0
+    with pair.us.node.db.session() as session:
+        refused = session.exec(select(AuditEntry).where(AuditEntry.kind == "receive.rejected"))
+        assert len(refused.all()) == 2
+
+
+def test_a_retention_round_decides_on_one_version_checked_once(pair: Pair) -> None:
+    share(pair.uk, 6)
+    with _version_checks(pair.uk) as checks:
+        assert RetentionWorker(pair.uk.node).run_once().deleted == ()
+    assert len(checks) == 1  # six rows' terms, on one snapshot
 
 
 # --- two replicas of one node -----------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from crypto import strict_json
 from service.errors import EntenteError, PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.federation.feed import PAGE_INLINE_BUDGET
@@ -193,7 +194,7 @@ def _take_items(
             head: Any = item.get("manifest")
             if "disclosure" in item:
                 head = {"manifest": head, "disclosure": item["disclosure"]}
-            line = json.dumps(head, separators=(",", ":")).encode()
+            line = strict_json.dumps(head)
             try:
                 checked = receiver.check(line)
                 inline = item.get("payload")

@@ -30,8 +30,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 __all__ = ["DEFAULT_LIMITS", "JSONLimits", "StrictJSONError", "dumps", "loads"]
 
 
@@ -174,6 +172,8 @@ def dumps(value: Any) -> bytes:
     which a partner's document parsed by :func:`loads` may hold) goes through the standard
     library instead: the same document, never an error that the standard library would not
     raise."""
+    import orjson  # here: sealing and opening a file import crypto, and need no writer
+
     try:
         return orjson.dumps(value)
     except orjson.JSONEncodeError:

@@ -154,10 +154,7 @@ def test_loader_limits_are_parameters() -> None:
 
 
 _JSON_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(10**30), max_value=10**30)
-    | st.text(),
+    st.none() | st.booleans() | st.integers(min_value=-(10**30), max_value=10**30) | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=20,
 )

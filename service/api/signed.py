@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -17,7 +18,7 @@ from fastapi import Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from crypto import httpsig, strict_json
+from crypto import httpsig
 from crypto.errors import CryptoError
 from service.api.problems import ProblemHandler
 from service.audit.refusals import audit_refusal, mark_audited
@@ -151,7 +152,7 @@ def _sign_problem(request: Request, response: Response) -> None:
 
 
 def signed_json(node: Node, sig: IncomingSignature, status: int, data: Any) -> Response:
-    body = strict_json.dumps(data)
+    body = json.dumps(data, separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json"}
     headers.update(
         sign_response_headers(

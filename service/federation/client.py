@@ -22,6 +22,7 @@ receipt, a feed page, a witness's cosignature).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -224,7 +225,7 @@ class PartnerClient:
 
         ``key`` signs instead of the node's current key (a rotated descriptor's push only).
         """
-        body = b"" if payload is None else strict_json.dumps(payload)
+        body = b"" if payload is None else json.dumps(payload, separators=(",", ":")).encode()
         digest = digest_value(hashlib.sha256(body).digest())
         ctype = "application/json" if payload is not None else None
         url, headers, signed = self._prepare(partner.url + path, method, digest, ctype, key)

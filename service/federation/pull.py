@@ -35,7 +35,6 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from crypto import strict_json
 from service.errors import EntenteError, PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.federation.feed import PAGE_INLINE_BUDGET
@@ -194,7 +193,7 @@ def _take_items(
             head: Any = item.get("manifest")
             if "disclosure" in item:
                 head = {"manifest": head, "disclosure": item["disclosure"]}
-            line = strict_json.dumps(head)
+            line = json.dumps(head, separators=(",", ":")).encode()
             try:
                 checked = receiver.check(line)
                 inline = item.get("payload")

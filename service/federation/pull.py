@@ -90,7 +90,8 @@ def pull_partner(
                 nxt = data["next"]
                 more = data["more"] and nxt > cursor
                 ahead = io_thread.submit(fetch, nxt) if more else None
-                received = _take_page(node, client, partner, data["items"], partials)
+                with decision_scope():  # the whole page on one policy version, checked once
+                    received = _take_page(node, client, partner, data["items"], partials)
                 stored += sum(1 for r in received if r.created)
                 if received:
                     io_thread.submit(_acknowledge, client, partner, received)
@@ -160,17 +161,6 @@ def _ciphertext(item: dict[str, Any]) -> tuple[str, int] | None:
 
 
 def _take_page(
-    node: Node,
-    client: PartnerClient,
-    partner: Partner,
-    items: list[Any],
-    partials: PartialPayloads,
-) -> list[Received]:
-    with decision_scope():  # the whole page on one policy version, checked once
-        return _take_items(node, client, partner, items, partials)
-
-
-def _take_items(
     node: Node,
     client: PartnerClient,
     partner: Partner,

@@ -93,15 +93,20 @@ class Pair:
         return OutboxWorker(kit.node, self.client(kit), **kwargs)
 
 
+def joined(uk: Kit, us: Kit) -> Pair:
+    """``uk`` and ``us`` pinning each other, reachable through one in-process transport (close
+    ``pair.transport`` when done)."""
+    pin(uk, us)
+    pin(us, uk)
+    return Pair(uk, us, PortalTransport({"uk-aisi": uk.app, "us-aisi": us.app}))
+
+
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Pair]:
     uk = make_node(tmp_path, "uk-aisi", retry_base_seconds=10.0, retry_max_seconds=60.0)
-    us = make_node(tmp_path, "us-aisi")
-    pin(uk, us)
-    pin(us, uk)
-    transport = PortalTransport({"uk-aisi": uk.app, "us-aisi": us.app})
-    yield Pair(uk, us, transport)
-    transport.close()
+    pair = joined(uk, make_node(tmp_path, "us-aisi"))
+    yield pair
+    pair.transport.close()
 
 
 def share(kit: Kit, n: int = 1, *, size: int = 4096, to: str = "us-aisi") -> list[str]:

@@ -25,7 +25,7 @@ from service.node import Node
 from service.policy_store import PolicyStore, Snapshot, newer
 from service.tokens import Role
 from tests.service.nodekit import CREATED, UPLOAD_HEADERS, Kit, make_node, pin, upload_body
-from tests.service.test_federation_sync import Pair, PortalTransport, share
+from tests.service.test_federation_sync import Pair, joined, share
 
 TERMS = """\
 format: entente.policy/v1
@@ -186,13 +186,9 @@ def _version_checks(kit: Kit) -> Iterator[list[str]]:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Pair]:
-    uk = make_node(tmp_path, "uk-aisi")
-    us = make_node(tmp_path, "us-aisi")
-    pin(uk, us)
-    pin(us, uk)
-    transport = PortalTransport({"uk-aisi": uk.app, "us-aisi": us.app})
-    yield Pair(uk, us, transport)
-    transport.close()
+    pair = joined(make_node(tmp_path, "uk-aisi"), make_node(tmp_path, "us-aisi"))
+    yield pair
+    pair.transport.close()
 
 
 def test_a_pulled_page_decides_on_one_version_checked_once(pair: Pair) -> None:

@@ -26,7 +26,7 @@ from service.models import Artifact, AuditEntry, Outbox
 from service.partners import partner_keys
 from service.tokens import Principal, Role
 from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
-from tests.service.test_federation_sync import Pair, PortalTransport
+from tests.service.test_federation_sync import Pair, joined
 
 PUBLISHER = Principal(token_id="tok_test", name="tester", role=Role.PUBLISHER)
 
@@ -55,11 +55,9 @@ def pair(tmp_path: Path, clock: Clock) -> Iterator[Pair]:
     uk = make_node(tmp_path, "uk-aisi", descriptor_validity_days=3650)
     us = make_node(tmp_path, "us-aisi", descriptor_validity_days=3650)
     uk.node.clock = us.node.clock = clock
-    pin(uk, us)
-    pin(us, uk)
-    transport = PortalTransport({"uk-aisi": uk.app, "us-aisi": us.app})
-    yield Pair(uk, us, transport)
-    transport.close()
+    pair = joined(uk, us)
+    yield pair
+    pair.transport.close()
 
 
 def share(kit: Kit, *, tlp: str = "TLP:GREEN", **when: datetime) -> str:

@@ -17,6 +17,12 @@ homes in a temporary folder, the example MOU policies, 4 KiB artifacts. Figures:
   long backoff), then it starts: N divided by the time from its start (healthy) until it holds
   all N, all of them pulled from the sharer's feed (the start-up time is reported beside it).
 
+Beside them, the limit: the cryptography each artifact needs, timed in this process in the same
+run (median of many): the sharer seals 4 KiB to itself and the partner and verifies the signed
+receipt; the receiver verifies the manifest, decrypts to nowhere and signs the receipt. With the
+two nodes on two cores, end to end cannot beat one artifact per the busier node's crypto time,
+and catch-up (nothing to seal) one per the receiver's.
+
 ``--profile uk,us`` records the nodes with py-spy during each phase (collapsed stacks in the
 bench folder, which is then kept). The machine's load average is printed with the figures: the
 numbers mean little when other work competes for the same cores.
@@ -314,6 +320,56 @@ def run(n: int, workers: int, profile: str | None, processes: int = 1) -> dict[s
     }
 
 
+def crypto_limit(operations: int = 300) -> dict[str, Any]:
+    """Median microseconds of each artifact's cryptography (hybrid keys unless
+    ``--classic-only``), and the rates it alone allows: see the module docstring."""
+    import io
+    import statistics
+    from datetime import UTC, datetime
+
+    from bench.pq import Party, _seal_kwargs
+    from crypto.receipt import Receipt, sign_receipt, verify_receipt
+    from crypto.sealed import open_sealed, seal
+
+    hybrid = not CLASSIC_ONLY
+    origin, partner = Party("uk-aisi", hybrid=hybrid), Party("us-aisi", hybrid=hybrid)
+    payload = os.urandom(SIZE)
+    times: dict[str, list[float]] = {"seal": [], "open": [], "sign": [], "verify": []}
+    for _ in range(operations):
+        sink = io.BytesIO()
+        start = time.perf_counter()
+        sealed = seal(io.BytesIO(payload), sink, **_seal_kwargs(origin, [origin, partner]))
+        times["seal"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        open_sealed(
+            io.BytesIO(sink.getvalue()), io.BytesIO(), envelope=sealed.envelope,
+            identities=[partner.identity], keysets=[origin.signer.public], reader=partner.node_id,
+        )  # fmt: skip
+        times["open"].append(time.perf_counter() - start)
+        receipt = Receipt(
+            kind="delivery", artifact_id="art_bench", sha256="0" * 64, receiver=partner.node_id,
+            sender=origin.node_id, received_at=datetime.now(UTC),
+        )  # fmt: skip
+        start = time.perf_counter()
+        signed = sign_receipt(receipt, key=partner.signer)
+        times["sign"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        verify_receipt(
+            signed, keysets=[partner.signer.public], expect_kind="delivery",
+            artifact_id="art_bench", sha256="0" * 64, receiver=partner.node_id,
+            sender=origin.node_id,
+        )  # fmt: skip
+        times["verify"].append(time.perf_counter() - start)
+    us = {k: 1e6 * statistics.median(v) for k, v in times.items()}
+    sender, receiver = us["seal"] + us["verify"], us["open"] + us["sign"]
+    return {
+        "post_quantum": hybrid,
+        **{f"{k}_us": round(v, 1) for k, v in us.items()},
+        "end_to_end_per_second": round(1e6 / max(sender, receiver)),
+        "catchup_per_second": round(1e6 / max(receiver, us["verify"])),
+    }
+
+
 def queue_shares(home: Path, n: int, *, tag: str) -> None:
     """Share ``n`` artifacts in-process at the stopped node ``home`` (same domain code as
     ``POST /v1/artifacts``, without the upload), so a phase can time delivery alone."""
@@ -368,6 +424,15 @@ def report(result: dict[str, Any]) -> None:
         f"{result['catchup_via_pull']} by pull; the receiver's start, "
         f"{result['receiver_start_seconds']:.1f} s, not included)"
     )
+    limit = result.get("crypto_limit")
+    if limit:
+        print(
+            "limit (crypto alone, one core per node): end to end "
+            f"{limit['end_to_end_per_second']:,}/s, catch-up {limit['catchup_per_second']:,}/s "
+            f"(seal {limit['seal_us']:.0f} µs, "
+            f"open {limit['open_us']:.0f}, receipt sign {limit['sign_us']:.0f}, verify "
+            f"{limit['verify_us']:.0f})"
+        )
     print(
         f"peer (MISP sync):    {misp_rate[0]:.2f}-{misp_rate[1]:.2f} /s (2-3 s per event): "
         f"end to end {e2e * lo:,.0f}-{e2e * hi:,.0f}x, "
@@ -463,6 +528,7 @@ def main() -> None:
         shutil.rmtree(result.pop("home"), ignore_errors=True)
     result["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     result["cpus"] = os.cpu_count()
+    result["crypto_limit"] = crypto_limit(30 if args.quick else 300)
     report(result)
     line = json.dumps(result, sort_keys=True)
     if args.json:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from crypto.age._armor import ArmoredReader, looks_armored
 from crypto.age._base import Identity, Recipient, Rng
-from crypto.age._format import Header, header_mac, marshal_header, parse_header
+from crypto.age._format import Header, Stanza, header_mac, marshal_header, parse_header
 from crypto.age._hybrid import HybridIdentity, HybridRecipient
 from crypto.age._io import Hasher, Reader, Source, Writer
 from crypto.age._primitives import FILE_KEY_SIZE, hkdf_sha256
@@ -163,8 +163,14 @@ class Decryptor:
     def unlocked(self) -> bool:
         return self._state != "parsed"
 
-    def unlock(self, identities: Iterable[Identity]) -> None:
-        """Unwrap the file key with the first identity that can, and authenticate the header."""
+    def unlock(self, identities: Iterable[Identity], *, first: Sequence[int] = ()) -> None:
+        """Unwrap the file key with the first identity that can, and authenticate the header.
+
+        ``first``: indexes of the stanzas most likely to be ours, offered to the identities
+        before the others (age stanzas are anonymous, so a reader that knows its place among
+        the recipients saves trying the others'). Only the order of the attempts changes: every
+        stanza is still offered, and the header MAC still decides.
+        """
         if self._state != "parsed":
             raise RuntimeError("unlock was already called")
         identity_list = list(identities)
@@ -174,9 +180,16 @@ class Decryptor:
         header = self.header
         if any(s.type == SCRYPT_TYPE for s in header.stanzas) and len(header.stanzas) != 1:
             raise HeaderError("an scrypt stanza must be the only stanza in the header")
+        stanzas: Sequence[Stanza] = header.stanzas
+        if first:
+            lead = [i for i in dict.fromkeys(first) if 0 <= i < len(stanzas)]
+            chosen = set(lead)
+            stanzas = [stanzas[i] for i in lead] + [
+                s for i, s in enumerate(stanzas) if i not in chosen
+            ]
         file_key = None
         for identity in identity_list:
-            file_key = identity.unwrap(header.stanzas)
+            file_key = identity.unwrap(stanzas)
             if file_key is not None:
                 break
         if file_key is None:

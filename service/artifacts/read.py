@@ -194,6 +194,7 @@ def plaintext_chunks(node: Node, blobs: BlobStore, row: Artifact) -> Iterator[by
                     identities=node.keys.all_identities,
                     keysets=keysets,
                     origin=row.origin,
+                    reader=node.node_id,
                 )
             q.put(None)
         except _Cancelled:

@@ -257,7 +257,12 @@ class Receiver:
                 tee = _Tee(ciphertext, writer)
                 try:
                     # The signature was checked in step 1 (``check``); the plaintext goes nowhere.
-                    decrypt_verified(checked.manifest, tee, identities=node.keys.all_identities)
+                    decrypt_verified(
+                        checked.manifest,
+                        tee,
+                        identities=node.keys.all_identities,
+                        reader=node.node_id,
+                    )
                 except CryptoError as exc:
                     raise InvalidInputError(
                         f"the payload failed verification: {exc}", reason="payload"

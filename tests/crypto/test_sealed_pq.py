@@ -264,3 +264,59 @@ def test_receipts_signed_by_a_set_verify_against_key_sets() -> None:
     assert verify_receipt(classic, trusted=trusted, **EXPECT) == RECEIPT
     with pytest.raises(ValueError, match="either"):
         verify_receipt(envelope, **EXPECT)
+
+
+# --- the reader's own stanza first --------------------------------------------------------------
+
+
+class _Attempts:
+    """An identity that records each stanza it is offered, in order, then unwraps as ``inner``."""
+
+    def __init__(self, inner: age.HybridIdentity) -> None:
+        self.inner = inner
+        self.offered: list[Any] = []
+
+    def unwrap(self, stanzas: Any) -> bytes | None:
+        for stanza in stanzas:
+            self.offered.append(stanza)
+            key = self.inner.unwrap([stanza])
+            if key is not None:
+                return key
+        return None
+
+
+FIVE = [f"n{i}-aisi" for i in range(5)]
+FIVE_IDS = [age.HybridIdentity(bytes([0x40 + i]) * 32) for i in range(5)]
+
+
+@pytest.mark.parametrize(
+    ("identity", "reader", "tried"),
+    [
+        (3, "n3-aisi", [3]),  # its own place: one attempt (four before the hint)
+        (3, None, [0, 1, 2, 3]),  # no hint: header order
+        (3, "somebody-else", [0, 1, 2, 3]),  # a reader the manifest does not name
+        (1, "n3-aisi", [3, 0, 1]),  # a wrong hint still opens: the others follow
+    ],
+)
+def test_the_reader_s_own_stanza_is_tried_first(
+    identity: int, reader: str | None, tried: list[int]
+) -> None:
+    data = os.urandom(5000)
+    recipients = [
+        sealed.ManifestRecipient(name, ident.recipient.to_string())
+        for name, ident in zip(FIVE, FIVE_IDS, strict=True)
+    ]
+    result, ciphertext = seal_bytes(data, recipients=recipients, signer=ORIGIN)
+    stanzas = age.read_header(io.BytesIO(ciphertext)).stanzas
+    spy = _Attempts(FIVE_IDS[identity])
+    out = io.BytesIO()
+    sealed.open_sealed(
+        io.BytesIO(ciphertext),
+        out,
+        envelope=result.envelope,
+        identities=[spy],  # type: ignore[list-item]
+        keysets=[ORIGIN.public],
+        reader=reader,
+    )
+    assert out.getvalue() == data
+    assert spy.offered == [stanzas[i] for i in tried]

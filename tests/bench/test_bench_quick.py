@@ -54,6 +54,13 @@ def test_all_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
     assert "| pq | post-quantum local shares" in result.stdout
     assert "| seal | `entente --help` wall time |" in result.stdout  # the CLI as users run it
     assert "| network | established TCP connections per node while sharing" in result.stdout
+    # the limit beside a figure, measured in the same run (the cryptography of each artifact)
+    crypto = data["results"]["sync"]["crypto_limit"]
+    assert crypto["post_quantum"] is True
+    assert min(crypto[k] for k in ("seal_us", "open_us", "sign_us", "verify_us")) > 0
+    assert "| limit, same run |" in result.stdout
+    assert "the crypto alone, one core per node: " in result.stdout
+    assert "SQLite inserting the same rows alone: " in result.stdout
     assert not docs.exists()  # quick runs never overwrite the published report
 
     # --render rewrites only the tables of an existing report, from latest.json

@@ -32,4 +32,11 @@ def test_audit_benchmark_quick_mode_runs_and_reports(tmp_path: Path) -> None:
     assert result["verify"]["entries"] == 5_000
     assert result["verify"]["verify_db_entries_per_s"] > 0
     assert result["peer"]["tessera_nvme_writes_per_s"] == 10_000
+    # the limits beside the figures: SQLite alone, and reading + hashing with no re-encoding
+    assert done.stdout.count("   limit:") == 2
+    assert result["appends"]["sqlite_insert_limit_per_s"] > 0
+    limit = result["verify"]["limit"]
+    assert limit["entries"] == 5_000 and limit["cores"] >= 1
+    assert limit["row_read_us"] > 0 and limit["leaf_hash_us"] > 0
+    assert limit["read_and_hash_per_s"] > 0
     assert list(tmp_path.iterdir()) == [out]  # the scratch folder is gone

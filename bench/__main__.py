@@ -116,6 +116,7 @@ ROWS = [
         "ratio >= 1.2",
         lambda d: _at_least(_get(d, "seal", "ratio"), 1.2),
         "MB/s",
+        _limit("SHA-256 beside ChaCha20-Poly1305 alone", "limit_mb_s"),
     ),
     Row(
         "seal",
@@ -136,6 +137,7 @@ ROWS = [
         "ratio >= 1.2",
         lambda d: _at_least(_get(d, "open", "ratio"), 1.2),
         "MB/s",
+        _limit("SHA-256 beside ChaCha20-Poly1305 alone", "limit_mb_s"),
     ),
     Row(
         "seal",

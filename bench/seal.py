@@ -111,6 +111,8 @@ def child(argv: list[str]) -> None:
             keysets=[KeySet(public)],
         )
         digest = manifest.sha256
+    elif op == "limit":
+        digest = _primitives_alone(work / "input.bin")
     else:
         raise SystemExit(f"unknown child operation {op!r}")
     elapsed = time.perf_counter() - start
@@ -132,6 +134,38 @@ def child(argv: list[str]) -> None:
             }
         )
     )
+
+
+def _primitives_alone(path: Path) -> str:
+    """The limit beside seal and open: the file read once in 64 KiB chunks (age's STREAM
+    chunk), SHA-256 over it and ChaCha20-Poly1305 over each chunk, nothing else (no header, no
+    manifest, no output file). Seal and open do at least this much per byte; with the hash on a
+    thread of its own, as they run it, so the limit is the two primitives side by side."""
+    import hashlib
+    import threading
+    from queue import Queue
+
+    from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+    aead = ChaCha20Poly1305(os.urandom(32))
+    hasher = hashlib.sha256()
+    chunks: Queue[bytes | None] = Queue(maxsize=64)
+
+    def hash_all() -> None:
+        while (chunk := chunks.get()) is not None:
+            hasher.update(chunk)
+
+    helper = threading.Thread(target=hash_all)
+    helper.start()
+    counter = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(64 << 10):
+            chunks.put(chunk)
+            aead.encrypt(counter.to_bytes(12, "big"), chunk, None)
+            counter += 1
+    chunks.put(None)
+    helper.join()
+    return hasher.hexdigest()
 
 
 # --- the parent -------------------------------------------------------------------------------
@@ -319,13 +353,16 @@ def _round(work: Path, age_cli: str, sha256sum: str) -> dict[str, Any]:
     _clean(work, "entente.out")
     t_open, out = _run([*me, "open", str(work)])
     opened_child = json.loads(out)
-    if not sealed_child["sha256"] == opened_child["sha256"] == digest:
+    t_limit, out = _run([*me, "limit", str(work)])
+    limit_child = json.loads(out)
+    if not sealed_child["sha256"] == opened_child["sha256"] == limit_child["sha256"] == digest:
         raise SystemExit("Entente's digests disagree with sha256sum")
 
     cli = _cli_round(work)
 
     return {
         "cli": cli,
+        "limit_seconds": t_limit,  # a whole process, as the seal and open figures are
         "seal": {
             "entente_seconds": t_seal,
             "entente_op_seconds": sealed_child["op_seconds"],
@@ -370,6 +407,8 @@ def _summarise(size: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
             "rss_ok": rss_mib < TARGET_RSS_MIB,
             "child_third_party_modules": runs[0]["third_party_modules"],
         }
+    # the primitives alone (whole process, as the seal and open figures)
+    summary["limit_mb_s"] = size / 1e6 / statistics.median(r["limit_seconds"] for r in rounds)
     summary["cli"] = _summarise_cli(size, rounds)
     summary["targets"] = {
         "ratio": TARGET_RATIO,
@@ -433,6 +472,10 @@ def _print_figures(summary: dict[str, Any]) -> None:
             f"ratio {s['ratio']:.2f}x (target >= {TARGET_RATIO}) | "
             f"peak RSS {s['peak_rss_mib']:.1f} MiB (target < {TARGET_RSS_MIB})"
         )
+    print(
+        f"  limit: {summary['limit_mb_s']:8.1f} MB/s, the primitives alone (SHA-256 beside "
+        "ChaCha20-Poly1305 over 64 KiB chunks, nothing written)"
+    )
     cli = summary["cli"]
     print(f"command line ({cli['command']}), best of {summary['rounds']}:")
     for home, label in (("protected", "passphrase-protected home"), ("plain", "no passphrase")):

@@ -43,4 +43,7 @@ def test_seal_benchmark_quick_mode_runs_and_reports(tmp_path: Path) -> None:
         for key in ("entente_mb_s", "peer_mb_s", "ratio", "peak_rss_mib"):
             assert figures[key] > 0
         assert figures["child_third_party_modules"] == []  # only crypto and service.files
+    # the limit beside them: the primitives alone, over the same file (its digest checked)
+    assert result["limit_mb_s"] > 0
+    assert "limit:" in done.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # scratch files removed

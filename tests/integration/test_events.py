@@ -59,6 +59,10 @@ def share(fed: Federation, n: int) -> list[str]:
     return ids
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Follower:
     """``entente inbox --follow --json`` in its own process, its lines collected."""
 
@@ -69,6 +73,9 @@ class Follower:
         self.proc = subprocess.Popen(
             [ENTENTE, "inbox", "--follow", "--after", "0", "--json"],
             env=env,
+            # Ctrl-C as at a terminal: a suite started in the background by a shell without job
+            # control inherits SIGINT ignored, and so would the follower (it then never stopped)
+            preexec_fn=_sigint_default,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

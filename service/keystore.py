@@ -1,8 +1,11 @@
 """The node's private keys at rest: which files hold them, how they are made, unlocked, retired.
 
-    keys/signing.key        Ed25519 seed: signs manifests, receipts, notices, requests, descriptors
-    keys/mldsa.key          ML-DSA-65 seed: the second signature on what must last (manifests,
-                            descriptors, receipts, onward chains); absent on a classic-only node
+    keys/signing.key        Ed25519 seed: signs manifests, receipts, notices, requests,
+                            descriptors; on a post-quantum node followed by the ML-DSA-65 seed,
+                            the second signature on what must last (manifests, descriptors,
+                            receipts, onward chains): both seeds in one file, one scrypt
+    keys/mldsa.key          the ML-DSA-65 seed in a file of its own: homes made (or last
+                            rotated) before the two shared a file; still read, never written
     keys/checkpoint.key     Ed25519 seed: signs the audit log's checkpoints and nothing else
                             (absent on a home made before it existed: the signing key does)
     keys/identity.key       age X25519 identity
@@ -11,9 +14,11 @@
                             the signing key with fingerprint <fp>
 
 Each file is age-encrypted under the node's passphrase (scrypt), or, for demos only, written
-unencrypted behind a banner. Each scrypt costs 256 MiB and about half a second at the default work
-factor, so a command unlocks only the files it uses (:class:`KeyNeed`: a seal the signing keys,
-an open the identities its file was sealed to); ``serve`` unlocks them all, two at a time.
+unencrypted behind a banner. Each scrypt costs 256 MiB and half a second to a second at the default
+work factor, so a command unlocks only the files it uses (:class:`KeyNeed`: a seal the signing
+keys, one file, an open the identities its file was sealed to); ``serve`` unlocks them all, two at
+a time. The two signing seeds share a file because they are always unlocked together: a second
+scrypt bought no separation, and beside a large seal it cost a core for a second.
 
 This module makes, writes and reads key files; it does not know where a home is, ask for a
 passphrase or sign anything (``service.home``).
@@ -49,6 +54,7 @@ __all__ = [
     "NodeKeys",
     "read_key",
     "seal_key",
+    "signing_secret",
     "unlock_keys",
 ]
 
@@ -289,19 +295,33 @@ class FreshKeys:
     def write(self, keys_dir: Path, seal: Callable[[bytes], bytes]) -> None:
         """Write every key file into ``keys_dir`` (new files only), each sealed by ``seal``."""
         files: dict[str, bytes] = {
-            "signing.key": self.signing.seed,
+            "signing.key": signing_secret(self.signing, self.mldsa),
             "identity.key": self.identity.to_string().encode(),
             "checkpoint.key": self.checkpoint.seed,
         }
         if self.hybrid is not None:
             files["pq-identity.key"] = self.hybrid.to_string().encode()
-        if self.mldsa is not None:
-            files["mldsa.key"] = self.mldsa.seed
         for name, secret in files.items():
             write_atomically(keys_dir / name, seal(secret), overwrite=False)
 
 
 KEY_FILES = ("signing", "identity", "pq-identity", "mldsa", "checkpoint")
+_SEED = 32  # bytes of an Ed25519 seed, and of an ML-DSA-65 seed
+
+
+def signing_secret(signing: SigningKey, mldsa: MLDSASigningKey | None) -> bytes:
+    """What ``signing.key`` holds: the Ed25519 seed, then the ML-DSA-65 seed on a post-quantum
+    node (the layout ``entente agreement`` key files already use)."""
+    return signing.seed if mldsa is None else signing.seed + mldsa.seed
+
+
+def _split_signing(secret: bytes, what: str) -> tuple[SigningKey, MLDSASigningKey | None]:
+    """The keys of a ``signing.key`` secret: 32 bytes (Ed25519 alone) or 64 (and ML-DSA-65)."""
+    if len(secret) == _SEED:
+        return SigningKey(secret), None
+    if len(secret) == 2 * _SEED:
+        return SigningKey(secret[:_SEED]), _mldsa(secret[_SEED:])
+    raise KeyStoreError(f"the {what} file is corrupt ({len(secret)} bytes)")
 
 
 def seal_key(secret: bytes, passphrase: str | None, work_factor: int) -> bytes:
@@ -379,8 +399,8 @@ def unlock_keys(
     current: dict[str, Path] = {}
     if KeyNeed.SIGNING in need:
         current["signing"] = keys_dir / "signing.key"
-        if facts.mldsa_fingerprint is not None:
-            current["mldsa"] = keys_dir / "mldsa.key"
+        if facts.mldsa_fingerprint is not None and (keys_dir / "mldsa.key").exists():
+            current["mldsa"] = keys_dir / "mldsa.key"  # a home made before one file held both
     if KeyNeed.IDENTITY in need:
         current["identity"] = keys_dir / "identity.key"
     if KeyNeed.HYBRID in need and facts.pq_recipient is not None:
@@ -397,11 +417,16 @@ def unlock_keys(
 
     signing = identity = hybrid = mldsa = checkpoint = None
     if "signing" in current:
-        signing = SigningKey(secrets[current["signing"]])
+        signing, mldsa = _split_signing(secrets[current["signing"]], "node's signing key")
         _check("signing key", signing.fingerprint, facts.fingerprint, keys_dir)
-    if "mldsa" in current:
-        mldsa = _mldsa(secrets[current["mldsa"]])
-        _check("ML-DSA key", mldsa.fingerprint, facts.mldsa_fingerprint, keys_dir)
+        if "mldsa" in current:
+            if mldsa is not None:
+                raise KeyStoreError(f"{keys_dir} holds two ML-DSA keys (signing.key, mldsa.key)")
+            mldsa = _mldsa(secrets[current["mldsa"]])
+        if mldsa is None and facts.mldsa_fingerprint is not None:
+            raise KeyStoreError(f"the ML-DSA key is missing from {keys_dir} (node.json names one)")
+        if mldsa is not None:
+            _check("ML-DSA key", mldsa.fingerprint, facts.mldsa_fingerprint, keys_dir)
     if "identity" in current:
         identity = _x25519_identity(secrets[current["identity"]])
     if "pq-identity" in current:
@@ -416,7 +441,10 @@ def unlock_keys(
     retired_m: dict[str, MLDSASigningKey] = {}
     for fingerprint, kind, path in retired:
         if kind == "signing":
-            retired_s.append(SigningKey(secrets[path]))
+            retired_key, retired_mldsa = _split_signing(secrets[path], f"retired key {path.name}")
+            retired_s.append(retired_key)
+            if retired_mldsa is not None:
+                retired_m[fingerprint] = retired_mldsa
         elif kind == "identity":
             retired_i.append(_x25519_identity(secrets[path]))
         elif kind == "pq-identity":

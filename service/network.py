@@ -56,7 +56,7 @@ from service.audit.log import record
 from service.db import open_database
 from service.errors import NodeProcessError
 from service.home import Home, create_home
-from service.keystore import seal_key
+from service.keystore import seal_key, signing_secret
 from service.localnet import COMMAND, STOP_SECONDS, Federation, NodeProcess, clean_env
 from service.roster import import_roster
 from service.settings import Settings
@@ -340,7 +340,7 @@ def _agree(
         ed25519, mldsa = SigningKey.generate(), MLDSASigningKey.generate()
         officer = SignerSet(ed25519, mldsa)
         key = folder / f"{n}-officer.key"  # `entente agreement officer-key --no-passphrase`
-        key.write_bytes(seal_key(ed25519.seed + mldsa.seed, None, 18))
+        key.write_bytes(seal_key(signing_secret(ed25519, mldsa), None, 18))
         key.chmod(0o600)
         cert = OfficerCertificate(n, f"Officer of {n}", "Policy officer [example]",
                                   officer.public, now, now + timedelta(days=730))  # fmt: skip

@@ -57,7 +57,7 @@ from service.cli._http import send as _send
 from service.cli._terminal import SafeTable, outside
 from service.cli.client import TokenOpt, UrlOpt
 from service.errors import UsageError
-from service.keystore import read_key, seal_key
+from service.keystore import read_key, seal_key, signing_secret
 
 app = typer.Typer(
     help="Agreements signed by every party's officer: draft, sign, adopt, compare.",
@@ -133,7 +133,7 @@ def officer_key(
     ed25519, mldsa = SigningKey.generate(), MLDSASigningKey.generate()
     signer = SignerSet(ed25519, mldsa)
     passphrase = None if no_passphrase else _officer_passphrase(True)
-    sealed = seal_key(ed25519.seed + mldsa.seed, passphrase, 18)
+    sealed = seal_key(signing_secret(ed25519, mldsa), passphrase, 18)
     out.write_bytes(sealed)
     out.chmod(0o600)
     public = out.with_name(out.name + ".pub.json")

@@ -96,7 +96,9 @@ def test_seal_open_verify_decrypt_only_what_they_use(
 ) -> None:
     facts = _facts(home)
     pq = _seal(home, tmp_path, "pq", facts["pq_recipient"])
-    assert sorted(decrypted) == ["mldsa", "signing"]  # no identity, no checkpoint key
+    # one file holds both signing seeds, Ed25519 and ML-DSA-65: one scrypt, no identity, no
+    # checkpoint key
+    assert decrypted == ["signing"]
 
     decrypted.clear()
     _cli("open", str(pq), "-o", str(tmp_path / "pq.back"))
@@ -142,14 +144,72 @@ def test_retired_keys_only_for_what_was_sealed_and_signed_before_a_rotation(
 
     decrypted.clear()
     _cli("verify", str(old))  # signed by the retired key: its public half is in its key file
-    assert sorted(decrypted) == ["retired/mldsa", "retired/signing"]
+    assert decrypted == ["retired/signing"]
     decrypted.clear()
     _cli("open", str(old), "-o", str(tmp_path / "old.back"))
-    signed_by = ["retired/mldsa", "retired/signing"]
+    signed_by = ["retired/signing"]
     # its manifest names none of the current recipients: every identity, retired ones too
     opened_by = ["identity", "pq-identity", "retired/identity", "retired/pq-identity"]
     assert sorted(decrypted) == sorted([*signed_by, *opened_by])
     assert (tmp_path / "old.back").read_bytes() == (tmp_path / "old.txt").read_bytes()
+
+
+def _two_file_layout(home: Path) -> None:
+    """Rewrite the home's signing keys as homes made before one file held both were written:
+    ``signing.key`` the Ed25519 seed, ``mldsa.key`` the ML-DSA-65 seed, each its own scrypt."""
+    keys = home / "keys"
+    secret = keystore.read_key(keys / "signing.key", PASSPHRASE)
+    assert len(secret) == 64 and not (keys / "mldsa.key").exists()
+    for name, part in (("signing.key", secret[:32]), ("mldsa.key", secret[32:])):
+        (keys / name).write_bytes(keystore.seal_key(part, PASSPHRASE, SCRYPT_WORK_FACTOR))
+
+
+def test_a_home_with_the_two_file_layout_still_seals_and_rotates_into_one_file(
+    home: Path, tmp_path: Path, decrypted: KeyLog
+) -> None:
+    _two_file_layout(home)
+    decrypted.clear()
+    old = _seal(home, tmp_path, "old", _facts(home)["pq_recipient"])
+    assert sorted(decrypted) == ["mldsa", "signing"]
+    settings = Settings(passphrase=PASSPHRASE, scrypt_work_factor=SCRYPT_WORK_FACTOR)
+    keys = open_home(home).unlock(settings, KeyNeed.SIGNING)
+    assert keys.signer.public.mldsa is not None
+    assert keys.signer.public.mldsa.fingerprint == _facts(home)["mldsa_fingerprint"]
+
+    rotate_keys(open_home(home), settings, now=datetime.now(UTC))
+    assert not (home / "keys" / "mldsa.key").exists()  # its copy is in keys/retired/
+    decrypted.clear()
+    _seal(home, tmp_path, "new", _facts(home)["pq_recipient"])
+    assert decrypted == ["signing"]
+    decrypted.clear()
+    _cli("verify", str(old))  # signed by the retired keys, still in two files
+    assert sorted(decrypted) == ["retired/mldsa", "retired/signing"]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda keys: keys / "signing.key", "signing key file is corrupt \\(48 bytes\\)"),
+        (lambda keys: keys / "mldsa.key", "holds two ML-DSA keys"),
+        (lambda keys: None, "ML-DSA key is missing"),
+    ],
+    ids=["wrong-length", "two-mldsa-keys", "mldsa-missing"],
+)
+def test_a_damaged_signing_key_file_is_named(
+    home: Path, damage: Callable[[Path], Path | None], message: str
+) -> None:
+    keys = home / "keys"
+    secret = keystore.read_key(keys / "signing.key", PASSPHRASE)
+    target = damage(keys)
+    if target is None:  # the ML-DSA seed dropped, node.json still naming it
+        content = secret[:32]
+        target = keys / "signing.key"
+    else:
+        content = secret[:48] if target.name == "signing.key" else secret[32:]
+    target.write_bytes(keystore.seal_key(content, PASSPHRASE, SCRYPT_WORK_FACTOR))
+    settings = Settings(passphrase=PASSPHRASE, scrypt_work_factor=SCRYPT_WORK_FACTOR)
+    with pytest.raises(KeyStoreError, match=message):
+        open_home(home).unlock(settings, KeyNeed.SIGNING)
 
 
 @pytest.mark.parametrize(

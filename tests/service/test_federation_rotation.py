@@ -42,10 +42,9 @@ def test_rotation_retires_the_old_keys_and_signs_with_both(tmp_path: Path) -> No
     ]
     retired = home.keys_dir / "retired"
     assert {p.name for p in retired.iterdir()} == {
-        f"{old.signing.fingerprint}.signing.key",
+        f"{old.signing.fingerprint}.signing.key",  # Ed25519 and ML-DSA-65 seeds
         f"{old.signing.fingerprint}.identity.key",
         f"{old.signing.fingerprint}.pq-identity.key",
-        f"{old.signing.fingerprint}.mldsa.key",
         f"{old.signing.fingerprint}.checkpoint.key",
     }
     # the new set is post-quantum too, and the descriptor is signed by the whole retired set

@@ -47,8 +47,11 @@ class StrictJSONError(json.JSONDecodeError):
         super().__init__(msg, doc, pos)
 
 
-# A string token (unrolled so that long strings cost no backtracking) or a bracket.
-_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+# A string token, unrolled so that long strings cost no backtracking: the exact end of a string
+# that holds an escaped quote. Strings without one end at the next quote, found by str.find.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+_NO_BRACKET = frozenset({"", ",", ":", " ", ", ", ": "})  # what most often lies between strings
 # A surrogate escape (\\uD800-\\uDFFF). It starts with a literal backslash, so the search
 # skips ahead through documents that hold none; each match is then looked at in context.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
@@ -77,26 +80,44 @@ def _lone_surrogate(text: str) -> int | None:
 
 
 def _check_shape(text: str, limits: JSONLimits) -> None:
-    """Depth and string length, in one pass over the strings and brackets only."""
+    """Depth and string length, in one pass over the strings and brackets only.
+
+    The strings are skipped with ``str.find`` (the closing quote of a string without an escaped
+    quote is the next quote) and only a string whose closing quote follows a backslash is matched
+    by the regular expression, so a large document of long strings (a catch-up page of base64
+    payloads) costs a few find calls per string rather than a regex step per character; a string
+    of escaped quotes costs what the expression costs, never more."""
     if text.count("[") + text.count("{") <= limits.max_depth and len(text) <= limits.max_string:
         return  # cannot pass either limit
-    depth = 0
-    for match in _TOKENS.finditer(text):
-        lexeme = match.group()
-        if lexeme in "[{":
-            depth += 1
-            if depth > limits.max_depth:
-                raise StrictJSONError(
-                    f"JSON nested deeper than {limits.max_depth} levels", text, match.start()
-                )
-        elif lexeme in "]}":
-            depth -= 1
-        elif len(lexeme) - 2 > limits.max_string:
+    depth, pos, size, find = 0, 0, len(text), text.find
+    while pos < size:
+        quote = find('"', pos)
+        stop = size if quote < 0 else quote
+        if stop - pos > 2 or text[pos:stop] not in _NO_BRACKET:  # not just "," ":" "",
+            for bracket in _BRACKET.finditer(text, pos, stop):
+                if bracket.group() in "[{":
+                    depth += 1
+                    if depth > limits.max_depth:
+                        raise StrictJSONError(
+                            f"JSON nested deeper than {limits.max_depth} levels",
+                            text,
+                            bracket.start(),
+                        )
+                else:
+                    depth -= 1
+        if quote < 0:
+            return
+        close = find('"', quote + 1)
+        if close > 0 and text[close - 1] == "\\":  # an escaped quote, or an escaped backslash
+            match = _STRING.match(text, quote)
+            close = -1 if match is None else match.end() - 1
+        if close < 0:
+            return  # an unterminated string: the parser refuses it
+        if close - quote - 1 > limits.max_string:
             raise StrictJSONError(
-                f"a JSON string is longer than {limits.max_string} characters",
-                text,
-                match.start(),
+                f"a JSON string is longer than {limits.max_string} characters", text, quote
             )
+        pos = close + 1
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

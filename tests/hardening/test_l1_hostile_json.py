@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -138,6 +139,84 @@ def test_loader_checks_surrogates_of_a_large_document_by_searching_for_escapes()
     with pytest.raises(strict_json.StrictJSONError, match="lone surrogate") as info:
         strict_json.loads(bad)
     assert info.value.pos == bad.index("\\udc00")
+
+
+# The shape check as it was before strings were skipped with str.find (2026-12-07): one regex
+# step per character. The loader must refuse and accept exactly what it did.
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+
+
+def _shape_by_regex(text: str, limits: strict_json.JSONLimits) -> None:
+    if text.count("[") + text.count("{") <= limits.max_depth and len(text) <= limits.max_string:
+        return
+    depth = 0
+    for match in _TOKENS.finditer(text):
+        lexeme = match.group()
+        if lexeme in "[{":
+            depth += 1
+            if depth > limits.max_depth:
+                raise strict_json.StrictJSONError(
+                    f"JSON nested deeper than {limits.max_depth} levels", text, match.start()
+                )
+        elif lexeme in "]}":
+            depth -= 1
+        elif len(lexeme) - 2 > limits.max_string:
+            raise strict_json.StrictJSONError(
+                f"a JSON string is longer than {limits.max_string} characters",
+                text,
+                match.start(),
+            )
+
+
+def _outcome(
+    text: str, limits: strict_json.JSONLimits, check: Any = None
+) -> tuple[str, Any, int | None]:
+    saved = strict_json._check_shape
+    if check is not None:
+        strict_json._check_shape = check
+    try:
+        return ("ok", strict_json.loads(text, limits=limits), None)
+    except strict_json.StrictJSONError as exc:
+        return ("refused", exc.msg, exc.pos)
+    finally:
+        strict_json._check_shape = saved
+
+
+_SMALL = strict_json.JSONLimits(max_depth=3, max_string=4)
+_SHAPES = ["[", "]", "{", "}", '"', "\\", '\\"', "\\\\", "ab", "abcde", ",", ":", "1", " "]
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(st.lists(st.sampled_from(_SHAPES), max_size=40).map("".join))
+@example('["abcde"]')
+@example('[[[["x"]]]]')
+@example('["a\\"bcde", "]]]]]"]')
+@example('["ab\\\\", [[[[1]]]]]')
+def test_the_shape_check_refuses_what_the_regex_check_refused(text: str) -> None:
+    """Any text, well-formed or not: accepted with the same value or refused by both; where the
+    text is JSON, refused with the same message at the same place."""
+    mine, theirs = _outcome(text, _SMALL), _outcome(text, _SMALL, _shape_by_regex)
+    assert mine[0] == theirs[0], (text, mine, theirs)
+    if mine[0] == "ok":
+        assert mine[1] == theirs[1]
+        return
+    try:
+        json.loads(text)
+    except ValueError:
+        return  # not JSON: which refusal comes first may differ
+    assert mine == theirs, text
+
+
+@given(_JSON)
+def test_the_shape_check_agrees_on_json_documents(value: Any) -> None:
+    for text in (json.dumps(value), json.dumps(value, ensure_ascii=False, indent=1)):
+        assert _outcome(text, _SMALL) == _outcome(text, _SMALL, _shape_by_regex), text
 
 
 def test_loader_limits_are_parameters() -> None:

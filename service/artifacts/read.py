@@ -140,6 +140,8 @@ def open_for_read(
                     next_attempt_at=now,
                 )
             )
+    if inform and row.direction == "received":
+        node.deliveries.ring()  # committed: the access notice goes now, not at the next poll
     node.metrics.reads.labels("allowed").inc()
     return ReadStream(row, plaintext_chunks(node, blobs, row))
 

@@ -17,6 +17,7 @@ from sqlmodel import select
 from crypto.dsse import Envelope
 from crypto.receipt import verify_receipt
 from service.artifacts import share as sharing
+from service.artifacts.read import open_for_read
 from service.artifacts.retention import RetentionWorker
 from service.artifacts.revoke import revoke_artifact
 from service.artifacts.sweep import sweep
@@ -277,3 +278,32 @@ async def test_retention_shorter_than_the_embargo_is_a_422_naming_the_rule(
     assert denied.rule == "share-evaluation" and json.loads(denied.detail)["reason"] == (
         "retention-before-embargo"
     )
+
+
+READER = Principal(token_id="tok_reader", name="reader", role=Role.READER)
+
+
+def test_an_access_a_deletion_and_a_revocation_notice_ring_the_delivery_doorbell(
+    pair: Pair, clock: Clock
+) -> None:
+    """Each notice a commit queues goes at once, as a share's deliveries do, not at the worker's
+    next poll (``service.doorbell``): an access notice (the read rule's ``inform``), a deletion
+    acknowledgement, and the revocation notices a received revocation passes on."""
+    art = share(pair.uk, tlp="TLP:AMBER")
+    deliver(pair, pair.uk)
+    bell = pair.us.node.deliveries
+    rings = bell.rings
+    stream = open_for_read(pair.us.node, pair.us.node.blobs, art, principal=READER)
+    assert b"".join(stream.chunks) == b"secret findings" * 100
+    assert bell.rings == rings + 1  # the read rule says inform
+
+    clock.advance(days=825)  # past the read rule's retain_max of 730 days
+    [done] = RetentionWorker(pair.us.node).run_once().deleted
+    assert done.deletion.term is not None and bell.rings == rings + 2
+
+    other = share(pair.uk, tlp="TLP:GREEN")
+    deliver(pair, pair.uk)
+    revoke_artifact(pair.uk.node, other, principal=PUBLISHER, reason="superseded")
+    deliver(pair, pair.uk)
+    assert row_of(pair.us, other).revoked_at is not None
+    assert bell.rings == rings + 3

@@ -55,6 +55,7 @@ __all__ = [
     "read_key",
     "seal_key",
     "signing_secret",
+    "split_signing_secret",
     "unlock_keys",
 ]
 
@@ -315,7 +316,7 @@ def signing_secret(signing: SigningKey, mldsa: MLDSASigningKey | None) -> bytes:
     return signing.seed if mldsa is None else signing.seed + mldsa.seed
 
 
-def _split_signing(secret: bytes, what: str) -> tuple[SigningKey, MLDSASigningKey | None]:
+def split_signing_secret(secret: bytes, what: str) -> tuple[SigningKey, MLDSASigningKey | None]:
     """The keys of a ``signing.key`` secret: 32 bytes (Ed25519 alone) or 64 (and ML-DSA-65)."""
     if len(secret) == _SEED:
         return SigningKey(secret), None
@@ -417,7 +418,7 @@ def unlock_keys(
 
     signing = identity = hybrid = mldsa = checkpoint = None
     if "signing" in current:
-        signing, mldsa = _split_signing(secrets[current["signing"]], "node's signing key")
+        signing, mldsa = split_signing_secret(secrets[current["signing"]], "node's signing key")
         _check("signing key", signing.fingerprint, facts.fingerprint, keys_dir)
         if "mldsa" in current:
             if mldsa is not None:
@@ -441,7 +442,9 @@ def unlock_keys(
     retired_m: dict[str, MLDSASigningKey] = {}
     for fingerprint, kind, path in retired:
         if kind == "signing":
-            retired_key, retired_mldsa = _split_signing(secrets[path], f"retired key {path.name}")
+            retired_key, retired_mldsa = split_signing_secret(
+                secrets[path], f"retired key {path.name}"
+            )
             retired_s.append(retired_key)
             if retired_mldsa is not None:
                 retired_m[fingerprint] = retired_mldsa

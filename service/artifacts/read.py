@@ -111,6 +111,7 @@ def open_for_read(
     inform = any(o.get("kind") == "inform" for o in json_list(row.obligations)) or (
         decision is not None and any(o.kind == "inform" for o in decision.obligations)
     )
+    notify = inform and row.direction == "received"  # the origin asked to hear of reads
     with node.db.session() as session:
         rule = first_rule(decision) if decision else None
         record(
@@ -126,7 +127,7 @@ def open_for_read(
             detail={"inform": inform},
             now=now,
         )
-        if inform and row.direction == "received":
+        if notify:
             session.add(
                 Outbox(
                     partner=row.origin,
@@ -140,7 +141,7 @@ def open_for_read(
                     next_attempt_at=now,
                 )
             )
-    if inform and row.direction == "received":
+    if notify:
         node.deliveries.ring()  # committed: the access notice goes now, not at the next poll
     node.metrics.reads.labels("allowed").inc()
     return ReadStream(row, plaintext_chunks(node, blobs, row))

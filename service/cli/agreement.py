@@ -56,8 +56,8 @@ from service.cli._http import raise_for as _raise_for
 from service.cli._http import send as _send
 from service.cli._terminal import SafeTable, outside
 from service.cli.client import TokenOpt, UrlOpt
-from service.errors import UsageError
-from service.keystore import read_key, seal_key, signing_secret
+from service.errors import KeyStoreError, UsageError
+from service.keystore import read_key, seal_key, signing_secret, split_signing_secret
 
 app = typer.Typer(
     help="Agreements signed by every party's officer: draft, sign, adopt, compare.",
@@ -115,9 +115,13 @@ def _read_officer(path: Path) -> SignerSet:
     raw = read_input(path)
     protected = not raw.startswith(b"# UNENCRYPTED")
     secret = read_key(path, _officer_passphrase(False) if protected else None)
-    if len(secret) != 64:
+    try:
+        ed25519, mldsa = split_signing_secret(secret, "officer key")
+    except KeyStoreError:
+        mldsa = None
+    if mldsa is None:  # an officer signs with both keys: 64 bytes, never 32
         raise UsageError(f"{path} is not an officer key")
-    return SignerSet(SigningKey(secret[:32]), MLDSASigningKey(secret[32:]))
+    return SignerSet(ed25519, mldsa)
 
 
 @app.command("officer-key")

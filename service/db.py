@@ -9,7 +9,7 @@ private to the node's user, mode 0600, like the key files beside it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -117,6 +117,44 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    def after_inserts_commit(self, table: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever a transaction that inserted rows into ``table`` has
+        committed, by whichever path it wrote them (ORM objects or Core inserts, a session or
+        a bare connection), in the thread that committed.
+
+        The call comes once the connection is back in the pool, which is after its commit has
+        returned, so whoever ``callback`` wakes sees the rows. A transaction that rolled back
+        calls nothing; one whose rows were rolled back to a savepoint may call it anyway
+        (callbacks must allow a spurious call). A connection holding several transactions
+        calls once, when it is closed.
+        """
+        owed, due = f"entente.owed.{table}", f"entente.due.{table}"
+
+        def inserted(
+            conn: sa.Connection, _c: Any, _s: str, _p: Any, context: Any, _m: bool
+        ) -> None:
+            compiled = getattr(context, "compiled", None)
+            if compiled is None or not compiled.isinsert:
+                return
+            if compiled.statement.table.name == table:
+                conn.info[owed] = True
+
+        def committed(conn: sa.Connection) -> None:
+            if conn.info.pop(owed, False):
+                conn.info[due] = True
+
+        def rolled_back(conn: sa.Connection) -> None:
+            conn.info.pop(owed, None)
+
+        def returned(_dbapi: Any, record: Any) -> None:
+            if record is not None and record.info.pop(due, False):
+                callback()
+
+        sa.event.listen(self.engine, "after_cursor_execute", inserted)
+        sa.event.listen(self.engine, "commit", committed)
+        sa.event.listen(self.engine, "rollback", rolled_back)
+        sa.event.listen(self.engine, "checkin", returned)
 
     def upgrade(self) -> None:
         """Apply every pending Alembic migration (idempotent)."""

@@ -39,9 +39,13 @@ class Node:
     policies: PolicyStore
     clock: Clock = field(default=system_clock)
     metrics: Metrics = field(default_factory=Metrics)
-    # Rung by whoever commits outbox rows: the delivery worker starts them at once instead of
-    # at its next poll (ENTENTE_SYNC_INTERVAL_SECONDS, the fallback).
+    # Rung whenever this process commits outbox rows, by whatever path (``__post_init__``):
+    # the delivery worker starts them at once instead of at its next poll
+    # (ENTENTE_SYNC_INTERVAL_SECONDS, the fallback for rows other processes commit).
     deliveries: Doorbell = field(default_factory=Doorbell)
+
+    def __post_init__(self) -> None:
+        self.db.after_inserts_commit("outbox", self.deliveries.ring)
 
     @property
     def node_id(self) -> str:

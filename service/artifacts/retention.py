@@ -249,8 +249,6 @@ def delete_copy(node: Node, due: Due, *, now: datetime) -> bool:
         if acknowledge:
             session.add(_deletion_notice(node, row, due.deletion, now))
         record_deletions(session, blobs)  # deleted after the commit; journaled till then
-    if acknowledge:
-        node.deliveries.ring()  # committed: the deletion notice goes now, not at the next poll
     with node.db.session() as session:  # committed: remove what no row refers to any more
         held = set(session.exec(select(Artifact.blob).where(col(Artifact.blob).in_(blobs))))
     for blob in blobs:

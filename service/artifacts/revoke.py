@@ -60,5 +60,4 @@ def revoke_artifact(node: Node, artifact_id: str, *, principal: Principal, reaso
                     next_attempt_at=now,
                 )
             )
-    node.deliveries.ring()  # committed: its notices go now, not at the next poll
     return row

@@ -243,8 +243,6 @@ def share_artifact(
         blobs.delete(stored.blob)
         raise
     fault_point("share.db_committed")
-    if rows[_OUTBOX]:
-        node.deliveries.ring()  # its deliveries start now, not at the delivery worker's next poll
     node.metrics.shares.labels("allowed").inc()
     return artifact
 

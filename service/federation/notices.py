@@ -138,7 +138,6 @@ def _accept(
         )
     if kind == "revocation":
         to_delete.extend(blobs)
-        node.deliveries.ring()  # committed: the onward copies' revocation notices go now
     return receipt_json
 
 

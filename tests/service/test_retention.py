@@ -283,12 +283,14 @@ async def test_retention_shorter_than_the_embargo_is_a_422_naming_the_rule(
 READER = Principal(token_id="tok_reader", name="reader", role=Role.READER)
 
 
-def test_an_access_a_deletion_and_a_revocation_notice_ring_the_delivery_doorbell(
+def test_an_access_and_a_deletion_notice_ring_the_delivery_doorbell(
     pair: Pair, clock: Clock
 ) -> None:
     """Each notice a commit queues goes at once, as a share's deliveries do, not at the worker's
-    next poll (``service.doorbell``): an access notice (the read rule's ``inform``), a deletion
-    acknowledgement, and the revocation notices a received revocation passes on."""
+    next poll (``service.doorbell``; any committed outbox row rings it,
+    tests/service/test_commit_doorbell.py): an access notice (the read rule's ``inform``) and a
+    deletion acknowledgement. A received revocation with no onward copies to tell queues
+    nothing and rings nothing."""
     art = share(pair.uk, tlp="TLP:AMBER")
     deliver(pair, pair.uk)
     bell = pair.us.node.deliveries
@@ -306,4 +308,4 @@ def test_an_access_a_deletion_and_a_revocation_notice_ring_the_delivery_doorbell
     revoke_artifact(pair.uk.node, other, principal=PUBLISHER, reason="superseded")
     deliver(pair, pair.uk)
     assert row_of(pair.us, other).revoked_at is not None
-    assert bell.rings == rings + 3
+    assert bell.rings == rings + 2  # no onward copies: nothing queued, no ring

@@ -190,6 +190,27 @@ class Artifact(SQLModel, table=True):
     evaluation: str | None = Field(default=None, sa_column=sa.Column(sa.Text))
     eval_task: str | None = Field(default=None, max_length=200, index=True)
     eval_model: str | None = Field(default=None, max_length=200, index=True)
+    # The retention worker's bookkeeping (service.artifacts.retention, migration 0018): when the
+    # retention terms make this copy's deletion due (None: no term ever will), as worked out
+    # under policy version ``retention_version`` (-1: not yet). A round looks only at the rows
+    # holding ciphertext that are due, revoked, or worked out under an older version.
+    retention_due_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
+    retention_version: int = Field(
+        default=-1, sa_column=sa.Column(sa.Integer, nullable=False, default=-1, server_default="-1")
+    )
+
+
+# The retention worker's ways in, each over the rows that still hold ciphertext only (the
+# revoked ones: a partial index of exactly those, as SQLite searches no index for IS NOT NULL).
+_artifacts = Artifact.__table__  # type: ignore[attr-defined]
+_held = _artifacts.c.blob.is_not(None)
+_held_revoked = sa.and_(_held, _artifacts.c.revoked_at.is_not(None))
+for _name, _column, _where in (
+    ("ix_artifacts_held_retention_due", _artifacts.c.retention_due_at, _held),
+    ("ix_artifacts_held_retention_version", _artifacts.c.retention_version, _held),
+    ("ix_artifacts_held_revoked", _artifacts.c.revoked_at, _held_revoked),
+):
+    sa.Index(_name, _column, sqlite_where=_where, postgresql_where=_where)
 
 
 class Outbox(SQLModel, table=True):

@@ -2,8 +2,14 @@
 this node to hold.
 
 Each round (:meth:`RetentionWorker.run_once`) reads up to ``retention_batch`` artifact rows
-that still hold ciphertext, after a cursor that wraps around, gathers each one's terms
-(:func:`terms_for`) and asks the pure :func:`service.artifacts.retention_rules.deletion_due`.
+that still hold ciphertext and may be due: those whose stored due time has come, those revoked,
+and those not yet worked out under the policy version in force (new rows, and every row after a
+reload or an agreement changed the terms). For each it gathers the terms (:func:`terms_for`)
+and asks the pure :func:`service.artifacts.retention_rules.deletion_due`; a row not due yet
+keeps when it will be (``next_due``) and the version that was worked out under, so that a round
+costs what is due, not what is held. Terms are a function of the row and the policy version
+alone (each decision is taken at the row's own times, never at the round's), and a row's
+deletion, once due, stays due; the stored time is only a way in, the rule decides again.
 For each deletion due, ONE transaction marks the row (``blob`` None, ``deleted_at``; the row
 and its signed manifest stay, as evidence), marks this node's onward copies of it the same way,
 records ``artifact.deleted`` per copy with the rule and clause of the obligation, and, for a
@@ -44,6 +50,7 @@ from service.artifacts.retention_rules import (
     RetentionFacts,
     Term,
     deletion_due,
+    next_due,
     terms_of_decision,
 )
 from service.artifacts.rows import json_list
@@ -71,7 +78,7 @@ class Due:
 @dataclass(frozen=True)
 class RetentionRound:
     deleted: tuple[Due, ...]
-    more: bool  # rows remain after the cursor: the next round should follow at once
+    more: bool  # a full batch: more may be due, the next round should follow at once
 
 
 def _permits(
@@ -130,8 +137,8 @@ def terms_for(node: Node, row: Artifact) -> tuple[Term, ...]:
     return tuple(terms)
 
 
-def due_now(node: Node, row: Artifact, *, now: datetime) -> Deletion | None:
-    facts = RetentionFacts(
+def retention_facts(node: Node, row: Artifact) -> RetentionFacts:
+    return RetentionFacts(
         artifact_id=row.id,
         recorded_at=row.recorded_at,
         holds_ciphertext=row.blob is not None,
@@ -139,26 +146,37 @@ def due_now(node: Node, row: Artifact, *, now: datetime) -> Deletion | None:
         expires_at=row.expires_at,
         terms=terms_for(node, row),
     )
-    return deletion_due(facts, now=now)
+
+
+def due_now(node: Node, row: Artifact, *, now: datetime) -> Deletion | None:
+    return deletion_due(retention_facts(node, row), now=now)
 
 
 _TABLE = Artifact.__table__  # type: ignore[attr-defined]
-_ORDER = (_TABLE.c.recorded_at, _TABLE.c.origin, _TABLE.c.id)  # the cursor's order
+_WORKED_OUT = (
+    sa.update(_TABLE)
+    .where(_TABLE.c.id == sa.bindparam("_id"), _TABLE.c.origin == sa.bindparam("_origin"))
+    .values(retention_due_at=sa.bindparam("_due_at"), retention_version=sa.bindparam("_version"))
+)
+
+
+def may_be_due(version: int, now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+    """The rows a round looks at, one condition per way in (each a range of a partial index of
+    the rows holding ciphertext): due by their stored time, revoked, or worked out under an
+    older version than ``version`` (a new row's is -1)."""
+    held = _TABLE.c.blob.is_not(None)
+    return (
+        sa.and_(held, _TABLE.c.retention_version < version),
+        sa.and_(held, _TABLE.c.retention_due_at <= now),
+        sa.and_(held, _TABLE.c.revoked_at.is_not(None)),
+    )
 
 
 class RetentionWorker:
-    """Rounds of the retention rules over the rows that hold ciphertext, a batch at a time."""
+    """Rounds of the retention rules over the held rows that may be due, a batch at a time."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self._after: tuple[datetime, str, str] | None = None  # the last row looked at
-
-    def _batch(self, session: Session, size: int) -> list[Artifact]:
-        query = select(Artifact).where(col(Artifact.blob).is_not(None))
-        if self._after is not None:
-            after = [sa.literal(v, type_=c.type) for c, v in zip(_ORDER, self._after, strict=True)]
-            query = query.where(sa.tuple_(*_ORDER) > sa.tuple_(*after))
-        return list(session.exec(query.order_by(*_ORDER).limit(size)))
 
     def plan(self, *, limit: int | None = None) -> list[Due]:
         """What the rules would delete now, deleting nothing (``entente artifacts sweep
@@ -176,19 +194,35 @@ class RetentionWorker:
         return found
 
     def run_once(self) -> RetentionRound:
-        """One bounded round: look at up to ``retention_batch`` rows, delete what is due."""
+        """One bounded round: look at up to ``retention_batch`` rows that may be due, delete
+        what is, and keep for the others when they will be."""
         node = self.node
         size = node.settings.retention_batch
         now = node.now()
         with node.db.session() as session, decision_scope():  # one policy version a round
-            rows = self._batch(session, size)
-            due = [
-                Due(row.id, row.origin, row.direction, deletion)
-                for row in rows
-                if (deletion := due_now(node, row, now=now)) is not None
-            ]
-            more = len(rows) == size
-            self._after = (rows[-1].recorded_at, rows[-1].origin, rows[-1].id) if more else None
+            version = node.policies.version
+            found: dict[tuple[str, str], Artifact] = {}
+            for way_in in may_be_due(version, now):  # one indexed query each: no scan of all
+                for row in session.exec(select(Artifact).where(way_in).limit(size)):
+                    found.setdefault((row.id, row.origin), row)
+                if len(found) >= size:
+                    break
+            rows = list(found.values())[:size]
+            more = len(found) >= size
+            due: list[Due] = []
+            later: list[dict[str, Any]] = []
+            for row in rows:
+                facts = retention_facts(node, row)
+                deletion = deletion_due(facts, now=now)
+                if deletion is not None:
+                    due.append(Due(row.id, row.origin, row.direction, deletion))
+                else:
+                    later.append(
+                        {"_id": row.id, "_origin": row.origin,
+                         "_due_at": next_due(facts), "_version": version}
+                    )  # fmt: skip
+            if later:
+                session.connection().execute(_WORKED_OUT, later)
         done = tuple(d for d in due if delete_copy(node, d, now=now))
         if done:
             log.info("retention: deleted the ciphertext of %d artifact(s)", len(done))

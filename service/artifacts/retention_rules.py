@@ -1,7 +1,8 @@
 """The rules that say when an artifact's ciphertext must be deleted, and when a share's terms
 contradict each other: pure functions of facts and ``now``.
 
-:func:`deletion_due` says whether and why a copy this node holds must go now: the origin
+:func:`deletion_due` says whether and why a copy this node holds must go now (and
+:func:`next_due` from when it will): the origin
 revoked it; it expired and an obligation says ``delete_at_expiry``; or it is past a
 ``retain_max`` obligation's days, counted from when this node recorded it. Each
 :class:`Term` names the rule (or rules) and MOU clause that state it and whose terms they are
@@ -30,6 +31,7 @@ __all__ = [
     "Term",
     "deletion_due",
     "inconsistent_terms",
+    "next_due",
     "terms_of_decision",
 ]
 
@@ -105,6 +107,23 @@ def deletion_due(facts: RetentionFacts, *, now: datetime) -> Deletion | None:
     if not due:
         return None
     return min(due, key=lambda d: (d[0], d[1]))[2]
+
+
+def next_due(facts: RetentionFacts) -> datetime | None:
+    """The earliest ``now`` at which :func:`deletion_due` is not None (it stays due from then
+    on), or None if no term can ever make it due: what the worker stores, so that a round looks
+    only at the rows whose time has come."""
+    if not facts.holds_ciphertext:
+        return None
+    if facts.revoked_at is not None:
+        return facts.revoked_at
+    times: list[datetime] = []
+    for term in facts.terms:
+        if term.kind == "delete_at_expiry" and facts.expires_at is not None:
+            times.append(facts.expires_at)
+        elif term.kind == "retain_max" and term.days is not None:
+            times.append(facts.recorded_at + timedelta(days=term.days))
+    return min(times, default=None)
 
 
 def terms_of_decision(

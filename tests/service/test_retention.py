@@ -16,14 +16,17 @@ from sqlmodel import select
 
 from crypto.dsse import Envelope
 from crypto.receipt import verify_receipt
+from service.artifacts import retention
 from service.artifacts import share as sharing
 from service.artifacts.read import open_for_read
 from service.artifacts.retention import RetentionWorker
+from service.artifacts.retention_rules import RetentionFacts
 from service.artifacts.revoke import revoke_artifact
 from service.artifacts.sweep import sweep
 from service.artifacts.terms import ShareTerms
 from service.errors import InvalidInputError
 from service.models import Artifact, AuditEntry, Outbox
+from service.node import Node
 from service.partners import partner_keys
 from service.tokens import Principal, Role
 from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
@@ -309,3 +312,55 @@ def test_an_access_and_a_deletion_notice_ring_the_delivery_doorbell(
     deliver(pair, pair.uk)
     assert row_of(pair.us, other).revoked_at is not None
     assert bell.rings == rings + 2  # no onward copies: nothing queued, no ring
+
+
+def test_a_round_looks_only_at_the_rows_that_may_be_due(
+    pair: Pair, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row worked out under the policy version in force and not yet due is not looked at
+    again (a round costs what is due, not what is held); its stored time brings it back, and so
+    do a revocation and a reload that changes the terms, where the rule decides again."""
+    looked: list[str] = []
+    work_out = retention.retention_facts
+
+    def counted(node: Node, row: Artifact) -> RetentionFacts:
+        looked.append(row.id)
+        return work_out(node, row)
+
+    monkeypatch.setattr(retention, "retention_facts", counted)
+    kept = [share(pair.uk, tlp="TLP:AMBER") for _ in range(3)]  # the read rule: 730 days
+    expiring = share(pair.uk, expires_at=clock.now + timedelta(days=1))  # at expiry
+    deliver(pair, pair.uk)
+    us, uk = RetentionWorker(pair.us.node), RetentionWorker(pair.uk.node)
+    assert us.run_once().deleted == () and sorted(looked) == sorted([*kept, expiring])
+    assert uk.run_once().deleted == () and len(looked) == 8  # the origin keeps its copies
+    looked.clear()
+    assert us.run_once().deleted == () and uk.run_once().deleted == () and looked == []
+
+    clock.advance(days=1, seconds=1)  # the stored expiry has come: that row alone
+    [gone] = us.run_once().deleted
+    assert gone.artifact_id == expiring and looked == [expiring]
+
+    revoke_artifact(pair.uk.node, kept[0], principal=PUBLISHER, reason="withdrawn")
+    looked.clear()
+    # The origin: its own copy revoked, and the expiring one (its own terms), looked at alone.
+    gone_at_origin = {(d.artifact_id, d.deletion.reason) for d in uk.run_once().deleted}
+    assert gone_at_origin == {(kept[0], "revoked"), (expiring, "expired")}
+    assert sorted(looked) == sorted([kept[0], expiring])
+    deliver(pair, pair.uk)  # the revocation: the partner deletes its copy on receipt
+    assert row_of(pair.us, kept[0]).blob is None
+
+    # A reload narrowing the read rule's retention: worked out again under the new version.
+    terms = pair.us.node.home.policies_dir / "uk-aisi.yaml"
+    text = terms.read_text()
+    assert text.count("retain_max: {days: 730}") == 1
+    terms.write_text(text.replace("retain_max: {days: 730}", "retain_max: {days: 30}"))
+    assert pair.us.node.policies.reload(actor="test", now=clock.now).changed
+    looked.clear()
+    assert us.run_once().deleted == ()  # 1 day in: not yet due under 30 days either
+    assert sorted(looked) == sorted(kept[1:])
+    looked.clear()
+    clock.advance(days=30)
+    deleted = us.run_once().deleted
+    assert sorted(d.artifact_id for d in deleted) == sorted(kept[1:])
+    assert {d.deletion.term.days for d in deleted if d.deletion.term} == {30}

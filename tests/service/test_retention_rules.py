@@ -7,12 +7,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.artifacts.retention_rules import (
     RetentionFacts,
     Term,
     deletion_due,
     inconsistent_terms,
+    next_due,
     terms_of_decision,
 )
 
@@ -85,6 +88,49 @@ def test_deletion_due(
     else:
         assert got is not None
         assert (got.reason, got.rule, got.clause, got.due_at) == expected
+
+
+_DAYS = st.integers(min_value=-1000, max_value=1000)
+_TERMS = st.lists(
+    st.one_of(
+        st.just(AT_EXPIRY),
+        st.just(OWN_AT_EXPIRY),
+        st.builds(Term, st.just("retain_max"), st.integers(min_value=0, max_value=2000)),
+        st.builds(Term, st.just("retain_max")),  # no days: binds nothing
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    terms=_TERMS,
+    expires=st.none() | _DAYS,
+    revoked=st.none() | _DAYS,
+    holds=st.booleans(),
+    now=_DAYS,
+)
+def test_next_due_is_the_first_moment_deletion_is_due(
+    terms: list[Term], expires: int | None, revoked: int | None, holds: bool, now: int
+) -> None:
+    """What the retention worker stores (``next_due``) agrees with the rule it stands for: not
+    yet due before it, due from it on (a revocation: due at once, whenever it was)."""
+    on = facts(
+        terms=tuple(terms),
+        expires_at=None if expires is None else T0 + timedelta(days=expires, hours=7),
+        revoked_at=None if revoked is None else T0 + timedelta(days=revoked),
+        holds_ciphertext=holds,
+    )
+    when = T0 + timedelta(days=now, hours=now % 24)
+    first = next_due(on)
+    if on.revoked_at is not None and holds:
+        assert deletion_due(on, now=when) is not None and first == on.revoked_at
+        return
+    assert (deletion_due(on, now=when) is not None) == (first is not None and when >= first)
+    if first is not None:
+        due = deletion_due(on, now=first)
+        assert due is not None and due.due_at == first
+        assert deletion_due(on, now=first - timedelta(microseconds=1)) is None
 
 
 def test_terms_of_a_decision_name_the_rule_that_states_each() -> None:

@@ -221,7 +221,8 @@ class RetentionWorker:
                         {"_id": row.id, "_origin": row.origin,
                          "_due_at": next_due(facts), "_version": version}
                     )  # fmt: skip
-            if later:
+            if later:  # in key order: replicas' rounds lock shared rows in the same order
+                later.sort(key=lambda r: (r["_id"], r["_origin"]))
                 session.connection().execute(_WORKED_OUT, later)
         done = tuple(d for d in due if delete_copy(node, d, now=now))
         if done:

@@ -92,14 +92,17 @@ def summarize(collapsed: Path) -> Counter[str]:
     return counts
 
 
-def profile_share(shares: int, concurrency: int, out: Path | None) -> dict[str, Any]:
-    """Profile ``shares`` local shares; the raw stacks are copied to ``out`` when given."""
+def profile_share(
+    shares: int, concurrency: int, out: Path | None, *, classic_only: bool = False
+) -> dict[str, Any]:
+    """Profile ``shares`` local shares (a post-quantum node, or a classic-only one); the raw
+    stacks are copied to ``out`` when given."""
     spy_bin = Path(sys.executable).with_name("py-spy")
     if not spy_bin.exists():
         raise SystemExit("py-spy is not installed (pip install -e '.[dev]')")
     with tempfile.TemporaryDirectory(prefix="entente-profile-") as tmp:
         root = Path(tmp)
-        node = start_node(root, 1)
+        node = start_node(root, 1, classic_only=classic_only)
         try:
             url, token = node.url, node.tokens["publisher"]
             _shares(url, token, 200, concurrency)  # warm up
@@ -126,6 +129,7 @@ def profile_share(shares: int, concurrency: int, out: Path | None) -> dict[str, 
     total = sum(counts.values()) or 1
     return {
         "shares": shares,
+        "post_quantum": not classic_only,
         "shares_per_second": round(rate, 1),
         "server_cpu_ms_per_share": round(cpu_ms, 3),
         "samples": total,
@@ -222,6 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entries", type=int, default=None)
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--classic-only",
+        action="store_true",
+        help="profile a node without post-quantum keys (printed only: the published profile "
+        "is of the default, post-quantum node)",
+    )
     args = parser.parse_args(argv)
     what = args.what or ["share", "verify"]
     if not set(what) <= {"share", "verify"}:
@@ -229,12 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     share = verify = None
     if "share" in what:
         count = args.shares or (100 if args.quick else 3000)
-        share = profile_share(count, args.concurrency, None if args.quick else args.results)
+        keep = None if args.quick or args.classic_only else args.results
+        share = profile_share(count, args.concurrency, keep, classic_only=args.classic_only)
     if "verify" in what:
         verify = profile_verify(args.entries or (5_000 if args.quick else 1_000_000))
     text = markdown(share, verify)
     print(text)
-    if not args.quick:
+    if not args.quick and not args.classic_only:
         args.results.mkdir(parents=True, exist_ok=True)
         (args.results / "profile.md").write_text(text)
     result = {"benchmark": "profile", "quick": args.quick, "share": share, "verify": verify}

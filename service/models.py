@@ -201,7 +201,8 @@ class Artifact(SQLModel, table=True):
 
 
 # The retention worker's ways in, each over the rows that still hold ciphertext only (the
-# revoked ones: a partial index of exactly those, as SQLite searches no index for IS NOT NULL).
+# revoked ones: a partial index of exactly those; over all held rows, SQLite's planner with
+# statistics took IS NOT NULL as unselective and scanned, measured on 50,000 rows).
 _artifacts = Artifact.__table__  # type: ignore[attr-defined]
 _held = _artifacts.c.blob.is_not(None)
 _held_revoked = sa.and_(_held, _artifacts.c.revoked_at.is_not(None))

@@ -24,6 +24,7 @@ from service.artifacts.retention_rules import RetentionFacts
 from service.artifacts.revoke import revoke_artifact
 from service.artifacts.sweep import sweep
 from service.artifacts.terms import ShareTerms
+from service.db import open_database
 from service.errors import InvalidInputError
 from service.models import Artifact, AuditEntry, Outbox
 from service.node import Node
@@ -364,3 +365,25 @@ def test_a_round_looks_only_at_the_rows_that_may_be_due(
     deleted = us.run_once().deleted
     assert sorted(d.artifact_id for d in deleted) == sorted(kept[1:])
     assert {d.deletion.term.days for d in deleted if d.deletion.term} == {30}
+
+
+def test_each_way_in_is_an_index_search_not_a_scan(tmp_path: Path) -> None:
+    """The round's conditions (``may_be_due``) and the partial indexes of migration 0018 are
+    written in two places; SQLite uses a partial index only where the query implies its WHERE,
+    so a drift between them would quietly turn each round back into a scan of every row."""
+    db = open_database(f"sqlite:///{tmp_path / 'plan.db'}", migrate=True)
+    try:
+        with db.engine.connect() as conn:
+            for way_in, index in zip(
+                retention.may_be_due(3, datetime.now(UTC)),
+                ("retention_version", "retention_due", "revoked"),
+                strict=True,
+            ):
+                query = select(Artifact).where(way_in).limit(200)
+                sql = query.compile(
+                    dialect=db.engine.dialect, compile_kwargs={"literal_binds": True}
+                )
+                [plan] = [row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+                assert plan.startswith(f"SEARCH artifacts USING INDEX ix_artifacts_held_{index} ")
+    finally:
+        db.dispose()

@@ -30,7 +30,8 @@ _HELD = "blob IS NOT NULL"
 _INDEXES = (
     ("ix_artifacts_held_retention_due", "retention_due_at", _HELD),
     ("ix_artifacts_held_retention_version", "retention_version", _HELD),
-    # exactly the revoked rows still held: SQLite searches no index for IS NOT NULL
+    # exactly the revoked rows still held: over all held rows, SQLite's planner with
+    # statistics took IS NOT NULL as unselective and scanned (measured on 50,000 rows)
     ("ix_artifacts_held_revoked", "revoked_at", f"{_HELD} AND revoked_at IS NOT NULL"),
 )
 

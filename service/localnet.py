@@ -27,7 +27,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,12 +77,25 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# The kernel may hand the same free port to two calls in a row (about one network of five
+# nodes in 2,000 got a port twice): the second node cannot listen, and its URL reaches the
+# first. So no port is handed out again until RECENT_PORTS others have been.
+RECENT_PORTS = 1024
+_recent: deque[int] = deque(maxlen=RECENT_PORTS)
+_recent_lock = threading.Lock()
+
+
 def free_port() -> int:
-    """A loopback TCP port that nothing listens on (now)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback TCP port that nothing listens on (now) and that this process has not handed
+    out among its last :data:`RECENT_PORTS`."""
+    with _recent_lock:
+        while True:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port: int = s.getsockname()[1]
+            if port not in _recent:
+                _recent.append(port)
+                return port
 
 
 def run_cli(
@@ -122,6 +137,15 @@ def _die_with_parent() -> Callable[[], None]:
     return preexec
 
 
+def _named(answer: httpx.Response) -> object:
+    """The node id a ``/healthz`` answer names (None if it names none)."""
+    try:
+        body = answer.json()
+    except ValueError:
+        return None
+    return body.get("node_id") if isinstance(body, dict) else None
+
+
 def _log_tail(path: Path | None, limit: int = 3000) -> str:
     try:
         return path.read_text(errors="replace")[-limit:] if path is not None else ""
@@ -136,9 +160,12 @@ def wait_until_answering(
     what: str,
     timeout: float = START_SECONDS,
     log_path: Path | None = None,
+    node_id: str | None = None,
 ) -> None:
     """Poll ``url`` until it answers 200; raise :class:`NodeProcessError` if ``proc`` exits or
-    ``timeout`` seconds pass first (the error carries the end of ``log_path``)."""
+    ``timeout`` seconds pass first (the error carries the end of ``log_path``). With
+    ``node_id``, the answer must name that node: another node answering on the port means
+    ``proc`` could not listen there, and every request meant for it would reach the other."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         code = proc.poll()
@@ -148,10 +175,17 @@ def wait_until_answering(
                 f"{what} exited with code {code}{where}", log_tail=_log_tail(log_path)
             )
         try:
-            if httpx.get(url, timeout=PROBE_SECONDS).status_code == 200:
-                return
+            answer = httpx.get(url, timeout=PROBE_SECONDS)
         except httpx.HTTPError:
-            pass
+            answer = None
+        if answer is not None and answer.status_code == 200:
+            if node_id is None or (named := _named(answer)) == node_id:
+                return
+            raise NodeProcessError(
+                f"{url} answered as {named!r}, not {node_id!r}: another process holds the port "
+                f"{what} was to listen on",
+                log_tail=_log_tail(log_path),
+            )
         time.sleep(0.1)
     raise NodeProcessError(
         f"{what} did not answer {url} within {timeout:.0f} s", log_tail=_log_tail(log_path)
@@ -234,6 +268,7 @@ class NodeProcess:
             what=f"{self.node_id} (entente serve)",
             timeout=timeout,
             log_path=self.log_path,
+            node_id=self.node_id,
         )
 
     def start(self, timeout: float = START_SECONDS) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from service.errors import NodeProcessError
-from service.localnet import Federation, NodeProcess
+from service.localnet import RECENT_PORTS, Federation, NodeProcess, free_port
 from tests.nodes import alive
 
 EXITS = (sys.executable, "-c", "import sys; print('cannot open the home'); sys.exit(3)")
@@ -50,6 +50,50 @@ def test_a_failed_federation_start_stops_every_node(tmp_path: Path) -> None:
     with pytest.raises(NodeProcessError, match="ca-aisi"):
         federation.start(timeout=60)
     assert failing.proc is None and waiting.proc is None
+
+
+# Answers /healthz as the node whose home it is given, on the port it is given, as `serve` does.
+ANSWERS = (
+    sys.executable, "-c", textwrap.dedent("""
+        import json, sys
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+        from pathlib import Path
+        arg = lambda name: sys.argv[sys.argv.index(name) + 1]
+        home, port = Path(arg("--home")), int(arg("--port"))
+        class Health(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = json.dumps({"status": "ok", "node_id": home.name}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+        HTTPServer(("127.0.0.1", port), Health).serve_forever()
+    """),
+)  # fmt: skip
+
+
+def test_a_node_whose_port_another_node_answers_on_does_not_pass_as_started(
+    tmp_path: Path,
+) -> None:
+    """Two nodes given one port: the second cannot listen, and the first's /healthz answered at
+    the second's URL must not pass for the second's (every request would reach the wrong node:
+    "unknown bearer token")."""
+    first = NodeProcess(tmp_path / "ca-aisi", "ca-aisi", command=ANSWERS)
+    second = NodeProcess(tmp_path / "uk-aisi", "uk-aisi", port=first.port, command=WAITS)
+    try:
+        first.start(timeout=60)
+        with pytest.raises(NodeProcessError, match=r"answered as 'ca-aisi', not 'uk-aisi'"):
+            second.start(timeout=60)
+    finally:
+        second.stop()
+        first.stop()
+
+
+def test_no_port_is_handed_out_twice_among_the_recent_ones() -> None:
+    """The kernel's free port for bind(0) repeats (in about one network of five in 2,000):
+    two nodes of one network must never be given the same port."""
+    ports = [free_port() for _ in range(RECENT_PORTS)]
+    assert len(set(ports)) == len(ports)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")

@@ -50,7 +50,10 @@ __all__ = [
 ]
 
 
-SEQUENCE_BATCH_MAX = 10_000  # entries per sequencing transaction (and so per checkpoint)
+# Entries per sequencing transaction (and so per checkpoint). A round holds SQLite's one write
+# lock from its start to its commit, so every other writer waits for it: 2,000 entries hold it
+# about 47 ms where 10,000 held it 190 ms (a 20,000-entry backlog in the same 0.37 s either way).
+SEQUENCE_BATCH_MAX = 2_000
 LOG_ORIGIN_PREFIX = "entente.dev/audit/"  # + node id: the checkpoint origin and log key name
 WITNESS_NAME_PREFIX = "entente.dev/witness/"  # + node id: the cosigner key name
 LEAF_VERSION = 1

@@ -19,6 +19,7 @@ from crypto.note import Checkpoint, open_checkpoint
 from service.audit.checkpoints import latest_checkpoint, list_checkpoints
 from service.audit.entries import (
     ENTRY_FIELDS,
+    SEQUENCE_BATCH_MAX,
     created_text,
     encode_leaf,
     encode_row,
@@ -33,7 +34,7 @@ from service.audit.entries import (
 )
 from service.audit.errors import LogInconsistentError
 from service.audit.log import record
-from service.audit.sequencer import sequence
+from service.audit.sequencer import run_sequencer, sequence
 from service.audit.sources import DatabaseSource
 from service.audit.tree import consistency_proof, inclusion_proof, stored_root
 from service.audit.verify import verify_log
@@ -111,6 +112,31 @@ def _leaves(node: Node, size: int) -> list[bytes]:
         merkle.leaf_hash(encode_leaf(e))
         for e in iter_entries(node.db.session, after=None, size=size)
     ]
+
+
+def test_a_backlog_is_sequenced_in_bounded_rounds_with_other_writers_let_in_between(
+    node: Node,
+) -> None:
+    """The node's worker (``run_sequencer``) takes a backlog a full round at a time, each with
+    its checkpoint, and says there is more, so that it goes straight on; an entry written
+    between two rounds (the write lock is free then) joins the log after the backlog."""
+    seq_all(node)
+    add_events(node, SEQUENCE_BATCH_MAX + 3)
+    first = run_sequencer(node)
+    assert (first.sequenced, first.size, first.more) == (
+        SEQUENCE_BATCH_MAX,
+        SEQUENCE_BATCH_MAX,
+        True,
+    )
+    add_events(node, 1, kind="share.allowed")
+    second = run_sequencer(node)
+    assert (second.sequenced, second.size, second.more) == (4, SEQUENCE_BATCH_MAX + 4, False)
+    with node.db.session() as s:
+        sizes = [cp.size for cp in list_checkpoints(s, after=None, limit=10)]
+        last = s.execute(sa.text("SELECT kind FROM audit_entries ORDER BY seq DESC")).first()
+    assert sizes == [0, SEQUENCE_BATCH_MAX, SEQUENCE_BATCH_MAX + 4]
+    assert last is not None and last[0] == "share.allowed"
+    assert run_sequencer(node).sequenced == 0
 
 
 def test_sequencing_signs_checkpoints_and_stores_a_provable_tree(node: Node) -> None:

@@ -59,12 +59,17 @@ def _private_sqlite_files(database: str | None) -> None:
             continue  # absent, or not ours to change
 
 
+# How long a statement waits for SQLite's one write lock before it fails ("database is locked";
+# an API request then answers 503 with Retry-After).
+BUSY_TIMEOUT_MS = 10_000
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     cur.close()
 
 

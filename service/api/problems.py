@@ -12,13 +12,20 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.audit.refusals import ANONYMOUS, RefusalScope, already_audited, audit_refusal
+from service.audit.refusals import (
+    ANONYMOUS,
+    RefusalLedger,
+    RefusalScope,
+    already_audited,
+    audit_refusal,
+)
 from service.errors import EntenteError
 
 __all__ = [
@@ -92,10 +99,13 @@ def problem(
 _AUDITED_PREFIXES = ("/v1/", "/audit/", "/federation/", "/ui/", "/witness/")
 
 
-def _audit_refusal(request: Request, *, status: int, kind: str, detail: str) -> None:
+def _audit_refusal(
+    request: Request, *, status: int, kind: str, detail: str, later: bool = False
+) -> None:
     """Every refusal on an API route is an audit event (unless it is quiet or its raiser already
-    wrote one: ``service.errors``)."""
-    if status >= 500 or not request.url.path.startswith(_AUDITED_PREFIXES):
+    wrote one: ``service.errors``). ``later``: the database is the reason, so the refusal is
+    kept and written once it answers (``RefusalLedger.refused_later``)."""
+    if (status >= 500 and not later) or not request.url.path.startswith(_AUDITED_PREFIXES):
         return
     node = getattr(request.app.state, "node", None)
     if node is None:
@@ -108,6 +118,18 @@ def _audit_refusal(request: Request, *, status: int, kind: str, detail: str) -> 
         else (f"partner:{partner}" if partner else ANONYMOUS)
     )
     node.metrics.refusals.labels(kind).inc()
+    what = {
+        "method": request.method,
+        "path": request.url.path[:300],
+        "status": status,
+        "detail": detail[:300],
+    }
+    if later:
+        RefusalLedger.of(request.app.state, node).refused_later(
+            kind="request.refused", actor=actor, reason=f"{status} {kind}", partner=partner,
+            rule=kind, detail=what,
+        )  # fmt: skip
+        return
     # An anonymous refusal is summarised per source and window: a flood cannot flood the log.
     audit_refusal(
         request,
@@ -117,12 +139,7 @@ def _audit_refusal(request: Request, *, status: int, kind: str, detail: str) -> 
         reason=f"{status} {kind}",
         partner=partner,
         rule=kind,
-        detail={
-            "method": request.method,
-            "path": request.url.path[:300],
-            "status": status,
-            "detail": detail[:300],
-        },
+        detail=what,
     )
 
 
@@ -189,6 +206,29 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+RETRY_DATABASE_SECONDS = 2
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The database did not answer in time: SQLite's write lock held elsewhere past the busy
+    timeout, a PostgreSQL server gone, no pooled connection free. Nothing of the request was
+    kept (its transaction did not commit); the client may retry."""
+    log.warning(
+        "the database did not answer on %s %s: %s",
+        request.method, request.url.path, str(getattr(exc, "orig", None) or exc)[:200],
+    )  # fmt: skip
+    detail = "the node's database did not answer in time (busy or unreachable); retry later"
+    _audit_refusal(request, status=503, kind="database", detail=detail, later=True)
+    return problem(
+        503,
+        "database",
+        "Database unavailable",
+        detail,
+        instance=request.url.path,
+        headers={"Retry-After": str(RETRY_DATABASE_SECONDS)},
+    )
+
+
 def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem(
@@ -214,6 +254,8 @@ def install_problem_handlers(
     app.add_exception_handler(EntenteError, finish(_entente_error))
     app.add_exception_handler(RequestValidationError, finish(_validation_error))
     app.add_exception_handler(StarletteHTTPException, finish(_http_error))
+    app.add_exception_handler(sa.exc.OperationalError, finish(_database_unavailable))
+    app.add_exception_handler(sa.exc.TimeoutError, finish(_database_unavailable))  # the pool
     app.add_exception_handler(Exception, finish(_unexpected))
 
 
@@ -243,8 +285,9 @@ _FAMILY_PROBLEMS: dict[str, tuple[int, ...]] = {
 }
 _BODY_PROBLEMS = (408, 413)  # any operation with a request body
 # Any operation at all: the server answers a request head larger than
-# ENTENTE_MAX_REQUEST_HEADER_BYTES with 431 before routing it (service.limits).
-_ANY_PROBLEMS = (431,)
+# ENTENTE_MAX_REQUEST_HEADER_BYTES with 431 before routing it (service.limits), and 503 with
+# Retry-After when the database does not answer in time (_database_unavailable).
+_ANY_PROBLEMS = (431, 503)
 # Route-specific problems of routers that do not declare them themselves.
 _ROUTE_PROBLEMS: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/healthz"): (503,),

@@ -22,6 +22,12 @@ processes writes up to N summaries per source and window. Counts of a window not
 are lost if the process is killed (a clean shutdown flushes them); the metrics
 (``entente_refusals``) count every refusal as it happens.
 
+**When the database is the reason.** A request refused because the database did not answer
+in time (SQLite's write lock held elsewhere past the busy timeout, a PostgreSQL server gone) is
+not written then, which would wait as long again and fail the same way: :meth:`refused_later`
+keeps it in memory (at most :data:`DEFERRED_MAX`; any more are counted) and the next flush writes
+them once the database answers, the count of any beyond the kept ones as one summary.
+
 **Audited once.** A refusal the domain audits itself (in its own transaction, or with the rule,
 clause and partner only the domain knows) is marked with :func:`mark_audited`; the problem
 handlers ask :func:`already_audited` and write nothing more for it. The marks live in a
@@ -72,6 +78,7 @@ ANONYMOUS = "anonymous"
 OVERFLOW = "overflow"  # the source of refusals from sources beyond the tracked ones
 SUMMARY_RULE = "summary"
 MAX_KEYS = 16  # distinct reasons (and paths) named in one summary; the rest count as "other"
+DEFERRED_MAX = 1_000  # refusals kept in memory while the database does not answer
 
 
 def source_of(request: Request) -> str:
@@ -93,6 +100,17 @@ def _bump(counter: Counter[str], key: str) -> None:
         counter[key] += 1
     else:
         counter["other"] += 1
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    kind: str
+    actor: str
+    partner: str | None
+    decision: str | None
+    rule: str | None
+    detail: dict[str, Any]
+    at: datetime
 
 
 @dataclass
@@ -119,6 +137,8 @@ class RefusalLedger:
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._sources: set[str] = set()
         self._window = 0
+        self._deferred: list[_Deferred] = []
+        self._beyond = 0  # deferred refusals past DEFERRED_MAX, counted only
 
     @classmethod
     def for_node(cls, node: Node) -> RefusalLedger:
@@ -173,9 +193,31 @@ class RefusalLedger:
         if first:
             self._write(kind, actor, partner, decision, rule, detail)
 
+    def refused_later(
+        self,
+        *,
+        kind: str,
+        actor: str,
+        reason: str,
+        detail: dict[str, Any],
+        partner: str | None = None,
+        rule: str | None = None,
+    ) -> None:
+        """Account a refusal whose reason is the database itself: kept in memory until a flush
+        finds the database answering (never blocks on it)."""
+        entry = _Deferred(kind, actor, partner, "deny", rule, {**detail, "reason": reason},
+                          self.node.now())  # fmt: skip
+        with self._lock:
+            if len(self._deferred) < DEFERRED_MAX:
+                self._deferred.append(entry)
+            else:
+                self._beyond += 1
+
     def flush(self, *, force: bool = False) -> int:
-        """Record the summaries of ended windows (every window with ``force``: at shutdown);
-        returns how many entries were written. Blocking."""
+        """Record the refusals kept while the database did not answer, then the summaries of
+        ended windows (every window with ``force``: at shutdown); returns how many entries
+        were written. Blocking."""
+        written = self._write_deferred()
         if force:
             with self._lock:
                 due = list(self._buckets.values())
@@ -185,7 +227,37 @@ class RefusalLedger:
             window = math.floor(self.node.now().timestamp() / self.window_seconds)
             with self._lock:
                 due = self._close_before(window * self.window_seconds)
-        return self._write_summaries(due)
+        return written + self._write_summaries(due)
+
+    def _write_deferred(self) -> int:
+        """Write the kept refusals in one transaction; if the database still does not answer,
+        keep them for the next flush."""
+        with self._lock:
+            kept, beyond = self._deferred, self._beyond
+            self._deferred, self._beyond = [], 0
+        if not kept and not beyond:
+            return 0
+        try:
+            with self.node.db.session() as session:
+                for d in kept:
+                    record(session, kind=d.kind, actor=d.actor, partner=d.partner,
+                           decision=d.decision, rule=d.rule,
+                           detail={**d.detail, "refused_at": d.at.isoformat()},
+                           now=self.node.now())  # fmt: skip
+                if beyond:
+                    record(session, kind="request.refused", actor=ANONYMOUS, decision="deny",
+                           rule=SUMMARY_RULE, now=self.node.now(),
+                           detail={"count": beyond, "reason": "503 database",
+                                   "note": "refusals while the database did not answer, beyond "
+                                           f"the {DEFERRED_MAX} kept one by one"})  # fmt: skip
+        except Exception:
+            log.warning("the database still does not answer: %d refusal(s) kept", len(kept))
+            with self._lock:
+                room = DEFERRED_MAX - len(self._deferred)
+                self._beyond += beyond + max(0, len(kept) - room)
+                self._deferred = kept[:room] + self._deferred
+            return 0
+        return len(kept) + (1 if beyond else 0)
 
     async def flush_periodically(self) -> None:
         """Record ended windows' summaries as each window ends (runs for the app's lifetime)."""

@@ -494,12 +494,13 @@ def test_every_operation_is_fuzzed(fuzz: Fuzz) -> None:
 def test_document_declares_problems(fuzz: Fuzz) -> None:
     """Each error response in the document is a problem document (FastAPI's default 422 body,
     which this node never sends, is gone); API routes declare their auth and rate limits, and
-    every operation the 431 its server answers to an oversized request head."""
+    every operation the 431 its server answers to an oversized request head and the 503 it
+    answers when the database does not answer in time."""
     doc = fuzz.nodes.uk.app.openapi()
     assert "HTTPValidationError" not in doc["components"]["schemas"]
     for path, operations in doc["paths"].items():
         for method, op in operations.items():
-            assert "431" in op["responses"], (method, path)
+            assert {"431", "503"} <= set(op["responses"]), (method, path)
             for code, response in op["responses"].items():
                 if int(code) >= 400:
                     assert "application/problem+json" in response["content"], (method, path, code)

@@ -1,0 +1,125 @@
+"""A database that does not answer in time (SQLite's write lock held past the busy timeout by
+another process; a PostgreSQL server gone) is a problem document the client can retry, 503
+with Retry-After, never a 500 "internal"; nothing of the refused request is kept."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlmodel import func, select
+
+from service import db as db_module
+from service.audit import refusals
+from service.audit.refusals import RefusalLedger
+from service.models import Artifact, AuditEntry
+from service.tokens import Role
+from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
+
+META = json.dumps(
+    {"title": "Finding", "tlp": "TLP:AMBER", "topics": ["evaluation/red-teaming"],
+     "purposes": ["evaluation"], "partners": ["us-aisi"]}
+)  # fmt: skip
+
+
+@pytest.fixture
+def uk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Kit:
+    monkeypatch.setattr(db_module, "BUSY_TIMEOUT_MS", 200)  # every connection made from now
+    kit = make_node(tmp_path, "uk-aisi")  # SQLite
+    pin(kit, make_node(tmp_path, "us-aisi"))
+    return kit
+
+
+@pytest.fixture
+def write_lock(uk: Kit) -> Iterator[sqlite3.Connection]:
+    """Another process's write transaction on the node's database (an operator's `sqlite3`
+    shell, a backup tool), held until the test lets go."""
+    path = uk.node.db.engine.url.database
+    assert path is not None
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    yield holder
+    if holder.in_transaction:
+        holder.execute("ROLLBACK")
+    holder.close()
+
+
+def _refusals(kit: Kit) -> list[AuditEntry]:
+    with kit.node.db.session() as s:
+        query = select(AuditEntry).where(AuditEntry.kind == "request.refused")
+        return list(s.exec(query.order_by(AuditEntry.id)))
+
+
+def _count(kit: Kit, model: type) -> int:
+    with kit.node.db.session() as s:
+        return int(s.exec(select(func.count()).select_from(model)).one())
+
+
+async def test_a_share_while_the_write_lock_is_held_elsewhere_is_a_503_to_retry(
+    uk: Kit, write_lock: sqlite3.Connection
+) -> None:
+    entries = _count(uk, AuditEntry)
+    async with uk.client() as c:
+        refused = await c.post(
+            "/v1/artifacts",
+            content=upload_body(META, b"finding\n"),
+            headers={**UPLOAD_HEADERS, **uk.auth(Role.PUBLISHER)},
+        )
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert int(refused.headers["retry-after"]) >= 1
+        problem = refused.json()
+        assert problem["type"].endswith("database") and problem["status"] == 503
+        assert "retry" in problem["detail"]
+
+        ledger = RefusalLedger.of(uk.app.state, uk.node)
+        assert ledger.flush() == 0  # the database still does not answer: the refusal is kept
+        write_lock.execute("ROLLBACK")  # the other process lets go
+        assert _count(uk, Artifact) == 0  # nothing of the refused share was kept
+        assert ledger.flush() == 1  # and now it is on record
+        [entry] = _refusals(uk)
+        assert (entry.rule, entry.decision) == ("database", "deny")
+        assert entry.actor.startswith("publisher:publisher-user")
+        assert json.loads(entry.detail)["path"] == "/v1/artifacts"
+        assert sorted(uk.node.blobs.iter_digests()) == []
+        retried = await c.post(
+            "/v1/artifacts",
+            content=upload_body(META, b"finding\n"),
+            headers={**UPLOAD_HEADERS, **uk.auth(Role.PUBLISHER)},
+        )
+        assert retried.status_code == 201, retried.text
+    assert _count(uk, Artifact) == 1
+    assert _count(uk, AuditEntry) > entries
+
+
+async def test_reads_go_on_while_the_write_lock_is_held_elsewhere(
+    uk: Kit, write_lock: sqlite3.Connection
+) -> None:
+    async with uk.client() as c:
+        listed = await c.get("/v1/artifacts", headers=uk.auth(Role.READER))
+        assert listed.status_code == 200, listed.text
+        assert (await c.get("/healthz")).status_code == 200
+
+
+def test_refusals_kept_while_the_database_is_away_are_bounded_and_all_counted(
+    uk: Kit, monkeypatch: pytest.MonkeyPatch, write_lock: sqlite3.Connection
+) -> None:
+    monkeypatch.setattr(refusals, "DEFERRED_MAX", 3)
+    ledger = RefusalLedger.for_node(uk.node)
+    for i in range(5):
+        ledger.refused_later(
+            kind="request.refused", actor="token:reader-user", reason="503 database",
+            rule="database", detail={"path": f"/v1/artifacts/{i}"},
+        )  # fmt: skip
+    assert ledger.flush() == 0
+    write_lock.execute("ROLLBACK")
+    assert ledger.flush() == 4  # three kept one by one, and one summary counting the other two
+    entries = _refusals(uk)
+    assert [json.loads(e.detail).get("path") for e in entries[:3]] == [
+        f"/v1/artifacts/{i}" for i in range(3)
+    ]
+    assert (entries[3].rule, json.loads(entries[3].detail)["count"]) == ("summary", 2)
+    assert ledger.flush() == 0  # written once

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+import sqlalchemy as sa
 from fastapi import FastAPI
 
 from service.api import admin, approvals, artifacts, events, federation, public, webhooks
@@ -89,6 +90,7 @@ LOCK_RETRY_SECONDS = 2.0  # seconds between attempts of a process waiting for th
 # Background work: every worker of the node, registered in this one place
 
 Step = Callable[[], Awaitable[float]]  # does one round of work, returns seconds to sleep
+RETRY_SECONDS = 5.0  # after a round that failed
 
 
 class Workers:
@@ -111,9 +113,15 @@ class Workers:
                 delay = await step()
             except asyncio.CancelledError:
                 raise
+            except sa.exc.OperationalError as exc:  # busy or gone: no stack trace, just why
+                worker_log.warning(
+                    "worker %s: the database did not answer (%s); retrying in %.0f s",
+                    name, str(exc.orig or exc).splitlines()[0][:200], RETRY_SECONDS,
+                )  # fmt: skip
+                delay = RETRY_SECONDS
             except Exception:
                 worker_log.exception("worker %s failed; retrying", name)
-                delay = 5.0
+                delay = RETRY_SECONDS
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=max(delay, 0.0))
 

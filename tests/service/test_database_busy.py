@@ -4,14 +4,18 @@ with Retry-After, never a 500 "internal"; nothing of the refused request is kept
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import func, select
 
+from service import app as app_module
 from service import db as db_module
 from service.audit import refusals
 from service.audit.refusals import RefusalLedger
@@ -123,3 +127,32 @@ def test_refusals_kept_while_the_database_is_away_are_bounded_and_all_counted(
     ]
     assert (entries[3].rule, json.loads(entries[3].detail)["count"]) == ("summary", 2)
     assert ledger.flush() == 0  # written once
+
+
+async def test_a_worker_whose_round_meets_a_busy_database_says_why_in_one_line_and_retries(
+    uk: Kit, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(app_module, "RETRY_SECONDS", 0.01)
+    rounds: list[int] = []
+    again = asyncio.Event()
+
+    async def step() -> float:
+        rounds.append(len(rounds))
+        if len(rounds) == 1:
+            locked = sqlite3.OperationalError("database is locked")
+            raise sa.exc.OperationalError("UPDATE outbox SET ...", {}, locked)
+        again.set()
+        return 60.0
+
+    workers = app_module.Workers(uk.node)
+    workers.add("deliver", step)
+    with caplog.at_level(logging.WARNING, logger="entente.workers"):
+        await workers.start()
+        await asyncio.wait_for(again.wait(), timeout=30)
+        await workers.stop()
+    [said] = [r for r in caplog.records if r.name == "entente.workers"]
+    assert said.getMessage() == (
+        "worker deliver: the database did not answer (database is locked); retrying in 0 s"
+    )
+    assert said.exc_info is None  # no stack trace for a busy database
+    assert rounds == [0, 1]

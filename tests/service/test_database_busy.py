@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import func, select
+from sqlmodel import col, func, select
 
 from service import app as app_module
 from service import db as db_module
@@ -21,6 +21,7 @@ from service.audit import refusals
 from service.audit.refusals import RefusalLedger
 from service.models import Artifact, AuditEntry
 from service.tokens import Role
+from tests.conftest import PG_ADMIN_URL
 from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
 
 META = json.dumps(
@@ -54,7 +55,7 @@ def write_lock(uk: Kit) -> Iterator[sqlite3.Connection]:
 def _refusals(kit: Kit) -> list[AuditEntry]:
     with kit.node.db.session() as s:
         query = select(AuditEntry).where(AuditEntry.kind == "request.refused")
-        return list(s.exec(query.order_by(AuditEntry.id)))
+        return list(s.exec(query.order_by(col(AuditEntry.id))))
 
 
 def _count(kit: Kit, model: type) -> int:
@@ -156,3 +157,51 @@ async def test_a_worker_whose_round_meets_a_busy_database_says_why_in_one_line_a
     )
     assert said.exc_info is None  # no stack trace for a busy database
     assert rounds == [0, 1]
+
+
+@pytest.mark.postgres
+async def test_a_share_while_the_postgresql_database_refuses_connections_is_a_503_to_retry(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The node's PostgreSQL database stops taking connections (its server restarting, a
+    failover) and its open ones are ended: the share is a 503 to retry, and goes through once
+    the database is back, the refusal then on record."""
+    kit = make_node(tmp_path, "uk-aisi", db_url=pg_url)
+    pin(kit, make_node(tmp_path, "us-aisi"))
+    name = pg_url.rsplit("/", 1)[1]
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+    def connections(allowed: bool) -> None:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {allowed}'))
+            if not allowed:
+                conn.execute(
+                    sa.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                )
+
+    share = {
+        "content": upload_body(META, b"finding\n"),
+        "headers": {**UPLOAD_HEADERS, **kit.auth(Role.PUBLISHER)},
+    }
+    try:
+        async with kit.client() as c:
+            connections(False)
+            try:
+                refused = await c.post("/v1/artifacts", **share)  # type: ignore[arg-type]
+            finally:
+                connections(True)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["type"].endswith("database")
+            assert "retry-after" in refused.headers
+            retried = await c.post("/v1/artifacts", **share)  # type: ignore[arg-type]
+            assert retried.status_code == 201, retried.text
+        assert RefusalLedger.of(kit.app.state, kit.node).flush() == 1
+        [entry] = _refusals(kit)
+        assert entry.rule == "database"
+        assert _count(kit, Artifact) == 1
+    finally:
+        admin.dispose()

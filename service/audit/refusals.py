@@ -217,7 +217,7 @@ class RefusalLedger:
         """Record the refusals kept while the database did not answer, then the summaries of
         ended windows (every window with ``force``: at shutdown); returns how many entries
         were written. Blocking."""
-        written = self._write_deferred()
+        written = self._write_deferred(last=force)
         if force:
             with self._lock:
                 due = list(self._buckets.values())
@@ -229,9 +229,9 @@ class RefusalLedger:
                 due = self._close_before(window * self.window_seconds)
         return written + self._write_summaries(due)
 
-    def _write_deferred(self) -> int:
+    def _write_deferred(self, *, last: bool = False) -> int:
         """Write the kept refusals in one transaction; if the database still does not answer,
-        keep them for the next flush."""
+        keep them for the next flush (``last``: there is none, the process is stopping)."""
         with self._lock:
             kept, beyond = self._deferred, self._beyond
             self._deferred, self._beyond = [], 0
@@ -251,6 +251,13 @@ class RefusalLedger:
                                    "note": "refusals while the database did not answer, beyond "
                                            f"the {DEFERRED_MAX} kept one by one"})  # fmt: skip
         except Exception:
+            if last:
+                log.error(
+                    "the database does not answer at shutdown: %d refusal(s) not audited "
+                    "(the entente_refusals metric counted them)",
+                    len(kept) + beyond,
+                )
+                return 0
             log.warning("the database still does not answer: %d refusal(s) kept", len(kept))
             with self._lock:
                 room = DEFERRED_MAX - len(self._deferred)

@@ -205,3 +205,18 @@ async def test_a_share_while_the_postgresql_database_refuses_connections_is_a_50
         assert _count(kit, Artifact) == 1
     finally:
         admin.dispose()
+
+
+def test_refusals_still_kept_when_the_process_stops_are_reported_as_not_audited(
+    uk: Kit, write_lock: sqlite3.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    ledger = RefusalLedger.for_node(uk.node)
+    ledger.refused_later(
+        kind="request.refused", actor="token:reader-user", reason="503 database",
+        rule="database", detail={"path": "/v1/artifacts"},
+    )  # fmt: skip
+    with caplog.at_level(logging.ERROR, logger="entente.audit"):
+        assert ledger.flush(force=True) == 0  # at shutdown: the last flush there will be
+    assert "1 refusal(s) not audited" in caplog.text
+    write_lock.execute("ROLLBACK")
+    assert ledger.flush() == 0 and _refusals(uk) == []  # not kept for a flush that never comes

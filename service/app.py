@@ -63,6 +63,7 @@ from service.audit.rollback import check_unconfirmed
 from service.audit.sequencer import run_sequencer
 from service.audit.submission import SignedWitnessTransport, submission_step
 from service.console import router as console_router
+from service.db import driver_reason
 from service.federation.client import PartnerClient
 from service.federation.outbox import OutboxWorker
 from service.federation.pull import PullLoops
@@ -116,7 +117,7 @@ class Workers:
             except sa.exc.OperationalError as exc:  # busy or gone: no stack trace, just why
                 worker_log.warning(
                     "worker %s: the database did not answer (%s); retrying in %.0f s",
-                    name, str(exc.orig or exc).splitlines()[0][:200], RETRY_SECONDS,
+                    name, driver_reason(exc)[:200], RETRY_SECONDS,
                 )  # fmt: skip
                 delay = RETRY_SECONDS
             except Exception:

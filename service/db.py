@@ -27,7 +27,7 @@ from sqlmodel import Session
 
 from service.errors import DatabaseError, InvalidInputError, UsageError
 
-__all__ = ["Database", "open_database", "safe_url"]
+__all__ = ["Database", "driver_reason", "open_database", "safe_url"]
 
 _MIGRATION_LOCK = 0x656E74656E7465  # "entente": the advisory lock key for migrations
 
@@ -37,6 +37,13 @@ def safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<unparseable database URL>"
+
+
+def driver_reason(exc: BaseException) -> str:
+    """The first line of what the database driver said (SQLAlchemy's own text without one)."""
+    orig = getattr(exc, "orig", None)
+    reason = (str(orig) if orig is not None else str(exc)).strip()
+    return reason.splitlines()[0] if reason else type(exc).__name__
 
 
 def _private_sqlite_files(database: str | None) -> None:
@@ -236,9 +243,7 @@ def open_database(url: str, *, migrate: bool = False, pool_size: int = 10) -> Da
             conn.execute(sa.text("SELECT 1"))
     except SQLAlchemyError as exc:
         engine.dispose()
-        orig = getattr(exc, "orig", None)
-        reason = str(orig) if orig is not None else str(exc)
-        reason = reason.strip().splitlines()[0] if reason.strip() else type(exc).__name__
+        reason = driver_reason(exc)
         raise DatabaseError(f"cannot connect to the database {safe_url(url)}: {reason}") from None
     db = Database(engine)
     if migrate:

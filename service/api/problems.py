@@ -26,6 +26,7 @@ from service.audit.refusals import (
     already_audited,
     audit_refusal,
 )
+from service.db import driver_reason
 from service.errors import EntenteError
 
 __all__ = [
@@ -215,7 +216,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     kept (its transaction did not commit); the client may retry."""
     log.warning(
         "the database did not answer on %s %s: %s",
-        request.method, request.url.path, str(getattr(exc, "orig", None) or exc)[:200],
+        request.method, request.url.path, driver_reason(exc)[:200],
     )  # fmt: skip
     detail = "the node's database did not answer in time (busy or unreachable); retry later"
     _audit_refusal(request, status=503, kind="database", detail=detail, later=True)

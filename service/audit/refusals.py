@@ -107,7 +107,6 @@ class _Deferred:
     kind: str
     actor: str
     partner: str | None
-    decision: str | None
     rule: str | None
     detail: dict[str, Any]
     at: datetime
@@ -205,8 +204,7 @@ class RefusalLedger:
     ) -> None:
         """Account a refusal whose reason is the database itself: kept in memory until a flush
         finds the database answering (never blocks on it)."""
-        entry = _Deferred(kind, actor, partner, "deny", rule, {**detail, "reason": reason},
-                          self.node.now())  # fmt: skip
+        entry = _Deferred(kind, actor, partner, rule, {**detail, "reason": reason}, self.node.now())
         with self._lock:
             if len(self._deferred) < DEFERRED_MAX:
                 self._deferred.append(entry)
@@ -241,7 +239,7 @@ class RefusalLedger:
             with self.node.db.session() as session:
                 for d in kept:
                     record(session, kind=d.kind, actor=d.actor, partner=d.partner,
-                           decision=d.decision, rule=d.rule,
+                           decision="deny", rule=d.rule,
                            detail={**d.detail, "refused_at": d.at.isoformat()},
                            now=self.node.now())  # fmt: skip
                 if beyond:

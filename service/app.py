@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
-import sqlalchemy as sa
 from fastapi import FastAPI
 
 from service.api import admin, approvals, artifacts, events, federation, public, webhooks
@@ -63,7 +62,7 @@ from service.audit.rollback import check_unconfirmed
 from service.audit.sequencer import run_sequencer
 from service.audit.submission import SignedWitnessTransport, submission_step
 from service.console import router as console_router
-from service.db import driver_reason
+from service.db import DATABASE_UNAVAILABLE, driver_reason
 from service.federation.client import PartnerClient
 from service.federation.outbox import OutboxWorker
 from service.federation.pull import PullLoops
@@ -114,7 +113,7 @@ class Workers:
                 delay = await step()
             except asyncio.CancelledError:
                 raise
-            except sa.exc.OperationalError as exc:  # busy or gone: no stack trace, just why
+            except DATABASE_UNAVAILABLE as exc:  # busy or gone: no stack trace, just why
                 worker_log.warning(
                     "worker %s: the database did not answer (%s); retrying in %.0f s",
                     name, driver_reason(exc)[:200], RETRY_SECONDS,

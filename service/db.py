@@ -27,7 +27,7 @@ from sqlmodel import Session
 
 from service.errors import DatabaseError, InvalidInputError, UsageError
 
-__all__ = ["Database", "driver_reason", "open_database", "safe_url"]
+__all__ = ["DATABASE_UNAVAILABLE", "Database", "driver_reason", "open_database", "safe_url"]
 
 _MIGRATION_LOCK = 0x656E74656E7465  # "entente": the advisory lock key for migrations
 
@@ -37,6 +37,16 @@ def safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<unparseable database URL>"
+
+
+# What SQLAlchemy raises when the database does not answer in time: busy past the busy timeout
+# ("database is locked"), gone or refusing connections (OperationalError), or no connection free
+# in the pool (TimeoutError). A request meeting one is a 503 to retry (service.api.problems);
+# background work says why in one line and tries again at its next round.
+DATABASE_UNAVAILABLE: tuple[type[SQLAlchemyError], ...] = (
+    sa.exc.OperationalError,
+    sa.exc.TimeoutError,
+)
 
 
 def driver_reason(exc: BaseException) -> str:

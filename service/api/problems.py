@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -26,7 +25,7 @@ from service.audit.refusals import (
     already_audited,
     audit_refusal,
 )
-from service.db import driver_reason
+from service.db import DATABASE_UNAVAILABLE, driver_reason
 from service.errors import EntenteError
 
 __all__ = [
@@ -255,8 +254,8 @@ def install_problem_handlers(
     app.add_exception_handler(EntenteError, finish(_entente_error))
     app.add_exception_handler(RequestValidationError, finish(_validation_error))
     app.add_exception_handler(StarletteHTTPException, finish(_http_error))
-    app.add_exception_handler(sa.exc.OperationalError, finish(_database_unavailable))
-    app.add_exception_handler(sa.exc.TimeoutError, finish(_database_unavailable))  # the pool
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, finish(_database_unavailable))
     app.add_exception_handler(Exception, finish(_unexpected))
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from service.db import DATABASE_UNAVAILABLE, driver_reason
 from service.errors import EntenteError, PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.federation.feed import PAGE_INLINE_BUDGET
@@ -106,14 +107,29 @@ def pull_partner(
 
 def _pull_isolated(node: Node, client: PartnerClient, partner: Partner) -> int:
     """:func:`pull_partner` as a bulkhead: whatever goes wrong while pulling one partner (its
-    page, our handling of it) is recorded as that partner's pull error and never escapes."""
+    page, our handling of it) is recorded as that partner's pull error and never escapes. Our
+    own database not answering is not the partner's error: it is said in one line."""
     try:
         return pull_partner(node, client, partner)
+    except DATABASE_UNAVAILABLE as exc:
+        # Nothing to record against the partner (and the record would meet the same database).
+        # The cursor is saved after each page: the next round starts after the last page kept,
+        # and what this page had stored already is found stored, not taken twice.
+        log.warning(
+            "pulling %s stopped: the database did not answer (%s); pulled again next round",
+            partner.node_id, driver_reason(exc)[:200],
+        )  # fmt: skip
+        return 0
     except Exception as exc:
         log.exception("pulling %s failed", partner.node_id)
         why = (str(exc).splitlines() or [""])[0][:300] or type(exc).__name__
         try:
             _save(node, partner.node_id, 0, f"pulling {partner.node_id} failed: {why}")
+        except DATABASE_UNAVAILABLE as unavailable:
+            log.warning(
+                "could not record the pull error of %s: the database did not answer (%s)",
+                partner.node_id, driver_reason(unavailable)[:200],
+            )  # fmt: skip
         except Exception:  # the database itself is failing: the log has it
             log.exception("could not record the pull error of %s", partner.node_id)
         return 0

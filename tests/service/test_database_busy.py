@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from sqlmodel import col, func, select
@@ -19,10 +20,13 @@ from service import app as app_module
 from service import db as db_module
 from service.audit import refusals
 from service.audit.refusals import RefusalLedger
-from service.models import Artifact, AuditEntry
+from service.federation.client import PartnerClient
+from service.federation.pull import pull_all
+from service.models import Artifact, AuditEntry, PullState
 from service.tokens import Role
 from tests.conftest import PG_ADMIN_URL
 from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
+from tests.service.test_federation_sync import PortalTransport, accepted, share
 
 META = json.dumps(
     {"title": "Finding", "tlp": "TLP:AMBER", "topics": ["evaluation/red-teaming"],
@@ -220,3 +224,39 @@ def test_refusals_still_kept_when_the_process_stops_are_reported_as_not_audited(
     assert "1 refusal(s) not audited" in caplog.text
     write_lock.execute("ROLLBACK")
     assert ledger.flush() == 0 and _refusals(uk) == []  # not kept for a flush that never comes
+
+
+def test_a_pull_that_meets_its_own_busy_database_says_why_in_one_line_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The puller's own database held by another process while it stores a pulled page: one
+    line saying why (no stack trace, nothing recorded against the partner, whose feed is fine),
+    and the next round takes the page."""
+    monkeypatch.setattr(db_module, "BUSY_TIMEOUT_MS", 200)
+    uk, us = make_node(tmp_path, "uk-aisi"), make_node(tmp_path, "us-aisi")
+    pin(uk, us)
+    pin(us, uk)
+    [artifact_id] = share(uk, 1)
+    transport = PortalTransport({"uk-aisi": uk.app, "us-aisi": us.app})
+    path = us.node.db.engine.url.database
+    assert path is not None
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        client = PartnerClient(us.node, http=httpx.Client(transport=transport))
+        holder.execute("BEGIN IMMEDIATE")
+        with caplog.at_level(logging.WARNING):
+            assert pull_all(us.node, client) == 0
+        said = [r for r in caplog.records if r.name == "entente.pull"]
+        assert [r.getMessage() for r in said] == [
+            "pulling uk-aisi stopped: the database did not answer (database is locked); "
+            "pulled again next round"
+        ]
+        assert all(r.exc_info is None for r in caplog.records)  # no stack trace anywhere
+        holder.execute("ROLLBACK")
+        with us.node.db.session() as session:
+            assert session.get(PullState, "uk-aisi") is None  # no error held against uk-aisi
+        assert pull_all(us.node, client) == 1  # the next round takes the page
+        assert accepted(us) == {artifact_id: 1}
+    finally:
+        holder.close()
+        transport.close()

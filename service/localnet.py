@@ -22,15 +22,18 @@ low scrypt work factor and passphrase belong to their callers), or talk to a nod
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypedDict, Unpack
@@ -79,23 +82,78 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 # The kernel may hand the same free port to two calls in a row (about one network of five
 # nodes in 2,000 got a port twice): the second node cannot listen, and its URL reaches the
-# first. So no port is handed out again until RECENT_PORTS others have been.
+# first. So no port is handed out again until RECENT_PORTS others have been, by this process
+# or, through a small shared file (PORTS_FILE; by default one per user in the temporary
+# folder), by another one on the machine within RECENT_SECONDS (the test suite's workers).
 RECENT_PORTS = 1024
+RECENT_SECONDS = 600.0
+PORTS_FILE: Path | None = None  # None: <temporary folder>/entente-localnet-ports-<uid>
 _recent: deque[int] = deque(maxlen=RECENT_PORTS)
 _recent_lock = threading.Lock()
 
 
 def free_port() -> int:
-    """A loopback TCP port that nothing listens on (now) and that this process has not handed
-    out among its last :data:`RECENT_PORTS`."""
-    with _recent_lock:
+    """A loopback TCP port that nothing listens on (now) and that no process of this user on
+    this machine has handed out among its last :data:`RECENT_PORTS` or :data:`RECENT_SECONDS`."""
+    with _recent_lock, _SharedPorts.open() as shared:
         while True:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 port: int = s.getsockname()[1]
-            if port not in _recent:
+            if port not in _recent and port not in shared.ports:
                 _recent.append(port)
+                shared.ports[port] = time.time()
                 return port
+
+
+class _SharedPorts:
+    """The ports recently handed out by any process, kept in :data:`PORTS_FILE` (``port time``
+    lines) under an exclusive ``flock``. Without the file (a temporary folder not writable, a
+    file of another user's) only this process's own list applies."""
+
+    def __init__(self, fd: int | None, ports: dict[int, float]) -> None:
+        self.fd = fd
+        self.ports = ports
+
+    @classmethod
+    @contextmanager
+    def open(cls) -> Iterator[_SharedPorts]:
+        path = PORTS_FILE or Path(tempfile.gettempdir()) / f"entente-localnet-ports-{os.getuid()}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            yield cls(None, {})
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            shared = cls(fd, cls._read(fd))
+            yield shared
+            shared._write()
+        finally:
+            os.close(fd)  # releases the lock
+
+    @staticmethod
+    def _read(fd: int) -> dict[int, float]:
+        with os.fdopen(os.dup(fd), "rb") as f:
+            text = f.read(1 << 20).decode("ascii", "replace")
+        since = time.time() - RECENT_SECONDS
+        ports: dict[int, float] = {}
+        for line in text.splitlines():
+            port, _, when = line.partition(" ")
+            try:
+                if float(when) >= since:
+                    ports[int(port)] = float(when)
+            except ValueError:
+                continue  # a torn or foreign line: skipped, rewritten without it
+        return ports
+
+    def _write(self) -> None:
+        if self.fd is None:
+            return
+        newest = sorted(self.ports.items(), key=lambda item: item[1])[-RECENT_PORTS:]
+        data = "".join(f"{port} {when:.3f}\n" for port, when in newest).encode()
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, data, 0)
 
 
 def run_cli(

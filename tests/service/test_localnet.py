@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from service import localnet
 from service.errors import NodeProcessError
 from service.localnet import RECENT_PORTS, Federation, NodeProcess, free_port
 from tests.nodes import alive
@@ -94,6 +95,45 @@ def test_no_port_is_handed_out_twice_among_the_recent_ones() -> None:
     two nodes of one network must never be given the same port."""
     ports = [free_port() for _ in range(RECENT_PORTS)]
     assert len(set(ports)) == len(ports)
+
+
+def test_processes_started_together_never_hand_out_the_same_port(tmp_path: Path) -> None:
+    """The test suite's workers (and a demo beside them) are separate processes: each may be
+    given, by the kernel, a port another has just handed out and not yet listened on. (Three
+    takers of 300: within the RECENT_PORTS that the shared file keeps.)"""
+    ports_file = tmp_path / "ports"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+        from service import localnet
+        localnet.PORTS_FILE = Path({str(ports_file)!r})
+        sys.stdin.readline()  # start together
+        print(" ".join(str(localnet.free_port()) for _ in range(300)))
+        """
+    )
+    command = [sys.executable, "-c", script]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    takers = [subprocess.Popen(command, **pipes) for _ in range(3)]
+    for taker in takers:
+        assert taker.stdin is not None
+        taker.stdin.write("go\n")
+        taker.stdin.flush()
+    handed = [set(map(int, taker.communicate(timeout=120)[0].split())) for taker in takers]
+    assert [len(ports) for ports in handed] == [300, 300, 300]
+    assert handed[0].isdisjoint(handed[1] | handed[2]) and handed[1].isdisjoint(handed[2])
+
+
+def test_a_damaged_or_unusable_ports_file_does_not_stop_a_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ports_file = tmp_path / "ports"
+    ports_file.write_bytes(b"12345 not-a-time\n\xff\xfe\n99999999999999999999 1\n4")
+    monkeypatch.setattr(localnet, "PORTS_FILE", ports_file)
+    port = free_port()
+    assert ports_file.read_text().split()[0] == str(port)  # the damaged lines dropped
+    monkeypatch.setattr(localnet, "PORTS_FILE", tmp_path / "no-such-folder" / "ports")
+    assert free_port() != port  # this process's own list still applies
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")

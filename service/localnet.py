@@ -125,6 +125,9 @@ class _SharedPorts:
             yield cls(None, {})
             return
         try:
+            if os.fstat(fd).st_uid != os.getuid():  # another user's file: not ours to trust
+                yield cls(None, {})
+                return
             fcntl.flock(fd, fcntl.LOCK_EX)
             shared = cls(fd, cls._read(fd))
             yield shared
@@ -145,7 +148,9 @@ class _SharedPorts:
                     ports[int(port)] = float(when)
             except ValueError:
                 continue  # a torn or foreign line: skipped, rewritten without it
-        return ports
+        # At most the newest RECENT_PORTS: a bound far below the kernel's ephemeral range, so
+        # that free_port always finds a port whatever the file says.
+        return dict(sorted(ports.items(), key=lambda item: item[1])[-RECENT_PORTS:])
 
     def _write(self) -> None:
         if self.fd is None:

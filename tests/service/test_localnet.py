@@ -136,6 +136,22 @@ def test_a_damaged_or_unusable_ports_file_does_not_stop_a_start(
     assert free_port() != port  # this process's own list still applies
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.platform != "linux", reason="reads Linux's ephemeral port range")
+def test_a_ports_file_listing_every_port_cannot_stall_a_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the newest RECENT_PORTS of the file count, however many it lists (here every port
+    the kernel hands out for bind(0), which would otherwise leave none)."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports_file = tmp_path / "ports"
+    now = time.time()
+    ports_file.write_text("".join(f"{p} {now}\n" for p in range(low, high + 1)))
+    monkeypatch.setattr(localnet, "PORTS_FILE", ports_file)
+    assert low <= free_port() <= high
+    assert len(ports_file.read_text().splitlines()) == localnet.RECENT_PORTS
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
 def test_a_node_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
     parent_script = textwrap.dedent(

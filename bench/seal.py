@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -194,15 +194,26 @@ if pid == 0:
         os._exit(127)
 _, status = os.waitpid(pid, 0)
 seconds = time.perf_counter() - start
-rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
 code = os.waitstatus_to_exitcode(status)
 with open(report, "w") as f:
-    json.dump({"seconds": seconds, "maxrss_kib": rss, "code": code}, f)
+    json.dump({"seconds": seconds, "maxrss_kib": usage.ru_maxrss, "code": code,
+               "user_seconds": usage.ru_utime, "system_seconds": usage.ru_stime}, f)
 """
 
 
-def _spawn(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str, int]:
-    """Wall seconds, stdout and peak RSS (KiB) of ``cmd``, run to its end by the launcher."""
+class Spawned(NamedTuple):
+    """One whole process as the launcher saw it: wall time, output, peak RSS and its CPU."""
+
+    seconds: float
+    stdout: str
+    maxrss_kib: int
+    user_seconds: float
+    system_seconds: float
+
+
+def _spawn(cmd: list[str], env: dict[str, str] | None = None) -> Spawned:
+    """``cmd`` run to its end by the launcher: wall seconds, stdout, peak RSS (KiB), CPU."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         done = subprocess.run(
@@ -217,12 +228,18 @@ def _spawn(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, st
         )
     if measured["code"] != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({measured['code']}): {done.stderr[-2000:]}")
-    return float(measured["seconds"]), done.stdout, int(measured["maxrss_kib"])
+    return Spawned(
+        float(measured["seconds"]),
+        done.stdout,
+        int(measured["maxrss_kib"]),
+        float(measured["user_seconds"]),
+        float(measured["system_seconds"]),
+    )
 
 
 def _run(cmd: list[str]) -> tuple[float, str]:
-    seconds, stdout, _ = _spawn(cmd)
-    return seconds, stdout
+    spawned = _spawn(cmd)
+    return spawned.seconds, spawned.stdout
 
 
 def _prepare(work: Path, size: int) -> None:
@@ -270,8 +287,8 @@ def _cli_env(*, passphrase: bool) -> dict[str, str]:
 
 def _run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of one whole process."""
-    seconds, _, rss = _spawn(cmd, env)
-    return seconds, rss
+    spawned = _spawn(cmd, env)
+    return spawned.seconds, spawned.maxrss_kib
 
 
 def _prepare_homes(work: Path) -> None:
@@ -304,20 +321,23 @@ def _cli_round(work: Path, index: int = 0) -> dict[str, Any]:
         home = ["--home", str(work / name)]
         _clean(work, "cli.age", "cli.age.dsse.json")
         seal = [*_entente(), "seal", str(work / "input.bin"), "--to", recipient]
-        t_seal, rss_seal = _run_measured([*seal, "-o", str(work / "cli.age"), *home], env)
+        sealed = _spawn([*seal, "-o", str(work / "cli.age"), *home], env)
         _clean(work, "cli.out")
         opened = [*_entente(), "open", str(work / "cli.age"), "-o", str(work / "cli.out")]
-        t_open, rss_open = _run_measured([*opened, *home], env)
+        opening = _spawn([*opened, *home], env)
         if (work / "cli.out").stat().st_size != (work / "input.bin").stat().st_size:
             raise SystemExit("entente open wrote other bytes than the input")
         _clean(work, "small.age", "small.age.dsse.json")
         small = [*_entente(), "seal", str(work / "small.bin"), "--to", recipient]
         t_small, rss_small = _run_measured([*small, "-o", str(work / "small.age"), *home], env)
         row[name] = {
-            "seal_seconds": t_seal,
-            "seal_maxrss_kib": rss_seal,
-            "open_seconds": t_open,
-            "open_maxrss_kib": rss_open,
+            "seal_seconds": sealed.seconds,
+            "seal_maxrss_kib": sealed.maxrss_kib,
+            # user and system CPU: system time is where the VM's cost of fresh memory shows
+            "seal_cpu_seconds": [sealed.user_seconds, sealed.system_seconds],
+            "open_seconds": opening.seconds,
+            "open_maxrss_kib": opening.maxrss_kib,
+            "open_cpu_seconds": [opening.user_seconds, opening.system_seconds],
             "small_seal_seconds": t_small,
             "small_seal_maxrss_kib": rss_small,
         }
@@ -441,7 +461,9 @@ def _summarise_cli(size: int, rounds: list[dict[str, Any]]) -> dict[str, Any]:
         runs = [r["cli"][home] for r in rounds]
         figures: dict[str, Any] = {}
         for op in ("seal", "open"):
-            best = min(run[f"{op}_seconds"] for run in runs)
+            best_run = min(runs, key=lambda run: float(run[f"{op}_seconds"]))
+            best = best_run[f"{op}_seconds"]
+            figures[f"{op}_cpu_seconds"] = best_run[f"{op}_cpu_seconds"]  # [user, system]
             figures[f"{op}_mb_s"] = size / 1e6 / best
             figures[f"{op}_ratio"] = best_peer[op] / best
             figures[f"{op}_peak_rss_mib"] = max(run[f"{op}_maxrss_kib"] for run in runs) / 1024
@@ -493,6 +515,11 @@ def _print_figures(summary: dict[str, Any]) -> None:
             f"peak RSS {c['seal_peak_rss_mib']:.1f} MiB) | open {c['open_mb_s']:.1f} MB/s "
             f"({c['open_ratio']:.2f}x, peak RSS {c['open_peak_rss_mib']:.1f} MiB) | "
             f"{SMALL_BYTES}-byte seal {c['small_seal_seconds']:.3f} s"
+        )
+        print(
+            "    CPU of those best runs, user + system: "
+            f"seal {c['seal_cpu_seconds'][0]:.2f} + {c['seal_cpu_seconds'][1]:.2f} s, "
+            f"open {c['open_cpu_seconds'][0]:.2f} + {c['open_cpu_seconds'][1]:.2f} s"
         )
     print(
         f"  entente --help {cli['help_seconds']:.3f} s (target < {TARGET_HELP_SECONDS}), "

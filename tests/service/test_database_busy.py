@@ -10,6 +10,7 @@ import logging
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,11 +23,11 @@ from service.audit import refusals
 from service.audit.refusals import RefusalLedger
 from service.federation.client import PartnerClient
 from service.federation.pull import pull_all
-from service.models import Artifact, AuditEntry, PullState
+from service.models import Artifact, AuditEntry, Outbox, PullState
 from service.tokens import Role
 from tests.conftest import PG_ADMIN_URL
 from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
-from tests.service.test_federation_sync import PortalTransport, accepted, share
+from tests.service.test_federation_sync import PortalTransport, accepted, joined, outbox, share
 
 META = json.dumps(
     {"title": "Finding", "tlp": "TLP:AMBER", "topics": ["evaluation/red-teaming"],
@@ -260,3 +261,50 @@ def test_a_pull_that_meets_its_own_busy_database_says_why_in_one_line_and_resume
     finally:
         holder.close()
         transport.close()
+
+
+def test_a_delivery_that_meets_its_own_busy_database_says_why_in_one_line_and_is_redone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sender's database held by another process between the claim and the settling of a
+    delivery: one line saying why (no stack trace), the row left pending under its lease (not
+    failed, not counted as an attempt), and delivered once the lease has ended."""
+    monkeypatch.setattr(db_module, "BUSY_TIMEOUT_MS", 200)
+    uk, us = make_node(tmp_path, "uk-aisi"), make_node(tmp_path, "us-aisi")
+    pair = joined(uk, us)
+    [artifact_id] = share(uk, 1)
+    path = uk.node.db.engine.url.database
+    assert path is not None
+    holder = sqlite3.connect(path, isolation_level=None)
+    worker = pair.worker(uk)
+    claim = worker.claim
+
+    def claim_then_lock(**kwargs: Any) -> list[int]:
+        ids = claim(**kwargs)
+        holder.execute("BEGIN IMMEDIATE")  # another process takes the write lock
+        return ids
+
+    monkeypatch.setattr(worker, "claim", claim_then_lock)
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert worker.run_once() == 1
+        said = [r.getMessage() for r in caplog.records if r.name == "entente.outbox"]
+        assert said == [
+            "delivering 1 outbox row(s) stopped: the database did not answer (database is "
+            "locked); they are delivered again when their lease ends"
+        ]
+        assert all(r.exc_info is None for r in caplog.records)  # no stack trace anywhere
+        holder.execute("ROLLBACK")
+        [row] = [r for r in outbox(uk) if r.kind == "deliver"]
+        assert (row.state, row.attempts, row.lease_owner) == ("pending", 0, worker.owner)
+        assert accepted(us) == {artifact_id: 1}  # the partner took it; the receipt was lost
+        with uk.node.db.engine.begin() as conn:  # the lease runs out
+            conn.execute(sa.update(Outbox).values(lease_until=None))
+        monkeypatch.setattr(worker, "claim", claim)
+        assert worker.run_once() == 1
+        [row] = [r for r in outbox(uk) if r.kind == "deliver"]
+        assert row.state == "delivered" and row.receipt
+        assert accepted(us) == {artifact_id: 1}  # stored once
+    finally:
+        holder.close()
+        pair.transport.close()

@@ -62,7 +62,7 @@ from service.audit.rollback import check_unconfirmed
 from service.audit.sequencer import run_sequencer
 from service.audit.submission import SignedWitnessTransport, submission_step
 from service.console import router as console_router
-from service.db import DATABASE_UNAVAILABLE, driver_reason
+from service.db import DATABASE_UNAVAILABLE, say_unavailable
 from service.federation.client import PartnerClient
 from service.federation.outbox import OutboxWorker
 from service.federation.pull import PullLoops
@@ -114,10 +114,9 @@ class Workers:
             except asyncio.CancelledError:
                 raise
             except DATABASE_UNAVAILABLE as exc:  # busy or gone: no stack trace, just why
-                worker_log.warning(
-                    "worker %s: the database did not answer (%s); retrying in %.0f s",
-                    name, driver_reason(exc)[:200], RETRY_SECONDS,
-                )  # fmt: skip
+                say_unavailable(
+                    worker_log, exc, "worker %s", name, then=f"retrying in {RETRY_SECONDS:.0f} s"
+                )
                 delay = RETRY_SECONDS
             except Exception:
                 worker_log.exception("worker %s failed; retrying", name)

@@ -8,6 +8,7 @@ private to the node's user, mode 0600, like the key files beside it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +28,14 @@ from sqlmodel import Session
 
 from service.errors import DatabaseError, InvalidInputError, UsageError
 
-__all__ = ["DATABASE_UNAVAILABLE", "Database", "driver_reason", "open_database", "safe_url"]
+__all__ = [
+    "DATABASE_UNAVAILABLE",
+    "Database",
+    "driver_reason",
+    "open_database",
+    "safe_url",
+    "say_unavailable",
+]
 
 _MIGRATION_LOCK = 0x656E74656E7465  # "entente": the advisory lock key for migrations
 
@@ -54,6 +62,15 @@ def driver_reason(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     reason = (str(orig) if orig is not None else str(exc)).strip()
     return reason.splitlines()[0] if reason else type(exc).__name__
+
+
+def say_unavailable(
+    logger: logging.Logger, exc: BaseException, what: str, *args: object, then: str = ""
+) -> None:
+    """One warning line, no stack trace, for work that met one of :data:`DATABASE_UNAVAILABLE`:
+    ``what % args``, what the driver said, then ``then`` (what happens next) if given."""
+    message = f"{what}: the database did not answer (%s)" + ("; %s" if then else "")
+    logger.warning(message, *args, driver_reason(exc)[:200], *((then,) if then else ()))
 
 
 def _private_sqlite_files(database: str | None) -> None:

@@ -46,7 +46,7 @@ from crypto.keys import SigningKey
 from crypto.receipt import verify_receipt
 from service.artifacts.rows import delivery_head
 from service.audit.log import audit_row
-from service.db import DATABASE_UNAVAILABLE, driver_reason
+from service.db import DATABASE_UNAVAILABLE, say_unavailable
 from service.errors import PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.federation.notices import notice_payload
@@ -289,24 +289,12 @@ class OutboxWorker:
     def _safe(self, ids: list[int], job: Callable[[], None]) -> None:
         try:
             job()
-        except DATABASE_UNAVAILABLE as exc:
-            # Our own database, not the partner: nothing can be settled now. The rows keep
-            # their lease and are taken again when it ends; a partner that took the artifact
-            # meanwhile answers the repeated delivery with its receipt again.
-            log.warning(
-                "delivering %d outbox row(s) stopped: the database did not answer (%s); they "
-                "are delivered again when their lease ends", len(ids), driver_reason(exc)[:200],
-            )  # fmt: skip
+        except DATABASE_UNAVAILABLE as exc:  # ours: the rows keep their lease, redone after it
+            say_unavailable(log, exc, "delivering %d outbox row(s) stopped", len(ids))
         except Exception:
             log.exception("an outbox job failed unexpectedly")
             why = _Retry("internal error while delivering (see the node's log)")
-            try:
-                self._settle([(i, why) for i in ids])  # rows settled already stay settled
-            except DATABASE_UNAVAILABLE as exc:
-                log.warning(
-                    "could not settle %d outbox row(s): the database did not answer (%s)",
-                    len(ids), driver_reason(exc)[:200],
-                )  # fmt: skip
+            self._settle([(i, why) for i in ids])  # rows settled already stay settled
 
     # --- deliveries -----------------------------------------------------------------------------
     def _verify(

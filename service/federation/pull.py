@@ -35,7 +35,7 @@ from typing import Any
 
 from sqlmodel import col, select
 
-from service.db import DATABASE_UNAVAILABLE, driver_reason
+from service.db import DATABASE_UNAVAILABLE, say_unavailable
 from service.errors import EntenteError, PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.federation.feed import PAGE_INLINE_BUDGET
@@ -115,10 +115,9 @@ def _pull_isolated(node: Node, client: PartnerClient, partner: Partner) -> int:
         # Nothing to record against the partner (and the record would meet the same database).
         # The cursor is saved after each page: the next round starts after the last page kept,
         # and what this page had stored already is found stored, not taken twice.
-        log.warning(
-            "pulling %s stopped: the database did not answer (%s); pulled again next round",
-            partner.node_id, driver_reason(exc)[:200],
-        )  # fmt: skip
+        say_unavailable(
+            log, exc, "pulling %s stopped", partner.node_id, then="pulled again next round"
+        )
         return 0
     except Exception as exc:
         log.exception("pulling %s failed", partner.node_id)
@@ -126,10 +125,9 @@ def _pull_isolated(node: Node, client: PartnerClient, partner: Partner) -> int:
         try:
             _save(node, partner.node_id, 0, f"pulling {partner.node_id} failed: {why}")
         except DATABASE_UNAVAILABLE as unavailable:
-            log.warning(
-                "could not record the pull error of %s: the database did not answer (%s)",
-                partner.node_id, driver_reason(unavailable)[:200],
-            )  # fmt: skip
+            say_unavailable(
+                log, unavailable, "could not record the pull error of %s", partner.node_id
+            )
         except Exception:  # the database itself is failing: the log has it
             log.exception("could not record the pull error of %s", partner.node_id)
         return 0

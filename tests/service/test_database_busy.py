@@ -290,8 +290,7 @@ def test_a_delivery_that_meets_its_own_busy_database_says_why_in_one_line_and_is
             assert worker.run_once() == 1
         said = [r.getMessage() for r in caplog.records if r.name == "entente.outbox"]
         assert said == [
-            "delivering 1 outbox row(s) stopped: the database did not answer (database is "
-            "locked); they are delivered again when their lease ends"
+            "delivering 1 outbox row(s) stopped: the database did not answer (database is locked)"
         ]
         assert all(r.exc_info is None for r in caplog.records)  # no stack trace anywhere
         holder.execute("ROLLBACK")

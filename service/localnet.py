@@ -150,15 +150,19 @@ class _SharedPorts:
                 continue  # a torn or foreign line: skipped, rewritten without it
         # At most the newest RECENT_PORTS: a bound far below the kernel's ephemeral range, so
         # that free_port always finds a port whatever the file says.
-        return dict(sorted(ports.items(), key=lambda item: item[1])[-RECENT_PORTS:])
+        return dict(_newest(ports))
 
     def _write(self) -> None:
         if self.fd is None:
             return
-        newest = sorted(self.ports.items(), key=lambda item: item[1])[-RECENT_PORTS:]
-        data = "".join(f"{port} {when:.3f}\n" for port, when in newest).encode()
+        data = "".join(f"{port} {when:.3f}\n" for port, when in _newest(self.ports)).encode()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, data, 0)
+
+
+def _newest(ports: dict[int, float]) -> list[tuple[int, float]]:
+    """The :data:`RECENT_PORTS` latest of ``ports`` (port -> time handed out), oldest first."""
+    return sorted(ports.items(), key=lambda item: item[1])[-RECENT_PORTS:]
 
 
 def run_cli(

@@ -25,7 +25,7 @@ from service.audit.refusals import (
     already_audited,
     audit_refusal,
 )
-from service.db import DATABASE_UNAVAILABLE, driver_reason
+from service.db import DATABASE_UNAVAILABLE, say_unavailable
 from service.errors import EntenteError
 
 __all__ = [
@@ -213,10 +213,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     """The database did not answer in time: SQLite's write lock held elsewhere past the busy
     timeout, a PostgreSQL server gone, no pooled connection free. Nothing of the request was
     kept (its transaction did not commit); the client may retry."""
-    log.warning(
-        "the database did not answer on %s %s: %s",
-        request.method, request.url.path, driver_reason(exc)[:200],
-    )  # fmt: skip
+    say_unavailable(log, exc, "%s %s", request.method, request.url.path, then="answered 503")
     detail = "the node's database did not answer in time (busy or unreachable); retry later"
     _audit_refusal(request, status=503, kind="database", detail=detail, later=True)
     return problem(

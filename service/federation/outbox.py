@@ -32,7 +32,6 @@ import logging
 import secrets
 from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -45,19 +44,19 @@ from crypto.errors import CryptoError
 from crypto.keys import SigningKey
 from crypto.receipt import verify_receipt
 from service.artifacts.rows import delivery_head
-from service.audit.log import audit_row
 from service.db import DATABASE_UNAVAILABLE, say_unavailable
 from service.errors import PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.federation.notices import notice_payload
-from service.federation.schedule import LANES_PARALLEL, LARGE, PER_LANE, Lanes, backoff, chunks
+from service.federation.schedule import LANES_PARALLEL, LARGE, PER_LANE, Lanes, chunks
 from service.federation.settle import (
-    _SETTLING,
-    _delivered_events,
-    _insert_audit,
-    _transition,
+    Done,
+    Finish,
+    Outcome,
+    Retry,
     receipt_keys,
     record_receipts,
+    settle_outcomes,
 )
 from service.models import Artifact, Outbox, Partner
 from service.node import Node
@@ -75,36 +74,13 @@ BATCH_MAX_BYTES = 2 << 20  # bytes of ciphertext per batch request
 BATCH_ITEM_MAX_BYTES = 256 << 10  # bytes: larger ciphertexts stream one per request
 
 
-@dataclass(frozen=True)
-class _Done:
-    receipt: str
-    kind: str  # deliver | notice | descriptor
-    expect: str  # delivery | revocation | access | descriptor
-
-
-@dataclass(frozen=True)
-class _Retry:
-    error: str
-    retry_after: float | None = None  # the partner's Retry-After, in seconds
-
-
-def _retry(exc: PartnerUnavailableError) -> _Retry:
-    return _Retry(exc.message, exc.retry_after)
-
-
-@dataclass(frozen=True)
-class _Finish:
-    state: str  # failed | cancelled
-    error: str
-    audit: bool = False
-
-
-Outcome = _Done | _Retry | _Finish
+def _retry(exc: PartnerUnavailableError) -> Retry:
+    return Retry(exc.message, exc.retry_after)
 
 
 def _refused(exc: PartnerRefusedError) -> Outcome:
     """A signed refusal: final for a status in ``PERMANENT``, else retried."""
-    return _Finish("failed", exc.message, True) if exc.status_code in PERMANENT else _retry(exc)
+    return Finish("failed", exc.message, True) if exc.status_code in PERMANENT else _retry(exc)
 
 
 class OutboxWorker:
@@ -256,18 +232,18 @@ class OutboxWorker:
                 continue
             partner = partners.get(row.partner)
             if partner is None:
-                settled.append((row.id, _Finish("failed", "the partner is no longer pinned", True)))
+                settled.append((row.id, Finish("failed", "the partner is no longer pinned", True)))
                 continue
             if row.kind == "descriptor":
                 descriptors[row.partner].append(row)
                 continue
             artifact = artifacts.get((row.artifact_id, row.artifact_origin or ""))
             if artifact is None:
-                settled.append((row.id, _Finish("failed", "the artifact no longer exists", True)))
+                settled.append((row.id, Finish("failed", "the artifact no longer exists", True)))
             elif row.kind == "deliver" and (
                 artifact.revoked_at is not None or artifact.blob is None
             ):
-                settled.append((row.id, _Finish("cancelled", "revoked before delivery")))
+                settled.append((row.id, Finish("cancelled", "revoked before delivery")))
             elif row.kind == "deliver" and artifact.ciphertext_size <= BATCH_ITEM_MAX_BYTES:
                 small[row.partner].append((row, artifact))
             else:
@@ -286,15 +262,24 @@ class OutboxWorker:
             jobs.append((partner_id, ids_, partial(self._descriptors, partners[partner_id], drows)))
         return jobs
 
+    def _settle(self, outcomes: Sequence[tuple[int, Outcome]]) -> None:
+        settle_outcomes(self.node, self.owner, outcomes)
+
     def _safe(self, ids: list[int], job: Callable[[], None]) -> None:
+        """Run one request's job; whatever it raises is settled here, so its lane goes on.
+        Our own database not answering leaves the rows under their lease, redone after it."""
         try:
             job()
-        except DATABASE_UNAVAILABLE as exc:  # ours: the rows keep their lease, redone after it
+        except DATABASE_UNAVAILABLE as exc:
             say_unavailable(log, exc, "delivering %d outbox row(s) stopped", len(ids))
         except Exception:
             log.exception("an outbox job failed unexpectedly")
-            why = _Retry("internal error while delivering (see the node's log)")
-            self._settle([(i, why) for i in ids])  # rows settled already stay settled
+            why = Retry("internal error while delivering (see the node's log)")
+            try:
+                self._settle([(i, why) for i in ids])  # rows settled already stay settled
+            except DATABASE_UNAVAILABLE as exc:
+                say_unavailable(log, exc, "recording the failure of %d outbox row(s) stopped",
+                                len(ids), then="delivered again once their lease ends")  # fmt: skip
 
     # --- deliveries -----------------------------------------------------------------------------
     def _verify(
@@ -342,7 +327,7 @@ class OutboxWorker:
         results = reply.data.get("results") if isinstance(reply.data, dict) else None
         if not isinstance(results, list) or len(results) != len(items):
             why = f"{partner.node_id} answered a batch with the wrong number of results"
-            self._settle([(row.id or 0, _Retry(why)) for row, _ in items])
+            self._settle([(row.id or 0, Retry(why)) for row, _ in items])
             return
         outcomes: list[tuple[int, Outcome]] = []
         trusted = self._keys(partner.node_id)
@@ -355,17 +340,17 @@ class OutboxWorker:
         self, partner: Partner, artifact: Artifact, result: Any, trusted: PartnerKeys
     ) -> Outcome:
         if not isinstance(result, dict):
-            return _Retry(f"{partner.node_id} sent a malformed batch result")
+            return Retry(f"{partner.node_id} sent a malformed batch result")
         status = result.get("status")
         if status in (200, 201):
             receipt, why = self._verify(partner, artifact, result, "delivery", trusted)
-            return _Done(receipt, "deliver", "delivery") if receipt else _Retry(why or "")
+            return Done(receipt, "deliver", "delivery") if receipt else Retry(why or "")
         problem = result.get("problem")
         detail = str(problem.get("detail") if isinstance(problem, dict) else "refused")[:500]
         message = f"{partner.node_id} refused ({status}): {detail}"
         if status in PERMANENT:
-            return _Finish("failed", message, True)
-        return _Retry(message)
+            return Finish("failed", message, True)
+        return Retry(message)
 
     def _one(self, partner: Partner, row: Outbox, artifact: Artifact) -> None:
         try:
@@ -389,7 +374,7 @@ class OutboxWorker:
             self._settle([(row.id or 0, _retry(exc))])
             return
         receipt, why = self._verify(partner, artifact, reply.data, expect)
-        outcome: Outcome = _Done(receipt, row.kind, expect) if receipt else _Retry(why or "")
+        outcome: Outcome = Done(receipt, row.kind, expect) if receipt else Retry(why or "")
         self._settle([(row.id or 0, outcome)])
 
     def _descriptors(self, partner: Partner, rows: list[Outbox]) -> None:
@@ -397,7 +382,7 @@ class OutboxWorker:
         for row in rows:
             outcome = self._push_descriptor(partner, row)
             self._settle([(row.id or 0, outcome)])
-            if not isinstance(outcome, _Done):
+            if not isinstance(outcome, Done):
                 return
 
     def _push_descriptor(self, partner: Partner, row: Outbox) -> Outcome:
@@ -419,82 +404,6 @@ class OutboxWorker:
                 return _retry(exc)
             data = reply.data if isinstance(reply.data, dict) else {}
             if data.get("fingerprint") != payload.get("fingerprint"):
-                return _Retry(f"{partner.node_id} did not confirm the new key")
-            return _Done(json.dumps(data, sort_keys=True), "descriptor", "descriptor")
-        return _Retry(error)
-
-    # --- recording outcomes ---------------------------------------------------------------------
-    def _settle(self, outcomes: Sequence[tuple[int, Outcome]]) -> None:
-        """Write the outcomes of one request (or several rows) in one transaction.
-
-        Each row moves on only if it is still pending under this worker's lease (a conditional
-        update, so a pull's acknowledgement that settled it meanwhile wins, and nothing is
-        recorded twice). Core statements built once: a batch settles 64 rows, and building an
-        ORM UPDATE per row cost more than the delivery's own verification.
-        """
-        node = self.node
-        now = node.now()
-        pause = partial(backoff, base=node.settings.retry_base_seconds,
-                        cap=node.settings.retry_max_seconds)  # fmt: skip
-        counts: dict[tuple[str, str], int] = defaultdict(int)
-        events: list[dict[str, Any]] = []
-        with node.db.engine.begin() as conn:
-            rows = {
-                r.id: r for r in conn.execute(_SETTLING, {"ids": [i for i, _ in outcomes]}).all()
-            }
-            for ident, outcome in outcomes:
-                row = rows.get(ident)
-                if row is None:
-                    continue
-                attempts = row.attempts + 1
-                values: dict[str, Any] = {
-                    "attempts": attempts, "lease_owner": None, "lease_until": None,
-                }  # fmt: skip
-                if isinstance(outcome, _Done):
-                    values.update(
-                        state="delivered", delivered_at=now, receipt=outcome.receipt,
-                        last_error=None,
-                    )  # fmt: skip
-                    label = "delivered"
-                elif isinstance(outcome, _Retry):
-                    values.update(
-                        next_attempt_at=now + pause(attempts, retry_after=outcome.retry_after),
-                        last_error=outcome.error[:1000],
-                    )
-                    label = "retry"
-                else:
-                    values.update(state=outcome.state, last_error=outcome.error[:1000])
-                    label = outcome.state
-                if not _transition(conn, ident, values, owner=self.owner):
-                    continue  # settled elsewhere meanwhile (a pull's acknowledgement)
-                if isinstance(outcome, _Done):
-                    if row.kind == "deliver":
-                        node.metrics.observe_delivery(row.partner, row.created_at, now)
-                    events += _delivered_events(
-                        node, row, outcome.receipt, row.sha256, now, outcome.expect,
-                        attempts=attempts,
-                    )  # fmt: skip
-                elif isinstance(outcome, _Retry):
-                    if attempts == 1:
-                        events.append(
-                            audit_row(
-                                kind="delivery.failed", actor=f"node:{node.node_id}",
-                                partner=row.partner, artifact_id=row.artifact_id,
-                                detail={"error": outcome.error[:500], "retrying": True,
-                                        "kind": row.kind}, now=now,
-                            )
-                        )  # fmt: skip
-                elif outcome.audit or outcome.state == "failed":
-                    events.append(
-                        audit_row(
-                            kind="delivery.failed", actor=f"node:{node.node_id}",
-                            partner=row.partner, artifact_id=row.artifact_id,
-                            detail={"error": outcome.error[:500], "retrying": False,
-                                    "kind": row.kind}, now=now,
-                        )
-                    )  # fmt: skip
-                counts[(row.partner, label)] += 1
-            if events:
-                conn.execute(_insert_audit(), events)
-        for (partner, label), n in counts.items():
-            node.metrics.deliveries.labels(partner, label).inc(n)
+                return Retry(f"{partner.node_id} did not confirm the new key")
+            return Done(json.dumps(data, sort_keys=True), "descriptor", "descriptor")
+        return Retry(error)

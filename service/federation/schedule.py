@@ -21,6 +21,7 @@ timeouts do).
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -31,6 +32,8 @@ from typing import TypeVar
 from service.doorbell import Doorbell
 
 __all__ = ["LANES_PARALLEL", "LARGE", "PER_LANE", "Lanes", "backoff", "chunks"]
+
+log = logging.getLogger("entente.lanes")
 
 LARGE = " (large)"  # a partner's lane key plus this: its large deliveries' lane
 LANES_PARALLEL = 16  # lanes running at once (two a partner: small requests, large deliveries)
@@ -113,15 +116,20 @@ class Lanes:
         """Run ``jobs`` on a lane, up to ``per_lane`` at once (one: in order); ``partner`` must
         not be :meth:`busy`."""
 
+        def run(job: Callable[[], None]) -> None:
+            try:
+                job()
+            except Exception as exc:  # a job settles its own failures: this one is a defect
+                log.exception("a job of %s lane %s failed: %s", self._name, partner, exc)
+
         def lane() -> None:
             if self._per_lane == 1 or len(jobs) == 1:
                 for job in jobs:
-                    job()
+                    run(job)
                 return
             width = min(self._per_lane, len(jobs))
             with ThreadPoolExecutor(width, thread_name_prefix=f"{self._name}-lane") as pool:
-                for future in [pool.submit(job) for job in jobs]:
-                    future.result()
+                pool.map(run, jobs)
 
         with self._lock:
             running = self._running.get(partner)

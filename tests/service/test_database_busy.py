@@ -307,3 +307,51 @@ def test_a_delivery_that_meets_its_own_busy_database_says_why_in_one_line_and_is
     finally:
         holder.close()
         pair.transport.close()
+
+
+def test_a_delivery_failing_otherwise_whose_settling_meets_the_busy_database_says_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A delivery job that fails for a reason of its own (a defect: its stack trace is logged),
+    and whose recording of that failure then meets the database held by another process: one
+    more line saying so, nothing raised out of the lane, the row pending under its lease with no
+    attempt counted, and delivered once the lease has ended."""
+    monkeypatch.setattr(db_module, "BUSY_TIMEOUT_MS", 200)
+    uk, us = make_node(tmp_path, "uk-aisi"), make_node(tmp_path, "us-aisi")
+    pair = joined(uk, us)
+    [artifact_id] = share(uk, 1)
+    path = uk.node.db.engine.url.database
+    assert path is not None
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    worker = pair.worker(uk)
+    deliver = worker._batch
+
+    def lock_then_fail(*args: Any) -> None:
+        holder.execute("BEGIN IMMEDIATE")  # another process takes the write lock
+        raise RuntimeError("a defect in the delivery")
+
+    monkeypatch.setattr(worker, "_batch", lock_then_fail)
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert worker.run_once() == 1
+        said = [r for r in caplog.records if r.name.startswith("entente.")]
+        assert [r.getMessage() for r in said] == [
+            "an outbox job failed unexpectedly",
+            "recording the failure of 1 outbox row(s) stopped: the database did not answer "
+            "(database is locked); delivered again once their lease ends",
+        ]
+        assert said[0].exc_info is not None and said[1].exc_info is None
+        holder.execute("ROLLBACK")
+        [row] = [r for r in outbox(uk) if r.kind == "deliver"]
+        assert (row.state, row.attempts, row.lease_owner) == ("pending", 0, worker.owner)
+        assert accepted(us) == {}
+        with uk.node.db.engine.begin() as conn:  # the lease runs out
+            conn.execute(sa.update(Outbox).values(lease_until=None))
+        monkeypatch.setattr(worker, "_batch", deliver)
+        assert worker.run_once() == 1
+        [row] = [r for r in outbox(uk) if r.kind == "deliver"]
+        assert row.state == "delivered" and row.receipt
+        assert accepted(us) == {artifact_id: 1}
+    finally:
+        holder.close()
+        pair.transport.close()

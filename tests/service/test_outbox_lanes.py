@@ -249,3 +249,28 @@ def test_a_lane_with_per_lane_runs_that_many_of_its_jobs_at_once() -> None:
     finally:
         lanes.close()
     assert sorted(passed) == [0, 1]
+
+
+@pytest.mark.parametrize("per_lane", [1, 2])
+def test_a_job_that_raises_is_logged_and_the_lane_goes_on(
+    per_lane: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lane's job is expected to settle its own failures; one that raises anyway is logged
+    with its stack trace, never dropped silently with the lane's future, and the lane's other
+    jobs still run (in order, one at a time)."""
+    lanes = Lanes(2, name="test-lanes", per_lane=per_lane)
+    done: list[int] = []
+
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    try:
+        with caplog.at_level("ERROR", logger="entente.lanes"):
+            lanes.start("uk-aisi", [broken, lambda: done.append(1), lambda: done.append(2)])
+            lanes.wait()
+    finally:
+        lanes.close()
+    assert sorted(done) == [1, 2]
+    [said] = [r for r in caplog.records if r.name == "entente.lanes"]
+    assert said.getMessage() == "a job of test-lanes lane uk-aisi failed: boom"
+    assert said.exc_info is not None

@@ -1,9 +1,8 @@
-"""The audit log's entries: their canonical encoding (the leaf a verifier recomputes), the
-log's names (checkpoint origin, witness key name), and reading entry rows.
+"""The audit log's entries: the log's names (checkpoint origin, witness key name), entry objects,
+and reading entry rows. Rows are read in seq order, in chunks, each in its own short transaction.
 
-:func:`encode_leaf` is the specification ``docs/audit-log.md`` describes; :func:`encode_row`
-is the same bytes from a database row, without building a dict. Rows are read in seq order, in
-chunks, each in its own short transaction.
+Their canonical encoding (the leaf a verifier recomputes) is ``service.audit.encoding``, whose
+names are also importable from here.
 
 This module does not hash, sequence or sign (``service.audit.sequencer``) and does not verify
 (``service.audit.verify``).
@@ -11,19 +10,22 @@ This module does not hash, sequence or sign (``service.audit.sequencer``) and do
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
-from json.encoder import encode_basestring
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlmodel import Session
 
-from crypto.errors import MalformedError
-from crypto.note import (
-    NoteSigner,
+from crypto.note import NoteSigner
+from service.audit.encoding import (
+    ENTRY_FIELDS,
+    LEAF_VERSION,
+    created_text,
+    encode_leaf,
+    encode_row,
+    entry_rows_sql,
+    format_time,
 )
 from service.models import AuditEntry
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENTRY_FIELDS",
+    "LEAF_VERSION",
     "LOG_ORIGIN_PREFIX",
     "SEQUENCE_BATCH_MAX",
     "WITNESS_NAME_PREFIX",
@@ -40,6 +43,7 @@ __all__ = [
     "encode_leaf",
     "encode_row",
     "entry_object",
+    "entry_rows_sql",
     "format_time",
     "log_origin",
     "log_signer",
@@ -56,24 +60,6 @@ __all__ = [
 SEQUENCE_BATCH_MAX = 2_000
 LOG_ORIGIN_PREFIX = "entente.dev/audit/"  # + node id: the checkpoint origin and log key name
 WITNESS_NAME_PREFIX = "entente.dev/witness/"  # + node id: the cosigner key name
-LEAF_VERSION = 1
-
-# The keys of an entry's canonical encoding, in their (sorted) order.
-ENTRY_FIELDS = (
-    "actor",
-    "artifact_id",
-    "clause",
-    "created_at",
-    "decision",
-    "detail",
-    "digest",
-    "id",
-    "kind",
-    "partner",
-    "rule",
-    "seq",
-    "v",
-)
 
 
 def log_origin(node_id: str) -> str:
@@ -99,133 +85,6 @@ def log_signer(node: Node) -> NoteSigner:
     return NoteSigner(log_origin(node.node_id), node.keys.log_key)
 
 
-# ---------------------------------------------------------------------------------------------
-# The entry encoding (docs/audit-log.md, "Entry encoding")
-
-
-def format_time(value: datetime) -> str:
-    """RFC 3339 UTC with exactly six fractional digits: ``2026-11-27T09:00:00.000000Z``."""
-    if value.tzinfo is None:
-        raise ValueError("naive datetime in an audit entry")
-    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
-
-
-def _encode(
-    actor: str,
-    artifact_id: str | None,
-    clause: str | None,
-    created_at: str,
-    decision: str | None,
-    detail: str,
-    digest: str | None,
-    ident: int,
-    kind: str,
-    partner: str | None,
-    rule: str | None,
-    seq: int,
-) -> bytes:
-    if type(seq) is not int or type(ident) is not int or seq < 0 or ident < 0:
-        raise MalformedError("an entry's seq and id are non-negative integers")
-    q = encode_basestring
-    try:
-        text = (
-            f'{{"actor":{q(actor)},'
-            f'"artifact_id":{"null" if artifact_id is None else q(artifact_id)},'
-            f'"clause":{"null" if clause is None else q(clause)},'
-            f'"created_at":{q(created_at)},'
-            f'"decision":{"null" if decision is None else q(decision)},'
-            f'"detail":{q(detail)},'
-            f'"digest":{"null" if digest is None else q(digest)},'
-            f'"id":{ident},"kind":{q(kind)},'
-            f'"partner":{"null" if partner is None else q(partner)},'
-            f'"rule":{"null" if rule is None else q(rule)},"seq":{seq},"v":1}}'
-        )
-    except TypeError:
-        raise MalformedError("an entry field has the wrong type") from None
-    return text.encode("utf-8")
-
-
-def encode_leaf(entry: Mapping[str, Any]) -> bytes:
-    """The canonical encoding of one log entry: the bytes whose RFC 6962 leaf hash is in the tree.
-
-    A JSON object with exactly the keys :data:`ENTRY_FIELDS`, sorted, no whitespace, strings
-    escaped as JSON requires (``"``, ``\\``, and U+0000..U+001F only), UTF-8: the same bytes as
-    RFC 8785 (JCS) and as Python's ``json.dumps(obj, sort_keys=True, separators=(",", ":"),
-    ensure_ascii=False)`` for these value types. ``detail`` is the stored JSON text, as a string.
-    """
-    try:
-        if entry["v"] != LEAF_VERSION:
-            raise MalformedError(f"unknown entry version {entry['v']!r}")
-        return _encode(
-            entry["actor"],
-            entry["artifact_id"],
-            entry["clause"],
-            entry["created_at"],
-            entry["decision"],
-            entry["detail"],
-            entry["digest"],
-            entry["id"],
-            entry["kind"],
-            entry["partner"],
-            entry["rule"],
-            entry["seq"],
-        )
-    except KeyError as exc:
-        raise MalformedError(f"an entry has no {exc.args[0]!r}") from None
-
-
-_SQLITE_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
-_sqlite_datetime = sqlite_dialect.DATETIME().result_processor(  # type: ignore[no-untyped-call]
-    sqlite_dialect.dialect(), None
-)
-
-
-def created_text(value: datetime | str) -> str:
-    """``created_at`` as encoded in a leaf, from a datetime or from SQLite's stored text.
-
-    SQLite keeps ``YYYY-MM-DD HH:MM:SS.ffffff`` (UTC); that text is rewritten directly, anything
-    else is parsed as SQLAlchemy parses it. Either way the result is :func:`format_time` of the
-    stored instant, so the sequencer and every verifier agree.
-    """
-    if isinstance(value, str):
-        if _SQLITE_TIME.fullmatch(value):
-            return f"{value[:10]}T{value[11:]}Z"
-        if _sqlite_datetime is None:  # pragma: no cover - SQLAlchemy always has one
-            raise MalformedError("cannot parse a stored time")
-        try:
-            parsed = _sqlite_datetime(value)
-        except (TypeError, ValueError):
-            parsed = None
-        if not isinstance(parsed, datetime):
-            raise MalformedError(f"a stored time is malformed: {value[:40]!r}")
-        return format_time(parsed.replace(tzinfo=UTC))
-    return format_time(value)
-
-
-def encode_row(row: Sequence[Any], seq: int | None = None) -> bytes:
-    """:func:`encode_leaf` of a row of :func:`select_entry_rows` (``seq`` overrides the row's)."""
-    return _encode(
-        row[4],
-        row[6],
-        row[10],
-        created_text(row[2]),
-        row[8],
-        row[11],
-        row[7],
-        row[0],
-        row[3],
-        row[5],
-        row[9],
-        row[1] if seq is None else seq,
-    )
-
-
-_ROW_SQL = (
-    "SELECT id, seq, created_at, kind, actor, partner, artifact_id, digest, decision, rule, "
-    "clause, detail FROM audit_entries"
-)
-
-
 def select_entry_rows(
     session_or_conn: Session | sa.Connection,
     *,
@@ -240,7 +99,7 @@ def select_entry_rows(
     (SQLite: the stored text; PostgreSQL: a datetime): feed them to :func:`encode_row` or
     :func:`row_mapping`. Sequenced rows come in seq order, unsequenced ones in id order."""
     conn = session_or_conn.connection() if isinstance(session_or_conn, Session) else session_or_conn
-    sql, params = _entry_rows_sql(
+    sql, params = entry_rows_sql(
         conn.dialect.paramstyle,
         seq_from=seq_from,
         seq_after=seq_after,
@@ -262,7 +121,7 @@ def fetch_entry_rows(
     """:func:`select_entry_rows` of sequenced rows as the driver's own tuples, on a pooled
     connection used directly: for reading a whole log, where SQLAlchemy's result rows cost
     more per entry than hashing it (the verifier's workers)."""
-    sql, params = _entry_rows_sql(
+    sql, params = entry_rows_sql(
         engine.dialect.paramstyle,
         seq_from=seq_from,
         seq_after=seq_after,
@@ -282,35 +141,6 @@ def fetch_entry_rows(
     finally:
         raw.close()
     return rows
-
-
-def _entry_rows_sql(
-    paramstyle: str,
-    *,
-    seq_from: int | None,
-    seq_after: int | None,
-    seq_below: int | None,
-    unsequenced: bool,
-    limit: int,
-) -> tuple[str, tuple[int, ...]]:
-    mark = "?" if paramstyle == "qmark" else "%s"
-    where: list[str] = []
-    params: list[int] = []
-    if unsequenced:
-        where.append("seq IS NULL")
-    else:
-        where.append("seq IS NOT NULL")
-    for clause, value in (
-        (f"seq >= {mark}", seq_from),
-        (f"seq > {mark}", seq_after),
-        (f"seq < {mark}", seq_below),
-    ):
-        if value is not None:
-            where.append(clause)
-            params.append(value)
-    order = "id" if unsequenced else "seq"
-    params.append(limit)
-    return f"{_ROW_SQL} WHERE {' AND '.join(where)} ORDER BY {order} LIMIT {mark}", tuple(params)
 
 
 def row_mapping(row: Sequence[Any]) -> dict[str, Any]:

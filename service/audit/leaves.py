@@ -14,23 +14,26 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any
 
 from crypto import merkle
 from crypto.errors import MalformedError
-from service.audit.entries import (
-    ENTRY_FIELDS,
-    encode_leaf,
-    encode_row,
-    fetch_entry_rows,
-    select_entry_rows,
-)
+from service.audit.encoding import ENTRY_FIELDS, encode_leaf
+from service.audit.entries import fetch_entry_rows, select_entry_rows
+from service.audit.hashing import LeafBatch, Problem, hash_rows, missing
 
-__all__ = ["LeafBatch", "Problem", "batches_from_entries", "batches_from_rows", "parallel_batches"]
+__all__ = [
+    "HashRange",
+    "LeafBatch",
+    "Problem",
+    "batches_from_entries",
+    "batches_from_rows",
+    "hash_range",
+    "parallel_batches",
+]
 
 BATCH = 4096  # leaves per batch from entry objects
 ROW_CHUNK = 50_000  # rows per worker task (a worker holds one task's rows: about 140 MiB in all)
@@ -39,39 +42,6 @@ PARALLEL_MIN = 200_000  # entries below which worker processes are not worth sta
 _FIELDS = frozenset(ENTRY_FIELDS)
 _HINTS = frozenset({"leaf_hash"})  # served alongside entries by /audit/v1/entries; ignored
 _ENTRY_LEN = len(ENTRY_FIELDS)
-
-
-@dataclass(frozen=True)
-class Problem:
-    message: str
-    seq: int | None = None
-    entry_id: int | None = None
-
-
-@dataclass(frozen=True)
-class LeafBatch:
-    start: int  # the seq of leaves[0]
-    leaves: list[bytes]
-    problem: Problem | None = None  # met right after these leaves; nothing follows
-
-
-def _missing(expected: int, seq: Any, entry_id: Any, last_id: Any) -> Problem:
-    if type(seq) is not int:
-        return Problem(
-            f"an entry after seq {expected - 1} (id {entry_id}) has no valid seq", entry_id=entry_id
-        )
-    if seq > expected:
-        gap = f"seq {expected}" if seq == expected + 1 else f"seq {expected} to {seq - 1}"
-        after = f"the entry after id {last_id}" if last_id is not None else "the next entry"
-        return Problem(
-            f"entry {gap} is missing (deleted?): {after} is seq {seq} (id {entry_id})",
-            seq=expected,
-        )
-    return Problem(
-        f"entry seq {seq} (id {entry_id}) is out of place: expected seq {expected}",
-        seq=seq,
-        entry_id=entry_id,
-    )
 
 
 def known_fields(entry: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -100,7 +70,7 @@ def batches_from_entries(
         seq = entry.get("seq")
         if seq != expected or type(seq) is not int:
             yield LeafBatch(
-                expected - len(leaves), leaves, _missing(expected, seq, entry.get("id"), last_id)
+                expected - len(leaves), leaves, missing(expected, seq, entry.get("id"), last_id)
             )
             return
         try:
@@ -118,26 +88,6 @@ def batches_from_entries(
             yield LeafBatch(expected - len(leaves), leaves)
             leaves = []
     yield LeafBatch(expected - len(leaves), leaves)
-
-
-def hash_rows(rows: Sequence[Any], expected: int, last_id: Any = None) -> LeafBatch:
-    """One batch from database rows (as :func:`service.audit.entries.select_entry_rows` returns
-    them) that should carry seqs ``expected, expected + 1, ...``."""
-    leaves: list[bytes] = []
-    append, leaf_hash = leaves.append, merkle.leaf_hash
-    first = expected
-    for row in rows:
-        seq = row[1]
-        if seq != expected:
-            return LeafBatch(first, leaves, _missing(expected, seq, row[0], last_id))
-        try:
-            append(leaf_hash(encode_row(row)))
-        except MalformedError as exc:
-            problem = Problem(f"entry seq {seq} (id {row[0]}) is malformed: {exc}", seq, row[0])
-            return LeafBatch(first, leaves, problem)
-        expected += 1
-        last_id = row[0]
-    return LeafBatch(first, leaves)
 
 
 def batches_from_rows(conn_factory: Any, size: int) -> Iterator[LeafBatch]:
@@ -163,10 +113,12 @@ def batches_from_rows(conn_factory: Any, size: int) -> Iterator[LeafBatch]:
 _engine: Any = None
 
 
-def _worker_hash(
+def hash_range(
     url: str, lo: int | None, hi: int, expected: int
 ) -> tuple[bytes, Problem | None, int]:
-    """In a worker: hash the rows with ``lo <= seq < hi`` (``lo`` None: every seq below ``hi``)."""
+    """In a worker: hash the rows with ``lo <= seq < hi`` (``lo`` None: every seq below ``hi``)
+    of the database at ``url`` through SQLAlchemy (PostgreSQL; SQLite has
+    ``service.audit.hashing.hash_sqlite_range``)."""
     global _engine
     if _engine is None:
         from service.db import open_database
@@ -181,10 +133,15 @@ def worker_count() -> int:
     return max(1, min(os.cpu_count() or 1, 16))
 
 
+HashRange = Callable[..., tuple[bytes, Problem | None, int]]
+
+
 def parallel_batches(
-    url: str, size: int, *, workers: int, chunk: int = ROW_CHUNK
+    job: HashRange, head: tuple[Any, ...], size: int, *, workers: int, chunk: int = ROW_CHUNK
 ) -> Iterator[LeafBatch]:
-    """Leaf batches of seqs ``0 .. size - 1``, hashed by ``workers`` processes, in order.
+    """Leaf batches of seqs ``0 .. size - 1``, hashed by ``workers`` processes, in order: each
+    task is ``job(*head, lo, hi, expected)`` (:func:`hash_range`, or on SQLite
+    ``service.audit.hashing.hash_sqlite_range``), picklable.
 
     At most ``2 * workers`` chunks are in flight, and a chunk's result is dropped once it is
     handed on: memory stays flat whatever the size of the log."""
@@ -197,7 +154,7 @@ def parallel_batches(
         def submit() -> None:
             nonlocal next_task
             lo, hi = bounds[next_task], bounds[next_task + 1]
-            future = pool.submit(_worker_hash, url, None if lo == 0 else lo, hi, lo)
+            future = pool.submit(job, *head, None if lo == 0 else lo, hi, lo)
             pending.append((lo, hi, future))
             next_task += 1
 

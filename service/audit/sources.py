@@ -22,11 +22,14 @@ from crypto.note import NoteVerifier
 from service.audit.checkpoints import list_checkpoints
 from service.audit.entries import entry_columns, row_mapping, row_object, select_entry_rows
 from service.audit.errors import AuditSourceError
+from service.audit.hashing import hash_sqlite_range, sqlite_quotes_like_python
 from service.audit.leaves import (
     PARALLEL_MIN,
     ROW_CHUNK,
+    HashRange,
     LeafBatch,
     batches_from_rows,
+    hash_range,
     parallel_batches,
     worker_count,
 )
@@ -103,12 +106,21 @@ class DatabaseSource:
         workers = self._workers if self._workers is not None else worker_count()
         try:
             if workers > 1 and size >= self._parallel_min:
-                url = self._db.engine.url.render_as_string(hide_password=False)
-                yield from parallel_batches(url, size, workers=workers, chunk=self._chunk)
+                yield from parallel_batches(
+                    *self._hash_range(), size, workers=workers, chunk=self._chunk
+                )
             else:
                 yield from batches_from_rows(self._db.engine.connect, size)
         except SQLAlchemyError as exc:
             raise AuditSourceError(f"cannot read entries: {exc}") from None
+
+    def _hash_range(self) -> tuple[HashRange, tuple[Any, ...]]:
+        """What each worker runs: on SQLite, plain ``sqlite3`` on the file, letting SQLite build
+        each leaf if its JSON quoting is the specification's; else SQLAlchemy on the URL."""
+        url = self._db.engine.url
+        if self._db.is_sqlite and url.database:
+            return hash_sqlite_range, (url.database, sqlite_quotes_like_python())
+        return hash_range, (url.render_as_string(hide_password=False),)
 
     def consistency_proof(self, old: int, new: int) -> list[bytes]:
         with self._db.session() as session:

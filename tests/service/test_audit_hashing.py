@@ -147,8 +147,8 @@ def _deleted(node: Node) -> None:
 
 
 TAMPERS = [None, _blob_actor, _time_in_another_form, _time_as_number, _seq_as_real,
-           _seq_as_text, _negative_seq, _null_artifact, _artifact_null_text, _nul_in_actor, _edited_detail,
-           _deleted]  # fmt: skip
+           _seq_as_text, _negative_seq, _null_artifact, _artifact_null_text, _nul_in_actor,
+           _edited_detail, _deleted]  # fmt: skip
 
 
 @pytest.mark.parametrize("tamper", TAMPERS, ids=lambda f: f.__name__.strip("_") if f else "none")

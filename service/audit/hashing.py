@@ -102,21 +102,20 @@ def hash_rows(rows: Sequence[Any], expected: int, last_id: Any = None) -> LeafBa
 
 # id, seq, and the leaf: the keys in order, each string through json_quote (null for NULL),
 # created_at rewritten from YYYY-MM-DD HH:MM:SS.ffffff (the one form it may take here; another
-# gives NULL), the integers as SQLite writes them.
+# gives NULL), the integers as SQLite writes them; printf builds the leaf in one piece.
 LEAF_SQL = """
 SELECT id, seq,
   CASE WHEN typeof(created_at) = 'text' AND created_at GLOB (
     '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] '
     || '[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]')
-  THEN CAST(
-    '{"actor":' || json_quote(actor) || ',"artifact_id":' || json_quote(artifact_id)
-    || ',"clause":' || json_quote(clause)
-    || ',"created_at":"' || substr(created_at, 1, 10) || 'T' || substr(created_at, 12)
-    || 'Z","decision":' || json_quote(decision) || ',"detail":' || json_quote(detail)
-    || ',"digest":' || json_quote(digest) || ',"id":' || id || ',"kind":' || json_quote(kind)
-    || ',"partner":' || json_quote(partner) || ',"rule":' || json_quote(rule)
-    || ',"seq":' || seq || ',"v":1}'
-  AS BLOB) END
+  THEN CAST(printf(
+    '{"actor":%s,"artifact_id":%s,"clause":%s,"created_at":"%sT%sZ","decision":%s,'
+    || '"detail":%s,"digest":%s,"id":%d,"kind":%s,"partner":%s,"rule":%s,"seq":%d,"v":1}',
+    json_quote(actor), json_quote(artifact_id), json_quote(clause),
+    substr(created_at, 1, 10), substr(created_at, 12), json_quote(decision),
+    json_quote(detail), json_quote(digest), id, json_quote(kind), json_quote(partner),
+    json_quote(rule), seq
+  ) AS BLOB) END
 FROM audit_entries WHERE seq IS NOT NULL AND seq >= ? AND seq < ? ORDER BY seq LIMIT ?
 """
 
@@ -149,7 +148,9 @@ def _built_by_sqlite(rows: Sequence[Any], expected: int) -> list[bytes] | None:
     leaves: list[bytes] = []
     append, leaf_hash = leaves.append, merkle.leaf_hash
     for ident, seq, leaf in rows:
-        if seq != expected or leaf is None or type(ident) is not int or ident < 0:
+        if leaf is None or seq != expected or type(seq) is not int:
+            return None
+        if type(ident) is not int or ident < 0:
             return None
         append(leaf_hash(leaf))
         expected += 1

@@ -180,9 +180,10 @@ def hash_sqlite_range(
     conn = _connect(path)
     limit = hi - expected + 1
     try:
-        if built and lo is not None:
+        if built:
+            low = -(1 << 63) if lo is None else lo  # a negative seq shows up, and falls back
             try:
-                rows = conn.execute(LEAF_SQL, (lo, hi, limit)).fetchall()
+                rows = conn.execute(LEAF_SQL, (low, hi, limit)).fetchall()
             except sqlite3.Error:  # a value SQLite's JSON refuses (a BLOB): said below
                 rows = None
             leaves = None if rows is None else _built_by_sqlite(rows, expected)

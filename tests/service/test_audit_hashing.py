@@ -6,6 +6,8 @@ built its leaf: it falls back to the specification's encoder or fails to match."
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from service.audit.verify import verify_log
 from service.node import Node
 from tests.service.audit_fixtures import T0, add_events, make_node, seq_all
 
+ROOT = Path(__file__).resolve().parents[2]
 N = 40
 # Every character JSON escapes but NUL (which no node stores), non-ASCII, the line separators
 # JSON lets through, a value that looks like JSON: logged honestly, so both encoders must agree.
@@ -178,3 +181,17 @@ def test_verdicts_from_worker_processes_on_sqlite_are_the_serial_ones(
     serial, parallel = ((v.ok, v.size, v.bad_seq, v.bad_id, v.problem) for v in verdicts)
     assert parallel == serial
     assert serial[0] is (tamper in (None, _time_in_another_form))
+
+
+def test_a_hashing_worker_starts_without_sqlalchemy_or_the_models() -> None:
+    """What a spawned worker imports to run ``hash_sqlite_range``: nothing of the ORM (which took
+    each worker about a second to start)."""
+    code = (
+        "import sys, service.audit.hashing; "
+        "print(sorted(m for m in sys.modules if m.startswith(('sqlalchemy', 'sqlmodel', "
+        "'service.models', 'service.db'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]"

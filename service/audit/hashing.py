@@ -120,6 +120,7 @@ FROM audit_entries WHERE seq IS NOT NULL AND seq >= ? AND seq < ? ORDER BY seq L
 """
 
 _SCALARS_PER_PROBE = 1 << 16
+_FETCH_ROWS = 2048  # rows a worker takes from its cursor at a time
 
 
 @functools.cache
@@ -142,19 +143,23 @@ def sqlite_quotes_like_python() -> bool:
     return True
 
 
-def _built_by_sqlite(rows: Sequence[Any], expected: int) -> list[bytes] | None:
-    """The leaf hashes of :data:`LEAF_SQL` rows carrying seqs ``expected, ...``; None at the
-    first row that needs the specification's encoder to say what is wrong with it."""
-    leaves: list[bytes] = []
-    append, leaf_hash = leaves.append, merkle.leaf_hash
-    for ident, seq, leaf in rows:
-        if leaf is None or seq != expected or type(seq) is not int:
-            return None
-        if type(ident) is not int or ident < 0:
-            return None
-        append(leaf_hash(leaf))
-        expected += 1
-    return leaves
+def _built_by_sqlite(cursor: sqlite3.Cursor, expected: int) -> tuple[bytes, int] | None:
+    """The leaf hashes of the :data:`LEAF_SQL` rows ``cursor`` yields, which should carry seqs
+    ``expected, ...``, concatenated, and how many rows; None at the first row that needs the
+    specification's encoder to say what is wrong with it. Rows are taken a few thousand at a
+    time: a worker's memory stays small, and is not given back and faulted in again."""
+    out = bytearray()
+    leaf_hash, count = merkle.leaf_hash, 0
+    while rows := cursor.fetchmany(_FETCH_ROWS):
+        for ident, seq, leaf in rows:
+            if leaf is None or seq != expected or type(seq) is not int:
+                return None
+            if type(ident) is not int or ident < 0:
+                return None
+            out += leaf_hash(leaf)
+            expected += 1
+        count += len(rows)
+    return bytes(out), count
 
 
 _connections: dict[str, sqlite3.Connection] = {}  # a worker's own, by database file
@@ -183,12 +188,11 @@ def hash_sqlite_range(
         if built:
             low = -(1 << 63) if lo is None else lo  # a negative seq shows up, and falls back
             try:
-                rows = conn.execute(LEAF_SQL, (low, hi, limit)).fetchall()
+                built_leaves = _built_by_sqlite(conn.execute(LEAF_SQL, (low, hi, limit)), expected)
             except sqlite3.Error:  # a value SQLite's JSON refuses (a BLOB): said below
-                rows = None
-            leaves = None if rows is None else _built_by_sqlite(rows, expected)
-            if rows is not None and leaves is not None:
-                return b"".join(leaves), None, len(rows)
+                built_leaves = None
+            if built_leaves is not None:
+                return built_leaves[0], None, built_leaves[1]
         sql, params = entry_rows_sql(
             "qmark", seq_from=lo, seq_after=None, seq_below=hi, unsequenced=False, limit=limit
         )

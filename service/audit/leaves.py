@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 BATCH = 4096  # leaves per batch from entry objects
-ROW_CHUNK = 50_000  # rows per worker task (a worker holds one task's rows: about 140 MiB in all)
+ROW_CHUNK = 50_000  # rows per worker task (PostgreSQL: a worker holds them all, about 140 MiB)
 SERIAL_CHUNK = 10_000  # rows per database read in this process (50,000 rows held ~90 MiB here)
 PARALLEL_MIN = 200_000  # entries below which worker processes are not worth starting
 _FIELDS = frozenset(ENTRY_FIELDS)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import sqlite3
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -111,14 +113,14 @@ class DatabaseSource:
                 )
             else:
                 yield from batches_from_rows(self._db.engine.connect, size)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, sqlite3.Error) as exc:  # sqlite3's: from a hashing worker
             raise AuditSourceError(f"cannot read entries: {exc}") from None
 
     def _hash_range(self) -> tuple[HashRange, tuple[Any, ...]]:
         """What each worker runs: on SQLite, plain ``sqlite3`` on the file, letting SQLite build
         each leaf if its JSON quoting is the specification's; else SQLAlchemy on the URL."""
         url = self._db.engine.url
-        if self._db.is_sqlite and url.database:
+        if self._db.is_sqlite and url.database and Path(url.database).is_file():
             return hash_sqlite_range, (url.database, sqlite_quotes_like_python())
         return hash_range, (url.render_as_string(hide_password=False),)
 

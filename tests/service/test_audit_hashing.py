@@ -15,6 +15,7 @@ import pytest
 
 from service.audit import hashing
 from service.audit.entries import log_signer
+from service.audit.errors import AuditSourceError
 from service.audit.hashing import (
     LEAF_SQL,
     hash_sqlite_range,
@@ -104,8 +105,8 @@ def test_sqlite_builds_every_leaf_of_an_honest_log_as_the_specification(node: No
 Tamper = Callable[[Node], None]
 
 
-def _blob_actor(node: Node) -> None:  # SQLite's JSON refuses a BLOB: the statement fails
-    _sql(node, "UPDATE audit_entries SET actor = CAST('reader:x' AS BLOB) WHERE seq = 13")
+def _blob_detail(node: Node) -> None:  # SQLite's JSON refuses a BLOB: the statement fails
+    _sql(node, "UPDATE audit_entries SET detail = CAST('{}' AS BLOB) WHERE seq = 13")
 
 
 def _time_in_another_form(node: Node) -> None:  # the same instant, written with a T
@@ -148,7 +149,7 @@ def _deleted(node: Node) -> None:
     _sql(node, "DELETE FROM audit_entries WHERE seq = 30")
 
 
-TAMPERS = [None, _blob_actor, _time_in_another_form, _time_as_number, _seq_as_real,
+TAMPERS = [None, _blob_detail, _time_in_another_form, _time_as_number, _seq_as_real,
            _seq_as_text, _negative_seq, _null_artifact, _artifact_null_text, _nul_in_actor,
            _edited_detail, _deleted]  # fmt: skip
 
@@ -195,3 +196,19 @@ def test_a_hashing_worker_starts_without_sqlalchemy_or_the_models() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("blob", [False, True], ids=["alone", "beside-a-blob"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_row_that_cannot_be_read_is_a_source_error_not_a_crash(
+    node: Node, workers: int, blob: bool
+) -> None:
+    """Text that is not UTF-8, written past the node: the verifier stops with the one error a
+    terminal shows in a line (whichever process met it), never a driver's exception. Beside a
+    BLOB, a worker meets it itself (SQLite cannot build that chunk, the encoder reads it)."""
+    _sql(node, "UPDATE audit_entries SET actor = CAST(x'72ff' AS TEXT) WHERE seq = 13")
+    if blob:
+        _blob_detail(node)  # seq 13 as well: same chunk
+    source = DatabaseSource(node.db, workers=workers, parallel_min=0, chunk=9)
+    with pytest.raises(AuditSourceError, match="cannot read entries"):
+        verify_log(source, log=log_signer(node).verifier, now=int(T0.timestamp()))

@@ -128,11 +128,11 @@ def sqlite_quotes_like_python() -> bool:
     """Whether this process's SQLite library escapes every Unicode scalar value in
     ``json_quote`` exactly as ``encode_basestring`` does (each next to an ASCII letter; about
     0.2 s, once per process). False where it does not, or has no ``json_quote``."""
-    scalars = [chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
     conn = sqlite3.connect(":memory:")
     try:
-        for start in range(0, len(scalars), _SCALARS_PER_PROBE):
-            text = "a".join(scalars[start : start + _SCALARS_PER_PROBE])
+        for start in range(0, 0x110000, _SCALARS_PER_PROBE):  # one probe at a time: small
+            points = range(start, min(start + _SCALARS_PER_PROBE, 0x110000))
+            text = "a".join(chr(c) for c in points if not 0xD800 <= c <= 0xDFFF)
             (quoted,) = conn.execute("SELECT json_quote(?)", (text,)).fetchone()
             if quoted != encode_basestring(text):
                 return False

@@ -255,6 +255,17 @@ class Finish:
 Outcome = Done | Retry | Finish
 
 
+def _failed_event(
+    node: Node, row: Any, error: str, *, retrying: bool, now: datetime
+) -> dict[str, Any]:
+    """The ``delivery.failed`` event of an outbox row (retried or given up)."""
+    return audit_row(
+        kind="delivery.failed", actor=f"node:{node.node_id}", partner=row.partner,
+        artifact_id=row.artifact_id,
+        detail={"error": error[:500], "retrying": retrying, "kind": row.kind}, now=now,
+    )  # fmt: skip
+
+
 def settle_outcomes(node: Node, owner: str, outcomes: Sequence[tuple[int, Outcome]]) -> None:
     """Write the outcomes of one request (or several rows) in one transaction.
 
@@ -304,23 +315,9 @@ def settle_outcomes(node: Node, owner: str, outcomes: Sequence[tuple[int, Outcom
                 )  # fmt: skip
             elif isinstance(outcome, Retry):
                 if attempts == 1:
-                    events.append(
-                        audit_row(
-                            kind="delivery.failed", actor=f"node:{node.node_id}",
-                            partner=row.partner, artifact_id=row.artifact_id,
-                            detail={"error": outcome.error[:500], "retrying": True,
-                                    "kind": row.kind}, now=now,
-                        )
-                    )  # fmt: skip
+                    events.append(_failed_event(node, row, outcome.error, retrying=True, now=now))
             elif outcome.audit or outcome.state == "failed":
-                events.append(
-                    audit_row(
-                        kind="delivery.failed", actor=f"node:{node.node_id}",
-                        partner=row.partner, artifact_id=row.artifact_id,
-                        detail={"error": outcome.error[:500], "retrying": False,
-                                "kind": row.kind}, now=now,
-                    )
-                )  # fmt: skip
+                events.append(_failed_event(node, row, outcome.error, retrying=False, now=now))
             counts[(row.partner, label)] += 1
         if events:
             conn.execute(_insert_audit(), events)

@@ -6,7 +6,8 @@ journal makes that gap visible without listing the store:
 
 1. before a blob appears under its content address the store calls :meth:`DbBlobJournal.intend`,
    which commits a row naming the digest (through the group commit, so the intents of shares
-   running at the same time share one transaction);
+   running at the same time share one transaction); a receiver placing the blobs of a whole feed
+   page or batch delivery intends them all at once, then places each (``place(journaled=True)``);
 2. the transaction that writes the row referring to the blob deletes the journal row in the same
    transaction (:data:`SETTLE`, for ``service.commits.GroupCommit.write``'s ``deletes``);
 3. a blob deleted by the store (an aborted share, a revocation, retention) is forgotten
@@ -55,9 +56,11 @@ class DbBlobJournal:
         self._db = db
         self._clock = clock
 
-    def intend(self, digest: str, /) -> None:
-        """Commit a row for ``digest`` (returns once it is committed)."""
-        group_commit(self._db).write({IN_FLIGHT: [{"digest": digest, "since": _at(self._clock)}]})
+    def intend(self, *digests: str) -> None:
+        """Commit a row for each of ``digests``, in one transaction (returns once committed)."""
+        if digests:
+            since = _at(self._clock)
+            group_commit(self._db).write({IN_FLIGHT: [{"digest": d, "since": since} for d in digests]})
 
     def touch(self, name: str, /) -> None:
         """Mark the claim ``name`` alive now (its row is made on the first touch)."""

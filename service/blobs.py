@@ -69,17 +69,26 @@ READ_CHUNK = 1 << 20  # bytes
 
 
 class BlobWriter(Protocol):
-    """A blob being written: ``write`` bytes, then ``commit`` or ``place`` (or ``abort``)."""
+    """A blob being written: ``write`` bytes, then ``commit`` or ``place`` (or ``abort``).
+
+    ``place(journaled=True)``: the caller has already recorded ``digest`` (the SHA-256 of the
+    bytes written, the blob's address once they are all written) in the store's journal, as
+    the receiver does for a whole feed page or batch in one transaction (``intend`` of many
+    digests); the writer then does not record it again."""
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int: ...
     def commit(self) -> str: ...
-    def place(self) -> str: ...
+    def place(self, *, journaled: bool = False) -> str: ...
     def abort(self) -> None: ...
     @property
     def size(self) -> int: ...
+    @property
+    def digest(self) -> str: ...
 
 
 class BlobStore(Protocol):
+    journal: BlobJournal
+
     def writer(self) -> BlobWriter: ...
     def sync_placed(self) -> None: ...
     def open(self, digest: str, *, offset: int = 0) -> BinaryIO: ...
@@ -97,10 +106,11 @@ class BlobStore(Protocol):
 
 
 class BlobJournal(Protocol):
-    """Blobs in flight: recorded durably before a blob is placed, forgotten once deleted; and
-    the claims of long writes, touched while they write."""
+    """Blobs in flight: recorded durably before a blob is placed (``intend``: one or several
+    digests, together), forgotten once deleted; and the claims of long writes, touched while
+    they write."""
 
-    def intend(self, digest: str, /) -> None: ...
+    def intend(self, *digests: str) -> None: ...
     def touch(self, name: str, /) -> None: ...
     def forget(self, digests: Sequence[str], /) -> None: ...
 
@@ -108,7 +118,7 @@ class BlobJournal(Protocol):
 class NoJournal:
     """A store without a journal (tools and tests that own the whole store): records nothing."""
 
-    def intend(self, digest: str, /) -> None:
+    def intend(self, *digests: str) -> None:
         return None
 
     def touch(self, name: str, /) -> None:
@@ -205,6 +215,10 @@ class _FileBlobWriter:
     def size(self) -> int:
         return self._size
 
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         if self._fh is None:
             raise ValueError("blob writer is closed")
@@ -228,26 +242,27 @@ class _FileBlobWriter:
             self.abort()
             raise
 
-    def place(self) -> str:
+    def place(self, *, journaled: bool = False) -> str:
         """Rename the blob into place; it is durable after the store's next ``sync_placed``."""
         try:
             if self._fh is None:
                 raise ValueError("blob writer is closed")
             self._fh.flush()
-            digest, created = self._rename()
+            digest, created = self._rename(journaled=journaled)
             self._store.placed(self._store.path_for(digest), created)
             return digest
         except BaseException:
             self.abort()
             raise
 
-    def _rename(self) -> tuple[str, list[Path]]:
+    def _rename(self, *, journaled: bool = False) -> tuple[str, list[Path]]:
         """Close and rename the temporary file: (digest, folders whose entries changed)."""
         assert self._fh is not None  # noqa: S101 - checked by the callers
         self._fh.close()
         self._fh = None
         digest = self._hash.hexdigest()
-        self._store.journal.intend(digest)  # before it can appear under its address
+        if not journaled:
+            self._store.journal.intend(digest)  # before it can appear under its address
         final = self._store.path_for(digest)
         created = self._store.ensure_dir(final.parent)
         try:

@@ -120,6 +120,10 @@ class _S3BlobWriter:
     def size(self) -> int:
         return self._size
 
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         if self._closed:
             raise ValueError("blob writer is closed")
@@ -160,8 +164,9 @@ class _S3BlobWriter:
         """Store the blob under its content address; durable once this returns."""
         return self.place()
 
-    def place(self) -> str:
-        """Store the blob under its content address (journaled first); its digest."""
+    def place(self, *, journaled: bool = False) -> str:
+        """Store the blob under its content address (journaled first, unless the caller did);
+        its digest."""
         try:
             if self._closed:
                 raise ValueError("blob writer is closed")
@@ -169,13 +174,15 @@ class _S3BlobWriter:
             digest = self._hash.hexdigest()
             store = self._store
             if self._upload is None:
-                store.journal.intend(digest)  # before it can appear under its address
+                if not journaled:
+                    store.journal.intend(digest)  # before it can appear under its address
                 store.put(digest, bytes(self._buf))
             else:
                 if self._buf:
                     self._send_part()
                 self._complete()
-                store.journal.intend(digest)
+                if not journaled:
+                    store.journal.intend(digest)
                 store.copy(self._tmp_key, digest, self._size, beat=self._claim.beat)
                 self._drop_temporary()
             self._buf = bytearray()

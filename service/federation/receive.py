@@ -296,9 +296,13 @@ class Receiver:
             return []
         node = self.node
         try:
+            # The blobs of the page or batch are journaled in one transaction (not one each),
+            # then placed; durable before the rows commit (``prepare`` below).
+            writing = [item.writer for item in staged if item.writer is not None]
+            node.blobs.journal.intend(*(writer.digest for writer in writing))
             for item in staged:
                 if item.writer is not None:
-                    item.digest = item.writer.place()  # durable before the rows commit
+                    item.digest = item.writer.place(journaled=True)
                     item.writer = None
         except BaseException:
             self.discard(staged)

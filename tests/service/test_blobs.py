@@ -34,9 +34,9 @@ class Journal:
         self.intended: list[tuple[str, bool]] = []
         self.forgotten: list[str] = []
 
-    def intend(self, digest: str, /) -> None:
+    def intend(self, *digests: str) -> None:
         assert self.store is not None
-        self.intended.append((digest, self.store.exists(digest)))
+        self.intended.extend((digest, self.store.exists(digest)) for digest in digests)
 
     def touch(self, name: str, /) -> None:
         raise AssertionError(f"a short write touched its claim {name}")

@@ -750,7 +750,7 @@ def _markdown(results: dict[str, Any], meta: dict[str, Any], scale: dict[str, An
         lines += [
             "### Where the time goes (bench/profile.py)",
             "",
-            profile_markdown(profile.get("share"), profile.get("verify")),
+            profile_markdown(profile.get("share"), profile.get("verify"), profile.get("receive")),
         ]
     lines.append(END)
     return "\n".join(lines)

@@ -42,6 +42,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# Not this script's folder: its name would shadow the standard library's ``profile``, which
+# ``cProfile`` imports.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 sys.path.insert(0, str(ROOT))
 
 from bench._proc import cpu_seconds, tree  # noqa: E402
@@ -145,6 +148,118 @@ def profile_share(
     }
 
 
+# (step, the functions (file, name) whose inclusive time it is), for the receive profile;
+# an indented step is part of the one above it.
+RECEIVE_STEPS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
+    (
+        "check: manifest parsed, signatures, recipient, inbound policy",
+        (("service/federation/receive.py", "check"),),
+    ),
+    ("    of which the manifest's signatures", (("crypto/dsse.py", "verify_envelope"),)),
+    ("    of which the inbound policy decision", (("service/federation/receive.py", "_inbound"),)),
+    (
+        "stage: decrypted to nowhere into a temporary blob",
+        (("service/federation/receive.py", "stage"),),
+    ),
+    ("    of which the file key unwrapped", (("crypto/age/_core.py", "unlock"),)),
+    ("    of which the temporary file made", (("service/blobs.py", "writer"),)),
+    (
+        "commit: receipts, rows, blobs journaled and placed, one transaction",
+        (("service/federation/receive.py", "commit"),),
+    ),
+    ("    of which the receipts signed", (("crypto/receipt.py", "sign_receipt"),)),
+    (
+        "    of which the blobs journaled and placed",
+        (("service/blob_journal.py", "intend"), ("service/blobs.py", "place")),
+    ),
+]
+
+
+def profile_receive(n: int, *, classic_only: bool = False) -> dict[str, Any]:
+    """A pulled feed page of ``n`` artifacts of 4 KiB received by a node in this process, no
+    HTTP (``take_page``, what a catch-up does with each page): the receiver's CPU per artifact,
+    then the same for a second page under cProfile, by step (inclusive time, scaled to the
+    first page's CPU)."""
+    import cProfile
+    import io
+    import pstats
+
+    from service.artifacts import share as sharing
+    from service.artifacts.terms import ShareTerms
+    from service.federation.client import PartnerClient
+    from service.federation.feed import page
+    from service.federation.pull import partial_payloads, take_page
+    from service.localnet import prepare_nodes
+    from service.models import Partner
+    from service.node import load_node
+    from service.policy_store import decision_scope
+    from service.settings import Settings
+    from service.tokens import Principal, Role
+
+    with tempfile.TemporaryDirectory(prefix="entente-profile-") as tmp:
+        root = Path(tmp)
+        ids = ("uk-aisi", "us-aisi")
+        prepare_nodes(root, ids, classic_only=ids if classic_only else ())
+        uk, us = (
+            load_node(Settings(home=root / i, insecure_no_passphrase=True, workers_enabled=False))
+            for i in ids
+        )
+        try:
+            terms = ShareTerms(
+                title="finding", tlp="TLP:GREEN", topics=("evaluation",),
+                purposes=("evaluation",), partners=("us-aisi",),
+            )  # fmt: skip
+            who = Principal(token_id="tok_bench", name="bench", role=Role.PUBLISHER)  # noqa: S106
+            for i in range(2 * n):
+                sharing.share_artifact(
+                    uk, uk.blobs, terms, io.BytesIO(f"{i:08d}".encode() * 512), principal=who,
+                    decisions=sharing.decide_share(uk, terms, principal=who),
+                )  # fmt: skip
+            first = page(uk, partner="us-aisi", after=0, limit=n)
+            second = page(uk, partner="us-aisi", after=first["next"], limit=n)
+            pages = [json.loads(json.dumps(p))["items"] for p in (first, second)]  # as sent
+            with us.db.session() as session:
+                partner = session.get(Partner, "uk-aisi")
+            if partner is None:
+                raise SystemExit("the receiver does not pin the sender")
+            client, partials = PartnerClient(us), partial_payloads(us)
+
+            def take(items: list[Any]) -> int:
+                with decision_scope():
+                    return len(take_page(us, client, partner, items, partials))
+
+            start = time.process_time()
+            if take(pages[0]) != n:
+                raise SystemExit("the receiver did not store the whole page")
+            cpu = (time.process_time() - start) / n
+            profiler = cProfile.Profile()
+            profiler.runcall(take, pages[1])
+        finally:
+            uk.db.dispose()
+            us.db.dispose()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+
+    def inclusive(*functions: tuple[str, str]) -> float:
+        return sum(
+            ct
+            for (file, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.items()
+            if any(file.endswith(f) and name == n for f, n in functions)
+        )
+
+    whole = inclusive(("service/federation/pull.py", "take_page")) or 1.0
+    steps = [
+        [label, round(1000 * cpu * inclusive(*functions) / whole, 3)]
+        for label, functions in RECEIVE_STEPS
+    ]
+    return {
+        "artifacts": n,
+        "post_quantum": not classic_only,
+        "cpu_ms_per_artifact": round(1000 * cpu, 3),
+        "artifacts_per_second_one_core": round(1 / cpu),
+        "steps_ms_per_artifact": steps,
+    }
+
+
 def profile_verify(n: int) -> dict[str, Any]:
     from bench.audit import _fill_log
     from crypto import merkle
@@ -207,7 +322,11 @@ def profile_verify(n: int) -> dict[str, Any]:
     }
 
 
-def markdown(share: dict[str, Any] | None, verify: dict[str, Any] | None) -> str:
+def markdown(
+    share: dict[str, Any] | None,
+    verify: dict[str, Any] | None,
+    receive: dict[str, Any] | None = None,
+) -> str:
     lines: list[str] = []
     if share:
         lines += [
@@ -235,16 +354,31 @@ def markdown(share: dict[str, Any] | None, verify: dict[str, Any] | None) -> str
         for name, us in steps.items() if isinstance(steps, dict) else steps:
             lines.append(f"| {name} | {us} |")
         lines.append("")
+    if receive:
+        kind = "post-quantum" if receive["post_quantum"] else "classic"
+        lines += [
+            f"Receiving a pulled feed page of {receive['artifacts']:,} artifacts of 4 KiB "
+            f"({kind} keys), one process, no HTTP: {receive['cpu_ms_per_artifact']} ms of CPU "
+            f"per artifact, {receive['artifacts_per_second_one_core']:,} artifacts/s on one core.",
+            "",
+            "| step (cProfile, inclusive) | ms per artifact |",
+            "|---|---|",
+        ]
+        for name, ms in receive["steps_ms_per_artifact"]:
+            label = name.strip() if not name.startswith(" ") else "&nbsp;&nbsp;" + name.strip()
+            lines.append(f"| {label} | {ms} |")
+        lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", nargs="*", help="share, verify (default: both)")
+    parser.add_argument("what", nargs="*", help="share, verify, receive (default: all three)")
     parser.add_argument("--quick", action="store_true", help="small sizes, only checks it runs")
     parser.add_argument("--shares", type=int, default=None)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--entries", type=int, default=None)
+    parser.add_argument("--page", type=int, default=None, help="artifacts per page (receive)")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument(
@@ -254,22 +388,32 @@ def main(argv: list[str] | None = None) -> int:
         "is of the default, post-quantum node)",
     )
     args = parser.parse_args(argv)
-    what = args.what or ["share", "verify"]
-    if not set(what) <= {"share", "verify"}:
-        parser.error(f"unknown profile: {', '.join(sorted(set(what) - {'share', 'verify'}))}")
-    share = verify = None
+    known = {"share", "verify", "receive"}
+    what = args.what or sorted(known)
+    if not set(what) <= known:
+        parser.error(f"unknown profile: {', '.join(sorted(set(what) - known))}")
+    share = verify = receive = None
     if "share" in what:
         count = args.shares or (100 if args.quick else 3000)
         keep = None if args.quick or args.classic_only else args.results
         share = profile_share(count, args.concurrency, keep, classic_only=args.classic_only)
     if "verify" in what:
         verify = profile_verify(args.entries or (5_000 if args.quick else 1_000_000))
-    text = markdown(share, verify)
+    if "receive" in what:
+        count = args.page or (20 if args.quick else 500)
+        receive = profile_receive(count, classic_only=args.classic_only)
+    text = markdown(share, verify, receive)
     print(text)
     if not args.quick and not args.classic_only:
         args.results.mkdir(parents=True, exist_ok=True)
         (args.results / "profile.md").write_text(text)
-    result = {"benchmark": "profile", "quick": args.quick, "share": share, "verify": verify}
+    result = {
+        "benchmark": "profile",
+        "quick": args.quick,
+        "share": share,
+        "verify": verify,
+        "receive": receive,
+    }
     if args.json:
         args.json.write_text(json.dumps(result, sort_keys=True) + "\n")
     return 0

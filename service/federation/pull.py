@@ -46,7 +46,7 @@ from service.models import Partner, PullState
 from service.node import Node
 from service.policy_store import decision_scope
 
-__all__ = ["PullLoops", "next_pull", "pull_all", "pull_partner", "pull_phase"]
+__all__ = ["PullLoops", "next_pull", "pull_all", "pull_partner", "pull_phase", "take_page"]
 
 log = logging.getLogger("entente.pull")
 
@@ -92,7 +92,7 @@ def pull_partner(
                 more = data["more"] and nxt > cursor
                 ahead = io_thread.submit(fetch, nxt) if more else None
                 with decision_scope():  # the whole page on one policy version, checked once
-                    received = _take_page(node, client, partner, data["items"], partials)
+                    received = take_page(node, client, partner, data["items"], partials)
                 stored += sum(1 for r in received if r.created)
                 if received:
                     io_thread.submit(_acknowledge, client, partner, received)
@@ -174,13 +174,15 @@ def _ciphertext(item: dict[str, Any]) -> tuple[str, int] | None:
     return None
 
 
-def _take_page(
+def take_page(
     node: Node,
     client: PartnerClient,
     partner: Partner,
     items: list[Any],
     partials: PartialPayloads,
 ) -> list[Received]:
+    """Check, stage and store the items of one feed page of ``partner``'s (``bench/profile.py
+    receive`` times it alone); a partner's error ends the page and stores nothing of it."""
     receiver = Receiver(node, sender=partner.node_id, via="pull")
     wanted = [i for i in items if isinstance(i, dict)]
     held = receiver.held([str(i.get("artifact_id", ""))[:64] for i in wanted])

@@ -50,6 +50,9 @@ def test_all_benchmarks_run_in_quick_mode(tmp_path: Path) -> None:
     assert network["cpu_s_per_node_per_hour_max"] >= network["cpu_s_per_node_per_hour_mean"] > 0
     assert network["cpu_s_per_node_per_hour_per_partner"] > 0
     assert network["idle_cpu_s_per_node_per_hour"] > 0
+    receive = data["results"]["profile"]["receive"]  # a pulled page, received in one process
+    assert receive["cpu_ms_per_artifact"] > 0 and receive["artifacts"] == 20
+    assert dict(receive["steps_ms_per_artifact"])["    of which the receipts signed"] > 0
     assert "| seal | seal 1 GiB" in result.stdout  # the table is printed
     assert "| pq | post-quantum local shares" in result.stdout
     assert "| seal | `entente --help` wall time |" in result.stdout  # the CLI as users run it

@@ -178,7 +178,7 @@ RECEIVE_STEPS: list[tuple[str, tuple[tuple[str, str], ...]]] = [
 def profile_receive(n: int, *, classic_only: bool = False) -> dict[str, Any]:
     """A pulled feed page of ``n`` artifacts of 4 KiB received by a node in this process, no
     HTTP (``take_page``, what a catch-up does with each page): the receiver's CPU per artifact,
-    then the same for a second page under cProfile, by step (inclusive time, scaled to the
+    then the same for a second page under cProfile, by step (inclusive CPU time, scaled to the
     first page's CPU)."""
     import cProfile
     import io
@@ -232,7 +232,7 @@ def profile_receive(n: int, *, classic_only: bool = False) -> dict[str, Any]:
             if take(pages[0]) != n:
                 raise SystemExit("the receiver did not store the whole page")
             cpu = (time.process_time() - start) / n
-            profiler = cProfile.Profile()
+            profiler = cProfile.Profile(time.process_time)  # CPU, not time spent waiting
             profiler.runcall(take, pages[1])
         finally:
             uk.db.dispose()

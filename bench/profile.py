@@ -240,10 +240,12 @@ def profile_receive(n: int, *, classic_only: bool = False) -> dict[str, Any]:
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
 
     def inclusive(*functions: tuple[str, str]) -> float:
-        return sum(
-            ct
-            for (file, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.items()
-            if any(file.endswith(f) and name == n for f, n in functions)
+        return float(
+            sum(
+                ct
+                for (file, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.items()
+                if any(file.endswith(f) and name == n for f, n in functions)
+            )
         )
 
     whole = inclusive(("service/federation/pull.py", "take_page")) or 1.0

@@ -60,7 +60,8 @@ class DbBlobJournal:
         """Commit a row for each of ``digests``, in one transaction (returns once committed)."""
         if digests:
             since = _at(self._clock)
-            group_commit(self._db).write({IN_FLIGHT: [{"digest": d, "since": since} for d in digests]})
+            rows = [{"digest": digest, "since": since} for digest in digests]
+            group_commit(self._db).write({IN_FLIGHT: rows})
 
     def touch(self, name: str, /) -> None:
         """Mark the claim ``name`` alive now (its row is made on the first touch)."""

@@ -165,24 +165,20 @@ class _S3BlobWriter:
         return self.place()
 
     def place(self, *, journaled: bool = False) -> str:
-        """Store the blob under its content address (journaled first, unless the caller did);
-        its digest."""
+        """Store the blob under its content address (journaled first, unless the caller did)."""
         try:
             if self._closed:
                 raise ValueError("blob writer is closed")
             self._closed = True
-            digest = self._hash.hexdigest()
-            store = self._store
+            digest, store = self._hash.hexdigest(), self._store
+            if not journaled:
+                store.journal.intend(digest)  # before it can appear under its address
             if self._upload is None:
-                if not journaled:
-                    store.journal.intend(digest)  # before it can appear under its address
                 store.put(digest, bytes(self._buf))
             else:
                 if self._buf:
                     self._send_part()
                 self._complete()
-                if not journaled:
-                    store.journal.intend(digest)
                 store.copy(self._tmp_key, digest, self._size, beat=self._claim.beat)
                 self._drop_temporary()
             self._buf = bytearray()
@@ -239,8 +235,7 @@ class _S3Reader(io.RawIOBase):
     """The body of one object, read in order; a broken connection resumes with ``Range``."""
 
     def __init__(self, store: S3BlobStore, key: str, got: Any, offset: int = 0) -> None:
-        self._store = store
-        self._key = key
+        self._store, self._key = store, key
         self._etag: str = got["ETag"]
         self._length: int = offset + got["ContentLength"]
         self._body: Any = got["Body"]

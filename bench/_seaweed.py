@@ -5,7 +5,9 @@ benchmarks (bench/replicas.py) and the tests (``tests/seaweed.py`` re-exports it
 process) on free loopback ports, every one of them chosen here (so parallel runs do not clash),
 with a data folder of its own, one S3 identity and one bucket; it returns once a test object can
 be written and read back. :meth:`SeaweedFS.stop` ends that process, and only it (killed if it
-has not gone 2 s after SIGTERM: the data is thrown away).
+has not gone 2 s after SIGTERM: the data is thrown away); a starter that dies without stopping
+it (a test session or benchmark killed outright) takes it along (``PR_SET_PDEATHSIG``: the
+starter is the thread that called ``start``, so call it from one that lives as long as it should).
 
 A caller shares one server among its nodes and gives each node a prefix of its own in the
 bucket (:meth:`SeaweedFS.env`), which is how a node uses a bucket too. What it does not do: run
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.localnet import free_port
+from service.localnet import die_with_parent, free_port
 
 __all__ = ["ACCESS_KEY", "BUCKET", "SECRET_KEY", "START_SECONDS", "SeaweedFS", "weed_binary"]
 
@@ -114,8 +117,11 @@ class SeaweedFS:
         ]  # fmt: skip
         log = (self.folder / "weed.log").open("wb")
         self.proc = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True
-        )
+            args, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True,
+            # ends with its starter, even one killed outright (SIGKILL: on SIGTERM it shuts down
+            # at its own pace, and its data is thrown away anyway)
+            preexec_fn=die_with_parent(signal.SIGKILL),
+        )  # fmt: skip
         log.close()
         self._wait()
 

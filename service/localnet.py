@@ -52,6 +52,7 @@ __all__ = [
     "FederationOptions",
     "NodeProcess",
     "clean_env",
+    "die_with_parent",
     "free_port",
     "prepare_nodes",
     "run_cli",
@@ -184,8 +185,8 @@ def run_cli(
     )
 
 
-def _die_with_parent() -> Callable[[], None]:
-    """A ``preexec_fn``: the child gets SIGTERM when this process dies (Linux), or at once if it
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets ``sig`` when this process dies (Linux), or at once if it
     has died already (between fork and this call). ``prctl`` is looked up here, in the parent:
     the child runs no import, which could wait forever on a lock another thread held."""
     parent = os.getpid()
@@ -197,9 +198,9 @@ def _die_with_parent() -> Callable[[], None]:
 
     def preexec() -> None:
         if prctl is not None:
-            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
         if os.getppid() != parent:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), sig)
 
     return preexec
 
@@ -323,7 +324,7 @@ class NodeProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL if self.detached else None,
                 start_new_session=self.detached,  # then a terminal's Ctrl-C does not reach it
-                preexec_fn=None if self.detached else _die_with_parent(),  # no import in it
+                preexec_fn=None if self.detached else die_with_parent(),  # no import in it
             )
 
     def wait_healthy(self, timeout: float = START_SECONDS) -> None:

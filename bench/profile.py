@@ -248,11 +248,11 @@ def profile_receive(n: int, *, classic_only: bool = False) -> dict[str, Any]:
             sum(
                 ct
                 for (file, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.items()
-                if any(file.endswith(f) and name == n for f, n in functions)
+                if any(file.endswith(suffix) and name == wanted for suffix, wanted in functions)
             )
         )
 
-    steps = [[label, round(1000 * inclusive(*f) / n, 3)] for label, f in RECEIVE_STEPS]
+    steps = [[label, round(1000 * inclusive(*fs) / n, 3)] for label, fs in RECEIVE_STEPS]
     return {
         "artifacts": n,
         "post_quantum": not classic_only,

@@ -59,6 +59,7 @@ Figures go to stdout; the JSON result is the last stdout line (or goes to ``--js
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -67,6 +68,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -246,17 +249,34 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-def run_size(
+@dataclass(frozen=True)
+class Running:
+    """A network of N nodes started (:func:`running_network`), with its idle CPU measured."""
+
+    network: Network
+    star: Star | None  # the namespaces and links, with round trips; None on loopback
+    http: httpx.Client
+    pids: dict[str, list[int]]  # each node's process tree
+    prepare_seconds: float
+    start_seconds: float
+    idle_cpu_per_second: dict[str, float]  # each node's CPU seconds per second while idle
+
+
+@contextlib.contextmanager
+def running_network(
     n: int,
-    shares: int,
+    *,
+    rtt_ms: float | None,
     idle: float,
     keep: bool,
-    rtt_ms: float | None = None,
-    partition_seconds: float = 0.0,
-) -> dict[str, Any]:
-    """One network of ``n`` nodes: on loopback, or (``rtt_ms``) in namespaces with that round
-    trip between any two nodes, then (``partition_seconds``) a partition of half of them."""
-    root = Path(tempfile.mkdtemp(prefix=f"entente-bench-net{n}-"))
+    prefix: str,
+    max_connections: int = 100,
+) -> Iterator[Running]:
+    """``n`` nodes prepared and started as ``entente network up`` does: on loopback, or
+    (``rtt_ms``) in network namespaces with that round trip between any two nodes. Waits for
+    the first checkpoints and their witnesses, then measures each node's CPU over ``idle``
+    seconds of doing nothing; stops the nodes (and removes their homes unless ``keep``) after."""
+    root = Path(tempfile.mkdtemp(prefix=f"entente-bench-{prefix}{n}-"))
     ids = network_ids(n)
     star = None if rtt_ms is None else Star({i: Link(rtt_ms / 4) for i in ids}, root)
     t0 = time.perf_counter()
@@ -267,7 +287,7 @@ def run_size(
         hosts=None if star is None else star.hosts,
     )  # fmt: skip
     prepared = time.perf_counter() - t0
-    http = httpx.Client(timeout=120)
+    http = httpx.Client(timeout=120, limits=httpx.Limits(max_connections=max_connections))
     try:
         t0 = time.perf_counter()
         if star is not None:
@@ -279,7 +299,32 @@ def run_size(
         pids = _pids(network)
         before = _cpu(pids)
         time.sleep(idle)
-        idle_cpu = {k: (v - before[k]) * 60 / idle for k, v in _cpu(pids).items()}
+        idle_cpu = {k: (v - before[k]) / idle for k, v in _cpu(pids).items()}
+        yield Running(network, star, http, pids, prepared, started, idle_cpu)
+    finally:
+        http.close()
+        network.federation.stop()
+        if star is not None:
+            star.down()
+        if keep:
+            print(f"N={n}: homes and logs kept in {root}", flush=True)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run_size(
+    n: int,
+    shares: int,
+    idle: float,
+    keep: bool,
+    rtt_ms: float | None = None,
+    partition_seconds: float = 0.0,
+) -> dict[str, Any]:
+    """One network of ``n`` nodes: on loopback, or (``rtt_ms``) in namespaces with that round
+    trip between any two nodes, then (``partition_seconds``) a partition of half of them."""
+    with running_network(n, rtt_ms=rtt_ms, idle=idle, keep=keep, prefix="net") as running:
+        network, star, http, pids = running.network, running.star, running.http, running.pids
+        idle_cpu = {k: v * 60 for k, v in running.idle_cpu_per_second.items()}
         idle_conns = _connections(network)  # at the end of the idle window
         reset_peaks([p for ps in pids.values() for p in ps])
         requests0, checkpoints0 = _witness_requests(network, http), _checkpoints(network)
@@ -303,20 +348,13 @@ def run_size(
         partition: dict[str, Any] = {}
         if star is not None and partition_seconds > 0:
             partition = partition_heal(network, star, http, partition_seconds, shares)
-    finally:
-        http.close()
-        network.federation.stop()
-        if star is not None:
-            star.down()
-        if not keep:
-            shutil.rmtree(root, ignore_errors=True)
     copies = shares * (n - 1)
     return {
         "nodes": n,
         "partners_per_share": n - 1,
         "shares": shares,
-        "prepare_seconds": round(prepared, 2),
-        "start_seconds": round(started, 2),
+        "prepare_seconds": round(running.prepare_seconds, 2),
+        "start_seconds": round(running.start_seconds, 2),
         "p50_s": round(statistics.median(latencies), 4),
         "p99_s": round(_percentile(latencies, 0.99), 4),
         "max_s": round(max(latencies), 4),

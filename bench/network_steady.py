@@ -38,10 +38,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,10 +59,10 @@ from bench.network import (  # noqa: E402
     _pids,
     post_share,
     receipted,
+    running_network,
 )
-from service.localnet import COMMAND  # noqa: E402
-from service.netsim import Link, Star, missing_for_namespaces  # noqa: E402
-from service.network import Network, network_env, network_ids, prepare_network  # noqa: E402
+from service.netsim import missing_for_namespaces  # noqa: E402
+from service.network import Network  # noqa: E402
 
 POLL = 0.05  # seconds between looks at an origin's receipts (the latency is read from them)
 
@@ -109,36 +107,11 @@ def steady(
 def run_size(
     n: int, rate: float, seconds: float, idle: float, rtt_ms: float | None, keep: bool
 ) -> dict[str, Any]:
-    root = Path(tempfile.mkdtemp(prefix=f"entente-bench-steady{n}-"))
-    ids = network_ids(n)
-    star = None if rtt_ms is None else Star({i: Link(rtt_ms / 4) for i in ids}, root)
-    if star is not None:
-        star.up()
-    network = prepare_network(
-        root, ids, env=network_env(PYTHONPATH=str(ROOT)), command=COMMAND,
-        hosts=None if star is None else star.hosts,
-    )  # fmt: skip
-    http = httpx.Client(timeout=120, limits=httpx.Limits(max_connections=64))
-    try:
-        if star is not None:
-            for node in network.nodes.values():
-                star.place(node)
-        network.federation.start()
-        time.sleep(3.0)  # the first checkpoints and their witnesses
-        pids = _pids(network)
-        before = _cpu(pids)
-        time.sleep(idle)
-        idle_per_hour = {k: (v - before[k]) * 3600 / idle for k, v in _cpu(pids).items()}
-        timed, cpu, phase, shares = steady(network, http, rate, seconds)
-    finally:
-        http.close()
-        network.federation.stop()
-        if star is not None:
-            star.down()
-        if keep:
-            print(f"N={n}: homes and logs kept in {root}", flush=True)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+    with running_network(
+        n, rtt_ms=rtt_ms, idle=idle, keep=keep, prefix="steady", max_connections=64
+    ) as running:
+        idle_per_hour = {k: v * 3600 for k, v in running.idle_cpu_per_second.items()}
+        timed, cpu, phase, shares = steady(running.network, running.http, rate, seconds)
     latencies = [took for took, _, _ in timed]
     per_hour = {k: v * 3600 / phase for k, v in cpu.items()}
     active = {k: per_hour[k] - idle_per_hour[k] for k in per_hour}

@@ -138,7 +138,7 @@ class GroupCommit:
         with self._db.engine.begin() as conn:
             for table, rows in tables.items():
                 if rows:
-                    conn.execute(_insert(table), rows)
+                    conn.execute(_insert(table), _in_key_order(table, rows))
             doomed: dict[sa.Column[Any], list[Any]] = {}
             for write in group:
                 for column, values in (write.deletes or {}).items():
@@ -152,6 +152,17 @@ class GroupCommit:
             for write in group:
                 if write.before_commit is not None:
                     write.before_commit()
+
+
+def _in_key_order(table: sa.Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` sorted by ``table``'s primary key when each carries it (a natural key: a received
+    artifact's ``(id, origin)``), else as they are. Replicas on one PostgreSQL database storing
+    the same rows at once then meet at the first key they share, and one gets its conflict;
+    in the order their writes queued, each could hold a key the other waits for (a deadlock)."""
+    key = [column.name for column in table.primary_key.columns]
+    if not all(row.get(name) is not None for row in rows for name in key):
+        return rows  # keys the database assigns: nothing two replicas could both insert
+    return sorted(rows, key=lambda row: tuple(row[name] for name in key))
 
 
 @functools.cache

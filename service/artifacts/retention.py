@@ -53,7 +53,7 @@ from service.artifacts.retention_rules import (
     next_due,
     terms_of_decision,
 )
-from service.artifacts.rows import json_list
+from service.artifacts.rows import json_list, lock_with_onward_copies
 from service.audit.log import record
 from service.blob_journal import record_deletions
 from service.models import Artifact, Outbox
@@ -264,15 +264,17 @@ def delete_copy(node: Node, due: Due, *, now: datetime) -> bool:
     another round (or a revocation) got there first."""
     blobs: list[str] = []
     with node.db.session() as session:
-        locked = _lock_in_key_order(session, node, due)
-        row = locked.pop((due.artifact_id, due.origin), None)
+        holding = col(Artifact.blob).is_not(None)
+        row, copies = lock_with_onward_copies(
+            session, node.node_id, due.artifact_id, due.origin, holding
+        )
         if row is None or row.blob is None:
             return False
         # An obligation of the agreement (not a revocation, which the origin ordered and has a
         # receipt for): the holder tells the origin, with its signed statement.
         acknowledge = row.direction == "received" and due.deletion.term is not None
         blobs.append(_mark(session, node, row, due, now, acknowledged=acknowledge))
-        for copy in (c for c in locked.values() if c.blob is not None):  # still, once locked
+        for copy in copies:
             blobs.append(_mark(session, node, copy, due, now, upstream=row.id))
         if acknowledge:
             session.add(_deletion_notice(node, row, due.deletion, now))
@@ -283,27 +285,6 @@ def delete_copy(node: Node, due: Due, *, now: datetime) -> bool:
         if blob and blob not in held:
             node.blobs.delete(blob)
     return True
-
-
-def _lock_in_key_order(session: Session, node: Node, due: Due) -> dict[tuple[str, str], Artifact]:
-    """The row of ``due`` and this node's onward copies of it still holding ciphertext, by key,
-    each locked (PostgreSQL) in key order before any is written: a round on another replica
-    writes its rows in that order too, so neither holds a row the other waits for."""
-    this = sa.and_(col(Artifact.id) == due.artifact_id, col(Artifact.origin) == due.origin)
-    copies = sa.and_(
-        col(Artifact.upstream_id) == due.artifact_id,
-        col(Artifact.upstream_from) == due.origin,
-        col(Artifact.origin) == node.node_id,
-        col(Artifact.blob).is_not(None),
-    )
-    keys = sorted(session.exec(select(Artifact.id, Artifact.origin).where(this | copies)).all())
-    locked: dict[tuple[str, str], Artifact] = {}
-    for ident, origin in keys:
-        key = sa.and_(col(Artifact.id) == ident, col(Artifact.origin) == origin)
-        found = session.exec(select(Artifact).where(key).with_for_update()).one_or_none()
-        if found is not None:
-            locked[(ident, origin)] = found
-    return locked
 
 
 def _deletion_notice(node: Node, row: Artifact, deletion: Deletion, now: datetime) -> Outbox:

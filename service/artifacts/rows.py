@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
 from crypto.dsse import Envelope
 from crypto.sealed import (
     Manifest,
@@ -173,3 +176,35 @@ def _outbox_values(*, partner: str, artifact_id: str, origin: str, now: datetime
         "delivered_at": None,
         "receipt": None,
     }
+
+
+def lock_with_onward_copies(
+    session: Session, node_id: str, artifact_id: str, origin: str, copies: sa.ColumnElement[bool]
+) -> tuple[Artifact | None, list[Artifact]]:
+    """The artifact ``(artifact_id, origin)`` and this node's onward copies of it that meet
+    ``copies``, each row locked (``FOR UPDATE``, PostgreSQL) in key order ``(id, origin)``
+    before any is written, and read as locked. Whatever else changes several of these rows in
+    one transaction (a retention round on another replica, a revocation, a deletion) takes them
+    in the same order, so that no two hold a row the other waits for."""
+    this = sa.and_(col(Artifact.id) == artifact_id, col(Artifact.origin) == origin)
+    onward = sa.and_(
+        col(Artifact.upstream_id) == artifact_id,
+        col(Artifact.upstream_from) == origin,
+        col(Artifact.origin) == node_id,
+        copies,
+    )
+    keys = sorted(session.exec(select(Artifact.id, Artifact.origin).where(this | onward)).all())
+    row: Artifact | None = None
+    found: list[Artifact] = []
+    for ident, owner in keys:
+        key = sa.and_(col(Artifact.id) == ident, col(Artifact.origin) == owner)
+        locked = session.exec(
+            select(Artifact).where(key).with_for_update().execution_options(populate_existing=True)
+        ).one_or_none()
+        if locked is None:
+            continue
+        if (ident, owner) == (artifact_id, origin):
+            row = locked
+        else:
+            found.append(locked)
+    return row, found

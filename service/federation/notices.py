@@ -19,11 +19,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.receipt import Receipt, sign_receipt, verify_receipt
+from service.artifacts.rows import lock_with_onward_copies
 from service.audit.log import record
 from service.blob_journal import record_deletions
 from service.errors import InvalidInputError
@@ -102,17 +103,20 @@ def _accept(
         if seen is not None:
             loaded: dict[str, Any] = json.loads(seen.receipt)
             return loaded
-        # A revocation is about the sender's artifact, an access notice about ours: an id
-        # names an artifact only within its origin's namespace.
-        origin = sender if kind == "revocation" else node.node_id
-        artifact = session.get(Artifact, (artifact_id[:64], origin))
+        # A revocation is about the sender's artifact, an access or deletion notice about ours:
+        # an id names an artifact only within its origin's namespace.
         if kind == "revocation":
-            blobs = _revocation(session, node, sender, artifact, artifact_id, data, now)
+            # With this node's onward copies of it, locked in key order before any is written
+            # (as a retention round on another replica writes them).
+            artifact, copies = lock_with_onward_copies(
+                session, node.node_id, artifact_id[:64], sender, col(Artifact.revoked_at).is_(None)
+            )
+            blobs = _revocation(session, node, sender, artifact, copies, artifact_id, data, now)
             record_deletions(session, blobs)  # deleted after the commit; journaled till then
-        elif kind == "deletion":
-            _deletion(session, node, sender, artifact, artifact_id, data, now)
         else:
-            _access(session, node, sender, artifact, artifact_id, data, now)
+            artifact = session.get(Artifact, (artifact_id[:64], node.node_id))
+            handle = _deletion if kind == "deletion" else _access
+            handle(session, node, sender, artifact, artifact_id, data, now)
         receipt = sign_receipt(
             Receipt(
                 kind=_TYPES[kind],
@@ -146,12 +150,13 @@ def _revocation(
     node: Node,
     sender: str,
     artifact: Artifact | None,
+    copies: list[Artifact],
     artifact_id: str,
     data: dict[str, Any],
     now: datetime,
 ) -> list[str]:
-    """Hide the artifact and this node's onward copies of it; return the blobs to delete once
-    the transaction has committed."""
+    """Hide the artifact and this node's onward ``copies`` of it (not yet revoked); return the
+    blobs to delete once the transaction has committed."""
     reason = _text(data, "reason")
     if artifact is not None and artifact.origin != sender:
         raise InvalidInputError("only the origin of an artifact can revoke it")
@@ -163,7 +168,7 @@ def _revocation(
         artifact.deleted_at = now
         blob, artifact.blob = artifact.blob, None
         session.add(artifact)
-        blobs = _revoke_onward_copies(session, node, artifact, reason, now)
+        blobs = _revoke_onward_copies(session, node, artifact, copies, reason, now)
     record(
         session,
         kind="revocation.received",
@@ -178,19 +183,16 @@ def _revocation(
 
 
 def _revoke_onward_copies(
-    session: Session, node: Node, upstream: Artifact, reason: str, now: datetime
+    session: Session,
+    node: Node,
+    upstream: Artifact,
+    copies: list[Artifact],
+    reason: str,
+    now: datetime,
 ) -> list[str]:
     """Revoke what this node passed on from ``upstream``: delete the copies, tell recipients."""
     blobs = []
-    copies = session.exec(
-        select(Artifact).where(
-            Artifact.upstream_id == upstream.id,
-            Artifact.upstream_from == upstream.origin,
-            Artifact.origin == node.node_id,
-            col(Artifact.revoked_at).is_(None),
-        )
-    ).all()
-    for copy in copies:
+    for copy in (c for c in copies if c.revoked_at is None):  # as read once locked
         copy.revoked_at = now
         copy.revocation_reason = f"revoked upstream by {upstream.origin}: {reason}"[:500]
         copy.deleted_at = now

@@ -219,13 +219,19 @@ def record_receipts(node: Node, *, partner: str, receipts: Any) -> int:
     return settled
 
 
-# Pending, unleased deliveries to a partner for the given artifacts (built once).
-_ACKNOWLEDGEABLE = _SETTLEMENT_COLUMNS.select_from(_OUTBOX.join(_ARTIFACTS, _OF_ARTIFACT)).where(
-    _OUTBOX.c.partner == sa.bindparam("partner"),
-    _OUTBOX.c.kind == "deliver",
-    _OUTBOX.c.state == "pending",
-    _OUTBOX.c.artifact_id.in_(sa.bindparam("ids", expanding=True)),
-    sa.or_(_OUTBOX.c.lease_until.is_(None), _OUTBOX.c.lease_until < sa.bindparam("now")),
+# Pending, unleased deliveries to a partner for the given artifacts (built once), in outbox id
+# order: each is then settled in the order every other settling path takes its rows, so two
+# replicas recording the same receipts at once do not each hold a row the other waits for.
+_ACKNOWLEDGEABLE = (
+    _SETTLEMENT_COLUMNS.select_from(_OUTBOX.join(_ARTIFACTS, _OF_ARTIFACT))
+    .where(
+        _OUTBOX.c.partner == sa.bindparam("partner"),
+        _OUTBOX.c.kind == "deliver",
+        _OUTBOX.c.state == "pending",
+        _OUTBOX.c.artifact_id.in_(sa.bindparam("ids", expanding=True)),
+        sa.or_(_OUTBOX.c.lease_until.is_(None), _OUTBOX.c.lease_until < sa.bindparam("now")),
+    )
+    .order_by(_OUTBOX.c.id)
 )
 
 

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import io
 import json
-import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from sqlmodel import col, select
+from sqlmodel import select
 
 from crypto.dsse import Envelope
 from crypto.receipt import verify_receipt
@@ -23,7 +20,7 @@ from service.artifacts import retention
 from service.artifacts import share as sharing
 from service.artifacts.read import open_for_read
 from service.artifacts.retention import RetentionWorker
-from service.artifacts.retention_rules import Deletion, RetentionFacts
+from service.artifacts.retention_rules import RetentionFacts
 from service.artifacts.revoke import revoke_artifact
 from service.artifacts.sweep import sweep
 from service.artifacts.terms import ShareTerms
@@ -35,7 +32,6 @@ from service.partners import partner_keys
 from service.tokens import Principal, Role
 from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
 from tests.service.test_federation_sync import Pair, joined
-from tests.service.test_idempotency import _waits_for_a_lock
 
 PUBLISHER = Principal(token_id="tok_test", name="tester", role=Role.PUBLISHER)
 
@@ -391,63 +387,3 @@ def test_each_way_in_is_an_index_search_not_a_scan(tmp_path: Path) -> None:
                 assert plan.startswith(f"SEARCH artifacts USING INDEX ix_artifacts_held_{index} ")
     finally:
         db.dispose()
-
-
-@pytest.mark.postgres
-def test_deleting_a_copy_takes_its_row_locks_in_key_order(tmp_path: Path, pg_url: str) -> None:
-    """Replicas on one PostgreSQL database: a round on one replica writes its worked-out rows in
-    key order (``(id, origin)``) while another replica deletes a received artifact and this
-    node's onward copy of it. The deletion must lock the two rows in the same order, or each
-    transaction holds the row the other waits for and PostgreSQL ends one ("deadlock
-    detected"; seen with a partner's clock far ahead, so that one replica found due what the
-    other was still working out)."""
-    kit = make_node(tmp_path, "uk-aisi", db_url=pg_url)
-    now = kit.node.now()
-    received = _row("b" * 32, "us-aisi", "received", now)  # the copy sorts first: "a..."
-    copy = _row("a" * 32, "uk-aisi", "sent", now, upstream_id="b" * 32, upstream_from="us-aisi")
-    with kit.node.db.session() as session:
-        session.add_all([received, copy])
-    table = Artifact.__table__  # type: ignore[attr-defined]
-
-    def worked_out(ident: str, origin: str) -> sa.Update:
-        key = (table.c.id == ident) & (table.c.origin == origin)
-        return sa.update(table).where(key).values(retention_version=7)
-
-    failed: list[BaseException] = []
-
-    def delete() -> None:
-        due = retention.Due("b" * 32, "us-aisi", "received", Deletion("revoked", now))
-        try:
-            assert retention.delete_copy(kit.node, due, now=now)
-        except BaseException as exc:
-            failed.append(exc)
-
-    deleter = threading.Thread(target=delete)
-    with kit.node.db.engine.begin() as round_:  # the other replica's round, in key order
-        round_.execute(worked_out("a" * 32, "uk-aisi"))
-        deleter.start()
-        deadline = time.monotonic() + 30
-        while deleter.is_alive() and not _waits_for_a_lock(pg_url):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        round_.execute(worked_out("b" * 32, "us-aisi"))
-    deleter.join(30)
-    assert not deleter.is_alive()
-    assert failed == []
-    with kit.node.db.session() as session:
-        rows = session.exec(select(Artifact).order_by(col(Artifact.id))).all()
-        assert [(r.id[0], r.blob, r.retention_version) for r in rows] == [
-            ("a", None, 7),
-            ("b", None, 7),
-        ]
-    assert len(entries(kit, "artifact.deleted", "a" * 32)) == 1
-    assert len(entries(kit, "artifact.deleted", "b" * 32)) == 1
-
-
-def _row(ident: str, origin: str, direction: str, now: datetime, **upstream: str) -> Artifact:
-    """An artifact row holding a (here absent) blob; only retention's columns matter."""
-    return Artifact(
-        id=ident, direction=direction, origin=origin, sender=origin, title="t", tlp="TLP:GREEN",
-        created_at=now, recorded_at=now, size=1, sha256=ident * 2, blob=ident * 2,
-        ciphertext_size=1, header_sha256=ident * 2, manifest="{}", **upstream,
-    )  # fmt: skip

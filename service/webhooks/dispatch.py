@@ -120,6 +120,9 @@ class WebhookDispatcher:
                     free,
                 )
                 .order_by(col(Webhook.next_attempt_at), col(Webhook.id))
+                # Rows another replica's claim holds are skipped, never waited for: two claims
+                # that read the due rows in different orders cannot each hold one the other wants.
+                .with_for_update(skip_locked=True)
             ).all()
             for webhook_id in due:
                 if len(claimed) >= limit:

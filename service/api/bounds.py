@@ -74,7 +74,9 @@ class RequestBounds:
       over a window of ``window_seconds`` spent waiting for it, ends in a 408 problem document,
       raised where the app reads the body, so it is handled and audited like any refusal, and a
       partial upload is cleaned up by the code that was reading it. Only time spent waiting for
-      the client counts: a body the app is slow to consume is not the client's fault.
+      the client counts: a body the app is slow to consume is not the client's fault. Once the
+      answer has started, no refusal can be sent any more: the bounds stop (a streaming answer
+      reads ``receive`` only to learn of a disconnect, and may stream on).
     - A client that goes away mid-request is an ordinary end, logged at info (no traceback).
     """
 
@@ -117,8 +119,9 @@ class RequestBounds:
             )
             await send({"type": "http.response.body", "body": body})
             return
+        bounded = _BoundedBody(self, receive)
         try:
-            await self.app(scope, _BoundedBody(self, receive), send)
+            await self.app(scope, bounded, bounded.watch(send))
         except ClientDisconnect:  # an ordinary end: whoever read the body cleaned up
             log.info("the client disconnected during %s %s", scope["method"], scope.get("path", ""))
 
@@ -129,13 +132,29 @@ class _BoundedBody:
     def __init__(self, bounds: RequestBounds, receive: Receive) -> None:
         self.bounds = bounds
         self.receive = receive
-        self.done = False
+        self.done = False  # the body is over
+        self.answered = False  # the answer has started: a refusal could not be sent any more
         self.need = bounds.min_rate * bounds.window_seconds  # bytes per window
         self.waited = 0.0  # seconds spent waiting in this window
         self.got = 0  # bytes received in this window
 
+    def watch(self, send: Send) -> Send:
+        """``send``, noting when the answer starts."""
+
+        async def watched(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self.answered = True
+            await send(message)
+
+        return watched
+
+    def unbounded(self) -> bool:
+        """Whether there is nothing left to bound (then waiting for a disconnect, which a
+        streaming answer does as it streams, may take forever)."""
+        return self.done or self.answered
+
     async def __call__(self) -> Message:
-        if self.done:  # the body is over: waiting for a disconnect may take forever
+        if self.unbounded():
             message: Message = await self.receive()
             return message
         bounds = self.bounds
@@ -145,7 +164,9 @@ class _BoundedBody:
         started = time.monotonic()
         with anyio.move_on_after(budget) as waited:
             message = await self.receive()
-        if waited.cancelled_caught:
+        if waited.cancelled_caught and self.unbounded():  # the answer started while it waited
+            message = await self.receive()
+        elif waited.cancelled_caught:
             if budget >= bounds.idle_seconds:
                 raise RequestTimeoutError(
                     f"the request body sent nothing for {bounds.idle_seconds:g} s "

@@ -96,16 +96,16 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
-_AUDITED_PREFIXES = ("/v1/", "/audit/", "/federation/", "/ui/", "/witness/")
-
-
 def _audit_refusal(
     request: Request, *, status: int, kind: str, detail: str, later: bool = False
 ) -> None:
-    """Every refusal on an API route is an audit event (unless it is quiet or its raiser already
-    wrote one: ``service.errors``). ``later``: the database is the reason, so the refusal is
-    kept and written once it answers (``RefusalLedger.refused_later``)."""
-    if (status >= 500 and not later) or not request.url.path.startswith(_AUDITED_PREFIXES):
+    """Every refusal on a route that matched is an audit event, whatever its path (``/metrics``
+    and ``/healthz`` too: the first refusal of a rate-limit burst may land there, and the rest of
+    the burst is quiet), unless it is quiet or its raiser already wrote one
+    (``service.errors``). A request that matched no route is a scan of unknown paths: logged,
+    not audited. ``later``: the database is the reason, so the refusal is kept and written once
+    it answers (``RefusalLedger.refused_later``)."""
+    if (status >= 500 and not later) or request.scope.get("route") is None:
         return
     node = getattr(request.app.state, "node", None)
     if node is None:
@@ -190,12 +190,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         return _unexpected(request, exc)
     kind, title = _HTTP_KINDS.get(exc.status_code, ("http-error", "HTTP error"))
     detail = exc.detail if isinstance(exc.detail, str) else title
-    if (
-        request.scope.get("route") is not None
-    ):  # refusals on real routes, not scans of unknown paths
-        await run_in_threadpool(
-            _audit_refusal, request, status=exc.status_code, kind=kind, detail=detail
-        )
+    await run_in_threadpool(
+        _audit_refusal, request, status=exc.status_code, kind=kind, detail=detail
+    )
     return problem(
         exc.status_code,
         kind,

@@ -22,11 +22,13 @@ processes writes up to N summaries per source and window. Counts of a window not
 are lost if the process is killed (a clean shutdown flushes them); the metrics
 (``entente_refusals``) count every refusal as it happens.
 
-**When the database is the reason.** A request refused because the database did not answer
+**When the database does not answer.** A request refused because the database did not answer
 in time (SQLite's write lock held elsewhere past the busy timeout, a PostgreSQL server gone) is
 not written then, which would wait as long again and fail the same way: :meth:`refused_later`
 keeps it in memory (at most :data:`DEFERRED_MAX`; any more are counted) and the next flush writes
-them once the database answers, the count of any beyond the kept ones as one summary.
+them once the database answers, the count of any beyond the kept ones as one summary. A refusal
+(or summary) refused for another reason whose own write meets a database that does not answer
+(:data:`service.db.DATABASE_UNAVAILABLE`) is kept the same way, as it would have been written.
 
 **Audited once.** A refusal the domain audits itself (in its own transaction, or with the rule,
 clause and partner only the domain knows) is marked with :func:`mark_audited`; the problem
@@ -55,6 +57,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from service.audit.log import record
+from service.db import DATABASE_UNAVAILABLE, say_unavailable
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -107,6 +110,7 @@ class _Deferred:
     kind: str
     actor: str
     partner: str | None
+    decision: str | None
     rule: str | None
     detail: dict[str, Any]
     at: datetime
@@ -169,7 +173,8 @@ class RefusalLedger:
     ) -> None:
         """Account one refusal (blocking: the database may be written; run it in a thread)."""
         if actor != ANONYMOUS:
-            self._write(kind, actor, partner, decision, rule, detail)
+            self.write(kind=kind, actor=actor, partner=partner, decision=decision, rule=rule,
+                       detail=detail)  # fmt: skip
             return
         now = self.node.now()
         window = math.floor(now.timestamp() / self.window_seconds) * self.window_seconds
@@ -190,7 +195,8 @@ class RefusalLedger:
                 _bump(bucket.paths, request.url.path[:100])
         self._write_summaries(due)
         if first:
-            self._write(kind, actor, partner, decision, rule, detail)
+            self.write(kind=kind, actor=actor, partner=partner, decision=decision, rule=rule,
+                       detail=detail)  # fmt: skip
 
     def refused_later(
         self,
@@ -204,7 +210,13 @@ class RefusalLedger:
     ) -> None:
         """Account a refusal whose reason is the database itself: kept in memory until a flush
         finds the database answering (never blocks on it)."""
-        entry = _Deferred(kind, actor, partner, rule, {**detail, "reason": reason}, self.node.now())
+        self._keep(
+            _Deferred(kind, actor, partner, "deny", rule, {**detail, "reason": reason},
+                      self.node.now())
+        )  # fmt: skip
+
+    def _keep(self, entry: _Deferred) -> None:
+        """Keep ``entry`` for the next flush, or only count it past :data:`DEFERRED_MAX`."""
         with self._lock:
             if len(self._deferred) < DEFERRED_MAX:
                 self._deferred.append(entry)
@@ -212,10 +224,9 @@ class RefusalLedger:
                 self._beyond += 1
 
     def flush(self, *, force: bool = False) -> int:
-        """Record the refusals kept while the database did not answer, then the summaries of
-        ended windows (every window with ``force``: at shutdown); returns how many entries
+        """Record the summaries of ended windows (every window with ``force``: at shutdown),
+        then the refusals kept while the database did not answer; returns how many entries
         were written. Blocking."""
-        written = self._write_deferred(last=force)
         if force:
             with self._lock:
                 due = list(self._buckets.values())
@@ -225,7 +236,10 @@ class RefusalLedger:
             window = math.floor(self.node.now().timestamp() / self.window_seconds)
             with self._lock:
                 due = self._close_before(window * self.window_seconds)
-        return written + self._write_summaries(due)
+        # Summaries first: one the database does not take joins the kept refusals, tried again
+        # just after (and, at shutdown, reported with them if it still fails).
+        written = self._write_summaries(due)
+        return written + self._write_deferred(last=force)
 
     def _write_deferred(self, *, last: bool = False) -> int:
         """Write the kept refusals in one transaction; if the database still does not answer,
@@ -239,13 +253,13 @@ class RefusalLedger:
             with self.node.db.session() as session:
                 for d in kept:
                     record(session, kind=d.kind, actor=d.actor, partner=d.partner,
-                           decision="deny", rule=d.rule,
+                           decision=d.decision, rule=d.rule,
                            detail={**d.detail, "refused_at": d.at.isoformat()},
                            now=self.node.now())  # fmt: skip
                 if beyond:
                     record(session, kind="request.refused", actor=ANONYMOUS, decision="deny",
                            rule=SUMMARY_RULE, now=self.node.now(),
-                           detail={"count": beyond, "reason": "503 database",
+                           detail={"count": beyond, "reason": "database unavailable",
                                    "note": "refusals while the database did not answer, beyond "
                                            f"the {DEFERRED_MAX} kept one by one"})  # fmt: skip
         except Exception:
@@ -287,48 +301,45 @@ class RefusalLedger:
             if b.count == 0:
                 continue  # its one refusal is on record already
             start = datetime.fromtimestamp(b.window, UTC)
-            self._write(
-                b.kind,
-                ANONYMOUS,
-                None,
-                "deny",
-                SUMMARY_RULE,
-                {
-                    "source": b.source,
-                    "count": b.count,
-                    "window_start": start.isoformat(),
-                    "window_seconds": self.window_seconds,
-                    "reasons": dict(b.reasons),
-                    "paths": dict(b.paths),
-                    "note": "refusals after the first from this source in this window",
-                },
-            )
-            written += 1
+            summary = {
+                "source": b.source,
+                "count": b.count,
+                "window_start": start.isoformat(),
+                "window_seconds": self.window_seconds,
+                "reasons": dict(b.reasons),
+                "paths": dict(b.paths),
+                "note": "refusals after the first from this source in this window",
+            }
+            if self.write(kind=b.kind, actor=ANONYMOUS, rule=SUMMARY_RULE, detail=summary):
+                written += 1
         return written
 
-    def _write(
+    def write(
         self,
+        *,
         kind: str,
         actor: str,
-        partner: str | None,
-        decision: str | None,
-        rule: str | None,
         detail: dict[str, Any],
-    ) -> None:
+        partner: str | None = None,
+        decision: str | None = "deny",
+        rule: str | None = None,
+    ) -> bool:
+        """Record one refusal now (blocking); whether it was written. If the database does not
+        answer, the entry is kept, as it is, for the next flush (the refusal stands either
+        way)."""
+        now = self.node.now()
         try:
             with self.node.db.session() as session:
-                record(
-                    session,
-                    kind=kind,
-                    actor=actor,
-                    partner=partner,
-                    decision=decision,
-                    rule=rule,
-                    detail=detail,
-                    now=self.node.now(),
-                )
-        except Exception:  # the refusal stands even if the database is down
+                record(session, kind=kind, actor=actor, partner=partner, decision=decision,
+                       rule=rule, detail=detail, now=now)  # fmt: skip
+        except DATABASE_UNAVAILABLE as exc:
+            say_unavailable(log, exc, "auditing a refusal", then="kept for the next flush")
+            self._keep(_Deferred(kind, actor, partner, decision, rule, detail, now))
+            return False
+        except Exception:
             log.exception("could not audit a refusal")
+            return False
+        return True
 
 
 def audit_refusal(

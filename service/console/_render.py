@@ -10,7 +10,6 @@ the refusal as the API's problem handler does. This module does not authenticate
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from importlib import resources
@@ -22,8 +21,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
-from service.audit.log import record
-from service.audit.refusals import already_audited
+from service.audit.refusals import RefusalLedger, already_audited
 from service.console._session import SESSION_COOKIE
 from service.errors import EntenteError
 from service.node import Node
@@ -34,12 +32,11 @@ __all__ = [
     "ConsoleRoute",
     "LoginRequired",
     "StaticAsset",
+    "audit_console_refusal",
     "error_page",
     "render",
     "secure_cookies",
 ]
-
-log = logging.getLogger("entente.console")
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -132,34 +129,29 @@ STATIC = {
 }
 
 
-def _audit_refusal(request: Request, exc: EntenteError) -> None:
-    """Audit a refusal on a console page (as ``service.api.problems`` does for the API)."""
+def audit_console_refusal(request: Request, exc: EntenteError) -> None:
+    """Audit a refusal on a console page (as ``service.api.problems`` does for the API), one
+    entry each, kept for later if the database does not answer (``RefusalLedger.write``); for
+    a page that answers a refusal itself rather than raising it. Blocking."""
     node: Node = request.app.state.node
     principal = getattr(request.state, "principal", None)
-    try:
-        with node.db.session() as session:
-            record(
-                session,
-                kind="request.refused",
-                actor=principal.actor if principal is not None else "anonymous",
-                decision="deny",
-                rule=exc.kind,
-                detail={
-                    "method": request.method,
-                    "path": request.url.path[:300],
-                    "status": exc.status,
-                    "detail": exc.message[:300],
-                    "via": "console",
-                },
-                now=node.now(),
-            )
-    except Exception:  # the refusal stands even if the database is down
-        log.exception("could not audit a console refusal")
+    RefusalLedger.of(request.app.state, node).write(
+        kind="request.refused",
+        actor=principal.actor if principal is not None else "anonymous",
+        rule=exc.kind,
+        detail={
+            "method": request.method,
+            "path": request.url.path[:300],
+            "status": exc.status,
+            "detail": exc.message[:300],
+            "via": "console",
+        },
+    )
 
 
 def error_page(request: Request, exc: EntenteError) -> HTMLResponse:
     if exc.status < 500 and not exc.quiet and not already_audited(exc):
-        _audit_refusal(request, exc)
+        audit_console_refusal(request, exc)
     return render(
         request,
         "error.html",

@@ -56,6 +56,7 @@ from service.console._charts import bar_chart
 from service.console._queries import (
     SERIES,
     AuditFilter,
+    AuditPage,
     activity,
     audit_page,
     b64,
@@ -65,7 +66,13 @@ from service.console._queries import (
     partner_ids,
     partner_views,
 )
-from service.console._render import STATIC, ConsoleRoute, render, secure_cookies
+from service.console._render import (
+    STATIC,
+    ConsoleRoute,
+    audit_console_refusal,
+    render,
+    secure_cookies,
+)
 from service.console._session import (
     LOGIN_COOKIE,
     LOGIN_MAX_AGE,
@@ -272,6 +279,8 @@ def overview(request: Request, node: NodeDep, user: ConsoleUser) -> HTMLResponse
 
 @router.get("/audit")
 def audit_log(request: Request, node: NodeDep, user: ConsoleUser) -> HTMLResponse:
+    """The filtered table, an audited read. Filters it cannot apply are a refusal (422, audited
+    as one): the form comes back with the error and no entries, so nothing was read."""
     params = _params(request)
     error = None
     try:
@@ -279,26 +288,29 @@ def audit_log(request: Request, node: NodeDep, user: ConsoleUser) -> HTMLRespons
         before = parse_seq(params.get("before"), "before")
         after = parse_seq(params.get("after"), "after")
     except InvalidInputError as exc:
+        audit_console_refusal(request, exc)
         error, flt, before, after = exc.message, AuditFilter(), None, None
     limit = min(node.settings.page_size_default, node.settings.page_size_max)
     with node.db.session() as session:
-        page = audit_page(session, flt, before=before, after=after, limit=limit)
         partners = partner_ids(session)
         status = log_status(node, session)
         export = export_link(session, flt)
-        record(
-            session,
-            kind="audit.read",
-            actor=user.actor,
-            detail={
-                "via": "console",
-                "filters": flt.as_params(),
-                "before": before,
-                "after": after,
-                "count": len(page.entries),
-            },
-            now=node.now(),
-        )
+        page = AuditPage([], None, None)
+        if error is None:
+            page = audit_page(session, flt, before=before, after=after, limit=limit)
+            record(
+                session,
+                kind="audit.read",
+                actor=user.actor,
+                detail={
+                    "via": "console",
+                    "filters": flt.as_params(),
+                    "before": before,
+                    "after": after,
+                    "count": len(page.entries),
+                },
+                now=node.now(),
+            )
     return render(
         request,
         "audit.html",
@@ -427,6 +439,7 @@ def policies_page(request: Request, node: NodeDep, user: ConsoleUser) -> HTMLRes
         try:
             decision = node.policies.decide(_explain_request(params, partners), now=now)
         except InvalidInputError as exc:
+            audit_console_refusal(request, exc)
             error = exc.message
         else:
             asked = {

@@ -83,6 +83,7 @@ from crypto.dsse import Envelope, sign_envelope, verify_envelope
 from crypto.errors import DecryptionError, MalformedError, SealingKindError, VerificationError
 from crypto.keys import SigningKey, Verifier
 from crypto.keyset import KeySet, SignerSet, signers_of
+from crypto.names import MAX_FILENAME_CHARS, is_base_name
 from crypto.sealing import SEALING_KINDS, SEALING_X25519, kind_of, sealing_kind
 from crypto.vocab import MAX_TERM_CHARS, TLP_LABELS, is_node_id, is_term
 
@@ -115,7 +116,6 @@ MAX_TITLE_CHARS = 500
 MAX_LABELS = 64  # topics, purposes: entries each, each a term of crypto.vocab
 MAX_RECIPIENTS = 64
 MAX_CHAIN = 16  # upstream manifests
-MAX_FILENAME_CHARS = 255
 MAX_EVALUATION_BYTES = 16 * 1024  # canonical JSON of the ``evaluation`` summary
 MAX_EVALUATION_DEPTH = 6  # nesting of its objects and lists
 
@@ -206,16 +206,10 @@ def _check_json_object(value: object, name: str) -> dict[str, Any]:
 def _check_filename(value: object) -> None:
     if value is None:
         return
-    if (
-        not isinstance(value, str)
-        or not 0 < len(value) <= MAX_FILENAME_CHARS
-        or value in (".", "..")
-        or any(c in value for c in "/\\")
-        or any(ord(c) < 32 or ord(c) == 127 for c in value)
-    ):
+    if not isinstance(value, str) or not is_base_name(value):
         raise MalformedError(
             f"manifest field 'filename' is a base name of 1 to {MAX_FILENAME_CHARS} characters: "
-            "no path, no control characters"
+            "no path, no control or bidi characters"
         )
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, unquote
 
+from crypto.names import is_base_name
+
 if TYPE_CHECKING:  # imported by the two recipes that use them: atomic writes need no crypto
     from crypto.age import Identity
     from crypto.dsse import Envelope
@@ -43,19 +45,6 @@ __all__ = [
     "seal_file",
     "write_atomically",
 ]
-
-MAX_FILENAME_CHARS = 255
-
-
-def is_base_name(name: str) -> bool:
-    """A file name without a path: no separators, no control characters, not ``.`` or ``..``,
-    at most 255 characters."""
-    return (
-        0 < len(name) <= MAX_FILENAME_CHARS
-        and name not in (".", "..")
-        and not any(c in name for c in "/\\")
-        and not any(ord(c) < 32 or ord(c) == 127 for c in name)
-    )
 
 
 def content_disposition(filename: str) -> str:

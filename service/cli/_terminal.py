@@ -37,14 +37,14 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Span, Text
 
+from crypto.names import HIDDEN
+
 __all__ = ["SafeTable", "TerminalConsole", "outside", "plain_line", "printable"]
 
 # C0 controls, DEL, C1 controls; bidi embeddings, overrides, isolates and marks; the Unicode
-# line and paragraph separators; the byte order mark and interlinear annotations.
-_UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff"
-    "\ufff9-\ufffb]"
-)
+# line and paragraph separators; the byte order mark and interlinear annotations (the set file
+# names may not hold either); with lines kept, all but tab and newline.
+_UNSAFE = HIDDEN
 _UNSAFE_KEEP_LINES = re.compile(
     "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
     "\ufeff\ufff9-\ufffb]"

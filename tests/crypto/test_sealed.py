@@ -404,6 +404,10 @@ def statement(**predicate_changes: Any) -> dict[str, Any]:
         (lambda s: s["predicate"].update(evaluation=None), "never null"),
         (lambda s: s["predicate"].update(filename="../x.eval"), "base name"),
         (lambda s: s["predicate"].update(filename="a\nb"), "base name"),
+        # shown as "invoiceexe.jpg": a right-to-left override hides the real extension
+        (lambda s: s["predicate"].update(filename="invoice\u202egpj.exe"), "base name"),
+        (lambda s: s["predicate"].update(filename="report\u2066.pdf"), "base name"),
+        (lambda s: s["predicate"].update(filename="a\x85b"), "base name"),  # a C1 control
         (lambda s: s["predicate"].update(filename="x" * 256), "base name"),
         (lambda s: s["predicate"].update(evaluation=["task"]), "JSON object"),
         (lambda s: s["predicate"].update(evaluation={"t": "x" * 17000}), "bytes of JSON"),

@@ -16,6 +16,7 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -31,6 +32,7 @@ from service.client import (
 )
 from service.client._protocol import RETRY_MAX_SECONDS
 from service.errors import RemoteError, UsageError
+from service.files import disposition_filename, is_base_name
 from tests.support import ROOT
 
 URL = "http://node.test"
@@ -495,3 +497,13 @@ def test_a_resumable_share_speaks_the_drafts_interop_version_and_its_mismatch_pr
     assert {r.headers.get("upload-draft-interop-version") for r, _ in script.requests} == {"8"}
     whole = len(script.requests[1][1])
     assert len(script.requests[-1][1]) == whole - 7  # only the rest, from the node's offset
+
+
+@pytest.mark.parametrize("name", ["invoice\u202egpj.exe", "a\u2067b.txt", "x\u200e.md", "a\x9bb"])
+def test_a_served_name_that_displays_as_another_is_not_used(name: str) -> None:
+    """A partner's manifest names the file; a name with bidi controls or C1 controls would be
+    saved under a name that shows as something else ("invoice<RLO>gpj.exe" as
+    "invoiceexe.jpg"), so the download falls back to the artifact's own name."""
+    assert not is_base_name(name)
+    header = f"attachment; filename*=UTF-8''{quote(name)}"
+    assert disposition_filename(header) is None

@@ -342,6 +342,8 @@ class OutboxWorker:
         if not isinstance(result, dict):
             return Retry(f"{partner.node_id} sent a malformed batch result")
         status = result.get("status")
+        if type(status) is not int:  # a partner's reply: not necessarily a number, or hashable
+            return Retry(f"{partner.node_id} sent a malformed batch result (status {status!r:.40})")
         if status in (200, 201):
             receipt, why = self._verify(partner, artifact, result, "delivery", trusted)
             return Done(receipt, "deliver", "delivery") if receipt else Retry(why or "")

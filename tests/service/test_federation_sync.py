@@ -33,6 +33,7 @@ from service.db import open_database
 from service.federation.client import PartnerClient, retry_after_seconds
 from service.federation.outbox import BATCH_ITEM_MAX_BYTES, OutboxWorker
 from service.federation.pull import pull_all
+from service.federation.settle import Retry
 from service.federation.rotation import queue_rotation
 from service.federation.status import sync_state
 from service.home import open_home, rotate_keys
@@ -505,3 +506,22 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
     assert retry_after_seconds("Thu, 26 Nov 2026 11:00:00 GMT", now=now) == 0.0
     for bad in (None, "", "-5", "1.5", "soon", "٣", "Thu, 26 Nov 2026 12:01:30"):
         assert retry_after_seconds(bad, now=now) is None, bad
+
+
+@pytest.mark.parametrize("status", [{}, [403], "403", None, True, 201.0])
+def test_a_batch_result_with_a_malformed_status_is_retried(pair: Pair, status: object) -> None:
+    """A partner's signed batch reply is the partner's to write: a result whose status is not
+    an integer (a JSON object could not even be looked up among the permanent refusals: a
+    TypeError took the whole batch) is a malformed result, retried like the others."""
+    [art_id] = share(pair.uk)
+    with pair.uk.node.db.session() as session:
+        artifact = session.exec(select(Artifact).where(Artifact.id == art_id)).one()
+        partner = session.get(Partner, "us-aisi")
+    assert partner is not None
+    worker = pair.worker(pair.uk)
+    try:
+        trusted = worker._keys("us-aisi")
+        outcome = worker._item_outcome(partner, artifact, {"status": status}, trusted)
+    finally:
+        worker.close()
+    assert isinstance(outcome, Retry) and "malformed" in outcome.error

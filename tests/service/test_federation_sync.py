@@ -33,8 +33,8 @@ from service.db import open_database
 from service.federation.client import PartnerClient, retry_after_seconds
 from service.federation.outbox import BATCH_ITEM_MAX_BYTES, OutboxWorker
 from service.federation.pull import pull_all
-from service.federation.settle import Retry
 from service.federation.rotation import queue_rotation
+from service.federation.settle import Retry
 from service.federation.status import sync_state
 from service.home import open_home, rotate_keys
 from service.models import Artifact, AuditEntry, Outbox, Partner, PartnerKey

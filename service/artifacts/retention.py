@@ -18,7 +18,8 @@ states it: both sides' files state the same agreement), queues a ``deletion`` no
 origin carrying this node's signed statement (a ``deletion`` receipt); the origin records
 ``deletion.acknowledged``. A revocation's deletion is not notified again: the origin holds the
 holder's signed receipt of the revocation already.
-Only once that transaction has committed are the blobs removed: a crash in between leaves an
+Only once that transaction has committed are the blobs removed, those no other row refers to
+(``service.artifacts.sweep.drop_unreferenced``): a crash in between leaves an
 unreferenced blob, which the start-up sweep (``service.artifacts.sweep``) removes, never a row
 claiming ciphertext it does not have. A repeated round finds nothing left to do.
 
@@ -54,6 +55,7 @@ from service.artifacts.retention_rules import (
     terms_of_decision,
 )
 from service.artifacts.rows import json_list, lock_with_onward_copies
+from service.artifacts.sweep import drop_unreferenced
 from service.audit.log import record
 from service.blob_journal import record_deletions
 from service.models import Artifact, Outbox
@@ -279,11 +281,7 @@ def delete_copy(node: Node, due: Due, *, now: datetime) -> bool:
         if acknowledge:
             session.add(_deletion_notice(node, row, due.deletion, now))
         record_deletions(session, blobs)  # deleted after the commit; journaled till then
-    with node.db.session() as session:  # committed: remove what no row refers to any more
-        held = set(session.exec(select(Artifact.blob).where(col(Artifact.blob).in_(blobs))))
-    for blob in blobs:
-        if blob and blob not in held:
-            node.blobs.delete(blob)
+    drop_unreferenced(node, blobs)
     return True
 
 

@@ -30,13 +30,17 @@ existence check or one deletion: the cost follows the crashes, not the size of t
 
 The app runs it once at start, in the background (:func:`sweep_in_background`): the node answers
 at once, and the grace period keeps the sweep away from anything written since.
+
+What stops referring to a blob at run time (a revocation, a retention deletion, a delivery whose
+transaction failed) deletes it with :func:`drop_unreferenced`, by the same notion of a reference:
+byte-identical ciphertexts share one address, so a blob may hold the ciphertext of several rows.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -45,10 +49,11 @@ from sqlmodel import Session, col, select
 
 from service.blob_journal import IN_FLIGHT
 from service.blobs import CLAIM
+from service.db import DATABASE_UNAVAILABLE, say_unavailable
 from service.models import Approval, Artifact, BlobInFlight
 from service.node import Node
 
-__all__ = ["SweepReport", "sweep", "sweep_in_background"]
+__all__ = ["SweepReport", "drop_unreferenced", "sweep", "sweep_in_background"]
 
 log = logging.getLogger("entente.maintenance")
 _BATCH = 500  # journal rows per round
@@ -70,6 +75,25 @@ def _referenced(session: Session, digests: Collection[str]) -> set[str | None]:
         select(Approval.blob).where(col(Approval.blob).in_(wanted), Approval.state == "pending")
     )
     return set(artifacts.all()) | set(pending.all())
+
+
+def drop_unreferenced(node: Node, digests: Iterable[str | None]) -> None:
+    """Delete those of ``digests`` that no artifact row nor pending approval refers to, once the
+    transaction that stopped referring to them has committed: another row may hold the same
+    ciphertext (a partner can deliver, under its own id, the bytes of an artifact we hold).
+    Should the database not answer, the blobs stay for the start-up sweep (they are journaled).
+    """
+    wanted = {digest for digest in digests if digest}
+    if not wanted:
+        return
+    try:
+        with node.db.session() as session:
+            kept = _referenced(session, wanted)
+    except DATABASE_UNAVAILABLE as exc:
+        say_unavailable(log, exc, "deleting %d blob(s)", len(wanted), then="left to the sweep")
+        return
+    for digest in sorted(wanted - kept):
+        node.blobs.delete(digest)
 
 
 def sweep(node: Node, *, clock: Callable[[], float] = time.time) -> SweepReport:

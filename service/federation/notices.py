@@ -4,12 +4,14 @@ its copy as the origin's terms require, ``service.artifacts.retention``).
 
 A notice is a small JSON object ``{"notice_id", "type", "artifact_id", "sha256", ...}``; the
 sender's outbox row id is its ``notice_id``, so a repeated notice is answered with the receipt
-already issued. Accepting a revocation hides the artifact and deletes its ciphertext; both sides
-audit it, and the receipt goes back to the origin as evidence. A revocation reaches every copy:
-the artifacts this node passed on from the revoked one (onward shares) are revoked and deleted
-here too, and their recipients are sent revocations in turn. A deletion notice carries the
-holder's own signed statement (a ``deletion`` receipt), which the origin verifies against the
-holder's pinned keys and keeps in its ``deletion.acknowledged`` entry, with the rule and clause.
+already issued. A receipt states the artifact's digest: a notice about an artifact this node
+holds must name the digest it holds. Accepting a revocation hides the artifact and deletes its
+ciphertext (unless another row holds the same bytes); both sides audit it, and the receipt goes
+back to the origin as evidence. A revocation reaches every copy: the artifacts this node passed
+on from the revoked one (onward shares) are revoked and deleted here too, and their recipients
+are sent revocations in turn. A deletion notice carries the holder's own signed statement (a
+``deletion`` receipt), which the origin verifies against the holder's pinned keys and keeps in
+its ``deletion.acknowledged`` entry, with the rule and clause.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from crypto.dsse import Envelope
 from crypto.errors import CryptoError
 from crypto.receipt import Receipt, sign_receipt, verify_receipt
 from service.artifacts.rows import lock_with_onward_copies
+from service.artifacts.sweep import drop_unreferenced
 from service.audit.log import record
 from service.blob_journal import record_deletions
 from service.errors import InvalidInputError
@@ -83,8 +86,7 @@ def accept(node: Node, *, sender: str, data: Any) -> dict[str, Any]:
         loaded: dict[str, Any] = json.loads(seen.receipt)
         return loaded
     finally:
-        for blob in to_delete:  # only once the revocation is committed
-            node.blobs.delete(blob)
+        drop_unreferenced(node, to_delete)  # only once the revocation is committed
 
 
 def _accept(
@@ -158,8 +160,10 @@ def _revocation(
     """Hide the artifact and this node's onward ``copies`` of it (not yet revoked); return the
     blobs to delete once the transaction has committed."""
     reason = _text(data, "reason")
-    if artifact is not None and artifact.origin != sender:
-        raise InvalidInputError("only the origin of an artifact can revoke it")
+    if artifact is not None:
+        if artifact.origin != sender:
+            raise InvalidInputError("only the origin of an artifact can revoke it")
+        _same_digest(artifact, data)
     blob = None
     blobs: list[str] = []
     if artifact is not None and artifact.revoked_at is None:
@@ -225,12 +229,23 @@ def _revoke_onward_copies(
     return blobs
 
 
-def _shared_with(node: Node, sender: str, artifact: Artifact | None, what: str) -> Artifact:
-    """``artifact``, which a recipient's ``what`` is about: one this node shared with ``sender``."""
+def _same_digest(artifact: Artifact, data: dict[str, Any]) -> None:
+    """The receipt states the notice's digest: refuse one that is not the artifact's, lest this
+    node sign that its artifact has a digest the sender chose."""
+    if _text(data, "sha256", 64) != artifact.sha256:
+        raise InvalidInputError(f"the notice's sha256 is not the digest of artifact {artifact.id}")
+
+
+def _shared_with(
+    node: Node, sender: str, artifact: Artifact | None, what: str, data: dict[str, Any]
+) -> Artifact:
+    """``artifact``, which a recipient's ``what`` is about: one this node shared with ``sender``,
+    under the digest the notice names (checked once the sender is known to be a recipient)."""
     if artifact is None or artifact.origin != node.node_id:
         raise InvalidInputError(f"{what} must be about an artifact this node shared")
     if sender not in json.loads(artifact.recipients):
         raise InvalidInputError(f"the sender of {what.split(' ', 1)[1]} is not a recipient")
+    _same_digest(artifact, data)
     return artifact
 
 
@@ -243,7 +258,7 @@ def _access(
     data: dict[str, Any],
     now: datetime,
 ) -> None:
-    artifact = _shared_with(node, sender, artifact, "an access notice")
+    artifact = _shared_with(node, sender, artifact, "an access notice", data)
     record(
         session,
         kind="access_notice.received",
@@ -266,7 +281,7 @@ def _deletion(
     now: datetime,
 ) -> None:
     """Record a recipient's signed statement that it deleted its copy of our artifact."""
-    artifact = _shared_with(node, sender, artifact, "a deletion notice")
+    artifact = _shared_with(node, sender, artifact, "a deletion notice", data)
     try:
         statement = Envelope.from_json(data.get("statement"))
         verify_receipt(

@@ -53,6 +53,7 @@ from policies import Decision
 from service.artifacts.enforce import Facts, Refusal, enforce, first_rule, refuse
 from service.artifacts.rows import artifact_row
 from service.artifacts.sealing import sealing_of
+from service.artifacts.sweep import drop_unreferenced
 from service.audit.log import AUDIT_TABLE, audit_row
 from service.audit.refusals import mark_audited
 from service.blob_journal import SETTLE
@@ -306,9 +307,7 @@ class Receiver:
                     item.writer = None
         except BaseException:
             self.discard(staged)
-            for item in staged:
-                if item.digest is not None:
-                    node.blobs.delete(item.digest)
+            self._drop_unreferenced(staged)
             raise
         fault_point("receive.blob_committed")
         now = node.now()
@@ -321,11 +320,16 @@ class Receiver:
                 deletes={SETTLE: [row["blob"] for row in rows]},  # referenced from now on
             )
         except IntegrityError:
-            # Someone stored one of them first (a push and a pull racing): one at a time.
-            return [
-                self._commit_one(item, row, event)
-                for item, row, event in zip(staged, rows, events, strict=True)
-            ]
+            # Someone stored one of them first (a push and a pull racing): one at a time, then
+            # drop the blobs no row took (only once all are tried: a batch may bring the same
+            # bytes twice, under an id stored already and under a new one).
+            try:
+                return [
+                    self._commit_one(item, row, event)
+                    for item, row, event in zip(staged, rows, events, strict=True)
+                ]
+            finally:
+                self._drop_unreferenced(staged)
         except BaseException:
             self._drop_unreferenced(staged)  # nothing was stored: leave no blob behind
             raise
@@ -334,18 +338,9 @@ class Receiver:
         return [Received(row["id"], row["receipt"], True) for row in rows]
 
     def _drop_unreferenced(self, staged: Sequence[_Staged]) -> None:
-        """Delete committed blobs that no artifact row refers to (the transaction failed)."""
-        digests = [item.digest for item in staged if item.digest is not None]
-        try:
-            with self.node.db.session() as session:
-                kept = set(
-                    session.exec(select(Artifact.blob).where(col(Artifact.blob).in_(digests)))
-                )
-        except Exception:
-            return  # the database is gone: the start-up sweep removes them later
-        for digest in digests:
-            if digest not in kept:
-                self.node.blobs.delete(digest)
+        """Delete the placed blobs of ``staged`` that no row refers to (a row stored before, by
+        another delivery or another origin, may hold the same bytes)."""
+        drop_unreferenced(self.node, [item.digest for item in staged])
 
     def _commit_one(self, item: _Staged, row: dict[str, Any], event: dict[str, Any]) -> Received:
         try:
@@ -357,8 +352,6 @@ class Receiver:
         except IntegrityError:
             with self.node.db.session() as session:
                 existing = session.get(Artifact, (row["id"], row["origin"]))
-            if existing is None or existing.blob != item.digest:
-                self.node.blobs.delete(item.digest or "")
             if existing is None:
                 raise
             return self.repeat(existing, item.checked.manifest)

@@ -783,6 +783,26 @@ class _Discard:
         return len(data)
 
 
+class _Bounded:
+    """Passes the plaintext on to ``sink`` and stops the decryption as soon as it is longer
+    than the manifest says: whoever holds the file key can add valid chunks without end, and
+    the final size check would come only after all of them were read."""
+
+    def __init__(self, sink: Writer, size: int) -> None:
+        self._sink = sink
+        self._left = size
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> object:
+        if len(data) > self._left:  # checked before the sink sees a byte past the size
+            raise VerificationError(  # the final check's words, and why it came early
+                "the plaintext digest does not match the manifest: the plaintext is longer "
+                "than the manifest's size"
+            )
+        written = self._sink.write(data)
+        self._left -= written if isinstance(written, int) else len(data)
+        return written
+
+
 def decrypt_verified(
     manifest: Manifest,
     source: Reader,
@@ -798,6 +818,8 @@ def decrypt_verified(
     sees the header, the file key and header MAC, every STREAM chunk, then the plaintext's
     SHA-256 and size. The plaintext streams to ``sink``, or nowhere when it is ``None`` (a
     receiver that keeps the ciphertext and only needs to know it opens to the signed plaintext).
+    A plaintext longer than the manifest's size stops the decryption as soon as it is (the
+    ciphertext is read at most two blocks further), not at its end.
 
     ``reader``, the node id of the party decrypting: :func:`seal` writes one stanza per
     recipient in the manifest's order, so the stanza at the reader's place is tried first (at
@@ -810,6 +832,7 @@ def decrypt_verified(
     first = [i for i, r in enumerate(manifest.recipients) if r.node_id == reader]
     decryptor.unlock(identities, first=first)
     hasher = hashlib.sha256()
-    size = decryptor.decrypt_to(_Discard() if sink is None else sink, hasher=hasher)
+    bounded = _Bounded(_Discard() if sink is None else sink, manifest.size)
+    size = decryptor.decrypt_to(bounded, hasher=hasher)
     if size != manifest.size or hasher.hexdigest() != manifest.sha256:
         raise VerificationError("the plaintext digest does not match the manifest")

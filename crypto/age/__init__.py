@@ -23,15 +23,16 @@ from crypto.age._core import (
     parse_recipient,
     read_header,
 )
-from crypto.age._format import Header, Stanza
+from crypto.age._format import MAX_HEADER_BYTES, Header, Stanza
 from crypto.age._hybrid import HybridIdentity, HybridRecipient
 from crypto.age._io import Hasher, Reader, Writer
 from crypto.age._scrypt import ScryptIdentity, ScryptRecipient
-from crypto.age._stream import CHUNK_SIZE
+from crypto.age._stream import CHUNK_SIZE, TAG_SIZE
 from crypto.age._x25519 import X25519Identity, X25519Recipient
 
 __all__ = [
     "CHUNK_SIZE",
+    "MAX_HEADER_BYTES",
     "ArmoredReader",
     "Decryptor",
     "EncryptResult",
@@ -54,7 +55,17 @@ __all__ = [
     "decrypt_with_passphrase",
     "encrypt",
     "encrypt_with_passphrase",
+    "largest_file",
     "parse_identity",
     "parse_recipient",
     "read_header",
 ]
+
+
+def largest_file(size: int) -> int:
+    """The most bytes an age file of ``size`` plaintext bytes can take, as this package reads
+    it: the largest header it accepts, the 16-byte nonce, the plaintext and a tag per STREAM
+    chunk (an empty plaintext is one chunk). A bound for what a partner may send for a manifest
+    of that size."""
+    chunks = max(1, -(-size // CHUNK_SIZE))
+    return MAX_HEADER_BYTES + 16 + size + TAG_SIZE * chunks

@@ -1,14 +1,19 @@
 """Resumable payload downloads for the catch-up pull: keep what a broken download brought.
 
 A feed item names its ciphertext's SHA-256 and size (``service.federation.feed``). The pull
-downloads a payload through :meth:`PartialPayloads.fetch` into ``<home>/partial/<sha256>.part``:
+downloads a payload through :meth:`PartialPayloads.fetch` into
+``<home>/partial/<partner>/<sha256>.part``, one folder per partner (:meth:`PartialPayloads.of`):
+a partner that names another's ciphertext digest in its own feed reaches a file of its own only,
+and can neither hold the other's download (its lock), write into it, nor have it removed.
 
 1. what the file already holds from an earlier attempt is kept, and only the rest is asked for
    (``Range: bytes=N-``, signed; the origin answers 206 with a signed ``Content-Range`` and a
    ``Content-Digest`` of those bytes); an origin that sends the whole (200) starts the file over,
    and one that finds the range unsatisfiable (416) has the file discarded and fetched again;
 2. every byte received is appended as it arrives, so a connection cut mid-body leaves the file
-   for the next attempt (the pull keeps its cursor: :class:`PartnerUnavailableError`);
+   for the next attempt (the pull keeps its cursor: :class:`PartnerUnavailableError`); an answer
+   that goes on past the size the feed item names is cut there and its file removed (a partner
+   could otherwise stream to our disk without end: the read timeout is per read);
 3. once the file is whole, its SHA-256 and size are checked against the feed item's; a file
    that does not match (a corrupted prefix, a changed payload) is discarded and the next
    attempt restarts from zero. Only a matching file is handed to the receiver, which verifies
@@ -16,9 +21,10 @@ downloads a payload through :meth:`PartialPayloads.fetch` into ``<home>/partial/
 
 The pull removes a file once its artifact is stored, held already, or refused (a revocation
 among the reasons), and :meth:`PartialPayloads.clean` removes files not written to for longer
-than the grace period (``blob_orphan_grace_seconds``): an artifact revoked at its origin leaves
-the feed, and its file with it. A file is written by one download at a time (``flock``): a
-second pull of the same payload meanwhile is told the partner is busy, and tries again later.
+than the grace period (``blob_orphan_grace_seconds``), every partner's folder included: an
+artifact revoked at its origin leaves the feed, and its file with it. A file is written by one
+download at a time (``flock``): a second pull of the same payload meanwhile is told the partner
+is busy, and tries again later.
 
 This module does not decide what a payload means; it only brings its bytes, checked whole.
 """
@@ -36,6 +42,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from crypto.vocab import is_node_id
 from service.errors import PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.models import Partner
@@ -49,10 +56,17 @@ _CHUNK = 1 << 20  # bytes read from the answer per write to the file
 
 
 class PartialPayloads:
-    """The partial payloads of one node, in ``folder`` (``<home>/partial``)."""
+    """Partial payloads in ``folder``: the node's (``<home>/partial``) holds one folder per
+    partner, :meth:`of`, and a partner's pull reads and writes its own folder only."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+
+    def of(self, partner: str) -> PartialPayloads:
+        """``partner``'s own folder of partial payloads."""
+        if not is_node_id(partner):  # pinned partners' ids are node ids: never a path
+            raise ValueError(f"{partner!r} is not a node id")
+        return PartialPayloads(self.folder / partner)
 
     def path_for(self, digest: str) -> Path | None:
         """The file of a payload, or None for a name that is not a SHA-256 (never a path)."""
@@ -75,7 +89,14 @@ class PartialPayloads:
                 raise PartnerUnavailableError(
                     f"the payload {digest[:12]}… from {partner.node_id} is being fetched already"
                 ) from None
-            self._complete(client, partner, fh, path=path, size=size)
+            try:
+                self._complete(client, partner, fh, path=path, size=size)
+            except _TooLong:
+                target.unlink(missing_ok=True)
+                raise PartnerUnavailableError(
+                    f"{partner.node_id} sent more than the {size} bytes its feed names for the "
+                    f"payload {digest[:12]}…; it is fetched again from the start"
+                ) from None
             if not _matches(fh, digest, size):
                 target.unlink(missing_ok=True)
                 raise PartnerUnavailableError(
@@ -88,7 +109,8 @@ class PartialPayloads:
     def _complete(
         self, client: PartnerClient, partner: Partner, fh: BinaryIO, *, path: str, size: int
     ) -> None:
-        """Append to ``fh`` what it lacks of the payload (all of it, if need be)."""
+        """Append to ``fh`` what it lacks of the payload (all of it, if need be), never more
+        than ``size`` bytes in all (:class:`_TooLong` before a byte past them is written)."""
         have = fh.seek(0, os.SEEK_END)
         if have > size:
             fh.truncate(0)
@@ -100,7 +122,11 @@ class PartialPayloads:
                 if stream.offset != have:  # the whole, from the start
                     fh.truncate(0)
                     fh.seek(0)
+                    have = 0
                 for data in stream.chunks():
+                    have += len(data)
+                    if have > size:
+                        raise _TooLong
                     fh.write(data)
                     fh.flush()  # kept if the process dies next
         except PartnerRefusedError as exc:
@@ -120,9 +146,13 @@ class PartialPayloads:
         return sweep(self.folder, older_than_seconds=older_than_seconds, now=now)
 
 
+class _TooLong(Exception):
+    """The answer went on past the payload's size."""
+
+
 def sweep(folder: Path, *, older_than_seconds: float, now: float | None = None) -> int:
-    """Remove the ``*.part`` files under ``folder`` (its subfolders too: the inbox keeps one per
-    sender, ``service.federation.inbox_partial``) not written to for longer than
+    """Remove the ``*.part`` files under ``folder`` (its subfolders too: the pull and the inbox
+    keep one per partner) not written to for longer than
     ``older_than_seconds``; how many were removed."""
     if not folder.is_dir():
         return 0

@@ -6,11 +6,20 @@ one (small ciphertexts come inline in the page; others are downloaded, streamed 
 then stored together in one transaction; an artifact already held is skipped without a download,
 one the inbound policy refuses is skipped after its refusal is audited. A download that breaks
 off resumes where it stopped on the next round (``service.federation.partial``): the bytes
-received are kept under the home, the rest is asked for with a ``Range``, and the whole is
-checked against the ciphertext digest the feed names before the receiver sees it. The receipts
-issued for the page go back to the partner (``POST receipts``), which settles its outbox rows
-as delivered without pushing them again. A partner that cannot be reached keeps its cursor for
-the next round.
+received are kept under the home, in the partner's own folder, the rest is asked for with a
+``Range``, and the whole is checked against the ciphertext digest the feed names before the
+receiver sees it. The receipts issued for the page go back to the partner (``POST receipts``),
+which settles its outbox rows as delivered without pushing them again. A partner that cannot
+be reached keeps its cursor for the next round.
+
+What a partner can make us take is bounded, as a push is: a page of more items than asked for
+is refused, at most ``MAX_PAGES_PER_ROUND`` pages are pulled per round (the rest next round), a
+page's items that hold no manifest are one audit entry, not one each, an item naming a
+ciphertext larger than its manifest's plaintext can be sealed into is refused before its
+download, a download stops at the size the item names (and the decryption at the manifest's
+size: ``crypto.sealed.decrypt_verified``), and the partner's daily volume cap
+(``service.limits.check_volume``) counts what a pull stores: once it would be passed, the pull
+stores what the page brought so far and stops, its cursor kept, until the day allows.
 
 Each partner is a bulkhead: its pull runs on its own thread (:class:`PullLoops`), and whatever
 goes wrong in it (unreachable, a bad signature, a hostile page: too deep, a number too long,
@@ -35,13 +44,21 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from crypto.age import largest_file
 from service.db import DATABASE_UNAVAILABLE, say_unavailable
-from service.errors import EntenteError, PartnerRefusedError, PartnerUnavailableError
+from service.errors import (
+    EntenteError,
+    InvalidInputError,
+    PartnerRefusedError,
+    PartnerUnavailableError,
+    RateLimitedError,
+)
 from service.federation.client import PartnerClient
 from service.federation.feed import PAGE_INLINE_BUDGET
 from service.federation.inbox_partial import inbox_partials
 from service.federation.partial import PartialPayloads
 from service.federation.receive import Received, Receiver
+from service.limits import check_volume
 from service.models import Partner, PullState
 from service.node import Node
 from service.policy_store import decision_scope
@@ -52,15 +69,22 @@ log = logging.getLogger("entente.pull")
 
 PAGE_SIZE = 500  # feed items per request
 PAGE_MAX_BYTES = PAGE_INLINE_BUDGET * 2 + (8 << 20)  # bytes of one feed page's JSON
+MAX_PAGES_PER_ROUND = 40  # feed pages pulled from one partner per round; the rest next round
 PULL_PARALLEL = 8  # partners pulled at the same time
 OVERDUE_RECHECK = 1.0  # seconds between looks at a partner whose pull overran its next moment
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def pull_partner(
-    node: Node, client: PartnerClient, partner: Partner, *, page: int = PAGE_SIZE
+    node: Node,
+    client: PartnerClient,
+    partner: Partner,
+    *,
+    page: int = PAGE_SIZE,
+    max_pages: int = MAX_PAGES_PER_ROUND,
 ) -> int:
-    """Pull one partner's feed to its end; returns how many artifacts were newly stored.
+    """Pull one partner's feed to its end, or ``max_pages`` pages of it (a feed that says
+    "more" without end holds one round only); returns how many artifacts were newly stored.
 
     The next page is fetched (and the last page's receipts sent) on a helper thread while this
     one is verified and stored, so the partner's time and ours overlap.
@@ -79,24 +103,35 @@ def pull_partner(
             f"/federation/v1/feed?after={after}&limit={page}",
             max_reply_bytes=PAGE_MAX_BYTES,
         )
-        return _checked_page(partner, reply.data, after)
+        return _checked_page(partner, reply.data, after, page)
 
     stored = 0
+    pages = 0
     error: str | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="entente-pull") as io_thread:
         try:
             ahead: Future[dict[str, Any]] | None = io_thread.submit(fetch, cursor)
             while ahead is not None:
                 data = ahead.result()
+                pages += 1
                 nxt = data["next"]
                 more = data["more"] and nxt > cursor
+                if more and pages >= max_pages:
+                    log.info("pulled %d pages of %s: the rest next round", pages, partner.node_id)
+                    more = False
                 ahead = io_thread.submit(fetch, nxt) if more else None
+                volume = DailyVolume(node, partner.node_id)
                 with decision_scope():  # the whole page on one policy version, checked once
-                    received = take_page(node, client, partner, data["items"], partials)
+                    received = take_page(
+                        node, client, partner, data["items"], partials, volume=volume
+                    )
                 stored += sum(1 for r in received if r.created)
                 if received:
                     io_thread.submit(_acknowledge, client, partner, received)
-                if nxt > cursor:
+                if volume.refused is not None:  # the rest of the page once the day allows
+                    error = volume.refused
+                    ahead = None
+                elif nxt > cursor:
                     cursor = nxt
                     _save(node, partner.node_id, cursor, None)
         except PartnerUnavailableError as exc:
@@ -133,9 +168,10 @@ def _pull_isolated(node: Node, client: PartnerClient, partner: Partner) -> int:
         return 0
 
 
-def _checked_page(partner: Partner, data: Any, after: int) -> dict[str, Any]:
-    """The page's shape (``{"items": [objects], "next": int, "more": bool}``), or the
-    partner's error: a malformed page says nothing about where its feed goes on."""
+def _checked_page(partner: Partner, data: Any, after: int, limit: int) -> dict[str, Any]:
+    """The page's shape (``{"items": [objects], "next": int, "more": bool}``, at most ``limit``
+    items), or the partner's error: a malformed page says nothing about where its feed goes on,
+    and a longer one than asked for is a flood (each bad item is a refusal to audit)."""
     items = data.get("items") if isinstance(data, dict) else None
     nxt = data.get("next", after) if isinstance(data, dict) else None
     more = data.get("more", False) if isinstance(data, dict) else None
@@ -151,12 +187,45 @@ def _checked_page(partner: Partner, data: Any, after: int) -> dict[str, Any]:
             f"{partner.node_id} sent a malformed feed page (after {after}): a page is "
             '{"items": [objects], "next": cursor, "more": true|false}'
         )
+    if len(items) > limit:
+        raise PartnerUnavailableError(
+            f"{partner.node_id} sent a feed page of {len(items)} items (after {after}), more "
+            f"than the {limit} asked for"
+        )
     return {"items": items, "next": nxt, "more": more}
 
 
 def partial_payloads(node: Node) -> PartialPayloads:
-    """The node's partial payloads (``<home>/partial``)."""
+    """The node's partial payloads (``<home>/partial``, a folder per partner)."""
     return PartialPayloads(node.home.path / "partial")
+
+
+class DailyVolume:
+    """What a partner may still deliver today (``service.limits``), spent item by item as a
+    page is taken: the cap counts the bytes a pull stores as it counts a push's, so a partner
+    refused at the inbox must not pass it by the feed. ``refused`` says why taking stopped."""
+
+    def __init__(self, node: Node, partner: str) -> None:
+        self.partner = partner
+        self.refused: str | None = None
+        try:
+            self.left = check_volume(node, partner, None)
+        except RateLimitedError as exc:
+            self.left, self.refused = 0, f"pulling {partner} paused: {exc.message}"
+
+    def allows(self, size: int | None) -> bool:
+        """Whether an item of ``size`` bytes (None: not known before it is read) fits; as at
+        the inbox, one of unknown size is refused only once nothing is left."""
+        if self.refused is None and (self.left <= 0 or (size is not None and size > self.left)):
+            self.refused = (
+                f"pulling {self.partner} paused at its daily volume cap: an item of "
+                f"{size if size is not None else 'unknown'} bytes would pass the {self.left} "
+                "bytes left today (UTC); the rest of its feed is pulled once the day allows"
+            )
+        return self.refused is None
+
+    def spend(self, size: int) -> None:
+        self.left -= size
 
 
 def _ciphertext(item: dict[str, Any]) -> tuple[str, int] | None:
@@ -180,16 +249,28 @@ def take_page(
     partner: Partner,
     items: list[Any],
     partials: PartialPayloads,
+    *,
+    volume: DailyVolume | None = None,
 ) -> list[Received]:
     """Check, stage and store the items of one feed page of ``partner``'s (``bench/profile.py
-    receive`` times it alone); a partner's error ends the page and stores nothing of it."""
+    receive`` times it alone); a partner's error ends the page and stores nothing of it. Taking
+    stops at the first item ``volume`` does not allow: the items staged before it are stored."""
     receiver = Receiver(node, sender=partner.node_id, via="pull")
-    wanted = [i for i in items if isinstance(i, dict)]
+    own = partials.of(partner.node_id)
+    wanted = [i for i in items if isinstance(i, dict) and isinstance(i.get("manifest"), dict)]
+    if len(wanted) < len(items):  # one audit entry for the page, however many there are
+        receiver.reject(
+            artifact_id=None,
+            reason=f"{len(items) - len(wanted)} of the {len(items)} items of a feed page "
+            "hold no manifest",
+        )
     held = receiver.held([str(i.get("artifact_id", ""))[:64] for i in wanted])
     staged = []
     done: list[str] = []  # the partial payloads to remove once the page is stored
     try:
         for item in wanted:
+            if volume is not None and volume.refused is not None:  # the cap was reached already
+                break
             artifact_id = str(item.get("artifact_id", ""))[:64]
             expected = _ciphertext(item)
             if expected is not None:
@@ -202,13 +283,26 @@ def take_page(
             line = json.dumps(head, separators=(",", ":")).encode()
             try:
                 checked = receiver.check(line)
+                if expected is not None and expected[1] > largest_file(checked.manifest.size):
+                    raise _refused(
+                        receiver,
+                        artifact_id,
+                        f"the feed names a ciphertext of {expected[1]} bytes, more than its "
+                        f"{checked.manifest.size}-byte plaintext is sealed into",
+                    )
                 inline = item.get("payload")
+                raw = None
                 if isinstance(inline, str):
                     try:
                         raw = base64.b64decode(inline, validate=True)
                     except binascii.Error:
-                        receiver.reject(artifact_id=artifact_id, reason="inline payload not base64")
-                        continue
+                        raise _refused(receiver, artifact_id, "inline payload not base64") from None
+                incoming = len(raw) if raw is not None else expected[1] if expected else None
+                if volume is not None and not volume.allows(incoming):
+                    if expected is not None:
+                        done.pop()  # what was downloaded of it is kept for when the day allows
+                    break
+                if raw is not None:
                     staged.append(receiver.stage(checked, io.BytesIO(raw)))
                 else:
                     path = f"/federation/v1/artifacts/{checked.manifest.artifact_id}/payload"
@@ -217,14 +311,14 @@ def take_page(
                             staged.append(receiver.stage(checked, stream))
                     else:
                         digest, size = expected
-                        fetched = partials.fetch(
-                            client, partner, path=path, digest=digest, size=size
-                        )
+                        fetched = own.fetch(client, partner, path=path, digest=digest, size=size)
                         with fetched as whole:
                             staged.append(receiver.stage(checked, whole))
+                if volume is not None:
+                    volume.spend(staged[-1].ciphertext_size)
             except PartnerRefusedError as exc:
                 if exc.status_code in (404, 410) and expected is not None:  # revoked or deleted
-                    partials.remove([expected[0]])
+                    own.remove([expected[0]])
                 raise
             except PartnerUnavailableError:  # the partial payload stays for the next round
                 raise
@@ -234,8 +328,14 @@ def take_page(
     except BaseException:
         receiver.discard(staged)
         raise
-    partials.remove(done)
+    own.remove(done)
     return received
+
+
+def _refused(receiver: Receiver, artifact_id: str, reason: str) -> InvalidInputError:
+    """A feed item refused here, audited as the receiver's own refusals are."""
+    receiver.reject(artifact_id=artifact_id, reason=reason)
+    return InvalidInputError(reason, reason="pull")
 
 
 def _acknowledge(client: PartnerClient, partner: Partner, received: list[Received]) -> None:

@@ -100,7 +100,7 @@ def pull_error(kit: Kit) -> str:
 
 def partial_files(kit: Kit) -> list[Path]:
     folder = partial_payloads(kit.node).folder
-    return sorted(folder.glob("*.part")) if folder.is_dir() else []
+    return sorted(folder.rglob("*.part")) if folder.is_dir() else []
 
 
 def test_a_broken_download_resumes_from_where_it_stopped(

@@ -6,7 +6,10 @@ signature against the partner's pinned key, checks the proof from the last check
 for that log (atomically: the state row is locked), persists the new checkpoint and answers with
 its tlog-cosignature v1 line. A checkpoint that contradicts what it cosigned before (a different
 root at the same size, or a failed consistency proof) is refused and kept whole, with the
-checkpoint it contradicts, in ``witness_evidence``.
+checkpoint it contradicts, in ``witness_evidence``: the first :data:`EVIDENCE_PER_LOG` distinct
+ones of each log (the first already proves the fork). Past them a refusal is still audited, with
+``evidence_not_kept``, but its body is not stored: a hostile log signing a fresh fork per request
+cannot grow the witness's database by a whole request each time.
 
 The rules themselves are the pure checker ``service.audit.witness_rules``; this module looks up
 the facts it needs, locks the state row, and records the outcome once (:func:`_refuse` for a
@@ -36,7 +39,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlmodel import Session, select
+from sqlmodel import Session, func, select
 
 from crypto.keys import VerifyKey
 from crypto.merkle import EMPTY_ROOT
@@ -76,6 +79,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADD_CHECKPOINT_MAX_BYTES",
+    "EVIDENCE_PER_LOG",
     "TLOG_SIZE_MEDIA_TYPE",
     "add_checkpoint",
     "cosign_submission",
@@ -89,6 +93,7 @@ log = logging.getLogger("entente.witness")
 ADD_CHECKPOINT_MAX_BYTES = 140 * 1024  # bytes: a 128 KiB note plus 64 proof lines
 TLOG_SIZE_MEDIA_TYPE = "text/x.tlog.size"  # tlog-witness: the 409 body's content type
 ADD_CHECKPOINT_PATH = "/federation/v1/add-checkpoint"
+EVIDENCE_PER_LOG = 16  # conflicting checkpoints kept whole per log; later ones are only audited
 
 
 def witness_cosigner(node: Node) -> Cosigner:
@@ -139,34 +144,45 @@ def _refuse(
     Commits the caller's session: the refusal must be on record even though the request fails.
     """
     error = refusal.error
-    if evidence is not None and not _evidence_kept(session, evidence):
-        session.add(evidence)
+    kept = evidence is not None and _keep_evidence(session, evidence)
+    detail: dict[str, object] = {
+        "origin": refusal.origin,
+        "reason": error.message,
+        "status": error.status,
+        "evidence": kept,
+    }
+    if evidence is not None and not kept:
+        detail["evidence_not_kept"] = (
+            f"the first {EVIDENCE_PER_LOG} conflicting checkpoints of this log are kept"
+        )
     record(
         session,
         kind="witness.refused",
         actor=actor or f"partner:{partner}",
         partner=partner,
         decision="deny",
-        detail={
-            "origin": refusal.origin,
-            "reason": error.message,
-            "status": error.status,
-            "evidence": evidence is not None,
-        },
+        detail=detail,
         now=now,
     )
     session.commit()
     return mark_audited(error)
 
 
-def _evidence_kept(session: Session, evidence: WitnessEvidence) -> bool:
-    """Whether this conflicting checkpoint is on record already (read under the state lock)."""
+def _keep_evidence(session: Session, evidence: WitnessEvidence) -> bool:
+    """Store this conflicting checkpoint unless it is on record already or its log has
+    :data:`EVIDENCE_PER_LOG` on record; whether it is on record now. Read under the state lock,
+    so concurrent refusals cannot pass the bound together."""
+    same_log = WitnessEvidence.origin == evidence.origin
     query = select(WitnessEvidence.id).where(
-        WitnessEvidence.origin == evidence.origin,
-        WitnessEvidence.size == evidence.size,
-        WitnessEvidence.root == evidence.root,
+        same_log, WitnessEvidence.size == evidence.size, WitnessEvidence.root == evidence.root
     )
-    return session.exec(query.limit(1)).first() is not None
+    if session.exec(query.limit(1)).first() is not None:
+        return True
+    held = session.exec(select(func.count()).select_from(WitnessEvidence).where(same_log)).one()
+    if held >= EVIDENCE_PER_LOG:
+        return False
+    session.add(evidence)
+    return True
 
 
 def add_checkpoint(
@@ -186,7 +202,8 @@ def add_checkpoint(
     (400) when the old size exceeds the checkpoint size, :class:`WitnessSizeConflictError`
     (409) when the old size is not what this witness cosigned last, and :class:`ConflictError`
     (409) for a different root at the cosigned size. Refusals are committed to the audit log
-    before raising; contradicting checkpoints are kept in ``witness_evidence``.
+    before raising; contradicting checkpoints are kept in ``witness_evidence`` (up to
+    :data:`EVIDENCE_PER_LOG` a log).
     """
     parsed = parse_submission(request_body)
     if isinstance(parsed, Refusal):

@@ -28,6 +28,11 @@ connection (or a body that stalled) keeps it. Files not written to for longer th
 ``blob_orphan_grace_seconds`` are swept (:func:`service.federation.partial.sweep`, as the
 pull's), and a sender's files together stay under ``2 * max_artifact_bytes`` (its oldest are
 removed to make room), so a partner cannot fill the disk with deliveries it never finishes.
+One file never holds more than the largest ciphertext its manifest's size allows
+(``crypto.age.largest_file``, and never more than that per-sender bound): the per-request body
+limit counts one request only, and a sender resuming again and again from all it sent, with
+more STREAM chunks each time (it holds the file key), would otherwise grow the file forever.
+A request that would pass it is refused (413) and the file removed.
 The files hold age ciphertext only, never plaintext.
 
 What it does not do: decide whether to resume (the sender's client does), or verify anything
@@ -44,6 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from crypto.age import largest_file
 from crypto.vocab import is_node_id
 from service.audit.refusals import mark_audited
 from service.errors import (
@@ -52,6 +58,7 @@ from service.errors import (
     InvalidInputError,
     RangeNotSatisfiableError,
     RequestTimeoutError,
+    TooLargeError,
 )
 from service.federation.client import RESUME_HEADER, head_key
 from service.federation.partial import sweep
@@ -79,6 +86,14 @@ def resume_offset(value: str | None) -> int:
     if not (value.isascii() and value.isdigit() and len(value) <= 19 and int(value) < _MAX_OFFSET):
         raise InvalidInputError(f"{RESUME_HEADER} is a byte offset in decimal", reason="resume")
     return int(value)
+
+
+def _too_large(most: int) -> TooLargeError:
+    return TooLargeError(
+        f"the delivery's ciphertext, with what this node holds of it, would pass {most} bytes:"
+        " more than its manifest's size (or its declared length) allows",
+        reason="resume",
+    )
 
 
 class InboxPartials:
@@ -127,9 +142,13 @@ class InboxPartials:
             path.unlink(missing_ok=True)
             used -= size
 
-    def open(self, sender: str, key: str, *, resume: int, expect: int) -> BinaryIO:
+    def open(
+        self, sender: str, key: str, *, resume: int, expect: int, limit: int | None = None
+    ) -> BinaryIO:
         """The file for ``key``, locked until closed, holding exactly its first ``resume``
-        bytes, read from its start; room is made for ``expect`` bytes of ciphertext in all."""
+        bytes, read from its start; room is made for ``expect`` bytes of ciphertext in all.
+        More than ``limit`` bytes (by default, the sender's bound) is refused and the file
+        removed: the sender starts from zero."""
         target = self.path_for(sender, key)
         if target is None:  # pragma: no cover - the inbox passes a SHA-256 and a pinned id
             raise InvalidInputError("a malformed partial delivery name", reason="resume")
@@ -150,6 +169,10 @@ class InboxPartials:
                     size=held,
                     reason="resume",
                 )
+            limit = self.max_bytes if limit is None else limit
+            if max(expect, resume) > limit:
+                target.unlink(missing_ok=True)
+                raise _too_large(limit)
             fh.truncate(resume)
             self._make_room(sender, target, max(expect, resume))
             fh.seek(0)
@@ -168,12 +191,15 @@ def inbox_partials(node: Node) -> InboxPartials:
 
 class _Resumed:
     """The ciphertext as the receiver reads it: the file's first ``held`` bytes, then the
-    request's; every byte of the request's is appended to the file as it is read."""
+    request's; every byte of the request's is appended to the file as it is read, until the
+    file would hold more than ``most`` bytes (then :class:`TooLargeError`)."""
 
-    def __init__(self, part: BinaryIO, held: int, body: Any) -> None:
+    def __init__(self, part: BinaryIO, held: int, body: Any, *, most: int) -> None:
         self._part = part
         self._left = held
         self._body = body
+        self._size = held
+        self._most = most
 
     def read(self, n: int = -1, /) -> bytes:
         if self._left > 0:
@@ -184,6 +210,9 @@ class _Resumed:
             self._left = 0  # the file is shorter than it was (never: it is locked)
         more: bytes = self._body.read(n)
         if more:
+            self._size += len(more)
+            if self._size > self._most:
+                raise _too_large(self._most)
             self._part.write(more)
             self._part.flush()  # kept if the connection (or the process) dies next
         return more
@@ -218,15 +247,19 @@ def receive_push(
     if held:
         partials.remove(sender, key)
         return receiver.repeat(held[artifact_id], checked.manifest)
+    # The most the file may hold after this request: what the manifest allows (and the
+    # sender's bound), or less when the request says how much it brings.
+    limit = min(largest_file(checked.manifest.size), partials.max_bytes)
+    most = limit if expect is None else resume + expect
     try:
-        part = partials.open(sender, key, resume=resume, expect=resume + (expect or 0))
+        part = partials.open(sender, key, resume=resume, expect=most, limit=limit)
     except EntenteError as exc:
         receiver.reject(artifact_id=artifact_id, reason=exc.message)
         raise mark_audited(exc) from None
     with part:
         try:
             staged = receiver.stage(
-                checked, _Resumed(part, resume, body), before_commit=before_commit
+                checked, _Resumed(part, resume, body, most=most), before_commit=before_commit
             )
         except RequestTimeoutError:
             raise  # the body stalled: like a cut connection, what came is kept

@@ -19,7 +19,8 @@ Witness side (this node cosigning its partners' logs):
 
 * ``witness_logs``: per partner log (origin), the latest checkpoint this node cosigned.
 * ``witness_evidence``: refused submissions that contradict a cosigned checkpoint, kept whole
-  (the signed checkpoint and its proof) as evidence of a log that was rewritten.
+  (the signed checkpoint and its proof) as evidence of a log that was rewritten (the first 16
+  of a log).
 
 Nothing here is trusted by a verifier: ``entente audit verify`` recomputes leaf hashes from the
 entries and checks them against signed checkpoints. The stored nodes only make proofs cheap.
@@ -154,8 +155,9 @@ class WitnessLog(SQLModel, table=True):
 class WitnessEvidence(SQLModel, table=True):
     """As a witness: a signed checkpoint refused because it contradicts one already cosigned.
 
-    Kept once per distinct conflicting checkpoint (origin, size, root): a partner re-sending its
-    fork adds nothing (each refusal is still an audit event)."""
+    Kept once per distinct conflicting checkpoint (origin, size, root), for the first
+    ``witness.EVIDENCE_PER_LOG`` of a log: a partner re-sending its fork, or signing fork after
+    fork, adds nothing more (each refusal is still an audit event)."""
 
     __tablename__ = "witness_evidence"
     __table_args__ = (

@@ -41,7 +41,6 @@ itself (``service.federation.receive``).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import re
@@ -61,7 +60,7 @@ from service.errors import (
     TooLargeError,
 )
 from service.federation.client import RESUME_HEADER, head_key
-from service.federation.partial import sweep
+from service.federation.partial import make_room, sweep
 from service.federation.receive import Received, Receiver
 from service.node import Node
 
@@ -127,21 +126,6 @@ class InboxPartials:
         """Remove every sender's files not written to for longer than ``older_than_seconds``."""
         return sweep(self.folder, older_than_seconds=older_than_seconds, now=now)
 
-    def _make_room(self, sender: str, keep: Path, need: int) -> None:
-        """Remove ``sender``'s oldest files (not ``keep``) until ``need`` more bytes fit."""
-        files = []
-        for path in (self.folder / sender).glob("*.part"):
-            with contextlib.suppress(FileNotFoundError):
-                if path != keep:
-                    stat = path.stat()
-                    files.append((stat.st_mtime, stat.st_size, path))
-        used = sum(size for _, size, _ in files)
-        for _, size, path in sorted(files, key=lambda f: f[0]):
-            if used + need <= self.max_bytes:
-                break
-            path.unlink(missing_ok=True)
-            used -= size
-
     def open(
         self, sender: str, key: str, *, resume: int, expect: int, limit: int | None = None
     ) -> BinaryIO:
@@ -174,7 +158,9 @@ class InboxPartials:
                 target.unlink(missing_ok=True)
                 raise _too_large(limit)
             fh.truncate(resume)
-            self._make_room(sender, target, max(expect, resume))
+            make_room(
+                target.parent, keep=target, need=max(expect, resume), max_bytes=self.max_bytes
+            )
             fh.seek(0)
         except BaseException:
             fh.close()

@@ -22,7 +22,11 @@ and can neither hold the other's download (its lock), write into it, nor have it
 The pull removes a file once its artifact is stored, held already, or refused (a revocation
 among the reasons), and :meth:`PartialPayloads.clean` removes files not written to for longer
 than the grace period (``blob_orphan_grace_seconds``), every partner's folder included: an
-artifact revoked at its origin leaves the feed, and its file with it. A file is written by one
+artifact revoked at its origin leaves the feed, and its file with it. A partner's files together
+stay under ``max_bytes`` (``2 * max_artifact_bytes``, as the inbox's partial pushes): before a
+download starts, that partner's oldest other files are removed until the one being fetched fits
+at its full size, so a partner whose downloads break round after round, each naming a new
+payload, churns its own folder instead of filling our disk. A file is written by one
 download at a time (``flock``): a second pull of the same payload meanwhile is told the partner
 is busy, and tries again later.
 
@@ -47,7 +51,7 @@ from service.errors import PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import PartnerClient
 from service.models import Partner
 
-__all__ = ["PartialPayloads", "sweep"]
+__all__ = ["PartialPayloads", "make_room", "sweep"]
 
 log = logging.getLogger("entente.pull")
 
@@ -57,16 +61,18 @@ _CHUNK = 1 << 20  # bytes read from the answer per write to the file
 
 class PartialPayloads:
     """Partial payloads in ``folder``: the node's (``<home>/partial``) holds one folder per
-    partner, :meth:`of`, and a partner's pull reads and writes its own folder only."""
+    partner, :meth:`of`, and a partner's pull reads and writes its own folder only, whose files
+    together stay under ``max_bytes``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, max_bytes: int) -> None:
         self.folder = folder
+        self.max_bytes = max_bytes
 
     def of(self, partner: str) -> PartialPayloads:
         """``partner``'s own folder of partial payloads."""
         if not is_node_id(partner):  # pinned partners' ids are node ids: never a path
             raise ValueError(f"{partner!r} is not a node id")
-        return PartialPayloads(self.folder / partner)
+        return PartialPayloads(self.folder / partner, max_bytes=self.max_bytes)
 
     def path_for(self, digest: str) -> Path | None:
         """The file of a payload, or None for a name that is not a SHA-256 (never a path)."""
@@ -81,6 +87,11 @@ class PartialPayloads:
         target = self.path_for(digest)
         if target is None or size < 0:
             raise PartnerUnavailableError(f"{partner.node_id} named a malformed ciphertext digest")
+        if size > self.max_bytes:  # the pull refuses such an item before, by its manifest
+            raise PartnerUnavailableError(
+                f"{partner.node_id} named a payload of {size} bytes, more than the "
+                f"{self.max_bytes} its partial downloads may hold"
+            )
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         with open(target, "ab+") as fh:
             try:
@@ -89,6 +100,7 @@ class PartialPayloads:
                 raise PartnerUnavailableError(
                     f"the payload {digest[:12]}… from {partner.node_id} is being fetched already"
                 ) from None
+            make_room(self.folder, keep=target, need=size, max_bytes=self.max_bytes)
             try:
                 self._complete(client, partner, fh, path=path, size=size)
             except _TooLong:
@@ -144,6 +156,23 @@ class PartialPayloads:
     def clean(self, *, older_than_seconds: float, now: float | None = None) -> int:
         """Remove the files not written to for longer than ``older_than_seconds``."""
         return sweep(self.folder, older_than_seconds=older_than_seconds, now=now)
+
+
+def make_room(folder: Path, *, keep: Path, need: int, max_bytes: int) -> None:
+    """Remove the oldest ``*.part`` files of ``folder`` (not ``keep``, whose ``need`` bytes in
+    all are counted instead of what it holds) until they fit under ``max_bytes`` together."""
+    files = []
+    for path in folder.glob("*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            if path != keep:
+                stat = path.stat()
+                files.append((stat.st_mtime, stat.st_size, path))
+    used = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files, key=lambda f: f[0]):
+        if used + need <= max_bytes:
+            break
+        path.unlink(missing_ok=True)
+        used -= size
 
 
 class _TooLong(Exception):

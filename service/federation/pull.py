@@ -196,8 +196,11 @@ def _checked_page(partner: Partner, data: Any, after: int, limit: int) -> dict[s
 
 
 def partial_payloads(node: Node) -> PartialPayloads:
-    """The node's partial payloads (``<home>/partial``, a folder per partner)."""
-    return PartialPayloads(node.home.path / "partial")
+    """The node's partial payloads (``<home>/partial``, a folder per partner, each under
+    ``2 * max_artifact_bytes``)."""
+    return PartialPayloads(
+        node.home.path / "partial", max_bytes=2 * node.settings.max_artifact_bytes
+    )
 
 
 class DailyVolume:

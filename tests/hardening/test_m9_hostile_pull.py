@@ -420,3 +420,46 @@ def test_partial_downloads_are_kept_per_partner_and_swept_by_age(
     os.utime(folder / "us-aisi" / f"{digest}.part", (old, old))
     pull(nodes, transport, "ca-aisi")  # any pull sweeps every partner's folder first
     assert partial_files(nodes) == []
+
+
+def test_a_partners_broken_downloads_together_stay_under_its_bound(tmp_path: Path) -> None:
+    """ca-aisi's downloads break round after round, each round naming a new payload: its
+    partial files together stay under ``2 * max_artifact_bytes`` (its oldest go), and us-aisi's
+    own broken download, in its own folder, is kept."""
+    nodes = trio(tmp_path, max_artifact_bytes=LARGE + 50_000)
+    bound = 2 * (LARGE + 50_000)
+    transport = HostilePartner(nodes)
+    try:
+        honest = honest_share(nodes, LARGE)
+        digest, _ = ciphertext_of(nodes, honest)
+        transport.cut = CUT
+        pull(nodes, transport, "us-aisi")
+        sealed = [sealed_artifact(nodes.ca, [nodes.uk], bytes([n]) * LARGE) for n in range(5)]
+        for art_id, line, ciphertext in sealed:  # one new payload per round, cut near its end
+            item = feed_item(
+                line,
+                art_id,
+                ciphertext_sha256=hashlib.sha256(ciphertext).hexdigest(),
+                ciphertext_size=len(ciphertext),
+            )
+            transport.page = once(item)
+            transport.payload = lambda c=ciphertext: _broken(c[: len(c) - 1000])
+            pull(nodes, transport, "ca-aisi")
+            assert stored_from(nodes, "ca-aisi") == []
+            assert sum(p.stat().st_size for p in _files_of(nodes, "ca-aisi")) <= bound
+        kept = {p.name for p in _files_of(nodes, "ca-aisi")}
+        assert 1 <= len(kept) < len(sealed)  # the oldest went
+        assert f"{hashlib.sha256(sealed[-1][2]).hexdigest()}.part" in kept  # the latest resumes
+        us_folder = partial_payloads(nodes.uk.node).folder / "us-aisi"
+        assert (us_folder / f"{digest}.part").exists()  # another partner's is never touched
+    finally:
+        transport.close()
+
+
+def _broken(body: bytes) -> Iterator[bytes]:
+    yield body
+    raise httpx.ReadError("connection reset by the test")
+
+
+def _files_of(nodes: Trio, partner: str) -> list[Path]:
+    return [p for p in partial_files(nodes) if p.parent.name == partner]

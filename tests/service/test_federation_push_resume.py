@@ -25,7 +25,7 @@ import pytest
 from sqlmodel import select
 
 from service.artifacts.rows import delivery_head
-from service.errors import BusyError, PartnerRefusedError
+from service.errors import BusyError, PartnerRefusedError, PartnerUnavailableError
 from service.federation.client import RESUME_HEADER, PartnerClient, head_key
 from service.federation.inbox_partial import InboxPartials, inbox_partials
 from service.federation.partial import PartialPayloads
@@ -221,12 +221,12 @@ def test_the_offset_shows_a_sender_only_its_own_partials(nodes: Nodes) -> None:
     assert partials.path_for("ca-aisi", head_key(line)) != _partial(nodes, line)
     assert partials.path_for("../uk-aisi", head_key(line)) is None
     assert partials.path_for("uk-aisi", head_key(line) + "\n") is None
-    assert PartialPayloads(partials.folder).path_for("a" * 64 + "\n") is None
+    assert PartialPayloads(partials.folder, max_bytes=1).path_for("a" * 64 + "\n") is None
 
 
 def test_abandoned_partials_are_swept_and_a_senders_are_bounded(tmp_path: Path) -> None:
     partials = InboxPartials(tmp_path / "partial-in", max_bytes=100)
-    pulled = PartialPayloads(tmp_path / "partial")
+    pulled = PartialPayloads(tmp_path / "partial", max_bytes=100)
     now = time.time()
     files = {}
     for sender, key, age in (
@@ -258,3 +258,12 @@ def test_abandoned_partials_are_swept_and_a_senders_are_bounded(tmp_path: Path) 
             partials.open("uk-aisi", "e" * 64, resume=0, expect=80)
     assert partials.offset("uk-aisi", "e" * 64) == 0
     assert partials.offset("ca-aisi", "e" * 64) == 0
+
+    # A pulled payload larger than a partner's bound is refused before a byte is asked for.
+    ca = Partner(node_id="ca-aisi")
+    with (
+        pytest.raises(PartnerUnavailableError, match="more than the 100"),
+        pulled.of("ca-aisi").fetch(None, ca, path="/p", digest="f" * 64, size=101),  # type: ignore[arg-type]
+    ):
+        pass  # pragma: no cover - never entered
+    assert not (pulled.folder / "ca-aisi" / f"{'f' * 64}.part").exists()

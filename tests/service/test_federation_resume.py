@@ -204,7 +204,7 @@ def test_partial_files_are_named_by_digest_only_and_cleaned_after_the_grace(
     nodes: tuple[Kit, Kit, CuttingTransport], tmp_path: Path
 ) -> None:
     _, us, _ = nodes
-    partials = PartialPayloads(tmp_path / "partial")
+    partials = PartialPayloads(tmp_path / "partial", max_bytes=1 << 20)
     assert partials.path_for("../../etc/passwd") is None
     assert partials.path_for("A" * 64) is None  # not lower-case hex
     old = partials.path_for("a" * 64)

@@ -104,7 +104,8 @@ class Settings(BaseSettings):
     volume_limits_by_partner: dict[str, NonNegativeInt] = Field(default_factory=dict)
     request_body_idle_seconds: float = Field(default=30.0, gt=0)  # seconds a body may stall
     request_body_min_rate: int = Field(default=1024, ge=0)  # bytes per second a body must
-    # average over each window below (0: no minimum), so that a trickling body ends in 408
+    # average over each window below (0: no minimum), so that a trickling body ends in 408, and
+    # a partner's trickling answer in its error (service.federation.paced)
     request_body_rate_window_seconds: float = Field(default=10.0, gt=0)  # seconds per window
     request_head_timeout_seconds: float = Field(default=10.0, gt=0)  # seconds for a request
     # head (request line and headers) to arrive, from the connection or the previous answer

@@ -36,6 +36,7 @@ from crypto import httpsig, strict_json
 from crypto.errors import CryptoError
 from crypto.keys import SigningKey
 from service.errors import PartnerRefusedError, PartnerUnavailableError
+from service.federation.paced import PacedStream
 from service.federation.signing import (
     digest_value,
     sign_request_headers,
@@ -118,9 +119,18 @@ class PartnerClient:
     ) -> Iterator[httpx.Response]:
         """The response to one request, read by the caller inside the block: the boundary
         where a transport failure (refused, reset, timed out, while sending or reading) becomes
-        :class:`PartnerUnavailableError`, for every call of this client."""
+        :class:`PartnerUnavailableError`, for every call of this client. Its body must keep up
+        (:class:`service.federation.paced.PacedStream`)."""
+        settings = self.node.settings
         try:
             with self.http.stream(method, url, **request) as response:
+                if isinstance(response.stream, httpx.SyncByteStream):
+                    response.stream = PacedStream(
+                        response.stream,
+                        partner_id,
+                        min_rate=settings.request_body_min_rate,
+                        window_seconds=settings.request_body_rate_window_seconds,
+                    )
                 yield response
         except httpx.HTTPError as exc:
             raise PartnerUnavailableError(f"{partner_id} is unreachable: {_why(exc)}") from None

@@ -463,3 +463,37 @@ def _broken(body: bytes) -> Iterator[bytes]:
 
 def _files_of(nodes: Trio, partner: str) -> list[Path]:
     return [p for p in partial_files(nodes) if p.parent.name == partner]
+
+
+def test_a_download_trickling_under_the_read_timeout_ends_at_the_minimum_rate(
+    tmp_path: Path,
+) -> None:
+    """ca-aisi sends its payload a few bytes at a time, each well inside the read timeout: the
+    download ends once a window spent waiting brought less than the minimum rate, its bytes
+    kept for the next round, and the pull is ca-aisi's error."""
+    nodes = trio(tmp_path, request_body_min_rate=4000, request_body_rate_window_seconds=0.5)
+    transport = HostilePartner(nodes)
+    try:
+        art_id, line, ciphertext = sealed_artifact(nodes.ca, [nodes.uk], b"c" * 2000)
+        digest = hashlib.sha256(ciphertext).hexdigest()
+        transport.page = once(
+            feed_item(line, art_id, ciphertext_sha256=digest, ciphertext_size=len(ciphertext))
+        )
+        transport.payload = lambda: _trickled(ciphertext, piece=40, every=0.05)  # 800 B/s
+        started = time.monotonic()
+        assert pull(nodes, transport, "ca-aisi") == 0
+        assert time.monotonic() - started < len(ciphertext) / 40 * 0.05  # not the whole trickle
+        assert "under the minimum of 4000 bytes per second" in (
+            state(nodes, "ca-aisi").last_error or ""
+        )
+        assert stored_from(nodes, "ca-aisi") == []
+        [kept] = _files_of(nodes, "ca-aisi")  # what came is kept, to resume from
+        assert kept.name == f"{digest}.part" and 0 < kept.stat().st_size < len(ciphertext)
+    finally:
+        transport.close()
+
+
+def _trickled(body: bytes, *, piece: int, every: float) -> Iterator[bytes]:
+    for start in range(0, len(body), piece):
+        time.sleep(every)
+        yield body[start : start + piece]

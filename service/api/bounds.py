@@ -1,5 +1,5 @@
 """Bounds on what a request may cost before and while the app reads it (ASGI middleware and
-uvicorn's h11 protocol), all before routing: logged, not audited.
+uvicorn's h11 protocol), all before routing.
 
 - **Request bodies** (``request_body_idle_seconds``, ``request_body_min_rate`` over windows of
   ``request_body_rate_window_seconds``): :class:`RequestBounds` answers 408 when a body sends
@@ -7,11 +7,13 @@ uvicorn's h11 protocol), all before routing: logged, not audited.
   waiting for it. (A body is read on the event loop and holds no thread while it waits:
   ``service.api.bodies``.)
 - **Request heads** (``max_request_header_bytes``, ``request_head_timeout_seconds``):
-  :class:`RequestBounds` answers 431 to a larger head; uvicorn's h11 parser refuses one that is
+  :class:`RequestBounds` answers 431 to a larger head, counted (``entente_refusals``), logged
+  and audited as an anonymous refusal (``service.audit.refusals``: summarised per source, so a
+  flood of them adds a bounded number of entries). uvicorn's h11 parser refuses a head that is
   still incomplete past that size, and :class:`ProblemH11Protocol` makes its answer a problem
   document too (431, or 400 for a head that is not HTTP), and answers 408 to a head that is
-  still incomplete after the timeout (uvicorn has none). All before routing: logged, not
-  audited.
+  still incomplete after the timeout (uvicorn has none): those three come before any request
+  reaches the app, and are logged only.
 
 Refusals are problem documents (:class:`service.errors.RequestTimeoutError` for 408). This module
 does not limit rates, requests in flight or volume (``service.limits``).
@@ -28,10 +30,11 @@ from typing import Any, ClassVar
 
 import anyio
 import h11
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, Request
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.api.problems import problem_type
+from service.audit.refusals import ANONYMOUS, audit_refusal, source_of
 from service.errors import RequestTimeoutError
 from service.settings import Settings
 
@@ -118,12 +121,37 @@ class RequestBounds:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+            await anyio.to_thread.run_sync(_account_oversized_head, scope, detail)
             return
         bounded = _BoundedBody(self, receive)
         try:
             await self.app(scope, bounded, bounded.watch(send))
         except ClientDisconnect:  # an ordinary end: whoever read the body cleaned up
             log.info("the client disconnected during %s %s", scope["method"], scope.get("path", ""))
+
+
+def _account_oversized_head(scope: Scope, detail: str) -> None:
+    """Count, log and audit a 431 answered here (blocking: the audit log may be written)."""
+    request = Request(scope)
+    log.info("refused a request head over the limit from %s", source_of(request))
+    node = getattr(getattr(scope.get("app"), "state", None), "node", None)
+    if node is None:  # an app wired without a node (a unit test of the middleware)
+        return
+    node.metrics.refusals.labels("headers-too-large").inc()
+    audit_refusal(
+        request,
+        node,
+        kind="request.refused",
+        actor=ANONYMOUS,  # refused before any token or signature was looked at
+        reason="431 headers-too-large",
+        rule="headers-too-large",
+        detail={
+            "method": request.method,
+            "path": request.url.path[:300],
+            "status": 431,
+            "detail": detail,
+        },
+    )
 
 
 class _BoundedBody:
@@ -264,6 +292,7 @@ class ProblemH11Protocol(H11Protocol):
         else:
             status, kind, title = 400, "bad-request", "Bad request"
             detail = "the request head is not valid HTTP/1.1"
+        log.info("refused a request head (%d %s): %s", status, kind, detail)
         body = _problem_bytes(status, kind, title, detail)
         headers = [
             (b"content-type", b"application/problem+json"),

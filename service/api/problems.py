@@ -279,7 +279,7 @@ _FAMILY_PROBLEMS: dict[str, tuple[int, ...]] = {
 }
 _BODY_PROBLEMS = (408, 413)  # any operation with a request body
 # Any operation at all: the server answers a request head larger than
-# ENTENTE_MAX_REQUEST_HEADER_BYTES with 431 before routing it (service.limits), and 503 with
+# ENTENTE_MAX_REQUEST_HEADER_BYTES with 431 before routing it (service.api.bounds), and 503 with
 # Retry-After when the database does not answer in time (_database_unavailable).
 _ANY_PROBLEMS = (431, 503)
 # Route-specific problems of routers that do not declare them themselves.

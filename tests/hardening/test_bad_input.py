@@ -417,8 +417,9 @@ CASES: dict[str, Bad] = {
         upload_meta(partners=["../us-aisi"]), 422, "invalid-input", R
     ),
     "upload/as-reader": Bad(upload(meta(), role=Role.READER), 403, "forbidden", "auth.refused"),
-    # Request heads (a real uvicorn process: tests/hardening/test_serve_limits.py)
-    "head/huge-header": Bad(huge_header(), 431, "headers-too-large", None),
+    # Request heads (a real uvicorn process: tests/hardening/test_serve_limits.py); refused
+    # before routing, audited as an anonymous refusal (no token was looked at)
+    "head/huge-header": Bad(huge_header(), 431, "headers-too-large", R),
     # Authentication
     "auth/missing": Bad(with_auth(None), 401, "unauthorized", "auth.refused", "missing"),
     "auth/malformed": Bad(

@@ -12,6 +12,8 @@ Found by review (scripts in the review's ``/tmp/review-refusals``):
    it had not applied. Now the refusal is on record and no such read is.
 3. A refusal met by a busy database was dropped with a log line. Now it is kept (bounded) and
    written, with its own fields, once the database answers again.
+   A 431 answered before routing, for a head over the limit, was neither counted nor audited;
+   now it is both (an anonymous refusal: no token was looked at).
 4. A stalled request body on a streaming route (a GET with ``Content-Length`` and no body) was
    refused by the idle rule after the answer had started: the stream was cut with a traceback.
    Now the body's bounds stop once the answer has started, and the stream ends normally.
@@ -103,6 +105,20 @@ async def test_a_wrong_method_on_an_unprefixed_route_is_audited(tmp_path: Path, 
     rows = _entries(kit, before)
     assert _refused(rows) == [("request.refused", "method-not-allowed", path, 405)]
     assert rows[0]["actor"] == "anonymous"
+
+
+async def test_an_oversized_head_is_counted_and_audited(tmp_path: Path) -> None:
+    """A 431 answered before routing (``RequestBounds``) was neither counted nor audited."""
+    kit = make_node(tmp_path, "uk-aisi")
+    limit = kit.node.settings.max_request_header_bytes
+    before = _last_id(kit)
+    async with kit.client() as c:
+        r = await c.get("/healthz", headers={"x-padding": "a" * limit})
+    assert r.status_code == 431 and r.json()["type"].endswith(":headers-too-large")
+    rows = _entries(kit, before)
+    assert _refused(rows) == [("request.refused", "headers-too-large", "/healthz", 431)]
+    assert rows[0]["actor"] == "anonymous"
+    assert kit.node.metrics.refusals.labels("headers-too-large")._value.get() == 1
 
 
 # --- 2. console pages that refuse without raising -----------------------------------------------

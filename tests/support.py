@@ -11,12 +11,15 @@ import fcntl
 import json
 import os
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = Path(os.environ.get("ENTENTE_VECTORS", ROOT.parent / "shared" / "vectors"))
@@ -80,3 +83,30 @@ def vector_params(*parts: str, pattern: str = "*") -> list[Any]:
         return [pytest.param(None, id="vectors-missing")]
     files = sorted(p for p in folder.rglob(pattern) if p.is_file() and p.name != "LICENSE")
     return [pytest.param(p, id=str(p.relative_to(folder))) for p in files]
+
+
+def waits_for_a_lock(pg_url: str) -> bool:
+    """Whether a session of ``pg_url``'s PostgreSQL database waits for a lock now."""
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            return bool(
+                conn.execute(
+                    sa.text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND wait_event_type = 'Lock'"
+                    )
+                ).scalar_one()
+            )
+    finally:
+        engine.dispose()
+
+
+def start_until_blocked(thread: threading.Thread, pg_url: str, *, timeout: float = 30) -> None:
+    """Start ``thread``; return once it is done or a session of ``pg_url``'s database waits for
+    a lock (a test interleaving two transactions by hand)."""
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while thread.is_alive() and not waits_for_a_lock(pg_url):
+        assert time.monotonic() < deadline, "the thread neither ended nor waited for a lock"
+        time.sleep(0.05)

@@ -8,7 +8,6 @@ receiver answers by storing one at a time, instead of each holding a key the oth
 from __future__ import annotations
 
 import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from service.commits import group_commit
 from service.db import open_database
 from service.models import Artifact
-from tests.service.test_idempotency import _waits_for_a_lock
+from tests.support import start_until_blocked
 
 _ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
 _NOW = datetime(2026, 12, 7, tzinfo=UTC)
@@ -54,11 +53,7 @@ def test_a_group_inserts_in_key_order_and_meets_another_replica_without_deadlock
     try:
         with other.begin() as conn:
             conn.execute(sa.insert(_ARTIFACTS), [_received("art_1")])
-            writer.start()
-            deadline = time.monotonic() + 30
-            while writer.is_alive() and not _waits_for_a_lock(pg_url):
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            start_until_blocked(writer, pg_url)
             conn.execute(sa.insert(_ARTIFACTS), [_received("art_2")])
         writer.join(30)
         assert not writer.is_alive()

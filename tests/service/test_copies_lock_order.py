@@ -11,7 +11,6 @@ artifact's row in that transaction too: in key order, the change waited before t
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +24,7 @@ from service.artifacts.retention_rules import Deletion
 from service.federation import notices
 from service.models import Artifact, AuditEntry
 from tests.service.nodekit import Kit, make_node
-from tests.service.test_idempotency import _waits_for_a_lock
+from tests.support import start_until_blocked
 
 pytestmark = pytest.mark.postgres
 
@@ -73,11 +72,7 @@ def _beside_a_round(kit: Kit, pg_url: str, change: Callable[[], object]) -> None
     changer = threading.Thread(target=run)
     with kit.node.db.engine.begin() as round_:
         round_.execute(worked_out(COPY))
-        changer.start()
-        deadline = time.monotonic() + 30
-        while changer.is_alive() and not _waits_for_a_lock(pg_url):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        start_until_blocked(changer, pg_url)
         round_.execute(worked_out(RECEIVED))
     changer.join(30)
     assert not changer.is_alive()

@@ -11,7 +11,6 @@ import asyncio
 import io
 import json
 import threading
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +31,7 @@ from service.models import Approval, Artifact, AuditEntry, IdempotencyKey
 from service.tokens import Principal, Role, create_token
 from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
 from tests.service.test_federation_sync import PortalTransport
+from tests.support import start_until_blocked
 
 CONTENT = b"an evaluation finding\n" * 20_000
 
@@ -396,11 +396,7 @@ def test_renewing_leases_never_deadlocks_with_a_group_commit_settling_them(
     renewer = threading.Thread(target=renew)
     with kit.node.db.engine.begin() as group:  # a group commit settling `second`, then `first`
         claims[second].settle(group, idempotency.Result(201, b"{}"))
-        renewer.start()
-        deadline = time.monotonic() + 30
-        while renewer.is_alive() and not _waits_for_a_lock(pg_url):  # done, or blocked on `second`
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        start_until_blocked(renewer, pg_url)
         claims[first].settle(group, idempotency.Result(201, b"{}"))
     renewer.join(30)
     assert not renewer.is_alive()
@@ -408,20 +404,3 @@ def test_renewing_leases_never_deadlocks_with_a_group_commit_settling_them(
     with kit.node.db.engine.connect() as conn:
         states = dict(conn.execute(sa.select(KEYS.c.claim, KEYS.c.state)).all())
     assert states == {first: "done", second: "done"}
-
-
-def _waits_for_a_lock(pg_url: str) -> bool:
-    """Whether a session of the test's database waits for a row lock now."""
-    engine = sa.create_engine(pg_url)
-    try:
-        with engine.connect() as conn:
-            return bool(
-                conn.execute(
-                    sa.text(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                        " AND wait_event_type = 'Lock'"
-                    )
-                ).scalar_one()
-            )
-    finally:
-        engine.dispose()

@@ -6,7 +6,6 @@ their reads) never each hold a row the other waits for ("deadlock detected")."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ import sqlalchemy as sa
 from service.models import Webhook
 from service.webhooks import WebhookDispatcher
 from tests.service.nodekit import make_node
-from tests.service.test_idempotency import _waits_for_a_lock
+from tests.support import start_until_blocked
 
 
 @pytest.mark.postgres
@@ -45,11 +44,7 @@ def test_a_claim_skips_a_subscription_another_replica_holds(tmp_path: Path, pg_u
     try:
         with kit.node.db.engine.begin() as other:  # another replica's claim, in its own order
             other.execute(sa.update(table).where(table.c.id == "whk_2").values(failures=1))
-            claimer.start()
-            deadline = time.monotonic() + 30
-            while claimer.is_alive() and not _waits_for_a_lock(pg_url):
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
+            start_until_blocked(claimer, pg_url)
             other.execute(sa.update(table).where(table.c.id == "whk_1").values(failures=1))
         claimer.join(30)
         assert not claimer.is_alive()

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlsplit
 from fastapi import Depends, Request
 
 from service.audit.refusals import audit_refusal
-from service.console._render import LoginRequired
+from service.console._render import LoginRequired, console_cookie
 from service.console._session import SESSION_COOKIE, ConsoleKeys, SessionClaims
 from service.console._session_store import session_state
 from service.errors import ForbiddenError, InvalidInputError, TooLargeError
@@ -91,7 +91,7 @@ def live_session(node: Node, value: str) -> tuple[SessionClaims | None, Principa
 
 def require_session(request: Request, node: NodeDep) -> Principal:
     """The signed-in auditor or admin, or :class:`LoginRequired` (audited)."""
-    value = request.cookies.get(SESSION_COOKIE)
+    value = console_cookie(request, SESSION_COOKIE)
     if not value:
         audit_auth_refused(node, request, reason="missing", actor="anonymous")
         raise LoginRequired()

@@ -33,9 +33,12 @@ __all__ = [
     "LoginRequired",
     "StaticAsset",
     "audit_console_refusal",
+    "clear_console_cookie",
+    "console_cookie",
     "error_page",
     "render",
     "secure_cookies",
+    "set_console_cookie",
 ]
 
 CSP = (
@@ -83,6 +86,35 @@ def secure_cookies(request: Request) -> bool:
     TLS ingress the request itself arrives over plain HTTP), or this request came over HTTPS."""
     node: Node = request.app.state.node
     return node.home.url.startswith("https://") or request.url.scheme == "https"
+
+
+def _cookie(request: Request, name: str) -> tuple[str, str, bool]:
+    """A console cookie's name, path and ``Secure`` flag. A secure one is ``__Host-`` prefixed
+    (RFC 6265bis 4.1.3.2: so it must be Secure, have path ``/`` and no domain), so that no
+    sibling subdomain can plant one (a session of its own, say) for the browser to send here;
+    a plain-HTTP node's (a developer's) keeps its name, under ``/ui``."""
+    if secure_cookies(request):
+        return f"__Host-{name}", "/", True
+    return name, "/ui", False
+
+
+def console_cookie(request: Request, name: str) -> str | None:
+    """The value of the console cookie ``name`` the request carries (see :func:`_cookie`)."""
+    return request.cookies.get(_cookie(request, name)[0])
+
+
+def set_console_cookie(
+    response: Response, request: Request, name: str, value: str, *, max_age: int
+) -> None:
+    full, path, secure = _cookie(request, name)
+    response.set_cookie(
+        full, value, max_age=max_age, path=path, secure=secure, httponly=True, samesite="strict"
+    )
+
+
+def clear_console_cookie(response: Response, request: Request, name: str) -> None:
+    full, path, secure = _cookie(request, name)
+    response.delete_cookie(full, path=path, secure=secure, httponly=True, samesite="strict")
 
 
 def render(
@@ -174,13 +206,7 @@ class ConsoleRoute(APIRoute):
             except LoginRequired as exc:
                 response = RedirectResponse("/ui/login", status_code=303)
                 if exc.clear_cookie:
-                    response.delete_cookie(
-                        SESSION_COOKIE,
-                        path="/ui",
-                        secure=secure_cookies(request),
-                        httponly=True,
-                        samesite="strict",
-                    )
+                    clear_console_cookie(response, request, SESSION_COOKIE)
             except EntenteError as exc:
                 response = await run_in_threadpool(error_page, request, exc)
             for name, value in SECURITY_HEADERS.items():

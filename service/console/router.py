@@ -70,8 +70,10 @@ from service.console._render import (
     STATIC,
     ConsoleRoute,
     audit_console_refusal,
+    clear_console_cookie,
+    console_cookie,
     render,
-    secure_cookies,
+    set_console_cookie,
 )
 from service.console._session import (
     LOGIN_COOKIE,
@@ -122,20 +124,12 @@ def _login_page(
         error=error,
         notice=notice,
     )
-    response.set_cookie(
-        LOGIN_COOKIE,
-        nonce,
-        max_age=LOGIN_MAX_AGE,
-        path="/ui",
-        secure=secure_cookies(request),
-        httponly=True,
-        samesite="strict",
-    )
+    set_console_cookie(response, request, LOGIN_COOKIE, nonce, max_age=LOGIN_MAX_AGE)
     return response
 
 
 def _has_session(request: Request, node: Node) -> bool:
-    value = request.cookies.get(SESSION_COOKIE)
+    value = console_cookie(request, SESSION_COOKIE)
     return value is not None and live_session(node, value)[1] is not None
 
 
@@ -150,7 +144,7 @@ def login_form(request: Request, node: NodeDep) -> Response:
 def _login(request: Request, node: Node, form: dict[str, str]) -> Response:
     check_same_origin(request)
     keys = console_keys(node)
-    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    nonce = console_cookie(request, LOGIN_COOKIE) or ""
     if not nonce or not keys.check_csrf(form.get("csrf"), keys.csrf_for_login(nonce)):
         raise ForbiddenError(
             "the sign-in form has expired or did not come from this console; load it again",
@@ -188,18 +182,9 @@ def _login(request: Request, node: Node, form: dict[str, str]) -> Response:
             expires_at=datetime.fromtimestamp(now + SESSION_MAX_AGE, UTC),
         )
     response = RedirectResponse("/ui/", status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        keys.issue(token_id=principal.token_id, now=now, nonce=session_nonce),
-        max_age=SESSION_MAX_AGE,
-        path="/ui",
-        secure=secure_cookies(request),
-        httponly=True,
-        samesite="strict",
-    )
-    response.delete_cookie(
-        LOGIN_COOKIE, path="/ui", secure=secure_cookies(request), httponly=True, samesite="strict"
-    )
+    session_value = keys.issue(token_id=principal.token_id, now=now, nonce=session_nonce)
+    set_console_cookie(response, request, SESSION_COOKIE, session_value, max_age=SESSION_MAX_AGE)
+    clear_console_cookie(response, request, LOGIN_COOKIE)
     return response
 
 
@@ -225,13 +210,11 @@ def _end_session(node: Node, value: str, csrf: str | None) -> None:
 async def logout(request: Request, node: NodeDep) -> Response:
     form = await read_form(request)
     check_same_origin(request)
-    value = request.cookies.get(SESSION_COOKIE)
+    value = console_cookie(request, SESSION_COOKIE)
     if value:
         await run_in_threadpool(_end_session, node, value, form.get("csrf"))
     response = RedirectResponse("/ui/login?signed_out=1", status_code=303)
-    response.delete_cookie(
-        SESSION_COOKIE, path="/ui", secure=secure_cookies(request), httponly=True, samesite="strict"
-    )
+    clear_console_cookie(response, request, SESSION_COOKIE)
     return response
 
 

@@ -46,9 +46,39 @@ async def test_console_cookies_are_secure_when_the_public_url_is_https(tmp_path:
         )
         assert r.status_code == 303
         cookies = r.headers.get_list("set-cookie")
-        session = next(c for c in cookies if c.startswith("entente_console="))
+        session = next(c for c in cookies if c.startswith("__Host-entente_console="))
         assert "Secure" in session
         assert all("Secure" in c for c in cookies)
+
+
+async def test_secure_console_cookies_are_host_prefixed(tmp_path: Path) -> None:
+    """A sibling subdomain can set a cookie for the parent domain and any path, and so plant a
+    session of its own (its holder's token) in the browser; it cannot set a ``__Host-`` one
+    (Secure, path ``/``, no domain), and an https node reads no other."""
+    kit = _https_kit(tmp_path)
+    async with _behind_ingress(kit) as client:
+        form = await client.get("/ui/login")
+        [login_cookie] = form.headers.get_list("set-cookie")
+        assert login_cookie.startswith("__Host-entente_console_login=")
+        r = await client.post(
+            "/ui/login",
+            data={"token": kit.tokens[Role.AUDITOR], "csrf": _csrf(form.text)},
+            headers={"Cookie": login_cookie.split(";", 1)[0]},
+        )
+        assert r.status_code == 303
+        cookies = r.headers.get_list("set-cookie")
+        for cookie in cookies:
+            attributes = [a.strip().lower() for a in cookie.split(";")[1:]]
+            assert cookie.startswith("__Host-"), cookie
+            assert "path=/" in attributes and "secure" in attributes, cookie
+            assert not any(a.startswith("domain=") for a in attributes), cookie
+        session = next(c for c in cookies if c.startswith("__Host-entente_console="))
+        value = session.split(";", 1)[0].split("=", 1)[1]
+        client.cookies.clear()
+        signed_in = await client.get("/ui/", headers={"Cookie": f"__Host-entente_console={value}"})
+        assert signed_in.status_code == 200
+        planted = await client.get("/ui/", headers={"Cookie": f"entente_console={value}"})
+        assert planted.status_code == 303 and planted.headers["location"] == "/ui/login"
 
 
 async def test_every_response_carries_hsts_when_the_public_url_is_https(tmp_path: Path) -> None:

@@ -196,7 +196,7 @@ async def test_cookies_are_secure_over_https(kit: Kit) -> None:
             "/ui/login", data={"token": kit.tokens[Role.ADMIN], "csrf": _csrf(form)}
         )
         session = next(
-            c for c in r.headers.get_list("set-cookie") if c.startswith("entente_console=")
+            c for c in r.headers.get_list("set-cookie") if c.startswith("__Host-entente_console=")
         )
         assert "Secure" in session
         assert (await client.get("/ui/")).status_code == 200

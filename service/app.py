@@ -46,10 +46,10 @@ from fastapi import FastAPI
 from service.api import admin, approvals, artifacts, events, federation, public, webhooks
 from service.api import partners as partners_api
 from service.api import uploads as uploads_api
+from service.api.answer_headers import AnswerHeaders
 from service.api.audit import router as audit_router
 from service.api.audit_export import router as audit_export_router
 from service.api.bounds import RequestBounds
-from service.api.hsts import StrictTransportSecurity
 from service.api.problems import document_problems, install_problem_handlers
 from service.api.signed import signed_problems
 from service.api.witness import held_router as witness_held_router
@@ -373,8 +373,8 @@ def create_app(
     )
 
     app.add_middleware(_CountRequests, metrics=node.metrics)
-    if node.home.url.startswith("https://"):
-        app.add_middleware(StrictTransportSecurity)  # outermost: every answer carries it
+    # Outermost: every answer carries them (nosniff; HSTS when the public URL is https).
+    app.add_middleware(AnswerHeaders, hsts=node.home.url.startswith("https://"))
 
     app.include_router(public.router)
     app.include_router(artifacts.router)

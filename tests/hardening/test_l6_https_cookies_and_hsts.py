@@ -105,3 +105,22 @@ async def test_a_plain_http_node_sends_neither(tmp_path: Path) -> None:
         assert "Secure" not in r.headers["set-cookie"]
         assert "strict-transport-security" not in r.headers
         assert "strict-transport-security" not in (await client.get("/healthz")).headers
+
+
+async def test_every_answer_says_nosniff(tmp_path: Path) -> None:
+    """No browser may guess another type than an answer declares, on any route or none: the
+    console said so, the API, the metrics and the problem documents did not."""
+    kit = make_node(tmp_path, "uk-aisi")
+    async with kit.client() as client:
+        for method, path, headers in [
+            ("GET", "/healthz", {}),
+            ("GET", "/.well-known/entente.json", {}),
+            ("GET", "/metrics", kit.auth(Role.METRICS)),
+            ("GET", "/v1/artifacts", kit.auth(Role.READER)),
+            ("GET", "/v1/artifacts", {}),  # a refusal (no token)
+            ("POST", "/healthz", {}),  # a 405
+            ("GET", "/no/such/route", {}),
+            ("GET", "/ui/login", {}),
+        ]:
+            r = await client.request(method, path, headers=headers)
+            assert r.headers.get_list("x-content-type-options") == ["nosniff"], (path, r.headers)

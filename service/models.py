@@ -168,7 +168,9 @@ class Artifact(SQLModel, table=True):
     expires_at: datetime | None = Field(default=None, sa_column=sa.Column(UTCDateTime()))
     size: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))  # plaintext bytes
     sha256: str = Field(max_length=64)  # plaintext digest (signed in the manifest)
-    blob: str | None = Field(default=None, max_length=64)  # ciphertext address; None once deleted
+    # the ciphertext's address; None once deleted. Indexed: a blob is deleted only once no row
+    # refers to it (service/artifacts/sweep.drop_unreferenced)
+    blob: str | None = Field(default=None, max_length=64, index=True)
     ciphertext_size: int = Field(sa_column=sa.Column(sa.BigInteger, nullable=False))
     header_sha256: str = Field(max_length=64)
     manifest: str = Field(sa_column=sa.Column(sa.Text, nullable=False))  # DSSE envelope JSON

@@ -43,9 +43,11 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from service.blob_journal import IN_FLIGHT
 from service.blobs import CLAIM
@@ -53,7 +55,7 @@ from service.db import DATABASE_UNAVAILABLE, say_unavailable
 from service.models import Approval, Artifact, BlobInFlight
 from service.node import Node
 
-__all__ = ["SweepReport", "drop_unreferenced", "sweep", "sweep_in_background"]
+__all__ = ["SweepReport", "drop_unreferenced", "referring", "sweep", "sweep_in_background"]
 
 log = logging.getLogger("entente.maintenance")
 _BATCH = 500  # journal rows per round
@@ -67,14 +69,23 @@ class SweepReport:
     settled: int = 0  # journal rows of blobs whose rows had committed (dropped, blob kept)
 
 
+def referring(
+    digests: Collection[str],
+) -> tuple[SelectOfScalar[Any], SelectOfScalar[Any]]:
+    """The queries of the digests among ``digests`` that an artifact row, or a pending approval
+    (a share waiting for its second approver), refers to: each an index search
+    (``ix_artifacts_blob``, ``ix_approvals_blob``), never a scan of the table."""
+    wanted = list(digests)
+    return (
+        select(Artifact.blob).where(col(Artifact.blob).in_(wanted)),
+        select(Approval.blob).where(col(Approval.blob).in_(wanted), Approval.state == "pending"),
+    )
+
+
 def _referenced(session: Session, digests: Collection[str]) -> set[str | None]:
     """The digests an artifact row or a pending approval refers to."""
-    wanted = list(digests)
-    artifacts = session.exec(select(Artifact.blob).where(col(Artifact.blob).in_(wanted)))
-    pending = session.exec(  # a share waiting for its second approver (artifacts.approvals)
-        select(Approval.blob).where(col(Approval.blob).in_(wanted), Approval.state == "pending")
-    )
-    return set(artifacts.all()) | set(pending.all())
+    artifacts, pending = referring(digests)
+    return set(session.exec(artifacts).all()) | set(session.exec(pending).all())
 
 
 def drop_unreferenced(node: Node, digests: Iterable[str | None]) -> None:

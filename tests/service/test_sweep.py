@@ -15,10 +15,11 @@ import pytest
 from sqlmodel import select
 
 from service.artifacts import share as sharing
-from service.artifacts.sweep import sweep
+from service.artifacts.sweep import referring, sweep
 from service.artifacts.terms import ShareTerms
 from service.blob_journal import DbBlobJournal
 from service.blobs import CLAIM, BlobStore
+from service.db import open_database
 from service.errors import BlobStoreError
 from service.models import Artifact, BlobInFlight
 from service.tokens import Principal, Role
@@ -216,3 +217,22 @@ def test_a_short_write_never_touches_the_database(kit: Kit) -> None:
     writer.write(b"y" * CHUNK)
     assert claims(kit) == []
     writer.abort()
+
+
+def test_whether_a_blob_is_referenced_is_an_index_search(tmp_path: Path) -> None:
+    """A blob goes only once no row refers to it: asked on every revocation, retention deletion
+    and failed receipt, that question scanned the whole artifacts table without an index."""
+    db = open_database(f"sqlite:///{tmp_path / 'plan.db'}", migrate=True)
+    artifacts, pending = referring(["a" * 64, "b" * 64])
+    try:
+        with db.engine.connect() as conn:
+            plans = []
+            for query in (artifacts, pending):
+                sql = query.compile(
+                    dialect=db.engine.dialect, compile_kwargs={"literal_binds": True}
+                )
+                plans.append([r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")])
+    finally:
+        db.dispose()
+    assert plans[0] == ["SEARCH artifacts USING COVERING INDEX ix_artifacts_blob (blob=?)"]
+    assert all(step.startswith("SEARCH approvals USING INDEX") for step in plans[1]), plans[1]

@@ -178,20 +178,23 @@ def deny(
     message: str,
     now: datetime,
     count: Callable[[], None] | None = None,
+    audit: bool = True,
     **problem: Any,
 ) -> PolicyDeniedError:
     """Audit each ``(partner, decision)`` denial in one transaction and return the error to
     raise, naming the first denial's partner, rule, clause and reason (``problem`` adds to or
     overrides these fields), marked audited for the problem handler. ``count`` is called once,
-    for the metrics."""
-    with node.db.session() as session:
-        for partner, decision in denials:
-            rule = first_rule(decision)
-            _record(
-                session, refusal, partner=partner, rule=audit_rule(decision),
-                clause=rule.clause if rule else None,
-                detail={**refusal.detail, "decision": decision.to_json()}, now=now,
-            )  # fmt: skip
+    for the metrics. Without ``audit`` nothing is written: the caller has counted the denial
+    for a summary entry (``service.audit.budget``)."""
+    if audit:
+        with node.db.session() as session:
+            for partner, decision in denials:
+                rule = first_rule(decision)
+                _record(
+                    session, refusal, partner=partner, rule=audit_rule(decision),
+                    clause=rule.clause if rule else None,
+                    detail={**refusal.detail, "decision": decision.to_json()}, now=now,
+                )  # fmt: skip
     if count is not None:
         count()
     partner, first = denials[0]
@@ -215,10 +218,12 @@ def enforce(
     message: Callable[[Decision], str],
     now: datetime,
     count: Callable[[], None] | None = None,
+    admit: Callable[[Decision], bool] | None = None,
     **problem: Any,
 ) -> Decision:
     """Decide ``request``; return the decision if it allows, or audit the denial (about
-    ``request.partner``) and raise it (see :func:`deny`)."""
+    ``request.partner``) and raise it (see :func:`deny`). ``admit``, when given, says whether
+    the denial is audited on its own entry (``service.audit.budget``)."""
     decision = node.policies.decide(request, now=now)
     if decision.allowed:
         return decision
@@ -229,5 +234,6 @@ def enforce(
         message=message(decision),
         now=now,
         count=count,
+        audit=admit is None or admit(decision),
         **problem,
     )

@@ -14,7 +14,10 @@ be reached keeps its cursor for the next round.
 
 What a partner can make us take is bounded, as a push is: a page of more items than asked for
 is refused, at most ``MAX_PAGES_PER_ROUND`` pages are pulled per round (the rest next round), a
-page's items that hold no manifest are one audit entry, not one each, an item naming a
+page's items that hold no manifest are one audit entry, not one each, the refusals of a round
+past the first ``REFUSALS_AUDITED_PER_ROUND`` are counted into one summary entry
+(``service.audit.budget``: each still on record, the entries a round adds bounded), an item
+naming a
 ciphertext larger than its manifest's plaintext can be sealed into is refused before its
 download, a download stops at the size the item names (and the decryption at the manifest's
 size: ``crypto.sealed.decrypt_verified``), and the partner's daily volume cap
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import io
 import json
@@ -38,13 +42,14 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from sqlmodel import col, select
 
 from crypto.age import largest_file
+from service.audit.budget import RefusalBudget
 from service.db import DATABASE_UNAVAILABLE, say_unavailable
 from service.errors import (
     EntenteError,
@@ -57,7 +62,7 @@ from service.federation.client import PartnerClient
 from service.federation.feed import PAGE_INLINE_BUDGET
 from service.federation.inbox_partial import inbox_partials
 from service.federation.partial import PartialPayloads
-from service.federation.receive import Received, Receiver
+from service.federation.receive import Received, Receiver, summarise_refusals
 from service.limits import check_volume
 from service.models import Partner, PullState
 from service.node import Node
@@ -70,6 +75,8 @@ log = logging.getLogger("entente.pull")
 PAGE_SIZE = 500  # feed items per request
 PAGE_MAX_BYTES = PAGE_INLINE_BUDGET * 2 + (8 << 20)  # bytes of one feed page's JSON
 MAX_PAGES_PER_ROUND = 40  # feed pages pulled from one partner per round; the rest next round
+# refusals of a round's items audited one entry each; the rest are one summary entry
+REFUSALS_AUDITED_PER_ROUND = 100
 PULL_PARALLEL = 8  # partners pulled at the same time
 OVERDUE_RECHECK = 1.0  # seconds between looks at a partner whose pull overran its next moment
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -108,7 +115,11 @@ def pull_partner(
     stored = 0
     pages = 0
     error: str | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="entente-pull") as io_thread:
+    budget = RefusalBudget(REFUSALS_AUDITED_PER_ROUND)
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="entente-pull") as io_thread,
+        _summarised(node, partner.node_id, budget),
+    ):
         try:
             ahead: Future[dict[str, Any]] | None = io_thread.submit(fetch, cursor)
             while ahead is not None:
@@ -123,8 +134,9 @@ def pull_partner(
                 volume = DailyVolume(node, partner.node_id)
                 with decision_scope():  # the whole page on one policy version, checked once
                     received = take_page(
-                        node, client, partner, data["items"], partials, volume=volume
-                    )
+                        node, client, partner, data["items"], partials, volume=volume,
+                        budget=budget,
+                    )  # fmt: skip
                 stored += sum(1 for r in received if r.created)
                 if received:
                     io_thread.submit(_acknowledge, client, partner, received)
@@ -138,6 +150,19 @@ def pull_partner(
             error = exc.message
     _save(node, partner.node_id, cursor, error)
     return stored
+
+
+@contextlib.contextmanager
+def _summarised(node: Node, partner: str, budget: RefusalBudget) -> Iterator[None]:
+    """Audit what ``budget`` counted when the round ends, however it ends (the summary met by
+    a database that does not answer is logged: the rest of the round met it too)."""
+    try:
+        yield
+    finally:
+        try:
+            summarise_refusals(node, budget, sender=partner, via="pull")
+        except DATABASE_UNAVAILABLE as exc:
+            say_unavailable(log, exc, "the summary of %d refusals", budget.held, then="lost")
 
 
 def _pull_isolated(node: Node, client: PartnerClient, partner: Partner) -> int:
@@ -254,11 +279,12 @@ def take_page(
     partials: PartialPayloads,
     *,
     volume: DailyVolume | None = None,
+    budget: RefusalBudget | None = None,
 ) -> list[Received]:
     """Check, stage and store the items of one feed page of ``partner``'s (``bench/profile.py
     receive`` times it alone); a partner's error ends the page and stores nothing of it. Taking
     stops at the first item ``volume`` does not allow: the items staged before it are stored."""
-    receiver = Receiver(node, sender=partner.node_id, via="pull")
+    receiver = Receiver(node, sender=partner.node_id, via="pull", budget=budget)
     own = partials.of(partner.node_id)
     wanted = [i for i in items if isinstance(i, dict) and isinstance(i.get("manifest"), dict)]
     if len(wanted) < len(items):  # one audit entry for the page, however many there are

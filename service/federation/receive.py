@@ -54,6 +54,7 @@ from service.artifacts.enforce import Facts, Refusal, enforce, first_rule, refus
 from service.artifacts.rows import artifact_row
 from service.artifacts.sealing import sealing_of
 from service.artifacts.sweep import drop_unreferenced
+from service.audit.budget import SUMMARY_RULE, RefusalBudget
 from service.audit.log import AUDIT_TABLE, audit_row
 from service.audit.refusals import mark_audited
 from service.blob_journal import SETTLE
@@ -77,7 +78,7 @@ from service.models import Artifact, ReceivedNotice
 from service.node import Node
 from service.partners import partner_keys
 
-__all__ = ["Received", "Receiver"]
+__all__ = ["Received", "Receiver", "summarise_refusals"]
 
 _ARTIFACTS = Artifact.__table__  # type: ignore[attr-defined]
 
@@ -127,10 +128,13 @@ class _Staged:
 class Receiver:
     """Receives artifacts from one partner (``sender``), arriving ``via`` push or pull."""
 
-    def __init__(self, node: Node, *, sender: str, via: str) -> None:
+    def __init__(
+        self, node: Node, *, sender: str, via: str, budget: RefusalBudget | None = None
+    ) -> None:
         self.node = node
         self.sender = sender
         self.via = via
+        self.budget = budget  # refusals past it are counted for a summary entry, not each
         with node.db.session() as session:
             keys = partner_keys(session, sender)
             # revoked before it arrived (a revocation can overtake a delivery)
@@ -154,6 +158,9 @@ class Receiver:
 
     # --- auditing refusals ----------------------------------------------------------------------
     def reject(self, *, artifact_id: str | None, reason: str) -> None:
+        if self.budget is not None and not self.budget.admit(reason):
+            self.node.metrics.received.labels("rejected").inc()
+            return
         refuse(
             self.node,
             Refusal(
@@ -203,7 +210,7 @@ class Receiver:
         return Checked(verified.envelope, manifest, decision, upstream, disclosed)
 
     def _inbound(self, manifest: Manifest) -> Decision:
-        node = self.node
+        node, budget = self.node, self.budget
         return enforce(
             node,
             Facts.of(manifest, sealing=sealing_of(manifest)).request(self.sender, "receive"),
@@ -219,6 +226,7 @@ class Receiver:
             ),
             now=node.now(),
             count=node.metrics.received.labels("denied").inc,
+            admit=None if budget is None else (lambda d: budget.admit(d.summary)),
             reason=None,  # the problem names the rule; the decision's reason is in the audit entry
         )
 
@@ -428,3 +436,21 @@ class Receiver:
             return self.repeat(next(iter(existing.values())), checked.manifest)
         staged = self.stage(checked, ciphertext, before_commit=before_commit)
         return self.commit([staged])[0]
+
+
+def summarise_refusals(node: Node, budget: RefusalBudget, *, sender: str, via: str) -> None:
+    """Audit the refusals of ``sender``'s deliveries that ``budget`` counted instead of auditing
+    each, if any, as one ``receive.rejected`` entry of rule ``summary``."""
+    budget.write(
+        lambda summary: refuse(
+            node,
+            Refusal(
+                kind="receive.rejected",
+                actor=f"partner:{sender}",
+                artifact_id=None,
+                detail={**summary, "via": via},
+            ),
+            [sender],
+            rule=SUMMARY_RULE,
+        )
+    )

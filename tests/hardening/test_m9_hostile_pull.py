@@ -357,6 +357,44 @@ def test_items_without_a_manifest_are_one_audit_entry_per_page(
     assert state(nodes, "ca-aisi").last_error is None
 
 
+def test_a_rounds_refusals_past_the_first_hundred_are_one_summary_entry(
+    nodes: Trio, transport: HostilePartner
+) -> None:
+    """Items that fail their checks, or that our inbound policy denies (validly signed: the
+    partner holds its key), were one audit entry and one transaction each: 20,000 a round."""
+    red = [sealed_artifact(nodes.ca, [nodes.uk], tlp="TLP:RED") for _ in range(60)]
+    denied = [feed_item(line, art_id) for art_id, line, _ in red]
+    broken = [{"artifact_id": f"art_x{i}", "manifest": {"payloadType": "x"}} for i in range(90)]
+    pages = [denied + broken[:40], broken[40:]]  # two pages of one round: 150 refusals
+    transport.page = lambda after, limit: {
+        "items": pages[after] if after < len(pages) else [],
+        "next": min(after + 1, len(pages)),
+        "more": after + 1 < len(pages),
+    }
+    before = _audited_from_ca(nodes)
+    assert pull(nodes, transport, "ca-aisi") == 0
+    entries = _audited_from_ca(nodes)[len(before) :]
+    each = [e for e in entries if e.rule != "summary"]
+    [summary] = [e for e in entries if e.rule == "summary"]
+    assert len(each) == 100 and len(entries) == 101
+    assert sum(1 for e in each if e.artifact_id and e.artifact_id.startswith("art_test")) == 60
+    detail = json.loads(summary.detail)
+    assert detail["count"] == 50 and detail["audited_each"] == 100 and detail["via"] == "pull"
+    assert sum(detail["reasons"].values()) == 50
+    assert state(nodes, "ca-aisi").cursor == 2 and state(nodes, "ca-aisi").last_error is None
+
+
+def _audited_from_ca(nodes: Trio) -> list[AuditEntry]:
+    with nodes.uk.node.db.session() as session:
+        return list(
+            session.exec(
+                select(AuditEntry)
+                .where(AuditEntry.kind == "receive.rejected", AuditEntry.actor == "partner:ca-aisi")
+                .order_by(AuditEntry.id)  # type: ignore[arg-type]
+            )
+        )
+
+
 def test_a_partner_naming_anothers_digest_cannot_remove_its_download(
     nodes: Trio, transport: HostilePartner
 ) -> None:

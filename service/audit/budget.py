@@ -8,7 +8,8 @@ on the other partners' work. A :class:`RefusalBudget` lets the first ``most`` re
 round be audited whole (artifact, rule, clause, decision, as always); each one after them is
 counted with its reason, and :meth:`RefusalBudget.write` records them as one ``summary`` entry of
 the same kind when the round ends: every refusal stays on record, the entries a round can add
-stay bounded.
+stay bounded. A pushed batch (up to 64 items a request, ``service.api.federation``) has a budget
+of its own, of 4.
 
 This module does not decide what is refused, nor which unit of work has a budget.
 """

@@ -405,6 +405,29 @@ async def test_batch_refuses_bad_items_and_stores_the_good_ones(trio: Trio) -> N
     assert len(stored(trio.us)[1]) == 1
 
 
+async def test_a_batchs_refusals_past_the_first_four_are_one_summary_entry(trio: Trio) -> None:
+    """64 refused items a request, at every request the rate allows, were 64 audit entries in
+    as many transactions each time."""
+    red = [sealed_artifact(trio.uk, [trio.us], tlp="TLP:RED") for _ in range(10)]
+    items = [(line, ct) for _, line, ct in red] + [(b'{"x": 1}', b"junk")] * 54
+    body = b"".join(line + b"\n" + str(len(ct)).encode() + b"\n" + ct for line, ct in items)
+    headers = sign(trio.uk, trio.us, "POST", INBOX, body, content_type=BATCH)
+    rejected = audit_count(trio.us, REJECTED)
+    r = await post(trio, headers, body)
+    assert r.status_code == 200, r.text
+    statuses = [x["status"] for x in r.json()["results"]]
+    assert statuses == [403] * 10 + [422] * 54  # every item still answered with its refusal
+    assert audit_count(trio.us, REJECTED) == rejected + 5
+    with trio.us.node.db.session() as session:
+        [summary] = session.exec(
+            select(AuditEntry).where(AuditEntry.kind == REJECTED, AuditEntry.rule == "summary")
+        ).all()
+    detail = json.loads(summary.detail)
+    assert (detail["count"], detail["audited_each"], detail["via"]) == (60, 4, "push")
+    assert sum(detail["reasons"].values()) == 60
+    assert summary.actor == "partner:uk-aisi" and summary.partner == "uk-aisi"
+
+
 @pytest.mark.parametrize(
     "body",
     [

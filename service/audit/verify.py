@@ -17,8 +17,18 @@ read directly) and trusts only signatures:
 4. the RFC 6962 tree over the recomputed leaves must have each checkpoint's root at its size;
 5. (database only) no entry may carry a log index no signed checkpoint covers;
 6. with ``min_cosignatures``, that many trusted witnesses must vouch for the LATEST checkpoint:
-   by cosigning it, or by holding a checkpoint that the log is consistent with (an old cosigned
-   checkpoint of a log that has since been cut and re-signed does not count).
+   by cosigning it, or by holding, when asked now, a checkpoint that the log is consistent with
+   (an old cosigned checkpoint of a log that has since been cut and re-signed does not count).
+
+Time matters twice. A witness asked for what it holds cosigns its answer when it answers
+(``service.audit.witness.held_checkpoint``), so an answer whose cosignature is more than
+:data:`WITNESS_VIEW_MAX_AGE` seconds old was not made now: a note the node kept and serves again
+from wherever it says the witness is (it was cosigned then, for a log that may since have been
+cut and re-signed). Such an answer still proves what it says (a log behind it, or inconsistent
+with it, fails) but vouches for nothing. And a cosignature dated more than
+:data:`COSIGNATURE_MAX_FUTURE` seconds ahead of ``now`` is not counted, with a note, without
+failing the checkpoint it is on (the node accepts a witness's clock as far ahead, and one skewed
+witness must not make an honest log fail).
 
 On a mismatch the first bad entry is located by bisection with consistency proofs from the source
 (untrusted: a proof only helps if it verifies against the signed root), and named by seq and id.
@@ -39,6 +49,8 @@ from service.audit.leaves import LeafBatch, batches_from_entries, entry_leaf
 from service.audit.rotations import LogKeys
 
 __all__ = [
+    "COSIGNATURE_MAX_FUTURE",
+    "WITNESS_VIEW_MAX_AGE",
     "CheckpointInfo",
     "LogKeys",
     "LogSource",
@@ -47,6 +59,10 @@ __all__ = [
     "WitnessView",
     "verify_log",
 ]
+
+
+WITNESS_VIEW_MAX_AGE = 300  # seconds: a witness asked now cosigns its answer now (clocks differ)
+COSIGNATURE_MAX_FUTURE = 300  # seconds a cosignature may be dated ahead (the node's clock skew)
 
 
 class LogSource(Protocol):
@@ -99,6 +115,7 @@ class CheckpointInfo:
     cosigners: tuple[str, ...]  # names of trusted witnesses whose cosignature verified
     remembered: bool = False  # the verifier's own copy from an earlier run
     witness: str | None = None  # the checkpoint a witness holds (its name)
+    fresh: bool = False  # (a witness's) cosigned when it was asked, so it vouches
 
 
 @dataclass
@@ -140,11 +157,25 @@ def _size_of(note: bytes) -> int:
     return Checkpoint.parse(parse_note(note).text).size
 
 
-def _open(
-    note: bytes, *, keys: LogKeys, witnesses: Sequence[NoteVerifier], now: int
-) -> tuple[int, Any]:
+def _open(note: bytes, *, keys: LogKeys, witnesses: Sequence[NoteVerifier]) -> tuple[int, Any]:
     size = _size_of(note)
-    return size, open_checkpoint(note, log=keys.for_size(size), witnesses=witnesses, now=now)
+    return size, open_checkpoint(note, log=keys.for_size(size), witnesses=witnesses)
+
+
+def _counted(opened: Any, *, now: int, verdict: Verdict) -> tuple[str, ...]:
+    """The names of the witnesses whose cosignature on ``opened`` counts: not dated more than
+    :data:`COSIGNATURE_MAX_FUTURE` seconds ahead of ``now`` (the others are noted)."""
+    names = []
+    for sig in opened.cosignatures:
+        if sig.timestamp is not None and sig.timestamp > now + COSIGNATURE_MAX_FUTURE:
+            verdict.notes.append(
+                f"the cosignature by {sig.name} on the checkpoint of size "
+                f"{opened.checkpoint.size} is dated {sig.timestamp - now} s ahead of this "
+                "clock: not counted"
+            )
+            continue
+        names.append(sig.name)
+    return tuple(names)
 
 
 def _open_checkpoints(
@@ -158,7 +189,7 @@ def _open_checkpoints(
     out: list[CheckpointInfo] = []
     for note in notes:
         try:
-            _size, opened = _open(note, keys=keys, witnesses=witnesses, now=now)
+            _size, opened = _open(note, keys=keys, witnesses=witnesses)
         except CryptoError as exc:
             after = f" (after size {out[-1].size})" if out else ""
             verdict.fail(f"a checkpoint{after} does not verify: {exc}{keys.explain_failure(note)}")
@@ -168,7 +199,7 @@ def _open_checkpoints(
             verdict.fail(f"checkpoints are not in increasing size order at size {cp.size}")
             raise _Stop
         out.append(
-            CheckpointInfo(cp.size, cp.root_hash, note, tuple(s.name for s in opened.cosignatures))
+            CheckpointInfo(cp.size, cp.root_hash, note, _counted(opened, now=now, verdict=verdict))
         )
     return out
 
@@ -294,11 +325,12 @@ def _witness_targets(
             verdict.notes.append(f"witness {name} was not asked: {view.error}")
             continue
         try:
-            held, opened = _open(view.note, keys=keys, witnesses=[view.verifier], now=now)
+            held, opened = _open(view.note, keys=keys, witnesses=[view.verifier])
         except CryptoError as exc:
             verdict.notes.append(f"witness {name} served a checkpoint that does not verify: {exc}")
             continue
-        if not any(c.name == name for c in opened.cosignatures):
+        mine = next((c for c in opened.cosignatures if c.name == name), None)
+        if mine is None:
             verdict.notes.append(f"witness {name} served a checkpoint it did not cosign")
             continue
         if held > size:
@@ -308,8 +340,19 @@ def _witness_targets(
                 "or the log was rolled back)"
             )
             raise _Stop
+        age = now - mine.timestamp if mine.timestamp is not None else None
+        fresh = age is not None and -COSIGNATURE_MAX_FUTURE <= age <= WITNESS_VIEW_MAX_AGE
+        if not fresh:
+            when = "undated" if age is None else f"dated {age} s before this clock"
+            verdict.notes.append(
+                f"witness {name} answered with a cosignature {when}, not made when asked: a "
+                "kept answer served again (from where the node says the witness is?) vouches "
+                "for nothing; the log is still checked against it"
+            )
         cp = opened.checkpoint
-        out.append(CheckpointInfo(held, cp.root_hash, view.note, (name,), witness=name))
+        out.append(
+            CheckpointInfo(held, cp.root_hash, view.note, (name,), witness=name, fresh=fresh)
+        )
     return out
 
 
@@ -347,7 +390,7 @@ def _verify(
     if remembered is not None:
         verdict.remembered_size = remembered.size
         try:
-            _size, opened = _open(remembered.note, keys=keys, witnesses=witnesses, now=now)
+            _size, opened = _open(remembered.note, keys=keys, witnesses=witnesses)
         except CryptoError as exc:
             return verdict.fail(f"the remembered checkpoint does not verify: {exc}")
         mine = CheckpointInfo(
@@ -450,8 +493,14 @@ def _verify(
         )
 
     # (6) Who vouches for the latest checkpoint: its cosigners, and every witness whose own
-    # checkpoint the log was just shown to be consistent with.
-    verdict.witnessed = {cp.witness: cp.size for cp in held if cp.witness is not None}
+    # checkpoint, cosigned when it was asked, the log was just shown to be consistent with.
+    verdict.witnessed = {cp.witness: cp.size for cp in held if cp.witness and cp.fresh}
+    for name, seen in sorted(verdict.witnessed.items()):
+        if seen < size:
+            verdict.notes.append(
+                f"witness {name} holds size {seen}: entries {seen} to {size - 1} are signed by "
+                "the log key alone until it cosigns a later checkpoint"
+            )
     vouched = sorted(set(latest.cosigners) | set(verdict.witnessed))
     verdict.vouched = tuple(vouched)
     if len(vouched) < min_cosignatures:

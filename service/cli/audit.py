@@ -70,6 +70,9 @@ app.command("export")(audit_export.export)
 app.command("verify-export")(audit_export.verify_export)
 app.command("forget")(forget)
 
+# Without --witness the witness keys come from the party being audited, which chooses them.
+_UNPINNED = "witness keys {where}, the audited party's choice: pin your own with --witness"
+
 
 def _remembered(entry: Any) -> Remembered | None:
     if not isinstance(entry, dict):
@@ -312,8 +315,7 @@ def verify(
             listed = witnesses_from_node(client)
             if not witness:
                 trusted = [v for v, _url in listed]
-                if trusted:
-                    notes.append("witness keys as listed by the node; pin your own with --witness")
+                notes.append(_UNPINNED.format(where="as listed by the node"))
             source: Any = HttpSource(client)
             urls = {v.vkey: u for v, u in listed}
             verdict = _run(
@@ -330,6 +332,7 @@ def verify(
             listed = witnesses_from_db(db, descriptor.node_id, settings_for(home).witness_count)
             if not witness:
                 trusted = [v for v, _url in listed]
+                notes.append(_UNPINNED.format(where="as read from the node's own database"))
             urls = {v.vkey: u for v, u in listed}
             verdict = _run(
                 DatabaseSource(db), descriptor, trusted, urls, fingerprint, data, notes,
@@ -341,7 +344,7 @@ def verify(
         where = str(path)
     origin = log_origin(descriptor.node_id)
     needed = quorum(len(trusted), quorum_of)
-    met = len(verdict.vouched) >= needed
+    met = bool(trusted) and len(verdict.vouched) >= needed  # no witness at all: no quorum
     verdict.notes.insert(0, f"quorum {'met' if met else 'NOT met'}: {len(verdict.vouched)} of "
                          f"{len(trusted)} trusted witnesses vouch, {needed} needed")  # fmt: skip
     _print_verdict(verdict, as_json=as_json, source=where, notes=notes,

@@ -51,3 +51,16 @@ def test_forget_drops_one_log_and_says_when_there_is_none(tmp_path: Path) -> Non
     assert json.loads(state.read_text())["logs"] == {}
     again = run_cli("audit", "forget", "uk-aisi", "--state", str(state))
     assert again.returncode != 0 and "no remembered checkpoint" in again.stderr
+
+
+def test_a_quorum_of_no_witness_is_not_met(tmp_path: Path) -> None:
+    """A node whose database lists no witness (its operator's choice) made `--require-quorum`
+    say "quorum met: 0 of 0" and pass; keys read from the audited node were not flagged."""
+    kit = _node(tmp_path / "a")
+    home = str(kit.node.home.path)
+    args = ("audit", "verify", "--home", home, "--state", str(tmp_path / "s.json"))
+    required = run_cli(*args, "--require-quorum")
+    assert required.returncode == 1, required.stdout
+    assert "quorum NOT met: 0 of 0 trusted witnesses vouch" in required.stdout
+    assert "the audited party's choice: pin your own with --witness" in required.stdout
+    assert run_cli(*args).returncode == 0  # reported; fatal only when required

@@ -420,7 +420,7 @@ class Webhook(SQLModel, table=True):
 
 
 class Upload(SQLModel, table=True):
-    """A resumable upload of ``POST /v1/artifacts`` still arriving (``service/uploads.py``).
+    """A resumable upload of ``POST /v1/artifacts`` still arriving (``service/uploads/``).
 
     ``received`` bytes of the body are stored, encrypted, in its segments; ``length`` is the
     whole body's length when the client announced it (``Upload-Length``). ``content_type``

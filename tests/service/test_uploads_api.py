@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +24,7 @@ from service.artifacts.sweep import sweep
 from service.errors import BlobStoreError
 from service.models import Artifact, AuditEntry
 from service.tokens import Principal, Role, create_token
+from service.uploads import store as upload_store
 from tests.service.nodekit import UPLOAD_HEADERS, Kit, folder_store, make_node, pin, upload_body
 
 MARKER = b"PLAINTEXT-MARKER-4f1c"
@@ -287,8 +290,8 @@ async def test_a_segment_whose_row_never_committed_is_swept(uk: Kit) -> None:
     kept = _blob_bytes(uk)
     # A crash between a segment's blob and its row: the blob is journaled, nothing refers to it.
     stray = iter([b"never recorded"])
-    body = uploads._Received(lambda: next(stray, b""), 1 << 20, (), "too large")
-    orphan = uploads._write_segment(uk.node, body, uploads._label(created.id, 10))
+    body = upload_store._Received(lambda: next(stray, b""), 1 << 20, (), "too large")
+    orphan = upload_store._write_segment(uk.node, body, upload_store.label(created.id, 10))
     assert orphan is not None and len(_blob_bytes(uk)) == 2
     later = time.time() + uk.node.settings.blob_orphan_grace_seconds + 60
     report = sweep(uk.node, clock=lambda: later)
@@ -338,7 +341,7 @@ async def test_a_store_that_swaps_two_segments_is_caught(uk: Kit) -> None:
         assert (await _patch(c, uk, where, k, body[k : 2 * k], last=False)).status_code == 204
         with uk.node.db.engine.connect() as conn:
             first, second = conn.execute(
-                sa.select(uploads.SEGMENTS.c.digest).order_by(uploads.SEGMENTS.c.start)
+                sa.select(upload_store.SEGMENTS.c.digest).order_by(upload_store.SEGMENTS.c.start)
             ).scalars()
         store = folder_store(uk.node)
         a, b = store.path_for(first), store.path_for(second)
@@ -353,3 +356,41 @@ async def test_a_store_that_swaps_two_segments_is_caught(uk: Kit) -> None:
         assert "not the one recorded" in done.json()["detail"]
     with uk.node.db.session() as s:
         assert s.exec(select(Artifact)).all() == []  # nothing was shared
+
+
+@pytest.mark.parametrize("partners", [["us-aisi"], ["xx-aisi"]], ids=["shared", "refused"])
+async def test_a_completion_leaves_no_decrypting_thread(
+    uk: Kit, monkeypatch: pytest.MonkeyPatch, partners: list[str]
+) -> None:
+    """The share stops reading at the body's closing boundary (or at a refusal); the thread
+    decrypting the segments after it blocked for ever on a full queue: one thread, and up to
+    4 MiB, per completion (found by review)."""
+    real = api_uploads._share_sync
+
+    def slow(*args: Any, **kwargs: Any) -> Any:  # the worker fills its queue meanwhile
+        try:
+            return real(*args, **kwargs)
+        finally:
+            time.sleep(0.3)
+
+    monkeypatch.setattr(api_uploads, "_share_sync", slow)
+    body = upload_body(_meta(partners=partners), b"x" * 100)
+    async with uk.client() as c:
+        where = await _create(c, uk, body)
+        offset = len(body)
+        for _ in range(4):  # four more segments after the closing boundary (an epilogue)
+            assert (await _patch(c, uk, where, offset, b"\r", last=False)).status_code == 204
+            offset += 1
+        r = await _patch(c, uk, where, offset, b"", last=True)
+    assert r.status_code == (201 if partners == ["us-aisi"] else 422), r.text
+    assert await asyncio.to_thread(_decrypting_after, 5.0) == []
+
+
+def _decrypting_after(seconds: float) -> list[str]:
+    """The threads still decrypting an upload once they are all gone, or ``seconds`` passed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = [t.name for t in threading.enumerate() if t.name.startswith("upload-upl_")]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)

@@ -1,48 +1,12 @@
-"""Resumable uploads: the body of a ``POST /v1/artifacts`` that arrives over several requests.
-
-IETF httpbis draft *Resumable Uploads for HTTP* (draft-ietf-httpbis-resumable-upload). An
-upload is created by a ``POST /v1/artifacts`` whose ``Upload-Complete`` is false, holds the
-bytes received so far, and is appended to at its offset until its last append; the whole body
-is then carried out as the share it would have been (``service.api.uploads``). This module is
-the store: :func:`create`, :func:`state`, :func:`append`, :func:`plaintext` (the stored body,
-as a pull function), :func:`reopen`, :func:`finish` (the share was carried out: the bytes go,
-the row stays until it expires), :func:`discard` and :func:`purge_expired`.
-
-Nothing is stored in plaintext. The bytes each request adds are one *segment*: an age file
-(``crypto.age``: a random file key, ChaCha20-Poly1305 STREAM in 64 KiB chunks) to this node's
-own identity (the hybrid post-quantum one when the node has it), written as a blob of the node's
-blob store. Its plaintext begins with a line naming the upload and the offset it was written
-for, checked before any of it is passed on, and the database records the blob's SHA-256, checked
-as it is read: a store that swapped two segments (both valid age files to the node) or served
-one of another upload is caught instead of reordering the body. The file key is
-sealed to the node's identity, which every replica sharing the database and the store holds,
-so an upload begun on one replica is resumed on another, and after a restart; a segment is
-opened with any identity of the node, current or retired.
-
-A segment is journaled like any blob (``service.blob_journal``): the transaction that records
-it (and moves the upload's offset, only if the offset is still the one the append started
-from) drops its journal row; a segment whose transaction never committed is an orphan the
-sweep removes. An upload's rows go in one transaction that journals its segments for deletion,
-so a crash before the store deletes them leaves rows for the sweep, never a lost blob.
-
-An append interrupted by its client (a lost connection, a stalled body) keeps what arrived:
-its segment is completed with the bytes read so far and recorded, and the interruption raised
-again. Limits: the whole body is at most ``max_size`` bytes (the upload limit of
-``POST /v1/artifacts``), a token has at most ``max_open_uploads`` uploads not yet complete, an
-upload expires ``upload_expiry_seconds`` after its last append. Memory stays flat: segments are
-encrypted and decrypted as they stream.
-
-This module does not parse headers nor carry out the share.
-"""
+"""The uploads' rows and segments: creating, appending, reopening, finishing, discarding and
+expiring an upload (``service.uploads``, whose docstring says what an upload is). Reading a
+stored body back is ``service.uploads.reading``."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import queue
 import secrets
-import threading
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -50,13 +14,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from crypto import age
-from crypto.errors import CryptoError
 from service.blob_journal import IN_FLIGHT, deletion_rows
 from service.errors import (
     EntenteError,
     NotFoundError,
     RateLimitedError,
-    StoredArtifactCorruptError,
     TooLargeError,
     UploadCompletedError,
     UploadLengthInconsistentError,
@@ -67,13 +29,15 @@ from service.node import Node
 from service.tokens import Principal
 
 __all__ = [
+    "READ_BYTES",
+    "SEGMENTS",
     "UPLOADS",
     "UploadState",
     "append",
     "create",
     "discard",
     "finish",
-    "plaintext",
+    "label",
     "purge_expired",
     "reopen",
     "state",
@@ -227,7 +191,7 @@ def append(
         )
     )
     body = _Received(pull, limit - offset, interruptions, why)
-    digest = _write_segment(node, body, _label(upload_id, offset))
+    digest = _write_segment(node, body, label(upload_id, offset))
     if complete and body.interrupted is None and found.length not in (None, offset + body.size):
         if digest is not None:
             node.blobs.delete(digest)
@@ -269,7 +233,7 @@ def append(
                        expires)  # fmt: skip
 
 
-def _label(upload_id: str, start: int) -> bytes:
+def label(upload_id: str, start: int) -> bytes:
     """The first line of a segment's plaintext: the upload and the offset it was written for."""
     return f"entente-upload-segment {upload_id} {start:020d}\n".encode("ascii")
 
@@ -306,138 +270,6 @@ def _write_segment(node: Node, body: _Received, label: bytes) -> str | None:
         writer.abort()
         return None
     return writer.commit()
-
-
-class _Unlabelled:
-    """A sink for a segment's plaintext: checks its first line is ``label`` (age authenticates
-    each block before writing it, so nothing of another segment is passed on), then passes the
-    rest to ``sink``."""
-
-    def __init__(self, label: bytes, sink: _QueueSink, upload_id: str) -> None:
-        self._label = label
-        self._seen = b""
-        self._sink = sink
-        self._upload_id = upload_id
-
-    def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        given = len(data)
-        if len(self._seen) < len(self._label):
-            take = len(self._label) - len(self._seen)
-            self._seen += bytes(data[:take])
-            data = data[take:]
-            if len(self._seen) == len(self._label) and self._seen != self._label:
-                raise StoredArtifactCorruptError(
-                    f"a segment of upload {self._upload_id} is not the one recorded there"
-                )
-        if data:
-            self._sink.write(data)
-        return given
-
-    def check_whole(self) -> None:
-        if self._seen != self._label:
-            raise StoredArtifactCorruptError(
-                f"a segment of upload {self._upload_id} is not the one recorded there"
-            )
-
-
-class _Hashing:
-    """A reader that hashes (SHA-256) every byte read through it."""
-
-    def __init__(self, raw: Any) -> None:
-        self._raw = raw
-        self._hash = hashlib.sha256()
-
-    def read(self, n: int = -1, /) -> bytes:
-        data: bytes = self._raw.read(n)
-        self._hash.update(data)
-        return data
-
-    def readinto(self, buffer: Any, /) -> int:
-        n: int = self._raw.readinto(buffer)
-        self._hash.update(memoryview(buffer)[:n])
-        return n
-
-    def drain(self) -> None:
-        while self.read(1 << 16):
-            pass
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-
-class _QueueSink:
-    def __init__(self, q: queue.Queue[bytes | BaseException | None], stop: threading.Event):
-        self._q = q
-        self._stop = stop
-
-    def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        chunk = bytes(data)
-        while not self._stop.is_set():
-            try:
-                self._q.put(chunk, timeout=0.5)
-                return len(chunk)
-            except queue.Full:
-                continue
-        raise _Stopped
-
-
-class _Stopped(Exception):
-    pass
-
-
-def plaintext(node: Node, upload_id: str) -> Generator[bytes, None, None]:
-    """The stored body of ``upload_id``, decrypted segment after segment on a helper thread
-    (a few chunks ahead, no more). Each segment's length and authenticity are checked;
-    :class:`StoredArtifactCorruptError` when one fails."""
-    with node.db.engine.connect() as conn:
-        segments = conn.execute(
-            sa.select(SEGMENTS.c.start, SEGMENTS.c.size, SEGMENTS.c.digest)
-            .where(SEGMENTS.c.upload_id == upload_id)
-            .order_by(SEGMENTS.c.start)
-        ).all()
-    q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
-    stop = threading.Event()
-    identities = node.keys.all_identities
-
-    def work() -> None:
-        at = 0
-        try:
-            for start, size, digest in segments:
-                if start != at:
-                    raise StoredArtifactCorruptError(f"upload {upload_id} misses bytes at {at}")
-                label = _label(upload_id, start)
-                sink = _Unlabelled(label, _QueueSink(q, stop), upload_id)
-                with node.blobs.open(digest) as source:
-                    hashed = _Hashing(source)
-                    got = age.Decryptor.open(hashed, identities).decrypt_to(sink) - len(label)
-                    hashed.drain()
-                sink.check_whole()
-                if got != size:
-                    raise StoredArtifactCorruptError(f"a segment of upload {upload_id} is short")
-                # The store holds what the database recorded, not another segment of this node
-                # (each is an age file to the node, so only its digest tells them apart).
-                if hashed.hexdigest() != digest:
-                    raise StoredArtifactCorruptError(
-                        f"a segment of upload {upload_id} is not the one recorded (its digest)"
-                    )
-                at += size
-            q.put(None)
-        except _Stopped:
-            return
-        except CryptoError:
-            q.put(StoredArtifactCorruptError(f"a segment of upload {upload_id} failed to open"))
-        except BaseException as exc:  # handed to the reader
-            q.put(exc)
-
-    thread = threading.Thread(target=work, name=f"upload-{upload_id[:12]}", daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
 
 
 def reopen(node: Node, upload_id: str) -> None:

@@ -45,7 +45,13 @@ from service.api.resumable import (
     upload_headers,
 )
 from service.api.upload import boundary_of
-from service.errors import EntenteError, InvalidInputError, NotFoundError, UploadCompletedError
+from service.errors import (
+    EntenteError,
+    IdempotencyKeyInFlightError,
+    InvalidInputError,
+    NotFoundError,
+    UploadCompletedError,
+)
 from service.models import Approval, Artifact
 from service.node import Node
 from service.schemas import ApprovalOut, ArtifactOut
@@ -142,21 +148,23 @@ async def append_upload(
     )  # fmt: skip
     if not found.complete:
         return _state_response(node, found)
-    claimed = await run_in_threadpool(
-        idempotency.claim, node, principal=principal, key=_key(upload_id), route=COMPLETE_ROUTE
-    )
-    if isinstance(claimed, idempotency.Replay):  # pragma: no cover - one completion per upload
-        return replay(claimed, _fingerprint(principal, upload_id))
-    claimed.fingerprint = _fingerprint(principal, upload_id)
     try:
+        claimed = await run_in_threadpool(
+            idempotency.claim, node, principal=principal, key=_key(upload_id), route=COMPLETE_ROUTE
+        )
+        if isinstance(claimed, idempotency.Replay):  # pragma: no cover - a key no client sends
+            return replay(claimed, _fingerprint(principal, upload_id))
+        claimed.fingerprint = _fingerprint(principal, upload_id)
         await anyio.to_thread.run_sync(
             carry_out, claimed, _share_stored, node, found, principal, claimed,
             limiter=body_limiter(request),
         )  # fmt: skip
     except EntenteError as exc:
-        # Unavailable here (503): the client may send the last append again. A refusal, or
-        # anything else, ends the upload as it ends a plain share.
-        done = uploads.reopen if exc.status >= 500 else uploads.discard
+        # Unavailable here (503), or the completion's key held by a retry of this very append
+        # (409): the client may send the last append again. A refusal, or anything else, ends
+        # the upload as it ends a plain share.
+        again = exc.status >= 500 or isinstance(exc, IdempotencyKeyInFlightError)
+        done = uploads.reopen if again else uploads.discard
         await anyio.to_thread.run_sync(done, node, upload_id)
         raise
     except Exception:
@@ -170,9 +178,11 @@ COMPLETE_ROUTE = "PATCH /v1/uploads/{upload_id}"
 
 
 def _key(upload_id: str) -> str:
-    """The idempotency key under which a completed upload's answer is kept (its own route's,
-    so that no ``Idempotency-Key`` a client sends elsewhere can stand for it)."""
-    return f"upload {upload_id}"
+    """The idempotency key under which a completed upload's answer is kept. It holds a tab,
+    which no ``Idempotency-Key`` (an RFC 8941 string: printable ASCII and spaces) can: a
+    client's key for another share could otherwise take it first, and leave the upload
+    complete, never carried out, its bytes kept."""
+    return f"upload\t{upload_id}"
 
 
 def _fingerprint(principal: Principal, upload_id: str) -> str:

@@ -24,7 +24,7 @@ from service.errors import (
     UploadLengthInconsistentError,
     UploadOffsetMismatchError,
 )
-from service.models import Upload, UploadSegment
+from service.models import Token, Upload, UploadSegment
 from service.node import Node
 from service.tokens import Principal
 
@@ -47,6 +47,7 @@ log = logging.getLogger("entente.uploads")
 
 UPLOADS: sa.Table = Upload.__table__  # type: ignore[attr-defined]
 SEGMENTS: sa.Table = UploadSegment.__table__  # type: ignore[attr-defined]
+TOKENS: sa.Table = Token.__table__  # type: ignore[attr-defined]
 ID_PREFIX = "upl_"
 READ_BYTES = 1 << 20  # bytes of a segment read from the store at a time
 
@@ -93,13 +94,21 @@ def create(
         "expires_at": expires,
     }  # fmt: skip
     with node.db.engine.begin() as conn:
+        # One creation at a time per token (its row locked; on SQLite the write lock taken
+        # before the count): concurrent creations would otherwise all count the same uploads.
+        conn.execute(
+            sa.update(TOKENS).where(TOKENS.c.id == principal.token_id).values(id=TOKENS.c.id)
+        )
         open_count = conn.execute(
             sa.select(sa.func.count())
             .select_from(UPLOADS)
             .where(
                 UPLOADS.c.principal == principal.token_id,
                 UPLOADS.c.expires_at > now,
-                UPLOADS.c.complete == sa.false(),
+                sa.or_(  # still open, or complete and still holding its bytes
+                    UPLOADS.c.complete == sa.false(),
+                    sa.exists().where(SEGMENTS.c.upload_id == UPLOADS.c.id),
+                ),
             )
         ).scalar_one()
         if open_count >= settings.max_open_uploads:

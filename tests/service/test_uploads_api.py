@@ -394,3 +394,42 @@ def _decrypting_after(seconds: float) -> list[str]:
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.1)
+
+
+async def test_a_client_key_cannot_take_an_uploads_completion(uk: Kit) -> None:
+    """The completion's idempotency key was ``upload <id>``, which a client could send as its
+    own ``Idempotency-Key`` first: the completion then answered 422, the upload stayed complete
+    and never carried out, its bytes kept and no longer counted (found by review)."""
+    body = upload_body(_meta(), b"x" * 1000)
+    async with uk.client() as c:
+        where = await _create(c, uk)
+        upload_id = where.rsplit("/", 1)[1]
+        first = await c.post(
+            "/v1/artifacts",
+            content=upload_body(_meta(), b"small"),
+            headers={**UPLOAD_HEADERS, **uk.auth(Role.PUBLISHER),
+                     "Idempotency-Key": f'"upload {upload_id}"'},
+        )  # fmt: skip
+        assert first.status_code == 201, first.text
+        done = await _patch(c, uk, where, 0, body, last=True)
+        assert done.status_code == 201, done.text
+    with uk.node.db.session() as session:
+        assert len(session.exec(select(Artifact)).all()) == 2
+
+
+async def test_concurrent_creations_stay_within_the_open_uploads(uk: Kit) -> None:
+    """Creations counted the token's open uploads, then inserted, with nothing between: eight
+    at once all counted none (found by review)."""
+    async with uk.client() as c:
+        answers = await asyncio.gather(
+            *[
+                c.post(
+                    "/v1/artifacts",
+                    content=b"",
+                    headers={**UPLOAD_HEADERS, **uk.auth(Role.PUBLISHER), "Upload-Complete": "?0"},
+                )
+                for _ in range(8)
+            ]
+        )
+    statuses = sorted(a.status_code for a in answers)
+    assert statuses == [201, 201] + [429] * 6, statuses  # max_open_uploads=2

@@ -144,8 +144,14 @@ def request_share(
         node, blobs, terms, source, decisions=decisions, onward_approved=onward_approved, now=now
     )
     m = stored.manifest
+    # Everything the approval makes binding, as the approver is shown it and as the audit
+    # entries of the request and the decision record it: the terms, and the originator's
+    # approval of onward sharing the signed manifest grants.
     summary = {
         "title": terms.title, "tlp": terms.tlp, "partners": list(terms.partners),
+        "topics": list(terms.topics), "purposes": list(terms.purposes),
+        "embargo_until": _iso(terms.embargo_until), "expires_at": _iso(terms.expires_at),
+        "onward_approved": list(onward_approved), "filename": m.filename,
         "artifact_id": m.artifact_id, "size": m.size, "sha256": m.sha256,
     }  # fmt: skip
     payload = {

@@ -30,7 +30,9 @@ def _what(item: dict[str, Any]) -> str:
     summary = item.get("summary") or {}
     if item.get("action") == "share":
         partners = ", ".join(str(p) for p in summary.get("partners", []))
-        return f"share {summary.get('title')!s} ({summary.get('tlp')!s}) with {partners}"
+        what = f"share {summary.get('title')!s} ({summary.get('tlp')!s}) with {partners}"
+        onward = ", ".join(str(p) for p in summary.get("onward_approved") or [])
+        return what + (f"; onward sharing approved to {onward}" if onward else "")
     if item.get("action") == "share.onward":
         partners = ", ".join(str(p) for p in summary.get("partners", []))
         return f"pass {summary.get('upstream')!s} ({summary.get('tlp')!s}) on to {partners}"
@@ -69,6 +71,25 @@ def list_(
             str(item["expires_at"])[:19],
             str(item.get("decided_by") or ""),
         )
+    console.print(table)
+
+
+@app.command()
+def show(approval_id: IdArg, url: UrlOpt, token: TokenOpt, as_json: JsonOpt = False) -> None:
+    """Show everything a pending action would make binding, before approving it."""
+    with _client(url, token) as client:
+        response = _send(lambda: client.get(f"/v1/approvals/{approval_id}"))
+    _raise_for(response)
+    item = response.json()
+    if as_json:
+        typer.echo(json.dumps(item))
+        return
+    table = SafeTable("field", "value")
+    for key in ("id", "action", "state", "requested_by", "requested_at", "expires_at"):
+        table.add_row(key, str(item.get(key)))
+    for key, value in (item.get("summary") or {}).items():
+        shown = ", ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+        table.add_row(str(key), shown)
     console.print(table)
 
 

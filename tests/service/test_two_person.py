@@ -423,3 +423,41 @@ def test_an_onward_share_at_the_label_waits_and_is_carried_out_on_approval(
         assert json.loads(granted.detail)["result"] == {"artifact_id": made}
     finally:
         transport.close()
+
+
+def test_the_approver_is_shown_everything_the_approval_makes_binding(
+    uk: tuple[Kit, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pending share showed title, label and partners only: the originator's approval of
+    onward sharing the signed manifest grants, its dates and purposes were hidden from the
+    second person, and from the audit entries of the request and the decision (found by
+    review)."""
+    kit, _clock = uk
+    bob = _token(kit, Role.PUBLISHER, "bob")["Authorization"].removeprefix("Bearer ")
+    meta = {**json.loads(_meta()), "onward_approved": ["ca-aisi"],
+            "expires_at": "2031-01-01T00:00:00Z"}  # fmt: skip
+
+    def in_process(url: str, token: str) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"}
+        return httpx.Client(transport=_Bridge(kit), base_url=url, headers=headers)
+
+    monkeypatch.setattr(cli, "_client", in_process)
+    with httpx.Client(transport=_Bridge(kit), base_url="http://uk-aisi") as client:
+        r = client.post(
+            "/v1/artifacts",
+            content=upload_body(json.dumps(meta), b"red finding"),
+            headers={**UPLOAD_HEADERS, **kit.auth(Role.PUBLISHER)},
+        )
+    assert r.status_code == 202, r.text
+    summary = r.json()["summary"]
+    assert summary["onward_approved"] == ["ca-aisi"]
+    assert summary["expires_at"].startswith("2031-01-01")
+    assert summary["purposes"] == ["evaluation"] and summary["topics"] == ["evaluation"]
+    [requested] = _audit(kit, "approval.requested")
+    assert json.loads(requested.detail)["onward_approved"] == ["ca-aisi"]
+    base = ["--url", "http://uk-aisi", "--token", bob]
+    listed = CliRunner().invoke(cli.app, ["list", *base])
+    assert "onward sharing approved to ca-aisi" in listed.output, listed.output
+    shown = CliRunner().invoke(cli.app, ["show", r.json()["id"], *base])
+    assert shown.exit_code == 0, shown.output
+    assert "onward_approved" in shown.output and "2031-01-01" in shown.output

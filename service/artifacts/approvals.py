@@ -37,6 +37,7 @@ from sqlmodel import col, select
 from crypto.sealed import Manifest, load_envelope
 from policies import Decision
 from service.artifacts.rows import Recipient
+from service.artifacts.sealing import recipients_for
 from service.artifacts.share import Stored, decide_share, seal_into_store, share_rows
 from service.artifacts.terms import ShareTerms
 from service.audit.log import AUDIT_TABLE, audit_row
@@ -45,7 +46,7 @@ from service.blob_journal import IN_FLIGHT, SETTLE, deletion_rows
 from service.blobs import BlobStore
 from service.commits import group_commit
 from service.errors import ConflictError, ForbiddenError, NotFoundError
-from service.models import Approval
+from service.models import Approval, Token
 from service.node import Node
 from service.tokens import Principal, Role
 
@@ -332,6 +333,12 @@ def check_approver(node: Node, row: Approval, principal: Principal) -> None:
         _refuse(node, row, principal, "same-person",
                 f"{principal.name!r} requested this action (with another token): "
                 "a second person must approve it")  # fmt: skip
+    with node.db.session() as session:  # carried out in the requester's name: still theirs?
+        token = session.get(Token, row.requested_by)
+    if token is None or token.revoked_at is not None:
+        _refuse(node, row, principal, "requester-revoked",
+                f"the token that requested this action ({row.requested_by}) was revoked: "
+                "reject it, and have a valid token ask again if it is still wanted")  # fmt: skip
 
 
 def approve(node: Node, approval_id: str, *, principal: Principal) -> Approval:
@@ -447,8 +454,17 @@ def approve_share(node: Node, row: Approval, *, principal: Principal) -> str:
             reason="policy-changed",
         )
     envelope = load_envelope(payload["manifest"].encode("utf-8"))
+    manifest = Manifest.from_payload(envelope.payload)
+    # Sealed to the keys pinned when it was requested: a partner that rotated (a leaked key,
+    # say) or was pinned again since would be sent a ciphertext its retired key opens.
+    if set(manifest.recipients) != set(recipients_for([node.home, *(p for p, _ in decisions)])):
+        raise ConflictError(
+            "a recipient's keys changed since this share was sealed (a partner rotated its keys "
+            "or was pinned again): reject it and share again",
+            reason="recipients-changed",
+        )
     stored = Stored(
-        manifest=Manifest.from_payload(envelope.payload),
+        manifest=manifest,
         envelope=envelope,
         ciphertext_size=int(payload["ciphertext_size"]),
         blob=str(row.blob),

@@ -25,8 +25,9 @@ from service.errors import UsageError
 from service.federation.client import PartnerClient
 from service.federation.outbox import OutboxWorker
 from service.models import Approval, Artifact, AuditEntry, Outbox
+from service.partners import add_partner
 from service.settings import Settings
-from service.tokens import Principal, Role, create_token
+from service.tokens import Principal, Role, create_token, revoke_token
 from tests.service.nodekit import (
     UPLOAD_HEADERS,
     Kit,
@@ -461,3 +462,49 @@ def test_the_approver_is_shown_everything_the_approval_makes_binding(
     shown = CliRunner().invoke(cli.app, ["show", r.json()["id"], *base])
     assert shown.exit_code == 0, shown.output
     assert "onward_approved" in shown.output and "2031-01-01" in shown.output
+
+
+async def test_a_revoked_requesters_action_is_not_carried_out(uk: tuple[Kit, Clock]) -> None:
+    """Revoking a stolen publisher token left its pending shares approvable, carried out in
+    its name (found by review)."""
+    kit, _clock = uk
+    async with kit.client() as c:
+        r = await _share(c, kit, b"red finding")
+        assert r.status_code == 202, r.text
+        with kit.node.db.session() as session:
+            pending = session.get(Approval, r.json()["id"])
+            assert pending is not None
+            revoke_token(session, token_id=pending.requested_by, now=kit.node.now(), actor="t")
+            session.commit()
+        url = f"/v1/approvals/{r.json()['id']}/approve"
+        refused = await c.post(url, headers=_token(kit, Role.PUBLISHER, "bob"))
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["reason"] == "requester-revoked"
+    assert _count(kit, Artifact) == 0
+    [entry] = _audit(kit, "approval.refused")
+    assert json.loads(entry.detail)["reason"] == "requester-revoked"
+
+
+async def test_a_share_sealed_to_keys_since_replaced_is_not_carried_out(
+    uk: tuple[Kit, Clock], tmp_path: Path
+) -> None:
+    """Approval re-decided the policies but never looked at the keys: a partner that rotated
+    (its old key leaked, say) or was pinned again was sent a ciphertext its retired key opens
+    (found by review)."""
+    kit, _clock = uk
+    async with kit.client() as c:
+        r = await _share(c, kit, b"red finding")
+        assert r.status_code == 202, r.text
+        (tmp_path / "renewed").mkdir()
+        renewed = make_node(tmp_path / "renewed", "us-aisi")  # the same id, new keys
+        with kit.node.db.session() as session:
+            add_partner(
+                session, descriptor_bytes=renewed.node.descriptor().to_bytes(),
+                fingerprint=renewed.node.keys.signing.fingerprint, own_node_id="uk-aisi",
+                now=kit.node.now(), actor="test", replace=True,
+            )  # fmt: skip
+        url = f"/v1/approvals/{r.json()['id']}/approve"
+        refused = await c.post(url, headers=_token(kit, Role.PUBLISHER, "bob"))
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["reason"] == "recipients-changed"
+    assert _count(kit, Artifact) == 0 and _count(kit, Outbox) == 0

@@ -13,10 +13,11 @@ This module does not shape the HTTP response (``service.api.artifacts``).
 from __future__ import annotations
 
 import json
-import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
+
+from sqlmodel import Session, select
 
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError
@@ -26,15 +27,19 @@ from crypto.sealed import (
 from service.artifacts.enforce import Facts, Refusal, enforce, first_rule, refuse
 from service.artifacts.listing import get_artifact
 from service.artifacts.read_rules import ReadFacts, check_readable
+from service.artifacts.retention import due_now
 from service.artifacts.rows import json_list
 from service.audit.log import record
 from service.audit.refusals import mark_audited
 from service.blobs import BlobStore
 from service.errors import (
+    ConflictError,
     EntenteError,
+    GoneError,
     NotFoundError,
     StoredArtifactCorruptError,
 )
+from service.handoff import Handoff, produced
 from service.models import Artifact, Outbox
 from service.node import Node
 from service.tokens import Principal
@@ -47,12 +52,23 @@ __all__ = ["ReadStream", "open_for_read", "plaintext_chunks"]
 
 def _retention_days(row: Artifact) -> int | None:
     days = [
-        int(o.get("days", 0)) for o in json_list(row.obligations) if o.get("kind") == "retain_max"
+        o["days"]
+        for o in json_list(row.obligations)
+        if o.get("kind") == "retain_max" and type(o.get("days")) is int and o["days"] >= 1
     ]
     return min(days) if days else None
 
 
-def _read_refusal(node: Node, row: Artifact, principal: Principal, reason: str) -> None:
+def _read_refusal(
+    node: Node,
+    row: Artifact,
+    subject: Artifact,
+    principal: Principal,
+    reason: str,
+    *,
+    rule: str | None = None,
+    clause: str | None = None,
+) -> None:
     refuse(
         node,
         Refusal(
@@ -60,12 +76,56 @@ def _read_refusal(node: Node, row: Artifact, principal: Principal, reason: str) 
             actor=principal.actor,
             artifact_id=row.id,
             digest=row.sha256,
-            detail={"reason": reason},
+            detail={"reason": reason, **({"upstream": subject.id} if subject is not row else {})},
         ),
-        [row.origin if row.direction == "received" else None],
-        rule=reason,
+        [subject.origin if subject.direction == "received" else None],
+        rule=rule or reason,
+        clause=clause,
         count=node.metrics.reads.labels("denied").inc,
+    )  # fmt: skip
+
+
+def _read_as(session: Session, row: Artifact) -> Artifact | None:
+    """What reading ``row`` is a read of: itself, or, for a copy this node passed on (onward),
+    the received artifact it was made from, whose terms bind the plaintext here (its read
+    policy and obligations, its retention, a revocation by its origin); None when that is no
+    longer held here."""
+    if row.direction != "sent" or row.upstream_id is None:
+        return row
+    upstream = session.exec(
+        select(Artifact).where(
+            Artifact.id == row.upstream_id, Artifact.origin == (row.upstream_from or "")
+        )
+    ).first()
+    if upstream is None or upstream.direction != "received" or upstream.blob is None:
+        return None
+    return upstream
+
+
+def _check(node: Node, subject: Artifact, *, now: datetime) -> None:
+    """Raise the refusal that applies to reading ``subject`` now: revoked, embargo, expired,
+    and past any retention term that binds it here (the worker's terms: the origin's, and this
+    node's own on receiving and reading it), which the worker may not have applied yet."""
+    check_readable(
+        ReadFacts(
+            artifact_id=subject.id,
+            recorded_at=subject.recorded_at,
+            revoked_at=subject.revoked_at,
+            embargo_until=subject.embargo_until,
+            expires_at=subject.expires_at,
+            retention_days=_retention_days(subject),
+        ),
+        now=now,
     )
+    due = due_now(node, subject, now=now)
+    if due is not None and due.reason == "retention":
+        raise ConflictError(
+            f"artifact {subject.id} is past its retention period (rule {due.rule}: "
+            f"{due.term.days if due.term else '?'} days)",
+            reason="retention",
+            rule=due.rule,
+            clause=due.clause,
+        )
 
 
 @dataclass
@@ -81,25 +141,27 @@ def open_for_read(
     now = node.now()
     with node.db.session() as session:
         row = get_artifact(session, artifact_id)
-    facts = ReadFacts(
-        artifact_id=row.id,
-        recorded_at=row.recorded_at,
-        revoked_at=row.revoked_at,
-        embargo_until=row.embargo_until,
-        expires_at=row.expires_at,
-        retention_days=_retention_days(row),
-    )
+        read_as = _read_as(session, row)
+    subject = read_as if read_as is not None else row
     try:
-        check_readable(facts, now=now)
+        if read_as is None:
+            raise GoneError(
+                f"{row.id} was passed on from {row.upstream_id}, which this node no longer "
+                "holds (revoked or deleted): its terms no longer let it be read here",
+                reason="upstream-gone",
+            )
+        _check(node, subject, now=now)
     except EntenteError as error:
-        _read_refusal(node, row, principal, str(error.extra["reason"]))
+        reason = str(error.extra["reason"])
+        _read_refusal(node, row, subject, principal, reason,
+                      rule=error.extra.get("rule"), clause=error.extra.get("clause"))  # fmt: skip
         mark_audited(error)
         raise
     decision = None
-    if row.direction == "received":
+    if subject.direction == "received":
         decision = enforce(
             node,
-            Facts.of_row(row).request(row.origin, "read"),
+            Facts.of_row(subject).request(subject.origin, "read"),
             refusal=Refusal(
                 kind="read.denied", actor=principal.actor, artifact_id=row.id, digest=row.sha256
             ),
@@ -108,32 +170,32 @@ def open_for_read(
         )
     if row.blob is None:
         raise NotFoundError(f"artifact {row.id} has no stored ciphertext (deleted)")
-    inform = any(o.get("kind") == "inform" for o in json_list(row.obligations)) or (
+    inform = any(o.get("kind") == "inform" for o in json_list(subject.obligations)) or (
         decision is not None and any(o.kind == "inform" for o in decision.obligations)
     )
-    notify = inform and row.direction == "received"  # the origin asked to hear of reads
+    notify = inform and subject.direction == "received"  # the origin asked to hear of reads
     with node.db.session() as session:
         rule = first_rule(decision) if decision else None
         record(
             session,
             kind="read",
             actor=principal.actor,
-            partner=row.origin if row.direction == "received" else None,
+            partner=subject.origin if subject.direction == "received" else None,
             artifact_id=row.id,
             digest=row.sha256,
             decision="allow",
             rule=",".join(r.id for r in decision.rules) if decision else None,
             clause=rule.clause if rule else None,
-            detail={"inform": inform},
+            detail={"inform": inform, **({"upstream": subject.id} if subject is not row else {})},
             now=now,
         )
         if notify:
             session.add(
                 Outbox(
-                    partner=row.origin,
+                    partner=subject.origin,
                     kind="notice",
-                    artifact_id=row.id,
-                    artifact_origin=row.origin,
+                    artifact_id=subject.id,
+                    artifact_origin=subject.origin,
                     payload=json.dumps(
                         {"type": "access", "reader": principal.actor, "read_at": now.isoformat()}
                     ),
@@ -145,30 +207,9 @@ def open_for_read(
     return ReadStream(row, plaintext_chunks(node, blobs, row))
 
 
-class _QueueSink:
-    def __init__(self, q: queue.Queue[bytes | BaseException | None], cancelled: threading.Event):
-        self._q = q
-        self._cancelled = cancelled
-
-    def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        if self._cancelled.is_set():
-            raise _Cancelled
-        chunk = bytes(data)
-        while True:
-            try:
-                self._q.put(chunk, timeout=0.5)
-                return len(chunk)
-            except queue.Full:
-                if self._cancelled.is_set():
-                    raise _Cancelled from None
-
-
-class _Cancelled(Exception):
-    pass
-
-
 def plaintext_chunks(node: Node, blobs: BlobStore, row: Artifact) -> Iterator[bytes]:
-    """Decrypt on a helper thread, handing plaintext chunks over a small bounded queue.
+    """Decrypt on a helper thread, handing plaintext chunks over a small bounded queue
+    (``service.handoff``: the thread ends when the reader stops).
 
     The stored manifest is verified against this node's keys, current and retired (so what it
     signed before a key rotation still opens), or against the origin's pinned keys.
@@ -182,40 +223,25 @@ def plaintext_chunks(node: Node, blobs: BlobStore, row: Artifact) -> Iterator[by
             else partner_keysets(session, row.origin)
         )
     envelope = Envelope.from_bytes(row.manifest.encode())
-    q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=4)
-    cancelled = threading.Event()
 
-    def work() -> None:
-        try:
-            with blobs.open(row.blob or "") as source:
-                open_sealed(
-                    source,
-                    _QueueSink(q, cancelled),
-                    envelope=envelope,
-                    identities=node.keys.all_identities,
-                    keysets=keysets,
-                    origin=row.origin,
-                    reader=node.node_id,
-                )
-            q.put(None)
-        except _Cancelled:
-            return
-        except BaseException as exc:  # handed to the reader
-            q.put(exc)
+    def work(sink: Handoff) -> None:
+        with blobs.open(row.blob or "") as source:
+            open_sealed(
+                source,
+                sink,
+                envelope=envelope,
+                identities=node.keys.all_identities,
+                keysets=keysets,
+                origin=row.origin,
+                reader=node.node_id,
+            )
 
-    thread = threading.Thread(target=work, name=f"decrypt-{row.id}", daemon=True)
-    thread.start()
+    chunks = produced(work, name=f"decrypt-{row.id}")
     try:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                if isinstance(item, CryptoError):
-                    raise StoredArtifactCorruptError(
-                        f"the stored ciphertext of {row.id} failed verification while it was read"
-                    ) from None
-                raise item
-            yield item
+        yield from chunks
+    except CryptoError:
+        raise StoredArtifactCorruptError(
+            f"the stored ciphertext of {row.id} failed verification while it was read"
+        ) from None
     finally:
-        cancelled.set()
+        chunks.close()

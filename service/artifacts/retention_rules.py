@@ -101,8 +101,8 @@ def deletion_due(facts: RetentionFacts, *, now: datetime) -> Deletion | None:
             if now >= facts.expires_at:
                 due.append((facts.expires_at, rank, Deletion("expired", facts.expires_at, term)))
         elif term.kind == "retain_max" and term.days is not None:
-            until = facts.recorded_at + timedelta(days=term.days)
-            if now >= until:
+            until = days_after(facts.recorded_at, term.days)
+            if until is not None and now >= until:
                 due.append((until, rank, Deletion("retention", until, term)))
     if not due:
         return None
@@ -122,8 +122,20 @@ def next_due(facts: RetentionFacts) -> datetime | None:
         if term.kind == "delete_at_expiry" and facts.expires_at is not None:
             times.append(facts.expires_at)
         elif term.kind == "retain_max" and term.days is not None:
-            times.append(facts.recorded_at + timedelta(days=term.days))
+            until = days_after(facts.recorded_at, term.days)
+            if until is not None:
+                times.append(until)
     return min(times, default=None)
+
+
+def days_after(start: datetime, days: int) -> datetime | None:
+    """``start`` plus ``days`` days, or None past the last date a datetime can hold (a term of
+    millions of days, which a partner may state: it never falls due, and must not stop the
+    rounds that work out every other row's terms)."""
+    try:
+        return start + timedelta(days=days)
+    except OverflowError:
+        return None
 
 
 def terms_of_decision(
@@ -181,8 +193,8 @@ def inconsistent_terms(
             f"({expires_at.isoformat()}): the artifact could never be read",
         )
     if embargo_until is not None and retention is not None and retention.days is not None:
-        until = now + timedelta(days=retention.days)
-        if until <= embargo_until:
+        until = days_after(now, retention.days)
+        if until is not None and until <= embargo_until:
             return (
                 "retention-before-embargo",
                 f"rule {retention.rule} keeps it at most {retention.days} days (until "

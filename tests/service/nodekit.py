@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,3 +128,20 @@ def folder_store(node: Node) -> FileBlobStore:
     """``node``'s blob store, which these tests build on a folder (for the file-level checks)."""
     assert isinstance(node.blobs, FileBlobStore)
     return node.blobs
+
+
+class SyncBridge(httpx.BaseTransport):
+    """A synchronous transport to a kit's in-process app (for an ``httpx.Client``: the CLI's,
+    or a test that also drives the sync federation workers)."""
+
+    def __init__(self, kit: Kit) -> None:
+        self.kit = kit
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.kit.app)
+            answer = await transport.handle_async_request(request)
+            body = b"".join([chunk async for chunk in answer.stream])  # type: ignore[union-attr]
+            return httpx.Response(answer.status_code, headers=answer.headers, content=body)
+
+        return asyncio.run(send())

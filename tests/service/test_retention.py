@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,12 +27,14 @@ from service.artifacts.revoke import revoke_artifact
 from service.artifacts.sweep import sweep
 from service.artifacts.terms import ShareTerms
 from service.db import open_database
-from service.errors import InvalidInputError
+from service.errors import ConflictError, InvalidInputError
+from service.federation.receive import Receiver
 from service.models import Artifact, AuditEntry, Outbox
 from service.node import Node
 from service.partners import partner_keys
 from service.tokens import Principal, Role
 from tests.service.nodekit import UPLOAD_HEADERS, Kit, make_node, pin, upload_body
+from tests.service.test_federation_input import sealed_artifact
 from tests.service.test_federation_sync import Pair, joined
 
 PUBLISHER = Principal(token_id="tok_test", name="tester", role=Role.PUBLISHER)
@@ -387,3 +391,62 @@ def test_each_way_in_is_an_index_search_not_a_scan(tmp_path: Path) -> None:
                 assert plan.startswith(f"SEARCH artifacts USING INDEX ix_artifacts_held_{index} ")
     finally:
         db.dispose()
+
+
+def test_a_read_past_a_read_rules_retention_is_refused_before_the_worker_runs(
+    pair: Pair, clock: Clock
+) -> None:
+    """Reads checked only the receive decision's retention: past the read rule's 730 days an
+    AMBER artifact stayed readable until a retention round deleted it (found by review)."""
+    art = share(pair.uk, tlp="TLP:AMBER")
+    deliver(pair, pair.uk)
+    clock.advance(days=731)  # no retention round has run
+    with pytest.raises(ConflictError) as refused:
+        open_for_read(pair.us.node, pair.us.node.blobs, art, principal=READER)
+    assert refused.value.extra["reason"] == "retention"
+    [denied] = entries(pair.us, "read.denied", art)
+    assert denied.rule == "read-amber-inform" and denied.clause and "§4(b)" in denied.clause
+
+
+def test_a_retention_term_of_a_million_years_stops_no_round(pair: Pair, clock: Clock) -> None:
+    """A partner's disclosed ``retain_max`` of 10^12 days made every round raise OverflowError
+    before it deleted anything: one partner stopped retention for every artifact (found by
+    review). Such a term never falls due; the rest of the round goes on."""
+    huge = {"partner": "us-aisi", "effect": "allow",
+            "rules": [{"id": "keep", "kind": "permit", "clause": "c"}],
+            "obligations": [{"kind": "retain_max", "days": 10**12}]}  # fmt: skip
+    _, line, ciphertext = sealed_artifact(pair.uk, [pair.us], policy={"decisions": [huge]})
+    Receiver(pair.us.node, sender="uk-aisi", via="push").receive(line, io.BytesIO(ciphertext))
+    art = share(pair.uk, expires_at=clock.now + timedelta(days=1))
+    deliver(pair, pair.uk)
+    clock.advance(days=2)
+    done = RetentionWorker(pair.us.node).run_once().deleted
+    assert [(d.artifact_id, d.deletion.reason) for d in done] == [(art, "expired")]
+
+
+def test_a_read_stopped_near_its_end_leaves_no_decrypting_thread(pair: Pair, clock: Clock) -> None:
+    """The thread decrypting a read handed over its last chunks and then its end with no
+    timeout: a reader gone by then (a client that went away) left it blocked for ever, one
+    thread per download abandoned near its end (found beside the uploads' finding)."""
+    meta = ShareTerms(
+        title="finding", tlp="TLP:GREEN", topics=("evaluation",), purposes=("evaluation",),
+        partners=("us-aisi",),
+    )  # fmt: skip
+    decisions = sharing.decide_share(pair.uk.node, meta, principal=PUBLISHER)
+    row = sharing.share_artifact(
+        pair.uk.node, pair.uk.node.blobs, meta, io.BytesIO(bytes(4 << 20) + b"end"),
+        principal=PUBLISHER, decisions=decisions,
+    )  # fmt: skip
+    read = open_for_read(pair.uk.node, pair.uk.node.blobs, row.id, principal=READER)
+    chunks = iter(read.chunks)
+    assert next(chunks)
+    time.sleep(0.5)  # the thread fills the queue with the rest, then hands over the end
+    read.chunks.close()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 5
+    while _decrypting(row.id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _decrypting(row.id) == []
+
+
+def _decrypting(art_id: str) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name == f"decrypt-{art_id}"]

@@ -4,7 +4,6 @@ the same person twice, carried out on approval, closed on rejection, and expires
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from service.tokens import Principal, Role, create_token, revoke_token
 from tests.service.nodekit import (
     UPLOAD_HEADERS,
     Kit,
+    SyncBridge,
     folder_store,
     make_node,
     pin,
@@ -324,22 +324,6 @@ def test_the_setting_reads_labels_and_refuses_a_typo(monkeypatch: pytest.MonkeyP
         Settings.load()
 
 
-class _Bridge(httpx.BaseTransport):
-    """A synchronous transport to the in-process app, for the CLI's ``httpx.Client``."""
-
-    def __init__(self, kit: Kit) -> None:
-        self.kit = kit
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        async def send() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.kit.app)
-            answer = await transport.handle_async_request(request)
-            body = b"".join([chunk async for chunk in answer.stream])  # type: ignore[union-attr]
-            return httpx.Response(answer.status_code, headers=answer.headers, content=body)
-
-        return asyncio.run(send())
-
-
 def test_the_cli_lists_approves_and_rejects(
     uk: tuple[Kit, Clock], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -348,10 +332,10 @@ def test_the_cli_lists_approves_and_rejects(
 
     def in_process(url: str, token: str) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"}
-        return httpx.Client(transport=_Bridge(kit), base_url=url, headers=headers)
+        return httpx.Client(transport=SyncBridge(kit), base_url=url, headers=headers)
 
     monkeypatch.setattr(cli, "_client", in_process)
-    with httpx.Client(transport=_Bridge(kit), base_url="http://uk-aisi") as client:
+    with httpx.Client(transport=SyncBridge(kit), base_url="http://uk-aisi") as client:
         ids = []
         for _ in range(2):
             r = client.post(
@@ -402,7 +386,7 @@ def test_an_onward_share_at_the_label_waits_and_is_carried_out_on_approval(
         client = PartnerClient(uk.node, http=httpx.Client(transport=transport))
         assert OutboxWorker(uk.node, client).run_once()
 
-        bridge = httpx.Client(transport=_Bridge(us), base_url="http://us-aisi")
+        bridge = httpx.Client(transport=SyncBridge(us), base_url="http://us-aisi")
         r = bridge.post(
             f"/v1/artifacts/{sent.id}/share",
             json={"partners": ["ca-aisi"]},
@@ -440,10 +424,10 @@ def test_the_approver_is_shown_everything_the_approval_makes_binding(
 
     def in_process(url: str, token: str) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"}
-        return httpx.Client(transport=_Bridge(kit), base_url=url, headers=headers)
+        return httpx.Client(transport=SyncBridge(kit), base_url=url, headers=headers)
 
     monkeypatch.setattr(cli, "_client", in_process)
-    with httpx.Client(transport=_Bridge(kit), base_url="http://uk-aisi") as client:
+    with httpx.Client(transport=SyncBridge(kit), base_url="http://uk-aisi") as client:
         r = client.post(
             "/v1/artifacts",
             content=upload_body(json.dumps(meta), b"red finding"),

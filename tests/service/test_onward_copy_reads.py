@@ -1,0 +1,121 @@
+"""Reading a copy this node passed on (onward) is reading the artifact it was made from.
+
+uk-aisi shares with us-aisi, approving onward sharing to ca-aisi; us-aisi passes it on. The copy
+us-aisi keeps (sealed to itself too, so that it can send it again) is a ``sent`` row of its own.
+A read of it took no read decision, queued no access notice to the UK, and applied neither the
+UK's revocation nor the read rule's retention: the same plaintext, read outside the terms that
+bind it (found by review). Now it is read as the received artifact: its terms, its obligations,
+its audit partner; and not at all once that artifact is no longer held here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlmodel import select
+
+from service.artifacts import share as sharing
+from service.artifacts.terms import ShareTerms
+from service.federation.client import PartnerClient
+from service.federation.outbox import OutboxWorker
+from service.models import Artifact, AuditEntry
+from service.tokens import Principal, Role
+from tests.service.nodekit import Kit, SyncBridge, make_node, pin
+from tests.service.test_federation_sync import PortalTransport
+
+CONTENT = b"a green finding\n" * 64
+
+
+@dataclass
+class Passed:
+    us: Kit
+    upstream: str  # the UK's artifact, received at us-aisi
+    copy: str  # us-aisi's onward copy of it, for ca-aisi
+    bridge: httpx.Client  # to us-aisi's app
+
+
+@pytest.fixture
+def passed(tmp_path: Path) -> Iterator[Passed]:
+    uk, us, ca = (make_node(tmp_path, n) for n in ("uk-aisi", "us-aisi", "ca-aisi"))
+    for a in (uk, us, ca):
+        for b in (uk, us, ca):
+            if a is not b:
+                pin(a, b)
+    transport = PortalTransport({k.node.node_id: k.app for k in (uk, us, ca)})
+    terms = ShareTerms(
+        title="finding", tlp="TLP:GREEN", topics=("evaluation",), purposes=("evaluation",),
+        partners=("us-aisi",),
+    )  # fmt: skip
+    publisher = Principal(token_id="tok_uk", name="uk-publisher", role=Role.PUBLISHER)
+    decisions = sharing.decide_share(uk.node, terms, principal=publisher)
+    sent = sharing.share_artifact(
+        uk.node, uk.node.blobs, terms, io.BytesIO(CONTENT),
+        principal=publisher, decisions=decisions, onward_approved=["ca-aisi"],
+    )  # fmt: skip
+    client = PartnerClient(uk.node, http=httpx.Client(transport=transport))
+    assert OutboxWorker(uk.node, client).run_once()
+    bridge = httpx.Client(transport=SyncBridge(us), base_url="http://us-aisi")
+    r = bridge.post(
+        f"/v1/artifacts/{sent.id}/share",
+        json={"partners": ["ca-aisi"]},
+        headers=us.auth(Role.PUBLISHER),
+    )
+    assert r.status_code == 201, r.text
+    yield Passed(us, sent.id, r.json()["id"], bridge)
+    bridge.close()
+    transport.close()
+
+
+def _entries(kit: Kit, kind: str) -> list[AuditEntry]:
+    with kit.node.db.session() as session:
+        return list(session.exec(select(AuditEntry).where(AuditEntry.kind == kind)))
+
+
+def test_reading_the_copy_is_reading_what_it_was_made_from(passed: Passed) -> None:
+    us = passed.us
+    r = passed.bridge.get(f"/v1/artifacts/{passed.copy}/content", headers=us.auth(Role.READER))
+    assert r.status_code == 200, r.text
+    assert r.content == CONTENT
+    [read] = [e for e in _entries(us, "read") if e.artifact_id == passed.copy]
+    assert read.partner == "uk-aisi"  # decided as a read of the UK's artifact
+    assert read.rule  # by its read rule
+    assert json.loads(read.detail)["upstream"] == passed.upstream
+
+
+def test_the_copy_is_not_read_once_the_origin_revoked_what_it_was_made_from(
+    passed: Passed,
+) -> None:
+    us = passed.us
+    with us.node.db.engine.begin() as conn:  # the UK's revocation, as its notice records it
+        conn.execute(
+            sa.update(Artifact.__table__)  # type: ignore[attr-defined]
+            .where(sa.column("id") == passed.upstream, sa.column("origin") == "uk-aisi")
+            .values(revoked_at=us.node.now())
+        )
+    r = passed.bridge.get(f"/v1/artifacts/{passed.copy}/content", headers=us.auth(Role.READER))
+    assert r.status_code == 410, r.text
+    assert r.json()["reason"] == "revoked"
+    [denied] = [e for e in _entries(us, "read.denied") if e.artifact_id == passed.copy]
+    assert denied.partner == "uk-aisi" and denied.rule == "revoked"
+
+
+def test_the_copy_is_not_read_once_what_it_was_made_from_is_deleted_here(
+    passed: Passed,
+) -> None:
+    us = passed.us
+    with us.node.db.engine.begin() as conn:  # retention deleted the UK's artifact here
+        conn.execute(
+            sa.update(Artifact.__table__)  # type: ignore[attr-defined]
+            .where(sa.column("id") == passed.upstream, sa.column("origin") == "uk-aisi")
+            .values(blob=None, deleted_at=us.node.now())
+        )
+    r = passed.bridge.get(f"/v1/artifacts/{passed.copy}/content", headers=us.auth(Role.READER))
+    assert r.status_code == 410, r.text
+    assert r.json()["reason"] == "upstream-gone"

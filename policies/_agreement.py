@@ -12,7 +12,10 @@ entry whose party and partner are ``*`` (and whose policy says ``partner: '*'``)
 ordered pair of parties. Bilateral entries add to it for their pair: every rule of either stands
 on its own, so the merge never loosens a rule's TLP labels, and a forbid of either wins. Each
 rule names the document it comes from (``RuleRef.document``: agreement, version and part), and
-so do decisions, explanations and the manifests that record them.
+so do decisions, explanations and the manifests that record them. Each rule also keeps that
+document's window (``Permit.window``): a merged policy is in force over the span of its
+entries' windows, and each rule only within its own entry's, so one entry's window never
+extends or cuts short another's rules.
 
 An amendment is the next ``version`` of the same ``id``, naming the digest of the version it
 ``supersedes`` and the time it is ``in_force_from``; ``policies._assemble`` builds a node's
@@ -175,7 +178,8 @@ class Agreement:
 
     def _merge(self, party: str, partner: str, common: list[Policy]) -> None:
         """The bilateral terms with the common ones added: every rule stands on its own (so no
-        merge loosens a TLP list), and any forbid of either wins (deny overrides)."""
+        merge loosens a TLP list, and each rule keeps its own entry's window), and any forbid of
+        either wins (deny overrides). The merged policy spans every entry's window."""
         bilateral = self._policies.get((party, partner))
         if not common:
             return
@@ -184,11 +188,14 @@ class Agreement:
         if not rest:
             self._policies[(party, partner)] = base
             return
-        digest = hashlib.sha256("+".join(p.sha256 for p in (base, *rest)).encode()).hexdigest()
+        every = (base, *rest)
+        digest = hashlib.sha256("+".join(p.sha256 for p in every).encode()).hexdigest()
         self._policies[(party, partner)] = replace(
             base,
-            permits=(*base.permits, *(r for p in rest for r in p.permits)),
-            forbids=(*base.forbids, *(r for p in rest for r in p.forbids)),
+            valid_from=min(p.valid_from for p in every),
+            valid_until=max(p.valid_until for p in every),
+            permits=tuple(r for p in every for r in p.permits),
+            forbids=tuple(r for p in every for r in p.forbids),
             sha256=digest,
         )
 
@@ -271,9 +278,11 @@ class Agreement:
 
 
 def _documented(policy: Policy, document: str) -> Policy:
-    """``policy`` with every rule naming the signed document it comes from."""
+    """``policy`` with every rule naming the signed document it comes from and keeping that
+    document's window, whatever policy it is later merged into."""
+    window = (policy.valid_from, policy.valid_until)
     return replace(
         policy,
-        permits=tuple(replace(r, document=document) for r in policy.permits),
-        forbids=tuple(replace(r, document=document) for r in policy.forbids),
+        permits=tuple(replace(r, document=document, window=window) for r in policy.permits),
+        forbids=tuple(replace(r, document=document, window=window) for r in policy.forbids),
     )

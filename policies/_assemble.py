@@ -233,7 +233,8 @@ def _status(h: Held, state: str, ends: datetime | None = None) -> AgreementStatu
 def _windowed(
     agreement: Agreement, node_id: str, ends: datetime | None, *, about: str | None = None
 ) -> list[Policy]:
-    """``node_id``'s terms (with every party, or only ``about``) cut to the agreement's window."""
+    """``node_id``'s terms (with every party, or only ``about``) cut to the agreement's window.
+    Each rule stays in force only within its own terms entry's window too (``Permit.window``)."""
     out = []
     for partner in agreement.parties:
         if about is not None and partner != about:

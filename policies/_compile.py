@@ -2,14 +2,20 @@
 
 :func:`compiled_form` turns a :class:`~policies._model.Policy` into buckets keyed by (action, TLP
 label) once, on its first evaluation, and keeps the result on the policy; each condition of a
-compiled rule is then a set lookup or a prefix test. This module builds no decision and no
-sentence (see ``_evaluate`` and ``_decision``).
+compiled rule is then a set lookup or a prefix test. Rules with their own window (agreement
+terms merged into one policy) cut the policy's window into segments, each with the buckets of
+the rules in force throughout it, so a rule out of its window is never looked at. This module
+builds no decision and no sentence (see ``_evaluate`` and ``_decision``).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Sequence
+from datetime import datetime
+
 from crypto.vocab import TLP_LABELS
-from policies._model import Forbid, Permit, Policy, PolicyRef, RuleRef
+from policies._model import Forbid, Permit, Policy, PolicyRef, RuleRef, Window
 from policies._vocab import ACTIONS
 
 __all__ = ["Compiled", "compile_policy", "compiled_form"]
@@ -161,10 +167,19 @@ class _CForbid:
         )
 
 
-class Compiled:
-    """A policy ready for evaluation: its rules bucketed by (action, TLP label)."""
+Buckets = dict[tuple[str, str], tuple[tuple[_CForbid, ...], tuple[_CPermit, ...]]]
 
-    __slots__ = ("buckets", "candidates", "policy", "ref", "valid_from", "valid_until")
+
+class Compiled:
+    """A policy ready for evaluation: its rules bucketed by (action, TLP label).
+
+    ``cuts`` are the times inside the policy's window where a rule with its own window comes
+    into or goes out of force; ``segments[i]`` holds the buckets of the rules in force from the
+    ``i``-th cut (from ``valid_from`` for the first) until the next. Without such rules there is
+    one segment. ``candidates`` keeps every permit, in force or not, for explanations.
+    """
+
+    __slots__ = ("candidates", "cuts", "policy", "ref", "segments", "valid_from", "valid_until")
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
@@ -174,19 +189,48 @@ class Compiled:
         permits = [_CPermit(r) for r in sorted(policy.permits, key=lambda r: r.id)]
         forbids = [_CForbid(r) for r in sorted(policy.forbids, key=lambda r: r.id)]
         self.candidates = {a: tuple(p for p in permits if a in p.rule.actions) for a in ACTIONS}
-        self.buckets: dict[tuple[str, str], tuple[tuple[_CForbid, ...], tuple[_CPermit, ...]]]
-        self.buckets = {
-            (action, label): (
-                tuple(
-                    f
-                    for f in forbids
-                    if action in f.rule.actions and (f.rule.tlp is None or label in f.rule.tlp)
-                ),
-                tuple(p for p in self.candidates[action] if label in p.rule.tlp),
-            )
-            for action in ACTIONS
-            for label in TLP_LABELS
+        inside = {
+            t
+            for r in policy.rules
+            if r.window is not None
+            for t in r.window
+            if self.valid_from < t < self.valid_until
         }
+        self.cuts = tuple(sorted(inside))
+        self.segments = tuple(
+            _buckets(
+                [p for p in permits if _in_force(p.rule.window, start)],
+                [f for f in forbids if _in_force(f.rule.window, start)],
+            )
+            for start in (self.valid_from, *self.cuts)
+        )
+
+    def buckets_at(self, now: datetime) -> Buckets:
+        """The buckets of the rules in force at ``now`` (a time within the policy's window)."""
+        if not self.cuts:
+            return self.segments[0]
+        return self.segments[bisect_right(self.cuts, now)]
+
+
+def _in_force(window: Window | None, start: datetime) -> bool:
+    """Whether a rule with ``window`` is in force over the segment that begins at ``start``
+    (no window of a rule begins or ends inside a segment)."""
+    return window is None or window[0] <= start < window[1]
+
+
+def _buckets(permits: Sequence[_CPermit], forbids: Sequence[_CForbid]) -> Buckets:
+    return {
+        (action, label): (
+            tuple(
+                f
+                for f in forbids
+                if action in f.rule.actions and (f.rule.tlp is None or label in f.rule.tlp)
+            ),
+            tuple(p for p in permits if action in p.rule.actions and label in p.rule.tlp),
+        )
+        for action in ACTIONS
+        for label in TLP_LABELS
+    }
 
 
 def compile_policy(policy: Policy) -> Compiled:

@@ -156,8 +156,11 @@ def _embargo_text(request: Request) -> str:
 
 
 def _permit_checks(rule: Permit, request: Request, now: datetime) -> list[tuple[bool, str]]:
-    """Every condition of a permit as (holds, sentence)."""
+    """Every condition of a permit as (holds, sentence); its own window only when it is out."""
     out: list[tuple[bool, str]] = []
+    if rule.window is not None and not rule.window[0] <= now < rule.window[1]:
+        start, stop = (format_time(t) for t in rule.window)
+        out.append((False, f"not in force: its terms run from {start} until {stop}"))
     if request.tlp in rule.tlp:
         out.append((True, f"{request.tlp} is one of {_labels(rule.tlp)}"))
     elif request.tlp is None:

@@ -2,13 +2,15 @@
 
 Rules are matched by kind and id. Every change says whether it ``widens`` what the partner
 relationship allows (a new permit, a label added to a permit, a forbid removed, an obligation
-dropped), ``narrows`` it, is ``mixed``, or is ``neutral`` (wording, clause references).
+dropped, a permit's own window made longer), ``narrows`` it, is ``mixed``, or is ``neutral``
+(wording, clause references).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from crypto.vocab import TLP_LABELS
 from policies._model import Forbid, Permit, Policy, format_time
@@ -92,6 +94,27 @@ def _rule_changes(old: Permit | Forbid, new: Permit | Forbid) -> Iterator[tuple[
         yield "description reworded", NEUTRAL
 
 
+def _span(rule: Permit | Forbid, policy: Policy) -> tuple[datetime, datetime]:
+    """When ``rule`` is in force: its own window within its policy's, else the policy's."""
+    if rule.window is None:
+        return policy.valid_from, policy.valid_until
+    return max(rule.window[0], policy.valid_from), min(rule.window[1], policy.valid_until)
+
+
+def _window_changes(
+    old_rule: Permit | Forbid, old: Policy, new_rule: Permit | Forbid, new: Policy
+) -> Iterator[tuple[str, str]]:
+    """(detail, effect as seen for a permit) when a rule's own window changed; a change of the
+    whole policy's window is the header's to report."""
+    a, b = _span(old_rule, old), _span(new_rule, new)
+    whole_old, whole_new = (old.valid_from, old.valid_until), (new.valid_from, new.valid_until)
+    if a == b or (a == whole_old and b == whole_new):
+        return
+    effect = _direction(a[0] <= b[0] and b[1] <= a[1], b[0] <= a[0] and a[1] <= b[1])
+    before, after = (" until ".join(format_time(t) for t in span) for span in (a, b))
+    yield f"in force: {before} -> {after}", effect
+
+
 def _policy_changes(old: Policy, new: Policy) -> Iterator[Change]:
     partner = new.partner
 
@@ -145,7 +168,7 @@ def _policy_changes(old: Policy, new: Policy) -> Iterator[Change]:
                 detail = _describe_rule(a) if b is None else f"no longer covers {action}"
                 yield Change(partner, action, subject, what, detail, effect)
             elif a is not None and b is not None:
-                for detail, effect in _rule_changes(a, b):
+                for detail, effect in (*_rule_changes(a, b), *_window_changes(a, old, b, new)):
                     yield Change(
                         partner,
                         action,

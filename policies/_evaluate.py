@@ -119,7 +119,7 @@ def _evaluate(policy_set: PolicySet, request: Request, now: datetime) -> Decisio
             f"{format_time(compiled.valid_from)} until {format_time(compiled.valid_until)}",
             compiled,
         )
-    bucket = compiled.buckets.get((action, tlp))
+    bucket = compiled.buckets_at(now).get((action, tlp))  # only the rules in force now
     if bucket is None:
         return _deny(INVALID_REQUEST, request, now, f"unknown TLP label {tlp!r}")
     # 3. Facts about the artifact at this time.

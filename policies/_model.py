@@ -35,8 +35,15 @@ __all__ = [
     "PolicyRef",
     "Request",
     "RuleRef",
+    "Window",
     "format_time",
 ]
+
+
+# A rule's own window, ``(valid_from, valid_until)``: the rule is in force only when
+# ``valid_from <= now < valid_until`` (and its policy is). Rules of an agreement carry the window
+# of the terms entry they come from, so merging entries never lends one entry's window to another.
+Window = tuple[datetime, datetime]
 
 
 def format_time(value: datetime) -> str:
@@ -151,6 +158,7 @@ class Permit:
     description: str = ""
     line: int = field(default=0, compare=False)
     document: str = field(default="", compare=False)  # the signed agreement it comes from
+    window: Window | None = None  # that document's [valid_from, valid_until); None: the policy's
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +185,7 @@ class Forbid:
     description: str = ""
     line: int = field(default=0, compare=False)
     document: str = field(default="", compare=False)  # the signed agreement it comes from
+    window: Window | None = None  # that document's [valid_from, valid_until); None: the policy's
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +276,8 @@ Rule = Permit | Forbid
 class Policy:
     """One partner's MOU terms: the header of the file and its rules.
 
-    ``valid_from <= now < valid_until`` is the window in which the policy is in force.
+    ``valid_from <= now < valid_until`` is the window in which the policy is in force; a rule
+    with its own ``window`` (a rule from an agreement's terms) is in force only within both.
     ``sha256`` is the digest of the file's bytes; for a policy built in code it is the digest of
     its canonical JSON document. Rule order carries no meaning.
     """
@@ -415,6 +425,16 @@ def _check_rule(rule: Rule) -> Iterator[tuple[int, str]]:
             for term in sorted(terms):
                 if not is_term(term):
                     yield line, f"{where}: invalid term {term!r} in {name}"
+    if rule.window is not None:
+        start, stop = rule.window
+        if start.utcoffset() is None or stop.utcoffset() is None:
+            yield line, f"{where}: its window must be times with a timezone"
+        elif stop <= start:
+            yield (
+                line,
+                f"{where}: its window is empty (valid_until {format_time(stop)} is not after "
+                f"valid_from {format_time(start)})",
+            )
     if rule.embargo not in EMBARGO_STATES:
         yield line, f"{where}: embargo must be one of {', '.join(EMBARGO_STATES)}"
     if rule.expiry not in EXPIRY_STATES:

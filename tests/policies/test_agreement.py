@@ -8,20 +8,21 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from policies import Request, evaluate, explain
+from policies import PolicySet, Request, diff, evaluate, explain
 from policies._agreement import EVERY, Agreement, Terms
 from policies._assemble import Held, assemble, partner_accepts
 from policies.errors import PolicyLoadError
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
+DAY = timedelta(days=1)
 HEAD = """\
 format: entente.policy/v1
 id: {id}
 version: 1
 mou: Network terms [example]
 partner: '{partner}'
-valid_from: 2025-01-01
-valid_until: 2030-12-31
+valid_from: {valid_from}
+valid_until: {valid_until}
 approved_by:
   - {{name: T. Officer, role: Policy officer, date: 2024-12-01}}
 """
@@ -35,8 +36,16 @@ PERMIT = """\
 NETWORK = ("ca-aisi", "uk-aisi", "us-aisi")
 
 
-def policy(partner: str, *, permit: Sequence[tuple[str, str, str]] = (), forbid: str = "") -> str:
-    text = HEAD.format(id="net", partner=partner) + "permit:" + ("\n" if permit else " []\n")
+def policy(
+    partner: str,
+    *,
+    permit: Sequence[tuple[str, str, str]] = (),
+    forbid: str = "",
+    valid_from: str = "2025-01-01",
+    valid_until: str = "2030-12-31",
+) -> str:
+    head = HEAD.format(id="net", partner=partner, valid_from=valid_from, valid_until=valid_until)
+    text = head + "permit:" + ("\n" if permit else " []\n")
     for rule, clause, tlp in permit:
         text += PERMIT.format(rule=rule, clause=clause, tlp=tlp)
     if forbid:
@@ -154,3 +163,129 @@ def test_the_signed_bytes_must_be_canonical() -> None:
     assert Agreement.from_payload(a.payload()) == a
     with pytest.raises(PolicyLoadError, match="not canonical"):
         Agreement.from_payload(a.payload().replace(b'","', b'", "', 1))
+
+
+# --- each rule is in force only within the window of the terms entry it comes from ----------
+
+EARLY = datetime(2025, 1, 1, tzinfo=UTC)
+MID_2026 = datetime(2026, 6, 1, tzinfo=UTC)
+MID_2027 = datetime(2027, 6, 1, tzinfo=UTC)
+
+
+def windowed(common: Terms, *bilateral: Terms) -> Agreement:
+    """The network's terms in force from the start of 2025 (before every window below)."""
+    return Agreement("net", 1, "Network [example]", NETWORK, EARLY, (common, *bilateral))
+
+
+def us_uk(rule: str, tlp: str, **window: str) -> Terms:
+    text = policy("uk-aisi", permit=[(rule, "US-UK §2", tlp)], **window)
+    return Terms("us-aisi", "uk-aisi", "uk-aisi.yaml", text)
+
+
+def common(rule: str, tlp: str, name: str = "network.yaml", **window: str) -> Terms:
+    return Terms(EVERY, EVERY, name, policy("*", permit=[(rule, "Net §1", tlp)], **window))
+
+
+def us_policies(agreement: Agreement) -> list[PolicySet]:
+    """us-aisi's terms with uk-aisi both as signed and as the node assembles them."""
+    signed = agreement.policy("us-aisi", "uk-aisi")
+    assert signed is not None
+    held = Held("net.agreement.json", agreement, frozenset(NETWORK))
+    assembled = assemble("us-aisi", local=[], held=[held], require_signed=True).policies
+    return [PolicySet.from_policies([signed]), assembled]
+
+
+def test_common_terms_that_lapsed_do_not_grant_while_a_bilateral_entry_is_in_force() -> None:
+    a = windowed(
+        common("share-green-common", "TLP:GREEN", valid_until="2025-12-31"),
+        us_uk("bi-amber", "TLP:AMBER", valid_until="2029-12-31"),
+    )
+    for policies in us_policies(a):
+        lapsed = evaluate(policies, share("uk-aisi", "TLP:GREEN"), now=MID_2027)
+        assert not lapsed.allowed and lapsed.reason == "no-matching-permit", lapsed.summary
+        unmet = {u.rule.id: u.conditions for u in lapsed.unmet}
+        assert unmet["share-green-common"] == (
+            "not in force: its terms run from 2025-01-01T00:00:00Z until 2026-01-01T00:00:00Z",
+        )
+        assert "not in force" in lapsed.summary
+        assert evaluate(policies, share("uk-aisi", "TLP:AMBER"), now=MID_2027).allowed
+        assert evaluate(policies, share("uk-aisi", "TLP:GREEN"), now=MID_2026 - 365 * DAY).allowed
+
+
+def test_common_terms_still_in_force_grant_after_a_bilateral_entry_lapsed() -> None:
+    a = windowed(
+        common("share-green-common", "TLP:GREEN", valid_until="2030-12-31"),
+        us_uk("bi-amber", "TLP:AMBER", valid_until="2026-12-31"),
+    )
+    for policies in us_policies(a):
+        green = evaluate(policies, share("uk-aisi", "TLP:GREEN"), now=MID_2027)
+        assert green.allowed and green.rules[0].id == "share-green-common", green.summary
+        amber = evaluate(policies, share("uk-aisi", "TLP:AMBER"), now=MID_2027)
+        assert not amber.allowed and amber.reason == "no-matching-permit", amber.summary
+        assert evaluate(policies, share("uk-aisi", "TLP:AMBER"), now=MID_2026).allowed
+
+
+def test_common_terms_do_not_grant_before_their_valid_from() -> None:
+    a = windowed(
+        common("share-green-common", "TLP:GREEN", valid_from="2027-01-01"),
+        us_uk("bi-amber", "TLP:AMBER", valid_from="2025-01-01"),
+    )
+    for policies in us_policies(a):
+        early = evaluate(policies, share("uk-aisi", "TLP:GREEN"), now=MID_2026)
+        assert not early.allowed and early.reason == "no-matching-permit", early.summary
+        assert evaluate(policies, share("uk-aisi", "TLP:AMBER"), now=MID_2026).allowed
+        assert evaluate(policies, share("uk-aisi", "TLP:GREEN"), now=MID_2027).allowed
+
+
+def test_several_common_entries_each_keep_their_own_window() -> None:
+    a = windowed(
+        common("net-green", "TLP:GREEN", valid_until="2025-12-31"),
+        common("net-amber", "TLP:AMBER", "amber.yaml", valid_until="2030-12-31"),
+    )
+    ca = a.policy("ca-aisi", "uk-aisi")  # a pair with no bilateral entry
+    assert ca is not None
+    policies = PolicySet.from_policies([ca])
+    assert not evaluate(policies, share("uk-aisi", "TLP:GREEN"), now=MID_2027).allowed
+    assert evaluate(policies, share("uk-aisi", "TLP:AMBER"), now=MID_2027).allowed
+    assert evaluate(policies, share("uk-aisi", "TLP:GREEN"), now=MID_2026 - 365 * DAY).allowed
+
+
+def test_a_forbid_binds_within_its_own_window_only() -> None:
+    rules = [("net-open", "Net §1", "TLP:GREEN")]
+    strict = Terms(
+        EVERY,
+        EVERY,
+        "network.yaml",
+        policy("*", permit=rules, forbid="no-amber", valid_until="2026-12-31"),
+    )
+    a = windowed(strict, us_uk("bi-amber", "TLP:AMBER", valid_until="2029-12-31"))
+    for policies in us_policies(a):
+        denied = evaluate(policies, share("uk-aisi", "TLP:AMBER"), now=MID_2026)
+        assert not denied.allowed and denied.rules[0].id == "no-amber"
+        assert evaluate(policies, share("uk-aisi", "TLP:AMBER"), now=MID_2027).allowed
+
+
+def test_outside_every_window_of_its_terms_a_policy_is_not_in_force() -> None:
+    a = windowed(
+        common("share-green-common", "TLP:GREEN", valid_until="2025-12-31"),
+        us_uk("bi-amber", "TLP:AMBER", valid_until="2026-12-31"),
+    )
+    for policies in us_policies(a):
+        late = evaluate(policies, share("uk-aisi", "TLP:AMBER"), now=MID_2027)
+        assert not late.allowed and late.reason == "not-in-force", late.summary
+
+
+def test_an_amendment_that_shortens_the_common_terms_shows_in_the_diff() -> None:
+    bilateral = us_uk("bi-amber", "TLP:AMBER", valid_until="2029-12-31")
+    v1 = windowed(common("share-green-common", "TLP:GREEN", valid_until="2030-12-31"), bilateral)
+    v2 = windowed(common("share-green-common", "TLP:GREEN", valid_until="2025-12-31"), bilateral)
+    before, after = (v.policy("us-aisi", "uk-aisi") for v in (v1, v2))
+    assert before is not None and after is not None
+    changes = diff(PolicySet.from_policies([before]), PolicySet.from_policies([after]))
+    shortened = [c for c in changes if c.subject == "permit share-green-common"]
+    assert [(c.action, c.effect) for c in shortened] == [
+        ("share", "narrows"),
+        ("receive", "narrows"),
+    ]
+    assert "-> 2025-01-01T00:00:00Z until 2026-01-01T00:00:00Z" in shortened[0].detail
+    assert not [c for c in changes if c.subject == "permit bi-amber"]

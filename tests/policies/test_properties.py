@@ -7,7 +7,9 @@ reference evaluator written straight from the spec (no buckets, no precompilatio
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +18,8 @@ from hypothesis import strategies as st
 from policies import (
     ACTIONS,
     Decision,
+    Forbid,
+    Permit,
     Policy,
     PolicySet,
     Request,
@@ -37,6 +41,8 @@ from tests.policies.strategies import (
     request_st,
     scenario_st,
 )
+
+Rule = Permit | Forbid
 
 # Bounded so the whole policies suite stays within a few seconds.
 BOUNDED = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -245,3 +251,32 @@ def test_a_policy_round_trips_through_its_yaml_document(policy: Policy) -> None:
         return  # a file needs at least one permit; the model alone may have none
     text = yaml.safe_dump(policy.to_document(), sort_keys=False, allow_unicode=True)
     assert load_policy(text) == policy
+
+
+HOURS = st.integers(-365 * 24, 3 * 365 * 24).map(lambda h: VALID_FROM + timedelta(hours=h))
+
+
+@BOUNDED
+@given(scenario_st(), st.data())
+def test_a_rule_with_its_own_window_counts_only_within_it(s: Scenario, data: st.DataObject) -> None:
+    # Rules of an agreement's terms carry their entry's window (which may begin or end before,
+    # inside or after the policy's): at any time, the policy decides as the same policy with
+    # only the rules in force then, and no rule windows.
+    times = st.just(s.now) | HOURS
+    windows = st.none() | st.tuples(times, times).filter(lambda w: w[0] < w[1])
+
+    def windowed(rules: Sequence[Rule]) -> list[Any]:
+        return [dataclasses.replace(r, window=data.draw(windows)) for r in rules]
+
+    def in_force_now(rules: list[Any]) -> list[Any]:
+        return [
+            dataclasses.replace(r, window=None)
+            for r in rules
+            if r.window is None or r.window[0] <= s.now < r.window[1]
+        ]
+
+    permits, forbids = windowed(s.policy.permits), windowed(s.policy.forbids)
+    a = decide(make_policy(permits, forbids), s.request, s.now)
+    b = decide(make_policy(in_force_now(permits), in_force_now(forbids)), s.request, s.now)
+    assert outcome(a) == outcome(b)
+    assert a.rules == b.rules

@@ -211,25 +211,36 @@ def _describe(
 # --- times ------------------------------------------------------------------------------------
 
 
+_LAST_YEAR = 9998  # times beyond cannot have a day, or a clock skew, added to them
+
+
 def parse_time(value: str, *, end_of_day: bool = False) -> datetime:
     """A date (00:00 UTC, or the end of that day with ``end_of_day``) or an RFC 3339 time.
 
-    Raises ``ValueError`` with a message fit for a policy officer.
+    Raises ``ValueError`` with a message fit for a policy officer, for a time past the year 9998
+    in UTC too (a "no end" written as 9999-12-31 overflowed when the end of its day, or the
+    window, was worked out: leave ``valid_until`` out for no end).
     """
     if len(value) == 10:
         try:
             day = date.fromisoformat(value)
         except ValueError as exc:
             raise ValueError(f"invalid date {value!r}: {exc}") from None
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        return start + timedelta(days=1) if end_of_day else start
+        moment = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    else:
+        try:
+            moment = datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))
+        except ValueError as exc:
+            raise ValueError(f"invalid time {value!r}: {exc}") from None
+        if moment.utcoffset() is None:
+            raise ValueError(f"invalid time {value!r}: it needs a timezone, e.g. Z")
     try:
-        moment = datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))
-    except ValueError as exc:
-        raise ValueError(f"invalid time {value!r}: {exc}") from None
-    if moment.utcoffset() is None:
-        raise ValueError(f"invalid time {value!r}: it needs a timezone, e.g. Z")
-    return moment
+        in_range = moment.astimezone(UTC).year <= _LAST_YEAR
+    except OverflowError:
+        in_range = False
+    if not in_range:
+        raise ValueError(f"time {value!r} is out of range: a year up to {_LAST_YEAR} (UTC)")
+    return moment + timedelta(days=1) if end_of_day and len(value) == 10 else moment
 
 
 def _time(

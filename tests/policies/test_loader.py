@@ -190,6 +190,13 @@ MALFORMED = [
      11, "originator_approval applies only to a rule whose actions are [onward_share]"),
     ("inform-false", variant("      attribute: Test institute\n", "      inform: false\n"), 18,
      "inform must be true"),
+    # "No end" written as the last day there is: refused, naming the line (an OverflowError
+    # escaped the loader: a reload answered 500 and a first start failed; found by review).
+    ("until-year-9999", variant("valid_until: 2026-12-31", "valid_until: 9999-12-31"), 7,
+     "time '9999-12-31' is out of range"),
+    ("until-past-utc-year-9999", variant("valid_until: 2026-12-31",
+                                         "valid_until: 9999-12-31T23:59:59-05:00"), 7,
+     "is out of range"),
     ("billion-laughs", BILLION_LAUGHS, 1, "the document expands to too many values"),
     ("recursive-alias", "a: &a [*a]\n", 1, "a recursive alias"),
     ("cases-file", "format: entente.policy-cases/v1\npolicy: x.yaml\n", 1,

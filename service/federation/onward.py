@@ -184,6 +184,14 @@ def onward_allowance(
 def _not_looser(prev: Manifest, cur: Manifest) -> str | None:
     if TLP_RANK[cur.tlp] < TLP_RANK[prev.tlp]:
         return f"the onward share loosens {prev.tlp} to {cur.tlp}"
+    # The labels a receiver's policy decides on (a forbid on a topic, a permit for purposes)
+    # are the origin's: a link may add to them, never drop one.
+    for field in ("topics", "purposes"):
+        dropped = sorted(set(getattr(prev, field)) - set(getattr(cur, field)))
+        if dropped:
+            return f"the onward share drops the upstream {field} {', '.join(dropped)}"
+    if sealing_of(prev) == POST_QUANTUM and sealing_of(cur) != POST_QUANTUM:
+        return "the onward share lowers the upstream's post-quantum sealing to classic"
     if prev.expires_at is not None and (cur.expires_at is None or cur.expires_at > prev.expires_at):
         return "the onward share outlives the upstream expiry"
     if prev.embargo_until is not None and (

@@ -66,6 +66,9 @@ def sealed_artifact(
     policy: dict[str, Any] | None = None,
     chain: tuple[dict[str, Any], ...] = (),
     artifact_id: str | None = None,
+    topics: tuple[str, ...] = ("evaluation",),
+    purposes: tuple[str, ...] = ("evaluation",),
+    hybrid: bool = False,
     **extra: Any,
 ) -> tuple[str, bytes, bytes]:
     """(artifact id, manifest line, ciphertext) sealed by ``sender`` to itself and others."""
@@ -79,14 +82,17 @@ def sealed_artifact(
         origin=origin or sender.node.node_id,
         tlp=tlp,
         recipients=[
-            ManifestRecipient(k.node.node_id, k.node.home.age_recipient)
+            ManifestRecipient(
+                k.node.node_id,
+                (k.node.home.pq_recipient or "") if hybrid else k.node.home.age_recipient,
+            )
             for k in [sender, *recipients]
         ],
         signer=signer or sender.node.keys.signer,
         policy=policy or {"decisions": []},
         now=datetime.now(UTC),
-        topics=["evaluation"],
-        purposes=["evaluation"],
+        topics=list(topics),
+        purposes=list(purposes),
         chain=chain,
         **extra,
     )

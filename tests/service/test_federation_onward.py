@@ -156,6 +156,21 @@ def test_a_permitted_onward_share_verifies(nodes: dict[str, Kit]) -> None:
             id="embargo-shortened",
         ),
         pytest.param(
+            lambda n: m1(n, m0(n, topics=("evaluation", "personal-data/contacts"))),
+            "drops the upstream topics personal-data/contacts",
+            id="topic-dropped",
+        ),
+        pytest.param(
+            lambda n: m1(n, m0(n, purposes=("evaluation", "research")), purposes=("research",)),
+            "drops the upstream purposes evaluation",
+            id="purpose-dropped",
+        ),
+        pytest.param(
+            lambda n: m1(n, m0(n, hybrid=True)),
+            "lowers the upstream's post-quantum sealing to classic",
+            id="sealing-lowered",
+        ),
+        pytest.param(
             lambda n: m1(n, m0(n).replace(b'"sig":"', b'"sig":"AAAA', 1)),
             "does not verify",
             id="upstream-signature-forged",

@@ -31,7 +31,15 @@ from service.artifacts.sealing import Party, sealing_of
 from service.evaluations import summary_from_manifest
 from service.models import Artifact, Outbox
 
-__all__ = ["Recipient", "artifact_row", "delivery_head", "json_list", "new_artifact_id"]
+__all__ = [
+    "Recipient",
+    "artifact_row",
+    "delivery_head",
+    "held_and_locked",
+    "json_list",
+    "lock_with_onward_copies",
+    "new_artifact_id",
+]
 
 
 Recipient = Party  # what sharing needs of a pinned partner: its id and its age recipients
@@ -193,18 +201,41 @@ def lock_with_onward_copies(
         col(Artifact.origin) == node_id,
         copies,
     )
-    keys = sorted(session.exec(select(Artifact.id, Artifact.origin).where(this | onward)).all())
     row: Artifact | None = None
     found: list[Artifact] = []
-    for ident, owner in keys:
-        key = sa.and_(col(Artifact.id) == ident, col(Artifact.origin) == owner)
-        locked = session.exec(
-            select(Artifact).where(key).with_for_update().execution_options(populate_existing=True)
-        ).one_or_none()
-        if locked is None:
-            continue
-        if (ident, owner) == (artifact_id, origin):
-            row = locked
-        else:
-            found.append(locked)
+    seen: set[tuple[str, str]] = set()
+    # Again once the rows are locked: an onward copy committed meanwhile (its transaction held
+    # the artifact's lock, ``onward.share_onward``) is found and locked too, never missed.
+    while keys := sorted(
+        set(session.exec(select(Artifact.id, Artifact.origin).where(this | onward)).all()) - seen
+    ):
+        for ident, owner in keys:
+            seen.add((ident, owner))
+            key = sa.and_(col(Artifact.id) == ident, col(Artifact.origin) == owner)
+            locked = session.exec(
+                select(Artifact)
+                .where(key)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            ).one_or_none()
+            if locked is None:
+                continue
+            if (ident, owner) == (artifact_id, origin):
+                row = locked
+            else:
+                found.append(locked)
     return row, found
+
+
+def held_and_locked(conn: sa.Connection, artifact_id: str, origin: str) -> bool:
+    """Lock ``(artifact_id, origin)`` (``FOR UPDATE``, PostgreSQL; SQLite's writer holds its
+    lock already) and say whether this node still holds it, not revoked: an onward copy's
+    transaction asks it of its upstream, so that a revocation either comes first and is seen
+    here, or waits for the copy and finds it (:func:`lock_with_onward_copies`)."""
+    table = Artifact.__table__  # type: ignore[attr-defined]
+    found = conn.execute(
+        sa.select(table.c.revoked_at, table.c.blob)
+        .where(table.c.id == artifact_id, table.c.origin == origin)
+        .with_for_update()
+    ).first()
+    return found is not None and found.revoked_at is None and found.blob is not None

@@ -50,6 +50,7 @@ from policies import Decision
 from service.artifacts.enforce import Facts, Refusal, audit_rule, deny, refuse
 from service.artifacts.listing import get_artifact
 from service.artifacts.read import plaintext_chunks
+from service.artifacts.rows import held_and_locked
 from service.artifacts.sealing import POST_QUANTUM, sealing_for, sealing_of
 from service.artifacts.share import share_artifact
 from service.artifacts.terms import ShareTerms
@@ -461,6 +462,19 @@ def share_onward(
     )
     root = links[0]
     source = _ChunkReader(plaintext_chunks(node, node.blobs, row))
+
+    def still_held(conn: sa.Connection, copy: Artifact) -> None:
+        """In the copy's own transaction: a revocation, or a retention deletion, may have come
+        while the upstream was resealed (``rows.held_and_locked``)."""
+        if not held_and_locked(conn, row.id, row.origin):
+            raise ConflictError(
+                f"{row.id} was revoked by its origin, or deleted here, while it was being "
+                "passed on: nothing was passed on",
+                reason="revoked",
+            )
+        if also is not None:
+            also(conn, copy)
+
     return share_artifact(
         node,
         node.blobs,
@@ -477,5 +491,5 @@ def share_onward(
             "disclosure": mine,  # what the upstream decided for this node: its onward terms
         },
         upstream=(row.id, row.origin, root.origin),
-        also=also,
+        also=still_held,
     )

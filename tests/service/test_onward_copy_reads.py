@@ -25,7 +25,7 @@ from service.artifacts import share as sharing
 from service.artifacts.terms import ShareTerms
 from service.federation.client import PartnerClient
 from service.federation.outbox import OutboxWorker
-from service.models import Artifact, AuditEntry
+from service.models import Artifact, AuditEntry, Outbox
 from service.tokens import Principal, Role
 from tests.service.nodekit import Kit, SyncBridge, make_node, pin
 from tests.service.test_federation_sync import PortalTransport
@@ -119,3 +119,58 @@ def test_the_copy_is_not_read_once_what_it_was_made_from_is_deleted_here(
     r = passed.bridge.get(f"/v1/artifacts/{passed.copy}/content", headers=us.auth(Role.READER))
     assert r.status_code == 410, r.text
     assert r.json()["reason"] == "upstream-gone"
+
+
+def test_a_revocation_during_an_onward_share_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revoked check came once, before the plaintext was resealed: a revocation arriving
+    meanwhile left a copy committed unrevoked, delivered on to the third node (found by
+    review). The copy's transaction now looks at its upstream again, locked."""
+    from service.federation import onward
+
+    uk, us, ca = (make_node(tmp_path, n) for n in ("uk-aisi", "us-aisi", "ca-aisi"))
+    for a in (uk, us, ca):
+        for b in (uk, us, ca):
+            if a is not b:
+                pin(a, b)
+    transport = PortalTransport({k.node.node_id: k.app for k in (uk, us, ca)})
+    terms = ShareTerms(
+        title="finding", tlp="TLP:GREEN", topics=("evaluation",), purposes=("evaluation",),
+        partners=("us-aisi",),
+    )  # fmt: skip
+    publisher = Principal(token_id="tok_uk", name="uk-publisher", role=Role.PUBLISHER)
+    sent = sharing.share_artifact(
+        uk.node, uk.node.blobs, terms, io.BytesIO(CONTENT), principal=publisher,
+        decisions=sharing.decide_share(uk.node, terms, principal=publisher),
+        onward_approved=["ca-aisi"],
+    )  # fmt: skip
+    client = PartnerClient(uk.node, http=httpx.Client(transport=transport))
+    assert OutboxWorker(uk.node, client).run_once()
+    real = onward.plaintext_chunks
+
+    def revoked_meanwhile(*args: object, **kwargs: object) -> Iterator[bytes]:
+        for i, chunk in enumerate(real(*args, **kwargs)):  # type: ignore[arg-type]
+            if i == 0:  # the UK's revocation arrives while the copy is being sealed
+                with us.node.db.engine.begin() as conn:
+                    conn.execute(
+                        sa.update(Artifact.__table__)  # type: ignore[attr-defined]
+                        .where(sa.column("id") == sent.id, sa.column("origin") == "uk-aisi")
+                        .values(revoked_at=us.node.now())
+                    )
+            yield chunk
+
+    monkeypatch.setattr(onward, "plaintext_chunks", revoked_meanwhile)
+    with httpx.Client(transport=SyncBridge(us), base_url="http://us-aisi") as bridge:
+        r = bridge.post(
+            f"/v1/artifacts/{sent.id}/share",
+            json={"partners": ["ca-aisi"]},
+            headers=us.auth(Role.PUBLISHER),
+        )
+    transport.close()
+    assert r.status_code == 409, r.text
+    assert r.json()["reason"] == "revoked"
+    with us.node.db.session() as session:
+        copies = session.exec(select(Artifact).where(Artifact.upstream_id == sent.id)).all()
+        queued = session.exec(select(Outbox).where(Outbox.partner == "ca-aisi")).all()
+    assert copies == [] and queued == []

@@ -39,6 +39,7 @@ __all__ = [
     "Problem",
     "hash_rows",
     "hash_sqlite_range",
+    "int_id",
     "missing",
     "sqlite_quotes_like_python",
 ]
@@ -58,11 +59,18 @@ class LeafBatch:
     problem: Problem | None = None  # met right after these leaves; nothing follows
 
 
+def int_id(value: Any) -> int | None:
+    """An entry's id as a :class:`Problem` carries it: an integer, else None (a served or
+    stored value of another type is only quoted in the problem's text)."""
+    return value if type(value) is int else None
+
+
 def missing(expected: int, seq: Any, entry_id: Any, last_id: Any) -> Problem:
     """The problem of a row whose ``seq`` is not the ``expected`` one."""
     if type(seq) is not int:
         return Problem(
-            f"an entry after seq {expected - 1} (id {entry_id}) has no valid seq", entry_id=entry_id
+            f"an entry after seq {expected - 1} (id {entry_id}) has no valid seq",
+            entry_id=int_id(entry_id),
         )
     if seq > expected:
         gap = f"seq {expected}" if seq == expected + 1 else f"seq {expected} to {seq - 1}"
@@ -74,7 +82,7 @@ def missing(expected: int, seq: Any, entry_id: Any, last_id: Any) -> Problem:
     return Problem(
         f"entry seq {seq} (id {entry_id}) is out of place: expected seq {expected}",
         seq=seq,
-        entry_id=entry_id,
+        entry_id=int_id(entry_id),
     )
 
 
@@ -91,7 +99,9 @@ def hash_rows(rows: Sequence[Any], expected: int, last_id: Any = None) -> LeafBa
         try:
             append(leaf_hash(encode_row(row)))
         except MalformedError as exc:
-            problem = Problem(f"entry seq {seq} (id {row[0]}) is malformed: {exc}", seq, row[0])
+            problem = Problem(
+                f"entry seq {seq} (id {row[0]}) is malformed: {exc}", seq, int_id(row[0])
+            )
             return LeafBatch(first, leaves, problem)
         expected += 1
         last_id = row[0]

@@ -23,7 +23,7 @@ from crypto import merkle
 from crypto.errors import MalformedError
 from service.audit.encoding import ENTRY_FIELDS, encode_leaf
 from service.audit.entries import fetch_entry_rows, select_entry_rows
-from service.audit.hashing import LeafBatch, Problem, hash_rows, missing
+from service.audit.hashing import LeafBatch, Problem, hash_rows, int_id, missing
 
 __all__ = [
     "HashRange",
@@ -79,7 +79,9 @@ def batches_from_entries(
             )
         except MalformedError as exc:
             entry_id = entry.get("id")
-            problem = Problem(f"entry seq {seq} (id {entry_id}) is malformed: {exc}", seq, entry_id)
+            problem = Problem(
+                f"entry seq {seq} (id {entry_id}) is malformed: {exc}", seq, int_id(entry_id)
+            )
             yield LeafBatch(expected - len(leaves), leaves, problem)
             return
         expected += 1

@@ -146,8 +146,8 @@ def check_witnesses(
     the module's docstring), and return one :class:`WitnessCheck` each.
 
     ``http``: the client to ask them with (default: one per witness). Blocking (HTTP to each
-    witness, at most ``service.audit.sources.WITNESS_TIMEOUT`` each, side by side): run it in
-    a thread."""
+    witness, side by side, each answer bounded in size and to
+    ``service.audit.sources.WITNESS_SECONDS``): run it in a thread."""
     origin = log_origin(node_id)
     with db.session() as session:
         chosen = witness_ids(session, node_id, witness_count)

@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from crypto import strict_json
 from crypto.descriptor import NodeDescriptor, verify_descriptor
 from crypto.dsse import Envelope
 from crypto.errors import CryptoError, MalformedError
@@ -125,7 +126,7 @@ def _previous_log_key(
     seq = entry.get("seq")
     try:
         envelope = Envelope.from_bytes(json.dumps(raw).encode("utf-8"))
-        created = NodeDescriptor.from_json(json.loads(envelope.payload)).created
+        created = NodeDescriptor.from_json(strict_json.loads(envelope.payload)).created
         previous = verify_descriptor(envelope, now=created, expected_fingerprint=old.fingerprint)
     except (TypeError, ValueError, MalformedError):
         raise RotationError(
@@ -145,10 +146,11 @@ def _descriptor(
 ) -> tuple[VerifyKey, NodeDescriptor, VerifyKey]:
     seq = entry.get("seq")
     try:
-        detail = json.loads(str(entry["detail"]))
+        # The record is the node's (or a copy's) word: parsed strictly, bounded in depth.
+        detail = strict_json.loads(str(entry["detail"]))
         envelope = Envelope.from_bytes(json.dumps(detail["descriptor"]).encode("utf-8"))
         old = VerifyKey(base64.b64decode(str(detail["previous_key"]), validate=True))
-        created = NodeDescriptor.from_json(json.loads(envelope.payload)).created
+        created = NodeDescriptor.from_json(strict_json.loads(envelope.payload)).created
         # Signed by the new key and by the one it retires; an expired descriptor still names
         # the key of its time.
         descriptor = verify_descriptor(envelope, now=created, previous=old)
@@ -180,6 +182,12 @@ def follow_rotations(
     log_keys: list[VerifyKey] = []
     retired_at: list[int] = []
     records: list[tuple[int, bytes]] = []
+    for entry in entries:
+        if not isinstance(entry, Mapping) or type(entry.get("seq")) is not int:
+            raise RotationError(
+                "a key rotation the log lists is not an entry with a seq: its keys cannot be "
+                "followed"
+            )
     for entry in sorted(entries, key=lambda e: int(e["seq"])):
         seq = int(entry["seq"])
         old, descriptor, old_log_key = _descriptor(entry, node_id)

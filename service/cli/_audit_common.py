@@ -17,6 +17,7 @@ from crypto.errors import CryptoError
 from crypto.keys import VerifyKey
 from crypto.note import SIG_COSIGNATURE_V1, NoteVerifier
 from service.audit.entries import log_origin, witness_name
+from service.audit.errors import AuditSourceError
 from service.audit.rollback import rollback_rows
 from service.audit.sources import HttpSource
 from service.audit.verify import Verdict
@@ -77,9 +78,15 @@ def open_offline(home: Path | None, database_url: str | None) -> tuple[Path, Dat
 
 
 def witnesses_from_node(client: httpx.Client) -> list[tuple[NoteVerifier, str]]:
+    """The witnesses the node lists (``GET /audit/v1/witnesses``): cosignature keys and the
+    URLs it gives for them; an entry that is not one is skipped, a list that is not one is
+    :class:`AuditSourceError`."""
     data = HttpSource(client).get_json("/audit/v1/witnesses")
+    listed = data.get("witnesses") if isinstance(data, dict) else None
+    if not isinstance(listed, list):
+        raise AuditSourceError("the node's witness list is malformed")
     out = []
-    for item in data.get("witnesses", []) if isinstance(data, dict) else []:
+    for item in listed:
         try:
             verifier = NoteVerifier.parse(str(item["vkey"]))
             url = str(item.get("url") or "")

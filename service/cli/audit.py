@@ -26,10 +26,10 @@ import httpx
 import typer
 
 from crypto.descriptor import NodeDescriptor, verify_descriptor
-from crypto.dsse import Envelope
+from crypto.dsse import MAX_ENVELOPE_BYTES, Envelope
 from crypto.errors import CryptoError
 from crypto.keys import format_fingerprint, normalize_fingerprint
-from crypto.note import NoteVerifier, open_checkpoint
+from crypto.note import MAX_NOTE_BYTES, NoteVerifier, open_checkpoint
 from service.audit.checkpoints import latest_checkpoint
 from service.audit.entries import log_origin
 from service.audit.errors import AuditSourceError, RotationError
@@ -60,6 +60,7 @@ from service.cli._audit_state import (
     save_state as _save_state,
 )
 from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console, settings_for
+from service.cli._terminal import outside, printable
 from service.errors import UsageError
 from service.home import open_home
 
@@ -205,14 +206,16 @@ def _print_verdict(
             )
         )
         return
+    # Problems, notes and names quote what the node (or its witnesses) sent: outside text.
+    origin, where = outside(verdict.origin), outside(source)
     if not verdict.ok:
-        console.print(f"[bold red]FAILED[/] audit log {verdict.origin} ({source})")
-        console.print(f"  {verdict.problem}")
+        console.print(f"[bold red]FAILED[/] audit log {origin} ({where})")
+        console.print(f"  {outside(verdict.problem)}")
         if verdict.bad_seq is not None:
             who = f" (id {verdict.bad_id})" if verdict.bad_id is not None else ""
             console.print(f"  first bad entry: seq {verdict.bad_seq}{who}")
         return
-    console.print(f"[bold green]VERIFIED[/] audit log {verdict.origin} ({source})")
+    console.print(f"[bold green]VERIFIED[/] audit log {origin} ({where})")
     console.print(f"  entries      {verdict.size}, every leaf hash recomputed from its fields")
     if latest is not None:
         console.print(
@@ -220,11 +223,14 @@ def _print_verdict(
             f"latest size {latest.size}, root {_b64(latest.root)}"
         )
     if cosigned is not None:
-        console.print(f"  cosigned     size {cosigned.size} by {', '.join(cosigned.cosigners)}")
+        by = outside(", ".join(cosigned.cosigners))
+        console.print(f"  cosigned     size {cosigned.size} by {by}")
     else:
         console.print("  cosigned     no checkpoint is cosigned by a trusted witness yet")
     for name, size in sorted(verdict.witnessed.items()):
-        console.print(f"  witness      {name} holds size {size}: the log is consistent with it")
+        console.print(
+            f"  witness      {outside(name)} holds size {size}: the log is consistent with it"
+        )
     if len(verdict.keys) > 1:
         console.print(f"  keys         {len(verdict.keys)} (rotations followed from the log)")
     if verdict.remembered_size is not None:
@@ -233,7 +239,7 @@ def _print_verdict(
             f"(size {verdict.remembered_size})"
         )
     for note in notes + verdict.notes:
-        console.print(f"  note         {note}")
+        console.print(f"  note         {outside(note)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,14 +431,9 @@ def _run(
 
 
 def _descriptor_from_url(client: httpx.Client, now: datetime) -> NodeDescriptor:
+    raw = HttpSource(client).get("/.well-known/entente.json", max_bytes=MAX_ENVELOPE_BYTES)
     try:
-        response = client.get("/.well-known/entente.json")
-    except httpx.HTTPError as exc:
-        raise AuditSourceError(f"cannot reach the node: {type(exc).__name__}") from None
-    if response.status_code != 200:
-        raise AuditSourceError(f"the node's descriptor answered {response.status_code}")
-    try:
-        return verify_descriptor(Envelope.from_bytes(response.content), now=now)
+        return verify_descriptor(Envelope.from_bytes(raw), now=now)
     except CryptoError as exc:
         raise AuditSourceError(f"the node's descriptor does not verify: {exc}") from None
 
@@ -444,13 +445,15 @@ def checkpoint(
     home: HomeOpt = None,
     database_url: DbUrlOpt = None,
 ) -> None:
-    """Print the latest signed checkpoint (a C2SP signed note with its cosignatures)."""
+    """Print the latest signed checkpoint (a C2SP signed note with its cosignatures), once it
+    verifies with the log key of the node's descriptor."""
     if (url is None) == (home is None and database_url is None):
         raise UsageError("give either --url URL or --home DIR")
     if url is not None:
         client = http_client(url, token)
         try:
-            note = HttpSource(client)._get("/audit/v1/checkpoint").content
+            descriptor = _descriptor_from_url(client, datetime.now(UTC))
+            note = HttpSource(client).get("/audit/v1/checkpoint", max_bytes=MAX_NOTE_BYTES)
         finally:
             client.close()
     else:
@@ -461,6 +464,6 @@ def checkpoint(
         finally:
             db.dispose()
         descriptor = _descriptor_from_home(path)
-        verifier = NoteVerifier(log_origin(descriptor.node_id), log_key(descriptor))
-        open_checkpoint(note, log=verifier)
-    sys.stdout.write(note.decode("utf-8"))
+    verifier = NoteVerifier(log_origin(descriptor.node_id), log_key(descriptor))
+    open_checkpoint(note, log=verifier)  # CryptoError: one line, the note unprinted
+    sys.stdout.write(printable(note.decode("utf-8"), lines=True))

@@ -42,6 +42,13 @@ from service.audit.errors import AuditSourceError, BundleError
 from service.audit.export import bundle_lines, plan_export, record_export
 from service.audit.log import record
 from service.audit.rotations import log_key
+from service.audit.sources import (
+    IDENTITY,
+    MAX_PROBLEM_BYTES,
+    body_chunks,
+    problem_detail,
+    read_capped,
+)
 from service.cli._audit_common import (
     OPERATOR,
     TokenOpt,
@@ -51,6 +58,7 @@ from service.cli._audit_common import (
     witness_keys,
 )
 from service.cli._common import DbUrlOpt, HomeOpt, JsonOpt, console, err_console, settings_for
+from service.cli._terminal import outside
 from service.errors import NotFoundError, UsageError
 from service.home import open_home
 
@@ -75,17 +83,15 @@ def _sink(output: Path | None) -> Iterator[IO[bytes]]:
 
 
 def _download(client: httpx.Client, path: str, params: dict[str, Any], sink: IO[bytes]) -> int:
+    """Copy the node's answer to ``sink`` as it comes (never inflated, at the minimum rate:
+    ``service.audit.sources.body_chunks``); an error answer is read for its detail only."""
     lines = 0
     try:
-        with client.stream("GET", path, params=params) as resp:
+        with client.stream("GET", path, params=params, headers=IDENTITY) as resp:
             if resp.status_code != 200:
-                resp.read()
-                try:
-                    reason = str(resp.json().get("detail") or resp.text)
-                except ValueError:
-                    reason = resp.text
-                raise AuditSourceError(f"the export answered {resp.status_code}: {reason[:300]}")
-            for chunk in resp.iter_bytes():
+                reason = problem_detail(resp, read_capped(resp, MAX_PROBLEM_BYTES))
+                raise AuditSourceError(f"the export answered {resp.status_code}: {reason}")
+            for chunk in body_chunks(resp):
                 sink.write(chunk)
                 lines += chunk.count(b"\n")
     except httpx.HTTPError as exc:
@@ -220,16 +226,21 @@ def _descriptor(path: Path, fingerprint: str | None, notes: list[str]) -> NodeDe
 
 
 def _print(verdict: BundleVerdict, log: NoteVerifier, source: str, notes: list[str]) -> None:
+    # The filter's strings and exported_at are the bundle's (exported_at is not even signed):
+    # outside text, each shown on the line that quotes it.
     flt = verdict.filter
-    console.print(f"[bold green]VERIFIED[/] export bundle of {verdict.origin} ({source})")
     console.print(
-        f"  checkpoint   size {verdict.size}, signed by the log key {log.name}+{log.key_id:08x}"
+        f"[bold green]VERIFIED[/] export bundle of {outside(verdict.origin)} ({outside(source)})"
+    )
+    console.print(
+        f"  checkpoint   size {verdict.size}, signed by the log key {outside(log.name)}"
+        f"+{log.key_id:08x}"
     )
     console.print(f"  entries      {verdict.count}, each proved to be in that checkpoint")
-    kinds = ", ".join(flt.kinds) or "any"
+    kinds = outside(", ".join(flt.kinds) or "any")
     console.print(
         f"  filter       entries {flt.first} to {flt.last}, kind {kinds}, "
-        f"artifact {flt.artifact or 'any'}; every entry matches it"
+        f"artifact {outside(flt.artifact or 'any')}; every entry matches it"
     )
     if verdict.complete:
         console.print(f"  complete     every entry from {flt.first} to {flt.last} is present")
@@ -239,10 +250,10 @@ def _print(verdict: BundleVerdict, log: NoteVerifier, source: str, notes: list[s
             "that no matching entry was left out (export the whole range to check)"
         )
     if verdict.cosigners:
-        console.print(f"  cosigned     by {', '.join(verdict.cosigners)}")
-    console.print(f"  exported     {verdict.exported_at}")
+        console.print(f"  cosigned     by {outside(', '.join(verdict.cosigners))}")
+    console.print(f"  exported     {outside(verdict.exported_at)}")
     for note in notes:
-        console.print(f"  note         {note}")
+        console.print(f"  note         {outside(note)}")
 
 
 def verify_export(
@@ -300,7 +311,9 @@ def verify_export(
     elif verdict is not None:
         _print(verdict, log, source, notes)
     else:
-        console.print(f"[bold red]FAILED[/] export bundle of {log.name} ({source})")
-        console.print(f"  {problem}")
+        console.print(
+            f"[bold red]FAILED[/] export bundle of {outside(log.name)} ({outside(source)})"
+        )
+        console.print(f"  {outside(problem)}")
     if verdict is None:
         raise typer.Exit(1)

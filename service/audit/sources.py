@@ -49,6 +49,7 @@ from service.audit.rotations import ROTATION_KIND
 from service.audit.tree import consistency_proof
 from service.audit.verify import WitnessView
 from service.db import Database
+from service.federation.paced import paced
 from service.models import AuditEntry
 
 __all__ = [
@@ -203,25 +204,19 @@ def body_chunks(response: httpx.Response) -> Iterator[bytes]:
             f"{_what(response)} answered in the {coding[:40]!r} content encoding, which was "
             "not asked for"
         )
-    window = RATE_WINDOW_SECONDS
-    need, waited, got = MIN_RATE * window, 0.0, 0
     # A response made in memory (a test's transport) was read whole when it was made.
     chunks = iter((response.content,)) if response.is_stream_consumed else response.iter_raw()
-    while True:
-        started = time.monotonic()
-        chunk = next(chunks, None)
-        if chunk is None:
-            return
-        waited += time.monotonic() - started
-        got += len(chunk)
-        if got >= need:  # this window's due is paid: a new window starts
-            waited, got = 0.0, 0
-        elif waited >= window:
-            raise AuditSourceError(
-                f"{_what(response)} sent {got} bytes in {waited:.1f} s, under the minimum of "
-                f"{MIN_RATE} bytes per second"
-            )
-        yield chunk
+
+    def too_slow(got: int, waited: float) -> Exception:
+        return AuditSourceError(
+            f"{_what(response)} sent {got} bytes in {waited:.1f} s, under the minimum of "
+            f"{MIN_RATE} bytes per second"
+        )
+
+    # MIN_RATE and RATE_WINDOW_SECONDS read when called: tests shorten them.
+    yield from paced(
+        chunks, min_rate=MIN_RATE, window_seconds=RATE_WINDOW_SECONDS, too_slow=too_slow
+    )
 
 
 def read_capped(

@@ -14,13 +14,39 @@ cut download brought is kept (``service.federation.partial``) and resumed next r
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 
 from service.errors import PartnerUnavailableError
 
-__all__ = ["PacedStream"]
+__all__ = ["PacedStream", "paced"]
+
+
+def paced(
+    chunks: Iterator[bytes],
+    *,
+    min_rate: int,
+    window_seconds: float,
+    too_slow: Callable[[int, float], Exception],
+) -> Iterator[bytes]:
+    """``chunks``, ended with ``too_slow(bytes, seconds)`` once a window of ``window_seconds``
+    spent waiting for them brought less than ``min_rate`` bytes per second (0: no minimum);
+    only the time spent waiting in ``next`` counts."""
+    need = min_rate * window_seconds  # bytes per window
+    waited, got = 0.0, 0
+    while True:
+        started = time.monotonic()
+        chunk = next(chunks, None)
+        if chunk is None:
+            return
+        waited += time.monotonic() - started
+        got += len(chunk)
+        if got >= need:  # this window's due is paid: a new window starts
+            waited, got = 0.0, 0
+        elif waited >= window_seconds:
+            raise too_slow(got, waited)
+        yield chunk
 
 
 class PacedStream(httpx.SyncByteStream):
@@ -36,24 +62,18 @@ class PacedStream(httpx.SyncByteStream):
         self.window_seconds = window_seconds
 
     def __iter__(self) -> Iterator[bytes]:
-        need = self.min_rate * self.window_seconds  # bytes per window
-        waited, got = 0.0, 0
-        chunks = iter(self.stream)
-        while True:
-            started = time.monotonic()
-            chunk = next(chunks, None)
-            if chunk is None:
-                return
-            waited += time.monotonic() - started
-            got += len(chunk)
-            if got >= need:  # this window's due is paid: a new window starts
-                waited, got = 0.0, 0
-            elif waited >= self.window_seconds:
-                raise PartnerUnavailableError(
-                    f"{self.partner} sent {got} bytes in {waited:.1f} s, under the minimum of "
-                    f"{self.min_rate} bytes per second (ENTENTE_REQUEST_BODY_MIN_RATE)"
-                )
-            yield chunk
+        def too_slow(got: int, waited: float) -> Exception:
+            return PartnerUnavailableError(
+                f"{self.partner} sent {got} bytes in {waited:.1f} s, under the minimum of "
+                f"{self.min_rate} bytes per second (ENTENTE_REQUEST_BODY_MIN_RATE)"
+            )
+
+        yield from paced(
+            iter(self.stream),
+            min_rate=self.min_rate,
+            window_seconds=self.window_seconds,
+            too_slow=too_slow,
+        )
 
     def close(self) -> None:
         self.stream.close()

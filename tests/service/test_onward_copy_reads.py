@@ -41,9 +41,19 @@ class Passed:
     bridge: httpx.Client  # to us-aisi's app
 
 
-@pytest.fixture
-def passed(tmp_path: Path) -> Iterator[Passed]:
-    uk, us, ca = (make_node(tmp_path, n) for n in ("uk-aisi", "us-aisi", "ca-aisi"))
+@dataclass
+class Shared:
+    """uk-aisi's GREEN share, delivered to us-aisi, onward sharing to ca-aisi approved."""
+
+    uk: Kit
+    us: Kit
+    ca: Kit
+    transport: PortalTransport
+    upstream: str
+
+
+def shared_with_us(root: Path) -> Shared:
+    uk, us, ca = (make_node(root, n) for n in ("uk-aisi", "us-aisi", "ca-aisi"))
     for a in (uk, us, ca):
         for b in (uk, us, ca):
             if a is not b:
@@ -54,23 +64,34 @@ def passed(tmp_path: Path) -> Iterator[Passed]:
         partners=("us-aisi",),
     )  # fmt: skip
     publisher = Principal(token_id="tok_uk", name="uk-publisher", role=Role.PUBLISHER)
-    decisions = sharing.decide_share(uk.node, terms, principal=publisher)
     sent = sharing.share_artifact(
-        uk.node, uk.node.blobs, terms, io.BytesIO(CONTENT),
-        principal=publisher, decisions=decisions, onward_approved=["ca-aisi"],
+        uk.node, uk.node.blobs, terms, io.BytesIO(CONTENT), principal=publisher,
+        decisions=sharing.decide_share(uk.node, terms, principal=publisher),
+        onward_approved=["ca-aisi"],
     )  # fmt: skip
     client = PartnerClient(uk.node, http=httpx.Client(transport=transport))
     assert OutboxWorker(uk.node, client).run_once()
-    bridge = httpx.Client(transport=SyncBridge(us), base_url="http://us-aisi")
-    r = bridge.post(
-        f"/v1/artifacts/{sent.id}/share",
+    return Shared(uk, us, ca, transport, sent.id)
+
+
+def pass_on(shared: Shared, bridge: httpx.Client) -> httpx.Response:
+    """us-aisi's publisher passes the UK's artifact on to ca-aisi."""
+    return bridge.post(
+        f"/v1/artifacts/{shared.upstream}/share",
         json={"partners": ["ca-aisi"]},
-        headers=us.auth(Role.PUBLISHER),
+        headers=shared.us.auth(Role.PUBLISHER),
     )
+
+
+@pytest.fixture
+def passed(tmp_path: Path) -> Iterator[Passed]:
+    shared = shared_with_us(tmp_path)
+    bridge = httpx.Client(transport=SyncBridge(shared.us), base_url="http://us-aisi")
+    r = pass_on(shared, bridge)
     assert r.status_code == 201, r.text
-    yield Passed(us, sent.id, r.json()["id"], bridge)
+    yield Passed(shared.us, shared.upstream, r.json()["id"], bridge)
     bridge.close()
-    transport.close()
+    shared.transport.close()
 
 
 def _entries(kit: Kit, kind: str) -> list[AuditEntry]:
@@ -129,24 +150,8 @@ def test_a_revocation_during_an_onward_share_stops_it(
     review). The copy's transaction now looks at its upstream again, locked."""
     from service.federation import onward
 
-    uk, us, ca = (make_node(tmp_path, n) for n in ("uk-aisi", "us-aisi", "ca-aisi"))
-    for a in (uk, us, ca):
-        for b in (uk, us, ca):
-            if a is not b:
-                pin(a, b)
-    transport = PortalTransport({k.node.node_id: k.app for k in (uk, us, ca)})
-    terms = ShareTerms(
-        title="finding", tlp="TLP:GREEN", topics=("evaluation",), purposes=("evaluation",),
-        partners=("us-aisi",),
-    )  # fmt: skip
-    publisher = Principal(token_id="tok_uk", name="uk-publisher", role=Role.PUBLISHER)
-    sent = sharing.share_artifact(
-        uk.node, uk.node.blobs, terms, io.BytesIO(CONTENT), principal=publisher,
-        decisions=sharing.decide_share(uk.node, terms, principal=publisher),
-        onward_approved=["ca-aisi"],
-    )  # fmt: skip
-    client = PartnerClient(uk.node, http=httpx.Client(transport=transport))
-    assert OutboxWorker(uk.node, client).run_once()
+    shared = shared_with_us(tmp_path)
+    us, upstream = shared.us, shared.upstream
     real = onward.plaintext_chunks
 
     def revoked_meanwhile(*args: object, **kwargs: object) -> Iterator[bytes]:
@@ -155,22 +160,18 @@ def test_a_revocation_during_an_onward_share_stops_it(
                 with us.node.db.engine.begin() as conn:
                     conn.execute(
                         sa.update(Artifact.__table__)  # type: ignore[attr-defined]
-                        .where(sa.column("id") == sent.id, sa.column("origin") == "uk-aisi")
+                        .where(sa.column("id") == upstream, sa.column("origin") == "uk-aisi")
                         .values(revoked_at=us.node.now())
                     )
             yield chunk
 
     monkeypatch.setattr(onward, "plaintext_chunks", revoked_meanwhile)
     with httpx.Client(transport=SyncBridge(us), base_url="http://us-aisi") as bridge:
-        r = bridge.post(
-            f"/v1/artifacts/{sent.id}/share",
-            json={"partners": ["ca-aisi"]},
-            headers=us.auth(Role.PUBLISHER),
-        )
-    transport.close()
+        r = pass_on(shared, bridge)
+    shared.transport.close()
     assert r.status_code == 409, r.text
     assert r.json()["reason"] == "revoked"
     with us.node.db.session() as session:
-        copies = session.exec(select(Artifact).where(Artifact.upstream_id == sent.id)).all()
+        copies = session.exec(select(Artifact).where(Artifact.upstream_id == upstream)).all()
         queued = session.exec(select(Outbox).where(Outbox.partner == "ca-aisi")).all()
     assert copies == [] and queued == []

@@ -48,6 +48,7 @@ from service.audit.log import record
 from service.audit.rollback import WitnessCheck, check_witnesses, mark_unconfirmed, witness_ids
 from service.audit.rotations import log_key
 from service.backup.archive import (
+    MANIFEST,
     ArchiveReader,
     BackupError,
     blob_member,
@@ -322,14 +323,25 @@ def restore_backup(
     progress: Progress = _quiet,
     actor: str = "admin:cli",
     ask_witnesses: bool = True,
+    manifest_sha256: str | None = None,
 ) -> RestoreSummary:
     """Restore the backup at ``source`` into ``settings``' home (new or an empty folder) and
     database (empty). Raises :class:`BackupError` before writing anything when the target is
-    not empty or the backup is not whole."""
+    not empty or the backup is not whole, or, given ``manifest_sha256`` (the digest
+    ``entente backup`` printed and audited as ``node.backup``), when its manifest is another:
+    the digests a backup holds prove it whole, only that one proves it is the backup taken
+    (whoever edits a backup can recompute the digests inside it)."""
     home = settings.require_home()
     archive = open_archive(source)
     try:
         manifest = read_manifest(archive)
+        digest = hash_member(archive, MANIFEST)[0]
+        if manifest_sha256 is not None and digest != manifest_sha256.strip().lower():
+            raise BackupError(
+                f"the backup's manifest has SHA-256 {digest}, not {manifest_sha256.strip()[:64]}: "
+                "it was changed since it was taken, or it is another backup"
+            )
+        restored = {"manifest_sha256": digest, "manifest_checked": manifest_sha256 is not None}
         _members(manifest)
         backend = _field(manifest.get("database"), "backend", str, "database backend")
         if backend not in ("sqlite", "postgresql"):
@@ -360,7 +372,9 @@ def restore_backup(
             raise
     finally:
         archive.close()
-    return _after_restore(settings, manifest, url, count, actor=actor, ask=ask_witnesses)
+    return _after_restore(
+        settings, manifest, url, count, actor=actor, ask=ask_witnesses, restored=restored
+    )
 
 
 def _after_restore(
@@ -369,6 +383,7 @@ def _after_restore(
     url: str,
     count: int,
     *,
+    restored: dict[str, Any],
     actor: str,
     ask: bool,
 ) -> RestoreSummary:
@@ -391,6 +406,7 @@ def _after_restore(
                 kind="node.restored",
                 actor=actor,
                 detail={
+                    **restored,
                     "created": manifest.get("created"),
                     "log_size": manifest["database"].get("log_size"),
                     "blobs": count,

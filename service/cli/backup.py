@@ -83,18 +83,42 @@ def restore(
             "the node starts; it signs nothing before)",
         ),
     ] = True,
+    manifest_sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--manifest-sha256",
+            help="The manifest digest `entente backup` printed (and audited as node.backup): "
+            "the restore refuses any other backup",
+        ),
+    ] = None,
+    unverified: Annotated[
+        bool,
+        typer.Option(
+            "--unverified",
+            help="Restore without --manifest-sha256: the backup's own digests prove it whole, "
+            "not that it is the one you took (recorded in node.restored)",
+        ),
+    ] = False,
 ) -> None:
-    """Restore a backup into a new home and an empty database, after checking every digest;
-    refuses a home or database that is not empty."""
+    """Restore a backup into a new home and an empty database, after checking every digest and
+    that its manifest is the one the backup printed; refuses a home or database that is not
+    empty."""
     from service.backup.restore import restore_backup
 
     if home is None:
         raise typer.BadParameter("--home is required: the new home to restore into")
+    if manifest_sha256 is None and not unverified:
+        raise typer.BadParameter(
+            "give --manifest-sha256 DIGEST, the digest `entente backup` printed (its node.backup "
+            "audit entry holds it too): whoever can edit a backup can recompute the digests "
+            "inside it. --unverified restores without it."
+        )
     settings = settings_for(home, database_url)
     with _progress() as progress:
         summary = restore_backup(
-            source, settings, progress=progress, actor=OPERATOR, ask_witnesses=ask_witnesses
-        )
+            source, settings, progress=progress, actor=OPERATOR, ask_witnesses=ask_witnesses,
+            manifest_sha256=manifest_sha256,
+        )  # fmt: skip
     console.print(f"Restored node [bold]{summary.node_id}[/] into {summary.home}")
     console.print(f"  audit log size {summary.log_size}, {summary.blobs} blobs")
     behind = [c for c in summary.witnesses if c.state == "behind"]

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -54,6 +55,13 @@ def share(node: Node, partners: list[str], n: int) -> str:
     assert r.status_code == 201, r.text
     art: str = r.json()["id"]
     return art
+
+
+def printed_digest(stdout: str) -> str:
+    """The manifest digest `entente backup` printed."""
+    found = re.search(r"manifest\s+sha256 ([0-9a-f]{64})", stdout)
+    assert found, stdout
+    return found.group(1)
 
 
 def restored_node(original: Node, home: Path, **env: str) -> NodeProcess:
@@ -102,7 +110,10 @@ def test_a_backup_under_load_restores_verifies_and_resumes(fed: Federation, tmp_
     uk.stop()
 
     home = tmp_path / "uk-restored"
-    done = run_cli("restore", str(tmp_path / "b.tar"), "--home", str(home))
+    digest = printed_digest(made.stdout)
+    done = run_cli(
+        "restore", str(tmp_path / "b.tar"), "--home", str(home), "--manifest-sha256", digest
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "witness ca-aisi not confirmed" in done.stderr  # it is down: asked again at start
     db = home / "entente.db"
@@ -201,7 +212,10 @@ def test_an_older_snapshot_never_signs_over_what_its_witness_cosigned(tmp_path: 
 
         # told at the restore (the witness is up)
         told = tmp_path / "uk-told"
-        done = run_cli("restore", str(tmp_path / "old"), "--home", str(told))
+        digest = printed_digest(made.stdout)
+        done = run_cli(
+            "restore", str(tmp_path / "old"), "--home", str(told), "--manifest-sha256", digest
+        )
         assert done.returncode == 2, done.stdout + done.stderr
         assert "LOG BEHIND ITS WITNESSES" in done.stderr
         assert f"cosigned size {cosigned}" in done.stderr
@@ -214,7 +228,10 @@ def test_an_older_snapshot_never_signs_over_what_its_witness_cosigned(tmp_path: 
 
         # finding out when it starts (restored without asking)
         home = tmp_path / "uk-restored"
-        quiet = run_cli("restore", str(tmp_path / "old"), "--home", str(home), "--no-ask-witnesses")
+        quiet = run_cli(
+            "restore", str(tmp_path / "old"), "--home", str(home), "--no-ask-witnesses",
+            "--manifest-sha256", digest,
+        )  # fmt: skip
         assert quiet.returncode == 0, quiet.stderr
         db = home / "entente.db"
         node = restored_node(uk, home, ENTENTE_CHECKPOINT_INTERVAL_SECONDS="0.3", **FAST)

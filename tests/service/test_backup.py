@@ -4,8 +4,10 @@ says), with nothing written when one is refused."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import sqlite3
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ from service.models import Artifact, AuditEntry, Outbox
 from service.settings import Settings
 from service.tokens import Principal, Role
 from tests.conftest import PG_ADMIN_URL
+from tests.nodes import run_cli
 from tests.service.nodekit import Kit, make_node, pin
 
 PUBLISHER = Principal(token_id="tok_test", name="tester", role=Role.PUBLISHER)
@@ -309,3 +312,60 @@ def test_a_blob_deleted_after_the_snapshot_is_listed_missing(
     assert (summary.blobs, summary.missing) == (0, 1)
     restored = restore_backup(tmp_path / "b", Settings(home=tmp_path / "n"), ask_witnesses=False)
     assert restored.blobs == 0
+
+
+def test_a_backup_edited_with_its_manifest_is_refused_against_the_printed_digest(
+    sqlite_kit: Kit, tmp_path: Path
+) -> None:
+    """The digests a backup holds prove it whole, not that it is the one taken: a token of the
+    attacker's inserted into the snapshot, with the manifest's digests recomputed, restored
+    cleanly (found by review). The digest `entente backup` printed refuses it; a restore
+    records which manifest it used, and whether it was checked."""
+    taken = take_backup(sqlite_kit.node.settings, tmp_path / "b")
+    db = tmp_path / "b" / "database.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO tokens (id, name, role, token_hash, created_at) VALUES "
+            "('tok_evil', 'evil', 'admin', ?, '2026-01-01 00:00:00.000000')",
+            (hashlib.sha256(b"ent_deadbeef_" + b"A" * 43).hexdigest(),),
+        )
+    conn.close()
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["database"]["sha256"] = hashlib.sha256(db.read_bytes()).hexdigest()
+    manifest["database"]["size"] = db.stat().st_size
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    target = target_settings(sqlite_kit, tmp_path / "n")
+    with pytest.raises(BackupError, match="changed since it was taken"):
+        restore_backup(
+            tmp_path / "b", target, ask_witnesses=False, manifest_sha256=taken.manifest_sha256
+        )
+    assert not (tmp_path / "n").exists()  # nothing written
+    restore_backup(tmp_path / "b", target, ask_witnesses=False)  # the operator's --unverified
+    [restored] = [
+        e for e in rows(target.resolved_database_url(), AuditEntry) if e.kind == "node.restored"
+    ]
+    detail = json.loads(restored.detail)
+    assert detail["manifest_checked"] is False
+    assert (
+        detail["manifest_sha256"]
+        == hashlib.sha256((tmp_path / "b" / "manifest.json").read_bytes()).hexdigest()
+    )
+
+
+def test_the_cli_restores_only_a_backup_named_by_its_digest(
+    sqlite_kit: Kit, tmp_path: Path
+) -> None:
+    taken = take_backup(sqlite_kit.node.settings, tmp_path / "b")
+    home = tmp_path / "n"
+    bare = run_cli("restore", str(tmp_path / "b"), "--home", str(home), "--no-ask-witnesses")
+    assert bare.returncode != 0 and "--manifest-sha256" in bare.stderr
+    wrong = run_cli(
+        "restore", str(tmp_path / "b"), "--home", str(home), "--no-ask-witnesses",
+        "--manifest-sha256", "0" * 64,
+    )  # fmt: skip
+    assert wrong.returncode != 0 and "changed since it was taken" in wrong.stderr
+    done = run_cli(
+        "restore", str(tmp_path / "b"), "--home", str(home), "--no-ask-witnesses",
+        "--manifest-sha256", taken.manifest_sha256,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -39,7 +39,8 @@ from starlette.types import Receive, Scope, Send
 from service.api.deps import require_roles
 from service.artifacts import events as arrivals
 from service.artifacts import listing
-from service.errors import InvalidInputError, RateLimitedError
+from service.errors import AuthError, InvalidInputError, RateLimitedError
+from service.models import Token
 from service.node import Node
 from service.schemas import artifact_out
 from service.tokens import Principal, Role
@@ -140,10 +141,17 @@ def _head(node: Node) -> int:
         return arrivals.log_size(session)
 
 
-def _read(node: Node, cursor: int) -> tuple[list[tuple[int, str, str]], int]:
+Poll = tuple[list[tuple[int, str, str]], int] | None
+
+
+def _read(node: Node, cursor: int, token_id: str) -> Poll:
     """One poll, in a session of its own: the events above ``cursor`` (each its id, name and
-    the artifact's entry as JSON) and the cursor after them."""
+    the artifact's entry as JSON) and the cursor after them; None once the caller's token is
+    revoked (a stream outlived its token's revocation by up to its lifetime)."""
     with node.db.session() as session:
+        token = session.get(Token, token_id)
+        if token is None or token.revoked_at is not None:
+            return None
         batch = arrivals.events_after(session, cursor, limit=node.settings.events_batch)
         found = [
             (
@@ -161,7 +169,7 @@ def _read(node: Node, cursor: int) -> tuple[list[tuple[int, str, str]], int]:
 
 
 async def _events(
-    node: Node, start: int, *, clock: Callable[[], float] = time.monotonic
+    node: Node, start: int, token_id: str, *, clock: Callable[[], float] = time.monotonic
 ) -> AsyncIterator[bytes]:
     settings = node.settings
     began = last_sent = clock()
@@ -169,8 +177,13 @@ async def _events(
     yield f"retry: {RETRY_MILLISECONDS}\n".encode() + _frame(
         event="ready", ident=cursor, data=json.dumps({"cursor": cursor})
     )
+    reason = "the stream's lifetime ended: reconnect from its id"
     while True:
-        found, cursor = await run_in_threadpool(_read, node, cursor)
+        polled = await run_in_threadpool(_read, node, cursor, token_id)
+        if polled is None:
+            reason = "the token was revoked"
+            break
+        found, cursor = polled
         for ident, name, data in found:
             yield _frame(event=name, ident=ident, data=data)
         now = clock()
@@ -186,18 +199,26 @@ async def _events(
         await anyio.sleep(
             min(settings.events_poll_seconds, settings.events_max_stream_seconds - (now - began))
         )
-    end = {"cursor": cursor, "reason": "the stream's lifetime ended: reconnect from its id"}
+    end = {"cursor": cursor, "reason": reason}
     yield _frame(event="end", ident=cursor, data=json.dumps(end))
 
 
 async def _long_poll(
-    node: Node, start: int, wait: float, *, clock: Callable[[], float] = time.monotonic
+    node: Node,
+    start: int,
+    wait: float,
+    token_id: str,
+    *,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """The events above ``start``, waiting up to ``wait`` seconds for the first of them."""
     deadline = clock() + wait
     cursor = start
     while True:
-        found, cursor = await run_in_threadpool(_read, node, cursor)
+        polled = await run_in_threadpool(_read, node, cursor, token_id)
+        if polled is None:
+            raise AuthError("the token was revoked", reason="revoked")
+        found, cursor = polled
         left = deadline - clock()
         if found or left <= 0:
             break
@@ -271,8 +292,11 @@ async def events(
     slots.take(principal.token_id)
     if wait is not None:
         try:
-            page = await _long_poll(node, start, min(wait, node.settings.events_max_wait_seconds))
+            wait = min(wait, node.settings.events_max_wait_seconds)
+            page = await _long_poll(node, start, wait, principal.token_id)
         finally:
             slots.give_back(principal.token_id)
         return JSONResponse(page, headers={"Cache-Control": "no-store"})
-    return _EventStream(_events(node, start), lambda: slots.give_back(principal.token_id))
+    return _EventStream(
+        _events(node, start, principal.token_id), lambda: slots.give_back(principal.token_id)
+    )

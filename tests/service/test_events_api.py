@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from sqlmodel import select
 
 from service.audit.sequencer import run_sequencer
 from service.models import AuditEntry
-from service.tokens import Role
+from service.tokens import Role, authenticate, revoke_token
 from tests.service.nodekit import Kit, make_node, pin
 from tests.service.test_federation_sync import Pair, PortalTransport, share
 
@@ -229,3 +230,25 @@ async def test_a_bad_wait_is_a_422_problem(nodes: Pair, wait: str) -> None:
         r = await c.get("/v1/events", params={"wait": wait}, headers=nodes.us.auth(Role.READER))
     assert r.status_code == 422
     assert r.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_stream_ends_once_its_token_is_revoked(nodes: Pair) -> None:
+    """The token was checked once, when the stream opened: a revoked (stolen) token kept
+    receiving every event for the stream's whole lifetime (found by review)."""
+    kit = nodes.us
+    secret = kit.tokens[Role.READER]
+    with kit.node.db.session() as session:
+        token_id = authenticate(session, secret).token_id
+
+    def revoke() -> None:
+        time.sleep(0.1)
+        with kit.node.db.session() as session:
+            revoke_token(session, token_id=token_id, now=kit.node.now(), actor="test")
+            session.commit()
+
+    events, _ = await asyncio.gather(stream(kit), asyncio.to_thread(revoke))
+    assert events[-1]["event"] == "end"
+    assert json.loads(events[-1]["data"])["reason"] == "the token was revoked"
+    async with kit.client() as c:
+        r = await c.get("/v1/events", params={"wait": "0"}, headers=kit.auth(Role.READER))
+    assert r.status_code == 401

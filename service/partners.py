@@ -8,9 +8,12 @@ band. Re-pinning an existing node id needs ``replace=True``. Every change is an 
 from __future__ import annotations
 
 import base64
+import hashlib
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from sqlmodel import Session, select
 
@@ -181,6 +184,7 @@ def rotate_partner(
     if current is None:
         raise NotFoundError(f"no pinned partner {unverified.node_id!r}")
     pinned_fingerprint = current.fingerprint  # ``_store`` updates ``current`` in place
+    before = _announced(current)
     if unverified.fingerprint == current.fingerprint:
         try:
             descriptor = verify_descriptor(
@@ -201,17 +205,62 @@ def rotate_partner(
             # we learned of it if that is earlier: the old key signs nothing newer.
             old.retired_at = min(descriptor.created, now)
             session.add(old)
+    _check_not_inward(current.url, descriptor.url)
     row = _store(session, descriptor, envelope, now)
+    changed = {k: {"from": v, "to": _announced(row)[k]} for k, v in before.items()
+               if _announced(row)[k] != v}  # fmt: skip
     if descriptor.fingerprint != pinned_fingerprint:
         record(
             session,
             kind="partner.key_rotated",
             actor=actor,
             partner=descriptor.node_id,
-            detail={"fingerprint": descriptor.fingerprint, "previous": descriptor.previous},
+            detail={"fingerprint": descriptor.fingerprint, "previous": descriptor.previous,
+                    "changed": changed},
             now=now,
-        )
+        )  # fmt: skip
+    elif changed:  # the same key: its address, name or encryption keys, on record
+        record(
+            session, kind="partner.updated", actor=actor, partner=descriptor.node_id,
+            detail={"changed": changed}, now=now,
+        )  # fmt: skip
     return row
+
+
+def _announced(row: Partner) -> dict[str, str | None]:
+    """What a partner's descriptor says of it besides its signing key: keys by their digest."""
+
+    def digest(value: str | None) -> str | None:
+        return None if value is None else hashlib.sha256(value.encode()).hexdigest()[:16]
+
+    return {
+        "url": row.url, "name": row.name, "age_recipient": digest(row.age_recipient),
+        "pq_recipient": digest(row.pq_recipient), "checkpoint_key": digest(row.checkpoint_key),
+        "mldsa_key": digest(row.mldsa_key),
+    }  # fmt: skip
+
+
+def _check_not_inward(old: str, new: str) -> None:
+    """Refuse a descriptor that moves a partner from an outside address to one on this side
+    (loopback, link-local, a private network): a partner cannot point this node's requests at
+    its own network, or at a local webhook receiver, by signing a new address."""
+    if _inward(new) and not _inward(old):
+        raise PartnerError(
+            f"descriptor rejected: it moves the partner from {old[:100]!r} to {new[:100]!r}, "
+            "an address on this node's side (loopback, link-local or private): pin it again "
+            "(entente partner add --replace) if that is right"
+        )
+
+
+def _inward(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_link_local or address.is_private
 
 
 def list_partners(session: Session) -> list[Partner]:

@@ -40,6 +40,7 @@ EVENT_KINDS = frozenset(
         "partner.removed",
         "roster.imported",
         "partner.key_rotated",
+        "partner.updated",
         "policy.set_changed",
         "agreement.officer_certified",
         "token.created",

@@ -156,7 +156,9 @@ class WebhookDispatcher:
             check_url(url, allowed_hosts=settings.webhook_allowed_hosts, partners=partners)
             secret = open_secret(self.node.keys, sealed)
         except EntenteError as exc:
-            self._failed(webhook_id, exc.message, final=True)
+            # A partner pinned at its address since is the partner's act, not the receiver's:
+            # retried like a failed delivery, not disabled at once.
+            self._failed(webhook_id, exc.message, final=exc.extra.get("reason") != "partner")
             return
         for _ in range(MAX_BATCHES):
             with self.node.db.session() as session:

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tarfile
 import time
 from collections.abc import Iterator
@@ -223,11 +224,16 @@ class _FolderReader:
     @contextmanager
     def open(self, name: str) -> Iterator[BinaryIO]:
         path = self.root / member_path(name)
-        try:
-            handle = open(path, "rb")  # noqa: SIM115 - closed below
+        try:  # the member itself, never what a link there points to (/dev/zero, another file)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise BackupError(f"the backup has no {name}") from None
+        except OSError:
+            raise BackupError(f"{name} in the backup is not a regular file") from None
+        handle = os.fdopen(fd, "rb")
         with handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BackupError(f"{name} in the backup is not a regular file")
             yield handle
 
     def close(self) -> None:

@@ -112,7 +112,7 @@ def _members(manifest: dict[str, Any]) -> list[tuple[str, str, int]]:
 def _blob_lines(archive: ArchiveReader) -> Iterator[dict[str, Any]]:
     """The lines of ``blobs.jsonl``, each checked for form (streamed)."""
     with archive.open("blobs.jsonl") as handle:
-        for raw in handle:
+        while raw := handle.readline(_LINE_MAX + 1):  # never a whole line of any length
             if len(raw) > _LINE_MAX:
                 raise BackupError("a line of blobs.jsonl is too long")
             try:

@@ -9,6 +9,7 @@ import io
 import json
 import sqlite3
 import tarfile
+import tracemalloc
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -369,3 +370,36 @@ def test_the_cli_restores_only_a_backup_named_by_its_digest(
         "--manifest-sha256", taken.manifest_sha256,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_member_that_is_a_link_is_refused(sqlite_kit: Kit, tmp_path: Path) -> None:
+    """A folder backup's member that is a link (to /dev/zero, say) was followed: a restore hashed
+    for ever (found by review)."""
+    take_backup(sqlite_kit.node.settings, tmp_path / "b")
+    listed = tmp_path / "b" / "blobs.jsonl"
+    listed.unlink()
+    listed.symlink_to("/dev/zero")
+    with pytest.raises(BackupError, match=r"blobs\.jsonl in the backup is not a regular file"):
+        restore_backup(tmp_path / "b", target_settings(sqlite_kit, tmp_path / "n"))
+
+
+def test_an_endless_line_of_the_blob_list_is_refused_unread(
+    sqlite_kit: Kit, tmp_path: Path
+) -> None:
+    """``blobs.jsonl`` was read a whole line at a time before its length was checked: one line
+    of 20 GiB was all read into memory (found by review)."""
+    take_backup(sqlite_kit.node.settings, tmp_path / "b")
+    listed = tmp_path / "b" / "blobs.jsonl"
+    listed.write_bytes(b"{" + b"a" * (64 << 20))  # 64 MiB, no end of line
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["blobs"]["sha256"] = hashlib.sha256(listed.read_bytes()).hexdigest()
+    manifest["blobs"]["size"] = listed.stat().st_size
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    tracemalloc.start()
+    try:
+        with pytest.raises(BackupError, match="too long"):
+            restore_backup(tmp_path / "b", target_settings(sqlite_kit, tmp_path / "n"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20  # not the 64 MiB line

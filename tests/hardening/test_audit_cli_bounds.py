@@ -145,7 +145,10 @@ def test_an_export_that_goes_on_past_the_checkpoint_fails(
     node: Node, standin: StandIn, tmp_path: Path
 ) -> None:
     _serve_log(standin, node)
-    standin.routes["/audit/v1/export"] = chunks(_lines_past_the_end(node)())
+    lines = _lines_past_the_end(node)
+    # A fresh stream for each request: the verifier may ask again (to locate what failed)
+    # while the first answer's thread is still writing into the connection it hung up.
+    standin.routes["/audit/v1/export"] = lambda handler: chunks(lines())(handler)
     started = time.monotonic()
     result = _bounded_verify(standin, tmp_path, timeout=30)
     assert time.monotonic() - started < 20
@@ -164,15 +167,23 @@ class _Pieces(httpx.SyncByteStream):
 
 def test_a_long_export_line_in_small_pieces_is_read_in_linear_time() -> None:
     """A line near the 1 MiB limit in 16-byte pieces: 65,536 pieces, each used to copy and
-    split the whole pending line again (11 s here), now each looked at once."""
+    split the whole pending line again (11 s here, against 0.04 s), now each looked at once.
+    Measured against the same line in 64 KiB pieces, in the same run (a ratio, not a time:
+    the scan per byte is the same either way, the copies of the pending line are not)."""
     line = json.dumps({"seq": 0, "detail": "x" * (MiB - 100)}).encode() + b"\n"
-    transport = httpx.MockTransport(lambda _: httpx.Response(200, stream=_Pieces(line, 16)))
-    with httpx.Client(transport=transport, base_url="http://node") as client:
-        started = time.monotonic()
-        (entry,) = HttpSource(client).entries(0, 1)
-        elapsed = time.monotonic() - started
-    assert entry["seq"] == 0
-    assert elapsed < 3, f"{elapsed:.1f} s"
+
+    def read(piece: int) -> float:
+        stream = _Pieces(line, piece)
+        transport = httpx.MockTransport(lambda _: httpx.Response(200, stream=stream))
+        with httpx.Client(transport=transport, base_url="http://node") as client:
+            started = time.process_time()
+            (entry,) = HttpSource(client).entries(0, 1)
+            spent = time.process_time() - started
+        assert entry["seq"] == 0
+        return spent
+
+    small, large = read(16), read(64 << 10)
+    assert small < 50 * large + 0.5, f"{small:.2f} s in 16-byte pieces, {large:.3f} s in 64 KiB"
 
 
 def test_a_witness_answer_is_read_no_further_than_a_note(standin: StandIn, node: Node) -> None:

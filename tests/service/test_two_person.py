@@ -441,6 +441,7 @@ def test_the_approver_is_shown_everything_the_approval_makes_binding(
     [requested] = _audit(kit, "approval.requested")
     assert json.loads(requested.detail)["onward_approved"] == ["ca-aisi"]
     base = ["--url", "http://uk-aisi", "--token", bob]
+    monkeypatch.setattr(cli.console, "width", 300)  # no cell wrapped, whatever the terminal
     listed = CliRunner().invoke(cli.app, ["list", *base])
     assert "onward sharing approved to ca-aisi" in listed.output, listed.output
     shown = CliRunner().invoke(cli.app, ["show", r.json()["id"], *base])

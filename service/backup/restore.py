@@ -60,6 +60,7 @@ from service.backup.archive import (
 )
 from service.backup.pg import libpq_args, require_tool
 from service.blobs import FileBlobStore, NoJournal
+from service.console._session_store import SESSIONS
 from service.db import open_database, safe_url
 from service.errors import BlobStoreError, NotFoundError
 from service.home import open_home
@@ -80,6 +81,7 @@ class RestoreSummary:
     log_size: int
     blobs: int
     witnesses: list[WitnessCheck]
+    created: str | None = None  # when the snapshot was taken (the manifest's word for it)
 
 
 def _quiet(_what: str, _done: int, _total: int | None) -> None:
@@ -399,6 +401,18 @@ def _after_restore(
                 .where(col(Outbox.state) == "pending", col(Outbox.lease_owner).is_not(None))
                 .values(lease_owner=None, lease_until=None)
             )
+            # Console sessions signed out after the snapshot would be live again: every one
+            # ends, and each auditor signs in again (a revoked token stays the operator's to
+            # revoke again: the snapshot cannot know of it; docs/backup.md).
+            live = (
+                sa.select(sa.func.count())
+                .select_from(SESSIONS)
+                .where(SESSIONS.c.ended_at.is_(None))
+            )
+            ended = int(session.execute(live).scalar_one())
+            session.execute(
+                sa.update(SESSIONS).where(SESSIONS.c.ended_at.is_(None)).values(ended_at=now)
+            )
             witnesses = witness_ids(session, home.node_id, settings.witness_count)
             mark_unconfirmed(session, witnesses, now=now)
             record(
@@ -411,6 +425,7 @@ def _after_restore(
                     "log_size": manifest["database"].get("log_size"),
                     "blobs": count,
                     "witnesses_unconfirmed": witnesses,
+                    "console_sessions_ended": ended,
                 },
                 now=now,
             )
@@ -429,7 +444,11 @@ def _after_restore(
     finally:
         db.dispose()
     size = manifest["database"].get("log_size")
-    return RestoreSummary(home.path, home.node_id, int(size or 0), count, checks)
+    created = manifest.get("created")
+    return RestoreSummary(
+        home.path, home.node_id, int(size or 0), count, checks,
+        created=created if isinstance(created, str) else None,
+    )  # fmt: skip
 
 
 def _descriptor(home: Any) -> Any:

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from service.cli._common import DbUrlOpt, HomeOpt, console, err_console, settings_for
+from service.cli._terminal import outside
 
 __all__ = ["backup", "restore"]
 
@@ -138,6 +139,12 @@ def restore(
         )
     if not ask_witnesses:
         console.print("  witnesses are asked when the node starts; it signs nothing before")
+    err_console.print(
+        f"[yellow]This is the node as of {outside(summary.created or 'its snapshot')}.[/] Before "
+        "serving it: revoke again every token revoked since, pin again every partner that "
+        "rotated its keys since, and tell the partners it was restored (docs/backup.md, "
+        "'What a restore cannot know'). Every console session was ended."
+    )
     console.print(
         "Check it with `entente audit verify --home`, then start it with `entente serve`."
     )

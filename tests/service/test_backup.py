@@ -26,6 +26,7 @@ from service.audit.models import AuditRollback
 from service.backup.archive import BackupError, member_path
 from service.backup.restore import restore_backup
 from service.backup.take import take_backup
+from service.console._session_store import start_session
 from service.db import open_database
 from service.models import Artifact, AuditEntry, Outbox
 from service.settings import Settings
@@ -403,3 +404,29 @@ def test_an_endless_line_of_the_blob_list_is_refused_unread(
     finally:
         tracemalloc.stop()
     assert peak < 16 << 20  # not the 64 MiB line
+
+
+def test_a_restore_ends_every_console_session(sqlite_kit: Kit, tmp_path: Path) -> None:
+    """A console session signed out after the snapshot was live again once restored (found by
+    review): a restore ends them all, on record, and each auditor signs in again."""
+    now = datetime.now(UTC)
+    with sqlite_kit.node.db.session() as session:
+        start_session(
+            session, session_id="s1", token_id="tok_auditor", now=now,
+            expires_at=now + timedelta(hours=1),
+        )  # fmt: skip
+        session.commit()
+    take_backup(sqlite_kit.node.settings, tmp_path / "b")
+    target = target_settings(sqlite_kit, tmp_path / "n")
+    restore_backup(tmp_path / "b", target, ask_witnesses=False)
+    db = open_database(target.resolved_database_url())
+    try:
+        with db.engine.connect() as conn:
+            ended = conn.execute(sa.text("SELECT ended_at FROM console_sessions")).scalars().all()
+    finally:
+        db.dispose()
+    assert ended and all(e is not None for e in ended)
+    [restored] = [
+        e for e in rows(target.resolved_database_url(), AuditEntry) if e.kind == "node.restored"
+    ]
+    assert json.loads(restored.detail)["console_sessions_ended"] == 1

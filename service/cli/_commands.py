@@ -121,8 +121,9 @@ COMMANDS: dict[str, Entry] = {
         "service.cli.backup",
         "restore",
         "command",
-        "Restore a backup into a new home and an empty database, after checking every digest;\n"
-        "refuses a home or database that is not empty.",
+        "Restore a backup into a new home and an empty database, after checking every digest and\n"
+        "that its manifest is the one the backup printed; refuses a home or database that is not\n"
+        "empty.",
     ),
     "identity": Entry(
         "service.cli.identity", "app", "group", "Show or export this node's identity."

@@ -47,6 +47,9 @@ class Handler(BaseHTTPRequestHandler):
     def head(self, status: int, kind: str, length: int | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", kind)
+        # Said, not only done: a client that thought the connection kept would send its next
+        # request into one this server closes ("disconnected without sending a response").
+        self.send_header("Connection", "close")
         if length is None:
             self.send_header("Transfer-Encoding", "chunked")
         else:

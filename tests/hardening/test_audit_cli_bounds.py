@@ -93,6 +93,7 @@ def _zstd_bomb(size: int = 1 << 30) -> Answer:
         h.send_response(200)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Encoding", "zstd")
+        h.send_header("Connection", "close")
         h.send_header("Content-Length", str(len(packed)))
         h.end_headers()
         h.write(packed)
